@@ -1,0 +1,18 @@
+"""Train an SR network with LDT (or FT / LP-FT / DeFT / LDT-S).
+
+    python Train_pip.py                                   # the embedded demo (synthetic cameras, CPU, < 10 min)
+    python Train_pip.py -opt train_MambaIR_LDT_x4.yml     # an options file (path or bare name in options/train/)
+    python Train_pip.py -opt FILE --auto_resume --force_yml ldt:method=ft train:total_iter=1000
+    torchrun --nproc_per_node=4 Train_pip.py -opt FILE --launcher pytorch
+"""
+
+import sys
+
+if __name__ == "__main__":
+    if len(sys.argv) == 1 or sys.argv[1] in ("--budget", "--force", "--seed", "demo"):
+        from ldt.demo import main as demo_main
+
+        sys.exit(demo_main([a for a in sys.argv[1:] if a != "demo"]))
+    from ldt.train import main
+
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Glue that lets PyPI's ``basicsr==1.4.2`` run on current torch/torchvision, and registers our modules into it.
+
+basicsr 1.4.2 imports ``torchvision.transforms.functional_tensor`` (removed in torchvision 0.17) at import time.
+:func:`patch_basicsr` installs a tiny alias module before basicsr is imported; every entry point of this package that
+touches basicsr goes through :func:`import_basicsr`, so users never see that import error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+from types import ModuleType
+
+_REMOVED_MODULE = "torchvision.transforms.functional_tensor"
+
+
+def patch_basicsr() -> None:
+    """Provide ``torchvision.transforms.functional_tensor`` when torchvision no longer ships it (idempotent)."""
+    if _REMOVED_MODULE in sys.modules:
+        return
+    try:
+        importlib.import_module(_REMOVED_MODULE)
+        return
+    except ImportError:
+        pass
+    from torchvision.transforms import functional
+
+    alias = types.ModuleType(_REMOVED_MODULE)
+    alias.__doc__ = "Alias created by ldt.compat: torchvision >= 0.17 moved these functions to `functional`."
+    alias.rgb_to_grayscale = functional.rgb_to_grayscale
+    sys.modules[_REMOVED_MODULE] = alias
+
+
+def import_basicsr() -> ModuleType:
+    """Import basicsr with the compatibility patch applied first."""
+    patch_basicsr()
+    import basicsr
+
+    return basicsr
+
+
+def import_registered_modules(package: str, package_file: str, suffix: str) -> list[ModuleType]:
+    """Import every ``*<suffix>.py`` beside ``package_file`` so its classes register into basicsr's registries.
+
+    This is the BasicSR convention (``*_arch.py``, ``*_dataset.py``, ``*_model.py``), applied to our own package.
+    """
+    patch_basicsr()
+    folder = Path(package_file).resolve().parent
+    return [importlib.import_module(f"{package}.{path.stem}") for path in sorted(folder.glob(f"*{suffix}.py"))]

@@ -1,0 +1,220 @@
+"""Stable/unstable partitions of a network's parameters, from probe scores or from name patterns.
+
+A :class:`Partition` lists parameter names (the unit the dual branch freezes), the score of every scored layer,
+and how it was made, and round-trips through JSON so an expensive probe is computed once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from torch import nn
+
+from ldt.core.probe import SCORE_NAMES, GradientStatistics
+
+CRITERIA = SCORE_NAMES + ("random",)
+FORMAT_VERSION = 1
+
+
+class PartitionError(ValueError):
+    """A partition cannot be made or does not fit the model it is applied to."""
+
+
+@dataclass
+class Partition:
+    """Which parameters are stable (trained by the primary) and unstable (trained by the auxiliary).
+
+    ``excluded`` parameters belong to neither group: they are frozen in both branches (e.g. parameters that never
+    received a gradient in the probe). ``scores`` maps *layer* name to score and ``layers`` maps layer name to its
+    parameter names (identical for ``unit='tensor'``); both are empty for pattern partitions.
+    """
+
+    stable: list[str]
+    unstable: list[str]
+    excluded: list[str] = field(default_factory=list)
+    criterion: str = "var"
+    unstable_ratio: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    layers: dict[str, list[str]] = field(default_factory=dict)
+    unit: str = "tensor"
+    probe_batches: int = 0
+    seed: int | None = None
+
+    # ---- queries -------------------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return self.stable + self.unstable + self.excluded
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`PartitionError` listing missing/extra names unless the partition covers ``model`` exactly."""
+        model_names = [name for name, _ in model.named_parameters()]
+        mine = self.names
+        duplicated = sorted({n for n in mine if mine.count(n) > 1})
+        missing = sorted(set(model_names) - set(mine))
+        extra = sorted(set(mine) - set(model_names))
+        if duplicated or missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"model parameters missing from the partition: {missing}")
+            if extra:
+                parts.append(f"partition names not in the model: {extra}")
+            if duplicated:
+                parts.append(f"names listed in more than one group: {duplicated}")
+            raise PartitionError("partition does not match the model; " + "; ".join(parts))
+
+    def layer_scores(self, group: str) -> list[tuple[str, float]]:
+        """(layer, score) of the scored layers whose parameters are in ``group`` ('stable'/'unstable'), net order."""
+        members = set(getattr(self, group))
+        return [(layer, self.scores[layer]) for layer, params in self.layers.items() if params[0] in members]
+
+    # ---- persistence ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Partition":
+        data = dict(data)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise PartitionError(f"unsupported partition format_version {version} (expected {FORMAT_VERSION})")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PartitionError(f"unknown partition fields {unknown}")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write JSON atomically (a crash mid-write leaves any previous file intact)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=1)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> "Partition":
+        """Read a partition file; with ``model``, also check that its names match the model's parameters."""
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            raise PartitionError(f"partition file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise PartitionError(f"partition file {path} is not valid JSON: {err}") from None
+        partition = cls.from_dict(data)
+        if model is not None:
+            try:
+                partition.check_model(model)
+            except PartitionError as err:
+                raise PartitionError(f"{path}: {err}") from None
+        return partition
+
+
+def stable_count(num_layers: int, unstable_ratio: float) -> int:
+    """Official rounding: ``int(M * (1 - ratio))`` stable layers, in exact decimal arithmetic.
+
+    Binary floating point would give ``int(10 * (1 - 0.9)) == 0``; the decimal reading of the ratio gives 1.
+    """
+    return int(num_layers * (1 - Fraction(str(unstable_ratio))))
+
+
+def _check_ratio(unstable_ratio: float) -> None:
+    if not 0.0 < unstable_ratio < 1.0:
+        raise PartitionError(f"unstable_ratio must be strictly between 0 and 1, got {unstable_ratio}")
+
+
+def partition_by_score(
+    stats: GradientStatistics | None,
+    unstable_ratio: float,
+    criterion: str = "var",
+    *,
+    seed: int = 0,
+    model: nn.Module | None = None,
+) -> Partition:
+    """Split layers by score: the lowest-scoring ``int(M·(1−ratio))`` are stable, the rest unstable.
+
+    Ties keep network order (a stable sort), so equal scores give the same partition on every run and rank.
+    ``criterion='random'`` needs no statistics: a seeded shuffle of ``model``'s layers replaces the scores.
+    Parameters without a gradient in the probe are ``excluded``.
+    """
+    _check_ratio(unstable_ratio)
+    if criterion not in CRITERIA:
+        raise PartitionError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+    if criterion == "random":
+        if model is None and stats is None:
+            raise PartitionError("criterion 'random' needs the model (or probe statistics) to list its layers")
+        layers = stats.layers if stats is not None else {n: [n] for n, _ in model.named_parameters()}
+        order = list(range(len(layers)))
+        random.Random(seed).shuffle(order)
+        scores = {layer: float(rank) for layer, rank in zip(layers, order)}
+        excluded = list(stats.no_grad) if stats is not None else []
+        unit, probe_batches = (stats.group_by, stats.num_batches) if stats is not None else ("tensor", 0)
+    else:
+        if stats is None:
+            raise PartitionError(f"criterion {criterion!r} needs probe statistics")
+        layers = stats.layers
+        scores = stats.scores(criterion)
+        bad = [layer for layer, value in scores.items() if value != value]
+        if bad:
+            raise PartitionError(
+                f"criterion {criterion!r} is undefined (NaN) for layers {bad[:10]}: the probe needs at least 2 "
+                "batches (or 2 gradient elements) per layer"
+            )
+        excluded, unit, probe_batches = list(stats.no_grad), stats.group_by, stats.num_batches
+
+    ordered = sorted(layers, key=lambda layer: scores[layer])  # Python's sort is stable: ties keep network order
+    n_stable = stable_count(len(ordered), unstable_ratio)
+    if n_stable == 0:  # int(M * (1 - r)) < M for r > 0: only the stable group can end up empty
+        raise PartitionError(f"unstable_ratio={unstable_ratio} leaves the stable group empty with {len(ordered)} layers")
+    stable_layers = set(ordered[:n_stable])
+    stable = [p for layer in layers if layer in stable_layers for p in layers[layer]]
+    unstable = [p for layer in layers if layer not in stable_layers for p in layers[layer]]
+    partition = Partition(
+        stable=stable,
+        unstable=unstable,
+        excluded=excluded,
+        criterion=criterion,
+        unstable_ratio=unstable_ratio,
+        scores={layer: float(scores[layer]) for layer in layers},
+        layers={layer: list(params) for layer, params in layers.items()},
+        unit=unit,
+        probe_batches=probe_batches,
+        seed=seed if criterion == "random" else None,
+    )
+    if model is not None:
+        partition.check_model(model)
+    return partition
+
+
+def partition_by_patterns(
+    model: nn.Module, unstable_patterns: Sequence[str], *, criterion: str = "patterns", excluded_patterns: Iterable[str] = ()
+) -> Partition:
+    """Parameters whose names match any regex in ``unstable_patterns`` (``re.search``) are unstable, others stable.
+
+    The DeFT baseline is ``partition_by_patterns(model, head_patterns)`` (backbone stable, head unstable). FT and
+    LP-FT train one network with everything stable: ``partition_by_patterns(model, [])``.
+    """
+    compiled = [re.compile(p) for p in unstable_patterns]
+    skip = [re.compile(p) for p in excluded_patterns]
+    stable, unstable, excluded = [], [], []
+    for name, _ in model.named_parameters():
+        if any(p.search(name) for p in skip):
+            excluded.append(name)
+        elif any(p.search(name) for p in compiled):
+            unstable.append(name)
+        else:
+            stable.append(name)
+    unmatched = [p.pattern for p in compiled if not any(p.search(n) for n in unstable)]
+    if unmatched:
+        raise PartitionError(f"patterns match no parameter of {type(model).__name__}: {unmatched}")
+    return Partition(stable=stable, unstable=unstable, excluded=excluded, criterion=criterion)

@@ -1,0 +1,127 @@
+"""LDT-S: the dual branch time-multiplexed onto one network, with the EMA partners parked in host memory.
+
+Schedule (our choice, documented in the README): phases of ``phase_steps`` optimizer steps (default: the exchange
+interval) alternate between the *primary's turn* and the *auxiliary's turn*.
+
+* primary's turn: the network holds [trained stable, EMA unstable]; only the stable group trains;
+* auxiliary's turn: the network holds [EMA stable, trained unstable]; only the unstable group trains.
+
+At the end of a turn the group that just trained updates its EMA (``ema = W·ema + (1−W)·trained``), is parked on
+the host, and the other turn's values are loaded. Every step of LDT-S is therefore a step of one of LDT's two
+branches, seen by exactly the weights LDT would show it, while the device holds one network and one optimizer
+(memory and time per step ≈ plain fine-tuning). Each branch gets half the steps; the deployed composite is
+[EMA stable, EMA unstable], the same pair LDT deploys.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from ldt.core.dual import EMAPlan, materialise, set_trainable
+from ldt.core.exchange import ExchangeConfig, exchange_weights
+from ldt.core.partition import Partition, PartitionError
+
+STATE_FORMAT = "ldt.single_branch/1"
+PHASES = ("stable", "unstable")
+
+
+class SingleBranchLDT:
+    """LDT-S on ``model`` (trained in place). Optimise :meth:`trainable_parameters`; call :meth:`step` after each step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        partition: Partition,
+        config: ExchangeConfig | None = None,
+        *,
+        phase_steps: int | None = None,
+        host_device: str | torch.device = "cpu",
+    ) -> None:
+        partition.check_model(model)
+        if not partition.stable or not partition.unstable:
+            raise PartitionError("LDT-S needs both the stable and the unstable group non-empty")
+        self.model = model
+        self.partition = partition
+        self.config = config or ExchangeConfig()
+        self.phase_steps = phase_steps or self.config.interval
+        if self.phase_steps < 1:
+            raise ValueError(f"phase_steps must be positive, got {self.phase_steps}")
+        self.host_device = torch.device(host_device)
+        self.original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        stable_w, unstable_w = exchange_weights(partition, self.config)
+        self.weights = {"stable": [stable_w[n] for n in partition.stable], "unstable": [unstable_w[n] for n in partition.unstable]}
+        live = dict(model.named_parameters())
+        self.live = {"stable": [live[n] for n in partition.stable], "unstable": [live[n] for n in partition.unstable]}
+        self.ema = {group: [p.detach().to(self.host_device, copy=True) for p in self.live[group]] for group in PHASES}
+        # The trained values of the group that is not training now (the auxiliary's unstable group at the start).
+        self.parked = [p.detach().to(self.host_device, copy=True) for p in self.live["unstable"]]
+        self.phase = "stable"
+        self.step_count = 0
+        set_trainable(model, partition.stable)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Both groups: give them all to one optimizer; the frozen group has no grad and is skipped by it."""
+        return self.live["stable"] + self.live["unstable"]
+
+    def step(self) -> bool:
+        """Count one step; at the end of a phase switch turns. Returns whether it switched."""
+        self.step_count += 1
+        if self.step_count % self.phase_steps == 0:
+            self.switch()
+            return True
+        return False
+
+    @torch.no_grad()
+    def switch(self) -> None:
+        """End the current turn: EMA the trained group, park it, load the other turn's weights."""
+        trained, other = self.phase, PHASES[1 - PHASES.index(self.phase)]
+        trained_on_host = [p.detach().to(self.host_device, copy=True) for p in self.live[trained]]
+        EMAPlan(self.ema[trained], trained_on_host, self.weights[trained]).apply()
+        for param, ema in zip(self.live[trained], self.ema[trained]):
+            param.copy_(ema)
+        for param, parked in zip(self.live[other], self.parked):
+            param.copy_(parked)
+        self.parked = trained_on_host
+        self.phase = other
+        set_trainable(self.model, getattr(self.partition, other))
+
+    def composite_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        state = OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
+        for group in PHASES:
+            for name, ema in zip(getattr(self.partition, group), self.ema[group]):
+                state[name] = ema.to(state[name].device, copy=True)
+        return state
+
+    def composite(self) -> nn.Module:
+        return materialise(self.model, self.composite_state_dict(), self.original_flags)
+
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "model": self.model.state_dict(),
+            "ema": {group: [t.clone() for t in self.ema[group]] for group in PHASES},
+            "parked": [t.clone() for t in self.parked],
+            "phase": self.phase,
+            "step": self.step_count,
+            "phase_steps": self.phase_steps,
+            "partition": self.partition.to_dict(),
+            "exchange": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not an LDT-S state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+        saved = Partition.from_dict(state["partition"])
+        if (saved.stable, saved.unstable) != (self.partition.stable, self.partition.unstable):
+            raise PartitionError("the saved LDT-S state was trained with a different partition")
+        if state["phase_steps"] != self.phase_steps or ExchangeConfig(**state["exchange"]) != self.config:
+            raise ValueError("the saved LDT-S state used another phase length or exchange rule")
+        self.model.load_state_dict(state["model"], strict=True)
+        self.ema = {g: [t.to(self.host_device, copy=True) for t in state["ema"][g]] for g in PHASES}
+        self.parked = [t.to(self.host_device, copy=True) for t in state["parked"]]
+        self.phase = state["phase"]
+        self.step_count = int(state["step"])
+        set_trainable(self.model, getattr(self.partition, self.phase))

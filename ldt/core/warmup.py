@@ -1,0 +1,81 @@
+"""Warm-up: train only a named subset (e.g. a random classification head) with the rest frozen.
+
+LDT probes gradient variance after the warm-up, so that a random head does not dominate the scores.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ldt.core.dual import set_trainable
+from ldt.core.probe import LossFn, progress_bar
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Names of the parameters matching any regex in ``patterns`` (``re.search``); error if a pattern matches none."""
+    compiled = [re.compile(p) for p in patterns]
+    names = [name for name, _ in model.named_parameters() if any(p.search(name) for p in compiled)]
+    unmatched = [p.pattern for p in compiled if not any(p.search(n) for n in names)]
+    if unmatched:
+        raise ValueError(f"warm-up patterns match no parameter of {type(model).__name__}: {unmatched}")
+    return names
+
+
+def warmup(
+    model: nn.Module,
+    batches: Iterable,
+    loss_fn: LossFn,
+    trainable: Sequence[str],
+    steps: int,
+    *,
+    optimizer_factory: OptimizerFactory | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Train the parameters matching ``trainable`` (regexes) for ``steps`` steps; the rest stay frozen.
+
+    ``batches`` is re-iterated when exhausted. The model's ``requires_grad`` flags are restored afterwards.
+    Returns the loss of every step.
+    """
+    if steps < 0:
+        raise ValueError(f"warm-up steps must be >= 0, got {steps}")
+    names = match_parameters(model, trainable)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    losses: list[float] = []
+    try:
+        set_trainable(model, names)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = (optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-4)))(params)
+        model.train()
+        bar = progress_bar(steps, progress)
+        iterator = iter(batches)
+        while len(losses) < steps:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                iterator = iter(batches)
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    raise ValueError("the warm-up loader is empty") from None
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"warm-up step {len(losses)}: loss is {loss.item()}")
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+            p.grad = None
+    return losses

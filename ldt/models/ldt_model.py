@@ -1,0 +1,379 @@
+"""BasicSR ``LDTModel``: FT / LP-FT / DeFT / LDT / LDT-S fine-tuning of any registered SR network.
+
+Thin glue around :mod:`ldt.core`: it builds the loaders the probe and warm-up need from the options, hands the
+branches to their own optimizers, runs one branch's forward+backward after the other (so activations are never
+held twice), validates and saves the *composite* network, and keeps everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import random
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ldt.compat import patch_basicsr
+from ldt.core import (
+    DualBranch,
+    ExchangeConfig,
+    Partition,
+    SingleBranchLDT,
+    partition_by_patterns,
+    partition_by_score,
+    probe_gradients,
+    warmup,
+)
+
+patch_basicsr()
+from basicsr.archs import build_network  # noqa: E402
+from basicsr.data import build_dataset  # noqa: E402
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
+from basicsr.losses import build_loss  # noqa: E402
+from basicsr.models import lr_scheduler  # noqa: E402
+from basicsr.models.base_model import BaseModel  # noqa: E402
+from basicsr.utils import get_root_logger  # noqa: E402
+from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
+
+from ldt.archs.arch_util import extract_state_dict  # noqa: E402
+
+# Where the "head" of each SR architecture starts: DeFT's unstable group and LP-FT's linear-probe stage.
+HEAD_PATTERNS = {
+    "MambaIR": [r"^conv_before_upsample\.", r"^upsample\.", r"^conv_last\."],
+    "HAT": [r"^conv_before_upsample\.", r"^upsample\.", r"^conv_last\."],
+    "SAFMN": [r"^to_img\."],
+    "SwinIR": [r"^conv_before_upsample\.", r"^upsample\.", r"^conv_last\."],
+    "EDSR": [r"^upsample\.", r"^conv_last\."],
+    "MSRResNet": [r"^upconv", r"^conv_hr\.", r"^conv_last\."],
+}
+STATE_FORMAT = "ldt.sr_training_state/1"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN/inf and the options say to stop."""
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def rng_state() -> dict:
+    """Every RNG a training step touches, in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@MODEL_REGISTRY.register()
+class LDTModel(BaseModel):
+    """One network for testing; for training, the branches the ``ldt: method`` needs (see README)."""
+
+    def __init__(self, opt: dict) -> None:
+        super().__init__(opt)
+        self.logger = get_root_logger()
+        self.scale = int(opt.get("scale", 4))
+        self.net_g = build_network(opt["network_g"]).to(self.device)
+        load_path = opt["path"].get("pretrain_network_g")
+        if load_path:
+            checkpoint = torch.load(load_path, map_location="cpu", weights_only=True)
+            state = extract_state_dict(checkpoint, opt["path"].get("param_key_g"))
+            self.net_g.load_state_dict(state, strict=opt["path"].get("strict_load_g", True))
+            self.logger.info(f"Loaded {opt['network_g']['type']} weights from {load_path}")
+        if is_distributed():
+            # Ranks seed differently; the probe and warm-up run before DDP would broadcast rank 0's weights.
+            for tensor in list(self.net_g.parameters()) + list(self.net_g.buffers()):
+                dist.broadcast(tensor.data, src=0)
+        self.speed = opt.get("speed") or {}
+        if self.speed.get("tf32"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if self.speed.get("channels_last"):
+            self.net_g = self.net_g.to(memory_format=torch.channels_last)
+        self.nan_skips = 0
+        self.log_dict: "OrderedDict[str, float]" = OrderedDict()
+        if self.is_train:
+            self.init_training_settings()
+
+    # ---- set-up ----------------------------------------------------------------------------------------------------
+    def init_training_settings(self) -> None:
+        train_opt, ldt_opt = self.opt["train"], self.opt["ldt"]
+        self.method = ldt_opt["method"]
+        self.cri_pix = build_loss(copy.deepcopy(train_opt["pixel_opt"])).to(self.device)
+        self.net_g.train()
+        warm = ldt_opt["warmup"]
+        if self.method == "lpft" and not warm["steps"]:
+            raise ValueError("ldt:method lpft needs ldt:warmup:steps > 0 (the linear-probe stage)")
+        if warm["steps"]:
+            patterns = warm["patterns"] or self.head_patterns()
+            self.logger.info(f"Warm-up: {warm['steps']} steps on {patterns}")
+            warmup(
+                self.net_g,
+                self.build_loader("train", batch_size=None, seed=self.opt["manual_seed"]),
+                self.batch_loss,
+                patterns,
+                warm["steps"],
+                optimizer_factory=lambda params: torch.optim.Adam(params, lr=warm["lr"]),
+                progress=self.opt.get("rank", 0) == 0,
+            )
+        self.partition = self.make_partition() if self.method in ("deft", "ldt", "ldt_s") else None
+        if self.partition is not None:
+            self.logger.info(
+                f"Partition: {len(self.partition.stable)} stable, {len(self.partition.unstable)} unstable, "
+                f"{len(self.partition.excluded)} excluded ({self.partition.criterion}, ratio {self.partition.unstable_ratio})"
+            )
+            if self.opt.get("rank", 0) == 0 and self.opt["path"].get("experiments_root"):
+                self.partition.save(Path(self.opt["path"]["experiments_root"]) / "partition.json")
+        exchange = ExchangeConfig(**{**ldt_opt["exchange"], **({"dpu": False} if self.method == "deft" else {})})
+        if self.method in ("deft", "ldt"):
+            self.trainer = DualBranch(self.net_g, self.partition, exchange)
+            modules = {"primary": self.trainer.primary, "auxiliary": self.trainer.auxiliary}
+            params = {"primary": self.trainer.primary_parameters(), "auxiliary": self.trainer.auxiliary_parameters()}
+        elif self.method == "ldt_s":
+            self.trainer = SingleBranchLDT(self.net_g, self.partition, exchange)
+            modules, params = {"net": self.net_g}, {"net": self.trainer.trainable_parameters()}
+        else:
+            self.trainer = None
+            for p in self.net_g.parameters():
+                p.requires_grad_(True)
+            modules, params = {"net": self.net_g}, {"net": list(self.net_g.parameters())}
+        self.branches = {name: self.wrap(module) for name, module in modules.items()}
+        self.optimizers = [self.make_optimizer(params[name]) for name in self.branches]
+        self.scalers = [
+            torch.amp.GradScaler(self.device.type, enabled=self.speed.get("autocast") == "fp16") for _ in self.branches
+        ]
+        self.schedulers = []
+        if train_opt.get("scheduler"):
+            self.setup_schedulers()
+
+    def head_patterns(self) -> list[str]:
+        patterns = self.opt["ldt"].get("head_patterns") or HEAD_PATTERNS.get(self.opt["network_g"]["type"])
+        if not patterns:
+            raise ValueError(
+                f"no default head for {self.opt['network_g']['type']}: set ldt:head_patterns (regexes of head parameters)"
+            )
+        return list(patterns)
+
+    def make_partition(self) -> Partition:
+        ldt_opt = self.opt["ldt"]
+        if self.method == "deft":
+            return partition_by_patterns(self.net_g, self.head_patterns(), criterion="deft")
+        if ldt_opt.get("partition_file"):
+            partition = Partition.load(ldt_opt["partition_file"], self.net_g)
+            self.logger.info(f"Partition read from {ldt_opt['partition_file']} ({partition.criterion})")
+        elif ldt_opt["criterion"] == "random":
+            partition = partition_by_score(None, ldt_opt["unstable_ratio"], "random", seed=ldt_opt["seed"], model=self.net_g)
+        else:
+            probe = ldt_opt["probe"]
+            world = dist.get_world_size() if is_distributed() else 1
+            per_rank = -(-probe["num_batches"] // world)
+            self.logger.info(f"Probing {probe['num_batches']} batches of {probe['batch_size']} ({per_rank} per rank)")
+            stats = probe_gradients(
+                self.net_g,
+                self.build_loader(probe["dataset"], batch_size=probe["batch_size"], seed=ldt_opt["seed"]),
+                self.batch_loss,
+                num_batches=per_rank,
+                group_by=ldt_opt["group_by"],
+                train_mode=probe["train_mode"],
+                progress=self.opt.get("rank", 0) == 0,
+            )
+            if stats.no_grad:
+                self.logger.warning(f"Parameters without gradient in the probe (excluded from both groups): {stats.no_grad}")
+            partition = partition_by_score(stats, ldt_opt["unstable_ratio"], ldt_opt["criterion"], model=self.net_g)
+        return partition
+
+    def build_loader(self, dataset_key: str, batch_size: int | None, seed: int) -> torch.utils.data.DataLoader:
+        """A shuffled, seeded loader over ``datasets:<dataset_key>`` (split across ranks under DDP)."""
+        dataset_opt = copy.deepcopy(self.opt["datasets"][dataset_key])
+        dataset_opt.setdefault("phase", "train")
+        dataset = build_dataset(dataset_opt)
+        world, rank = (dist.get_world_size(), dist.get_rank()) if is_distributed() else (1, 0)
+        sampler = EnlargedSampler(dataset, world, rank, ratio=max(1, dataset_opt.get("dataset_enlarge_ratio", 1)))
+        sampler.set_epoch(seed)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size or dataset_opt["batch_size_per_gpu"],
+            sampler=sampler,
+            num_workers=dataset_opt.get("num_worker_per_gpu", 0),
+            drop_last=True,
+        )
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DDP (frozen tensors are not synchronised: they change only by the exchange, identically on all ranks)."""
+        if is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        if self.speed.get("compile"):
+            module = torch.compile(module)
+        return module
+
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        optim_opt = copy.deepcopy(self.opt["train"]["optim_g"])
+        optim_type = optim_opt.pop("type")
+        if optim_type not in ("Adam", "AdamW"):
+            raise ValueError(f"train:optim_g:type '{optim_type}' is not supported (Adam, AdamW)")
+        if self.speed.get("fused_optimizer"):
+            optim_opt["fused" if self.device.type == "cuda" else "foreach"] = True
+        return getattr(torch.optim, optim_type)(params, **optim_opt)
+
+    def setup_schedulers(self) -> None:
+        scheduler_opt = copy.deepcopy(self.opt["train"]["scheduler"])
+        kind = scheduler_opt.pop("type")
+        classes = {
+            "MultiStepLR": lr_scheduler.MultiStepRestartLR,
+            "MultiStepRestartLR": lr_scheduler.MultiStepRestartLR,
+            "CosineAnnealingRestartLR": lr_scheduler.CosineAnnealingRestartLR,
+        }
+        if kind not in classes:
+            raise ValueError(f"train:scheduler:type '{kind}' is not supported ({sorted(classes)})")
+        self.schedulers = [classes[kind](optimizer, **scheduler_opt) for optimizer in self.optimizers]
+
+    # ---- training --------------------------------------------------------------------------------------------------
+    def autocast(self):
+        mode = self.speed.get("autocast")
+        if not mode:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.contiguous(memory_format=torch.channels_last) if self.speed.get("channels_last") else tensor
+
+    def batch_loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """Pixel loss of one batch (the probe's and the warm-up's loss)."""
+        with self.autocast():
+            return self.cri_pix(model(self.to_device(batch["lq"])), self.to_device(batch["gt"])).float()
+
+    def feed_data(self, data: dict) -> None:
+        self.lq = self.to_device(data["lq"])
+        if "gt" in data:
+            self.gt = self.to_device(data["gt"])
+
+    def loss_is_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).float()
+        if is_distributed():  # every rank must take the same decision or DDP's backward would hang
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        """One step of every branch, one after the other, then the exchange / phase schedule."""
+        losses = OrderedDict()
+        for (name, module), optimizer, scaler in zip(self.branches.items(), self.optimizers, self.scalers):
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.cri_pix(module(self.lq), self.gt).float()
+            if not self.loss_is_finite(loss):
+                message = f"iteration {current_iter}: loss of the {name} branch is {loss.item()}"
+                if self.opt["train"]["nan_policy"] == "stop":
+                    raise NonFiniteLossError(message + " (train:nan_policy stop; the last saved checkpoint is intact)")
+                self.nan_skips += 1
+                self.logger.warning(f"{message}: step skipped ({self.nan_skips} so far)")
+                if self.nan_skips > self.opt["train"]["max_nan_skips"]:
+                    raise NonFiniteLossError(f"more than {self.opt['train']['max_nan_skips']} non-finite losses")
+                continue
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses[f"l_pix_{name}" if name != "net" else "l_pix"] = loss.detach()
+            del loss  # free this branch's graph before the next branch's forward
+        if self.trainer is not None:
+            self.trainer.step()
+        self.log_dict = self.reduce_loss_dict(losses) if losses else OrderedDict()
+
+    # ---- deployment ------------------------------------------------------------------------------------------------
+    def composite_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        if self.trainer is None:
+            return OrderedDict((k, v.detach().clone()) for k, v in self.net_g.state_dict().items())
+        return self.trainer.composite_state_dict()
+
+    def deploy_network(self) -> nn.Module:
+        """The network that is validated and saved: the composite (LDT/DeFT/LDT-S) or the trained net (FT/LP-FT)."""
+        if not self.is_train or self.trainer is None:
+            return self.net_g
+        return self.trainer.composite()
+
+    def save(self, epoch: int, current_iter: int, data_position: int = 0, extra: dict | None = None) -> None:
+        """Composite weights ``net_g_<iter>.pth`` and the full training state ``<iter>.state``, both atomically."""
+        if self.opt.get("rank", 0) != 0:
+            return
+        label = "latest" if current_iter == -1 else current_iter
+        params = OrderedDict((k, v.cpu()) for k, v in self.composite_state_dict().items())
+        atomic_torch_save({"params": params}, Path(self.opt["path"]["models"]) / f"net_g_{label}.pth")
+        if current_iter == -1:
+            return
+        state = {
+            "format": STATE_FORMAT,
+            "epoch": epoch,
+            "iter": current_iter,
+            "data_position": data_position,
+            "method": self.method,
+            "network": self.net_g.state_dict() if self.trainer is None else None,
+            "trainer": self.trainer.state_dict() if self.trainer is not None else None,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "scalers": [s.state_dict() for s in self.scalers],
+            "nan_skips": self.nan_skips,
+            "rng": rng_state(),
+            "extra": extra or {},
+        }
+        atomic_torch_save(state, Path(self.opt["path"]["training_states"]) / f"{current_iter}.state")
+
+    def save_best(self, tag: str) -> None:
+        if self.opt.get("rank", 0) == 0:
+            params = OrderedDict((k, v.cpu()) for k, v in self.composite_state_dict().items())
+            atomic_torch_save({"params": params}, Path(self.opt["path"]["models"]) / f"net_g_best{tag}.pth")
+
+    def resume_training(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not an LDT training state (format {state.get('format')!r})")
+        if state["method"] != self.method:
+            raise ValueError(f"the training state is for ldt:method '{state['method']}', the options say '{self.method}'")
+        if self.trainer is None:
+            self.net_g.load_state_dict(state["network"], strict=True)
+        else:
+            self.trainer.load_state_dict(state["trainer"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+        for scaler, saved in zip(self.scalers, state["scalers"], strict=True):
+            scaler.load_state_dict(saved)
+        self.nan_skips = state["nan_skips"]
+        set_rng_state(state["rng"])

@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Index a DRealSR download: per-camera pair counts per split, every problem found, optional exports.
+
+Finds the split folders (x4/Train_x4/{train_HR,train_LR}, x4/Test_x4/{test_HR,test_LR}, doubled folders such as
+Test_x4/Test_x4, or HR/LR names), pairs files by name, assigns cameras from the file names, and reports unpaired,
+misnamed and unknown files. --check-sizes also reads every image header (catches corrupt files and wrong scales).
+
+Exports (pairs of the selected cameras only; files with problems are left out):
+  --meta-info DIR   one DRealSR_x<s>_<split>_<camera>.txt per camera and split ('<HR name> <LR name>' lines),
+                    usable as the dataset's meta_info_file option
+  --lmdb DIR        DIR/x<s>/<split>/<camera>_{HR,LR}.lmdb with basicsr-style meta_info.txt; use it with
+                    dataroot: DIR and io_backend: {type: lmdb}
+
+Exit status 1 if any problem was found. Example:
+  python scripts/index_drealsr.py datasets/DRealSR --check-sizes --lmdb datasets/DRealSR_lmdb
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ldt.data.cameras import (
+    CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_scale, find_split_dirs,
+    image_size, pair_folders, resolve_cameras, write_lmdb, write_meta_info,
+)
+
+
+def size_problems(result: PairingResult, cameras: tuple[str, ...], scale: int, tolerance: int) -> dict[str, str]:
+    """Header-read every pair of ``cameras``; ``{HR path: problem}`` for each unreadable or mis-scaled pair."""
+    problems = {}
+    for pair in result.pairs:
+        if pair.camera in cameras:
+            try:
+                check_scale(image_size(pair.hr), image_size(pair.lr), scale, tolerance, f"{pair.hr} / {pair.lr}")
+            except DatasetError as error:
+                problems[pair.hr] = str(error)
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", type=Path, default=Path("datasets/DRealSR"),
+                        help="DRealSR folder (default: %(default)s)")
+    parser.add_argument("--scale", type=int, default=4, help="scale factor (default: %(default)s)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to index")
+    parser.add_argument("--cameras", nargs="+", default=["all"],
+                        help="camera keys or aliases to check and export (default: all six)")
+    parser.add_argument("--check-sizes", action="store_true", help="read every header: unreadable / wrong scale")
+    parser.add_argument("--size-tolerance", type=int, help="px HR may exceed LR x scale (default: 4 x scale)")
+    parser.add_argument("--meta-info", type=Path, metavar="DIR", help="write per-camera meta-info files here")
+    parser.add_argument("--lmdb", type=Path, metavar="DIR", help="write per-camera LMDBs here")
+    args = parser.parse_args()
+    if not args.root.is_dir():
+        parser.error(f"{args.root} is not a folder")
+    cameras = resolve_cameras(args.cameras)
+    tolerance = 4 * args.scale if args.size_tolerance is None else args.size_tolerance
+
+    counts: dict[str, dict[str, int]] = {}
+    problems: list[str] = []
+    for split in args.splits:
+        try:
+            hr_dir, lr_dir = find_split_dirs(args.root, split, args.scale)
+        except DatasetError as error:
+            problems.append(f"{split}: {error}")
+            continue
+        print(f"{split}: HR {hr_dir}\n{' ' * len(split)}  LR {lr_dir}")
+        result = pair_folders(hr_dir, lr_dir, args.scale)
+        counts[split] = {str(key): value for key, value in result.counts().items()}
+        bad = size_problems(result, cameras, args.scale, tolerance) if args.check_sizes else {}
+        problems += [f"{split}: {line}" for line in [*result.problems(), *bad.values()]]
+        pairs = [pair for pair in result.pairs if pair.camera in cameras and pair.hr not in bad]
+        if args.meta_info:
+            for path in write_meta_info(pairs, args.meta_info, split, args.scale):
+                print(f"  wrote {path}")
+        if args.lmdb:
+            for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale).items():
+                print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
+
+    if counts:
+        print_table(counts, cameras)
+    print("\nproblems:" if problems else "\nno problems found")
+    for line in problems:
+        print(f"  {line}")
+    return 1 if problems else 0
+
+
+def print_table(counts: dict[str, dict[str, int]], cameras: tuple[str, ...]) -> None:
+    """Markdown table: one row per camera, one pair-count column per split, and the x4 release's test counts."""
+    print(f"\n| camera | pattern | paper column | {' | '.join(f'{s} pairs' for s in counts)} | release x4 test |")
+    print(f"|---|---|---|{'---|' * len(counts)}---|")
+    for key in cameras:
+        camera = CAMERA_BY_KEY[key]
+        cells = " | ".join(str(counts[split].get(key, 0)) for split in counts)
+        release = RELEASE_X4_TEST_PAIRS.get(key, "-")
+        print(f"| {key} | `{camera.pattern}` | {camera.column or '-'} | {cells} | {release} |")
+    totals = " | ".join(str(sum(c.values())) for c in counts.values())
+    print(f"| total | | | {totals} | {sum(RELEASE_X4_TEST_PAIRS.values())} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Checks every architecture file must pass, shared by ``tests/test_arch_*.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ldt.archs.arch_util import load_pretrained
+
+CHECKPOINT_LAYOUTS = ("params", "params_ema", "module_prefix")
+
+
+def check_strict_load_round_trip(make: Callable[[int], nn.Module], tmp_path: Path, layout: str,
+                                 input_shape: tuple[int, ...]) -> None:
+    """A checkpoint in any BasicSR layout loads strictly into a differently seeded model and reproduces its outputs."""
+    source = make(1).eval()
+    state = source.state_dict()
+    if layout == "module_prefix":
+        checkpoint = {"params": {f"module.{k}": v for k, v in state.items()}}
+    else:
+        checkpoint = {layout: state}
+    path = tmp_path / "net_g.pth"
+    torch.save(checkpoint, path)
+    target = load_pretrained(make(2), path, strict=True).eval()
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    x = torch.rand(*input_shape)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+
+
+def check_registered(name: str, cls: type, kwargs: dict, scale: int) -> None:
+    """BasicSR's registry resolves ``name`` to our class, and what it builds runs."""
+    import ldt.archs  # noqa: F401  (registers every *_arch.py)
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    assert ARCH_REGISTRY.get(name) is cls
+    model = ARCH_REGISTRY.get(name)(**kwargs)
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8 * scale, 8 * scale)

@@ -1,0 +1,56 @@
+"""Tiny SR experiments for pipeline tests: a tiny synthetic camera set and option files for a tiny SAFMN."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from ldt.data.synthetic_cameras import build_synthetic_cameras
+
+
+def tiny_cameras(root: Path) -> Path:
+    return build_synthetic_cameras(root, tiny=True, progress=False)
+
+
+def tiny_options(data_root: Path, name: str, method: str = "ldt", **overrides) -> dict:
+    """Options for a few CPU iterations of a 1-block SAFMN on the tiny synthetic cameras."""
+    opt = {
+        "name": name,
+        "model_type": "LDTModel",
+        "scale": 4,
+        "num_gpu": 0,
+        "manual_seed": 0,
+        "datasets": {
+            "train": {
+                "name": "olympus_train", "type": "DRealSRCameraDataset", "dataroot": str(data_root), "split": "train",
+                "cameras": ["olympus"], "gt_size": 32, "use_hflip": True, "use_rot": True,
+                "batch_size_per_gpu": 2, "num_worker_per_gpu": 0,
+            },
+            "val_1": {"name": "source", "type": "DRealSRCameraDataset", "dataroot": str(data_root), "split": "test",
+                      "cameras": ["olympus"]},
+            "val_2": {"name": "pan", "type": "DRealSRCameraDataset", "dataroot": str(data_root), "split": "test",
+                      "cameras": ["pan"]},
+        },
+        "network_g": {"type": "SAFMN", "dim": 8, "n_blocks": 1, "ffn_scale": 2.0, "upscaling_factor": 4},
+        "path": {},
+        "train": {"total_iter": 6, "optim_g": {"type": "Adam", "lr": 1e-3, "betas": [0.0, 0.99]}},
+        "val": {"val_freq": 3, "pbar": False},
+        "logger": {"print_freq": 2, "save_checkpoint_freq": 3, "use_tb_logger": False},
+        "ldt": {"method": method, "unstable_ratio": 0.5, "probe": {"num_batches": 3, "batch_size": 2},
+                "exchange": {"interval": 2}},
+    }
+    for key, value in overrides.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            opt.setdefault(section, {})[leaf] = value
+        else:
+            opt[section] = value
+    return copy.deepcopy(opt)
+
+
+def write_options(opt: dict, folder: Path) -> Path:
+    path = folder / f"{opt['name']}.yml"
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return path

@@ -1,0 +1,121 @@
+"""Partition rounding, determinism, criteria, pattern partitions and the JSON round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ldt.core import Partition, PartitionError, partition_by_patterns, partition_by_score, probe_gradients, stable_count
+from ldt.core.probe import GradientStatistics, Moments
+from tests.conftest import ce_loss
+
+
+def fake_stats(variances: list[float]) -> GradientStatistics:
+    """Statistics whose 'var' score is exactly the given numbers (two elements: values m ± sqrt(v/2))."""
+    moments = {}
+    for i, v in enumerate(variances):
+        m = Moments()
+        m.merge(2, 1.0 + i, float(v), 2.0 * (1.0 + i))  # count 2, M2 = v -> unbiased var = v
+        moments[f"l{i}"] = m
+    layers = {f"l{i}": [f"l{i}"] for i in range(len(variances))}
+    return GradientStatistics(layers=layers, moments=moments, elementwise=None, num_batches=2, group_by="tensor")
+
+
+@pytest.mark.parametrize(
+    "layers,ratio,expected", [(10, 0.4, 6), (10, 0.5, 5), (10, 0.9, 1), (10, 0.7, 3), (928, 0.4, 556), (928, 0.5, 464), (7, 0.3, 4)]
+)
+def test_stable_count_is_the_official_rounding(layers, ratio, expected):
+    assert stable_count(layers, ratio) == expected
+
+
+def test_lowest_scores_are_stable_and_ties_keep_network_order():
+    stats = fake_stats([5.0, 1.0, 3.0, 3.0, 3.0, 0.5])
+    part = partition_by_score(stats, unstable_ratio=0.5)
+    # ascending: l5(0.5) l1(1) l2(3) l3(3) l4(3) l0(5): 3 stable -> l5, l1, l2 (l2 first of the tie)
+    assert set(part.stable) == {"l5", "l1", "l2"}
+    assert part.stable == ["l1", "l2", "l5"]  # listed in network order
+    assert part.unstable == ["l0", "l3", "l4"]
+    assert part.criterion == "var" and part.unstable_ratio == 0.5 and part.probe_batches == 2
+    assert part.scores["l0"] == pytest.approx(5.0)
+
+
+def test_partition_is_deterministic_on_real_probe(tiny_net, batches):
+    stats = probe_gradients(tiny_net, batches, ce_loss)
+    first = partition_by_score(stats, 0.4)
+    second = partition_by_score(probe_gradients(tiny_net, batches, ce_loss, train_mode=False), 0.4)
+    assert first.excluded == ["unused"] and "unused" not in first.stable + first.unstable
+    assert len(first.stable) == stable_count(len(stats.layers), 0.4)
+    assert partition_by_score(stats, 0.4).to_dict() == first.to_dict()
+    assert second.stable + second.unstable + second.excluded  # covers the model
+    first.check_model(tiny_net)
+
+
+@pytest.mark.parametrize("criterion", ["var", "mean", "abs_mean", "var_over_mean"])
+def test_every_criterion_sorts_by_its_score(tiny_net, batches, criterion):
+    stats = probe_gradients(tiny_net, batches, ce_loss)
+    part = partition_by_score(stats, 0.5, criterion)
+    scores = stats.scores(criterion)
+    assert max(scores[n] for n in part.stable) <= min(scores[n] for n in part.unstable)
+
+
+def test_random_criterion_is_seeded(tiny_net):
+    a = partition_by_score(None, 0.5, "random", seed=3, model=tiny_net)
+    b = partition_by_score(None, 0.5, "random", seed=3, model=tiny_net)
+    c = partition_by_score(None, 0.5, "random", seed=4, model=tiny_net)
+    assert a.to_dict() == b.to_dict()
+    assert a.unstable != c.unstable or a.stable != c.stable
+    assert a.seed == 3
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5])
+def test_ratio_outside_open_interval_is_rejected(ratio):
+    with pytest.raises(PartitionError, match="strictly between"):
+        partition_by_score(fake_stats([1, 2, 3]), ratio)
+
+
+def test_ratio_that_empties_a_group_is_rejected():
+    with pytest.raises(PartitionError, match="stable group empty"):
+        partition_by_score(fake_stats([1, 2, 3]), 0.9)
+    # int(M * (1 - r)) < M for any r > 0, so the unstable group is never empty; a single layer is.
+    with pytest.raises(PartitionError, match="stable group empty"):
+        partition_by_score(fake_stats([1]), 0.5)
+
+
+def test_unknown_criterion_is_rejected():
+    with pytest.raises(PartitionError, match="unknown criterion"):
+        partition_by_score(fake_stats([1, 2]), 0.5, "median")
+
+
+def test_json_round_trip_and_mismatch_errors(tmp_path, tiny_net, batches):
+    part = partition_by_score(probe_gradients(tiny_net, batches, ce_loss), 0.4)
+    path = part.save(tmp_path / "sub" / "partition.json")
+    assert Partition.load(path, tiny_net) == part
+
+    other = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(PartitionError) as err:
+        Partition.load(path, other)
+    message = str(err.value)
+    assert "partition.json" in message and "'0.weight'" in message and "head.bias" in message
+
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PartitionError, match="not valid JSON"):
+        Partition.load(tmp_path / "bad.json")
+    with pytest.raises(PartitionError, match="not found"):
+        Partition.load(tmp_path / "missing.json")
+
+
+def test_pattern_partitions_for_baselines(tiny_net):
+    deft = partition_by_patterns(tiny_net, [r"^head\."], criterion="deft")
+    assert deft.unstable == ["head.weight", "head.bias"]
+    assert "body.0.weight" in deft.stable and deft.criterion == "deft"
+    ft = partition_by_patterns(tiny_net, [])
+    assert ft.unstable == [] and len(ft.stable) == len(list(tiny_net.parameters()))
+    with pytest.raises(PartitionError, match="match no parameter"):
+        partition_by_patterns(tiny_net, [r"^decoder\."])
+
+
+def test_nan_scores_need_more_batches(tiny_net, batches):
+    stats = probe_gradients(tiny_net, batches[:1], ce_loss, elementwise=True)
+    with pytest.raises(PartitionError, match="at least 2"):
+        partition_by_score(stats, 0.5, "elementwise_var")

@@ -1,0 +1,122 @@
+"""The probe's streaming statistics equal a brute-force computation on stored gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ldt.core import ProbeError, probe_gradients
+from tests.conftest import ce_loss, make_batches
+
+
+def stored_gradients(model, batches):
+    """Brute force: keep every batch's gradient, as the official code does."""
+    grads = {name: [] for name, p in model.named_parameters()}
+    model.train()
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        ce_loss(model, batch).backward()
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                grads[name].append(p.grad.detach().clone().double())
+    return {k: torch.stack(v) for k, v in grads.items() if v}
+
+
+def brute_scores(stacked: torch.Tensor) -> dict[str, float]:
+    return {
+        "var": torch.var(stacked).item(),
+        "mean": torch.mean(stacked).item(),
+        "abs_mean": stacked.abs().mean().item(),
+        "var_over_mean": torch.var(stacked).item() / stacked.abs().mean().item(),
+        "elementwise_var": stacked.var(dim=0).mean().item(),
+    }
+
+
+def test_scores_match_brute_force(tiny_net, batches):
+    snapshot = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    torch.manual_seed(1)
+    stats = probe_gradients(tiny_net, batches, ce_loss, elementwise=True)
+    # BatchNorm running stats moved in train mode; restore them so the brute force sees the same model.
+    tiny_net.load_state_dict(snapshot)
+    expected = stored_gradients(tiny_net, batches)
+    assert set(stats.layers) == set(expected)
+    for criterion in ("var", "mean", "abs_mean", "var_over_mean", "elementwise_var"):
+        scores = stats.scores(criterion)
+        for name, stacked in expected.items():
+            assert scores[name] == pytest.approx(brute_scores(stacked)[criterion], rel=1e-9, abs=1e-15), (criterion, name)
+    assert stats.num_batches == len(batches)
+
+
+def test_probe_restores_flags_grads_and_mode(tiny_net, batches):
+    tiny_net.head.weight.requires_grad_(False)
+    tiny_net.eval()
+    sentinel = torch.ones_like(tiny_net.body[0].weight)
+    tiny_net.body[0].weight.grad = sentinel
+    before = {k: v.clone() for k, v in tiny_net.named_parameters()}
+    stats = probe_gradients(tiny_net, batches, ce_loss)
+    assert "head.weight" in stats.layers  # probed although frozen by the user
+    assert tiny_net.head.weight.requires_grad is False
+    assert tiny_net.body[0].weight.grad is sentinel
+    assert tiny_net.head.bias.grad is None
+    assert not tiny_net.training
+    for name, p in tiny_net.named_parameters():
+        assert torch.equal(p, before[name]), f"probe changed {name}"
+
+
+def test_no_gradient_parameters_are_reported(tiny_net, batches):
+    stats = probe_gradients(tiny_net, batches, ce_loss)
+    assert stats.no_grad == ["unused"]
+    assert "unused" not in stats.scores("var")
+
+
+def test_module_grouping_pools_weight_and_bias(tiny_net, batches):
+    snapshot = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    stats = probe_gradients(tiny_net, batches, ce_loss, group_by="module")
+    tiny_net.load_state_dict(snapshot)
+    expected = stored_gradients(tiny_net, batches)
+    pooled = torch.cat([expected["head.weight"].reshape(len(batches), -1), expected["head.bias"].reshape(len(batches), -1)], 1)
+    assert stats.layers["head"] == ["head.weight", "head.bias"]
+    assert stats.scores("var")["head"] == pytest.approx(torch.var(pooled).item(), rel=1e-9)
+
+
+def test_num_batches_limits_the_probe(tiny_net, batches):
+    stats = probe_gradients(tiny_net, iter(batches), ce_loss, num_batches=2)
+    assert stats.num_batches == 2
+
+
+def test_empty_loader_is_an_error(tiny_net):
+    with pytest.raises(ProbeError, match="empty"):
+        probe_gradients(tiny_net, [], ce_loss)
+
+
+class NaNGradient(torch.autograd.Function):
+    """Adds zero to the loss but sends a NaN gradient to its input."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.sum() * 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, float("nan"))
+
+
+def test_non_finite_gradient_names_the_layer(tiny_net, batches):
+    def poisoned(model, batch):
+        return ce_loss(model, batch) + NaNGradient.apply(model.body[3].bias)
+
+    with pytest.raises(ProbeError, match=r"body\.3\.bias"):
+        probe_gradients(tiny_net, batches, poisoned)
+
+
+def test_non_finite_loss_is_an_error(tiny_net, batches):
+    with pytest.raises(ProbeError, match="not finite"):
+        probe_gradients(tiny_net, batches, lambda m, b: ce_loss(m, b) * float("inf"))
+
+
+def test_single_batch_gives_nan_elementwise_variance(tiny_net, batches):
+    stats = probe_gradients(tiny_net, batches[:1], ce_loss, elementwise=True)
+    assert math.isnan(stats.scores("elementwise_var")["head.bias"])

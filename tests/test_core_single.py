@@ -1,0 +1,108 @@
+"""LDT-S: the time-multiplexed schedule, its EMA values, composite and resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldt.core import ExchangeConfig, Partition, SingleBranchLDT, warmup
+from tests.conftest import TinyNet, ce_loss, make_batches
+
+
+def head_partition(model) -> Partition:
+    names = [n for n, _ in model.named_parameters()]
+    return Partition(stable=[n for n in names if not n.startswith("head")], unstable=["head.weight", "head.bias"])
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def sgd_steps(single: SingleBranchLDT, opt, batches) -> None:
+    for batch in batches:
+        opt.zero_grad(set_to_none=True)
+        ce_loss(single.model, batch).backward()
+        opt.step()
+        single.step()
+
+
+def test_schedule_alternates_groups_and_applies_ema(tiny_net):
+    part = head_partition(tiny_net)
+    w = 0.9
+    single = SingleBranchLDT(tiny_net, part, ExchangeConfig(dpu=False, weight=w), phase_steps=2)
+    opt = torch.optim.SGD(single.trainable_parameters(), lr=0.1)
+    start = snapshot(tiny_net)
+
+    sgd_steps(single, opt, make_batches(1, seed=1))  # primary's turn, step 1
+    now = snapshot(tiny_net)
+    assert single.phase == "stable"
+    assert not torch.equal(now["body.0.weight"], start["body.0.weight"])
+    assert torch.equal(now["head.weight"], start["head.weight"])
+
+    sgd_steps(single, opt, make_batches(1, seed=2))  # end of the primary's turn: switch
+    assert single.phase == "unstable"
+    trained_stable = {n: single.parked[i] for i, n in enumerate(part.stable)}
+    live = snapshot(tiny_net)
+    for name in part.stable:  # live stable = EMA of the start towards the trained values
+        assert torch.allclose(live[name], w * start[name] + (1 - w) * trained_stable[name]), name
+    for name in part.unstable:  # the auxiliary's unstable group, untouched so far
+        assert torch.equal(live[name], start[name])
+    assert [n for n, p in tiny_net.named_parameters() if p.requires_grad] == part.unstable
+
+    sgd_steps(single, opt, make_batches(2, seed=3))  # auxiliary's turn, then switch back
+    assert single.phase == "stable"
+    trained_unstable = {n: single.parked[i] for i, n in enumerate(part.unstable)}
+    live = snapshot(tiny_net)
+    for name in part.stable:  # the primary's trained stable values are back
+        assert torch.equal(live[name], trained_stable[name]), name
+    for name in part.unstable:
+        assert torch.allclose(live[name], w * start[name] + (1 - w) * trained_unstable[name]), name
+
+    composite = single.composite()
+    ema = dict(zip(part.stable + part.unstable, single.ema["stable"] + single.ema["unstable"]))
+    for name, p in composite.named_parameters():
+        assert torch.equal(p, ema[name]), name
+
+
+def test_ldt_s_resume_is_bit_identical(tmp_path):
+    def run(resume_at):
+        torch.manual_seed(0)
+        model = TinyNet()
+        part = head_partition(model)
+        config = ExchangeConfig(dpu=False)
+        single = SingleBranchLDT(model, part, config, phase_steps=3)
+        opt = torch.optim.Adam(single.trainable_parameters(), lr=1e-2)
+        for i, batch in enumerate(make_batches(8, seed=5)):
+            if i == resume_at:
+                torch.save({"ldt": single.state_dict(), "opt": opt.state_dict()}, tmp_path / "s.pth")
+                torch.manual_seed(9)
+                single = SingleBranchLDT(TinyNet(), part, config, phase_steps=3)
+                opt = torch.optim.Adam(single.trainable_parameters(), lr=1e-2)
+                state = torch.load(tmp_path / "s.pth", weights_only=True)
+                single.load_state_dict(state["ldt"])
+                opt.load_state_dict(state["opt"])
+            sgd_steps(single, opt, [batch])
+        return single.composite_state_dict()
+
+    straight, resumed = run(None), run(4)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_warmup_trains_only_the_named_subset(tiny_net):
+    before = snapshot(tiny_net)
+    tiny_net.body[0].weight.requires_grad_(False)
+    losses = warmup(tiny_net, make_batches(1), ce_loss, [r"^head\."], steps=5,
+                    optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.5))
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    after = snapshot(tiny_net)
+    for name in before:
+        assert torch.equal(before[name], after[name]) == (not name.startswith("head.")), name
+    assert tiny_net.body[0].weight.requires_grad is False and tiny_net.head.weight.requires_grad is True
+
+
+def test_warmup_errors(tiny_net):
+    with pytest.raises(ValueError, match="match no parameter"):
+        warmup(tiny_net, make_batches(1), ce_loss, [r"^classifier"], steps=1)
+    with pytest.raises(ValueError, match="empty"):
+        warmup(tiny_net, [], ce_loss, [r"^head"], steps=1)

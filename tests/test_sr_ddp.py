@@ -1,0 +1,72 @@
+"""Multi-process training (2 gloo processes on CPU) matches one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
+
+
+def deterministic_options(data_root, name: str, batch: int) -> dict:
+    """No random crop (patch = whole training patch) and no flips: both runs see exactly the same pixels."""
+    opt = tiny_options(data_root, name, "ldt")
+    opt["datasets"]["train"].update(use_hflip=False, use_rot=False, batch_size_per_gpu=batch)
+    opt["ldt"]["probe"] = {"num_batches": 6, "batch_size": 1}
+    opt["val"]["val_freq"] = 1000
+    opt["logger"]["save_checkpoint_freq"] = 1000
+    return opt
+
+
+def _worker(rank: int, world: int, port: int, options_file: str, root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from ldt.options import load_options
+    from ldt.train import init_distributed, train
+
+    opt = load_options(options_file, is_train=True)
+    init_distributed(opt, "pytorch")
+    try:
+        train(opt, root=Path(root))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_two_process_ddp_equals_single_process(tmp_path):
+    data_root = tiny_cameras(tmp_path / "cams")
+    ddp_file = write_options(deterministic_options(data_root, "ddp", batch=1), tmp_path)
+    mp.spawn(_worker, args=(2, free_port(), str(ddp_file), str(tmp_path)), nprocs=2, join=True)
+
+    from ldt.options import load_options
+    from ldt.train import train
+
+    single = load_options(write_options(deterministic_options(data_root, "single", batch=2), tmp_path), is_train=True)
+    single.update(dist=False, rank=0, world_size=1)
+    train(single, root=tmp_path)
+
+    def load(name):
+        exp = tmp_path / "experiments" / name
+        return (exp / "partition.json").read_text(), torch.load(exp / "models" / "net_g_latest.pth", weights_only=True)["params"]
+
+    (ddp_partition, ddp_params), (single_partition, single_params) = load("ddp"), load("single")
+    import json
+
+    a, b = json.loads(ddp_partition), json.loads(single_partition)
+    assert (a["stable"], a["unstable"]) == (b["stable"], b["unstable"])
+    assert a["probe_batches"] == b["probe_batches"] == 6
+    for key in single_params:
+        assert torch.allclose(ddp_params[key], single_params[key], rtol=1e-4, atol=1e-6), key

@@ -1,0 +1,199 @@
+"""Train_pip.py / test.py end to end on CPU: every method, validation, saving, resume, bad options, test.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ldt.options import OptionsError, load_options
+from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tiny_cameras(tmp_path_factory.mktemp("cams"))
+
+
+def run_training(opt: dict, tmp_path, **kwargs) -> dict:
+    from ldt.train import train
+
+    loaded = load_options(write_options(opt, tmp_path), is_train=True)
+    loaded.update(dist=False, rank=0, world_size=1, **kwargs)
+    return train(loaded, root=tmp_path)
+
+
+def final_params(tmp_path, name: str) -> dict:
+    return torch.load(tmp_path / "experiments" / name / "models" / "net_g_latest.pth", weights_only=True)["params"]
+
+
+@pytest.mark.parametrize("method", ["ft", "lpft", "deft", "ldt", "ldt_s"])
+def test_every_method_trains_validates_and_saves(method, data_root, tmp_path):
+    extra = {"ldt": {**tiny_options(data_root, "x")["ldt"], "method": method, "warmup": {"steps": 2}}} if method == "lpft" else {}
+    opt = tiny_options(data_root, f"run_{method}", method, **extra)
+    report = run_training(opt, tmp_path)
+    assert report["iterations"] == 6
+    rows = report["metrics"]["rows"]
+    assert set(rows) == {"source", "pan"} and all(0 < r["psnr"] < 100 and 0 < r["ssim"] <= 1 for r in rows.values())
+    exp = tmp_path / "experiments" / f"run_{method}"
+    assert (exp / "models" / "net_g_3.pth").is_file() and (exp / "training_states" / "6.state").is_file()
+    assert (exp / "models" / "net_g_best.pth").is_file(), "best checkpoint selected on the source set"
+    assert json.loads((exp / "results.json").read_text())["best"]["set"] == "source"
+    if method in ("deft", "ldt", "ldt_s"):
+        assert (exp / "partition.json").is_file()
+
+    # The composite loads into the plain architecture and into basicsr's own SRModel with strict=True.
+    import ldt.archs  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    plain = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+    plain.load_state_dict(final_params(tmp_path, f"run_{method}"), strict=True)
+
+
+def test_composite_is_what_was_validated(data_root, tmp_path):
+    """Validation metrics of the final report are those of the saved composite (not of a live branch)."""
+    from ldt.testing import run_test
+
+    opt = tiny_options(data_root, "composite", "ldt")
+    report = run_training(opt, tmp_path)
+    test_opt = {k: v for k, v in opt.items() if k not in ("train", "ldt", "logger")}
+    test_opt["name"] = "composite_test"
+    test_opt["datasets"] = {k: v for k, v in opt["datasets"].items() if k != "train"}
+    test_opt["path"] = {"pretrain_network_g": str(tmp_path / "experiments" / "composite" / "models" / "net_g_latest.pth")}
+    table = run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    for camera, values in report["metrics"]["rows"].items():
+        assert table.rows[camera]["psnr"] == pytest.approx(values["psnr"], abs=1e-9)
+        assert table.rows[camera]["ssim"] == pytest.approx(values["ssim"], abs=1e-12)
+    assert (tmp_path / "results" / "composite_test" / "results.md").is_file()
+
+
+def test_plain_basicsr_srmodel_loads_the_checkpoint(data_root, tmp_path):
+    opt = tiny_options(data_root, "plain", "ldt")
+    run_training(opt, tmp_path)
+    from basicsr.models.sr_model import SRModel
+
+    sr_opt = {"num_gpu": 0, "is_train": False, "dist": False, "network_g": opt["network_g"],
+              "path": {"pretrain_network_g": str(tmp_path / "experiments" / "plain" / "models" / "net_g_latest.pth"),
+                       "strict_load_g": True}}
+    model = SRModel(sr_opt)
+    expected = final_params(tmp_path, "plain")
+    for key, value in model.net_g.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("method", ["ldt", "ldt_s"])
+def test_resume_continues_bit_identically(method, data_root, tmp_path):
+    straight = tiny_options(data_root, f"straight_{method}", method)
+    run_training(straight, tmp_path)
+    # Same run, stopped after 3 iterations (mid-epoch, mid exchange interval), then resumed from its state.
+    first = tiny_options(data_root, f"resumed_{method}", method, train={**straight["train"], "total_iter": 3})
+    run_training(first, tmp_path)
+    second = tiny_options(data_root, f"resumed_{method}", method)
+    run_training(second, tmp_path, auto_resume=True)
+    a, b = final_params(tmp_path, f"straight_{method}"), final_params(tmp_path, f"resumed_{method}")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_auto_resume_after_a_crash(data_root, tmp_path, monkeypatch):
+    from ldt.models.ldt_model import LDTModel
+
+    straight = tiny_options(data_root, "nocrash", "ldt")
+    run_training(straight, tmp_path)
+
+    original = LDTModel.optimize_parameters
+
+    def crash_at_5(self, current_iter):
+        if current_iter == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, current_iter)
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", crash_at_5)
+    crashed = tiny_options(data_root, "crash", "ldt")
+    with pytest.raises(KeyboardInterrupt):
+        run_training(crashed, tmp_path)
+    states = sorted(p.name for p in (tmp_path / "experiments" / "crash" / "training_states").iterdir())
+    assert states == ["3.state"]
+    monkeypatch.setattr(LDTModel, "optimize_parameters", original)
+    run_training(crashed, tmp_path, auto_resume=True)
+    a, b = final_params(tmp_path, "nocrash"), final_params(tmp_path, "crash")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_root, tmp_path, monkeypatch):
+    from ldt.models.ldt_model import LDTModel, NonFiniteLossError
+
+    original = LDTModel.feed_data
+
+    def poison_at_5(self, data):
+        original(self, data)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 5:
+            self.gt = self.gt * float("nan")
+
+    monkeypatch.setattr(LDTModel, "feed_data", poison_at_5)
+    opt = tiny_options(data_root, "nan_stop", "ldt")
+    with pytest.raises(NonFiniteLossError, match="iteration 5"):
+        run_training(opt, tmp_path)
+    saved = tmp_path / "experiments" / "nan_stop" / "models" / "net_g_3.pth"
+    params = torch.load(saved, weights_only=True)["params"]
+    assert all(torch.isfinite(v).all() for v in params.values())
+
+    skip = tiny_options(data_root, "nan_skip", "ldt", train={**opt["train"], "nan_policy": "skip"})
+    report = run_training(skip, tmp_path)
+    assert report["nan_skips"] == 2  # both branches skipped iteration 5
+    assert all(torch.isfinite(v).all() for v in final_params(tmp_path, "nan_skip").values())
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda o: o["ldt"].update(methd="ldt"), "ldt:methd: unknown option (did you mean 'method'?)"),
+        (lambda o: o["ldt"].update(unstable_ratio=1.5), "ldt:unstable_ratio: must be strictly between 0 and 1"),
+        (lambda o: o["ldt"].update(method="ldtx"), "ldt:method: must be one of"),
+        (lambda o: o["train"].update(total_iter="many"), "train:total_iter: expected int"),
+        (lambda o: o["network_g"].update(n_block=2), "network_g:n_block: unknown option (did you mean 'n_blocks'?)"),
+        (lambda o: o["network_g"].update(type="SAFNM"), "unknown architecture 'SAFNM' (did you mean 'SAFMN'?)"),
+        (lambda o: o["datasets"]["train"].update(dataroot="/nonexistent/DRealSR"), "datasets:train:dataroot: path does not exist"),
+        (lambda o: o["path"].update(pretrain_network_g="/nonexistent/net.pth"), "path:pretrain_network_g: file does not exist"),
+        (lambda o: o.update(nmae="x"), "nmae: unknown option (did you mean 'name'?)"),
+        (lambda o: o["val"].update(selection="target"), "val:selection: must be 'source' or 'oracle:"),
+    ],
+)
+def test_bad_options_are_rejected_before_compute(mutate, message, data_root, tmp_path):
+    opt = tiny_options(data_root, "bad", "ldt")
+    mutate(opt)
+    with pytest.raises(OptionsError) as err:
+        load_options(write_options(opt, tmp_path), is_train=True)
+    assert message in str(err.value)
+    assert "bad.yml" in str(err.value)
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_force_yml_and_bare_names(data_root, tmp_path):
+    opt = tiny_options(data_root, "force", "ldt")
+    path = write_options(opt, tmp_path)
+    loaded = load_options(path, is_train=True, overrides=["ldt:method=ft", "train:optim_g:lr=2e-4", "ldt:exchange:dpu=false"])
+    assert loaded["ldt"]["method"] == "ft" and loaded["train"]["optim_g"]["lr"] == 2e-4
+    assert loaded["ldt"]["exchange"]["dpu"] is False
+    with pytest.raises(OptionsError, match="is not an option section"):
+        load_options(path, is_train=True, overrides=["trian:total_iter=3"])
+    with pytest.raises(OptionsError, match="not found"):
+        load_options("no_such_options.yml", is_train=True)
+
+
+@pytest.mark.parametrize("kind", ["train", "test"])
+def test_shipped_option_files_are_valid_up_to_missing_data(kind):
+    """The paper's option files have no unknown keys or bad types; only DRealSR / weights may be missing here."""
+    from ldt.options import OPTION_DIRS
+
+    files = sorted(OPTION_DIRS[kind].glob("*.yml"))
+    assert len(files) >= 3
+    for file in files:
+        try:
+            load_options(file, is_train=kind == "train")
+        except OptionsError as err:
+            problems = str(err).splitlines()[1:]
+            assert problems and all("does not exist" in line for line in problems), str(err)
