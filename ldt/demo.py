@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from ldt.compat import patch_basicsr
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.data.synthetic_cameras import build_bicubic_pretrain_set, build_synthetic_cameras
-from ldt.experiment import camera_dataset, camera_run_options, options_hash
+from ldt.experiment import camera_dataset, camera_run_options, run_stage
 from ldt.options import prepare_options
 
 patch_basicsr()
@@ -34,7 +33,7 @@ from ldt.core import Partition  # noqa: E402
 from ldt.evaluation import image_metrics  # noqa: E402
 from ldt.figures import plot_gradient_spread, plot_validation_curves, plot_visual_comparison  # noqa: E402
 from ldt.testing import run_test  # noqa: E402
-from ldt.train import PROJECT_ROOT, train  # noqa: E402
+from ldt.train import PROJECT_ROOT  # noqa: E402
 
 CAMERAS = ("source",) + TARGET_CAMERAS
 
@@ -57,28 +56,6 @@ BUDGETS = {
     "full": DemoBudget(pretrain_iters=1500, finetune_iters=400, val_freq=100, probe_batches=100, exchange_interval=2, batch_size=8, gt_size=128, tiny_data=False),
     "quick": DemoBudget(pretrain_iters=20, finetune_iters=8, val_freq=4, probe_batches=4, exchange_interval=2, batch_size=2, gt_size=32, tiny_data=True),
 }
-
-
-def run_stage(opt: dict, root: Path, force: bool) -> dict:
-    """Train one stage unless a finished run with the same options hash exists; return its report."""
-    exp = root / "experiments" / opt["name"]
-    stamp = exp / "results.json"
-    digest = options_hash(opt)
-    if not force and stamp.is_file():
-        report = json.loads(stamp.read_text())
-        if report.get("options_hash") == digest:
-            print(f"[demo] {opt['name']}: cached ({stamp})")
-            return report
-    shutil.rmtree(exp, ignore_errors=True)
-    shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
-    prepared = prepare_options(opt, is_train=True, source=f"demo stage {opt['name']}")
-    prepared.update(dist=False, rank=0, world_size=1)
-    report = train(prepared, root=root)
-    report["options_hash"] = digest
-    report_file = json.loads(stamp.read_text())
-    report_file.update(options_hash=digest)
-    stamp.write_text(json.dumps(report_file, indent=1))
-    return report
 
 
 def evaluate_weights(weights: Path, data_root: Path, network: dict, root: Path, name: str) -> dict[str, dict[str, float]]:

@@ -206,6 +206,7 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
 
     history: list[dict] = []
+    last_validated: tuple[int, MetricTable] | None = None
     start = time.time()
     bar = None
     if rank0:
@@ -236,9 +237,11 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
                 if tb_logger is not None:
                     for key, value in logs.items():
                         tb_logger.add_scalar(f"losses/{key}", value, current_iter)
-            if rank0 and val_loaders and current_iter % val_freq == 0:
+            # The last iteration is always validated, so it competes for the best checkpoint too.
+            if rank0 and val_loaders and (current_iter % val_freq == 0 or current_iter == total_iter):
                 table = validate(model, val_loaders, opt, current_iter, tb_logger)
                 history.append({"iter": current_iter, **table.to_dict()})
+                last_validated = (current_iter, table)
                 logger.info(f"validation at iter {current_iter}\n{table.markdown('camera')}")
                 if select_name is not None and table.rows[select_name]["psnr"] > best["value"]:
                     best = {"value": table.rows[select_name]["psnr"], "iter": current_iter, "set": select_name}
@@ -255,7 +258,10 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
     model.save(epoch, -1)
     report: dict = {}
     if rank0:
-        table = validate(model, val_loaders, opt, current_iter, tb_logger, desc="final") if val_loaders else MetricTable()
+        if last_validated is not None and last_validated[0] == current_iter:
+            table = last_validated[1]
+        else:  # resumed at the end, or no validation sets
+            table = validate(model, val_loaders, opt, current_iter, tb_logger, desc="final") if val_loaders else MetricTable()
         report = {"iterations": current_iter, "train_seconds": seconds, "best": best, "history": history,
                   "nan_skips": model.nan_skips}
         markdown = write_results(opt, table, report)

@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Reproduce the paper's SR tables with one command (logic and options: ``ldt/reproduce.py``).
+
+Examples:
+    python scripts/reproduce.py --table 1 --data datasets/DRealSR --arch mambair --weights MambaIR_x4.pth --seeds 3
+    python scripts/reproduce.py --table 6 --data datasets/DRealSR --weights safmn=SAFMN.pth hat=HAT.pth mambair=M.pth
+    python scripts/reproduce.py --table 1 2 --data synthetic --arch safmn_tiny --iters 200 --batch-size 8 --gt-size 64
+    python scripts/reproduce.py --table 1 2 --data synthetic --arch safmn_tiny --iters 200 --batch-size 8 --gt-size 64 \
+        --collect    # only rebuild the tables from experiments/reproduce/results.jsonl
+"""
+
+import sys
+
+from ldt.reproduce import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The embedded demo (``python Train_pip.py``) in its CI-sized ``quick`` budget: table, figures, caching."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from ldt import demo, experiment
+from ldt.data.cameras import TARGET_CAMERAS
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return root, demo.run_demo(root=root, budget="quick")
+
+
+def test_table_has_every_camera_and_method(first_run):
+    root, summary = first_run
+    assert set(summary["columns"]) == {"pretrained", "FT", "LDT+DPU"}
+    for rows in summary["columns"].values():
+        assert set(rows) >= {"source", *TARGET_CAMERAS}
+        for metrics in rows.values():
+            assert np.isfinite(metrics["psnr"]) and 0 < metrics["ssim"] <= 1
+    table = (root / "experiments" / "demo_quick" / "demo_results.md").read_text()
+    for camera in ("source", *TARGET_CAMERAS, "target mean"):
+        assert f"| {camera} |" in table or f"| **{camera}** |" in table
+    saved = json.loads((root / "experiments" / "demo_quick" / "demo_results.json").read_text())
+    assert saved["columns"] == summary["columns"]
+    # fine-tuning moved the weights: FT and LDT differ from the pretrained network on the source camera
+    assert summary["columns"]["FT"]["source"] != summary["columns"]["pretrained"]["source"]
+    assert summary["columns"]["LDT+DPU"]["source"] != summary["columns"]["pretrained"]["source"]
+
+
+def test_figures_exist_and_are_not_blank(first_run):
+    _, summary = first_run
+    assert len(summary["figures"]) == 3
+    for figure in summary["figures"]:
+        image = mpimg.imread(figure)
+        assert image.shape[0] > 200 and image.shape[1] > 200, figure
+        # a blank canvas has one colour; a drawn figure has many
+        assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50, figure
+
+
+def test_second_run_reuses_every_cached_stage(first_run, monkeypatch):
+    root, summary = first_run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached stage was retrained")
+
+    monkeypatch.setattr(experiment, "train", no_training)  # run_stage (ldt.experiment) trains through it
+    again = demo.run_demo(root=root, budget="quick")
+    assert again["columns"] == summary["columns"]

@@ -1,0 +1,237 @@
+"""scripts/reproduce.py: a tiny Table 1 sweep on the tiny synthetic cameras, resume, --collect, tables, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+import ldt.experiment
+import ldt.reproduce as rp
+from ldt.data.cameras import DREALSR_CAMERAS, TARGET_CAMERAS
+
+TINY = rp.Budget(iters=4, batch_size=2, gt_size=32, probe_batches=2, val_freq=2)
+SWEEP = dict(archs=["safmn_tiny"], seeds=2, budget=TINY, progress=False)
+pytestmark = pytest.mark.filterwarnings("ignore:no --weights")
+RECORD_FIELDS = {"table", "setting", "method", "arch", "source", "targets", "seed", "options_hash", "metrics",
+                 "best_iter", "data", "iters"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Table 1 (FT, LDT fixed W, LDT+DPU) x 2 seeds of a tiny SAFMN, 4 iterations each; data built on the fly."""
+    root = tmp_path_factory.mktemp("reproduce")
+    datasets, out = root / "datasets", root / "out"
+    with pytest.warns(UserWarning, match="random initialisation"):
+        summary = rp.reproduce(["1"], "synthetic_tiny", datasets_dir=datasets, out=out, **SWEEP)
+    return {"summary": summary, "out": out, "datasets": datasets, "data": datasets / "synthetic_cameras_tiny"}
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def forbid_training(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(ldt.experiment, "train", fail)
+
+
+def test_sweep_writes_one_record_per_run_and_the_tables(sweep):
+    summary, out = sweep["summary"], sweep["out"]
+    assert (summary.trained, summary.skipped, summary.missing) == (6, 0, 0)
+    records = [json.loads(line) for line in lines(out / "results.jsonl")]
+    assert len(records) == 6 and len({r["options_hash"] for r in records}) == 6
+    assert sorted((r["setting"], r["seed"]) for r in records) == sorted(
+        (setting, seed) for setting in ("FT (baseline)", "LDT (fixed W)", "LDT+DPU") for seed in (0, 1))
+    for record in records:
+        assert RECORD_FIELDS <= set(record)
+        assert record["table"] == "1" and record["arch"] == "safmn_tiny" and record["data"] == "synthetic"
+        assert record["source"] == ["olympus"] and record["targets"] == list(TARGET_CAMERAS)
+        assert record["iters"] == 4 and record["best_iter"] in (2, 4)
+        assert set(record["metrics"]) == {"source", *TARGET_CAMERAS}
+        assert all(0 < m["psnr"] < 100 and 0 < m["ssim"] <= 1 for m in record["metrics"].values())
+    fixed_w = [r for r in records if r["setting"] == "LDT (fixed W)"]
+    assert all(r["method"] == "ldt" and r["dpu"] is False for r in fixed_w)
+    assert summary.tables == [out / "table1.md", out / "table1.csv"]
+    markdown = (out / "table1.md").read_text()
+    assert "not comparable" in markdown and "paper" not in markdown.split("not comparable")[1]
+    assert "| LDT+DPU | safmn_tiny | 2/2 |" in markdown
+
+
+def test_rerun_trains_nothing(sweep, monkeypatch):
+    forbid_training(monkeypatch)
+    before = (sweep["out"] / "results.jsonl").read_bytes()
+    summary = rp.reproduce(["1"], "synthetic_tiny", datasets_dir=sweep["datasets"], out=sweep["out"], **SWEEP)
+    assert (summary.trained, summary.skipped) == (0, 6)
+    assert (sweep["out"] / "results.jsonl").read_bytes() == before
+
+
+def test_tables_are_regenerated_from_the_records_alone(sweep, monkeypatch):
+    forbid_training(monkeypatch)
+    out = sweep["out"]
+    before = {name: (out / name).read_text() for name in ("table1.md", "table1.csv")}
+    for name in before:
+        (out / name).unlink()
+    # The CLI with --collect and the data given as a path (the same root as 'synthetic_tiny' under the datasets dir).
+    code = rp.main(["--table", "1", "--data", str(sweep["data"]), "--arch", "safmn_tiny", "--seeds", "2",
+                    "--iters", "4", "--batch-size", "2", "--gt-size", "32", "--probe-batches", "2", "--val-freq", "2",
+                    "--out", str(out), "--collect"])
+    assert code == 0
+    assert {name: (out / name).read_text() for name in before} == before
+    assert len(lines(out / "results.jsonl")) == 6
+
+
+def test_cells_are_mean_and_sample_std_over_seeds(sweep):
+    out = sweep["out"]
+    records = [json.loads(line) for line in lines(out / "results.jsonl")]
+    dpu = [r for r in records if r["setting"] == "LDT+DPU"]
+
+    def mean_std(values):
+        mean = sum(values) / len(values)
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+    psnr = mean_std([r["metrics"]["sony"]["psnr"] for r in dpu])
+    ssim = mean_std([r["metrics"]["sony"]["ssim"] for r in dpu])
+    target_psnr = mean_std([sum(r["metrics"][c]["psnr"] for c in TARGET_CAMERAS) / 5 for r in dpu])
+    row = next(line for line in lines(out / "table1.md") if line.startswith("| LDT+DPU |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3 + TARGET_CAMERAS.index("sony")] == f"{psnr[0]:.2f} ± {psnr[1]:.2f} / {ssim[0]:.4f} ± {ssim[1]:.4f}"
+    assert cells[-1].startswith(f"{target_psnr[0]:.2f} ± {target_psnr[1]:.2f} / ")
+    with open(out / "table1.csv") as handle:
+        rows = {(r["setting"], r["camera"]): r for r in csv.DictReader(handle)}
+    assert float(rows["LDT+DPU", "sony"]["psnr_mean"]) == pytest.approx(psnr[0], abs=1e-9)
+    assert float(rows["LDT+DPU", "sony"]["ssim_std"]) == pytest.approx(ssim[1], abs=1e-9)
+    assert rows["LDT+DPU", "sony"]["seeds"] == "2" and rows["LDT+DPU", "sony"]["paper_psnr"] == ""
+
+
+def test_an_interrupted_sweep_trains_only_the_missing_run(sweep, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out)
+    records = lines(out / "results.jsonl")
+    lost = json.loads(records[-1])
+    # Killed while training the last run: no record, a half-written line, the run folder without its results stamp.
+    (out / "results.jsonl").write_text("\n".join(records[:-1]) + '\n{"table": "1", "opti')
+    (out / "experiments" / next(p.name for p in (out / "experiments").iterdir()
+                                if p.name.endswith(lost["options_hash"])) / "results.json").unlink()
+    calls = []
+    real_train = ldt.experiment.train
+    monkeypatch.setattr(ldt.experiment, "train", lambda opt, root: calls.append(opt["name"]) or real_train(opt, root))
+    with pytest.warns(UserWarning, match="interrupted write"):
+        summary = rp.reproduce(["1"], "synthetic_tiny", datasets_dir=sweep["datasets"], out=out, **SWEEP)
+    assert (summary.trained, summary.skipped, len(calls)) == (1, 5, 1)
+    assert calls[0].endswith(lost["options_hash"])
+    with pytest.warns(UserWarning, match="interrupted write"):
+        again = {r["options_hash"]: r for r in rp.read_records(out / "results.jsonl")}
+    assert len(again) == 6
+    assert again[lost["options_hash"]]["metrics"] == lost["metrics"], "seeded CPU runs are deterministic"
+
+
+def fake_records(runs, data_kind: str) -> list[dict]:
+    """A record per unique run with made-up metrics (distinct per seed so that std > 0)."""
+    records = {}
+    for run in runs:
+        metrics = {c: {"psnr": 30.0 + 0.1 * run.seed + i, "ssim": 0.8 + 0.01 * run.seed}
+                   for i, c in enumerate(("source",) + DREALSR_CAMERAS)}
+        records[run.digest] = {"options_hash": run.digest, "data": data_kind, "data_root": "/data/DRealSR",
+                               "arch": run.arch, "weights": None, "iters": 200000, "batch_size": 4, "gt_size": 192,
+                               "probe_batches": 300, "metrics": metrics}
+    return list(records.values())
+
+
+def write_fake(tmp_path, tables, archs, data_kind: str):
+    runs = rp.plan_runs(tables, "/data/DRealSR", data_kind="drealsr", archs=archs, seeds=2)
+    for record in fake_records(runs, data_kind):
+        rp.append_record(tmp_path / rp.RESULTS_FILE, record)
+    return rp.collect_results(tmp_path, runs)
+
+
+def test_paper_numbers_appear_beside_drealsr_records(tmp_path):
+    write_fake(tmp_path, ["1", "5"], ["mambair"], "drealsr")
+    table1 = (tmp_path / "table1.md").read_text()
+    # Paper Table 1, LDT+DPU on Pan: 31.36 ± 0.0469 / 0.8611 ± 6.03e-4.
+    assert "| ↳ paper (LDT+DPU) | MambaIR | | 31.36 ± 0.05 / 0.8611 ± 0.0006 |" in table1
+    assert "| ↳ paper (Baseline) | MambaIR | | 30.81 / 0.8688 |" in table1
+    assert "not comparable" not in table1
+    with open(tmp_path / "table1.csv") as handle:
+        rows = {(r["setting"], r["camera"]): r for r in csv.DictReader(handle)}
+    assert float(rows["LDT+DPU", "pan"]["paper_psnr"]) == 31.36
+    assert float(rows["LDT (fixed W)", "canon"]["paper_ssim"]) == 0.9236
+    # Table 5: the source camera's column is marked, the paper's cells are per target.
+    table5 = lines(tmp_path / "table5.md")
+    pan_ft = table5.index(next(line for line in table5 if line.startswith("| Pan + FT |")))
+    assert "(source)" in table5[pan_ft]
+    assert table5[pan_ft + 1].startswith("| ↳ paper (Pan + FT) | MambaIR | | 30.65 / ")
+
+
+def test_no_paper_numbers_for_synthetic_records_or_other_archs(tmp_path):
+    write_fake(tmp_path / "synthetic", ["1"], ["mambair"], "synthetic")
+    assert "paper (" not in (tmp_path / "synthetic" / "table1.md").read_text()
+    write_fake(tmp_path / "tiny", ["1"], ["safmn_tiny"], "drealsr")
+    assert "paper (" not in (tmp_path / "tiny" / "table1.md").read_text()
+
+
+def test_every_paper_row_we_name_exists_and_shared_runs_train_once():
+    runs = rp.plan_runs(list(rp.TABLES), "/data/DRealSR", data_kind="drealsr", seeds=1)
+    for run in runs:
+        if run.setting.paper_row is not None:
+            cells = rp.paper_cells(rp.TABLES[run.table], run.setting)
+            assert set(cells) == set(run.setting.targets), (run.table, run.setting.paper_row)
+    # Unique settings: T1 3, T2 +3 criteria, T4 +LP-FT +DeFT, T5 +6, T6 +4 (SAFMN, HAT), T9 +6 ratios.
+    assert len({run.digest for run in runs}) == 24
+    assert rp.PAPER_TABLES_FILE.read_text().startswith("{")
+
+
+def test_weights_are_checked_before_training(tmp_path):
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    spec = {k: v for k, v in ldt.experiment.ARCHS["safmn_tiny"].items() if k != "type"}
+    good = tmp_path / "good.pth"
+    torch.save({"params": ARCH_REGISTRY.get("SAFMN")(**spec).state_dict()}, good)
+    weights = rp.parse_weights([f"safmn_tiny={good}"], ["safmn_tiny"])
+    assert weights == {"safmn_tiny": good.resolve()}
+    rp.check_weights(weights)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"params": {"conv.weight": torch.zeros(1)}}, wrong)
+    with pytest.raises(rp.ReproduceError, match=f"weights file {wrong} does not load into safmn_tiny"):
+        rp.check_weights(rp.parse_weights([str(wrong)], ["safmn_tiny"]))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(tables=["3"]), "unknown table '3'; choose from 1, 2, 4, 5, 6, 9 or all"),
+        (dict(archs=["mambaIR"]), "unknown arch 'mambaIR'; choose from"),
+        (dict(data="{tmp}/no_such_root"), "data root {tmp}/no_such_root does not exist"),
+        (dict(data="{tmp}"), "data root {tmp}: no train split"),
+        (dict(weights=["{tmp}/missing.pth"]), "weights file for safmn_tiny does not exist: {tmp}/missing.pth"),
+        (dict(weights=["hat={tmp}/x.pth"]), "arch hat is not in this sweep"),
+        (dict(weights=["hta={tmp}/x.pth"]), "unknown arch 'hta'"),
+        (dict(archs=["safmn_tiny", "safmn"], weights=["{tmp}/x.pth"]), "give one ARCH=FILE per arch"),
+        (dict(seeds=0), "--seeds must be a positive integer"),
+        (dict(budget=rp.Budget(iters=4, gt_size=30)), "--gt-size must be a multiple of the scale 4"),
+    ],
+)
+def test_bad_inputs_fail_before_any_run(kwargs, message, sweep, tmp_path, monkeypatch):
+    forbid_training(monkeypatch)
+    (tmp_path / "x.pth").write_bytes(b"")
+    args = {"tables": ["1"], "data": str(sweep["data"]), "archs": ["safmn_tiny"], "seeds": 1, "budget": TINY,
+            "out": tmp_path / "out", "progress": False}
+    args.update({k: [v.format(tmp=tmp_path) for v in value] if isinstance(value, list) else
+                 value.format(tmp=tmp_path) if isinstance(value, str) else value for k, value in kwargs.items()})
+    with pytest.raises(rp.ReproduceError) as err:
+        rp.reproduce(args.pop("tables"), args.pop("data"), **args)
+    assert message.format(tmp=tmp_path) in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):
+    assert rp.main(["--table", "7", "--data", "synthetic", "--out", str(tmp_path)]) == 2
+    assert "error: unknown table '7'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rp.main(["--table", "1"])
