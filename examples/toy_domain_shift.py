@@ -11,7 +11,6 @@ on a held-out target domain.
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 import torch.nn.functional as F

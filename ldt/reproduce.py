@@ -19,7 +19,6 @@ import argparse
 import csv
 import functools
 import json
-import os
 import pickle
 import statistics
 import sys
@@ -34,6 +33,7 @@ from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collec
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
 from ldt.experiment import ARCHS, camera_run_options, options_hash, run_stage
 from ldt.options import OptionsError, prepare_options
+from ldt.records import append_jsonl, read_jsonl
 from ldt.train import PROJECT_ROOT
 
 PAPER_TABLES_FILE = Path(__file__).with_name("paper_tables.json")
@@ -390,41 +390,6 @@ def check_data(root: Path, runs: Sequence[PlannedRun]) -> None:
 # ------------------------------------------------------------------------------------------------------- records
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every record of a results file; a line cut short by an interruption is skipped with a warning."""
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{number}: not a JSON record (an interrupted write?); ignored", stacklevel=2)
-            continue
-        if isinstance(record, dict) and "options_hash" in record:
-            records.append(record)
-    return records
-
-
-def append_record(path: Path, record: dict) -> None:
-    """Append one line and sync it, so a crash right after a run still leaves its record whole.
-
-    A line cut short by an earlier crash is closed first, or the new record would be glued to it and lost.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab+") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell():
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
-        handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def make_record(run: PlannedRun, report: dict, data_kind: str, out: Path) -> dict:
     """The record of a finished run; metrics are those of the checkpoint selected on the source camera."""
     best_iter = report["best"]["iter"]
@@ -555,7 +520,7 @@ def render_table(spec: TableSpec, runs: Sequence[PlannedRun], records: Mapping[s
 
 def collect_results(out: Path, runs: Sequence[PlannedRun]) -> list[Path]:
     """Write ``table<N>.md`` and ``table<N>.csv`` for every table of ``runs`` from ``<out>/results.jsonl`` alone."""
-    records = {record["options_hash"]: record for record in read_records(out / RESULTS_FILE)}
+    records = {record["options_hash"]: record for record in read_jsonl(out / RESULTS_FILE)}
     written = []
     out.mkdir(parents=True, exist_ok=True)
     for table in dict.fromkeys(run.table for run in runs):
@@ -619,7 +584,7 @@ def reproduce(
 
     results = out / RESULTS_FILE
     unique = list({run.digest: run for run in runs}.values())
-    done = {record["options_hash"] for record in read_records(results)}
+    done = {record["options_hash"] for record in read_jsonl(results)}
     pending = [run for run in unique if run.digest not in done]
     if not collect_only and pending:
         check_weights(weight_files)
@@ -636,11 +601,11 @@ def reproduce(
         for run in pending:
             bar.set_postfix_str(run.opt["name"])
             report = run_stage(run.opt, out, label="reproduce")
-            append_record(results, make_record(run, report, data_kind, out))
+            append_jsonl(results, make_record(run, report, data_kind, out))
             bar.update(1)
         bar.close()
     written = collect_results(out, runs)
-    recorded = {record["options_hash"] for record in read_records(results)}
+    recorded = {record["options_hash"] for record in read_jsonl(results)}
     planned = {run.digest for run in unique}
     return Summary(trained=0 if collect_only else len(pending), skipped=len(unique) - len(pending), records=results,
                    tables=written, seconds=time.time() - start, missing=len(planned - recorded),

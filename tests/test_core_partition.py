@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from ldt.core import Partition, PartitionError, partition_by_patterns, partition_by_score, probe_gradients, stable_count

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldt.core import ProbeError, probe_gradients
-from tests.conftest import ce_loss, make_batches
+from tests.conftest import ce_loss
 
 
 def stored_gradients(model, batches):

@@ -12,6 +12,7 @@ import torch
 
 import ldt.experiment
 import ldt.reproduce as rp
+from ldt.records import append_jsonl, read_jsonl
 from ldt.data.cameras import DREALSR_CAMERAS, TARGET_CAMERAS
 
 TINY = rp.Budget(iters=4, batch_size=2, gt_size=32, probe_batches=2, val_freq=2)
@@ -127,7 +128,7 @@ def test_an_interrupted_sweep_trains_only_the_missing_run(sweep, tmp_path, monke
     assert (summary.trained, summary.skipped, len(calls)) == (1, 5, 1)
     assert calls[0].endswith(lost["options_hash"])
     with pytest.warns(UserWarning, match="interrupted write"):
-        again = {r["options_hash"]: r for r in rp.read_records(out / "results.jsonl")}
+        again = {r["options_hash"]: r for r in read_jsonl(out / "results.jsonl")}
     assert len(again) == 6
     assert again[lost["options_hash"]]["metrics"] == lost["metrics"], "seeded CPU runs are deterministic"
 
@@ -147,7 +148,7 @@ def fake_records(runs, data_kind: str) -> list[dict]:
 def write_fake(tmp_path, tables, archs, data_kind: str):
     runs = rp.plan_runs(tables, "/data/DRealSR", data_kind="drealsr", archs=archs, seeds=2)
     for record in fake_records(runs, data_kind):
-        rp.append_record(tmp_path / rp.RESULTS_FILE, record)
+        append_jsonl(tmp_path / rp.RESULTS_FILE, record)
     return rp.collect_results(tmp_path, runs)
 
 

@@ -311,9 +311,10 @@ def probe_gradients(
     return stats
 
 
-def progress_bar(total: int | None, enabled: bool):
+def progress_bar(total: int | None, enabled: bool, desc: str = "LDT probe"):
+    """A tqdm bar (imported lazily: the core does not need tqdm unless asked for progress), or None."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="LDT probe", unit="batch", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)

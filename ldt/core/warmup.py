@@ -52,7 +52,7 @@ def warmup(
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = (optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-4)))(params)
         model.train()
-        bar = progress_bar(steps, progress)
+        bar = progress_bar(steps, progress, desc="LDT warm-up")
         iterator = iter(batches)
         while len(losses) < steps:
             try:

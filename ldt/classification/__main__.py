@@ -1,0 +1,149 @@
+"""Domain-generalisation sweeps: ``python -m ldt.classification [options]`` or ``--collect OUT``.
+
+With no arguments it builds the generated toy dataset (datasets/toy_domains) and runs every method with the tiny CNN
+on CPU, leave-one-domain-out, over three seeds. Finished runs (by options hash) are skipped, so an interrupted sweep
+resumes where it stopped; the table is rewritten from all records at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ldt.classification.data import scan_domains, split_holdout
+from ldt.classification.models import BACKBONES, build_model
+from ldt.classification.records import append_record, finished, options_hash, write_tables
+from ldt.classification.toy import DEFAULT_ROOT, build_toy_domains
+from ldt.classification.train import METHODS, RunConfig, run
+from ldt.core import CRITERIA
+
+TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
+# Hyper-parameter flags: RunConfig field -> help. Defaults come from RunConfig (sized for the CPU demo).
+HYPER = {
+    "steps": "training steps per run (every method, after warm-up/probe)",
+    "batch_size": "images per training domain per step",
+    "lr": "Adam learning rate of the training stage",
+    "weight_decay": "Adam weight decay",
+    "warmup_steps": "head-only warm-up steps (all methods but ft)",
+    "warmup_lr": "learning rate of the head warm-up",
+    "probe_batches": "batches of the gradient probe (ldt*)",
+    "unstable_ratio": "fraction of layers marked unstable (ldt*)",
+    "interval": "steps between exchanges (deft, ldt*)",
+    "ema_weight": "fixed EMA weight W (deft, ldt)",
+    "holdout_fraction": "held-out fraction of each training domain, for model selection",
+    "eval_every": "steps between model-selection evaluations",
+    "image_size": "input size (default: 32 for tiny, 224 otherwise)",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ldt.classification", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--collect", metavar="OUT", help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")
+    parser.add_argument("--data", help=f"dataset root, DomainBed layout root/<domain>/<class>/<image> (default: build {DEFAULT_ROOT})")
+    parser.add_argument("--out", help="records and tables (default: results/classification/<dataset name>)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=["tiny"])
+    parser.add_argument("--weights", nargs="+", default=[], metavar="[BACKBONE=]PATH", help="local pre-trained weights (never downloaded)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--test-domains", nargs="+", metavar="DOMAIN[+DOMAIN]", help="left-out domain(s) of each run (default: each domain)")
+    parser.add_argument("--criterion", choices=CRITERIA, default="var", help="probe score that ranks layers (ldt*)")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    for name, text in HYPER.items():
+        kind = float if isinstance(defaults[name], float) else int
+        shown = "" if defaults[name] is None else f" [{defaults[name]}]"
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name], help=text + shown)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on CUDA)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser.parse_args(argv)
+
+
+def weights_by_backbone(entries: list[str], backbones: list[str]) -> dict[str, str]:
+    """``BACKBONE=PATH`` entries, or one bare PATH when a single backbone is swept."""
+    mapping = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and name in BACKBONES:
+            mapping[name] = path
+        elif len(entries) == 1 and len(backbones) == 1:
+            mapping[backbones[0]] = entry
+        else:
+            raise ValueError(f"--weights {entry!r}: with several backbones or files, write BACKBONE=PATH")
+    unused = sorted(set(mapping) - set(backbones))
+    if unused:
+        raise ValueError(f"--weights given for backbone(s) {unused} that are not swept (--backbones {backbones})")
+    return mapping
+
+
+def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
+    """Check everything that can be checked cheaply, then list the sweep's runs (seed-major, so a partial sweep
+    already has complete seeds)."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    dataset = scan_domains(args.data)
+    groups = [tuple(g.split("+")) for g in args.test_domains] if args.test_domains else [(d,) for d in dataset.domains]
+    for group in groups:
+        dataset.check_test_domains(group)
+    weights = weights_by_backbone(args.weights, args.backbones)
+    hyper = {name: getattr(args, name) for name in HYPER}
+    configs = [
+        RunConfig(
+            data=args.data, test_domains=group, method=method, backbone=backbone, weights=weights.get(backbone),
+            seed=seed, criterion=args.criterion, augment=args.augment, **hyper,
+        )
+        for seed in args.seeds
+        for backbone in args.backbones
+        for group in groups
+        for method in args.methods
+    ]
+    training = {d for group in groups for d in dataset.train_domains(group)}
+    for seed in args.seeds:
+        for domain in sorted(training):
+            split_holdout(dataset.samples[domain], args.holdout_fraction, seed, domain)
+    for backbone, path in weights.items():  # a file that does not fit fails now, not hours into the sweep
+        build_model(backbone, len(dataset.classes), weights=path, image_size=args.image_size)
+    return Path(args.out or Path("results/classification") / dataset.name), configs
+
+
+def sweep(args: argparse.Namespace) -> int:
+    try:
+        if args.data is None:
+            args.data = str(build_toy_domains(DEFAULT_ROOT))
+        out, configs = plan(args)
+    except (ValueError, OSError) as err:  # DatasetError is a ValueError; missing files and folders are OSErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    done = finished(out)
+    todo = [c for c in configs if options_hash(c.hparams()) not in done]
+    print(f"{len(configs)} runs, {len(configs) - len(todo)} already recorded in {out}; running {len(todo)} on {args.device}")
+    workers = args.workers if args.workers is not None else (4 if args.device.startswith("cuda") else 0)
+    for config in tqdm(todo, desc="sweep", unit="run", disable=not args.progress, dynamic_ncols=True):
+        record = run(config, device=args.device, workers=workers, progress=args.progress)
+        append_record(out, record)
+    print(write_tables(out, TABLE_ORDER))
+    print(f"records: {out / 'results.jsonl'}; tables: {out / 'table.md'}, {out / 'table.csv'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.collect:
+        try:
+            print(write_tables(args.collect, TABLE_ORDER))
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    return sweep(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Multi-domain image data in the DomainBed folder layout ``root/<domain>/<class>/<image>``.
+
+Every training domain is split, seeded, into a training part and a held-out part; the held-out parts are the only
+data model selection may see (*training-domain validation*). Test domains are read whole and only once, after
+selection. Batches of training steps draw ``batch_size`` images from each training domain, as DomainBed does.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision import transforms
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+Sample = tuple[str, int]
+
+
+class DatasetError(ValueError):
+    """The dataset folder cannot be used as asked (missing root, empty domain, unknown test domain, ...)."""
+
+
+@dataclass
+class DomainDataset:
+    """The images of every domain, with one class index space shared by all domains (sorted class names)."""
+
+    root: Path
+    domains: list[str]
+    classes: list[str]
+    samples: dict[str, list[Sample]]
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def check_test_domains(self, test_domains: Sequence[str]) -> None:
+        """Raise unless ``test_domains`` are distinct domains of the dataset and leave one to train on."""
+        unknown = [d for d in test_domains if d not in self.domains]
+        if unknown:
+            raise DatasetError(f"test domain(s) {unknown} not in {self.root} (domains: {self.domains})")
+        if not test_domains or len(set(test_domains)) != len(test_domains):
+            raise DatasetError(f"test domains must be a non-empty list of distinct domains, got {list(test_domains)}")
+        if len(set(test_domains)) >= len(self.domains):
+            raise DatasetError(f"test domains {list(test_domains)} leave no training domain in {self.root}")
+
+    def train_domains(self, test_domains: Sequence[str]) -> list[str]:
+        return [d for d in self.domains if d not in test_domains]
+
+
+def scan_domains(root: str | Path) -> DomainDataset:
+    """Index ``root/<domain>/<class>/<image>``; errors name the missing root or the domain without images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a directory")
+    domain_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(domain_dirs) < 2:
+        raise DatasetError(f"{root} needs at least two domain folders (root/<domain>/<class>/<image>), found {len(domain_dirs)}")
+    files: dict[str, dict[str, list[str]]] = {}
+    for domain_dir in domain_dirs:
+        per_class = {
+            class_dir.name: sorted(
+                str(f) for f in class_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            for class_dir in sorted(domain_dir.iterdir())
+            if class_dir.is_dir() and not class_dir.name.startswith(".")
+        }
+        if not per_class:
+            raise DatasetError(f"domain '{domain_dir.name}' has no class folders: expected {domain_dir}/<class>/<image>")
+        if not any(per_class.values()):
+            raise DatasetError(
+                f"domain '{domain_dir.name}' has no images: expected {domain_dir}/<class>/<image> with one of "
+                f"{sorted(IMAGE_SUFFIXES)}"
+            )
+        files[domain_dir.name] = per_class
+    classes = sorted({c for per_class in files.values() for c, paths in per_class.items() if paths})
+    index = {c: i for i, c in enumerate(classes)}
+    samples = {
+        domain: [(path, index[c]) for c, paths in per_class.items() for path in paths] for domain, per_class in files.items()
+    }
+    return DomainDataset(root=root, domains=list(files), classes=classes, samples=samples)
+
+
+def split_holdout(samples: list[Sample], fraction: float, seed: int, domain: str) -> tuple[list[Sample], list[Sample]]:
+    """Seeded (train, held-out) split of one domain; the seed mixes in the domain name, not its position."""
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"holdout fraction must be in (0, 1), got {fraction}")
+    count = len(samples)
+    held = max(1, int(count * fraction))
+    if held >= count:
+        raise DatasetError(f"domain '{domain}' has {count} image(s): too few to hold out {fraction:.0%} for selection")
+    order = np.random.default_rng([seed, zlib.crc32(domain.encode())]).permutation(count)
+    return [samples[i] for i in order[held:]], [samples[i] for i in order[:held]]
+
+
+def load_image(path: str) -> Image.Image:
+    return Image.open(path).convert("RGB")
+
+
+class ImageList(Dataset):
+    """(image, label) pairs read from disk on demand."""
+
+    def __init__(self, samples: list[Sample], transform) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_image(path)), label
+
+
+def image_transform(size: int, augment: bool) -> transforms.Compose:
+    """DomainBed-style augmentation for training (crop, flip, colour jitter, grayscale); a plain resize otherwise."""
+    if augment:
+        steps = [
+            transforms.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(0.3, 0.3, 0.3, 0.3),
+            transforms.RandomGrayscale(),
+        ]
+    else:
+        steps = [transforms.Resize((size, size), antialias=True)]
+    return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def training_stream(
+    parts: list[Dataset], batch_size: int, seed: int, *, workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches: ``batch_size`` images of every training domain (shuffled epochs, seeded), concatenated."""
+    loaders = [
+        DataLoader(
+            part,
+            batch_size=batch_size,
+            sampler=RandomSampler(part, num_samples=sys.maxsize, generator=torch.Generator().manual_seed(seed * 1000 + i)),
+            num_workers=workers,
+            pin_memory=pin_memory,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed * 1000 + i),
+            persistent_workers=workers > 0,
+        )
+        for i, part in enumerate(parts)
+    ]
+    for batches in zip(*loaders):
+        yield torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def eval_loader(samples: list[Sample], size: int, batch_size: int, workers: int = 0) -> DataLoader:
+    """Ordered batches of un-augmented images."""
+    dataset = ImageList(samples, image_transform(size, augment=False))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)

@@ -1,0 +1,106 @@
+"""Backbones with a fresh classification head: torchvision ResNet-18/50 and ViT-B/16, and a tiny CNN for tests.
+
+Pre-trained weights are read only from a local file (``weights=path``): nothing is downloaded. The file's own head
+(e.g. ImageNet's 1000-class ``fc``) is dropped and a randomly initialised head for ``num_classes`` takes its place,
+which is why warm-up (head only, backbone frozen) precedes the probe.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+# Regexes for the classification head of each backbone: warm-up trains them, DeFT makes them its unstable group.
+HEAD_PATTERNS: dict[str, list[str]] = {
+    "tiny": [r"^head\."],
+    "resnet18": [r"^fc\."],
+    "resnet50": [r"^fc\."],
+    "vit_b_16": [r"^heads\.head\."],
+}
+BACKBONES = tuple(HEAD_PATTERNS)
+DEFAULT_IMAGE_SIZE = {"tiny": 32, "resnet18": 224, "resnet50": 224, "vit_b_16": 224}
+
+
+class TinyCNN(nn.Module):
+    """Three conv-BN-ReLU stages and a linear head: seconds per run on a CPU, with BatchNorm like the ResNets."""
+
+    def __init__(self, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        stages, channels = [], 3
+        for out in (width, 2 * width, 4 * width):
+            stages += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = out
+        self.features = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def check_backbone(name: str) -> None:
+    if name not in HEAD_PATTERNS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+
+
+def head_patterns(name: str) -> list[str]:
+    """Regexes matching the classification head's parameters of backbone ``name``."""
+    check_backbone(name)
+    return list(HEAD_PATTERNS[name])
+
+
+def build_model(name: str, num_classes: int, *, weights: str | Path | None = None, image_size: int | None = None) -> nn.Module:
+    """Backbone ``name`` with a random ``num_classes`` head; backbone weights from the local file ``weights``, if any.
+
+    Seed the global torch RNG first for a reproducible head (and backbone, without weights).
+    """
+    check_backbone(name)
+    if name == "tiny":
+        model = TinyCNN(num_classes)
+    elif name == "vit_b_16":
+        model = models.vit_b_16(weights=None, image_size=image_size or DEFAULT_IMAGE_SIZE[name])
+        model.heads.head = nn.Linear(model.heads.head.in_features, num_classes)
+    else:
+        model = getattr(models, name)(weights=None)
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if weights is not None:
+        load_backbone_weights(model, name, weights)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local checkpoint: a plain state dict or one under 'state_dict'/'model' (DDP prefix removed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling and zip errors have no common base class
+        raise ValueError(f"weights file {path} is not a readable torch checkpoint: {err}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_backbone_weights(model: nn.Module, name: str, path: str | Path) -> None:
+    """Load every non-head tensor of ``path`` into ``model``; the file must cover the whole backbone, nothing else."""
+    heads = [re.compile(p) for p in HEAD_PATTERNS[name]]
+    is_head = lambda key: any(p.search(key) for p in heads)  # noqa: E731
+    state = {k: v for k, v in read_state_dict(path).items() if not is_head(k)}
+    own = model.state_dict()
+    # Old torchvision checkpoints lack BatchNorm's num_batches_tracked; BatchNorm fills it in when loading.
+    missing = [k for k in own if k not in state and not is_head(k) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"weights file {path} does not fit backbone {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {wrong_shape[:5]}"
+        )
+    model.load_state_dict(state, strict=False)

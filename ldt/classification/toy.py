@@ -1,0 +1,122 @@
+"""A small multi-domain image dataset generated in code (no downloads), written in the DomainBed layout.
+
+Four classes of rendered shapes (circle, square, triangle, cross) on textured backgrounds, with random colour, size,
+position and rotation. Four domains see the same kind of scenes through different "cameras": ``photo`` (clean),
+``cast`` (warm colour cast and blur), ``noisy`` (sensor noise, desaturated) and ``faded`` (low contrast and heavy
+JPEG). Every image is seeded by (seed, domain, class, index), so the dataset is identical on every machine; a
+manifest makes a second call with the same settings a no-op.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+CLASSES = ("circle", "square", "triangle", "cross")
+DOMAINS = ("photo", "cast", "noisy", "faded")
+DEFAULT_ROOT = Path("datasets/toy_domains")
+FORMAT_VERSION = 1
+MANIFEST = "toy_domains.json"
+RENDER_SCALE = 4  # draw large, then downsample: anti-aliased edges at small sizes
+
+
+def shape_polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
+    """Vertices of a square, triangle or cross centred at (cx, cy), rotated by ``angle``."""
+    if kind == "square":
+        points = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
+        scale = radius / math.sqrt(2)
+    elif kind == "triangle":
+        points = [(math.cos(a), math.sin(a)) for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)]
+        scale = radius
+    else:  # cross: a plus sign with arms one third of its width
+        t = 1 / 3
+        points = [(t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t), (-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t)]
+        scale = radius
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + scale * (x * c - y * s), cy + scale * (x * s + y * c)) for x, y in points]
+
+
+def render_scene(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One clean float RGB image in [0, 1]: a gradient-and-noise background with one shape of class ``kind``."""
+    big = size * RENDER_SCALE
+    ramp = np.linspace(0.0, 1.0, big)[None, :, None]
+    if rng.random() < 0.5:
+        ramp = ramp.transpose(1, 0, 2)
+    start, end = rng.uniform(0.15, 0.85, 3), rng.uniform(0.15, 0.85, 3)
+    background = start + (end - start) * ramp
+    texture = rng.normal(0.0, 0.05, (big // 8 + 1, big // 8 + 1, 1)).repeat(8, 0).repeat(8, 1)[:big, :big]
+    background = np.clip(background + texture, 0.0, 1.0)
+    mean = background.mean(axis=(0, 1))
+    colour = rng.uniform(0.0, 1.0, 3)
+    while np.abs(colour - mean).mean() < 0.3:  # keep the shape visible against its background
+        colour = rng.uniform(0.0, 1.0, 3)
+    image = Image.fromarray((background * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    radius = rng.uniform(0.22, 0.36) * big
+    cx, cy = rng.uniform(radius, big - radius, 2)
+    fill = tuple(int(v * 255) for v in colour)
+    if kind == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
+    else:
+        draw.polygon(shape_polygon(kind, cx, cy, radius, rng.uniform(0, 2 * math.pi)), fill=fill)
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.float64) / 255.0
+
+
+def apply_style(domain: str, image: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """The domain's 'camera': a deterministic-in-kind, randomly-strong style shift."""
+    if domain == "cast":
+        image = image * np.array([1.25, 0.95, 0.6]) + rng.uniform(0.0, 0.08)
+    elif domain == "noisy":
+        grey = image.mean(axis=2, keepdims=True)
+        image = 0.4 * image + 0.6 * grey + rng.normal(0.0, rng.uniform(0.05, 0.12), image.shape)
+    elif domain == "faded":
+        image = 0.55 + rng.uniform(0.4, 0.6) * (image - 0.5)
+    picture = Image.fromarray((np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8))
+    if domain == "cast":
+        picture = picture.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.6, 1.2) * picture.width / 32))
+    elif domain == "faded":
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=int(rng.integers(20, 40)))
+        picture = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return picture
+
+
+def build_toy_domains(root: str | Path = DEFAULT_ROOT, *, images_per_class: int = 20, size: int = 32, seed: int = 0) -> Path:
+    """Write (or reuse) ``root/<domain>/<class>/<index>.png``: 4 domains x 4 classes x ``images_per_class``.
+
+    The dataset is built in a temporary sibling folder and moved into place, so an interrupted build never leaves a
+    half-written dataset behind; a manifest with the settings lets later calls skip the work.
+    """
+    root = Path(root)
+    settings = {"format_version": FORMAT_VERSION, "images_per_class": images_per_class, "size": size, "seed": seed}
+    manifest = root / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text()) == settings:
+        return root
+    if root.exists() and not manifest.is_file():
+        raise FileExistsError(f"{root} exists but is not a generated toy dataset (no {MANIFEST}); choose another folder")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+    try:
+        for d, domain in enumerate(DOMAINS):
+            for c, kind in enumerate(CLASSES):
+                folder = staging / domain / kind
+                folder.mkdir(parents=True)
+                for i in range(images_per_class):
+                    rng = np.random.default_rng([seed, d, c, i])
+                    apply_style(domain, render_scene(kind, size, rng), rng).save(folder / f"{i:04d}.png")
+        (staging / MANIFEST).write_text(json.dumps(settings))
+        if root.exists():  # a toy dataset with other settings: replace it
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root

@@ -1,0 +1,70 @@
+"""scripts/benchmark.py runs FT, LDT, LDT-S and the probe on CPU and reports ratios relative to FT."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ldt_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_cpu_smoke(tmp_path, capsys):
+    bench = load_script()
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--arch", "safmn_tiny", "--batch-size", "1", "--patch", "16", "--iters", "2",
+            "--warmup-iters", "1", "--probe-batches", "2", "--interval", "2", "--json", str(out)]
+    returned = bench.main(argv)
+    report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))  # the file holds what main returned
+
+    results = report["results"]
+    assert set(results) == {"ft", "ldt", "ldt_s", "probe"}
+    for name, row in results.items():
+        assert math.isfinite(row["time_s"]) and row["time_s"] > 0, name
+        assert math.isfinite(row["peak_bytes"]) and row["peak_bytes"] > 0, name
+        assert row["state_bytes"]["weights"] > 0, name
+    ft = results["ft"]
+    assert ft["time_ratio"] == 1.0 and ft["memory_ratio"] == 1.0
+    for name in ("ldt", "ldt_s", "probe"):
+        assert results[name]["time_ratio"] == pytest.approx(results[name]["time_s"] / ft["time_s"])
+        assert results[name]["memory_ratio"] == pytest.approx(results[name]["peak_bytes"] / ft["peak_bytes"])
+
+    # LDT holds two copies of the weights; its grads and Adam state cover each tensor once, as FT's do.
+    param_bytes = report["config"]["param_bytes"]
+    ldt, ft_state = results["ldt"]["state_bytes"], ft["state_bytes"]
+    assert ldt["grads"] == ft_state["grads"] == param_bytes
+    assert ldt["optimizer"] == ft_state["optimizer"]
+    assert ldt["weights"] == 2 * ft_state["weights"]
+    assert results["ldt_s"]["state_bytes"]["host"] > 0  # LDT-S parks EMA copies on the host
+    # The peak covers at least the state (CPU: live torch tensors), so the activations are counted too.
+    for name in ("ft", "ldt", "ldt_s"):
+        state = results[name]["state_bytes"]
+        assert results[name]["peak_bytes"] >= state["weights"] + state["grads"] + state["optimizer"]
+    assert report["results"]["probe"]["batches"] == 2
+    assert "profile_memory" in report["memory_measure"]
+
+    paper = report["paper"]
+    assert paper is not None and paper["ratios"]["LDT"]["time"] == pytest.approx(1.82, abs=0.01)
+    assert paper["ratios"]["LDT"]["memory"] == pytest.approx(1.33, abs=0.01)
+
+    table = capsys.readouterr().out
+    for label in ("| FT |", "| LDT |", "| LDT-S", "| probe"):
+        assert label in table
+    assert "1.82×, 1.33×" in table
+
+
+def test_benchmark_rejects_amp_on_cpu():
+    bench = load_script()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cpu", "--amp"])

@@ -1,0 +1,432 @@
+"""Domain-generalisation classification (``ldt.classification``): every method, selection hygiene, records, CLI.
+
+Everything runs on the generated toy dataset (32 px, 10 images per class and domain) with the tiny CNN and a few
+steps, so the whole file takes seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ldt.classification.data as data_module
+import ldt.classification.train as train_module
+from ldt.classification import (
+    METHODS,
+    DatasetError,
+    RunConfig,
+    build_model,
+    build_table,
+    build_toy_domains,
+    head_patterns,
+    load_records,
+    run,
+    scan_domains,
+    split_holdout,
+    write_tables,
+)
+from ldt.classification.__main__ import main
+from ldt.classification.data import ImageList, image_transform, training_stream
+from ldt.classification.records import RESULTS, append_record, finished, options_hash, to_markdown
+from ldt.classification.toy import CLASSES, DOMAINS, MANIFEST
+from ldt.classification.train import warm_up_head
+from ldt.core import match_parameters
+
+# A few steps of everything: 2 warm-up steps, 3 probe batches, 4 training steps, selection every 2 steps.
+FAST = dict(steps=4, batch_size=4, warmup_steps=2, probe_batches=3, eval_every=2, interval=2)
+FAST_FLAGS = [f"--{name.replace('_', '-')}={value}" for name, value in FAST.items()]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return build_toy_domains(tmp_path_factory.mktemp("data") / "toy", images_per_class=10, size=32)
+
+
+def fast_config(toy: Path, **changes) -> RunConfig:
+    options = {"data": str(toy), "test_domains": ("photo",), **FAST, **changes}
+    return RunConfig(**options)
+
+
+def paths(samples) -> set[str]:
+    return {path for path, _ in samples}
+
+
+# ---- the generated dataset -------------------------------------------------------------------------------------------
+def test_toy_dataset_layout_determinism_and_reuse(toy, tmp_path):
+    dataset = scan_domains(toy)
+    assert dataset.domains == sorted(DOMAINS) and dataset.classes == sorted(CLASSES)
+    assert all(len(samples) == 10 * len(CLASSES) for samples in dataset.samples.values())
+    again = build_toy_domains(tmp_path / "again", images_per_class=10, size=32)
+    for domain in DOMAINS:
+        for path, _ in dataset.samples[domain]:
+            twin = again / Path(path).relative_to(toy)
+            assert twin.read_bytes() == Path(path).read_bytes()
+    stamp = (toy / MANIFEST).stat().st_mtime_ns
+    assert build_toy_domains(toy, images_per_class=10, size=32) == toy  # same settings: nothing is rewritten
+    assert (toy / MANIFEST).stat().st_mtime_ns == stamp
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FileExistsError, match="mine"):
+        build_toy_domains(tmp_path / "mine")
+
+
+# ---- every method ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_a_few_steps(toy, method):
+    config = fast_config(toy, method=method)
+    record = run(config)
+    assert record["method"] == method and record["test_domains"] == ["photo"]
+    assert record["train_domains"] == ["cast", "faded", "noisy"]
+    assert 0.0 <= record["test_accuracy"]["photo"] <= 1.0
+    assert [step for step, _ in record["history"]] == [2, 4]
+    best = max(score for _, score in record["history"])
+    assert record["holdout_accuracy"] == best
+    assert record["selected_step"] == next(step for step, score in record["history"] if score == best)
+    assert record["options_hash"] == options_hash(config.hparams())
+    json.dumps(record)  # a record is plain JSON
+    if method in ("ft", "lpft"):
+        assert record["partition"] is None
+    else:
+        assert record["partition"]["stable"] > 0 and record["partition"]["unstable"]
+    if method == "deft":
+        assert record["partition"]["unstable"] == ["head.weight", "head.bias"]
+
+
+def test_group_of_test_domains_and_determinism(toy):
+    config = fast_config(toy, method="ldt_s", test_domains=("photo", "cast"))
+    first, second = run(config), run(config)
+    assert sorted(first["test_accuracy"]) == ["cast", "photo"] and first["train_domains"] == ["faded", "noisy"]
+    for key in ("test_accuracy", "history", "holdout_per_domain", "partition"):
+        assert first[key] == second[key]
+
+
+def test_options_hash_depends_only_on_options_the_method_uses(toy):
+    ft = fast_config(toy, method="ft")
+    assert ft.hparams() == fast_config(toy, method="ft", probe_batches=7, warmup_steps=9, ema_weight=0.5).hparams()
+    assert fast_config(toy, method="ldt").hparams() != fast_config(toy, method="ldt", probe_batches=7).hparams()
+    assert ft.hparams() != fast_config(toy, method="ft", seed=1).hparams()
+    assert RunConfig(data=str(toy), test_domains="photo").test_domains == ("photo",)
+
+
+# ---- warm-up ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
+def test_warmup_trains_only_the_head(toy, backbone):
+    config = fast_config(toy, backbone=backbone, image_size=32, warmup_steps=3, warmup_lr=0.1)
+    dataset = scan_domains(toy)
+    parts = [ImageList(dataset.samples[d], image_transform(32, augment=True)) for d in ("cast", "faded")]
+    torch.manual_seed(0)
+    model = build_model(backbone, len(dataset.classes))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    heads = set(match_parameters(model, head_patterns(backbone)))
+    losses = warm_up_head(model, training_stream(parts, 4, seed=0), config)
+    assert len(losses) == 3
+    after = model.state_dict()
+    for name, value in after.items():
+        if name in heads:
+            assert not torch.equal(value, before[name]), f"head tensor {name} did not train"
+        else:  # parameters and buffers (BatchNorm statistics) of the frozen backbone
+            assert torch.equal(value, before[name]), f"backbone tensor {name} changed during warm-up"
+    assert all(p.requires_grad for p in model.parameters())  # flags restored for the training stage
+
+
+def test_head_patterns_match_exactly_the_replaced_head():
+    for backbone, head in [("tiny", "head"), ("resnet18", "fc"), ("resnet50", "fc"), ("vit_b_16", "heads.head")]:
+        model = build_model(backbone, 3, image_size=32)
+        assert match_parameters(model, head_patterns(backbone)) == [f"{head}.weight", f"{head}.bias"]
+        assert model.get_submodule(head).out_features == 3
+
+
+# ---- model selection never touches the test domain -------------------------------------------------------------------
+def test_selection_reads_only_held_out_training_images_and_test_images_once(toy, monkeypatch):
+    config = fast_config(toy, method="ldt_dpu", test_domains=("noisy",), seed=3)
+    dataset = scan_domains(toy)
+    splits = {d: split_holdout(dataset.samples[d], 0.2, 3, d) for d in dataset.train_domains(("noisy",))}
+    phase, reads, tests = ["train"], [], []
+    load_image, accuracy, test_accuracy = data_module.load_image, train_module.accuracy, train_module.test_accuracy
+
+    def spy_load(path):
+        reads.append((phase[0], path))
+        return load_image(path)
+
+    def spy_accuracy(*args, **kwargs):
+        outer, phase[0] = phase[0], "eval" if phase[0] == "train" else phase[0]
+        try:
+            return accuracy(*args, **kwargs)
+        finally:
+            phase[0] = outer
+
+    def spy_test(evaluator, *args, **kwargs):
+        tests.append({k: v.clone() for k, v in evaluator.state_dict().items()})
+        phase[0] = "test"
+        try:
+            return test_accuracy(evaluator, *args, **kwargs)
+        finally:
+            phase[0] = "after"
+
+    monkeypatch.setattr(data_module, "load_image", spy_load)
+    monkeypatch.setattr(train_module, "accuracy", spy_accuracy)
+    monkeypatch.setattr(train_module, "test_accuracy", spy_test)
+    record = run(config)
+
+    read = {p: {path for ph, path in reads if ph == p} for p in ("train", "eval", "test", "after")}
+    assert read["train"] <= set().union(*(paths(train) for train, _ in splits.values()))  # warm-up, probe, training
+    held_out = [path for ph, path in reads if ph == "eval"]
+    assert sorted(held_out) == sorted(2 * [p for _, held in splits.values() for p in paths(held)])  # steps 2 and 4
+    test_reads = [path for ph, path in reads if ph == "test"]
+    assert sorted(test_reads) == sorted(paths(dataset.samples["noisy"]))  # every test image, exactly once
+    assert not read["after"]
+    assert reads[-len(test_reads):] == [("test", p) for p in test_reads]  # the test comes last
+    assert len(tests) == 1 and record["test_accuracy"]["noisy"] >= 0.0
+
+
+def test_the_tested_network_is_the_selected_one(toy, monkeypatch):
+    """Make step 2 the clear winner (step 4 scores 0): the test must see step 2's deployed weights."""
+    states, scores = {}, iter([0.9, 0.9, 0.9, 0.0, 0.0, 0.0])
+    monkeypatch.setattr(train_module, "accuracy", lambda network, loader, device: next(scores))
+    original_train_and_select = train_module.train_and_select
+
+    def spy_select(learner, *args, **kwargs):
+        original = learner.deployed_state
+
+        def record_state():
+            state = original()
+            states[len(states) * 2 + 2] = {k: v.clone() for k, v in state.items()}
+            return state
+
+        learner.deployed_state = record_state
+        return original_train_and_select(learner, *args, **kwargs)
+
+    tested = []
+
+    def spy_test(evaluator, *args):
+        tested.append(evaluator.state_dict())
+        return {"photo": 1.0}
+
+    monkeypatch.setattr(train_module, "train_and_select", spy_select)
+    monkeypatch.setattr(train_module, "test_accuracy", spy_test)
+    record = run(fast_config(toy, method="ldt"))
+    assert record["selected_step"] == 2 and record["holdout_accuracy"] == pytest.approx(0.9)
+    assert all(torch.equal(tested[0][k], states[2][k]) for k in states[2])
+    assert any(not torch.equal(states[2][k], states[4][k]) for k in states[2])
+
+
+# ---- training-domain hold-out split ----------------------------------------------------------------------------------
+def test_holdout_split_is_seeded_twenty_percent_and_disjoint(toy):
+    samples = scan_domains(toy).samples["cast"]
+    train, held = split_holdout(samples, 0.2, seed=0, domain="cast")
+    assert len(held) == int(0.2 * len(samples)) == 8
+    assert not paths(train) & paths(held) and paths(train) | paths(held) == paths(samples)
+    assert split_holdout(samples, 0.2, seed=0, domain="cast") == (train, held)
+    assert paths(split_holdout(samples, 0.2, seed=1, domain="cast")[1]) != paths(held)
+    assert paths(split_holdout(samples, 0.2, seed=0, domain="other")[1]) != paths(held)  # seeded by name too
+    with pytest.raises(DatasetError, match="fraction"):
+        split_holdout(samples, 1.0, 0, "cast")
+    with pytest.raises(DatasetError, match="'lonely' has 1 image"):
+        split_holdout(samples[:1], 0.2, 0, "lonely")
+
+
+# ---- records and tables ----------------------------------------------------------------------------------------------
+def hand_record(method: str, test: str, seed: int, accuracy: float, **hparams) -> dict:
+    return {
+        "options_hash": f"{method}-{test}-{seed}", "dataset": "VLCS", "backbone": "resnet50", "method": method,
+        "seed": seed, "test_domains": [test], "domains": ["C", "L", "S", "V"], "test_accuracy": {test: accuracy},
+        "hparams": {"method": method, "seed": seed, "test_domains": [test], **hparams},
+    }
+
+
+def test_table_mean_and_standard_error_from_hand_made_records():
+    values = {"C": [0.5, 0.6, 0.7], "L": [0.8, 0.8, 0.9]}
+    records = [hand_record("ldt", d, s, v) for d, accs in values.items() for s, v in enumerate(accs)]
+    records += [hand_record("ft", "C", 0, 0.1), hand_record("ft", "C", 0, 0.4)]  # a rerun replaces the seed
+    rows = build_table(records, {"method": ("ft", "ldt")})
+    assert [r["method"] for r in rows] == ["ft", "ldt"]
+    ft, ldt = rows
+    assert ft["columns"] == ["C", "L"] and ft["C"] == (0.4, 0.0, 1) and ft["L"] is None and ft["Avg"] is None
+    mean, se, n = ldt["C"]
+    assert (mean, n) == (pytest.approx(0.6), 3) and se == pytest.approx(0.1 / math.sqrt(3))
+    assert ldt["L"][0] == pytest.approx(5 / 6) and ldt["L"][1] == pytest.approx(math.sqrt(1 / 300) / math.sqrt(3))
+    per_seed = [(0.5 + 0.8) / 2, (0.6 + 0.8) / 2, (0.7 + 0.9) / 2]  # Avg: per-seed mean over domains, then over seeds
+    mean = sum(per_seed) / 3
+    se = math.sqrt(sum((v - mean) ** 2 for v in per_seed) / 2 / 3)
+    assert ldt["Avg"][0] == pytest.approx(mean) and ldt["Avg"][1] == pytest.approx(se)
+    markdown = to_markdown(rows)
+    assert "| resnet50 | ldt | 3 | 60.00 ± 5.77 | 83.33 ± 3.33 | 71.67 ± 4.41 |" in markdown
+    assert "| resnet50 | ft | 1 | 40.00 ± 0.00 | – | – |" in markdown
+    other = build_table(records + [hand_record("ldt", "C", 0, 0.2, lr=1.0)])  # another configuration: another row
+    assert len(other) == 3 and "Config" in to_markdown(other)
+
+
+def test_records_survive_a_cut_off_line(tmp_path):
+    append_record(tmp_path, {"options_hash": "a"})
+    with open(tmp_path / RESULTS, "a") as handle:
+        handle.write('{"options_hash": "b", "cut')  # an interrupted write
+    append_record(tmp_path, {"options_hash": "c"})
+    with pytest.warns(UserWarning, match="not a complete record"):
+        assert finished(tmp_path) == {"a", "c"}
+
+
+def test_sweep_tables_regenerate_from_records_and_finished_runs_are_skipped(toy, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = ["--data", str(toy), "--out", str(out), "--methods", "ft", "ldt_dpu", "--seeds", "0", "1",
+            "--test-domains", "photo", "cast+faded", "--no-progress", *FAST_FLAGS]
+    assert main(argv) == 0
+    records = load_records(out)
+    assert len(records) == 8 and len({r["options_hash"] for r in records}) == 8
+    table = (out / "table.md").read_text()
+    csv_text = (out / "table.csv").read_text()
+    assert "| tiny | ft | 2 |" in table and "| cast+faded | photo | Avg |" in table
+    (out / "table.md").unlink()
+    (out / "table.csv").unlink()
+    assert main(["--collect", str(out)]) == 0
+    assert (out / "table.md").read_text() == table and (out / "table.csv").read_text() == csv_text
+    assert write_tables(out, {"method": METHODS}) == table
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr("ldt.classification.__main__.run", no_run)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "8 runs, 8 already recorded" in capsys.readouterr().out
+    assert len(load_records(out)) == 8
+
+    lines = (out / RESULTS).read_text().splitlines(keepends=True)  # lose the last run: only it runs again
+    (out / RESULTS).write_text("".join(lines[:-1]))
+    monkeypatch.setattr("ldt.classification.__main__.run", run)
+    assert main(argv) == 0
+    assert "8 runs, 7 already recorded" in capsys.readouterr().out
+    assert [r["options_hash"] for r in load_records(out)] == [json.loads(line)["options_hash"] for line in lines]
+    assert (out / "table.md").read_text() == table  # deterministic runs: the same table
+
+
+# ---- pre-trained weights from a local file ---------------------------------------------------------------------------
+def test_local_weights_load_the_backbone_and_replace_the_head(tmp_path):
+    torch.manual_seed(1)
+    pretrained = build_model("resnet18", 1000)  # an ImageNet-like checkpoint, 1000-class head
+    plain = tmp_path / "resnet18.pth"
+    torch.save(pretrained.state_dict(), plain)
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in pretrained.state_dict().items()}}, wrapped)
+    for path in (plain, wrapped):
+        torch.manual_seed(2)
+        model = build_model("resnet18", 5, weights=path)
+        assert model.fc.out_features == 5
+        for name, value in model.state_dict().items():
+            if not name.startswith("fc."):
+                assert torch.equal(value, pretrained.state_dict()[name]), name
+
+
+def test_weights_errors_name_the_file(tmp_path):
+    tiny = tmp_path / "tiny.pth"
+    torch.save(build_model("tiny", 4).state_dict(), tiny)
+    with pytest.raises(ValueError, match=r"tiny\.pth does not fit backbone 'resnet18'.*missing \['conv1.weight'"):
+        build_model("resnet18", 4, weights=tiny)
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        build_model("tiny", 4, weights=tmp_path / "absent.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth is not a readable torch checkpoint"):
+        build_model("tiny", 4, weights=junk)
+    torch.save({"weights": [1, 2]}, junk)
+    with pytest.raises(ValueError, match="junk.pth does not hold a state dict"):
+        build_model("tiny", 4, weights=junk)
+
+
+# ---- bad input -------------------------------------------------------------------------------------------------------
+def test_dataset_errors_name_the_path(toy, tmp_path):
+    with pytest.raises(DatasetError, match="nowhere does not exist"):
+        scan_domains(tmp_path / "nowhere")
+    root = tmp_path / "bad"
+    (root / "A" / "cat").mkdir(parents=True)
+    (root / "A" / "cat" / "1.png").write_bytes((toy / "photo" / "circle" / "0000.png").read_bytes())
+    with pytest.raises(DatasetError, match="at least two domain folders"):
+        scan_domains(root)
+    (root / "B").mkdir()
+    with pytest.raises(DatasetError, match="domain 'B' has no class folders"):
+        scan_domains(root)
+    (root / "B" / "cat").mkdir()
+    (root / "B" / "cat" / "notes.txt").write_text("no image")
+    with pytest.raises(DatasetError, match="domain 'B' has no images"):
+        scan_domains(root)
+    dataset = scan_domains(toy)
+    with pytest.raises(DatasetError, match=r"\['sketch'\] not in .*domains: \['cast', 'faded', 'noisy', 'photo'\]"):
+        dataset.check_test_domains(["sketch"])
+    with pytest.raises(DatasetError, match="leave no training domain"):
+        dataset.check_test_domains(list(DOMAINS))
+    with pytest.raises(DatasetError, match="distinct"):
+        dataset.check_test_domains(["photo", "photo"])
+    with pytest.raises(DatasetError, match="sketch"):
+        run(fast_config(toy, test_domains=("sketch",)))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+        RunConfig(data="x", test_domains=("a",), backbone="vgg")
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+        build_model("vgg", 3)
+    with pytest.raises(ValueError, match="unknown method 'sgd'"):
+        RunConfig(data="x", test_domains=("a",), method="sgd")
+    with pytest.raises(ValueError, match="steps must be positive"):
+        RunConfig(data="x", test_domains=("a",), steps=0)
+    with pytest.raises(ValueError, match="unstable_ratio"):
+        RunConfig(data="x", test_domains=("a",), unstable_ratio=1.0)
+
+
+def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys):
+    def no_run(*args, **kwargs):
+        raise AssertionError("bad input must fail before training")
+
+    monkeypatch.setattr("ldt.classification.__main__.run", no_run)
+    monkeypatch.setattr("ldt.classification.__main__.build_model", no_run)  # cheap checks come before weights
+    out = ["--out", str(tmp_path / "out"), "--no-progress"]
+    cases = [
+        (["--data", str(tmp_path / "missing")], "missing does not exist"),
+        (["--data", str(toy), "--test-domains", "photo", "sketch"], "['sketch'] not in"),
+        (["--data", str(toy), "--steps", "0"], "steps must be positive"),
+        (["--data", str(toy), "--holdout-fraction", "0"], "holdout fraction"),
+        (["--data", str(toy), "--weights", "a.pth", "b.pth"], "BACKBONE=PATH"),
+        (["--data", str(toy), "--weights", "resnet18=a.pth"], "not swept"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--data", str(toy), "--device", "cuda"], "CUDA is not available"))
+    for argv, message in cases:
+        assert main(argv + out) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setattr("ldt.classification.__main__.run", no_run)
+    torch.save(build_model("tiny", 4).state_dict(), tmp_path / "tiny.pth")
+    for weights, message in [
+        ("missing.pth", "missing.pth does not exist"),
+        (str(tmp_path / "tiny.pth"), "does not fit backbone 'resnet18'"),
+    ]:
+        assert main(["--data", str(toy), "--backbones", "resnet18", "--weights", weights] + out) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--backbones", "vgg"])
+    assert "invalid choice: 'vgg'" in capsys.readouterr().err
+    assert main(["--collect", str(tmp_path / "empty")]) == 2
+    assert "no records" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+def test_cli_help_and_a_tiny_run(toy, tmp_path):
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "ldt.classification", *argv]
+        return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    shown = cli("--help")
+    assert shown.returncode == 0 and "--test-domains" in shown.stdout
+    assert "root/<domain>/<class>/<image>" in shown.stdout
+    out = tmp_path / "cli"
+    methods = ("--methods", "lpft", "ldt_s", "--seeds", "0", "--test-domains", "faded")
+    done = cli("--data", str(toy), "--out", str(out), *methods, *FAST_FLAGS)
+    assert done.returncode == 0, done.stderr
+    assert "| tiny | lpft | 1 |" in done.stdout and (out / "table.md").is_file()
+    assert [r["method"] for r in load_records(out)] == ["lpft", "ldt_s"]
