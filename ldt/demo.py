@@ -53,7 +53,7 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "full": DemoBudget(pretrain_iters=1500, finetune_iters=400, val_freq=100, probe_batches=100, exchange_interval=2, batch_size=8, gt_size=128, tiny_data=False),
+    "full": DemoBudget(pretrain_iters=4000, finetune_iters=2000, val_freq=250, probe_batches=100, exchange_interval=1, batch_size=8, gt_size=128, tiny_data=False),
     "quick": DemoBudget(pretrain_iters=20, finetune_iters=8, val_freq=4, probe_batches=4, exchange_interval=2, batch_size=2, gt_size=32, tiny_data=True),
 }
 
@@ -119,8 +119,8 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
     data_dir = root / "datasets"
     cameras = build_synthetic_cameras(data_dir / ("synthetic_cameras_tiny" if plan.tiny_data else "synthetic_cameras"), tiny=plan.tiny_data)
     bicubic = build_bicubic_pretrain_set(data_dir / ("synthetic_bicubic_tiny" if plan.tiny_data else "synthetic_bicubic"), tiny=plan.tiny_data)
-    # The paper exchanges every 10 of 200k steps; with a few hundred steps an interval of 2 lets the composite
-    # (the EMA copies) travel as far from the start as the trained branches do.
+    # The paper exchanges every 10 of 200k steps (20k exchanges). With 2k steps, exchanging every step keeps the
+    # composite (built from the EMA-updated groups, W up to 0.999) from lagging far behind the trained branches.
     common = dict(batch_size=plan.batch_size, gt_size=plan.gt_size, seed=seed, val_freq=plan.val_freq,
                   probe_batches=plan.probe_batches, interval=plan.exchange_interval)
     prefix = "demo" if budget == "full" else f"demo_{budget}"
