@@ -189,8 +189,8 @@ def test_shipped_option_files_are_valid_up_to_missing_data(kind):
     """The paper's option files have no unknown keys or bad types; only DRealSR / weights may be missing here."""
     from ldt.options import OPTION_DIRS
 
-    files = sorted(OPTION_DIRS[kind].glob("*.yml"))
-    assert len(files) >= 3
+    files = sorted(OPTION_DIRS[kind].rglob("*.yml"))
+    assert len(files) >= (3 if kind == "test" else 27)
     for file in files:
         try:
             load_options(file, is_train=kind == "train")

@@ -1,0 +1,57 @@
+"""Option files that build on another (``base:``), and the paper's variant files built that way."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ldt.options import OPTION_DIRS, OptionsError, read_option_file
+
+
+def write(path, data) -> None:
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_base_merges_mappings_replaces_values_and_tilde_deletes(tmp_path):
+    write(tmp_path / "base.yml", {"name": "a", "ldt": {"method": "ldt", "exchange": {"interval": 10, "dpu": True}},
+                                  "datasets": {"val_0": {"cameras": ["olympus"]}, "val_1": {"cameras": ["pan"]}}})
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "child.yml", {"base": "../base.yml", "name": "b", "ldt": {"exchange": {"dpu": False}},
+                                           "datasets": {"val_0": {"cameras": ["olympus", "pan"]}, "val_1": None}})
+    opt = read_option_file(tmp_path / "sub" / "child.yml")
+    assert opt == {"name": "b", "ldt": {"method": "ldt", "exchange": {"interval": 10, "dpu": False}},
+                   "datasets": {"val_0": {"cameras": ["olympus", "pan"]}}}
+
+
+def test_base_chains_and_reports_cycles_and_missing_files(tmp_path):
+    write(tmp_path / "a.yml", {"base": "b.yml", "x": 1})
+    write(tmp_path / "b.yml", {"base": "c.yml", "y": 2})
+    write(tmp_path / "c.yml", {"z": 3})
+    assert read_option_file(tmp_path / "a.yml") == {"x": 1, "y": 2, "z": 3}
+    write(tmp_path / "c.yml", {"base": "a.yml"})
+    with pytest.raises(OptionsError, match="cycle"):
+        read_option_file(tmp_path / "a.yml")
+    write(tmp_path / "d.yml", {"base": "nowhere.yml"})
+    with pytest.raises(OptionsError, match=r"d\.yml: base file .*nowhere\.yml does not exist"):
+        read_option_file(tmp_path / "d.yml")
+
+
+def test_paper_variant_files_change_only_what_they_say():
+    train = OPTION_DIRS["train"]
+    full = read_option_file(train / "train_MambaIR_LDT_x4.yml")
+
+    def diff(name: str) -> dict:
+        variant = read_option_file(train / name)
+        return {key: variant[key] for key in variant if variant[key] != full.get(key)}
+
+    assert diff("train_MambaIR_FT_x4.yml") == {"name": "MambaIR_FT_x4_olympus", "ldt": {**full["ldt"], "method": "ft"}}
+    ratio = read_option_file(train / "ablations" / "train_MambaIR_LDT_ratio0.7_x4.yml")
+    assert ratio["ldt"]["unstable_ratio"] == 0.7 and ratio["network_g"] == full["network_g"]
+    two = read_option_file(train / "sources" / "train_MambaIR_LDT_x4_olympus+pan.yml")
+    assert two["datasets"]["train"]["cameras"] == ["olympus", "pan"]
+    assert two["datasets"]["train"]["gt_size"] == full["datasets"]["train"]["gt_size"]
+    targets = {d["cameras"][0] for k, d in two["datasets"].items() if k.startswith("val_") and k != "val_0"}
+    assert targets == {"sony", "dsc", "img", "canon"}
+    moved = read_option_file(train / "sources" / "train_MambaIR_LDT_x4_sony+pan.yml")
+    names = sorted(d["name"] for k, d in moved["datasets"].items() if k.startswith("val_"))
+    assert names == ["canon", "dsc", "img", "olympus", "source"]
