@@ -15,6 +15,7 @@ from ldt.options import OptionsError, load_options
 patch_basicsr()
 import ldt.archs  # noqa: E402,F401
 import ldt.data  # noqa: E402,F401
+from ldt.data.cameras import DatasetError  # noqa: E402
 import ldt.models  # noqa: E402,F401
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         opt = load_options(args.opt, is_train=False, overrides=args.force_yml)
         with torch.no_grad():
             table = run_test(opt)
-    except OptionsError as err:
+    except (OptionsError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table.markdown("camera"), flush=True)

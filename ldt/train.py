@@ -26,6 +26,7 @@ from ldt.options import OptionsError, load_options
 patch_basicsr()
 import ldt.archs  # noqa: E402,F401  (registers archs)
 import ldt.data  # noqa: E402,F401  (registers datasets)
+from ldt.data.cameras import DatasetError  # noqa: E402
 import ldt.models  # noqa: E402,F401  (registers LDTModel)
 from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         opt["auto_resume"] = args.auto_resume
         init_distributed(opt, args.launcher)
         train(opt)
-    except (OptionsError, NonFiniteLossError) as err:
+    except (OptionsError, DatasetError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
