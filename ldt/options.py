@@ -27,6 +27,7 @@ LDT_DEFAULTS: dict[str, Any] = {
     "group_by": "tensor",
     "seed": 0,
     "partition_file": None,
+    "repartition_every": 0,  # re-probe and re-freeze every N iterations (0 = off; commented out in the official code)
     "head_patterns": None,  # DeFT head / LP-FT probe: regexes; None = the architecture's default
     "probe": {"num_batches": 300, "batch_size": 4, "dataset": "train", "train_mode": True},
     "warmup": {"steps": 0, "patterns": None, "lr": 1e-4},
@@ -295,6 +296,18 @@ def validate(opt: dict, *, is_train: bool, source: str = "options") -> None:
             problems.append(f"ldt:criterion: must be one of {CRITERIA}, got {ldt.get('criterion')!r}")
         if ldt.get("partition_file") and not Path(ldt["partition_file"]).expanduser().is_file():
             problems.append(f"ldt:partition_file: file does not exist: {ldt['partition_file']}")
+        every = ldt.get("repartition_every")
+        if isinstance(every, int) and not isinstance(every, bool) and every < 0:
+            problems.append(f"ldt:repartition_every: must be a non-negative integer (0 = off), got {every}")
+        elif isinstance(every, int) and not isinstance(every, bool) and every > 0:
+            if ldt.get("method") not in ("ldt", "ldt_s"):
+                problems.append(
+                    f"ldt:repartition_every: re-probing needs ldt:method ldt or ldt_s, got {ldt.get('method')!r}"
+                )
+            if ldt.get("criterion") == "random":
+                problems.append("ldt:repartition_every: needs a probe-based ldt:criterion, not 'random'")
+            if ldt.get("partition_file"):
+                problems.append("ldt:repartition_every: cannot be combined with ldt:partition_file (a fixed partition)")
         probe_set = (ldt.get("probe") or {}).get("dataset")
         if isinstance(probe_set, str) and probe_set not in (opt.get("datasets") or {}):
             problems.append(f"ldt:probe:dataset: '{probe_set}' is not a key of datasets")

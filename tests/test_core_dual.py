@@ -214,3 +214,111 @@ def test_partition_must_match_model(tiny_net):
     part = Partition(stable=["body.0.weight"], unstable=["head.bias"])
     with pytest.raises(PartitionError, match="missing from the partition"):
         DualBranch(tiny_net, part)
+
+
+def mixed_partition(model, scores: bool = True) -> Partition:
+    """Some tensors stay, some swap groups, one becomes excluded (vs. ``probed_partition`` of TinyNet)."""
+    names = [n for n, _ in model.named_parameters()]
+    stable = ["body.0.weight", "body.0.bias", "head.weight"]
+    excluded = ["unused"]
+    unstable = [n for n in names if n not in stable + excluded]
+    kept = [n for n in names if n not in excluded]
+    return Partition(
+        stable=stable, unstable=unstable, excluded=excluded, criterion="var", unstable_ratio=0.5,
+        scores={n: float(i) for i, n in enumerate(reversed(kept))} if scores else {},
+        layers={n: [n] for n in kept} if scores else {},
+    )
+
+
+def test_repartition_refreezes_keeps_weights_and_follows_the_new_plan(tiny_net):
+    dual = DualBranch(tiny_net, probed_partition(tiny_net), ExchangeConfig(interval=2))
+    opt_p = torch.optim.Adam(dual.primary_parameters(), lr=1e-2)
+    opt_a = torch.optim.Adam(dual.auxiliary_parameters(), lr=1e-2)
+    train(dual, opt_p, opt_a, make_batches(3))  # step 3: mid-interval, grads still attached
+    before_p = {n: p.detach().clone() for n, p in dual.primary.named_parameters()}
+    before_a = {n: p.detach().clone() for n, p in dual.auxiliary.named_parameters()}
+    new = mixed_partition(tiny_net)
+    dual.repartition(new)
+    assert dual.partition is new and dual.step_count == 3
+    for branch, before, group in ((dual.primary, before_p, new.stable), (dual.auxiliary, before_a, new.unstable)):
+        for name, p in branch.named_parameters():
+            assert torch.equal(p, before[name]), name  # weights kept
+            assert p.requires_grad == (name in group), name
+            if name not in group:
+                assert p.grad is None, name
+    assert [id(p) for p in dual.primary_parameters()] == [id(p) for n, p in dual.primary.named_parameters() if n in new.stable]
+    assert [id(p) for p in dual.auxiliary_parameters()] == [id(p) for n, p in dual.auxiliary.named_parameters() if n in new.unstable]
+    from ldt.core import exchange_weights
+
+    assert (dual.stable_weights, dual.unstable_weights) == exchange_weights(new, dual.config)
+
+    # The exchange now moves exactly the new groups: auxiliary's stable towards the primary, and back.
+    assert dual.step() is True  # step 4
+    prim, aux = dict(dual.primary.named_parameters()), dict(dual.auxiliary.named_parameters())
+    for name in new.stable:
+        w = dual.stable_weights[name]
+        assert torch.allclose(aux[name], w * before_a[name] + (1 - w) * before_p[name]), name
+        assert torch.equal(prim[name], before_p[name]), name
+    for name in new.unstable:
+        w = dual.unstable_weights[name]
+        assert torch.allclose(prim[name], w * before_p[name] + (1 - w) * before_a[name]), name
+        assert torch.equal(aux[name], before_a[name]), name
+    assert torch.equal(prim["unused"], before_p["unused"]) and torch.equal(aux["unused"], before_a["unused"])
+    composite = dual.composite_state_dict()
+    for name in new.unstable + new.excluded:
+        assert torch.equal(composite[name], prim[name]), name
+    for name in new.stable:
+        assert torch.equal(composite[name], aux[name]), name
+
+    # Fresh optimizers over the new groups train only them.
+    opt_p = torch.optim.Adam(dual.primary_parameters(), lr=1e-2)
+    opt_a = torch.optim.Adam(dual.auxiliary_parameters(), lr=1e-2)
+    snap_p = {n: p.detach().clone() for n, p in dual.primary.named_parameters()}
+    snap_a = {n: p.detach().clone() for n, p in dual.auxiliary.named_parameters()}
+    train(dual, opt_p, opt_a, make_batches(1, seed=3))  # step 5: no exchange
+    for name, p in dual.primary.named_parameters():
+        assert torch.equal(p, snap_p[name]) == (name not in new.stable), name
+    for name, p in dual.auxiliary.named_parameters():
+        assert torch.equal(p, snap_a[name]) == (name not in new.unstable), name
+
+
+def test_repartition_rejects_an_unusable_partition_and_changes_nothing(tiny_net):
+    part = probed_partition(tiny_net)
+    dual = DualBranch(tiny_net, part, ExchangeConfig(dpu=True))
+    with pytest.raises(PartitionError, match="DPU needs layer scores"):
+        dual.repartition(mixed_partition(tiny_net, scores=False))
+    with pytest.raises(PartitionError, match="both groups"):
+        dual.repartition(Partition(stable=[n for n, _ in tiny_net.named_parameters()], unstable=[]))
+    with pytest.raises(PartitionError, match="missing from the partition"):
+        dual.repartition(Partition(stable=["body.0.weight"], unstable=["head.bias"]))
+    assert dual.partition is part
+    assert {n for n, p in dual.primary.named_parameters() if p.requires_grad} == set(part.stable)
+
+
+def test_resume_after_repartition_is_bit_identical(tmp_path):
+    def run(resume_at):
+        torch.manual_seed(0)
+        model = TinyNet()
+        first, second = probed_partition(model), mixed_partition(model)
+        config = ExchangeConfig(interval=3)
+        dual = DualBranch(model, first, config)
+        opts = [torch.optim.Adam(ps, lr=1e-2) for ps in (dual.primary_parameters(), dual.auxiliary_parameters())]
+        for i, batch in enumerate(make_batches(8, seed=11)):
+            if i == 4:
+                dual.repartition(second)
+                opts = [torch.optim.Adam(ps, lr=1e-2) for ps in (dual.primary_parameters(), dual.auxiliary_parameters())]
+            if i == resume_at:
+                torch.save({"dual": dual.state_dict(), "opts": [o.state_dict() for o in opts]}, tmp_path / "s.pth")
+                torch.manual_seed(5)
+                state = torch.load(tmp_path / "s.pth", weights_only=True)
+                dual = DualBranch(TinyNet(), Partition.from_dict(state["dual"]["partition"]), config)
+                dual.load_state_dict(state["dual"])
+                opts = [torch.optim.Adam(ps, lr=1e-2) for ps in (dual.primary_parameters(), dual.auxiliary_parameters())]
+                for opt, saved in zip(opts, state["opts"]):
+                    opt.load_state_dict(saved)
+            train(dual, opts[0], opts[1], [batch])
+        return dual.composite_state_dict()
+
+    straight, resumed = run(None), run(6)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldt.core import ExchangeConfig, Partition, SingleBranchLDT, warmup
+from ldt.core import ExchangeConfig, Partition, PartitionError, SingleBranchLDT, warmup
 from tests.conftest import TinyNet, ce_loss, make_batches
 
 
@@ -106,3 +106,61 @@ def test_warmup_errors(tiny_net):
         warmup(tiny_net, make_batches(1), ce_loss, [r"^classifier"], steps=1)
     with pytest.raises(ValueError, match="empty"):
         warmup(tiny_net, [], ce_loss, [r"^head"], steps=1)
+
+
+def mixed_partition(model) -> Partition:
+    """vs. ``head_partition``: body.0 stays stable, head.weight becomes stable, body.1/3 become unstable,
+    head.bias stays unstable, ``unused`` becomes excluded."""
+    names = [n for n, _ in model.named_parameters()]
+    stable = ["body.0.weight", "body.0.bias", "head.weight"]
+    return Partition(stable=stable, unstable=[n for n in names if n not in stable + ["unused"]], excluded=["unused"])
+
+
+@pytest.mark.parametrize("steps", [1, 3])  # mid primary's turn, mid auxiliary's turn
+def test_repartition_keeps_both_branch_views(tiny_net, steps):
+    old = head_partition(tiny_net)
+    single = SingleBranchLDT(tiny_net, old, ExchangeConfig(dpu=False, weight=0.9), phase_steps=2)
+    opt = torch.optim.Adam(single.trainable_parameters(), lr=1e-2)
+    sgd_steps(single, opt, make_batches(steps, seed=4))
+    phase = single.phase
+    # The two (virtual) LDT branches before the switch: P = [trained stable, EMA unstable], A = [EMA stable, trained
+    # unstable]; the live network is the one whose turn it is.
+    live = snapshot(tiny_net)
+    host = {"stable": dict(zip(old.stable, single.ema["stable"])), "unstable": dict(zip(old.unstable, single.ema["unstable"]))}
+    parked = dict(zip(getattr(old, "unstable" if phase == "stable" else "stable"), single.parked))
+    if phase == "stable":
+        primary, auxiliary = live, {**host["stable"], **parked}
+    else:
+        primary, auxiliary = {**parked, **host["unstable"]}, live
+    new = mixed_partition(tiny_net)
+    single.repartition(new)
+    assert single.phase == phase and single.partition is new
+    after = snapshot(tiny_net)
+    for name in live:
+        assert torch.equal(after[name], live[name]), name  # the live network is unchanged
+    assert [n for n, p in tiny_net.named_parameters() if p.requires_grad] == getattr(new, phase)
+    named = dict(tiny_net.named_parameters())
+    assert [id(p) for p in single.trainable_parameters()] == [id(named[n]) for n in new.stable + new.unstable]
+    # Each tensor: trained value from the branch that now trains its group, EMA from the other branch.
+    for name, ema in zip(new.stable, single.ema["stable"]):
+        assert torch.equal(ema, auxiliary[name]), name
+    for name, ema in zip(new.unstable, single.ema["unstable"]):
+        assert torch.equal(ema, primary[name]), name
+    other = "unstable" if phase == "stable" else "stable"
+    source = auxiliary if phase == "stable" else primary
+    for name, value in zip(getattr(new, other), single.parked):
+        assert torch.equal(value, source[name]), name
+    # Training goes on with a fresh optimizer through the next switches.
+    opt = torch.optim.Adam(single.trainable_parameters(), lr=1e-2)
+    sgd_steps(single, opt, make_batches(4, seed=6))
+    composite = single.composite_state_dict()
+    for group in ("stable", "unstable"):
+        for name, ema in zip(getattr(new, group), single.ema[group]):
+            assert torch.equal(composite[name], ema), name
+    assert torch.equal(composite["unused"], live["unused"])
+
+
+def test_repartition_rejects_an_empty_group(tiny_net):
+    single = SingleBranchLDT(tiny_net, head_partition(tiny_net), ExchangeConfig(dpu=False))
+    with pytest.raises(PartitionError, match="both the stable and the unstable"):
+        single.repartition(Partition(stable=[n for n, _ in tiny_net.named_parameters()], unstable=[]))

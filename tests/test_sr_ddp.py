@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
 
 
-def deterministic_options(data_root, name: str, batch: int) -> dict:
+def deterministic_options(data_root, name: str, batch: int, method: str) -> dict:
     """No random crop (patch = whole training patch) and no flips: both runs see exactly the same pixels."""
-    opt = tiny_options(data_root, name, "ldt")
+    opt = tiny_options(data_root, name, method)
     opt["datasets"]["train"].update(use_hflip=False, use_rot=False, batch_size_per_gpu=batch)
     opt["ldt"]["probe"] = {"num_batches": 6, "batch_size": 1}
     opt["val"]["val_freq"] = 1000
@@ -46,15 +46,18 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(300)
-def test_two_process_ddp_equals_single_process(tmp_path):
+@pytest.mark.parametrize("method", ["ldt", "ldt_s"])
+def test_two_process_ddp_equals_single_process(tmp_path, method):
+    """Same partition and weights; the tolerance is far below one unsynchronised step (LDT-S once diverged by 4e-6
+    because DDP had registered only the group trainable at wrap time)."""
     data_root = tiny_cameras(tmp_path / "cams")
-    ddp_file = write_options(deterministic_options(data_root, "ddp", batch=1), tmp_path)
+    ddp_file = write_options(deterministic_options(data_root, "ddp", batch=1, method=method), tmp_path)
     mp.spawn(_worker, args=(2, free_port(), str(ddp_file), str(tmp_path)), nprocs=2, join=True)
 
     from ldt.options import load_options
     from ldt.train import train
 
-    single = load_options(write_options(deterministic_options(data_root, "single", batch=2), tmp_path), is_train=True)
+    single = load_options(write_options(deterministic_options(data_root, "single", batch=2, method=method), tmp_path), is_train=True)
     single.update(dist=False, rank=0, world_size=1)
     train(single, root=tmp_path)
 
@@ -69,4 +72,4 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     assert (a["stable"], a["unstable"]) == (b["stable"], b["unstable"])
     assert a["probe_batches"] == b["probe_batches"] == 6
     for key in single_params:
-        assert torch.allclose(ddp_params[key], single_params[key], rtol=1e-4, atol=1e-6), key
+        assert torch.allclose(ddp_params[key], single_params[key], rtol=1e-5, atol=1e-7), key

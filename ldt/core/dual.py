@@ -56,6 +56,16 @@ def check_same_architecture(first: nn.Module, second: nn.Module, what: str = "br
         )
 
 
+def check_two_groups(partition: Partition, model: nn.Module) -> None:
+    """Raise unless ``partition`` covers ``model`` exactly and both groups are non-empty."""
+    partition.check_model(model)
+    if not partition.stable or not partition.unstable:
+        raise PartitionError(
+            f"a dual branch needs both groups non-empty (stable: {len(partition.stable)}, unstable: "
+            f"{len(partition.unstable)}); use a single network for FT/LP-FT"
+        )
+
+
 class EMAPlan:
     """Frozen ← W·frozen + (1−W)·trained over fixed tensor lists, vectorised with ``torch._foreach_*``."""
 
@@ -88,12 +98,7 @@ class DualBranch:
         *,
         auxiliary: nn.Module | None = None,
     ) -> None:
-        partition.check_model(model)
-        if not partition.stable or not partition.unstable:
-            raise PartitionError(
-                f"a dual branch needs both groups non-empty (stable: {len(partition.stable)}, unstable: "
-                f"{len(partition.unstable)}); use a single network for FT/LP-FT"
-            )
+        check_two_groups(partition, model)
         self.partition = partition
         self.config = config or ExchangeConfig()
         self.primary = model
@@ -141,6 +146,23 @@ class DualBranch:
         """Each branch's frozen group ← EMA towards the other branch's trained group (Eq. 8 / 11)."""
         self.to_auxiliary.apply()
         self.to_primary.apply()
+
+    def repartition(self, partition: Partition) -> None:
+        """Switch to a new partition mid-training; each branch keeps its current weights.
+
+        The primary then trains ``partition.stable`` and the auxiliary ``partition.unstable`` (``requires_grad`` is
+        reset per branch, newly frozen tensors lose their grad), and the exchange plan (with DPU, the ranks of the
+        new scores) follows the new groups. The step counter goes on, so the exchange schedule is not restarted.
+        The trainable tensors change: build the optimizers again over :meth:`primary_parameters` /
+        :meth:`auxiliary_parameters`. A partition that cannot be used is rejected before anything changes.
+        """
+        check_two_groups(partition, self.primary)
+        stable_weights, unstable_weights = exchange_weights(partition, self.config)
+        self.partition = partition
+        self.stable_weights, self.unstable_weights = stable_weights, unstable_weights
+        set_trainable(self.primary, partition.stable)
+        set_trainable(self.auxiliary, partition.unstable)
+        self._build_plans()
 
     def to(self, *args, **kwargs) -> "DualBranch":
         """Move both branches (``nn.Module.to`` arguments) and rebuild the exchange plans."""

@@ -44,23 +44,54 @@ class SingleBranchLDT:
         if not partition.stable or not partition.unstable:
             raise PartitionError("LDT-S needs both the stable and the unstable group non-empty")
         self.model = model
-        self.partition = partition
         self.config = config or ExchangeConfig()
         self.phase_steps = phase_steps or self.config.interval
         if self.phase_steps < 1:
             raise ValueError(f"phase_steps must be positive, got {self.phase_steps}")
         self.host_device = torch.device(host_device)
         self.original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-        stable_w, unstable_w = exchange_weights(partition, self.config)
-        self.weights = {"stable": [stable_w[n] for n in partition.stable], "unstable": [unstable_w[n] for n in partition.unstable]}
-        live = dict(model.named_parameters())
-        self.live = {"stable": [live[n] for n in partition.stable], "unstable": [live[n] for n in partition.unstable]}
+        self._use_groups(partition, *exchange_weights(partition, self.config))
         self.ema = {group: [p.detach().to(self.host_device, copy=True) for p in self.live[group]] for group in PHASES}
         # The trained values of the group that is not training now (the auxiliary's unstable group at the start).
         self.parked = [p.detach().to(self.host_device, copy=True) for p in self.live["unstable"]]
         self.phase = "stable"
         self.step_count = 0
         set_trainable(model, partition.stable)
+
+    def _use_groups(self, partition: Partition, stable_w: dict[str, float], unstable_w: dict[str, float]) -> None:
+        self.partition = partition
+        self.weights = {"stable": [stable_w[n] for n in partition.stable], "unstable": [unstable_w[n] for n in partition.unstable]}
+        live = dict(self.model.named_parameters())
+        self.live = {"stable": [live[n] for n in partition.stable], "unstable": [live[n] for n in partition.unstable]}
+
+    @torch.no_grad()
+    def repartition(self, partition: Partition) -> None:
+        """Switch to a new partition mid-training; both (virtual) branches keep their current weights.
+
+        LDT-S holds LDT's two branches as the live network (the branch whose turn it is) and, on the host, the other
+        branch's view of every grouped tensor (the EMA of the training group and the parked trained values of the
+        other group). After the switch each tensor gets, as in :meth:`DualBranch.repartition`, its trained value
+        from the branch that now trains its group and its EMA from the other branch, so the live network is
+        unchanged and the current turn goes on with the new groups. Tensors that become excluded keep their live
+        value. The trainable tensors change: build the optimizer again over :meth:`trainable_parameters`.
+        """
+        if not partition.stable or not partition.unstable:
+            raise PartitionError("LDT-S needs both the stable and the unstable group non-empty")
+        partition.check_model(self.model)
+        weights = exchange_weights(partition, self.config)
+        current, other = self.phase, PHASES[1 - PHASES.index(self.phase)]
+        # The other branch's value of every grouped tensor: the EMA of the group that trains now (the other branch
+        # holds it frozen) and the parked trained values of the group that does not.
+        other_view = dict(zip(getattr(self.partition, current), self.ema[current]))
+        other_view.update(zip(getattr(self.partition, other), self.parked))
+        live = {name: p.detach().to(self.host_device, copy=True) for name, p in self.model.named_parameters()}
+        self.ema = {
+            current: [other_view.get(n, live[n]).clone() for n in getattr(partition, current)],
+            other: [live[n] for n in getattr(partition, other)],
+        }
+        self.parked = [other_view.get(n, live[n]).clone() for n in getattr(partition, other)]
+        self._use_groups(partition, *weights)
+        set_trainable(self.model, getattr(partition, self.phase))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Both groups: give them all to one optimizer; the frozen group has no grad and is skipped by it."""

@@ -161,27 +161,35 @@ class LDTModel(BaseModel):
             )
             if self.opt.get("rank", 0) == 0 and self.opt["path"].get("experiments_root"):
                 self.partition.save(Path(self.opt["path"]["experiments_root"]) / "partition.json")
+        self.repartition_every = ldt_opt.get("repartition_every") or 0
         exchange = ExchangeConfig(**{**ldt_opt["exchange"], **({"dpu": False} if self.method == "deft" else {})})
         if self.method in ("deft", "ldt"):
             self.trainer = DualBranch(self.net_g, self.partition, exchange)
-            modules = {"primary": self.trainer.primary, "auxiliary": self.trainer.auxiliary}
-            params = {"primary": self.trainer.primary_parameters(), "auxiliary": self.trainer.auxiliary_parameters()}
         elif self.method == "ldt_s":
             self.trainer = SingleBranchLDT(self.net_g, self.partition, exchange)
-            modules, params = {"net": self.net_g}, {"net": self.trainer.trainable_parameters()}
         else:
             self.trainer = None
             for p in self.net_g.parameters():
                 p.requires_grad_(True)
-            modules, params = {"net": self.net_g}, {"net": list(self.net_g.parameters())}
-        self.branches = {name: self.wrap(module) for name, module in modules.items()}
-        self.optimizers = [self.make_optimizer(params[name]) for name in self.branches]
+        self.setup_branches()
         self.scalers = [
             torch.amp.GradScaler(self.device.type, enabled=self.speed.get("autocast") == "fp16") for _ in self.branches
         ]
         self.schedulers = []
         if train_opt.get("scheduler"):
             self.setup_schedulers()
+
+    def setup_branches(self) -> None:
+        """Wrap each branch (DDP / compile) and give it a fresh optimizer over its trainable tensors."""
+        if isinstance(self.trainer, DualBranch):
+            modules = {"primary": self.trainer.primary, "auxiliary": self.trainer.auxiliary}
+            params = {"primary": self.trainer.primary_parameters(), "auxiliary": self.trainer.auxiliary_parameters()}
+        elif isinstance(self.trainer, SingleBranchLDT):
+            modules, params = {"net": self.net_g}, {"net": self.trainer.trainable_parameters()}
+        else:
+            modules, params = {"net": self.net_g}, {"net": list(self.net_g.parameters())}
+        self.branches = {name: self.wrap(module) for name, module in modules.items()}
+        self.optimizers = [self.make_optimizer(params[name]) for name in self.branches]
 
     def head_patterns(self) -> list[str]:
         patterns = self.opt["ldt"].get("head_patterns") or HEAD_PATTERNS.get(self.opt["network_g"]["type"])
@@ -201,23 +209,69 @@ class LDTModel(BaseModel):
         elif ldt_opt["criterion"] == "random":
             partition = partition_by_score(None, ldt_opt["unstable_ratio"], "random", seed=ldt_opt["seed"], model=self.net_g)
         else:
-            probe = ldt_opt["probe"]
-            world = dist.get_world_size() if is_distributed() else 1
-            per_rank = -(-probe["num_batches"] // world)
-            self.logger.info(f"Probing {probe['num_batches']} batches of {probe['batch_size']} ({per_rank} per rank)")
-            stats = probe_gradients(
-                self.net_g,
-                self.build_loader(probe["dataset"], batch_size=probe["batch_size"], seed=ldt_opt["seed"]),
-                self.batch_loss,
-                num_batches=per_rank,
-                group_by=ldt_opt["group_by"],
-                train_mode=probe["train_mode"],
-                progress=self.opt.get("rank", 0) == 0,
-            )
-            if stats.no_grad:
-                self.logger.warning(f"Parameters without gradient in the probe (excluded from both groups): {stats.no_grad}")
-            partition = partition_by_score(stats, ldt_opt["unstable_ratio"], ldt_opt["criterion"], model=self.net_g)
+            partition = self.probe_partition(self.net_g, seed=ldt_opt["seed"])
         return partition
+
+    def probe_partition(self, network: nn.Module, seed: int) -> Partition:
+        """Probe ``network`` with the ``ldt:probe`` options (data order from ``seed``) and split by the criterion."""
+        ldt_opt, probe = self.opt["ldt"], self.opt["ldt"]["probe"]
+        world = dist.get_world_size() if is_distributed() else 1
+        per_rank = -(-probe["num_batches"] // world)
+        self.logger.info(f"Probing {probe['num_batches']} batches of {probe['batch_size']} ({per_rank} per rank)")
+        stats = probe_gradients(
+            network,
+            self.build_loader(probe["dataset"], batch_size=probe["batch_size"], seed=seed),
+            self.batch_loss,
+            num_batches=per_rank,
+            group_by=ldt_opt["group_by"],
+            elementwise=ldt_opt["criterion"] == "elementwise_var",
+            train_mode=probe["train_mode"],
+            progress=self.opt.get("rank", 0) == 0,
+        )
+        if stats.no_grad:
+            self.logger.warning(f"Parameters without gradient in the probe (excluded from both groups): {stats.no_grad}")
+        return partition_by_score(stats, ldt_opt["unstable_ratio"], ldt_opt["criterion"], model=network)
+
+    def repartition(self, current_iter: int) -> None:
+        """``ldt:repartition_every``: probe again, re-freeze by the new groups (the official ``Part_per`` block).
+
+        The probe runs on the composite, not on a live branch as the official (commented-out) code does with
+        ``model_1``: the composite is the network being deployed (validated and saved), while each live branch holds
+        only a smoothed copy of one of the two groups. It is a throw-away copy, so a train-mode probe does not touch
+        the branches' BatchNorm statistics. Same probe options as the first probe, a different but deterministic data
+        order (``ldt:seed + current_iter``); under DDP the statistics are all-reduced, so every rank gets the same
+        partition. The branches keep their weights; the optimizers are rebuilt over the new trainable tensors with
+        fresh state (Adam moments and step counts restart, the learning rate and scheduler position carry over).
+        """
+        old = self.partition
+        composite = self.trainer.composite()
+        new = self.probe_partition(composite, seed=self.opt["ldt"]["seed"] + current_iter)
+        del composite
+        self.apply_partition(new)
+        group = {name: kind for kind in ("stable", "unstable", "excluded") for name in getattr(old, kind)}
+        moved = [name for kind in ("stable", "unstable", "excluded") for name in getattr(new, kind) if group[name] != kind]
+        self.logger.info(
+            f"Repartition at iteration {current_iter}: {len(moved)} of {len(new.names)} parameter tensors changed group; "
+            f"now {len(new.stable)} stable, {len(new.unstable)} unstable, {len(new.excluded)} excluded"
+        )
+        if self.opt.get("rank", 0) == 0 and self.opt["path"].get("experiments_root"):
+            new.save(Path(self.opt["path"]["experiments_root"]) / f"partition_{current_iter}.json")
+
+    def apply_partition(self, partition: Partition) -> None:
+        """Re-freeze the branches by ``partition``, re-wrap them (DDP registers parameters at construction) and
+        rebuild the optimizers (fresh state) and schedulers, keeping the current learning rates and schedule."""
+        self.trainer.repartition(partition)
+        self.partition = partition
+        old_optimizers = self.optimizers
+        self.setup_branches()
+        if self.schedulers:
+            states = [scheduler.state_dict() for scheduler in self.schedulers]
+            self.setup_schedulers()
+            for scheduler, state in zip(self.schedulers, states, strict=True):
+                scheduler.load_state_dict(state)
+        for new, old in zip(self.optimizers, old_optimizers, strict=True):
+            for new_group, old_group in zip(new.param_groups, old.param_groups, strict=True):
+                new_group.update({key: value for key, value in old_group.items() if key != "params"})
 
     def build_loader(self, dataset_key: str, batch_size: int | None, seed: int) -> torch.utils.data.DataLoader:
         """A shuffled, seeded loader over ``datasets:<dataset_key>`` (split across ranks under DDP)."""
@@ -236,10 +290,22 @@ class LDTModel(BaseModel):
         )
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """DDP (frozen tensors are not synchronised: they change only by the exchange, identically on all ranks)."""
+        """DDP (frozen tensors are not synchronised: they change only by the exchange, identically on all ranks).
+
+        DDP registers only the tensors that require grad when it is built. LDT-S trains its two groups in turn on one
+        network, so both groups are registered, and ``find_unused_parameters`` lets the resting group go without a
+        gradient; otherwise the group frozen at wrap time would never have its gradients averaged across ranks.
+        """
         if is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            module = DistributedDataParallel(module, device_ids=ids)
+            alternating = isinstance(self.trainer, SingleBranchLDT)
+            flags = {param: param.requires_grad for param in module.parameters()}
+            if alternating:
+                for param in self.trainer.trainable_parameters():
+                    param.requires_grad_(True)
+            module = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=alternating)
+            for param, flag in flags.items():
+                param.requires_grad_(flag)
         if self.speed.get("compile"):
             module = torch.compile(module)
         return module
@@ -315,6 +381,9 @@ class LDTModel(BaseModel):
             del loss  # free this branch's graph before the next branch's forward
         if self.trainer is not None:
             self.trainer.step()
+        every = self.repartition_every
+        if every and current_iter % every == 0 and current_iter < self.opt["train"]["total_iter"]:
+            self.repartition(current_iter)
         self.log_dict = self.reduce_loss_dict(losses) if losses else OrderedDict()
 
     # ---- deployment ------------------------------------------------------------------------------------------------
@@ -368,6 +437,12 @@ class LDTModel(BaseModel):
         if self.trainer is None:
             self.net_g.load_state_dict(state["network"], strict=True)
         else:
+            # The state carries the partition it was trained with (a repartition may have replaced the first one):
+            # adopt it, with its rebuilt optimizers, before loading the optimizer states.
+            saved_partition = Partition.from_dict(state["trainer"]["partition"])
+            if saved_partition.to_dict() != self.partition.to_dict():
+                self.logger.info("Restoring the partition of the training state (it differs from the start-up one)")
+                self.apply_partition(saved_partition)
             self.trainer.load_state_dict(state["trainer"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
