@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import ldt.classification.__main__ as main_module
 import ldt.classification.data as data_module
+import ldt.classification.pretrain as pretrain_module
 import ldt.classification.train as train_module
 from ldt.classification import (
     METHODS,
@@ -34,8 +36,9 @@ from ldt.classification import (
 )
 from ldt.classification.__main__ import main
 from ldt.classification.data import ImageList, image_transform, training_stream
+from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
 from ldt.classification.records import RESULTS, append_record, finished, options_hash, to_markdown
-from ldt.classification.toy import CLASSES, DOMAINS, MANIFEST
+from ldt.classification.toy import CLASSES, DOMAINS, MANIFEST, PRETRAIN_CLASSES
 from ldt.classification.train import warm_up_head
 from ldt.core import match_parameters
 
@@ -336,6 +339,59 @@ def test_weights_errors_name_the_file(tmp_path):
     torch.save({"weights": [1, 2]}, junk)
     with pytest.raises(ValueError, match="junk.pth does not hold a state dict"):
         build_model("tiny", 4, weights=junk)
+
+
+# ---- the demo's generated pre-training ------------------------------------------------------------------------------
+TINY_PRETRAIN = PretrainConfig(images_per_class=4, heldout_per_class=2, steps=3, batch_size=8)
+
+
+def test_pretraining_is_cached_and_loads_into_tiny_with_a_new_head(tmp_path, monkeypatch):
+    path = pretrain_tiny(TINY_PRETRAIN, root=tmp_path)
+    assert path == TINY_PRETRAIN.weights_path(tmp_path) and path.parent == tmp_path
+    summary = pretrain_summary(path)
+    assert summary["steps"] == 3 and summary["classes"] == list(PRETRAIN_CLASSES) and 0.0 <= summary["heldout_accuracy"] <= 1.0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("cached pre-training was run again")
+
+    monkeypatch.setattr(pretrain_module, "train_tiny", no_training)
+    assert pretrain_tiny(TINY_PRETRAIN, root=tmp_path) == path
+    assert PretrainConfig(steps=4).weights_path(tmp_path) != path  # other settings, another file: records stay true
+    saved = torch.load(path, weights_only=True)
+    assert saved["head.weight"].shape[0] == len(PRETRAIN_CLASSES)
+    torch.manual_seed(0)
+    model = build_model("tiny", len(CLASSES), weights=path)
+    assert model.head.out_features == len(CLASSES)
+    for name, value in model.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(value, saved[name]), name
+
+
+def test_demo_fine_tunes_the_cached_pretraining_unless_opted_out(toy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the demo's relative datasets/ and results/ folders
+    monkeypatch.setattr(main_module, "build_toy_domains", lambda root: toy)
+    render = pretrain_module.render_pretrain_images
+    monkeypatch.setattr(pretrain_module, "render_pretrain_images", lambda count, **kw: render(min(count, 3), **kw))
+    trainings = []
+    train_tiny = pretrain_module.train_tiny
+    monkeypatch.setattr(pretrain_module, "train_tiny", lambda config, progress: trainings.append(config) or train_tiny(config, progress))
+    argv = ["--methods", "lpft", "--seeds", "0", "--test-domains", "photo", "--no-progress", "--pretrain-steps", "2", *FAST_FLAGS]
+    weights = PretrainConfig(steps=2).weights_path().resolve()
+    out = Path("results/classification") / toy.name
+
+    assert main(argv) == 0
+    assert [c.steps for c in trainings] == [2] and weights.is_file()
+    assert f"tiny backbone: pre-trained weights {PretrainConfig(steps=2).weights_path()} (trained" in capsys.readouterr().out
+    assert [r["hparams"]["weights"] for r in load_records(out)] == [str(weights)]
+
+    assert main(argv) == 0  # second call: cached weights, finished run
+    shown = capsys.readouterr().out
+    assert len(trainings) == 1 and "(cached," in shown and "1 runs, 1 already recorded" in shown
+
+    for opt_out in (["--no-pretrain"], ["--weights", f"tiny={weights}", "--seeds", "1"]):
+        assert main(argv + opt_out) == 0
+        assert len(trainings) == 1 and "tiny backbone: pre-trained" not in capsys.readouterr().out
+    assert [r["hparams"]["weights"] for r in load_records(out)] == [str(weights), None, str(weights)]
 
 
 # ---- bad input -------------------------------------------------------------------------------------------------------

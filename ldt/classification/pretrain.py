@@ -1,0 +1,111 @@
+"""The demo's pre-trained ``tiny`` backbone: LDT fine-tunes a pre-trained network, so the demo needs one too.
+
+The paper fine-tunes ImageNet weights; the demo's stand-in is a tiny CNN trained on a larger generated set of this
+toy world (:func:`ldt.classification.toy.render_pretrain_images`: eight shape classes, a mild ``varied`` camera,
+seeds disjoint from the downstream images). The weights are cached as ``<root>/tiny-<hash>.pth``, with the hash of
+every setting in the name: a run's record names its weights file, so other pre-training settings must give another
+file, never silently different weights under a recorded path. The 8-class head is dropped at load, as ImageNet's is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ldt.classification.data import image_transform, training_stream
+from ldt.classification.models import TinyCNN
+from ldt.classification.records import options_hash
+from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_STYLE, render_pretrain_images
+from ldt.classification.train import EVAL_BATCH, accuracy, descend
+
+DEFAULT_PRETRAIN_ROOT = Path("datasets/toy_domains_pretrained")
+PRETRAIN_VERSION = 1  # bump when the recipe below changes in a way the settings do not show
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The pre-training recipe; every field (with the renderer's and this recipe's versions) keys the cache."""
+
+    images_per_class: int = 400
+    heldout_per_class: int = 25
+    size: int = 32
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("images_per_class", "heldout_per_class", "size", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pre-training {name} must be positive, got {getattr(self, name)}")
+
+    def settings(self) -> dict:
+        return {**asdict(self), "classes": list(PRETRAIN_CLASSES), "style": PRETRAIN_STYLE,
+                "toy_format_version": FORMAT_VERSION, "pretrain_version": PRETRAIN_VERSION}
+
+    def weights_path(self, root: str | Path = DEFAULT_PRETRAIN_ROOT) -> Path:
+        return Path(root) / f"tiny-{options_hash(self.settings())}.pth"
+
+
+class InMemoryImages(Dataset):
+    """(image, label) pairs held as PIL images, transformed on access like :class:`ldt.classification.data.ImageList`."""
+
+    def __init__(self, images: list, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.images[index]
+        return self.transform(image), label
+
+
+def train_tiny(config: PretrainConfig, progress: bool = False) -> tuple[TinyCNN, float]:
+    """Train the tiny CNN on the generated pre-training set, with fine-tuning's augmentation and normalisation (so
+    its BatchNorm statistics fit the inputs it will see); returns it with its accuracy on held-out generated images."""
+    torch.manual_seed(config.seed)
+    train = render_pretrain_images(config.images_per_class, size=config.size, seed=config.seed)
+    held = render_pretrain_images(config.heldout_per_class, size=config.size, seed=config.seed, start=config.images_per_class)
+    model = TinyCNN(len(PRETRAIN_CLASSES))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    stream = training_stream([InMemoryImages(train, image_transform(config.size, augment=True))], config.batch_size, config.seed)
+    model.train()
+    for _ in tqdm(range(config.steps), desc="pre-train tiny", leave=False, disable=not progress, dynamic_ncols=True):
+        descend(model, optimizer, next(stream))
+    held_loader = DataLoader(InMemoryImages(held, image_transform(config.size, augment=False)), batch_size=EVAL_BATCH)
+    return model, accuracy(model, held_loader, torch.device("cpu"))
+
+
+def pretrain_tiny(config: PretrainConfig = PretrainConfig(), root: str | Path = DEFAULT_PRETRAIN_ROOT, progress: bool = False) -> Path:
+    """The cached weights file for ``config``, trained (and written atomically, with a JSON summary beside it) only
+    when it is not there yet."""
+    path = config.weights_path(root)
+    if path.is_file():
+        return path
+    start = time.time()
+    model, heldout = train_tiny(config, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(handle)
+    try:
+        torch.save(model.state_dict(), staging)
+        os.replace(staging, path)
+    finally:
+        Path(staging).unlink(missing_ok=True)
+    summary = {**config.settings(), "heldout_accuracy": heldout, "wall_s": round(time.time() - start, 1)}
+    path.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    return path
+
+
+def pretrain_summary(path: Path) -> dict:
+    """The JSON summary written beside a weights file by :func:`pretrain_tiny`."""
+    return json.loads(path.with_suffix(".json").read_text())
