@@ -89,7 +89,9 @@ def camera_run_options(
         "path": {"pretrain_network_g": str(pretrained)} if pretrained else {},
         "train": {"total_iter": total_iter, "optim_g": {"type": "Adam", "lr": lr, "weight_decay": 0, "betas": [0.0, 0.99**0.8]}},  # official betas
         "val": {"val_freq": val_freq, "selection": "source", "source_set": "source", "pbar": False, "tile": tile},
-        "logger": {"print_freq": max(1, total_iter // 10), "save_checkpoint_freq": total_iter, "use_tb_logger": True},
+        # A state at every validation, only the newest kept: an interrupted sweep resumes mid-run (see run_stage).
+        "logger": {"print_freq": max(1, total_iter // 10), "save_checkpoint_freq": val_freq, "keep_last_checkpoints": 1,
+                   "use_tb_logger": True},
         "ldt": {
             "method": method, "criterion": criterion, "unstable_ratio": unstable_ratio, "seed": seed,
             "probe": {"num_batches": probe_batches, "batch_size": 4},
@@ -103,17 +105,35 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
     """Train one run under ``root/experiments/<name>`` unless a finished run with the same options hash is there.
 
     Why: the demo and the table sweeps rerun many identical stages; ``results.json`` is stamped with the options hash
-    after training, so only a run that finished with exactly these options counts as cached. Anything else in the
-    folder (an interrupted or differently configured run) is deleted first. ``label`` prefixes messages.
+    after training, so only a run that finished with exactly these options counts as cached. A run with the same
+    options that was interrupted (its folder holds ``options_hash.txt`` and a training state) is resumed from its
+    latest state; anything else in the folder is deleted first. ``label`` prefixes messages.
     """
     exp = root / "experiments" / opt["name"]
-    stamp = exp / "results.json"
+    stamp, started = exp / "results.json", exp / "options_hash.txt"
     digest = options_hash(opt)
     if not force and stamp.is_file():
         report = json.loads(stamp.read_text())
         if report.get("options_hash") == digest:
             print(f"[{label}] {opt['name']}: cached ({stamp})")
             return report
+    resume = (not force and started.is_file() and started.read_text().strip() == digest
+              and any((exp / "training_states").glob("*.state")))
+    if resume:
+        print(f"[{label}] {opt['name']}: resuming an interrupted run")
+    else:
+        shutil.rmtree(exp, ignore_errors=True)
+        shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
+        exp.mkdir(parents=True)
+        started.write_text(digest + "\n")
+    prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
+    prepared.update(dist=False, rank=0, world_size=1, auto_resume=resume)
+    report = train(prepared, root=root)
+    report["options_hash"] = digest
+    report_file = json.loads(stamp.read_text())
+    report_file.update(options_hash=digest)
+    stamp.write_text(json.dumps(report_file, indent=1))
+    return report
     shutil.rmtree(exp, ignore_errors=True)
     shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
     prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")

@@ -59,7 +59,12 @@ VAL_DEFAULTS: dict[str, Any] = {
     "metrics": ["psnr", "ssim"],
     "pbar": True,
 }
-LOGGER_DEFAULTS: dict[str, Any] = {"print_freq": 100, "save_checkpoint_freq": 5000, "use_tb_logger": True}
+LOGGER_DEFAULTS: dict[str, Any] = {
+    "print_freq": 100,
+    "save_checkpoint_freq": 5000,
+    "keep_last_checkpoints": 0,  # 0 keeps every net_g_<iter>.pth / <iter>.state; N keeps the newest N
+    "use_tb_logger": True,
+}
 TRAIN_DEFAULTS: dict[str, Any] = {
     "total_iter": 10000,
     "optim_g": {"type": "Adam", "lr": 1e-4, "weight_decay": 0, "betas": [0.0, 0.99**0.8]},
@@ -270,6 +275,9 @@ def validate(opt: dict, *, is_train: bool, source: str = "options") -> None:
     _check_against_defaults(opt.get("val") or {}, {**VAL_DEFAULTS, "metrics": None, "tile": None}, "val:", problems)
     _check_against_defaults(opt.get("logger") or {}, {**LOGGER_DEFAULTS, "wandb": None}, "logger:", problems)
     _check_against_defaults(opt.get("speed") or {}, SPEED_DEFAULTS, "speed:", problems)
+    keep = (opt.get("logger") or {}).get("keep_last_checkpoints")
+    if isinstance(keep, int) and keep < 0:
+        problems.append(f"logger:keep_last_checkpoints: must be >= 0 (0 keeps all), got {keep}")
     speed = opt.get("speed") or {}
     if speed.get("autocast") not in (None, "bf16", "fp16"):
         problems.append(f"speed:autocast: must be null, bf16 or fp16, got {speed['autocast']!r}")

@@ -199,14 +199,15 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
     model = build_model(opt)
     total_iter = int(opt["train"]["total_iter"])
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
+    history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
     if state_path is not None:
         state = torch.load(state_path, map_location=model.device, weights_only=True)
         model.resume_training(state)
         current_iter, epoch, position = state["iter"], state["epoch"], state["data_position"]
         best = state["extra"].get("best", best)
+        history = state["extra"].get("history", [])
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
 
-    history: list[dict] = []
     last_validated: tuple[int, MetricTable] | None = None
     start = time.time()
     bar = None
@@ -248,7 +249,7 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
                     best = {"value": table.rows[select_name]["psnr"], "iter": current_iter, "set": select_name}
                     model.save_best(best_tag)
             if current_iter % save_freq == 0:
-                model.save(epoch, current_iter, position, extra={"best": best})
+                model.save(epoch, current_iter, position, extra={"best": best, "history": history})
             if current_iter >= total_iter:
                 break
         else:

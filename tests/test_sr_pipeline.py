@@ -122,6 +122,52 @@ def test_auto_resume_after_a_crash(data_root, tmp_path, monkeypatch):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_keep_last_checkpoints_prunes_old_iterations(data_root, tmp_path):
+    opt = tiny_options(data_root, "pruned", "ldt", logger__save_checkpoint_freq=2, logger__keep_last_checkpoints=1)
+    opt["logger"]["print_freq"] = 2
+    run_training(opt, tmp_path)
+    exp = tmp_path / "experiments" / "pruned"
+    assert sorted(p.name for p in (exp / "training_states").iterdir()) == ["6.state"]
+    assert sorted(p.name for p in (exp / "models").iterdir()) == ["net_g_6.pth", "net_g_best.pth", "net_g_latest.pth"]
+    with pytest.raises(OptionsError, match="keep_last_checkpoints: must be >= 0"):
+        run_training(tiny_options(data_root, "bad", "ldt", logger__keep_last_checkpoints=-1), tmp_path)
+
+
+def test_run_stage_resumes_an_interrupted_run_and_its_curves(data_root, tmp_path, monkeypatch):
+    """The sweeps' stage runner continues a crashed run from its newest state instead of starting over."""
+    from ldt.experiment import run_stage
+    from ldt.models.ldt_model import LDTModel
+
+    def options(name: str) -> dict:
+        return tiny_options(data_root, name, "ldt", logger__save_checkpoint_freq=2, logger__keep_last_checkpoints=1,
+                            val__val_freq=2)
+
+    straight = run_stage(options("straight"), tmp_path)
+    original = LDTModel.optimize_parameters
+    steps: list[int] = []
+    crash_at = [5]
+
+    def crash_once(self, current_iter):
+        if crash_at and current_iter == crash_at[0]:
+            crash_at.clear()
+            raise KeyboardInterrupt("simulated crash")
+        steps.append(current_iter)
+        return original(self, current_iter)
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(options("stage"), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "experiments" / "stage" / "training_states").iterdir()) == ["4.state"]
+    steps.clear()
+    resumed = run_stage(options("stage"), tmp_path)
+    assert steps == [5, 6]
+    assert [h["iter"] for h in resumed["history"]] == [h["iter"] for h in straight["history"]] == [2, 4, 6]
+    assert resumed["best"] == straight["best"]
+    a, b = final_params(tmp_path, "straight"), final_params(tmp_path, "stage")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_root, tmp_path, monkeypatch):
     from ldt.models.ldt_model import LDTModel, NonFiniteLossError
 

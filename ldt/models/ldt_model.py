@@ -423,6 +423,17 @@ class LDTModel(BaseModel):
             "extra": extra or {},
         }
         atomic_torch_save(state, Path(self.opt["path"]["training_states"]) / f"{current_iter}.state")
+        self.prune_checkpoints(self.opt["logger"].get("keep_last_checkpoints", 0))
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest ``keep`` iteration checkpoints (``0``: keep all), after the new one is on disk,
+        so long sweeps can save often enough to resume without filling the disk; best/latest weights stay."""
+        if keep <= 0:
+            return
+        states = sorted(Path(self.opt["path"]["training_states"]).glob("*.state"), key=lambda p: int(p.stem))
+        for old in states[:-keep]:
+            old.unlink()
+            (Path(self.opt["path"]["models"]) / f"net_g_{old.stem}.pth").unlink(missing_ok=True)
 
     def save_best(self, tag: str) -> None:
         if self.opt.get("rank", 0) == 0:
