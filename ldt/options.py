@@ -255,7 +255,7 @@ def _check_datasets(opt: dict, is_train: bool, problems: list[str]) -> None:
 def validate(opt: dict, *, is_train: bool, source: str = "options") -> None:
     """Raise :class:`OptionsError` listing every problem in ``opt`` (already merged with defaults)."""
     problems: list[str] = []
-    _unknown_keys(opt, set(TOP_LEVEL) | {"is_train", "dist", "rank", "world_size", "auto_resume", "root_path", "option_file"}, "", problems)
+    _unknown_keys(opt, set(TOP_LEVEL) | {"is_train", "dist", "rank", "world_size", "auto_resume", "resume_partition", "root_path", "option_file"}, "", problems)
     for key, expected in TOP_LEVEL.items():
         if key in opt and key not in ("datasets",):
             _check_type(opt[key], expected, key, problems)

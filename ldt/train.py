@@ -196,6 +196,11 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
     val_loaders = build_val_loaders(opt) if rank0 else {}
     select_name, best_tag = selection_set(opt, val_loaders) if rank0 else (None, "")
 
+    if state_path is not None:
+        # The model skips its warm-up and probe when resuming: the state holds their result (and later repartitions).
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        opt["resume_partition"] = (saved.get("trainer") or {}).get("partition")
+        del saved
     model = build_model(opt)
     total_iter = int(opt["train"]["total_iter"])
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}

@@ -82,14 +82,17 @@ def test_plain_basicsr_srmodel_loads_the_checkpoint(data_root, tmp_path):
         assert torch.equal(value, expected[key]), key
 
 
-@pytest.mark.parametrize("method", ["ldt", "ldt_s"])
+@pytest.mark.parametrize("method", ["ft", "lpft", "deft", "ldt", "ldt_s"])
 def test_resume_continues_bit_identically(method, data_root, tmp_path):
-    straight = tiny_options(data_root, f"straight_{method}", method)
+    """LP-FT's warm-up and LDT's probe run once: a resumed run takes their results from the state."""
+    warm = {"ldt": {**tiny_options(data_root, "x")["ldt"], "method": method, "warmup": {"steps": 2}}}
+    extra = warm if method == "lpft" else {}
+    straight = tiny_options(data_root, f"straight_{method}", method, **extra)
     run_training(straight, tmp_path)
     # Same run, stopped after 3 iterations (mid-epoch, mid exchange interval), then resumed from its state.
-    first = tiny_options(data_root, f"resumed_{method}", method, train={**straight["train"], "total_iter": 3})
+    first = tiny_options(data_root, f"resumed_{method}", method, train={**straight["train"], "total_iter": 3}, **extra)
     run_training(first, tmp_path)
-    second = tiny_options(data_root, f"resumed_{method}", method)
+    second = tiny_options(data_root, f"resumed_{method}", method, **extra)
     run_training(second, tmp_path, auto_resume=True)
     a, b = final_params(tmp_path, f"straight_{method}"), final_params(tmp_path, f"resumed_{method}")
     for key in a:
@@ -116,6 +119,11 @@ def test_auto_resume_after_a_crash(data_root, tmp_path, monkeypatch):
     states = sorted(p.name for p in (tmp_path / "experiments" / "crash" / "training_states").iterdir())
     assert states == ["3.state"]
     monkeypatch.setattr(LDTModel, "optimize_parameters", original)
+
+    def not_on_resume(*args, **kwargs):
+        raise AssertionError("resuming must take the partition from the training state, not probe again")
+
+    monkeypatch.setattr("ldt.models.ldt_model.probe_gradients", not_on_resume)
     run_training(crashed, tmp_path, auto_resume=True)
     a, b = final_params(tmp_path, "nocrash"), final_params(tmp_path, "crash")
     for key in a:

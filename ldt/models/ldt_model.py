@@ -141,7 +141,8 @@ class LDTModel(BaseModel):
         warm = ldt_opt["warmup"]
         if self.method == "lpft" and not warm["steps"]:
             raise ValueError("ldt:method lpft needs ldt:warmup:steps > 0 (the linear-probe stage)")
-        if warm["steps"]:
+        resuming = "resume_partition" in self.opt  # set by the training loop: warm-up and probe results are in the state
+        if warm["steps"] and not resuming:
             patterns = warm["patterns"] or self.head_patterns()
             self.logger.info(f"Warm-up: {warm['steps']} steps on {patterns}")
             warmup(
@@ -153,13 +154,17 @@ class LDTModel(BaseModel):
                 optimizer_factory=lambda params: torch.optim.Adam(params, lr=warm["lr"]),
                 progress=self.opt.get("rank", 0) == 0,
             )
-        self.partition = self.make_partition() if self.method in ("deft", "ldt", "ldt_s") else None
+        self.partition = None
+        if self.method in ("deft", "ldt", "ldt_s"):
+            saved = self.opt.get("resume_partition")
+            self.partition = Partition.from_dict(saved) if resuming and saved else self.make_partition()
         if self.partition is not None:
             self.logger.info(
-                f"Partition: {len(self.partition.stable)} stable, {len(self.partition.unstable)} unstable, "
-                f"{len(self.partition.excluded)} excluded ({self.partition.criterion}, ratio {self.partition.unstable_ratio})"
+                f"Partition{' (from the training state)' if resuming else ''}: {len(self.partition.stable)} stable, "
+                f"{len(self.partition.unstable)} unstable, {len(self.partition.excluded)} excluded "
+                f"({self.partition.criterion}, ratio {self.partition.unstable_ratio})"
             )
-            if self.opt.get("rank", 0) == 0 and self.opt["path"].get("experiments_root"):
+            if self.opt.get("rank", 0) == 0 and self.opt["path"].get("experiments_root") and not resuming:
                 self.partition.save(Path(self.opt["path"]["experiments_root"]) / "partition.json")
         self.repartition_every = ldt_opt.get("repartition_every") or 0
         exchange = ExchangeConfig(**{**ldt_opt["exchange"], **({"dpu": False} if self.method == "deft" else {})})
