@@ -41,3 +41,14 @@ def check_registered(name: str, cls: type, kwargs: dict, scale: int) -> None:
     model = ARCH_REGISTRY.get(name)(**kwargs)
     with torch.no_grad():
         assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8 * scale, 8 * scale)
+
+
+def check_forward_backward(model: nn.Module, size: tuple[int, int], scale: int) -> None:
+    """Training-mode forward of a batch of 2 gives the upscaled shape, and every parameter gets a finite gradient."""
+    model.train()
+    x = torch.rand(2, 3, *size, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 3, size[0] * scale, size[1] * scale)
+    out.mean().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

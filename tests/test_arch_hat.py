@@ -9,7 +9,12 @@ import torch.nn.functional as F
 import ldt.archs  # noqa: F401  (registers every arch)
 from ldt.archs import hat_arch
 from ldt.archs.hat_arch import HAT
-from tests.arch_checks import CHECKPOINT_LAYOUTS, check_registered, check_strict_load_round_trip
+from tests.arch_checks import (
+    CHECKPOINT_LAYOUTS,
+    check_forward_backward,
+    check_registered,
+    check_strict_load_round_trip,
+)
 
 # Official option files: options/test/HAT_SRx4.yml and HAT-S_SRx4.yml (network_g).
 HAT_SRX4 = dict(
@@ -157,13 +162,7 @@ def test_official_oca_index_has_wrapping_negatives(hat_x4: HAT) -> None:
 
 @pytest.mark.parametrize("size", [(16, 24), (13, 7), (5, 9), (1, 1)])
 def test_tiny_forward_backward_any_size(size: tuple[int, int]) -> None:
-    model = tiny().train()
-    x = torch.rand(2, 3, *size, requires_grad=True)
-    out = model(x)
-    assert out.shape == (2, 3, size[0] * 2, size[1] * 2)
-    out.mean().backward()
-    assert torch.isfinite(x.grad).all()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    check_forward_backward(tiny(), size, scale=2)
 
 
 def test_padding_is_reflect_then_crop() -> None:

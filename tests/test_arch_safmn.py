@@ -8,7 +8,12 @@ import torch.nn.functional as F
 
 import ldt.archs  # noqa: F401  (registers every arch)
 from ldt.archs.safmn_arch import SAFMN, LayerNorm
-from tests.arch_checks import CHECKPOINT_LAYOUTS, check_registered, check_strict_load_round_trip
+from tests.arch_checks import (
+    CHECKPOINT_LAYOUTS,
+    check_forward_backward,
+    check_registered,
+    check_strict_load_round_trip,
+)
 
 SAFMN_X4 = dict(dim=36, n_blocks=8, ffn_scale=2.0, upscaling_factor=4)  # official SAFMN_DF2K_x4 / DIV2K_x4
 SAFMN_L_X4 = dict(dim=128, n_blocks=16, ffn_scale=2.0, upscaling_factor=4)
@@ -68,13 +73,7 @@ def test_channels_first_layer_norm() -> None:
 
 @pytest.mark.parametrize("size", [(8, 8), (9, 13), (17, 8), (31, 23)])
 def test_tiny_forward_backward_any_size(size: tuple[int, int]) -> None:
-    model = tiny().train()
-    x = torch.rand(2, 3, *size, requires_grad=True)
-    out = model(x)
-    assert out.shape == (2, 3, size[0] * 2, size[1] * 2)
-    out.mean().backward()
-    assert torch.isfinite(x.grad).all()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    check_forward_backward(tiny(), size, scale=2)
 
 
 @pytest.mark.parametrize("scale", [1, 3, 4])
