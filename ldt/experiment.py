@@ -33,10 +33,23 @@ ARCHS: dict[str, dict] = {
 }
 
 
+def _canonical_path(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def options_hash(opt: dict) -> str:
-    """Stable short hash of the options that define a run (names and output paths excluded)."""
-    relevant = {k: v for k, v in opt.items() if k not in ("name", "path", "logger")}
-    relevant["pretrain"] = (opt.get("path") or {}).get("pretrain_network_g")
+    """Stable short hash of the options that define a run.
+
+    Left out: names, output paths, logging and ``num_gpu`` (where a run executes, not what it computes). Data roots
+    and the pretrained file are hashed as resolved absolute paths, so ``datasets/x`` and ``./datasets/x`` name the
+    same run.
+    """
+    relevant = {k: v for k, v in opt.items() if k not in ("name", "path", "logger", "num_gpu")}
+    relevant["datasets"] = {
+        phase: {k: (_canonical_path(v) if k.startswith("dataroot") else v) for k, v in dataset.items()}
+        for phase, dataset in (opt.get("datasets") or {}).items()
+    }
+    relevant["pretrain"] = _canonical_path((opt.get("path") or {}).get("pretrain_network_g"))
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -236,3 +236,16 @@ def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):
     assert "error: unknown table '7'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         rp.main(["--table", "1"])
+
+
+def test_options_hash_names_what_a_run_computes(tmp_path, monkeypatch):
+    """Path spelling and the GPU count do not change a run's identity; a hyper-parameter does."""
+    from ldt.experiment import camera_run_options, options_hash
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    base = camera_run_options("a", "data", total_iter=10)
+    assert options_hash(base) == options_hash(camera_run_options("b", tmp_path / "data", total_iter=10, num_gpu=0))
+    assert options_hash(base) == options_hash(camera_run_options("a", "./data/", total_iter=10))
+    assert options_hash(base) != options_hash(camera_run_options("a", "data", total_iter=10, lr=2e-4))
+    assert options_hash(base) != options_hash(camera_run_options("a", "other", total_iter=10))
