@@ -147,13 +147,3 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
     report_file.update(options_hash=digest)
     stamp.write_text(json.dumps(report_file, indent=1))
     return report
-    shutil.rmtree(exp, ignore_errors=True)
-    shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
-    prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
-    prepared.update(dist=False, rank=0, world_size=1)
-    report = train(prepared, root=root)
-    report["options_hash"] = digest
-    report_file = json.loads(stamp.read_text())
-    report_file.update(options_hash=digest)
-    stamp.write_text(json.dumps(report_file, indent=1))
-    return report

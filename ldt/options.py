@@ -273,6 +273,9 @@ def validate(opt: dict, *, is_train: bool, source: str = "options") -> None:
         if path.get(key) and not Path(path[key]).expanduser().is_file():
             problems.append(f"path:{key}: file does not exist: {path[key]}")
     _check_against_defaults(opt.get("val") or {}, {**VAL_DEFAULTS, "metrics": None, "tile": None}, "val:", problems)
+    metrics = (opt.get("val") or {}).get("metrics")
+    if is_train and isinstance(metrics, list) and "psnr" not in metrics:
+        problems.append(f"val:metrics: must include 'psnr' (the best checkpoint is selected on it), got {metrics}")
     _check_against_defaults(opt.get("logger") or {}, {**LOGGER_DEFAULTS, "wandb": None}, "logger:", problems)
     _check_against_defaults(opt.get("speed") or {}, SPEED_DEFAULTS, "speed:", problems)
     keep = (opt.get("logger") or {}).get("keep_last_checkpoints")

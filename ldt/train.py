@@ -8,6 +8,7 @@ Here resume continues from the exact sample position (bit-identical on CPU with 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import math
@@ -73,7 +74,9 @@ def init_distributed(opt: dict, launcher: str) -> None:
         use_cuda = torch.cuda.is_available() and opt["num_gpu"] != 0
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # Rank 0 validates alone while the other ranks wait in the next collective: tiled validation of six camera
+        # sets with a large network can outlast the default 10-minute timeout.
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
     opt["dist"] = dist.is_initialized()
     opt["rank"], opt["world_size"] = (dist.get_rank(), dist.get_world_size()) if opt["dist"] else (0, 1)
 
@@ -210,6 +213,13 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
         model.resume_training(state)
         current_iter, epoch, position = state["iter"], state["epoch"], state["data_position"]
         best = state["extra"].get("best", best)
+        # A best checkpoint saved after this state was written (validation runs more often than saving) must not be
+        # overwritten later by a worse network: its score is kept beside it.
+        best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
+        if best_file.is_file():
+            recorded = json.loads(best_file.read_text())
+            if recorded["value"] > best["value"]:
+                best = recorded
         history = state["extra"].get("history", [])
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
 
@@ -253,6 +263,9 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
                 if select_name is not None and table.rows[select_name]["psnr"] > best["value"]:
                     best = {"value": table.rows[select_name]["psnr"], "iter": current_iter, "set": select_name}
                     model.save_best(best_tag)
+                    best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
+                    best_file.with_suffix(".tmp").write_text(json.dumps(best))
+                    os.replace(best_file.with_suffix(".tmp"), best_file)
             if current_iter % save_freq == 0:
                 model.save(epoch, current_iter, position, extra={"best": best, "history": history})
             if current_iter >= total_iter:

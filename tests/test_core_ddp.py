@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ldt.core import partition_by_score, probe_gradients
+from ldt.core import partition_by_score, probe_gradients, warmup
 from tests.conftest import TinyNet, ce_loss, make_batches
 
 CRITERIA = ("var", "mean", "abs_mean", "var_over_mean", "elementwise_var")
@@ -49,3 +49,37 @@ def test_two_rank_probe_equals_single_process(tmp_path):
             assert record[criterion].keys() == expected.keys()
             for name, value in expected.items():
                 assert record[criterion][name] == pytest.approx(value, rel=1e-9, abs=1e-15), (rank, criterion, name)
+
+
+def _frozen_conv_linear_head() -> torch.nn.Module:
+    """No BatchNorm: the loss of a concatenated batch is then exactly the mean of the two ranks' losses."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+
+
+def _warmup_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = _frozen_conv_linear_head()
+        warmup(model, make_batches(3, seed=rank), ce_loss, [r"^2\."], steps=3)
+        torch.save(model.state_dict(), os.path.join(out_dir, f"warm{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_two_rank_warmup_equals_single_process_on_the_union(tmp_path):
+    """Ranks warming up on different batches end with the same head: the one of one process on both batches."""
+    mp.spawn(_warmup_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    union = [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+             for a, b in zip(make_batches(3, seed=0), make_batches(3, seed=1))]
+    single = _frozen_conv_linear_head()
+    warmup(single, union, ce_loss, [r"^2\."], steps=3)
+    start = _frozen_conv_linear_head().state_dict()
+    ranks = [torch.load(tmp_path / f"warm{rank}.pt", weights_only=True) for rank in range(2)]
+    for name, value in single.state_dict().items():
+        for state in ranks:
+            torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    assert not torch.equal(single.state_dict()["2.weight"], start["2.weight"])
+    assert torch.equal(single.state_dict()["0.weight"], start["0.weight"])

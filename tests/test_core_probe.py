@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldt.core import ProbeError, probe_gradients
-from tests.conftest import ce_loss
+from tests.conftest import ce_loss, make_batches
 
 
 def stored_gradients(model, batches):
@@ -120,3 +120,10 @@ def test_non_finite_loss_is_an_error(tiny_net, batches):
 def test_single_batch_gives_nan_elementwise_variance(tiny_net, batches):
     stats = probe_gradients(tiny_net, batches[:1], ce_loss, elementwise=True)
     assert math.isnan(stats.scores("elementwise_var")["head.bias"])
+
+
+def test_probe_in_train_mode_leaves_batchnorm_statistics_untouched(tiny_net):
+    before = {name: b.clone() for name, b in tiny_net.named_buffers()}
+    probe_gradients(tiny_net, make_batches(3), ce_loss, train_mode=True)
+    for name, buffer in tiny_net.named_buffers():
+        assert torch.equal(buffer, before[name]), name

@@ -176,6 +176,32 @@ def test_run_stage_resumes_an_interrupted_run_and_its_curves(data_root, tmp_path
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_keeps_a_best_checkpoint_saved_after_the_state(data_root, tmp_path, monkeypatch):
+    """Validation runs more often than states are saved: a best found after the last state must survive a resume."""
+    from ldt.models.ldt_model import LDTModel
+
+    opt = tiny_options(data_root, "best", "ldt", val__val_freq=1, logger__save_checkpoint_freq=3)
+    opt["val"]["pbar"] = False
+    original = LDTModel.optimize_parameters
+
+    def crash_at_5(self, current_iter):
+        if current_iter == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, current_iter)
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(opt, tmp_path)
+    monkeypatch.setattr(LDTModel, "optimize_parameters", original)
+    best_file = tmp_path / "experiments" / "best" / "best.json"
+    # Pretend the network of iteration 4 (saved after 3.state) scored far better than anything after the resume.
+    record = json.loads(best_file.read_text())
+    record.update(value=record["value"] + 100.0, iter=4)
+    best_file.write_text(json.dumps(record))
+    report = run_training(opt, tmp_path, auto_resume=True)
+    assert report["best"] == record
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_root, tmp_path, monkeypatch):
     from ldt.models.ldt_model import LDTModel, NonFiniteLossError
 

@@ -121,7 +121,7 @@ class Partition:
 
 
 def stable_count(num_layers: int, unstable_ratio: float) -> int:
-    """Official rounding: ``int(M * (1 - ratio))`` stable layers, in exact decimal arithmetic.
+    """``int(M * (1 - ratio))`` stable layers, in exact decimal arithmetic (the official ``int(M * 0.5)`` at 0.5).
 
     Binary floating point would give ``int(10 * (1 - 0.9)) == 0``; the decimal reading of the ratio gives 1.
     """

@@ -229,7 +229,8 @@ def probe_gradients(
     """Collect per-layer gradient statistics over ``batches`` without updating ``model``.
 
     ``loss_fn(model, batch)`` returns the scalar loss of one batch. Every parameter (or those named in
-    ``parameters``) gets ``requires_grad=True`` for the probe; flags, grads and train/eval mode are restored after.
+    ``parameters``) gets ``requires_grad=True`` for the probe; flags, grads, train/eval mode and buffers (e.g.
+    BatchNorm running statistics, which a train-mode forward updates) are restored after.
     Layers that never receive a gradient are listed in ``no_grad`` and get no score. Under an initialised
     ``torch.distributed`` process group (and ``distributed=True``) the statistics of all ranks are merged.
     """
@@ -249,6 +250,7 @@ def probe_gradients(
 
     saved_flags = {name: p.requires_grad for name, p in named.items()}
     saved_grads = {name: p.grad for name, p in named.items()}
+    saved_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     was_training = model.training
     seen = 0
     try:
@@ -293,6 +295,9 @@ def probe_gradients(
         for name, p in named.items():
             p.grad = saved_grads[name]
             p.requires_grad_(saved_flags[name])
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(saved_buffers[name])
         model.train(was_training)
     stats = GradientStatistics(
         layers=groups,

@@ -8,7 +8,8 @@ interval) alternate between the *primary's turn* and the *auxiliary's turn*.
 
 At the end of a turn the group that just trained updates its EMA (``ema = W·ema + (1−W)·trained``), is parked on
 the host, and the other turn's values are loaded. Every step of LDT-S is therefore a step of one of LDT's two
-branches, seen by exactly the weights LDT would show it, while the device holds one network and one optimizer
+branches with the other group at its EMA value (updated once per turn pair, not every interval as in LDT), while the
+device holds one network and one optimizer
 (memory and time per step ≈ plain fine-tuning). Each branch gets half the steps; the deployed composite is
 [EMA stable, EMA unstable], the same pair LDT deploys.
 """

@@ -9,6 +9,7 @@ import re
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ldt.core.dual import set_trainable
@@ -27,6 +28,16 @@ def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return names
 
 
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Mean of each gradient over the ranks (a parameter without a gradient on this rank counts as zero)."""
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
+
+
 def warmup(
     model: nn.Module,
     batches: Iterable,
@@ -36,11 +47,14 @@ def warmup(
     *,
     optimizer_factory: OptimizerFactory | None = None,
     progress: bool = False,
+    distributed: bool = True,
 ) -> list[float]:
     """Train the parameters matching ``trainable`` (regexes) for ``steps`` steps; the rest stay frozen.
 
     ``batches`` is re-iterated when exhausted. The model's ``requires_grad`` flags are restored afterwards.
-    Returns the loss of every step.
+    Under an initialised ``torch.distributed`` process group (and ``distributed=True``) the trained parameters'
+    gradients are averaged across ranks before every step, as DDP would, so all ranks warm up the same head on the
+    union of their batches and the probe that follows sees one model. Returns the loss of every step.
     """
     if steps < 0:
         raise ValueError(f"warm-up steps must be >= 0, got {steps}")
@@ -50,6 +64,7 @@ def warmup(
     try:
         set_trainable(model, names)
         params = [p for p in model.parameters() if p.requires_grad]
+        sync = distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         optimizer = (optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-4)))(params)
         model.train()
         bar = progress_bar(steps, progress, desc="LDT warm-up")
@@ -68,6 +83,8 @@ def warmup(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"warm-up step {len(losses)}: loss is {loss.item()}")
             loss.backward()
+            if sync:
+                average_gradients(params)
             optimizer.step()
             losses.append(loss.item())
             if bar is not None:

@@ -221,8 +221,10 @@ class LDTModel(BaseModel):
         """Probe ``network`` with the ``ldt:probe`` options (data order from ``seed``) and split by the criterion."""
         ldt_opt, probe = self.opt["ldt"], self.opt["ldt"]["probe"]
         world = dist.get_world_size() if is_distributed() else 1
-        per_rank = -(-probe["num_batches"] // world)
-        self.logger.info(f"Probing {probe['num_batches']} batches of {probe['batch_size']} ({per_rank} per rank)")
+        rank = dist.get_rank() if is_distributed() else 0
+        # num_batches in total (at least one per rank): the first (num_batches mod world) ranks probe one batch more.
+        per_rank = max(1, probe["num_batches"] // world + (rank < probe["num_batches"] % world))
+        self.logger.info(f"Probing {probe['num_batches']} batches of {probe['batch_size']} ({per_rank} on this rank)")
         stats = probe_gradients(
             network,
             self.build_loader(probe["dataset"], batch_size=probe["batch_size"], seed=seed),
@@ -348,8 +350,13 @@ class LDTModel(BaseModel):
         return tensor.contiguous(memory_format=torch.channels_last) if self.speed.get("channels_last") else tensor
 
     def batch_loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """Pixel loss of one batch (the probe's and the warm-up's loss)."""
-        with self.autocast():
+        """Pixel loss of one batch (the probe's and the warm-up's loss).
+
+        fp16 autocast is not used here: without a GradScaler small gradients underflow to zero and would bias the
+        variance scores; bf16 has float32's range and is kept.
+        """
+        autocast = self.autocast() if self.speed.get("autocast") != "fp16" else contextlib.nullcontext()
+        with autocast:
             return self.cri_pix(model(self.to_device(batch["lq"])), self.to_device(batch["gt"])).float()
 
     def feed_data(self, data: dict) -> None:
