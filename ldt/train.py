@@ -290,6 +290,8 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
         print(markdown, flush=True)
     if tb_logger is not None:
         tb_logger.close()
+    if dist.is_initialized():
+        dist.barrier()  # ranks leave together: a peer tearing down while rank 0 still writes can abort it (gloo)
     return report
 
 

@@ -30,6 +30,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         record["unstable"] = partition_by_score(stats, 0.5).unstable
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump(record, handle)
+        dist.barrier()  # gloo can abort a rank whose peer tears the group down first
     finally:
         dist.destroy_process_group()
 
@@ -63,6 +64,7 @@ def _warmup_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         model = _frozen_conv_linear_head()
         warmup(model, make_batches(3, seed=rank), ce_loss, [r"^2\."], steps=3)
         torch.save(model.state_dict(), os.path.join(out_dir, f"warm{rank}.pt"))
+        dist.barrier()  # gloo can abort a rank whose peer tears the group down first
     finally:
         dist.destroy_process_group()
 
