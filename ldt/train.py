@@ -199,29 +199,30 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
     val_loaders = build_val_loaders(opt) if rank0 else {}
     select_name, best_tag = selection_set(opt, val_loaders) if rank0 else (None, "")
 
+    state = None
     if state_path is not None:
-        # The model skips its warm-up and probe when resuming: the state holds their result (and later repartitions).
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
-        opt["resume_partition"] = (saved.get("trainer") or {}).get("partition")
-        del saved
+        # Read once, on the CPU (the model copies every tensor onto its device). The model skips its warm-up and probe
+        # when resuming: the state holds their result (and later repartitions).
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        opt["resume_partition"] = (state.get("trainer") or {}).get("partition")
     model = build_model(opt)
     total_iter = int(opt["train"]["total_iter"])
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
     history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
-    if state_path is not None:
-        state = torch.load(state_path, map_location=model.device, weights_only=True)
+    # The best score is also kept beside net_g_best: validation runs more often than states are saved, and a best
+    # found after the last state must not be overwritten by a worse network after a resume.
+    best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
+    if state is not None:
         model.resume_training(state)
         current_iter, epoch, position = state["iter"], state["epoch"], state["data_position"]
         best = state["extra"].get("best", best)
-        # A best checkpoint saved after this state was written (validation runs more often than saving) must not be
-        # overwritten later by a worse network: its score is kept beside it.
-        best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
         if best_file.is_file():
             recorded = json.loads(best_file.read_text())
             if recorded["value"] > best["value"]:
                 best = recorded
         history = state["extra"].get("history", [])
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
+        state = None  # the model holds its own copies now; do not keep the file's tensors through training
 
     last_validated: tuple[int, MetricTable] | None = None
     start = time.time()
@@ -263,7 +264,6 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
                 if select_name is not None and table.rows[select_name]["psnr"] > best["value"]:
                     best = {"value": table.rows[select_name]["psnr"], "iter": current_iter, "set": select_name}
                     model.save_best(best_tag)
-                    best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
                     best_file.with_suffix(".tmp").write_text(json.dumps(best))
                     os.replace(best_file.with_suffix(".tmp"), best_file)
             if current_iter % save_freq == 0:
