@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ldt.atomic import atomic_write_text
 from ldt.compat import patch_basicsr
 from ldt.options import OptionsError, load_options
 
@@ -264,8 +265,7 @@ def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
                 if select_name is not None and table.rows[select_name]["psnr"] > best["value"]:
                     best = {"value": table.rows[select_name]["psnr"], "iter": current_iter, "set": select_name}
                     model.save_best(best_tag)
-                    best_file.with_suffix(".tmp").write_text(json.dumps(best))
-                    os.replace(best_file.with_suffix(".tmp"), best_file)
+                    atomic_write_text(best_file, json.dumps(best))
             if current_iter % save_freq == 0:
                 model.save(epoch, current_iter, position, extra={"best": best, "history": history})
             if current_iter >= total_iter:

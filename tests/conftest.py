@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 from torch import nn
@@ -40,3 +44,11 @@ def tiny_net() -> TinyNet:
 @pytest.fixture
 def batches() -> list:
     return make_batches(6)
+
+
+def load_file_module(path: Path, name: str) -> ModuleType:
+    """Import a script or example that is not part of the package (``scripts/``, ``examples/``) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

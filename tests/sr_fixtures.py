@@ -54,3 +54,26 @@ def write_options(opt: dict, folder: Path) -> Path:
     path = folder / f"{opt['name']}.yml"
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
     return path
+
+
+def simulate_crash(monkeypatch, at: int) -> list[int]:
+    """Make ``LDTModel.optimize_parameters`` raise ``KeyboardInterrupt`` once, when called for iteration ``at``.
+
+    Every other call runs normally and its iteration is appended to the returned list, so a test can see where a
+    resumed run started.
+    """
+    from ldt.models.ldt_model import LDTModel
+
+    original = LDTModel.optimize_parameters
+    pending = [at]
+    stepped: list[int] = []
+
+    def step(self, current_iter: int) -> None:
+        if pending and current_iter == pending[0]:
+            pending.clear()
+            raise KeyboardInterrupt("simulated crash")
+        stepped.append(current_iter)
+        original(self, current_iter)
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", step)
+    return stepped

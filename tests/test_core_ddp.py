@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -16,9 +17,19 @@ from tests.conftest import TinyNet, ce_loss, make_batches
 CRITERIA = ("var", "mean", "abs_mean", "var_over_mean", "elementwise_var")
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, init_file: str):
+    """A CPU process group for one spawned worker; all ranks finish their work before it is torn down."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        yield
+        dist.barrier()  # gloo can abort a rank whose peer tears the group down first
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    with gloo_group(rank, world, init_file):
         torch.manual_seed(0)
         model = TinyNet().eval()  # eval: BatchNorm statistics must not depend on which rank saw which batch
         batches = make_batches(6)
@@ -30,9 +41,6 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         record["unstable"] = partition_by_score(stats, 0.5).unstable
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump(record, handle)
-        dist.barrier()  # gloo can abort a rank whose peer tears the group down first
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
@@ -59,14 +67,10 @@ def _frozen_conv_linear_head() -> torch.nn.Module:
 
 
 def _warmup_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         model = _frozen_conv_linear_head()
         warmup(model, make_batches(3, seed=rank), ce_loss, [r"^2\."], steps=3)
         torch.save(model.state_dict(), os.path.join(out_dir, f"warm{rank}.pt"))
-        dist.barrier()  # gloo can abort a rank whose peer tears the group down first
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from tests.conftest import load_file_module
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_domain_shift.py"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("toy_domain_shift", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(EXAMPLE, "toy_domain_shift")
 
 
 def test_toy_example_runs_ft_and_ldt():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldt.options import OptionsError, load_options
-from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
+from tests.sr_fixtures import simulate_crash, tiny_cameras, tiny_options, write_options
 from tests.test_sr_pipeline import final_params, run_training
 
 
@@ -77,18 +77,10 @@ def test_repartition_refreezes_rebuilds_optimizers_and_resumes_exactly(method, d
     )
 
     # Crash after iteration 4 (at 5), then --auto_resume from 4.state: restores the iteration-4 partition.
-    original_step = LDTModel.optimize_parameters
-
-    def crash_at_5(self, current_iter):
-        if current_iter == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return original_step(self, current_iter)
-
-    monkeypatch.setattr(LDTModel, "optimize_parameters", crash_at_5)
+    simulate_crash(monkeypatch, at=5)
     crashed = repartition_options(data_root, f"crash_{method}", method)
     with pytest.raises(KeyboardInterrupt):
         run_training(crashed, tmp_path)
-    monkeypatch.setattr(LDTModel, "optimize_parameters", original_step)
     run_training(crashed, tmp_path, auto_resume=True)
     a, b = final_params(tmp_path, f"straight_{method}"), final_params(tmp_path, f"crash_{method}")
     for key in a:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldt.options import OptionsError, load_options
-from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
+from tests.sr_fixtures import simulate_crash, tiny_cameras, tiny_options, write_options
 
 
 @pytest.fixture(scope="module")
@@ -100,25 +100,15 @@ def test_resume_continues_bit_identically(method, data_root, tmp_path):
 
 
 def test_auto_resume_after_a_crash(data_root, tmp_path, monkeypatch):
-    from ldt.models.ldt_model import LDTModel
-
     straight = tiny_options(data_root, "nocrash", "ldt")
     run_training(straight, tmp_path)
 
-    original = LDTModel.optimize_parameters
-
-    def crash_at_5(self, current_iter):
-        if current_iter == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, current_iter)
-
-    monkeypatch.setattr(LDTModel, "optimize_parameters", crash_at_5)
+    simulate_crash(monkeypatch, at=5)
     crashed = tiny_options(data_root, "crash", "ldt")
     with pytest.raises(KeyboardInterrupt):
         run_training(crashed, tmp_path)
     states = sorted(p.name for p in (tmp_path / "experiments" / "crash" / "training_states").iterdir())
     assert states == ["3.state"]
-    monkeypatch.setattr(LDTModel, "optimize_parameters", original)
 
     def not_on_resume(*args, **kwargs):
         raise AssertionError("resuming must take the partition from the training state, not probe again")
@@ -144,25 +134,13 @@ def test_keep_last_checkpoints_prunes_old_iterations(data_root, tmp_path):
 def test_run_stage_resumes_an_interrupted_run_and_its_curves(data_root, tmp_path, monkeypatch):
     """The sweeps' stage runner continues a crashed run from its newest state instead of starting over."""
     from ldt.experiment import run_stage
-    from ldt.models.ldt_model import LDTModel
 
     def options(name: str) -> dict:
         return tiny_options(data_root, name, "ldt", logger__save_checkpoint_freq=2, logger__keep_last_checkpoints=1,
                             val__val_freq=2)
 
     straight = run_stage(options("straight"), tmp_path)
-    original = LDTModel.optimize_parameters
-    steps: list[int] = []
-    crash_at = [5]
-
-    def crash_once(self, current_iter):
-        if crash_at and current_iter == crash_at[0]:
-            crash_at.clear()
-            raise KeyboardInterrupt("simulated crash")
-        steps.append(current_iter)
-        return original(self, current_iter)
-
-    monkeypatch.setattr(LDTModel, "optimize_parameters", crash_once)
+    steps = simulate_crash(monkeypatch, at=5)
     with pytest.raises(KeyboardInterrupt):
         run_stage(options("stage"), tmp_path)
     assert sorted(p.name for p in (tmp_path / "experiments" / "stage" / "training_states").iterdir()) == ["4.state"]
@@ -178,21 +156,11 @@ def test_run_stage_resumes_an_interrupted_run_and_its_curves(data_root, tmp_path
 
 def test_resume_keeps_a_best_checkpoint_saved_after_the_state(data_root, tmp_path, monkeypatch):
     """Validation runs more often than states are saved: a best found after the last state must survive a resume."""
-    from ldt.models.ldt_model import LDTModel
-
     opt = tiny_options(data_root, "best", "ldt", val__val_freq=1, logger__save_checkpoint_freq=3)
     opt["val"]["pbar"] = False
-    original = LDTModel.optimize_parameters
-
-    def crash_at_5(self, current_iter):
-        if current_iter == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, current_iter)
-
-    monkeypatch.setattr(LDTModel, "optimize_parameters", crash_at_5)
+    simulate_crash(monkeypatch, at=5)
     with pytest.raises(KeyboardInterrupt):
         run_training(opt, tmp_path)
-    monkeypatch.setattr(LDTModel, "optimize_parameters", original)
     best_file = tmp_path / "experiments" / "best" / "best.json"
     # Pretend the network of iteration 4 (saved after 3.state) scored far better than anything after the resume.
     record = json.loads(best_file.read_text())

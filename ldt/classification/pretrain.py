@@ -10,8 +10,6 @@ file, never silently different weights under a recorded path. The 8-class head i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ldt.atomic import atomic_torch_save
 from ldt.classification.data import image_transform, training_stream
 from ldt.classification.models import TinyCNN
 from ldt.classification.records import options_hash
@@ -93,14 +92,7 @@ def pretrain_tiny(config: PretrainConfig = PretrainConfig(), root: str | Path = 
         return path
     start = time.time()
     model, heldout = train_tiny(config, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(handle)
-    try:
-        torch.save(model.state_dict(), staging)
-        os.replace(staging, path)
-    finally:
-        Path(staging).unlink(missing_ok=True)
+    atomic_torch_save(model.state_dict(), path)
     summary = {**config.settings(), "heldout_accuracy": heldout, "wall_s": round(time.time() - start, 1)}
     path.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     return path

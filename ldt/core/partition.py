@@ -10,7 +10,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
+from ldt.atomic import atomic_write_text
 from ldt.core.probe import SCORE_NAMES, GradientStatistics
 
 CRITERIA = SCORE_NAMES + ("random",)
@@ -93,13 +93,7 @@ class Partition:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (a crash mid-write leaves any previous file intact)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=1)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> "Partition":

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import random
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ldt.atomic import atomic_torch_save
 from ldt.compat import patch_basicsr
 from ldt.core import (
     DualBranch,
@@ -59,20 +58,6 @@ STATE_FORMAT = "ldt.sr_training_state/1"
 
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN/inf and the options say to stop."""
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def rng_state() -> dict:
