@@ -445,8 +445,9 @@ class LDTModel(BaseModel):
         if self.trainer is None:
             self.net_g.load_state_dict(state["network"], strict=True)
         else:
-            # The state carries the partition it was trained with (a repartition may have replaced the first one):
-            # adopt it, with its rebuilt optimizers, before loading the optimizer states.
+            # The state carries the partition it was trained with (a repartition may have replaced the first one).
+            # Our training loop builds the model from it already; a caller that did not (e.g. BasicSR's own train
+            # pipeline, which probes afresh) adopts it here, with rebuilt optimizers, before loading their states.
             saved_partition = Partition.from_dict(state["trainer"]["partition"])
             if saved_partition.to_dict() != self.partition.to_dict():
                 self.logger.info("Restoring the partition of the training state (it differs from the start-up one)")
