@@ -10,9 +10,9 @@ import sys
 
 if __name__ == "__main__":
     if len(sys.argv) == 1 or sys.argv[1] in ("--budget", "--force", "--seed", "demo"):
-        from ldt.demo import main as demo_main
+        from ldt.sr.demo import main as demo_main
 
         sys.exit(demo_main([a for a in sys.argv[1:] if a != "demo"]))
-    from ldt.train import main
+    from ldt.sr.train import main
 
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from ldt.testing import main
+from ldt.sr.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

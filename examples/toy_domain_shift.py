@@ -2,10 +2,12 @@
 
 Each domain draws the same 4 classes from Gaussian prototypes seen through a domain-specific linear "sensor"
 (mixing matrix + offset). We pre-train a backbone on the source domains, replace its head by a random one, and
-compare fine-tuning (FT) with LDT (warm-up of the random head -> probe -> partition -> dual branch -> composite)
-on a held-out target domain.
+fine-tune it on one source domain with several registered methods through the same loop (``prepare_method`` does
+the warm-up of the random head, the probe and the partition; ``train_step`` runs each branch and the exchange),
+then compare the deployed networks on a held-out target domain.
 
     python examples/toy_domain_shift.py --steps 300
+    python examples/toy_domain_shift.py --methods ft ft_ema ldt_dpu
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldt.core import DualBranch, ExchangeConfig, partition_by_score, probe_gradients, warmup
+from ldt.core import METHODS, Method, MethodConfig, method_class, prepare_method
 
 NUM_CLASSES, DIM = 4, 16
 
@@ -72,43 +74,31 @@ def pretrained_with_random_head(seed: int) -> nn.Sequential:
     return model
 
 
-def main(steps: int = 300, seed: int = 0, verbose: bool = True) -> dict[str, float]:
-    source_x, source_y = make_domain(2, 256, 3)  # fine-tuning source: a new camera
-    target_x, target_y = make_domain(3, 1024, 4)  # unseen target domain
-    results = {}
-
-    # --- FT: warm-up nothing, train everything --------------------------------------------------------------------
-    ft = pretrained_with_random_head(seed)
-    optimizer = torch.optim.Adam(ft.parameters(), lr=1e-3)
-    stream = batches(source_x, source_y, 32, seed)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss_fn(ft, next(stream)).backward()
-        optimizer.step()
-    results["FT"] = accuracy(ft, target_x, target_y)
-
-    # --- LDT: warm-up head -> probe -> partition -> dual branch -> composite ----------------------------------------
+def fine_tune(method_name: str, steps: int, seed: int, source, target) -> tuple[float, Method]:
+    """One method, DomainBed-style: prepare (warm-up, probe, partition), train, deploy, test."""
     model = pretrained_with_random_head(seed)
-    stream = batches(source_x, source_y, 32, seed)
-    warmup(model, stream, loss_fn, trainable=[r"^1\."], steps=50, optimizer_factory=lambda p: torch.optim.Adam(p, lr=1e-2))
-    stats = probe_gradients(model, stream, loss_fn, num_batches=30)
-    partition = partition_by_score(stats, unstable_ratio=0.4, criterion="var")
-    dual = DualBranch(model, partition, ExchangeConfig(interval=10, dpu=True))
-    opt_primary = torch.optim.Adam(dual.primary_parameters(), lr=1e-3)
-    opt_auxiliary = torch.optim.Adam(dual.auxiliary_parameters(), lr=1e-3)
+    stream = batches(*source, 32, seed)
+    config = MethodConfig(method=method_name, unstable_ratio=0.4, probe={"num_batches": 30},
+                          warmup={"steps": 50 if method_class(method_name).warmup_rule != "never" else 0, "lr": 1e-2},
+                          exchange={"interval": 10})
+    method = prepare_method(model, config, batches=stream, loss_fn=loss_fn, head_patterns=[r"^1\."])
+    optimizers = [torch.optim.Adam(branch.parameters, lr=1e-3) for branch in method.branches()]
     for _ in range(steps):
-        batch = next(stream)
-        for network, optimizer in ((dual.primary, opt_primary), (dual.auxiliary, opt_auxiliary)):
-            optimizer.zero_grad()
-            loss_fn(network, batch).backward()  # one branch's forward+backward, then the other's
-            optimizer.step()
-        dual.step()
-    results["LDT"] = accuracy(dual.composite(), target_x, target_y)
-    results["unstable_layers"] = len(partition.unstable)
+        method.train_step(next(stream), loss_fn, optimizers)  # each branch's step in turn, then the exchange
+    return accuracy(method.deployed(), *target), method
 
+
+def main(steps: int = 300, seed: int = 0, methods: tuple[str, ...] = ("ft", "ldt_dpu"), verbose: bool = True) -> dict:
+    source = make_domain(2, 256, 3)  # fine-tuning source: a new camera
+    target = make_domain(3, 1024, 4)  # unseen target domain
+    results: dict = {}
+    for name in methods:
+        results[name], method = fine_tune(name, steps, seed, source, target)
+        if method.partition is not None:
+            results[f"{name}_unstable_layers"] = len(method.partition.unstable)
     if verbose:
-        print(f"unstable layers: {partition.unstable}")
-        print(f"target-domain accuracy  FT: {results['FT']:.4f}  LDT (composite): {results['LDT']:.4f}")
+        print("target-domain accuracy of the deployed network: "
+              + ", ".join(f"{method_class(name).label} {results[name]:.4f}" for name in methods))
     return results
 
 
@@ -116,5 +106,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps for each method")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=["ft", "ldt_dpu"], choices=list(METHODS))
     args = parser.parse_args()
-    main(args.steps, args.seed)
+    main(args.steps, args.seed, tuple(args.methods))

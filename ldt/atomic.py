@@ -1,29 +1,81 @@
 """Crash-safe writes: write a temporary file in the target's folder, then rename it over the target.
 
-A process killed mid-write leaves the previous file intact (checkpoints, partitions, best scores, cached weights).
-Plain torch and the standard library, so the core and the classification side can use it without BasicSR.
+A process killed mid-write leaves the previous file intact (checkpoints, partitions, best scores, cached weights);
+what it leaves is a ``.<name>.<random>.tmp`` file, which :func:`remove_leftovers` clears at the next start. A write
+that fails (full disk, read-only or immutable file, no permission) raises :class:`DiskError`, one line naming the
+path and the reason, and leaves the previous file as it was. Plain torch and the standard library, so the core and
+the classification side can use it without BasicSR.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+
+TMP_SUFFIX = ".tmp"
+REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted (an immutable file? see lsattr)",
+    errno.EROFS: "read-only file system",
+}
+
+
+class DiskError(RuntimeError):
+    """A file or folder cannot be written; the message names the path and why. Earlier files are intact."""
+
+
+def disk_reason(error: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: the errno of an OSError, or for torch's writer errors (which lose the errno)
+    a full disk when the folder has no space left."""
+    if isinstance(error, OSError) and error.errno in REASONS:
+        return REASONS[error.errno]
+    try:
+        if shutil.disk_usage(folder).free < (1 << 20):
+            return REASONS[errno.ENOSPC]
+    except OSError:
+        pass
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` that fails with a :class:`DiskError` naming the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DiskError(f"cannot create {path}: {disk_reason(err, _existing_parent(path))}") from None
+    return path
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    make_dirs(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        raise DiskError(f"cannot write {path}: {disk_reason(err, path.parent)} (the previous file, if any, is "
+                        "intact)") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 
@@ -36,3 +88,18 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (e.g. JSON) without ever leaving a half-written file."""
     return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def leftovers(folder: str | os.PathLike) -> Iterator[Path]:
+    """Temporary files that an interrupted atomic write left in ``folder``."""
+    folder = Path(folder)
+    if folder.is_dir():
+        yield from (p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file())
+
+
+def remove_leftovers(*folders: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes left in ``folders``; returns the deleted paths."""
+    removed = [p for folder in folders for p in leftovers(folder)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

@@ -49,3 +49,37 @@ def import_registered_modules(package: str, package_file: str, suffix: str) -> l
     patch_basicsr()
     folder = Path(package_file).resolve().parent
     return [importlib.import_module(f"{package}.{path.stem}") for path in sorted(folder.glob(f"*{suffix}.py"))]
+
+
+def patch_basicsr_train() -> None:
+    """Let ``basicsr.train.train_pipeline`` resume on any device (idempotent).
+
+    basicsr 1.4.2's ``load_resume_state`` maps every tensor of a training state to ``cuda`` (an error without a GPU,
+    and it would move the saved CPU RNG state off the CPU) with ``torch.load``'s default ``weights_only``. This
+    replacement finds the same state file, reads it on the CPU with ``weights_only=True`` (the model moves what it
+    needs to its device), and names the file when it cannot be read.
+    """
+    patch_basicsr()
+    import basicsr.train as pipeline
+
+    if getattr(pipeline.load_resume_state, "ldt_patched", False):
+        return
+    from pathlib import Path
+
+    from ldt.sr.checkpoints import iteration_files
+    from ldt.weights import read_checkpoint
+
+    def load_resume_state(opt: dict):
+        if opt["auto_resume"]:
+            states = iteration_files(Path("experiments") / opt["name"] / "training_states", ".state")
+            if states:
+                opt["path"]["resume_state"] = str(states[-1])
+        path = opt["path"].get("resume_state")
+        if not path:
+            return None
+        state = read_checkpoint(path, what="training state")
+        pipeline.check_resume(opt, state["iter"])
+        return state
+
+    load_resume_state.ldt_patched = True
+    pipeline.load_resume_state = load_resume_state

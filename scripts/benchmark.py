@@ -54,12 +54,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldt.core import DualBranch, ExchangeConfig, SingleBranchLDT, partition_by_score, probe_gradients  # noqa: E402
+from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
-from ldt.experiment import ARCHS  # noqa: E402
+from ldt.sr.experiment import ARCHS  # noqa: E402
 
-METHODS = ("ft", "ldt", "ldt_s")
-LABELS = {"ft": "FT", "ldt": "LDT", "ldt_s": "LDT-S", "probe": "probe"}
+METHODS = ("ft", "ldt", "ldt_s")  # registry names of the methods compared (FT first: the reference)
+PAPER_ROWS = {"ft": "Baseline", "ldt": "LDT"}  # their rows in the paper's Table 3
 PAPER_TABLES = ROOT / "ldt" / "paper_tables.json"
 PAPER_TABLE3 = "table3_efficiency_mambair_v100"
 SCALE_KEYS = ("upscale", "upscaling_factor", "scale")
@@ -126,55 +126,36 @@ def tensor_bytes(tensors: Iterator[torch.Tensor]) -> int:
 
 # ---- one method -------------------------------------------------------------------------------------------------
 class Trainer:
-    """One method's copy of the network, its optimizer(s) and its training step."""
+    """One method's copy of the network (from the method registry), its optimizers and its training step."""
 
     def __init__(self, method: str, base: nn.Module, partition: Partition | None, args, device: torch.device) -> None:
-        self.method = method
         self.device = device
         self.amp = args.amp
         model = copy.deepcopy(base).to(device).train()
-        self.schedule = None
-        if method == "ft":
-            for p in model.parameters():
-                p.requires_grad_(True)
-            self.branches = [(model, torch.optim.Adam(model.parameters(), lr=1e-4))]
-        elif method == "ldt":
-            dual = DualBranch(model, partition, ExchangeConfig(interval=args.interval))
-            self.branches = [
-                (dual.primary, torch.optim.Adam(dual.primary_parameters(), lr=1e-4)),
-                (dual.auxiliary, torch.optim.Adam(dual.auxiliary_parameters(), lr=1e-4)),
-            ]
-            self.schedule = dual
-        elif method == "ldt_s":
-            single = SingleBranchLDT(model, partition, ExchangeConfig(interval=args.interval))
-            self.branches = [(model, torch.optim.Adam(single.trainable_parameters(), lr=1e-4))]
-            self.schedule = single
-        else:
-            raise ValueError(f"unknown method {method!r}")
+        config = MethodConfig.model_validate({"method": method, "unstable_ratio": args.unstable_ratio,
+                                              "exchange": {"interval": args.interval}})
+        self.method = prepare_method(model, config, partition=partition)  # the partition is given: no probe here
+        self.optimizers = [torch.optim.Adam(branch.parameters, lr=1e-4) for branch in self.method.branches()]
 
     def step(self, batch: Batch) -> None:
         lq, gt = batch
-        for network, optimizer in self.branches:  # one branch's forward+backward after the other's
+        for branch, optimizer in zip(self.method.branches(), self.optimizers):  # one branch after the other
             optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp):
-                loss = F.l1_loss(network(lq), gt).float()
+                loss = F.l1_loss(branch.module(lq), gt).float()
             loss.backward()
             optimizer.step()
             del loss
-        if self.schedule is not None:
-            self.schedule.step()
+        self.method.step()
 
     def state_bytes(self) -> dict[str, int]:
-        networks = list({id(n): n for n, _ in self.branches}.values())
+        networks = list({id(b.module): b.module for b in self.method.branches()}.values())
         weights = tensor_bytes(t for n in networks for t in [*n.parameters(), *n.buffers()])
         grads = tensor_bytes(p.grad for n in networks for p in n.parameters() if p.grad is not None)
         optim = tensor_bytes(
-            v for _, o in self.branches for s in o.state.values() for v in s.values() if torch.is_tensor(v)
+            v for o in self.optimizers for s in o.state.values() for v in s.values() if torch.is_tensor(v)
         )
-        host = 0
-        if isinstance(self.schedule, SingleBranchLDT):
-            host = tensor_bytes(t for group in self.schedule.ema.values() for t in group)
-            host += tensor_bytes(iter(self.schedule.parked))
+        host = tensor_bytes(iter(self.method.held_tensors()))
         return {"weights": weights, "grads": grads, "optimizer": optim, "host": host}
 
 
@@ -314,15 +295,17 @@ def paper_ratios(path: Path = PAPER_TABLES) -> dict | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--arch", choices=sorted(ARCHS), help="ldt.experiment.ARCHS key (default: safmn_tiny on "
+    parser.add_argument("--arch", choices=sorted(ARCHS), help="ldt.sr.experiment.ARCHS key (default: safmn_tiny on "
                         "CPU, mambair on CUDA, the paper's Table 3 arch)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--patch", type=int, default=48, help="LR patch size (HR = patch x scale)")
     parser.add_argument("--iters", type=int, default=20, help="timed training steps per method")
     parser.add_argument("--warmup-iters", type=int, default=3, help="untimed steps before them")
     parser.add_argument("--probe-batches", type=int, default=10)
-    parser.add_argument("--interval", type=int, default=10, help="LDT exchange interval / LDT-S turn length")
-    parser.add_argument("--unstable-ratio", type=float, default=0.4)
+    defaults = MethodConfig()
+    parser.add_argument("--interval", type=int, default=defaults.exchange.interval,
+                        help="LDT exchange interval / LDT-S turn length (default: %(default)s)")
+    parser.add_argument("--unstable-ratio", type=float, default=defaults.unstable_ratio, help="default: %(default)s")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -363,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         m = measured[name]
         mean = statistics.mean(m.times)
         results[name] = {
-            "label": LABELS[name],
+            "label": method_class(name).label if name != "probe" else "probe",
             "time_s": mean,
             "time_median_s": statistics.median(m.times),
             "time_ratio": mean / ft_time,
@@ -425,10 +408,10 @@ def format_table(report: dict) -> str:
         state = row["state_bytes"]
         own = state["weights"] + state["grads"] + state["optimizer"]
         label = row["label"] if name != "probe" else f"probe ({row['batches']} batches; per batch)"
-        if name == "ldt_s" and state["host"]:
+        if state["host"]:
             label += f" (+{state['host'] / MIB:.2f} MiB host copies)"
         ratios = (paper or {}).get("ratios", {})
-        ref = {"ft": "Baseline", "ldt": "LDT"}.get(name)
+        ref = PAPER_ROWS.get(name)
         reference = (
             f"{ratios[ref]['time']:.2f}×, {ratios[ref]['memory']:.2f}×" if ref and ref in ratios else "—"
         )

@@ -5,23 +5,30 @@ Defaults are MambaIR x4 training sizes: batch 4, 48x48 patches (L=2304), 4 scan 
 
     python scripts/benchmark_scan.py --batch 1 --length 576 --device cpu
 
+Rows: the torch backend (one row per ``--chunk-sizes`` entry; with ``--loop`` two, its within-chunk recurrences
+forced to the parallel scan and to step-by-step loops, the choice ``SEQUENTIAL_STEP_ELEMENTS`` makes on CPUs), the
+triton backend and mamba_ssm's kernel (``cuda``) where they can run on the device (a line says why not otherwise),
+and "naive", a mamba_ssm-style reference (materialises (batch, dim, L, state) and loops over time under autograd)
+written here for comparison only.
+
 Columns: mean forward+backward time; "saved" = bytes of the distinct storages autograd keeps for backward, counted
 with ``torch.autograd.graph.saved_tensors_hooks`` during the forward (inputs included, on any device); on CUDA also
 "peak" = ``torch.cuda.max_memory_allocated`` during forward+backward minus the memory allocated before it
-(inputs excluded). "naive" is a mamba_ssm-style reference (materialises (batch, dim, L, state) and loops over time
-under autograd) written here for comparison only.
+(inputs excluded).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +37,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldt.ops import default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
+from ldt.ops import selective_scan as scan_module  # noqa: E402
 
 MIB = 1024**2
 
@@ -48,6 +56,22 @@ def naive_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
         h = decay[:, :, t] * h + inputs[:, :, t]
         ys.append((h * C_full[:, :, :, t]).sum(-1))
     return (torch.stack(ys, dim=-1) + D[:, None] * u.float()).to(u.dtype)
+
+
+@contextlib.contextmanager
+def torch_recurrence(device: torch.device, sequential: bool) -> Iterator[None]:
+    """Force the torch backend's within-chunk recurrences on ``device`` to step loops or to the parallel scan
+    (normally chosen by ``SEQUENTIAL_STEP_ELEMENTS``)."""
+    thresholds = scan_module.SEQUENTIAL_STEP_ELEMENTS
+    saved = dict(thresholds)
+    thresholds.pop(device.type, None)
+    if sequential:
+        thresholds[device.type] = 0
+    try:
+        yield
+    finally:
+        thresholds.clear()
+        thresholds.update(saved)
 
 
 def make_inputs(args: argparse.Namespace, device: torch.device) -> list[Tensor]:
@@ -124,7 +148,16 @@ def measure(name: str, fn: Callable[[], Tensor], inputs: list[Tensor], args: arg
     return Row(name, 1e3 * statistics.mean(times), saved, out, peak)
 
 
-def main() -> None:
+def _available(device: torch.device, backend: str) -> str:
+    """'' when ``backend`` can run on ``device``, else why not."""
+    try:
+        resolve_scan_backend(device, backend)
+    except (RuntimeError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=48 * 48, help="sequence length (pixels of a patch)")
@@ -141,7 +174,10 @@ def main() -> None:
         "--chunk-sizes", nargs="+", default=["auto"], help="torch backend chunk sizes to time ('auto' = the default)"
     )
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive reference (slow, memory hungry)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--loop", action="store_true", help="time the torch backend both with its parallel scans and with step loops"
+    )
+    args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     inputs = make_inputs(args, device)
@@ -152,22 +188,39 @@ def main() -> None:
             u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=True, backend=backend, chunk_size=chunk
         )
 
-    candidates: list[tuple[str, Callable[[], Tensor]]] = []
+    # (row name, function, context it runs in)
+    candidates: list[tuple[str, Callable[[], Tensor], Callable[[], contextlib.AbstractContextManager]]] = []
     for text in args.chunk_sizes:
         chunk = default_chunk_size(args.batch, args.channels, args.state) if text == "auto" else int(text)
-        candidates.append((f"torch (chunk {chunk}{', auto' if text == 'auto' else ''})", ours("torch", chunk)))
-    if resolve_scan_backend(device, "auto") == "cuda":
-        candidates.append(("cuda (mamba_ssm)", ours("cuda")))
+        name = f"torch (chunk {chunk}{', auto' if text == 'auto' else ''})"
+        if args.loop:
+            for sequential, kind in ((False, "parallel scan"), (True, "loops")):
+                context = functools.partial(torch_recurrence, device, sequential)
+                candidates.append((f"{name}, {kind}", ours("torch", chunk), context))
+        else:
+            candidates.append((name, ours("torch", chunk), contextlib.nullcontext))
+    unavailable = {}
+    for backend, name in (("triton", "triton"), ("cuda", "cuda (mamba_ssm)")):
+        unavailable[backend] = _available(device, backend)
+        if not unavailable[backend]:
+            candidates.append((name, ours(backend), contextlib.nullcontext))
     if not args.skip_naive:
-        candidates.append(("naive", lambda: naive_scan(u, delta, A, B, C, D, delta_bias)))
+        candidates.append(("naive", lambda: naive_scan(u, delta, A, B, C, D, delta_bias), contextlib.nullcontext))
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
         f"batch={args.batch} length={args.length} channels={args.channels} groups={args.groups} "
         f"state={args.state} dtype={args.dtype} device={device} ({where}) torch={torch.__version__} "
-        f"repeat={args.repeat}\n"
+        f"repeat={args.repeat}; auto picks '{resolve_scan_backend(device, 'auto')}'"
     )
-    rows = [measure(name, fn, inputs, args) for name, fn in candidates]
+    for backend, reason in unavailable.items():
+        if reason:
+            print(f"no {backend} row: {reason}")
+    print()
+    rows = []
+    for name, fn, context in candidates:
+        with context():
+            rows.append(measure(name, fn, inputs, args))
     cuda = device.type == "cuda"
     header = "| backend | fwd+bwd ms | saved MiB |" + (" peak MiB |" if cuda else "") + " max abs diff vs first |"
     print(header)

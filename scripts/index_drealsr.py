@@ -23,8 +23,9 @@ from pathlib import Path
 
 from ldt.data.cameras import (
     CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_scale, find_split_dirs,
-    image_size, pair_folders, resolve_cameras, write_lmdb, write_meta_info,
+    image_size, pair_folders, resolve_cameras,
 )
+from ldt.data.indexing import write_lmdb, write_meta_info
 
 
 def size_problems(result: PairingResult, cameras: tuple[str, ...], scale: int, tolerance: int) -> dict[str, str]:
@@ -66,17 +67,21 @@ def main() -> int:
             problems.append(f"{split}: {error}")
             continue
         print(f"{split}: HR {hr_dir}\n{' ' * len(split)}  LR {lr_dir}")
-        result = pair_folders(hr_dir, lr_dir, args.scale)
-        counts[split] = {str(key): value for key, value in result.counts().items()}
-        bad = size_problems(result, cameras, args.scale, tolerance) if args.check_sizes else {}
-        problems += [f"{split}: {line}" for line in [*result.problems(), *bad.values()]]
-        pairs = [pair for pair in result.pairs if pair.camera in cameras and pair.hr not in bad]
-        if args.meta_info:
-            for path in write_meta_info(pairs, args.meta_info, split, args.scale):
-                print(f"  wrote {path}")
-        if args.lmdb:
-            for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale).items():
-                print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
+        try:
+            result = pair_folders(hr_dir, lr_dir, args.scale)
+            counts[split] = {str(key): value for key, value in result.counts().items()}
+            bad = size_problems(result, cameras, args.scale, tolerance) if args.check_sizes else {}
+            problems += [f"{split}: {line}" for line in [*result.problems(), *bad.values()]]
+            pairs = [pair for pair in result.pairs if pair.camera in cameras and pair.hr not in bad]
+            if args.meta_info:
+                for path in write_meta_info(pairs, args.meta_info, split, args.scale):
+                    print(f"  wrote {path}")
+            if args.lmdb:
+                for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale).items():
+                    print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
+        except DatasetError as error:  # an unreadable folder, or a corrupt image met while writing an LMDB
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
     if counts:
         print_table(counts, cameras)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the paper's SR tables with one command (logic and options: ``ldt/reproduce.py``).
+"""Reproduce the paper's SR tables with one command (logic and options: ``ldt/sr/reproduce.py``).
 
 Examples:
     python scripts/reproduce.py --table 1 --data datasets/DRealSR --arch mambair --weights MambaIR_x4.pth --seeds 3
@@ -11,7 +11,7 @@ Examples:
 
 import sys
 
-from ldt.reproduce import main
+from ldt.sr.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

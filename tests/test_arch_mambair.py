@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ldt.archs import mambair_arch
 from ldt.archs.arch_util import load_pretrained
+from ldt.weights import WeightsError
 from ldt.archs.mambair_arch import SS2D, MambaIR
 from tests.arch_checks import CHECKPOINT_LAYOUTS, check_registered, check_strict_load_round_trip
 
@@ -259,7 +260,7 @@ def test_strict_load_rejects_other_layout(tmp_path):
     source = make(upsampler="pixelshuffledirect", upscale=2)  # light CAB: other keys
     path = tmp_path / "net_g.pth"
     torch.save({"params": source.state_dict()}, path)
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(WeightsError, match=r"net_g\.pth does not fit MambaIR: missing \d+ key\(s\) \(layers\.0"):
         load_pretrained(make(upsampler="pixelshuffle", upscale=2), path)
 
 

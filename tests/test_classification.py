@@ -28,7 +28,6 @@ from ldt.classification import (
     build_table,
     build_toy_domains,
     head_patterns,
-    load_records,
     run,
     scan_domains,
     split_holdout,
@@ -37,10 +36,16 @@ from ldt.classification import (
 from ldt.classification.__main__ import main
 from ldt.classification.data import ImageList, image_transform, training_stream
 from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
-from ldt.classification.records import RESULTS, append_record, finished, options_hash, to_markdown
+from ldt.classification.records import sweep_records, to_markdown
 from ldt.classification.toy import CLASSES, DOMAINS, MANIFEST, PRETRAIN_CLASSES
-from ldt.classification.train import warm_up_head
+from ldt.classification.train import make_method
 from ldt.core import match_parameters
+from ldt.sweep import RESULTS_FILE as RESULTS
+from ldt.sweep import Stat, run_hash
+
+
+def load_records(out) -> list[dict]:
+    return sweep_records(out).all()
 
 # A few steps of everything: 2 warm-up steps, 3 probe batches, 4 training steps, selection every 2 steps.
 FAST = dict(steps=4, batch_size=4, warmup_steps=2, probe_batches=3, eval_every=2, interval=2)
@@ -91,9 +96,9 @@ def test_every_method_runs_a_few_steps(toy, method):
     best = max(score for _, score in record["history"])
     assert record["holdout_accuracy"] == best
     assert record["selected_step"] == next(step for step, score in record["history"] if score == best)
-    assert record["options_hash"] == options_hash(config.hparams())
+    assert record["options_hash"] == run_hash(config.hparams())
     json.dumps(record)  # a record is plain JSON
-    if method in ("ft", "lpft"):
+    if method in ("ft", "ft_ema", "lpft"):
         assert record["partition"] is None
     else:
         assert record["partition"]["stable"] > 0 and record["partition"]["unstable"]
@@ -120,15 +125,15 @@ def test_options_hash_depends_only_on_options_the_method_uses(toy):
 # ---- warm-up ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
 def test_warmup_trains_only_the_head(toy, backbone):
-    config = fast_config(toy, backbone=backbone, image_size=32, warmup_steps=3, warmup_lr=0.1)
     dataset = scan_domains(toy)
     parts = [ImageList(dataset.samples[d], image_transform(32, augment=True)) for d in ("cast", "faded")]
     torch.manual_seed(0)
     model = build_model(backbone, len(dataset.classes))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     heads = set(match_parameters(model, head_patterns(backbone)))
-    losses = warm_up_head(model, training_stream(parts, 4, seed=0), config)
-    assert len(losses) == 3
+    stream = training_stream(parts, 4, seed=0)
+    make_method(model, stream, fast_config(toy, method="lpft", backbone=backbone, image_size=32, warmup_steps=3,
+                                           warmup_lr=0.1))
     after = model.state_dict()
     for name, value in after.items():
         if name in heads:
@@ -150,7 +155,7 @@ def test_selection_reads_only_held_out_training_images_and_test_images_once(toy,
     config = fast_config(toy, method="ldt_dpu", test_domains=("noisy",), seed=3)
     dataset = scan_domains(toy)
     splits = {d: split_holdout(dataset.samples[d], 0.2, 3, d) for d in dataset.train_domains(("noisy",))}
-    phase, reads, tests = ["train"], [], []
+    phase, reads, tests, returned = ["train"], [], [], []
     load_image, accuracy, test_accuracy = data_module.load_image, train_module.accuracy, train_module.test_accuracy
 
     def spy_load(path):
@@ -168,7 +173,9 @@ def test_selection_reads_only_held_out_training_images_and_test_images_once(toy,
         tests.append({k: v.clone() for k, v in evaluator.state_dict().items()})
         phase[0] = "test"
         try:
-            return test_accuracy(evaluator, *args, **kwargs)
+            result = test_accuracy(evaluator, *args, **kwargs)
+            returned.append(result)
+            return result
         finally:
             phase[0] = "after"
 
@@ -185,7 +192,7 @@ def test_selection_reads_only_held_out_training_images_and_test_images_once(toy,
     assert sorted(test_reads) == sorted(paths(dataset.samples["noisy"]))  # every test image, exactly once
     assert not read["after"]
     assert reads[-len(test_reads):] == [("test", p) for p in test_reads]  # the test comes last
-    assert len(tests) == 1 and record["test_accuracy"]["noisy"] >= 0.0
+    assert len(tests) == 1 and record["test_accuracy"] == returned[0]  # the record holds that one evaluation
 
 
 def test_the_tested_network_is_the_selected_one(toy, monkeypatch):
@@ -194,16 +201,16 @@ def test_the_tested_network_is_the_selected_one(toy, monkeypatch):
     monkeypatch.setattr(train_module, "accuracy", lambda network, loader, device: next(scores))
     original_train_and_select = train_module.train_and_select
 
-    def spy_select(learner, *args, **kwargs):
-        original = learner.deployed_state
+    def spy_select(method, *args, **kwargs):
+        original = method.deployed_state_dict
 
         def record_state():
             state = original()
             states[len(states) * 2 + 2] = {k: v.clone() for k, v in state.items()}
             return state
 
-        learner.deployed_state = record_state
-        return original_train_and_select(learner, *args, **kwargs)
+        method.deployed_state_dict = record_state
+        return original_train_and_select(method, *args, **kwargs)
 
     tested = []
 
@@ -250,28 +257,28 @@ def test_table_mean_and_standard_error_from_hand_made_records():
     rows = build_table(records, {"method": ("ft", "ldt")})
     assert [r["method"] for r in rows] == ["ft", "ldt"]
     ft, ldt = rows
-    assert ft["columns"] == ["C", "L"] and ft["C"] == (0.4, 0.0, 1) and ft["L"] is None and ft["Avg"] is None
-    mean, se, n = ldt["C"]
-    assert (mean, n) == (pytest.approx(0.6), 3) and se == pytest.approx(0.1 / math.sqrt(3))
-    assert ldt["L"][0] == pytest.approx(5 / 6) and ldt["L"][1] == pytest.approx(math.sqrt(1 / 300) / math.sqrt(3))
+    assert ft["columns"] == ["C", "L"] and ft["C"] == Stat(0.4, None, 1) and ft["L"] is None and ft["Avg"] is None
+    cell = ldt["C"]
+    assert (cell.mean, cell.n) == (pytest.approx(0.6), 3) and cell.se == pytest.approx(0.1 / math.sqrt(3))
+    assert ldt["L"].mean == pytest.approx(5 / 6) and ldt["L"].se == pytest.approx(math.sqrt(1 / 300) / math.sqrt(3))
     per_seed = [(0.5 + 0.8) / 2, (0.6 + 0.8) / 2, (0.7 + 0.9) / 2]  # Avg: per-seed mean over domains, then over seeds
     mean = sum(per_seed) / 3
     se = math.sqrt(sum((v - mean) ** 2 for v in per_seed) / 2 / 3)
-    assert ldt["Avg"][0] == pytest.approx(mean) and ldt["Avg"][1] == pytest.approx(se)
+    assert ldt["Avg"].mean == pytest.approx(mean) and ldt["Avg"].se == pytest.approx(se)
     markdown = to_markdown(rows)
     assert "| resnet50 | ldt | 3 | 60.00 ± 5.77 | 83.33 ± 3.33 | 71.67 ± 4.41 |" in markdown
-    assert "| resnet50 | ft | 1 | 40.00 ± 0.00 | – | – |" in markdown
+    assert "| resnet50 | ft | 1 | 40.00 | – | – |" in markdown  # one seed: no standard error
     other = build_table(records + [hand_record("ldt", "C", 0, 0.2, lr=1.0)])  # another configuration: another row
     assert len(other) == 3 and "Config" in to_markdown(other)
 
 
 def test_records_survive_a_cut_off_line(tmp_path):
-    append_record(tmp_path, {"options_hash": "a"})
+    sweep_records(tmp_path).append({"options_hash": "a"})
     with open(tmp_path / RESULTS, "a") as handle:
         handle.write('{"options_hash": "b", "cut')  # an interrupted write
-    append_record(tmp_path, {"options_hash": "c"})
+    sweep_records(tmp_path).append({"options_hash": "c"})
     with pytest.warns(UserWarning, match="not a complete record"):
-        assert finished(tmp_path) == {"a", "c"}
+        assert set(sweep_records(tmp_path).by_hash()) == {"a", "c"}
 
 
 def test_sweep_tables_regenerate_from_records_and_finished_runs_are_skipped(toy, tmp_path, monkeypatch, capsys):
@@ -446,7 +453,7 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
         (["--data", str(toy), "--test-domains", "photo", "sketch"], "['sketch'] not in"),
         (["--data", str(toy), "--steps", "0"], "steps must be positive"),
         (["--data", str(toy), "--holdout-fraction", "0"], "holdout fraction"),
-        (["--data", str(toy), "--weights", "a.pth", "b.pth"], "BACKBONE=PATH"),
+        (["--data", str(toy), "--weights", "a.pth", "b.pth"], "BACKBONE=FILE"),
         (["--data", str(toy), "--weights", "resnet18=a.pth"], "not swept"),
     ]
     if not torch.cuda.is_available():

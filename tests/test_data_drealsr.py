@@ -19,9 +19,9 @@ from basicsr.utils import FileClient
 from basicsr.utils.registry import DATASET_REGISTRY
 from ldt.data.cameras import (
     DatasetError, camera_label, camera_of, camera_val_options, collect_pairs, decode_image, find_split_dirs,
-    held_out_split, lmdb_paths, pair_names, parse_name, ParsedName, read_lmdb_meta, resolve_cameras, write_lmdb,
-    write_meta_info,
+    held_out_split, lmdb_paths, pair_names, parse_name, ParsedName, read_lmdb_meta, resolve_cameras,
 )
+from ldt.data.indexing import write_lmdb, write_meta_info
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "index_drealsr.py"
 TRAIN_IDS = {"P1000001": 2, "P1000002": 2, "P1000003": 2, "P1000004": 2, "panasonic_7": 2}  # id -> patches
@@ -173,8 +173,15 @@ def test_pair_counts_per_camera(clean_root: Path) -> None:
 # -------------------------------------------------------------------------------------------------------- dataset
 
 
-def test_dataset_is_registered() -> None:
-    assert DATASET_REGISTRY.get("DRealSRCameraDataset") is not None
+def test_dataset_is_registered_and_built_by_type_name(clean_root: Path) -> None:
+    from basicsr.data import build_dataset
+
+    from ldt.data.drealsr_dataset import DRealSRCameraDataset
+
+    assert DATASET_REGISTRY.get("DRealSRCameraDataset") is DRealSRCameraDataset
+    built = build_dataset({"name": "x", "type": "DRealSRCameraDataset", "dataroot": str(clean_root), "split": "train",
+                           "cameras": ["olympus"], "phase": "val", "scale": 4})
+    assert isinstance(built, DRealSRCameraDataset) and {p.camera for p in built.pairs} == {"olympus"}
 
 
 def test_train_items_are_aligned_random_crops(clean_root: Path) -> None:
@@ -232,7 +239,7 @@ def test_camera_val_options(clean_root: Path) -> None:
 def test_missing_root_and_options(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="dataroot .*missing does not exist"):
         dataset(tmp_path / "missing")
-    with pytest.raises(DatasetError, match="set both 'dataroot_gt' and 'dataroot_lq'"):
+    with pytest.raises(DatasetError, match="set both dataroot_gt and dataroot_lq"):
         dataset(tmp_path, dataroot_gt=str(tmp_path))
 
 

@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from ldt import demo, experiment
+from ldt.sr import demo, experiment
 from ldt.data.cameras import TARGET_CAMERAS
 
 
@@ -51,6 +51,6 @@ def test_second_run_reuses_every_cached_stage(first_run, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached stage was retrained")
 
-    monkeypatch.setattr(experiment, "train", no_training)  # run_stage (ldt.experiment) trains through it
+    monkeypatch.setattr(experiment, "train", no_training)  # run_stage (ldt.sr.experiment) trains through it
     again = demo.run_demo(root=root, budget="quick")
     assert again["columns"] == summary["columns"]

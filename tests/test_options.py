@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ldt.options import OPTION_DIRS, OptionsError, read_option_file
+from ldt.sr.options import OPTION_DIRS, OptionsError, read_option_file
 
 
 def write(path, data) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ldt.options import OptionsError, load_options
+from ldt.sr.options import OptionsError, load_options
 from tests.sr_fixtures import simulate_crash, tiny_cameras, tiny_options, write_options
 from tests.test_sr_pipeline import final_params, run_training
 
@@ -46,17 +46,14 @@ def test_repartition_refreezes_rebuilds_optimizers_and_resumes_exactly(method, d
         assert [s.last_epoch for s in self.schedulers] == schedules
         assert all(s.optimizer is o for s, o in zip(self.schedulers, self.optimizers, strict=True))
         # The optimizers hold exactly the new trainable tensors, with no state yet.
+        partition, branches = self.method.partition, self.method.branches()
+        expected = [branch.parameters for branch in branches]
         if method == "ldt":
-            expected = [self.trainer.primary_parameters(), self.trainer.auxiliary_parameters()]
-            trainable = [
-                [n for n, p in self.trainer.primary.named_parameters() if p.requires_grad],
-                [n for n, p in self.trainer.auxiliary.named_parameters() if p.requires_grad],
-            ]
-            assert trainable == [self.partition.stable, self.partition.unstable]
+            trainable = [[n for n, p in b.module.named_parameters() if p.requires_grad] for b in branches]
+            assert trainable == [partition.stable, partition.unstable]
         else:
-            expected = [self.trainer.trainable_parameters()]
             assert {id(p) for p in expected[0]} == {
-                id(p) for n, p in self.net_g.named_parameters() if n in self.partition.stable + self.partition.unstable
+                id(p) for n, p in self.net_g.named_parameters() if n in partition.stable + partition.unstable
             }
         for optimizer, params in zip(self.optimizers, expected, strict=True):
             assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [id(p) for p in params]
@@ -72,7 +69,7 @@ def test_repartition_refreezes_rebuilds_optimizers_and_resumes_exactly(method, d
     first = groups(exp / "partition.json")
     assert groups(exp / "partition_4.json") != first, "the test needs a repartition that moves layers"
     saved = torch.load(exp / "training_states" / "4.state", weights_only=True)
-    assert (saved["trainer"]["partition"]["stable"], saved["trainer"]["partition"]["unstable"]) == groups(
+    assert (saved["partition"]["stable"], saved["partition"]["unstable"]) == groups(
         exp / "partition_4.json"
     )
 
@@ -90,14 +87,14 @@ def test_repartition_refreezes_rebuilds_optimizers_and_resumes_exactly(method, d
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"repartition_every": -1}, "ldt:repartition_every: must be a non-negative integer"),
-        ({"repartition_every": "often"}, "ldt:repartition_every: expected int"),
-        ({"repartition_every": 2.5}, "ldt:repartition_every: expected int"),
-        ({"repartition_every": True}, "ldt:repartition_every: expected int, got a boolean"),
-        ({"repartition_every": 2, "method": "ft"}, "ldt:repartition_every: re-probing needs ldt:method ldt or ldt_s"),
-        ({"repartition_every": 2, "method": "deft"}, "ldt:repartition_every: re-probing needs ldt:method ldt or ldt_s"),
-        ({"repartition_every": 2, "criterion": "random"}, "ldt:repartition_every: needs a probe-based ldt:criterion"),
-        ({"repartition_every": 2, "partition_file": "PARTITION"}, "cannot be combined with ldt:partition_file"),
+        ({"repartition_every": -1}, "ldt:repartition_every: must be >= 0, got -1"),
+        ({"repartition_every": "often"}, "ldt:repartition_every: expected an integer, got str 'often'"),
+        ({"repartition_every": 2.5}, "ldt:repartition_every: expected an integer, got float 2.5"),
+        ({"repartition_every": True}, "ldt:repartition_every: expected an integer, got bool True"),
+        ({"repartition_every": 2, "method": "ft"}, "ldt:repartition_every: ft has no partition to re-probe"),
+        ({"repartition_every": 2, "method": "deft"}, "ldt:repartition_every: deft has no partition to re-probe"),
+        ({"repartition_every": 2, "criterion": "random"}, "ldt:repartition_every: re-probing needs a probe-based"),
+        ({"repartition_every": 2, "partition_file": "PARTITION"}, "ldt:repartition_every: cannot re-probe a fixed"),
     ],
 )
 def test_bad_repartition_options_are_rejected_before_compute(changes, message, data_root, tmp_path):
@@ -113,6 +110,6 @@ def test_bad_repartition_options_are_rejected_before_compute(changes, message, d
 
 def test_repartition_is_off_by_default(data_root):
     opt = tiny_options(data_root, "default", "ldt")
-    from ldt.options import prepare_options
+    from ldt.sr.options import prepare_options
 
     assert prepare_options(opt, is_train=True)["ldt"]["repartition_every"] == 0

@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-import ldt.experiment
-import ldt.reproduce as rp
-from ldt.records import append_jsonl, read_jsonl
+import ldt.sr.experiment as experiment_module
+import ldt.sr.reproduce as rp
+from ldt.sweep import Records
 from ldt.data.cameras import DREALSR_CAMERAS, TARGET_CAMERAS
 
 TINY = rp.Budget(iters=4, batch_size=2, gt_size=32, probe_batches=2, val_freq=2)
@@ -40,7 +40,7 @@ def forbid_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a recorded run was trained again")
 
-    monkeypatch.setattr(ldt.experiment, "train", fail)
+    monkeypatch.setattr(experiment_module, "train", fail)
 
 
 def test_sweep_writes_one_record_per_run_and_the_tables(sweep):
@@ -88,14 +88,14 @@ def test_tables_are_regenerated_from_the_records_alone(sweep, monkeypatch):
     assert len(lines(out / "results.jsonl")) == 6
 
 
-def test_cells_are_mean_and_sample_std_over_seeds(sweep):
+def test_cells_are_mean_and_standard_error_over_seeds(sweep):
     out = sweep["out"]
     records = [json.loads(line) for line in lines(out / "results.jsonl")]
     dpu = [r for r in records if r["setting"] == "LDT+DPU"]
 
-    def mean_std(values):
+    def mean_std(values):  # mean and standard error (sample std over sqrt(n)), by hand
         mean = sum(values) / len(values)
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
     psnr = mean_std([r["metrics"]["sony"]["psnr"] for r in dpu])
     ssim = mean_std([r["metrics"]["sony"]["ssim"] for r in dpu])
@@ -107,7 +107,7 @@ def test_cells_are_mean_and_sample_std_over_seeds(sweep):
     with open(out / "table1.csv") as handle:
         rows = {(r["setting"], r["camera"]): r for r in csv.DictReader(handle)}
     assert float(rows["LDT+DPU", "sony"]["psnr_mean"]) == pytest.approx(psnr[0], abs=1e-9)
-    assert float(rows["LDT+DPU", "sony"]["ssim_std"]) == pytest.approx(ssim[1], abs=1e-9)
+    assert float(rows["LDT+DPU", "sony"]["ssim_se"]) == pytest.approx(ssim[1], abs=1e-9)
     assert rows["LDT+DPU", "sony"]["seeds"] == "2" and rows["LDT+DPU", "sony"]["paper_psnr"] == ""
 
 
@@ -121,14 +121,14 @@ def test_an_interrupted_sweep_trains_only_the_missing_run(sweep, tmp_path, monke
     (out / "experiments" / next(p.name for p in (out / "experiments").iterdir()
                                 if p.name.endswith(lost["options_hash"])) / "results.json").unlink()
     calls = []
-    real_train = ldt.experiment.train
-    monkeypatch.setattr(ldt.experiment, "train", lambda opt, root: calls.append(opt["name"]) or real_train(opt, root))
+    real_train = experiment_module.train
+    monkeypatch.setattr(experiment_module, "train", lambda opt, root: calls.append(opt["name"]) or real_train(opt, root))
     with pytest.warns(UserWarning, match="interrupted write"):
         summary = rp.reproduce(["1"], "synthetic_tiny", datasets_dir=sweep["datasets"], out=out, **SWEEP)
     assert (summary.trained, summary.skipped, len(calls)) == (1, 5, 1)
     assert calls[0].endswith(lost["options_hash"])
     with pytest.warns(UserWarning, match="interrupted write"):
-        again = {r["options_hash"]: r for r in read_jsonl(out / "results.jsonl")}
+        again = Records(out / "results.jsonl").by_hash()
     assert len(again) == 6
     assert again[lost["options_hash"]]["metrics"] == lost["metrics"], "seeded CPU runs are deterministic"
 
@@ -148,7 +148,7 @@ def fake_records(runs, data_kind: str) -> list[dict]:
 def write_fake(tmp_path, tables, archs, data_kind: str):
     runs = rp.plan_runs(tables, "/data/DRealSR", data_kind="drealsr", archs=archs, seeds=2)
     for record in fake_records(runs, data_kind):
-        append_jsonl(tmp_path / rp.RESULTS_FILE, record)
+        Records(tmp_path / "results.jsonl").append(record)
     return rp.collect_results(tmp_path, runs)
 
 
@@ -156,8 +156,8 @@ def test_paper_numbers_appear_beside_drealsr_records(tmp_path):
     write_fake(tmp_path, ["1", "5"], ["mambair"], "drealsr")
     table1 = (tmp_path / "table1.md").read_text()
     # Paper Table 1, LDT+DPU on Pan: 31.36 ± 0.0469 / 0.8611 ± 6.03e-4.
-    assert "| ↳ paper (LDT+DPU) | MambaIR | | 31.36 ± 0.05 / 0.8611 ± 0.0006 |" in table1
-    assert "| ↳ paper (Baseline) | MambaIR | | 30.81 / 0.8688 |" in table1
+    assert "| ↳ paper (LDT+DPU) | MambaIR |  | 31.36 ± 0.05 / 0.8611 ± 0.0006 |" in table1
+    assert "| ↳ paper (Baseline) | MambaIR |  | 30.81 / 0.8688 |" in table1
     assert "not comparable" not in table1
     with open(tmp_path / "table1.csv") as handle:
         rows = {(r["setting"], r["camera"]): r for r in csv.DictReader(handle)}
@@ -167,7 +167,7 @@ def test_paper_numbers_appear_beside_drealsr_records(tmp_path):
     table5 = lines(tmp_path / "table5.md")
     pan_ft = table5.index(next(line for line in table5 if line.startswith("| Pan + FT |")))
     assert "(source)" in table5[pan_ft]
-    assert table5[pan_ft + 1].startswith("| ↳ paper (Pan + FT) | MambaIR | | 30.65 / ")
+    assert table5[pan_ft + 1].startswith("| ↳ paper (Pan + FT) | MambaIR |  | 30.65 / ")
 
 
 def test_no_paper_numbers_for_synthetic_records_or_other_archs(tmp_path):
@@ -185,22 +185,22 @@ def test_every_paper_row_we_name_exists_and_shared_runs_train_once():
             assert set(cells) == set(run.setting.targets), (run.table, run.setting.paper_row)
     # Unique settings: T1 3, T2 +3 criteria, T4 +LP-FT +DeFT, T5 +6, T6 +4 (SAFMN, HAT), T9 +6 ratios.
     assert len({run.digest for run in runs}) == 24
-    assert rp.PAPER_TABLES_FILE.read_text().startswith("{")
 
 
 def test_weights_are_checked_before_training(tmp_path):
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    spec = {k: v for k, v in ldt.experiment.ARCHS["safmn_tiny"].items() if k != "type"}
+    spec = {k: v for k, v in experiment_module.ARCHS["safmn_tiny"].items() if k != "type"}
     good = tmp_path / "good.pth"
     torch.save({"params": ARCH_REGISTRY.get("SAFMN")(**spec).state_dict()}, good)
-    weights = rp.parse_weights([f"safmn_tiny={good}"], ["safmn_tiny"])
+    weights = rp.resolve_weights([f"safmn_tiny={good}"], ["safmn_tiny"])
     assert weights == {"safmn_tiny": good.resolve()}
     rp.check_weights(weights)
     wrong = tmp_path / "wrong.pth"
     torch.save({"params": {"conv.weight": torch.zeros(1)}}, wrong)
-    with pytest.raises(rp.ReproduceError, match=f"weights file {wrong} does not load into safmn_tiny"):
-        rp.check_weights(rp.parse_weights([str(wrong)], ["safmn_tiny"]))
+    with pytest.raises(rp.ReproduceError, match=rf"weights for safmn_tiny \(SAFMN\): {wrong} does not fit SAFMN: "
+                                                r"missing 40 key\(s\) \(to_feat\.weight"):
+        rp.check_weights(rp.resolve_weights([str(wrong)], ["safmn_tiny"]))
 
 
 @pytest.mark.parametrize(
@@ -211,9 +211,9 @@ def test_weights_are_checked_before_training(tmp_path):
         (dict(data="{tmp}/no_such_root"), "data root {tmp}/no_such_root does not exist"),
         (dict(data="{tmp}"), "data root {tmp}: no train split"),
         (dict(weights=["{tmp}/missing.pth"]), "weights file for safmn_tiny does not exist: {tmp}/missing.pth"),
-        (dict(weights=["hat={tmp}/x.pth"]), "arch hat is not in this sweep"),
+        (dict(weights=["hat={tmp}/x.pth"]), "--weights given for hat, not swept here"),
         (dict(weights=["hta={tmp}/x.pth"]), "unknown arch 'hta'"),
-        (dict(archs=["safmn_tiny", "safmn"], weights=["{tmp}/x.pth"]), "give one ARCH=FILE per arch"),
+        (dict(archs=["safmn_tiny", "safmn"], weights=["{tmp}/x.pth"]), "write ARCH=FILE for each"),
         (dict(seeds=0), "--seeds must be a positive integer"),
         (dict(budget=rp.Budget(iters=4, gt_size=30)), "--gt-size must be a multiple of the scale 4"),
     ],
@@ -238,14 +238,22 @@ def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):
         rp.main(["--table", "1"])
 
 
-def test_options_hash_names_what_a_run_computes(tmp_path, monkeypatch):
-    """Path spelling and the GPU count do not change a run's identity; a hyper-parameter does."""
-    from ldt.experiment import camera_run_options, options_hash
+def test_run_identity_names_what_a_run_computes(tmp_path, monkeypatch):
+    """Path spelling and the GPU count do not change a run's identity; a hyper-parameter does, and an option the
+    method does not read does not."""
+    from ldt.sr.experiment import RunBudget, camera_run_options
+    from ldt.sr.options import run_identity
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
-    base = camera_run_options("a", "data", total_iter=10)
-    assert options_hash(base) == options_hash(camera_run_options("b", tmp_path / "data", total_iter=10, num_gpu=0))
-    assert options_hash(base) == options_hash(camera_run_options("a", "./data/", total_iter=10))
-    assert options_hash(base) != options_hash(camera_run_options("a", "data", total_iter=10, lr=2e-4))
-    assert options_hash(base) != options_hash(camera_run_options("a", "other", total_iter=10))
+    budget = RunBudget(iters=10, batch_size=2, gt_size=32, val_freq=5)
+
+    def identity(root="data", method="ldt", **kwargs):
+        return run_identity(camera_run_options("a", root, budget, arch="safmn_tiny", method=method, seed=0, **kwargs))
+
+    base = identity()
+    assert base == identity(tmp_path / "data", num_gpu=0) == identity("./data/")
+    assert base != identity(lr=2e-4) and base != identity("other") and base != identity(ldt={"unstable_ratio": 0.5})
+    assert base == identity(ldt={"unstable_ratio": 0.4})  # the default, spelled out
+    assert identity(method="ft") == identity(method="ft", ldt={"unstable_ratio": 0.5, "probe": {"num_batches": 3}})
+    assert identity(method="ft") != identity(method="ft_ema")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 import torch
@@ -68,6 +70,7 @@ class Config:
     bias: bool = False
     softplus: bool = False
     last_state: bool = False
+    small_steps: bool = False  # MambaIR-like step sizes softplus(delta + bias) ~ 1e-3..1e-2 (needs bias, softplus)
 
 
 CONFIGS = {
@@ -83,6 +86,7 @@ CONFIGS = {
     "invariant B, grouped C": Config(
         bc="mixed", groups=3, length=10, chunk=3, softplus=True, bias=True, last_state=True
     ),
+    "MambaIR-like small steps": Config(length=33, chunk=16, D=True, bias=True, softplus=True, small_steps=True),
     "odd chunk, long": Config(batch=1, dim=4, state=3, length=67, chunk=13, D=True, softplus=True, bias=True),
 }
 
@@ -108,16 +112,18 @@ def make_inputs(
         "C": rand(*c_shape),
         "D": rand(d) if cfg.D else None,
         "z": rand(b, d, L) if cfg.z else None,
-        "delta_bias": rand(d, scale=0.3) if cfg.bias else None,
+        "delta_bias": rand(d, scale=0.3, shift=-5.0 if cfg.small_steps else 0.0) if cfg.bias else None,
     }
     return {k: None if t is None else t.requires_grad_() for k, t in tensors.items()}
 
 
-def run_both(cfg: Config, dtype: torch.dtype, device: str = "cpu") -> tuple[list[Tensor], list[Tensor]]:
-    """Outputs then gradients of every tensor input: ours (in ``dtype``) first, then the float64 reference."""
+def run_both(
+    cfg: Config, dtype: torch.dtype, device: str = "cpu", backend: str = "torch"
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Outputs then gradients of every tensor input: ``backend``'s (in ``dtype``) first, then the float64 reference."""
     inputs = make_inputs(cfg, dtype, device)
     ours = selective_scan_fn(
-        **inputs, delta_softplus=cfg.softplus, return_last_state=True, backend="torch", chunk_size=cfg.chunk
+        **inputs, delta_softplus=cfg.softplus, return_last_state=True, backend=backend, chunk_size=cfg.chunk
     )
     exact = {k: None if t is None else t.detach().double().requires_grad_() for k, t in inputs.items()}
     ref = reference_scan(**exact, delta_softplus=cfg.softplus)
@@ -141,8 +147,15 @@ def _clean_backend_state(monkeypatch: pytest.MonkeyPatch) -> None:
     set_scan_backend(None)
 
 
+@pytest.fixture(params=["parallel scan", "loops"])
+def recurrence(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the torch backend's within-chunk recurrences both ways, whatever the size rule would pick."""
+    monkeypatch.setattr(scan_module, "SEQUENTIAL_STEP_ELEMENTS", {"cpu": 0} if request.param == "loops" else {})
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_matches_reference_float64(name: str) -> None:
+def test_matches_reference_float64(name: str, recurrence: str) -> None:
     ours, ref = run_both(CONFIGS[name], torch.float64)
     for a, b in zip(ours, ref):
         assert a.dtype == torch.float64 and a.shape == b.shape
@@ -150,7 +163,7 @@ def test_matches_reference_float64(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_matches_reference_float32(name: str) -> None:
+def test_matches_reference_float32(name: str, recurrence: str) -> None:
     ours, ref = run_both(CONFIGS[name], torch.float32)
     for a, b in zip(ours, ref):
         assert a.shape == b.shape
@@ -193,7 +206,7 @@ def test_non_contiguous_inputs() -> None:
 
 
 @pytest.mark.parametrize("bc", ["grouped", "invariant"])
-def test_gradcheck(bc: str) -> None:
+def test_gradcheck(bc: str, recurrence: str) -> None:
     cfg = Config(batch=2, dim=4, state=3, length=7, chunk=3, bc=bc, D=True, z=True, bias=True, softplus=True)
     inputs = make_inputs(cfg, torch.float64)
     keys = [k for k, t in inputs.items() if t is not None]
@@ -251,6 +264,13 @@ def test_saved_memory_is_inputs_plus_chunk_boundaries() -> None:
     assert saved_bytes(lambda: reference_scan(**inputs, delta_softplus=True)) > input_bytes + boundary_bytes
 
 
+def test_loops_only_on_cpus_and_for_large_steps() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not scan_module._sequential(cpu, 1, 256, 16)  # 4096 elements per step: the parallel scan was faster
+    assert scan_module._sequential(cpu, 1, 512, 16)
+    assert not scan_module._sequential(cuda, 64, 1440, 16)
+
+
 def test_default_chunk_size() -> None:
     assert scan_module.default_chunk_size(4, 1440, 16) == 256  # MambaIR x4 training batch
     assert scan_module.default_chunk_size(1, 4, 2) == 1024
@@ -280,8 +300,8 @@ def test_backend_from_env_var_and_setter(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_invalid_backend_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="unknown selective-scan backend 'triton'.*auto, cuda, torch"):
-        set_scan_backend("triton")
+    with pytest.raises(ValueError, match="unknown selective-scan backend 'mamba'.*auto, cuda, triton, torch"):
+        set_scan_backend("mamba")
     inputs = make_inputs(Config(), torch.float64)
     with pytest.raises(ValueError, match="unknown selective-scan backend 'fast'"):
         selective_scan_fn(**inputs, backend="fast")
@@ -294,6 +314,8 @@ def test_cuda_backend_without_mamba_ssm(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(scan_module, "_mamba", (None, "ModuleNotFoundError: No module named 'mamba_ssm'"))
     with pytest.raises(RuntimeError, match="mamba_ssm's kernel cannot be imported.*No module named 'mamba_ssm'"):
         resolve_scan_backend("cuda", "cuda")
+    monkeypatch.setattr(scan_module, "_triton", (SimpleNamespace(INTERPRETED=False), ""))
+    monkeypatch.setattr(scan_module, "_triton_checked", {"cuda": "the Triton kernels failed a probe run"})
     assert resolve_scan_backend("cuda", "auto") == "torch"
     inputs = make_inputs(Config(), torch.float64)
     with pytest.raises(ValueError, match="'cuda' needs CUDA tensors"):
@@ -302,9 +324,53 @@ def test_cuda_backend_without_mamba_ssm(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_auto_prefers_the_kernel_when_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scan_module, "_mamba", (lambda *args: None, ""))
+    monkeypatch.setattr(scan_module, "_triton", (SimpleNamespace(INTERPRETED=True), ""))
+    monkeypatch.setattr(scan_module, "_triton_checked", {"cuda": ""})
     assert resolve_scan_backend("cuda") == "cuda"
-    assert resolve_scan_backend("cpu") == "torch"
+    assert resolve_scan_backend("cpu") == "torch"  # even when the interpreted kernels could run there
     assert resolve_scan_backend("cuda", "torch") == "torch"
+    assert resolve_scan_backend("cuda", "triton") == "triton"
+
+
+def test_auto_takes_triton_when_mamba_ssm_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan_module, "_mamba", (None, "ModuleNotFoundError: No module named 'mamba_ssm'"))
+    monkeypatch.setattr(scan_module, "_triton", (SimpleNamespace(INTERPRETED=False), ""))
+    monkeypatch.setattr(scan_module, "_triton_checked", {"cuda": ""})
+    assert resolve_scan_backend("cuda") == "triton"
+    assert resolve_scan_backend("cpu") == "torch"
+
+
+def test_triton_backend_never_falls_back_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = make_inputs(Config(), torch.float64)
+    monkeypatch.setattr(scan_module, "_triton", (None, "ModuleNotFoundError: No module named 'triton'"))
+    with pytest.raises(RuntimeError, match="'triton' was requested but cannot run: triton cannot be imported"):
+        selective_scan_fn(**inputs, backend="triton")
+    monkeypatch.setattr(scan_module, "_triton", (SimpleNamespace(INTERPRETED=False), ""))
+    with pytest.raises(RuntimeError, match="need CUDA or ROCm tensors, got tensors on cpu.*TRITON_INTERPRET=1"):
+        selective_scan_fn(**inputs, backend="triton")
+    monkeypatch.setattr(scan_module, "_triton_checked", {"cuda": "the Triton kernels failed a probe run on cuda"})
+    with pytest.raises(RuntimeError, match="'triton' was requested but cannot run: the Triton kernels failed a probe"):
+        resolve_scan_backend("cuda", "triton")
+    monkeypatch.setenv(ENV_VAR, "triton")
+    with pytest.raises(RuntimeError, match="'triton' was requested"):
+        selective_scan_fn(**inputs)
+
+
+def test_triton_probe_rejects_wrong_or_failing_kernels() -> None:
+    def perturbed_forward(*args: object) -> tuple[Tensor, Tensor, Tensor]:
+        out, last, bounds = scan_module._torch_forward(*args)
+        return out * 1.01, last, bounds
+
+    def failing_backward(*args: object) -> tuple[Tensor, ...]:
+        raise RuntimeError("PTX assembly aborted")
+
+    exact = SimpleNamespace(forward=scan_module._torch_forward, backward=scan_module._torch_backward)
+    wrong = SimpleNamespace(forward=perturbed_forward, backward=scan_module._torch_backward)
+    broken = SimpleNamespace(forward=scan_module._torch_forward, backward=failing_backward)
+    cpu = torch.device("cpu")
+    assert scan_module._probe_triton(exact, cpu) == ""
+    assert "a probe run on cpu (AssertionError: Tensor-likes are not close" in scan_module._probe_triton(wrong, cpu)
+    assert scan_module._probe_triton(broken, cpu).endswith("(RuntimeError: PTX assembly aborted)")
 
 
 def test_backend_is_logged_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -314,7 +380,82 @@ def test_backend_is_logged_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.
         selective_scan_fn(**inputs)
         selective_scan_fn(**inputs)
     records = [r for r in caplog.records if r.name == "ldt.ops"]
-    assert len(records) == 1 and "'torch'" in records[0].getMessage()
+    assert len(records) == 1
+    assert "using backend 'torch' (requested 'auto', tensors on cpu: cpu tensors" in records[0].getMessage()
+
+
+# ------------------------------------------------------------------------------------------------ custom op, compile
+
+OP_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+@pytest.mark.parametrize(
+    ("cfg", "dtype", "chunk"),
+    [
+        (Config(length=13, D=True, z=True, bias=True, softplus=True), torch.float64, 4),
+        (Config(bc="invariant", length=13), torch.float32, None),
+    ],
+)
+def test_custom_ops_pass_opcheck(cfg: Config, dtype: torch.dtype, chunk: int | None) -> None:
+    """Schema, fake (meta) implementations against the real ones (shapes, strides, dtypes), autograd registration
+    and AOT dispatch with dynamic shapes, for the forward op and the backward op."""
+    inputs = make_inputs(cfg, dtype)
+    args = [inputs[k] for k in OP_ARGS]
+    torch.library.opcheck(scan_module._scan_op, (*args, cfg.softplus, chunk, "torch"))
+    out, last, bounds = scan_module._scan_op(*args, cfg.softplus, chunk, "torch")
+    detached = [None if t is None else t.detach() for t in args]
+    grads = (torch.randn_like(out), torch.randn_like(last))
+    backward_args = (*grads, *detached, bounds.detach(), cfg.softplus, chunk, "torch")
+    torch.library.opcheck(scan_module._scan_backward_op, backward_args)
+
+
+class _ScanBlock(torch.nn.Module):
+    """A Mamba-like block: projections around the scan, parameters A_log, D and the step bias."""
+
+    def __init__(self, dim: int = 6, state: int = 4, groups: int = 2) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.groups, self.state = groups, state
+        self.in_proj = torch.nn.Linear(dim, dim * 2)
+        self.bc_proj = torch.nn.Linear(dim, 2 * groups * state)
+        self.A_log = torch.nn.Parameter(torch.randn(dim, state, generator=gen) * 0.5)
+        self.D = torch.nn.Parameter(torch.randn(dim, generator=gen))
+        self.dt_bias = torch.nn.Parameter(torch.randn(dim, generator=gen) * 0.3)
+
+    def forward(self, x: Tensor) -> Tensor:  # (batch, L, dim) -> (batch, L, dim)
+        batch, length, _ = x.shape
+        u, delta = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+        B, C = self.bc_proj(x).transpose(1, 2).reshape(batch, 2, self.groups, self.state, length).unbind(1)
+        y = selective_scan_fn(
+            u, delta, -torch.exp(self.A_log), B, C, self.D, z=None, delta_bias=self.dt_bias, delta_softplus=True
+        )
+        return y.transpose(1, 2)
+
+
+def test_torch_compile_fullgraph_has_the_scan_as_one_op() -> None:
+    """fullgraph=True fails on any graph break; the captured graph must hold the custom op (not the Python scan),
+    and compiled values and gradients must equal eager ones, also after a recompile for a new sequence length."""
+    torch._dynamo.reset()
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recording_backend(gm: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Callable[..., object]:
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    block = _ScanBlock()
+    compiled = torch.compile(block, fullgraph=True, backend=recording_backend)
+    gen = torch.Generator().manual_seed(3)
+    for length in (9, 14):
+        x = torch.randn(2, length, 6, generator=gen, requires_grad=True)
+        eager_out = block(x)
+        eager_grads = torch.autograd.grad(eager_out.square().sum(), [x, *block.parameters()])
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+        torch.testing.assert_close(out, eager_out)
+        for g, e in zip(grads, eager_grads):
+            torch.testing.assert_close(g, e)
+    assert graphs and all("torch.ops.ldt.selective_scan.default" in gm.code for gm in graphs)
+    torch._dynamo.reset()
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -28,8 +28,8 @@ def _worker(rank: int, world: int, port: int, options_file: str, root: str) -> N
                       LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
-    from ldt.options import load_options
-    from ldt.train import init_distributed, train
+    from ldt.sr.options import load_options
+    from ldt.sr.train import init_distributed, train
 
     opt = load_options(options_file, is_train=True)
     init_distributed(opt, "pytorch")
@@ -54,8 +54,8 @@ def test_two_process_ddp_equals_single_process(tmp_path, method):
     ddp_file = write_options(deterministic_options(data_root, "ddp", batch=1, method=method), tmp_path)
     mp.spawn(_worker, args=(2, free_port(), str(ddp_file), str(tmp_path)), nprocs=2, join=True)
 
-    from ldt.options import load_options
-    from ldt.train import train
+    from ldt.sr.options import load_options
+    from ldt.sr.train import train
 
     single = load_options(write_options(deterministic_options(data_root, "single", batch=2, method=method), tmp_path), is_train=True)
     single.update(dist=False, rank=0, world_size=1)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ldt.options import OptionsError, load_options
+from ldt.sr.options import OptionsError, load_options
 from tests.sr_fixtures import simulate_crash, tiny_cameras, tiny_options, write_options
 
 
@@ -17,7 +17,7 @@ def data_root(tmp_path_factory):
 
 
 def run_training(opt: dict, tmp_path, **kwargs) -> dict:
-    from ldt.train import train
+    from ldt.sr.train import train
 
     loaded = load_options(write_options(opt, tmp_path), is_train=True)
     loaded.update(dist=False, rank=0, world_size=1, **kwargs)
@@ -53,7 +53,7 @@ def test_every_method_trains_validates_and_saves(method, data_root, tmp_path):
 
 def test_composite_is_what_was_validated(data_root, tmp_path):
     """Validation metrics of the final report are those of the saved composite (not of a live branch)."""
-    from ldt.testing import run_test
+    from ldt.sr.evaluate import run_test
 
     opt = tiny_options(data_root, "composite", "ldt")
     report = run_training(opt, tmp_path)
@@ -113,7 +113,7 @@ def test_auto_resume_after_a_crash(data_root, tmp_path, monkeypatch):
     def not_on_resume(*args, **kwargs):
         raise AssertionError("resuming must take the partition from the training state, not probe again")
 
-    monkeypatch.setattr("ldt.models.ldt_model.probe_gradients", not_on_resume)
+    monkeypatch.setattr("ldt.core.methods.probe_gradients", not_on_resume)
     run_training(crashed, tmp_path, auto_resume=True)
     a, b = final_params(tmp_path, "nocrash"), final_params(tmp_path, "crash")
     for key in a:
@@ -133,7 +133,7 @@ def test_keep_last_checkpoints_prunes_old_iterations(data_root, tmp_path):
 
 def test_run_stage_resumes_an_interrupted_run_and_its_curves(data_root, tmp_path, monkeypatch):
     """The sweeps' stage runner continues a crashed run from its newest state instead of starting over."""
-    from ldt.experiment import run_stage
+    from ldt.sr.experiment import run_stage
 
     def options(name: str) -> dict:
         return tiny_options(data_root, name, "ldt", logger__save_checkpoint_freq=2, logger__keep_last_checkpoints=1,
@@ -199,15 +199,15 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_root, t
     "mutate,message",
     [
         (lambda o: o["ldt"].update(methd="ldt"), "ldt:methd: unknown option (did you mean 'method'?)"),
-        (lambda o: o["ldt"].update(unstable_ratio=1.5), "ldt:unstable_ratio: must be strictly between 0 and 1"),
-        (lambda o: o["ldt"].update(method="ldtx"), "ldt:method: must be one of"),
-        (lambda o: o["train"].update(total_iter="many"), "train:total_iter: expected int"),
+        (lambda o: o["ldt"].update(unstable_ratio=1.5), "ldt:unstable_ratio: must be < 1, got 1.5"),
+        (lambda o: o["ldt"].update(method="ldtx"), "ldt:method: unknown method 'ldtx' (did you mean 'ldt'?)"),
+        (lambda o: o["train"].update(total_iter="many"), "train:total_iter: expected an integer, got str 'many'"),
         (lambda o: o["network_g"].update(n_block=2), "network_g:n_block: unknown option (did you mean 'n_blocks'?)"),
         (lambda o: o["network_g"].update(type="SAFNM"), "unknown architecture 'SAFNM' (did you mean 'SAFMN'?)"),
         (lambda o: o["datasets"]["train"].update(dataroot="/nonexistent/DRealSR"), "datasets:train:dataroot: path does not exist"),
         (lambda o: o["path"].update(pretrain_network_g="/nonexistent/net.pth"), "path:pretrain_network_g: file does not exist"),
         (lambda o: o.update(nmae="x"), "nmae: unknown option (did you mean 'name'?)"),
-        (lambda o: o["val"].update(selection="target"), "val:selection: must be 'source' or 'oracle:"),
+        (lambda o: o["val"].update(selection="target"), "val:selection: must be 'source', 'last' or 'oracle:"),
     ],
 )
 def test_bad_options_are_rejected_before_compute(mutate, message, data_root, tmp_path):
@@ -235,7 +235,7 @@ def test_force_yml_and_bare_names(data_root, tmp_path):
 @pytest.mark.parametrize("kind", ["train", "test"])
 def test_shipped_option_files_are_valid_up_to_missing_data(kind):
     """The paper's option files have no unknown keys or bad types; only DRealSR / weights may be missing here."""
-    from ldt.options import OPTION_DIRS
+    from ldt.sr.options import OPTION_DIRS
 
     files = sorted(OPTION_DIRS[kind].rglob("*.yml"))
     assert len(files) >= (3 if kind == "test" else 27)

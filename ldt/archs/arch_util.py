@@ -5,13 +5,13 @@ Not a ``*_arch.py`` file, so importing it registers nothing.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from os import PathLike
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ldt.weights import read_weights
 
 
 class DropPath(nn.Module):
@@ -34,32 +34,24 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-def extract_state_dict(checkpoint: Mapping, key: str | None = None) -> "OrderedDict[str, torch.Tensor]":
-    """Return the weights inside a BasicSR-style checkpoint, without a DDP ``module.`` prefix.
+# The head (DeFT's unstable group, LP-FT's warm-up) of BasicSR's own SR networks; ours declare HEAD_PATTERNS.
+BASICSR_HEAD_PATTERNS: dict[str, list[str]] = {
+    "SwinIR": [r"^conv_before_upsample\.", r"^upsample\.", r"^conv_last\."],
+    "EDSR": [r"^upsample\.", r"^conv_last\."],
+    "MSRResNet": [r"^upconv", r"^conv_hr\.", r"^conv_last\."],
+}
 
-    ``key`` picks ``'params'`` / ``'params_ema'`` explicitly; by default ``params_ema`` is preferred (what BasicSR
-    releases evaluate), then ``params``, then the mapping itself if it already holds tensors.
-    """
-    if key is not None:
-        if key not in checkpoint:
-            raise KeyError(f"checkpoint has no '{key}' entry; it has {sorted(checkpoint)}")
-        state = checkpoint[key]
-    elif "params_ema" in checkpoint:
-        state = checkpoint["params_ema"]
-    elif "params" in checkpoint:
-        state = checkpoint["params"]
-    else:
-        state = checkpoint
-    cleaned = OrderedDict()
-    for name, value in state.items():
-        cleaned[name[len("module."):] if name.startswith("module.") else name] = value
-    return cleaned
+
+def head_patterns(arch_type: str, arch: type | None = None) -> list[str] | None:
+    """Regexes of an SR network's reconstruction head: the class's ``HEAD_PATTERNS``, else BasicSR's table, else None."""
+    patterns = getattr(arch, "HEAD_PATTERNS", None) or BASICSR_HEAD_PATTERNS.get(arch_type)
+    return list(patterns) if patterns else None
 
 
 def load_pretrained(model: nn.Module, path: str | PathLike, key: str | None = None, strict: bool = True) -> nn.Module:
-    """Load an official ``.pth`` (``{'params': ...}``, ``{'params_ema': ...}`` or a bare state_dict) into ``model``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(extract_state_dict(checkpoint, key), strict=strict)
+    """Load an official ``.pth`` (``{'params': ...}``, ``{'params_ema': ...}`` or a bare state_dict) into ``model``;
+    a file that is unreadable or does not fit raises :class:`ldt.weights.WeightsError` naming it."""
+    model.load_state_dict(read_weights(path, key, model, strict=strict), strict=strict)
     return model
 
 

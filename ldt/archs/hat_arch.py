@@ -406,6 +406,9 @@ class HAT(nn.Module):
     inputs of any size are accepted. Only the official ``upsampler='pixelshuffle'`` head exists.
     """
 
+    # The reconstruction head: DeFT's unstable group and LP-FT's warm-up (``ldt:head_patterns`` overrides it).
+    HEAD_PATTERNS = [r"^conv_before_upsample\.", r"^upsample\.", r"^conv_last\."]
+
     def __init__(
         self,
         img_size: int = 64,
@@ -461,7 +464,7 @@ class HAT(nn.Module):
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
         self.pos_drop = nn.Dropout(drop_rate)
-        drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth grows with depth
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # grows with depth (host: meta-safe)
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
             RHAG(

@@ -310,6 +310,11 @@ class MambaIR(nn.Module):
     the body; the blocks always use ``nn.LayerNorm``, as officially.
     """
 
+    # The reconstruction head: DeFT's unstable group and LP-FT's warm-up (``ldt:head_patterns`` overrides it).
+    HEAD_PATTERNS = [r"^conv_before_upsample\.", r"^upsample\.", r"^conv_last\."]
+    # Keys of the official option files that the official constructor swallows (**kwargs); accepted, ignored.
+    OFFICIAL_EXTRA_OPTIONS = ("window_size", "interval", "num_heads")
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 64,
@@ -351,7 +356,7 @@ class MambaIR(nn.Module):
         # 2. deep features; stochastic-depth rates grow linearly over all blocks of all groups
         self.patch_embed = PatchEmbed(embed_dim, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        rates = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # on the host: meta-safe
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
             ResidualGroup(embed_dim, depth, rates[start:start + depth], d_state=d_state, mlp_ratio=mlp_ratio,

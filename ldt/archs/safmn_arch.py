@@ -100,6 +100,9 @@ class SAFMN(nn.Module):
     Works on any input of at least 8x8 pixels; output is ``input * upscaling_factor``.
     """
 
+    # The reconstruction head: DeFT's unstable group and LP-FT's warm-up (``ldt:head_patterns`` overrides it).
+    HEAD_PATTERNS = [r"^to_img\."]
+
     def __init__(self, dim: int, n_blocks: int = 8, ffn_scale: float = 2.0, upscaling_factor: int = 4) -> None:
         super().__init__()
         if dim % N_LEVELS:

@@ -7,12 +7,13 @@ with training-domain validation; see the README section "Domain-generalisation c
 from ldt.classification.data import DatasetError, DomainDataset, scan_domains, split_holdout
 from ldt.classification.models import BACKBONES, HEAD_PATTERNS, build_model, head_patterns
 from ldt.classification.pretrain import PretrainConfig, pretrain_tiny
-from ldt.classification.records import build_table, load_records, write_tables
+from ldt.classification.records import build_table, sweep_records, write_tables
 from ldt.classification.toy import build_toy_domains
-from ldt.classification.train import METHODS, RunConfig, run
+from ldt.classification.train import CLI_METHODS, METHODS, RunConfig, run
 
 __all__ = [
     "BACKBONES",
+    "CLI_METHODS",
     "DatasetError",
     "DomainDataset",
     "HEAD_PATTERNS",
@@ -23,10 +24,10 @@ __all__ = [
     "build_table",
     "build_toy_domains",
     "head_patterns",
-    "load_records",
     "pretrain_tiny",
     "run",
     "scan_domains",
     "split_holdout",
+    "sweep_records",
     "write_tables",
 ]

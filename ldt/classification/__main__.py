@@ -14,15 +14,15 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ldt.classification.data import scan_domains, split_holdout
 from ldt.classification.models import BACKBONES, build_model
 from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
-from ldt.classification.records import append_record, finished, options_hash, write_tables
+from ldt.classification.records import sweep_records, write_tables
 from ldt.classification.toy import DEFAULT_ROOT, build_toy_domains
 from ldt.classification.train import METHODS, RunConfig, run
 from ldt.core import CRITERIA
+from ldt.sweep import PlannedRun, SweepError, parse_weights, run_hash, run_pending
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
 # Hyper-parameter flags: RunConfig field -> help. Defaults come from RunConfig (sized for the CPU demo).
@@ -37,6 +37,7 @@ HYPER = {
     "unstable_ratio": "fraction of layers marked unstable (ldt*)",
     "interval": "steps between exchanges (deft, ldt*)",
     "ema_weight": "fixed EMA weight W (deft, ldt)",
+    "ema_decay": "decay of a deployed EMA (ft_ema: default weight^(1/interval); other methods: off)",
     "holdout_fraction": "held-out fraction of each training domain, for model selection",
     "eval_every": "steps between model-selection evaluations",
     "image_size": "input size (default: 32 for tiny, 224 otherwise)",
@@ -62,8 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--criterion", choices=CRITERIA, default="var", help="probe score that ranks layers (ldt*)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
     defaults = {f.name: f.default for f in fields(RunConfig)}
+    kinds = {f.name: f.type for f in fields(RunConfig)}
     for name, text in HYPER.items():
-        kind = float if isinstance(defaults[name], float) else int
+        kind = float if "float" in str(kinds[name]) else int
         shown = "" if defaults[name] is None else f" [{defaults[name]}]"
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name], help=text + shown)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -74,19 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def weights_by_backbone(entries: list[str], backbones: list[str]) -> dict[str, str]:
     """``BACKBONE=PATH`` entries, or one bare PATH when a single backbone is swept."""
-    mapping = {}
-    for entry in entries:
-        name, sep, path = entry.partition("=")
-        if sep and name in BACKBONES:
-            mapping[name] = path
-        elif len(entries) == 1 and len(backbones) == 1:
-            mapping[backbones[0]] = entry
-        else:
-            raise ValueError(f"--weights {entry!r}: with several backbones or files, write BACKBONE=PATH")
-    unused = sorted(set(mapping) - set(backbones))
-    if unused:
-        raise ValueError(f"--weights given for backbone(s) {unused} that are not swept (--backbones {backbones})")
-    return mapping
+    try:
+        return parse_weights(entries, backbones, list(BACKBONES), noun="BACKBONE")
+    except SweepError as err:
+        raise ValueError(str(err)) from None
 
 
 def demo_weights(args: argparse.Namespace) -> None:
@@ -144,13 +137,15 @@ def sweep(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:  # DatasetError is a ValueError; missing files and folders are OSErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
-    done = finished(out)
-    todo = [c for c in configs if options_hash(c.hparams()) not in done]
-    print(f"{len(configs)} runs, {len(configs) - len(todo)} already recorded in {out}; running {len(todo)} on {args.device}")
+    records = sweep_records(out)
     workers = args.workers if args.workers is not None else (4 if args.device.startswith("cuda") else 0)
-    for config in tqdm(todo, desc="sweep", unit="run", disable=not args.progress, dynamic_ncols=True):
-        record = run(config, device=args.device, workers=workers, progress=args.progress)
-        append_record(out, record)
+    planned = [PlannedRun(run_hash(c.hparams()), c.describe(),
+                          lambda c=c: run(c, device=args.device, workers=workers, progress=args.progress))
+               for c in configs]
+    done = set(records.by_hash())
+    print(f"{len(configs)} runs, {sum(p.digest in done for p in planned)} already recorded in {out}; running the rest "
+          f"on {args.device}")
+    run_pending(planned, records, progress=args.progress, desc="sweep")
     print(write_tables(out, TABLE_ORDER))
     print(f"records: {out / 'results.jsonl'}; tables: {out / 'table.md'}, {out / 'table.csv'}")
     return 0

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 from ldt.atomic import atomic_torch_save
 from ldt.classification.data import image_transform, training_stream
 from ldt.classification.models import TinyCNN
-from ldt.classification.records import options_hash
 from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_STYLE, render_pretrain_images
-from ldt.classification.train import EVAL_BATCH, accuracy, descend
+from ldt.classification.train import EVAL_BATCH, accuracy, cross_entropy
+from ldt.core.methods import FineTune
+from ldt.sweep import run_hash
 
 DEFAULT_PRETRAIN_ROOT = Path("datasets/toy_domains_pretrained")
 PRETRAIN_VERSION = 1  # bump when the recipe below changes in a way the settings do not show
@@ -51,7 +52,7 @@ class PretrainConfig:
                 "toy_format_version": FORMAT_VERSION, "pretrain_version": PRETRAIN_VERSION}
 
     def weights_path(self, root: str | Path = DEFAULT_PRETRAIN_ROOT) -> Path:
-        return Path(root) / f"tiny-{options_hash(self.settings())}.pth"
+        return Path(root) / f"tiny-{run_hash(self.settings())}.pth"
 
 
 class InMemoryImages(Dataset):
@@ -75,11 +76,11 @@ def train_tiny(config: PretrainConfig, progress: bool = False) -> tuple[TinyCNN,
     train = render_pretrain_images(config.images_per_class, size=config.size, seed=config.seed)
     held = render_pretrain_images(config.heldout_per_class, size=config.size, seed=config.seed, start=config.images_per_class)
     model = TinyCNN(len(PRETRAIN_CLASSES))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    plain = FineTune(model)
+    optimizers = [torch.optim.Adam(branch.parameters, lr=config.lr) for branch in plain.branches()]
     stream = training_stream([InMemoryImages(train, image_transform(config.size, augment=True))], config.batch_size, config.seed)
-    model.train()
     for _ in tqdm(range(config.steps), desc="pre-train tiny", leave=False, disable=not progress, dynamic_ncols=True):
-        descend(model, optimizer, next(stream))
+        plain.train_step(next(stream), cross_entropy, optimizers)
     held_loader = DataLoader(InMemoryImages(held, image_transform(config.size, augment=False)), batch_size=EVAL_BATCH)
     return model, accuracy(model, held_loader, torch.device("cpu"))
 

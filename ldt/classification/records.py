@@ -1,56 +1,26 @@
-"""Run records (one JSON line per finished run) and the result tables derived from them alone.
+"""The classification tables, derived from the sweep's records alone (``results.jsonl``, :class:`ldt.sweep.Records`).
 
-``results.jsonl`` is the only state of a sweep: a run whose options hash is in it is finished and skipped, and
-``table.md`` / ``table.csv`` are recomputed from it at any time (``python -m ldt.classification --collect OUT``).
-A table cell is the mean ± standard error over seeds of the test accuracy for one left-out domain (or group of
-domains, averaged); *Avg* averages each seed's accuracies over all columns, then over the seeds that have them all.
+A run whose options hash is in the records is finished and skipped, and ``table.md`` / ``table.csv`` are recomputed
+from them at any time (``python -m ldt.classification --collect OUT``). A cell is the mean ± standard error over
+seeds of the test accuracy for one left-out domain (or group of domains, averaged); *Avg* averages each seed's
+accuracies over all columns, then over the seeds that have them all.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
-from ldt.records import append_jsonl, read_jsonl
+from ldt.sweep import RESULTS_FILE, Records, Stat, csv_text, markdown_table, mean_se, run_hash
 
-RESULTS = "results.jsonl"
 AVERAGE = "Avg"
 # Run-specific keys left out of a configuration's identity: a table row gathers its seeds and test domains.
 PER_RUN_KEYS = ("seed", "test_domains")
 
 
-def options_hash(hparams: dict) -> str:
-    """A short stable hash of a run's options (key order does not matter)."""
-    return hashlib.sha256(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def append_record(out: str | Path, record: dict) -> None:
-    """Append one run's record to ``out/results.jsonl`` (crash-safe, see :func:`ldt.records.append_jsonl`)."""
-    append_jsonl(Path(out) / RESULTS, record)
-
-
-def load_records(out: str | Path) -> list[dict]:
-    """Every complete record of ``out/results.jsonl``."""
-    return read_jsonl(Path(out) / RESULTS)
-
-
-def finished(out: str | Path) -> set[str]:
-    """Options hashes of the runs recorded in ``out``."""
-    return {record["options_hash"] for record in load_records(out)}
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for a single value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(variance / len(values))
+def sweep_records(out: str | Path) -> Records:
+    """The records of a sweep folder."""
+    return Records(Path(out) / RESULTS_FILE)
 
 
 def column_label(record: dict) -> str:
@@ -66,7 +36,7 @@ def build_table(records: list[dict], order: dict[str, tuple[str, ...]] | None = 
     cells: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     columns: dict[str, dict[str, int]] = defaultdict(dict)  # dataset -> column label -> position of its first domain
     for record in records:
-        config = options_hash({k: v for k, v in record["hparams"].items() if k not in PER_RUN_KEYS})
+        config = run_hash({k: v for k, v in record["hparams"].items() if k not in PER_RUN_KEYS})
         key = (record["dataset"], record["backbone"], record["method"], config)
         accuracies = [record["test_accuracy"][d] for d in record["test_domains"]]
         label = column_label(record)
@@ -87,16 +57,16 @@ def build_table(records: list[dict], order: dict[str, tuple[str, ...]] | None = 
         row["seeds"] = len(seeds)
         for label in labels:
             values = list(by_column.get(label, {}).values())
-            row[label] = mean_se(values) + (len(values),) if values else None
+            row[label] = mean_se(values) if values else None
         complete = [s for s in seeds if all(s in by_column.get(label, {}) for label in labels)]
         averages = [sum(by_column[label][s] for label in labels) / len(labels) for s in complete]
-        row[AVERAGE] = mean_se(averages) + (len(averages),) if averages else None
+        row[AVERAGE] = mean_se(averages) if averages else None
         rows.append(row)
     return rows
 
 
-def format_cell(cell: tuple[float, float, int] | None) -> str:
-    return "–" if cell is None else f"{100 * cell[0]:.2f} ± {100 * cell[1]:.2f}"
+def format_cell(cell: Stat | None) -> str:
+    return "–" if cell is None else cell.format(2, scale=100)
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -108,36 +78,33 @@ def to_markdown(rows: list[dict]) -> str:
         names = [(row["backbone"], row["method"]) for row in subset]
         show_config = len(set(names)) < len(names)  # several configurations of one method: tell them apart
         header = ["Backbone", "Method"] + (["Config"] if show_config else []) + ["Seeds"] + labels
-        lines = [f"### {dataset}: test-domain accuracy (%), mean ± s.e. over seeds, training-domain validation", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        for row in subset:
-            values = [row["backbone"], row["method"]] + ([row["config"]] if show_config else []) + [str(row["seeds"])]
-            values += [format_cell(row.get(label)) for label in labels]
-            lines.append("| " + " | ".join(values) + " |")
-        sections.append("\n".join(lines))
+        body = [[row["backbone"], row["method"], *([row["config"]] if show_config else []), str(row["seeds"]),
+                 *(format_cell(row.get(label)) for label in labels)] for row in subset]
+        title = (f"### {dataset}: test-domain accuracy (%), mean ± standard error over the seeds (n = Seeds), "
+                 "training-domain validation")
+        sections.append(title + "\n\n" + markdown_table(header, body))
     return "\n\n".join(sections) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:
     """Long format: one line per (row, column) with mean, standard error and number of seeds (fractions, not %)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["dataset", "backbone", "method", "config", "test_domains", "mean", "se", "n"])
+    body = []
     for row in rows:
         for label in row["columns"] + [AVERAGE]:
             cell = row.get(label)
             if cell is not None:
-                writer.writerow([row["dataset"], row["backbone"], row["method"], row["config"], label, f"{cell[0]:.6f}", f"{cell[1]:.6f}", cell[2]])
-    return buffer.getvalue()
+                body.append([row["dataset"], row["backbone"], row["method"], row["config"], label, f"{cell.mean:.6f}",
+                             "" if cell.se is None else f"{cell.se:.6f}", cell.n])
+    return csv_text(["dataset", "backbone", "method", "config", "test_domains", "mean", "se", "n"], body)
 
 
 def write_tables(out: str | Path, order: dict[str, tuple[str, ...]] | None = None) -> str:
     """Recompute ``table.md`` and ``table.csv`` in ``out`` from its records; returns the markdown."""
     out = Path(out)
-    records = load_records(out)
-    if not records:
-        raise FileNotFoundError(f"no records in {out / RESULTS}: nothing to tabulate")
-    rows = build_table(records, order)
+    found = sweep_records(out).all()
+    if not found:
+        raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
+    rows = build_table(found, order)
     markdown = to_markdown(rows)
     (out / "table.md").write_text(markdown)
     (out / "table.csv").write_text(to_csv(rows))

@@ -1,12 +1,10 @@
 """One domain-generalisation run: train on the training domains, select by their held-out parts, test once.
 
-Methods (the same number of training ``steps`` and the same seeds for all):
-
-* ``ft``: train the whole network, random head included, from the start;
-* ``lpft``: warm-up the head (backbone frozen), then train the whole network;
-* ``deft``: warm-up, then a dual branch with backbone = stable and head = unstable, fixed EMA weight;
-* ``ldt``: warm-up, probe gradient statistics, partition by score, dual branch with a fixed EMA weight;
-* ``ldt_dpu``: as ``ldt`` with DPU coefficients; ``ldt_s``: as ``ldt_dpu`` on one network (:class:`SingleBranchLDT`).
+Methods come from the shared registry (:mod:`ldt.core.methods`), under this runner's historical names
+(:data:`CLI_METHODS`): ``ft`` (everything, random head included, from the start), ``ft_ema`` (the same, deploying an
+EMA), ``lpft`` (head warm-up, then everything), ``deft`` (warm-up, then a dual branch with backbone = stable and head =
+unstable, fixed W), ``ldt`` (warm-up, probe, partition, dual branch, fixed W), ``ldt_dpu`` (the same with DPU) and
+``ldt_s`` (LDT-S on one network, DPU). The same number of training ``steps`` and the same seeds for all.
 
 A dual-branch step runs the primary's forward+backward, then the auxiliary's, on the same batch. The deployed
 network (the composite for dual/single-branch methods) is evaluated on the training domains' held-out images every
@@ -28,41 +26,29 @@ from tqdm.auto import tqdm
 
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
 from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, head_patterns
-from ldt.classification.records import options_hash
-from ldt.core import (
-    CRITERIA,
-    DualBranch,
-    ExchangeConfig,
-    SingleBranchLDT,
-    partition_by_patterns,
-    partition_by_score,
-    probe_gradients,
-    warmup,
-)
+from ldt.core import CRITERIA, Method, MethodConfig, method_class, prepare_method, run_identity
+from ldt.sweep import run_hash
 
-METHODS = ("ft", "lpft", "deft", "ldt", "ldt_dpu", "ldt_s")
-RECORD_FORMAT = "ldt.classification/1"
+# This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
+# LDT with the fixed W; 'ldt_dpu' and 'ldt_s' use DPU.
+CLI_METHODS = {"ft": "ft", "ft_ema": "ft_ema", "lpft": "lpft", "deft": "deft", "ldt": "ldt_fixed",
+               "ldt_dpu": "ldt_dpu", "ldt_s": "ldt_s"}
+METHODS = tuple(CLI_METHODS)
+RECORD_FORMAT = "ldt.classification/2"
 EVAL_BATCH = 128
 COMMON_OPTIONS = ("steps", "batch_size", "lr", "weight_decay", "holdout_fraction", "eval_every", "image_size", "augment")
-WARMUP = ("warmup_steps", "warmup_lr")
-PROBE = ("probe_batches", "unstable_ratio", "criterion")
-# The options each method actually uses: only these enter its options hash, so changing e.g. the probe size neither
-# re-runs nor splits the FT rows of a sweep.
-METHOD_OPTIONS = {
-    "ft": (),
-    "lpft": WARMUP,
-    "deft": WARMUP + ("interval", "ema_weight"),
-    "ldt": WARMUP + PROBE + ("interval", "ema_weight"),
-    "ldt_dpu": WARMUP + PROBE + ("interval",),
-    "ldt_s": WARMUP + PROBE + ("interval",),
-}
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run's result (runtime settings such as the device are not part of it)."""
+    """Everything that determines a run's result (runtime settings such as the device are not part of it).
+
+    The method options default to this task's short-fine-tuning values (a 200-step run on 32 px images: a head
+    warm-up of 50 steps at lr 1e-2, a 20-batch probe, unstable ratio 0.5, exchange every step); all others are the
+    core's defaults (:class:`ldt.core.MethodConfig`).
+    """
 
     data: str
     test_domains: tuple[str, ...]
@@ -80,33 +66,40 @@ class RunConfig:
     unstable_ratio: float = 0.5
     criterion: str = "var"
     interval: int = 1  # the paper exchanges every 10 steps; with W >= 0.99 that leaves a short run's composite behind
-    ema_weight: float = 0.99
+    ema_weight: float = MethodConfig().exchange.weight
+    ema_decay: float | None = None  # ft_ema (or any method): the deployed EMA's decay; None = the method's default
     holdout_fraction: float = 0.2
     eval_every: int = 50
     image_size: int | None = None
     augment: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in CLI_METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
         check_backbone(self.backbone)
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {CRITERIA}")
-        for name in ("steps", "batch_size", "eval_every", "interval", "probe_batches"):
+        for name in ("steps", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 < self.unstable_ratio < 1.0:
-            raise ValueError(f"unstable_ratio must be in (0, 1), got {self.unstable_ratio}")
+        self.method_config()  # every method option is checked by the core's own declaration
         domains = (self.test_domains,) if isinstance(self.test_domains, str) else tuple(self.test_domains)
         object.__setattr__(self, "test_domains", domains)
         object.__setattr__(self, "image_size", self.image_size or DEFAULT_IMAGE_SIZE[self.backbone])
 
+    def method_config(self) -> MethodConfig:
+        """The registry method's options; a method without a warm-up gets none."""
+        name = CLI_METHODS[self.method]
+        steps = self.warmup_steps if method_class(name).warmup_rule != "never" else 0
+        return MethodConfig.model_validate({
+            "method": name, "criterion": self.criterion, "unstable_ratio": self.unstable_ratio, "seed": self.seed,
+            "probe": {"num_batches": self.probe_batches}, "warmup": {"steps": steps, "lr": self.warmup_lr},
+            "exchange": {"interval": self.interval, "weight": self.ema_weight},
+        })
+
     def hparams(self) -> dict:
         """The options that determine this run's result (absolute paths), hashed to recognise finished runs."""
         options = asdict(self)
-        kept = {name: options[name] for name in COMMON_OPTIONS + METHOD_OPTIONS[self.method]}
         return {
             "data": str(Path(self.data).resolve()),
             "test_domains": list(self.test_domains),
@@ -114,7 +107,9 @@ class RunConfig:
             "backbone": self.backbone,
             "weights": str(Path(self.weights).resolve()) if self.weights else None,
             "seed": self.seed,
-            **kept,
+            **{name: options[name] for name in COMMON_OPTIONS},
+            # The method's seed is the run's (top-level 'seed'), so a table row gathers the seeds of one setting.
+            "method_options": {k: v for k, v in run_identity(self.method_config(), self.ema_decay).items() if k != "seed"},
         }
 
     def describe(self) -> str:
@@ -126,68 +121,6 @@ def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-def descend(network: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> None:
-    """One optimizer step of ``network`` on ``batch``."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = cross_entropy(network, batch)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss.item()}")
-    loss.backward()
-    optimizer.step()
-
-
-class PlainLearner:
-    """FT / LP-FT: one network, every parameter trained."""
-
-    def __init__(self, model: nn.Module, make_optimizer) -> None:
-        self.network = model
-        model.requires_grad_(True)
-        self.optimizer = make_optimizer(list(model.parameters()))
-
-    def train_step(self, batch: Batch) -> None:
-        self.network.train()
-        descend(self.network, self.optimizer, batch)
-
-    def deployed_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.network.state_dict().items()}
-
-
-class DualLearner:
-    """DeFT / LDT: the primary's step, then the auxiliary's, then the exchange schedule; deploys the composite."""
-
-    def __init__(self, dual: DualBranch, make_optimizer) -> None:
-        self.dual, self.network = dual, dual.primary
-        self.optimizers = (make_optimizer(dual.primary_parameters()), make_optimizer(dual.auxiliary_parameters()))
-
-    def train_step(self, batch: Batch) -> None:
-        for branch, optimizer in zip((self.dual.primary, self.dual.auxiliary), self.optimizers):
-            branch.train()
-            descend(branch, optimizer, batch)
-        self.dual.step()
-
-    def deployed_state(self) -> dict[str, torch.Tensor]:
-        return self.dual.composite_state_dict()
-
-
-class SingleBranchLearner:
-    """LDT-S: one network alternating the two branches' turns; deploys the EMA composite."""
-
-    def __init__(self, ldt: SingleBranchLDT, make_optimizer) -> None:
-        self.ldt, self.network = ldt, ldt.model
-        self.optimizer = make_optimizer(ldt.trainable_parameters())
-
-    def train_step(self, batch: Batch) -> None:
-        self.network.train()
-        descend(self.network, self.optimizer, batch)
-        self.ldt.step()
-
-    def deployed_state(self) -> dict[str, torch.Tensor]:
-        return self.ldt.composite_state_dict()
-
-
-Learner = PlainLearner | DualLearner | SingleBranchLearner
-
-
 def frozen_backbone_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Cross-entropy in eval mode: a frozen backbone is a fixed feature extractor (linear probing), so its BatchNorm
     statistics stay those it was loaded with and dropout is off; the head is linear, eval mode does not change it."""
@@ -195,40 +128,18 @@ def frozen_backbone_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return cross_entropy(model, batch)
 
 
-def warm_up_head(model: nn.Module, stream: Iterator[Batch], config: RunConfig, progress: bool = False) -> list[float]:
-    """Train only the random head (backbone frozen), so that it does not dominate the probe or disturb the backbone."""
-    return warmup(
-        model,
-        stream,
-        frozen_backbone_loss,
-        head_patterns(config.backbone),
-        config.warmup_steps,
-        optimizer_factory=lambda params: torch.optim.Adam(params, lr=config.warmup_lr),
-        progress=progress,
+def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, progress: bool = False) -> tuple[Method, dict | None]:
+    """The method ``config.method``, prepared (warm-up of the random head, probe, partition) on the training stream;
+    returns it with a summary of its partition."""
+    method = prepare_method(
+        model, config.method_config(), batches=stream, loss_fn=cross_entropy, warmup_loss_fn=frozen_backbone_loss,
+        head_patterns=head_patterns(config.backbone), ema_decay=config.ema_decay, progress=progress, log=lambda _: None,
     )
-
-
-def make_learner(model: nn.Module, stream: Iterator[Batch], config: RunConfig, progress: bool = False) -> tuple[Learner, dict | None]:
-    """Warm-up, probe and partition as ``config.method`` asks; returns the learner and a summary of its partition."""
-    make_optimizer = lambda params: torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)  # noqa: E731
-    if config.method != "ft":
-        warm_up_head(model, stream, config, progress)
-    if config.method in ("ft", "lpft"):
-        return PlainLearner(model, make_optimizer), None
-    if config.method == "deft":
-        partition = partition_by_patterns(model, head_patterns(config.backbone))
-    else:
-        stats = probe_gradients(
-            model, stream, cross_entropy, num_batches=config.probe_batches,
-            elementwise=config.criterion == "elementwise_var", progress=progress,
-        )
-        partition = partition_by_score(stats, config.unstable_ratio, config.criterion, seed=config.seed, model=model)
-    exchange = ExchangeConfig(interval=config.interval, dpu=config.method in ("ldt_dpu", "ldt_s"), weight=config.ema_weight)
+    partition = method.partition
     # The unstable group is the interesting (and short) list; the stable one is only counted.
-    summary = {"stable": len(partition.stable), "unstable": partition.unstable, "excluded": partition.excluded}
-    if config.method == "ldt_s":
-        return SingleBranchLearner(SingleBranchLDT(model, partition, exchange), make_optimizer), summary
-    return DualLearner(DualBranch(model, partition, exchange), make_optimizer), summary
+    summary = None if partition is None else {"stable": len(partition.stable), "unstable": partition.unstable,
+                                              "excluded": partition.excluded}
+    return method, summary
 
 
 @torch.no_grad()
@@ -253,17 +164,19 @@ class Selection:
 
 
 def train_and_select(
-    learner: Learner, stream: Iterator[Batch], holdout: dict, config: RunConfig, device: torch.device, evaluator: nn.Module, progress: bool = False
+    method: Method, stream: Iterator[Batch], holdout: dict, config: RunConfig, device: torch.device, evaluator: nn.Module, progress: bool = False
 ) -> Selection:
     """Train ``config.steps`` steps; every ``eval_every`` steps (and at the end) keep the deployed network if it is
     the best so far on the held-out parts of the training domains (ties keep the earlier step)."""
     best = Selection()
+    optimizers = [torch.optim.Adam(branch.parameters, lr=config.lr, weight_decay=config.weight_decay)
+                  for branch in method.branches()]
     bar = tqdm(range(1, config.steps + 1), desc=config.describe(), leave=False, disable=not progress, dynamic_ncols=True)
     for step in bar:
-        learner.train_step(next(stream))
+        method.train_step(next(stream), cross_entropy, optimizers)
         if step % config.eval_every and step != config.steps:
             continue
-        state = learner.deployed_state()
+        state = method.deployed_state_dict()
         evaluator.load_state_dict(state)
         per_domain = {domain: accuracy(evaluator, loader, device) for domain, loader in holdout.items()}
         score = sum(per_domain.values()) / len(per_domain)
@@ -302,14 +215,14 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
         training_stream(train_parts, config.batch_size, config.seed, workers=workers, pin_memory=device.type == "cuda"), device
     )
     holdout = {d: eval_loader(held, config.image_size, EVAL_BATCH, workers) for d, (_, held) in splits.items()}
-    learner, partition = make_learner(model, stream, config, progress)
-    evaluator = copy.deepcopy(learner.network)
-    selection = train_and_select(learner, stream, holdout, config, device, evaluator, progress)
+    method, partition = make_method(model, stream, config, progress)
+    evaluator = copy.deepcopy(method.model)
+    selection = train_and_select(method, stream, holdout, config, device, evaluator, progress)
     evaluator.load_state_dict(selection.state)
     hparams = config.hparams()
     return {
         "format": RECORD_FORMAT,
-        "options_hash": options_hash(hparams),
+        "options_hash": run_hash(hparams),
         "dataset": dataset.name,
         "method": config.method,
         "backbone": config.backbone,

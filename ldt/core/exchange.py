@@ -7,36 +7,40 @@ highest-variance layer of a group gets the ``W`` closest to 1 (it follows its tr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from pydantic import Field, model_validator
 
+from ldt.core.config import Options, PositiveInt, Real, UnitInterval
 from ldt.core.partition import Partition, PartitionError
 
 
-@dataclass(frozen=True)
-class ExchangeConfig:
+class ExchangeConfig(Options):
     """How and how often the two branches exchange their trained groups (paper defaults)."""
 
-    interval: int = 10
-    dpu: bool = True
-    weight: float = 0.99
-    stable_base: float = 0.99
-    stable_rank_base: float = 0.01
-    unstable_base: float = 0.999
-    unstable_rank_base: float = 0.001
+    interval: PositiveInt = Field(10, description="steps between exchanges (LDT-S: steps per turn)")
+    dpu: bool = Field(True, description="per-layer W from the score rank (DPU) instead of the fixed weight")
+    weight: UnitInterval = Field(0.99, description="fixed W when dpu is false")
+    stable_base: UnitInterval = Field(0.99, description="DPU: W of the lowest-score stable layer")
+    stable_rank_base: Real = Field(0.01, ge=0, description="DPU: W range over the stable group")
+    unstable_base: UnitInterval = Field(0.999, description="DPU: W of the lowest-score unstable layer")
+    unstable_rank_base: Real = Field(0.001, ge=0, description="DPU: W range over the unstable group")
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.interval, int) or self.interval < 1:
-            raise ValueError(f"exchange interval must be a positive integer, got {self.interval!r}")
-        for name in ("weight", "stable_base", "unstable_base"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"exchange {name} must be in [0, 1], got {value}")
+    @model_validator(mode="after")
+    def _bases_within_one(self) -> "ExchangeConfig":
         for base, rank in (("stable_base", "stable_rank_base"), ("unstable_base", "unstable_rank_base")):
-            if getattr(self, rank) < 0 or getattr(self, base) + getattr(self, rank) > 1.0 + 1e-12:
-                raise ValueError(f"exchange {base} + {rank} must stay within [0, 1]")
+            if getattr(self, base) + getattr(self, rank) > 1.0 + 1e-12:
+                raise ValueError(f"{base} + {rank} must stay within [0, 1]")
+        return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def identity(self) -> dict:
+        """The values that change the result: the fixed weight or the DPU bases, not both."""
+        values = self.to_dict()
+        unused = ("stable_base", "stable_rank_base", "unstable_base", "unstable_rank_base") if not self.dpu else ("weight",)
+        return {key: value for key, value in values.items() if key not in unused}
+
+    def step_decay(self) -> float:
+        """The fixed W spread over the interval, ``weight ** (1 / interval)``: the per-step EMA decay with the same
+        time constant as the fixed-W exchange (FT-EMA's matched default)."""
+        return self.weight ** (1.0 / self.interval)
 
 
 def dpu_weights(layer_scores: list[tuple[str, float]], base: float, rank_base: float) -> dict[str, float]:

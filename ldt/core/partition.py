@@ -89,6 +89,9 @@ class Partition:
         unknown = sorted(set(data) - known)
         if unknown:
             raise PartitionError(f"unknown partition fields {unknown}")
+        missing = sorted(name for name in ("stable", "unstable") if name not in data)
+        if missing:
+            raise PartitionError(f"not a partition: the fields {missing} are missing")
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -103,15 +106,30 @@ class Partition:
                 data = json.load(handle)
         except FileNotFoundError:
             raise PartitionError(f"partition file not found: {path}") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise PartitionError(f"partition file {path} is not valid JSON: {err}") from None
-        partition = cls.from_dict(data)
+        except OSError as err:
+            raise PartitionError(f"partition file {path} cannot be read: {err.strerror}") from None
+        if not isinstance(data, dict):
+            raise PartitionError(f"partition file {path} holds a {type(data).__name__}, not a partition")
+        try:
+            partition = cls.from_dict(data)
+        except PartitionError as err:
+            raise PartitionError(f"partition file {path}: {err}") from None
         if model is not None:
             try:
                 partition.check_model(model)
             except PartitionError as err:
                 raise PartitionError(f"{path}: {err}") from None
         return partition
+
+
+def match_names(names: Iterable[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the ``names`` matching any regex in ``patterns`` by ``re.search``, in their order; the patterns that match
+    none). An invalid regex raises ``re.error``."""
+    compiled = [re.compile(p) for p in patterns]
+    matched = [name for name in names if any(p.search(name) for p in compiled)]
+    return matched, [p.pattern for p in compiled if not any(p.search(n) for n in matched)]
 
 
 def stable_count(num_layers: int, unstable_ratio: float) -> int:
@@ -198,17 +216,11 @@ def partition_by_patterns(
     The DeFT baseline is ``partition_by_patterns(model, head_patterns)`` (backbone stable, head unstable). FT and
     LP-FT train one network with everything stable: ``partition_by_patterns(model, [])``.
     """
-    compiled = [re.compile(p) for p in unstable_patterns]
-    skip = [re.compile(p) for p in excluded_patterns]
-    stable, unstable, excluded = [], [], []
-    for name, _ in model.named_parameters():
-        if any(p.search(name) for p in skip):
-            excluded.append(name)
-        elif any(p.search(name) for p in compiled):
-            unstable.append(name)
-        else:
-            stable.append(name)
-    unmatched = [p.pattern for p in compiled if not any(p.search(n) for n in unstable)]
+    names = [name for name, _ in model.named_parameters()]
+    excluded = match_names(names, excluded_patterns)[0]
+    unstable, unmatched = match_names([name for name in names if name not in set(excluded)], unstable_patterns)
+    grouped = set(excluded) | set(unstable)
+    stable = [name for name in names if name not in grouped]
     if unmatched:
         raise PartitionError(f"patterns match no parameter of {type(model).__name__}: {unmatched}")
     return Partition(stable=stable, unstable=unstable, excluded=excluded, criterion=criterion)

@@ -5,7 +5,6 @@ LDT probes gradient variance after the warm-up, so that a random head does not d
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -13,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ldt.core.dual import set_trainable
+from ldt.core.partition import match_names
 from ldt.core.probe import LossFn, progress_bar
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -20,9 +20,7 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     """Names of the parameters matching any regex in ``patterns`` (``re.search``); error if a pattern matches none."""
-    compiled = [re.compile(p) for p in patterns]
-    names = [name for name, _ in model.named_parameters() if any(p.search(name) for p in compiled)]
-    unmatched = [p.pattern for p in compiled if not any(p.search(n) for n in names)]
+    names, unmatched = match_names((name for name, _ in model.named_parameters()), patterns)
     if unmatched:
         raise ValueError(f"warm-up patterns match no parameter of {type(model).__name__}: {unmatched}")
     return names

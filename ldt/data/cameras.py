@@ -1,4 +1,4 @@
-"""DRealSR cameras: the camera table, folder discovery, pairing by name, validation, LMDB/meta-info export.
+"""DRealSR cameras: the camera table, folder discovery, pairing by name, validation, LMDB/meta-info reading.
 
 Needs only numpy/cv2 (no torch code), so indexing and option building never touch a model or a tensor. (Importing it
 through the ``ldt.data`` package still runs that package's dataset registration, which imports basicsr.)
@@ -243,13 +243,26 @@ def pair_names(hr_names: Iterable[str], lr_names: Iterable[str], scale: int) -> 
     return result
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """``entry.is_file()`` that names a broken entry (a symlink loop, no permission) instead of an errno traceback."""
+    try:
+        return entry.is_file()
+    except OSError as err:
+        raise DatasetError(f"cannot read {entry.path}: {err.strerror}"
+                           + (" (a symlink loop)" if err.errno == 40 else "")) from None
+
+
 def list_images(folder: str | Path) -> list[str]:
     """Basenames of the image files directly inside ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"image folder {folder} does not exist")
-    return sorted(entry.name for entry in os.scandir(folder)
-                  if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file())
+        raise DatasetError(f"image folder {folder} does not exist" + (" (a symlink loop)" if folder.is_symlink() else ""))
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as err:
+        raise DatasetError(f"cannot list {folder}: {err.strerror}") from None
+    return sorted(entry.name for entry in entries
+                  if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and _is_file(entry))
 
 
 def pair_folders(hr_dir: str | Path, lr_dir: str | Path, scale: int) -> PairingResult:
@@ -262,7 +275,7 @@ def pair_folders(hr_dir: str | Path, lr_dir: str | Path, scale: int) -> PairingR
 # ------------------------------------------------------------------------------------------------------ discovery
 
 
-def _check_split(split: str) -> str:
+def check_split(split: str) -> str:
     if split not in SPLITS:
         raise DatasetError(f"option 'split' must be one of {SPLITS}, got {split!r}")
     return split
@@ -284,12 +297,17 @@ def find_split_dirs(dataroot: str | Path, split: str, scale: int = 4) -> tuple[P
     doubled folder (``Test_x4/Test_x4/test_HR``), plain ``HR``/``LR`` names, and ``dataroot`` pointing at any level of
     it. The nearest ``train``/``test`` and ``x<s>`` folder names must agree with ``split`` and ``scale``.
     """
-    _check_split(split)
+    check_split(split)
     root = Path(dataroot)
     if not root.is_dir():
-        raise DatasetError(f"dataroot {root} does not exist (set 'dataroot', or 'dataroot_gt' and 'dataroot_lq')")
+        loop = " (a symlink loop)" if root.is_symlink() else ""
+        raise DatasetError(f"dataroot {root} does not exist{loop} (set 'dataroot', or 'dataroot_gt' and 'dataroot_lq')")
     found: list[tuple[Path, Path]] = []
-    for dirpath, dirnames, _ in os.walk(root):
+
+    def walk_error(err: OSError) -> None:
+        raise DatasetError(f"cannot search {err.filename}: {err.strerror}")
+
+    for dirpath, dirnames, _ in os.walk(root, onerror=walk_error):
         here = Path(dirpath)
         relative = here.relative_to(root).parts
         dirnames[:] = [] if len(relative) >= _MAX_SEARCH_DEPTH else sorted(
@@ -344,15 +362,26 @@ def decode_image(content: bytes | None, name: str) -> np.ndarray:
     return image[:, :, :3].astype(np.float32) / 255.0
 
 
+# How a complete file of each format ends (a truncated download or an interrupted copy does not).
+_END_MARKERS = {".png": (b"IEND", 12), ".jpg": (b"\xff\xd9", 64), ".jpeg": (b"\xff\xd9", 64)}
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the file header only; cheap enough to check every pair at dataset construction."""
+    """(height, width) from the file header, and for PNG / JPEG the end marker: cheap enough (no decoding) to check
+    every pair before training, and it catches truncated files, which a header read alone does not."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             width, height = image.size
+        marker = _END_MARKERS.get(os.path.splitext(str(path))[1].lower())
+        if marker is not None:
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.path.getsize(path) - marker[1]))
+                if marker[0] not in handle.read():
+                    raise DatasetError(f"image {path} is truncated (its end marker is missing)")
     except (OSError, UnidentifiedImageError) as error:
-        raise DatasetError(f"cannot read image {path}: {error}") from error
+        raise DatasetError(f"cannot read image {path}: {error}") from None
     return height, width
 
 
@@ -377,7 +406,7 @@ def crop_gt_to_lq(img_gt: np.ndarray, img_lq: np.ndarray, scale: int, tolerance:
 
 def lmdb_paths(lmdb_root: str | Path, split: str, scale: int, camera: str) -> tuple[Path, Path]:
     """Where the per-camera LMDBs live: ``<root>/x<scale>/<split>/<camera>_{HR,LR}.lmdb`` (writer and reader agree)."""
-    folder = Path(lmdb_root) / f"x{scale}" / _check_split(split)
+    folder = Path(lmdb_root) / f"x{scale}" / check_split(split)
     return folder / f"{camera}_HR.lmdb", folder / f"{camera}_LR.lmdb"
 
 
@@ -395,70 +424,11 @@ def read_lmdb_meta(db: str | Path) -> dict[str, tuple[int, int, int]]:
     return shapes
 
 
-def _stem(name: str) -> str:
+def name_stem(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
 
-def write_lmdb(
-    pairs: Sequence[ImagePair], lmdb_root: str | Path, split: str, scale: int
-) -> dict[str, tuple[Path, Path]]:
-    """Write one HR and one LR LMDB per camera of ``pairs`` (disk pairs from :func:`collect_pairs`).
-
-    Values are the original file bytes (no re-encoding); keys are basenames without extension and ``meta_info.txt``
-    has basicsr's ``name.png (h,w,c) level`` lines, so basicsr's ``LmdbBackend`` reads them. Every image is decoded
-    once here, so a corrupt file fails now, with its name. Refuses to overwrite an existing LMDB.
-    """
-    import lmdb
-
-    by_camera: dict[str, list[ImagePair]] = defaultdict(list)
-    for pair in pairs:
-        by_camera[str(pair.camera)].append(pair)
-    written = {}
-    for camera, camera_pairs in sorted(by_camera.items()):
-        dbs = lmdb_paths(lmdb_root, split, scale, camera)
-        for db, paths in zip(dbs, ([p.hr for p in camera_pairs], [p.lr for p in camera_pairs])):
-            if db.exists():
-                raise DatasetError(f"LMDB {db} already exists; remove it or choose another output folder")
-            db.parent.mkdir(parents=True, exist_ok=True)
-            map_size = sum(os.path.getsize(path) for path in paths) * 2 + (64 << 20)
-            meta_lines = []
-            env = lmdb.open(str(db), map_size=map_size)
-            with env.begin(write=True) as txn:
-                for path in paths:
-                    content = Path(path).read_bytes()
-                    image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
-                    if image is None:
-                        raise DatasetError(f"cannot decode image {path}: corrupt or not an image")
-                    height, width = image.shape[:2]
-                    channels = 1 if image.ndim == 2 else image.shape[2]
-                    name = Path(path).name
-                    txn.put(_stem(name).encode("ascii"), content)
-                    meta_lines.append(f"{name} ({height},{width},{channels}) 0\n")
-            env.close()
-            (db / "meta_info.txt").write_text("".join(meta_lines))
-        written[camera] = dbs
-    return written
-
-
 # ------------------------------------------------------------------------------------------------------ meta info
-
-
-def meta_info_path(folder: str | Path, split: str, scale: int, camera: str) -> Path:
-    return Path(folder) / f"DRealSR_x{scale}_{_check_split(split)}_{camera}.txt"
-
-
-def write_meta_info(pairs: Sequence[ImagePair], folder: str | Path, split: str, scale: int) -> list[Path]:
-    """One text file per camera, one ``<HR name> <LR name>`` line per pair (first token = HR, as in basicsr)."""
-    by_camera: dict[str, list[ImagePair]] = defaultdict(list)
-    for pair in pairs:
-        by_camera[str(pair.camera)].append(pair)
-    written = []
-    for camera, camera_pairs in sorted(by_camera.items()):
-        path = meta_info_path(folder, split, scale, camera)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{Path(p.hr).name} {Path(p.lr).name}\n" for p in camera_pairs))
-        written.append(path)
-    return written
 
 
 def read_meta_info(paths: str | Path | Sequence[str | Path]) -> set[str]:
@@ -533,7 +503,7 @@ def collect_pairs(
     dataroot_lq: str | Path | None = None,
     backend: str = "disk",
     strict: bool = True,
-    check_sizes: bool | None = None,
+    check_sizes: bool = True,
     size_tolerance: int | None = None,
     min_lq_size: int = 0,
     held_out: Mapping[str, Any] | None = None,
@@ -541,10 +511,10 @@ def collect_pairs(
 ) -> PairSet:
     """Everything a dataset needs to know before reading pixels: discovery, pairing, camera filter, cheap checks.
 
-    ``check_sizes`` reads image headers (disk) to catch unreadable files and wrong scales now; None means "when there
-    are at most 5000 pairs". LMDB sizes come from ``meta_info.txt`` and are always checked.
+    ``check_sizes`` reads every image header (disk) to catch unreadable files and wrong scales now, before training;
+    LMDB sizes come from ``meta_info.txt`` and are always checked.
     """
-    _check_split(split)
+    check_split(split)
     keys = resolve_cameras(cameras)
     tolerance = 4 * scale if size_tolerance is None else int(size_tolerance)
     if backend not in ("disk", "lmdb"):
@@ -573,14 +543,14 @@ def collect_pairs(
             result = pair_names(hr_meta, lr_meta, scale)
             wanted = keys if explicit else (label,)
             for pair in select_pairs(result, wanted, f"{hr_db} + {lr_db}", strict):
-                hr_key, lr_key = _stem(pair.hr), _stem(pair.lr)
+                hr_key, lr_key = name_stem(pair.hr), name_stem(pair.lr)
                 shapes[hr_key], shapes[lr_key] = hr_meta[pair.hr][:2], lr_meta[pair.lr][:2]
                 pairs.append(replace(pair, hr=hr_key, lr=lr_key, db=label))
             databases[label] = (hr_db, lr_db)
 
     if meta_info_file is not None:
-        listed = {_stem(name) for name in read_meta_info(meta_info_file)}
-        pairs = [pair for pair in pairs if _stem(Path(pair.hr).name) in listed]
+        listed = {name_stem(name) for name in read_meta_info(meta_info_file)}
+        pairs = [pair for pair in pairs if name_stem(Path(pair.hr).name) in listed]
         if not pairs:
             raise DatasetError(f"meta_info_file {meta_info_file} lists none of the pairs found")
     if held_out:
@@ -590,7 +560,7 @@ def collect_pairs(
         pairs = held_out_split(pairs, float(held_out["fraction"]), int(held_out.get("seed", 0)),
                                str(held_out.get("part", "train")))
 
-    if backend == "disk" and (check_sizes or (check_sizes is None and len(pairs) <= 5000)):
+    if backend == "disk" and check_sizes:
         for pair in pairs:
             shapes[pair.hr], shapes[pair.lr] = image_size(pair.hr), image_size(pair.lr)
     for pair in pairs:
@@ -622,7 +592,7 @@ def camera_val_options(
             "name": f"{name_prefix}{camera_label(spec)}",
             "type": DATASET_TYPE,
             "dataroot": str(dataroot),
-            "split": _check_split(split),
+            "split": check_split(split),
             "cameras": list(resolve_cameras(spec)),
             "scale": scale,
             "io_backend": dict(io_backend or {"type": "disk"}),

@@ -1,19 +1,12 @@
 """BasicSR dataset of DRealSR-style LR/HR pairs restricted to chosen cameras (real DRealSR or the synthetic benchmark).
 
-Options (BasicSR YAML; ``phase`` is added by BasicSR's train/test scripts)::
+Its options are :class:`ldt.data.options.DRealSRCameraOptions` (every key, type and default is declared there)::
 
     type: DRealSRCameraDataset
     dataroot: datasets/DRealSR        # searched for the split folders; for LMDB: the --lmdb output folder
     split: train                      # train | test
-    cameras: [olympus]                # keys, aliases (canon_all, targets, all) or a list; several = multi-source
-    scale: 4
+    cameras: [olympus]                # required: keys, aliases (canon_all, targets, all) or a list
     gt_size: 192                      # HR training crop (LR patch 48 at x4); train phase only
-    use_hflip: true                   # train phase only
-    use_rot: true                     # train phase only
-    io_backend: {type: disk}          # or {type: lmdb}
-    # optional: dataroot_gt / dataroot_lq (explicit folders or .lmdb), held_out: {fraction, seed, part},
-    #           strict (default true), check_sizes (default: if <= 5000 pairs), size_tolerance (default 4*scale px),
-    #           meta_info_file (restrict to the HR names listed)
 
 Items are ``{'lq', 'gt', 'lq_path', 'gt_path', 'camera'}`` with RGB float tensors in [0, 1], as basicsr's
 ``PairedImageDataset``. Outside the train phase the HR is cropped to LR x scale (DRealSR HRs can be a few px larger).
@@ -26,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from torch.utils import data
 
 from ldt.compat import patch_basicsr
+from ldt.core.config import describe_errors
 from ldt.data.cameras import DatasetError, ImagePair, collect_pairs, crop_gt_to_lq, decode_image
+from ldt.data.options import DRealSRCameraOptions
 
 patch_basicsr()
 from basicsr.data.transforms import augment, paired_random_crop  # noqa: E402
@@ -41,10 +37,10 @@ from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
 _LMDB_CLIENTS: dict[str, FileClient] = {}
 
 
-def _lmdb_client(db: Path, options: dict[str, Any]) -> FileClient:
+def _lmdb_client(db: Path) -> FileClient:
     key = os.path.realpath(db)
     if key not in _LMDB_CLIENTS:
-        _LMDB_CLIENTS[key] = FileClient("lmdb", db_paths=[key], client_keys=["default"], **options)
+        _LMDB_CLIENTS[key] = FileClient("lmdb", db_paths=[key], client_keys=["default"])
     return _LMDB_CLIENTS[key]
 
 
@@ -65,31 +61,34 @@ class DRealSRCameraDataset(data.Dataset):
 
     def __init__(self, opt: dict[str, Any]) -> None:
         super().__init__()
-        self.opt = opt
-        self.scale = int(opt.get("scale", 4))
-        self.split = opt.get("split", "train")
-        held_out = opt.get("held_out") or None
-        training_part = self.split == "train" and (held_out or {}).get("part", "train") == "train"
-        self.train = opt.get("phase", "train" if training_part else "val") == "train"  # BasicSR sets 'phase'
-        self.gt_size = int(opt.get("gt_size", 48 * self.scale))
+        try:
+            options = DRealSRCameraOptions.model_validate(opt)
+        except ValidationError as err:
+            where = f"dataset '{opt.get('name')}'" if isinstance(opt, dict) else "dataset"
+            raise DatasetError(f"{where}: " + "; ".join(describe_errors(err, DRealSRCameraOptions))) from None
+        self.opt, self.options = opt, options
+        self.scale = options.scale or 4
+        self.split = options.split
+        training_part = self.split == "train" and (options.held_out is None or options.held_out.part == "train")
+        self.train = (options.phase or ("train" if training_part else "val")) == "train"  # BasicSR sets 'phase'
+        self.gt_size = options.gt_size or 48 * self.scale
         if self.train and self.gt_size % self.scale:
             raise DatasetError(f"gt_size {self.gt_size} is not a multiple of scale {self.scale}")
-        self.size_tolerance = int(opt.get("size_tolerance", 4 * self.scale))
-        self.io_backend_opt = dict(opt.get("io_backend") or {"type": "disk"})
+        self.size_tolerance = 4 * self.scale if options.size_tolerance is None else options.size_tolerance
         pair_set = collect_pairs(
             split=self.split,
-            cameras=opt.get("cameras"),
+            cameras=options.cameras,
             scale=self.scale,
-            dataroot=opt.get("dataroot"),
-            dataroot_gt=opt.get("dataroot_gt"),
-            dataroot_lq=opt.get("dataroot_lq"),
-            backend=self.io_backend_opt.get("type", "disk"),
-            strict=bool(opt.get("strict", True)),
-            check_sizes=opt.get("check_sizes"),
+            dataroot=options.dataroot,
+            dataroot_gt=options.dataroot_gt,
+            dataroot_lq=options.dataroot_lq,
+            backend=options.io_backend.type,
+            strict=options.strict,
+            check_sizes=options.check_sizes,
             size_tolerance=self.size_tolerance,
             min_lq_size=self.gt_size // self.scale if self.train else 0,
-            held_out=held_out,
-            meta_info_file=opt.get("meta_info_file"),
+            held_out=options.held_out.to_dict() if options.held_out else None,
+            meta_info_file=options.meta_info_file,
         )
         self.pairs = pair_set.pairs
         self.cameras = tuple(sorted({pair.camera for pair in self.pairs}))
@@ -104,8 +103,7 @@ class DRealSRCameraDataset(data.Dataset):
                 self.file_client = FileClient("disk")
             return decode_image(self.file_client.get(location), location)
         db = self.databases[pair.db][side]
-        options = {k: v for k, v in self.io_backend_opt.items() if k not in ("type", "db_paths", "client_keys")}
-        return decode_image(_lmdb_client(db, options).get(location, "default"), f"{location} in {db}")
+        return decode_image(_lmdb_client(db).get(location, "default"), f"{location} in {db}")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
@@ -116,7 +114,7 @@ class DRealSRCameraDataset(data.Dataset):
             if min(img_lq.shape[:2]) < lq_patch:
                 raise DatasetError(f"{pair.lr}: LR size {img_lq.shape[:2]} is smaller than the LR patch {lq_patch}")
             img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.gt_size, self.scale, pair.hr)
-            img_gt, img_lq = augment([img_gt, img_lq], self.opt.get("use_hflip", True), self.opt.get("use_rot", True))
+            img_gt, img_lq = augment([img_gt, img_lq], self.options.use_hflip, self.options.use_rot)
         img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)
         return {"lq": img_lq, "gt": img_gt, "lq_path": pair.lr, "gt_path": pair.hr, "camera": pair.camera}
 

@@ -6,6 +6,7 @@ official evaluation, so our numbers are directly comparable with published ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,8 @@ patch_basicsr()
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 
-METRICS = {"psnr": calculate_psnr, "ssim": calculate_ssim}
+METRICS = {"calculate_psnr": calculate_psnr, "calculate_ssim": calculate_ssim}
+DEFAULT_METRICS = {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calculate_ssim"}}
 
 
 def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -56,12 +58,20 @@ def tiled_forward(model: nn.Module, lq: torch.Tensor, scale: int, tile: int | No
     return output / weight
 
 
-def image_metrics(sr: torch.Tensor, gt: torch.Tensor, crop_border: int, metrics=("psnr", "ssim")) -> dict[str, float]:
-    """PSNR/SSIM on Y of one image pair (tensors in [0, 1], 1×C×H×W or C×H×W), via basicsr on uint8."""
+def image_metrics(sr: torch.Tensor, gt: torch.Tensor, crop_border: int, metrics: Mapping[str, Mapping] = DEFAULT_METRICS) -> dict[str, float]:
+    """The ``val:metrics`` of one image pair (tensors in [0, 1], 1×C×H×W or C×H×W), via basicsr on uint8.
+
+    Each metric is ``{type: calculate_psnr | calculate_ssim, crop_border: (None: ``crop_border``), test_y_channel}``.
+    """
     sr_img, gt_img = tensor2img([sr.detach().cpu()]), tensor2img([gt.detach().cpu()])
     if sr_img.shape != gt_img.shape:
         raise ValueError(f"SR output {sr_img.shape} and GT {gt_img.shape} differ in size")
-    return {name: float(METRICS[name](sr_img, gt_img, crop_border=crop_border, test_y_channel=True)) for name in metrics}
+    values = {}
+    for name, spec in metrics.items():
+        border = crop_border if spec.get("crop_border") is None else spec["crop_border"]
+        values[name] = float(METRICS[spec["type"]](sr_img, gt_img, crop_border=border,
+                                                   test_y_channel=spec.get("test_y_channel", True)))
+    return values
 
 
 @dataclass
@@ -107,15 +117,15 @@ def evaluate_loader(
     device: torch.device,
     scale: int,
     *,
-    crop_border: int | None = None,
     tile: int | None = None,
     overlap: int = 32,
-    metrics=("psnr", "ssim"),
+    metrics: Mapping[str, Mapping] = DEFAULT_METRICS,
     progress: bool = False,
     description: str = "eval",
     on_image=None,
 ) -> list[dict[str, float]]:
-    """Metrics of every image of a validation loader (batch size 1). ``on_image(name, sr, values)`` is optional."""
+    """Metrics of every image of a validation loader (batch size 1; crop border: the scale unless a metric sets
+    one). ``on_image(name, sr, values)`` is optional."""
     was_training = model.training
     model.eval()
     results = []
@@ -128,7 +138,7 @@ def evaluate_loader(
         for data in iterator:
             lq = data["lq"].to(device)
             sr = tiled_forward(model, lq, scale, tile, overlap).clamp_(0, 1)
-            values = image_metrics(sr[0], data["gt"][0], scale if crop_border is None else crop_border, metrics)
+            values = image_metrics(sr[0], data["gt"][0], scale, metrics)
             results.append(values)
             if on_image is not None:
                 on_image(data["lq_path"][0], sr, values)

@@ -23,19 +23,20 @@ import torch
 from ldt.compat import patch_basicsr
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.data.synthetic_cameras import build_bicubic_pretrain_set, build_synthetic_cameras
-from ldt.experiment import camera_dataset, camera_run_options, run_stage
-from ldt.options import prepare_options
+from ldt.sr.experiment import RunBudget, camera_dataset, camera_run_options, run_stage
+from ldt.sr.options import PROJECT_ROOT, prepare_options
 
 patch_basicsr()
 from basicsr.utils import tensor2img  # noqa: E402
 
 from ldt.core import Partition  # noqa: E402
-from ldt.evaluation import image_metrics  # noqa: E402
-from ldt.figures import plot_gradient_spread, plot_validation_curves, plot_visual_comparison  # noqa: E402
-from ldt.testing import run_test  # noqa: E402
-from ldt.train import PROJECT_ROOT  # noqa: E402
+from ldt.sr.evaluate import run_test  # noqa: E402
+from ldt.sr.figures import plot_gradient_spread, plot_validation_curves, plot_visual_comparison  # noqa: E402
+from ldt.sr.metrics import image_metrics  # noqa: E402
+from ldt.weights import read_weights  # noqa: E402
 
 CAMERAS = ("source",) + TARGET_CAMERAS
+ARCH = "safmn_tiny"  # 19k parameters: 4k pre-training + 2 fine-tunings of 2k iterations fit the CPU budget
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def visual_crops(weights: dict[str, Path], network: dict, data_root: Path, out: 
     panels = [("LR (nearest)", rgb(lr_up), image_metrics(lr_up[..., window[0], window[1]], gt_crop, 0)["psnr"])]
     for method, path in weights.items():
         net = ARCH_REGISTRY.get(network["type"])(**{k: v for k, v in network.items() if k != "type"})
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["params"], strict=True)
+        net.load_state_dict(read_weights(path, model=net), strict=True)
         with torch.no_grad():
             sr = net.eval()(lq)[0].clamp(0, 1)
         panels.append((method, rgb(sr), image_metrics(sr[..., window[0], window[1]], gt_crop, 0)["psnr"]))
@@ -121,19 +122,20 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
     bicubic = build_bicubic_pretrain_set(data_dir / ("synthetic_bicubic_tiny" if plan.tiny_data else "synthetic_bicubic"), tiny=plan.tiny_data)
     # The paper exchanges every 10 of 200k steps (20k exchanges). With 2k steps, exchanging every step keeps the
     # composite (built from the EMA-updated groups, W up to 0.999) from lagging far behind the trained branches.
-    common = dict(batch_size=plan.batch_size, gt_size=plan.gt_size, seed=seed, val_freq=plan.val_freq,
-                  probe_batches=plan.probe_batches, interval=plan.exchange_interval)
+    ldt = {"probe": {"num_batches": plan.probe_batches}, "exchange": {"interval": plan.exchange_interval}}
     prefix = "demo" if budget == "full" else f"demo_{budget}"
 
-    pre_opt = camera_run_options(f"{prefix}/pretrain", bicubic, method="ft", source=("bicubic",), targets=(),
-                                 total_iter=plan.pretrain_iters, lr=1e-3, **common)
+    pre_budget = RunBudget(plan.pretrain_iters, plan.batch_size, plan.gt_size, plan.val_freq)
+    pre_opt = camera_run_options(f"{prefix}/pretrain", bicubic, pre_budget, arch=ARCH, method="ft", seed=seed,
+                                 source=("bicubic",), targets=(), lr=1e-3, ldt=ldt)
     run_stage(pre_opt, root, force)
     pretrained = root / "experiments" / pre_opt["name"] / "models" / "net_g_latest.pth"
 
     reports = {}
+    fine_budget = RunBudget(plan.finetune_iters, plan.batch_size, plan.gt_size, plan.val_freq)
     for method, label in (("ft", "FT"), ("ldt", "LDT+DPU")):
-        opt = camera_run_options(f"{prefix}/{method}", cameras, method=method, total_iter=plan.finetune_iters,
-                                 pretrained=pretrained, **common)
+        opt = camera_run_options(f"{prefix}/{method}", cameras, fine_budget, arch=ARCH, method=method, seed=seed,
+                                 pretrained=pretrained, ldt=ldt)
         reports[label] = run_stage(opt, root, force)
     network = pre_opt["network_g"]
     columns = {"pretrained": evaluate_weights(pretrained, cameras, network, root, f"{prefix}/pretrained_eval")}

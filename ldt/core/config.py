@@ -1,0 +1,283 @@
+"""Typed, validated option objects: every option is declared once (type, range, default, help) and checked on creation.
+
+They are pydantic models, so plain-PyTorch users get the same checks as YAML users, and the YAML schemas of the SR,
+classification and segmentation runners are built from these classes instead of re-declaring their defaults.
+
+Numbers are strict (a boolean is not a number, ``"abc"`` is not a float), with one convenience for option files:
+a string that spells a number (PyYAML 1.1 reads ``1e-4`` without a dot as the string ``'1e-4'``) and an integral
+float (BasicSR files write ``!!float 5e3``) are read as the number they obviously are.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import re
+import types
+import typing
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _number_from_text(value: Any) -> Any:
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _to_float(value: Any) -> Any:
+    value = _number_from_text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    return value
+
+
+def _to_int(value: Any) -> Any:
+    value = _number_from_text(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_to_float)]
+"""A float option; numeric strings such as ``'1e-4'`` are accepted."""
+Int = Annotated[int, BeforeValidator(_to_int)]
+"""An integer option; ``5000.0`` and ``'5e3'`` are accepted as 5000, ``2.5`` is not."""
+PositiveInt = Annotated[Int, Field(gt=0)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
+PositiveReal = Annotated[Real, Field(gt=0)]
+UnitInterval = Annotated[Real, Field(ge=0, le=1)]
+
+
+class Options(BaseModel):
+    """Base of every option object: unknown keys are errors, values are strict and immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="python")
+
+
+class ProbeConfig(Options):
+    """The gradient probe that scores layers (LDT, LDT-S)."""
+
+    num_batches: PositiveInt = Field(300, description="probe batches in total (over all ranks), as the official code")
+    train_mode: bool = Field(True, description="probe in train mode (stochastic depth active), as the official code")
+
+
+class WarmupConfig(Options):
+    """Head warm-up before the partition (LP-FT's linear probe; LDT's head warm-up)."""
+
+    steps: NonNegativeInt = Field(0, description="head-only training steps before the probe (0 = none)")
+    patterns: list[str] | None = Field(
+        None, description="regexes of the parameters that warm up (null = the network's head patterns)"
+    )
+    lr: PositiveReal = Field(1e-4, description="Adam learning rate of the warm-up")
+
+
+# ------------------------------------------------------------------------------------------------ error messages
+
+
+def _annotation_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Annotated, Union, list and dict values)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _annotation_models(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _annotation_models(arg)]
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _tags(model: type[BaseModel]) -> tuple[str, ...]:
+    field = model.model_fields.get("type")
+    return typing.get_args(field.annotation) if field is not None and typing.get_origin(field.annotation) is Literal else ()
+
+
+def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], list[str]]:
+    """(the option path of a pydantic error without union tags and indices shown as [i]; the field names of the
+    model the last element belongs to, for "did you mean")."""
+    path: list[str] = []
+    current: list[type[BaseModel]] = [model]
+    siblings: list[str] = list(model.model_fields)
+    for element in loc:
+        if isinstance(element, int):
+            path[-1:] = [f"{path[-1]}[{element}]"] if path else [f"[{element}]"]
+            continue
+        tagged = [m for m in current if element in _tags(m)] if len(current) > 1 else []
+        if tagged:
+            current = tagged
+            continue
+        if current and not any(element in m.model_fields for m in current) and len(current) > 1:
+            continue  # a union member's label
+        if not current and path and ("[" in str(element) or str(element) in _TYPE_LABELS):
+            continue  # the label of a union member that is not a model (e.g. 'str' of 'str | list[str]')
+        siblings = [name for m in current for name in m.model_fields]
+        path.append(str(element))
+        field = next((m.model_fields[element] for m in current if element in m.model_fields), None)
+        current = _annotation_models(field.annotation) if field is not None else []
+        if field is not None and not current:
+            dict_value = typing.get_args(field.annotation)
+            current = [m for arg in dict_value for m in _annotation_models(arg)]
+    return path, siblings
+
+
+def _message(error: dict, siblings: list[str]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    if kind == "extra_forbidden":
+        hint = difflib.get_close_matches(str(error["loc"][-1]), siblings, n=1)
+        return "unknown option" + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(siblings)}")
+    if kind == "missing":
+        return "missing (required)"
+    if kind == "literal_error":
+        choices = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        options = [c.strip() for c in choices.split(",") if c.strip()]
+        hint = difflib.get_close_matches(str(value), options, n=1) if isinstance(value, str) else []
+        return f"must be one of {choices}, got {shown}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = str(ctx.get("expected_tags", "")).replace("'", "")
+        if kind == "union_tag_not_found":
+            return f"missing 'type' (one of {tags})" if tags else "missing 'type'"
+        hint = difflib.get_close_matches(str(ctx.get("tag")), [t.strip() for t in tags.split(",")], n=1)
+        return f"unknown type '{ctx.get('tag')}'; choose from {tags}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit:g}, got {shown}" if isinstance(limit, float) else \
+            f"must be {bounds[kind]} {limit}, got {shown}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {type(value).__name__} {shown}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {type(value).__name__} {shown}"
+    if kind == "bool_type":
+        return f"expected true or false, got {type(value).__name__} {shown}"
+    if kind == "string_type":
+        return f"expected a string, got {type(value).__name__} {shown}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping, got {type(value).__name__} {shown}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a list, got {type(value).__name__} {shown}"
+    if kind == "too_short" or kind == "too_long":
+        return f"{error['msg'].lower()}, got {shown}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg']}, got {shown}"
+
+
+def describe_errors(err: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[str]:
+    """One line per error: the option path (union tags dropped) and a plain message, with "did you mean".
+
+    A misspelled required key is one problem, not two: its "missing" line is dropped when an unknown key beside it
+    is suggested as the fix.
+    """
+    located = [(error, *_readable_loc(model, error["loc"])) for error in err.errors()]
+    suggested = set()
+    for error, path, siblings in located:
+        if error["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(path[-1], siblings, n=1)
+            suggested.update(tuple(path[:-1]) + (h,) for h in hint)
+    messages: dict[str, list[str]] = {}  # several errors at one place come from the members of a union
+    for error, path, siblings in located:
+        if error["type"] == "missing" and tuple(path) in suggested:
+            continue
+        if error["type"].startswith("union_tag"):
+            path = [*path, "type"]
+        messages.setdefault(":".join([*prefix, *path]), []).append(_message(error, siblings))
+    return [f"{where}: {' or '.join(dict.fromkeys(texts))}" if where else " or ".join(dict.fromkeys(texts))
+            for where, texts in messages.items()]
+
+
+def validate_into(model: type[BaseModel], data: Any, prefix: Sequence[str], problems: list[str]) -> BaseModel | None:
+    """``model`` validated from ``data``, or None with every problem appended to ``problems`` (prefixed)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        problems += describe_errors(err, model, prefix)
+        return None
+
+
+# --------------------------------------------------------------------------------------------- option reference
+
+_BOUND_SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=", "max_length": "length <="}
+
+
+def type_name(annotation: Any) -> str:
+    """A reader's name for an option type: ``integer``, ``number``, ``list of string``, ``a | b``, ``mapping``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(type_name(a) for a in args))
+    if origin in (list, tuple, Sequence) or origin is typing.get_origin(Sequence[int]):
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"mapping of {type_name(args[1])}" if args else "mapping"
+    names = {int: "integer", float: "number", bool: "boolean", str: "string", type(None): "null", Any: "any"}
+    if annotation in names:
+        return names[annotation]
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _constraints(field) -> str:
+    parts = []
+    for item in field.metadata:
+        for key, sign in _BOUND_SIGNS.items():
+            value = getattr(item, key, None)
+            if value is not None:
+                parts.append(f"{sign} {value:g}" if isinstance(value, float) else f"{sign} {value}")
+    return ", ".join(parts)
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "(required)"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "(section)"
+    if value is None:
+        return "null"
+    return f"`{value}`" if not isinstance(value, str) or value else "`''`"
+
+
+def option_rows(model: type[BaseModel], prefix: str = "") -> list[list[str]]:
+    """One row per user option of ``model`` (sections expanded), skipping the keys the pipeline sets
+    (fields marked ``json_schema_extra={'runtime': True}``)."""
+    rows = []
+    for name, field in model.model_fields.items():
+        if (field.json_schema_extra or {}).get("runtime"):
+            continue
+        path = f"{prefix}{name}"
+        nested = _annotation_models(field.annotation)
+        if nested and typing.get_origin(field.annotation) is not dict:
+            kinds = [tag for model in nested for tag in _tags(model)]
+            rows.append([f"`{path}`", "section" if len(nested) == 1 else f"one of type {', '.join(kinds)}",
+                         _default(field) if len(nested) > 1 else "", "", field.description or ""])
+            for model in nested:
+                tag = f" ({', '.join(_tags(model))})" if len(nested) > 1 else ""
+                rows += [[f"{row[0]}{tag}", *row[1:]] for row in option_rows(model, f"{path}:")
+                         if not (tag and row[0] == f"`{path}:type`")]
+            continue
+        rows.append([f"`{path}`", type_name(field.annotation), _default(field), _constraints(field),
+                     field.description or ""])
+    return rows
+
+
+def runtime(description: str = "set by the pipeline, not by users") -> Any:
+    """A key the pipeline (ours or BasicSR's) writes into the options at run time: accepted, not documented."""
+    return Field(None, description=description, json_schema_extra={"runtime": True})

@@ -1,0 +1,649 @@
+"""Fine-tuning methods as objects, and a registry by name: FT, FT-EMA, LP-FT, DeFT, LDT (fixed W / DPU), LDT-S.
+
+A method is a small object in the spirit of DomainBed's algorithm classes and ``torch.optim.swa_utils.AveragedModel``:
+
+* :meth:`Method.branches` — the networks that train and the parameters each branch's optimizer steps;
+* :meth:`Method.step` — what runs after every training step (the exchange, LDT-S's turn switch, an EMA);
+* :meth:`Method.deployed` — the one network that is validated, saved and used at inference;
+* :meth:`Method.state_dict` / :meth:`Method.load_state_dict` — everything needed to resume exactly;
+* :meth:`Method.repartition` — switch to a new partition mid-training (LDT, LDT-S).
+
+Each method's rules live in its class: whether it warms up a head, where its partition comes from (none, the head
+patterns, probe scores), which exchange options it fixes (DeFT: a fixed W), which options change its result (the run
+identity), and which option values cannot work (:meth:`Method.check`, run before any data is read).
+:func:`prepare_method` runs the method's preparation (warm-up, probe, partition) and returns it ready to train; the
+training loop stays the caller's, so SR (BasicSR), classification, segmentation and plain PyTorch share it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Literal, Sequence
+
+import torch
+import torch.distributed as dist
+from pydantic import Field, field_validator
+from torch import nn
+
+from ldt.core.config import Int, NonNegativeInt, Options, ProbeConfig, Real, WarmupConfig
+from ldt.core.dual import DualBranch, EMAPlan, materialise
+from ldt.core.exchange import ExchangeConfig
+from ldt.core.partition import (
+    CRITERIA,
+    Partition,
+    PartitionError,
+    match_names,
+    partition_by_patterns,
+    partition_by_score,
+    stable_count,
+)
+from ldt.core.probe import LossFn, layer_groups, probe_gradients
+from ldt.core.single import SingleBranchLDT
+from ldt.core.warmup import warmup
+
+logger = logging.getLogger("ldt")
+
+STATE_FORMAT = "ldt.method/1"
+BatchSource = Callable[[str, int], Iterable]
+"""``batches(purpose, seed)``: the batches for ``purpose`` ('warmup' or 'probe'), in an order given by ``seed``."""
+Problem = tuple[str, str]
+"""(option path inside the method options, what is wrong), e.g. ``('warmup:steps', 'lpft needs ...')``."""
+
+
+class MethodError(ValueError):
+    """A method cannot run with these options or on this model; the message names the option."""
+
+
+class MethodConfig(Options):
+    """Options of a method (the ``ldt:`` block of an SR option file). Each method reads only what it uses."""
+
+    method: str = Field("ldt", description="the method (see the methods table)")
+    criterion: Literal[CRITERIA] = Field("var", description="probe score that ranks the layers (paper Table 2)")
+    unstable_ratio: Real = Field(0.4, gt=0, lt=1, description="fraction of layers marked unstable (paper Table 9)")
+    group_by: Literal["tensor", "module"] = Field("tensor", description="a layer is one parameter tensor (official) or one module")
+    seed: Int = Field(0, description="seed of the probe's data order and of the 'random' criterion")
+    partition_file: str | None = Field(None, description="reuse a saved partition.json instead of probing")
+    head_patterns: list[str] | None = Field(
+        None, description="regexes of the head (DeFT's unstable group, LP-FT's warm-up); null = the network's own"
+    )
+    repartition_every: NonNegativeInt = Field(0, description="re-probe and re-freeze every N iterations (0 = off)")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        method_class(name)
+        return name
+
+
+@dataclass
+class Branch:
+    """One network that trains: a name for logs, the module to run forward, the parameters its optimizer steps.
+
+    ``alternating``: the trainable subset of ``parameters`` changes during training (LDT-S trains its groups in
+    turn), so a wrapper such as DDP must register all of them and tolerate unused ones.
+    """
+
+    name: str
+    module: nn.Module
+    parameters: list[nn.Parameter]
+    alternating: bool = False
+
+
+def _head(config: MethodConfig, default: Sequence[str] | None) -> list[str] | None:
+    patterns = config.head_patterns if config.head_patterns is not None else default
+    return list(patterns) if patterns is not None else None
+
+
+def _check_patterns(model: nn.Module, patterns: list[str] | None, where: str, role: str) -> list[Problem]:
+    if patterns is None:
+        return [(where, f"no default {role} for {type(model).__name__}: set {where} (regexes of parameter names)")]
+    if not patterns:
+        return [(where, f"the {role} patterns are empty")]
+    try:
+        names, unmatched = match_names((name for name, _ in model.named_parameters()), patterns)
+    except re.error as err:
+        return [(where, f"invalid regex: {err}")]
+    if unmatched:
+        return [(where, f"{unmatched} match no parameter of {type(model).__name__}")]
+    if len(names) == len(list(model.parameters())):
+        return [(where, f"the {role} patterns match every parameter, leaving nothing outside the {role}")]
+    return []
+
+
+class Method:
+    """Base of all methods; see the module docstring. Subclasses set the class attributes and the state hooks."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # for tables and logs
+    summary: ClassVar[str]  # one line: what trains and what is deployed
+    warmup_rule: ClassVar[Literal["never", "optional", "required"]] = "optional"
+    partition_source: ClassVar[Literal["none", "head", "score"]] = "none"
+    repartitions: ClassVar[bool] = False
+    forced_exchange: ClassVar[dict] = {}
+    ema_by_default: ClassVar[bool] = False
+
+    model: nn.Module  # the network the method trains (the primary for dual branches); the deployed template
+    partition: Partition | None
+
+    # ---- rules --------------------------------------------------------------------------------------------------
+    @classmethod
+    def resolve(cls, config: MethodConfig) -> MethodConfig:
+        """``config`` with the options this method fixes (e.g. DeFT's fixed W) applied."""
+        if not cls.forced_exchange:
+            return config
+        return config.model_copy(update={"exchange": config.exchange.model_copy(update=cls.forced_exchange)})
+
+    @classmethod
+    def identity(cls, config: MethodConfig) -> dict:
+        """The options that change this method's result (for run identities): what it does not read is left out."""
+        config = cls.resolve(config)
+        values: dict = {"method": cls.name}
+        if cls.warmup_rule != "never" and config.warmup.steps:
+            values["warmup"] = config.warmup.to_dict()
+        if cls.partition_source == "head" or (cls.warmup_rule != "never" and config.warmup.steps):
+            values["head_patterns"] = config.head_patterns
+        if cls.partition_source == "score":
+            values.update(criterion=config.criterion, unstable_ratio=config.unstable_ratio, group_by=config.group_by,
+                          seed=config.seed, partition_file=config.partition_file, probe=config.probe.to_dict(),
+                          repartition_every=config.repartition_every)
+        if cls.partition_source != "none":
+            values["exchange"] = config.exchange.identity()
+        return values
+
+    @classmethod
+    def check(cls, config: MethodConfig, model: nn.Module, head_patterns: Sequence[str] | None = None) -> list[Problem]:
+        """Every problem these options have with this method and ``model`` (which may live on the meta device)."""
+        config = cls.resolve(config)
+        problems: list[Problem] = []
+        head = _head(config, head_patterns)
+        if cls.warmup_rule == "never" and config.warmup.steps:
+            problems.append(("warmup:steps", f"{cls.name} trains every layer from the first step; a head warm-up "
+                                             "first is LP-FT (method lpft)"))
+        if cls.warmup_rule == "required" and not config.warmup.steps:
+            problems.append(("warmup:steps", f"{cls.name} needs its head warm-up: set warmup:steps > 0"))
+        if cls.warmup_rule != "never" and config.warmup.steps:
+            patterns = config.warmup.patterns if config.warmup.patterns is not None else head
+            where = "warmup:patterns" if config.warmup.patterns is not None else "head_patterns"
+            problems += _check_patterns(model, patterns, where, "head")
+        if config.repartition_every and not cls.repartitions:
+            problems.append(("repartition_every", f"{cls.name} has no partition to re-probe (ldt, ldt_s do)"))
+        if cls.partition_source == "head":
+            problems += _check_patterns(model, head, "head_patterns", "head")
+        if cls.partition_source == "score":
+            problems += cls._check_score_partition(config, model)
+        return problems
+
+    @classmethod
+    def _check_score_partition(cls, config: MethodConfig, model: nn.Module) -> list[Problem]:
+        problems: list[Problem] = []
+        if config.partition_file is not None:
+            if config.repartition_every:
+                problems.append(("repartition_every", "cannot re-probe a fixed partition_file"))
+            try:
+                Partition.load(Path(config.partition_file).expanduser(), model)
+            except PartitionError as err:
+                problems.append(("partition_file", str(err)))
+            return problems
+        if config.repartition_every and config.criterion == "random":
+            problems.append(("repartition_every", "re-probing needs a probe-based criterion, not 'random'"))
+        layers = len(layer_groups(model, config.group_by))
+        if layers < 2:
+            problems.append(("unstable_ratio", f"{type(model).__name__} has {layers} layer(s) (group_by "
+                                               f"{config.group_by}); LDT needs at least 2"))
+        elif stable_count(layers, config.unstable_ratio) == 0:
+            problems.append(("unstable_ratio", f"{config.unstable_ratio} leaves the stable group empty for the "
+                                               f"{layers} layers of {type(model).__name__} (group_by "
+                                               f"{config.group_by}): use at most {1 - 1 / layers:.4g}"))
+        return problems
+
+    # ---- preparation --------------------------------------------------------------------------------------------
+    @classmethod
+    def make_partition(
+        cls,
+        model: nn.Module,
+        config: MethodConfig,
+        batches: BatchSource,
+        loss_fn: LossFn,
+        head_patterns: Sequence[str] | None,
+        progress: bool,
+        log: Callable[[str], None],
+    ) -> Partition | None:
+        if cls.partition_source == "none":
+            return None
+        if cls.partition_source == "head":
+            return partition_by_patterns(model, _head(config, head_patterns), criterion=cls.name)
+        return score_partition(model, config, batches, loss_fn, seed=config.seed, progress=progress, log=log)
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def branches(self) -> list[Branch]:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """After every training step (all branches' optimizers stepped)."""
+
+    def train_step(self, batch, loss_fn: LossFn, optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
+        """One plain step: each branch's forward, backward and optimizer step in turn, then :meth:`step`.
+
+        One branch after the other, so activations are never held for two branches at once. Returns the losses.
+        """
+        losses = {}
+        for branch, optimizer in zip(self.branches(), optimizers, strict=True):
+            branch.module.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(branch.module, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.name}: the loss of the {branch.name} branch is {loss.item()}")
+            loss.backward()
+            optimizer.step()
+            losses[branch.name] = loss.item()
+        self.step()
+        return losses
+
+    def repartition(self, partition: Partition) -> None:
+        """Switch to ``partition`` (the trainable tensors change: rebuild the optimizers over :meth:`branches`)."""
+        raise MethodError(f"{self.name} has no partition to change")
+
+    # ---- deployment ---------------------------------------------------------------------------------------------
+    def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
+        """The deployed network's state dict as live tensors (no copies: read, never modify)."""
+        raise NotImplementedError
+
+    def deployed_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict((k, v.detach().clone()) for k, v in self.deployed_tensors().items())
+
+    def deployed(self) -> nn.Module:
+        """A fresh module of the model's class holding the deployed weights (loads with ``strict=True``)."""
+        return materialise(self.model, self.deployed_state_dict(), self.original_flags)
+
+    def checkpoint(self) -> dict[str, "OrderedDict[str, torch.Tensor]"]:
+        """The weights to save, under BasicSR's keys: ``params`` (and ``params_ema`` when an EMA is deployed)."""
+        return {"params": self.deployed_state_dict()}
+
+    @property
+    def deployed_key(self) -> str:
+        """The checkpoint key of the deployed network."""
+        return "params"
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """Tensors the method keeps besides its branches' modules (EMA copies, parked groups): its extra memory."""
+        return []
+
+    # ---- resume -------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------ the registry
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available by ``cls.name``."""
+    if cls.name in METHODS:
+        raise ValueError(f"method {cls.name!r} is already registered")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered method called ``name``; an unknown name raises with the choices and a "did you mean"."""
+    if name not in METHODS:
+        hint = difflib.get_close_matches(str(name), list(METHODS), n=1)
+        raise MethodError(f"unknown method {name!r}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                          + f"; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# ------------------------------------------------------------------------------------------------- the methods
+
+
+@register_method
+class FineTune(Method):
+    name = "ft"
+    label = "FT"
+    summary = "every layer trains from the start; the trained network is deployed"
+    warmup_rule = "never"
+
+    def __init__(self, model: nn.Module, partition: Partition | None = None, config: MethodConfig | None = None) -> None:
+        self.model, self.partition = model, None
+        self.original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        model.requires_grad_(True)
+
+    def branches(self) -> list[Branch]:
+        return [Branch("net", self.model, list(self.model.parameters()))]
+
+    def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
+        return self.model.state_dict()
+
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "method": self.name, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, self.name)
+        self.model.load_state_dict(state["model"], strict=True)
+
+
+@register_method
+class FineTuneEMA(FineTune):
+    name = "ft_ema"
+    label = "FT-EMA"
+    summary = ("FT, deploying an EMA of the trained weights (decay: ema_decay, default the fixed-W exchange's "
+               "per-step decay weight^(1/interval))")
+    ema_by_default = True
+
+
+@register_method
+class LinearProbeFineTune(FineTune):
+    name = "lpft"
+    label = "LP-FT"
+    summary = "the head alone for warmup:steps (linear probe), then every layer; the trained network is deployed"
+    warmup_rule = "required"
+
+
+class DualMethod(Method):
+    """A dual branch (primary trains the stable group, auxiliary the unstable one); deploys the composite."""
+
+    def __init__(self, model: nn.Module, partition: Partition, config: MethodConfig) -> None:
+        self.dual = DualBranch(model, partition, config.exchange)
+        self.model, self.original_flags = model, self.dual.original_flags
+
+    @property
+    def partition(self) -> Partition:
+        return self.dual.partition
+
+    def branches(self) -> list[Branch]:
+        return [Branch("primary", self.dual.primary, self.dual.primary_parameters()),
+                Branch("auxiliary", self.dual.auxiliary, self.dual.auxiliary_parameters())]
+
+    def step(self) -> None:
+        self.dual.step()
+
+    def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
+        state = self.dual.primary.state_dict()
+        auxiliary = self.dual.auxiliary.state_dict()
+        for name in self.dual.partition.stable:
+            state[name] = auxiliary[name]
+        return state
+
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "method": self.name, "dual": self.dual.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, self.name)
+        self.dual.load_state_dict(state["dual"])
+
+
+@register_method
+class DeFT(DualMethod):
+    name = "deft"
+    label = "DeFT"
+    summary = "dual branch with body = stable, head_patterns = unstable, fixed W; deploys the composite"
+    partition_source = "head"
+    forced_exchange = {"dpu": False}
+
+
+@register_method
+class LDT(DualMethod):
+    name = "ldt"
+    label = "LDT"
+    summary = "probe -> partition by criterion -> dual branch, fixed W or DPU (exchange:dpu); deploys the composite"
+    partition_source = "score"
+    repartitions = True
+
+    def repartition(self, partition: Partition) -> None:
+        self.dual.repartition(partition)
+
+
+@register_method
+class LDTFixedWeight(LDT):
+    name = "ldt_fixed"
+    label = "LDT (fixed W)"
+    summary = "LDT with the fixed W (exchange:dpu false)"
+    forced_exchange = {"dpu": False}
+
+
+@register_method
+class LDTDPU(LDT):
+    name = "ldt_dpu"
+    label = "LDT+DPU"
+    summary = "LDT with DPU (exchange:dpu true)"
+    forced_exchange = {"dpu": True}
+
+
+@register_method
+class LDTSingle(Method):
+    name = "ldt_s"
+    label = "LDT-S"
+    summary = "probe -> partition -> one network training its groups in turn, EMA partners on the host (LDT-S)"
+    partition_source = "score"
+    repartitions = True
+
+    def __init__(self, model: nn.Module, partition: Partition, config: MethodConfig) -> None:
+        self.single = SingleBranchLDT(model, partition, config.exchange)
+        self.model, self.original_flags = model, self.single.original_flags
+
+    @property
+    def partition(self) -> Partition:
+        return self.single.partition
+
+    def branches(self) -> list[Branch]:
+        return [Branch("net", self.model, self.single.trainable_parameters(), alternating=True)]
+
+    def step(self) -> None:
+        self.single.step()
+
+    def repartition(self, partition: Partition) -> None:
+        self.single.repartition(partition)
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        return [t for group in self.single.ema.values() for t in group] + list(self.single.parked)
+
+    def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
+        state = self.model.state_dict()
+        for group in ("stable", "unstable"):
+            state.update(zip(getattr(self.single.partition, group), self.single.ema[group]))
+        return state
+
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "method": self.name, "single": self.single.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, self.name)
+        self.single.load_state_dict(state["single"])
+
+
+def _check_state(state: dict, name: str) -> None:
+    if state.get("format") != STATE_FORMAT or state.get("method") != name:
+        raise MethodError(f"not a {name!r} method state (format {state.get('format')!r}, method {state.get('method')!r})")
+
+
+class DeployedEMA(Method):
+    """Any method whose deployed network is an EMA of that method's deployed network, updated after every step.
+
+    BasicSR's ``train:ema_decay``: ``ema = decay·ema + (1−decay)·deployed`` on the parameters; buffers (e.g.
+    BatchNorm statistics) are copied from the deployed network. Saved beside the method's own network as BasicSR's
+    ``params_ema``. Training is the wrapped method's, unchanged.
+    """
+
+    def __init__(self, inner: Method, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise MethodError(f"ema_decay must be in [0, 1), got {decay}")
+        self.inner, self.decay = inner, float(decay)
+        self.name, self.label, self.summary = inner.name, inner.label, inner.summary
+        self.model, self.original_flags = inner.model, inner.original_flags
+        self.ema = inner.deployed_state_dict()
+        self._build_plan()
+
+    def _build_plan(self) -> None:
+        live = self.inner.deployed_tensors()
+        params = {name for name, _ in self.model.named_parameters()}
+        self.average = EMAPlan([self.ema[k] for k in params], [live[k] for k in params], [self.decay] * len(params))
+        self.copied = [(self.ema[k], live[k]) for k in live if k not in params]
+
+    @property
+    def partition(self) -> Partition | None:
+        return self.inner.partition
+
+    def branches(self) -> list[Branch]:
+        return self.inner.branches()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.inner.step()
+        self.average.apply()
+        for target, source in self.copied:
+            target.copy_(source)
+
+    def repartition(self, partition: Partition) -> None:
+        self.inner.repartition(partition)
+        self._build_plan()
+
+    def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
+        return self.ema
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        return self.inner.held_tensors() + list(self.ema.values())
+
+    def checkpoint(self) -> dict[str, "OrderedDict[str, torch.Tensor]"]:
+        return {"params": self.inner.deployed_state_dict(), "params_ema": self.deployed_state_dict()}
+
+    @property
+    def deployed_key(self) -> str:
+        return "params_ema"
+
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "method": self.name, "ema_decay": self.decay, "inner": self.inner.state_dict(),
+                "ema": self.deployed_state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, self.name)
+        if "ema" not in state:
+            raise MethodError("the saved state has no EMA network (it was trained without ema_decay)")
+        if state["ema_decay"] != self.decay:
+            raise MethodError(f"the saved state used ema_decay {state['ema_decay']}, this run {self.decay}")
+        self.inner.load_state_dict(state["inner"])
+        for name, tensor in self.ema.items():
+            tensor.copy_(state["ema"][name])
+        self._build_plan()
+
+
+def effective_ema_decay(config: MethodConfig, ema_decay: float | None = None) -> float | None:
+    """The EMA decay a run deploys with: ``ema_decay`` if given (and > 0), else the method's default (FT-EMA:
+    the fixed-W exchange's per-step decay), else None (no EMA)."""
+    if ema_decay:
+        return float(ema_decay)
+    cls = method_class(config.method)
+    return cls.resolve(config).exchange.step_decay() if cls.ema_by_default else None
+
+
+def run_identity(config: MethodConfig, ema_decay: float | None = None) -> dict:
+    """What makes two runs of a method the same: the options it reads, and the EMA decay it deploys with."""
+    values = method_class(config.method).identity(config)
+    decay = effective_ema_decay(config, ema_decay)
+    return {**values, "ema_decay": decay} if decay else values
+
+
+# ------------------------------------------------------------------------------------------------- preparation
+
+
+def probe_share(num_batches: int) -> int:
+    """This rank's share of ``num_batches`` probe batches (the first ``num_batches mod world`` ranks get one more)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return num_batches
+    world, rank = dist.get_world_size(), dist.get_rank()
+    return max(1, num_batches // world + (rank < num_batches % world))
+
+
+def score_partition(
+    model: nn.Module,
+    config: MethodConfig,
+    batches: BatchSource,
+    loss_fn: LossFn,
+    *,
+    seed: int,
+    progress: bool = False,
+    log: Callable[[str], None] = logger.info,
+) -> Partition:
+    """The score partition ``config`` asks for: from ``partition_file``, the seeded 'random' order, or a probe.
+
+    The probe sees ``probe.num_batches`` batches in all (split across ranks under ``torch.distributed``), keeps
+    per-element statistics only when the criterion needs them (``elementwise_var``) and never updates the model.
+    """
+    if config.partition_file is not None:
+        partition = Partition.load(Path(config.partition_file).expanduser(), model)
+        log(f"Partition read from {config.partition_file} ({partition.criterion})")
+        return partition
+    if config.criterion == "random":
+        return partition_by_score(None, config.unstable_ratio, "random", seed=config.seed, model=model)
+    share = probe_share(config.probe.num_batches)
+    log(f"Probing {config.probe.num_batches} batches ({share} on this rank)")
+    stats = probe_gradients(
+        model, batches("probe", seed), loss_fn, num_batches=share, group_by=config.group_by,
+        elementwise=config.criterion == "elementwise_var", train_mode=config.probe.train_mode, progress=progress,
+    )
+    if stats.no_grad:
+        log(f"Parameters without gradient in the probe (excluded from both groups): {stats.no_grad}")
+    return partition_by_score(stats, config.unstable_ratio, config.criterion, seed=config.seed, model=model)
+
+
+def as_batch_source(batches: BatchSource | Iterable | None) -> BatchSource:
+    if batches is None:
+        def missing(purpose: str, seed: int) -> Iterable:
+            raise MethodError(f"the method needs {purpose} batches: pass batches= to prepare_method")
+        return missing
+    if callable(batches):
+        return batches
+    return lambda purpose, seed: batches
+
+
+def prepare_method(
+    model: nn.Module,
+    config: MethodConfig,
+    *,
+    batches: BatchSource | Iterable | None = None,
+    loss_fn: LossFn | None = None,
+    warmup_loss_fn: LossFn | None = None,
+    head_patterns: Sequence[str] | None = None,
+    ema_decay: float | None = None,
+    partition: Partition | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = logger.info,
+) -> Method:
+    """The method ``config.method`` on ``model``, prepared and ready to train.
+
+    Checks the options first (:meth:`Method.check`), then, unless ``partition`` is given (e.g. from a training
+    state), runs the head warm-up the options ask for and makes the method's partition (probing ``batches``).
+    ``batches`` is an iterable (one stream for warm-up and probe, consumed in that order) or
+    ``batches(purpose, seed)``. ``head_patterns``: the network's head, used when the options name none.
+    ``ema_decay`` > 0 deploys an EMA of the method's network (:class:`DeployedEMA`; FT-EMA has one by default).
+    """
+    cls = method_class(config.method)
+    config = cls.resolve(config)
+    problems = cls.check(config, model, head_patterns)
+    if problems:
+        raise MethodError("; ".join(f"{where}: {message}" for where, message in problems))
+    source = as_batch_source(batches)
+    head = _head(config, head_patterns)
+    if partition is None:
+        if cls.warmup_rule != "never" and config.warmup.steps:
+            patterns = config.warmup.patterns if config.warmup.patterns is not None else head
+            log(f"Warm-up: {config.warmup.steps} steps on {patterns}")
+            warmup(model, source("warmup", config.seed), warmup_loss_fn or loss_fn, patterns, config.warmup.steps,
+                   optimizer_factory=lambda params: torch.optim.Adam(params, lr=config.warmup.lr), progress=progress)
+        partition = cls.make_partition(model, config, source, loss_fn, head, progress, log)
+    method: Method = cls(model, partition, config)
+    decay = effective_ema_decay(config, ema_decay)
+    return DeployedEMA(method, decay) if decay else method

@@ -1,0 +1,171 @@
+"""What an SR run writes and reads back: weights files, training states, the RNG state, pruning of old checkpoints.
+
+Weights files are plain BasicSR checkpoints (``{'params': ...}``, plus ``'params_ema'`` when an EMA is deployed), so
+BasicSR's ``SRModel`` and ``test.py`` load them. A training state holds everything a resume needs (the method's own
+state, optimizers, schedulers, scalers, RNG, data position, validation history); both are written atomically.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldt.atomic import DiskError, atomic_torch_save, disk_reason
+from ldt.core import Partition
+from ldt.weights import WeightsError, read_checkpoint
+
+STATE_FORMAT = "ldt.sr_training_state/2"
+
+
+def rng_state() -> dict:
+    """Every RNG a training step touches, in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_weights(path: str | Path, entries: dict) -> Path:
+    """A BasicSR weights file (each entry's tensors moved to the CPU)."""
+    return atomic_torch_save({key: {k: v.cpu() for k, v in state.items()} for key, state in entries.items()}, path)
+
+
+def save_state(path: str | Path, state: dict) -> Path:
+    return atomic_torch_save({"format": STATE_FORMAT, **state}, path)
+
+
+def iteration_files(folder: str | Path, suffix: str) -> list[Path]:
+    """``<iter><suffix>`` files of ``folder`` in iteration order (other names are ignored)."""
+    folder = Path(folder)
+    files = [p for p in folder.glob(f"*{suffix}") if p.name[: -len(suffix)].isdigit()] if folder.is_dir() else []
+    return sorted(files, key=lambda p: int(p.name[: -len(suffix)]))
+
+
+def prune(models: str | Path, states: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` iteration checkpoints (``<iter>.state`` with its ``net_g_<iter>.pth``)."""
+    if keep <= 0:
+        return
+    for old in iteration_files(states, ".state")[:-keep]:
+        old.unlink()
+        (Path(models) / f"net_g_{old.stem}.pth").unlink(missing_ok=True)
+
+
+def state_partition(path: str | Path) -> Partition | None:
+    """The partition a training state was trained with, read without loading its tensors (memory-mapped)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    saved = state.get("partition")
+    return Partition.from_dict(saved) if saved else None
+
+
+# ------------------------------------------------------------------------------------------------ the run folder
+
+
+def holds_a_run(experiment: str | Path) -> bool:
+    """Whether an experiment folder holds an earlier run's results (weights, states, partition or results)."""
+    experiment = Path(experiment)
+    return any((experiment / sub).is_dir() and any((experiment / sub).iterdir()) for sub in ("models", "training_states")) \
+        or any((experiment / name).is_file() for name in ("partition.json", "results.json"))
+
+
+def archive(*folders: str | Path) -> list[Path]:
+    """BasicSR's convention for a rerun of an experiment name: rename each existing folder to
+    ``<folder>_archived_<time>`` (nothing is deleted); returns the new names."""
+    from basicsr.utils import get_time_str
+
+    stamp, moved = get_time_str(), []
+    for folder in map(Path, folders):
+        if folder.exists():
+            target = folder.with_name(f"{folder.name}_archived_{stamp}")
+            try:
+                folder.rename(target)
+            except OSError as err:
+                raise DiskError(f"cannot archive {folder} to {target.name}: {disk_reason(err, folder.parent)}") from None
+            moved.append(target)
+    return moved
+
+
+def read_state(path: str | Path) -> dict:
+    """A training state, or a :class:`ldt.weights.WeightsError` naming the file and what is wrong with it."""
+    state = read_checkpoint(path, what="training state")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise WeightsError(f"training state {path} is not an LDT training state (format {found!r}, expected "
+                           f"{STATE_FORMAT!r})")
+    return state
+
+
+def newest_intact_state(folder: str | Path, warn) -> tuple[Path | None, dict | None]:
+    """The newest ``<iter>.state`` of ``folder`` that reads back whole; each newer broken one is ``warn``-ed about
+    (a kill during a write leaves the previous state intact: this falls back to it)."""
+    broken = []
+    for path in reversed(iteration_files(folder, ".state")):
+        try:
+            state = read_state(path)
+        except WeightsError as err:
+            broken.append(str(err))
+            warn(f"skipping {err}")
+            continue
+        return path, state
+    if broken:
+        raise WeightsError(f"no intact training state in {folder}: " + "; ".join(broken))
+    return None, None
+
+
+def remove_stale_weights(models: str | Path, states: str | Path, resumed_iter: int, keep: int) -> list[Path]:
+    """``net_g_<iter>.pth`` files an interrupted run left behind: newer than the state it resumes from (they are
+    written again), or, when old checkpoints are pruned (``keep`` > 0), without a state of their own."""
+    with_state = {int(p.stem) for p in iteration_files(states, ".state")}
+    stale = []
+    for path in Path(models).glob("net_g_*.pth") if Path(models).is_dir() else []:
+        label = path.stem[len("net_g_"):]
+        if label.isdigit() and (int(label) > resumed_iter or (keep > 0 and int(label) not in with_state)):
+            stale.append(path)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}:"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _differences(old: dict, new: dict) -> dict[str, tuple]:
+    old, new = _flatten(old), _flatten(new)
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+
+
+def option_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(changes a resume cannot make, changes it applies) between a state's options and this run's, as
+    ``'option: old -> new'`` lines. A resume may change what :func:`ldt.sr.options.identity_sections` leaves out with
+    ``resumable=True`` (learning rate, length, validation, data paths) and the logging; nothing else."""
+    from ldt.sr.options import identity_sections
+
+    fixed = _differences(*(identity_sections(o, resumable=True) for o in (saved, current)))
+    every = _differences(*({**identity_sections(o), "logger": o.get("logger") or {}} for o in (saved, current)))
+    lines = {key: f"{key}: {old!r} -> {new!r}" for key, (old, new) in every.items()}
+    lines.update({key: f"{key}: {old!r} -> {new!r}" for key, (old, new) in fixed.items()})
+    return [lines[key] for key in fixed], [line for key, line in lines.items() if key not in fixed]

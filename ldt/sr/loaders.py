@@ -1,0 +1,87 @@
+"""Data loaders of an SR run: the resumable training loader, the seeded warm-up / probe loaders, validation loaders."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from ldt.compat import patch_basicsr
+
+patch_basicsr()
+import ldt.data  # noqa: E402,F401  (registers the datasets)
+from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
+
+
+def world() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, else (1, 0)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class ResumableSampler(EnlargedSampler):
+    """BasicSR's epoch-seeded sampler that can start an epoch part-way (to resume at the exact sample)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def dataset(opt: dict, key: str, phase: str | None = None):
+    """The dataset of ``datasets:<key>`` (its block already carries phase and scale from the option schema)."""
+    block = opt["datasets"][key]
+    return build_dataset({**block, "phase": phase or block["phase"]})
+
+
+def training_loader(opt: dict) -> tuple[torch.utils.data.DataLoader, ResumableSampler]:
+    """The training loader: shuffled by epoch, split across ranks, resumable mid-epoch."""
+    block = opt["datasets"]["train"]
+    train_set = dataset(opt, "train")
+    size, rank = world()
+    sampler = ResumableSampler(train_set, size, rank, block["dataset_enlarge_ratio"])
+    workers = block["num_worker_per_gpu"]
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=block["batch_size_per_gpu"],
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=block["pin_memory"],
+        worker_init_fn=partial(worker_init_fn, num_workers=workers, rank=rank, seed=opt["manual_seed"]),
+        # A private generator: creating a loader iterator must not consume the global RNG (stochastic depth uses
+        # it), or a resumed run would drift from an uninterrupted one.
+        generator=torch.Generator().manual_seed(opt["manual_seed"]),
+    )
+    return loader, sampler
+
+
+def seeded_loader(opt: dict, key: str, batch_size: int | None, seed: int) -> torch.utils.data.DataLoader:
+    """A shuffled loader over ``datasets:<key>`` in an order fixed by ``seed`` (warm-up and probe batches)."""
+    block = opt["datasets"][key]
+    data = dataset(opt, key, phase="train")
+    size, rank = world()
+    sampler = EnlargedSampler(data, size, rank, ratio=block["dataset_enlarge_ratio"])
+    sampler.set_epoch(seed)
+    return torch.utils.data.DataLoader(data, batch_size=batch_size or block["batch_size_per_gpu"], sampler=sampler,
+                                       num_workers=block["num_worker_per_gpu"], drop_last=True)
+
+
+def validation_loaders(opt: dict) -> dict[str, torch.utils.data.DataLoader]:
+    """One batch-1 loader per ``val_*`` / ``test_*`` set, by the set's name."""
+    loaders = {}
+    for key, block in opt["datasets"].items():
+        if block["phase"] in ("val", "test"):
+            data = dataset(opt, key, phase="val")
+            loaders[block["name"]] = build_dataloader(data, {**block, "phase": "val"}, num_gpu=opt["num_gpu"], dist=False)
+    return loaders

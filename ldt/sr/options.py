@@ -1,0 +1,761 @@
+"""The option schema of ``Train_pip.py``, ``test.py``, the demo, ``reproduce`` and the BasicSR pipeline.
+
+Every option is declared once, here or in the object that uses it (the ``ldt:`` block is :class:`ldt.core.MethodConfig`
+with two SR probe fields; dataset blocks are the schemas in :mod:`ldt.data.options`; ``network_g`` is checked
+against the architecture's own constructor). :func:`prepare_options` reports *every* problem of a file at once, one
+line each naming the file and the option path (with a "did you mean" for misspelled keys), before any data is read,
+any weight is loaded or any probe runs. Numbers written as strings (``lr: 1e-4`` is a string to PyYAML) are read
+as the numbers they spell.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import os
+import types
+import typing
+import warnings
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from ldt.core import MethodConfig, ProbeConfig, method_class
+from ldt.core.config import (
+    Int,
+    NonNegativeInt,
+    Options,
+    PositiveInt,
+    PositiveReal,
+    Real,
+    option_rows,
+    runtime,
+    validate_into,
+)
+from ldt.data.options import DatasetOptions, DRealSRCameraOptions, PairedImageOptions
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+OPTION_DIRS = {"train": PROJECT_ROOT / "options" / "train", "test": PROJECT_ROOT / "options" / "test"}
+# model_type values of the official MambaIR / HAT / SAFMN option files: LDTModel runs them (with a warning).
+OFFICIAL_MODEL_TYPES = ("SRModel", "MambaIRModel", "HATModel")
+DATASET_SCHEMAS: dict[str, type[DatasetOptions]] = {
+    "DRealSRCameraDataset": DRealSRCameraOptions,
+    "PairedImageDataset": PairedImageOptions,
+}
+
+
+class OptionsError(ValueError):
+    """The options are invalid; the message has one line per problem, each naming the file and the option."""
+
+
+class OptionsWarning(UserWarning):
+    """An option is accepted but ignored or reinterpreted (e.g. an official file's unused network keys)."""
+
+
+# --------------------------------------------------------------------------------------------------------- the schema
+
+
+class SpeedOptions(Options):
+    compile: bool = Field(False, description="torch.compile every branch")
+    autocast: Literal["bf16", "fp16"] | None = Field(None, description="mixed precision (changes numerics)")
+    fused_optimizer: bool = Field(False, description="fused (CUDA) / foreach (CPU) Adam")
+    tf32: bool = Field(False, description="TF32 matmuls and convolutions on Ampere+ GPUs")
+    channels_last: bool = Field(False, description="channels-last memory format")
+
+
+Betas = Annotated[list[Annotated[Real, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)]
+
+
+class AdamOptions(Options):
+    type: Literal["Adam"]
+    lr: PositiveReal = Field(1e-4, description="learning rate")
+    betas: Betas = Field([0.0, 0.99**0.8], description="official LDT betas (0, 0.99^0.8)")
+    weight_decay: Real = Field(0.0, ge=0, description="L2 penalty")
+    eps: PositiveReal = Field(1e-8, description="Adam epsilon")
+    amsgrad: bool = Field(False, description="AMSGrad variant")
+
+
+class AdamWOptions(AdamOptions):
+    type: Literal["AdamW"]  # type: ignore[assignment]
+    weight_decay: Real = Field(0.01, ge=0, description="decoupled weight decay (torch's default)")
+
+
+class MultiStepOptions(Options):
+    type: Literal["MultiStepLR", "MultiStepRestartLR"]
+    milestones: list[PositiveInt] = Field(description="iterations at which the lr is multiplied by gamma")
+    gamma: PositiveReal = Field(0.1, description="lr factor at each milestone")
+    restarts: list[NonNegativeInt] = Field([0], description="BasicSR restarts")
+    restart_weights: list[Real] = Field([1.0], description="BasicSR restart weights")
+
+
+class CosineRestartOptions(Options):
+    type: Literal["CosineAnnealingRestartLR"]
+    periods: list[PositiveInt] = Field(description="cosine periods (iterations)")
+    restart_weights: list[Real] = Field([1.0], description="lr weight of each period")
+    eta_min: Real = Field(0.0, ge=0, description="lowest lr")
+
+
+class PixelLossOptions(Options):
+    type: Literal["L1Loss", "MSELoss", "CharbonnierLoss"] = Field("L1Loss", description="BasicSR pixel loss")
+    loss_weight: PositiveReal = Field(1.0, description="loss weight")
+    reduction: Literal["mean", "sum"] = Field("mean", description="over pixels")
+    eps: PositiveReal | None = Field(None, description="CharbonnierLoss only")
+
+    @model_validator(mode="after")
+    def _eps_for_charbonnier(self) -> "PixelLossOptions":
+        if self.eps is not None and self.type != "CharbonnierLoss":
+            raise ValueError(f"eps is an option of CharbonnierLoss, not of {self.type}")
+        return self
+
+
+class TrainOptions(Options):
+    total_iter: PositiveInt = Field(10000, description="training iterations")
+    optim_g: Annotated[Union[AdamOptions, AdamWOptions], Field(discriminator="type")] = Field(
+        default_factory=lambda: AdamOptions(type="Adam"), description="optimizer of every branch")
+    scheduler: Annotated[Union[MultiStepOptions, CosineRestartOptions], Field(discriminator="type")] | None = Field(
+        None, description="lr schedule (null: constant)")
+    pixel_opt: PixelLossOptions = Field(default_factory=PixelLossOptions)
+    warmup_iter: Int = Field(-1, ge=-1, description="linear lr warm-up iterations (-1: none)")
+    ema_decay: Real = Field(0.0, ge=0, lt=1, description="BasicSR's EMA of the deployed network, saved as "
+                                                        "params_ema and validated instead (0: off; ft_ema: matched)")
+    nan_policy: Literal["stop", "skip"] = Field("stop", description="on a NaN/inf loss: stop, or skip the step")
+    max_nan_skips: NonNegativeInt = Field(100, description="skip at most this many steps (nan_policy skip)")
+
+
+class MetricOptions(Options):
+    type: Literal["calculate_psnr", "calculate_ssim"] = Field(description="BasicSR metric")
+    crop_border: NonNegativeInt | None = Field(None, description="pixels cut at each border (null: the scale)")
+    test_y_channel: bool = Field(True, description="on the Y channel, as DRealSR results are reported")
+    better: Literal["higher", "lower"] = Field("higher", description="BasicSR's best-metric direction")
+
+
+def _metric_shorthand(value: Any) -> Any:
+    """``[psnr, ssim]`` means BasicSR's ``{psnr: {type: calculate_psnr}, ssim: {type: calculate_ssim}}``."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {name: {"type": f"calculate_{name}"} for name in value}
+    return value
+
+
+class ValOptions(Options):
+    val_freq: PositiveInt = Field(5000, description="validate the deployed network every N iterations (and at the end)")
+    save_img: bool = Field(False, description="save validation / test outputs")
+    selection: str = Field("source", description="best checkpoint by: 'source' (training-domain validation), 'last', "
+                                                 "or 'oracle:<set>' (a target set, labelled oracle)")
+    source_set: str = Field("source", description="the validation set of the source camera's held-out pairs")
+    tile: PositiveInt | None = Field(None, description="evaluate in LR tiles of this size (large test images)")
+    tile_overlap: NonNegativeInt = Field(32, description="overlap of the LR tiles")
+    metrics: Annotated[dict[str, MetricOptions], Field(description="metrics (a list of names is shorthand)")] = Field(
+        default_factory=lambda: _metric_shorthand(["psnr", "ssim"]))
+    pbar: bool = Field(True, description="progress bars while validating")
+    suffix: str | None = Field(None, description="BasicSR test: suffix of saved images")
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _metric_shorthand(value)
+
+    @field_validator("selection")
+    @classmethod
+    def _selection(cls, value: str) -> str:
+        if value not in ("source", "last") and not (value.startswith("oracle:") and len(value) > len("oracle:")):
+            raise ValueError(f"must be 'source', 'last' or 'oracle:<validation set name>', got {value!r}")
+        return value
+
+
+class WandbOptions(Options):
+    project: str | None = Field(None, description="BasicSR pipeline only")
+    resume_id: str | None = Field(None, description="BasicSR pipeline only")
+    entity: str | None = Field(None, description="BasicSR pipeline only")
+
+
+class LoggerOptions(Options):
+    print_freq: PositiveInt = Field(100, description="log the losses every N iterations")
+    save_checkpoint_freq: PositiveInt = Field(5000, description="save net_g_<iter>.pth and <iter>.state every N")
+    keep_last_checkpoints: NonNegativeInt = Field(0, description="keep the newest N iteration checkpoints (0: all)")
+    use_tb_logger: bool = Field(True, description="TensorBoard curves under tb_logger/<name>")
+    wandb: WandbOptions | None = Field(None, description="Weights & Biases (BasicSR pipeline only)")
+
+
+class PathOptions(Options):
+    pretrain_network_g: str | None = Field(None, description="weights to start from (test.py: to evaluate)")
+    param_key_g: str | None = Field(None, description="key of the weights inside the file (null: params, else the "
+                                                      "bare state dict)")
+    strict_load_g: bool = Field(True, description="every key must match")
+    resume_state: str | None = Field(None, description="a training state to resume from")
+    ignore_resume_networks: list[str] | None = Field(None, description="BasicSR pipeline")
+    experiments_root: str | None = runtime()
+    models: str | None = runtime()
+    training_states: str | None = runtime()
+    log: str | None = runtime()
+    visualization: str | None = runtime()
+    results_root: str | None = runtime()
+
+
+class DistOptions(Options):
+    backend: str = Field("nccl", description="BasicSR slurm launcher")
+    port: PositiveInt | None = Field(None, description="BasicSR slurm launcher")
+
+
+class SRProbeOptions(ProbeConfig):
+    batch_size: PositiveInt = Field(4, description="LR patches per probe batch, as the official code")
+    dataset: str = Field("train", description="the datasets key the probe reads (source data)")
+
+
+class LDTOptions(MethodConfig):
+    probe: SRProbeOptions = Field(default_factory=SRProbeOptions)
+
+
+class RunOptions(Options):
+    """The top level of an option file (``datasets`` and ``network_g`` are checked per type / architecture)."""
+
+    name: str = Field(description="experiment name: experiments/<name>, tb_logger/<name> (test: results/<name>)")
+    model_type: Literal["LDTModel"] = Field("LDTModel", description="BasicSR model")
+    scale: PositiveInt | None = Field(None, description="SR factor (null: the network's upscale, else 4)")
+    num_gpu: Any = Field("auto", description="GPUs per process: a non-negative integer, or auto (1 if CUDA, else 0)")
+    manual_seed: Int = Field(0, description="seed of initialisation, data order and augmentation")
+    datasets: Any = Field(description="train / val_* / test_* blocks, each checked by its dataset type's schema")
+    network_g: Any = Field(description="the network: type + its constructor arguments, checked against the "
+                                       "architecture's constructor")
+    path: PathOptions = Field(default_factory=PathOptions)
+    train: TrainOptions | None = None
+    val: ValOptions = Field(default_factory=ValOptions)
+    logger: LoggerOptions = Field(default_factory=LoggerOptions)
+    ldt: LDTOptions | None = None
+    speed: SpeedOptions = Field(default_factory=SpeedOptions)
+    dist_params: DistOptions | None = None
+    is_train: bool | None = runtime()
+    dist: bool | None = runtime()
+    rank: Int | None = runtime()
+    world_size: Int | None = runtime()
+    auto_resume: bool | None = runtime()
+    root_path: str | None = runtime()
+    option_file: str | None = runtime()
+
+    @field_validator("num_gpu")
+    @classmethod
+    def _gpus(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError(f"must be auto or a non-negative integer, got {value!r}")
+
+    @field_validator("name")
+    @classmethod
+    def _inside_experiments(cls, name: str) -> str:
+        """A name is a relative path that stays inside experiments/ (``demo/ft`` is fine, ``../x`` is not)."""
+        path = PurePosixPath(name)
+        if not name.strip() or path.is_absolute() or "\\" in name or any(p in ("", ".", "..") for p in name.split("/")):
+            raise ValueError(f"must be a relative name inside experiments/ without '..', '.', '\\' or empty parts, "
+                             f"got {name!r}")
+        if any(ord(char) < 32 for char in name):
+            raise ValueError(f"must not contain control characters, got {name!r}")
+        return name
+
+
+# ---------------------------------------------------------------------------------------------- files and overrides
+
+
+def resolve_option_file(name: str, kind: str) -> Path:
+    """``name`` as a path, else as a bare file name inside ``options/<kind>/`` (with or without ``.yml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    folder = OPTION_DIRS[kind]
+    for candidate in (folder / name, folder / f"{name}.yml", folder / path.name):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.name for p in folder.glob("*.yml")) if folder.is_dir() else []
+    raise OptionsError(f"option file '{name}' not found (looked in the working directory and {folder}); available: "
+                       f"{available}")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--force_yml`` value, read as YAML (``true``, ``[1, 2]``, ``null``, strings); numbers-as-text stay text
+    here and are read by the schema."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--force_yml") -> None:
+    """``key:sub=value`` assignments; the parent must exist, so a typo cannot silently create a branch."""
+    for entry in overrides or []:
+        if "=" not in entry:
+            raise OptionsError(f"{source} entry '{entry}' is not of the form key:sub=value")
+        keys, value = entry.split("=", 1)
+        path = [k.strip() for k in keys.split(":") if k.strip()]
+        if not path:
+            raise OptionsError(f"{source} entry '{entry}' names no option")
+        node = opt
+        for depth, key in enumerate(path[:-1]):
+            if depth == 0 and key in RunOptions.model_fields and key not in node:
+                node[key] = {}  # a section left to its defaults, e.g. --force_yml ldt:method=ft
+            if not isinstance(node.get(key), dict):
+                hint = difflib.get_close_matches(key, [str(k) for k in node], n=1)
+                raise OptionsError(f"{source} '{entry}': '{':'.join(path[: depth + 1])}' is not an option section"
+                                   + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            node = node[key]
+        node[path[-1]] = parse_value(value)
+
+
+def read_option_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """One YAML file as a dict, with ``base:`` inheritance resolved.
+
+    ``base: other.yml`` (relative to this file's folder) makes this file a list of changes to another one, so the
+    paper's variants (FT, LP-FT, ablations, other sources) are a few lines each instead of copies of a 100-line file.
+    Mappings merge key by key; any other value replaces the base's; a key set to ``~`` is removed (its default applies).
+    """
+    file = Path(file)
+    if file.resolve() in chain:
+        raise OptionsError(f"{file}: 'base' files form a cycle: {' -> '.join(str(p) for p in chain + (file,))}")
+    try:
+        with open(file) as handle:
+            opt = yaml.safe_load(handle)
+    except OSError as err:
+        raise OptionsError(f"cannot read option file {file}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise OptionsError(f"{file} is not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError:
+        raise OptionsError(f"{file} is not a text (YAML) file") from None
+    if not isinstance(opt, dict):
+        raise OptionsError(f"{file} must contain a mapping of options, got {type(opt).__name__}")
+    base_name = opt.pop("base", None)
+    if base_name is None:
+        return opt
+    if not isinstance(base_name, str):
+        raise OptionsError(f"{file}: 'base' must be a file name, got {base_name!r}")
+    base_file = file.parent / base_name
+    if not base_file.is_file():
+        raise OptionsError(f"{file}: base file {base_file} does not exist")
+    return merge_changes(read_option_file(base_file, chain + (file.resolve(),)), opt)
+
+
+def merge_changes(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied: nested mappings merged, other values replaced, ``None`` deletes the key."""
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_changes(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------------- the network
+
+
+def _lenient(annotation: Any) -> Any:
+    """``annotation`` with int/float replaced by the schema's Int/Real (numbers-as-text accepted) at any depth."""
+    if annotation is int:
+        return Int
+    if annotation is float:
+        return Real
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if not args or origin is Literal or origin is type:
+        return annotation
+    if origin is Annotated:
+        return Annotated[(_lenient(args[0]), *annotation.__metadata__)]
+    mapped = tuple(_lenient(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return Union[mapped]
+    if origin is tuple:  # YAML has lists, not tuples
+        if len(mapped) == 2 and mapped[1] is Ellipsis:
+            return list[mapped[0]]
+        return Annotated[list[Union[mapped]], Field(min_length=len(mapped), max_length=len(mapped))]
+    return origin[mapped if len(mapped) > 1 else mapped[0]]
+
+
+def network_schema(arch: type) -> type[BaseModel]:
+    """A model of ``arch``'s constructor arguments: their annotated types, unknown keys rejected (unless the
+    constructor takes ``**kwargs``)."""
+    signature = inspect.signature(arch.__init__)
+    try:
+        hints = typing.get_type_hints(arch.__init__)
+    except Exception:  # an annotation that does not resolve: check names only
+        hints = {}
+    fields: dict[str, Any] = {"type": (str, ...)}
+    open_kwargs = False
+    for name, parameter in list(signature.parameters.items())[1:]:
+        if parameter.kind is parameter.VAR_KEYWORD:
+            open_kwargs = True
+            continue
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            continue
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[name] = (_lenient(hints.get(name, Any)), default)
+    config = ConfigDict(extra="allow" if open_kwargs else "forbid", strict=True, arbitrary_types_allowed=True)
+    return create_model(f"{arch.__name__}Options", __config__=config, **fields)
+
+
+def build_meta_network(arch: type, kwargs: dict) -> Any:
+    """``arch(**kwargs)`` on the meta device (parameter names and shapes, no memory or init); on the CPU if the
+    constructor needs real values (e.g. BasicSR's SwinIR reads tensor items)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return arch(**kwargs)
+    except (NotImplementedError, RuntimeError) as err:
+        if "meta" not in str(err):
+            raise
+        return arch(**kwargs)
+
+
+def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, type | None]:
+    """(the checked network_g options, the network built on the meta device, its class), or Nones on problems."""
+    from ldt.compat import patch_basicsr
+
+    patch_basicsr()
+    import ldt.archs  # noqa: F401  (registers our archs)
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    if not isinstance(raw, dict):
+        problems.append(f"network_g: expected a mapping, got {raw!r}")
+        return None, None, None
+    arch_type = raw.get("type")
+    if not isinstance(arch_type, str):
+        problems.append("network_g:type: missing (e.g. MambaIR, HAT, SAFMN)")
+        return None, None, None
+    try:
+        arch = ARCH_REGISTRY.get(arch_type)
+    except KeyError:
+        known = sorted(name for name, _ in ARCH_REGISTRY)
+        hint = difflib.get_close_matches(arch_type, known, n=1)
+        problems.append(f"network_g:type: unknown architecture '{arch_type}'"
+                        + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(known)}"))
+        return None, None, None
+    ignored = [key for key in getattr(arch, "OFFICIAL_EXTRA_OPTIONS", ()) if key in raw]
+    if ignored:
+        warnings.warn(f"network_g: {', '.join(ignored)} ignored: the official {arch_type} constructor swallows "
+                      f"{'it' if len(ignored) == 1 else 'them'} too (they do not change the network)", OptionsWarning,
+                      stacklevel=3)
+    kept = {k: v for k, v in raw.items() if k not in ignored}
+    schema = network_schema(arch)
+    checked = validate_into(schema, kept, ["network_g"], problems)
+    if checked is None:
+        return None, None, None
+    options = {"type": arch_type, **checked.model_dump(exclude_unset=True, exclude={"type"})}
+    try:
+        network = build_meta_network(arch, {k: v for k, v in options.items() if k != "type"})
+    except Exception as err:  # the constructor's own checks (ValueError, AssertionError, ...)
+        problems.append(f"network_g: {arch_type} cannot be built with these options: {err}")
+        return options, None, arch
+    return options, network, arch
+
+
+def network_head_patterns(arch_type: str, arch: type | None) -> list[str] | None:
+    """The architecture's own head (DeFT's unstable group, LP-FT's warm-up), if it declares one."""
+    from ldt.archs.arch_util import head_patterns
+
+    return head_patterns(arch_type, arch)
+
+
+def network_scale(options: dict) -> int | None:
+    for key in ("upscale", "upscaling_factor", "scale"):
+        if isinstance(options.get(key), int):
+            return options[key]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- cross-checks
+
+
+def _dataset_problems(raw: Any, is_train: bool, scale: int, problems: list[str]) -> dict[str, DatasetOptions]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append("datasets: missing (a 'train' set and/or 'val_*' / 'test_*' sets)")
+        return {}
+    checked: dict[str, DatasetOptions] = {}
+    for key, block in raw.items():
+        where = f"datasets:{key}"
+        if str(key).split("_")[0] not in ("train", "val", "test") or (str(key).startswith("train") and key != "train"):
+            problems.append(f"{where}: a dataset key must be 'train', 'val[_*]' or 'test[_*]'")
+            continue
+        if not isinstance(block, dict):
+            problems.append(f"{where}: expected a mapping, got {block!r}")
+            continue
+        kind = block.get("type")
+        if kind not in DATASET_SCHEMAS:
+            hint = difflib.get_close_matches(str(kind), list(DATASET_SCHEMAS), n=1)
+            problems.append(f"{where}:type: " + ("missing" if kind is None else f"no option schema for dataset type "
+                                                 f"'{kind}'") + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                            + f"; supported: {', '.join(DATASET_SCHEMAS)}")
+            continue
+        options = validate_into(DATASET_SCHEMAS[kind], block, [where], problems)
+        if options is not None:
+            checked[key] = options
+    for key, options in checked.items():
+        where = f"datasets:{key}"
+        for field in ("dataroot", "dataroot_gt", "dataroot_lq", "meta_info_file"):
+            values = getattr(options, field, None)
+            for value in ([values] if isinstance(values, str) else values or []):
+                if not Path(value).expanduser().exists():
+                    problems.append(f"{where}:{field}: path does not exist: {value}")
+        if key == "train":
+            if options.batch_size_per_gpu is None:
+                problems.append(f"{where}:batch_size_per_gpu: missing (required for the training set)")
+            gt_size = getattr(options, "gt_size", None)
+            if gt_size is not None and gt_size % scale:
+                problems.append(f"{where}:gt_size: {gt_size} is not a multiple of the scale {scale}")
+            if isinstance(options, PairedImageOptions) and gt_size is None:
+                problems.append(f"{where}:gt_size: missing (required for a PairedImageDataset training set)")
+    if is_train and "train" not in checked and not any(p.startswith("datasets:train") for p in problems):
+        problems.append("datasets:train: missing (the training set)")
+    if not is_train and not any(k.startswith(("val", "test")) for k in raw):
+        problems.append("datasets: no val_* / test_* set to evaluate")
+    return checked
+
+
+def _camera_sets(options: DatasetOptions) -> set[str]:
+    from ldt.data.cameras import resolve_cameras
+
+    return set(resolve_cameras(options.cameras)) if isinstance(options, DRealSRCameraOptions) else set()
+
+
+def _same_root(a: DRealSRCameraOptions, b: DRealSRCameraOptions) -> bool:
+    def root(o: DRealSRCameraOptions) -> tuple:
+        return tuple(os.path.realpath(os.path.expanduser(p)) if p else None for p in (o.dataroot, o.dataroot_gt))
+
+    return root(a) == root(b)
+
+
+def _leak_problems(datasets: dict[str, DatasetOptions], val: ValOptions, probe_set: str | None) -> list[str]:
+    """Domain generalisation's first rule: no target camera is trained on, and validation never reads training pairs."""
+    train = datasets.get("train")
+    names = {options.name for options in datasets.values()}
+    if not isinstance(train, DRealSRCameraOptions) or (val.selection == "source" and val.source_set not in names):
+        return []  # no training cameras to guard, or no source set to tell apart (that is reported on its own)
+    problems = []
+    seen = _camera_sets(train)
+    for key, options in datasets.items():
+        if key == "train" or not isinstance(options, DRealSRCameraOptions) or not _same_root(train, options):
+            continue
+        overlap = sorted(_camera_sets(options) & seen)
+        if not overlap:
+            continue
+        if options.name != val.source_set and key != probe_set:
+            problems.append(f"datasets:{key}: the target set '{options.name}' evaluates {overlap}, which datasets:train "
+                            f"trains on; a target camera must be unseen (or make this set val:source_set)")
+            continue
+        complementary = (train.held_out is not None and options.held_out is not None
+                         and train.held_out.part == "train" and options.held_out.part == "holdout"
+                         and (train.held_out.fraction, train.held_out.seed)
+                         == (options.held_out.fraction, options.held_out.seed))
+        if options.split == train.split and not complementary and key != probe_set:
+            problems.append(f"datasets:{key}: reads the same {train.split} pairs of {overlap} as datasets:train; "
+                            "validate on the test split, or on complementary held_out parts (same fraction and seed)")
+    if probe_set in datasets and probe_set != "train":
+        unseen = sorted(_camera_sets(datasets[probe_set]) - seen)
+        if unseen:
+            problems.append(f"ldt:probe:dataset: '{probe_set}' reads {unseen}, which are not training cameras "
+                            "(the probe must see source data only)")
+    return problems
+
+
+def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train: bool) -> list[str]:
+    problems = []
+    val = opt.val
+    names = [d.name for key, d in datasets.items() if key.startswith(("val", "test"))]
+    if val.tile is not None and val.tile_overlap >= val.tile:
+        problems.append(f"val:tile_overlap: {val.tile_overlap} must be smaller than val:tile {val.tile}")
+    if is_train and not any(m.type == "calculate_psnr" for m in val.metrics.values()):
+        problems.append(f"val:metrics: must include a calculate_psnr metric (the best checkpoint is selected on it), "
+                        f"got {list(val.metrics)}")
+    if is_train and names:
+        if val.selection.startswith("oracle:") and val.selection.split(":", 1)[1] not in names:
+            problems.append(f"val:selection: '{val.selection}' names no validation set (have {names})")
+        if val.selection == "source" and val.source_set not in names:
+            problems.append(f"val:source_set: '{val.source_set}' names no validation set (have {names}); name the "
+                            "source camera's held-out set, or use val:selection: last")
+    if len(set(names)) < len(names):
+        problems.append(f"datasets: validation set names must be unique, got {names}")
+    return problems
+
+
+def _path_problems(opt: RunOptions) -> list[str]:
+    problems = []
+    for key in ("pretrain_network_g", "resume_state"):
+        value = getattr(opt.path, key)
+        if value and not Path(value).expanduser().is_file():
+            problems.append(f"path:{key}: file does not exist: {value}")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------- the entry point
+
+
+def prepare_options(raw: dict, *, is_train: bool, source: str = "options") -> dict:
+    """Check ``raw`` (an option dict from a file or built in code) against the schema; return it normalised (every
+    default filled in, official aliases resolved) as a new dict. All problems are raised together."""
+    raw = copy.deepcopy(raw)
+    if not isinstance(raw, dict):
+        raise OptionsError(f"{source}: expected a mapping of options")
+    problems: list[str] = []
+    if raw.get("model_type") in OFFICIAL_MODEL_TYPES:
+        warnings.warn(f"model_type: {raw['model_type']} runs as LDTModel (the method is ldt:method)", OptionsWarning,
+                      stacklevel=2)
+        raw["model_type"] = "LDTModel"
+    top = validate_into(RunOptions, {**raw, "datasets": raw.get("datasets") or {}, "network_g": raw.get("network_g") or {}},
+                    [], problems)
+    network, meta_network, arch = _check_network(raw.get("network_g"), problems)
+    scale = (top.scale if top is not None and top.scale else None) or (network_scale(network or {}) or 4)
+    if top is not None and top.scale and network and network_scale(network) not in (None, top.scale):
+        problems.append(f"scale: {top.scale}, but network_g upscales by {network_scale(network)}")
+    datasets = _dataset_problems(raw.get("datasets"), is_train, scale, problems)
+    ldt_options = train_options = None
+    if top is not None:
+        problems += _path_problems(top)
+        problems += _val_problems(top, datasets, is_train)
+        if top.num_gpu not in ("auto", 0):
+            import torch
+
+            if torch.cuda.device_count() < top.num_gpu:
+                problems.append(f"num_gpu: {top.num_gpu}, but {torch.cuda.device_count()} CUDA device(s) are visible "
+                                "(use num_gpu: 0 or auto)")
+        if is_train:
+            train_options = top.train or TrainOptions()
+            ldt_options = top.ldt or LDTOptions()
+            if ldt_options.probe.dataset not in (raw.get("datasets") or {}):
+                problems.append(f"ldt:probe:dataset: '{ldt_options.probe.dataset}' is not a key of datasets")
+            problems += _leak_problems(datasets, top.val, ldt_options.probe.dataset)
+            if meta_network is not None:
+                head = network_head_patterns(network["type"], arch)
+                method = method_class(ldt_options.method)
+                problems += [f"ldt:{where}: {message}" for where, message in
+                             method.check(ldt_options, meta_network, head)]
+    if problems:
+        raise OptionsError("\n".join(f"{source}: {problem}" for problem in dict.fromkeys(problems)))
+    opt = top.model_dump(exclude_none=False)
+    opt.update(scale=scale, network_g=network, datasets={
+        key: {**datasets[key].model_dump(), "phase": key.split("_")[0], "scale": scale} for key in raw["datasets"]})
+    if is_train:
+        opt["train"], opt["ldt"] = train_options.model_dump(), ldt_options.model_dump()
+    opt["is_train"] = is_train
+    if opt["logger"]["wandb"] and opt["logger"]["wandb"].get("project"):
+        warnings.warn("logger:wandb is used by the BasicSR pipeline only; Train_pip.py logs to TensorBoard",
+                      OptionsWarning, stacklevel=2)
+    return opt
+
+
+def load_options(path: str | Path, *, is_train: bool, overrides: list[str] | None = None, kind: str | None = None) -> dict:
+    """Read an option file (``base:`` resolved), apply ``--force_yml`` overrides, check and normalise it."""
+    file = resolve_option_file(str(path), kind or ("train" if is_train else "test"))
+    opt = read_option_file(file)
+    apply_overrides(opt, overrides)
+    opt = prepare_options(opt, is_train=is_train, source=str(file))
+    opt["option_file"] = str(file)
+    return opt
+
+
+def method_options(opt: dict) -> LDTOptions:
+    """The ``ldt:`` block of prepared options as the method's config object."""
+    return LDTOptions.model_validate(opt["ldt"])
+
+
+# ------------------------------------------------------------------------------------------------ run identity
+
+# What a resumed run may change (applied on resume): the learning rate, the length, validation and (in
+# identity_sections) where the data lives; everything else defines the run and must match the state.
+RESUMABLE: dict[str, tuple[str, ...]] = {
+    "train": ("total_iter", "optim_g.lr", "nan_policy", "max_nan_skips"),
+    "val": ("val_freq", "pbar", "save_img", "tile", "tile_overlap", "suffix"),
+}
+DATA_PATHS = ("dataroot", "dataroot_gt", "dataroot_lq", "meta_info_file")
+
+
+def _canonical(path: Any) -> Any:
+    if isinstance(path, list):
+        return [_canonical(p) for p in path]
+    return None if path is None else os.path.realpath(os.path.expanduser(str(path)))
+
+
+def _drop(values: dict, dotted: Sequence[str]) -> dict:
+    values = copy.deepcopy(values)
+    for key in dotted:
+        node, *rest = key.split(".")
+        if rest:
+            values.get(node, {}).pop(rest[0], None)
+        else:
+            values.pop(node, None)
+    return values
+
+
+def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
+    """The options that define a training run, normalised without reading any file (so a sweep can be planned
+    without its data): dataset blocks and sections with their defaults, paths made absolute, the ``ldt:`` block
+    reduced to what the method reads (:func:`ldt.core.run_identity`). Left out: the name, output paths, logging and
+    where it runs (``num_gpu``, ``speed:compile``); with ``resumable`` also what a resume may change
+    (:data:`RESUMABLE`, the data paths: the data may have moved, the starting weights: the state has its own)."""
+    from ldt.core import run_identity as method_identity
+
+    train = TrainOptions.model_validate(opt.get("train") or {}).model_dump()
+    val = ValOptions.model_validate(opt.get("val") or {}).model_dump()
+    if resumable:
+        train, val = _drop(train, RESUMABLE["train"]), _drop(val, RESUMABLE["val"])
+    datasets = {}
+    for key, block in (opt.get("datasets") or {}).items():
+        values = DATASET_SCHEMAS[block["type"]].model_validate(block).model_dump(exclude={"phase", "scale"})
+        for field in DATA_PATHS:
+            if field in values:
+                values[field] = None if resumable else _canonical(values[field])
+        datasets[key] = values
+    network = opt["network_g"]
+    arch_extras = ()
+    try:
+        from ldt.compat import patch_basicsr
+
+        patch_basicsr()
+        import ldt.archs  # noqa: F401
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        arch_extras = getattr(ARCH_REGISTRY.get(network["type"]), "OFFICIAL_EXTRA_OPTIONS", ())
+    except KeyError:
+        pass
+    method = LDTOptions.model_validate(opt.get("ldt") or {})
+    return {
+        "scale": opt.get("scale") or network_scale(network) or 4,
+        "manual_seed": opt.get("manual_seed", 0),
+        "network_g": {k: v for k, v in network.items() if k not in arch_extras},
+        "datasets": datasets,
+        "train": {k: v for k, v in train.items() if k != "ema_decay"},
+        "val": val,
+        "ldt": method_identity(method, train["ema_decay"]),
+        "speed": SpeedOptions.model_validate(opt.get("speed") or {}).model_dump(exclude={"compile"}),
+        "pretrain": None if resumable else _canonical((opt.get("path") or {}).get("pretrain_network_g")),
+    }
+
+
+def run_identity(opt: dict, *, resumable: bool = False) -> str:
+    """A short hash of :func:`identity_sections` (two option dicts with the same hash train the same run)."""
+    from ldt.sweep import run_hash
+
+    return run_hash(identity_sections(opt, resumable=resumable))
+
+
+# ------------------------------------------------------------------------------------------------ the reference
+
+
+def options_reference() -> str:
+    """The option reference of the README, generated from the schema (``python -m ldt.sr.options``)."""
+    from ldt.sweep import markdown_table
+
+    header = ["option", "type", "default", "range", "what it does"]
+    sections = [
+        ("Top level", option_rows(RunOptions)),
+        ("`datasets:<key>:` with `type: DRealSRCameraDataset`", option_rows(DRealSRCameraOptions)),
+        ("`datasets:<key>:` with `type: PairedImageDataset` (BasicSR's)", option_rows(PairedImageOptions)),
+        ("`ldt:` (the method: `ldt.core.MethodConfig`, plus the SR probe's data)", option_rows(LDTOptions, "ldt:")),
+    ]
+    top = [row for row in sections[0][1] if not row[0].startswith("`ldt")]
+    sections[0] = (sections[0][0], top)
+    parts = ["`network_g:` takes `type` and the architecture's own constructor arguments (`ldt/archs/*_arch.py`), "
+             "checked against its signature and types."]
+    for title, rows in sections:
+        parts += [f"**{title}**", markdown_table(header, rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    print(options_reference(), end="")

@@ -1,0 +1,70 @@
+"""Clean stops on SIGTERM / SIGINT: clusters preempt with SIGTERM (SLURM, Kubernetes), users press Ctrl-C.
+
+The first signal asks the training loop to save a training state at the next step boundary and exit; a second one
+exits at once (the default action of the signal: nothing half-written survives, writes are atomic). Under DDP the
+ranks agree on the stop (a max all-reduce of the flag each step), so they save the same iteration and leave together.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import torch
+import torch.distributed as dist
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a state (``state`` is None if it stopped before training began)."""
+
+    def __init__(self, signum: int, iteration: int, state: str | None) -> None:
+        name = signal.Signals(signum).name
+        where = f"saved {state}; resume with --auto_resume" if state else "before training began, nothing to save"
+        super().__init__(f"stopped by {name} at iteration {iteration}: {where}")
+        self.signum, self.iteration, self.state = signum, iteration, state
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopOnSignal:
+    """Context manager that turns the first SIGTERM/SIGINT into a stop request (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name}: saving a training state at the next step, then exiting "
+                  "(send it again to exit at once)", file=sys.stderr, flush=True)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def requested(self) -> int | None:
+        """The signal that asked for a stop, on any rank (None: keep going)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            backend = dist.get_backend()
+            device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+            flag = torch.tensor([self.signum or 0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return int(flag.item()) or None
+        return self.signum

@@ -1,0 +1,380 @@
+"""The SR training pipeline behind ``Train_pip.py``: options → data → LDTModel → train/validate/save → tables.
+
+Our own loop on BasicSR's building blocks, because basicsr 1.4.2's ``train_pipeline`` maps resume states to CUDA,
+relies on ``torch.load`` defaults that changed in torch 2.6, rejects CPU DDP and restarts the epoch on resume.
+Here resume continues from the exact sample position (bit-identical on CPU with ``num_worker_per_gpu: 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ldt.atomic import DiskError, atomic_write_text, disk_reason, make_dirs, remove_leftovers
+from ldt.compat import patch_basicsr
+from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
+
+patch_basicsr()
+import ldt.archs  # noqa: E402,F401  (registers archs)
+import ldt.data  # noqa: E402,F401  (registers datasets)
+import ldt.models  # noqa: E402,F401  (registers LDTModel)
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils import get_root_logger, get_time_str, set_random_seed  # noqa: E402
+from ldt.data.cameras import DatasetError  # noqa: E402
+from ldt.models.ldt_model import NonFiniteLossError  # noqa: E402
+from ldt.sr.checkpoints import (  # noqa: E402
+    archive,
+    holds_a_run,
+    newest_intact_state,
+    option_changes,
+    read_state,
+    remove_stale_weights,
+)
+from ldt.sr.loaders import training_loader, validation_loaders  # noqa: E402
+from ldt.sr.metrics import MetricTable  # noqa: E402
+from ldt.sr.preemption import Interrupted, StopOnSignal  # noqa: E402
+from ldt.weights import WeightsError  # noqa: E402
+
+
+
+def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "-opt", "--opt", default=None,
+        help=f"options YAML: a path, or a bare file name inside options/{option_kind}/",
+    )
+    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun (DDP)")
+    parser.add_argument("--force_yml", nargs="+", default=None, metavar="KEY:SUB=VALUE",
+                        help="override options, e.g. ldt:method=ft train:total_iter=1000 (values read as YAML)")
+    parser.add_argument("--root", type=Path, default=PROJECT_ROOT,
+                        help="where experiments/, tb_logger/ and results/ go (default: the project folder)")
+    return parser
+
+
+def init_distributed(opt: dict, launcher: str) -> None:
+    """torchrun environment → process group (NCCL on GPUs, gloo on CPU); set rank/world/device options."""
+    if launcher == "pytorch" and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and opt["num_gpu"] != 0
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        # Rank 0 validates alone while the other ranks wait in the next collective: tiled validation of six camera
+        # sets with a large network can outlast the default 10-minute timeout.
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    opt["dist"] = dist.is_initialized()
+    opt["rank"], opt["world_size"] = (dist.get_rank(), dist.get_world_size()) if opt["dist"] else (0, 1)
+
+
+def resolve_num_gpu(opt: dict) -> None:
+    if opt["num_gpu"] == "auto":
+        opt["num_gpu"] = 1 if torch.cuda.is_available() else 0
+    if opt["num_gpu"] and not torch.cuda.is_available():
+        raise OptionsError(f"num_gpu: {opt['num_gpu']} but CUDA is not available (use num_gpu: 0 or auto)")
+
+
+def experiment_paths(opt: dict, root: Path) -> None:
+    exp = root / "experiments" / opt["name"]
+    opt["path"].update(
+        experiments_root=str(exp), models=str(exp / "models"), training_states=str(exp / "training_states"),
+        log=str(exp), visualization=str(exp / "visualization"),
+    )
+
+
+def validate(model, loaders: dict, opt: dict, current_iter: int, tb_logger=None, desc: str = "val") -> MetricTable:
+    """Evaluate the deployed network on every validation set; log per set and their mean."""
+    table = MetricTable(tuple(opt["val"]["metrics"]))
+    for name, loader in loaders.items():
+        means = table.add(name, model.evaluate(loader, description=f"{desc} {name}"))
+        if tb_logger is not None:
+            for metric, value in means.items():
+                tb_logger.add_scalar(f"metrics/{name}/{metric}", value, current_iter)
+    if tb_logger is not None and len(table.rows) > 1:
+        for metric, value in table.mean().items():
+            tb_logger.add_scalar(f"metrics/mean/{metric}", value, current_iter)
+    return table
+
+
+def selection_set(opt: dict, loaders: dict) -> tuple[str | None, str]:
+    """The validation set whose PSNR selects the best checkpoint (None: the last validated one), and the tag of the
+    saved file: ``net_g_best.pth`` (source camera), ``net_g_best_oracle.pth``, ``net_g_best_last.pth``."""
+    selection = opt["val"]["selection"]
+    if selection.startswith("oracle:"):
+        return selection.split(":", 1)[1], "_oracle"
+    if selection == "last" or not loaders:
+        return None, "_last"
+    return opt["val"]["source_set"], ""
+
+
+def selection_metric(opt: dict) -> str:
+    """The name of the PSNR metric (the checkpoint is selected on it)."""
+    return next(name for name, spec in opt["val"]["metrics"].items() if spec["type"] == "calculate_psnr")
+
+
+def write_results(opt: dict, table: MetricTable, extra: dict) -> str:
+    exp = Path(opt["path"]["experiments_root"])
+    report = {"name": opt["name"], "method": opt["ldt"]["method"], "arch": opt["network_g"]["type"], **extra,
+              "metrics": table.to_dict()}
+    atomic_write_text(exp / "results.json", json.dumps(report, indent=1))
+    markdown = f"### {opt['name']} ({opt['ldt']['method']}, {opt['network_g']['type']})\n\n" + table.markdown("camera")
+    atomic_write_text(exp / "results.md", markdown + "\n")
+    return markdown
+
+
+def resume_point(opt: dict, logger) -> tuple[Path | None, dict | None]:
+    """The state to resume from (``path:resume_state``, or with ``--auto_resume`` the newest intact state of this
+    experiment), checked against this run's options: what may change is applied and said, anything else refuses the
+    resume with the differences named. Without a state the experiment starts afresh."""
+    if opt["path"]["resume_state"]:
+        path = Path(opt["path"]["resume_state"])
+        state = read_state(path)
+    elif opt.get("auto_resume"):
+        path, state = newest_intact_state(opt["path"]["training_states"], logger.warning)
+        if path is None:
+            logger.info(f"--auto_resume: no training state in {opt['path']['training_states']}; starting afresh")
+            return None, None
+    else:
+        return None, None
+    refused, applied = option_changes(state.get("options") or {}, opt)
+    if refused:
+        raise OptionsError(
+            f"cannot resume {path}: it was trained with other options ({'; '.join(refused)}); restore them, or start "
+            "a new run without --auto_resume (the experiment folder is then archived)")
+    for line in applied:
+        logger.info(f"resume: {line} (applied)")
+    return path, state
+
+
+def prepare_folder(opt: dict, root: Path, resume: Path | None, logger) -> None:
+    """A fresh run archives an experiment folder that holds an earlier run (BasicSR's ``<name>_archived_<time>``);
+    a resumed one clears what an interrupted write left (temporary files, weights newer than its state)."""
+    exp = Path(opt["path"]["experiments_root"])
+    tb = root / "tb_logger" / opt["name"]
+    if resume is None and holds_a_run(exp):
+        for moved in archive(exp, tb):
+            print(f"{moved.with_name(moved.name.split('_archived_')[0])} held an earlier run: archived as {moved}",
+                  flush=True)
+    for key in ("experiments_root", "models", "training_states"):
+        make_dirs(opt["path"][key])
+    removed = remove_leftovers(exp, opt["path"]["models"], opt["path"]["training_states"])
+    if resume is not None:
+        iteration = int(Path(resume).stem) if Path(resume).stem.isdigit() else None
+        if iteration is not None:
+            removed += remove_stale_weights(opt["path"]["models"], opt["path"]["training_states"], iteration,
+                                            opt["logger"]["keep_last_checkpoints"])
+    for path in removed:
+        logger.info(f"removed {path}, left by an interrupted run")
+
+
+def apply_learning_rate(model, opt: dict, state: dict) -> None:
+    """A resume with another ``train:optim_g:lr`` scales every branch's learning rate (and the schedule's base)
+    by new / saved, so a run that diverged can go on from its last finite state with a lower rate."""
+    saved = ((state.get("options") or {}).get("train") or {}).get("optim_g", {}).get("lr")
+    new = opt["train"]["optim_g"]["lr"]
+    if saved is None or saved == new:
+        return
+    for optimizer in model.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] *= new / saved
+            if "initial_lr" in group:
+                group["initial_lr"] *= new / saved
+
+
+def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
+    """Run one training described by a validated option dict; return the final metrics report."""
+    with StopOnSignal() as stop:
+        return _train(opt, root, stop)
+
+
+def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
+    resolve_num_gpu(opt)
+    experiment_paths(opt, root)
+    rank0 = opt["rank"] == 0
+    logger = get_root_logger(logger_name="basicsr", log_level=logging.INFO)
+    state_path, state = resume_point(opt, logger)
+    # The data is checked (every pair found, every header read) before the folder is touched: a run that cannot
+    # start must not archive the one before it.
+    loader, sampler = training_loader(opt)
+    if len(loader) == 0:
+        raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
+    val_loaders = validation_loaders(opt) if rank0 else {}
+    if rank0:
+        prepare_folder(opt, root, state_path, logger)
+    if dist.is_initialized():
+        dist.barrier()  # the folder is ready (archived, cleaned) before any rank reads or writes in it
+    log_file = Path(opt["path"]["log"]) / f"train_{opt['name'].replace('/', '_')}_{get_time_str()}.log"
+    if rank0:
+        try:
+            logger = get_root_logger(logger_name="basicsr", log_level=logging.INFO, log_file=str(log_file))
+        except OSError as err:
+            raise DiskError(f"cannot write {log_file}: {disk_reason(err, log_file.parent)}") from None
+    set_random_seed(opt["manual_seed"] + opt["rank"])
+    tb_logger = None
+    if rank0 and opt["logger"]["use_tb_logger"]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_dir = make_dirs(root / "tb_logger" / opt["name"])
+        tb_logger = SummaryWriter(log_dir=str(tb_dir))
+
+    select_name, best_tag = selection_set(opt, val_loaders) if rank0 else (None, "")
+    psnr = selection_metric(opt)
+
+    if state_path is not None:
+        # The state was read once, on the CPU (the model copies every tensor onto its device). The model skips its
+        # warm-up and probe when resuming: it reads their result (the partition) from the same file.
+        opt["path"]["resume_state"] = str(state_path)
+    model = build_model(opt)
+    signum = stop.requested()
+    if signum:  # during the warm-up or the probe: no training state exists yet
+        raise Interrupted(signum, 0, str(state_path) if state_path else None)
+    total_iter = int(opt["train"]["total_iter"])
+    current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
+    history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
+    # The best score is also kept beside net_g_best: validation runs more often than states are saved, and a best
+    # found after the last state must not be overwritten by a worse network after a resume.
+    best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
+    last_state = str(state_path) if state_path else None  # the newest saved state (for NaN and preemption messages)
+    if state is not None:
+        model.resume_training(state)
+        apply_learning_rate(model, opt, state)
+        current_iter, epoch, position = state["iter"], state["epoch"], state["data_position"]
+        best = state["extra"].get("best", best)
+        if best_file.is_file():
+            recorded = json.loads(best_file.read_text())
+            if recorded["value"] > best["value"]:
+                best = recorded
+        history = state["extra"].get("history", [])
+        logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
+        state = None  # the model holds its own copies now; do not keep the file's tensors through training
+
+    last_validated: tuple[int, MetricTable] | None = None
+    start = time.time()
+    bar = None
+    if rank0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_iter, initial=current_iter, desc=f"train {opt['ldt']['method']}", unit="it", dynamic_ncols=True)
+    val_freq, save_freq, print_freq = opt["val"]["val_freq"], opt["logger"]["save_checkpoint_freq"], opt["logger"]["print_freq"]
+    try:
+        while current_iter < total_iter:
+            sampler.set_epoch(epoch)
+            sampler.skip = position * loader.batch_size
+            for batch in loader:
+                current_iter += 1
+                position += 1
+                model.update_learning_rate(current_iter, warmup_iter=opt["train"]["warmup_iter"])
+                model.feed_data(batch)
+                try:
+                    model.optimize_parameters(current_iter)
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in model.get_current_log().items()})
+                if rank0 and current_iter % print_freq == 0:
+                    logs = model.get_current_log()
+                    logger.info(f"iter {current_iter:,d} lr {model.get_current_learning_rate()[0]:.2e} "
+                                + " ".join(f"{k}: {v:.4e}" for k, v in logs.items()))
+                    if tb_logger is not None:
+                        for key, value in logs.items():
+                            tb_logger.add_scalar(f"losses/{key}", value, current_iter)
+                # The last iteration is always validated, so it competes for the best checkpoint too.
+                if rank0 and val_loaders and (current_iter % val_freq == 0 or current_iter == total_iter):
+                    table = validate(model, val_loaders, opt, current_iter, tb_logger)
+                    history.append({"iter": current_iter, **table.to_dict()})
+                    last_validated = (current_iter, table)
+                    logger.info(f"validation at iter {current_iter}\n{table.markdown('camera')}")
+                    score = table.rows[select_name][psnr] if select_name is not None else current_iter
+                    if score > best["value"]:
+                        best = {"value": score, "iter": current_iter, "set": select_name or "last"}
+                        model.save_best(best_tag)
+                        atomic_write_text(best_file, json.dumps(best))
+                signum = stop.requested()
+                if current_iter % save_freq == 0 or signum:
+                    try:
+                        last_state = model.save(epoch, current_iter, position,
+                                                extra={"best": best, "history": history}) or last_state
+                    except NonFiniteLossError as err:
+                        raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
+                if signum:
+                    raise Interrupted(signum, current_iter, last_state)
+                if current_iter >= total_iter:
+                    break
+            else:
+                epoch, position = epoch + 1, 0
+    finally:
+        if bar is not None:
+            bar.close()  # before any error message: the bar's line ends first
+    seconds = time.time() - start
+    model.save(epoch, -1)
+    report: dict = {}
+    if rank0:
+        if last_validated is not None and last_validated[0] == current_iter:
+            table = last_validated[1]
+        else:  # resumed at the end, or no validation sets
+            table = validate(model, val_loaders, opt, current_iter, tb_logger, desc="final") if val_loaders else MetricTable()
+        report = {"iterations": current_iter, "train_seconds": seconds, "best": best, "history": history,
+                  "nan_skips": model.nan_skips}
+        markdown = write_results(opt, table, report)
+        report["metrics"] = table.to_dict()
+        logger.info(f"Training done in {seconds:.1f} s\n{markdown}")
+        print(markdown, flush=True)
+    if tb_logger is not None:
+        tb_logger.close()
+    if dist.is_initialized():
+        dist.barrier()  # ranks leave together: a peer tearing down while rank 0 still writes can abort it (gloo)
+    return report
+
+
+def recovery_hint(state: str | None) -> str:
+    if state is None:
+        return "no training state was saved yet"
+    return (f"the last finite checkpoint is {state}: resume it with --auto_resume, e.g. with a lower "
+            "train:optim_g:lr (a resume applies it)")
+
+
+def print_error(err: Exception) -> int:
+    """One ``error:`` line per problem on stderr (an options error lists every problem of the file); exit code 2.
+
+    An error raised in a DataLoader worker arrives with the worker's traceback in its message: only its last line,
+    the error itself, is shown.
+    """
+    lines = str(err).splitlines() or [type(err).__name__]
+    if "Original Traceback" in str(err):
+        lines = [lines[-1].split(": ", 1)[-1]]
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__, "train")
+    parser.add_argument("--auto_resume", action="store_true",
+                        help="resume from the newest intact training state of this experiment (same options; the "
+                             "learning rate, length, validation and logging may change)")
+    args = parser.parse_args(argv)
+    if args.opt is None:
+        parser.error("-opt is required (Train_pip.py without arguments runs the demo)")
+    logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
+    try:
+        opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
+        opt["auto_resume"] = args.auto_resume
+        init_distributed(opt, args.launcher)
+        train(opt, root=args.root)
+    except Interrupted as stopped:
+        print(f"{stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except (OptionsError, DatasetError, NonFiniteLossError, WeightsError, DiskError) as err:
+        return print_error(err)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

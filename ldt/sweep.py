@@ -1,0 +1,247 @@
+"""One sweep engine for every task (SR tables, classification, segmentation): run identity, records, skip-finished,
+weights parsing, statistics and tables.
+
+Like DomainBed's sweep / ``collect_results``: every finished run appends one self-describing JSON line to
+``results.jsonl``, keyed by the hash of the options that define it (:func:`run_hash`). So an interrupted sweep
+resumes by skipping every run that already has a record, a run shared by several tables is trained once, and
+tables are always recomputed from the records alone, never by retraining.
+
+Statistics, one convention for all tasks: a cell is the mean ± standard error over seeds (sample standard deviation,
+ddof 1, over √n) with n stated; a comparison of two settings is the paired difference over the seeds both have
+(same seed = same data order and initialisation), with a 95 % Student-t interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import statistics
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS_FILE = "results.jsonl"
+
+
+class SweepError(ValueError):
+    """Bad input to a sweep (weights, seeds, ...), found before any run starts; the message names the culprit."""
+
+
+# ---------------------------------------------------------------------------------------------------------- identity
+
+
+def run_hash(options: Mapping) -> str:
+    """A short stable hash of the options that define a run (key order does not matter)."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------- records
+
+
+class Records:
+    """A ``results.jsonl`` file: one finished run per line, each with its ``options_hash``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def all(self) -> list[dict]:
+        """Every complete record (none if the file does not exist); a line cut short by an interrupted write, or
+        anything that is not a JSON object with an ``options_hash``, is skipped with a warning."""
+        if not self.path.is_file():
+            return []
+        records = []
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and "options_hash" in record:
+                records.append(record)
+            else:
+                warnings.warn(f"{self.path}:{number}: not a complete record (an interrupted write?); ignored",
+                              stacklevel=2)
+        return records
+
+    def by_hash(self) -> dict[str, dict]:
+        """The records by options hash (a rerun of a run replaces its earlier record)."""
+        return {record["options_hash"]: record for record in self.all()}
+
+    def append(self, record: dict) -> None:
+        """Append one record as a line and sync it, so a crash right after a run still leaves its record whole.
+
+        A line cut short by an earlier crash is closed first, or the new record would be glued to it and lost.
+        """
+        if "options_hash" not in record:
+            raise ValueError("a record needs its 'options_hash'")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab+") as handle:
+            if handle.seek(0, os.SEEK_END):
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+            handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+@dataclass
+class PlannedRun:
+    """One run of a sweep: its identity, a label for progress and messages, and how to run it (-> its record)."""
+
+    digest: str
+    label: str
+    execute: Callable[[], dict]
+
+
+def run_pending(runs: Sequence[PlannedRun], records: Records, *, progress: bool = True, desc: str = "sweep") -> tuple[int, int]:
+    """Run every planned run without a record (each once, in order), appending each record as it finishes.
+
+    Returns (runs trained, runs skipped because a record exists). A run planned twice (shared by two tables) runs once.
+    """
+    unique = list({run.digest: run for run in runs}.values())
+    done = set(records.by_hash())
+    pending = [run for run in unique if run.digest not in done]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(unique), initial=len(unique) - len(pending), desc=desc, unit="run", disable=not progress,
+               dynamic_ncols=True)
+    for run in pending:
+        bar.set_postfix_str(run.label)
+        record = run.execute()
+        records.append({**record, "options_hash": run.digest})
+        bar.update(1)
+    bar.close()
+    return len(pending), len(unique) - len(pending)
+
+
+# ----------------------------------------------------------------------------------------------------------- weights
+
+
+def parse_weights(entries: Sequence[str] | None, names: Sequence[str], known: Sequence[str], *,
+                  flag: str = "--weights", noun: str = "NAME") -> dict[str, str]:
+    """``FILE`` (when the sweep has one network) or ``NAME=FILE ...`` → {name: path as given}.
+
+    ``names``: the networks of this sweep; ``known``: every name the tool knows (a ``NAME=`` outside it is a typo
+    unless the whole entry is an existing file whose name contains '='); ``noun``: what a name is, for messages.
+    """
+    weights: dict[str, str] = {}
+    for entry in entries or []:
+        name, sep, path = str(entry).partition("=")
+        if sep and name in known:
+            weights[name] = path
+        elif sep and not Path(entry).exists():
+            raise SweepError(f"{flag} {entry}: unknown {noun.lower()} {name!r}; choose from {', '.join(known)}")
+        elif len(names) == 1 and len(entries) == 1:
+            weights[names[0]] = str(entry)
+        else:
+            raise SweepError(f"{flag} {entry}: with several {noun.lower()}s or files ({', '.join(names)} swept), "
+                             f"write {noun}=FILE for each")
+    unused = sorted(set(weights) - set(names))
+    if unused:
+        raise SweepError(f"{flag} given for {', '.join(unused)}, not swept here ({', '.join(names)})")
+    return weights
+
+
+# -------------------------------------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and standard error over ``n`` seeds (se is None for a single seed)."""
+
+    mean: float
+    se: float | None
+    n: int
+
+    def format(self, digits: int = 2, scale: float = 1.0) -> str:
+        value = f"{self.mean * scale:.{digits}f}"
+        return value if self.se is None else f"{value} ± {self.se * scale:.{digits}f}"
+
+
+def mean_se(values: Iterable[float]) -> Stat:
+    """Mean ± standard error of the mean (sample std with ddof 1, over √n); se None for one value."""
+    values = list(values)
+    if not values:
+        raise ValueError("mean_se of no values")
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return Stat(mean, se, len(values))
+
+
+def t_quantile(probability: float, dof: int) -> float:
+    """The Student-t quantile (scipy)."""
+    from scipy.stats import t
+
+    return float(t.ppf(probability, dof))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired difference (setting − reference) over ``n`` common seeds with a 95 % t interval (None for n < 2)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+
+    @property
+    def distinguishable(self) -> bool | None:
+        """Whether the 95 % interval excludes zero (None when there is no interval)."""
+        if self.low is None:
+            return None
+        return self.low > 0 or self.high < 0
+
+    def format(self, digits: int = 2) -> str:
+        if self.low is None:
+            return f"{self.mean:+.{digits}f} (n={self.n})"
+        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
+    def verdict(self) -> str:
+        """The table's 'distinguishable from zero' column."""
+        flag = self.distinguishable
+        return "n < 2" if flag is None else ("yes" if flag else "no")
+
+
+def paired_difference(values: Mapping[int, float], reference: Mapping[int, float]) -> Paired | None:
+    """``values − reference`` over their common seeds; None if they share no seed."""
+    seeds = sorted(set(values) & set(reference))
+    if not seeds:
+        return None
+    differences = [values[s] - reference[s] for s in seeds]
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return Paired(mean, None, None, 1)
+    half = t_quantile(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+    return Paired(mean, mean - half, mean + half, len(differences))
+
+
+# ------------------------------------------------------------------------------------------------------------ tables
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def csv_stat(stat: Stat | None) -> list:
+    """(mean, se, n) columns of a CSV row; empty cells for a missing stat or se."""
+    if stat is None:
+        return ["", "", 0]
+    return [stat.mean, "" if stat.se is None else stat.se, stat.n]

@@ -1,0 +1,107 @@
+"""Reading weights files (``.pth``) with one-line errors that name the file and what is wrong with it.
+
+A truncated download, an empty file, a file that is not a PyTorch checkpoint, a checkpoint of another network:
+each is a :class:`WeightsError` naming the path and, for a mismatch, the first few keys that do not fit, instead of
+an ``EOFError`` / ``OSError: [Errno 22]`` / size-mismatch traceback. Always ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+LISTED = 3  # keys named per kind of mismatch
+
+
+class WeightsError(ValueError):
+    """A weights or state file cannot be used; the message names the file and the problem."""
+
+
+def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a :class:`WeightsError` saying why the file cannot be."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise WeightsError(f"{what} {path} is not a file")
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise WeightsError(f"{what} {path}: cannot be read ({err.strerror})") from None
+    if size == 0:
+        raise WeightsError(f"{what} {path} is empty (0 bytes): an interrupted write or download?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except PermissionError:
+        raise WeightsError(f"{what} {path}: permission denied") from None
+    except (EOFError, zipfile.BadZipFile) as err:
+        raise WeightsError(f"{what} {path} is truncated or corrupt ({type(err).__name__})") from None
+    except pickle.UnpicklingError as err:
+        if "unsupported global" in str(err).lower():
+            raise WeightsError(f"{what} {path} holds Python objects other than tensors (a pickled model? save its "
+                               "state_dict instead; such files are not loaded: weights_only)") from None
+        raise WeightsError(f"{what} {path} is not a PyTorch checkpoint (not a zip archive or a tensor pickle)") from None
+    except (RuntimeError, OSError, ValueError) as err:
+        text = " ".join(str(err).split())
+        if any(s in text for s in ("central directory", "failed reading", "invalid header", "Invalid argument",
+                                   "file read failed", "unexpected EOF", "PytorchStreamReader")):
+            raise WeightsError(f"{what} {path} is truncated or not a PyTorch checkpoint ({text[:120]})") from None
+        raise WeightsError(f"{what} {path} cannot be loaded: {text[:200]}") from None
+
+
+def state_dict_in(checkpoint: object, path: str | os.PathLike, key: str | None = None,
+                  containers: tuple[str, ...] = ("params_ema", "params", "state_dict", "model")) -> "OrderedDict[str, torch.Tensor]":
+    """The tensors inside a checkpoint, without a DDP ``module.`` prefix.
+
+    ``key`` picks an entry explicitly (e.g. BasicSR's ``params`` / ``params_ema``); by default the first of
+    ``containers`` present is used (BasicSR releases: ``params_ema`` first, as they are evaluated), else the mapping
+    itself if it already holds tensors.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise WeightsError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
+    if key is not None:
+        if key not in checkpoint:
+            raise WeightsError(f"{path} has no '{key}' entry; it has {sorted(map(str, checkpoint))[:10]}")
+        state = checkpoint[key]
+    else:
+        state = next((checkpoint[k] for k in containers if isinstance(checkpoint.get(k), Mapping)), checkpoint)
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors (top-level keys: "
+                           f"{sorted(map(str, checkpoint))[:10]})")
+    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+
+
+def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
+              ignore: Callable[[str], bool] = lambda key: False) -> None:
+    """Raise a :class:`WeightsError` naming the first keys that do not fit ``model`` (``ignore``d keys aside).
+
+    ``strict``: every key on both sides must match; otherwise only keys present on both sides must agree in shape.
+    """
+    own = {k: v for k, v in model.state_dict().items() if not ignore(k)}
+    given = {k: v for k, v in state.items() if not ignore(k)}
+    # Old checkpoints lack BatchNorm's num_batches_tracked; BatchNorm fills it in when loading.
+    missing = [k for k in own if k not in given and not k.endswith("num_batches_tracked")] if strict else []
+    unexpected = [k for k in given if k not in own] if strict else []
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in given.items()
+              if k in own and v.shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {len(keys)} key(s) ({', '.join(keys[:LISTED])}{', ...' if len(keys) > LISTED else ''})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs net)", shapes))
+                 if keys]
+        raise WeightsError(f"{path} does not fit {type(model).__name__}: " + "; ".join(parts))
+
+
+def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Module | None = None,
+                 strict: bool = True) -> "OrderedDict[str, torch.Tensor]":
+    """The state dict of a weights file, checked against ``model`` when given (one-line errors naming the file)."""
+    state = state_dict_in(read_checkpoint(path), path, key)
+    if model is not None:
+        check_fit(state, model, path, strict=strict)
+    return state

@@ -1,0 +1,237 @@
+"""The option schema end to end through ``Train_pip.py`` / ``test.py``: every bad option exits 2 with one line that
+names the file and the option, before any dataset or network is built; good spellings of odd values are accepted."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import yaml
+
+from ldt.sr.options import OptionsError, OptionsWarning, load_options, prepare_options
+from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tiny_cameras(tmp_path_factory.mktemp("cams"))
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Fail the test if a dataset, a network (on a real device) or a model is built."""
+    from ldt.data.drealsr_dataset import DRealSRCameraDataset
+    from ldt.models.ldt_model import LDTModel
+
+    def forbid(*args, **kwargs):
+        raise AssertionError("something was built before the options were rejected")
+
+    monkeypatch.setattr(DRealSRCameraDataset, "__init__", forbid)
+    monkeypatch.setattr(LDTModel, "__init__", forbid)
+    monkeypatch.setattr("ldt.sr.loaders.build_dataset", forbid)
+
+
+def train_cli(path, capsys, *extra) -> tuple[int, list[str]]:
+    from ldt.sr.train import main
+
+    code = main(["-opt", str(path), *extra])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def with_change(opt: dict, keys: str, value) -> dict:
+    opt = copy.deepcopy(opt)
+    *parents, leaf = keys.split(":")
+    node = opt
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return opt
+
+
+BAD = [
+    # (option path, value, the line must contain)
+    ("datasets:train:camears", ["pan"], "datasets:train:camears: unknown option (did you mean 'cameras'?)"),
+    ("ldt:exchange:interval", 0, "ldt:exchange:interval: must be > 0, got 0"),
+    ("ldt:exchange:weight", 2, "ldt:exchange:weight: must be <= 1, got 2"),
+    ("ldt:unstable_ratio", 0.99, "ldt:unstable_ratio: 0.99 leaves the stable group empty for the 22 layers of SAFMN"),
+    ("train:optim_g:lr", -1e-3, "train:optim_g:lr: must be > 0, got -0.001"),
+    ("train:optim_g:type", "SGD", "train:optim_g:type: unknown type 'SGD'; choose from Adam, AdamW"),
+    ("train:scheduler", {"type": "StepLR", "step_size": 3}, "train:scheduler:type: unknown type 'StepLR'"),
+    ("val:val_freq", 0, "val:val_freq: must be > 0, got 0"),
+    ("logger:print_freq", 0, "logger:print_freq: must be > 0, got 0"),
+    ("logger:save_checkpoint_freq", 0, "logger:save_checkpoint_freq: must be > 0, got 0"),
+    ("train:total_iter", 0, "train:total_iter: must be > 0, got 0"),
+    ("ldt:probe:num_batches", 0, "ldt:probe:num_batches: must be > 0, got 0"),
+    # ... and each of its kind
+    ("nmae", "x", "nmae: unknown option (did you mean 'name'?)"),
+    ("name", "../../escape", "name: must be a relative name inside experiments/"),
+    ("name", "/abs/path", "name: must be a relative name inside experiments/"),
+    ("train:total_iter", True, "train:total_iter: expected an integer, got bool True"),
+    ("train:total_iter", 2.5, "train:total_iter: expected an integer, got float 2.5"),
+    ("train:optim_g:lr", "fast", "train:optim_g:lr: expected a number, got str 'fast'"),
+    ("train:optim_g:betas", [0.9], "train:optim_g:betas: list should have at least 2 items"),
+    ("train:optim_g:momentum", 0.9, "train:optim_g:momentum: unknown option"),
+    ("train:scheduler", {"type": "MultiStepLR", "milestones": "soon"}, "train:scheduler:milestones: expected a list"),
+    ("train:scheduler", {"type": "MultiStepLR"}, "train:scheduler:milestones: missing (required)"),
+    ("train:pixel_opt:type", "L2Loss", "train:pixel_opt:type: must be one of L1Loss, MSELoss, CharbonnierLoss"),
+    ("train:nan_policy", "ignore", "train:nan_policy: must be one of stop, skip, got 'ignore'"),
+    ("train:ema_decay", 1.0, "train:ema_decay: must be < 1, got 1.0"),
+    ("train:warmup_iterr", 5, "train:warmup_iterr: unknown option (did you mean 'warmup_iter'?)"),
+    ("val:metrics", {"psnr": {"type": "calculate_psnrr"}}, "val:metrics:psnr:type: must be one of calculate_psnr"),
+    ("val:metrics", ["ssim"], "val:metrics: must include a calculate_psnr metric"),
+    ("val:selection", "target", "val:selection: must be 'source', 'last' or 'oracle:<validation set name>'"),
+    ("val:selection", "oracle:sony", "val:selection: 'oracle:sony' names no validation set"),
+    ("val:source_set", "olympus", "val:source_set: 'olympus' names no validation set"),
+    ("val:tile", 8, "val:tile_overlap: 32 must be smaller than val:tile 8"),
+    ("logger:keep_last_checkpoints", -1, "logger:keep_last_checkpoints: must be >= 0, got -1"),
+    ("logger:use_tb_loger", True, "logger:use_tb_loger: unknown option (did you mean 'use_tb_logger'?)"),
+    ("speed:autocast", "fp32", "speed:autocast: must be one of bf16, fp16, got 'fp32'"),
+    ("speed:compiled", True, "speed:compiled: unknown option (did you mean 'compile'?)"),
+    ("path:pretrain_network_g", "/nonexistent/net.pth", "path:pretrain_network_g: file does not exist"),
+    ("path:pretrained_network_g", "x.pth", "path:pretrained_network_g: unknown option (did you mean 'pretrain_network_g'?)"),
+    ("network_g:type", "SAFNM", "network_g:type: unknown architecture 'SAFNM' (did you mean 'SAFMN'?)"),
+    ("network_g:n_block", 2, "network_g:n_block: unknown option (did you mean 'n_blocks'?)"),
+    ("network_g:dim", "eight", "network_g:dim: expected an integer, got str 'eight'"),
+    ("network_g:ffn_scale", [2], "network_g:ffn_scale: expected a number"),
+    ("scale", 2, "scale: 2, but network_g upscales by 4"),
+    ("num_gpu", -1, "num_gpu: must be auto or a non-negative integer, got -1"),
+    ("datasets:train:meta_info_file", 3, "datasets:train:meta_info_file: expected a string, got int 3 or expected a list"),
+    ("ldt:methd", "ldt", "ldt:methd: unknown option (did you mean 'method'?)"),
+    ("ldt:method", "ltd", "ldt:method: unknown method 'ltd' (did you mean 'ldt'?)"),
+    ("ldt:criterion", "variance", "ldt:criterion: must be one of"),
+    ("ldt:group_by", "layer", "ldt:group_by: must be one of tensor, module, got 'layer'"),
+    ("ldt:unstable_ratio", 0, "ldt:unstable_ratio: must be > 0"),
+    ("ldt:warmup:steps", -1, "ldt:warmup:steps: must be >= 0, got -1"),
+    ("ldt:warmup", {"steps": 2, "patterns": ["^nothing$"]}, "ldt:warmup:patterns: ['^nothing$'] match no parameter"),
+    ("ldt:warmup:steps", 3, "ldt:warmup:steps: ft trains every layer from the first step", "ft"),
+    ("ldt:warmup:steps", 0, "ldt:warmup:steps: lpft needs its head warm-up: set warmup:steps > 0", "lpft"),
+    ("ldt:head_patterns", ["("], "ldt:head_patterns: invalid regex", "deft"),
+    ("ldt:head_patterns", [".*"], "ldt:head_patterns: the head patterns match every parameter", "deft"),
+    ("ldt:exchange:stable_rank_base", 0.5, "ldt:exchange: stable_base + stable_rank_base must stay within [0, 1]"),
+    ("ldt:exchange:dpu", "yes please", "ldt:exchange:dpu: expected true or false"),
+    ("ldt:probe:dataset", "val_2", "ldt:probe:dataset: 'val_2' reads ['pan'], which are not training cameras"),
+    ("ldt:probe:dataset", "val_9", "ldt:probe:dataset: 'val_9' is not a key of datasets"),
+    ("ldt:partition_file", "/nonexistent/partition.json", "ldt:partition_file: partition file not found"),
+    ("datasets:train:batch_size_per_gpu", 0, "datasets:train:batch_size_per_gpu: must be > 0, got 0"),
+    ("datasets:train:gt_size", 30, "datasets:train:gt_size: 30 is not a multiple of the scale 4"),
+    ("datasets:train:dataroot", "/nonexistent/DRealSR", "datasets:train:dataroot: path does not exist"),
+    ("datasets:train:split", "validation", "datasets:train:split: must be one of train, test"),
+    ("datasets:val_2:cameras", ["pann"], "datasets:val_2:cameras: unknown camera 'pann'"),
+    ("datasets:val_2:cameras", ["olympus"], "datasets:val_2: the target set 'pan' evaluates ['olympus']"),
+    ("datasets:val_1:split", "train", "datasets:val_1: reads the same train pairs of ['olympus'] as datasets:train"),
+    ("datasets:val_2:type", "PairedDataset", "datasets:val_2:type: no option schema for dataset type 'PairedDataset'"),
+    ("datasets:train:io_backend", {"type": "s3"}, "datasets:train:io_backend:type: must be one of disk, lmdb"),
+    ("datasets:validation", {"name": "x"}, "datasets:validation: a dataset key must be 'train', 'val[_*]' or 'test[_*]'"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[f"{c[0]}={c[1]!r}"[:60] for c in BAD])
+def test_every_bad_option_is_one_line_naming_file_and_option(case, data_root, tmp_path, capsys, nothing_built):
+    keys, value, expected, method = (*case, "ldt")[:4]
+    opt = with_change(tiny_options(data_root, "bad", method), keys, value)
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    code, lines = train_cli(path, capsys)
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {path}: ") and expected in lines[0], lines[0]
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_all_problems_are_reported_together(data_root, tmp_path, capsys, nothing_built):
+    opt = tiny_options(data_root, "many", "ldt")
+    opt["train"]["total_iter"] = 0
+    opt["ldt"]["exchange"]["interval"] = 0
+    opt["network_g"]["n_block"] = 2
+    code, lines = train_cli(write_options(opt, tmp_path), capsys)
+    assert code == 2 and len(lines) == 3
+    assert {line.split(": ")[2] for line in lines} == {"train:total_iter", "network_g:n_block", "ldt:exchange:interval"}
+
+
+def test_numbers_written_as_yaml_strings_are_the_numbers_they_spell(data_root, tmp_path):
+    text = yaml.safe_dump(tiny_options(data_root, "strings", "ldt"), sort_keys=False)
+    text = text.replace("lr: 0.001", "lr: 1e-3").replace("val_freq: 3", "val_freq: 3e0")
+    path = tmp_path / "strings.yml"
+    path.write_text(text)
+    assert yaml.safe_load(text)["train"]["optim_g"]["lr"] == "1e-3"  # what PyYAML makes of it
+    opt = load_options(path, is_train=True)
+    assert opt["train"]["optim_g"]["lr"] == 1e-3 and opt["val"]["val_freq"] == 3
+    # BasicSR files write frequencies as !!float 5e3
+    opt = load_options(path, is_train=True, overrides=["logger:save_checkpoint_freq=!!float 6e0"])
+    assert opt["logger"]["save_checkpoint_freq"] == 6 and isinstance(opt["logger"]["save_checkpoint_freq"], int)
+
+
+def test_defaults_are_filled_from_the_single_declaration(data_root):
+    from ldt.core import ExchangeConfig, MethodConfig
+    from ldt.sr.options import LDTOptions, TrainOptions
+
+    opt = prepare_options(tiny_options(data_root, "defaults", "ldt", ldt={"method": "ldt"}), is_train=True)
+    assert opt["ldt"]["unstable_ratio"] == MethodConfig.model_fields["unstable_ratio"].default == 0.4
+    assert opt["ldt"]["exchange"] == ExchangeConfig().to_dict()
+    assert opt["ldt"] == LDTOptions(method="ldt").to_dict()
+    assert opt["train"]["nan_policy"] == TrainOptions().nan_policy
+    assert opt["val"]["metrics"] == {"psnr": {"type": "calculate_psnr", "crop_border": None, "test_y_channel": True,
+                                              "better": "higher"},
+                                     "ssim": {"type": "calculate_ssim", "crop_border": None, "test_y_channel": True,
+                                              "better": "higher"}}
+
+
+def official_mambair_options(root) -> dict:
+    """Shaped like the official MambaIR train_MambaIR_SR_x4.yml (its keys, with our tiny sizes and data)."""
+    return {
+        "name": "official", "model_type": "MambaIRModel", "scale": 4, "num_gpu": 0, "manual_seed": 10,
+        "datasets": {
+            "train": {"task": "SR", "name": "DF2K", "type": "PairedImageDataset", "dataroot_gt": [str(root)],
+                      "dataroot_lq": [str(root)], "filename_tmpl": "{}x4", "io_backend": {"type": "disk"},
+                      "gt_size": 32, "use_hflip": True, "use_rot": True, "use_shuffle": True,
+                      "num_worker_per_gpu": 0, "batch_size_per_gpu": 2, "dataset_enlarge_ratio": 1,
+                      "prefetch_mode": None},
+            "val": {"name": "Set14", "type": "PairedImageDataset", "dataroot_gt": str(root), "dataroot_lq": str(root),
+                    "filename_tmpl": "{}x4", "io_backend": {"type": "disk"}},
+        },
+        "network_g": {"type": "MambaIR", "upscale": 4, "in_chans": 3, "img_size": 64, "window_size": 8,
+                      "img_range": 1.0, "d_state": 4, "depths": [1], "embed_dim": 30, "mlp_ratio": 2,
+                      "upsampler": "pixelshuffle", "resi_connection": "1conv"},
+        "path": {"pretrain_network_g": None, "strict_load_g": False, "resume_state": None},
+        "train": {"optim_g": {"type": "Adam", "lr": 1e-4, "weight_decay": 0, "betas": [0.9, 0.99]},
+                  "scheduler": {"type": "MultiStepLR", "milestones": [125000, 200000], "gamma": 0.5},
+                  "total_iter": 250000, "warmup_iter": -1,
+                  "pixel_opt": {"type": "L1Loss", "loss_weight": 1.0, "reduction": "mean"}},
+        "val": {"val_freq": 5e3, "save_img": True, "selection": "last",
+                "metrics": {"psnr": {"type": "calculate_psnr", "crop_border": 4, "test_y_channel": True}}},
+        "logger": {"print_freq": 200, "save_checkpoint_freq": 5e3, "use_tb_logger": True,
+                   "wandb": {"project": None, "resume_id": None}},
+        "dist_params": {"backend": "nccl", "port": 29500},
+    }
+
+
+def test_an_official_mambair_file_is_accepted_with_warnings_naming_the_ignored_keys(tmp_path):
+    with pytest.warns(OptionsWarning) as caught:
+        opt = prepare_options(official_mambair_options(tmp_path), is_train=True)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "network_g: window_size ignored" in messages and "MambaIRModel runs as LDTModel" in messages
+    assert "window_size" not in opt["network_g"] and opt["network_g"]["embed_dim"] == 30
+    assert opt["datasets"]["train"]["dataroot_gt"] == str(tmp_path)  # BasicSR's dataset reads one folder
+    assert opt["val"]["val_freq"] == 5000 and opt["model_type"] == "LDTModel"
+    bad = official_mambair_options(tmp_path)
+    bad["network_g"]["windw_size"] = 8  # not an official extra: still an error
+    with pytest.raises(OptionsError, match="network_g:windw_size: unknown option"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptionsWarning)
+        prepare_options(bad, is_train=True)
+
+
+def test_test_py_rejects_bad_options_in_one_line(data_root, tmp_path, capsys, nothing_built):
+    from ldt.sr.evaluate import main
+
+    opt = {"name": "t", "model_type": "LDTModel", "num_gpu": 0, "network_g": tiny_options(data_root, "x")["network_g"],
+           "datasets": {"test_1": {"name": "pan", "type": "DRealSRCameraDataset", "dataroot": str(data_root),
+                                   "split": "test", "camera": ["pan"]}},
+           "path": {"pretrain_network_g": str(tmp_path / "missing.pth")}}
+    path = tmp_path / "t.yml"
+    path.write_text(yaml.safe_dump(opt))
+    assert main(["-opt", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {path}: ") for line in lines)
+    assert any("datasets:test_1:camera: unknown option (did you mean 'cameras'?)" in line for line in lines)
+    assert any("path:pretrain_network_g: file does not exist" in line for line in lines)

@@ -1,0 +1,388 @@
+"""Run integrity under faults: reruns, resumes with changed options, unreadable files, NaN, signals, disk problems,
+leftovers and late data errors. Each case checks the exit code, that the one-line message names the culprit, and
+that nothing already written changed (file hashes before and after)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.sr_fixtures import tiny_cameras, tiny_options
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tiny_cameras(tmp_path_factory.mktemp("cams"))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder`` (log files aside: a rerun may append to them)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".log"}
+
+
+def write(opt: dict, folder: Path, file: str = "run.yml") -> Path:
+    path = folder / file
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return path
+
+
+def cli(opt: dict, root: Path, capsys, *flags: str) -> tuple[int, list[str]]:
+    """``Train_pip.py -opt <opt> --root <root> <flags>`` in this process: (exit code, stderr 'error:' lines)."""
+    from ldt.sr.train import main
+
+    capsys.readouterr()
+    code = main(["-opt", str(write(opt, root, f"{opt['name']}.yml")), "--root", str(root), *flags])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("error:")] or err.splitlines()[-3:]
+
+
+def latest(root: Path, name: str) -> dict:
+    return torch.load(root / "experiments" / name / "models" / "net_g_latest.pth", weights_only=True)["params"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def options(data_root, name: str, **train) -> dict:
+    opt = tiny_options(data_root, name, "ldt")
+    opt["train"].update(train)
+    return opt
+
+
+# ---- 1. a rerun of a name archives the old run; --auto_resume resumes only the same run --------------------------------
+def test_a_rerun_of_an_experiment_name_archives_the_earlier_run(data_root, tmp_path, capsys):
+    assert cli(options(data_root, "same"), tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "same"
+    before = snapshot(exp)
+    assert cli(options(data_root, "same", optim_g={"type": "Adam", "lr": 5e-4}), tmp_path, capsys)[0] == 0
+    archived = list((tmp_path / "experiments").glob("same_archived_*"))
+    assert len(archived) == 1 and snapshot(archived[0]) == before  # the first run, byte for byte
+    assert snapshot(exp) != before and (exp / "models" / "net_g_best.pth").is_file()
+
+
+@pytest.mark.parametrize("section,key,value,named", [
+    ("ldt", "unstable_ratio", 0.4, "ldt:unstable_ratio: 0.5 -> 0.4"),
+    ("ldt", "method", "ldt_s", "ldt:method: 'ldt' -> 'ldt_s'"),
+    ("network_g", "dim", 12, "network_g:dim: 8 -> 12"),
+    ("datasets", "train", None, "datasets:train:cameras"),
+])
+def test_auto_resume_refuses_a_state_of_other_options(section, key, value, named, data_root, tmp_path, capsys):
+    assert cli(options(data_root, "other", total_iter=3), tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "other"
+    before = snapshot(exp)
+    opt = options(data_root, "other", total_iter=6)
+    if section == "datasets":
+        opt["datasets"]["train"]["cameras"] = ["olympus", "sony"]
+        opt["datasets"]["val_2"]["cameras"] = ["dsc"]
+    else:
+        opt[section][key] = value
+    code, lines = cli(opt, tmp_path, capsys, "--auto_resume")
+    assert code == 2 and len(lines) == 1
+    assert f"cannot resume {exp / 'training_states' / '3.state'}: it was trained with other options" in lines[0]
+    assert named in lines[0] and "without --auto_resume" in lines[0]
+    assert snapshot(exp) == before
+
+
+# ---- 2. a resume applies what may change --------------------------------------------------------------------------------
+def test_a_resume_applies_a_new_learning_rate_and_length(data_root, tmp_path, capsys, caplog):
+    assert cli(options(data_root, "longer", total_iter=3), tmp_path, capsys)[0] == 0
+    opt = options(data_root, "longer", total_iter=6, optim_g={"type": "Adam", "lr": 5e-4, "betas": [0.0, 0.99]})
+    with caplog.at_level("INFO", logger="basicsr"):
+        assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0
+    assert "resume: train:optim_g:lr: 0.001 -> 0.0005 (applied)" in caplog.text
+    assert "resume: train:total_iter: 3 -> 6 (applied)" in caplog.text
+    state = torch.load(tmp_path / "experiments" / "longer" / "training_states" / "6.state", weights_only=True)
+    assert {g["lr"] for o in state["optimizers"] for g in o["param_groups"]} == {5e-4}
+
+
+# ---- 3. unreadable files: one line naming the file -------------------------------------------------------------------
+@pytest.fixture
+def weights_files(data_root, tmp_path):
+    from ldt.archs.hat_arch import HAT
+
+    files = {"empty": tmp_path / "empty.pth", "truncated": tmp_path / "truncated.pth",
+             "foreign": tmp_path / "foreign.pth", "other net": tmp_path / "hat.pth"}
+    files["empty"].write_bytes(b"")
+    torch.save({"params": {"w": torch.zeros(1000)}}, files["truncated"])
+    files["truncated"].write_bytes(files["truncated"].read_bytes()[:300])
+    files["foreign"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    torch.save({"params": HAT(embed_dim=6, depths=[1], num_heads=[1], window_size=4, img_size=8,
+                              squeeze_factor=2).state_dict()}, files["other net"])
+    return files
+
+
+REASONS = {"empty": "is empty (0 bytes)", "truncated": "is truncated", "foreign": "is not a PyTorch checkpoint",
+           "other net": "does not fit SAFMN: missing"}
+
+
+@pytest.mark.parametrize("kind", list(REASONS))
+def test_a_broken_pretrained_file_is_one_line_in_train_and_test(kind, weights_files, data_root, tmp_path, capsys):
+    from ldt.sr.evaluate import main as test_main
+
+    opt = options(data_root, "pre")
+    opt["path"]["pretrain_network_g"] = str(weights_files[kind])
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1 and str(weights_files[kind]) in lines[0] and REASONS[kind] in lines[0], lines
+    test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "path": opt["path"],
+                "datasets": {"test_1": {**opt["datasets"]["val_2"]}}}
+    code = test_main(["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and REASONS[kind] in lines[0], lines
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_broken_newest_state_falls_back_to_the_newest_intact_one(damage, data_root, tmp_path, capsys, caplog):
+    assert cli(options(data_root, "straight", total_iter=9), tmp_path, capsys)[0] == 0
+    assert cli(options(data_root, "broken", total_iter=6), tmp_path, capsys)[0] == 0
+    newest = tmp_path / "experiments" / "broken" / "training_states" / "6.state"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3] if damage == "truncate" else b"")
+    with caplog.at_level("WARNING", logger="basicsr"):
+        assert cli(options(data_root, "broken", total_iter=9), tmp_path, capsys, "--auto_resume")[0] == 0
+    assert f"skipping training state {newest}" in caplog.text
+    assert same_weights(latest(tmp_path, "straight"), latest(tmp_path, "broken"))  # resumed from 3.state, exactly
+
+
+# ---- 4. NaN: the message names the last finite checkpoint; a non-finite state is never saved ----------------------------
+def test_non_finite_weights_are_never_saved_and_the_message_names_the_last_finite_state(data_root, tmp_path, capsys,
+                                                                                       monkeypatch):
+    from ldt.models.ldt_model import LDTModel
+
+    step = LDTModel.optimize_parameters
+
+    def diverge_at_6(self, current_iter):
+        step(self, current_iter)
+        if current_iter == 6:
+            with torch.no_grad():
+                next(self.method.branches()[0].module.parameters()).fill_(float("inf"))
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", diverge_at_6)
+    opt = options(data_root, "nan", total_iter=9)
+    code, lines = cli(opt, tmp_path, capsys)
+    states = tmp_path / "experiments" / "nan" / "training_states"
+    assert code == 2 and len(lines) == 1
+    assert "iteration 6: the weights are not finite (primary:" in lines[0]
+    assert f"the last finite checkpoint is {states / '3.state'}" in lines[0] and "lower train:optim_g:lr" in lines[0]
+    assert sorted(p.name for p in states.iterdir()) == ["3.state"]
+    monkeypatch.setattr(LDTModel, "optimize_parameters", step)
+    opt["train"]["optim_g"] = {"type": "Adam", "lr": 5e-4, "betas": [0.0, 0.99]}
+    assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0  # and it goes on from there with a lower lr
+
+
+# ---- 6. disk problems ---------------------------------------------------------------------------------------------------
+def test_an_unwritable_experiments_folder_is_one_line(data_root, tmp_path):
+    """As a user without the right to write (root without CAP_DAC_OVERRIDE: permissions apply to it as to anyone)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop the permission override")
+    root = tmp_path / "readonly"
+    (root / "experiments").mkdir(parents=True)
+    (root / "experiments").chmod(0o555)
+    opt_file = write(options(data_root, "denied"), tmp_path)
+    drop = "-dac_override,-dac_read_search"
+    result = subprocess.run(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable,
+                             str(PROJECT / "Train_pip.py"), "-opt", str(opt_file), "--root", str(root)],
+                            capture_output=True, text=True, timeout=300, cwd=PROJECT)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert f"cannot create {root / 'experiments' / 'denied'}: permission denied" in lines[0]
+    assert not list((root / "experiments").iterdir())
+
+
+def test_an_immutable_file_mid_run_is_one_line_and_the_rest_is_intact(data_root, tmp_path, capsys):
+    if os.geteuid() != 0 or not shutil.which("chattr"):
+        pytest.skip("needs root and chattr")
+    assert cli(options(data_root, "immutable", total_iter=3), tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "immutable"
+    locked = exp / "models" / "net_g_latest.pth"
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable attribute")
+    try:
+        before = snapshot(exp)
+        code, lines = cli(options(data_root, "immutable", total_iter=6), tmp_path, capsys, "--auto_resume")
+        assert code == 2 and len(lines) == 1
+        assert f"cannot write {locked}: operation not permitted" in lines[0] and "intact" in lines[0]
+        after = snapshot(exp)
+        kept = ["models/net_g_latest.pth", "models/net_g_3.pth", "training_states/3.state"]
+        assert [after[k] for k in kept] == [before[k] for k in kept]  # the locked file and the earlier checkpoint
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_previous_checkpoint_resumes_exactly(data_root, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        assert cli(options(data_root, "straight", total_iter=6, ), tmp_path, capsys)[0] == 0
+        opt = options(data_root, "full", total_iter=3)
+        opt["logger"]["keep_last_checkpoints"] = 1
+        assert cli(opt, disk, capsys)[0] == 0
+        states = disk / "experiments" / "full" / "training_states"
+        state_bytes = (states / "3.state").stat().st_size
+        weight_bytes = (disk / "experiments" / "full" / "models" / "net_g_3.pth").stat().st_size
+        free = shutil.disk_usage(disk).free
+        filler = disk / "filler"
+        filler.write_bytes(bytes(free - weight_bytes - state_bytes // 2))  # room for the next weights, not its state
+        before = snapshot(states)
+        opt["train"]["total_iter"] = 6
+        code, lines = cli(opt, disk, capsys, "--auto_resume")
+        assert code == 2 and len(lines) == 1
+        assert f"cannot write {states / '6.state'}: no space left on device" in lines[0]
+        assert snapshot(states) == before
+        filler.unlink()
+        assert cli(opt, disk, capsys, "--auto_resume")[0] == 0
+        assert same_weights(latest(tmp_path, "straight"), latest(disk, "full"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# ---- 7. names that escape experiments/ --------------------------------------------------------------------------------
+def test_a_name_that_escapes_the_experiments_folder_is_refused(data_root, tmp_path, capsys):
+    opt = options(data_root, "x")
+    opt["name"] = "../../escaped"
+    path = tmp_path / "sub" / "deeper"
+    path.mkdir(parents=True)
+    from ldt.sr.train import main
+
+    code = main(["-opt", str(write(opt, tmp_path)), "--root", str(path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "name: must be a relative name inside experiments/" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yml", "sub"] and not list(path.iterdir())
+
+
+# ---- 8. leftovers of a kill -------------------------------------------------------------------------------------------
+def test_leftovers_of_an_interrupted_write_are_cleaned_at_the_next_start(data_root, tmp_path, capsys):
+    opt = options(data_root, "left", total_iter=6)
+    opt["logger"]["keep_last_checkpoints"] = 1
+    assert cli(opt, tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "left"
+    planted = [exp / "models" / ".net_g_9.pth.x1.tmp", exp / "training_states" / ".9.state.x2.tmp",
+               exp / "models" / "net_g_4.pth",  # weights without their state (pruning only follows states)
+               exp / "models" / "net_g_8.pth"]  # newer than the state the run resumes from
+    for path in planted:
+        path.write_bytes(b"left over")
+    opt["train"]["total_iter"] = 7
+    assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0
+    assert not any(path.exists() for path in planted)
+    assert sorted(p.name for p in (exp / "models").glob("net_g_[0-9]*.pth")) == ["net_g_6.pth"]
+
+
+def test_an_lmdb_export_stopped_by_a_corrupt_image_leaves_nothing_that_blocks_a_rerun(data_root, tmp_path):
+    root = tmp_path / "drealsr"
+    shutil.copytree(data_root, root)
+    victim = sorted((root / "x4" / "Test_x4" / "test_HR").glob("P*.png"))[0]
+    good = victim.read_bytes()
+    victim.write_bytes(b"not an image")
+    script = [sys.executable, str(PROJECT / "scripts" / "index_drealsr.py"), str(root), "--splits", "test",
+              "--cameras", "olympus", "--lmdb", str(tmp_path / "lmdb")]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and f"cannot decode image {victim}" in result.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "lmdb").rglob("*.lmdb")) and not list((tmp_path / "lmdb").rglob("*.partial"))
+    victim.write_bytes(good)
+    result = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "lmdb").rglob("*.lmdb")) == ["olympus_HR.lmdb", "olympus_LR.lmdb"]
+
+
+# ---- 9. data errors before training -----------------------------------------------------------------------------------
+def damage_truncate(folder: Path) -> Path:
+    victim = sorted(folder.glob("P*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:-40])
+    return victim
+
+
+def damage_loop(folder: Path) -> Path:
+    victim = folder / "P9999999_x4.png"
+    victim.symlink_to(victim)
+    return victim
+
+
+def damage_unpair(folder: Path) -> Path:
+    victim = sorted(folder.glob("P*.png"))[0]
+    victim.rename(victim.with_name("P7777777_x4.png"))
+    return victim.with_name("P7777777_x4.png")
+
+
+@pytest.mark.parametrize("damage,reason", [(damage_truncate, "is truncated"), (damage_loop, "a symlink loop"),
+                                           (damage_unpair, "without an LR partner")])
+def test_bad_training_data_fails_before_training_with_one_line(damage, reason, data_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root, symlinks=True)
+    victim = damage(root / "x4" / "Train_x4" / "train_HR")
+    opt = options(data_root, "baddata")
+    for block in opt["datasets"].values():
+        block["dataroot"] = str(root)
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1 and victim.name in lines[0] and reason in lines[0], lines
+    assert not (tmp_path / "experiments").exists()  # nothing was created: the data is checked first
+
+
+# ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
+def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tests.interrupt_driver", str(progress), *([str(pause)] if pause else []), "--",
+               "-opt", str(opt_file), "--root", str(root), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(progress: Path, line: str, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if progress.is_file() and line in progress.read_text().splitlines():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before '{line}': {process.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"no '{line}' within {timeout} s")
+
+
+@pytest.mark.slow
+def test_kill_9_at_seeded_moments_and_sigterm_end_bit_identical(data_root, tmp_path):
+    opt = options(data_root, "interrupted", total_iter=16)
+    opt["val"]["val_freq"] = 4
+    opt["logger"]["save_checkpoint_freq"] = 2
+    opt_file = write(opt, tmp_path)
+    reference = tmp_path / "reference"
+    run = driver(tmp_path / "ref.txt", opt_file, reference)
+    assert run.wait(timeout=600) == 0, run.communicate()[1][-2000:]
+
+    rng = random.Random(7)  # seeded moments, in order; SIGTERM leaves steps to go, so the run stops before its end
+    first = rng.randint(1, 3)
+    pause_at = rng.choice(range(first + 2 - first % 2, 7, 2))  # a state is written at every even iteration
+    second = rng.randint(pause_at + 1, 8)
+    events = [("kill", first), ("pause", pause_at), ("kill", second), ("term", rng.randint(second + 1, 10))]
+    root, flags = tmp_path / "runs", []
+    for number, (kind, iteration) in enumerate(events):
+        progress = tmp_path / f"progress{number}.txt"
+        run = driver(progress, opt_file, root, *flags, pause=iteration if kind == "pause" else None)
+        wait_for(progress, f"pause {iteration}" if kind == "pause" else f"iter {iteration}", run)
+        run.send_signal(signal.SIGTERM if kind == "term" else signal.SIGKILL)
+        _, err = run.communicate(timeout=300)
+        if kind == "term":
+            assert run.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM at iteration" in err, err[-2000:]
+            assert "saved" in err.splitlines()[-1]
+        else:
+            assert run.returncode == -signal.SIGKILL
+        flags = ["--auto_resume"]
+    run = driver(tmp_path / "final.txt", opt_file, root, *flags)
+    assert run.wait(timeout=600) == 0, run.communicate()[1][-2000:]
+    assert same_weights(latest(reference, "interrupted"), latest(root, "interrupted"))
+    assert not list((root / "experiments" / "interrupted").rglob("*.tmp"))  # the kill in a write left nothing behind

@@ -1,0 +1,298 @@
+"""The triton backend: outputs and all gradients against the torch backend and a float64 reference.
+
+On a CPU the kernels run under the Triton interpreter. It has to be enabled (``TRITON_INTERPRET=1``) before triton
+is first imported, since triton.language's own helpers are decorated at import, and in a full test run other modules
+import triton (through torch.compile) first. So one subprocess, started with the variable set, runs every case
+through the triton backend (``python -m tests.test_scan_triton OUT``) and saves the results; the tests compare them
+here. Without a GPU, Triton's compiler still builds the kernels for sm_90, sm_80 and gfx942 from the exact launch
+arguments; with CUDA the compiled kernels are run and compared as well.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from ldt.ops import selective_scan_fn
+from tests.test_selective_scan import Config, make_inputs, reference_scan, run_both, saved_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    cfg: Config
+    dtype: torch.dtype = torch.float32
+
+
+ALL = dict(D=True, z=True, bias=True, softplus=True, last_state=True)
+# Sizes stay small: the interpreter runs a scan's combine function once per element in Python. Block shapes follow
+# from them (ldt.ops.scan_triton.blocks): dim 6 in 2 groups gives one channel per program and three programs adding
+# to each group's dB/dC; length 129 with chunk 64 gives 32-step tiles, two per chunk, three chunks, a 1-step last tile.
+CASES = {
+    "all options, L=7, 3 programs per group, float64": Case(Config(length=7, **ALL), torch.float64),
+    "all options, L=7, 3 programs per group": Case(Config(length=7, **ALL)),
+    "state 1, L=1, no options, float64": Case(Config(batch=1, dim=2, state=1, length=1, groups=1), torch.float64),
+    "state 1, L=1, all options": Case(Config(batch=1, dim=2, state=1, length=1, groups=1, **ALL)),
+    "state 16, L=129, chunks of 2 tiles, float64": Case(
+        Config(batch=1, dim=2, groups=2, state=16, length=129, chunk=64, D=True, bias=True, softplus=True,
+               last_state=True),
+        torch.float64,
+    ),
+    "state 16, L=129, chunks of 2 tiles, small steps": Case(
+        Config(batch=1, dim=2, groups=2, state=16, length=129, chunk=64, D=True, bias=True, softplus=True,
+               last_state=True, small_steps=True)
+    ),
+    "state 1, L=129, G=3, z, 5 chunks, float64": Case(
+        Config(batch=1, dim=3, groups=3, state=1, length=129, chunk=32, z=True, last_state=True), torch.float64
+    ),
+    "G=4 of 8 channels, small steps, L=33": Case(
+        Config(batch=2, dim=8, groups=4, state=4, length=33, chunk=16, D=True, bias=True, softplus=True,
+               small_steps=True)
+    ),
+    "flat B/C (batch, N, L)": Case(Config(bc="flat", dim=4, length=7, D=True, bias=True, softplus=True)),
+    "time-invariant B and C": Case(Config(bc="invariant", dim=4, length=7, D=True, z=True, last_state=True)),
+    "invariant B, grouped C, float64": Case(
+        Config(bc="mixed", groups=3, length=7, bias=True, softplus=True, last_state=True), torch.float64
+    ),
+    "bf16 inputs, all options": Case(Config(length=7, **ALL), torch.bfloat16),
+}
+STABILITY = Config(batch=1, dim=3, state=4, length=33, chunk=64, groups=1, softplus=True, bias=True, D=True)
+SAVED = Config(batch=2, dim=8, state=16, length=64, chunk=32, groups=2, D=True, bias=True, softplus=True)
+NON_CONTIGUOUS = Config(length=7, D=True, softplus=True)
+AUTOCAST = Config(length=7, D=True, bias=True, softplus=True)
+
+
+def _scan(inputs: dict[str, Tensor | None], cfg: Config, backend: str = "triton") -> Tensor:
+    return selective_scan_fn(**inputs, delta_softplus=cfg.softplus, backend=backend, chunk_size=cfg.chunk)
+
+
+def _stability_results() -> list[Tensor]:
+    """A decay of exp(-1e3) per step (cumulative sums of dt * A fed to exp would overflow): out and gradients."""
+    inputs = make_inputs(STABILITY, torch.float32)
+    with torch.no_grad():
+        inputs["A"].mul_(1000.0)
+        inputs["delta_bias"].add_(3.0)
+    out = _scan(inputs, STABILITY)
+    out.sum().backward()
+    return [out.detach(), *(t.grad for t in inputs.values() if t is not None)]
+
+
+def _autocast_results() -> list[Tensor]:
+    """float32 inputs with and without bf16 autocast."""
+    inputs = make_inputs(AUTOCAST, torch.float32)
+    plain = _scan(inputs, AUTOCAST)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = _scan(inputs, AUTOCAST)
+    return [plain, cast]
+
+
+def _non_contiguous_results() -> list[Tensor]:
+    inputs = make_inputs(NON_CONTIGUOUS, torch.float64)
+    strided = {
+        k: None if t is None else t.detach().transpose(0, -1).contiguous().transpose(0, -1) for k, t in inputs.items()
+    }
+    assert not strided["u"].is_contiguous()
+    return [_scan(strided, NON_CONTIGUOUS), _scan(inputs, NON_CONTIGUOUS)]
+
+
+def _saved_bytes() -> int:
+    inputs = make_inputs(SAVED, torch.float32)
+    return saved_bytes(lambda: _scan(inputs, SAVED))
+
+
+def interpreted_results() -> dict[str, object]:
+    """Everything the tests below need from the triton backend, computed in this process (the interpreter must be
+    on)."""
+    from ldt.ops import scan_triton
+
+    if not scan_triton.INTERPRETED:
+        raise RuntimeError("the Triton interpreter is off: run with TRITON_INTERPRET=1 set before triton is imported")
+    results: dict[str, object] = {
+        name: run_both(case.cfg, case.dtype, backend="triton")[0] for name, case in CASES.items()
+    }
+    results["stability"] = _stability_results()
+    results["autocast"] = _autocast_results()
+    results["non-contiguous"] = _non_contiguous_results()
+    results["saved bytes"] = _saved_bytes()
+    return results
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    path = tmp_path_factory.mktemp("scan_triton") / "results.pt"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.test_scan_triton", str(path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr}"
+    return torch.load(path)
+
+
+def _close(actual: Tensor, expected: Tensor, dtype: torch.dtype, against_reference: bool) -> None:
+    assert actual.shape == expected.shape
+    scale = expected.abs().max().item() + 1e-6
+    if dtype == torch.float64:
+        rtol, atol = 1e-9, 1e-11 * scale
+    elif dtype == torch.float32:
+        rtol, atol = 1e-4, 1e-5 * scale
+    else:  # bf16 inputs, outputs and input gradients; computed in float32
+        rtol, atol = (2e-2, 2e-2 * scale) if against_reference else (1e-2, 1e-2 * scale)
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_interpreted_kernels_match_torch_backend_and_reference(name: str, interpreted: dict[str, object]) -> None:
+    case = CASES[name]
+    triton_results = interpreted[name]
+    torch_results, reference = run_both(case.cfg, case.dtype, backend="torch")
+    assert len(triton_results) == len(torch_results) == len(reference)
+    for i, (ours, theirs, exact) in enumerate(zip(triton_results, torch_results, reference)):
+        assert ours.dtype == theirs.dtype, f"result {i}"
+        _close(ours, theirs, case.dtype, against_reference=False)
+        _close(ours, exact, case.dtype, against_reference=True)
+
+
+def test_interpreted_kernels_stay_finite_for_large_decays(interpreted: dict[str, object]) -> None:
+    out, *grads = interpreted["stability"]
+    assert all(torch.isfinite(g).all() for g in grads)
+    inputs = make_inputs(STABILITY, torch.float32)
+    with torch.no_grad():
+        inputs["A"].mul_(1000.0)
+        inputs["delta_bias"].add_(3.0)
+    exact = reference_scan(**inputs, delta_softplus=True)[0]
+    torch.testing.assert_close(out.double(), exact, rtol=1e-4, atol=1e-4)
+    torch_out = _scan(inputs, STABILITY, backend="torch")
+    torch_out.sum().backward()
+    for ours, theirs in zip(grads, (t.grad for t in inputs.values() if t is not None)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * (theirs.abs().max().item() + 1e-6))
+
+
+def test_interpreted_kernels_ignore_autocast_and_strides(interpreted: dict[str, object]) -> None:
+    plain, cast = interpreted["autocast"]
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain)
+    strided, contiguous = interpreted["non-contiguous"]
+    torch.testing.assert_close(strided, contiguous)
+    inputs = make_inputs(NON_CONTIGUOUS, torch.float64)
+    torch.testing.assert_close(contiguous, _scan(inputs, NON_CONTIGUOUS, backend="torch"))
+
+
+def test_interpreted_kernels_save_no_more_than_the_torch_backend(interpreted: dict[str, object]) -> None:
+    inputs = make_inputs(SAVED, torch.float32)
+    input_bytes = sum(t.untyped_storage().nbytes() for t in inputs.values() if t is not None)
+    boundary_bytes = SAVED.batch * SAVED.dim * -(-SAVED.length // SAVED.chunk) * SAVED.state * 4
+    assert saved_bytes(lambda: _scan(inputs, SAVED, backend="torch")) == input_bytes + boundary_bytes
+    assert interpreted["saved bytes"] <= input_bytes + boundary_bytes
+
+
+# ------------------------------------------------------------------------------------------------ compiles for GPUs
+
+# Triton types of the tensors the wrappers pass.
+TRITON_TYPES = {torch.float32: "*fp32", torch.float64: "*fp64", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+COMPILE_CASES = {
+    "MambaIR x4 (1440 channels in 4 groups, state 16), sm_90": (
+        Config(batch=1, dim=1440, groups=4, state=16, length=2304, chunk=256, D=True, bias=True, softplus=True),
+        torch.float32, ("cuda", 90, 32),
+    ),
+    "all options, invariant B, state 64, bf16, sm_80": (
+        Config(bc="mixed", batch=1, dim=64, groups=4, state=64, length=300, **ALL), torch.bfloat16, ("cuda", 80, 32),
+    ),
+    "flat B/C, state 1, L=1 (size-1 blocks), float64, sm_90": (
+        Config(bc="flat", batch=1, dim=6, state=1, length=1, z=True, bias=True), torch.float64, ("cuda", 90, 32),
+    ),
+    "MambaIR x4, ROCm gfx942": (
+        Config(batch=1, dim=1440, groups=4, state=16, length=2304, chunk=256, D=True, bias=True, softplus=True),
+        torch.float32, ("hip", "gfx942", 64),
+    ),
+}
+
+
+def _launches(cfg: Config, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, tuple, dict]]:
+    """(kernel, args, keyword args) of the launches the wrappers make for ``cfg``, recorded instead of run."""
+    from ldt.ops import scan_triton
+
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel: object) -> None:
+            self.kernel = kernel
+
+        def __getitem__(self, grid: tuple[int, ...]) -> object:
+            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+
+    for name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
+        monkeypatch.setattr(scan_triton, name, Recorder(getattr(scan_triton, name)))
+    inputs = make_inputs(cfg, dtype)
+    args = [None if t is None else t.detach() for t in inputs.values()]
+    out, last, bounds = scan_triton.forward(*args, cfg.softplus, cfg.chunk)
+    scan_triton.backward(out, last, *args, bounds, cfg.softplus, cfg.chunk)
+    return launches
+
+
+@pytest.mark.parametrize("name", list(COMPILE_CASES))
+def test_kernels_compile_for_gpus(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton's compiler (to a cubin or hsaco) on the exact arguments the wrappers pass; no GPU needed. This is what
+    the interpreter cannot check: block shapes, layouts, types and registers that a real GPU build accepts."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ldt.ops import scan_triton
+
+    if scan_triton.INTERPRETED:
+        pytest.skip("this process runs the Triton interpreter (TRITON_INTERPRET=1)")
+    cfg, dtype, target = COMPILE_CASES[name]
+    launches = _launches(cfg, dtype, monkeypatch)
+    assert [kernel.__name__ for kernel, _, _ in launches] == ["_scan_fwd_kernel", "_scan_bwd_kernel"]
+    for kernel, args, kwargs in launches:
+        constexprs = {k: v for k, v in kwargs.items() if k != "num_warps"}
+        signature = {
+            arg: "constexpr" if arg in constexprs else TRITON_TYPES[value.dtype] if torch.is_tensor(value) else "i32"
+            for arg, value in zip(kernel.arg_names, (*args, *constexprs.values()))
+        }
+        compiled = triton.compile(
+            ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget(*target),
+            options={"num_warps": kwargs["num_warps"]},
+        )
+        assert compiled.asm.get("cubin" if target[0] == "cuda" else "hsaco")
+
+
+# ------------------------------------------------------------------------------------------------ compiled, on a GPU
+
+GPU_CASES = ["all options, L=7, 3 programs per group", "state 16, L=129, chunks of 2 tiles, small steps",
+             "bf16 inputs, all options"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", GPU_CASES)
+def test_compiled_kernels_match_torch_backend(name: str) -> None:
+    case = CASES[name]
+    ours, _ = run_both(case.cfg, case.dtype, device="cuda", backend="triton")
+    theirs, exact = run_both(case.cfg, case.dtype, device="cuda", backend="torch")
+    for a, b, c in zip(ours, theirs, exact):
+        assert a.is_cuda
+        _close(a, b, case.dtype, against_reference=False)
+        _close(a, c, case.dtype, against_reference=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_kernels_at_a_mambair_like_size() -> None:
+    cfg = Config(batch=2, dim=96, groups=4, state=16, length=300, chunk=64, D=True, z=True, bias=True,
+                 softplus=True, last_state=True, small_steps=True)
+    ours, _ = run_both(cfg, torch.float32, device="cuda", backend="triton")
+    theirs, _ = run_both(cfg, torch.float32, device="cuda", backend="torch")
+    for a, b in zip(ours, theirs):
+        _close(a, b, torch.float32, against_reference=False)
+
+
+if __name__ == "__main__":
+    torch.save(interpreted_results(), sys.argv[1])
