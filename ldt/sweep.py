@@ -200,7 +200,7 @@ class Paired:
 
     def format(self, digits: int = 2) -> str:
         if self.low is None:
-            return f"{self.mean:+.{digits}f} (n={self.n})"
+            return f"{self.mean:+.{digits}f}, n={self.n}"
         return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
     def verdict(self) -> str:
@@ -245,3 +245,78 @@ def csv_stat(stat: Stat | None) -> list:
     if stat is None:
         return ["", "", 0]
     return [stat.mean, "" if stat.se is None else stat.se, stat.n]
+
+
+# ------------------------------------------------------------------------------------------- tables over seeds
+# A row gathers the runs of one (group, backbone, method, configuration) over seeds; a column is one test domain (or
+# group of them). Classification groups by dataset, segmentation by source domains.
+
+RowKey = tuple[str, str, str, str]  # (group, backbone, method, configuration hash)
+SeedCells = dict[str, dict[int, float]]  # column -> seed -> value
+
+
+def configuration(record: Mapping, per_run_keys: Sequence[str]) -> str:
+    """The hash of a record's options without its per-run keys (seed, ...): the runs one row gathers share it."""
+    return run_hash({k: v for k, v in record["hparams"].items() if k not in per_run_keys})
+
+
+def ordered_keys(keys: Iterable[RowKey], order: Mapping[str, Sequence[str]] | None = None) -> list[RowKey]:
+    """Row keys by group, then backbone and method in the preferred ``order`` (others alphabetically after them)."""
+    order = order or {}
+
+    def rank(kind: str, name: str) -> tuple:
+        preferred = tuple(order.get(kind, ()))
+        return (preferred.index(name) if name in preferred else len(preferred), name)
+
+    return sorted(keys, key=lambda k: (k[0], rank("backbone", k[1]), rank("method", k[2]), k[3]))
+
+
+def seed_rows(cells: Mapping[RowKey, SeedCells], columns: Mapping[str, Sequence[str]], average: str,
+              order: Mapping[str, Sequence[str]] | None = None) -> list[dict]:
+    """One row per key: mean ± s.e. over seeds per column of its group, and ``average``, the mean over seeds of each
+    seed's mean over all columns (only the seeds that have every column)."""
+    rows = []
+    for key in ordered_keys(cells, order):
+        group, backbone, method, config = key
+        labels, by_column = list(columns[group]), cells[key]
+        seeds = sorted({seed for per_seed in by_column.values() for seed in per_seed})
+        row = {"group": group, "backbone": backbone, "method": method, "config": config[:8], "columns": labels,
+               "seeds": len(seeds)}
+        for label in labels:
+            values = list(by_column.get(label, {}).values())
+            row[label] = mean_se(values) if values else None
+        complete = [s for s in seeds if all(s in by_column.get(label, {}) for label in labels)]
+        row[average] = mean_se(sum(by_column[label][s] for label in labels) / len(labels) for s in complete) \
+            if complete else None
+        rows.append(row)
+    return rows
+
+
+def seed_markdown(rows: Sequence[dict], average: str, *, title: Callable[[str], str],
+                  cell: Callable[[Stat], str], method_label: Callable[[str], str] = str) -> str:
+    """One markdown table per group; a Config column appears only when one method has several configurations."""
+    sections = []
+    for group in dict.fromkeys(row["group"] for row in rows):
+        subset = [row for row in rows if row["group"] == group]
+        labels = subset[0]["columns"] + [average]
+        names = [(row["backbone"], row["method"]) for row in subset]
+        show_config = len(set(names)) < len(names)
+        header = ["Backbone", "Method"] + (["Config"] if show_config else []) + ["Seeds"] + labels
+        body = [[row["backbone"], method_label(row["method"]), *([row["config"]] if show_config else []),
+                 str(row["seeds"]), *("–" if row.get(label) is None else cell(row[label]) for label in labels)]
+                for row in subset]
+        sections.append(f"### {title(group)}\n\n" + markdown_table(header, body))
+    return "\n\n".join(sections) + "\n"
+
+
+def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[str, str]]) -> dict[str, str]:
+    """Recompute the tables of a sweep folder from its records alone: ``render(records)`` gives {file name: text},
+    each written into ``out``; returns them. No records is a ``FileNotFoundError`` naming the file."""
+    out = Path(out)
+    found = Records(out / RESULTS_FILE).all()
+    if not found:
+        raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
+    files = dict(render(found))
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return files

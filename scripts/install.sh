@@ -9,6 +9,6 @@ venv="${1:-.venv}"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
 "$venv/bin/python" -m pip install -q -c constraints.txt torch torchvision cython numpy
-"$venv/bin/python" -m pip install -q --no-build-isolation -c constraints.txt -e ".[sr,dev]"
+"$venv/bin/python" -m pip install -q --no-build-isolation -c constraints.txt -e ".[sr,classification,segmentation,dev]"
 "$venv/bin/python" -c "import torch, torchvision, ldt.archs, ldt.data, ldt.models; print('ldt ready: torch', torch.__version__, 'torchvision', torchvision.__version__)"
 echo "activate with: source $venv/bin/activate"

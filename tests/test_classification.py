@@ -92,10 +92,10 @@ def test_every_method_runs_a_few_steps(toy, method):
     assert record["method"] == method and record["test_domains"] == ["photo"]
     assert record["train_domains"] == ["cast", "faded", "noisy"]
     assert 0.0 <= record["test_accuracy"]["photo"] <= 1.0
-    assert [step for step, _ in record["history"]] == [2, 4]
-    best = max(score for _, score in record["history"])
+    assert [entry["step"] for entry in record["history"]] == [2, 4]
+    best = max(entry["score"] for entry in record["history"])
     assert record["holdout_accuracy"] == best
-    assert record["selected_step"] == next(step for step, score in record["history"] if score == best)
+    assert record["selected_step"] == next(entry["step"] for entry in record["history"] if entry["score"] == best)
     assert record["options_hash"] == run_hash(config.hparams())
     json.dumps(record)  # a record is plain JSON
     if method in ("ft", "ft_ema", "lpft"):
@@ -476,9 +476,17 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
     assert main(["--collect", str(tmp_path / "empty")]) == 2
     assert "no records" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # The demo (no --data) checks its flags before it builds data or pre-trains.
+    monkeypatch.setattr("ldt.classification.__main__.build_toy_domains", no_run)
+    monkeypatch.setattr("ldt.classification.__main__.pretrain_tiny", no_run)
+    for flag, value in [("--probe-batches", "0"), ("--ema-weight", "2"), ("--steps", "0")]:
+        assert main([flag, value] + out) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and flag[2:].replace("-", "_") in err
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_help_and_a_tiny_run(toy, tmp_path):
     def cli(*argv: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "ldt.classification", *argv]

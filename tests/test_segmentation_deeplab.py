@@ -9,7 +9,8 @@ import pytest
 import torch
 from torchvision import models
 
-from ldt.segmentation.deeplabv3plus import DeepLabV3Plus, WeightsError, head_parameter_names
+from ldt.segmentation.deeplabv3plus import DeepLabV3Plus, head_parameter_names
+from ldt.weights import WeightsError
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +91,7 @@ def test_local_torchvision_weights_load_into_the_backbone(tmp_path):
 
 
 def test_bad_weight_files_give_one_clear_error(tmp_path):
+    """Read through the shared reader (ldt.weights): every broken file is one WeightsError naming it."""
     build = lambda path: DeepLabV3Plus("resnet18", aspp_channels=16, decoder_channels=16, backbone_weights=path)  # noqa: E731
     with pytest.raises(WeightsError, match=re.escape(str(tmp_path / "none.pth")) + " does not exist"):
         build(tmp_path / "none.pth")
@@ -97,20 +99,30 @@ def test_bad_weight_files_give_one_clear_error(tmp_path):
     torch.save(imagenet_like_state(), good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(WeightsError, match=re.escape(str(truncated)) + " is not a readable torch checkpoint"):
+    with pytest.raises(WeightsError, match=re.escape(str(truncated)) + " is truncated"):
         build(truncated)
-    text = tmp_path / "notes.pth"
-    text.write_text("hello")
-    with pytest.raises(WeightsError, match=re.escape(str(text)) + " is not a readable torch checkpoint"):
-        build(text)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match=re.escape(str(empty)) + " is empty"):
+        build(empty)
+    for text in ("hello", "not a checkpoint"):  # 'h' trips torch's unpickler with a bare KeyError
+        notes = tmp_path / "notes.pth"
+        notes.write_text(text)
+        with pytest.raises(WeightsError, match=re.escape(str(notes)) + " is not a PyTorch checkpoint"):
+            build(notes)
+    listing = tmp_path / "listing.pth"
+    torch.save({"weights": [1, 2]}, listing)
+    with pytest.raises(WeightsError, match=re.escape(str(listing)) + " does not hold a state dict"):
+        build(listing)
     foreign = tmp_path / "resnet50.pth"
     torch.save(models.resnet50(weights=None).state_dict(), foreign)
     with pytest.raises(WeightsError) as info:
         build(foreign)
     message = str(info.value)
-    assert str(foreign) in message and "does not fit the resnet18 backbone" in message
-    assert "unexpected: ['layer1.0.conv3.weight'" in message and "wrong shape: ['layer1.0.conv1.weight (64, 64, 1, 1)" in message
+    assert message.startswith(f"{foreign} does not fit ResNetBackbone")
+    assert "unexpected 198 key(s) (layer1.0.conv3.weight" in message
+    assert "layer1.0.conv1.weight (64, 64, 1, 1) vs (64, 64, 3, 3)" in message
     partial = tmp_path / "partial.pth"
     torch.save({k: v for k, v in imagenet_like_state().items() if not k.startswith("layer4.")}, partial)
-    with pytest.raises(WeightsError, match=r"missing: \['layer4\.0\.conv1\.weight'"):
+    with pytest.raises(WeightsError, match=r"missing 25 key\(s\) \(layer4\.0\.conv1\.weight"):
         build(partial)

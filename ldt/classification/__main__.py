@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
+from ldt import runner
 from ldt.classification.data import scan_domains, split_holdout
 from ldt.classification.models import BACKBONES, build_model
 from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
-from ldt.classification.records import sweep_records, write_tables
+from ldt.classification.records import write_tables
 from ldt.classification.toy import DEFAULT_ROOT, build_toy_domains
 from ldt.classification.train import METHODS, RunConfig, run
 from ldt.core import CRITERIA
-from ldt.sweep import PlannedRun, SweepError, parse_weights, run_hash, run_pending
+from ldt.sweep import SweepError, parse_weights
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
 # Hyper-parameter flags: RunConfig field -> help. Defaults come from RunConfig (sized for the CPU demo).
@@ -31,13 +32,9 @@ HYPER = {
     "batch_size": "images per training domain per step",
     "lr": "Adam learning rate of the training stage",
     "weight_decay": "Adam weight decay",
-    "warmup_steps": "head-only warm-up steps (all methods but ft)",
-    "warmup_lr": "learning rate of the head warm-up",
-    "probe_batches": "batches of the gradient probe (ldt*)",
-    "unstable_ratio": "fraction of layers marked unstable (ldt*)",
-    "interval": "steps between exchanges (deft, ldt*)",
-    "ema_weight": "fixed EMA weight W (deft, ldt)",
-    "ema_decay": "decay of a deployed EMA (ft_ema: default weight^(1/interval); other methods: off)",
+    **{flag: runner.flag_help(flag) for flag in ("warmup_steps", "warmup_lr", "probe_batches", "unstable_ratio",
+                                                 "interval", "ema_weight")},
+    "ema_decay": runner.EMA_DECAY_HELP,
     "holdout_fraction": "held-out fraction of each training domain, for model selection",
     "eval_every": "steps between model-selection evaluations",
     "image_size": "input size (default: 32 for tiny, 224 otherwise)",
@@ -60,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"without --data: steps of the tiny backbone's pre-training [{PretrainConfig.steps}]")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--test-domains", nargs="+", metavar="DOMAIN[+DOMAIN]", help="left-out domain(s) of each run (default: each domain)")
-    parser.add_argument("--criterion", choices=CRITERIA, default="var", help="probe score that ranks layers (ldt*)")
+    parser.add_argument("--criterion", choices=CRITERIA, default="var", help=runner.flag_help("criterion"))
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
     defaults = {f.name: f.default for f in fields(RunConfig)}
     kinds = {f.name: f.type for f in fields(RunConfig)}
@@ -128,39 +125,29 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     return Path(args.out or Path("results/classification") / dataset.name), configs
 
 
-def sweep(args: argparse.Namespace) -> int:
-    try:
-        if args.data is None:
-            args.data = str(build_toy_domains(DEFAULT_ROOT))
-            demo_weights(args)
-        out, configs = plan(args)
-    except (ValueError, OSError) as err:  # DatasetError is a ValueError; missing files and folders are OSErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    records = sweep_records(out)
-    workers = args.workers if args.workers is not None else (4 if args.device.startswith("cuda") else 0)
-    planned = [PlannedRun(run_hash(c.hparams()), c.describe(),
-                          lambda c=c: run(c, device=args.device, workers=workers, progress=args.progress))
-               for c in configs]
-    done = set(records.by_hash())
-    print(f"{len(configs)} runs, {sum(p.digest in done for p in planned)} already recorded in {out}; running the rest "
-          f"on {args.device}")
-    run_pending(planned, records, progress=args.progress, desc="sweep")
-    print(write_tables(out, TABLE_ORDER))
-    print(f"records: {out / 'results.jsonl'}; tables: {out / 'table.md'}, {out / 'table.csv'}")
-    return 0
+def check_options(args: argparse.Namespace) -> None:
+    """Every method and hyper-parameter flag, checked as the runs will be built (no data read): before the demo
+    builds its data or pre-trains, a bad flag is already one line."""
+    hyper = {name: getattr(args, name) for name in HYPER}
+    for method in args.methods:
+        for backbone in args.backbones:
+            RunConfig(data="", test_domains=(), method=method, backbone=backbone, criterion=args.criterion,
+                      augment=args.augment, **hyper)
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
+    """Everything before the first run: the flags, the generated demo data and its pre-trained backbone (once), and
+    the plan."""
+    check_options(args)
+    if args.data is None:
+        args.data = str(build_toy_domains(DEFAULT_ROOT))
+        demo_weights(args)
+    return plan(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.collect:
-        try:
-            print(write_tables(args.collect, TABLE_ORDER))
-        except FileNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    return sweep(args)
+    return runner.main(args, lambda: prepare(args), run, lambda folder: write_tables(folder, TABLE_ORDER))
 
 
 if __name__ == "__main__":

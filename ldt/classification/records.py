@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ldt.sweep import RESULTS_FILE, Records, Stat, csv_text, markdown_table, mean_se, run_hash
+from ldt.sweep import (
+    RESULTS_FILE, Records, RowKey, SeedCells, Stat, configuration, csv_stat, csv_text, seed_markdown, seed_rows,
+    write_record_tables,
+)
 
 AVERAGE = "Avg"
 # Run-specific keys left out of a configuration's identity: a table row gathers its seeds and test domains.
@@ -28,84 +31,44 @@ def column_label(record: dict) -> str:
 
 
 def build_table(records: list[dict], order: dict[str, tuple[str, ...]] | None = None) -> list[dict]:
-    """Rows of (dataset, backbone, method, configuration) with mean ± s.e. per column, from the records alone.
+    """Rows of (dataset, backbone, method, configuration) with mean ± s.e. per column, from the records alone; a
+    row's ``group`` is its dataset and its columns follow the dataset's domain order.
 
     ``order`` may give the preferred order of 'backbone' and 'method' names (others follow alphabetically).
     """
-    order = order or {}
-    cells: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    columns: dict[str, dict[str, int]] = defaultdict(dict)  # dataset -> column label -> position of its first domain
+    cells: dict[RowKey, SeedCells] = defaultdict(lambda: defaultdict(dict))
+    positions: dict[str, dict[str, int]] = defaultdict(dict)  # dataset -> column label -> position of its first domain
     for record in records:
-        config = run_hash({k: v for k, v in record["hparams"].items() if k not in PER_RUN_KEYS})
-        key = (record["dataset"], record["backbone"], record["method"], config)
+        key = (record["dataset"], record["backbone"], record["method"], configuration(record, PER_RUN_KEYS))
         accuracies = [record["test_accuracy"][d] for d in record["test_domains"]]
         label = column_label(record)
         cells[key][label][record["seed"]] = sum(accuracies) / len(accuracies)  # a rerun of a seed replaces it
-        columns[record["dataset"]][label] = record["domains"].index(record["test_domains"][0])
-
-    def rank(kind: str, name: str) -> tuple:
-        preferred = order.get(kind, ())
-        return (preferred.index(name) if name in preferred else len(preferred), name)
-
-    rows = []
-    for key in sorted(cells, key=lambda k: (k[0], rank("backbone", k[1]), rank("method", k[2]), k[3])):
-        dataset, backbone, method, config = key
-        labels = sorted(columns[dataset], key=lambda label: (columns[dataset][label], label))
-        by_column = cells[key]
-        row = {"dataset": dataset, "backbone": backbone, "method": method, "config": config[:8], "columns": labels}
-        seeds = sorted({seed for per_seed in by_column.values() for seed in per_seed})
-        row["seeds"] = len(seeds)
-        for label in labels:
-            values = list(by_column.get(label, {}).values())
-            row[label] = mean_se(values) if values else None
-        complete = [s for s in seeds if all(s in by_column.get(label, {}) for label in labels)]
-        averages = [sum(by_column[label][s] for label in labels) / len(labels) for s in complete]
-        row[AVERAGE] = mean_se(averages) if averages else None
-        rows.append(row)
-    return rows
+        positions[record["dataset"]][label] = record["domains"].index(record["test_domains"][0])
+    columns = {dataset: sorted(labels, key=lambda label: (labels[label], label)) for dataset, labels in positions.items()}
+    return seed_rows(cells, columns, AVERAGE, order)
 
 
-def format_cell(cell: Stat | None) -> str:
-    return "–" if cell is None else cell.format(2, scale=100)
+def format_cell(cell: Stat) -> str:
+    return cell.format(2, scale=100)
 
 
 def to_markdown(rows: list[dict]) -> str:
     """One markdown table per dataset: test accuracy (%) as mean ± standard error over seeds."""
-    sections = []
-    for dataset in dict.fromkeys(row["dataset"] for row in rows):
-        subset = [row for row in rows if row["dataset"] == dataset]
-        labels = subset[0]["columns"] + [AVERAGE]
-        names = [(row["backbone"], row["method"]) for row in subset]
-        show_config = len(set(names)) < len(names)  # several configurations of one method: tell them apart
-        header = ["Backbone", "Method"] + (["Config"] if show_config else []) + ["Seeds"] + labels
-        body = [[row["backbone"], row["method"], *([row["config"]] if show_config else []), str(row["seeds"]),
-                 *(format_cell(row.get(label)) for label in labels)] for row in subset]
-        title = (f"### {dataset}: test-domain accuracy (%), mean ± standard error over the seeds (n = Seeds), "
-                 "training-domain validation")
-        sections.append(title + "\n\n" + markdown_table(header, body))
-    return "\n\n".join(sections) + "\n"
+    return seed_markdown(rows, AVERAGE, cell=format_cell, title=lambda dataset: (
+        f"{dataset}: test-domain accuracy (%), mean ± standard error over the seeds (n = Seeds), "
+        "training-domain validation"))
 
 
 def to_csv(rows: list[dict]) -> str:
     """Long format: one line per (row, column) with mean, standard error and number of seeds (fractions, not %)."""
-    body = []
-    for row in rows:
-        for label in row["columns"] + [AVERAGE]:
-            cell = row.get(label)
-            if cell is not None:
-                body.append([row["dataset"], row["backbone"], row["method"], row["config"], label, f"{cell.mean:.6f}",
-                             "" if cell.se is None else f"{cell.se:.6f}", cell.n])
+    body = [[row["group"], row["backbone"], row["method"], row["config"], label, *csv_stat(row[label])]
+            for row in rows for label in row["columns"] + [AVERAGE] if row.get(label) is not None]
     return csv_text(["dataset", "backbone", "method", "config", "test_domains", "mean", "se", "n"], body)
 
 
 def write_tables(out: str | Path, order: dict[str, tuple[str, ...]] | None = None) -> str:
     """Recompute ``table.md`` and ``table.csv`` in ``out`` from its records; returns the markdown."""
-    out = Path(out)
-    found = sweep_records(out).all()
-    if not found:
-        raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
-    rows = build_table(found, order)
-    markdown = to_markdown(rows)
-    (out / "table.md").write_text(markdown)
-    (out / "table.csv").write_text(to_csv(rows))
-    return markdown
+    def render(records: list[dict]) -> dict[str, str]:
+        rows = build_table(records, order)
+        return {"table.md": to_markdown(rows), "table.csv": to_csv(rows)}
+    return write_record_tables(out, render)["table.md"]

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
 from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, head_patterns
-from ldt.core import CRITERIA, Method, MethodConfig, method_class, prepare_method, run_identity
+from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
+from ldt.runner import method_config, method_identity, train_and_select
 from ldt.sweep import run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
@@ -88,14 +88,10 @@ class RunConfig:
         object.__setattr__(self, "image_size", self.image_size or DEFAULT_IMAGE_SIZE[self.backbone])
 
     def method_config(self) -> MethodConfig:
-        """The registry method's options; a method without a warm-up gets none."""
-        name = CLI_METHODS[self.method]
-        steps = self.warmup_steps if method_class(name).warmup_rule != "never" else 0
-        return MethodConfig.model_validate({
-            "method": name, "criterion": self.criterion, "unstable_ratio": self.unstable_ratio, "seed": self.seed,
-            "probe": {"num_batches": self.probe_batches}, "warmup": {"steps": steps, "lr": self.warmup_lr},
-            "exchange": {"interval": self.interval, "weight": self.ema_weight},
-        })
+        """The registry method's options (a bad one is a one-line error naming its flag)."""
+        return method_config(CLI_METHODS[self.method], criterion=self.criterion, unstable_ratio=self.unstable_ratio,
+                             seed=self.seed, probe_batches=self.probe_batches, warmup_steps=self.warmup_steps,
+                             warmup_lr=self.warmup_lr, interval=self.interval, ema_weight=self.ema_weight)
 
     def hparams(self) -> dict:
         """The options that determine this run's result (absolute paths), hashed to recognise finished runs."""
@@ -108,8 +104,7 @@ class RunConfig:
             "weights": str(Path(self.weights).resolve()) if self.weights else None,
             "seed": self.seed,
             **{name: options[name] for name in COMMON_OPTIONS},
-            # The method's seed is the run's (top-level 'seed'), so a table row gathers the seeds of one setting.
-            "method_options": {k: v for k, v in run_identity(self.method_config(), self.ema_decay).items() if k != "seed"},
+            "method_options": method_identity(self.method_config(), self.ema_decay),
         }
 
     def describe(self) -> str:
@@ -152,39 +147,12 @@ def accuracy(network: nn.Module, loader, device: torch.device) -> float:
     return correct / total
 
 
-@dataclass
-class Selection:
-    """The deployed network with the best mean held-out accuracy over the training domains."""
-
-    state: dict[str, torch.Tensor] | None = None
-    step: int = 0
-    score: float = -1.0
-    per_domain: dict[str, float] = field(default_factory=dict)
-    history: list[tuple[int, float]] = field(default_factory=list)
-
-
-def train_and_select(
-    method: Method, stream: Iterator[Batch], holdout: dict, config: RunConfig, device: torch.device, evaluator: nn.Module, progress: bool = False
-) -> Selection:
-    """Train ``config.steps`` steps; every ``eval_every`` steps (and at the end) keep the deployed network if it is
-    the best so far on the held-out parts of the training domains (ties keep the earlier step)."""
-    best = Selection()
-    optimizers = [torch.optim.Adam(branch.parameters, lr=config.lr, weight_decay=config.weight_decay)
-                  for branch in method.branches()]
-    bar = tqdm(range(1, config.steps + 1), desc=config.describe(), leave=False, disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        method.train_step(next(stream), cross_entropy, optimizers)
-        if step % config.eval_every and step != config.steps:
-            continue
-        state = method.deployed_state_dict()
-        evaluator.load_state_dict(state)
-        per_domain = {domain: accuracy(evaluator, loader, device) for domain, loader in holdout.items()}
-        score = sum(per_domain.values()) / len(per_domain)
-        best.history.append((step, score))
-        if score > best.score:
-            best.state, best.step, best.score, best.per_domain = state, step, score, per_domain
-        bar.set_postfix(heldout=f"{score:.3f}", best=f"{best.score:.3f}@{best.step}")
-    return best
+def holdout_validation(holdout: dict, device: torch.device):
+    """Training-domain validation: the mean over training domains of the held-out accuracy."""
+    def validate(network: nn.Module) -> tuple[float, dict]:
+        per_domain = {domain: accuracy(network, loader, device) for domain, loader in holdout.items()}
+        return sum(per_domain.values()) / len(per_domain), {"per_domain": per_domain}
+    return validate
 
 
 def test_accuracy(evaluator: nn.Module, dataset: DomainDataset, config: RunConfig, device: torch.device, workers: int) -> dict[str, float]:
@@ -217,7 +185,11 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
     holdout = {d: eval_loader(held, config.image_size, EVAL_BATCH, workers) for d, (_, held) in splits.items()}
     method, partition = make_method(model, stream, config, progress)
     evaluator = copy.deepcopy(method.model)
-    selection = train_and_select(method, stream, holdout, config, device, evaluator, progress)
+    selection = train_and_select(
+        method, stream, cross_entropy, steps=config.steps, eval_every=config.eval_every, lr=config.lr,
+        weight_decay=config.weight_decay, validate=holdout_validation(holdout, device), evaluator=evaluator,
+        progress=progress, desc=config.describe(),
+    )
     evaluator.load_state_dict(selection.state)
     hparams = config.hparams()
     return {
@@ -232,7 +204,7 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
         "domains": dataset.domains,
         "test_accuracy": test_accuracy(evaluator, dataset, config, device, workers),
         "holdout_accuracy": selection.score,
-        "holdout_per_domain": selection.per_domain,
+        "holdout_per_domain": selection.details["per_domain"],
         "selected_step": selection.step,
         "history": selection.history,
         "partition": partition,

@@ -14,12 +14,14 @@ strided conv keeps the previous dilation, as torchvision does for Bottleneck), a
 gets the new dilation with matching padding. No weight changes shape, so ImageNet weights load unchanged and each
 conv sees the same receptive field it had at stride 32, now sampled densely.
 
-Weights: only from a local file (:func:`load_backbone_weights`); nothing is ever downloaded.
+Weights: only from a local file (:func:`load_backbone_weights`, read by :mod:`ldt.weights`); nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -28,11 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from ldt.weights import WeightsError, check_fit, read_checkpoint, state_dict_in
+
 BACKBONES = ("resnet18", "resnet50")
 HEAD_PATTERNS: list[str] = [r"^aspp\.", r"^decoder\.", r"^classifier\."]
 DEFAULT_ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 _DILATED_STAGES = {16: [False, False, True], 8: [False, True, True]}  # layer2, layer3, layer4
-_LISTED = 5  # mismatching keys named per kind in a weights error
 
 
 def _dilate_basic_stages(resnet: models.ResNet, dilated: Sequence[bool]) -> None:
@@ -147,41 +150,12 @@ def head_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters() if any(p.search(name) for p in patterns)]
 
 
-class WeightsError(ValueError):
-    """A backbone weights file is missing, unreadable, not a state dict, or does not fit; the message names it."""
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local checkpoint: a plain state dict or one under 'state_dict' / 'model', with DDP's
-    'module.' prefixes removed. Loaded with ``weights_only=True``: a checkpoint never runs code."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zips, pickles and foreign files fail in many different ways
-        raise WeightsError(f"weights file {path} is not a readable torch checkpoint ({type(err).__name__}: {err})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_backbone_weights(model: DeepLabV3Plus, path: str | Path) -> None:
-    """Load a local torchvision ResNet state dict (its ``fc`` dropped) into ``model.backbone``. The file must cover
-    the whole backbone and hold nothing else; otherwise one :class:`WeightsError` names the file and the first
-    mismatching keys."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
-    own = model.backbone.state_dict()
-    # Old torchvision checkpoints lack BatchNorm's num_batches_tracked; BatchNorm fills it in when loading.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if missing or unexpected or wrong:
-        kinds = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        detail = "; ".join(f"{len(keys)} {kind}: {keys[:_LISTED]}" for kind, keys in kinds if keys)
-        raise WeightsError(f"weights file {path} does not fit the {model.backbone_name} backbone: {detail}")
-    model.backbone.load_state_dict(state, strict=False)
+    """Load a local torchvision ResNet state dict (its ``fc`` dropped; also under 'state_dict' / 'model', DDP's
+    'module.' prefixes removed) into ``model.backbone``, through the project's one reader (:mod:`ldt.weights`,
+    ``weights_only=True``: a checkpoint never runs code). The file must cover the whole backbone and hold nothing
+    else; otherwise one :class:`WeightsError` names the file and the first mismatching keys."""
+    state = state_dict_in(read_checkpoint(path), path)
+    state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
+    check_fit(state, model.backbone, path)
+    model.backbone.load_state_dict(state, strict=False)  # strict but for BatchNorm's num_batches_tracked

@@ -1,0 +1,364 @@
+"""The segmentation runner (``ldt.segmentation.train`` / ``records`` / ``pretrain`` / ``__main__``): every method,
+selection hygiene, records and tables, the CLI's checks, skip-finished, the demo's cached pre-training.
+
+Everything runs on a tiny generated dataset (32x64 images, 6 train / 2 val per domain) with ResNet-18, a 16-channel
+head and a few steps, so the whole file takes seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import models
+
+import ldt.segmentation.__main__ as main_module
+import ldt.segmentation.data as data_module
+import ldt.segmentation.pretrain as pretrain_module
+import ldt.segmentation.train as train_module
+from ldt.core import stable_count
+from ldt.segmentation.__main__ import main
+from ldt.segmentation.classes import CLASS_NAMES
+from ldt.segmentation.deeplabv3plus import DeepLabV3Plus, load_backbone_weights
+from ldt.segmentation.generated import GeneratedConfig, build_generated, domain_root
+from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
+from ldt.segmentation.records import build_table, class_csv, sweep_records, to_csv, to_markdown
+from ldt.segmentation.train import METHODS, Domain, RunConfig, holdout_splits, run, scan_domains
+from ldt.sweep import RESULTS_FILE, Stat
+
+TINY = GeneratedConfig(height=32, width=64, train_per_domain=6, val_per_domain=2, pretrain_train=4, pretrain_val=2,
+                       domains=("clean", "fog", "night"))
+# A few steps of everything: 2 warm-up steps, 2 probe batches, 4 training steps, selection every 2 steps.
+FAST = dict(backbone="resnet18", steps=4, batch_size=2, crop_size=(32, 32), warmup_steps=2, probe_batches=2,
+            eval_every=2, interval=2, head_channels=16, holdout_fraction=0.34, eval_window=(32, 32),
+            eval_stride=(16, 16), eval_max_side=None)
+
+
+def flag(name: str, value) -> str:
+    shown = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return f"--{name.replace('_', '-')}={shown}"
+
+
+FAST_FLAGS = [flag(name, value) for name, value in FAST.items() if name != "backbone"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_generated(tmp_path_factory.mktemp("data") / "streets", TINY)
+
+
+def domain(root: Path, name: str) -> Domain:
+    return Domain(name, "cityscapes", str(domain_root(root, name)))
+
+
+def fast_config(root: Path, **changes) -> RunConfig:
+    return RunConfig(sources=(domain(root, "clean"),), targets=(domain(root, "fog"), domain(root, "night")),
+                     **{**FAST, **changes})
+
+
+def specs(root: Path) -> list[str]:
+    """The tiny data as datasets on disk (the CLI's LAYOUT:NAME=ROOT form)."""
+    return ["--source", f"cityscapes:clean={domain_root(root, 'clean')}",
+            "--targets", f"cityscapes:fog={domain_root(root, 'fog')}", f"cityscapes:night={domain_root(root, 'night')}"]
+
+
+def never(*args, **kwargs):
+    raise AssertionError("must not run")
+
+
+# ---- every method --------------------------------------------------------------------------------------------------
+# Every method runs in CI; the everyday suite keeps one of each kind (no partition, score partition, one network).
+EVERYDAY_METHODS = ("ft", "ldt_dpu", "ldt_s")
+
+
+@pytest.mark.parametrize("method", [m if m in EVERYDAY_METHODS else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in METHODS])
+def test_every_method_runs_a_few_steps(tiny, method):
+    record = run(fast_config(tiny, method=method, steps=2, eval_every=1))
+    assert record["method"] == method and record["targets"] == ["fog", "night"]
+    assert [h["step"] for h in record["history"]] == [1, 2]
+    best = max(record["history"], key=lambda h: h["score"])  # max() keeps the first of equal scores, as selection
+    assert record["selected_step"] == best["step"] and record["holdout_miou"] == best["score"]
+    assert record["images"] == {"train": {"clean": 4}, "holdout": {"clean": 2}, "target": {"fog": 2, "night": 2}}
+    for name in ("fog", "night"):
+        result = record["target_results"][name]
+        assert 0.0 <= result["miou"] <= 100.0 and record["target_miou"][name] == result["miou"]
+        assert list(result["iou"]) == list(CLASS_NAMES)
+    partition = record["partition"]
+    source = train_module.method_class(method).partition_source
+    assert (partition is None) == (source == "none")
+    if source == "head":  # DeFT: backbone stable, the whole head unstable
+        assert set(partition["stable"]) == {"backbone"} and set(partition["unstable"]) == {"aspp", "decoder", "classifier"}
+    if source == "score":  # LDT: 70 % of the tensors unstable, wherever they are
+        stable, unstable = sum(partition["stable"].values()), sum(partition["unstable"].values())
+        assert stable == stable_count(stable + unstable, 0.7) and partition["unstable"].get("backbone", 0) > 0
+    options = record["hparams"]["method_options"]
+    assert ("warmup" in options) == (train_module.method_class(method).warmup_rule != "never")
+    assert ("ema_decay" in options) == (method == "ft_ema") and "seed" not in options
+
+
+def test_two_sources_train_together_and_select_on_both_held_out_parts(tiny):
+    config = replace(fast_config(tiny, method="ft", steps=2, eval_every=1),
+                     sources=(domain(tiny, "clean"), domain(tiny, "fog")), targets=(domain(tiny, "night"),))
+    batches = train_module.source_stream(
+        {d.name: data_module.SegmentationDataset(d.scan("train"), augment=data_module.Augment((32, 32)), seed=0)
+         for d in config.sources}, batch_size=2, seed=0, device=torch.device("cpu"))
+    images, labels = next(batches)
+    assert images.shape == (4, 3, 32, 32) and labels.shape == (4, 32, 32)  # batch_size crops of each source
+    record = run(config)
+    assert record["images"]["train"] == {"clean": 4, "fog": 4} and set(record["holdout_per_domain"]) == {"clean", "fog"}
+    assert record["holdout_miou"] == pytest.approx(sum(record["holdout_per_domain"].values()) / 2)
+    assert list(record["target_miou"]) == ["night"]
+
+
+def test_options_hash_ignores_what_the_method_does_not_read(tiny):
+    ft, lpft = fast_config(tiny, method="ft"), fast_config(tiny, method="lpft")
+    assert ft.hparams() == fast_config(tiny, method="ft", warmup_steps=7, unstable_ratio=0.3).hparams()
+    assert lpft.hparams() != fast_config(tiny, method="lpft", warmup_steps=7).hparams()
+    assert fast_config(tiny, method="ldt_dpu").hparams() != fast_config(tiny, method="ldt_dpu", unstable_ratio=0.3).hparams()
+    assert ft.hparams()["sources"][0]["root"] == str(domain_root(tiny, "clean").resolve())
+
+
+def test_head_warmup_trains_the_head_with_the_backbone_in_eval_mode():
+    torch.manual_seed(0)
+    model = DeepLabV3Plus("resnet18", aspp_channels=16, decoder_channels=16)
+    batch = (torch.randn(2, 3, 32, 32), torch.randint(0, 19, (2, 32, 32)))
+    statistics = model.backbone.bn1.running_mean.clone()
+    head_statistics = model.aspp.branches[0][1].running_mean.clone()
+    train_module.frozen_backbone_loss(model, batch).backward()
+    assert not model.backbone.training and model.aspp.training and model.decoder.training
+    assert torch.equal(model.backbone.bn1.running_mean, statistics)  # the pre-trained statistics stay
+    assert not torch.equal(model.aspp.branches[0][1].running_mean, head_statistics)  # the new head's learn
+
+
+# ---- model selection never reads a target domain -------------------------------------------------------------------
+def test_selection_never_reads_a_target_domain(tiny, monkeypatch):
+    config = fast_config(tiny, method="ldt_dpu", seed=3)
+    splits = holdout_splits(config, scan_domains(config.sources, "train"))
+    (train, held), = splits.values()
+    targets = scan_domains(config.targets, "val")
+    phase, reads, tested = ["train"], [], []
+    read_image, evaluate_targets = data_module.read_image, train_module.evaluate_targets
+
+    def spy_read(path):
+        reads.append((phase[0], path))
+        return read_image(path)
+
+    def spy_targets(network, *args, **kwargs):
+        tested.append({k: v.clone() for k, v in network.state_dict().items()})
+        phase[0] = "test"
+        try:
+            return evaluate_targets(network, *args, **kwargs)
+        finally:
+            phase[0] = "after"
+
+    monkeypatch.setattr(data_module, "read_image", spy_read)
+    monkeypatch.setattr(train_module, "evaluate_targets", spy_targets)
+    record = run(config)
+
+    before = [path for ph, path in reads if ph == "train"]
+    assert set(before) <= {s.image for s in train} | {s.image for s in held}  # warm-up, probe, training, selection
+    held_reads = [path for path in before if path in {s.image for s in held}]
+    assert sorted(held_reads) == sorted(2 * [s.image for s in held])  # selection at steps 2 and 4, nothing else
+    test_reads = [path for ph, path in reads if ph == "test"]
+    assert sorted(test_reads) == sorted(s.image for split in targets.values() for s in split.samples)  # each once
+    assert reads[-len(test_reads):] == [("test", p) for p in test_reads] and not [p for ph, p in reads if ph == "after"]
+    assert len(tested) == 1 and record["target_miou"] == {n: r["miou"] for n, r in record["target_results"].items()}
+
+
+def test_the_tested_network_is_the_selected_one(tiny, monkeypatch):
+    """Make step 2 the clear winner (step 4 scores 0): the targets must see step 2's deployed weights."""
+    scores, seen, tested = iter([90.0, 0.0]), [], []
+
+    def scripted(holdout, config, device, workers):
+        def validate(network):
+            seen.append({k: v.clone() for k, v in network.state_dict().items()})
+            return next(scores), {"per_domain": {"clean": 0.0}}
+        return validate
+
+    def spy_targets(network, targets, *args):
+        tested.append({k: v.clone() for k, v in network.state_dict().items()})
+        return {name: {"miou": 1.0, "pixel_accuracy": 1.0, "iou": {}} for name in targets}
+
+    monkeypatch.setattr(train_module, "holdout_validation", scripted)
+    monkeypatch.setattr(train_module, "evaluate_targets", spy_targets)
+    record = run(fast_config(tiny, method="ldt_dpu"))
+    assert record["selected_step"] == 2 and record["holdout_miou"] == 90.0 and len(seen) == 2
+    assert all(torch.equal(tested[0][k], seen[0][k]) for k in seen[0])
+    assert any(not torch.equal(seen[0][k], seen[1][k]) for k in seen[0])
+
+
+# ---- records and tables --------------------------------------------------------------------------------------------
+def hand_record(method: str, seed: int, miou: dict[str, float], **hparams) -> dict:
+    return {
+        "options_hash": f"{method}-{seed}-{sorted(hparams.items())}", "sources": ["cityscapes"], "backbone": "resnet50",
+        "method": method, "seed": seed, "targets": list(miou), "target_miou": miou,
+        "target_results": {t: {"miou": v, "iou": {"road": v + 10, "train": None}} for t, v in miou.items()},
+        "hparams": {"method": method, "seed": seed, **hparams},
+    }
+
+
+def test_table_mean_and_standard_error_from_hand_made_records():
+    values = {"bdd100k": [40.0, 42.0, 47.0], "mapillary": [50.0, 50.0, 56.0]}
+    records = [hand_record("ldt_dpu", s, {t: v[s] for t, v in values.items()}) for s in range(3)]
+    records += [hand_record("ft", 0, {"bdd100k": 10.0, "mapillary": 20.0}),
+                hand_record("ft", 0, {"bdd100k": 30.0, "mapillary": 35.0})]  # a rerun of a seed replaces it
+    rows = build_table(records, {"method": METHODS})
+    assert [r["method"] for r in rows] == ["ft", "ldt_dpu"]
+    ft, ldt = rows
+    assert ft["columns"] == ["bdd100k", "mapillary"] and ft["bdd100k"] == Stat(30.0, None, 1) and ft["Mean"] == Stat(32.5, None, 1)
+    assert (ldt["bdd100k"].mean, ldt["bdd100k"].n) == (43.0, 3)
+    assert ldt["bdd100k"].se == pytest.approx(math.sqrt(26 / 2) / math.sqrt(3))  # deviations -3, -1, 4
+    assert ldt["mapillary"].mean == 52.0 and ldt["mapillary"].se == pytest.approx(2.0)  # sd sqrt(12), over sqrt(3)
+    per_seed = [45.0, 46.0, 51.5]  # Mean: per-seed mean over targets, then over seeds
+    assert ldt["Mean"].mean == pytest.approx(47.5)
+    assert ldt["Mean"].se == pytest.approx(math.sqrt(sum((v - 47.5) ** 2 for v in per_seed) / 2 / 3))
+    markdown = to_markdown(rows)
+    assert "| Backbone | Method | Seeds | bdd100k | mapillary | Mean |" in markdown
+    assert "| resnet50 | LDT+DPU | 3 | 43.00 ± 2.08 | 52.00 ± 2.00 | 47.50 ± 2.02 |" in markdown
+    assert "| resnet50 | FT | 1 | 30.00 | 35.00 | 32.50 |" in markdown  # one seed: no standard error
+    assert "### Source cityscapes:" in markdown
+    csv_lines = to_csv(rows).splitlines()
+    assert csv_lines[0] == "sources,backbone,method,config,target,miou,se,n" and len(csv_lines) == 1 + 2 * 3
+    assert any(line.startswith("cityscapes,resnet50,ldt_dpu,") and line.endswith(",mapillary,52.0,2.0,3")
+               for line in csv_lines)
+    classes = class_csv(records, {"method": METHODS}).splitlines()
+    assert classes[0] == "sources,backbone,method,config,target,class,iou,se,n"
+    assert any(line.endswith(",bdd100k,road,53.0," + f"{ldt['bdd100k'].se},3") for line in classes)
+    assert not any(",train," in line for line in classes)  # absent class: no line
+    other = build_table(records + [hand_record("ldt_dpu", 0, {"bdd100k": 1.0, "mapillary": 2.0}, lr=1.0)])
+    assert len(other) == 3 and "| Config |" in to_markdown(other)  # another configuration: another row, told apart
+
+
+# ---- command line --------------------------------------------------------------------------------------------------
+def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(main_module, "run", never)
+    monkeypatch.setattr(main_module, "pretrain_backbone", never)
+    monkeypatch.setattr(main_module, "DEFAULT_ROOT", tiny)  # bare names: the generated domains of the tiny data
+    monkeypatch.setattr(main_module, "DEMO_DATA", TINY)
+    monkeypatch.setattr(main_module, "build_generated", lambda root, config: root)
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    resnet50 = tmp_path / "resnet50.pth"
+    torch.save(models.resnet50(weights=None).state_dict(), resnet50)
+    out = ["--out", str(tmp_path / "out"), "--no-progress", "--no-pretrain"]
+    cases = [
+        (["--source", "cityscapes=" + str(tmp_path / "nowhere"), "--targets", f"bdd100k={tiny}"],
+         f"folder {tmp_path / 'nowhere'}/leftImg8bit/train does not exist"),
+        (["--source", f"kitti={tiny}", "--targets", f"bdd100k={tiny}"], "unknown layout 'kitti'"),
+        (["--source", f"cityscapes={tiny}"], "--targets: name the target domains"),
+        (["--source", "clean", "--targets", "rain"], "unknown generated domain 'rain'"),
+        (["--targets", "clean"], "['clean'] given twice"),
+        (["--methods", "ft", "sdg"], "unknown method 'sdg'"),
+        (["--methods", "ldt"], "unknown method 'ldt' (did you mean 'ldt_s'?)"),
+        (["--backbones", "vgg"], "unknown backbone 'vgg'"),
+        (["--weights", str(tmp_path / "none.pth")], "none.pth does not exist"),
+        (["--weights", str(text)], f"{text} is not a PyTorch checkpoint"),
+        (["--weights", f"resnet18={resnet50}"], f"--weights resnet18: {resnet50} does not fit ResNetBackbone"),
+        (["--weights", "a.pth", "b.pth"], "write BACKBONE=FILE for each"),
+        (["--steps", "0"], "steps must be positive"),
+        (["--batch-size", "1"], "batch_size must be at least 2"),
+        (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+        (["--crop-size", "64y64"], "argument --crop-size: invalid size N or HxW value: '64y64'"),
+        (["--unstable-ratio", "1.5"], "unstable_ratio: must be < 1"),
+        (["--probe-batches", "0"], "probe_batches: must be > 0"),
+        (["--holdout-fraction", "0"], "holdout_fraction must be in (0, 1)"),
+        (["--eval-window", "32", "--eval-stride", "64"], "eval_stride (64, 64) must be between 1 and eval_window"),
+        (["--methods", "lpft", "--warmup-steps", "0"], "lpft: warmup_steps: lpft needs its head warm-up"),
+        (["--lr", "-1"], "lr must be positive"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "CUDA is not available"))
+    for argv, message in cases:
+        try:
+            code = main(argv + out)
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, (argv, err)
+    assert main(["--collect", str(tmp_path / "empty")]) == 2 and "no records" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_runs_and_tables_come_from_records(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = [*specs(tiny), "--out", str(out), "--backbones", "resnet18", "--methods", "ft", "deft", "--seeds", "0",
+            "--no-progress", *FAST_FLAGS]
+    assert main(argv) == 0
+    records = sweep_records(out).all()
+    assert [r["method"] for r in records] == ["ft", "deft"] and all(r["hparams"]["weights"] is None for r in records)
+    table = (out / "table.md").read_text()
+    assert "| resnet18 | FT | 1 |" in table and "| resnet18 | DeFT | 1 |" in table
+    assert "| Backbone | Method | Seeds | fog | night | Mean |" in table
+    saved = {name: (out / name).read_text() for name in ("table.md", "table.csv", "classes.csv")}
+    for name in saved:
+        (out / name).unlink()
+    assert main(["--collect", str(out)]) == 0
+    assert {name: (out / name).read_text() for name in saved} == saved
+
+    monkeypatch.setattr(main_module, "run", never)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "2 runs, 2 already recorded" in capsys.readouterr().out and len(sweep_records(out).all()) == 2
+
+    lines = (out / RESULTS_FILE).read_text().splitlines(keepends=True)  # lose the last run: only it runs again
+    (out / RESULTS_FILE).write_text("".join(lines[:-1]))
+    monkeypatch.setattr(main_module, "run", run)
+    assert main(argv) == 0
+    assert "2 runs, 1 already recorded" in capsys.readouterr().out
+    assert [r["options_hash"] for r in sweep_records(out).all()] == [json.loads(line)["options_hash"] for line in lines]
+    assert (out / "table.md").read_text() == table  # deterministic runs: the same table
+
+
+# ---- the demo's generated pre-training -----------------------------------------------------------------------------
+TINY_PRETRAIN = PretrainConfig(steps=2, batch_size=2, crop_size=(32, 32), head_channels=16)
+
+
+def test_pretraining_is_cached_and_loads_as_a_backbone(tiny, tmp_path, monkeypatch):
+    path = pretrain_backbone(tiny, TINY_PRETRAIN, root=tmp_path)
+    assert path == TINY_PRETRAIN.weights_path(TINY.digest(), tmp_path)
+    summary = pretrain_summary(path)
+    assert summary["steps"] == 2 and summary["data"] == TINY.digest() and 0.0 <= summary["val_miou"] <= 100.0
+    monkeypatch.setattr(pretrain_module, "train_backbone", never)
+    assert pretrain_backbone(tiny, TINY_PRETRAIN, root=tmp_path) == path  # cached
+    assert PretrainConfig(steps=3).weights_path(TINY.digest(), tmp_path) != path  # other settings, another file
+    assert TINY_PRETRAIN.weights_path("other data", tmp_path) != path  # other data, another file
+    saved = torch.load(path, weights_only=True)
+    assert "conv1.weight" in saved and not any(k.startswith(("aspp.", "fc.")) for k in saved)  # torchvision names
+    torch.manual_seed(0)
+    model = DeepLabV3Plus("resnet18", aspp_channels=32, decoder_channels=32)  # any head width: the head is new
+    load_backbone_weights(model, path)
+    assert all(torch.equal(model.backbone.state_dict()[k], v) for k, v in saved.items())
+
+
+@pytest.mark.slow
+def test_demo_pretrains_once_and_fine_tunes_the_cached_backbone(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the demo's relative datasets/ and results/ folders
+    monkeypatch.setattr(main_module, "DEMO_DATA", TINY)
+    trainings = []
+    train_backbone = pretrain_module.train_backbone
+    monkeypatch.setattr(pretrain_module, "train_backbone",
+                        lambda root, config, progress: trainings.append(config) or train_backbone(root, config, progress))
+    argv = ["--methods", "lpft", "--seeds", "0", "--targets", "fog", "--no-progress", "--pretrain-steps", "2",
+            *FAST_FLAGS]
+    weights = PretrainConfig(steps=2).weights_path(TINY.digest())
+    out = Path("results/segmentation/generated_streets")
+
+    assert main(argv) == 0
+    assert [c.steps for c in trainings] == [2] and weights.is_file()
+    assert f"resnet18 backbone: pre-trained weights {weights} (trained" in capsys.readouterr().out
+    assert [r["hparams"]["weights"] for r in sweep_records(out).all()] == [str(weights.resolve())]
+
+    assert main(argv) == 0  # second call: cached weights, finished run
+    shown = capsys.readouterr().out
+    assert len(trainings) == 1 and "(cached;" in shown and "1 runs, 1 already recorded" in shown
+
+    assert main(argv + ["--no-pretrain"]) == 0
+    assert len(trainings) == 1 and "pre-trained weights" not in capsys.readouterr().out
+    assert [r["hparams"]["weights"] for r in sweep_records(out).all()] == [str(weights.resolve()), None]
