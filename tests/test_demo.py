@@ -20,7 +20,7 @@ def first_run(tmp_path_factory):
 
 def test_table_has_every_camera_and_method(first_run):
     root, summary = first_run
-    assert set(summary["columns"]) == {"pretrained", "FT", "LDT+DPU"}
+    assert set(summary["columns"]) == {"pretrained", "FT", "FT-EMA", "LDT+DPU"}
     for rows in summary["columns"].values():
         assert set(rows) >= {"source", *TARGET_CAMERAS}
         for metrics in rows.values():
@@ -33,6 +33,7 @@ def test_table_has_every_camera_and_method(first_run):
     # fine-tuning moved the weights: FT and LDT differ from the pretrained network on the source camera
     assert summary["columns"]["FT"]["source"] != summary["columns"]["pretrained"]["source"]
     assert summary["columns"]["LDT+DPU"]["source"] != summary["columns"]["pretrained"]["source"]
+    assert summary["columns"]["FT-EMA"]["source"] != summary["columns"]["FT"]["source"]  # the EMA is deployed
 
 
 def test_figures_exist_and_are_not_blank(first_run):

@@ -174,7 +174,8 @@ class Method:
             where = "warmup:patterns" if config.warmup.patterns is not None else "head_patterns"
             problems += _check_patterns(model, patterns, where, "head")
         if config.repartition_every and not cls.repartitions:
-            problems.append(("repartition_every", f"{cls.name} has no partition to re-probe (ldt, ldt_s do)"))
+            able = ", ".join(name for name, method in METHODS.items() if method.repartitions)
+            problems.append(("repartition_every", f"{cls.name} has no partition to re-probe ({able} do)"))
         if cls.partition_source == "head":
             problems += _check_patterns(model, head, "head_patterns", "head")
         if cls.partition_source == "score":

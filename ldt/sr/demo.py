@@ -2,8 +2,10 @@
 
 1. build the synthetic six-camera benchmark and a clean bicubic set from scikit-image's photos (cached);
 2. pre-train a small SAFMN on the bicubic set, as the paper starts from a pretrained SR model (cached);
-3. fine-tune it on the Olympus-like source camera with FT and with LDT+DPU (same budget, same seed);
-4. evaluate pretrained / FT / LDT on the source and the five target cameras, print and save the table;
+3. fine-tune it on the Olympus-like source camera with FT, FT-EMA (the control for LDT's averaging) and LDT+DPU
+   (same budget, same seed);
+4. evaluate pretrained / FT / FT-EMA / LDT+DPU on the source and the five target cameras, print and save the table,
+   with one line on what the multi-seed study (``scripts/study.py``) found;
 5. draw the figures: gradient spread per layer, validation curves, visual crops.
 
 Every finished stage is cached under ``experiments/demo/`` by a hash of its options; a second run reuses it.
@@ -23,20 +25,22 @@ import torch
 from ldt.compat import patch_basicsr
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.data.synthetic_cameras import build_bicubic_pretrain_set, build_synthetic_cameras
-from ldt.sr.experiment import RunBudget, camera_dataset, camera_run_options, run_stage
+from ldt.sr.experiment import ARCHS, RunBudget, camera_dataset, camera_run_options, run_stage
 from ldt.sr.options import PROJECT_ROOT, prepare_options
 
 patch_basicsr()
 from basicsr.utils import tensor2img  # noqa: E402
 
-from ldt.core import Partition  # noqa: E402
+from ldt.core import Partition, method_class  # noqa: E402
 from ldt.sr.evaluate import run_test  # noqa: E402
 from ldt.sr.figures import plot_gradient_spread, plot_validation_curves, plot_visual_comparison  # noqa: E402
 from ldt.sr.metrics import image_metrics  # noqa: E402
+from ldt.sr.study import headline as study_headline  # noqa: E402
 from ldt.weights import read_weights  # noqa: E402
 
 CAMERAS = ("source",) + TARGET_CAMERAS
-ARCH = "safmn_tiny"  # 19k parameters: 4k pre-training + 2 fine-tunings of 2k iterations fit the CPU budget
+ARCH = "safmn_tiny"  # 19k parameters: 4k pre-training + 3 fine-tunings of 2k iterations fit the CPU budget
+DEMO_METHODS = ("ft", "ft_ema", "ldt_dpu")  # the table's columns (registry names), after the pre-trained network
 
 
 @dataclass(frozen=True)
@@ -113,42 +117,55 @@ def visual_crops(weights: dict[str, Path], network: dict, data_root: Path, out: 
     return plot_visual_comparison(panels, out, title=f"{camera} test image {Path(sample['lq_path']).name}")
 
 
+def method_options(plan: DemoBudget) -> dict:
+    """The ``ldt:`` options of the demo's runs. The paper exchanges every 10 of 200k steps (20k exchanges); with 2k
+    steps, exchanging every step keeps the composite (its groups follow the trained branches by EMA, W up to 0.999)
+    from lagging far behind the trained branches."""
+    return {"probe": {"num_batches": plan.probe_batches}, "exchange": {"interval": plan.exchange_interval}}
+
+
+def pretrain_stage(root: Path, budget: str, seed: int, *, force: bool = False, train_if_missing: bool = True) -> Path:
+    """The demo's pre-trained SAFMN (clean bicubic pairs, cached under experiments/demo*/pretrain): the stand-in for
+    the pretrained SR network the paper fine-tunes. The study fine-tunes the same network."""
+    plan = BUDGETS[budget]
+    bicubic = build_bicubic_pretrain_set(root / "datasets" / ("synthetic_bicubic_tiny" if plan.tiny_data
+                                                              else "synthetic_bicubic"), tiny=plan.tiny_data)
+    prefix = "demo" if budget == "full" else f"demo_{budget}"
+    opt = camera_run_options(f"{prefix}/pretrain", bicubic, RunBudget(plan.pretrain_iters, plan.batch_size,
+                                                                      plan.gt_size, plan.val_freq),
+                             arch=ARCH, method="ft", seed=seed, source=("bicubic",), targets=(), lr=1e-3,
+                             ldt=method_options(plan))
+    weights = root / "experiments" / opt["name"] / "models" / "net_g_latest.pth"
+    if train_if_missing or force:
+        run_stage(opt, root, force)
+    return weights
+
+
 def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = False, seed: int = 0) -> dict:
     """The whole demo; returns the per-camera metrics of each column and the wall time."""
     start = time.time()
     plan = BUDGETS[budget]
     data_dir = root / "datasets"
     cameras = build_synthetic_cameras(data_dir / ("synthetic_cameras_tiny" if plan.tiny_data else "synthetic_cameras"), tiny=plan.tiny_data)
-    bicubic = build_bicubic_pretrain_set(data_dir / ("synthetic_bicubic_tiny" if plan.tiny_data else "synthetic_bicubic"), tiny=plan.tiny_data)
-    # The paper exchanges every 10 of 200k steps (20k exchanges). With 2k steps, exchanging every step keeps the
-    # composite (built from the EMA-updated groups, W up to 0.999) from lagging far behind the trained branches.
-    ldt = {"probe": {"num_batches": plan.probe_batches}, "exchange": {"interval": plan.exchange_interval}}
+    ldt = method_options(plan)
     prefix = "demo" if budget == "full" else f"demo_{budget}"
-
-    pre_budget = RunBudget(plan.pretrain_iters, plan.batch_size, plan.gt_size, plan.val_freq)
-    pre_opt = camera_run_options(f"{prefix}/pretrain", bicubic, pre_budget, arch=ARCH, method="ft", seed=seed,
-                                 source=("bicubic",), targets=(), lr=1e-3, ldt=ldt)
-    run_stage(pre_opt, root, force)
-    pretrained = root / "experiments" / pre_opt["name"] / "models" / "net_g_latest.pth"
-
-    reports = {}
+    pretrained = pretrain_stage(root, budget, seed, force=force)
+    reports, weights = {}, {"pretrained": pretrained}
     fine_budget = RunBudget(plan.finetune_iters, plan.batch_size, plan.gt_size, plan.val_freq)
-    for method, label in (("ft", "FT"), ("ldt", "LDT+DPU")):
-        opt = camera_run_options(f"{prefix}/{method}", cameras, fine_budget, arch=ARCH, method=method, seed=seed,
+    network = ARCHS[ARCH]
+    columns = {"pretrained": evaluate_weights(pretrained, cameras, network, root, f"{prefix}/pretrained_eval")}
+    for name in DEMO_METHODS:
+        label = method_class(name).label
+        opt = camera_run_options(f"{prefix}/{name}", cameras, fine_budget, arch=ARCH, method=name, seed=seed,
                                  pretrained=pretrained, ldt=ldt)
         reports[label] = run_stage(opt, root, force)
-    network = pre_opt["network_g"]
-    columns = {"pretrained": evaluate_weights(pretrained, cameras, network, root, f"{prefix}/pretrained_eval")}
-    weights = {"pretrained": pretrained}
-    for label, report in reports.items():
-        method = "ft" if label == "FT" else "ldt"
-        best = root / "experiments" / f"{prefix}/{method}" / "models" / "net_g_best.pth"
-        weights[label] = best
-        columns[label] = evaluate_weights(best, cameras, network, root, f"{prefix}/{method}_eval")
+        weights[label] = root / "experiments" / opt["name"] / "models" / "net_g_best.pth"
+        columns[label] = evaluate_weights(weights[label], cameras, network, root, f"{prefix}/{name}_eval")
 
     out = root / "experiments" / prefix
     table = results_table(columns)
-    partition = Partition.load(out / "ldt" / "partition.json")
+    probed = next(name for name in DEMO_METHODS if method_class(name).partition_source == "score")
+    partition = Partition.load(out / probed / "partition.json")
     figures = [
         plot_gradient_spread(partition, out / "fig_gradient_spread.png", title="synthetic Olympus source"),
         plot_validation_curves({label: r["history"] for label, r in reports.items()}, out / "fig_validation_psnr.png"),
@@ -161,6 +178,7 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
     (out / "demo_results.md").write_text(table + "\n")
     print("\nLDT demo — synthetic cameras, x4, PSNR/SSIM on Y (best checkpoint selected on the source camera)\n")
     print(table)
+    print("\n" + study_headline(root / "experiments" / "study"))
     print(f"\nfigures: {', '.join(str(f) for f in figures)}")
     print(f"demo wall time: {seconds:.1f} s ({budget} budget)")
     return summary

@@ -79,6 +79,31 @@ def plot_visual_comparison(panels: list[tuple[str, np.ndarray, float | None]], p
     return _save(fig, path)
 
 
+def plot_intervals(series: dict[str, list[tuple[float, float, float | None, float | None]]], path: str | Path, *,
+                   xlabel: str, ylabel: str, title: str = "") -> Path:
+    """Points with interval bars, one series per label: ``(x, value, low, high)`` (a point without an interval has
+    low/high None); the zero line marks "no difference"."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    labels = list(series)
+    width = 0.06 * (max((p[0] for points in series.values() for p in points), default=1) or 1)
+    for index, label in enumerate(labels):
+        offset = (index - (len(labels) - 1) / 2) * width / max(1, len(labels))
+        xs = [p[0] + offset for p in series[label]]
+        values = [p[1] for p in series[label]]
+        low = [p[1] - p[2] if p[2] is not None else 0.0 for p in series[label]]
+        high = [p[3] - p[1] if p[3] is not None else 0.0 for p in series[label]]
+        ax.errorbar(xs, values, yerr=[low, high], marker="o", capsize=3, label=label)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,12 +141,14 @@ def plan_runs(
     archs: Sequence[str] | None = None,
     weights: Mapping[str, str | Path] | None = None,
     seeds: int = 3,
+    extra_seeds: int | None = None,
     budget: Budget = Budget(),
 ) -> list[TableRun]:
     """Every run of every table, in table / arch / row / seed order (a run shared by tables appears once per table).
 
-    ``data_kind`` ('drealsr' or 'synthetic') fixes the automatic budget values. Pure: no file is read but the
-    shipped option file, so ``--collect`` can plan without the data.
+    ``data_kind`` ('drealsr' or 'synthetic') fixes the automatic budget values. Settings marked ``extra`` get
+    ``extra_seeds`` seeds (default: ``seeds``). Pure: no file is read but the shipped option file, so ``--collect``
+    can plan without the data.
     """
     budget = budget.resolved(data_kind)
     runs = []
@@ -154,7 +156,7 @@ def plan_runs(
         spec = TABLES[table]
         for arch in archs or spec.default_archs:
             for setting in spec.settings(arch):
-                for seed in range(seeds):
+                for seed in range(extra_seeds if setting.extra and extra_seeds is not None else seeds):
                     opt = run_options(setting, arch, seed, data_root, budget, weights or {})
                     digest = run_identity(opt)
                     opt["name"] = f"{arch}_{setting.slug}_seed{seed}_{digest}"
@@ -402,8 +404,8 @@ def collect_results(out: Path, runs: Sequence[TableRun]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     for table in dict.fromkeys(run.table for run in runs):
         spec = TABLES[table]
-        rendered = spec.render([run for run in runs if run.table == table], records) if spec.render else \
-            render_table(spec, [run for run in runs if run.table == table], records)
+        table_runs = [run for run in runs if run.table == table]
+        rendered = spec.render(table_runs, records, out) if spec.render else render_table(spec, table_runs, records)
         markdown, table_csv = out / f"table{table}.md", out / f"table{table}.csv"
         markdown.write_text(rendered.markdown)
         table_csv.write_text(csv_text(rendered.csv_header, rendered.csv_rows))
@@ -434,6 +436,7 @@ def reproduce(
     archs: Sequence[str] | None = None,
     weights: Sequence[str] | Mapping[str, str | Path] | None = None,
     seeds: int = 3,
+    extra_seeds: int | None = None,
     budget: Budget = Budget(),
     out: str | Path = DEFAULT_OUT,
     datasets_dir: Path = DEFAULT_DATASETS,
@@ -448,15 +451,16 @@ def reproduce(
     start = time.time()
     tables = resolve_tables(tables)
     archs = check_archs(archs)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ReproduceError(f"--seeds must be a positive integer, got {seeds!r}")
+    for flag, value in (("--seeds", seeds), ("--extra-seeds", extra_seeds)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ReproduceError(f"{flag} must be a positive integer, got {value!r}")
     budget.check()
     sweep_archs = list(dict.fromkeys(archs or [a for t in tables for a in TABLES[t].default_archs]))
     out = Path(out).expanduser().resolve()
     data_root, data_kind = resolve_data(data, datasets_dir, build=not collect_only)
     weight_files = resolve_weights(weights, sweep_archs, check=not collect_only)
     runs = plan_runs(tables, data_root, data_kind=data_kind, archs=archs, weights=weight_files, seeds=seeds,
-                     budget=budget)
+                     extra_seeds=extra_seeds, budget=budget)
     records = Records(out / "results.jsonl")
     unique = list({run.digest: run for run in runs}.values())
     done = set(records.by_hash())
@@ -499,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pretrained weights: one file for a single arch, or ARCH=FILE per arch (default: "
                              "random initialisation, with a warning)")
     parser.add_argument("--seeds", type=int, default=3, help="runs per setting, seeds 0..N-1 (default: %(default)s)")
+    parser.add_argument("--extra-seeds", type=int, default=None,
+                        help="runs of the costly side settings of a table (the study's DeFT, LDT-S, interval 10; "
+                             "default: --seeds)")
     paper = Budget.paper()
     parser.add_argument("--iters", type=int, help=f"iterations per run (default: the paper's {paper.iters})")
     parser.add_argument("--batch-size", type=int, help=f"default: the paper's {paper.batch_size}")
@@ -522,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                     lpft_warmup=args.lpft_warmup, tile=args.tile)
     try:
         summary = reproduce(args.table, args.data, archs=args.arch, weights=args.weights, seeds=args.seeds,
+                            extra_seeds=args.extra_seeds,
                             budget=budget, out=args.out, collect_only=args.collect)
     except (ReproduceError, OptionsError, DatasetError) as err:
         from ldt.sr.train import print_error

@@ -30,7 +30,9 @@ class Setting:
     dpu: bool | None = None  # None: the method's default (ldt:exchange:dpu)
     criterion: str | None = None  # None: ldt:criterion's default
     unstable_ratio: float | None = None  # None: ldt:unstable_ratio's default
+    interval: int | None = None  # None: the sweep's --interval
     paper_row: str | None = None
+    extra: bool = False  # trained with the sweep's --extra-seeds seeds instead of --seeds (a costly side setting)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -44,8 +46,9 @@ class Setting:
             options["criterion"] = self.criterion
         if self.unstable_ratio is not None:
             options["unstable_ratio"] = self.unstable_ratio
-        if self.dpu is not None:
-            options["exchange"] = {"dpu": self.dpu}
+        exchange = {k: v for k, v in (("dpu", self.dpu), ("interval", self.interval)) if v is not None}
+        if exchange:
+            options["exchange"] = exchange
         return options
 
     def resolved(self) -> MethodConfig:
@@ -58,7 +61,8 @@ class Setting:
         parts = ["+".join(self.source), self.method]
         parts += [f"{key}-{value:g}" if isinstance(value, float) else f"{key}-{value}"
                   for key, value in (("criterion", self.criterion), ("ratio", self.unstable_ratio),
-                                     ("dpu", None if self.dpu is None else str(self.dpu).lower())) if value is not None]
+                                     ("dpu", None if self.dpu is None else str(self.dpu).lower()),
+                                     ("interval", self.interval)) if value is not None]
         return "_".join(parts)
 
 
@@ -71,7 +75,7 @@ class TableSpec:
     paper_key: str | None
     default_archs: tuple[str, ...]
     settings: Callable[[str], list[Setting]]
-    render: Callable | None = None  # (runs, records) -> RenderedTable; None: the paper-table layout
+    render: Callable | None = None  # (runs, records, out) -> RenderedTable; None: the paper-table layout
 
 
 def _mambair(arch: str, row: str) -> str | None:
@@ -121,6 +125,21 @@ def _table9(arch: str) -> list[Setting]:
             for ratio in (0.1, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9)]
 
 
+def _study(arch: str) -> list[Setting]:
+    """What LDT buys (README "What LDT buys here"): LDT against FT and FT-EMA, the EMA control with LDT's smoothing."""
+    return [
+        Setting("FT", "ft"), Setting("FT-EMA", "ft_ema"), Setting("LDT (fixed W)", "ldt", dpu=False),
+        Setting("LDT+DPU", "ldt"), Setting("DeFT", "deft", extra=True), Setting("LDT-S", "ldt_s", extra=True),
+        Setting("LDT+DPU, exchange every 10", "ldt", interval=10, extra=True),
+    ]
+
+
+def _render_study(runs, records, out):
+    from ldt.sr.study import render_study
+
+    return render_study(runs, records, out)
+
+
 TABLES: dict[str, TableSpec] = {
     "1": TableSpec("1", "LDT components: FT vs LDT (fixed W) vs LDT+DPU", "table1_components_mambair",
                    ("mambair",), _table1),
@@ -132,6 +151,8 @@ TABLES: dict[str, TableSpec] = {
     "6": TableSpec("6", "Architectures: FT vs LDT+DPU", "table6_architectures", ("safmn", "hat", "mambair"), _table6),
     "9": TableSpec("9", "Unstable ratio (LDT+DPU, variance criterion)", "table9_unstable_ratio_mambair",
                    ("mambair",), _table9),
+    "study": TableSpec("study", "What LDT buys: controls, selection protocols, paired differences to FT", None,
+                       ("safmn_tiny",), _study, render=_render_study),
 }
 
 

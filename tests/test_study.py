@@ -1,0 +1,138 @@
+"""The study's instruments: FT-EMA (and BasicSR's train:ema_decay), the selection protocols, paired statistics and the
+transfer ratio, each against numbers computed by hand."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from ldt.core import MethodConfig, effective_ema_decay, prepare_method
+from ldt.sr.study import FINDING, camera_gains, headline, select, target_mean, transfer_ratio
+from ldt.sweep import mean_se, paired_difference
+from tests.conftest import TinyNet, ce_loss, make_batches
+
+
+def test_ft_ema_deploys_the_hand_computed_ema_of_the_trained_weights():
+    torch.manual_seed(0)
+    model, twin = TinyNet(), None
+    twin = copy.deepcopy(model)
+    method = prepare_method(model, MethodConfig(method="ft_ema"), ema_decay=0.9)
+    optimizers = [torch.optim.SGD(b.parameters, lr=0.1) for b in method.branches()]
+    hand_optimizer = torch.optim.SGD(twin.parameters(), lr=0.1)
+    ema = {k: v.clone() for k, v in twin.state_dict().items()}
+    params = {name for name, _ in twin.named_parameters()}
+    for batch in make_batches(4):
+        method.train_step(batch, ce_loss, optimizers)
+        twin.train()
+        hand_optimizer.zero_grad()
+        ce_loss(twin, batch).backward()
+        hand_optimizer.step()
+        for name, value in twin.state_dict().items():  # parameters averaged, buffers (BatchNorm) copied
+            ema[name] = ema[name] * 0.9 + value * (1 - 0.9) if name in params else value.clone()
+    deployed = method.deployed_state_dict()
+    assert deployed.keys() == ema.keys()
+    for name in ema:
+        assert torch.allclose(deployed[name], ema[name], rtol=1e-6, atol=1e-7), name
+    assert any(not torch.equal(deployed[n], twin.state_dict()[n]) for n in params)  # it is not the trained network
+    saved = method.checkpoint()
+    assert set(saved) == {"params", "params_ema"} and method.deployed_key == "params_ema"
+    assert all(torch.equal(saved["params"][k], v) for k, v in twin.state_dict().items() if k in params)
+
+
+def test_ft_ema_default_decay_matches_the_fixed_w_exchange():
+    config = MethodConfig(method="ft_ema", exchange={"weight": 0.99, "interval": 4})
+    assert effective_ema_decay(config) == pytest.approx(0.99 ** 0.25)
+    assert effective_ema_decay(config, 0.95) == 0.95  # an explicit train:ema_decay wins
+    assert effective_ema_decay(MethodConfig(method="ft")) is None  # FT deploys its trained network
+    assert effective_ema_decay(MethodConfig(method="ldt"), 0.999) == 0.999  # any method can deploy an EMA
+
+
+def test_sr_ema_decay_saves_params_ema_and_validates_it(tmp_path):
+    from tests.sr_fixtures import tiny_cameras, tiny_options
+    from tests.test_sr_pipeline import run_training
+
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "ema", "ft")
+    opt["train"]["ema_decay"] = 0.5
+    run_training(opt, tmp_path)
+    models = tmp_path / "experiments" / "ema" / "models"
+    saved = torch.load(models / "net_g_6.pth", weights_only=True)
+    assert set(saved) == {"params", "params_ema"}
+    assert any(not torch.equal(saved["params"][k], saved["params_ema"][k]) for k in saved["params"])
+    state = torch.load(tmp_path / "experiments" / "ema" / "training_states" / "6.state", weights_only=True)
+    assert state["method"]["ema_decay"] == 0.5 and "params_ema" in torch.load(models / "net_g_best.pth",
+                                                                               weights_only=True)
+
+
+HISTORY = [  # iteration: source PSNR, and target PSNRs (mean 21, 25, 23, 22)
+    {"iter": it, "rows": {"source": {"psnr": s, "ssim": 0.5},
+                          **{c: {"psnr": t, "ssim": 0.5} for c in ("pan", "sony", "dsc", "img", "canon")}}}
+    for it, s, t in ((1000, 30.0, 21.0), (2000, 31.0, 25.0), (3000, 32.0, 23.0), (4000, 32.0, 22.0))
+]
+
+
+def test_selection_protocols_pick_their_iteration_from_a_known_history():
+    assert select(HISTORY, "source")["iter"] == 3000  # best source PSNR; the tie at 4000 keeps the earlier
+    assert select(HISTORY, "last")["iter"] == 4000
+    assert select(HISTORY, "oracle")["iter"] == 2000  # best target mean
+    assert select(HISTORY, "source", upto=2000)["iter"] == 2000  # a shorter budget reads a prefix
+    assert select(HISTORY, "last", upto=3500)["iter"] == 3000
+    assert target_mean(select(HISTORY, "oracle")["rows"]) == 25.0
+    with pytest.raises(ValueError, match="unknown selection protocol 'best'"):
+        select(HISTORY, "best")
+    with pytest.raises(ValueError, match="no validation at or before iteration 500"):
+        select(HISTORY, "last", upto=500)
+
+
+def test_paired_difference_and_its_interval_by_hand():
+    ldt = {0: 26.30, 1: 26.10, 2: 26.50}
+    ft = {0: 26.20, 1: 26.15, 2: 26.25, 3: 30.0}  # seed 3 has no partner: not used
+    paired = paired_difference(ldt, ft)
+    diffs = [0.10, -0.05, 0.25]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # Student t, 2 degrees of freedom, 97.5 %
+    assert paired.n == 3 and paired.mean == pytest.approx(mean)
+    assert (paired.low, paired.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert paired.distinguishable is False and paired.verdict() == "no"
+    assert paired_difference({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 1.1, 2: 1.9}).verdict() == "yes"
+    assert paired_difference({0: 1.0}, {0: 0.5}).verdict() == "n < 2"
+    assert paired_difference({0: 1.0}, {1: 0.5}) is None
+    stat = mean_se([26.3, 26.1, 26.5])
+    assert stat.se == pytest.approx(0.2 / math.sqrt(3)) and stat.format(2) == "26.30 ± 0.12"
+
+
+def test_transfer_ratio_by_hand():
+    pretrained = {"source": {"psnr": 25.0}, **{c: {"psnr": 24.0} for c in ("pan", "sony", "dsc", "img", "canon")}}
+    tuned = {"source": {"psnr": 27.0}, **{c: {"psnr": 25.5} for c in ("pan", "sony", "dsc", "img", "canon")}}
+    assert transfer_ratio(tuned, pretrained) == pytest.approx(1.5 / 2.0)
+
+
+def test_camera_gains_by_hand():
+    pretrained = {c: {"psnr": 24.0} for c in ("source", "pan", "sony", "dsc", "img", "canon")}
+
+    def record(source: float, target: float) -> dict:
+        rows = {"source": {"psnr": source}, **{c: {"psnr": target} for c in ("pan", "sony", "dsc", "img", "canon")}}
+        late = {"source": {"psnr": source - 1.0}, **{c: {"psnr": 99.0} for c in ("pan", "sony", "dsc", "img", "canon")}}
+        return {"history": [{"iter": 1000, "rows": rows}, {"iter": 2000, "rows": late}]}  # 1000 wins on the source
+
+    (row,) = camera_gains({"FT": {0: record(26.0, 25.0), 1: record(27.0, 25.5)}, "LDT": {}}, pretrained, 2000)
+    assert row[0] == "FT" and row[1] == "2.50 ± 0.50" and row[2:] == ["1.25 ± 0.25"] * 5  # a setting without runs: no row
+
+
+def test_demo_headline_reads_the_study_table_or_says_what_it_found(tmp_path):
+    assert "@@" not in FINDING and FINDING
+    assert headline(tmp_path) == f"Multi-seed study (python scripts/study.py; README 'What LDT buys here'): {FINDING}."
+    header = "setting,protocol,budget,seeds,source_psnr,target_psnr,target_psnr_se,target_ssim,delta_vs_ft," \
+             "delta_low95,delta_high95,distinguishable,transfer_ratio\n"
+    (tmp_path / "tablestudy.csv").write_text(
+        header
+        + "FT,source,8000,3,27.4,26.4,0.01,0.709,,,,,0.75\n"
+        + "LDT+DPU,source,4000,3,27.3,26.3,0.01,0.708,-0.20,-0.30,-0.10,yes,0.74\n"
+        + "LDT+DPU,source,8000,3,27.4,26.3,0.01,0.708,-0.051,-0.104,0.002,no,0.74\n"
+        + "LDT+DPU,oracle,8000,3,27.4,26.5,0.01,0.708,0.10,0.0,0.2,no,0.74\n"
+        + "DeFT,source,8000,1,27.4,26.3,,0.708,0.03,,,n < 2,0.74\n")
+    line = headline(tmp_path)
+    assert line.endswith("at 8000 iterations, paired, 95 % CI: LDT+DPU -0.05 [-0.10, +0.00] (n=3); DeFT +0.03 (n=1)")
