@@ -54,6 +54,8 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
                                    "file read failed", "unexpected EOF", "PytorchStreamReader")):
             raise WeightsError(f"{what} {path} is truncated or not a PyTorch checkpoint ({text[:120]})") from None
         raise WeightsError(f"{what} {path} cannot be loaded: {text[:200]}") from None
+    except Exception as err:  # on foreign bytes the weights-only unpickler also fails as KeyError, IndexError, ...
+        raise WeightsError(f"{what} {path} is not a PyTorch checkpoint ({type(err).__name__})") from None
 
 
 def state_dict_in(checkpoint: object, path: str | os.PathLike, key: str | None = None,

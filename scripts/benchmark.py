@@ -307,6 +307,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="LDT exchange interval / LDT-S turn length (default: %(default)s)")
     parser.add_argument("--unstable-ratio", type=float, default=defaults.unstable_ratio, help="default: %(default)s")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--scan-backend", choices=("auto", "cuda", "triton", "torch"), default=None,
+                        help="MambaIR's selective scan (default: LDT_SCAN_BACKEND, else auto); the report names the "
+                             "backend that ran")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.device == "auto":
@@ -329,17 +332,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark, print the table and return (and optionally write) the results as a dict."""
     args = parse_args(argv)
     device = torch.device(args.device)
+    from ldt.ops import resolve_scan_backend, set_scan_backend
+
+    set_scan_backend(args.scan_backend)
+    try:
+        scan_backend = resolve_scan_backend(device)
+    except (RuntimeError, ValueError) as err:  # a backend asked for by name that cannot run here
+        raise SystemExit(f"error: --scan-backend {args.scan_backend}: {err}") from None
     base, scale = build_network(args.arch)
     batches = make_batches(args.batch_size, args.patch, scale, device)
 
     measured: dict[str, Measured] = {}
-    measured["ft"] = measure_training("ft", base, None, batches, args, device)
+    measured[METHODS[0]] = measure_training(METHODS[0], base, None, batches, args, device)
     measured["probe"], stats = measure_probe(base, batches, args, device)
     partition = partition_by_score(stats, args.unstable_ratio, "var")
     for method in METHODS[1:]:
         measured[method] = measure_training(method, base, partition, batches, args, device)
 
-    ft = measured["ft"]
+    ft = measured[METHODS[0]]
     ft_time, ft_peak = statistics.mean(ft.times), ft.peak
     results = {}
     for name in (*METHODS, "probe"):
@@ -362,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "arch": args.arch, "type": ARCHS[args.arch]["type"], "scale": scale, "batch_size": args.batch_size,
             "patch": args.patch, "iters": args.iters, "warmup_iters": args.warmup_iters,
             "probe_batches": args.probe_batches, "interval": args.interval, "unstable_ratio": args.unstable_ratio,
-            "amp": args.amp, "params": num_params,
+            "amp": args.amp, "params": num_params, "scan_backend": scan_backend,
             "param_bytes": tensor_bytes(iter(base.parameters())),
         },
         "device": {
@@ -392,7 +402,7 @@ def format_table(report: dict) -> str:
     lines = [
         f"arch={c['arch']} ({c['type']}, {c['params'] / 1e6:.3f} M params, |θ|={c['param_bytes'] / MIB:.2f} MiB, "
         f"x{c['scale']}), batch {c['batch_size']} of {c['patch']}x{c['patch']} LR, L1 on random tensors, Adam"
-        f"{', bf16 autocast' if c['amp'] else ''}",
+        f"{', bf16 autocast' if c['amp'] else ''}; selective scan backend (MambaIR): {c['scan_backend']}",
         f"device={d['type']} ({d['name']}), torch {d['torch']}; interval {c['interval']}; partition from the probe "
         f"({report['partition']['criterion']}, ratio {c['unstable_ratio']}): {report['partition']['stable']} stable / "
         f"{report['partition']['unstable']} unstable tensors",

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # fresh interpreters
+
 CHECK = """
 import importlib, sys
 {prelude}

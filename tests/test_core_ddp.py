@@ -14,6 +14,8 @@ import torch.multiprocessing as mp
 from ldt.core import partition_by_score, probe_gradients, warmup
 from tests.conftest import TinyNet, ce_loss, make_batches
 
+pytestmark = pytest.mark.slow  # two processes per test
+
 CRITERIA = ("var", "mean", "abs_mean", "var_over_mean", "elementwise_var")
 
 

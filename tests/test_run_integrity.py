@@ -184,6 +184,7 @@ def test_non_finite_weights_are_never_saved_and_the_message_names_the_last_finit
 
 
 # ---- 6. disk problems ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_an_unwritable_experiments_folder_is_one_line(data_root, tmp_path):
     """As a user without the right to write (root without CAP_DAC_OVERRIDE: permissions apply to it as to anyone)."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
@@ -284,6 +285,7 @@ def test_leftovers_of_an_interrupted_write_are_cleaned_at_the_next_start(data_ro
     assert sorted(p.name for p in (exp / "models").glob("net_g_[0-9]*.pth")) == ["net_g_6.pth"]
 
 
+@pytest.mark.slow
 def test_an_lmdb_export_stopped_by_a_corrupt_image_leaves_nothing_that_blocks_a_rerun(data_root, tmp_path):
     root = tmp_path / "drealsr"
     shutil.copytree(data_root, root)
@@ -386,3 +388,17 @@ def test_kill_9_at_seeded_moments_and_sigterm_end_bit_identical(data_root, tmp_p
     assert run.wait(timeout=600) == 0, run.communicate()[1][-2000:]
     assert same_weights(latest(reference, "interrupted"), latest(root, "interrupted"))
     assert not list((root / "experiments" / "interrupted").rglob("*.tmp"))  # the kill in a write left nothing behind
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once(data_root, tmp_path):
+    opt_file = write(options(data_root, "twice", total_iter=400), tmp_path)
+    progress = tmp_path / "progress.txt"
+    run = driver(progress, opt_file, tmp_path / "runs")
+    wait_for(progress, "iter 2", run)
+    run.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=120)
+    iterations = len(progress.read_text().splitlines())
+    assert run.returncode == -signal.SIGTERM and iterations < 400  # killed by the signal's default action

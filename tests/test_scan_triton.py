@@ -23,6 +23,8 @@ from torch import Tensor
 from ldt.ops import selective_scan_fn
 from tests.test_selective_scan import Config, make_inputs, reference_scan, run_both, saved_bytes
 
+pytestmark = pytest.mark.slow  # the Triton interpreter in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,6 +12,8 @@ import torch.multiprocessing as mp
 
 from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
 
+pytestmark = pytest.mark.slow  # two processes per test
+
 
 def deterministic_options(data_root, name: str, batch: int, method: str) -> dict:
     """No random crop (patch = whole training patch) and no flips: both runs see exactly the same pixels."""

@@ -232,6 +232,7 @@ def test_force_yml_and_bare_names(data_root, tmp_path):
         load_options("no_such_options.yml", is_train=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["train", "test"])
 def test_shipped_option_files_are_valid_up_to_missing_data(kind):
     """The paper's option files have no unknown keys or bad types; only DRealSR / weights may be missing here."""

@@ -24,7 +24,8 @@ from ldt.compat import patch_basicsr
 from ldt.core import prepare_method
 from ldt.core.methods import score_partition
 from ldt.sr import checkpoints
-from ldt.sr.options import method_options, network_head_patterns, prepare_options
+from ldt.sr.options import method_options, prepare_options
+from ldt.archs.arch_util import head_patterns
 from ldt.weights import read_weights
 
 patch_basicsr()
@@ -113,7 +114,7 @@ class LDTModel(BaseModel):
 
     def head_patterns(self) -> list[str] | None:
         arch_type = self.opt["network_g"]["type"]
-        return network_head_patterns(arch_type, ARCH_REGISTRY.get(arch_type))
+        return head_patterns(arch_type, ARCH_REGISTRY.get(arch_type))
 
     def batches(self, purpose: str, seed: int) -> torch.utils.data.DataLoader:
         """The warm-up's batches (training set) or the probe's (``ldt:probe``), in an order fixed by ``seed``."""
@@ -293,12 +294,12 @@ class LDTModel(BaseModel):
         """Deployed weights ``net_g_<iter>.pth`` and the full training state ``<iter>.state``, both atomically;
         returns the state's path. Weights that are not finite are never saved (a resume must start from a sane
         state): that raises :class:`NonFiniteLossError` instead."""
-        if not self.rank0:
-            return None
-        bad = self.non_finite_tensor()
+        bad = self.non_finite_tensor()  # on every rank (their weights are the same), so they all stop together
         if bad is not None:
             raise NonFiniteLossError(f"iteration {current_iter}: the weights are not finite ({bad}); nothing was "
                                      "saved")
+        if not self.rank0:
+            return None
         label = "latest" if current_iter == -1 else current_iter
         checkpoints.save_weights(Path(self.opt["path"]["models"]) / f"net_g_{label}.pth", self.method.checkpoint())
         if current_iter == -1:

@@ -85,9 +85,9 @@ def holds_a_run(experiment: str | Path) -> bool:
         or any((experiment / name).is_file() for name in ("partition.json", "results.json"))
 
 
-def archive(*folders: str | Path) -> list[Path]:
+def archive(*folders: str | Path) -> list[tuple[Path, Path]]:
     """BasicSR's convention for a rerun of an experiment name: rename each existing folder to
-    ``<folder>_archived_<time>`` (nothing is deleted); returns the new names."""
+    ``<folder>_archived_<time>`` (nothing is deleted); returns the (old, new) names."""
     from basicsr.utils import get_time_str
 
     stamp, moved = get_time_str(), []
@@ -98,7 +98,7 @@ def archive(*folders: str | Path) -> list[Path]:
                 folder.rename(target)
             except OSError as err:
                 raise DiskError(f"cannot archive {folder} to {target.name}: {disk_reason(err, folder.parent)}") from None
-            moved.append(target)
+            moved.append((folder, target))
     return moved
 
 

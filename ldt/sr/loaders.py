@@ -22,12 +22,22 @@ def world() -> tuple[int, int]:
     return 1, 0
 
 
-class ResumableSampler(EnlargedSampler):
-    """BasicSR's epoch-seeded sampler that can start an epoch part-way (to resume at the exact sample)."""
+SEED_STRIDE = 1_000_003  # epochs of different run seeds never share a shuffle (for fewer than a million epochs)
 
-    def __init__(self, *args, **kwargs) -> None:
+
+class ResumableSampler(EnlargedSampler):
+    """BasicSR's epoch-seeded sampler that can start an epoch part-way (to resume at the exact sample).
+
+    BasicSR shuffles by the epoch alone, so every ``manual_seed`` sees the same data order; here the run's seed
+    offsets the shuffle, so seeds differ in data order too (seed 0 keeps BasicSR's order).
+    """
+
+    def __init__(self, *args, seed: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.skip = 0
+        self.skip, self.seed = 0, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch + self.seed * SEED_STRIDE)
 
     def __iter__(self):
         indices = list(super().__iter__())
@@ -49,7 +59,7 @@ def training_loader(opt: dict) -> tuple[torch.utils.data.DataLoader, ResumableSa
     block = opt["datasets"]["train"]
     train_set = dataset(opt, "train")
     size, rank = world()
-    sampler = ResumableSampler(train_set, size, rank, block["dataset_enlarge_ratio"])
+    sampler = ResumableSampler(train_set, size, rank, block["dataset_enlarge_ratio"], seed=opt["manual_seed"])
     workers = block["num_worker_per_gpu"]
     loader = torch.utils.data.DataLoader(
         train_set,

@@ -446,13 +446,6 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
     return options, network, arch
 
 
-def network_head_patterns(arch_type: str, arch: type | None) -> list[str] | None:
-    """The architecture's own head (DeFT's unstable group, LP-FT's warm-up), if it declares one."""
-    from ldt.archs.arch_util import head_patterns
-
-    return head_patterns(arch_type, arch)
-
-
 def network_scale(options: dict) -> int | None:
     for key in ("upscale", "upscaling_factor", "scale"):
         if isinstance(options.get(key), int):
@@ -621,7 +614,9 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options") -> di
                 problems.append(f"ldt:probe:dataset: '{ldt_options.probe.dataset}' is not a key of datasets")
             problems += _leak_problems(datasets, top.val, ldt_options.probe.dataset)
             if meta_network is not None:
-                head = network_head_patterns(network["type"], arch)
+                from ldt.archs.arch_util import head_patterns
+
+                head = head_patterns(network["type"], arch)
                 method = method_class(ldt_options.method)
                 problems += [f"ldt:{where}: {message}" for where, message in
                              method.check(ldt_options, meta_network, head)]
@@ -757,5 +752,42 @@ def options_reference() -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def methods_reference() -> str:
+    """The README's methods table, generated from the registry (each method's rules live in its class)."""
+    from ldt.core import METHODS
+    from ldt.sweep import markdown_table
+
+    warmups = {"never": "no", "optional": "if `warmup:steps` > 0", "required": "required (`warmup:steps` > 0)"}
+    partitions = {"none": "—", "head": "`head_patterns` (head = unstable)", "score": "probe scores (`criterion`)"}
+    rows = [[f"`{name}`", cls.label, warmups[cls.warmup_rule], partitions[cls.partition_source],
+             ", ".join(f"`{k}: {str(v).lower()}`" for k, v in cls.forced_exchange.items()) or "",
+             "yes" if cls.repartitions else "", cls.summary] for name, cls in METHODS.items()]
+    return markdown_table(["`ldt:method`", "label", "head warm-up", "partition", "fixes", "re-probes", "what it does"],
+                          rows) + "\n"
+
+
+REFERENCES = {"methods": methods_reference, "options": options_reference}
+
+
+def embed_references(text: str) -> str:
+    """``text`` (the README) with each ``<!-- name:begin -->`` … ``<!-- name:end -->`` block regenerated."""
+    for name, generate in REFERENCES.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        head, found, rest = text.partition(begin)
+        if not found:
+            raise ValueError(f"no {begin} marker")
+        _, found, tail = rest.partition(end)
+        if not found:
+            raise ValueError(f"no {end} marker after {begin}")
+        text = f"{head}{begin}\n{generate()}{end}{tail}"
+    return text
+
+
 if __name__ == "__main__":
-    print(options_reference(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--readme"]:  # python -m ldt.sr.options --readme README.md: regenerate its references
+        readme = Path(sys.argv[2])
+        readme.write_text(embed_references(readme.read_text()))
+    else:
+        print(methods_reference(), options_reference(), sep="\n", end="")

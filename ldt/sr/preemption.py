@@ -19,11 +19,15 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal after saving a state (``state`` is None if it stopped before training began)."""
+    """Training stopped on a signal; ``state`` is the training state to resume from (None: start afresh), ``saved``
+    whether the stop wrote it (a stop during the warm-up or the probe has nothing new to save)."""
 
-    def __init__(self, signum: int, iteration: int, state: str | None) -> None:
+    def __init__(self, signum: int, iteration: int, state: str | None, saved: bool = True) -> None:
         name = signal.Signals(signum).name
-        where = f"saved {state}; resume with --auto_resume" if state else "before training began, nothing to save"
+        if state is None:
+            where = "before training began, nothing to save (the warm-up and probe run again)"
+        else:
+            where = f"{'saved' if saved else 'nothing new to save; the newest state is'} {state}; resume with --auto_resume"
         super().__init__(f"stopped by {name} at iteration {iteration}: {where}")
         self.signum, self.iteration, self.state = signum, iteration, state
 

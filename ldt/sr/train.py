@@ -75,10 +75,9 @@ def init_distributed(opt: dict, launcher: str) -> None:
 
 
 def resolve_num_gpu(opt: dict) -> None:
+    """``num_gpu: auto`` → 1 with CUDA, else 0 (a count the machine lacks is an options error already)."""
     if opt["num_gpu"] == "auto":
         opt["num_gpu"] = 1 if torch.cuda.is_available() else 0
-    if opt["num_gpu"] and not torch.cuda.is_available():
-        raise OptionsError(f"num_gpu: {opt['num_gpu']} but CUDA is not available (use num_gpu: 0 or auto)")
 
 
 def experiment_paths(opt: dict, root: Path) -> None:
@@ -159,9 +158,8 @@ def prepare_folder(opt: dict, root: Path, resume: Path | None, logger) -> None:
     exp = Path(opt["path"]["experiments_root"])
     tb = root / "tb_logger" / opt["name"]
     if resume is None and holds_a_run(exp):
-        for moved in archive(exp, tb):
-            print(f"{moved.with_name(moved.name.split('_archived_')[0])} held an earlier run: archived as {moved}",
-                  flush=True)
+        for old, new in archive(exp, tb):
+            print(f"{old} held an earlier run: archived as {new}", flush=True)
     for key in ("experiments_root", "models", "training_states"):
         make_dirs(opt["path"][key])
     removed = remove_leftovers(exp, opt["path"]["models"], opt["path"]["training_states"])
@@ -233,8 +231,8 @@ def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
         opt["path"]["resume_state"] = str(state_path)
     model = build_model(opt)
     signum = stop.requested()
-    if signum:  # during the warm-up or the probe: no training state exists yet
-        raise Interrupted(signum, 0, str(state_path) if state_path else None)
+    if signum:  # during the warm-up or the probe: nothing new to save
+        raise Interrupted(signum, state["iter"] if state else 0, str(state_path) if state_path else None, saved=False)
     total_iter = int(opt["train"]["total_iter"])
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
     history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
@@ -314,7 +312,10 @@ def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
         if bar is not None:
             bar.close()  # before any error message: the bar's line ends first
     seconds = time.time() - start
-    model.save(epoch, -1)
+    try:
+        model.save(epoch, -1)
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
     report: dict = {}
     if rank0:
         if last_validated is not None and last_validated[0] == current_iter:

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""How long the full pre-training data check takes: pairing by name plus every image header and end marker.
+
+Writes a DRealSR-shaped fixture of ``--pairs`` HR/LR PNG pairs (Olympus names, HR ``--hr`` px, LR a quarter of it)
+into a temporary folder, then times ``collect_pairs`` without and with the size check (``check_sizes``, on by
+default in every dataset), best of ``--repeat``. The check reads each file's header and its last bytes (PNG IEND,
+JPEG EOI), never the pixels, so it stays cheap enough to run before every training.
+
+    python scripts/benchmark_data_check.py --pairs 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ldt.data.cameras import collect_pairs
+
+
+def write_fixture(root: Path, pairs: int, hr: int) -> None:
+    hr_dir, lr_dir = root / "x4" / "Train_x4" / "train_HR", root / "x4" / "Train_x4" / "train_LR"
+    hr_dir.mkdir(parents=True)
+    lr_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    hr_image = rng.integers(0, 255, (hr, hr, 3), dtype=np.uint8)
+    hr_bytes = cv2.imencode(".png", hr_image)[1].tobytes()
+    lr_bytes = cv2.imencode(".png", cv2.resize(hr_image, (hr // 4, hr // 4), interpolation=cv2.INTER_AREA))[1].tobytes()
+    for index in range(pairs):
+        (hr_dir / f"P{1000000 + index // 40:07d}_x4_{index % 40}.png").write_bytes(hr_bytes)
+        (lr_dir / f"P{1000000 + index // 40:07d}_x1_{index % 40}.png").write_bytes(lr_bytes)
+
+
+def timed(root: Path, check: bool, repeat: int) -> tuple[float, int]:
+    best, count = float("inf"), 0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        count = len(collect_pairs(split="train", cameras=["olympus"], dataroot=root, check_sizes=check).pairs)
+        best = min(best, time.perf_counter() - start)
+    return best, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=5000)
+    parser.add_argument("--hr", type=int, default=192, help="HR side in px (default: %(default)s, a training patch)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        write_fixture(root, args.pairs, args.hr)
+        pairing, count = timed(root, False, args.repeat)
+        checked, _ = timed(root, True, args.repeat)
+    print(f"{count} pairs ({2 * count} PNG files, HR {args.hr} px): pairing by name {pairing:.2f} s; with every "
+          f"header and end marker read {checked:.2f} s ({1e3 * (checked - pairing) / (2 * count):.3f} ms per file)")
+
+
+if __name__ == "__main__":
+    main()
