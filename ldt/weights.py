@@ -7,6 +7,7 @@ an ``EOFError`` / ``OSError: [Errno 22]`` / size-mismatch traceback. Always ``we
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -107,3 +108,30 @@ def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Modu
     if model is not None:
         check_fit(state, model, path, strict=strict)
     return state
+
+
+def content_fingerprint(path: str | os.PathLike) -> str:
+    """A short sha256 of every tensor in a checkpoint (names, dtypes, shapes, values), not of the file's bytes.
+
+    Why: run identities name pre-trained weights by path; a file rebuilt in place (``--force``) or replaced by hand
+    must not let old records or cached stages pass as runs of the new weights. Two saves of the same tensors differ
+    in their zip records, so the bytes of the file are no identity; the tensors are.
+    """
+    digest = hashlib.sha256()
+
+    def visit(prefix: str, value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{prefix}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif isinstance(value, Mapping):
+            for key in sorted(value, key=str):
+                visit(f"{prefix}/{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f"{prefix}/{index}", item)
+        else:
+            digest.update(f"{prefix}={value!r}|".encode())
+
+    visit("", read_checkpoint(path))
+    return digest.hexdigest()[:16]

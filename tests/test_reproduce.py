@@ -257,3 +257,33 @@ def test_run_identity_names_what_a_run_computes(tmp_path, monkeypatch):
     assert base == identity(ldt={"unstable_ratio": 0.4})  # the default, spelled out
     assert identity(method="ft") == identity(method="ft", ldt={"unstable_ratio": 0.5, "probe": {"num_batches": 3}})
     assert identity(method="ft") != identity(method="ft_ema")
+
+
+def test_records_and_cached_stages_are_tied_to_the_weights_content(sweep, tmp_path, monkeypatch):
+    """The run identity names pre-trained weights by path: a file rebuilt in place (``--force``) must not let the
+    old records or cached stages pass as runs of the new weights."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    spec = {k: v for k, v in experiment_module.ARCHS["safmn_tiny"].items() if k != "type"}
+    torch.manual_seed(0)
+    state = ARCH_REGISTRY.get("SAFMN")(**spec).state_dict()
+    weights, out = tmp_path / "pretrained.pth", tmp_path / "out"
+    torch.save({"params": state}, weights)
+    args = dict(archs=["safmn_tiny"], weights=[str(weights)], seeds=1, budget=TINY, out=out, progress=False)
+    first = rp.reproduce(["1"], str(sweep["data"]), **args)
+    records = [json.loads(line) for line in lines(out / "results.jsonl")]
+    fingerprint = records[0]["weights_fingerprint"]
+    assert first.trained == 3 and {r["weights_fingerprint"] for r in records} == {fingerprint}
+    torch.save({"params": {k: v.clone() for k, v in state.items()}}, weights)  # same tensors, saved again: still valid
+    forbid_training(monkeypatch)
+    assert rp.reproduce(["1"], str(sweep["data"]), **args).skipped == 3
+    torch.save({"params": {k: v + 1 for k, v in state.items()}}, weights)  # other weights at the same path
+    before = (out / "results.jsonl").read_bytes()
+    with pytest.raises(rp.ReproduceError, match=rf"weights {weights} changed since 3 run\(s\) in {out}/results.jsonl "
+                                                rf"were trained from them \(tensor fingerprint {fingerprint} then"):
+        rp.reproduce(["1"], str(sweep["data"]), **args)
+    assert (out / "results.jsonl").read_bytes() == before
+    run = next(r for r in rp.plan_runs(["1"], sweep["data"], data_kind="synthetic", archs=["safmn_tiny"],
+                                       weights={"safmn_tiny": weights.resolve()}, seeds=1, budget=TINY))
+    with pytest.raises(AssertionError, match="trained again"):  # its stage folder is no cache for the new weights
+        experiment_module.run_stage(run.opt, out, label="reproduce")

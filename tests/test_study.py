@@ -4,6 +4,7 @@ transfer ratio, each against numbers computed by hand."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -136,3 +137,22 @@ def test_demo_headline_reads_the_study_table_or_says_what_it_found(tmp_path):
         + "DeFT,source,8000,1,27.4,26.3,,0.708,0.03,,,n < 2,0.74\n")
     line = headline(tmp_path)
     assert line.endswith("at 8000 iterations, paired, 95 % CI: LDT+DPU -0.05 [-0.10, +0.00] (n=3); DeFT +0.03 (n=1)")
+
+
+def test_the_pretrained_reference_point_refuses_weights_changed_in_place(tmp_path, monkeypatch):
+    """The study's transfer ratio reads pretrained.json; weights rebuilt at the same path must not pass as the same."""
+    import ldt.sr.demo as demo
+    from ldt.sr.study import PRETRAINED_FILE, record_pretrained
+
+    calls = []
+    monkeypatch.setattr(demo, "evaluate_weights", lambda *args: calls.append(args) or {"source": {"psnr": 20.0}})
+    weights = tmp_path / "net.pth"
+    torch.save({"params": {"w": torch.ones(3)}}, weights)
+    record_pretrained(weights, tmp_path / "data", tmp_path)
+    record_pretrained(weights, tmp_path / "data", tmp_path)
+    assert len(calls) == 1 and json.loads((tmp_path / PRETRAINED_FILE).read_text())["weights_fingerprint"]
+    torch.save({"params": {"w": torch.zeros(3)}}, weights)
+    with pytest.raises(ValueError, match=rf"{weights} changed since {tmp_path / PRETRAINED_FILE} and the study's "
+                                         r"records were made from it \(tensor fingerprint"):
+        record_pretrained(weights, tmp_path / "data", tmp_path)
+    assert len(calls) == 1

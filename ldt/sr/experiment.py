@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ldt.atomic import atomic_write_text
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.sr.options import prepare_options, run_identity
 from ldt.sr.train import train
+from ldt.weights import content_fingerprint
 
 # Small networks for CPU experiments, and the paper's x4 configurations.
 ARCHS: dict[str, dict] = {
@@ -97,23 +99,37 @@ def camera_run_options(
     }
 
 
+def read_json_dict(stamp: Path) -> dict:
+    """A JSON object file (a stage's ``results.json``), or ``{}`` when it is unreadable: a foreign or truncated file."""
+    try:
+        report = json.loads(stamp.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
 def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -> dict:
     """Train one run under ``root/experiments/<name>`` unless a finished run with the same identity is there.
 
     Why: the demo and the table sweeps rerun many identical stages; ``results.json`` is stamped with the run identity
-    (:func:`ldt.sr.options.run_identity`) after training, so only a run that finished with exactly these options
-    counts as cached. A run with the same options that was interrupted (its folder holds ``options_hash.txt`` and a
-    training state) is resumed from its latest state; anything else in the folder is deleted first.
+    (:func:`ldt.sr.options.run_identity`) and the pre-trained weights' tensor fingerprint after training, so only a run
+    that finished with exactly these options and these weights counts as cached (a ``--force``-rebuilt pre-training
+    invalidates the stages built on it). A run with the same options and weights that was interrupted (its folder
+    holds ``options_hash.txt`` and a training state) is resumed from its latest state; anything else in the folder
+    (an unreadable ``results.json`` included) is deleted first.
     """
     exp = root / "experiments" / opt["name"]
     stamp, started = exp / "results.json", exp / "options_hash.txt"
     digest = run_identity(opt)
+    weights = opt["path"].get("pretrain_network_g")
+    fingerprint = content_fingerprint(weights) if weights else None
+    stage_id = digest if fingerprint is None else f"{digest} weights {fingerprint}"
     if not force and stamp.is_file():
-        report = json.loads(stamp.read_text())
-        if report.get("options_hash") == digest:
+        report = read_json_dict(stamp)
+        if report.get("options_hash") == digest and report.get("weights_fingerprint") == fingerprint:
             print(f"[{label}] {opt['name']}: cached ({stamp})")
             return report
-    resume = (not force and started.is_file() and started.read_text().strip() == digest
+    resume = (not force and started.is_file() and started.read_bytes().strip() == stage_id.encode()
               and any((exp / "training_states").glob("*.state")))
     if resume:
         print(f"[{label}] {opt['name']}: resuming an interrupted run")
@@ -121,12 +137,12 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
         shutil.rmtree(exp, ignore_errors=True)
         shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
         exp.mkdir(parents=True)
-        started.write_text(digest + "\n")
+        atomic_write_text(started, stage_id + "\n")
     prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
     prepared.update(dist=False, rank=0, world_size=1, auto_resume=resume)
     report = train(prepared, root=root)
-    report["options_hash"] = digest
+    report.update(options_hash=digest, weights_fingerprint=fingerprint)
     report_file = json.loads(stamp.read_text())
-    report_file.update(options_hash=digest)
-    stamp.write_text(json.dumps(report_file, indent=1))
+    report_file.update(options_hash=digest, weights_fingerprint=fingerprint)
+    atomic_write_text(stamp, json.dumps(report_file, indent=1))
     return report

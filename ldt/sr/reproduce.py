@@ -38,7 +38,7 @@ from ldt.sweep import (
     parse_weights,
     run_pending,
 )
-from ldt.weights import WeightsError, read_weights
+from ldt.weights import WeightsError, content_fingerprint, read_weights
 
 DEFAULT_OUT = PROJECT_ROOT / "experiments" / "reproduce"
 DEFAULT_DATASETS = PROJECT_ROOT / "datasets"
@@ -266,6 +266,23 @@ def check_data(root: Path, runs: Sequence[TableRun]) -> None:
 # ------------------------------------------------------------------------------------------------------- records
 
 
+def check_recorded_weights(records: Records, runs: Sequence[TableRun], weights: Mapping[str, Path]) -> None:
+    """Refuse to reuse records made with other weights at the same path (a pre-training rebuilt with ``--force``, a
+    file replaced by hand): the run identity names the weights by path, the record holds their tensor fingerprint."""
+    try:
+        now = {arch: content_fingerprint(path) for arch, path in weights.items()}
+    except WeightsError as err:
+        raise ReproduceError(str(err)) from None
+    recorded = records.by_hash()
+    for run in runs:
+        then = recorded.get(run.digest, {}).get("weights_fingerprint")
+        if then and then != now.get(run.arch):
+            stale = sum(1 for r in runs if recorded.get(r.digest, {}).get("weights_fingerprint") == then)
+            raise ReproduceError(f"weights {weights[run.arch]} changed since {stale} run(s) in {records.path} were "
+                                 f"trained from them (tensor fingerprint {then} then, {now.get(run.arch)} now): restore "
+                                 "the file, or record this sweep elsewhere with --out")
+
+
 def make_record(run: TableRun, report: dict, data_kind: str, out: Path) -> dict:
     """The record of a finished run: its setting, budget, the metrics of the checkpoint selected on the source
     camera, the final metrics and the whole validation history (other selection protocols read it)."""
@@ -280,7 +297,8 @@ def make_record(run: TableRun, report: dict, data_kind: str, out: Path) -> dict:
         "criterion": config.criterion, "unstable_ratio": config.unstable_ratio, "arch": run.arch,
         "source": list(run.setting.source), "targets": list(run.setting.targets), "seed": run.seed,
         "options_hash": run.digest, "data": data_kind, "data_root": train_set["dataroot"],
-        "weights": opt["path"].get("pretrain_network_g"), "iters": opt["train"]["total_iter"],
+        "weights": opt["path"].get("pretrain_network_g"), "weights_fingerprint": report.get("weights_fingerprint"),
+        "iters": opt["train"]["total_iter"],
         "batch_size": train_set["batch_size_per_gpu"], "gt_size": train_set["gt_size"],
         "probe_batches": opt["ldt"]["probe"]["num_batches"], "interval": opt["ldt"]["exchange"]["interval"],
         "best_iter": best_iter, "metrics": selected, "final_metrics": report["metrics"]["rows"],
@@ -463,6 +481,8 @@ def reproduce(
                      extra_seeds=extra_seeds, budget=budget)
     records = Records(out / "results.jsonl")
     unique = list({run.digest: run for run in runs}.values())
+    if not collect_only:
+        check_recorded_weights(records, unique, weight_files)
     done = set(records.by_hash())
     pending = [run for run in unique if run.digest not in done]
     trained = 0
