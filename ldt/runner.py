@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import sys
 from argparse import Namespace
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from pydantic import ValidationError
@@ -65,10 +65,38 @@ def method_config(method: str, *, criterion: str, unstable_ratio: float, seed: i
         raise ValueError("; ".join(lines)) from None
 
 
-def method_identity(config: MethodConfig, ema_decay: float | None) -> dict:
-    """The method options in a run's identity, without the seed: the run's own top-level ``seed`` is the method's,
-    so a table row gathers the seeds of one setting."""
-    return {k: v for k, v in run_identity(config, ema_decay).items() if k != "seed"}
+class RunnerConfig(Protocol):
+    """A runner's run configuration (a frozen dataclass): the fields both runners share, its method options, the
+    options that identify it (:func:`run_hparams` with its own data entries) and a one-line name."""
+
+    method: str
+    backbone: str
+    weights: str | None
+    seed: int
+    ema_decay: float | None
+
+    def method_config(self) -> MethodConfig: ...
+
+    def hparams(self) -> dict: ...
+
+    def describe(self) -> str: ...
+
+
+def run_hparams(config: RunnerConfig, data: Mapping[str, object], common: Sequence[str]) -> dict:
+    """A runner run's identity (hashed to recognise finished runs): its ``data`` entries, the fields both runners
+    share, the task's ``common`` fields, and the method options without the seed (the run's own top-level ``seed``
+    is the method's, so a table row gathers the seeds of one setting)."""
+    options = asdict(config)
+    method = {k: v for k, v in run_identity(config.method_config(), config.ema_decay).items() if k != "seed"}
+    return {
+        **data,
+        "method": config.method,
+        "backbone": config.backbone,
+        "weights": str(Path(config.weights).resolve()) if config.weights else None,
+        "seed": config.seed,
+        **{name: options[name] for name in common},
+        "method_options": method,
+    }
 
 
 @dataclass
@@ -105,14 +133,6 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
             best.state, best.step, best.score, best.details = state, step, score, details
         bar.set_postfix(heldout=f"{score:.3f}", best=f"{best.score:.3f}@{best.step}")
     return best
-
-
-class RunnerConfig(Protocol):
-    """What a runner's run configuration offers the sweep: the options that identify it, and a one-line name."""
-
-    def hparams(self) -> dict: ...
-
-    def describe(self) -> str: ...
 
 
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,

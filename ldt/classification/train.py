@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +26,7 @@ from torch import nn
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
 from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, head_patterns
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import method_config, method_identity, train_and_select
+from ldt.runner import method_config, run_hparams, train_and_select
 from ldt.sweep import run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
@@ -95,17 +95,8 @@ class RunConfig:
 
     def hparams(self) -> dict:
         """The options that determine this run's result (absolute paths), hashed to recognise finished runs."""
-        options = asdict(self)
-        return {
-            "data": str(Path(self.data).resolve()),
-            "test_domains": list(self.test_domains),
-            "method": self.method,
-            "backbone": self.backbone,
-            "weights": str(Path(self.weights).resolve()) if self.weights else None,
-            "seed": self.seed,
-            **{name: options[name] for name in COMMON_OPTIONS},
-            "method_options": method_identity(self.method_config(), self.ema_decay),
-        }
+        data = {"data": str(Path(self.data).resolve()), "test_domains": list(self.test_domains)}
+        return run_hparams(self, data, COMMON_OPTIONS)
 
     def describe(self) -> str:
         return f"{self.backbone}/{self.method} test={'+'.join(self.test_domains)} seed={self.seed}"

@@ -20,7 +20,7 @@ import math
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, method_class, prepare_method
-from ldt.runner import FLAG_NAMES, method_config, method_identity, train_and_select
+from ldt.runner import FLAG_NAMES, method_config, run_hparams, train_and_select
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
     LAYOUTS, Augment, SegmentationDataset, SegmentationSplit, eval_loader, scan_split, split_holdout, training_loader,
@@ -180,17 +180,8 @@ class RunConfig:
 
     def hparams(self) -> dict:
         """The options that determine this run's result (absolute paths), hashed to recognise finished runs."""
-        options = asdict(self)
-        return {
-            "sources": [d.identity() for d in self.sources],
-            "targets": [d.identity() for d in self.targets],
-            "method": self.method,
-            "backbone": self.backbone,
-            "weights": str(Path(self.weights).resolve()) if self.weights else None,
-            "seed": self.seed,
-            **{name: options[name] for name in COMMON_OPTIONS},
-            "method_options": method_identity(self.method_config(), self.ema_decay),
-        }
+        data = {"sources": [d.identity() for d in self.sources], "targets": [d.identity() for d in self.targets]}
+        return run_hparams(self, data, COMMON_OPTIONS)
 
     def describe(self) -> str:
         sources = "+".join(d.name for d in self.sources)
