@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from ldt.weights import WeightsError, check_fit, read_checkpoint, state_dict_in
+from ldt.weights import check_fit, read_checkpoint, state_dict_in
 
 BACKBONES = ("resnet18", "resnet50")
 HEAD_PATTERNS: list[str] = [r"^aspp\.", r"^decoder\.", r"^classifier\."]
@@ -154,7 +154,7 @@ def load_backbone_weights(model: DeepLabV3Plus, path: str | Path) -> None:
     """Load a local torchvision ResNet state dict (its ``fc`` dropped; also under 'state_dict' / 'model', DDP's
     'module.' prefixes removed) into ``model.backbone``, through the project's one reader (:mod:`ldt.weights`,
     ``weights_only=True``: a checkpoint never runs code). The file must cover the whole backbone and hold nothing
-    else; otherwise one :class:`WeightsError` names the file and the first mismatching keys."""
+    else; otherwise one :class:`ldt.weights.WeightsError` names the file and the first mismatching keys."""
     state = state_dict_in(read_checkpoint(path), path)
     state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
     check_fit(state, model.backbone, path)

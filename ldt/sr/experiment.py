@@ -99,13 +99,14 @@ def camera_run_options(
     }
 
 
-def read_json_dict(stamp: Path) -> dict:
-    """A JSON object file (a stage's ``results.json``), or ``{}`` when it is unreadable: a foreign or truncated file."""
+def read_json_dict(path: Path) -> dict:
+    """A JSON object file (a stage's ``results.json``), or ``{}`` when it is missing or unreadable: a foreign or
+    truncated file."""
     try:
-        report = json.loads(stamp.read_text())
+        content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
-    return report if isinstance(report, dict) else {}
+    return content if isinstance(content, dict) else {}
 
 
 def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -> dict:
@@ -124,11 +125,10 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
     weights = opt["path"].get("pretrain_network_g")
     fingerprint = content_fingerprint(weights) if weights else None
     stage_id = digest if fingerprint is None else f"{digest} weights {fingerprint}"
-    if not force and stamp.is_file():
-        report = read_json_dict(stamp)
-        if report.get("options_hash") == digest and report.get("weights_fingerprint") == fingerprint:
-            print(f"[{label}] {opt['name']}: cached ({stamp})")
-            return report
+    cached = {} if force else read_json_dict(stamp)
+    if cached.get("options_hash") == digest and cached.get("weights_fingerprint") == fingerprint:
+        print(f"[{label}] {opt['name']}: cached ({stamp})")
+        return cached
     resume = (not force and started.is_file() and started.read_bytes().strip() == stage_id.encode()
               and any((exp / "training_states").glob("*.state")))
     if resume:

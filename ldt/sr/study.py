@@ -311,7 +311,7 @@ def record_pretrained(weights: Path, data_root: Path, out: Path) -> None:
 
     target = out / PRETRAINED_FILE
     fingerprint = content_fingerprint(weights)
-    recorded = read_json_dict(target) if target.is_file() else {}
+    recorded = read_json_dict(target)
     if recorded.get("weights") == str(weights) and recorded.get("metrics"):
         if recorded.get("weights_fingerprint", fingerprint) != fingerprint:
             raise ValueError(f"{weights} changed since {target} and the study's records were made from it (tensor "
