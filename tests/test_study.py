@@ -156,3 +156,19 @@ def test_the_pretrained_reference_point_refuses_weights_changed_in_place(tmp_pat
                                          r"records were made from it \(tensor fingerprint"):
         record_pretrained(weights, tmp_path / "data", tmp_path)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("argv,message", [(["--iters", "0"], "--iters must be a positive integer, got 0"),
+                                          (["--extra-seeds", "0"], "--extra-seeds must be a positive integer, got 0")])
+def test_bad_study_arguments_fail_before_the_pre_training(argv, message, tmp_path, monkeypatch, capsys):
+    """A fresh checkout would pre-train for minutes before the sweep checked its budget."""
+    import ldt.sr.demo as demo
+    from ldt.sr.study import main
+
+    def fail(*args, **kwargs):
+        raise AssertionError("pre-training started before the arguments were checked")
+
+    monkeypatch.setattr(demo, "pretrain_stage", fail)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "out").exists()

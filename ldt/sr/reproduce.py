@@ -184,6 +184,14 @@ def resolve_tables(names: Sequence[str]) -> list[str]:
     return tables
 
 
+def check_plan(budget: Budget, seeds: int | None, extra_seeds: int | None) -> None:
+    """The budget and seed counts, checked before anything is built or trained."""
+    for flag, value in (("--seeds", seeds), ("--extra-seeds", extra_seeds)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ReproduceError(f"{flag} must be a positive integer, got {value!r}")
+    budget.check()
+
+
 def check_archs(archs: Sequence[str] | None) -> list[str] | None:
     """Reject architecture keys that :data:`ldt.sr.experiment.ARCHS` does not define."""
     if archs is None:
@@ -469,10 +477,7 @@ def reproduce(
     start = time.time()
     tables = resolve_tables(tables)
     archs = check_archs(archs)
-    for flag, value in (("--seeds", seeds), ("--extra-seeds", extra_seeds)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ReproduceError(f"{flag} must be a positive integer, got {value!r}")
-    budget.check()
+    check_plan(budget, seeds, extra_seeds)
     sweep_archs = list(dict.fromkeys(archs or [a for t in tables for a in TABLES[t].default_archs]))
     out = Path(out).expanduser().resolve()
     data_root, data_kind = resolve_data(data, datasets_dir, build=not collect_only)

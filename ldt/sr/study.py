@@ -263,7 +263,7 @@ def headline(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     from ldt.sr.demo import BUDGETS, pretrain_stage
     from ldt.sr.options import PROJECT_ROOT, OptionsError
-    from ldt.sr.reproduce import Budget, ReproduceError, plan_runs, reproduce, resolve_data
+    from ldt.sr.reproduce import Budget, ReproduceError, check_plan, plan_runs, reproduce, resolve_data
     from ldt.sr.train import print_error
     from ldt.sweep import Records
 
@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(iters=args.iters, batch_size=demo.batch_size, gt_size=demo.gt_size, probe_batches=demo.probe_batches,
                     val_freq=args.val_freq, interval=demo.exchange_interval)
     try:
+        check_plan(budget, args.seeds, args.extra_seeds)  # before the pre-training below, which may train
         data_root, _ = resolve_data("synthetic", PROJECT_ROOT / "datasets", build=not args.collect)
         weights = pretrain_stage(PROJECT_ROOT, "full", seed=0, train_if_missing=not args.collect)
         out = args.out.expanduser().resolve()
