@@ -1,20 +1,23 @@
-"""Crash-safe writes: write a temporary file in the target's folder, then rename it over the target.
+"""Crash-safe writes (a temporary file in the target's folder, renamed over the target) and checked JSON reads.
 
 A process killed mid-write leaves the previous file intact (checkpoints, partitions, best scores, cached weights);
 what it leaves is a ``.<name>.<random>.tmp`` file, which :func:`remove_leftovers` clears at the next start. A write
 that fails (full disk, read-only or immutable file, no permission) raises :class:`DiskError`, one line naming the
-path and the reason, and leaves the previous file as it was. Plain torch and the standard library, so the core and
-the classification side can use it without BasicSR.
+path and the reason, and leaves the previous file as it was. A JSON file that a user truncated or replaced by hand is
+read by :func:`read_json_object` (one-line :class:`FileContentError` naming it) or :func:`read_json_dict` (``{}``, for
+caches that are simply rebuilt). Plain torch and the standard library, so the core and the classification side can use
+it without BasicSR.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -30,6 +33,43 @@ REASONS = {
 
 class DiskError(RuntimeError):
     """A file or folder cannot be written; the message names the path and why. Earlier files are intact."""
+
+
+class FileContentError(ValueError):
+    """A file this package wrote earlier (a manifest, a summary, a best score) is unreadable or not what it wrote:
+    truncated, edited or replaced by hand. The message names the file and what to do."""
+
+
+def read_json_object(path: str | os.PathLike, required: Iterable[str] = (), remedy: str = "") -> dict:
+    """The JSON object stored in ``path``, holding at least the ``required`` keys; otherwise a
+    :class:`FileContentError` naming the file, what is wrong, and ``remedy`` (what the user can do)."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        problem = err.strerror or type(err).__name__
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except json.JSONDecodeError as err:
+        problem = f"not valid JSON ({err.msg} at line {err.lineno}, truncated?)"
+    else:
+        missing = [key for key in required if key not in content] if isinstance(content, dict) else None
+        if missing is None:
+            problem = f"holds a JSON {type(content).__name__}, not an object"
+        elif missing:
+            problem = f"lacks {', '.join(map(repr, missing))}"
+        else:
+            return content
+    raise FileContentError(f"{path}: {problem}{'; ' + remedy if remedy else ''}")
+
+
+def read_json_dict(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``, or ``{}`` when the file is missing or unreadable (for caches whose unreadable
+    stamp just means: rebuild)."""
+    try:
+        return read_json_object(path)
+    except FileContentError:
+        return {}
 
 
 def disk_reason(error: BaseException, folder: Path) -> str:
@@ -88,6 +128,11 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (e.g. JSON) without ever leaving a half-written file."""
     return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a binary file (e.g. an encoded PNG) without ever leaving a half-written file."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def leftovers(folder: str | os.PathLike) -> Iterator[Path]:

@@ -55,7 +55,7 @@ class Records:
         if not self.path.is_file():
             return []
         records = []
-        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             try:

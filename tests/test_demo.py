@@ -55,3 +55,20 @@ def test_second_run_reuses_every_cached_stage(first_run, monkeypatch):
     monkeypatch.setattr(experiment, "train", no_training)  # run_stage (ldt.sr.experiment) trains through it
     again = demo.run_demo(root=root, budget="quick")
     assert again["columns"] == summary["columns"]
+
+
+def test_a_stopped_demo_exits_with_the_signal_and_says_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    import functools
+    import signal
+
+    from ldt.sr.preemption import Interrupted
+
+    def stopped(opt, root):
+        raise Interrupted(signal.SIGTERM, 5, f"{opt['path']['experiments_root']}/training_states/5.state")
+
+    monkeypatch.setattr(experiment, "train", stopped)
+    monkeypatch.setattr(demo, "run_demo", functools.partial(demo.run_demo, root=tmp_path))
+    assert demo.main(["--budget", "quick"]) == 128 + signal.SIGTERM
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the data build's progress bar
+    assert line.startswith("stopped by SIGTERM at iteration 5: saved ") and line.endswith(
+        "5.state; rerun the same command to resume it"), line

@@ -157,6 +157,17 @@ def test_a_broken_newest_state_falls_back_to_the_newest_intact_one(damage, data_
     assert same_weights(latest(tmp_path, "straight"), latest(tmp_path, "broken"))  # resumed from 3.state, exactly
 
 
+@pytest.mark.parametrize("damage", ['{"value": 2', '{"value": "high", "iter": 3}'])
+def test_a_hand_broken_best_score_stops_a_resume_in_one_line(damage, data_root, tmp_path, capsys):
+    assert cli(options(data_root, "best", total_iter=3), tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "best"
+    (exp / "best.json").write_text(damage)
+    before = snapshot(exp)
+    code, lines = cli(options(data_root, "best", total_iter=6), tmp_path, capsys, "--auto_resume")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {exp / 'best.json'}: "), lines
+    assert snapshot(exp) == before
+
+
 # ---- 4. NaN: the message names the last finite checkpoint; a non-finite state is never saved ----------------------------
 def test_non_finite_weights_are_never_saved_and_the_message_names_the_last_finite_state(data_root, tmp_path, capsys,
                                                                                        monkeypatch):
@@ -201,6 +212,26 @@ def test_an_unwritable_experiments_folder_is_one_line(data_root, tmp_path):
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert f"cannot create {root / 'experiments' / 'denied'}: permission denied" in lines[0]
     assert not list((root / "experiments").iterdir())
+
+
+@pytest.mark.slow
+def test_an_unwritable_results_folder_stops_test_py_before_it_evaluates(data_root, tmp_path, capsys):
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop the permission override")
+    assert cli(options(data_root, "tested", total_iter=3), tmp_path, capsys)[0] == 0
+    opt = options(data_root, "tested")
+    opt["path"]["pretrain_network_g"] = str(tmp_path / "experiments" / "tested" / "models" / "net_g_latest.pth")
+    test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "path": opt["path"],
+                "datasets": {"test_1": {**opt["datasets"]["val_2"]}}}
+    root = tmp_path / "readonly"
+    (root / "results").mkdir(parents=True)
+    (root / "results").chmod(0o555)
+    drop = "-dac_override,-dac_read_search"
+    result = subprocess.run(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable,
+                             str(PROJECT / "test.py"), "-opt", str(write(test_opt, tmp_path, "t.yml")), "--root",
+                             str(root)], capture_output=True, text=True, timeout=300, cwd=PROJECT)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: cannot create {root / 'results' / 't'}: permission denied"], result.stderr[-2000:]
 
 
 def test_an_immutable_file_mid_run_is_one_line_and_the_rest_is_intact(data_root, tmp_path, capsys):

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ldt.atomic import atomic_torch_save
+from ldt.atomic import atomic_torch_save, atomic_write_text, read_json_object
 from ldt.classification.data import image_transform, training_stream
 from ldt.classification.models import TinyCNN
 from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_STYLE, render_pretrain_images
@@ -93,12 +93,13 @@ def pretrain_tiny(config: PretrainConfig = PretrainConfig(), root: str | Path = 
         return path
     start = time.time()
     model, heldout = train_tiny(config, progress)
-    atomic_torch_save(model.state_dict(), path)
     summary = {**config.settings(), "heldout_accuracy": heldout, "wall_s": round(time.time() - start, 1)}
-    path.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")  # first: weights imply it
+    atomic_torch_save(model.state_dict(), path)
     return path
 
 
 def pretrain_summary(path: Path) -> dict:
     """The JSON summary written beside a weights file by :func:`pretrain_tiny`."""
-    return json.loads(path.with_suffix(".json").read_text())
+    return read_json_object(path.with_suffix(".json"), ("classes", "heldout_accuracy", "wall_s"),
+                            remedy=f"delete it and {path} to pre-train again")

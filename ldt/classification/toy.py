@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ldt.atomic import read_json_dict
+
 CLASSES = ("circle", "square", "triangle", "cross")
 DOMAINS = ("photo", "cast", "noisy", "faded")
 PRETRAIN_CLASSES = CLASSES + ("star", "ring", "half_disc", "ell")
@@ -126,7 +128,7 @@ def build_toy_domains(root: str | Path = DEFAULT_ROOT, *, images_per_class: int 
     root = Path(root)
     settings = {"format_version": FORMAT_VERSION, "images_per_class": images_per_class, "size": size, "seed": seed}
     manifest = root / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()) == settings:
+    if read_json_dict(manifest) == settings:  # an unreadable manifest is a stale build: rebuilt
         return root
     if root.exists() and not manifest.is_file():
         raise FileExistsError(f"{root} exists but is not a generated toy dataset (no {MANIFEST}); choose another folder")

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldt.atomic import FileContentError, atomic_write_text, read_json_object
 from ldt.data.cameras import (
     CAMERA_BY_KEY, CAMERAS, DatasetError, camera_of, decode_image, find_split_dirs, pair_folders,
 )
@@ -272,7 +273,7 @@ def _build(
     }
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     manifest_path = root / MANIFEST
-    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    old = _read_manifest(manifest_path) if manifest_path.is_file() else None
     if old and old["hash"] == digest and old["complete"] and all((root / name).is_file() for name in old["files"]):
         return root
     for camera in cameras:
@@ -281,7 +282,7 @@ def _build(
             raise DatasetError(f"camera {camera.key}: id_format gives {probe!r}, which does not match its pattern")
     _clear(root, old, scale)
     root.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps({"hash": digest, "config": config, "files": [], "complete": False}))
+    atomic_write_text(manifest_path, json.dumps({"hash": digest, "config": config, "files": [], "complete": False}))
 
     split_dirs = {split: (root / f"x{scale}" / f"{split.capitalize()}_x{scale}" / f"{split}_HR",
                           root / f"x{scale}" / f"{split.capitalize()}_x{scale}" / f"{split}_LR")
@@ -316,8 +317,19 @@ def _build(
                 _write_png(lr_path, lr[top:top + height, left:left + width])
                 files += [hr_path.relative_to(root).as_posix(), lr_path.relative_to(root).as_posix()]
     manifest = {"hash": digest, "config": config, "files": sorted(files), "complete": True}
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return root
+
+
+def _read_manifest(path: Path) -> dict:
+    """A previous build's manifest. One that is unreadable is refused rather than taken as absent: it is what says
+    which ``x<scale>`` folder a rebuild may delete."""
+    remedy = f"delete {path.parent} to rebuild the benchmark"
+    manifest = read_json_object(path, ("hash", "config", "files", "complete"), remedy=remedy)
+    if not isinstance(manifest["config"], dict) or not isinstance(manifest["config"].get("scale"), int) \
+            or not isinstance(manifest["files"], list):
+        raise FileContentError(f"{path}: not a synthetic-camera manifest (config.scale / files); {remedy}")
+    return manifest
 
 
 def _clear(root: Path, old_manifest: dict | None, scale: int) -> None:

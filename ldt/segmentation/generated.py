@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ldt.atomic import read_json_dict
 from ldt.segmentation.classes import IGNORE_INDEX, TRAIN_ID
 
 DOMAINS: tuple[str, ...] = ("clean", "cast", "fog", "night", "vivid", "blur")
@@ -406,7 +407,7 @@ def build_generated(root: str | Path = DEFAULT_ROOT, config: GeneratedConfig = G
     root = Path(root)
     manifest = {"settings": config.settings(), "hash": config.digest()}
     manifest_path = root / MANIFEST
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
+    if read_json_dict(manifest_path) == manifest:  # an unreadable manifest is a stale build: rebuilt
         return root
     if root.exists() and not manifest_path.is_file() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists but is not a generated dataset (no {MANIFEST}); choose another folder")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ldt.atomic import atomic_torch_save, atomic_write_text
+from ldt.atomic import atomic_torch_save, atomic_write_text, read_json_object
 from ldt.core.methods import FineTune
 from ldt.segmentation.classes import NUM_CLASSES
 from ldt.segmentation.data import Augment, SegmentationDataset, scan_split
@@ -68,7 +68,7 @@ def data_digest(data_root: str | Path) -> str:
     manifest = Path(data_root) / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{data_root} is not a generated dataset (no {MANIFEST})")
-    return json.loads(manifest.read_text())["hash"]
+    return str(read_json_object(manifest, ("hash",), remedy=f"delete {data_root} to generate it again")["hash"])
 
 
 def train_backbone(data_root: str | Path, config: PretrainConfig, progress: bool = False) -> tuple[dict, float]:
@@ -110,4 +110,5 @@ def pretrain_backbone(data_root: str | Path, config: PretrainConfig = PretrainCo
 
 def pretrain_summary(path: str | Path) -> dict:
     """The JSON summary written beside a weights file by :func:`pretrain_backbone`."""
-    return json.loads(Path(path).with_suffix(".json").read_text())
+    return read_json_object(Path(path).with_suffix(".json"), ("val_miou", "wall_s"),
+                            remedy=f"delete it and {path} to pre-train again")

@@ -36,6 +36,7 @@ from ldt.sr.evaluate import run_test  # noqa: E402
 from ldt.sr.figures import plot_gradient_spread, plot_validation_curves, plot_visual_comparison  # noqa: E402
 from ldt.sr.metrics import image_metrics  # noqa: E402
 from ldt.sr.study import headline as study_headline  # noqa: E402
+from ldt.sr.train import run_reporting_errors  # noqa: E402
 from ldt.weights import read_weights  # noqa: E402
 
 CAMERAS = ("source",) + TARGET_CAMERAS
@@ -197,5 +198,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain every stage even if cached")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    run_demo(budget=args.budget, force=args.force, seed=args.seed)
-    return 0
+    return run_reporting_errors(lambda: run_demo(budget=args.budget, force=args.force, seed=args.seed))

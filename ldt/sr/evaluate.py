@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from ldt.atomic import atomic_write_bytes, atomic_write_text, make_dirs
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -17,11 +18,9 @@ import ldt.data  # noqa: E402,F401
 import ldt.models  # noqa: E402,F401
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
-from ldt.data.cameras import DatasetError  # noqa: E402
 from ldt.sr.loaders import validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
-from ldt.sr.train import build_parser, print_error, resolve_num_gpu  # noqa: E402
-from ldt.weights import WeightsError  # noqa: E402
+from ldt.sr.train import build_parser, resolve_num_gpu, run_reporting_errors  # noqa: E402
 
 
 def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
@@ -30,21 +29,19 @@ def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
         raise OptionsError("path:pretrain_network_g: the network to test is missing")
     resolve_num_gpu(opt)
     opt.update(dist=False, rank=0, world_size=1)
-    out = root / "results" / opt["name"]
+    out = make_dirs(root / "results" / opt["name"])  # before any work: a read-only disk fails here, in one line
     opt["path"].update(results_root=str(out), log=str(out), visualization=str(out / "visualization"))
     model = build_model(opt)
     table = MetricTable(tuple(opt["val"]["metrics"]))
     for name, loader in validation_loaders(opt).items():
         def save_image(path, sr, values, name=name):
             target = out / "visualization" / name / f"{Path(path).stem}_{opt['val']['suffix'] or opt['name']}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target), tensor2img([sr[0].cpu()]))
+            atomic_write_bytes(target, cv2.imencode(".png", tensor2img([sr[0].cpu()]))[1].tobytes())
 
         table.add(name, model.evaluate(loader, description=name, on_image=save_image if opt["val"]["save_img"] else None))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"name": opt["name"], "network": opt["path"]["pretrain_network_g"],
-                                                  **table.to_dict()}, indent=1))
-    (out / "results.md").write_text(table.markdown("camera") + "\n")
+    atomic_write_text(out / "results.json", json.dumps({"name": opt["name"], "network": opt["path"]["pretrain_network_g"],
+                                                        **table.to_dict()}, indent=1))
+    atomic_write_text(out / "results.md", table.markdown("camera") + "\n")
     return table
 
 
@@ -53,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.opt is None:
         parser.error("-opt is required, e.g. -opt test_MambaIR_SR_x4.yml")
-    try:
+
+    def work() -> None:
         opt = load_options(args.opt, is_train=False, overrides=args.force_yml)
         with torch.no_grad():
-            table = run_test(opt)
-    except (OptionsError, DatasetError, WeightsError) as err:
-        return print_error(err)
-    print(table.markdown("camera"), flush=True)
-    return 0
+            table = run_test(opt, root=args.root)
+        print(table.markdown("camera"), flush=True)
+
+    return run_reporting_errors(work)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ldt.atomic import atomic_write_text
+from ldt.atomic import atomic_write_text, make_dirs, read_json_dict, read_json_object
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.sr.options import prepare_options, run_identity
+from ldt.sr.preemption import Interrupted
 from ldt.sr.train import train
 from ldt.weights import content_fingerprint
 
@@ -99,16 +100,6 @@ def camera_run_options(
     }
 
 
-def read_json_dict(path: Path) -> dict:
-    """A JSON object file (a stage's ``results.json``), or ``{}`` when it is missing or unreadable: a foreign or
-    truncated file."""
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return content if isinstance(content, dict) else {}
-
-
 def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -> dict:
     """Train one run under ``root/experiments/<name>`` unless a finished run with the same identity is there.
 
@@ -136,13 +127,16 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
     else:
         shutil.rmtree(exp, ignore_errors=True)
         shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
-        exp.mkdir(parents=True)
+        make_dirs(exp)
         atomic_write_text(started, stage_id + "\n")
     prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
     prepared.update(dist=False, rank=0, world_size=1, auto_resume=resume)
-    report = train(prepared, root=root)
+    try:
+        report = train(prepared, root=root)
+    except Interrupted as stopped:
+        raise stopped.resumed_by("rerun the same command to resume it") from None
     report.update(options_hash=digest, weights_fingerprint=fingerprint)
-    report_file = json.loads(stamp.read_text())
+    report_file = read_json_object(stamp)
     report_file.update(options_hash=digest, weights_fingerprint=fingerprint)
     atomic_write_text(stamp, json.dumps(report_file, indent=1))
     return report

@@ -22,14 +22,19 @@ class Interrupted(Exception):
     """Training stopped on a signal; ``state`` is the training state to resume from (None: start afresh), ``saved``
     whether the stop wrote it (a stop during the warm-up or the probe has nothing new to save)."""
 
-    def __init__(self, signum: int, iteration: int, state: str | None, saved: bool = True) -> None:
+    def __init__(self, signum: int, iteration: int, state: str | None, saved: bool = True,
+                 resume: str = "resume with --auto_resume") -> None:
         name = signal.Signals(signum).name
         if state is None:
             where = "before training began, nothing to save (the warm-up and probe run again)"
         else:
-            where = f"{'saved' if saved else 'nothing new to save; the newest state is'} {state}; resume with --auto_resume"
+            where = f"{'saved' if saved else 'nothing new to save; the newest state is'} {state}; {resume}"
         super().__init__(f"stopped by {name} at iteration {iteration}: {where}")
-        self.signum, self.iteration, self.state = signum, iteration, state
+        self.signum, self.iteration, self.state, self.saved = signum, iteration, state, saved
+
+    def resumed_by(self, how: str) -> "Interrupted":
+        """The same stop, telling how a driver that resumes by itself (the demo, the sweeps) is resumed."""
+        return Interrupted(self.signum, self.iteration, self.state, self.saved, resume=how)
 
     @property
     def exit_code(self) -> int:

@@ -27,6 +27,7 @@ from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
 from ldt.sr.experiment import ARCHS, RunBudget, camera_run_options, run_stage
 from ldt.sr.options import OPTION_DIRS, OptionsError, PROJECT_ROOT, prepare_options, read_option_file, run_identity
 from ldt.sr.tables import PAPER_ARCHS, TABLES, PaperCell, Setting, TableSpec, paper_cells
+from ldt.sr.train import run_reporting_errors
 from ldt.sweep import (
     PlannedRun,
     Records,
@@ -552,14 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(iters=args.iters, batch_size=args.batch_size, gt_size=args.gt_size,
                     probe_batches=args.probe_batches, val_freq=args.val_freq, interval=args.interval,
                     lpft_warmup=args.lpft_warmup, tile=args.tile)
-    try:
-        summary = reproduce(args.table, args.data, archs=args.arch, weights=args.weights, seeds=args.seeds,
-                            extra_seeds=args.extra_seeds,
-                            budget=budget, out=args.out, collect_only=args.collect)
-    except (ReproduceError, OptionsError, DatasetError) as err:
-        from ldt.sr.train import print_error
+    return run_reporting_errors(lambda: report(reproduce(
+        args.table, args.data, archs=args.arch, weights=args.weights, seeds=args.seeds, extra_seeds=args.extra_seeds,
+        budget=budget, out=args.out, collect_only=args.collect)), errors=(ReproduceError,))
 
-        return print_error(err)
+
+def report(summary: Summary) -> None:
+    """Print a sweep's tables and what it ran."""
     for path in summary.tables:
         if path.suffix == ".md":
             print("\n" + path.read_text())
@@ -570,4 +570,3 @@ def main(argv: list[str] | None = None) -> int:
           + (f" ({summary.other_records} more belong to other tables or arguments: --iters, --data, --weights, ... "
              "must be those of the sweep)" if summary.other_records else ""))
     print("tables: " + ", ".join(str(path) for path in summary.tables))
-    return 0

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ldt.atomic import read_json_dict
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.sweep import Paired, markdown_table, mean_se, paired_difference
 
@@ -147,8 +148,7 @@ def render_study(runs, records: Mapping[str, dict], out: Path):
     """The study's Markdown (three tables) and its long-format CSV, from the records and the pre-trained metrics."""
     from ldt.sr.reproduce import RenderedTable, describe_records
 
-    pretrained_file = Path(out) / PRETRAINED_FILE
-    pretrained = json.loads(pretrained_file.read_text())["metrics"] if pretrained_file.is_file() else None
+    pretrained = read_json_dict(Path(out) / PRETRAINED_FILE).get("metrics")  # written by record_pretrained
     results = analyse(runs, records, pretrained)
     budgets, rows = results["budgets"], results["rows"]
     found = [records[run.digest] for run in runs if run.digest in records]
@@ -262,9 +262,9 @@ def headline(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from ldt.sr.demo import BUDGETS, pretrain_stage
-    from ldt.sr.options import PROJECT_ROOT, OptionsError
+    from ldt.sr.options import PROJECT_ROOT
     from ldt.sr.reproduce import Budget, ReproduceError, check_plan, plan_runs, reproduce, resolve_data
-    from ldt.sr.train import print_error
+    from ldt.sr.train import run_reporting_errors
     from ldt.sweep import Records
 
     parser = argparse.ArgumentParser(prog="scripts/study.py", description=__doc__,
@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = BUDGETS["full"]
     budget = Budget(iters=args.iters, batch_size=demo.batch_size, gt_size=demo.gt_size, probe_batches=demo.probe_batches,
                     val_freq=args.val_freq, interval=demo.exchange_interval)
-    try:
+
+    def work() -> None:
         check_plan(budget, args.seeds, args.extra_seeds)  # before the pre-training below, which may train
         data_root, _ = resolve_data("synthetic", PROJECT_ROOT / "datasets", build=not args.collect)
         weights = pretrain_stage(PROJECT_ROOT, "full", seed=0, train_if_missing=not args.collect)
@@ -291,15 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = reproduce(["study"], "synthetic", archs=["safmn_tiny"], weights={"safmn_tiny": weights},
                             seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget, out=out,
                             collect_only=args.collect)
-    except (ReproduceError, OptionsError, ValueError) as err:
-        return print_error(err)
-    runs = plan_runs(["study"], data_root, data_kind="synthetic", archs=["safmn_tiny"],
-                     weights={"safmn_tiny": weights}, seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget)
-    figure = plot_paired_differences(runs, Records(out / "results.jsonl").by_hash(), out / FIGURE)
-    print((out / "tablestudy.md").read_text())
-    print(f"runs: {summary.trained} trained, {summary.skipped} already recorded ({summary.seconds:.1f} s); "
-          f"figure: {figure}; tables: {', '.join(map(str, summary.tables))}")
-    return 0
+        runs = plan_runs(["study"], data_root, data_kind="synthetic", archs=["safmn_tiny"],
+                         weights={"safmn_tiny": weights}, seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget)
+        figure = plot_paired_differences(runs, Records(out / "results.jsonl").by_hash(), out / FIGURE)
+        print((out / "tablestudy.md").read_text())
+        print(f"runs: {summary.trained} trained, {summary.skipped} already recorded ({summary.seconds:.1f} s); "
+              f"figure: {figure}; tables: {', '.join(map(str, summary.tables))}")
+
+    return run_reporting_errors(work, errors=(ReproduceError,))
 
 
 def record_pretrained(weights: Path, data_root: Path, out: Path) -> None:
@@ -307,7 +307,8 @@ def record_pretrained(weights: Path, data_root: Path, out: Path) -> None:
     reference point)."""
     from ldt.atomic import atomic_write_text
     from ldt.sr.demo import ARCH, evaluate_weights
-    from ldt.sr.experiment import ARCHS, read_json_dict
+    from ldt.sr.experiment import ARCHS
+    from ldt.sr.reproduce import ReproduceError
     from ldt.weights import content_fingerprint
 
     target = out / PRETRAINED_FILE
@@ -315,9 +316,9 @@ def record_pretrained(weights: Path, data_root: Path, out: Path) -> None:
     recorded = read_json_dict(target)
     if recorded.get("weights") == str(weights) and recorded.get("metrics"):
         if recorded.get("weights_fingerprint", fingerprint) != fingerprint:
-            raise ValueError(f"{weights} changed since {target} and the study's records were made from it (tensor "
-                             f"fingerprint {recorded['weights_fingerprint']} then, {fingerprint} now): restore it, or "
-                             "run the study elsewhere with --out")
+            raise ReproduceError(f"{weights} changed since {target} and the study's records were made from it "
+                                 f"(tensor fingerprint {recorded['weights_fingerprint']} then, {fingerprint} now): "
+                                 "restore it, or run the study elsewhere with --out")
         return
     rows = evaluate_weights(weights, data_root, ARCHS[ARCH], out, "study_pretrained_eval")
     atomic_write_text(target, json.dumps({"weights": str(weights), "weights_fingerprint": fingerprint,

@@ -16,11 +16,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from ldt.atomic import DiskError, atomic_write_text, disk_reason, make_dirs, remove_leftovers
+from ldt.atomic import (
+    DiskError, FileContentError, atomic_write_text, disk_reason, make_dirs, read_json_object, remove_leftovers,
+)
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -44,7 +47,12 @@ from ldt.sr.loaders import training_loader, validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
 from ldt.sr.preemption import Interrupted, StopOnSignal  # noqa: E402
 from ldt.weights import WeightsError  # noqa: E402
+from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 
+# What the SR entry points report as ``error:`` lines (exit status 2) instead of a traceback: problems of the user's
+# options, data, weights, files, disk, or a run that diverged.
+USER_ERRORS = (OptionsError, DatasetError, WeightsError, DiskError, FileContentError, NonFiniteLossError, ProbeError,
+               PartitionError, MethodError)
 
 
 def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
@@ -246,7 +254,10 @@ def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
         current_iter, epoch, position = state["iter"], state["epoch"], state["data_position"]
         best = state["extra"].get("best", best)
         if best_file.is_file():
-            recorded = json.loads(best_file.read_text())
+            remedy = f"delete it to resume (net_g_best{best_tag}.pth may then be replaced by a later, worse network)"
+            recorded = read_json_object(best_file, ("value", "iter"), remedy=remedy)
+            if not isinstance(recorded["value"], (int, float)):
+                raise FileContentError(f"{best_file}: 'value' is {recorded['value']!r}, not a number; {remedy}")
             if recorded["value"] > best["value"]:
                 best = recorded
         history = state["extra"].get("history", [])
@@ -365,17 +376,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.opt is None:
         parser.error("-opt is required (Train_pip.py without arguments runs the demo)")
     logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
-    try:
+
+    def work() -> None:
         opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
         opt["auto_resume"] = args.auto_resume
         init_distributed(opt, args.launcher)
         train(opt, root=args.root)
-    except Interrupted as stopped:
-        print(f"{stopped}", file=sys.stderr)
-        return stopped.exit_code
-    except (OptionsError, DatasetError, NonFiniteLossError, WeightsError, DiskError) as err:
-        return print_error(err)
+
+    try:
+        return run_reporting_errors(work)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_reporting_errors(work: Callable[[], object], errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run an SR entry point's work and return its exit status: 0; or for a stop by a signal its one line and
+    128 + the signal; or for a user error (:data:`USER_ERRORS` and ``errors``) its ``error:`` lines and 2."""
+    try:
+        work()
+    except Interrupted as stopped:
+        print(f"{stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except (*USER_ERRORS, *errors) as err:
+        return print_error(err)
     return 0

@@ -1,0 +1,86 @@
+"""Checked JSON reads (``ldt.atomic.read_json_object`` / ``read_json_dict``) and what each cache does when its
+manifest or summary was truncated or replaced by hand: caches of generated data rebuild, files whose content decides
+what may be deleted or trusted are refused in one line naming them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ldt.atomic import FileContentError, atomic_write_bytes, read_json_dict, read_json_object
+
+
+@pytest.mark.parametrize("content,problem", [
+    ('{"hash": "ab', "not valid JSON"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('{"other": 1}', "lacks 'hash'"),
+    (b"\xff\xfe\x00", "not UTF-8 text"),
+])
+def test_a_broken_json_file_is_one_line_naming_it(content, problem, tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(FileContentError) as caught:
+        read_json_object(path, ("hash",), remedy="delete it")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {problem}") and message.endswith("; delete it") and "\n" not in message
+    assert read_json_dict(path) == ({"other": 1} if "lacks" in problem else {})  # it asks for no key
+
+
+def test_missing_and_good_files(tmp_path):
+    with pytest.raises(FileContentError, match="No such file"):
+        read_json_object(tmp_path / "absent.json")
+    assert read_json_dict(tmp_path / "absent.json") == {}
+    (tmp_path / "good.json").write_text('{"hash": "x", "n": 1}')
+    assert read_json_object(tmp_path / "good.json", ("hash",)) == {"hash": "x", "n": 1}
+    atomic_write_bytes(tmp_path / "sub" / "blob.bin", b"\x00\x01")
+    assert (tmp_path / "sub" / "blob.bin").read_bytes() == b"\x00\x01"
+
+
+def test_a_broken_synthetic_camera_manifest_is_refused_and_nothing_is_deleted(tmp_path):
+    from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
+
+    root = build_synthetic_cameras(tmp_path / "cams", tiny=True, progress=False)
+    manifest = root / MANIFEST
+    for broken in (manifest.read_text()[:40], json.dumps({"hash": 1, "config": [], "files": [], "complete": True})):
+        manifest.write_text(broken)
+        before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+        with pytest.raises(FileContentError, match=rf"^{manifest}: .*; delete {root} to rebuild the benchmark$"):
+            build_synthetic_cameras(root, tiny=True, progress=False)
+        assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == before
+
+
+def test_broken_manifests_of_generated_datasets_rebuild_them(tmp_path):
+    from ldt.classification.toy import MANIFEST as TOY_MANIFEST, build_toy_domains
+    from ldt.segmentation.generated import MANIFEST as STREET_MANIFEST, GeneratedConfig, build_generated
+
+    toy = build_toy_domains(tmp_path / "toy", images_per_class=2, size=16)
+    good = (toy / TOY_MANIFEST).read_text()
+    (toy / TOY_MANIFEST).write_text(good[:10])
+    assert build_toy_domains(toy, images_per_class=2, size=16) == toy and (toy / TOY_MANIFEST).read_text() == good
+    tiny = GeneratedConfig(height=32, width=64, train_per_domain=1, val_per_domain=1, pretrain_train=1, pretrain_val=1)
+    streets = build_generated(tmp_path / "streets", tiny)
+    good = (streets / STREET_MANIFEST).read_text()
+    (streets / STREET_MANIFEST).write_text("[]")
+    assert build_generated(streets, tiny) == streets and (streets / STREET_MANIFEST).read_text() == good
+
+
+def test_a_broken_pretraining_summary_names_the_files_to_delete(tmp_path):
+    from ldt.classification.pretrain import pretrain_summary as tiny_summary
+    from ldt.segmentation.pretrain import data_digest, pretrain_summary as backbone_summary
+
+    weights = tmp_path / "tiny-abc.pth"
+    weights.with_suffix(".json").write_text('{"classes": [1]')
+    with pytest.raises(FileContentError, match=rf"{weights.with_suffix('.json')}: not valid JSON .*; delete it and "
+                                               rf"{weights} to pre-train again"):
+        tiny_summary(weights)
+    weights.with_suffix(".json").write_text('{"wall_s": 1}')
+    with pytest.raises(FileContentError, match="lacks 'val_miou'"):
+        backbone_summary(weights)
+    (tmp_path / "streets").mkdir()
+    from ldt.segmentation.generated import MANIFEST
+
+    (tmp_path / "streets" / MANIFEST).write_text("")
+    with pytest.raises(FileContentError, match=rf"delete {tmp_path / 'streets'} to generate it again"):
+        data_digest(tmp_path / "streets")
