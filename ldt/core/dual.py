@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,53 @@ from ldt.core.exchange import ExchangeConfig, exchange_weights
 from ldt.core.partition import Partition, PartitionError
 
 STATE_FORMAT = "ldt.dual_branch/1"
+
+
+def left_out_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters no method trains: those that are not real floating point (no gradient; a float32
+    EMA of an integer or complex tensor is meaningless) and those the user froze (``requires_grad=False``)."""
+    return [name for name, p in model.named_parameters() if not (p.is_floating_point() and p.requires_grad)]
+
+
+def low_precision(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """Why the first floating parameter below float32 among ``named`` breaks LDT, or None: an EMA step
+    ``W·frozen + (1−W)·trained`` with W near 1 rounds back to ``frozen`` in bfloat16 (it stalls) and overshoots in
+    float16."""
+    low = next(((name, p.dtype) for name, p in named if p.is_floating_point() and p.dtype.itemsize < 4), None)
+    if low is None:
+        return None
+    return (f"parameter '{low[0]}' is {low[1]}: the EMAs W·frozen + (1−W)·trained stall or overshoot below "
+            "float32; keep float32 parameters and use torch.autocast for speed")
+
+
+def replaced_state(module: nn.Module, replacements: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """``module.state_dict(keep_vars=True)`` (its live parameters and buffers) with the parameters named in
+    ``replacements`` replaced under *every* key that holds them.
+
+    Matched by tensor identity: a tied parameter (``head.weight = emb.weight``) is listed once by
+    ``named_parameters()`` but under both names by ``state_dict()``, and ``load_state_dict`` writes both, so a
+    stale alias would silently overwrite the replacement.
+    """
+    state = module.state_dict(keep_vars=True)
+    for alias, name in parameter_aliases(module).items():
+        if name in replacements:
+            state[alias] = replacements[name]
+    return state
+
+
+def parameter_aliases(module: nn.Module) -> dict[str, str]:
+    """Every state-dict key that holds a parameter -> that parameter's ``named_parameters()`` name (the partition's
+    name); a tied parameter has several keys."""
+    canonical = {id(p): name for name, p in module.named_parameters()}
+    return {alias: canonical[id(p)] for alias, p in module.named_parameters(remove_duplicate=False)}
+
+
+def cloned(
+    state: dict[str, torch.Tensor], like: dict[str, torch.Tensor] | None = None
+) -> "OrderedDict[str, torch.Tensor]":
+    """Detached copies of ``state``, each on the device of ``like[key]`` (default: where it is)."""
+    like = state if like is None else like
+    return OrderedDict((k, v.detach().to(like[k].device, copy=True)) for k, v in state.items())
 
 
 def set_trainable(model: nn.Module, names: Sequence[str]) -> None:
@@ -56,14 +103,39 @@ def check_same_architecture(first: nn.Module, second: nn.Module, what: str = "br
         )
 
 
-def check_two_groups(partition: Partition, model: nn.Module) -> None:
-    """Raise unless ``partition`` covers ``model`` exactly and both groups are non-empty."""
+def check_two_groups(partition: Partition, model: nn.Module, empty: str | None = None) -> None:
+    """Raise unless ``partition`` covers ``model`` exactly, both groups are non-empty (else ``empty``, if given) and
+    every grouped parameter can train and be exchanged (is floating point, at least float32)."""
     partition.check_model(model)
     if not partition.stable or not partition.unstable:
-        raise PartitionError(
+        raise PartitionError(empty or (
             f"a dual branch needs both groups non-empty (stable: {len(partition.stable)}, unstable: "
             f"{len(partition.unstable)}); use a single network for FT/LP-FT"
-        )
+        ))
+    named = dict(model.named_parameters())
+    grouped = partition.stable + partition.unstable
+    untrainable = [n for n in grouped if not named[n].is_floating_point()]
+    if untrainable:
+        raise PartitionError(f"parameters that are not floating point cannot train: move {untrainable[:5]} to "
+                             "the partition's excluded list")
+    problem = low_precision((n, named[n]) for n in grouped)
+    if problem:
+        raise PartitionError(problem)
+
+
+def check_saved_partition(saved: dict, partition: Partition, config: ExchangeConfig, what: str) -> None:
+    """Raise unless the ``saved`` partition (a ``to_dict``) decides the same exchange as ``partition`` under
+    ``config``: the same groups and the same per-layer W (with DPU the scores' ranks decide them)."""
+    other = Partition.from_dict(saved)
+    if (other.stable, other.unstable) != (partition.stable, partition.unstable):
+        raise PartitionError(f"the saved state was trained with a different partition than this {what}")
+    try:
+        same = exchange_weights(other, config) == exchange_weights(partition, config)
+    except PartitionError:
+        same = False
+    if not same:
+        raise PartitionError(f"the saved state's partition has the same groups but other scores, so other exchange "
+                             f"weights (DPU ranks) than this {what}")
 
 
 class EMAPlan:
@@ -172,13 +244,15 @@ class DualBranch:
         return self
 
     # ---- deployment ----------------------------------------------------------------------------------------------
+    def composite_tensors(self) -> "OrderedDict[str, torch.Tensor]":
+        """The deployed network's state as the live tensors themselves (read, never modify): the auxiliary's
+        stable parameters, the primary's unstable and excluded parameters and buffers (every alias of a tied one)."""
+        aux = dict(self.auxiliary.named_parameters())
+        return replaced_state(self.primary, {name: aux[name] for name in self.partition.stable})
+
     def composite_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
-        """State dict of the deployed network: auxiliary's stable tensors, primary's unstable tensors and buffers."""
-        state = OrderedDict((k, v.detach().clone()) for k, v in self.primary.state_dict().items())
-        aux = self.auxiliary.state_dict()
-        for name in self.partition.stable:
-            state[name] = aux[name].detach().clone()
-        return state
+        """State dict of the deployed network (copies of :meth:`composite_tensors`)."""
+        return cloned(self.composite_tensors())
 
     def composite(self) -> nn.Module:
         """A fresh module of the model's class holding the composite weights (one network at inference)."""
@@ -186,6 +260,8 @@ class DualBranch:
 
     # ---- resume --------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything to resume; like ``nn.Module.state_dict`` its tensors are the live ones (``torch.save`` it, or
+        ``copy.deepcopy`` it for an in-memory snapshot that later training does not change)."""
         return {
             "format": STATE_FORMAT,
             "primary": self.primary.state_dict(),
@@ -199,11 +275,9 @@ class DualBranch:
         """Restore branches and exchange schedule; the partition and exchange rule must be the ones in use."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a dual-branch state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
-        saved = Partition.from_dict(state["partition"])
-        if (saved.stable, saved.unstable) != (self.partition.stable, self.partition.unstable):
-            raise PartitionError("the saved state was trained with a different partition than this dual branch")
         if ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError(f"the saved state used exchange {state['exchange']}, this run uses {self.config.to_dict()}")
+        check_saved_partition(state["partition"], self.partition, self.config, "dual branch")
         self.primary.load_state_dict(state["primary"], strict=True)
         self.auxiliary.load_state_dict(state["auxiliary"], strict=True)
         self.step_count = int(state["step"])

@@ -25,8 +25,14 @@ class ExchangeConfig(Options):
     unstable_rank_base: Real = Field(0.001, ge=0, description="DPU: W range over the unstable group")
 
     @model_validator(mode="after")
-    def _bases_within_one(self) -> "ExchangeConfig":
+    def _weights_below_one(self) -> "ExchangeConfig":
+        """Every W must stay below 1: W = 1 never moves the frozen group (the lowest-score layer of a group gets
+        the base itself)."""
+        if self.weight >= 1.0:
+            raise ValueError(f"weight must be < 1 (W = {self.weight:g} never moves the frozen group)")
         for base, rank in (("stable_base", "stable_rank_base"), ("unstable_base", "unstable_rank_base")):
+            if getattr(self, base) >= 1.0:
+                raise ValueError(f"{base} must be < 1 (W = {getattr(self, base):g} never moves the frozen group)")
             if getattr(self, base) + getattr(self, rank) > 1.0 + 1e-12:
                 raise ValueError(f"{base} + {rank} must stay within [0, 1]")
         return self

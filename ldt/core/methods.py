@@ -5,12 +5,15 @@ A method is a small object in the spirit of DomainBed's algorithm classes and ``
 * :meth:`Method.branches` — the networks that train and the parameters each branch's optimizer steps;
 * :meth:`Method.step` — what runs after every training step (the exchange, LDT-S's turn switch, an EMA);
 * :meth:`Method.deployed` — the one network that is validated, saved and used at inference;
-* :meth:`Method.state_dict` / :meth:`Method.load_state_dict` — everything needed to resume exactly;
+* :meth:`Method.state_dict` / :meth:`Method.load_state_dict` — everything needed to resume exactly (live tensors, as
+  ``nn.Module.state_dict``: ``copy.deepcopy`` the state for an in-memory snapshot);
 * :meth:`Method.repartition` — switch to a new partition mid-training (LDT, LDT-S).
 
 Each method's rules live in its class: whether it warms up a head, where its partition comes from (none, the head
 patterns, probe scores), which exchange options it fixes (DeFT: a fixed W), which options change its result (the run
 identity), and which option values cannot work (:meth:`Method.check`, run before any data is read).
+Parameters that are not floating point or that the user froze (``requires_grad=False``) before the method is made
+are left out: never probed, in neither group, never trained, deployed as they are.
 :func:`prepare_method` runs the method's preparation (warm-up, probe, partition) and returns it ready to train; the
 training loop stays the caller's, so SR (BasicSR), classification, segmentation and plain PyTorch share it.
 """
@@ -19,9 +22,12 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import re
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Literal, Sequence
 
@@ -31,8 +37,16 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ldt.core.config import Int, NonNegativeInt, Options, ProbeConfig, Real, WarmupConfig
-from ldt.core.dual import DualBranch, EMAPlan, materialise
-from ldt.core.exchange import ExchangeConfig
+from ldt.core.dual import (
+    DualBranch,
+    EMAPlan,
+    check_two_groups,
+    left_out_parameters,
+    low_precision,
+    materialise,
+    parameter_aliases,
+)
+from ldt.core.exchange import ExchangeConfig, exchange_weights
 from ldt.core.partition import (
     CRITERIA,
     Partition,
@@ -42,11 +56,11 @@ from ldt.core.partition import (
     partition_by_score,
     stable_count,
 )
-from ldt.core.probe import LossFn, layer_groups, probe_gradients
+from ldt.core.probe import LossFn, checked_loss, layer_groups, probe_gradients
 from ldt.core.single import SingleBranchLDT
 from ldt.core.warmup import warmup
 
-logger = logging.getLogger("ldt")
+logger = logging.getLogger("ldt.core")
 
 STATE_FORMAT = "ldt.method/1"
 BatchSource = Callable[[str, int], Iterable]
@@ -102,19 +116,70 @@ def _head(config: MethodConfig, default: Sequence[str] | None) -> list[str] | No
     return list(patterns) if patterns is not None else None
 
 
-def _check_patterns(model: nn.Module, patterns: list[str] | None, where: str, role: str) -> list[Problem]:
+def _check_patterns(
+    model: nn.Module, patterns: list[str] | None, where: str, role: str, left_out: set[str]
+) -> list[Problem]:
     if patterns is None:
         return [(where, f"no default {role} for {type(model).__name__}: set {where} (regexes of parameter names)")]
     if not patterns:
         return [(where, f"the {role} patterns are empty")]
+    names = [name for name, _ in model.named_parameters()]
     try:
-        names, unmatched = match_names((name for name, _ in model.named_parameters()), patterns)
+        matched, unmatched = match_names(names, patterns)
     except re.error as err:
         return [(where, f"invalid regex: {err}")]
     if unmatched:
         return [(where, f"{unmatched} match no parameter of {type(model).__name__}")]
-    if len(names) == len(list(model.parameters())):
-        return [(where, f"the {role} patterns match every parameter, leaving nothing outside the {role}")]
+    trained = [name for name in matched if name not in left_out]
+    if not trained:
+        return [(where, f"the {role} patterns match only parameters that do not train (frozen or not floating "
+                        f"point): {matched[:5]}")]
+    if len(trained) == len(names) - len(left_out):
+        return [(where, f"the {role} patterns match every parameter{' that trains' if left_out else ''}, leaving "
+                        f"nothing outside the {role}")]
+    return []
+
+
+def _wrapper(model: nn.Module) -> str | None:
+    """The name of the wrapper around ``model`` (DataParallel, DDP, torch.compile), if any: its parameter names carry
+    a prefix ('module.', '_orig_mod.') that neither the partition nor the deployed architecture has."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return type(model).__name__
+    return "torch.compile" if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
+
+
+def _model_problems(model: nn.Module, left_out: set[str]) -> list[Problem]:
+    """What makes ``model`` itself unusable for every method, whatever the options."""
+    wrapper = _wrapper(model)
+    if wrapper:
+        return [("model", f"{wrapper} wraps the model: pass the bare model to prepare_method and wrap the branches "
+                          "afterwards (method.branches())")]
+    trained = [(name, p) for name, p in model.named_parameters() if name not in left_out]
+    if not trained:
+        return [("model", f"no parameter of {type(model).__name__} trains (all are frozen with requires_grad=False "
+                          "or not floating point)")]
+    problem = low_precision(trained)
+    return [("model", problem)] if problem else []
+
+
+def _decay_problem(decay: float | None) -> str | None:
+    return None if decay is None or 0.0 <= decay < 1.0 else f"must be in [0, 1), got {decay}"
+
+
+def partition_problems(
+    partition: Partition, model: nn.Module, config: MethodConfig, left_out: Sequence[str]
+) -> list[str]:
+    """Why a given partition (a file, a training state) cannot drive this method's exchange on ``model``, if not."""
+    left_out = set(left_out)
+    trained = [name for name in partition.stable + partition.unstable if name in left_out]
+    if trained:
+        return [f"it puts {len(trained)} parameter(s) that do not train (frozen or not floating point) in a group: "
+                f"{trained[:5]}; list them in 'excluded'"]
+    try:
+        check_two_groups(partition, model)
+        exchange_weights(partition, config.exchange)
+    except PartitionError as err:
+        return [str(err)]
     return []
 
 
@@ -132,6 +197,7 @@ class Method:
 
     model: nn.Module  # the network the method trains (the primary for dual branches); the deployed template
     partition: Partition | None
+    repartition_every: int = 0  # read by the loop that drives repartition(), never by train_step
 
     # ---- rules --------------------------------------------------------------------------------------------------
     @classmethod
@@ -162,7 +228,10 @@ class Method:
     def check(cls, config: MethodConfig, model: nn.Module, head_patterns: Sequence[str] | None = None) -> list[Problem]:
         """Every problem these options have with this method and ``model`` (which may live on the meta device)."""
         config = cls.resolve(config)
-        problems: list[Problem] = []
+        left_out = set(left_out_parameters(model))
+        problems: list[Problem] = _model_problems(model, left_out)
+        if problems:
+            return problems
         head = _head(config, head_patterns)
         if cls.warmup_rule == "never" and config.warmup.steps:
             problems.append(("warmup:steps", f"{cls.name} trains every layer from the first step; a head warm-up "
@@ -172,37 +241,42 @@ class Method:
         if cls.warmup_rule != "never" and config.warmup.steps:
             patterns = config.warmup.patterns if config.warmup.patterns is not None else head
             where = "warmup:patterns" if config.warmup.patterns is not None else "head_patterns"
-            problems += _check_patterns(model, patterns, where, "head")
+            problems += _check_patterns(model, patterns, where, "head", left_out)
         if config.repartition_every and not cls.repartitions:
             able = ", ".join(name for name, method in METHODS.items() if method.repartitions)
             problems.append(("repartition_every", f"{cls.name} has no partition to re-probe ({able} do)"))
         if cls.partition_source == "head":
-            problems += _check_patterns(model, head, "head_patterns", "head")
+            problems += _check_patterns(model, head, "head_patterns", "head", left_out)
         if cls.partition_source == "score":
-            problems += cls._check_score_partition(config, model)
+            problems += cls._check_score_partition(config, model, left_out)
         return problems
 
     @classmethod
-    def _check_score_partition(cls, config: MethodConfig, model: nn.Module) -> list[Problem]:
+    def _check_score_partition(cls, config: MethodConfig, model: nn.Module, left_out: set[str]) -> list[Problem]:
         problems: list[Problem] = []
         if config.partition_file is not None:
             if config.repartition_every:
                 problems.append(("repartition_every", "cannot re-probe a fixed partition_file"))
+            path = Path(config.partition_file).expanduser()
             try:
-                Partition.load(Path(config.partition_file).expanduser(), model)
+                partition = Partition.load(path, model)
             except PartitionError as err:
-                problems.append(("partition_file", str(err)))
-            return problems
+                return problems + [("partition_file", str(err))]
+            return problems + [("partition_file", f"{path}: {problem}")
+                               for problem in partition_problems(partition, model, config, sorted(left_out))]
         if config.repartition_every and config.criterion == "random":
             problems.append(("repartition_every", "re-probing needs a probe-based criterion, not 'random'"))
-        layers = len(layer_groups(model, config.group_by))
+        groups = layer_groups(model, config.group_by).values()
+        layers = sum(any(name not in left_out for name in names) for names in groups)
+        trained = f"{layers} trained layers" if left_out else f"{layers} layers"
         if layers < 2:
-            problems.append(("unstable_ratio", f"{type(model).__name__} has {layers} layer(s) (group_by "
-                                               f"{config.group_by}); LDT needs at least 2"))
+            problems.append(("unstable_ratio", f"{type(model).__name__} has {layers} {'trained ' * bool(left_out)}"
+                                               f"layer(s) (group_by {config.group_by}); LDT needs at least 2"))
         elif stable_count(layers, config.unstable_ratio) == 0:
+            largest = math.floor((1 - Fraction(1, layers)) * 10**4) / 10**4  # rounded down: usable as written
             problems.append(("unstable_ratio", f"{config.unstable_ratio} leaves the stable group empty for the "
-                                               f"{layers} layers of {type(model).__name__} (group_by "
-                                               f"{config.group_by}): use at most {1 - 1 / layers:.4g}"))
+                                               f"{trained} of {type(model).__name__} (group_by "
+                                               f"{config.group_by}): use at most {largest:g}"))
         return problems
 
     # ---- preparation --------------------------------------------------------------------------------------------
@@ -220,7 +294,8 @@ class Method:
         if cls.partition_source == "none":
             return None
         if cls.partition_source == "head":
-            return partition_by_patterns(model, _head(config, head_patterns), criterion=cls.name)
+            return partition_by_patterns(model, _head(config, head_patterns), criterion=cls.name,
+                                         excluded=left_out_parameters(model))
         return score_partition(model, config, batches, loss_fn, seed=config.seed, progress=progress, log=log)
 
     # ---- training -----------------------------------------------------------------------------------------------
@@ -233,13 +308,22 @@ class Method:
     def train_step(self, batch, loss_fn: LossFn, optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
         """One plain step: each branch's forward, backward and optimizer step in turn, then :meth:`step`.
 
-        One branch after the other, so activations are never held for two branches at once. Returns the losses.
+        One branch after the other, so activations are never held for two branches at once. ``optimizers``: one per
+        branch, in the order of :meth:`branches`, each over its ``parameters`` (checked once per optimizer and
+        partition). ``repartition_every`` is not driven here. Returns the losses.
         """
+        if self.repartition_every:
+            raise MethodError("repartition_every: train_step does not re-probe; set it to 0, or drive branches() and "
+                              "step() from your loop and call repartition() every N steps (as the SR model does)")
+        if not callable(loss_fn):
+            raise MethodError(f"loss_fn must be callable (model, batch) -> loss, got {type(loss_fn).__name__}")
+        branches = self.branches()
+        self._check_optimizers(branches, optimizers)
         losses = {}
-        for branch, optimizer in zip(self.branches(), optimizers, strict=True):
+        for branch, optimizer in zip(branches, optimizers, strict=True):
             branch.module.train()
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(branch.module, batch)
+            loss = checked_loss(loss_fn(branch.module, batch), f"{self.name}: the {branch.name} branch", MethodError)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{self.name}: the loss of the {branch.name} branch is {loss.item()}")
             loss.backward()
@@ -248,13 +332,38 @@ class Method:
         self.step()
         return losses
 
+    def _check_optimizers(self, branches: list[Branch], optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Raise unless each optimizer steps exactly its branch's parameters: swapped, shared or stale optimizers
+        (not rebuilt after :meth:`repartition`) would silently train nothing. The verdict is kept per optimizer
+        object and partition (and this method object: a deep copy checks again), so a step costs a lookup."""
+        if len(optimizers) != len(branches):
+            raise MethodError(f"{self.name} trains {len(branches)} branch(es) ({', '.join(b.name for b in branches)}): "
+                              f"pass one optimizer per branch in that order, got {len(optimizers)}")
+        verified = self.__dict__.setdefault("_verified_optimizers", {})
+        for index, (branch, optimizer) in enumerate(zip(branches, optimizers)):
+            ref, owner, partition, at = verified.get(id(optimizer), (None, None, None, None))
+            if ref is not None and ref() is optimizer and owner == id(self) and partition is self.partition \
+                    and at == index:
+                continue
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            names = {id(p): name for name, p in branch.module.named_parameters()}
+            missing = [names.get(id(p), "?") for p in branch.parameters if id(p) not in held]
+            foreign = len(held - set(names))
+            if missing or foreign:
+                what = (f"lacks {len(missing)} of its trainable parameters (e.g. '{missing[0]}')" if missing
+                        else f"holds {foreign} parameter(s) of another network")
+                raise MethodError(f"the optimizer of the {branch.name} branch {what}: build one optimizer per branch "
+                                  "over branch.parameters, in the order of branches(), again after repartition()")
+            verified[id(optimizer)] = (weakref.ref(optimizer), id(self), self.partition, index)
+
     def repartition(self, partition: Partition) -> None:
         """Switch to ``partition`` (the trainable tensors change: rebuild the optimizers over :meth:`branches`)."""
         raise MethodError(f"{self.name} has no partition to change")
 
     # ---- deployment ---------------------------------------------------------------------------------------------
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
-        """The deployed network's state dict as live tensors (no copies: read, never modify)."""
+        """The deployed network's state dict as the live parameters, buffers or held tensors themselves (no copies:
+        read, never modify); every alias of a tied parameter holds the same tensor."""
         raise NotImplementedError
 
     def deployed_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
@@ -279,6 +388,8 @@ class Method:
 
     # ---- resume -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything to resume exactly. As ``nn.Module.state_dict``, its tensors are the live ones: ``torch.save``
+        it, or ``copy.deepcopy`` it for an in-memory snapshot (``best = copy.deepcopy(method.state_dict())``)."""
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:
@@ -320,13 +431,14 @@ class FineTune(Method):
     def __init__(self, model: nn.Module, partition: Partition | None = None, config: MethodConfig | None = None) -> None:
         self.model, self.partition = model, None
         self.original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-        model.requires_grad_(True)
+        self.left_out = set(left_out_parameters(model))
 
     def branches(self) -> list[Branch]:
-        return [Branch("net", self.model, list(self.model.parameters()))]
+        trained = [p for name, p in self.model.named_parameters() if name not in self.left_out]
+        return [Branch("net", self.model, trained)]
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
-        return self.model.state_dict()
+        return self.model.state_dict(keep_vars=True)
 
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "method": self.name, "model": self.model.state_dict()}
@@ -359,6 +471,7 @@ class DualMethod(Method):
     def __init__(self, model: nn.Module, partition: Partition, config: MethodConfig) -> None:
         self.dual = DualBranch(model, partition, config.exchange)
         self.model, self.original_flags = model, self.dual.original_flags
+        self.repartition_every = config.repartition_every
 
     @property
     def partition(self) -> Partition:
@@ -372,11 +485,7 @@ class DualMethod(Method):
         self.dual.step()
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
-        state = self.dual.primary.state_dict()
-        auxiliary = self.dual.auxiliary.state_dict()
-        for name in self.dual.partition.stable:
-            state[name] = auxiliary[name]
-        return state
+        return self.dual.composite_tensors()
 
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "method": self.name, "dual": self.dual.state_dict()}
@@ -434,6 +543,7 @@ class LDTSingle(Method):
     def __init__(self, model: nn.Module, partition: Partition, config: MethodConfig) -> None:
         self.single = SingleBranchLDT(model, partition, config.exchange)
         self.model, self.original_flags = model, self.single.original_flags
+        self.repartition_every = config.repartition_every
 
     @property
     def partition(self) -> Partition:
@@ -452,10 +562,7 @@ class LDTSingle(Method):
         return [t for group in self.single.ema.values() for t in group] + list(self.single.parked)
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
-        state = self.model.state_dict()
-        for group in ("stable", "unstable"):
-            state.update(zip(getattr(self.single.partition, group), self.single.ema[group]))
-        return state
+        return self.single.composite_tensors()
 
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "method": self.name, "single": self.single.state_dict()}
@@ -463,6 +570,17 @@ class LDTSingle(Method):
     def load_state_dict(self, state: dict) -> None:
         _check_state(state, self.name)
         self.single.load_state_dict(state["single"])
+
+
+def _once_per_tensor(
+    state: dict[str, torch.Tensor], fn: Callable[[str, torch.Tensor], torch.Tensor]
+) -> "OrderedDict[str, torch.Tensor]":
+    """``fn(key, tensor)`` for each distinct tensor of ``state``: the aliases of a tied parameter share the result."""
+    done: dict[int, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if id(tensor) not in done:
+            done[id(tensor)] = fn(key, tensor)
+    return OrderedDict((key, done[id(tensor)]) for key, tensor in state.items())
 
 
 def _check_state(state: dict, name: str) -> None:
@@ -479,19 +597,41 @@ class DeployedEMA(Method):
     """
 
     def __init__(self, inner: Method, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise MethodError(f"ema_decay must be in [0, 1), got {decay}")
+        problem = _decay_problem(decay)
+        if problem:
+            raise MethodError(f"ema_decay {problem}")
         self.inner, self.decay = inner, float(decay)
         self.name, self.label, self.summary = inner.name, inner.label, inner.summary
         self.model, self.original_flags = inner.model, inner.original_flags
-        self.ema = inner.deployed_state_dict()
+        self.repartition_every = inner.repartition_every
+        self.ema = _once_per_tensor(inner.deployed_tensors(), lambda key, tensor: tensor.detach().clone())
         self._build_plan()
 
     def _build_plan(self) -> None:
+        """Average what trains, copy the rest (buffers, parameters that do not train), each shared tensor once.
+
+        The plan holds the live tensors themselves (parameters, buffers, LDT-S's EMA), not state-dict views, so it
+        keeps tracking after ``copy.deepcopy`` and ``Module.to`` (:meth:`step` then moves the EMA along).
+        """
         live = self.inner.deployed_tensors()
-        params = {name for name, _ in self.model.named_parameters()}
-        self.average = EMAPlan([self.ema[k] for k in params], [live[k] for k in params], [self.decay] * len(params))
-        self.copied = [(self.ema[k], live[k]) for k in live if k not in params]
+        aliases = parameter_aliases(self.model)
+        averaged: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.copied: list[tuple[torch.Tensor, torch.Tensor]] = []
+        seen: set[int] = set()
+        for key, source in live.items():
+            target = self.ema[key]
+            if id(target) not in seen:
+                seen.add(id(target))
+                trains = self.original_flags.get(aliases.get(key, ""), False)
+                (averaged if trains else self.copied).append((target, source))
+        self.average = EMAPlan([t for t, _ in averaged], [s for _, s in averaged], [self.decay] * len(averaged))
+        self.first = (averaged or self.copied)[0]
+
+    def _follow_sources(self) -> None:
+        """Move the EMA to the device and dtype of the tensors it follows (after ``Module.to``), keeping ties."""
+        live = self.inner.deployed_tensors()
+        self.ema = _once_per_tensor(self.ema, lambda key, tensor: tensor.to(live[key].device, live[key].dtype))
+        self._build_plan()
 
     @property
     def partition(self) -> Partition | None:
@@ -503,6 +643,9 @@ class DeployedEMA(Method):
     @torch.no_grad()
     def step(self) -> None:
         self.inner.step()
+        target, source = self.first
+        if (target.device, target.dtype) != (source.device, source.dtype):
+            self._follow_sources()
         self.average.apply()
         for target, source in self.copied:
             target.copy_(source)
@@ -515,7 +658,7 @@ class DeployedEMA(Method):
         return self.ema
 
     def held_tensors(self) -> list[torch.Tensor]:
-        return self.inner.held_tensors() + list(self.ema.values())
+        return self.inner.held_tensors() + list({id(t): t for t in self.ema.values()}.values())
 
     def checkpoint(self) -> dict[str, "OrderedDict[str, torch.Tensor]"]:
         return {"params": self.inner.deployed_state_dict(), "params_ema": self.deployed_state_dict()}
@@ -526,7 +669,7 @@ class DeployedEMA(Method):
 
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "method": self.name, "ema_decay": self.decay, "inner": self.inner.state_dict(),
-                "ema": self.deployed_state_dict()}
+                "ema": OrderedDict(self.ema)}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -582,22 +725,30 @@ def score_partition(
 
     The probe sees ``probe.num_batches`` batches in all (split across ranks under ``torch.distributed``), keeps
     per-element statistics only when the criterion needs them (``elementwise_var``) and never updates the model.
+    The parameters of ``model`` that do not train (:func:`~ldt.core.dual.left_out_parameters`: pass a network with
+    the user's flags, such as ``method.deployed()``, not a live branch) are not probed and are excluded.
     """
     if config.partition_file is not None:
         partition = Partition.load(Path(config.partition_file).expanduser(), model)
         log(f"Partition read from {config.partition_file} ({partition.criterion})")
         return partition
+    left_out = left_out_parameters(model)
     if config.criterion == "random":
-        return partition_by_score(None, config.unstable_ratio, "random", seed=config.seed, model=model)
+        return partition_by_score(None, config.unstable_ratio, "random", seed=config.seed, model=model,
+                                  excluded=left_out)
     share = probe_share(config.probe.num_batches)
     log(f"Probing {config.probe.num_batches} batches ({share} on this rank)")
+    skipped = set(left_out)
+    probed = [name for name, _ in model.named_parameters() if name not in skipped] if left_out else None
     stats = probe_gradients(
         model, batches("probe", seed), loss_fn, num_batches=share, group_by=config.group_by,
         elementwise=config.criterion == "elementwise_var", train_mode=config.probe.train_mode, progress=progress,
+        parameters=probed,
     )
     if stats.no_grad:
         log(f"Parameters without gradient in the probe (excluded from both groups): {stats.no_grad}")
-    return partition_by_score(stats, config.unstable_ratio, config.criterion, seed=config.seed, model=model)
+    return partition_by_score(stats, config.unstable_ratio, config.criterion, seed=config.seed, model=model,
+                              excluded=left_out)
 
 
 def as_batch_source(batches: BatchSource | Iterable | None) -> BatchSource:
@@ -630,21 +781,47 @@ def prepare_method(
     ``batches`` is an iterable (one stream for warm-up and probe, consumed in that order) or
     ``batches(purpose, seed)``. ``head_patterns``: the network's head, used when the options name none.
     ``ema_decay`` > 0 deploys an EMA of the method's network (:class:`DeployedEMA`; FT-EMA has one by default).
+    Everything that can be checked without data is checked before any batch is read. Parameters that are not
+    floating point or have ``requires_grad=False`` now are left out of the method (logged once).
     """
     cls = method_class(config.method)
     config = cls.resolve(config)
+    decay = effective_ema_decay(config, ema_decay)
+    warms = partition is None and cls.warmup_rule != "never" and config.warmup.steps > 0
+    probes = partition is None and cls.partition_source == "score" and config.partition_file is None \
+        and config.criterion != "random"
+    left_out = left_out_parameters(model)
     problems = cls.check(config, model, head_patterns)
+    if _decay_problem(decay):
+        problems.append(("ema_decay", _decay_problem(decay)))
+    meta = next((name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        problems.append(("model", f"'{meta}' is on the meta device (no values): materialise the weights "
+                                  "(to_empty, then load_state_dict) before prepare_method"))
+    for where, function, needed in (("loss_fn", loss_fn, probes or (warms and warmup_loss_fn is None)),
+                                    ("warmup_loss_fn", warmup_loss_fn, False)):
+        if (function is not None or needed) and not callable(function):
+            problems.append((where, f"must be callable (model, batch) -> scalar loss, got {type(function).__name__}"))
+    if partition is not None and cls.partition_source != "none":
+        problems += [("partition", problem) for problem in partition_problems(partition, model, config, left_out)]
     if problems:
         raise MethodError("; ".join(f"{where}: {message}" for where, message in problems))
+    if config.repartition_every:
+        log(f"repartition_every {config.repartition_every}: the training loop re-probes (score_partition on "
+            "method.deployed(), then method.repartition() and new optimizers, as the SR model does); train_step "
+            "refuses it")
+    if left_out:
+        log(f"{len(left_out)} parameter(s) left out of {cls.name} (requires_grad=False or not floating point: not "
+            f"probed, never trained, deployed as they are): {left_out[:5]}{' ...' if len(left_out) > 5 else ''}")
     source = as_batch_source(batches)
     head = _head(config, head_patterns)
     if partition is None:
-        if cls.warmup_rule != "never" and config.warmup.steps:
+        if warms:
             patterns = config.warmup.patterns if config.warmup.patterns is not None else head
             log(f"Warm-up: {config.warmup.steps} steps on {patterns}")
             warmup(model, source("warmup", config.seed), warmup_loss_fn or loss_fn, patterns, config.warmup.steps,
-                   optimizer_factory=lambda params: torch.optim.Adam(params, lr=config.warmup.lr), progress=progress)
+                   optimizer_factory=lambda params: torch.optim.Adam(params, lr=config.warmup.lr), progress=progress,
+                   exclude=left_out)
         partition = cls.make_partition(model, config, source, loss_fn, head, progress, log)
     method: Method = cls(model, partition, config)
-    decay = effective_ema_decay(config, ema_decay)
     return DeployedEMA(method, decay) if decay else method

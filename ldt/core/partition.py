@@ -10,10 +10,11 @@ import json
 import os
 import random
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from torch import nn
 
@@ -81,6 +82,8 @@ class Partition:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Partition":
+        """A partition from :meth:`to_dict`'s mapping; wrong field types and inconsistent groups, layers and scores
+        are a :class:`PartitionError` naming the field (a hand-edited file fails here, not deep inside training)."""
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
@@ -92,7 +95,35 @@ class Partition:
         missing = sorted(name for name in ("stable", "unstable") if name not in data)
         if missing:
             raise PartitionError(f"not a partition: the fields {missing} are missing")
-        return cls(**data)
+        problems = [f"'{name}' {problem}" for name, value in data.items() if (problem := _field_problem(name, value))]
+        if problems:
+            raise PartitionError("; ".join(problems))
+        partition = cls(**data)
+        partition.check_consistent()
+        return partition
+
+    def check_consistent(self) -> None:
+        """Raise unless every name is in one group only and ``layers``/``scores`` describe exactly the grouped names
+        (the DPU ranks are read from them)."""
+        duplicated = sorted(name for name, count in Counter(self.names).items() if count > 1)
+        if duplicated:
+            raise PartitionError(f"names listed in more than one group: {duplicated[:10]}")
+        if self.scores and not self.layers:
+            raise PartitionError("'scores' without 'layers' (which parameters each scored layer holds)")
+        if self.scores and set(self.scores) != set(self.layers):
+            raise PartitionError(f"'scores' and 'layers' name different layers: "
+                                 f"{sorted(set(self.scores) ^ set(self.layers))[:10]}")
+        if not self.layers:
+            return
+        in_layers = [p for params in self.layers.values() for p in params]
+        grouped = self.stable + self.unstable
+        if sorted(in_layers) != sorted(grouped):
+            odd = sorted(set(in_layers) ^ set(grouped)) or sorted({p for p in in_layers if in_layers.count(p) > 1})
+            raise PartitionError(f"'layers' must list every stable and unstable name exactly once: {odd[:10]}")
+        stable = set(self.stable)
+        split = [layer for layer, params in self.layers.items() if len({p in stable for p in params}) > 1]
+        if split:
+            raise PartitionError(f"layers with parameters in both groups: {split[:10]}")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (a crash mid-write leaves any previous file intact)."""
@@ -124,6 +155,39 @@ class Partition:
         return partition
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+_FIELD_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "stable": ("must be a list of parameter names", _is_names),
+    "unstable": ("must be a list of parameter names", _is_names),
+    "excluded": ("must be a list of parameter names", _is_names),
+    "criterion": ("must be a string", lambda v: isinstance(v, str)),
+    "unstable_ratio": ("must be a number or null", lambda v: v is None or _is_number(v)),
+    "scores": ("must map layer names to numbers",
+               lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items())),
+    "layers": ("must map layer names to lists of parameter names",
+               lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_names(x) for k, x in v.items())),
+    "unit": ("must be 'tensor' or 'module'", lambda v: v in ("tensor", "module")),
+    "probe_batches": ("must be a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "seed": ("must be an integer or null", lambda v: v is None or _is_int(v)),
+}
+
+
+def _field_problem(name: str, value: object) -> str | None:
+    rule, valid = _FIELD_RULES[name]
+    return None if valid(value) else f"{rule}, got {type(value).__name__} {value!r:.60}"
+
+
 def match_names(names: Iterable[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     """(the ``names`` matching any regex in ``patterns`` by ``re.search``, in their order; the patterns that match
     none). An invalid regex raises ``re.error``."""
@@ -152,12 +216,14 @@ def partition_by_score(
     *,
     seed: int = 0,
     model: nn.Module | None = None,
+    excluded: Sequence[str] = (),
 ) -> Partition:
     """Split layers by score: the lowest-scoring ``int(M·(1−ratio))`` are stable, the rest unstable.
 
     Ties keep network order (a stable sort), so equal scores give the same partition on every run and rank.
     ``criterion='random'`` needs no statistics: a seeded shuffle of ``model``'s layers replaces the scores.
-    Parameters without a gradient in the probe are ``excluded``.
+    Parameters without a gradient in the probe are ``excluded``, and so are the names in ``excluded`` (parameters
+    that do not train, which the methods leave out of the probe).
     """
     _check_ratio(unstable_ratio)
     if criterion not in CRITERIA:
@@ -165,11 +231,13 @@ def partition_by_score(
     if criterion == "random":
         if model is None and stats is None:
             raise PartitionError("criterion 'random' needs the model (or probe statistics) to list its layers")
-        layers = stats.layers if stats is not None else {n: [n] for n, _ in model.named_parameters()}
+        left_out = set(excluded)
+        layers = stats.layers if stats is not None else \
+            {n: [n] for n, _ in model.named_parameters() if n not in left_out}
         order = list(range(len(layers)))
         random.Random(seed).shuffle(order)
         scores = {layer: float(rank) for layer, rank in zip(layers, order)}
-        excluded = list(stats.no_grad) if stats is not None else []
+        no_grad = list(stats.no_grad) if stats is not None else []
         unit, probe_batches = (stats.group_by, stats.num_batches) if stats is not None else ("tensor", 0)
     else:
         if stats is None:
@@ -182,19 +250,22 @@ def partition_by_score(
                 f"criterion {criterion!r} is undefined (NaN) for layers {bad[:10]}: the probe needs at least 2 "
                 "batches (or 2 gradient elements) per layer"
             )
-        excluded, unit, probe_batches = list(stats.no_grad), stats.group_by, stats.num_batches
+        no_grad, unit, probe_batches = list(stats.no_grad), stats.group_by, stats.num_batches
 
     ordered = sorted(layers, key=lambda layer: scores[layer])  # Python's sort is stable: ties keep network order
     n_stable = stable_count(len(ordered), unstable_ratio)
     if n_stable == 0:  # int(M * (1 - r)) < M for r > 0: only the stable group can end up empty
-        raise PartitionError(f"unstable_ratio={unstable_ratio} leaves the stable group empty with {len(ordered)} layers")
-    stable_layers = set(ordered[:n_stable])
+        why = f"; {len(no_grad)} parameter(s) got no gradient in the probe: {no_grad[:5]}" if no_grad else ""
+        why += f"; {len(excluded)} left out (not trained): {list(excluded)[:5]}" if excluded else ""
+        raise PartitionError(f"unstable_ratio={unstable_ratio} leaves the stable group empty with {len(ordered)} "
+                             f"layers{why}")
+    stable_layers, no_grad_names = set(ordered[:n_stable]), set(no_grad)
     stable = [p for layer in layers if layer in stable_layers for p in layers[layer]]
     unstable = [p for layer in layers if layer not in stable_layers for p in layers[layer]]
     partition = Partition(
         stable=stable,
         unstable=unstable,
-        excluded=excluded,
+        excluded=no_grad + [name for name in excluded if name not in no_grad_names],
         criterion=criterion,
         unstable_ratio=unstable_ratio,
         scores={layer: float(scores[layer]) for layer in layers},
@@ -209,17 +280,24 @@ def partition_by_score(
 
 
 def partition_by_patterns(
-    model: nn.Module, unstable_patterns: Sequence[str], *, criterion: str = "patterns", excluded_patterns: Iterable[str] = ()
+    model: nn.Module,
+    unstable_patterns: Sequence[str],
+    *,
+    criterion: str = "patterns",
+    excluded_patterns: Iterable[str] = (),
+    excluded: Iterable[str] = (),
 ) -> Partition:
     """Parameters whose names match any regex in ``unstable_patterns`` (``re.search``) are unstable, others stable.
 
-    The DeFT baseline is ``partition_by_patterns(model, head_patterns)`` (backbone stable, head unstable). FT and
-    LP-FT train one network with everything stable: ``partition_by_patterns(model, [])``.
+    Parameters matching ``excluded_patterns`` or named in ``excluded`` belong to neither group. The DeFT baseline is
+    ``partition_by_patterns(model, head_patterns)`` (backbone stable, head unstable). FT and LP-FT train one network
+    with everything stable: ``partition_by_patterns(model, [])``.
     """
     names = [name for name, _ in model.named_parameters()]
-    excluded = match_names(names, excluded_patterns)[0]
-    unstable, unmatched = match_names([name for name in names if name not in set(excluded)], unstable_patterns)
-    grouped = set(excluded) | set(unstable)
+    left_out = set(excluded) | set(match_names(names, excluded_patterns)[0])
+    excluded = [name for name in names if name in left_out]
+    unstable, unmatched = match_names([name for name in names if name not in left_out], unstable_patterns)
+    grouped = left_out | set(unstable)
     stable = [name for name in names if name not in grouped]
     if unmatched:
         raise PartitionError(f"patterns match no parameter of {type(model).__name__}: {unmatched}")

@@ -9,6 +9,7 @@ statistics from several processes, so N ranks give the scores of one process tha
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Sequence
@@ -22,9 +23,25 @@ LossFn = Callable[[nn.Module, object], torch.Tensor]
 
 SCORE_NAMES = ("var", "mean", "abs_mean", "var_over_mean", "elementwise_var")
 
+logger = logging.getLogger("ldt.core")
+
 
 class ProbeError(RuntimeError):
     """The probe cannot produce meaningful statistics (empty loader, non-finite gradients, ...)."""
+
+
+def checked_loss(loss: object, where: str, error: type[Exception]) -> torch.Tensor:
+    """``loss`` if it is a one-element tensor that backward can start from; else ``error`` naming ``where``, instead of
+    torch's error from deep inside backward (or an AttributeError on a Python float)."""
+    if not isinstance(loss, torch.Tensor):
+        raise error(f"{where}: loss_fn must return a scalar tensor, got {type(loss).__name__} {loss!r:.40}")
+    if loss.numel() != 1:
+        raise error(f"{where}: loss_fn must return a scalar tensor, got shape {tuple(loss.shape)} (reduce it, e.g. "
+                    ".mean())")
+    if not loss.requires_grad:
+        raise error(f"{where}: the loss has no gradient (detached, computed under no_grad, or no parameter it "
+                    "depends on trains)")
+    return loss
 
 
 @dataclass
@@ -228,10 +245,11 @@ def probe_gradients(
 ) -> GradientStatistics:
     """Collect per-layer gradient statistics over ``batches`` without updating ``model``.
 
-    ``loss_fn(model, batch)`` returns the scalar loss of one batch. Every parameter (or those named in
-    ``parameters``) gets ``requires_grad=True`` for the probe; flags, grads, train/eval mode and buffers (e.g.
-    BatchNorm running statistics, which a train-mode forward updates) are restored after.
-    Layers that never receive a gradient are listed in ``no_grad`` and get no score. Under an initialised
+    ``loss_fn(model, batch)`` returns the scalar loss of one batch. Every floating-point parameter (or those named in
+    ``parameters``) gets ``requires_grad=True`` for the probe, whatever its flag; flags, grads, train/eval mode and
+    buffers (e.g. BatchNorm running statistics, which a train-mode forward updates) are restored after.
+    Layers that never receive a gradient (integer and complex parameters cannot) are listed in ``no_grad`` and get no
+    score. A loader shorter than ``num_batches`` is probed to its end, with a warning. Under an initialised
     ``torch.distributed`` process group (and ``distributed=True``) the statistics of all ranks are merged.
     """
     model = unwrap(model)
@@ -259,7 +277,8 @@ def probe_gradients(
             p.grad = None
         for names in groups.values():
             for name in names:
-                named[name].requires_grad_(True)
+                if named[name].is_floating_point():
+                    named[name].requires_grad_(True)
         model.train(train_mode)
         iterator = iter(batches)
         bar = progress_bar(num_batches, progress)
@@ -271,7 +290,7 @@ def probe_gradients(
             for names in groups.values():
                 for name in names:
                     named[name].grad = None
-            loss = loss_fn(model, batch)
+            loss = checked_loss(loss_fn(model, batch), f"probe batch {seen}", ProbeError)
             if not torch.isfinite(loss).all():
                 raise ProbeError(f"probe batch {seen}: the loss is {loss.item()} (not finite)")
             loss.backward()
@@ -312,6 +331,9 @@ def probe_gradients(
         stats.all_reduce()
     if stats.num_batches == 0:
         raise ProbeError("the probe received no batch: the probe loader is empty")
+    if num_batches is not None and seen < num_batches:
+        logger.warning(f"the probe loader ended after {seen} of the {num_batches} batches asked for: the scores "
+                       f"use {seen}")
     stats.finalize()
     return stats
 

@@ -21,12 +21,21 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ldt.core.dual import EMAPlan, materialise, set_trainable
+from ldt.core.dual import (
+    EMAPlan,
+    check_saved_partition,
+    check_two_groups,
+    cloned,
+    materialise,
+    replaced_state,
+    set_trainable,
+)
 from ldt.core.exchange import ExchangeConfig, exchange_weights
-from ldt.core.partition import Partition, PartitionError
+from ldt.core.partition import Partition
 
 STATE_FORMAT = "ldt.single_branch/1"
 PHASES = ("stable", "unstable")
+EMPTY_GROUP = "LDT-S needs both the stable and the unstable group non-empty"
 
 
 class SingleBranchLDT:
@@ -41,14 +50,13 @@ class SingleBranchLDT:
         phase_steps: int | None = None,
         host_device: str | torch.device = "cpu",
     ) -> None:
-        partition.check_model(model)
-        if not partition.stable or not partition.unstable:
-            raise PartitionError("LDT-S needs both the stable and the unstable group non-empty")
+        check_two_groups(partition, model, EMPTY_GROUP)
+        if phase_steps is not None and phase_steps < 1:
+            raise ValueError(f"phase_steps must be a positive number of steps (None: the exchange interval), got "
+                             f"{phase_steps}")
         self.model = model
         self.config = config or ExchangeConfig()
-        self.phase_steps = phase_steps or self.config.interval
-        if self.phase_steps < 1:
-            raise ValueError(f"phase_steps must be positive, got {self.phase_steps}")
+        self.phase_steps = phase_steps if phase_steps is not None else self.config.interval
         self.host_device = torch.device(host_device)
         self.original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
         self._use_groups(partition, *exchange_weights(partition, self.config))
@@ -76,9 +84,7 @@ class SingleBranchLDT:
         unchanged and the current turn goes on with the new groups. Tensors that become excluded keep their live
         value. The trainable tensors change: build the optimizer again over :meth:`trainable_parameters`.
         """
-        if not partition.stable or not partition.unstable:
-            raise PartitionError("LDT-S needs both the stable and the unstable group non-empty")
-        partition.check_model(self.model)
+        check_two_groups(partition, self.model, EMPTY_GROUP)
         weights = exchange_weights(partition, self.config)
         current, other = self.phase, PHASES[1 - PHASES.index(self.phase)]
         # The other branch's value of every grouped tensor: the EMA of the group that trains now (the other branch
@@ -120,22 +126,27 @@ class SingleBranchLDT:
         self.phase = other
         set_trainable(self.model, getattr(self.partition, other))
 
+    def composite_tensors(self) -> "OrderedDict[str, torch.Tensor]":
+        """The deployed state as live tensors (read, never modify): the EMA of both groups (on the host), the
+        network's excluded parameters and buffers; every alias of a tied parameter."""
+        return replaced_state(self.model, {name: ema for group in PHASES
+                                           for name, ema in zip(getattr(self.partition, group), self.ema[group])})
+
     def composite_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
-        state = OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
-        for group in PHASES:
-            for name, ema in zip(getattr(self.partition, group), self.ema[group]):
-                state[name] = ema.to(state[name].device, copy=True)
-        return state
+        """Copies of :meth:`composite_tensors` on the network's device."""
+        return cloned(self.composite_tensors(), self.model.state_dict())
 
     def composite(self) -> nn.Module:
         return materialise(self.model, self.composite_state_dict(), self.original_flags)
 
     def state_dict(self) -> dict:
+        """Everything to resume; like ``nn.Module.state_dict`` its tensors are the live ones, the network's and the
+        host's alike (``torch.save`` it, or ``copy.deepcopy`` it for an in-memory snapshot)."""
         return {
             "format": STATE_FORMAT,
             "model": self.model.state_dict(),
-            "ema": {group: [t.clone() for t in self.ema[group]] for group in PHASES},
-            "parked": [t.clone() for t in self.parked],
+            "ema": {group: list(self.ema[group]) for group in PHASES},
+            "parked": list(self.parked),
             "phase": self.phase,
             "step": self.step_count,
             "phase_steps": self.phase_steps,
@@ -146,11 +157,9 @@ class SingleBranchLDT:
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not an LDT-S state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
-        saved = Partition.from_dict(state["partition"])
-        if (saved.stable, saved.unstable) != (self.partition.stable, self.partition.unstable):
-            raise PartitionError("the saved LDT-S state was trained with a different partition")
         if state["phase_steps"] != self.phase_steps or ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError("the saved LDT-S state used another phase length or exchange rule")
+        check_saved_partition(state["partition"], self.partition, self.config, "LDT-S network")
         self.model.load_state_dict(state["model"], strict=True)
         self.ema = {g: [t.to(self.host_device, copy=True) for t in state["ema"][g]] for g in PHASES}
         self.parked = [t.to(self.host_device, copy=True) for t in state["parked"]]

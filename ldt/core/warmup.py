@@ -5,7 +5,7 @@ LDT probes gradient variance after the warm-up, so that a random head does not d
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -13,7 +13,7 @@ from torch import nn
 
 from ldt.core.dual import set_trainable
 from ldt.core.partition import match_names
-from ldt.core.probe import LossFn, progress_bar
+from ldt.core.probe import LossFn, checked_loss, progress_bar
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -46,17 +46,25 @@ def warmup(
     optimizer_factory: OptimizerFactory | None = None,
     progress: bool = False,
     distributed: bool = True,
+    exclude: Collection[str] = (),
 ) -> list[float]:
     """Train the parameters matching ``trainable`` (regexes) for ``steps`` steps; the rest stay frozen.
 
-    ``batches`` is re-iterated when exhausted. The model's ``requires_grad`` flags are restored afterwards.
+    Matching parameters named in ``exclude`` (prepare_method passes those the user froze) and those that are not
+    floating point (they cannot have a gradient) stay frozen too. ``batches`` is re-iterated when exhausted.
+    The model's ``requires_grad`` flags are restored afterwards.
     Under an initialised ``torch.distributed`` process group (and ``distributed=True``) the trained parameters'
     gradients are averaged across ranks before every step, as DDP would, so all ranks warm up the same head on the
     union of their batches and the probe that follows sees one model. Returns the loss of every step.
     """
     if steps < 0:
         raise ValueError(f"warm-up steps must be >= 0, got {steps}")
-    names = match_parameters(model, trainable)
+    named, excluded = dict(model.named_parameters()), set(exclude)
+    names = [name for name in match_parameters(model, trainable)
+             if name not in excluded and named[name].is_floating_point()]
+    if not names:
+        raise ValueError(f"warm-up patterns {list(trainable)} match only parameters that cannot train (frozen or not "
+                         "floating point)")
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     losses: list[float] = []
     try:
@@ -77,7 +85,7 @@ def warmup(
                 except StopIteration:
                     raise ValueError("the warm-up loader is empty") from None
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch)
+            loss = checked_loss(loss_fn(model, batch), f"warm-up step {len(losses)}", ValueError)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"warm-up step {len(losses)}: loss is {loss.item()}")
             loss.backward()

@@ -1,0 +1,407 @@
+"""Methods on unusual models and user mistakes: tied and left-out parameters, low precision, wrappers, optimizers that
+do not match the branches, EMA copies, resume checks, snapshots, and errors raised before any data is read."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from ldt.core import (
+    DualBranch,
+    ExchangeConfig,
+    MethodConfig,
+    MethodError,
+    Partition,
+    PartitionError,
+    ProbeError,
+    SingleBranchLDT,
+    method_class,
+    partition_by_patterns,
+    partition_by_score,
+    prepare_method,
+    probe_gradients,
+)
+
+ALL_METHODS = ("ft", "ft_ema", "lpft", "deft", "ldt", "ldt_s")
+
+
+def mse(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def data(count: int = 6, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)) for _ in range(count)]
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 4))
+
+
+class Tied(nn.Module):
+    """The output layer shares the input layer's weight (``head.weight = emb.weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Linear(4, 4, bias=False)
+        self.mid = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mid(self.emb(x))))
+
+
+class Counting:
+    """A loss that counts its calls: errors must come before any batch is evaluated."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, batch) -> torch.Tensor:
+        self.calls += 1
+        return mse(model, batch)
+
+
+def config(method: str, **options) -> MethodConfig:
+    options.setdefault("unstable_ratio", 0.5)
+    options.setdefault("probe", {"num_batches": 4})
+    options.setdefault("exchange", {"interval": 1})
+    if method == "lpft":
+        options.setdefault("warmup", {"steps": 2})
+    return MethodConfig(method=method, **options)
+
+
+def prepared(model: nn.Module, method: str, head=(r"^4\.",), **options):
+    return prepare_method(model, config(method, **options), batches=data(), loss_fn=mse, head_patterns=list(head),
+                          log=lambda _: None)
+
+
+def train(method, steps: int = 4) -> list[torch.optim.Optimizer]:
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    for batch in data(steps, seed=1):
+        method.train_step(batch, mse, optimizers)
+    return optimizers
+
+
+# ---- 1. tied parameters ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["deft", "ldt", "ldt_s", "ft_ema"])
+def test_every_alias_of_a_tied_parameter_deploys_the_deployed_value(name):
+    method = prepared(Tied(), name, head=[r"^mid\."])
+    train(method)
+    live = method.deployed_tensors()
+    assert live["head.weight"] is live["emb.weight"]
+    state = method.deployed_state_dict()
+    deployed = method.deployed()
+    assert torch.equal(state["head.weight"], state["emb.weight"])
+    assert torch.equal(deployed.emb.weight, live["emb.weight"]) and deployed.head.weight is deployed.emb.weight
+    if name == "ft_ema":  # the EMA, not the trained network
+        assert not torch.equal(deployed.emb.weight, method.model.emb.weight)
+
+
+def test_dual_branch_composite_takes_the_tied_stable_weight_from_the_auxiliary():
+    model = Tied()
+    dual = DualBranch(model, partition_by_patterns(model, [r"^mid\."]), ExchangeConfig(dpu=False, weight=0.5, interval=1))
+    with torch.no_grad():
+        dual.primary.emb.weight.add_(1.0)
+    dual.step()
+    composite = dual.composite()
+    assert torch.equal(composite.emb.weight, dual.auxiliary.emb.weight)
+    assert not torch.equal(composite.emb.weight, dual.primary.emb.weight)
+
+
+# ---- 2. low precision --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_parameters_below_float32_are_refused_before_any_batch(dtype):
+    loss = Counting()
+    for name in ("ft", "ldt"):
+        with pytest.raises(MethodError, match=r"model: parameter '0\.weight' is torch\.\w+16: .*keep float32 .*autocast"):
+            prepare_method(mlp().to(dtype), config(name), batches=data(), loss_fn=loss)
+    model = mlp().to(dtype)
+    with pytest.raises(PartitionError, match="below float32"):
+        DualBranch(model, partition_by_patterns(model, [r"^4\."]))
+    assert loss.calls == 0
+
+
+# ---- 3. a deployed EMA keeps tracking after deepcopy and Module.to --------------------------------------------------
+@pytest.mark.parametrize("how", ["deepcopy", "to(float64)"])
+def test_deployed_ema_tracks_after_deepcopy_and_to(how):
+    method = prepare_method(mlp(), MethodConfig(method="ft_ema"), log=lambda _: None)
+    batches = data(5, seed=2)
+    if how == "deepcopy":
+        method = copy.deepcopy(method)
+    else:
+        method.model.to(torch.float64)
+        batches = [(x.double(), y.double()) for x, y in batches]
+    expected = {name: p.detach().clone() for name, p in method.model.named_parameters()}
+    optimizer = torch.optim.SGD(method.branches()[0].parameters, lr=0.1)
+    for batch in batches:
+        method.train_step(batch, mse, [optimizer])
+        for name, p in method.model.named_parameters():
+            expected[name] = method.decay * expected[name] + (1 - method.decay) * p.detach()
+    for name, value in expected.items():
+        assert torch.allclose(method.ema[name].to(value), value, atol=1e-6), name
+    assert method.ema["0.weight"].dtype == method.model[0].weight.dtype
+
+
+# ---- 4. parameters the user froze, and integer parameters, are left out ------------------------------------------
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_user_frozen_parameters_are_left_out_of_every_method(name, caplog):
+    model = mlp()
+    model[0].requires_grad_(False)
+    model[4].bias.requires_grad_(False)  # inside the head: the warm-up and DeFT leave it out too
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n in ("0.weight", "0.bias", "4.bias")}
+    with caplog.at_level(logging.INFO, logger="ldt.core"):
+        method = prepare_method(model, config(name), batches=data(), loss_fn=mse, head_patterns=[r"^4\."])
+    notes = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith(f"3 parameter(s) left out of {name}") and "'0.weight'" in notes[0]
+    if method.partition is not None:
+        assert set(frozen) <= set(method.partition.excluded)
+    trained = {id(p) for branch in method.branches() for p in branch.parameters}
+    assert all(id(p) not in trained for branch in method.branches()
+               for n, p in branch.module.named_parameters() if n in frozen)
+    train(method)
+    deployed = method.deployed()
+    for n, p in deployed.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]) and not p.requires_grad, n
+    assert torch.equal(model[0].weight, frozen["0.weight"])
+
+
+class WithIndex(nn.Module):
+    """An integer parameter (it must have requires_grad=False) beside trainable layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 4)
+        self.idx = nn.Parameter(torch.arange(4), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x[:, self.idx])))))
+
+
+@pytest.mark.parametrize("name", ["ft_ema", "ldt", "ldt_s", "deft"])
+def test_integer_parameters_are_left_out(name):
+    method = prepared(WithIndex(), name, head=[r"^c\."])
+    if method.partition is not None:
+        assert "idx" in method.partition.excluded
+    train(method)
+    assert torch.equal(method.deployed().idx, torch.arange(4))
+
+
+def test_a_given_partition_must_exclude_the_frozen_parameters():
+    model = mlp()
+    model[0].requires_grad_(False)
+    with pytest.raises(MethodError, match=r"partition: it puts 2 parameter\(s\) that do not train .*'0\.weight'"):
+        prepare_method(model, config("deft"), partition=partition_by_patterns(model, [r"^4\."]))
+
+
+def test_warmup_patterns_that_match_only_frozen_parameters_are_an_error():
+    model = mlp()
+    model[4].requires_grad_(False)
+    with pytest.raises(MethodError, match=r"head_patterns: the head patterns match only parameters that do not train"):
+        prepare_method(model, config("lpft"), batches=data(), loss_fn=mse, head_patterns=[r"^4\."])
+
+
+# ---- 5. optimizers that do not match the branches ----------------------------------------------------------------
+def test_optimizers_must_match_the_branches():
+    method = prepared(mlp(), "ldt_fixed")
+    batch = data(1)[0]
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    with pytest.raises(MethodError, match="the optimizer of the primary branch lacks"):
+        method.train_step(batch, mse, optimizers[::-1])
+    with pytest.raises(MethodError, match=r"ldt_fixed trains 2 branch\(es\) \(primary, auxiliary\): pass one optimizer"):
+        method.train_step(batch, mse, optimizers[:1])
+    method.train_step(batch, mse, optimizers)
+    method.repartition(partition_by_patterns(method.model, [r"^0\."]))
+    with pytest.raises(MethodError, match="optimizer of the primary branch lacks .* again after repartition"):
+        method.train_step(batch, mse, optimizers)
+    method.train_step(batch, mse, [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()])
+
+
+def test_an_optimizer_with_another_networks_parameters_is_an_error():
+    method = prepared(mlp(), "ft")
+    stranger = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([*method.branches()[0].parameters, *stranger.parameters()], lr=0.1)
+    with pytest.raises(MethodError, match="the optimizer of the net branch holds 2 parameter"):
+        method.train_step(data(1)[0], mse, [optimizer])
+
+
+# ---- 6. a resumed partition must decide the same exchange ----------------------------------------------------------
+def reranked(partition: Partition) -> dict:
+    """The same groups, the scores of the stable group reversed (so other DPU weights)."""
+    scores = dict(partition.scores)
+    stable = [layer for layer, _ in partition.layer_scores("stable")]
+    for layer, other in zip(stable, reversed(stable)):
+        scores[layer] = partition.scores[other]
+    return {**partition.to_dict(), "scores": scores}
+
+
+def test_resume_rejects_the_same_groups_with_other_scores():
+    model = mlp()
+    partition = partition_by_score(probe_gradients(model, data(), mse), 0.5)
+    assert len(partition.layer_scores("stable")) > 1
+    dual = DualBranch(model, partition)
+    state = dual.state_dict()
+    state["partition"] = reranked(partition)
+    with pytest.raises(PartitionError, match="same groups but other scores"):
+        dual.load_state_dict(state)
+    single = SingleBranchLDT(mlp(), partition)
+    state = single.state_dict()
+    state["partition"] = reranked(partition)
+    with pytest.raises(PartitionError, match="same groups but other scores"):
+        single.load_state_dict(state)
+    fixed = DualBranch(mlp(), partition, ExchangeConfig(dpu=False))
+    state = fixed.state_dict()
+    state["partition"] = reranked(partition)
+    fixed.load_state_dict(state)  # with a fixed W the scores decide nothing
+
+
+# ---- 7. state_dict holds live tensors (as torch); deepcopy is the snapshot -------------------------------------------
+@pytest.mark.parametrize("name", ["ldt", "ldt_s", "ft_ema"])
+def test_a_deepcopied_state_rolls_back_and_the_state_holds_live_tensors(name):
+    method = prepared(mlp(), name)
+    optimizers = train(method, 2)
+    deployed, live = method.deployed_state_dict(), copy.deepcopy(method.model.state_dict())
+    best = copy.deepcopy(method.state_dict())
+    for batch in data(3, seed=4):
+        method.train_step(batch, mse, optimizers)
+    method.load_state_dict(best)
+    assert all(torch.equal(v, method.deployed_state_dict()[k]) for k, v in deployed.items())
+    assert all(torch.equal(v, method.model.state_dict()[k]) for k, v in live.items())
+    if name == "ldt_s":
+        state = method.single.state_dict()
+        assert state["ema"]["stable"][0] is method.single.ema["stable"][0] and state["parked"][0] is method.single.parked[0]
+
+
+# ---- 8. W = 1 cannot move the frozen group ------------------------------------------------------------------------
+@pytest.mark.parametrize("options,message", [
+    ({"dpu": False, "weight": 1.0}, "weight must be < 1"),
+    ({"stable_base": 1.0, "stable_rank_base": 0.0}, "stable_base must be < 1"),
+    ({"unstable_base": 1.0, "unstable_rank_base": 0.0}, "unstable_base must be < 1"),
+])
+def test_a_weight_of_one_is_refused(options, message):
+    with pytest.raises(ValidationError, match=message):
+        ExchangeConfig(**options)
+
+
+# ---- 9. repartition_every is the training loop's job -----------------------------------------------------------------
+def test_train_step_refuses_repartition_every():
+    method = prepared(mlp(), "ldt", repartition_every=2)
+    with pytest.raises(MethodError, match="repartition_every: train_step does not re-probe"):
+        train(method, 1)
+
+
+# ---- 10. wrapped models ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("wrap", [nn.DataParallel, lambda m: torch.compile(m, backend="eager")])
+def test_wrapped_models_are_refused_before_the_probe(wrap):
+    loss = Counting()
+    with pytest.raises(MethodError, match=r"^model: (DataParallel|torch\.compile) wraps the model: pass the bare model"):
+        prepare_method(wrap(mlp()), config("ldt"), batches=data(), loss_fn=loss)
+    assert loss.calls == 0
+
+
+# ---- 11. errors before expensive work; what a probe without gradients left ------------------------------------------
+@pytest.mark.parametrize("decay", [1.5, -0.2, 1.0])
+def test_an_invalid_ema_decay_is_refused_before_the_warmup(decay):
+    loss = Counting()
+    with pytest.raises(MethodError, match=rf"ema_decay: must be in \[0, 1\), got {decay}"):
+        prepare_method(mlp(), config("ldt", warmup={"steps": 3}), batches=data(), loss_fn=loss,
+                       head_patterns=[r"^4\."], ema_decay=decay)
+    assert loss.calls == 0
+
+
+def test_an_empty_stable_group_names_the_layers_without_gradient():
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.unused = nn.Linear(4, 4, bias=False), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(x)
+
+    with pytest.raises(PartitionError, match=r"with 1 layers; 2 parameter\(s\) got no gradient .*'unused\.weight'"):
+        prepare_method(Unused(), config("ldt", unstable_ratio=0.4), batches=data(), loss_fn=mse)
+
+
+# ---- 12. partition files with wrong field types ----------------------------------------------------------------------
+@pytest.mark.parametrize("change,message", [
+    (lambda d: {**d, "stable": "0.weight"}, "'stable' must be a list of parameter names, got str"),
+    (lambda d: {**d, "stable": [*d["stable"], None]}, "'stable' must be a list of parameter names"),
+    (lambda d: {**d, "scores": {**d["scores"], "0.weight": "big"}}, "'scores' must map layer names to numbers"),
+    (lambda d: {**d, "unstable_ratio": "0.5"}, "'unstable_ratio' must be a number or null"),
+    (lambda d: {k: v for k, v in d.items() if k != "layers"}, "'scores' without 'layers'"),
+    (lambda d: {**d, "layers": {k: v for k, v in d["layers"].items() if k != "0.weight"}},
+     "'scores' and 'layers' name different layers"),
+    (lambda d: {**d, "stable": [], "unstable": d["stable"] + d["unstable"]}, "a dual branch needs both groups"),
+])
+def test_partition_files_are_checked_field_by_field_and_name_the_file(tmp_path, change, message):
+    model = mlp()
+    good = partition_by_score(probe_gradients(model, data(), mse), 0.5).to_dict()
+    path = tmp_path / "partition.json"
+    path.write_text(json.dumps(change(good)))
+    with pytest.raises(MethodError) as caught:
+        prepare_method(model, config("ldt_dpu", partition_file=str(path)))
+    text = str(caught.value)
+    assert text.startswith("partition_file: ") and str(path) in text and message in text and "\n" not in text
+
+
+def test_partition_load_prefixes_the_path(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"stable": "a", "unstable": []}))
+    with pytest.raises(PartitionError, match=rf"^partition file {path}: 'stable' must be a list"):
+        Partition.load(path)
+
+
+# ---- 13. the largest usable ratio is suggested rounded down --------------------------------------------------------
+def test_the_suggested_ratio_is_usable():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4, bias=False))  # 3 layers
+    (where, message), = method_class("ldt").check(MethodConfig(unstable_ratio=0.7), model)
+    assert where == "unstable_ratio" and message.endswith("use at most 0.6666")
+    assert method_class("ldt").check(MethodConfig(unstable_ratio=0.6666), model) == []
+
+
+# ---- 14. user mistakes are one-line errors ------------------------------------------------------------------------
+def test_user_mistakes_are_one_line_method_errors():
+    with pytest.raises(MethodError, match="loss_fn: must be callable"):
+        prepare_method(mlp(), config("ldt"), batches=data(), loss_fn="mse")
+    with torch.device("meta"):
+        meta = mlp()
+    with pytest.raises(MethodError, match="model: '0.weight' is on the meta device"):
+        prepare_method(meta, config("ldt", criterion="random", exchange={"dpu": False}))
+    method = prepared(mlp(), "ldt")
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    batch = data(1)[0]
+    with pytest.raises(MethodError, match="loss_fn must be callable"):
+        method.train_step(batch, None, optimizers)
+    with pytest.raises(MethodError, match=r"primary branch: loss_fn must return a scalar tensor, got shape \(8, 4\)"):
+        method.train_step(batch, lambda m, b: (m(b[0]) - b[1]) ** 2, optimizers)
+    with pytest.raises(MethodError, match="loss_fn must return a scalar tensor, got float"):
+        method.train_step(batch, lambda m, b: 1.0, optimizers)
+    with pytest.raises(ProbeError, match="probe batch 0: loss_fn must return a scalar tensor, got float"):
+        prepare_method(mlp(), config("ldt"), batches=data(), loss_fn=lambda m, b: 1.0)
+
+
+# ---- 15. LDT-S phase length; a short probe loader ------------------------------------------------------------------
+def test_phase_steps_zero_is_refused():
+    model = mlp()
+    with pytest.raises(ValueError, match="phase_steps must be a positive number"):
+        SingleBranchLDT(model, partition_by_patterns(model, [r"^4\."]), ExchangeConfig(dpu=False), phase_steps=0)
+
+
+def test_a_short_probe_loader_is_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="ldt.core"):
+        stats = probe_gradients(mlp(), data(3), mse, num_batches=10)
+    assert stats.num_batches == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["the probe loader ended after 3 of the 10 batches asked for: the scores use 3"]
