@@ -31,6 +31,10 @@ REASONS = {
 }
 
 
+UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), and restored at once
+os.umask(UMASK)
+
+
 class DiskError(RuntimeError):
     """A file or folder cannot be written; the message names the path and why. Earlier files are intact."""
 
@@ -102,6 +106,28 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create and delete a temporary file in ``folder``: a :class:`DiskError` now, not after hours of training, when
+    nothing can be written there (read-only file system, no permission)."""
+    folder = Path(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as err:
+        raise DiskError(f"cannot write in {folder}: {disk_reason(err, folder)}") from None
+    return folder
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, 'w')`` would give: the file's own if it exists, else 0o666 less the umask
+    (``mkstemp`` creates 0o600 files, which other users of a shared results folder could not read)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~UMASK
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
     make_dirs(path.parent)
@@ -110,6 +136,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         os.close(fd)
         write(tmp)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
         raise DiskError(f"cannot write {path}: {disk_reason(err, path.parent)} (the previous file, if any, is "

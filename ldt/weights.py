@@ -25,6 +25,12 @@ class WeightsError(ValueError):
     """A weights or state file cannot be used; the message names the file and the problem."""
 
 
+def gist(text: str, limit: int = 120) -> str:
+    """The first sentence of a library's error message, cut at a word (not mid-word) when longer than ``limit``."""
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[:limit].rsplit(" ", 1)[0] + " …"
+
+
 def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap: bool = False) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, or a :class:`WeightsError` saying why the file cannot be."""
     path = Path(path)
@@ -53,8 +59,8 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
         text = " ".join(str(err).split())
         if any(s in text for s in ("central directory", "failed reading", "invalid header", "Invalid argument",
                                    "file read failed", "unexpected EOF", "PytorchStreamReader")):
-            raise WeightsError(f"{what} {path} is truncated or not a PyTorch checkpoint ({text[:120]})") from None
-        raise WeightsError(f"{what} {path} cannot be loaded: {text[:200]}") from None
+            raise WeightsError(f"{what} {path} is truncated or not a PyTorch checkpoint ({gist(text)})") from None
+        raise WeightsError(f"{what} {path} cannot be loaded: {gist(text, 200)}") from None
     except Exception as err:  # on foreign bytes the weights-only unpickler also fails as KeyError, IndexError, ...
         raise WeightsError(f"{what} {path} is not a PyTorch checkpoint ({type(err).__name__})") from None
 
@@ -107,6 +113,10 @@ def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Modu
     state = state_dict_in(read_checkpoint(path), path, key)
     if model is not None:
         check_fit(state, model, path, strict=strict)
+    broken = next((name for name, tensor in state.items()
+                   if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.isfinite().all()), None)
+    if broken is not None:  # a network that diverged: training or testing it only gives NaN metrics, later
+        raise WeightsError(f"weights file {path}: '{broken}' has NaN/inf values (saved from a run that diverged?)")
     return state
 
 

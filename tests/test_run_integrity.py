@@ -5,6 +5,7 @@ that nothing already written changed (file hashes before and after)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -168,6 +169,72 @@ def test_a_hand_broken_best_score_stops_a_resume_in_one_line(damage, data_root, 
     assert snapshot(exp) == before
 
 
+# ---- 3b. path:resume_state never mixes two runs in one folder; a run that cannot start archives nothing ------------
+def test_resume_state_refuses_a_folder_holding_a_run_it_does_not_continue(data_root, tmp_path, capsys):
+    assert cli(options(data_root, "first", total_iter=6), tmp_path, capsys)[0] == 0
+    assert cli(options(data_root, "victim", total_iter=6), tmp_path, capsys)[0] == 0
+    states = tmp_path / "experiments" / "first" / "training_states"
+    before = {name: snapshot(tmp_path / "experiments" / name) for name in ("first", "victim")}
+    for name, state in (("victim", states / "3.state"), ("first", states / "3.state")):  # another run's; a rollback
+        opt = options(data_root, name, total_iter=9)
+        opt["path"]["resume_state"] = str(state)
+        code, lines = cli(opt, tmp_path, capsys)
+        exp = tmp_path / "experiments" / name
+        assert code == 2 and lines == [f"error: path:resume_state: {exp} holds a run that {state} does not continue "
+                                       f"(its newest state is {exp / 'training_states' / '6.state'}); resume it under "
+                                       "another name, or move that folder away"], lines
+    assert {name: snapshot(tmp_path / "experiments" / name) for name in ("first", "victim")} == before
+    opt = options(data_root, "branch", total_iter=9)  # a new name continues the older state
+    opt["path"]["resume_state"] = str(states / "3.state")
+    assert cli(opt, tmp_path, capsys)[0] == 0
+    opt = options(data_root, "first", total_iter=5)
+    code, lines = cli(opt, tmp_path, capsys, "--auto_resume")
+    assert code == 2 and lines == [f"error: train:total_iter: 5 is before the iteration of {states / '6.state'} (6): "
+                                   "nothing to train; raise it to go on"]
+
+
+@pytest.mark.parametrize("problem", ["truncated weights", "NaN weights", "probe batch"])
+def test_a_run_that_cannot_start_leaves_the_earlier_run_in_place(problem, data_root, tmp_path, capsys):
+    assert cli(options(data_root, "kept", total_iter=3), tmp_path, capsys)[0] == 0
+    before = snapshot(tmp_path / "experiments")
+    opt = options(data_root, "kept", total_iter=3)
+    weights = tmp_path / "experiments" / "kept" / "models" / "net_g_latest.pth"
+    broken = tmp_path / "broken.pth"
+    if problem == "truncated weights":
+        broken.write_bytes(weights.read_bytes()[:1000])
+        expected = f"weights file {broken} is truncated or not a PyTorch checkpoint"
+    elif problem == "NaN weights":
+        saved = torch.load(weights, weights_only=True)
+        saved["params"] = {k: v * float("nan") for k, v in saved["params"].items()}
+        torch.save(saved, broken)
+        expected = f"weights file {broken}: 'to_feat.weight' has NaN/inf values"
+    else:
+        opt["ldt"]["probe"] = {"batch_size": 100}
+        expected = "ldt:probe:batch_size: 100 is more than the"
+    if problem != "probe batch":
+        opt["path"]["pretrain_network_g"] = str(broken)
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert snapshot(tmp_path / "experiments") == before and not list((tmp_path / "experiments").glob("*_archived_*"))
+
+
+def test_the_log_file_holds_the_info_lines_and_files_are_readable_by_others(data_root, tmp_path, capsys):
+    assert cli(options(data_root, "logged", total_iter=3), tmp_path, capsys)[0] == 0
+    opt = options(data_root, "logged", total_iter=6, optim_g={"type": "Adam", "lr": 5e-4, "betas": [0.0, 0.99]})
+    assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0
+    exp = tmp_path / "experiments" / "logged"
+    text = "".join(path.read_text() for path in exp.glob("train_logged_*.log"))  # one file per second
+    assert "INFO: Partition: " in text and text.count("Training done in") == 2
+    # what the resume logged before the folder was prepared is in the file too
+    assert "resume: train:optim_g:lr: 0.001 -> 0.0005 (applied)" in text and "Resumed from " in text
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (exp / "results.json", exp / "models" / "net_g_latest.pth", exp / "training_states" / "6.state"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert json.loads((exp / "results.json").read_text())["train_seconds"] > \
+        torch.load(exp / "training_states" / "3.state", weights_only=True)["extra"]["train_seconds"] > 0
+
+
 # ---- 4. NaN: the message names the last finite checkpoint; a non-finite state is never saved ----------------------------
 def test_non_finite_weights_are_never_saved_and_the_message_names_the_last_finite_state(data_root, tmp_path, capsys,
                                                                                        monkeypatch):
@@ -232,6 +299,29 @@ def test_an_unwritable_results_folder_stops_test_py_before_it_evaluates(data_roo
                              str(root)], capture_output=True, text=True, timeout=300, cwd=PROJECT)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: cannot create {root / 'results' / 't'}: permission denied"], result.stderr[-2000:]
+
+
+def test_a_resume_into_a_read_only_folder_fails_before_training(data_root, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        assert cli(options(data_root, "frozen", total_iter=3), disk, capsys)[0] == 0
+        opt_file = write(options(data_root, "frozen", total_iter=60), tmp_path, "frozen.yml")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        from ldt.sr.train import main
+
+        start = time.time()
+        capsys.readouterr()
+        code = main(["-opt", str(opt_file), "--root", str(disk), "--auto_resume"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and lines == [f"error: cannot write in {disk / 'experiments' / 'frozen'}: read-only file system"]
+        assert time.time() - start < 30  # before 57 iterations of training
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_an_immutable_file_mid_run_is_one_line_and_the_rest_is_intact(data_root, tmp_path, capsys):

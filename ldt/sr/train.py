@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 import logging
+from logging.handlers import MemoryHandler
 import math
 import os
 import sys
@@ -22,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from ldt.atomic import (
-    DiskError, FileContentError, atomic_write_text, disk_reason, make_dirs, read_json_object, remove_leftovers,
+    DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, make_dirs, read_json_object,
+    remove_leftovers,
 )
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
@@ -38,15 +40,16 @@ from ldt.models.ldt_model import NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
     holds_a_run,
+    iteration_files,
     newest_intact_state,
     option_changes,
     read_state,
     remove_stale_weights,
 )
-from ldt.sr.loaders import training_loader, validation_loaders  # noqa: E402
+from ldt.sr.loaders import seeded_loader, training_loader, validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
 from ldt.sr.preemption import Interrupted, StopOnSignal  # noqa: E402
-from ldt.weights import WeightsError  # noqa: E402
+from ldt.weights import WeightsError, read_weights  # noqa: E402
 from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 
 # What the SR entry points report as ``error:`` lines (exit status 2) instead of a traceback: problems of the user's
@@ -152,12 +155,33 @@ def resume_point(opt: dict, logger) -> tuple[Path | None, dict | None]:
         return None, None
     refused, applied = option_changes(state.get("options") or {}, opt)
     if refused:
+        how = "--auto_resume" if not opt["path"]["resume_state"] else "path:resume_state"
         raise OptionsError(
             f"cannot resume {path}: it was trained with other options ({'; '.join(refused)}); restore them, or start "
-            "a new run without --auto_resume (the experiment folder is then archived)")
+            f"a new run without {how} (the experiment folder is then archived)")
+    if opt["path"]["resume_state"]:
+        check_continues_the_folder(opt, path)
+    if state["iter"] > opt["train"]["total_iter"]:
+        raise OptionsError(f"train:total_iter: {opt['train']['total_iter']} is before the iteration of {path} "
+                           f"({state['iter']}): nothing to train; raise it to go on")
     for line in applied:
         logger.info(f"resume: {line} (applied)")
     return path, state
+
+
+def check_continues_the_folder(opt: dict, state: Path) -> None:
+    """``path:resume_state`` writes into this experiment's folder: refuse it when the folder holds a run that the
+    state does not continue (another run's state, or an older state of this one), instead of mixing the two runs'
+    checkpoints in one folder and deleting the later ones."""
+    exp = Path(opt["path"]["experiments_root"])
+    if not holds_a_run(exp):
+        return
+    states = iteration_files(opt["path"]["training_states"], ".state")
+    if states and states[-1].resolve() == state.resolve():
+        return
+    newest = f"its newest state is {states[-1]}" if states else "it has no training state"
+    raise OptionsError(f"path:resume_state: {exp} holds a run that {state} does not continue ({newest}); resume it "
+                       "under another name, or move that folder away")
 
 
 def prepare_folder(opt: dict, root: Path, resume: Path | None, logger) -> None:
@@ -169,7 +193,7 @@ def prepare_folder(opt: dict, root: Path, resume: Path | None, logger) -> None:
         for old, new in archive(exp, tb):
             print(f"{old} held an earlier run: archived as {new}", flush=True)
     for key in ("experiments_root", "models", "training_states"):
-        make_dirs(opt["path"][key])
+        check_writable(make_dirs(opt["path"][key]))
     removed = remove_leftovers(exp, opt["path"]["models"], opt["path"]["training_states"])
     if resume is not None:
         iteration = int(Path(resume).stem) if Path(resume).stem.isdigit() else None
@@ -194,34 +218,97 @@ def apply_learning_rate(model, opt: dict, state: dict) -> None:
                 group["initial_lr"] *= new / saved
 
 
+class RunLog:
+    """BasicSR's ``basicsr`` logger for one run: on rank 0 a log file at INFO in the experiment folder, which also
+    gets what was logged before the folder could be touched (held in memory); the console shows warnings and errors
+    (the progress bar shows the losses, and the run prints its validation tables itself); other ranks log errors only.
+
+    Why not ``get_root_logger(log_file=...)``: BasicSR sets its logger up once per process, so an earlier call
+    without a file left every run without a log file, at WARNING level; and a process that trains several runs (the
+    demo, the sweeps) needs one file per run.
+    """
+
+    def __init__(self, rank0: bool) -> None:
+        self.logger = get_root_logger(logger_name="basicsr")
+        self.logger.setLevel(logging.INFO if rank0 else logging.ERROR)
+        self.consoles = {h: h.level for h in self.logger.handlers if type(h) is logging.StreamHandler}
+        for console in self.consoles:
+            console.setLevel(logging.WARNING)
+        self.file: logging.FileHandler | None = None
+        self.buffer = MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1) if rank0 else None
+        if self.buffer is not None:
+            self.logger.addHandler(self.buffer)
+
+    def to_file(self, path: Path) -> None:
+        try:
+            self.file = logging.FileHandler(path, mode="a", encoding="utf-8")  # two runs in one second share a name
+        except OSError as err:
+            raise DiskError(f"cannot write {path}: {disk_reason(err, path.parent)}") from None
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+        self.buffer.setTarget(self.file)
+        self.buffer.flush()
+        self.logger.removeHandler(self.buffer)
+        self.logger.addHandler(self.file)
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for console, level in self.consoles.items():
+            console.setLevel(level)
+        for handler in (self.buffer, self.file):
+            if handler is not None:
+                self.logger.removeHandler(handler)
+                handler.close()
+
+
+def check_before_start(opt: dict, resuming: bool) -> None:
+    """What would otherwise fail only in the model's set-up, after the experiment folder was archived: the
+    pre-trained weights (readable, of this network, finite) and, for a run that probes, a non-empty probe loader."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.core import method_class
+    from ldt.sr.options import build_meta_network
+
+    weights = opt["path"]["pretrain_network_g"]
+    if weights:
+        network = {k: v for k, v in opt["network_g"].items() if k != "type"}
+        read_weights(weights, opt["path"]["param_key_g"],
+                     build_meta_network(ARCH_REGISTRY.get(opt["network_g"]["type"]), network),
+                     strict=opt["path"]["strict_load_g"])
+    if not resuming and method_class(opt["ldt"]["method"]).partition_source == "score" \
+            and not opt["ldt"].get("partition_file"):
+        probe = opt["ldt"]["probe"]
+        loader = seeded_loader(opt, probe["dataset"], probe["batch_size"], seed=0)
+        if len(loader) == 0:
+            raise OptionsError(f"ldt:probe:batch_size: {loader.batch_size} is more than the {len(loader.sampler)} "
+                               f"pairs of datasets:{probe['dataset']} per rank: the probe would get no batch")
+
+
 def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
     """Run one training described by a validated option dict; return the final metrics report."""
-    with StopOnSignal() as stop:
-        return _train(opt, root, stop)
+    with StopOnSignal() as stop, RunLog(opt["rank"] == 0) as log:
+        return _train(opt, root, stop, log)
 
 
-def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
+def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog) -> dict:
     resolve_num_gpu(opt)
     experiment_paths(opt, root)
     rank0 = opt["rank"] == 0
-    logger = get_root_logger(logger_name="basicsr", log_level=logging.INFO)
+    logger = log.logger
     state_path, state = resume_point(opt, logger)
-    # The data is checked (every pair found, every header read) before the folder is touched: a run that cannot
-    # start must not archive the one before it.
+    # The data is checked (every pair found, every header read), and the weights, before the folder is touched: a
+    # run that cannot start must not archive the one before it.
     loader, sampler = training_loader(opt)
     if len(loader) == 0:
         raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
     val_loaders = validation_loaders(opt) if rank0 else {}
+    check_before_start(opt, resuming=state is not None)
     if rank0:
         prepare_folder(opt, root, state_path, logger)
     if dist.is_initialized():
         dist.barrier()  # the folder is ready (archived, cleaned) before any rank reads or writes in it
-    log_file = Path(opt["path"]["log"]) / f"train_{opt['name'].replace('/', '_')}_{get_time_str()}.log"
     if rank0:
-        try:
-            logger = get_root_logger(logger_name="basicsr", log_level=logging.INFO, log_file=str(log_file))
-        except OSError as err:
-            raise DiskError(f"cannot write {log_file}: {disk_reason(err, log_file.parent)}") from None
+        log.to_file(Path(opt["path"]["log"]) / f"train_{opt['name'].replace('/', '_')}_{get_time_str()}.log")
     set_random_seed(opt["manual_seed"] + opt["rank"])
     tb_logger = None
     if rank0 and opt["logger"]["use_tb_logger"]:
@@ -244,6 +331,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
     total_iter = int(opt["train"]["total_iter"])
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
     history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
+    earlier_seconds = 0.0  # training time of the sessions before a resume
     # The best score is also kept beside net_g_best: validation runs more often than states are saved, and a best
     # found after the last state must not be overwritten by a worse network after a resume.
     best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
@@ -261,6 +349,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
             if recorded["value"] > best["value"]:
                 best = recorded
         history = state["extra"].get("history", [])
+        earlier_seconds = state["extra"].get("train_seconds", 0.0)
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
         state = None  # the model holds its own copies now; do not keep the file's tensors through training
 
@@ -309,8 +398,9 @@ def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
                 signum = stop.requested()
                 if current_iter % save_freq == 0 or signum:
                     try:
-                        last_state = model.save(epoch, current_iter, position,
-                                                extra={"best": best, "history": history}) or last_state
+                        last_state = model.save(epoch, current_iter, position, extra={
+                            "best": best, "history": history,
+                            "train_seconds": earlier_seconds + time.time() - start}) or last_state
                     except NonFiniteLossError as err:
                         raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
                 if signum:
@@ -322,7 +412,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal) -> dict:
     finally:
         if bar is not None:
             bar.close()  # before any error message: the bar's line ends first
-    seconds = time.time() - start
+    seconds = earlier_seconds + time.time() - start
     try:
         model.save(epoch, -1)
     except NonFiniteLossError as err:
