@@ -437,6 +437,13 @@ def damage_loop(folder: Path) -> Path:
     return victim
 
 
+def damage_dangling(folder: Path) -> Path:
+    victim = sorted(folder.glob("P*.png"))[0]
+    victim.unlink()
+    victim.symlink_to(folder / "gone.png")
+    return victim
+
+
 def damage_unpair(folder: Path) -> Path:
     victim = sorted(folder.glob("P*.png"))[0]
     victim.rename(victim.with_name("P7777777_x4.png"))
@@ -444,6 +451,7 @@ def damage_unpair(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage,reason", [(damage_truncate, "is truncated"), (damage_loop, "a symlink loop"),
+                                           (damage_dangling, "a broken symlink"),
                                            (damage_unpair, "without an LR partner")])
 def test_bad_training_data_fails_before_training_with_one_line(damage, reason, data_root, tmp_path, capsys):
     root = tmp_path / "data"

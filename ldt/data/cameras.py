@@ -244,12 +244,18 @@ def pair_names(hr_names: Iterable[str], lr_names: Iterable[str], scale: int) -> 
 
 
 def _is_file(entry: os.DirEntry) -> bool:
-    """``entry.is_file()`` that names a broken entry (a symlink loop, no permission) instead of an errno traceback."""
+    """``entry.is_file()`` that names a broken entry (a symlink loop or one whose target is gone, no permission)
+    instead of an errno traceback or a pair silently left out."""
     try:
-        return entry.is_file()
+        if entry.is_file():
+            return True
     except OSError as err:
         raise DatasetError(f"cannot read {entry.path}: {err.strerror}"
                            + (" (a symlink loop)" if err.errno == 40 else "")) from None
+    if entry.is_symlink():
+        raise DatasetError(f"cannot read {entry.path}: a broken symlink (its target {os.readlink(entry.path)} "
+                           "does not exist)")
+    return False
 
 
 def list_images(folder: str | Path) -> list[str]:
