@@ -154,6 +154,21 @@ def test_run_stage_resumes_an_interrupted_run_and_its_curves(data_root, tmp_path
         assert torch.equal(a[key], b[key]), key
 
 
+def test_run_stage_starts_afresh_when_every_state_of_the_stage_is_broken(data_root, tmp_path, monkeypatch, capsys):
+    from ldt.sr.experiment import run_stage
+
+    opt = tiny_options(data_root, "broken_stage", "ldt", logger__save_checkpoint_freq=2, val__val_freq=2)
+    steps = simulate_crash(monkeypatch, at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(opt, tmp_path)
+    state = tmp_path / "experiments" / "broken_stage" / "training_states" / "2.state"
+    state.write_bytes(state.read_bytes()[:500])
+    steps.clear()
+    report = run_stage(opt, tmp_path)
+    assert steps[0] == 1 and report["iterations"] == opt["train"]["total_iter"]
+    assert f"warning: skipping training state {state} is truncated" in capsys.readouterr().out
+
+
 def test_resume_keeps_a_best_checkpoint_saved_after_the_state(data_root, tmp_path, monkeypatch):
     """Validation runs more often than states are saved: a best found after the last state must survive a resume."""
     opt = tiny_options(data_root, "best", "ldt", val__val_freq=1, logger__save_checkpoint_freq=3)

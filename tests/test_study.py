@@ -159,7 +159,11 @@ def test_the_pretrained_reference_point_refuses_weights_changed_in_place(tmp_pat
 
 
 @pytest.mark.parametrize("argv,message", [(["--iters", "0"], "--iters must be a positive integer, got 0"),
-                                          (["--extra-seeds", "0"], "--extra-seeds must be a positive integer, got 0")])
+                                          (["--extra-seeds", "0"], "--extra-seeds must be a positive integer, got 0"),
+                                          (["--iters", "100", "--val-freq", "30"],
+                                           "--val-freq 30 does not validate at a quarter and a half of --iters 100 "
+                                           "(25, 50 missed): the study reads those budgets; choose --iters divisible "
+                                           "by 4 and a --val-freq that divides --iters / 4")])
 def test_bad_study_arguments_fail_before_the_pre_training(argv, message, tmp_path, monkeypatch, capsys):
     """A fresh checkout would pre-train for minutes before the sweep checked its budget."""
     import ldt.sr.demo as demo

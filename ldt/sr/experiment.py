@@ -16,10 +16,11 @@ from typing import Sequence
 
 from ldt.atomic import atomic_write_text, make_dirs, read_json_dict, read_json_object
 from ldt.data.cameras import TARGET_CAMERAS
+from ldt.sr.checkpoints import newest_intact_state
 from ldt.sr.options import prepare_options, run_identity
 from ldt.sr.preemption import Interrupted
 from ldt.sr.train import train
-from ldt.weights import content_fingerprint
+from ldt.weights import WeightsError, content_fingerprint
 
 # Small networks for CPU experiments, and the paper's x4 configurations.
 ARCHS: dict[str, dict] = {
@@ -100,6 +101,15 @@ def camera_run_options(
     }
 
 
+def has_intact_state(folder: Path) -> bool:
+    """Whether an interrupted stage left a training state that reads back whole (with only broken ones it starts
+    afresh: a resume would refuse them all)."""
+    try:
+        return newest_intact_state(folder, lambda message: print(f"warning: {message}"))[0] is not None
+    except WeightsError:
+        return False
+
+
 def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -> dict:
     """Train one run under ``root/experiments/<name>`` unless a finished run with the same identity is there.
 
@@ -121,7 +131,7 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
         print(f"[{label}] {opt['name']}: cached ({stamp})")
         return cached
     resume = (not force and started.is_file() and started.read_bytes().strip() == stage_id.encode()
-              and any((exp / "training_states").glob("*.state")))
+              and has_intact_state(exp / "training_states"))
     if resume:
         print(f"[{label}] {opt['name']}: resuming an interrupted run")
     else:

@@ -82,6 +82,12 @@ def budgets_of(records: Sequence[dict]) -> list[int]:
     return sorted(b for b in {iters // 4, iters // 2, iters} if b in validated)
 
 
+def unread_budgets(iters: int, val_freq: int) -> list[int]:
+    """The study's budgets (a quarter and a half of ``iters``) that a validation every ``val_freq`` iterations
+    misses: :func:`budgets_of` would drop them from the tables without a word."""
+    return [budget for budget in (iters // 4, iters // 2) if budget < 1 or budget % val_freq]
+
+
 # ------------------------------------------------------------------------------------------------------------ tables
 
 
@@ -284,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         check_plan(budget, args.seeds, args.extra_seeds)  # before the pre-training below, which may train
+        missed = unread_budgets(args.iters, args.val_freq)
+        if missed:
+            raise ReproduceError(f"--val-freq {args.val_freq} does not validate at a quarter and a half of --iters "
+                                 f"{args.iters} ({', '.join(map(str, missed))} missed): the study reads those "
+                                 "budgets; choose --iters divisible by 4 and a --val-freq that divides --iters / 4")
         data_root, _ = resolve_data("synthetic", PROJECT_ROOT / "datasets", build=not args.collect)
         weights = pretrain_stage(PROJECT_ROOT, "full", seed=0, train_if_missing=not args.collect)
         out = args.out.expanduser().resolve()
