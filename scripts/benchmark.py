@@ -54,6 +54,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ldt.cli import between, check_output_file, fail  # noqa: E402
 from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
 from ldt.sr.experiment import ARCHS  # noqa: E402
@@ -325,7 +326,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.warmup_iters < 0:
         parser.error("--warmup-iters must be >= 0")
+    problem = between(0, 1)(args.unstable_ratio)  # MethodConfig's bound, checked here rather than as a traceback
+    if problem:
+        parser.error(f"--unstable-ratio: {problem}")
+    check_output_file(parser, "--json", args.json)  # before the benchmark, not after it
     return args
+
+
+def check_patch(base: nn.Module, args, device: torch.device) -> None:
+    """One error line, before anything is measured, when the arch cannot run on ``--patch`` LR inputs (one forward
+    of a single patch through a copy of the network on the device)."""
+    network = copy.deepcopy(base).to(device).eval()
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 3, args.patch, args.patch, device=device))
+    except (ValueError, RuntimeError) as err:  # e.g. "SAFMN needs inputs of at least 8x8"
+        fail(f"--patch: {args.arch} cannot run on {args.patch}x{args.patch} inputs: {' '.join(str(err).split())}")
+    finally:
+        del network
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -338,8 +356,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         scan_backend = resolve_scan_backend(device)
     except (RuntimeError, ValueError) as err:  # a backend asked for by name that cannot run here
-        raise SystemExit(f"error: --scan-backend {args.scan_backend}: {err}") from None
+        fail(f"--scan-backend: {args.scan_backend}: {err}")
     base, scale = build_network(args.arch)
+    check_patch(base, args, device)
     batches = make_batches(args.batch_size, args.patch, scale, device)
 
     measured: dict[str, Measured] = {}
@@ -391,8 +410,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     print(format_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as err:  # checked before the benchmark; this is what changed since
+            fail(f"--json: cannot write {args.json}: {err.strerror or err}")
     return report
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldt.cli import at_least, check_args, positive
 from ldt.data.cameras import collect_pairs
 
 
@@ -47,9 +48,11 @@ def timed(root: Path, check: bool, repeat: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5000)
-    parser.add_argument("--hr", type=int, default=192, help="HR side in px (default: %(default)s, a training patch)")
+    parser.add_argument("--hr", type=int, default=192,
+                        help="HR side in px, at least 4 (default: %(default)s, a training patch)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    check_args(parser, args, pairs=positive, hr=at_least(4), repeat=positive)  # LR = HR // 4 needs HR >= 4 px
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         write_fixture(root, args.pairs, args.hr)

@@ -29,18 +29,25 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ldt.cli import check_args, check_device, fail, json_object, positive  # noqa: E402
 from ldt.core import probe_gradients  # noqa: E402
 
 MODES = ("plain", "ldt", "stored")
 
 
-def build_model(arch: str, options: dict) -> nn.Module:
+CONVNET_OPTIONS = ("width", "depth")
+
+
+def build_model(arch: str, options: dict, scale: int = 4) -> nn.Module:
     if arch == "convnet":
+        unknown = sorted(set(options) - set(CONVNET_OPTIONS))
+        if unknown:
+            raise TypeError(f"convnet takes only {', '.join(CONVNET_OPTIONS)}, not {', '.join(unknown)}")
         width = options.get("width", 128)
         layers = [nn.Conv2d(3, width, 3, padding=1)]
         for _ in range(options.get("depth", 8)):
             layers += [nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)]
-        layers += [nn.ReLU(), nn.Conv2d(width, 3 * 16, 3, padding=1), nn.PixelShuffle(4)]
+        layers += [nn.ReLU(), nn.Conv2d(width, 3 * scale**2, 3, padding=1), nn.PixelShuffle(scale)]
         return nn.Sequential(*layers)
     import ldt.archs  # noqa: F401  (registers our archs)
     from basicsr.utils.registry import ARCH_REGISTRY
@@ -84,7 +91,7 @@ def run_mode(mode: str, model: nn.Module, batches) -> None:
 def measure(args, mode: str) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model(args.arch, json.loads(args.arch_opt)).to(device).train()
+    model = build_model(args.arch, json.loads(args.arch_opt), args.scale).to(device).train()
     batches = make_batches(args.batches, args.batch, args.size, args.scale, device)
     run_mode("plain", model, batches[:1])  # warm-up: allocator, kernels, lazy init
     if device.type == "cuda":
@@ -99,6 +106,30 @@ def measure(args, mode: str) -> dict:
     peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"mode": mode, "seconds": seconds, "peak_bytes": peak, "param_bytes": params}
+
+
+def check_model(parser: argparse.ArgumentParser, args, device: torch.device) -> None:
+    """Build the model and run one LR input through it, so that an unknown arch, bad constructor options, an input
+    too small for the arch or a scale it does not have end in one error line before anything is measured."""
+    if args.arch != "convnet":
+        import ldt.archs  # noqa: F401  (registers our archs)
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        if args.arch not in ARCH_REGISTRY:
+            parser.error(f"--arch: unknown arch {args.arch!r}; use convnet or a registered one "
+                         f"({', '.join(sorted(name for name, _ in ARCH_REGISTRY))})")
+    try:
+        model = build_model(args.arch, json.loads(args.arch_opt), args.scale).to(device)
+    except Exception as err:  # noqa: BLE001  (any constructor error is the options' fault)
+        parser.error(f"--arch-opt: {args.arch} does not accept {args.arch_opt}: {' '.join(str(err).split())}")
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 3, args.size, args.size, device=device))
+    except Exception as err:  # noqa: BLE001  (e.g. SAFMN's minimum input size)
+        parser.error(f"--size: {args.arch} cannot run on {args.size}x{args.size} inputs: {' '.join(str(err).split())}")
+    if tuple(out.shape[-2:]) != (args.size * args.scale,) * 2:
+        parser.error(f"--scale: {args.arch} turns {args.size}x{args.size} into {out.shape[-2]}x{out.shape[-1]}, "
+                     f"not x{args.scale}; set --scale (or its upscale option in --arch-opt) to match")
 
 
 def main() -> None:
@@ -116,14 +147,20 @@ def main() -> None:
     if args.mode:
         print(json.dumps(measure(args, args.mode)))
         return
+    check_args(parser, args, batches=positive, batch=positive, size=positive, scale=positive, arch_opt=json_object)
+    device = check_device(parser, "--device", args.device)
+    check_model(parser, args, device)
     results = {}
     for mode in MODES:
-        if args.device.startswith("cuda"):
+        if device.type == "cuda":
             results[mode] = measure(args, mode)
         else:  # a fresh process per mode: ru_maxrss is a process-lifetime peak
             cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[mode] = json.loads(out.strip().splitlines()[-1])
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode:
+                lines = [line for line in run.stderr.splitlines() if line.strip()] or [f"exit status {run.returncode}"]
+                fail(f"the {mode} run failed: {lines[-1].strip()}")
+            results[mode] = json.loads(run.stdout.strip().splitlines()[-1])
     plain = results["plain"]
     params = plain["param_bytes"]
     print(f"arch={args.arch} device={args.device} |θ|={params / 2**20:.1f} MiB, {args.batches} batches of {args.batch}×{args.size}²")

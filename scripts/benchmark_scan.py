@@ -36,6 +36,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ldt.cli import check_args, check_device, non_negative, positive  # noqa: E402
 from ldt.ops import default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
 from ldt.ops import selective_scan as scan_module  # noqa: E402
 
@@ -157,6 +158,14 @@ def _available(device: torch.device, backend: str) -> str:
     return ""
 
 
+def chunk_sizes_problem(texts: list[str]) -> str | None:
+    """What is wrong with the ``--chunk-sizes`` entries ('auto' or positive integers), or None."""
+    for text in texts:
+        if text != "auto" and not (text.isdigit() and int(text) > 0):
+            return f"each entry must be 'auto' or a positive integer, got {text!r}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
@@ -178,8 +187,11 @@ def main(argv: list[str] | None = None) -> None:
         "--loop", action="store_true", help="time the torch backend both with its parallel scans and with step loops"
     )
     args = parser.parse_args(argv)
-
-    device = torch.device(args.device)
+    check_args(parser, args, batch=positive, length=positive, channels=positive, groups=positive, state=positive,
+               repeat=positive, warmup=non_negative, chunk_sizes=chunk_sizes_problem)
+    if args.channels % args.groups:
+        parser.error(f"--channels: {args.channels} is not divisible by --groups {args.groups}")
+    device = check_device(parser, "--device", args.device)
     inputs = make_inputs(args, device)
     u, delta, A, B, C, D, delta_bias = inputs
 

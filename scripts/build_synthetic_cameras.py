@@ -14,9 +14,12 @@ import argparse
 import time
 from pathlib import Path
 
+from ldt.atomic import DiskError, FileContentError
+from ldt.cli import at_least, check_args, check_output_dir, fail, flag, positive
+from ldt.data.cameras import DatasetError
 from ldt.data.synthetic_cameras import (
-    DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, build_bicubic_pretrain_set, build_synthetic_cameras, camera_bicubic_psnr,
-    format_psnr_table,
+    DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, BuildOptionError, build_bicubic_pretrain_set, build_synthetic_cameras,
+    camera_bicubic_psnr, format_psnr_table,
 )
 
 
@@ -34,6 +37,12 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="3 small photos and 32 px patches: seconds, for tests")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args()
+    check_args(parser, args, scale=positive, patch_size=positive, patches_per_image=positive, seed=at_least(0))
+    if args.patch_size is not None and args.patch_size % args.scale:
+        parser.error(f"--patch-size: {args.patch_size} is not a multiple of --scale {args.scale}")
+    check_output_dir(parser, "--root", args.root)
+    if args.bicubic:
+        check_output_dir(parser, "--bicubic-root", args.bicubic_root)
 
     options = dict(scale=args.scale, patch_size=args.patch_size, patches_per_image=args.patches_per_image,
                    seed=args.seed, tiny=args.tiny, progress=not args.no_progress)
@@ -42,7 +51,13 @@ def main() -> None:
         builds.append(("bicubic pre-training set", build_bicubic_pretrain_set, args.bicubic_root))
     for title, build, root in builds:
         start = time.perf_counter()
-        build(root, **options)
+        option = "--root" if build is build_synthetic_cameras else "--bicubic-root"
+        try:
+            build(root, **options)
+        except BuildOptionError as err:  # e.g. a patch larger than the photos' train halves
+            parser.error(f"{flag(err.option)}: {err.problem}")
+        except (DiskError, FileContentError, DatasetError, OSError) as err:  # unwritable, or not our folder
+            fail(f"{option} {root}: {' '.join(str(err).split())}")
         print(f"{title}: {root} ready in {time.perf_counter() - start:.1f} s")
         for split in ("train", "test"):
             print(f"\n{split} split, bicubic-upsampled LR vs HR:")

@@ -25,6 +25,7 @@ from ldt.data.cameras import (
     CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_scale, find_split_dirs,
     image_size, pair_folders, resolve_cameras,
 )
+from ldt.cli import check_args, check_output_dir, fail, non_negative, positive
 from ldt.data.indexing import write_lmdb, write_meta_info
 
 
@@ -55,7 +56,13 @@ def main() -> int:
     args = parser.parse_args()
     if not args.root.is_dir():
         parser.error(f"{args.root} is not a folder")
-    cameras = resolve_cameras(args.cameras)
+    check_args(parser, args, scale=positive, size_tolerance=non_negative)
+    try:
+        cameras = resolve_cameras(args.cameras)
+    except DatasetError as error:
+        parser.error(f"--cameras: {error}")
+    check_output_dir(parser, "--meta-info", args.meta_info)
+    check_output_dir(parser, "--lmdb", args.lmdb)
     tolerance = 4 * args.scale if args.size_tolerance is None else args.size_tolerance
 
     counts: dict[str, dict[str, int]] = {}
@@ -73,12 +80,17 @@ def main() -> int:
             bad = size_problems(result, cameras, args.scale, tolerance) if args.check_sizes else {}
             problems += [f"{split}: {line}" for line in [*result.problems(), *bad.values()]]
             pairs = [pair for pair in result.pairs if pair.camera in cameras and pair.hr not in bad]
-            if args.meta_info:
-                for path in write_meta_info(pairs, args.meta_info, split, args.scale):
-                    print(f"  wrote {path}")
-            if args.lmdb:
-                for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale).items():
-                    print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
+            option = "--meta-info"
+            try:
+                if args.meta_info:
+                    for path in write_meta_info(pairs, args.meta_info, split, args.scale):
+                        print(f"  wrote {path}")
+                option = "--lmdb"
+                if args.lmdb:
+                    for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale).items():
+                        print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
+            except OSError as error:  # the folders were checked writable at the start: a full disk, or changed since
+                fail(f"{option}: cannot write {error.filename or 'there'}: {error.strerror or error}")
         except DatasetError as error:  # an unreadable folder, or a corrupt image met while writing an LMDB
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ldt.data.cameras import (
     DatasetError, camera_of, camera_val_options, decode_image, find_split_dirs, pair_folders, parse_name,
 )
 from ldt.data.synthetic_cameras import (
-    MANIFEST, SYNTHETIC_CAMERAS, TINY, bicubic_downsample, build_bicubic_pretrain_set, build_synthetic_cameras,
+    MANIFEST, SYNTHETIC_CAMERAS, TINY, BuildOptionError, bicubic_downsample, build_bicubic_pretrain_set, build_synthetic_cameras,
     camera_bicubic_psnr,
 )
 
@@ -122,6 +123,26 @@ def test_bad_table_entries_are_rejected(tmp_path: Path) -> None:
         build(tmp_path / "bad", cameras=cameras)
     with pytest.raises(DatasetError, match="not a multiple of scale"):
         build(tmp_path / "bad", patch_size=30)
+
+
+@pytest.mark.parametrize("options, option", [
+    (dict(patch_size=0), "patch_size"), (dict(patches_per_image=0), "patches_per_image"),  # not the defaults
+    (dict(patches_per_image=-1), "patches_per_image"), (dict(patch_size=-4), "patch_size"),
+    (dict(patch_size=10000), "patch_size"), (dict(scale=0), "scale"), (dict(scale=-1), "scale"),
+    (dict(seed=-1), "seed"), (dict(scale=3), "patch_size"), (dict(patch_size=2.0), "patch_size"),
+])
+def test_bad_build_options_name_the_option_and_keep_the_old_build(tiny: Path, tmp_path: Path, options,
+                                                                  option: str) -> None:
+    root = Path(shutil.copytree(tiny, tmp_path / "copy"))
+    before = files(root)
+    with pytest.raises(BuildOptionError) as info:
+        build(root, **options)
+    assert info.value.option == option and str(info.value).startswith(f"{option}: ")
+    assert isinstance(info.value, DatasetError)
+    assert files(root) == before  # refused before the earlier build was cleared
+    with pytest.raises(BuildOptionError, match="patches_per_image: must be positive"):
+        build_bicubic_pretrain_set(tmp_path / "bicubic", tiny=True, progress=False, patches_per_image=0)
+    assert not (tmp_path / "bicubic").exists()
 
 
 def test_bicubic_pretrain_set(tmp_path: Path) -> None:

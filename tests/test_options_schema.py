@@ -123,6 +123,28 @@ BAD = [
     ("datasets:val_2:type", "PairedDataset", "datasets:val_2:type: no option schema for dataset type 'PairedDataset'"),
     ("datasets:train:io_backend", {"type": "s3"}, "datasets:train:io_backend:type: must be one of disk, lmdb"),
     ("datasets:validation", {"name": "x"}, "datasets:validation: a dataset key must be 'train', 'val[_*]' or 'test[_*]'"),
+    # what BasicSR, numpy or the network would only refuse with a traceback, mid-run
+    ("train:warmup_iter", 100, "train:warmup_iter: 100 needs a train:scheduler"),
+    ("train:scheduler", {"type": "CosineAnnealingRestartLR", "periods": [6], "restart_weights": [1, 1]},
+     "train:scheduler:restart_weights: 2 weight(s) [1.0, 1.0] for periods [6]: give one weight per entry of periods"),
+    ("train:scheduler", {"type": "MultiStepRestartLR", "milestones": [2], "restarts": [0, 3], "restart_weights": [1]},
+     "train:scheduler:restart_weights: 1 weight(s) [1.0] for restarts [0, 3]"),
+    ("train:scheduler", {"type": "CosineAnnealingRestartLR", "periods": [2]},
+     "train:scheduler: periods [2] end at iteration 2, before train:total_iter 6"),
+    ("train:scheduler", {"type": "MultiStepLR", "milestones": [3], "restart_weights": [-1]},
+     "train:scheduler:restart_weights[0]: must be > 0, got -1"),
+    ("manual_seed", -1, "manual_seed: must be >= 0, got -1"),
+    ("manual_seed", 99999999999999999999, "manual_seed: must be <= 2147483647, got 99999999999999999999"),
+    ("datasets:val_1:held_out", {"fraction": 0.5, "seed": -1}, "datasets:val_1:held_out:seed: must be >= 0, got -1"),
+    ("datasets:train:gt_size", 16, "datasets:train:gt_size: 16 makes LR patches of 4x4 at scale 4, but SAFMN needs "
+                                   "inputs of at least 8x8 pixels: use gt_size >= 32"),
+    ("val", {"val_freq": 3, "pbar": False, "tile": 4, "tile_overlap": 0},
+     "val:tile: 4, but SAFMN needs inputs of at least 8x8 pixels: use val:tile >= 8"),
+    # a section written but empty is not 'every default' (train: 10,000 iterations)
+    ("train", None, "train: expected a mapping, got NoneType None"),
+    ("ldt", None, "ldt: expected a mapping, got NoneType None"),
+    # no knock-on line: the set's name is unknown, so val:source_set cannot be checked against it
+    ("datasets:val_1:dataroott", "/x", "datasets:val_1:dataroott: unknown option (did you mean 'dataroot'?)"),
 ]
 
 

@@ -465,6 +465,32 @@ def test_bad_training_data_fails_before_training_with_one_line(damage, reason, d
     assert not (tmp_path / "experiments").exists()  # nothing was created: the data is checked first
 
 
+def test_a_validation_image_smaller_than_the_network_fails_before_training_and_testing(data_root, tmp_path, capsys):
+    import cv2
+
+    from ldt.sr.evaluate import main as test_main
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    lr = sorted((root / "x4" / "Test_x4" / "test_LR").glob("panasonic_*.png"))[0]
+    hr = root / "x4" / "Test_x4" / "test_HR" / lr.name.replace("_x1", "_x4")
+    for path, size in ((lr, 6), (hr, 24)):
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (size, size)))
+    opt = options(data_root, "small")
+    for block in opt["datasets"].values():
+        block["dataroot"] = str(root)
+    expected = f"error: validation set pan: {lr} is 6x6 pixels, smaller than the 8x8 SAFMN needs; remove it or pad it"
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and lines == [expected] and not (tmp_path / "experiments").exists()
+    assert cli(options(data_root, "net", total_iter=1), tmp_path, capsys)[0] == 0
+    opt["path"]["pretrain_network_g"] = str(tmp_path / "experiments" / "net" / "models" / "net_g_latest.pth")
+    test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "path": opt["path"],
+                "datasets": {"test_1": {**opt["datasets"]["val_2"]}}}
+    capsys.readouterr()
+    assert test_main(["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+
+
 # ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
 def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "tests.interrupt_driver", str(progress), *([str(pause)] if pause else []), "--",

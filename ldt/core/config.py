@@ -54,6 +54,9 @@ PositiveInt = Annotated[Int, Field(gt=0)]
 NonNegativeInt = Annotated[Int, Field(ge=0)]
 PositiveReal = Annotated[Real, Field(gt=0)]
 UnitInterval = Annotated[Real, Field(ge=0, le=1)]
+Seed = Annotated[Int, Field(ge=0, le=2**31 - 1)]
+"""A seed numpy, torch and ``random`` all take, with room for the per-rank and per-worker offsets BasicSR adds
+(numpy takes seeds below 2**32 only)."""
 
 
 class Options(BaseModel):

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from pydantic import Field, field_validator
 from torch import nn
 
-from ldt.core.config import Int, NonNegativeInt, Options, ProbeConfig, Real, WarmupConfig
+from ldt.core.config import Int, NonNegativeInt, Options, ProbeConfig, Real, Seed, WarmupConfig
 from ldt.core.dual import (
     DualBranch,
     EMAPlan,
@@ -80,7 +80,7 @@ class MethodConfig(Options):
     criterion: Literal[CRITERIA] = Field("var", description="probe score that ranks the layers (paper Table 2)")
     unstable_ratio: Real = Field(0.4, gt=0, lt=1, description="fraction of layers marked unstable (paper Table 9)")
     group_by: Literal["tensor", "module"] = Field("tensor", description="a layer is one parameter tensor (official) or one module")
-    seed: Int = Field(0, description="seed of the probe's data order and of the 'random' criterion")
+    seed: Seed = Field(0, description="seed of the probe's data order and of the 'random' criterion")
     partition_file: str | None = Field(None, description="reuse a saved partition.json instead of probing")
     head_patterns: list[str] | None = Field(
         None, description="regexes of the head (DeFT's unstable group, LP-FT's warm-up); null = the network's own"

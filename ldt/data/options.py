@@ -11,7 +11,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ldt.core.config import Int, NonNegativeInt, Options, PositiveInt, Real, runtime
+from ldt.core.config import NonNegativeInt, Options, PositiveInt, Real, runtime
+
+LR_PATCH = 48
+"""The official LR training patch: a DRealSRCameraDataset without ``gt_size`` crops ``LR_PATCH`` x scale HR pixels."""
 
 
 class IOBackend(Options):
@@ -36,7 +39,7 @@ class DatasetOptions(Options):
 
 class HeldOutOptions(Options):
     fraction: Real = Field(gt=0, lt=1, description="fraction of each camera's photos held out")
-    seed: Int = Field(0, description="which photos are held out")
+    seed: NonNegativeInt = Field(0, description="which photos are held out (numpy takes non-negative seeds)")
     part: Literal["train", "holdout"] = Field("train", description="which side of the split this set reads")
 
 
@@ -50,7 +53,8 @@ class DRealSRCameraOptions(DatasetOptions):
     split: Literal["train", "test"] = Field("train", description="DRealSR split")
     cameras: list[str] = Field(description="camera keys or aliases, e.g. [olympus]; required, so a typo can never "
                                            "mean 'every camera'")
-    gt_size: PositiveInt | None = Field(None, description="HR training crop (null: 48 x scale, LR patch 48)")
+    gt_size: PositiveInt | None = Field(None, description=f"HR training crop (null: {LR_PATCH} x scale, LR patch "
+                                                          f"{LR_PATCH})")
     use_hflip: bool = Field(True, description="random horizontal flips (train phase)")
     use_rot: bool = Field(True, description="random 90-degree rotations and vertical flips (train phase)")
     io_backend: IOBackend = Field(default_factory=IOBackend)
@@ -61,6 +65,10 @@ class DRealSRCameraOptions(DatasetOptions):
     size_tolerance: NonNegativeInt | None = Field(None, description="HR may exceed LR x scale by this many px "
                                                                     "(null: 4 x scale); cropped at read time")
     meta_info_file: str | list[str] | None = Field(None, description="restrict to the HR names listed")
+
+    def crop_size(self, scale: int) -> int:
+        """The HR training crop at ``scale``."""
+        return self.gt_size or LR_PATCH * scale
 
     @field_validator("cameras", mode="before")
     @classmethod
@@ -99,6 +107,10 @@ class PairedImageOptions(DatasetOptions):
     task: str | None = Field(None, description="accepted from the official MambaIR files; unused")
     mean: list[Real] | None = Field(None, description="normalisation mean")
     std: list[Real] | None = Field(None, description="normalisation std")
+
+    def crop_size(self, scale: int) -> int | None:
+        """The HR training crop (required for a training set: None is reported on its own)."""
+        return self.gt_size
 
     @field_validator("dataroot_gt", "dataroot_lq", mode="before")
     @classmethod

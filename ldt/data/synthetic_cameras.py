@@ -48,6 +48,14 @@ PHOTOS: tuple[str, ...] = (
 TRAIN_ID_START, TEST_ID_START = 1, 101  # train and test shots get different ids, as in DRealSR
 
 
+class BuildOptionError(DatasetError):
+    """A bad argument of :func:`build_synthetic_cameras` / :func:`build_bicubic_pretrain_set`; ``option`` names it."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Sizes of one build: photos used, longest photo side, largest test image side (HR px), default patching."""
@@ -264,8 +272,7 @@ def _build(
     import skimage
     from tqdm import tqdm
 
-    if patch_size % scale:
-        raise DatasetError(f"patch_size {patch_size} is not a multiple of scale {scale}")
+    _check_options(scale=scale, patch_size=patch_size, patches_per_image=patches_per_image, seed=seed)
     config = {
         "version": BUILDER_VERSION, "skimage": skimage.__version__, "scale": scale, "patch_size": patch_size,
         "patches_per_image": patches_per_image, "seed": seed, "geometry": asdict(geometry),
@@ -280,6 +287,9 @@ def _build(
         probe = camera.image_id(TRAIN_ID_START)
         if camera_of(probe) != camera.key:
             raise DatasetError(f"camera {camera.key}: id_format gives {probe!r}, which does not match its pattern")
+    photos = {name: _split_photo(_load_photo(name, geometry.max_side), scale, geometry.max_test_side)
+              for name in geometry.photos}
+    _check_fits(photos, scale, patch_size)  # before _clear: a bad option leaves an earlier build as it was
     _clear(root, old, scale)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_path, json.dumps({"hash": digest, "config": config, "files": [], "complete": False}))
@@ -289,8 +299,6 @@ def _build(
                   for split in ("train", "test")}
     for folder in (folder for pair in split_dirs.values() for folder in pair):
         folder.mkdir(parents=True, exist_ok=True)
-    photos = {name: _split_photo(_load_photo(name, geometry.max_side), scale, geometry.max_test_side)
-              for name in geometry.photos}
     files: list[str] = []
     tasks = [(c, p) for c in cameras for p in enumerate(geometry.photos)]
     for camera, (index, name) in tqdm(tasks, desc=f"building {root.name}", disable=not progress, unit="photo"):
@@ -303,9 +311,6 @@ def _build(
                 crops = [("", 0, 0, lr.shape[0], lr.shape[1])]
             else:
                 lq_patch = patch_size // scale
-                if min(lr.shape[:2]) < lq_patch:
-                    raise DatasetError(f"photo {name}: train region {train.shape[:2]} is smaller than the patch "
-                                       f"{patch_size}")
                 positions = _rng(seed, camera.key, index, 2)
                 crops = [(f"_{k}", positions.integers(0, lr.shape[0] - lq_patch + 1),
                           positions.integers(0, lr.shape[1] - lq_patch + 1), lq_patch, lq_patch)
@@ -319,6 +324,31 @@ def _build(
     manifest = {"hash": digest, "config": config, "files": sorted(files), "complete": True}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return root
+
+
+def _check_options(*, scale: int, patch_size: int, patches_per_image: int, seed: int) -> None:
+    """:class:`BuildOptionError` for an option no build can use (before anything is read or written)."""
+    for option, value, minimum in (("scale", scale, 1), ("patch_size", patch_size, 1),
+                                   ("patches_per_image", patches_per_image, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise BuildOptionError(option, f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise BuildOptionError(option, f"must be {'positive' if minimum else 'non-negative'}, got {value}")
+    if patch_size % scale:
+        raise BuildOptionError("patch_size", f"{patch_size} is not a multiple of scale {scale}")
+
+
+def _check_fits(photos: dict[str, tuple[np.ndarray, np.ndarray]], scale: int, patch_size: int) -> None:
+    """:class:`BuildOptionError` when a training patch does not fit in a photo's train half, or ``scale`` leaves a
+    test image without LR pixels."""
+    train_side = min(min(train.shape[:2]) for train, _ in photos.values())
+    if patch_size > train_side:
+        raise BuildOptionError("patch_size", f"{patch_size} px is larger than the smallest photo's train region "
+                                             f"({train_side} px at scale {scale}); use at most "
+                                             f"{train_side // scale * scale}")
+    test_side = min(min(test.shape[:2]) for _, test in photos.values())
+    if test_side < scale:
+        raise BuildOptionError("scale", f"{scale} leaves a test image without LR pixels")
 
 
 def _read_manifest(path: Path) -> dict:
@@ -357,8 +387,9 @@ def build_synthetic_cameras(
     ``tiny`` uses 3 small photos, 32 px patches x 2: a few seconds, for tests. Returns ``root``.
     """
     geometry = TINY if tiny else FULL
-    return _build(Path(root), cameras, geometry, scale=scale, patch_size=patch_size or geometry.patch_size,
-                  patches_per_image=patches_per_image or geometry.patches_per_image, seed=seed, progress=progress)
+    return _build(Path(root), cameras, geometry, scale=scale, patch_size=_default(patch_size, geometry.patch_size),
+                  patches_per_image=_default(patches_per_image, geometry.patches_per_image), seed=seed,
+                  progress=progress)
 
 
 def build_bicubic_pretrain_set(
@@ -377,8 +408,15 @@ def build_bicubic_pretrain_set(
     photo are twice the camera benchmark's. Cached like :func:`build_synthetic_cameras`.
     """
     geometry = TINY if tiny else FULL
-    return _build(Path(root), (BicubicCamera(),), geometry, scale=scale, patch_size=patch_size or geometry.patch_size,
-                  patches_per_image=patches_per_image or 2 * geometry.patches_per_image, seed=seed, progress=progress)
+    return _build(Path(root), (BicubicCamera(),), geometry, scale=scale,
+                  patch_size=_default(patch_size, geometry.patch_size),
+                  patches_per_image=_default(patches_per_image, 2 * geometry.patches_per_image), seed=seed,
+                  progress=progress)
+
+
+def _default(value: int | None, default: int) -> int:
+    """``value`` unless it is None (0 is a value, refused by the checks, not a request for the default)."""
+    return default if value is None else value
 
 
 # ------------------------------------------------------------------------------------------------------ metrics

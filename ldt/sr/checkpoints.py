@@ -166,6 +166,11 @@ def option_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 
     fixed = _differences(*(identity_sections(o, resumable=True) for o in (saved, current)))
     every = _differences(*({**identity_sections(o), "logger": o.get("logger") or {}} for o in (saved, current)))
+    if "ldt:method" in fixed:  # the options only one of the two methods reads are no differences of their own
+        saved_keys, current_keys = (set(_flatten(identity_sections(o))) for o in (saved, current))
+        one_sided = {key for key in saved_keys ^ current_keys if key.startswith("ldt:")}
+        fixed = {key: change for key, change in fixed.items() if key not in one_sided}
+        every = {key: change for key, change in every.items() if key not in one_sided}
     lines = {key: f"{key}: {old!r} -> {new!r}" for key, (old, new) in every.items()}
     lines.update({key: f"{key}: {old!r} -> {new!r}" for key, (old, new) in fixed.items()})
     return [lines[key] for key in fixed], [line for key, line in lines.items() if key not in fixed]

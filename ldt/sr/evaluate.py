@@ -20,7 +20,7 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 from ldt.sr.loaders import validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
-from ldt.sr.train import build_parser, resolve_num_gpu, run_reporting_errors  # noqa: E402
+from ldt.sr.train import build_parser, check_validation_sizes, resolve_num_gpu, run_reporting_errors  # noqa: E402
 
 
 def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
@@ -31,9 +31,11 @@ def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
     opt.update(dist=False, rank=0, world_size=1)
     out = make_dirs(root / "results" / opt["name"])  # before any work: a read-only disk fails here, in one line
     opt["path"].update(results_root=str(out), log=str(out), visualization=str(out / "visualization"))
+    loaders = validation_loaders(opt)
+    check_validation_sizes(opt, loaders)
     model = build_model(opt)
     table = MetricTable(tuple(opt["val"]["metrics"]))
-    for name, loader in validation_loaders(opt).items():
+    for name, loader in loaders.items():
         def save_image(path, sr, values, name=name):
             target = out / "visualization" / name / f"{Path(path).stem}_{opt['val']['suffix'] or opt['name']}.png"
             atomic_write_bytes(target, cv2.imencode(".png", tensor2img([sr[0].cpu()]))[1].tobytes())

@@ -14,15 +14,16 @@ import copy
 import difflib
 import inspect
 import os
+import sys
 import types
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from ldt.core import MethodConfig, ProbeConfig, method_class
 from ldt.core.config import (
@@ -32,6 +33,8 @@ from ldt.core.config import (
     PositiveInt,
     PositiveReal,
     Real,
+    Seed,
+    _annotation_models,
     option_rows,
     runtime,
     validate_into,
@@ -84,19 +87,39 @@ class AdamWOptions(AdamOptions):
     weight_decay: Real = Field(0.01, ge=0, description="decoupled weight decay (torch's default)")
 
 
+def _one_weight_each(weights: list[float], info: ValidationInfo, field: str) -> list[float]:
+    """BasicSR's schedulers assert one restart weight per entry of ``field``: say so here, naming both."""
+    entries = info.data.get(field)
+    if entries is not None and len(entries) != len(weights):
+        raise ValueError(f"{len(weights)} weight(s) {weights} for {field} {entries}: give one weight per entry of "
+                         f"{field}")
+    return weights
+
+
 class MultiStepOptions(Options):
     type: Literal["MultiStepLR", "MultiStepRestartLR"]
     milestones: list[PositiveInt] = Field(description="iterations at which the lr is multiplied by gamma")
     gamma: PositiveReal = Field(0.1, description="lr factor at each milestone")
     restarts: list[NonNegativeInt] = Field([0], description="BasicSR restarts")
-    restart_weights: list[Real] = Field([1.0], description="BasicSR restart weights")
+    restart_weights: list[PositiveReal] = Field([1.0], description="BasicSR restart weights, one per restart")
+
+    @field_validator("restart_weights")
+    @classmethod
+    def _per_restart(cls, weights: list[float], info: ValidationInfo) -> list[float]:
+        return _one_weight_each(weights, info, "restarts")
 
 
 class CosineRestartOptions(Options):
     type: Literal["CosineAnnealingRestartLR"]
-    periods: list[PositiveInt] = Field(description="cosine periods (iterations)")
-    restart_weights: list[Real] = Field([1.0], description="lr weight of each period")
+    periods: list[PositiveInt] = Field(min_length=1, description="cosine periods (iterations); they must cover "
+                                                                 "train:total_iter")
+    restart_weights: list[PositiveReal] = Field([1.0], description="lr weight of each period, one per period")
     eta_min: Real = Field(0.0, ge=0, description="lowest lr")
+
+    @field_validator("restart_weights")
+    @classmethod
+    def _per_period(cls, weights: list[float], info: ValidationInfo) -> list[float]:
+        return _one_weight_each(weights, info, "periods")
 
 
 class PixelLossOptions(Options):
@@ -124,6 +147,26 @@ class TrainOptions(Options):
                                                         "params_ema and validated instead (0: off; ft_ema: matched)")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="on a NaN/inf loss: stop, or skip the step")
     max_nan_skips: NonNegativeInt = Field(100, description="skip at most this many steps (nan_policy skip)")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _periods_cover_the_run(cls, scheduler: Any, info: ValidationInfo) -> Any:
+        """BasicSR's cosine schedule has no learning rate after its last period (a TypeError mid-run)."""
+        total = info.data.get("total_iter")
+        if isinstance(scheduler, CosineRestartOptions) and total is not None and sum(scheduler.periods) < total:
+            raise ValueError(f"periods {scheduler.periods} end at iteration {sum(scheduler.periods)}, before "
+                             f"train:total_iter {total}: make them sum to at least {total}")
+        return scheduler
+
+    @field_validator("warmup_iter")
+    @classmethod
+    def _warmup_needs_a_scheduler(cls, warmup_iter: int, info: ValidationInfo) -> int:
+        """BasicSR's warm-up ramps to the 'initial_lr' a scheduler records: without one it fails at iteration 1."""
+        if warmup_iter > 0 and "scheduler" in info.data and info.data["scheduler"] is None:
+            raise ValueError(f"{warmup_iter} needs a train:scheduler (BasicSR's warm-up ramps up to the scheduler's "
+                             "initial lr); set warmup_iter: -1, or add a scheduler, e.g. {type: MultiStepLR, "
+                             "milestones: [total_iter]}")
+        return warmup_iter
 
 
 class MetricOptions(Options):
@@ -216,15 +259,15 @@ class RunOptions(Options):
     model_type: Literal["LDTModel"] = Field("LDTModel", description="BasicSR model")
     scale: PositiveInt | None = Field(None, description="SR factor (null: the network's upscale, else 4)")
     num_gpu: Any = Field("auto", description="GPUs per process: a non-negative integer, or auto (1 if CUDA, else 0)")
-    manual_seed: Int = Field(0, description="seed of initialisation, data order and augmentation")
+    manual_seed: Seed = Field(0, description="seed of initialisation, data order and augmentation")
     datasets: Any = Field(description="train / val_* / test_* blocks, each checked by its dataset type's schema")
     network_g: Any = Field(description="the network: type + its constructor arguments, checked against the "
                                        "architecture's constructor")
     path: PathOptions = Field(default_factory=PathOptions)
-    train: TrainOptions | None = None
+    train: TrainOptions = Field(default_factory=TrainOptions)
     val: ValOptions = Field(default_factory=ValOptions)
     logger: LoggerOptions = Field(default_factory=LoggerOptions)
-    ldt: LDTOptions | None = None
+    ldt: LDTOptions = Field(default_factory=LDTOptions)
     speed: SpeedOptions = Field(default_factory=SpeedOptions)
     dist_params: DistOptions | None = None
     is_train: bool | None = runtime()
@@ -272,35 +315,112 @@ def resolve_option_file(name: str, kind: str) -> Path:
                        f"{available}")
 
 
-def parse_value(text: str) -> Any:
+def _duplicate_keys(node: yaml.Node, path: tuple[str, ...] = (), seen: set[int] | None = None) -> list[tuple[str, str]]:
+    """(option path, where it is written) of each key written twice in a mapping (PyYAML keeps the last silently)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen or not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        return []
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        return [p for index, item in enumerate(node.value) for p in _duplicate_keys(item, (*path, f"[{index}]"), seen)]
+    problems, first = [], {}
+    for key, _ in node.value:  # this mapping's keys first, then those inside its values
+        name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+        if name is None or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        mark = key.start_mark
+        if (key.tag, name) in first:
+            line, column = first[key.tag, name]
+            problems.append((":".join((*path, name)).replace(":[", "["),
+                             f"lines {line} and {mark.line + 1}" if line != mark.line + 1 else
+                             f"line {line}, columns {column} and {mark.column + 1}"))
+        first.setdefault((key.tag, name), (mark.line + 1, mark.column + 1))
+    for key, value in node.value:
+        problems += _duplicate_keys(value, (*path, str(key.value) if isinstance(key, yaml.ScalarNode) else "?"), seen)
+    return problems
+
+
+def load_yaml(stream: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """(``stream`` read as ``yaml.safe_load`` reads it, the keys it writes twice); YAML errors propagate."""
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        return (None, []) if node is None else (loader.construct_document(node), _duplicate_keys(node))
+    finally:
+        loader.dispose()
+
+
+def parse_value(text: str, where: str = "--force_yml") -> Any:
     """A ``--force_yml`` value, read as YAML (``true``, ``[1, 2]``, ``null``, strings); numbers-as-text stay text
-    here and are read by the schema."""
-    return yaml.safe_load(text) if text.strip() else ""
+    here and are read by the schema. Invalid YAML is one line naming ``where``."""
+    if not text.strip():
+        return ""
+    try:
+        value, duplicates = load_yaml(text)
+    except yaml.YAMLError as err:
+        raise OptionsError(f"{where}: the value {text!r} is not valid YAML: "
+                           f"{getattr(err, 'problem', None) or ' '.join(str(err).split())}") from None
+    if duplicates:
+        raise OptionsError("\n".join(f"{where}: the value writes '{key}' twice" for key, _ in duplicates))
+    return value
 
 
-def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--force_yml") -> None:
-    """``key:sub=value`` assignments; the parent must exist, so a typo cannot silently create a branch."""
+def _sections(models: Sequence[type[BaseModel]], key: str) -> list[type[BaseModel]]:
+    """The option sections ``key`` holds in ``models`` (several for a union such as ``train:scheduler``; none when
+    ``key`` is not a section of theirs)."""
+    return [section for model in models if key in model.model_fields
+            for section in _annotation_models(model.model_fields[key].annotation)]
+
+
+def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--force_yml") -> dict[str, str]:
+    """Apply ``key:sub=value`` assignments. A parent must exist or be a documented section (then created, e.g.
+    ``train:scheduler`` for ``train:scheduler:type=MultiStepLR``), so a typo cannot silently create a branch.
+
+    Returns the entry that set each option path (sections it created included), so that a problem with them is
+    reported as the entry's, not the file's."""
+    origins: dict[str, str] = {}
     for entry in overrides or []:
+        label = f"{source} '{entry}'"
         if "=" not in entry:
             raise OptionsError(f"{source} entry '{entry}' is not of the form key:sub=value")
         keys, value = entry.split("=", 1)
         path = [k.strip() for k in keys.split(":") if k.strip()]
         if not path:
             raise OptionsError(f"{source} entry '{entry}' names no option")
-        node = opt
+        node, models = opt, [RunOptions]
         for depth, key in enumerate(path[:-1]):
-            if depth == 0 and key in RunOptions.model_fields and key not in node:
-                node[key] = {}  # a section left to its defaults, e.g. --force_yml ldt:method=ft
-            if not isinstance(node.get(key), dict):
-                hint = difflib.get_close_matches(key, [str(k) for k in node], n=1)
-                raise OptionsError(f"{source} '{entry}': '{':'.join(path[: depth + 1])}' is not an option section"
+            where, sections = ":".join(path[: depth + 1]), _sections(models, key)
+            if key not in node and sections:
+                node[key] = {}  # a section the file leaves to its defaults, e.g. --force_yml ldt:method=ft
+                origins.setdefault(where, label)
+            if key in node and not isinstance(node[key], dict):
+                value_text = "null" if node[key] is None else repr(node[key])
+                raise OptionsError(f"{label}: '{where}' is {value_text} in the options, not an option section")
+            if key not in node:
+                known = [str(k) for k in node] + [name for model in models for name in model.model_fields]
+                hint = difflib.get_close_matches(key, known, n=1)
+                raise OptionsError(f"{label}: '{where}' is not an option section"
                                    + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-            node = node[key]
-        node[path[-1]] = parse_value(value)
+            node, models = node[key], sections
+        node[path[-1]] = parse_value(value, label)
+        origins[":".join(path)] = label
+    return origins
+
+
+def _origin(problem: str, origins: Mapping[str, str]) -> str | None:
+    """The ``--force_yml`` entry a problem line is about: one that set its option, a section holding it, or an option
+    inside it (the most specific such entry); None if the problem is the file's."""
+    where = problem.split(": ", 1)[0]
+
+    def within(inner: str, outer: str) -> bool:
+        return inner == outer or inner.startswith((f"{outer}:", f"{outer}["))
+
+    matches = [key for key in origins if within(where, key) or within(key, where)]
+    return origins[max(matches, key=len)] if matches else None
 
 
 def read_option_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """One YAML file as a dict, with ``base:`` inheritance resolved.
+    """One YAML file as a dict, with ``base:`` inheritance resolved; a key written twice is an error.
 
     ``base: other.yml`` (relative to this file's folder) makes this file a list of changes to another one, so the
     paper's variants (FT, LP-FT, ablations, other sources) are a few lines each instead of copies of a 100-line file.
@@ -311,13 +431,15 @@ def read_option_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise OptionsError(f"{file}: 'base' files form a cycle: {' -> '.join(str(p) for p in chain + (file,))}")
     try:
         with open(file) as handle:
-            opt = yaml.safe_load(handle)
+            opt, duplicates = load_yaml(handle)
     except OSError as err:
         raise OptionsError(f"cannot read option file {file}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise OptionsError(f"{file} is not valid YAML: {' '.join(str(err).split())}") from None
     except UnicodeDecodeError:
         raise OptionsError(f"{file} is not a text (YAML) file") from None
+    if duplicates:
+        raise OptionsError("\n".join(f"{file}: {key}: written twice ({place}); keep one" for key, place in duplicates))
     if not isinstance(opt, dict):
         raise OptionsError(f"{file} must contain a mapping of options, got {type(opt).__name__}")
     base_name = opt.pop("base", None)
@@ -404,14 +526,27 @@ def build_meta_network(arch: type, kwargs: dict) -> Any:
         return arch(**kwargs)
 
 
-def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, type | None]:
-    """(the checked network_g options, the network built on the meta device, its class), or Nones on problems."""
+def arch_registry() -> Any:
+    """BasicSR's architecture registry, ours registered in it. Test ``name in`` it before ``.get(name)``: BasicSR's
+    ``get`` prints 'Name ... is not found' for an unknown name before it raises."""
     from ldt.compat import patch_basicsr
 
     patch_basicsr()
     import ldt.archs  # noqa: F401  (registers our archs)
     from basicsr.utils.registry import ARCH_REGISTRY
 
+    return ARCH_REGISTRY
+
+
+def min_input_size(arch: type) -> int:
+    """The smallest LR height / width ``arch`` runs on: its ``MIN_INPUT_SIZE`` (SAFMN's module declares it and its
+    forward raises below it), else 1."""
+    return getattr(arch, "MIN_INPUT_SIZE", None) or getattr(sys.modules.get(arch.__module__), "MIN_INPUT_SIZE", 1)
+
+
+def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, type | None]:
+    """(the checked network_g options, the network built on the meta device, its class), or Nones on problems."""
+    registry = arch_registry()
     if not isinstance(raw, dict):
         problems.append(f"network_g: expected a mapping, got {raw!r}")
         return None, None, None
@@ -419,14 +554,13 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
     if not isinstance(arch_type, str):
         problems.append("network_g:type: missing (e.g. MambaIR, HAT, SAFMN)")
         return None, None, None
-    try:
-        arch = ARCH_REGISTRY.get(arch_type)
-    except KeyError:
-        known = sorted(name for name, _ in ARCH_REGISTRY)
+    if arch_type not in registry:
+        known = sorted(registry.keys())
         hint = difflib.get_close_matches(arch_type, known, n=1)
         problems.append(f"network_g:type: unknown architecture '{arch_type}'"
                         + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(known)}"))
         return None, None, None
+    arch = registry.get(arch_type)
     ignored = [key for key in getattr(arch, "OFFICIAL_EXTRA_OPTIONS", ()) if key in raw]
     if ignored:
         warnings.warn(f"network_g: {', '.join(ignored)} ignored: the official {arch_type} constructor swallows "
@@ -547,7 +681,9 @@ def _leak_problems(datasets: dict[str, DatasetOptions], val: ValOptions, probe_s
     return problems
 
 
-def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train: bool) -> list[str]:
+def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train: bool, names_known: bool) -> list[str]:
+    """``names_known``: every validation block passed its schema (else a set's name may be what failed, and a "names
+    no validation set" line would only echo that problem)."""
     problems = []
     val = opt.val
     names = [d.name for key, d in datasets.items() if key.startswith(("val", "test"))]
@@ -556,7 +692,7 @@ def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train
     if is_train and not any(m.type == "calculate_psnr" for m in val.metrics.values()):
         problems.append(f"val:metrics: must include a calculate_psnr metric (the best checkpoint is selected on it), "
                         f"got {list(val.metrics)}")
-    if is_train and names:
+    if is_train and names and names_known:
         if val.selection.startswith("oracle:") and val.selection.split(":", 1)[1] not in names:
             problems.append(f"val:selection: '{val.selection}' names no validation set (have {names})")
         if val.selection == "source" and val.source_set not in names:
@@ -567,8 +703,28 @@ def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train
     return problems
 
 
-def _path_problems(opt: RunOptions) -> list[str]:
+def _input_size_problems(arch: type, arch_type: str, datasets: dict[str, DatasetOptions], val: ValOptions,
+                         scale: int) -> list[str]:
+    """The training crop and the validation tiles are inputs of at least the network's smallest size (a traceback in
+    the first step, or in the first validation after a whole training, otherwise)."""
+    smallest = min_input_size(arch)
+    needs = f"{arch_type} needs inputs of at least {smallest}x{smallest} pixels"
     problems = []
+    train = datasets.get("train")
+    crop = train.crop_size(scale) if train is not None else None
+    if crop is not None and crop % scale == 0 and crop // scale < smallest:
+        problems.append(f"datasets:train:gt_size: {crop} makes LR patches of {crop // scale}x{crop // scale} at scale "
+                        f"{scale}, but {needs}: use gt_size >= {smallest * scale}")
+    if val.tile is not None and val.tile < smallest:
+        problems.append(f"val:tile: {val.tile}, but {needs}: use val:tile >= {smallest}")
+    return problems
+
+
+def _path_problems(opt: RunOptions, is_train: bool) -> list[str]:
+    problems = []
+    if not is_train and not opt.path.pretrain_network_g:
+        problems.append("path:pretrain_network_g: missing: the weights to evaluate, e.g. "
+                        "experiments/<name>/models/net_g_best.pth")
     for key in ("pretrain_network_g", "resume_state"):
         value = getattr(opt.path, key)
         if value and not Path(value).expanduser().is_file():
@@ -579,9 +735,11 @@ def _path_problems(opt: RunOptions) -> list[str]:
 # ------------------------------------------------------------------------------------------------- the entry point
 
 
-def prepare_options(raw: dict, *, is_train: bool, source: str = "options") -> dict:
+def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
+                    origins: Mapping[str, str] | None = None) -> dict:
     """Check ``raw`` (an option dict from a file or built in code) against the schema; return it normalised (every
-    default filled in, official aliases resolved) as a new dict. All problems are raised together."""
+    default filled in, official aliases resolved) as a new dict. All problems are raised together, each as the
+    ``source``'s, or as the ``--force_yml`` entry's that set the option (``origins``, from :func:`apply_overrides`)."""
     raw = copy.deepcopy(raw)
     if not isinstance(raw, dict):
         raise OptionsError(f"{source}: expected a mapping of options")
@@ -591,16 +749,18 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options") -> di
                       stacklevel=2)
         raw["model_type"] = "LDTModel"
     top = validate_into(RunOptions, {**raw, "datasets": raw.get("datasets") or {}, "network_g": raw.get("network_g") or {}},
-                    [], problems)
+                        [], problems)
     network, meta_network, arch = _check_network(raw.get("network_g"), problems)
     scale = (top.scale if top is not None and top.scale else None) or (network_scale(network or {}) or 4)
     if top is not None and top.scale and network and network_scale(network) not in (None, top.scale):
         problems.append(f"scale: {top.scale}, but network_g upscales by {network_scale(network)}")
     datasets = _dataset_problems(raw.get("datasets"), is_train, scale, problems)
-    ldt_options = train_options = None
     if top is not None:
-        problems += _path_problems(top)
-        problems += _val_problems(top, datasets, is_train)
+        evaluated = [key for key in raw.get("datasets") or {} if str(key).startswith(("val", "test"))]
+        problems += _path_problems(top, is_train)
+        problems += _val_problems(top, datasets, is_train, names_known=all(key in datasets for key in evaluated))
+        if arch is not None:
+            problems += _input_size_problems(arch, network["type"], datasets, top.val, scale)
         if top.num_gpu not in ("auto", 0):
             import torch
 
@@ -608,25 +768,21 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options") -> di
                 problems.append(f"num_gpu: {top.num_gpu}, but {torch.cuda.device_count()} CUDA device(s) are visible "
                                 "(use num_gpu: 0 or auto)")
         if is_train:
-            train_options = top.train or TrainOptions()
-            ldt_options = top.ldt or LDTOptions()
-            if ldt_options.probe.dataset not in (raw.get("datasets") or {}):
-                problems.append(f"ldt:probe:dataset: '{ldt_options.probe.dataset}' is not a key of datasets")
-            problems += _leak_problems(datasets, top.val, ldt_options.probe.dataset)
+            if top.ldt.probe.dataset not in (raw.get("datasets") or {}):
+                problems.append(f"ldt:probe:dataset: '{top.ldt.probe.dataset}' is not a key of datasets")
+            problems += _leak_problems(datasets, top.val, top.ldt.probe.dataset)
             if meta_network is not None:
                 from ldt.archs.arch_util import head_patterns
 
                 head = head_patterns(network["type"], arch)
-                method = method_class(ldt_options.method)
-                problems += [f"ldt:{where}: {message}" for where, message in
-                             method.check(ldt_options, meta_network, head)]
+                method = method_class(top.ldt.method)
+                problems += [f"ldt:{where}: {message}" for where, message in method.check(top.ldt, meta_network, head)]
     if problems:
-        raise OptionsError("\n".join(f"{source}: {problem}" for problem in dict.fromkeys(problems)))
+        raise OptionsError("\n".join(f"{_origin(problem, origins or {}) or source}: {problem}"
+                                     for problem in dict.fromkeys(problems)))
     opt = top.model_dump(exclude_none=False)
     opt.update(scale=scale, network_g=network, datasets={
         key: {**datasets[key].model_dump(), "phase": key.split("_")[0], "scale": scale} for key in raw["datasets"]})
-    if is_train:
-        opt["train"], opt["ldt"] = train_options.model_dump(), ldt_options.model_dump()
     opt["is_train"] = is_train
     if opt["logger"]["wandb"] and opt["logger"]["wandb"].get("project"):
         warnings.warn("logger:wandb is used by the BasicSR pipeline only; Train_pip.py logs to TensorBoard",
@@ -638,8 +794,8 @@ def load_options(path: str | Path, *, is_train: bool, overrides: list[str] | Non
     """Read an option file (``base:`` resolved), apply ``--force_yml`` overrides, check and normalise it."""
     file = resolve_option_file(str(path), kind or ("train" if is_train else "test"))
     opt = read_option_file(file)
-    apply_overrides(opt, overrides)
-    opt = prepare_options(opt, is_train=is_train, source=str(file))
+    origins = apply_overrides(opt, overrides)
+    opt = prepare_options(opt, is_train=is_train, source=str(file), origins=origins)
     opt["option_file"] = str(file)
     return opt
 
@@ -697,17 +853,9 @@ def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
                 values[field] = None if resumable else _canonical(values[field])
         datasets[key] = values
     network = opt["network_g"]
-    arch_extras = ()
-    try:
-        from ldt.compat import patch_basicsr
-
-        patch_basicsr()
-        import ldt.archs  # noqa: F401
-        from basicsr.utils.registry import ARCH_REGISTRY
-
-        arch_extras = getattr(ARCH_REGISTRY.get(network["type"]), "OFFICIAL_EXTRA_OPTIONS", ())
-    except KeyError:
-        pass
+    registry = arch_registry()
+    arch = registry.get(network.get("type")) if network.get("type") in registry else None
+    arch_extras = getattr(arch, "OFFICIAL_EXTRA_OPTIONS", ())
     method = LDTOptions.model_validate(opt.get("ldt") or {})
     return {
         "scale": opt.get("scale") or network_scale(network) or 4,
@@ -783,11 +931,38 @@ def embed_references(text: str) -> str:
     return text
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ldt.sr.options``: print the generated references, or regenerate them in a README; a problem is
+    one ``error:`` line and exit status 2."""
+    import argparse
 
-    if sys.argv[1:2] == ["--readme"]:  # python -m ldt.sr.options --readme README.md: regenerate its references
-        readme = Path(sys.argv[2])
-        readme.write_text(embed_references(readme.read_text()))
-    else:
+    from ldt.atomic import atomic_write_text
+
+    parser = argparse.ArgumentParser(prog="python -m ldt.sr.options",
+                                     description="Print the README's methods table and option reference, generated "
+                                                 "from the schema.")
+    parser.add_argument("--readme", metavar="FILE", type=Path,
+                        help="regenerate them in FILE instead, between its <!-- methods:begin/end --> and "
+                             "<!-- options:begin/end --> markers")
+    args = parser.parse_args(argv)
+    if args.readme is None:
         print(methods_reference(), options_reference(), sep="\n", end="")
+        return 0
+    try:
+        text = args.readme.read_text()
+        updated = embed_references(text)
+        if updated != text:
+            atomic_write_text(args.readme, updated)
+        return 0
+    except OSError as err:
+        problem = str(err.strerror or err)
+    except UnicodeDecodeError:
+        problem = "not a text file"
+    except ValueError as err:  # a marker is missing
+        problem = str(err)
+    print(f"error: {args.readme}: {problem}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -230,6 +230,7 @@ class RunLog:
 
     def __init__(self, rank0: bool) -> None:
         self.logger = get_root_logger(logger_name="basicsr")
+        self.level = self.logger.level
         self.logger.setLevel(logging.INFO if rank0 else logging.ERROR)
         self.consoles = {h: h.level for h in self.logger.handlers if type(h) is logging.StreamHandler}
         for console in self.consoles:
@@ -254,6 +255,7 @@ class RunLog:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.logger.setLevel(self.level)
         for console, level in self.consoles.items():
             console.setLevel(level)
         for handler in (self.buffer, self.file):
@@ -262,19 +264,39 @@ class RunLog:
                 handler.close()
 
 
-def check_before_start(opt: dict, resuming: bool) -> None:
-    """What would otherwise fail only in the model's set-up, after the experiment folder was archived: the
-    pre-trained weights (readable, of this network, finite) and, for a run that probes, a non-empty probe loader."""
+def check_validation_sizes(opt: dict, loaders: dict) -> None:
+    """Every validation LR image is at least the network's smallest input (read from the headers): a smaller one
+    fails in the network's forward, at the first validation."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.data.cameras import image_size
+    from ldt.sr.options import min_input_size
+
+    smallest = min_input_size(ARCH_REGISTRY.get(opt["network_g"]["type"]))
+    for name, loader in loaders.items():
+        pairs = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
+        if smallest > 1 and pairs and not loader.dataset.databases:
+            small = next((pair.lr for pair in pairs if min(image_size(pair.lr)) < smallest), None)
+            if small is not None:
+                raise DatasetError(f"validation set {name}: {small} is {'x'.join(map(str, image_size(small)))} "
+                                   f"pixels, smaller than the {smallest}x{smallest} {opt['network_g']['type']} "
+                                   "needs; remove it or pad it")
+
+
+def check_before_start(opt: dict, resuming: bool, val_loaders: dict) -> None:
+    """What would otherwise fail only in the model's set-up, after the experiment folder was archived, or at the
+    first validation, after hours: the pre-trained weights (readable, of this network, finite), a validation image
+    smaller than the network's smallest input, and, for a run that probes, an empty probe loader."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.core import method_class
     from ldt.sr.options import build_meta_network
 
+    arch = ARCH_REGISTRY.get(opt["network_g"]["type"])
     weights = opt["path"]["pretrain_network_g"]
     if weights:
         network = {k: v for k, v in opt["network_g"].items() if k != "type"}
-        read_weights(weights, opt["path"]["param_key_g"],
-                     build_meta_network(ARCH_REGISTRY.get(opt["network_g"]["type"]), network),
+        read_weights(weights, opt["path"]["param_key_g"], build_meta_network(arch, network),
                      strict=opt["path"]["strict_load_g"])
+    check_validation_sizes(opt, val_loaders)
     if not resuming and method_class(opt["ldt"]["method"]).partition_source == "score" \
             and not opt["ldt"].get("partition_file"):
         probe = opt["ldt"]["probe"]
@@ -302,7 +324,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog) -> dict:
     if len(loader) == 0:
         raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
     val_loaders = validation_loaders(opt) if rank0 else {}
-    check_before_start(opt, resuming=state is not None)
+    check_before_start(opt, resuming=state is not None, val_loaders=val_loaders)
     if rank0:
         prepare_folder(opt, root, state_path, logger)
     if dist.is_initialized():

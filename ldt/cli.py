@@ -1,0 +1,133 @@
+"""Argument checks shared by the command-line scripts in ``scripts/``.
+
+Every bad flag ends in one ``error: --flag: ...`` line and exit status 2 (``parser.error``) before any work starts:
+never a traceback, never a silently replaced value. :func:`check_args` runs value checks (:func:`at_least`,
+:func:`between`, :func:`json_object`) on parsed arguments; :func:`check_device`, :func:`check_output_file` and
+:func:`check_output_dir` check the device and output paths. Standard library only (torch is imported when a device
+is checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
+
+
+def flag(dest: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + dest.replace("_", "-")
+
+
+def fail(message: str) -> NoReturn:
+    """One ``error: ...`` line on stderr and exit status 2 (for problems found after parsing, outside a parser)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def at_least(minimum: int) -> Check:
+    """An integer >= ``minimum``."""
+    def check(value: int) -> str | None:
+        if value >= minimum:
+            return None
+        wanted = "a positive integer" if minimum == 1 else "a non-negative integer" if minimum == 0 else \
+            f"an integer >= {minimum}"
+        return f"must be {wanted}, got {value}"
+    return check
+
+
+positive = at_least(1)
+non_negative = at_least(0)
+
+
+def between(low: float, high: float, *, inclusive: bool = False) -> Check:
+    """A number strictly between ``low`` and ``high`` (or within them if ``inclusive``)."""
+    def check(value: float) -> str | None:
+        ok = low <= value <= high if inclusive else low < value < high
+        return None if ok else f"must be {'' if inclusive else 'strictly '}between {low:g} and {high:g}" \
+                               f"{' (inclusive)' if inclusive else ''}, got {value:g}"
+    return check
+
+
+def json_object(text: str) -> str | None:
+    """A JSON object such as ``'{"width": 64}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg} at column {err.colno}): {text!r}"
+    return None if isinstance(value, dict) else f"must be a JSON object such as '{{\"width\": 64}}', got {text!r}"
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, **checks: Check) -> None:
+    """``parser.error('--flag: ...')`` for the first argument whose check fails (``None`` values are skipped)."""
+    for dest, check in checks.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        problem = check(value)
+        if problem:
+            parser.error(f"{flag(dest)}: {problem}")
+
+
+def check_device(parser: argparse.ArgumentParser, option: str, name: str):
+    """The ``torch.device`` named ``name``; ``parser.error`` if torch does not know it or it is not available here
+    (CUDA absent, an index past the last GPU)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        parser.error(f"{option}: {name!r} is not a torch device; use cpu, cuda or cuda:<index>")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"{option}: {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(f"{option}: {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        parser.error(f"{option}: {name}: only cpu and cuda are supported")
+    return device
+
+
+def _writable_problem(folder: Path) -> str | None:
+    """Why nothing can be created in ``folder`` (the nearest existing ancestor of an output), or None."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as err:
+        return f"cannot write in {folder}: {err.strerror or type(err).__name__}"
+    return None
+
+
+def check_output_dir(parser: argparse.ArgumentParser, option: str, path: Path | None) -> None:
+    """``parser.error`` unless ``path`` is (or can be created as) a folder that can be written in."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        parser.error(f"{option}: {path} exists and is not a folder")
+    problem = _writable_problem(path)
+    if problem:
+        parser.error(f"{option}: {problem}")
+
+
+def check_output_file(parser: argparse.ArgumentParser, option: str, path: Path | None) -> None:
+    """``parser.error`` unless ``path`` can be written as a file: not a folder, its folder writable or creatable."""
+    if path is None:
+        return
+    if path.is_dir():
+        parser.error(f"{option}: {path} is a folder, not a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        parser.error(f"{option}: cannot write {path}")
+    problem = _writable_problem(path.parent)
+    if problem:
+        parser.error(f"{option}: {problem}")

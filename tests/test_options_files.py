@@ -1,0 +1,150 @@
+"""Option files and the command line around the schema: ``--force_yml`` entries (reported as theirs, creating
+documented sections only), keys written twice, the README's example errors, and ``python -m ldt.sr.options``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ldt.sr.options import OptionsError, embed_references, load_options, read_option_file
+from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
+from tests.test_options_schema import nothing_built, train_cli, with_change  # noqa: F401  (nothing_built: a fixture)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tiny_cameras(tmp_path_factory.mktemp("cams"))
+
+
+def test_a_problem_an_override_causes_is_reported_as_the_entry(data_root, tmp_path, capsys, nothing_built):
+    path = write_options(with_change(tiny_options(data_root, "o"), "ldt:exchange:interval", 0), tmp_path)
+    code, lines = train_cli(path, capsys, "--force_yml", "train:total_iter=0", "train:scheduler={type: MultiStepLR}")
+    assert code == 2
+    assert sorted(lines) == sorted([
+        f"error: {path}: ldt:exchange:interval: must be > 0, got 0",
+        "error: --force_yml 'train:total_iter=0': train:total_iter: must be > 0, got 0",
+        "error: --force_yml 'train:scheduler={type: MultiStepLR}': train:scheduler:milestones: missing (required)",
+    ])
+
+
+def test_an_override_value_that_is_not_yaml_is_one_line(data_root, tmp_path, capsys, nothing_built):
+    code, lines = train_cli(write_options(tiny_options(data_root, "o"), tmp_path), capsys,
+                            "--force_yml", "train:total_iter=[1")
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: --force_yml 'train:total_iter=[1': the value '[1' is not valid YAML: "), lines
+
+
+def test_overrides_create_documented_sections_the_file_omits_and_nothing_else(data_root, tmp_path):
+    path = write_options(tiny_options(data_root, "o"), tmp_path)
+    opt = load_options(path, is_train=True, overrides=[
+        "train:pixel_opt:type=CharbonnierLoss", "train:scheduler:type=MultiStepLR", "train:scheduler:milestones=[3]",
+        "ldt:warmup:lr=1e-3"])
+    assert opt["train"]["pixel_opt"]["type"] == "CharbonnierLoss"
+    assert opt["train"]["scheduler"]["milestones"] == [3] and opt["ldt"]["warmup"]["lr"] == 1e-3
+    for entry, message in [
+        ("train:pixel_optt:type=L1Loss", "'train:pixel_optt' is not an option section (did you mean 'pixel_opt'?)"),
+        ("train:total_iter:x=1", "'train:total_iter' is 6 in the options, not an option section"),
+        ("val:metrics:psnr:type=calculate_psnr", "'val:metrics' is not an option section"),
+    ]:
+        with pytest.raises(OptionsError, match=re.escape(f"--force_yml '{entry}': {message}")):
+            load_options(path, is_train=True, overrides=[entry])
+
+
+def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "twice.yml"
+    path.write_text("name: x\nname: y\ntrain:\n  total_iter: 3\n  optim_g: {lr: 1, lr: 2}\ntrain:\n  total_iter: 4\n")
+    with pytest.raises(OptionsError) as err:
+        read_option_file(path)
+    assert str(err.value).splitlines() == [
+        f"{path}: name: written twice (lines 1 and 2); keep one",
+        f"{path}: train: written twice (lines 3 and 6); keep one",
+        f"{path}: train:optim_g:lr: written twice (line 5, columns 13 and 20); keep one",
+    ]
+    path.write_text("name: x\n")
+    with pytest.raises(OptionsError, match="--force_yml 'train={a: 1, a: 2}': the value writes 'a' twice"):
+        load_options(path, is_train=True, overrides=["train={a: 1, a: 2}"])
+
+
+def test_an_unknown_architecture_is_our_line_only(data_root, tmp_path, capsys, nothing_built):
+    """BasicSR's registry prints 'Name ... is not found' on stdout for an unknown name: it is never asked."""
+    path = write_options(with_change(tiny_options(data_root, "o"), "network_g:type", "SAFMNN"), tmp_path)
+    from ldt.sr.train import main as train_main
+
+    assert train_main(["-opt", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"error: {path}: network_g:type: unknown architecture 'SAFMNN' (did you mean 'SAFMN'?)"]
+
+
+def test_test_py_without_weights_names_the_file(data_root, tmp_path, capsys, nothing_built):
+    from ldt.sr.evaluate import main as test_main
+
+    opt = {key: value for key, value in tiny_options(data_root, "t").items() if key not in ("train", "ldt")}
+    opt["path"] = {"pretrain_network_g": None}
+    path = write_options(opt, tmp_path)
+    assert test_main(["-opt", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {path}: path:pretrain_network_g: missing: the weights to evaluate, e.g. "
+        "experiments/<name>/models/net_g_best.pth"]
+
+
+# How each example line of the README's options section is produced (every line must have one).
+README_EXAMPLES = {
+    "datasets:train:camears": (("datasets:train:camears", ["pan"]), []),
+    "ldt:unstable_ratio": (("ldt:unstable_ratio", 0.99), []),
+    "train:optim_g:type": (("train:optim_g:type", "SGD"), []),
+    "train:total_iter": (None, ["train:total_iter=0"]),
+}
+
+
+def test_the_readme_example_errors_are_what_the_check_prints(data_root, tmp_path, capsys, nothing_built):
+    section = README.read_text().split("### Options: one schema, every problem at once", 1)[1]
+    examples = [line for line in section.split("```", 2)[1].splitlines() if line.startswith("error: ")]
+    assert len(examples) == len(README_EXAMPLES)
+    for example in examples:
+        option = example.split(": ")[2]
+        change, overrides = README_EXAMPLES[option]
+        opt = tiny_options(data_root, "mine")
+        path = write_options(with_change(opt, *change) if change else opt, tmp_path)
+        _, lines = train_cli(path, capsys, *(["--force_yml", *overrides] if overrides else []))
+        assert [line.replace(str(path), "options/train/mine.yml") for line in lines] == [example]
+
+
+def test_the_reference_cli_regenerates_a_readme_and_refuses_in_one_line(tmp_path, capsys):
+    from ldt.sr.options import main
+
+    readme = tmp_path / "README.md"
+    current = README.read_text()
+    stale = re.sub(r"(<!-- options:begin -->\n).*?(<!-- options:end -->)", r"\1stale\n\2", current, flags=re.S)
+    readme.write_text(stale)
+    assert main(["--readme", str(readme)]) == 0 and readme.read_text() == embed_references(current)
+    (tmp_path / "plain.md").write_text("no markers\n")
+    for argument, message in [(tmp_path / "absent.md", "No such file or directory"), (tmp_path, "Is a directory"),
+                              (tmp_path / "plain.md", "no <!-- methods:begin --> marker")]:
+        assert main(["--readme", str(argument)]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: {argument}: {message}"]
+    for arguments, status in [(["--readme"], 2), (["--bogus"], 2), (["--help"], 0)]:
+        with pytest.raises(SystemExit) as stop:
+            main(arguments)
+        assert stop.value.code == status
+
+
+def test_the_method_seed_is_one_numpy_and_torch_take(data_root, tmp_path, capsys, nothing_built):
+    path = write_options(with_change(tiny_options(data_root, "o"), "ldt:seed", 99999999999999999999), tmp_path)
+    code, lines = train_cli(path, capsys)
+    assert code == 2 and len(lines) == 1 and "ldt:seed: must be <=" in lines[0], lines
+
+
+def test_a_resume_with_another_method_names_the_method_only(data_root):
+    from ldt.sr.checkpoints import option_changes
+    from ldt.sr.options import prepare_options
+
+    saved, current = (prepare_options(tiny_options(data_root, "o", method), is_train=True) for method in ("ldt", "ft"))
+    assert option_changes(saved, current) == (["ldt:method: 'ldt' -> 'ft'"], [])
+    with_ema = prepare_options(tiny_options(data_root, "o", train={"total_iter": 6, "ema_decay": 0.9}), is_train=True)
+    assert "ldt:ema_decay: None -> 0.9" in option_changes(prepare_options(tiny_options(data_root, "o"), is_train=True),
+                                                          with_ema)[0]

@@ -1,0 +1,250 @@
+"""Bad flags of the scripts in scripts/ end in one ``error: --flag: ...`` line and exit status 2 before any work:
+no traceback, no silently replaced value. The scripts run in-process (``runpy``, their ``sys.argv`` patched)."""
+
+from __future__ import annotations
+
+import errno
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ldt.cli
+from tests.conftest import load_file_module
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(monkeypatch: pytest.MonkeyPatch, capsys, name: str, *args: str) -> tuple[int, str]:
+    """Exit status and the last stderr line of ``scripts/<name> args``."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / name), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    return exit_info.value.code, lines[-1] if lines else ""
+
+
+def assert_flag_error(result: tuple[int, str], option: str, *words: str) -> None:
+    code, line = result
+    assert code == 2, line
+    assert f"error: {option}: " in line, line
+    for word in words:
+        assert word in line, line
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch):
+    """Folders look read-only to the writability check (tests cannot mount a read-only file system)."""
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(ldt.cli.tempfile, "mkstemp", refuse)
+
+
+# ------------------------------------------------------------------------------------------ build_synthetic_cameras
+BUILD = ("--no-progress", "--tiny")
+
+
+@pytest.mark.parametrize("args, option, words", [
+    (["--scale", "0"], "--scale", ["positive"]),
+    (["--scale", "-1"], "--scale", ["positive"]),
+    (["--seed", "-1"], "--seed", ["non-negative"]),
+    (["--patch-size", "30"], "--patch-size", ["multiple"]),
+    (["--patch-size", "10000"], "--patch-size", ["larger than"]),
+    (["--patch-size", "0"], "--patch-size", ["positive"]),
+    (["--patches-per-image", "-1"], "--patches-per-image", ["positive"]),
+    (["--patches-per-image", "0"], "--patches-per-image", ["positive"]),
+    (["--scale", "3"], "--patch-size", ["32 is not a multiple of scale 3"]),  # the tiny default patch
+])
+def test_build_synthetic_cameras_rejects_bad_options(tmp_path, monkeypatch, capsys, args, option, words) -> None:
+    root = tmp_path / "c"
+    assert_flag_error(run_script(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--root", str(root),
+                                 *args), option, *words)
+    assert not root.exists()  # nothing built, nothing cached
+
+
+def test_build_synthetic_cameras_rejects_unusable_roots(tmp_path, monkeypatch, capsys, read_only) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for root, words in ((a_file, ["not a folder"]), (a_file / "sub", ["is a file"]),
+                        (tmp_path / "new", ["Read-only file system"])):
+        assert_flag_error(run_script(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--root", str(root)),
+                          "--root", *words)
+
+
+def test_build_synthetic_cameras_reports_write_errors_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    import ldt.data.synthetic_cameras as synthetic
+
+    def full_disk(path, rgb):
+        raise OSError(f"cannot write {path}")
+
+    monkeypatch.setattr(synthetic, "_write_png", full_disk)
+    code, line = run_script(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--root", str(tmp_path / "c"))
+    assert code == 2 and line.startswith(f"error: --root {tmp_path / 'c'}: cannot write"), line
+
+
+# -------------------------------------------------------------------------------------------------- benchmark_probe
+PROBE = ("--arch", "convnet", "--arch-opt", '{"width": 8, "depth": 1}', "--batches", "2", "--batch", "1", "--size",
+         "8", "--device", "cpu")
+
+
+@pytest.mark.parametrize("args, option, words", [
+    (["--batches", "0"], "--batches", ["positive"]),
+    (["--batch", "0"], "--batch", ["positive"]),
+    (["--size", "0"], "--size", ["positive"]),
+    (["--scale", "0"], "--scale", ["positive"]),
+    (["--arch", "Foo"], "--arch", ["unknown arch 'Foo'"]),
+    (["--arch-opt", "{bad"], "--arch-opt", ["not valid JSON"]),
+    (["--arch-opt", "[1]"], "--arch-opt", ["JSON object"]),
+    (["--arch-opt", '{"colour": 1}'], "--arch-opt", ["colour"]),
+    (["--device", "foo"], "--device", ["not a torch device"]),
+    pytest.param(["--device", "cuda"], "--device", ["CUDA is not available"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+    (["--arch", "SAFMN", "--arch-opt", '{"dim": 8, "n_blocks": 1}', "--size", "4"], "--size", ["8x8"]),
+    (["--arch", "SAFMN", "--arch-opt", '{"dim": 8, "n_blocks": 1, "upscaling_factor": 2}'], "--scale", ["x4"]),
+])
+def test_benchmark_probe_rejects_bad_options(monkeypatch, capsys, args, option, words) -> None:
+    def no_children(*a, **k):
+        raise AssertionError("a child process was started")
+
+    monkeypatch.setattr(subprocess, "run", no_children)
+    assert_flag_error(run_script(monkeypatch, capsys, "benchmark_probe.py", *PROBE, *args), option, *words)
+
+
+def test_benchmark_probe_convnet_follows_scale() -> None:
+    probe = load_file_module(SCRIPTS / "benchmark_probe.py", "ldt_benchmark_probe")
+    model = probe.build_model("convnet", {"width": 4, "depth": 1}, scale=2)
+    assert model(torch.zeros(1, 3, 5, 5)).shape[-1] == 10
+
+
+def test_benchmark_probe_child_failure_is_one_line(monkeypatch, capsys) -> None:
+    def failing_child(cmd, **kwargs):
+        stderr = "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"
+        return subprocess.CompletedProcess(cmd, 1, "", stderr)
+
+    monkeypatch.setattr(subprocess, "run", failing_child)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "benchmark_probe.py"), *PROBE])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPTS / "benchmark_probe.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.strip() == "error: the plain run failed: RuntimeError: boom"
+
+
+# --------------------------------------------------------------------------------------------------- benchmark_scan
+SCAN = ("--batch", "1", "--length", "16", "--channels", "8", "--groups", "2", "--state", "4", "--device", "cpu",
+        "--repeat", "1", "--warmup", "0")
+
+
+@pytest.mark.parametrize("args, option, words", [
+    (["--batch", "0"], "--batch", ["positive"]),
+    (["--state", "0"], "--state", ["positive"]),
+    (["--repeat", "0"], "--repeat", ["positive"]),
+    (["--length", "0"], "--length", ["positive"]),
+    (["--channels", "7"], "--channels", ["divisible by --groups 2"]),
+    (["--groups", "0"], "--groups", ["positive"]),
+    (["--warmup", "-1"], "--warmup", ["non-negative"]),
+    (["--chunk-sizes", "foo"], "--chunk-sizes", ["'foo'"]),
+    (["--chunk-sizes", "auto", "0"], "--chunk-sizes", ["'0'"]),
+    (["--device", "foo"], "--device", ["not a torch device"]),
+    pytest.param(["--device", "cuda"], "--device", ["CUDA is not available"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+])
+def test_benchmark_scan_rejects_bad_options(monkeypatch, capsys, args, option, words) -> None:
+    assert_flag_error(run_script(monkeypatch, capsys, "benchmark_scan.py", *SCAN, *args), option, *words)
+
+
+# -------------------------------------------------------------------------------------------------------- benchmark
+BENCH = ("--device", "cpu", "--arch", "safmn_tiny", "--batch-size", "1", "--patch", "8", "--iters", "2",
+         "--warmup-iters", "1", "--probe-batches", "1")
+
+
+@pytest.mark.parametrize("args, option, words", [
+    (["--unstable-ratio", "1.5"], "--unstable-ratio", ["between 0 and 1"]),
+    (["--unstable-ratio", "0"], "--unstable-ratio", ["between 0 and 1"]),
+    (["--patch", "1"], "--patch", ["at least 8x8"]),
+    (["--json", "{tmp}"], "--json", ["is a folder"]),
+    (["--json", "{tmp}/afile/x.json"], "--json", ["is a file"]),
+])
+def test_benchmark_rejects_bad_options(tmp_path, monkeypatch, capsys, args, option, words) -> None:
+    (tmp_path / "afile").write_text("x")
+    bench = load_file_module(SCRIPTS / "benchmark.py", "ldt_benchmark_cli")
+    monkeypatch.setattr(bench, "measure_training", lambda *a, **k: pytest.fail("measured despite a bad flag"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*BENCH, *(arg.format(tmp=tmp_path) for arg in args)])
+    err = capsys.readouterr().err
+    assert_flag_error((exit_info.value.code, err.strip().splitlines()[-1]), option, *words)
+
+
+def test_benchmark_rejects_unwritable_json_before_measuring(tmp_path, capsys, read_only) -> None:
+    bench = load_file_module(SCRIPTS / "benchmark.py", "ldt_benchmark_cli")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args([*BENCH, "--json", str(tmp_path / "out" / "x.json")])
+    assert_flag_error((exit_info.value.code, capsys.readouterr().err.strip().splitlines()[-1]), "--json",
+                      "Read-only file system")
+
+
+# ---------------------------------------------------------------------------------------------- benchmark_data_check
+@pytest.mark.parametrize("args, option", [
+    (["--pairs", "0"], "--pairs"),
+    (["--hr", "0", "--pairs", "2"], "--hr"),
+    (["--hr", "2", "--pairs", "2"], "--hr"),
+    (["--repeat", "0", "--pairs", "2", "--hr", "16"], "--repeat"),
+])
+def test_benchmark_data_check_rejects_bad_options(monkeypatch, capsys, args, option) -> None:
+    assert_flag_error(run_script(monkeypatch, capsys, "benchmark_data_check.py", *args), option)
+
+
+# ---------------------------------------------------------------------------------------------------- index_drealsr
+@pytest.mark.parametrize("args, option, words", [
+    (["--cameras", "foo"], "--cameras", ["unknown camera 'foo'"]),
+    (["--meta-info", "{tmp}/afile"], "--meta-info", ["not a folder"]),
+    (["--lmdb", "{tmp}/afile/l"], "--lmdb", ["is a file"]),
+    (["--check-sizes", "--size-tolerance", "-1"], "--size-tolerance", ["non-negative"]),
+    (["--scale", "0"], "--scale", ["positive"]),
+    (["--scale", "-4"], "--scale", ["positive"]),
+])
+def test_index_drealsr_rejects_bad_options(tmp_path, monkeypatch, capsys, args, option, words) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "root").mkdir()
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    assert_flag_error(run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), *args),
+                      option, *words)
+
+
+@pytest.mark.parametrize("option", ["--meta-info", "--lmdb"])
+def test_index_drealsr_rejects_unwritable_outputs(tmp_path, monkeypatch, capsys, read_only, option) -> None:
+    (tmp_path / "root").mkdir()
+    assert_flag_error(run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), option,
+                                 str(tmp_path / "out")), option, "Read-only file system")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_benchmark_unusable_scan_backend_is_one_line(capsys) -> None:
+    bench = load_file_module(SCRIPTS / "benchmark.py", "ldt_benchmark_cli")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*BENCH, "--scan-backend", "cuda"])
+    assert_flag_error((exit_info.value.code, capsys.readouterr().err.strip()), "--scan-backend", "needs CUDA")
+
+
+def test_index_drealsr_write_failure_after_the_check_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    import ldt.data.indexing
+
+    root = tmp_path / "root" / "x4" / "Test_x4"
+    for folder in ("test_HR", "test_LR"):
+        (root / folder).mkdir(parents=True)
+    (root / "test_HR" / "P1000001_x4.png").write_bytes(b"")
+    (root / "test_LR" / "P1000001_x1.png").write_bytes(b"")
+
+    def full_disk(pairs, folder, split, scale):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(ldt.data.indexing, "write_meta_info", full_disk)
+    code, line = run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--splits", "test",
+                            "--meta-info", str(tmp_path / "meta"))
+    assert_flag_error((code, line), "--meta-info", "No space left on device")
