@@ -301,27 +301,31 @@ def test_an_unwritable_results_folder_stops_test_py_before_it_evaluates(data_roo
         f"error: cannot create {root / 'results' / 't'}: permission denied"], result.stderr[-2000:]
 
 
-def test_a_resume_into_a_read_only_folder_fails_before_training(data_root, tmp_path, capsys):
+@pytest.fixture
+def disk(tmp_path):
+    """A small tmpfs of its own (8 MiB), to fill or make read-only."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
-    try:
-        assert cli(options(data_root, "frozen", total_iter=3), disk, capsys)[0] == 0
-        opt_file = write(options(data_root, "frozen", total_iter=60), tmp_path, "frozen.yml")
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        from ldt.sr.train import main
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
 
-        start = time.time()
-        capsys.readouterr()
-        code = main(["-opt", str(opt_file), "--root", str(disk), "--auto_resume"])
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and lines == [f"error: cannot write in {disk / 'experiments' / 'frozen'}: read-only file system"]
-        assert time.time() - start < 30  # before 57 iterations of training
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+
+def test_a_resume_into_a_read_only_folder_fails_before_training(data_root, disk, tmp_path, capsys):
+    from ldt.sr.train import main
+
+    assert cli(options(data_root, "frozen", total_iter=3), disk, capsys)[0] == 0
+    opt_file = write(options(data_root, "frozen", total_iter=60), tmp_path, "frozen.yml")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    start = time.time()
+    capsys.readouterr()
+    code = main(["-opt", str(opt_file), "--root", str(disk), "--auto_resume"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == [f"error: cannot write in {disk / 'experiments' / 'frozen'}: read-only file system"]
+    assert time.time() - start < 30  # before 57 iterations of training
 
 
 def test_an_immutable_file_mid_run_is_one_line_and_the_rest_is_intact(data_root, tmp_path, capsys):
@@ -344,35 +348,26 @@ def test_an_immutable_file_mid_run_is_one_line_and_the_rest_is_intact(data_root,
         subprocess.run(["chattr", "-i", str(locked)], check=True)
 
 
-def test_a_full_disk_is_one_line_and_the_previous_checkpoint_resumes_exactly(data_root, tmp_path, capsys):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        assert cli(options(data_root, "straight", total_iter=6, ), tmp_path, capsys)[0] == 0
-        opt = options(data_root, "full", total_iter=3)
-        opt["logger"]["keep_last_checkpoints"] = 1
-        assert cli(opt, disk, capsys)[0] == 0
-        states = disk / "experiments" / "full" / "training_states"
-        state_bytes = (states / "3.state").stat().st_size
-        weight_bytes = (disk / "experiments" / "full" / "models" / "net_g_3.pth").stat().st_size
-        free = shutil.disk_usage(disk).free
-        filler = disk / "filler"
-        filler.write_bytes(bytes(free - weight_bytes - state_bytes // 2))  # room for the next weights, not its state
-        before = snapshot(states)
-        opt["train"]["total_iter"] = 6
-        code, lines = cli(opt, disk, capsys, "--auto_resume")
-        assert code == 2 and len(lines) == 1
-        assert f"cannot write {states / '6.state'}: no space left on device" in lines[0]
-        assert snapshot(states) == before
-        filler.unlink()
-        assert cli(opt, disk, capsys, "--auto_resume")[0] == 0
-        assert same_weights(latest(tmp_path, "straight"), latest(disk, "full"))
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+def test_a_full_disk_is_one_line_and_the_previous_checkpoint_resumes_exactly(data_root, disk, tmp_path, capsys):
+    assert cli(options(data_root, "straight", total_iter=6, ), tmp_path, capsys)[0] == 0
+    opt = options(data_root, "full", total_iter=3)
+    opt["logger"]["keep_last_checkpoints"] = 1
+    assert cli(opt, disk, capsys)[0] == 0
+    states = disk / "experiments" / "full" / "training_states"
+    state_bytes = (states / "3.state").stat().st_size
+    weight_bytes = (disk / "experiments" / "full" / "models" / "net_g_3.pth").stat().st_size
+    free = shutil.disk_usage(disk).free
+    filler = disk / "filler"
+    filler.write_bytes(bytes(free - weight_bytes - state_bytes // 2))  # room for the next weights, not its state
+    before = snapshot(states)
+    opt["train"]["total_iter"] = 6
+    code, lines = cli(opt, disk, capsys, "--auto_resume")
+    assert code == 2 and len(lines) == 1
+    assert f"cannot write {states / '6.state'}: no space left on device" in lines[0]
+    assert snapshot(states) == before
+    filler.unlink()
+    assert cli(opt, disk, capsys, "--auto_resume")[0] == 0
+    assert same_weights(latest(tmp_path, "straight"), latest(disk, "full"))
 
 
 # ---- 7. names that escape experiments/ --------------------------------------------------------------------------------
