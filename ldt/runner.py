@@ -11,7 +11,11 @@ command line after parsing: plan and check everything, run what is not recorded 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import re
+import shutil
 import sys
 from argparse import Namespace
 from dataclasses import asdict, dataclass, field
@@ -23,10 +27,12 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
+from ldt.atomic import DiskError, check_writable, make_dirs
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
 from ldt.sweep import RESULTS_FILE, PlannedRun, Records, run_hash, run_pending
+from ldt.weights import WeightsError, content_fingerprint
 
 # The flat flag of each nested method option (errors name the flag the user typed).
 FLAG_NAMES = {"probe:num_batches": "probe_batches", "warmup:steps": "warmup_steps", "warmup:lr": "warmup_lr",
@@ -63,6 +69,60 @@ def method_config(method: str, *, criterion: str, unstable_ratio: float, seed: i
             where, sep, message = line.partition(": ")
             lines.append(f"{FLAG_NAMES.get(where, where)}{sep}{message}")
         raise ValueError("; ".join(lines)) from None
+
+
+# --------------------------------------------------------------------------------------------- flags both runners have
+
+
+def check_device(device: str) -> str:
+    """``--device`` as torch will read it: a name torch does not know, or CUDA on a machine without it, is one line
+    now rather than a traceback when the first run moves its network."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def check_workers(workers: int | None) -> int | None:
+    """``--workers``: None (the device's default) or a count of data-loading processes, 0 = in-process."""
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be 0 (load in-process) or more, got {workers}")
+    return workers
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """``--seeds``: non-negative integers (numpy's seeded splits refuse negative ones, mid-sweep)."""
+    negative = [seed for seed in seeds if seed < 0]
+    if negative:
+        raise ValueError(f"--seeds must be non-negative integers, got {' '.join(map(str, negative))}")
+
+
+def unique(flag: str, values: Sequence) -> list:
+    """``values`` without repeats, in their order; a repeat is said in one line (it would train nothing new)."""
+    kept = list(dict.fromkeys(values))
+    if len(kept) < len(values):
+        repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+        print(f"{flag}: repeated {' '.join(repeated)} dropped (each run is trained once)", flush=True)
+    return kept
+
+
+def check_training(config: object) -> None:
+    """The training options both runners' run configurations share (``steps``, ``eval_every``, ``lr``,
+    ``weight_decay``, ``ema_decay``), each a one-line error naming the option, where Adam or the EMA would otherwise
+    fail (or train on NaN) inside the first run."""
+    for name in ("steps", "eval_every"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    lr, weight_decay, ema_decay = config.lr, config.weight_decay, config.ema_decay
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be positive and finite, got {lr}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay}")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
 
 
 class RunnerConfig(Protocol):
@@ -135,18 +195,102 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
     return best
 
 
+# Errors a run can end in that are about its input (a data file, a weights file, the disk), not a bug: the sweep
+# stops on them with one line. PIL's decoding errors are OSErrors; the tasks' data and weights errors ValueErrors.
+RUN_INPUT_ERRORS = (ValueError, OSError, DiskError)
+LOCK_FILE = ".sweep.lock"
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line. A data-loader worker's error carries the worker's traceback in its message;
+    its last line is the original error, kept without the exception's name."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", text.splitlines()[-1].strip())
+    return " ".join(text.split()) or type(err).__name__
+
+
+class RunFailed(ValueError):
+    """A run stopped on bad input found only while it ran; the message names the run and the file."""
+
+
+def fingerprints(configs: Sequence[RunnerConfig]) -> dict[str, str]:
+    """The tensor fingerprint of every weights file the sweep starts from, by path as configured."""
+    try:
+        return {path: content_fingerprint(path) for path in dict.fromkeys(c.weights for c in configs if c.weights)}
+    except WeightsError as err:
+        raise ValueError(str(err)) from None
+
+
+def check_recorded_weights(configs: Sequence[RunnerConfig], records: Records, now: Mapping[str, str]) -> None:
+    """Refuse records trained from other weights at the same path (a file replaced or rebuilt in place): a run's
+    identity names its weights by path only, its record holds their fingerprint (older records have none: not
+    checked)."""
+    recorded = records.by_hash()
+    for config in configs:
+        then = recorded.get(run_hash(config.hparams()), {}).get("weights_fingerprint")
+        if then and config.weights and then != now[config.weights]:
+            raise ValueError(f"weights {config.weights} changed since runs in {records.path} were trained from them "
+                             f"(tensor fingerprint {then} then, {now[config.weights]} now): restore the file, or "
+                             "record this sweep elsewhere with --out")
+
+
+MIN_FREE_BYTES = 1 << 20  # a record is a few kB; less than this free is a full disk
+
+
+def check_out(out: Path) -> Path:
+    """``--out`` exists, can be written and has room for records: a :class:`DiskError` now, not after the first
+    run has trained (a full disk still lets an empty test file be created, so the free space is read too)."""
+    check_writable(make_dirs(out))
+    if shutil.disk_usage(out).free < MIN_FREE_BYTES:
+        raise DiskError(f"cannot write in {out}: no space left on device")
+    return out
+
+
+@contextlib.contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for a sweep: a second sweep on the same folder would train the same runs
+    (and append the same records) again. The lock goes with the process, so a killed sweep never leaves one."""
+    path = out / LOCK_FILE
+    try:
+        handle = open(path, "a+")
+    except OSError as err:
+        raise DiskError(f"cannot open the lock file {path}: {err.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another sweep is running on {out} (it holds {path}); wait for it, or give another "
+                             "--out") from None
+        yield
+
+
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,
           progress: bool, tabulate: Callable[[Path], str]) -> int:
     """Run every configuration that has no record in ``out`` yet (by options hash; so a rerun resumes), then
-    recompute and print the tables. ``run(config, device=, workers=, progress=)`` returns a run's record; data
-    loader workers default to 4 on CUDA and 0 (in-process) on CPU."""
+    recompute and print the tables. ``run(config, device=, workers=, progress=)`` returns a run's record, to which
+    the sweep adds the weights' fingerprint; data loader workers default to 4 on CUDA and 0 (in-process) on CPU.
+
+    Bad input found only inside a run (a broken data file, a full disk) raises :class:`RunFailed`, one line naming
+    the run; the records of the runs before it are kept.
+    """
     records = Records(out / RESULTS_FILE)
     workers = workers if workers is not None else (4 if device.startswith("cuda") else 0)
-    planned = [PlannedRun(run_hash(c.hparams()), c.describe(),
-                          lambda c=c: run(c, device=device, workers=workers, progress=progress)) for c in configs]
+    now = fingerprints(configs)
+    check_recorded_weights(configs, records, now)
+
+    def execute(config: RunnerConfig) -> dict:
+        try:
+            record = run(config, device=device, workers=workers, progress=progress)
+        except RUN_INPUT_ERRORS as err:
+            raise RunFailed(f"run {config.describe()}: {one_line(err)}") from None
+        return {**record, **({"weights_fingerprint": now[config.weights]} if config.weights else {})}
+
+    planned = [PlannedRun(run_hash(c.hparams()), c.describe(), lambda c=c: execute(c)) for c in configs]
+    digests = set(p.digest for p in planned)
     done = set(records.by_hash())
-    print(f"{len(configs)} runs, {sum(p.digest in done for p in planned)} already recorded in {out}; running the rest "
-          f"on {device}", flush=True)
+    print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
+          flush=True)
     run_pending(planned, records, progress=progress, desc="sweep")
     print(tabulate(out))
     print(f"records: {records.path}; tables in {out}")
@@ -157,18 +301,22 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
          tabulate: Callable[[Path], str]) -> int:
     """A runner's command line after parsing: ``--collect OUT`` recomputes the tables from the records alone;
     otherwise ``prepare()`` plans and checks everything (bad data, options or weights: one line naming the culprit,
-    exit status 2, before any run) and :func:`sweep` runs what is not recorded yet."""
+    exit status 2, before any run), ``--out`` is checked writable and locked, and :func:`sweep` runs what is not
+    recorded yet (bad input found during a run: one line, exit status 2)."""
     if args.collect:
         try:
             print(tabulate(Path(args.collect)))
-        except FileNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (FileNotFoundError, DiskError) as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
         return 0
     try:
+        check_device(args.device)
+        check_workers(args.workers)
         out, configs = prepare()
-    except (ValueError, OSError) as err:  # data, weights and option errors are ValueErrors; missing files OSErrors
-        print(f"error: {err}", file=sys.stderr)
+        with sweep_lock(check_out(out)):
+            return sweep(configs, out, run, device=args.device, workers=args.workers, progress=args.progress,
+                         tabulate=tabulate)
+    except (ValueError, OSError, DiskError) as err:  # data, weights and option errors are ValueErrors; missing
+        print(f"error: {one_line(err)}", file=sys.stderr)  # files OSErrors; unwritable --out a DiskError
         return 2
-    return sweep(configs, out, run, device=args.device, workers=args.workers, progress=args.progress,
-                 tabulate=tabulate)

@@ -52,6 +52,10 @@ class Records:
     def all(self) -> list[dict]:
         """Every complete record (none if the file does not exist); a line cut short by an interrupted write, or
         anything that is not a JSON object with an ``options_hash``, is skipped with a warning."""
+        return [record for _, record in self.numbered()]
+
+    def numbered(self) -> list[tuple[int, dict]]:
+        """(line number, record) of every complete record, as :meth:`all` (line numbers name a record in warnings)."""
         if not self.path.is_file():
             return []
         records = []
@@ -63,11 +67,24 @@ class Records:
             except json.JSONDecodeError:
                 record = None
             if isinstance(record, dict) and "options_hash" in record:
-                records.append(record)
+                records.append((number, record))
             else:
                 warnings.warn(f"{self.path}:{number}: not a complete record (an interrupted write?); ignored",
-                              stacklevel=2)
+                              stacklevel=3)
         return records
+
+    def having(self, fields: Sequence[str]) -> list[dict]:
+        """The complete records that hold every one of ``fields``; any other (a foreign tool's record, another
+        task's in the same file) is skipped with a warning naming its line, so one stray line never breaks a table."""
+        kept = []
+        for number, record in self.numbered():
+            missing = [name for name in fields if name not in record]
+            if missing:
+                warnings.warn(f"{self.path}:{number}: a record without {', '.join(map(repr, missing))} (another "
+                              "task's or tool's?); ignored", stacklevel=2)
+            else:
+                kept.append(record)
+        return kept
 
     def by_hash(self) -> dict[str, dict]:
         """The records by options hash (a rerun of a run replaces its earlier record)."""
@@ -76,19 +93,34 @@ class Records:
     def append(self, record: dict) -> None:
         """Append one record as a line and sync it, so a crash right after a run still leaves its record whole.
 
-        A line cut short by an earlier crash is closed first, or the new record would be glued to it and lost.
+        A line cut short by an earlier crash is closed first, or the new record would be glued to it and lost. A
+        write that fails (full disk, no permission) is cut back to the file's earlier size, so no partial line stays,
+        and raises :class:`ldt.atomic.DiskError` naming the file.
         """
         if "options_hash" not in record:
             raise ValueError("a record needs its 'options_hash'")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab+") as handle:
-            if handle.seek(0, os.SEEK_END):
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    handle.write(b"\n")
-            handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        from ldt.atomic import DiskError, disk_reason, make_dirs
+
+        make_dirs(self.path.parent)
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        try:
+            with open(self.path, "ab+", buffering=0) as handle:  # unbuffered: nothing left to flush after a cut-back
+                size = handle.seek(0, os.SEEK_END)
+                try:
+                    if size:
+                        handle.seek(-1, os.SEEK_END)
+                        if handle.read(1) != b"\n":
+                            line = b"\n" + line
+                    view = memoryview(line)
+                    while view:
+                        view = view[handle.write(view):]
+                    os.fsync(handle.fileno())
+                except OSError:
+                    handle.truncate(size)
+                    raise
+        except OSError as err:
+            raise DiskError(f"cannot append a record to {self.path}: {disk_reason(err, self.path.parent)} (the "
+                            "earlier records are intact)") from None
 
 
 @dataclass
@@ -309,11 +341,13 @@ def seed_markdown(rows: Sequence[dict], average: str, *, title: Callable[[str], 
     return "\n\n".join(sections) + "\n"
 
 
-def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[str, str]]) -> dict[str, str]:
+def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[str, str]],
+                        required: Sequence[str] = ()) -> dict[str, str]:
     """Recompute the tables of a sweep folder from its records alone: ``render(records)`` gives {file name: text},
-    each written into ``out``; returns them. No records is a ``FileNotFoundError`` naming the file."""
+    each written into ``out``; returns them. Records without every ``required`` field are skipped with a warning
+    (:meth:`Records.having`). No records is a ``FileNotFoundError`` naming the file."""
     out = Path(out)
-    found = Records(out / RESULTS_FILE).all()
+    found = Records(out / RESULTS_FILE).having(required)
     if not found:
         raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
     files = dict(render(found))

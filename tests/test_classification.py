@@ -501,3 +501,68 @@ def test_cli_help_and_a_tiny_run(toy, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "| tiny | lpft | 1 |" in done.stdout and (out / "table.md").is_file()
     assert [r["method"] for r in load_records(out)] == ["lpft", "ldt_s"]
+
+
+# ---- hostile input ---------------------------------------------------------------------------------------------------
+def copy_toy(toy: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(toy, to))
+
+
+def test_truncated_and_non_image_files_are_named_before_training(toy, tmp_path):
+    root = copy_toy(toy, tmp_path / "toy")
+    image = root / "photo" / "circle" / "0000.png"
+    image.write_bytes(image.read_bytes()[:100])
+    with pytest.raises(DatasetError, match=rf"{image} is truncated"):
+        scan_domains(root)
+    image.write_text("not an image")
+    with pytest.raises(DatasetError, match=rf"cannot read image {image}"):
+        scan_domains(root)
+    with pytest.raises(DatasetError, match=rf"cannot decode image {image}"):  # found in a run: named too
+        data_module.load_image(str(image))
+
+
+def test_a_class_missing_from_a_domain_is_named(toy, tmp_path):
+    root = copy_toy(toy, tmp_path / "toy")
+    (root / "cast" / "zebra").mkdir()
+    (root / "cast" / "zebra" / "0.png").write_bytes((root / "cast" / "circle" / "0000.png").read_bytes())
+    with pytest.raises(DatasetError, match="domain 'faded' has no images of class 'zebra' \\(domain 'cast' has\\)"):
+        scan_domains(root)
+
+
+def test_test_domain_groups_are_sorted_and_trained_once(capsys):
+    domains = list(DOMAINS)
+    assert main_module.left_out_groups(["photo", "cast+photo", "photo+cast"], domains) == [("photo",), ("cast", "photo")]
+    assert "--test-domains: repeated cast+photo dropped" in capsys.readouterr().out
+    assert main_module.left_out_groups(None, domains) == [(d,) for d in domains]  # single domains keep their hashes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-1"], "lr must be positive"), (["--lr", "nan"], "lr must be positive"),
+    (["--weight-decay", "-1"], "weight_decay must be non-negative"), (["--ema-decay", "2"], "ema_decay must be in"),
+    (["--device", "foo"], "--device foo"), (["--workers", "-1"], "--workers must be"),
+    (["--image-size", "3"], "image_size must be at least 8"), (["--image-size", "0"], "image_size must be at least 8"),
+    (["--seeds", "-1"], "--seeds must be non-negative"),
+])
+def test_bad_flags_are_one_line_naming_the_flag(toy, tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr("ldt.classification.__main__.run", lambda *a, **k: pytest.fail("no run may start"))
+    assert main(["--data", str(toy), "--out", str(tmp_path / "out"), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_repeated_seeds_and_methods_are_trained_once(toy, capsys):
+    args = main_module.parse_args(["--data", str(toy), "--seeds", "0", "0", "--methods", "ft", "ft",
+                                   "--test-domains", "photo", *FAST_FLAGS])
+    _, configs = main_module.prepare(args)
+    assert len(configs) == 1 and "--seeds: repeated 0 dropped" in capsys.readouterr().out
+
+
+def test_tables_skip_foreign_records_with_a_warning(tmp_path):
+    lines = [hand_record("ft", "C", 0, 0.5), {"options_hash": "zzz", "foo": 1},
+             {"options_hash": "seg", "sources": ["clean"], "target_miou": {"fog": 1.0}}]
+    (tmp_path / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS}:2: a record without 'dataset'"):
+        assert "| resnet50 | ft | 1 | 50.00 | 50.00 |" in write_tables(tmp_path)
+    assert main(["--collect", str(tmp_path)]) == 0

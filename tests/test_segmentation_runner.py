@@ -362,3 +362,38 @@ def test_demo_pretrains_once_and_fine_tunes_the_cached_backbone(tiny, tmp_path, 
     assert main(argv + ["--no-pretrain"]) == 0
     assert len(trainings) == 1 and "pre-trained weights" not in capsys.readouterr().out
     assert [r["hparams"]["weights"] for r in sweep_records(out).all()] == [str(weights.resolve()), None]
+
+
+# ---- hostile input (shared runner checks, cached backbone, foreign records) ----------------------------------------
+def test_a_truncated_cached_backbone_is_one_line_saying_to_delete_it(tiny, tmp_path, monkeypatch):
+    path = TINY_PRETRAIN.weights_path(TINY.digest(), tmp_path)
+    torch.save(models.resnet18(weights=None).state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    monkeypatch.setattr(pretrain_module, "train_backbone", never)
+    with pytest.raises(ValueError, match=rf"cached pre-trained backbone: .*; delete {path} to pre-train it again"):
+        pretrain_backbone(tiny, TINY_PRETRAIN, root=tmp_path)
+
+
+def test_cli_checks_device_workers_seeds_and_drops_repeats(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(main_module, "run", never)
+    out = ["--out", str(tmp_path / "out"), "--no-progress", *specs(tiny)]
+    for argv, message in [(["--device", "foo"], "--device foo: not a torch device"),
+                          (["--workers", "-1"], "--workers must be 0"), (["--seeds", "-1"], "--seeds must be")]:
+        assert main(argv + out) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    args = main_module.parse_args([*out, "--backbones", "resnet18", "--methods", "ft", "ft", "--seeds", "0", "0",
+                                   *FAST_FLAGS])
+    _, configs, _, _ = main_module.plan(args)
+    assert len(configs) == 1
+    shown = capsys.readouterr().out
+    assert "--seeds: repeated 0 dropped" in shown and "--methods: repeated ft dropped" in shown
+
+
+def test_tables_skip_a_classification_record_with_a_warning(tmp_path):
+    from ldt.segmentation.records import write_tables
+
+    lines = [hand_record("ft", 0, {"fog": 10.0}), {"options_hash": "c", "dataset": "toy", "test_accuracy": {}}]
+    (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS_FILE}:2: a record without 'sources'"):
+        assert "| resnet50 | FT | 1 | 10.00 | 10.00 |" in write_tables(tmp_path)

@@ -95,13 +95,20 @@ def demo_weights(args: argparse.Namespace) -> None:
           f"accuracy {100 * summary['heldout_accuracy']:.1f} %; --no-pretrain for random init)")
 
 
+def left_out_groups(entries: list[str] | None, domains: list[str]) -> list[tuple[str, ...]]:
+    """The left-out groups of ``--test-domains`` (default: each domain alone), each in sorted order: ``a+b`` and
+    ``b+a`` are one run (and one table column), trained once."""
+    if not entries:
+        return [(d,) for d in domains]
+    named = runner.unique("--test-domains", ["+".join(sorted(entry.split("+"))) for entry in entries])
+    return [tuple(group.split("+")) for group in named]
+
+
 def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     """Check everything that can be checked cheaply, then list the sweep's runs (seed-major, so a partial sweep
     already has complete seeds)."""
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
     dataset = scan_domains(args.data)
-    groups = [tuple(g.split("+")) for g in args.test_domains] if args.test_domains else [(d,) for d in dataset.domains]
+    groups = left_out_groups(args.test_domains, dataset.domains)
     for group in groups:
         dataset.check_test_domains(group)
     weights = weights_by_backbone(args.weights, args.backbones)
@@ -128,6 +135,9 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
 def check_options(args: argparse.Namespace) -> None:
     """Every method and hyper-parameter flag, checked as the runs will be built (no data read): before the demo
     builds its data or pre-trains, a bad flag is already one line."""
+    runner.check_seeds(args.seeds)
+    for flag in ("seeds", "methods", "backbones"):
+        setattr(args, flag, runner.unique(f"--{flag}", getattr(args, flag)))
     hyper = {name: getattr(args, name) for name in HYPER}
     for method in args.methods:
         for backbone in args.backbones:

@@ -56,8 +56,41 @@ class DomainDataset:
         return [d for d in self.domains if d not in test_domains]
 
 
-def scan_domains(root: str | Path) -> DomainDataset:
-    """Index ``root/<domain>/<class>/<image>``; errors name the missing root or the domain without images."""
+def check_class_sets(files: dict[str, dict[str, list[str]]]) -> list[str]:
+    """The classes (sorted), when every domain has images of every one; otherwise a :class:`DatasetError` naming a
+    domain and the class it lacks (a union of class lists would train on labels some domains never show, and test
+    a domain on classes it lacks, without a word)."""
+    present = {domain: {c for c, paths in per_class.items() if paths} for domain, per_class in files.items()}
+    classes = sorted(set().union(*present.values()))
+    for domain, found in present.items():
+        missing = [c for c in classes if c not in found]
+        if missing:
+            elsewhere = next(d for d, other in present.items() if missing[0] in other)
+            more = f", nor of {len(missing) - 1} other class(es)" if len(missing) > 1 else ""
+            raise DatasetError(f"domain '{domain}' has no images of class '{missing[0]}' (domain '{elsewhere}' "
+                               f"has){more}: every domain needs every class")
+    return classes
+
+
+def check_image_files(paths: Sequence[str], listed: int = 3) -> None:
+    """Read every image's header and end marker (no decoding; :func:`ldt.data.cameras.image_size`), so a truncated
+    or non-image file is one error naming it before training, not a traceback in the middle of a run."""
+    from ldt.data.cameras import DatasetError as ImageError, image_size  # imported here: it loads the SR side
+
+    broken = []
+    for path in paths:
+        try:
+            image_size(path)
+        except ImageError as err:
+            broken.append(str(err))
+    if broken:
+        more = f" (and {len(broken) - listed} more)" if len(broken) > listed else ""
+        raise DatasetError(f"{len(broken)} unreadable image file(s): {'; '.join(broken[:listed])}{more}")
+
+
+def scan_domains(root: str | Path, check_files: bool = True) -> DomainDataset:
+    """Index ``root/<domain>/<class>/<image>``; errors name the missing root, the domain without images or a class,
+    and (``check_files``) every unreadable image file."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a directory")
@@ -81,7 +114,9 @@ def scan_domains(root: str | Path) -> DomainDataset:
                 f"{sorted(IMAGE_SUFFIXES)}"
             )
         files[domain_dir.name] = per_class
-    classes = sorted({c for per_class in files.values() for c, paths in per_class.items() if paths})
+    classes = check_class_sets(files)
+    if check_files:
+        check_image_files([path for per_class in files.values() for paths in per_class.values() for path in paths])
     index = {c: i for i, c in enumerate(classes)}
     samples = {
         domain: [(path, index[c]) for c, paths in per_class.items() for path in paths] for domain, per_class in files.items()
@@ -102,7 +137,12 @@ def split_holdout(samples: list[Sample], fraction: float, seed: int, domain: str
 
 
 def load_image(path: str) -> Image.Image:
-    return Image.open(path).convert("RGB")
+    """The RGB image in ``path``; a file that cannot be decoded is a :class:`DatasetError` naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
+        raise DatasetError(f"cannot decode image {path}: {err}") from None
 
 
 class ImageList(Dataset):

@@ -46,6 +46,20 @@ def check_backbone(name: str) -> None:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 
+# The smallest input each backbone turns into features (the tiny CNN halves it three times, the ResNets five); ViT's
+# must also be a multiple of its 16 px patch.
+MIN_IMAGE_SIZE = {"tiny": 8, "resnet18": 32, "resnet50": 32, "vit_b_16": 16}
+
+
+def check_image_size(name: str, size: int) -> None:
+    """Refuse an input size the backbone cannot take, before a run fails inside its first forward pass."""
+    check_backbone(name)
+    if size < MIN_IMAGE_SIZE[name] or (name == "vit_b_16" and size % 16):
+        multiple = " and a multiple of 16" if name == "vit_b_16" else ""
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE[name]}{multiple} for backbone {name!r}, "
+                         f"got {size}")
+
+
 def head_patterns(name: str) -> list[str]:
     """Regexes matching the classification head's parameters of backbone ``name``."""
     check_backbone(name)

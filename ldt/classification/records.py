@@ -19,6 +19,8 @@ from ldt.sweep import (
 AVERAGE = "Avg"
 # Run-specific keys left out of a configuration's identity: a table row gathers its seeds and test domains.
 PER_RUN_KEYS = ("seed", "test_domains")
+# What a record needs to be a table cell (another task's record in the same file lacks some: skipped with a warning).
+TABLE_FIELDS = ("dataset", "backbone", "method", "seed", "test_domains", "domains", "test_accuracy", "hparams")
 
 
 def sweep_records(out: str | Path) -> Records:
@@ -71,4 +73,4 @@ def write_tables(out: str | Path, order: dict[str, tuple[str, ...]] | None = Non
     def render(records: list[dict]) -> dict[str, str]:
         rows = build_table(records, order)
         return {"table.md": to_markdown(rows), "table.csv": to_csv(rows)}
-    return write_record_tables(out, render)["table.md"]
+    return write_record_tables(out, render, TABLE_FIELDS)["table.md"]

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
-from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, head_patterns
+from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, check_image_size, head_patterns
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import method_config, run_hparams, train_and_select
+from ldt.runner import check_training, method_config, run_hparams, train_and_select
 from ldt.sweep import run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
@@ -79,13 +79,15 @@ class RunConfig:
         check_backbone(self.backbone)
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {CRITERIA}")
-        for name in ("steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        check_training(self)
         self.method_config()  # every method option is checked by the core's own declaration
         domains = (self.test_domains,) if isinstance(self.test_domains, str) else tuple(self.test_domains)
         object.__setattr__(self, "test_domains", domains)
-        object.__setattr__(self, "image_size", self.image_size or DEFAULT_IMAGE_SIZE[self.backbone])
+        if self.image_size is None:  # only None means the default: an explicit 0 is refused, not replaced
+            object.__setattr__(self, "image_size", DEFAULT_IMAGE_SIZE[self.backbone])
+        check_image_size(self.backbone, self.image_size)
 
     def method_config(self) -> MethodConfig:
         """The registry method's options (a bad one is a one-line error naming its flag)."""
@@ -163,7 +165,7 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
     """Train, select and test one configuration; returns its record (see :mod:`ldt.classification.records`)."""
     start = time.time()
     device = torch.device(device)
-    dataset = scan_domains(config.data)
+    dataset = scan_domains(config.data, check_files=False)  # the sweep's plan checked them
     dataset.check_test_domains(config.test_domains)
     train_domains = dataset.train_domains(config.test_domains)
     splits = {d: split_holdout(dataset.samples[d], config.holdout_fraction, config.seed, d) for d in train_domains}

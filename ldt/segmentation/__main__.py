@@ -137,8 +137,8 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     """Check everything that needs no data, then list the sweep's runs (seed-major, so a partial sweep already has
     complete seeds). Returns (out, configs, whether generated domains are used, the demo's pre-trained weights file
     to make, if any)."""
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    runner.check_seeds(args.seeds)
+    seeds, methods = runner.unique("--seeds", args.seeds), runner.unique("--methods", args.methods)
     specs = (args.source or [SOURCE_DOMAIN]) + (args.targets or [])
     sources = [resolve_domain(s) for s in args.source or [SOURCE_DOMAIN]]
     if args.targets:
@@ -150,7 +150,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     generated = [s for s in specs if "=" not in s]
     demo = len(generated) == len(specs)
     defaults = {**DEFAULTS, **DEMO} if demo else DEFAULTS
-    backbones = list(dict.fromkeys(args.backbones or [defaults["backbone"]]))
+    backbones = runner.unique("--backbones", args.backbones or [defaults["backbone"]])
     for backbone in backbones:
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
@@ -166,11 +166,11 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     configs = [
         RunConfig(sources=tuple(sources), targets=tuple(targets), method=method, backbone=backbone,
                   weights=weights.get(backbone), seed=seed, **hyper)
-        for seed in dict.fromkeys(args.seeds)
+        for seed in seeds
         for backbone in backbones
-        for method in args.methods
+        for method in methods
     ]
-    for config in configs[: len(backbones) * len(args.methods)]:  # one seed: the method checks do not read seeds
+    for config in configs[: len(backbones) * len(methods)]:  # one seed: the method checks do not read seeds
         check_method(config)
     for backbone, path in given.items():  # a file that does not fit fails now, not hours into the sweep
         config = next(c for c in configs if c.backbone == backbone)

@@ -28,6 +28,7 @@ from ldt.segmentation.deeplabv3plus import DeepLabV3Plus
 from ldt.segmentation.generated import MANIFEST, PRETRAIN_DOMAIN, domain_root
 from ldt.segmentation.train import Size, evaluate, pixel_cross_entropy, source_stream, train_and_select
 from ldt.sweep import run_hash
+from ldt.weights import WeightsError, read_weights
 
 DEFAULT_PRETRAIN_ROOT = Path("datasets/generated_streets_pretrained")
 PRETRAIN_VERSION = 1  # bump when the recipe below changes in a way the settings do not show
@@ -99,6 +100,10 @@ def pretrain_backbone(data_root: str | Path, config: PretrainConfig = PretrainCo
     digest = data_digest(data_root)
     path = config.weights_path(digest, root)
     if path.is_file():
+        try:
+            read_weights(path)  # a cut-off or edited cache would otherwise fail inside the first run
+        except WeightsError as err:
+            raise WeightsError(f"cached pre-trained backbone: {err}; delete {path} to pre-train it again") from None
         return path
     start = time.time()
     backbone, val_miou = train_backbone(data_root, config, progress)

@@ -23,6 +23,8 @@ from ldt.sweep import (
 MEAN = "Mean"
 # Run-specific keys left out of a configuration's identity: a table row gathers its seeds.
 PER_RUN_KEYS = ("seed",)
+# What a record needs to be a table cell (another task's record in the same file lacks some: skipped with a warning).
+TABLE_FIELDS = ("sources", "targets", "backbone", "method", "seed", "target_miou", "target_results", "hparams")
 
 
 def sweep_records(out: str | Path) -> Records:
@@ -98,4 +100,4 @@ def write_tables(out: str | Path, order: dict[str, tuple[str, ...]] | None = Non
     def render(records: list[dict]) -> dict[str, str]:
         rows = build_table(records, order)
         return {"table.md": to_markdown(rows), "table.csv": to_csv(rows), "classes.csv": class_csv(records, order)}
-    return write_record_tables(out, render)["table.md"]
+    return write_record_tables(out, render, TABLE_FIELDS)["table.md"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import time
 import zlib
 from collections import Counter
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, method_class, prepare_method
-from ldt.runner import FLAG_NAMES, method_config, run_hparams, train_and_select
+from ldt.runner import FLAG_NAMES, check_training, method_config, run_hparams, train_and_select
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
     LAYOUTS, Augment, SegmentationDataset, SegmentationSplit, eval_loader, scan_split, split_holdout, training_loader,
@@ -151,19 +150,15 @@ class RunConfig:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}")
         if self.output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
-        for name in ("steps", "eval_every", "head_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.head_channels < 1:
+            raise ValueError(f"head_channels must be positive, got {self.head_channels}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        check_training(self)
         if self.batch_size < 2:  # DeepLabV3+'s image-pooling BatchNorm needs two images in train mode
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr} and {self.weight_decay}")
         if self.eval_max_side is not None and self.eval_max_side < 1:
             raise ValueError(f"eval_max_side must be positive, got {self.eval_max_side}")
         Augment(self.crop_size)

@@ -1,0 +1,189 @@
+"""The shared sweep (ldt.runner.main / sweep, ldt.sweep.Records) against hostile input: an unwritable or full
+--out, data errors found only inside a run (in-process and in a data-loader worker), weights changed in place,
+foreign records, repeated flag values and two sweeps on one folder. Fake runs: no training, seconds in all."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ldt import runner
+from ldt.atomic import DiskError
+from ldt.sweep import RESULTS_FILE, Records, run_hash
+
+ARGS = Namespace(collect=None, device="cpu", workers=None, progress=False)
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    """A run configuration as the runners' (the fields the sweep reads)."""
+
+    seed: int = 0
+    weights: str | None = None
+    method: str = "ft"
+    backbone: str = "tiny"
+    ema_decay: float | None = None
+
+    def hparams(self) -> dict:
+        return {"seed": self.seed, "weights": self.weights}
+
+    def describe(self) -> str:
+        return f"fake seed={self.seed}"
+
+
+def fake_run(config: FakeConfig, **_) -> dict:
+    return {"seed": config.seed, "score": 1.0}
+
+
+def no_run(*args, **kwargs):
+    raise AssertionError("no run may start")
+
+
+def sweep_main(out: Path, configs, run=fake_run, args: Namespace = ARGS) -> int:
+    return runner.main(args, lambda: (out, configs), run, lambda folder: "table")
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+# ---- 1. unwritable or full --out -----------------------------------------------------------------------------------
+def test_an_unwritable_out_is_one_line_before_any_run(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert sweep_main(tmp_path / "file" / "out", [FakeConfig()], no_run) == 2
+    assert f"cannot create {tmp_path / 'file' / 'out'}" in error_line(capsys)
+
+
+def test_a_full_out_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
+    assert f"cannot write in {tmp_path}: no space left" in error_line(capsys)
+
+
+def test_a_failed_append_leaves_no_partial_line_and_names_the_file(tmp_path, monkeypatch):
+    records = Records(tmp_path / RESULTS_FILE)
+    records.append({"options_hash": "a", "value": 1})
+    before = records.path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskError, match=rf"{records.path}: no space left on device"):
+        records.append({"options_hash": "b", "value": 2})
+    assert records.path.read_bytes() == before
+
+
+# ---- 2. data errors found inside a run -----------------------------------------------------------------------------
+def test_a_data_error_inside_a_run_is_one_line_and_keeps_earlier_records(tmp_path, capsys):
+    def run(config, **_):
+        if config.seed == 1:
+            raise ValueError("cannot decode image /data/broken.png: image file is truncated")
+        return fake_run(config)
+
+    assert sweep_main(tmp_path, [FakeConfig(0), FakeConfig(1)], run) == 2
+    assert "run fake seed=1: cannot decode image /data/broken.png" in error_line(capsys)
+    assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0]
+
+
+class Broken(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise ValueError("label /data/bad_labelTrainIds.png: label values [250] are not valid")
+
+
+def test_a_data_loader_workers_error_stays_one_line(tmp_path, capsys):
+    def run(config, workers, **_):
+        next(iter(DataLoader(Broken(), num_workers=workers)))
+
+    assert sweep_main(tmp_path, [FakeConfig()], run, Namespace(**{**vars(ARGS), "workers": 1})) == 2
+    err = error_line(capsys)
+    assert err == "error: run fake seed=0: label /data/bad_labelTrainIds.png: label values [250] are not valid\n"
+
+
+# ---- 3. weights changed in place -----------------------------------------------------------------------------------
+def test_records_of_weights_changed_in_place_are_refused(tmp_path, capsys):
+    weights, out = tmp_path / "w.pth", tmp_path / "out"
+    torch.save({"w": torch.zeros(2)}, weights)
+    configs = [FakeConfig(weights=str(weights))]
+    assert sweep_main(out, configs) == 0
+    (record,) = Records(out / RESULTS_FILE).all()
+    assert record["options_hash"] == run_hash(configs[0].hparams())  # the identity still names the path only
+    torch.save({"w": torch.zeros(2)}, weights)  # saved again, same tensors: the same weights
+    assert sweep_main(out, configs, no_run) == 0
+    torch.save({"w": torch.ones(2)}, weights)
+    capsys.readouterr()
+    assert sweep_main(out, configs, no_run) == 2
+    err = error_line(capsys)
+    assert f"weights {weights} changed" in err and str(out / RESULTS_FILE) in err
+
+
+def test_records_without_a_fingerprint_are_not_checked(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save({"w": torch.zeros(2)}, weights)
+    config = FakeConfig(weights=str(weights))
+    Records(tmp_path / RESULTS_FILE).append({"options_hash": run_hash(config.hparams()), "seed": 0})
+    assert sweep_main(tmp_path, [config], no_run) == 0
+
+
+# ---- 6. foreign records --------------------------------------------------------------------------------------------
+def test_records_without_a_tables_fields_are_skipped_with_a_warning(tmp_path):
+    path = tmp_path / RESULTS_FILE
+    path.write_text(json.dumps({"options_hash": "a", "score": 1}) + "\n" + json.dumps({"options_hash": "zzz"}) + "\n")
+    with pytest.warns(UserWarning, match=rf"{path}:2: a record without 'score'"):
+        assert Records(path).having(["score"]) == [{"options_hash": "a", "score": 1}]
+
+
+# ---- 5. and 8. flags both runners share ----------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value, flag", [("device", "foo", "--device foo"), ("workers", -1, "--workers")])
+def test_device_and_workers_are_checked_before_planning(tmp_path, capsys, field, value, flag):
+    args = Namespace(**{**vars(ARGS), field: value})
+    assert runner.main(args, no_run, no_run, lambda folder: "") == 2
+    assert flag in error_line(capsys)
+
+
+def test_negative_seeds_name_the_flag():
+    with pytest.raises(ValueError, match="--seeds must be non-negative"):
+        runner.check_seeds([0, -1])
+
+
+@pytest.mark.parametrize("change, message", [({"lr": -1.0}, "lr must be positive"), ({"lr": float("nan")}, "lr must"),
+                                             ({"weight_decay": -1.0}, "weight_decay must be non-negative"),
+                                             ({"ema_decay": 2.0}, "ema_decay must be in [0, 1)"),
+                                             ({"steps": 0}, "steps must be positive")])
+def test_shared_training_options_are_checked(change, message):
+    options = {"steps": 1, "eval_every": 1, "lr": 1e-3, "weight_decay": 0.0, "ema_decay": None, **change}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        runner.check_training(Namespace(**options))
+
+
+def test_repeated_values_are_dropped_in_one_line(capsys):
+    assert runner.unique("--seeds", [0, 0, 1]) == [0, 1]
+    assert capsys.readouterr().out == "--seeds: repeated 0 dropped (each run is trained once)\n"
+    assert runner.unique("--methods", ["ft"]) == ["ft"] and capsys.readouterr().out == ""
+
+
+def test_a_run_planned_twice_is_counted_once(tmp_path, capsys):
+    assert sweep_main(tmp_path, [FakeConfig(), FakeConfig()]) == 0
+    assert capsys.readouterr().out.startswith("1 runs, 0 already recorded")
+
+
+# ---- 10. two sweeps on one folder ----------------------------------------------------------------------------------
+def test_a_second_sweep_on_the_same_out_is_refused(tmp_path, capsys):
+    with runner.sweep_lock(tmp_path):
+        assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
+        assert f"another sweep is running on {tmp_path}" in error_line(capsys)
+    assert sweep_main(tmp_path, [FakeConfig()]) == 0  # released with the first
