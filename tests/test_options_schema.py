@@ -141,8 +141,8 @@ BAD = [
     ("val", {"val_freq": 3, "pbar": False, "tile": 4, "tile_overlap": 0},
      "val:tile: 4, but SAFMN needs inputs of at least 8x8 pixels: use val:tile >= 8"),
     # a section written but empty is not 'every default' (train: 10,000 iterations)
-    ("train", None, "train: expected a mapping, got NoneType None"),
-    ("ldt", None, "ldt: expected a mapping, got NoneType None"),
+    ("train", None, "train: is empty (null): give it options, or leave the section out for its defaults"),
+    ("ldt", None, "ldt: is empty (null): give it options, or leave the section out for its defaults"),
     # no knock-on line: the set's name is unknown, so val:source_set cannot be checked against it
     ("datasets:val_1:dataroott", "/x", "datasets:val_1:dataroott: unknown option (did you mean 'dataroot'?)"),
 ]

@@ -169,6 +169,8 @@ def _message(error: dict, siblings: list[str]) -> str:
     if kind == "string_type":
         return f"expected a string, got {type(value).__name__} {shown}"
     if kind in ("dict_type", "model_type", "model_attributes_type"):
+        if value is None:  # `train: ~`, or a section whose children are all commented out
+            return "is empty (null): give it options, or leave the section out for its defaults"
         return f"expected a mapping, got {type(value).__name__} {shown}"
     if kind in ("list_type", "tuple_type"):
         return f"expected a list, got {type(value).__name__} {shown}"
