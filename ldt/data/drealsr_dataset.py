@@ -71,7 +71,7 @@ class DRealSRCameraDataset(data.Dataset):
         self.split = options.split
         training_part = self.split == "train" and (options.held_out is None or options.held_out.part == "train")
         self.train = (options.phase or ("train" if training_part else "val")) == "train"  # BasicSR sets 'phase'
-        self.gt_size = options.gt_size or 48 * self.scale
+        self.gt_size = options.crop_size(self.scale)
         if self.train and self.gt_size % self.scale:
             raise DatasetError(f"gt_size {self.gt_size} is not a multiple of scale {self.scale}")
         self.size_tolerance = 4 * self.scale if options.size_tolerance is None else options.size_tolerance
