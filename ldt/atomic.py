@@ -31,6 +31,7 @@ REASONS = {
 }
 
 
+FULL_DISK_BYTES = 1 << 20  # less free space than this is a full disk (a record or a small file no longer fits)
 UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), and restored at once
 os.umask(UMASK)
 
@@ -82,7 +83,7 @@ def disk_reason(error: BaseException, folder: Path) -> str:
     if isinstance(error, OSError) and error.errno in REASONS:
         return REASONS[error.errno]
     try:
-        if shutil.disk_usage(folder).free < (1 << 20):
+        if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
             return REASONS[errno.ENOSPC]
     except OSError:
         pass
@@ -96,11 +97,12 @@ def make_dirs(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DiskError(f"cannot create {path}: {disk_reason(err, _existing_parent(path))}") from None
+        raise DiskError(f"cannot create {path}: {disk_reason(err, existing_parent(path))}") from None
     return path
 
 
-def _existing_parent(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (where a write would fail or succeed)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path

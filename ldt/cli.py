@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -75,37 +74,48 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, **chec
             parser.error(f"{flag(dest)}: {problem}")
 
 
-def check_device(parser: argparse.ArgumentParser, option: str, name: str):
-    """The ``torch.device`` named ``name``; ``parser.error`` if torch does not know it or it is not available here
-    (CUDA absent, an index past the last GPU)."""
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is no device torch can run on here (unknown to torch, CUDA absent, an index past the last GPU),
+    or None. Shared by the scripts and the classification / segmentation runners."""
     import torch
 
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        parser.error(f"{option}: {name!r} is not a torch device; use cpu, cuda or cuda:<index>")
+        return "not a torch device (e.g. cpu, cuda, cuda:1)"
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            parser.error(f"{option}: {name}: CUDA is not available on this machine")
+            return "CUDA is not available on this machine"
         if device.index is not None and device.index >= torch.cuda.device_count():
-            parser.error(f"{option}: {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
+            return f"only {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def check_device(parser: argparse.ArgumentParser, option: str, name: str):
+    """The ``torch.device`` named ``name``; ``parser.error`` if :func:`device_problem` finds one, or if it is
+    neither a CPU nor a CUDA device (what the scripts measure)."""
+    import torch
+
+    problem = device_problem(name)
+    if problem:
+        parser.error(f"{option}: {name}: {problem}")
+    device = torch.device(name)
+    if device.type not in ("cpu", "cuda"):
         parser.error(f"{option}: {name}: only cpu and cuda are supported")
     return device
 
 
 def _writable_problem(folder: Path) -> str | None:
-    """Why nothing can be created in ``folder`` (the nearest existing ancestor of an output), or None."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    """Why nothing can be created in ``folder`` (the nearest existing ancestor of an output is tried), or None."""
+    from ldt.atomic import DiskError, check_writable, existing_parent
+
+    folder = existing_parent(folder)
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
-        os.close(fd)
-        os.remove(tmp)
-    except OSError as err:
-        return f"cannot write in {folder}: {err.strerror or type(err).__name__}"
+        check_writable(folder)
+    except DiskError as err:
+        return str(err)
     return None
 
 

@@ -27,7 +27,8 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldt.atomic import DiskError, check_writable, make_dirs
+from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, make_dirs
+from ldt.cli import device_problem
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -75,14 +76,11 @@ def method_config(method: str, *, criterion: str, unstable_ratio: float, seed: i
 
 
 def check_device(device: str) -> str:
-    """``--device`` as torch will read it: a name torch does not know, or CUDA on a machine without it, is one line
-    now rather than a traceback when the first run moves its network."""
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    """``--device`` as torch will read it (:func:`ldt.cli.device_problem`): one line now rather than a traceback
+    when the first run moves its network."""
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(f"--device {device}: {problem}")
     return device
 
 
@@ -235,14 +233,11 @@ def check_recorded_weights(configs: Sequence[RunnerConfig], records: Records, no
                              "record this sweep elsewhere with --out")
 
 
-MIN_FREE_BYTES = 1 << 20  # a record is a few kB; less than this free is a full disk
-
-
 def check_out(out: Path) -> Path:
     """``--out`` exists, can be written and has room for records: a :class:`DiskError` now, not after the first
     run has trained (a full disk still lets an empty test file be created, so the free space is read too)."""
     check_writable(make_dirs(out))
-    if shutil.disk_usage(out).free < MIN_FREE_BYTES:
+    if shutil.disk_usage(out).free < FULL_DISK_BYTES:
         raise DiskError(f"cannot write in {out}: no space left on device")
     return out
 

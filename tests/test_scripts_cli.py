@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import ldt.cli
+import ldt.atomic
 from tests.conftest import load_file_module
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -43,7 +43,7 @@ def read_only(monkeypatch: pytest.MonkeyPatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(ldt.cli.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(ldt.atomic.tempfile, "mkstemp", refuse)  # the write check ldt.cli calls
 
 
 # ------------------------------------------------------------------------------------------ build_synthetic_cameras
@@ -72,7 +72,7 @@ def test_build_synthetic_cameras_rejects_unusable_roots(tmp_path, monkeypatch, c
     a_file = tmp_path / "afile"
     a_file.write_text("x")
     for root, words in ((a_file, ["not a folder"]), (a_file / "sub", ["is a file"]),
-                        (tmp_path / "new", ["Read-only file system"])):
+                        (tmp_path / "new", ["read-only file system"])):
         assert_flag_error(run_script(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--root", str(root)),
                           "--root", *words)
 
@@ -186,7 +186,7 @@ def test_benchmark_rejects_unwritable_json_before_measuring(tmp_path, capsys, re
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args([*BENCH, "--json", str(tmp_path / "out" / "x.json")])
     assert_flag_error((exit_info.value.code, capsys.readouterr().err.strip().splitlines()[-1]), "--json",
-                      "Read-only file system")
+                      "read-only file system")
 
 
 # ---------------------------------------------------------------------------------------------- benchmark_data_check
@@ -221,7 +221,7 @@ def test_index_drealsr_rejects_bad_options(tmp_path, monkeypatch, capsys, args, 
 def test_index_drealsr_rejects_unwritable_outputs(tmp_path, monkeypatch, capsys, read_only, option) -> None:
     (tmp_path / "root").mkdir()
     assert_flag_error(run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), option,
-                                 str(tmp_path / "out")), option, "Read-only file system")
+                                 str(tmp_path / "out")), option, "read-only file system")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
