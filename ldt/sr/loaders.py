@@ -76,10 +76,12 @@ def training_loader(opt: dict) -> tuple[torch.utils.data.DataLoader, ResumableSa
     return loader, sampler
 
 
-def seeded_loader(opt: dict, key: str, batch_size: int | None, seed: int) -> torch.utils.data.DataLoader:
-    """A shuffled loader over ``datasets:<key>`` in an order fixed by ``seed`` (warm-up and probe batches)."""
+def seeded_loader(opt: dict, key: str, batch_size: int | None, seed: int,
+                  data: torch.utils.data.Dataset | None = None) -> torch.utils.data.DataLoader:
+    """A shuffled loader over ``datasets:<key>`` in an order fixed by ``seed`` (warm-up and probe batches);
+    ``data``: that set already built (its pairs are then not found and checked again)."""
     block = opt["datasets"][key]
-    data = dataset(opt, key, phase="train")
+    data = data if data is not None else dataset(opt, key, phase="train")
     size, rank = world()
     sampler = EnlargedSampler(data, size, rank, ratio=block["dataset_enlarge_ratio"])
     sampler.set_epoch(seed)

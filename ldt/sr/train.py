@@ -282,10 +282,11 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
                                    "needs; remove it or pad it")
 
 
-def check_before_start(opt: dict, resuming: bool, val_loaders: dict) -> None:
+def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Dataset, val_loaders: dict) -> None:
     """What would otherwise fail only in the model's set-up, after the experiment folder was archived, or at the
     first validation, after hours: the pre-trained weights (readable, of this network, finite), a validation image
-    smaller than the network's smallest input, and, for a run that probes, an empty probe loader."""
+    smaller than the network's smallest input, and, for a run that probes, an empty probe loader (over
+    ``train_set``, the training loader's set, when the probe reads the training data)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.core import method_class
     from ldt.sr.options import build_meta_network
@@ -300,7 +301,8 @@ def check_before_start(opt: dict, resuming: bool, val_loaders: dict) -> None:
     if not resuming and method_class(opt["ldt"]["method"]).partition_source == "score" \
             and not opt["ldt"].get("partition_file"):
         probe = opt["ldt"]["probe"]
-        loader = seeded_loader(opt, probe["dataset"], probe["batch_size"], seed=0)
+        loader = seeded_loader(opt, probe["dataset"], probe["batch_size"], seed=0,
+                               data=train_set if probe["dataset"] == "train" else None)
         if len(loader) == 0:
             raise OptionsError(f"ldt:probe:batch_size: {loader.batch_size} is more than the {len(loader.sampler)} "
                                f"pairs of datasets:{probe['dataset']} per rank: the probe would get no batch")
@@ -324,7 +326,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog) -> dict:
     if len(loader) == 0:
         raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
     val_loaders = validation_loaders(opt) if rank0 else {}
-    check_before_start(opt, resuming=state is not None, val_loaders=val_loaders)
+    check_before_start(opt, resuming=state is not None, train_set=loader.dataset, val_loaders=val_loaders)
     if rank0:
         prepare_folder(opt, root, state_path, logger)
     if dist.is_initialized():
