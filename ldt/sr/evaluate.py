@@ -10,7 +10,7 @@ import torch
 
 from ldt.atomic import atomic_write_bytes, atomic_write_text, make_dirs
 from ldt.compat import patch_basicsr
-from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
+from ldt.sr.options import PROJECT_ROOT, load_options
 
 patch_basicsr()
 import ldt.archs  # noqa: E402,F401
@@ -24,9 +24,9 @@ from ldt.sr.train import build_parser, check_validation_sizes, resolve_num_gpu, 
 
 
 def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
-    """Evaluate ``path:pretrain_network_g`` on the option file's test sets; write results/<name>/results.{md,json}."""
-    if not opt["path"].get("pretrain_network_g"):
-        raise OptionsError("path:pretrain_network_g: the network to test is missing")
+    """Evaluate ``path:pretrain_network_g`` on the option file's test sets; write results/<name>/results.{md,json}.
+
+    ``opt``: checked test options (``prepare_options(..., is_train=False)``, which requires the network)."""
     resolve_num_gpu(opt)
     opt.update(dist=False, rank=0, world_size=1)
     out = make_dirs(root / "results" / opt["name"])  # before any work: a read-only disk fails here, in one line
