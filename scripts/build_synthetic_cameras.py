@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ldt.atomic import DiskError, FileContentError
-from ldt.cli import at_least, check_args, check_output_dir, fail, flag, positive
+from ldt.cli import check_output_dir, fail, flag
 from ldt.data.cameras import DatasetError
 from ldt.data.synthetic_cameras import (
     DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, BuildOptionError, build_bicubic_pretrain_set, build_synthetic_cameras,
@@ -37,10 +37,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="3 small photos and 32 px patches: seconds, for tests")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args()
-    check_args(parser, args, scale=positive, patch_size=positive, patches_per_image=positive, seed=at_least(0))
-    if args.patch_size is not None and args.patch_size % args.scale:
-        parser.error(f"--patch-size: {args.patch_size} is not a multiple of --scale {args.scale}")
-    check_output_dir(parser, "--root", args.root)
+    check_output_dir(parser, "--root", args.root)  # the values are checked by the builders, before any work
     if args.bicubic:
         check_output_dir(parser, "--bicubic-root", args.bicubic_root)
 
@@ -54,7 +51,7 @@ def main() -> None:
         option = "--root" if build is build_synthetic_cameras else "--bicubic-root"
         try:
             build(root, **options)
-        except BuildOptionError as err:  # e.g. a patch larger than the photos' train halves
+        except BuildOptionError as err:  # a bad value, or e.g. a patch larger than the photos' train halves
             parser.error(f"{flag(err.option)}: {err.problem}")
         except (DiskError, FileContentError, DatasetError, OSError) as err:  # unwritable, or not our folder
             fail(f"{option} {root}: {' '.join(str(err).split())}")
