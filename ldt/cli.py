@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -28,6 +29,14 @@ def fail(message: str) -> NoReturn:
     """One ``error: ...`` line on stderr and exit status 2 (for problems found after parsing, outside a parser)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def original_error(message: str) -> str:
+    """``message`` itself, or for an error re-raised from a DataLoader worker (its message carries the worker's
+    traceback) the original error: the traceback's last line, without the exception's name."""
+    if "Original Traceback" not in message:
+        return message
+    return re.sub(r"^[A-Za-z_][\w.]*: ", "", message.strip().splitlines()[-1].strip())
 
 
 def at_least(minimum: int) -> Check:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
-import re
 import shutil
 import sys
 from argparse import Namespace
@@ -28,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, make_dirs
-from ldt.cli import device_problem
+from ldt.cli import device_problem, original_error
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -202,10 +201,7 @@ LOCK_FILE = ".sweep.lock"
 def one_line(err: BaseException) -> str:
     """An error's message on one line. A data-loader worker's error carries the worker's traceback in its message;
     its last line is the original error, kept without the exception's name."""
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", text.splitlines()[-1].strip())
-    return " ".join(text.split()) or type(err).__name__
+    return " ".join(original_error(str(err)).split()) or type(err).__name__
 
 
 class RunFailed(ValueError):

@@ -26,6 +26,7 @@ from ldt.atomic import (
     DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, make_dirs, read_json_object,
     remove_leftovers,
 )
+from ldt.cli import original_error
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -473,9 +474,7 @@ def print_error(err: Exception) -> int:
     An error raised in a DataLoader worker arrives with the worker's traceback in its message: only its last line,
     the error itself, is shown.
     """
-    lines = str(err).splitlines() or [type(err).__name__]
-    if "Original Traceback" in str(err):
-        lines = [lines[-1].split(": ", 1)[-1]]
+    lines = original_error(str(err)).splitlines() or [type(err).__name__]
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
     return 2
