@@ -31,7 +31,7 @@ from ldt.cli import device_problem, original_error
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
-from ldt.sweep import RESULTS_FILE, PlannedRun, Records, run_hash, run_pending
+from ldt.sweep import RESULTS_FILE, PlannedRun, Records, run_hash, run_pending, stale_weights
 from ldt.weights import WeightsError, content_fingerprint
 
 # The flat flag of each nested method option (errors name the flag the user typed).
@@ -216,19 +216,6 @@ def fingerprints(configs: Sequence[RunnerConfig]) -> dict[str, str]:
         raise ValueError(str(err)) from None
 
 
-def check_recorded_weights(configs: Sequence[RunnerConfig], records: Records, now: Mapping[str, str]) -> None:
-    """Refuse records trained from other weights at the same path (a file replaced or rebuilt in place): a run's
-    identity names its weights by path only, its record holds their fingerprint (older records have none: not
-    checked)."""
-    recorded = records.by_hash()
-    for config in configs:
-        then = recorded.get(run_hash(config.hparams()), {}).get("weights_fingerprint")
-        if then and config.weights and then != now[config.weights]:
-            raise ValueError(f"weights {config.weights} changed since runs in {records.path} were trained from them "
-                             f"(tensor fingerprint {then} then, {now[config.weights]} now): restore the file, or "
-                             "record this sweep elsewhere with --out")
-
-
 def check_out(out: Path) -> Path:
     """``--out`` exists, can be written and has room for records: a :class:`DiskError` now, not after the first
     run has trained (a full disk still lets an empty test file be created, so the free space is read too)."""
@@ -268,7 +255,9 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     records = Records(out / RESULTS_FILE)
     workers = workers if workers is not None else (4 if device.startswith("cuda") else 0)
     now = fingerprints(configs)
-    check_recorded_weights(configs, records, now)
+    stale = stale_weights(records, ((run_hash(c.hparams()), c.weights) for c in configs), now)
+    if stale:
+        raise ValueError(stale)
 
     def execute(config: RunnerConfig) -> dict:
         try:

@@ -132,6 +132,21 @@ class PlannedRun:
     execute: Callable[[], dict]
 
 
+def stale_weights(records: Records, runs: Iterable[tuple[str, str | None]], now: Mapping[str, str]) -> str | None:
+    """Why recorded runs cannot be reused, or None: a run's record holds another tensor fingerprint than its weights
+    file has now (a file replaced or rebuilt in place; run identities name weights by path only). ``runs``: (options
+    hash, weights path or None); ``now``: path -> current fingerprint. Records without a fingerprint are not checked."""
+    recorded, runs = records.by_hash(), list(runs)
+    for digest, path in runs:
+        then = recorded.get(digest, {}).get("weights_fingerprint")
+        if then and path is not None and then != now[path]:
+            stale = sum(1 for d, p in runs if p == path and recorded.get(d, {}).get("weights_fingerprint") == then)
+            return (f"weights {path} changed since {stale} run(s) in {records.path} were trained from them (tensor "
+                    f"fingerprint {then} then, {now[path]} now): restore the file, or record this sweep elsewhere "
+                    "with --out")
+    return None
+
+
 def run_pending(runs: Sequence[PlannedRun], records: Records, *, progress: bool = True, desc: str = "sweep") -> tuple[int, int]:
     """Run every planned run without a record (each once, in order), appending each record as it finishes.
 

@@ -38,6 +38,7 @@ from ldt.sweep import (
     mean_se,
     parse_weights,
     run_pending,
+    stale_weights,
 )
 from ldt.weights import WeightsError, content_fingerprint, read_weights
 
@@ -279,17 +280,13 @@ def check_recorded_weights(records: Records, runs: Sequence[TableRun], weights: 
     """Refuse to reuse records made with other weights at the same path (a pre-training rebuilt with ``--force``, a
     file replaced by hand): the run identity names the weights by path, the record holds their tensor fingerprint."""
     try:
-        now = {arch: content_fingerprint(path) for arch, path in weights.items()}
+        now = {str(path): content_fingerprint(path) for path in weights.values()}
     except WeightsError as err:
         raise ReproduceError(str(err)) from None
-    recorded = records.by_hash()
-    for run in runs:
-        then = recorded.get(run.digest, {}).get("weights_fingerprint")
-        if then and then != now.get(run.arch):
-            stale = sum(1 for r in runs if recorded.get(r.digest, {}).get("weights_fingerprint") == then)
-            raise ReproduceError(f"weights {weights[run.arch]} changed since {stale} run(s) in {records.path} were "
-                                 f"trained from them (tensor fingerprint {then} then, {now.get(run.arch)} now): restore "
-                                 "the file, or record this sweep elsewhere with --out")
+    paths = {arch: str(path) for arch, path in weights.items()}
+    stale = stale_weights(records, ((run.digest, paths.get(run.arch)) for run in runs), now)
+    if stale:
+        raise ReproduceError(stale)
 
 
 def make_record(run: TableRun, report: dict, data_kind: str, out: Path) -> dict:
