@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from ldt.atomic import atomic_write_bytes, atomic_write_text, make_dirs
+from ldt.atomic import atomic_write_bytes, atomic_write_text, check_writable, make_dirs
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, load_options
 
@@ -29,7 +29,7 @@ def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
     ``opt``: checked test options (``prepare_options(..., is_train=False)``, which requires the network)."""
     resolve_num_gpu(opt)
     opt.update(dist=False, rank=0, world_size=1)
-    out = make_dirs(root / "results" / opt["name"])  # before any work: a read-only disk fails here, in one line
+    out = check_writable(make_dirs(root / "results" / opt["name"]))  # before any work, as training's folders
     opt["path"].update(results_root=str(out), log=str(out), visualization=str(out / "visualization"))
     loaders = validation_loaders(opt)
     check_validation_sizes(opt, loaders)
