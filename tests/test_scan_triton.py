@@ -11,11 +11,13 @@ arguments; with CUDA the compiled kernels are run and compared as well.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -24,8 +26,24 @@ from ldt.ops import selective_scan_fn
 from tests.test_selective_scan import Config, make_inputs, reference_scan, run_both, saved_bytes
 
 pytestmark = pytest.mark.slow  # the Triton interpreter in a subprocess
+# A CPU-only torch build ships no triton; the backend is then simply not available (tests/test_selective_scan.py
+# checks that auto falls back and an explicit request says what is missing).
+triton = pytest.importorskip("triton", reason="triton is not installed (CPU-only torch builds ship none)")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
+
+
+# Triton 3.6's interpreter reads a scalar kernel argument with int() on a 1-element array, which NumPy 2.4 refuses
+# (triton-lang/triton#9171, fixed in triton 3.7). Compiled kernels are unaffected; the compile tests still run.
+INTERPRETER_BROKEN = (
+    f"the Triton {triton.__version__} interpreter fails on NumPy {np.__version__} (triton-lang/triton#9171): "
+    "use triton >= 3.7 or numpy < 2.4 to run these tests"
+    if _version(triton.__version__) < (3, 7) and _version(np.__version__) >= (2, 4) else ""
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,8 @@ def interpreted_results() -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    if INTERPRETER_BROKEN:
+        pytest.skip(INTERPRETER_BROKEN)
     path = tmp_path_factory.mktemp("scan_triton") / "results.pt"
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -244,7 +264,6 @@ def _launches(cfg: Config, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) 
 def test_kernels_compile_for_gpus(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Triton's compiler (to a cubin or hsaco) on the exact arguments the wrappers pass; no GPU needed. This is what
     the interpreter cannot check: block shapes, layouts, types and registers that a real GPU build accepts."""
-    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
