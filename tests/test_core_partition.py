@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from torch import nn
 
@@ -118,3 +120,44 @@ def test_nan_scores_need_more_batches(tiny_net, batches):
     stats = probe_gradients(tiny_net, batches[:1], ce_loss, elementwise=True)
     with pytest.raises(PartitionError, match="at least 2"):
         partition_by_score(stats, 0.5, "elementwise_var")
+
+
+def test_a_partition_of_a_network_with_the_same_names_but_other_shapes_is_refused(tmp_path, tiny_net, batches):
+    """Names alone let a partition probed on a narrower variant (same parameter names) drive another network."""
+    part = partition_by_score(probe_gradients(tiny_net, batches, ce_loss), 0.4)
+    assert part.shapes["head.weight"] == [3, 4] and set(part.shapes) == set(part.names)
+    path = part.save(tmp_path / "partition.json")
+    assert Partition.load(path, tiny_net).shapes == part.shapes
+    wider = type(tiny_net)()
+    wider.head = nn.Linear(4, 5)  # same names, another shape
+    with pytest.raises(PartitionError) as err:
+        Partition.load(path, wider)
+    message = str(err.value)
+    assert "partition.json" in message and "head.weight [3, 4] (model [5, 4])" in message
+    assert partition_by_patterns(tiny_net, [r"^head\."]).shapes == part.shapes
+
+
+def test_version_1_partition_files_without_shapes_still_load(tmp_path, tiny_net, batches):
+    data = partition_by_score(probe_gradients(tiny_net, batches, ce_loss), 0.4).to_dict()
+    assert data.pop("format_version") == 2
+    del data["shapes"]
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps({"format_version": 1, **data}))
+    loaded = Partition.load(old, tiny_net)
+    assert loaded.shapes == {} and loaded.stable == data["stable"]
+    old.write_text(json.dumps({"format_version": 3, **data}))
+    with pytest.raises(PartitionError, match="format_version 3 .*reads 1 and 2"):
+        Partition.load(old)
+
+
+@pytest.mark.parametrize("shapes,problem", [
+    ({"head.weight": [3, -4]}, "'shapes' must map parameter names to lists of non-negative integers"),
+    ({"head.weight": "3x4"}, "'shapes' must map parameter names to lists of non-negative integers"),
+    ({"decoder.weight": [3]}, r"'shapes' names parameters in no group: \['decoder.weight'\]"),
+])
+def test_hand_edited_shapes_are_named(tmp_path, tiny_net, batches, shapes, problem):
+    data = partition_by_score(probe_gradients(tiny_net, batches, ce_loss), 0.4).to_dict()
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps({**data, "shapes": shapes}))
+    with pytest.raises(PartitionError, match=f"edited.json: .*{problem}"):
+        Partition.load(path)

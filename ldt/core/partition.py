@@ -22,7 +22,8 @@ from ldt.atomic import atomic_write_text
 from ldt.core.probe import SCORE_NAMES, GradientStatistics
 
 CRITERIA = SCORE_NAMES + ("random",)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added ``shapes``; version 1 files (names only) still load
+READABLE_VERSIONS = (1, 2)
 
 
 class PartitionError(ValueError):
@@ -35,7 +36,9 @@ class Partition:
 
     ``excluded`` parameters belong to neither group: they are frozen in both branches (e.g. parameters that never
     received a gradient in the probe). ``scores`` maps *layer* name to score and ``layers`` maps layer name to its
-    parameter names (identical for ``unit='tensor'``); both are empty for pattern partitions.
+    parameter names (identical for ``unit='tensor'``); both are empty for pattern partitions. ``shapes`` records each
+    parameter's shape when the partition was made, so a partition probed on another network with the same parameter
+    names (a narrower variant, another scale's upsampler) is refused; it is empty in version-1 files.
     """
 
     stable: list[str]
@@ -48,6 +51,7 @@ class Partition:
     unit: str = "tensor"
     probe_batches: int = 0
     seed: int | None = None
+    shapes: dict[str, list[int]] = field(default_factory=dict)
 
     # ---- queries -------------------------------------------------------------------------------------------------
     @property
@@ -70,6 +74,12 @@ class Partition:
             if duplicated:
                 parts.append(f"names listed in more than one group: {duplicated}")
             raise PartitionError("partition does not match the model; " + "; ".join(parts))
+        named = dict(model.named_parameters())
+        resized = [f"{name} {shape} (model {list(named[name].shape)})" for name, shape in self.shapes.items()
+                   if list(named[name].shape) != shape]
+        if resized:
+            raise PartitionError(f"partition was made for parameters of other shapes (another network with the same "
+                                 f"names?): {len(resized)} differ, e.g. {resized[:3]}")
 
     def layer_scores(self, group: str) -> list[tuple[str, float]]:
         """(layer, score) of the scored layers whose parameters are in ``group`` ('stable'/'unstable'), net order."""
@@ -86,8 +96,9 @@ class Partition:
         are a :class:`PartitionError` naming the field (a hand-edited file fails here, not deep inside training)."""
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise PartitionError(f"unsupported partition format_version {version} (expected {FORMAT_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise PartitionError(f"unsupported partition format_version {version!r} (this version of ldt reads "
+                                 f"{' and '.join(map(str, READABLE_VERSIONS))})")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -113,6 +124,9 @@ class Partition:
         if self.scores and set(self.scores) != set(self.layers):
             raise PartitionError(f"'scores' and 'layers' name different layers: "
                                  f"{sorted(set(self.scores) ^ set(self.layers))[:10]}")
+        unknown = sorted(set(self.shapes) - set(self.names))
+        if unknown:
+            raise PartitionError(f"'shapes' names parameters in no group: {unknown[:10]}")
         if not self.layers:
             return
         in_layers = [p for params in self.layers.values() for p in params]
@@ -180,7 +194,15 @@ _FIELD_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "unit": ("must be 'tensor' or 'module'", lambda v: v in ("tensor", "module")),
     "probe_batches": ("must be a non-negative integer", lambda v: _is_int(v) and v >= 0),
     "seed": ("must be an integer or null", lambda v: v is None or _is_int(v)),
+    "shapes": ("must map parameter names to lists of non-negative integers",
+               lambda v: isinstance(v, dict) and all(
+                   isinstance(k, str) and isinstance(x, list) and all(_is_int(d) and d >= 0 for d in x)
+                   for k, x in v.items())),
 }
+
+
+def _shapes(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(param.shape) for name, param in model.named_parameters()}
 
 
 def _field_problem(name: str, value: object) -> str | None:
@@ -273,6 +295,8 @@ def partition_by_score(
         unit=unit,
         probe_batches=probe_batches,
         seed=seed if criterion == "random" else None,
+        shapes=_shapes(model) if model is not None else
+        {name: list(shape) for name, shape in stats.param_shapes.items()},
     )
     if model is not None:
         partition.check_model(model)
@@ -301,4 +325,5 @@ def partition_by_patterns(
     stable = [name for name in names if name not in grouped]
     if unmatched:
         raise PartitionError(f"patterns match no parameter of {type(model).__name__}: {unmatched}")
-    return Partition(stable=stable, unstable=unstable, excluded=excluded, criterion=criterion)
+    return Partition(stable=stable, unstable=unstable, excluded=excluded, criterion=criterion,
+                     shapes=_shapes(model))
