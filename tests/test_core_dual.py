@@ -322,3 +322,22 @@ def test_resume_after_repartition_is_bit_identical(tmp_path):
     straight, resumed = run(None), run(6)
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_a_partition_grouping_a_user_frozen_parameter_is_refused(tiny_net):
+    """A hand-built branch would otherwise train a tensor the user froze (the methods layer excludes such tensors)."""
+    from ldt.core import SingleBranchLDT, partition_by_patterns
+
+    grouping = partition_by_patterns(tiny_net, [r"^head\."])  # made while every parameter trains
+    tiny_net.body[0].bias.requires_grad_(False)
+    for build in (DualBranch, SingleBranchLDT):
+        with pytest.raises(PartitionError, match=r"frozen by the user .*\['body.0.bias'\].*excluded"):
+            build(copy.deepcopy(tiny_net), grouping, ExchangeConfig(dpu=False))
+    usable = partition_by_patterns(tiny_net, [r"^head\."], excluded=["body.0.bias"])
+    for branch in (DualBranch(copy.deepcopy(tiny_net), usable, ExchangeConfig(dpu=False)),
+                   SingleBranchLDT(copy.deepcopy(tiny_net), usable, ExchangeConfig(dpu=False))):
+        with pytest.raises(PartitionError, match=r"frozen by the user .*\['body.0.bias'\]"):
+            branch.repartition(grouping)  # judged by the flags handed in, not by the branches' own freezing
+        assert branch.partition is usable
+        deployed = branch.composite()
+        assert not deployed.body[0].bias.requires_grad and deployed.head.weight.requires_grad

@@ -103,9 +103,17 @@ def check_same_architecture(first: nn.Module, second: nn.Module, what: str = "br
         )
 
 
-def check_two_groups(partition: Partition, model: nn.Module, empty: str | None = None) -> None:
+def user_frozen(flags: dict[str, bool]) -> list[str]:
+    """The names whose ``requires_grad`` was off in ``flags`` (a model's flags when it was handed in)."""
+    return [name for name, trains in flags.items() if not trains]
+
+
+def check_two_groups(
+    partition: Partition, model: nn.Module, empty: str | None = None, *, frozen: Sequence[str] | None = None
+) -> None:
     """Raise unless ``partition`` covers ``model`` exactly, both groups are non-empty (else ``empty``, if given) and
-    every grouped parameter can train and be exchanged (is floating point, at least float32)."""
+    every grouped parameter can train and be exchanged (is floating point, at least float32, and not one the user
+    froze: ``frozen``, by default the model's parameters with ``requires_grad=False`` now)."""
     partition.check_model(model)
     if not partition.stable or not partition.unstable:
         raise PartitionError(empty or (
@@ -118,6 +126,12 @@ def check_two_groups(partition: Partition, model: nn.Module, empty: str | None =
     if untrainable:
         raise PartitionError(f"parameters that are not floating point cannot train: move {untrainable[:5]} to "
                              "the partition's excluded list")
+    left_frozen = set(user_frozen({n: p.requires_grad for n, p in named.items()}) if frozen is None else frozen)
+    frozen_grouped = [n for n in grouped if n in left_frozen]
+    if frozen_grouped:
+        raise PartitionError(f"{len(frozen_grouped)} grouped parameter(s) were frozen by the user "
+                             f"(requires_grad=False), so a branch would train them: {frozen_grouped[:5]}; move them "
+                             "to the partition's excluded list or unfreeze them")
     problem = low_precision((n, named[n]) for n in grouped)
     if problem:
         raise PartitionError(problem)
@@ -228,7 +242,7 @@ class DualBranch:
         The trainable tensors change: build the optimizers again over :meth:`primary_parameters` /
         :meth:`auxiliary_parameters`. A partition that cannot be used is rejected before anything changes.
         """
-        check_two_groups(partition, self.primary)
+        check_two_groups(partition, self.primary, frozen=user_frozen(self.original_flags))
         stable_weights, unstable_weights = exchange_weights(partition, self.config)
         self.partition = partition
         self.stable_weights, self.unstable_weights = stable_weights, unstable_weights

@@ -29,6 +29,7 @@ from ldt.core.dual import (
     materialise,
     replaced_state,
     set_trainable,
+    user_frozen,
 )
 from ldt.core.exchange import ExchangeConfig, exchange_weights
 from ldt.core.partition import Partition
@@ -84,7 +85,7 @@ class SingleBranchLDT:
         unchanged and the current turn goes on with the new groups. Tensors that become excluded keep their live
         value. The trainable tensors change: build the optimizer again over :meth:`trainable_parameters`.
         """
-        check_two_groups(partition, self.model, EMPTY_GROUP)
+        check_two_groups(partition, self.model, EMPTY_GROUP, frozen=user_frozen(self.original_flags))
         weights = exchange_weights(partition, self.config)
         current, other = self.phase, PHASES[1 - PHASES.index(self.phase)]
         # The other branch's value of every grouped tensor: the EMA of the group that trains now (the other branch
