@@ -153,6 +153,20 @@ def test_deployed_ema_tracks_after_deepcopy_and_to(how):
     assert method.ema["0.weight"].dtype == method.model[0].weight.dtype
 
 
+def test_deployed_ema_follows_one_moved_submodule():
+    """Not only a whole-model move: the EMA of a submodule moved on its own moves (and keeps averaging) too."""
+    method = prepare_method(mlp(), MethodConfig(method="ft_ema"), log=lambda _: None)
+    last = method.model[-1]
+    before = last.weight.detach().double().clone()
+    last.to(torch.float64)
+    with torch.no_grad():
+        last.weight.add_(1.0)
+    method.step()
+    assert method.ema["4.weight"].dtype == torch.float64 and method.ema["0.weight"].dtype == torch.float32
+    expected = method.decay * before + (1 - method.decay) * last.weight.detach()
+    assert torch.allclose(method.ema["4.weight"], expected, atol=1e-6)
+
+
 # ---- 4. parameters the user froze, and integer parameters, are left out ------------------------------------------
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_user_frozen_parameters_are_left_out_of_every_method(name, caplog):
