@@ -14,10 +14,12 @@ import json
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
+TRACEBACK_VARIABLE = "LDT_TRACEBACK"
 
 
 def flag(dest: str) -> str:
@@ -29,6 +31,15 @@ def fail(message: str) -> NoReturn:
     """One ``error: ...`` line on stderr and exit status 2 (for problems found after parsing, outside a parser)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def show_traceback(err: BaseException) -> None:
+    """With ``LDT_TRACEBACK=1`` in the environment, print ``err``'s traceback (with its causes) on stderr.
+
+    The entry points report bad input as one ``error:`` line; a bug raising the same exception types would lose
+    where it happened, so the report can be asked for in full. Called before the one-line report."""
+    if os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0"):
+        traceback.print_exception(err, file=sys.stderr)
 
 
 def original_error(message: str) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, make_dirs
-from ldt.cli import device_problem, original_error
+from ldt.cli import device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -263,7 +263,7 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
         try:
             record = run(config, device=device, workers=workers, progress=progress)
         except RUN_INPUT_ERRORS as err:
-            raise RunFailed(f"run {config.describe()}: {one_line(err)}") from None
+            raise RunFailed(f"run {config.describe()}: {one_line(err)}") from err  # the cause for LDT_TRACEBACK
         return {**record, **({"weights_fingerprint": now[config.weights]} if config.weights else {})}
 
     planned = [PlannedRun(run_hash(c.hparams()), c.describe(), lambda c=c: execute(c)) for c in configs]
@@ -287,6 +287,7 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
         try:
             print(tabulate(Path(args.collect)))
         except (FileNotFoundError, DiskError) as err:
+            show_traceback(err)
             print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
         return 0
@@ -298,5 +299,6 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
             return sweep(configs, out, run, device=args.device, workers=args.workers, progress=args.progress,
                          tabulate=tabulate)
     except (ValueError, OSError, DiskError) as err:  # data, weights and option errors are ValueErrors; missing
-        print(f"error: {one_line(err)}", file=sys.stderr)  # files OSErrors; unwritable --out a DiskError
+        show_traceback(err)  # files OSErrors; unwritable --out a DiskError
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -97,6 +97,22 @@ def test_a_data_error_inside_a_run_is_one_line_and_keeps_earlier_records(tmp_pat
     assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0]
 
 
+def test_ldt_traceback_shows_where_an_error_inside_a_run_happened(tmp_path, capsys, monkeypatch):
+    """A bug raising ValueError inside a run reads like bad input; LDT_TRACEBACK=1 prints the whole chain first."""
+    def run(config, **_):
+        return {"score": int("not a number")}
+
+    monkeypatch.setenv("LDT_TRACEBACK", "1")
+    assert sweep_main(tmp_path, [FakeConfig()], run) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'int("not a number")' in err
+    assert "RunFailed: run fake seed=0" in err
+    assert err.splitlines()[-1] == "error: run fake seed=0: invalid literal for int() with base 10: 'not a number'"
+    monkeypatch.setenv("LDT_TRACEBACK", "0")
+    assert sweep_main(tmp_path / "again", [FakeConfig()], run) == 2
+    assert "Traceback" not in error_line(capsys)
+
+
 class Broken(Dataset):
     def __len__(self) -> int:
         return 2

@@ -261,3 +261,18 @@ def test_shipped_option_files_are_valid_up_to_missing_data(kind):
         except OptionsError as err:
             problems = str(err).splitlines()[1:]
             assert problems and all("does not exist" in line for line in problems), str(err)
+
+
+def test_sr_entry_points_report_one_line_and_the_traceback_on_request(capsys, monkeypatch):
+    from ldt.sr.train import run_reporting_errors
+
+    def work():
+        raise OptionsError("options.yml: train:total_iter: must be a positive integer")
+
+    assert run_reporting_errors(work) == 2
+    assert capsys.readouterr().err == "error: options.yml: train:total_iter: must be a positive integer\n"
+    monkeypatch.setenv("LDT_TRACEBACK", "1")
+    assert run_reporting_errors(work) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)") and "in work" in err
+    assert err.endswith("error: options.yml: train:total_iter: must be a positive integer\n")

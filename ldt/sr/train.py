@@ -26,7 +26,7 @@ from ldt.atomic import (
     DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, make_dirs, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import original_error
+from ldt.cli import original_error, show_traceback
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -472,8 +472,9 @@ def print_error(err: Exception) -> int:
     """One ``error:`` line per problem on stderr (an options error lists every problem of the file); exit code 2.
 
     An error raised in a DataLoader worker arrives with the worker's traceback in its message: only its last line,
-    the error itself, is shown.
+    the error itself, is shown. ``LDT_TRACEBACK=1`` prints the whole traceback first.
     """
+    show_traceback(err)
     lines = original_error(str(err)).splitlines() or [type(err).__name__]
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
