@@ -130,6 +130,7 @@ def test_bad_table_entries_are_rejected(tmp_path: Path) -> None:
     (dict(patches_per_image=-1), "patches_per_image"), (dict(patch_size=-4), "patch_size"),
     (dict(patch_size=10000), "patch_size"), (dict(scale=0), "scale"), (dict(scale=-1), "scale"),
     (dict(seed=-1), "seed"), (dict(scale=3), "patch_size"), (dict(patch_size=2.0), "patch_size"),
+    (dict(scale=16), "patch_size"), (dict(patch_size=16), "patch_size"),  # validation metrics would be NaN
 ])
 def test_bad_build_options_name_the_option_and_keep_the_old_build(tiny: Path, tmp_path: Path, options,
                                                                   option: str) -> None:

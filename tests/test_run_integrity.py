@@ -486,6 +486,35 @@ def test_a_validation_image_smaller_than_the_network_fails_before_training_and_t
     assert capsys.readouterr().err.strip().splitlines() == [expected]
 
 
+def test_a_validation_image_its_metrics_crop_away_fails_before_training(data_root, tmp_path, capsys):
+    """A GT image no larger than the metric's crop borders (and SSIM's window) would validate to NaN."""
+    import cv2
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    lr = sorted((root / "x4" / "Test_x4" / "test_LR").glob("panasonic_*.png"))[0]
+    hr = root / "x4" / "Test_x4" / "test_HR" / lr.name.replace("_x1", "_x4")
+    for path, size in ((lr, 8), (hr, 32)):
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (size, size)))
+    opt = options(data_root, "cropped")
+    opt["val"]["metrics"] = {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calculate_ssim", "crop_border": 12}}
+    for block in opt["datasets"].values():
+        block["dataroot"] = str(root)
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and not (tmp_path / "experiments").exists()
+    assert lines == [f"error: validation set pan: {hr} is 32x32 pixels, val:metrics:ssim needs at least 35x35 (a crop "
+                     "border of 12 px at each side and an 11x11 window) or it is NaN; remove it, or lower "
+                     "val:metrics:ssim:crop_border"]
+
+
+def test_smallest_gt_side_follows_each_metrics_border_and_window():
+    from ldt.sr.metrics import DEFAULT_METRICS, smallest_gt_side
+
+    assert smallest_gt_side(DEFAULT_METRICS, 4) == (19, "ssim")
+    wide = {**DEFAULT_METRICS, "psnr_wide": {"type": "calculate_psnr", "crop_border": 30}}
+    assert smallest_gt_side(wide, 4) == (61, "psnr_wide")
+
+
 # ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
 def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "tests.interrupt_driver", str(progress), *([str(pause)] if pause else []), "--",

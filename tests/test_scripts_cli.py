@@ -60,6 +60,7 @@ BUILD = ("--no-progress", "--tiny")
     (["--patches-per-image", "-1"], "--patches-per-image", ["positive"]),
     (["--patches-per-image", "0"], "--patches-per-image", ["positive"]),
     (["--scale", "3"], "--patch-size", ["32 is not a multiple of scale 3"]),  # the tiny default patch
+    (["--scale", "16"], "--patch-size", ["32 px at scale 16 is too small", "at least 48"]),
 ])
 def test_build_synthetic_cameras_rejects_bad_options(tmp_path, monkeypatch, capsys, args, option, words) -> None:
     root = tmp_path / "c"

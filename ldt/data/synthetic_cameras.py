@@ -336,6 +336,13 @@ def _check_options(*, scale: int, patch_size: int, patches_per_image: int, seed:
             raise BuildOptionError(option, f"must be {'positive' if minimum else 'non-negative'}, got {value}")
     if patch_size % scale:
         raise BuildOptionError("patch_size", f"{patch_size} is not a multiple of scale {scale}")
+    from ldt.sr.metrics import DEFAULT_METRICS, smallest_gt_side
+
+    least = smallest_gt_side(DEFAULT_METRICS, scale)[0]
+    if patch_size < least:  # the training patches are the source camera's held-out validation pairs
+        raise BuildOptionError("patch_size", f"{patch_size} px at scale {scale} is too small to validate on: PSNR/SSIM "
+                                             f"crop {scale} px at each border (SSIM then needs 11 px), so they would "
+                                             f"be NaN; use at least {-(-least // scale) * scale}")
 
 
 def _check_fits(photos: dict[str, tuple[np.ndarray, np.ndarray]], scale: int, patch_size: int) -> None:

@@ -21,6 +21,19 @@ from basicsr.utils import tensor2img  # noqa: E402
 
 METRICS = {"calculate_psnr": calculate_psnr, "calculate_ssim": calculate_ssim}
 DEFAULT_METRICS = {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calculate_ssim"}}
+# Pixels a metric needs besides the crop borders: basicsr's SSIM keeps only the 'valid' part of an 11x11 Gaussian
+# filter. On less, both return the mean of nothing (NaN) with a warning.
+METRIC_WINDOW = {"calculate_psnr": 1, "calculate_ssim": 11}
+
+
+def smallest_gt_side(metrics: Mapping[str, Mapping], scale: int) -> tuple[int, str]:
+    """(the smallest GT side every metric of ``metrics`` can be computed on, the metric that needs it): twice its
+    crop border (``crop_border``, None meaning the scale) plus its window."""
+    def need(spec: Mapping) -> int:
+        border = scale if spec.get("crop_border") is None else spec["crop_border"]
+        return 2 * border + METRIC_WINDOW[spec["type"]]
+    name = max(metrics, key=lambda key: need(metrics[key]))
+    return need(metrics[name]), name
 
 
 def _tile_starts(length: int, tile: int, stride: int) -> list[int]:

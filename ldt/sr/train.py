@@ -266,21 +266,32 @@ class RunLog:
 
 
 def check_validation_sizes(opt: dict, loaders: dict) -> None:
-    """Every validation LR image is at least the network's smallest input (read from the headers): a smaller one
-    fails in the network's forward, at the first validation."""
+    """Every validation LR image is at least the network's smallest input, and every GT image leaves the metrics
+    pixels after their crop borders (read from the headers): a smaller LR fails in the network's forward at the
+    first validation, a smaller GT gives NaN PSNR/SSIM."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.data.cameras import image_size
+    from ldt.sr.metrics import smallest_gt_side
     from ldt.sr.options import min_input_size
 
-    smallest = min_input_size(ARCH_REGISTRY.get(opt["network_g"]["type"]))
+    network = opt["network_g"]["type"]
+    lr_side = min_input_size(ARCH_REGISTRY.get(network))
+    gt_side, metric = smallest_gt_side(opt["val"]["metrics"], opt["scale"])
+    spec = opt["val"]["metrics"][metric]
+    border = opt["scale"] if spec.get("crop_border") is None else spec["crop_border"]
+    window = " and an 11x11 window" if spec["type"] == "calculate_ssim" else ""
+    needs = [("lr", lr_side, f"smaller than the {lr_side}x{lr_side} {network} needs; remove it or pad it"),
+             ("hr", gt_side, f"val:metrics:{metric} needs at least {gt_side}x{gt_side} (a crop border of {border} px "
+                             f"at each side{window}) or it is NaN; remove it, or lower val:metrics:{metric}:crop_border")]
     for name, loader in loaders.items():
         pairs = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
-        if smallest > 1 and pairs and not loader.dataset.databases:
-            small = next((pair.lr for pair in pairs if min(image_size(pair.lr)) < smallest), None)
+        if not pairs or loader.dataset.databases:
+            continue
+        for side, least, remedy in needs:
+            small = next((path for pair in pairs if min(image_size(path := getattr(pair, side))) < least), None)
             if small is not None:
                 raise DatasetError(f"validation set {name}: {small} is {'x'.join(map(str, image_size(small)))} "
-                                   f"pixels, smaller than the {smallest}x{smallest} {opt['network_g']['type']} "
-                                   "needs; remove it or pad it")
+                                   f"pixels, {remedy}")
 
 
 def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Dataset, val_loaders: dict) -> None:
