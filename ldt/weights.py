@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 LISTED = 3  # keys named per kind of mismatch
+NOT_A_CHECKPOINT = "is not a PyTorch checkpoint (not a zip archive or a tensor pickle)"
 
 
 class WeightsError(ValueError):
@@ -37,7 +38,7 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
     if not path.exists():
         raise WeightsError(f"{what} {path} does not exist")
     if not path.is_file():
-        raise WeightsError(f"{what} {path} is not a file")
+        raise WeightsError(f"{what} {path} is {'a folder, not a file' if path.is_dir() else 'not a regular file'}")
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -54,15 +55,17 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
         if "unsupported global" in str(err).lower():
             raise WeightsError(f"{what} {path} holds Python objects other than tensors (a pickled model? save its "
                                "state_dict instead; such files are not loaded: weights_only)") from None
-        raise WeightsError(f"{what} {path} is not a PyTorch checkpoint (not a zip archive or a tensor pickle)") from None
+        raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
     except (RuntimeError, OSError, ValueError) as err:
         text = " ".join(str(err).split())
+        if "Invalid magic number" in text:  # a pickle, but not one torch.save wrote
+            raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
         if any(s in text for s in ("central directory", "failed reading", "invalid header", "Invalid argument",
                                    "file read failed", "unexpected EOF", "PytorchStreamReader")):
             raise WeightsError(f"{what} {path} is truncated or not a PyTorch checkpoint ({gist(text)})") from None
         raise WeightsError(f"{what} {path} cannot be loaded: {gist(text, 200)}") from None
-    except Exception as err:  # on foreign bytes the weights-only unpickler also fails as KeyError, IndexError, ...
-        raise WeightsError(f"{what} {path} is not a PyTorch checkpoint ({type(err).__name__})") from None
+    except Exception:  # on foreign bytes the weights-only unpickler also fails as KeyError, IndexError, ...
+        raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
 
 
 def state_dict_in(checkpoint: object, path: str | os.PathLike, key: str | None = None,

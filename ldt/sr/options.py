@@ -618,8 +618,12 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int, problems: list[str])
         for field in ("dataroot", "dataroot_gt", "dataroot_lq", "meta_info_file"):
             values = getattr(options, field, None)
             for value in ([values] if isinstance(values, str) else values or []):
-                if not Path(value).expanduser().exists():
+                path, folder = Path(value).expanduser(), field != "meta_info_file"
+                if not path.exists():
                     problems.append(f"{where}:{field}: path does not exist: {value}")
+                elif path.is_dir() != folder:
+                    problems.append(f"{where}:{field}: {value} is a {'file' if folder else 'folder'}, not a "
+                                    f"{'folder' if folder else 'file'}")
         if key == "train":
             if options.batch_size_per_gpu is None:
                 problems.append(f"{where}:batch_size_per_gpu: missing (required for the training set)")
@@ -727,7 +731,9 @@ def _path_problems(opt: RunOptions, is_train: bool) -> list[str]:
                         "experiments/<name>/models/net_g_best.pth")
     for key in ("pretrain_network_g", "resume_state"):
         value = getattr(opt.path, key)
-        if value and not Path(value).expanduser().is_file():
+        if value and Path(value).expanduser().is_dir():
+            problems.append(f"path:{key}: {value} is a folder, not a file")
+        elif value and not Path(value).expanduser().is_file():
             problems.append(f"path:{key}: file does not exist: {value}")
     return problems
 
