@@ -88,13 +88,13 @@ class WarmupConfig(Options):
 # ------------------------------------------------------------------------------------------------ error messages
 
 
-def _annotation_models(annotation: Any) -> list[type[BaseModel]]:
+def annotation_models(annotation: Any) -> list[type[BaseModel]]:
     """The pydantic models an annotation can hold (through Optional, Annotated, Union, list and dict values)."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
-        return _annotation_models(typing.get_args(annotation)[0])
+        return annotation_models(typing.get_args(annotation)[0])
     if origin in (Union, types.UnionType):
-        return [m for arg in typing.get_args(annotation) for m in _annotation_models(arg)]
+        return [m for arg in typing.get_args(annotation) for m in annotation_models(arg)]
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
         return [annotation]
     return []
@@ -129,10 +129,10 @@ def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], lis
         siblings = [name for m in current for name in m.model_fields]
         path.append(str(element))
         field = next((m.model_fields[element] for m in current if element in m.model_fields), None)
-        current = _annotation_models(field.annotation) if field is not None else []
+        current = annotation_models(field.annotation) if field is not None else []
         if field is not None and not current:
             dict_value = typing.get_args(field.annotation)
-            current = [m for arg in dict_value for m in _annotation_models(arg)]
+            current = [m for arg in dict_value for m in annotation_models(arg)]
     return path, siblings
 
 
@@ -268,7 +268,7 @@ def option_rows(model: type[BaseModel], prefix: str = "") -> list[list[str]]:
         if (field.json_schema_extra or {}).get("runtime"):
             continue
         path = f"{prefix}{name}"
-        nested = _annotation_models(field.annotation)
+        nested = annotation_models(field.annotation)
         if nested and typing.get_origin(field.annotation) is not dict:
             kinds = [tag for model in nested for tag in _tags(model)]
             rows.append([f"`{path}`", "section" if len(nested) == 1 else f"one of type {', '.join(kinds)}",

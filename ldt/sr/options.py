@@ -34,7 +34,7 @@ from ldt.core.config import (
     PositiveReal,
     Real,
     Seed,
-    _annotation_models,
+    annotation_models,
     option_rows,
     runtime,
     validate_into,
@@ -369,7 +369,7 @@ def _sections(models: Sequence[type[BaseModel]], key: str) -> list[type[BaseMode
     """The option sections ``key`` holds in ``models`` (several for a union such as ``train:scheduler``; none when
     ``key`` is not a section of theirs)."""
     return [section for model in models if key in model.model_fields
-            for section in _annotation_models(model.model_fields[key].annotation)]
+            for section in annotation_models(model.model_fields[key].annotation)]
 
 
 def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--force_yml") -> dict[str, str]:
