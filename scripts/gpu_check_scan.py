@@ -7,22 +7,33 @@
 2. ``scripts/benchmark_scan.py`` at MambaIR size with its torch, triton and (where mamba_ssm imports) cuda rows.
 3. Median forward / forward+backward times of the triton backend (``triton.testing.do_bench``, L2 flushed between
    runs) for a few tile shapes (``ldt.ops.scan_triton`` knobs), to pick the defaults.
+4. ``scripts/benchmark.py --arch mambair`` (batch 4, 48x48 LR patches) per scan backend: the FT / LDT / LDT-S step.
 
-Usage, on a CUDA (or ROCm) machine: ``python scripts/gpu_check_scan.py [--no-sweep]``. Exit status 1 when a parity
-check fails or the triton backend cannot run. Targets (issue 13, H100/H200): forward+backward <= 2 ms per call at
-MambaIR size, saved memory no more than the torch backend's; both are printed as PASS/MISS at the end.
+Usage, on a CUDA (or ROCm) machine: ``python scripts/gpu_check_scan.py [--no-sweep] [--no-step]``. Exit status 1
+when a parity check fails or the triton backend cannot run. Targets (issue 13, H100/H200): forward+backward <= 2 ms
+per call at MambaIR size, saved memory no more than the torch backend's, MambaIR FT step <= 0.35 s; each is printed
+as PASS/MISS at the end.
+
+``--dry-run`` runs every step of the script on the CPU at tiny sizes, the kernels under the Triton interpreter (it
+sets ``TRITON_INTERPRET=1`` itself) and MambaIR's step with the torch backend only: its numbers mean nothing, it only
+shows that the script runs through before a GPU's limited time is spent on it (``tests/test_scan_triton.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch import Tensor
+if "--dry-run" in sys.argv[1:]:  # before triton is first imported (by torch or by ldt.ops)
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,6 +42,18 @@ import benchmark_scan  # noqa: E402
 from ldt.ops import resolve_scan_backend, selective_scan_fn  # noqa: E402
 
 MAMBAIR = dict(batch=4, length=48 * 48, channels=4 * 360, groups=4, state=16)
+# The problems of each step: on a GPU at MambaIR size; in a dry run small enough for the Triton interpreter.
+SIZES = {
+    False: {"mambair": MAMBAIR, "small": dict(batch=2, length=1000, channels=192, groups=4, state=16),
+            "invariant": dict(batch=2, length=77, channels=24, groups=1, state=8),
+            "step": dict(batch=4, patch=48, iters=3, warmup=1, backends=("triton", "torch"))},
+    True: {"mambair": dict(batch=1, length=40, channels=8, groups=4, state=4),
+           "small": dict(batch=1, length=33, channels=8, groups=2, state=4),
+           "invariant": dict(batch=1, length=7, channels=4, groups=1, state=2),
+           "step": dict(batch=1, patch=8, iters=1, warmup=0, backends=("torch",))},
+}
+DEVICE = torch.device("cuda")  # the dry run sets "cpu"
+STEP_TARGET_S = 0.35
 NAMES = ("out", "last", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
 # Relative error bounds, ||ours - theirs|| / ||theirs|| (float32 arithmetic lands far below 1e-4; bf16 inputs and
 # gradients are rounded to 8 bits).
@@ -43,17 +66,18 @@ def make_inputs(
     """MambaIR-like inputs (benchmark_scan's), plus z; B/C as (dim, state) when ``invariant_bc``. Fresh draws."""
     args = argparse.Namespace(batch=batch, length=length, channels=channels, groups=groups, state=state,
                               dtype=str(dtype).removeprefix("torch."))
-    u, delta, A, B, C, D, delta_bias = benchmark_scan.make_inputs(args, torch.device("cuda"))
+    u, delta, A, B, C, D, delta_bias = benchmark_scan.make_inputs(args, DEVICE)
     if invariant_bc:
-        B, C = (torch.randn(channels, state, device="cuda").requires_grad_() for _ in range(2))
-    gate = torch.randn(batch, channels, length, device="cuda").to(dtype).requires_grad_() if z else None
+        B, C = (torch.randn(channels, state, device=DEVICE).requires_grad_() for _ in range(2))
+    gate = torch.randn(batch, channels, length, device=DEVICE).to(dtype).requires_grad_() if z else None
     return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=gate, delta_bias=delta_bias)
 
 
 def run(inputs: dict[str, Tensor | None], backend: str, weights: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
     """Output, last state and the gradients of ``sum(out * w) + sum(last * w_last)``; freed memory is filled with
     NaN first, so an output element the kernels never write shows up."""
-    torch.full((1 << 28,), math.nan, device="cuda")  # returned to the caching allocator right away, NaN inside
+    if DEVICE.type == "cuda":
+        torch.full((1 << 28,), math.nan, device=DEVICE)  # returned to the caching allocator right away, NaN inside
     out, last = selective_scan_fn(
         **inputs, delta_softplus=True, return_last_state=True, backend=backend
     )
@@ -67,10 +91,10 @@ def run(inputs: dict[str, Tensor | None], backend: str, weights: tuple[Tensor, T
 
 def parity(name: str, inputs: dict[str, Tensor | None], dtype: torch.dtype) -> bool:
     """Triton vs torch backend, and both vs the torch backend on float64 copies; prints one line per tensor."""
-    gen = torch.Generator(device="cuda").manual_seed(1)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
     u = inputs["u"]
-    weights = (torch.randn(u.shape, generator=gen, device="cuda", dtype=torch.float64),
-               torch.randn(u.shape[0], u.shape[1], inputs["A"].shape[1], generator=gen, device="cuda",
+    weights = (torch.randn(u.shape, generator=gen, device=DEVICE, dtype=torch.float64),
+               torch.randn(u.shape[0], u.shape[1], inputs["A"].shape[1], generator=gen, device=DEVICE,
                            dtype=torch.float64))
     ours = run(inputs, "triton", weights)
     theirs = run(inputs, "torch", weights)
@@ -93,6 +117,10 @@ def parity(name: str, inputs: dict[str, Tensor | None], dtype: torch.dtype) -> b
 
 
 def median_ms(fn: Callable[[], object]) -> float:
+    if DEVICE.type != "cuda":  # a dry run: one call, to run the code path
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
@@ -145,35 +173,65 @@ def sweep(inputs: dict[str, Tensor | None], reference: Tensor) -> None:
             setattr(scan_triton, k, v)
 
 
-def main() -> int:
+def mambair_steps(batch: int, patch: int, iters: int, warmup: int, backends: tuple[str, ...]) -> dict[str, float]:
+    """``scripts/benchmark.py --arch mambair`` per scan backend (its table printed); the FT step seconds of each."""
+    import benchmark
+
+    seconds = {}
+    for backend in backends:
+        argv = ["--device", DEVICE.type, "--arch", "mambair", "--batch-size", str(batch), "--patch", str(patch),
+                "--iters", str(iters), "--warmup-iters", str(warmup), "--probe-batches", "2",
+                "--scan-backend", backend]
+        print(f"\n## scripts/benchmark.py {' '.join(argv)}", flush=True)
+        seconds[backend] = benchmark.main(argv)["results"]["ft"]["time_s"]
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile-shape sweep")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("needs a CUDA or ROCm GPU")
+    parser.add_argument("--no-step", action="store_true", help="skip the MambaIR step benchmark")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every step on the CPU at tiny sizes under the Triton interpreter (numbers mean nothing)")
+    args = parser.parse_args(argv)
+    sizes = SIZES[args.dry_run]
+    if args.dry_run:
+        DEVICE = torch.device("cpu")
+        from ldt.ops import scan_triton
+
+        if not scan_triton.INTERPRETED:
+            print("--dry-run needs the Triton interpreter: TRITON_INTERPRET=1 must be set before triton is imported")
+            return 1
+    elif not torch.cuda.is_available():
+        print("needs a CUDA or ROCm GPU (or --dry-run)")
         return 1
     import triton
 
-    print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}")
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU, Triton interpreter (dry run)"
+    print(f"torch {torch.__version__}, triton {triton.__version__}, {where}")
     try:
-        print(f"auto picks '{resolve_scan_backend('cuda')}'; explicit: '{resolve_scan_backend('cuda', 'triton')}'")
+        print(f"auto picks '{resolve_scan_backend(DEVICE)}'; explicit: '{resolve_scan_backend(DEVICE, 'triton')}'")
     except RuntimeError as exc:
         print(f"the triton backend cannot run: {exc}")
         return 1
 
-    ok = parity("MambaIR x4 training size, float32", make_inputs(**MAMBAIR, dtype=torch.float32, z=False,
+    mambair, small, invariant = sizes["mambair"], sizes["small"], sizes["invariant"]
+    ok = parity("MambaIR x4 training size, float32", make_inputs(**mambair, dtype=torch.float32, z=False,
                                                                     invariant_bc=False), torch.float32)
-    small = dict(batch=2, length=1000, channels=192, groups=4, state=16)
-    ok &= parity("z, last state, bf16 inputs, L=1000", make_inputs(**small, dtype=torch.bfloat16, z=True,
-                                                                  invariant_bc=False), torch.bfloat16)
-    ok &= parity("time-invariant B/C, z, state 8, L=77", make_inputs(
-        batch=2, length=77, channels=24, groups=1, state=8, dtype=torch.float32, z=True, invariant_bc=True
-    ), torch.float32)
+    ok &= parity(f"z, last state, bf16 inputs, L={small['length']}", make_inputs(
+        **small, dtype=torch.bfloat16, z=True, invariant_bc=False), torch.bfloat16)
+    ok &= parity(f"time-invariant B/C, z, state {invariant['state']}, L={invariant['length']}", make_inputs(
+        **invariant, dtype=torch.float32, z=True, invariant_bc=True), torch.float32)
 
-    print("\n## scripts/benchmark_scan.py --device cuda --repeat 20 --warmup 3 --skip-naive")
-    benchmark_scan.main(["--device", "cuda", "--repeat", "20", "--warmup", "3", "--skip-naive"])
+    bench = ["--device", DEVICE.type, "--repeat", "20", "--warmup", "3", "--skip-naive"]
+    if args.dry_run:
+        bench = ["--device", "cpu", "--repeat", "1", "--warmup", "0", "--skip-naive",
+                 *(f"--{key}={value}" for key, value in mambair.items())]
+    print(f"\n## scripts/benchmark_scan.py {' '.join(bench)}", flush=True)
+    benchmark_scan.main(bench)
 
-    inputs = make_inputs(**MAMBAIR, dtype=torch.float32, z=False, invariant_bc=False)
+    inputs = make_inputs(**mambair, dtype=torch.float32, z=False, invariant_bc=False)
     with torch.no_grad():
         reference = selective_scan_fn(**inputs, delta_softplus=True, backend="torch")
     if not args.no_sweep:
@@ -181,10 +239,16 @@ def main() -> int:
     fwd, both = timings(inputs)
     saved = {b: benchmark_scan.saved_bytes(lambda b=b: selective_scan_fn(**inputs, delta_softplus=True, backend=b))[1]
              for b in ("triton", "torch")}
+    step = sizes["step"]
+    seconds = {} if args.no_step else mambair_steps(step["batch"], step["patch"], step["iters"], step["warmup"],
+                                                    step["backends"])
     print(f"\n## targets at MambaIR size (default tiles)\ntriton forward {fwd:.3f} ms, forward+backward {both:.3f} ms "
           f"(target <= 2 ms): {'PASS' if both <= 2.0 else 'MISS'}")
     print(f"saved for backward: triton {saved['triton'] / 2**20:.1f} MiB, torch {saved['torch'] / 2**20:.1f} MiB: "
           f"{'PASS' if saved['triton'] <= saved['torch'] else 'MISS'}")
+    for backend, value in seconds.items():
+        target = f" (target <= {STEP_TARGET_S} s): {'PASS' if value <= STEP_TARGET_S else 'MISS'}"
+        print(f"MambaIR FT step, {backend} backend: {value:.3f} s{target if backend == 'triton' else ''}")
     print(f"parity: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

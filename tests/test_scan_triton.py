@@ -287,6 +287,26 @@ def test_kernels_compile_for_gpus(name: str, monkeypatch: pytest.MonkeyPatch) ->
         assert compiled.asm.get("cubin" if target[0] == "cuda" else "hsaco")
 
 
+def test_the_gpu_check_script_runs_through_on_the_cpu():
+    """``scripts/gpu_check_scan.py --dry-run``: every step of the one-shot GPU check (parity tables, both benchmarks,
+    tile sweep, MambaIR step, targets) at tiny sizes under the interpreter, so a GPU's limited time is never spent
+    on a script error."""
+    if INTERPRETER_BROKEN:
+        pytest.skip(INTERPRETER_BROKEN)
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_check_scan.py", "--dry-run"], cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for heading in ("## parity: MambaIR x4 training size", "## parity: z, last state, bf16 inputs",
+                    "## parity: time-invariant B/C", "## scripts/benchmark_scan.py", "## triton tile sweep",
+                    "## scripts/benchmark.py --device cpu --arch mambair", "## targets at MambaIR size"):
+        assert heading in out, heading
+    assert "| triton |" in out and "FAIL" not in out and out.rstrip().endswith("parity: PASS")
+    assert "MambaIR FT step, torch backend:" in out
+
+
 # ------------------------------------------------------------------------------------------------ compiled, on a GPU
 
 GPU_CASES = ["all options, L=7, 3 programs per group", "state 16, L=129, chunks of 2 tiles, small steps",
