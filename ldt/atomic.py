@@ -11,11 +11,15 @@ it without BasicSR.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -38,6 +42,10 @@ os.umask(UMASK)
 
 class DiskError(RuntimeError):
     """A file or folder cannot be written; the message names the path and why. Earlier files are intact."""
+
+
+class BusyError(ValueError):
+    """Another process holds the lock of a folder this one would write (a run of the same name, a sweep)."""
 
 
 class FileContentError(ValueError):
@@ -177,3 +185,44 @@ def remove_leftovers(*folders: str | os.PathLike) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def lock_beside(folder: str | os.PathLike) -> Path:
+    """The lock file of ``folder``: a hidden ``.<name>.lock`` beside it, since the folder itself may not exist yet,
+    or be archived or replaced while the lock is held."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` for the block; the file records the holder's pid and start.
+
+    ``busy``: when another process holds the lock, raise :class:`BusyError` with this message (``{holder}`` and
+    ``{lock}`` are filled in); None: say so on stderr and wait for it. The lock goes with its process, even on
+    ``kill -9``. The file is never deleted (unlinking a lock races with a process about to take it). Where it cannot
+    be created (a read-only or full disk, no permission), nothing else can write beside it either: the block runs
+    unlocked and the write itself reports the disk's problem, in its own words.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    with os.fdopen(descriptor, "r+") as handle:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            if busy is not None:
+                raise BusyError(busy.format(holder=holder, lock=path)) from None
+            print(f"waiting for {holder} (lock {path}) ...", file=sys.stderr, flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # the pid is for messages only
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+        yield

@@ -12,7 +12,6 @@ command line after parsing: plan and check everything, run what is not recorded 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import shutil
 import sys
@@ -26,7 +25,7 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, make_dirs
+from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, exclusive_lock, make_dirs
 from ldt.cli import device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
@@ -225,22 +224,11 @@ def check_out(out: Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def sweep_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` for a sweep: a second sweep on the same folder would train the same runs
-    (and append the same records) again. The lock goes with the process, so a killed sweep never leaves one."""
-    path = out / LOCK_FILE
-    try:
-        handle = open(path, "a+")
-    except OSError as err:
-        raise DiskError(f"cannot open the lock file {path}: {err.strerror}") from None
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"another sweep is running on {out} (it holds {path}); wait for it, or give another "
-                             "--out") from None
-        yield
+def sweep_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``out`` for a sweep: a second sweep on the same folder would train the same runs (and
+    append the same records) again. The lock goes with the process, so a killed sweep never leaves one."""
+    return exclusive_lock(out / LOCK_FILE, busy=f"another sweep is running on {out} ({{holder}}, lock {{lock}}); "
+                                                "wait for it, or give another --out")
 
 
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,

@@ -84,3 +84,74 @@ def test_a_broken_pretraining_summary_names_the_files_to_delete(tmp_path):
     (tmp_path / "streets" / MANIFEST).write_text("")
     with pytest.raises(FileContentError, match=rf"delete {tmp_path / 'streets'} to generate it again"):
         data_digest(tmp_path / "streets")
+
+
+# ---- folder locks: two processes writing one folder ------------------------------------------------------------------
+HOLD = """
+import sys, time
+from ldt.atomic import exclusive_lock
+with exclusive_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_in_another_process(path: Path, seconds: float):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_held_lock_names_its_holder_or_is_waited_for(tmp_path, capsys):
+    import time
+
+    from ldt.atomic import BusyError, exclusive_lock, lock_beside
+
+    lock = lock_beside(tmp_path / "experiments" / "run")
+    assert lock == tmp_path / "experiments" / ".run.lock"
+    holder = hold_in_another_process(lock, 1.5)
+    with pytest.raises(BusyError, match=rf"^busy: pid {holder.pid}, since .* \(lock {lock}\)$"):
+        with exclusive_lock(lock, busy="busy: {holder} (lock {lock})"):
+            pass
+    start = time.monotonic()
+    with exclusive_lock(lock):  # waits for the holder to finish
+        assert time.monotonic() - start > 0.8  # it held the lock 1.5 s after saying so
+    assert f"waiting for pid {holder.pid}" in capsys.readouterr().err
+    holder.wait()
+    holder = hold_in_another_process(lock, 30)
+    holder.kill()  # kill -9 releases the lock with the process
+    holder.wait()
+    with exclusive_lock(lock, busy="busy"):
+        assert f"pid {__import__('os').getpid()}" in lock.read_text()
+
+
+def test_a_lock_that_cannot_be_created_runs_unlocked(tmp_path, monkeypatch):
+    """On a read-only disk nothing else can write there either; the write itself then names the disk's problem."""
+    import errno
+
+    import ldt.atomic
+    from ldt.atomic import exclusive_lock, lock_beside
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(ldt.atomic.os, "open", refuse)
+    ran = False
+    with exclusive_lock(lock_beside(tmp_path / "folder"), busy="busy"):
+        ran = True
+    assert ran and not (tmp_path / ".folder.lock").exists()
+
+
+def test_generated_dataset_builds_wait_for_each_other(tmp_path, capsys):
+    from ldt.atomic import lock_beside
+    from ldt.classification.toy import build_toy_domains
+
+    root = tmp_path / "toy"
+    holder = hold_in_another_process(lock_beside(root), 1.0)
+    build_toy_domains(root, images_per_class=1, size=8)
+    assert f"waiting for pid {holder.pid}" in capsys.readouterr().err
+    assert (root / "toy_domains.json").is_file()

@@ -76,6 +76,23 @@ def test_a_rerun_of_an_experiment_name_archives_the_earlier_run(data_root, tmp_p
     assert snapshot(exp) != before and (exp / "models" / "net_g_best.pth").is_file()
 
 
+def test_a_second_run_of_a_name_that_is_training_is_refused_and_touches_nothing(data_root, tmp_path, capsys):
+    """Two runs of one name at once would archive and overwrite each other's folder; the lock goes with the run."""
+    from ldt.atomic import exclusive_lock, lock_beside
+
+    assert cli(options(data_root, "busy"), tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "busy"
+    with exclusive_lock(lock_beside(exp)):  # as a run of this name in another process holds it
+        before = snapshot(tmp_path / "experiments")
+        code, lines = cli(options(data_root, "busy"), tmp_path, capsys)
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {exp} is in use by another run (pid ") and lines[0].endswith(
+            f"lock {lock_beside(exp)}): wait for it to finish, or choose another name")
+        assert snapshot(tmp_path / "experiments") == before and not list(exp.parent.glob("busy_archived_*"))
+    assert cli(options(data_root, "busy"), tmp_path, capsys)[0] == 0  # released: a rerun archives as usual
+    assert len(list(exp.parent.glob("busy_archived_*"))) == 1
+
+
 @pytest.mark.parametrize("section,key,value,named", [
     ("ldt", "unstable_ratio", 0.4, "ldt:unstable_ratio: 0.5 -> 0.4"),
     ("ldt", "method", "ldt_s", "ldt:method: 'ldt' -> 'ldt_s'"),

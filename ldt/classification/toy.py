@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import read_json_dict
+from ldt.atomic import exclusive_lock, lock_beside, read_json_dict
 
 CLASSES = ("circle", "square", "triangle", "cross")
 DOMAINS = ("photo", "cast", "noisy", "faded")
@@ -128,26 +128,29 @@ def build_toy_domains(root: str | Path = DEFAULT_ROOT, *, images_per_class: int 
     root = Path(root)
     settings = {"format_version": FORMAT_VERSION, "images_per_class": images_per_class, "size": size, "seed": seed}
     manifest = root / MANIFEST
-    if read_json_dict(manifest) == settings:  # an unreadable manifest is a stale build: rebuilt
-        return root
-    if root.exists() and not manifest.is_file():
-        raise FileExistsError(f"{root} exists but is not a generated toy dataset (no {MANIFEST}); choose another folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
-    try:
-        for d, domain in enumerate(DOMAINS):
-            for c, kind in enumerate(CLASSES):
-                folder = staging / domain / kind
-                folder.mkdir(parents=True)
-                for i in range(images_per_class):
-                    rng = np.random.default_rng([seed, d, c, i])
-                    apply_style(domain, render_scene(kind, size, rng), rng).save(folder / f"{i:04d}.png")
-        (staging / MANIFEST).write_text(json.dumps(settings))
-        if root.exists():  # a toy dataset with other settings: replace it
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Two builds at once would replace each other's folder: the second waits, then finds the first's.
+    with exclusive_lock(lock_beside(root)):
+        if read_json_dict(manifest) == settings:  # an unreadable manifest is a stale build: rebuilt
+            return root
+        if root.exists() and not manifest.is_file():
+            raise FileExistsError(f"{root} exists but is not a generated toy dataset (no {MANIFEST}); choose another "
+                                  "folder")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+        try:
+            for d, domain in enumerate(DOMAINS):
+                for c, kind in enumerate(CLASSES):
+                    folder = staging / domain / kind
+                    folder.mkdir(parents=True)
+                    for i in range(images_per_class):
+                        rng = np.random.default_rng([seed, d, c, i])
+                        apply_style(domain, render_scene(kind, size, rng), rng).save(folder / f"{i:04d}.png")
+            (staging / MANIFEST).write_text(json.dumps(settings))
+            if root.exists():  # a toy dataset with other settings: replace it
+                shutil.rmtree(root)
+            os.replace(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ldt.atomic import FileContentError, atomic_write_text, read_json_object
+from ldt.atomic import FileContentError, atomic_write_text, exclusive_lock, lock_beside, read_json_object
 from ldt.data.cameras import (
     CAMERA_BY_KEY, CAMERAS, DatasetError, camera_of, decode_image, find_split_dirs, pair_folders,
 )
@@ -279,50 +279,54 @@ def _build(
         "cameras": [asdict(c) | {"type": type(c).__name__} for c in cameras],
     }
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    manifest_path = root / MANIFEST
-    old = _read_manifest(manifest_path) if manifest_path.is_file() else None
-    if old and old["hash"] == digest and old["complete"] and all((root / name).is_file() for name in old["files"]):
-        return root
-    for camera in cameras:
-        probe = camera.image_id(TRAIN_ID_START)
-        if camera_of(probe) != camera.key:
-            raise DatasetError(f"camera {camera.key}: id_format gives {probe!r}, which does not match its pattern")
-    photos = {name: _split_photo(_load_photo(name, geometry.max_side), scale, geometry.max_test_side)
-              for name in geometry.photos}
-    _check_fits(photos, scale, patch_size)  # before _clear: a bad option leaves an earlier build as it was
-    _clear(root, old, scale)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest_path, json.dumps({"hash": digest, "config": config, "files": [], "complete": False}))
+    # Two builds at once would clear and write each other's files: the second waits, then finds the first's.
+    with exclusive_lock(lock_beside(root)):
+        manifest_path = root / MANIFEST
+        old = _read_manifest(manifest_path) if manifest_path.is_file() else None
+        if old and old["hash"] == digest and old["complete"] and all((root / name).is_file() for name in old["files"]):
+            return root
+        for camera in cameras:
+            probe = camera.image_id(TRAIN_ID_START)
+            if camera_of(probe) != camera.key:
+                raise DatasetError(f"camera {camera.key}: id_format gives {probe!r}, which does not match its pattern")
+        photos = {name: _split_photo(_load_photo(name, geometry.max_side), scale, geometry.max_test_side)
+                  for name in geometry.photos}
+        _check_fits(photos, scale, patch_size)  # before _clear: a bad option leaves an earlier build as it was
+        _clear(root, old, scale)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(manifest_path, json.dumps({"hash": digest, "config": config, "files": [], "complete": False}))
 
-    split_dirs = {split: (root / f"x{scale}" / f"{split.capitalize()}_x{scale}" / f"{split}_HR",
-                          root / f"x{scale}" / f"{split.capitalize()}_x{scale}" / f"{split}_LR")
-                  for split in ("train", "test")}
-    for folder in (folder for pair in split_dirs.values() for folder in pair):
-        folder.mkdir(parents=True, exist_ok=True)
-    files: list[str] = []
-    tasks = [(c, p) for c in cameras for p in enumerate(geometry.photos)]
-    for camera, (index, name) in tqdm(tasks, desc=f"building {root.name}", disable=not progress, unit="photo"):
-        train, test = photos[name]
-        for split, region, number in (("train", train, TRAIN_ID_START + index), ("test", test, TEST_ID_START + index)):
-            hr = camera.hr(region, _rng(seed, camera.key, index, 0), scale)
-            lr = camera.lr(region, _rng(seed, camera.key, index, 1), scale)
-            image_id = camera.image_id(number)
-            if split == "test":
-                crops = [("", 0, 0, lr.shape[0], lr.shape[1])]
-            else:
-                lq_patch = patch_size // scale
-                positions = _rng(seed, camera.key, index, 2)
-                crops = [(f"_{k}", positions.integers(0, lr.shape[0] - lq_patch + 1),
-                          positions.integers(0, lr.shape[1] - lq_patch + 1), lq_patch, lq_patch)
-                         for k in range(1, patches_per_image + 1)]
-            hr_dir, lr_dir = split_dirs[split]
-            for suffix, top, left, height, width in crops:
-                hr_path, lr_path = hr_dir / f"{image_id}_x{scale}{suffix}.png", lr_dir / f"{image_id}_x1{suffix}.png"
-                _write_png(hr_path, hr[top * scale:(top + height) * scale, left * scale:(left + width) * scale])
-                _write_png(lr_path, lr[top:top + height, left:left + width])
-                files += [hr_path.relative_to(root).as_posix(), lr_path.relative_to(root).as_posix()]
-    manifest = {"hash": digest, "config": config, "files": sorted(files), "complete": True}
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        split_dirs = {split: (root / f"x{scale}" / f"{split.capitalize()}_x{scale}" / f"{split}_HR",
+                              root / f"x{scale}" / f"{split.capitalize()}_x{scale}" / f"{split}_LR")
+                      for split in ("train", "test")}
+        for folder in (folder for pair in split_dirs.values() for folder in pair):
+            folder.mkdir(parents=True, exist_ok=True)
+        files: list[str] = []
+        tasks = [(c, p) for c in cameras for p in enumerate(geometry.photos)]
+        for camera, (index, name) in tqdm(tasks, desc=f"building {root.name}", disable=not progress, unit="photo"):
+            train, test = photos[name]
+            splits = (("train", train, TRAIN_ID_START + index), ("test", test, TEST_ID_START + index))
+            for split, region, number in splits:
+                hr = camera.hr(region, _rng(seed, camera.key, index, 0), scale)
+                lr = camera.lr(region, _rng(seed, camera.key, index, 1), scale)
+                image_id = camera.image_id(number)
+                if split == "test":
+                    crops = [("", 0, 0, lr.shape[0], lr.shape[1])]
+                else:
+                    lq_patch = patch_size // scale
+                    positions = _rng(seed, camera.key, index, 2)
+                    crops = [(f"_{k}", positions.integers(0, lr.shape[0] - lq_patch + 1),
+                              positions.integers(0, lr.shape[1] - lq_patch + 1), lq_patch, lq_patch)
+                             for k in range(1, patches_per_image + 1)]
+                hr_dir, lr_dir = split_dirs[split]
+                for suffix, top, left, height, width in crops:
+                    hr_path = hr_dir / f"{image_id}_x{scale}{suffix}.png"
+                    lr_path = lr_dir / f"{image_id}_x1{suffix}.png"
+                    _write_png(hr_path, hr[top * scale:(top + height) * scale, left * scale:(left + width) * scale])
+                    _write_png(lr_path, lr[top:top + height, left:left + width])
+                    files += [hr_path.relative_to(root).as_posix(), lr_path.relative_to(root).as_posix()]
+        manifest = {"hash": digest, "config": config, "files": sorted(files), "complete": True}
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return root
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import read_json_dict
+from ldt.atomic import exclusive_lock, lock_beside, read_json_dict
 from ldt.segmentation.classes import IGNORE_INDEX, TRAIN_ID
 
 DOMAINS: tuple[str, ...] = ("clean", "cast", "fog", "night", "vivid", "blur")
@@ -407,31 +407,34 @@ def build_generated(root: str | Path = DEFAULT_ROOT, config: GeneratedConfig = G
     root = Path(root)
     manifest = {"settings": config.settings(), "hash": config.digest()}
     manifest_path = root / MANIFEST
-    if read_json_dict(manifest_path) == manifest:  # an unreadable manifest is a stale build: rebuilt
-        return root
-    if root.exists() and not manifest_path.is_file() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists but is not a generated dataset (no {MANIFEST}); choose another folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
-    try:
-        counts = {"train": config.train_per_domain, "val": config.val_per_domain}
-        for split, count in counts.items():
-            for index in range(count):
-                scene_rng = _scene_rng(config, SCENE_STREAM, split, index)
-                image, label, depth = render_scene(config.height, config.width, scene_rng)
-                for d, domain in enumerate(DOMAINS):
-                    if domain in config.domains:
-                        rng = np.random.default_rng([config.seed, STYLE_STREAM, SPLIT_STREAM[split], index, d])
-                        _write(staging, domain, split, index, apply_camera(domain, image, depth, rng), label)
-        for split, count in {"train": config.pretrain_train, "val": config.pretrain_val}.items():
-            for index in range(count):
-                rng = _scene_rng(config, PRETRAIN_STREAM, split, index)
-                image, label, depth = render_scene(config.height, config.width, rng)
-                _write(staging, PRETRAIN_DOMAIN, split, index, apply_camera(PRETRAIN_STYLE, image, depth, rng), label)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Two builds at once would replace each other's folder: the second waits, then finds the first's.
+    with exclusive_lock(lock_beside(root)):
+        if read_json_dict(manifest_path) == manifest:  # an unreadable manifest is a stale build: rebuilt
+            return root
+        if root.exists() and not manifest_path.is_file() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists but is not a generated dataset (no {MANIFEST}); choose another "
+                                  "folder")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+        try:
+            counts = {"train": config.train_per_domain, "val": config.val_per_domain}
+            for split, count in counts.items():
+                for index in range(count):
+                    scene_rng = _scene_rng(config, SCENE_STREAM, split, index)
+                    image, label, depth = render_scene(config.height, config.width, scene_rng)
+                    for d, domain in enumerate(DOMAINS):
+                        if domain in config.domains:
+                            rng = np.random.default_rng([config.seed, STYLE_STREAM, SPLIT_STREAM[split], index, d])
+                            _write(staging, domain, split, index, apply_camera(domain, image, depth, rng), label)
+            for split, count in {"train": config.pretrain_train, "val": config.pretrain_val}.items():
+                for index in range(count):
+                    rng = _scene_rng(config, PRETRAIN_STREAM, split, index)
+                    image, label, depth = render_scene(config.height, config.width, rng)
+                    _write(staging, PRETRAIN_DOMAIN, split, index, apply_camera(PRETRAIN_STYLE, image, depth, rng), label)
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root

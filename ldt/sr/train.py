@@ -8,6 +8,7 @@ Here resume continues from the exact sample position (bit-identical on CPU with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -23,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from ldt.atomic import (
-    DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, make_dirs, read_json_object,
-    remove_leftovers,
+    BusyError, DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, exclusive_lock, lock_beside,
+    make_dirs, read_json_object, remove_leftovers,
 )
 from ldt.cli import original_error, show_traceback
 from ldt.compat import patch_basicsr
@@ -56,7 +57,7 @@ from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 # What the SR entry points report as ``error:`` lines (exit status 2) instead of a traceback: problems of the user's
 # options, data, weights, files, disk, or a run that diverged.
 USER_ERRORS = (OptionsError, DatasetError, WeightsError, DiskError, FileContentError, NonFiniteLossError, ProbeError,
-               PartitionError, MethodError)
+               PartitionError, MethodError, BusyError)
 
 
 def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
@@ -322,11 +323,11 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
 
 def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
     """Run one training described by a validated option dict; return the final metrics report."""
-    with StopOnSignal() as stop, RunLog(opt["rank"] == 0) as log:
-        return _train(opt, root, stop, log)
+    with StopOnSignal() as stop, RunLog(opt["rank"] == 0) as log, contextlib.ExitStack() as held:
+        return _train(opt, root, stop, log, held)
 
 
-def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog) -> dict:
+def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: contextlib.ExitStack) -> dict:
     resolve_num_gpu(opt)
     experiment_paths(opt, root)
     rank0 = opt["rank"] == 0
@@ -340,6 +341,11 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog) -> dict:
     val_loaders = validation_loaders(opt) if rank0 else {}
     check_before_start(opt, resuming=state is not None, train_set=loader.dataset, val_loaders=val_loaders)
     if rank0:
+        # Two runs of one name at once would archive, clean and write each other's folder. Taken once the checks
+        # passed, so a run that cannot start creates nothing; held to the end of this training.
+        exp = Path(opt["path"]["experiments_root"])
+        held.enter_context(exclusive_lock(lock_beside(exp), busy=f"{exp} is in use by another run ({{holder}}; lock "
+                                                                 "{lock}): wait for it to finish, or choose another name"))
         prepare_folder(opt, root, state_path, logger)
     if dist.is_initialized():
         dist.barrier()  # the folder is ready (archived, cleaned) before any rank reads or writes in it
