@@ -477,20 +477,27 @@ def test_bad_training_data_fails_before_training_with_one_line(damage, reason, d
     assert not (tmp_path / "experiments").exists()  # nothing was created: the data is checked first
 
 
-def test_a_validation_image_smaller_than_the_network_fails_before_training_and_testing(data_root, tmp_path, capsys):
+def shrunk_validation_pair(data_root: Path, tmp_path: Path, name: str, lr_size: int) -> tuple[dict, Path, Path]:
+    """(options of a run named ``name`` on a copy of the data whose first 'pan' test pair is resized to
+    ``lr_size`` px LR, x4 HR; that LR path; that HR path)."""
     import cv2
-
-    from ldt.sr.evaluate import main as test_main
 
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
     lr = sorted((root / "x4" / "Test_x4" / "test_LR").glob("panasonic_*.png"))[0]
     hr = root / "x4" / "Test_x4" / "test_HR" / lr.name.replace("_x1", "_x4")
-    for path, size in ((lr, 6), (hr, 24)):
+    for path, size in ((lr, lr_size), (hr, 4 * lr_size)):
         cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (size, size)))
-    opt = options(data_root, "small")
+    opt = options(data_root, name)
     for block in opt["datasets"].values():
         block["dataroot"] = str(root)
+    return opt, lr, hr
+
+
+def test_a_validation_image_smaller_than_the_network_fails_before_training_and_testing(data_root, tmp_path, capsys):
+    from ldt.sr.evaluate import main as test_main
+
+    opt, lr, _ = shrunk_validation_pair(data_root, tmp_path, "small", 6)
     expected = f"error: validation set pan: {lr} is 6x6 pixels, smaller than the 8x8 SAFMN needs; remove it or pad it"
     code, lines = cli(opt, tmp_path, capsys)
     assert code == 2 and lines == [expected] and not (tmp_path / "experiments").exists()
@@ -505,18 +512,8 @@ def test_a_validation_image_smaller_than_the_network_fails_before_training_and_t
 
 def test_a_validation_image_its_metrics_crop_away_fails_before_training(data_root, tmp_path, capsys):
     """A GT image no larger than the metric's crop borders (and SSIM's window) would validate to NaN."""
-    import cv2
-
-    root = tmp_path / "data"
-    shutil.copytree(data_root, root)
-    lr = sorted((root / "x4" / "Test_x4" / "test_LR").glob("panasonic_*.png"))[0]
-    hr = root / "x4" / "Test_x4" / "test_HR" / lr.name.replace("_x1", "_x4")
-    for path, size in ((lr, 8), (hr, 32)):
-        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (size, size)))
-    opt = options(data_root, "cropped")
+    opt, _, hr = shrunk_validation_pair(data_root, tmp_path, "cropped", 8)
     opt["val"]["metrics"] = {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calculate_ssim", "crop_border": 12}}
-    for block in opt["datasets"].values():
-        block["dataroot"] = str(root)
     code, lines = cli(opt, tmp_path, capsys)
     assert code == 2 and not (tmp_path / "experiments").exists()
     assert lines == [f"error: validation set pan: {hr} is 32x32 pixels, val:metrics:ssim needs at least 35x35 (a crop "
