@@ -187,6 +187,9 @@ def remove_leftovers(*folders: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_HELD: set[Path] = set()  # the locks this process holds (flock would refuse a second hold of our own lock)
+
+
 def lock_beside(folder: str | os.PathLike) -> Path:
     """The lock file of ``folder``: a hidden ``.<name>.lock`` beside it, since the folder itself may not exist yet,
     or be archived or replaced while the lock is held."""
@@ -202,9 +205,14 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
     ``{lock}`` are filled in); None: say so on stderr and wait for it. The lock goes with its process, even on
     ``kill -9``. The file is never deleted (unlinking a lock races with a process about to take it). Where it cannot
     be created (a read-only or full disk, no permission), nothing else can write beside it either: the block runs
-    unlocked and the write itself reports the disk's problem, in its own words.
+    unlocked and the write itself reports the disk's problem, in its own words. Re-entrant within a process (a
+    sweep stage holds its run's lock and the training inside it takes it again).
     """
     path = Path(path)
+    key = path.absolute()
+    if key in _HELD:
+        yield
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -225,4 +233,8 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
             handle.truncate()
             handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
             handle.flush()
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)

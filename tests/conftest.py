@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -52,3 +54,21 @@ def load_file_module(path: Path, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# A process holding a folder lock, as a second run or build of the same folder would.
+HOLD = """
+import sys, time
+from ldt.atomic import exclusive_lock
+with exclusive_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen:
+    """A process that holds ``ldt.atomic.exclusive_lock(path)`` for ``seconds`` (returned once it holds it)."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    assert process.stdout.readline().strip() == "held"
+    return process

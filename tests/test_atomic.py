@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ldt.atomic import FileContentError, atomic_write_bytes, read_json_dict, read_json_object
+from tests.conftest import hold_in_another_process
 
 
 @pytest.mark.parametrize("content,problem", [
@@ -87,25 +88,6 @@ def test_a_broken_pretraining_summary_names_the_files_to_delete(tmp_path):
 
 
 # ---- folder locks: two processes writing one folder ------------------------------------------------------------------
-HOLD = """
-import sys, time
-from ldt.atomic import exclusive_lock
-with exclusive_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
-
-
-def hold_in_another_process(path: Path, seconds: float):
-    import subprocess
-    import sys
-
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parents[1])
-    assert process.stdout.readline().strip() == "held"
-    return process
-
-
 def test_a_held_lock_names_its_holder_or_is_waited_for(tmp_path, capsys):
     import time
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,6 +168,34 @@ def test_run_stage_starts_afresh_when_every_state_of_the_stage_is_broken(data_ro
     report = run_stage(opt, tmp_path)
     assert steps[0] == 1 and report["iterations"] == opt["train"]["total_iter"]
     assert f"warning: skipping training state {state} is truncated" in capsys.readouterr().out
+
+
+def test_a_stage_that_another_process_is_training_is_left_alone(data_root, tmp_path, monkeypatch):
+    """A second demo or sweep would otherwise delete the folder of a stage the first is still training (it has
+    options_hash.txt but no state yet); it is refused before it looks, and the training inside a stage re-enters
+    the stage's own lock."""
+    from ldt.atomic import BusyError, exclusive_lock, lock_beside
+    from ldt.sr.experiment import run_stage
+    from tests.conftest import hold_in_another_process
+
+    opt = tiny_options(data_root, "shared_stage", "ldt", logger__save_checkpoint_freq=2, val__val_freq=2)
+    simulate_crash(monkeypatch, at=1)  # stopped before its first state: a folder a rerun would start afresh
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(opt, tmp_path)
+    exp = tmp_path / "experiments" / "shared_stage"
+    before = sorted(p.relative_to(exp) for p in exp.rglob("*"))
+    assert Path("options_hash.txt") in before
+    holder = hold_in_another_process(lock_beside(exp), 60)
+    try:
+        with pytest.raises(BusyError, match=f"^{exp} is in use by another run \\(pid {holder.pid}, since "):
+            run_stage(opt, tmp_path)
+        assert sorted(p.relative_to(exp) for p in exp.rglob("*")) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_lock(lock_beside(exp)):  # held by this process: the stage and its training re-enter it
+        report = run_stage(opt, tmp_path)
+    assert report["iterations"] == opt["train"]["total_iter"]
 
 
 def test_resume_keeps_a_best_checkpoint_saved_after_the_state(data_root, tmp_path, monkeypatch):

@@ -7,13 +7,14 @@ state, optimizers, schedulers, scalers, RNG, data position, validation history);
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ldt.atomic import DiskError, atomic_torch_save, disk_reason
+from ldt.atomic import DiskError, atomic_torch_save, disk_reason, exclusive_lock, lock_beside
 from ldt.core import Partition
 from ldt.weights import WeightsError, read_checkpoint
 
@@ -76,6 +77,12 @@ def state_partition(path: str | Path) -> Partition | None:
 
 
 # ------------------------------------------------------------------------------------------------ the run folder
+def experiment_lock(exp: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while a run (or a demo / sweep stage) works in ``exp``: two at once would archive, clean and write each
+    other's folder. A second one is refused in one line naming the holder."""
+    return exclusive_lock(lock_beside(exp), busy=f"{exp} is in use by another run ({{holder}}; lock {{lock}}): wait "
+                                                 "for it to finish, or choose another name")
+
 
 
 def holds_a_run(experiment: str | Path) -> bool:

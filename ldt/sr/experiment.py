@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ldt.atomic import atomic_write_text, make_dirs, read_json_dict, read_json_object
 from ldt.data.cameras import TARGET_CAMERAS
-from ldt.sr.checkpoints import newest_intact_state
+from ldt.sr.checkpoints import experiment_lock, newest_intact_state
 from ldt.sr.options import prepare_options, run_identity
 from ldt.sr.preemption import Interrupted
 from ldt.sr.train import train
@@ -126,27 +126,28 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
     weights = opt["path"].get("pretrain_network_g")
     fingerprint = content_fingerprint(weights) if weights else None
     stage_id = digest if fingerprint is None else f"{digest} weights {fingerprint}"
-    cached = {} if force else read_json_dict(stamp)
-    if cached.get("options_hash") == digest and cached.get("weights_fingerprint") == fingerprint:
-        print(f"[{label}] {opt['name']}: cached ({stamp})")
-        return cached
-    resume = (not force and started.is_file() and started.read_bytes().strip() == stage_id.encode()
-              and has_intact_state(exp / "training_states"))
-    if resume:
-        print(f"[{label}] {opt['name']}: resuming an interrupted run")
-    else:
-        shutil.rmtree(exp, ignore_errors=True)
-        shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
-        make_dirs(exp)
-        atomic_write_text(started, stage_id + "\n")
-    prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
-    prepared.update(dist=False, rank=0, world_size=1, auto_resume=resume)
-    try:
-        report = train(prepared, root=root)
-    except Interrupted as stopped:
-        raise stopped.resumed_by("rerun the same command to resume it") from None
-    report.update(options_hash=digest, weights_fingerprint=fingerprint)
-    report_file = read_json_object(stamp)
-    report_file.update(options_hash=digest, weights_fingerprint=fingerprint)
-    atomic_write_text(stamp, json.dumps(report_file, indent=1))
+    with experiment_lock(exp):  # from the cache check on: a second process must not delete this run
+        cached = {} if force else read_json_dict(stamp)
+        if cached.get("options_hash") == digest and cached.get("weights_fingerprint") == fingerprint:
+            print(f"[{label}] {opt['name']}: cached ({stamp})")
+            return cached
+        resume = (not force and started.is_file() and started.read_bytes().strip() == stage_id.encode()
+                  and has_intact_state(exp / "training_states"))
+        if resume:
+            print(f"[{label}] {opt['name']}: resuming an interrupted run")
+        else:
+            shutil.rmtree(exp, ignore_errors=True)
+            shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
+            make_dirs(exp)
+            atomic_write_text(started, stage_id + "\n")
+        prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
+        prepared.update(dist=False, rank=0, world_size=1, auto_resume=resume)
+        try:
+            report = train(prepared, root=root)
+        except Interrupted as stopped:
+            raise stopped.resumed_by("rerun the same command to resume it") from None
+        report.update(options_hash=digest, weights_fingerprint=fingerprint)
+        report_file = read_json_object(stamp)
+        report_file.update(options_hash=digest, weights_fingerprint=fingerprint)
+        atomic_write_text(stamp, json.dumps(report_file, indent=1))
     return report

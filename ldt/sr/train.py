@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from ldt.atomic import (
-    BusyError, DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, exclusive_lock, lock_beside,
-    make_dirs, read_json_object, remove_leftovers,
+    BusyError, DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, make_dirs, read_json_object,
+    remove_leftovers,
 )
 from ldt.cli import original_error, show_traceback
 from ldt.compat import patch_basicsr
@@ -41,6 +41,7 @@ from ldt.data.cameras import DatasetError  # noqa: E402
 from ldt.models.ldt_model import NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
+    experiment_lock,
     holds_a_run,
     iteration_files,
     newest_intact_state,
@@ -343,9 +344,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     if rank0:
         # Two runs of one name at once would archive, clean and write each other's folder. Taken once the checks
         # passed, so a run that cannot start creates nothing; held to the end of this training.
-        exp = Path(opt["path"]["experiments_root"])
-        held.enter_context(exclusive_lock(lock_beside(exp), busy=f"{exp} is in use by another run ({{holder}}; lock "
-                                                                 "{lock}): wait for it to finish, or choose another name"))
+        held.enter_context(experiment_lock(Path(opt["path"]["experiments_root"])))
         prepare_folder(opt, root, state_path, logger)
     if dist.is_initialized():
         dist.barrier()  # the folder is ready (archived, cleaned) before any rank reads or writes in it
