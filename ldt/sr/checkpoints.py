@@ -109,9 +109,10 @@ def archive(*folders: str | Path) -> list[tuple[Path, Path]]:
     return moved
 
 
-def read_state(path: str | Path) -> dict:
-    """A training state, or a :class:`ldt.weights.WeightsError` naming the file and what is wrong with it."""
-    state = read_checkpoint(path, what="training state")
+def read_state(path: str | Path, *, mmap: bool = False) -> dict:
+    """A training state, or a :class:`ldt.weights.WeightsError` naming the file and what is wrong with it
+    (``mmap``: tensors mapped from the file, not read: a cheap check that it is whole)."""
+    state = read_checkpoint(path, what="training state", mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise WeightsError(f"training state {path} is not an LDT training state (format {found!r}, expected "
@@ -119,13 +120,14 @@ def read_state(path: str | Path) -> dict:
     return state
 
 
-def newest_intact_state(folder: str | Path, warn) -> tuple[Path | None, dict | None]:
+def newest_intact_state(folder: str | Path, warn, *, mmap: bool = False) -> tuple[Path | None, dict | None]:
     """The newest ``<iter>.state`` of ``folder`` that reads back whole; each newer broken one is ``warn``-ed about
-    (a kill during a write leaves the previous state intact: this falls back to it)."""
+    (a kill during a write leaves the previous state intact: this falls back to it). ``mmap``: see
+    :func:`read_state`."""
     broken = []
     for path in reversed(iteration_files(folder, ".state")):
         try:
-            state = read_state(path)
+            state = read_state(path, mmap=mmap)
         except WeightsError as err:
             broken.append(str(err))
             warn(f"skipping {err}")

@@ -103,9 +103,9 @@ def camera_run_options(
 
 def has_intact_state(folder: Path) -> bool:
     """Whether an interrupted stage left a training state that reads back whole (with only broken ones it starts
-    afresh: a resume would refuse them all)."""
+    afresh: a resume would refuse them all). Memory-mapped: the resume reads the state's tensors once, not twice."""
     try:
-        return newest_intact_state(folder, lambda message: print(f"warning: {message}"))[0] is not None
+        return newest_intact_state(folder, lambda message: print(f"warning: {message}"), mmap=True)[0] is not None
     except WeightsError:
         return False
 
