@@ -21,9 +21,11 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ldt.atomic import make_dirs
 from ldt.core import method_class
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
+from ldt.runner import sweep_lock
 from ldt.sr.experiment import ARCHS, RunBudget, camera_run_options, run_stage
 from ldt.sr.options import OPTION_DIRS, OptionsError, PROJECT_ROOT, prepare_options, read_option_file, run_identity
 from ldt.sr.tables import PAPER_ARCHS, TABLES, PaperCell, Setting, TableSpec, paper_cells
@@ -500,7 +502,10 @@ def reproduce(
         planned = [PlannedRun(run.digest, run.opt["name"],
                               lambda run=run: make_record(run, run_stage(run.opt, out, label="reproduce"), data_kind, out))
                    for run in pending]
-        trained, _ = run_pending(planned, records, progress=progress, desc="reproduce")
+        # A second sweep on this out would clean the folders of the runs this one trains, and record them again;
+        # run_pending reads the records again under the lock.
+        with sweep_lock(make_dirs(out)):
+            trained, _ = run_pending(planned, records, progress=progress, desc="reproduce")
     written = collect_results(out, runs)
     recorded = set(records.by_hash())
     planned_digests = {run.digest for run in unique}
