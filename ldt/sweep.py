@@ -360,12 +360,15 @@ def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[
                         required: Sequence[str] = ()) -> dict[str, str]:
     """Recompute the tables of a sweep folder from its records alone: ``render(records)`` gives {file name: text},
     each written into ``out``; returns them. Records without every ``required`` field are skipped with a warning
-    (:meth:`Records.having`). No records is a ``FileNotFoundError`` naming the file."""
+    (:meth:`Records.having`). No records is a ``FileNotFoundError`` naming the file. Each table is written atomically:
+    a sweep killed while writing it leaves the previous table whole, and a disk that refuses it is a ``DiskError``."""
+    from ldt.atomic import atomic_write_text
+
     out = Path(out)
     found = Records(out / RESULTS_FILE).having(required)
     if not found:
         raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
     files = dict(render(found))
     for name, text in files.items():
-        (out / name).write_text(text)
+        atomic_write_text(out / name, text)
     return files

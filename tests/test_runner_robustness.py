@@ -203,3 +203,28 @@ def test_a_second_sweep_on_the_same_out_is_refused(tmp_path, capsys):
         assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
         assert f"another sweep is running on {tmp_path}" in error_line(capsys)
     assert sweep_main(tmp_path, [FakeConfig()]) == 0  # released with the first
+
+
+# ---- 11. writing the tables ----------------------------------------------------------------------------------------
+def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_path, capsys, monkeypatch):
+    """A sweep killed or out of space while writing a table must not leave a cut-off table for the next reader, and
+    ``--collect`` on a disk that refuses it is one line, not a traceback."""
+    from ldt.sweep import write_record_tables
+
+    Records(tmp_path / RESULTS_FILE).append({"options_hash": "a", "value": 1})
+    (tmp_path / "table.md").write_text("the previous table\n")
+    real_write_text = Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(DiskError, match=rf"^cannot write {tmp_path / 'table.md'}: no space left on device"):
+        write_record_tables(tmp_path, lambda records: {"table.md": "a new table, twice as long as needed\n"})
+    assert (tmp_path / "table.md").read_text() == "the previous table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RESULTS_FILE, "table.md"]
+    args = Namespace(**{**vars(ARGS), "collect": str(tmp_path)})
+    assert runner.main(args, no_run, no_run, lambda folder: write_record_tables(
+        folder, lambda records: {"table.md": "x" * 10})["table.md"]) == 2
+    assert "no space left on device" in error_line(capsys)

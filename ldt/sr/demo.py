@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldt.atomic import atomic_write_text
 from ldt.compat import patch_basicsr
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.data.synthetic_cameras import build_bicubic_pretrain_set, build_synthetic_cameras
@@ -182,8 +183,8 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
     seconds = time.time() - start
     summary = {"budget": budget, "seconds": seconds, "columns": columns, "figures": [str(f) for f in figures],
                "best_iters": {label: r["best"] for label, r in reports.items()}}
-    (out / "demo_results.json").write_text(json.dumps(summary, indent=1))
-    (out / "demo_results.md").write_text(table + "\n")
+    atomic_write_text(out / "demo_results.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "demo_results.md", table + "\n")
     print("\nLDT demo — synthetic cameras, x4, PSNR/SSIM on Y (best checkpoint selected on the source camera)\n")
     print(table)
     print("\n" + study_headline(root / "experiments" / "study"))

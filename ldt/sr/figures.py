@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ldt.atomic import atomic_write_bytes  # noqa: E402
 from ldt.core import Partition  # noqa: E402
 
 STABLE, UNSTABLE = "#3b75af", "#d1495b"
@@ -105,8 +107,8 @@ def plot_intervals(series: dict[str, list[tuple[float, float, float | None, floa
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    """Write the figure as a PNG atomically (a kill mid-write leaves the previous figure, a full disk a DiskError)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ldt.atomic import make_dirs
+from ldt.atomic import atomic_write_text, make_dirs
 from ldt.core import method_class
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
@@ -427,14 +427,13 @@ def collect_results(out: Path, runs: Sequence[TableRun]) -> list[Path]:
     """Write ``table<N>.md`` and ``table<N>.csv`` for every table of ``runs`` from ``<out>/results.jsonl`` alone."""
     records = Records(out / "results.jsonl").by_hash()
     written = []
-    out.mkdir(parents=True, exist_ok=True)
     for table in dict.fromkeys(run.table for run in runs):
         spec = TABLES[table]
         table_runs = [run for run in runs if run.table == table]
         rendered = spec.render(table_runs, records, out) if spec.render else render_table(spec, table_runs, records)
         markdown, table_csv = out / f"table{table}.md", out / f"table{table}.csv"
-        markdown.write_text(rendered.markdown)
-        table_csv.write_text(csv_text(rendered.csv_header, rendered.csv_rows))
+        atomic_write_text(markdown, rendered.markdown)  # a kill or a full disk leaves the previous table whole
+        atomic_write_text(table_csv, csv_text(rendered.csv_header, rendered.csv_rows))
         written += [markdown, table_csv]
     return written
 
