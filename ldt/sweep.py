@@ -73,15 +73,23 @@ class Records:
                               stacklevel=3)
         return records
 
-    def having(self, fields: Sequence[str]) -> list[dict]:
+    def having(self, fields: Sequence[str], readable: Callable[[dict], object] | None = None) -> list[dict]:
         """The complete records that hold every one of ``fields``; any other (a foreign tool's record, another
-        task's in the same file) is skipped with a warning naming its line, so one stray line never breaks a table."""
+        task's in the same file) is skipped with a warning naming its line, so one stray line never breaks a table.
+        ``readable(record)`` raising (a field edited by hand to a value of another type) skips it the same way."""
         kept = []
         for number, record in self.numbered():
             missing = [name for name in fields if name not in record]
             if missing:
                 warnings.warn(f"{self.path}:{number}: a record without {', '.join(map(repr, missing))} (another "
                               "task's or tool's?); ignored", stacklevel=2)
+                continue
+            try:
+                if readable is not None:
+                    readable(record)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+                warnings.warn(f"{self.path}:{number}: a record the table cannot read ({type(err).__name__}: {err}; "
+                              "edited by hand?); ignored", stacklevel=2)
             else:
                 kept.append(record)
         return kept
@@ -359,13 +367,13 @@ def seed_markdown(rows: Sequence[dict], average: str, *, title: Callable[[str], 
 def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[str, str]],
                         required: Sequence[str] = ()) -> dict[str, str]:
     """Recompute the tables of a sweep folder from its records alone: ``render(records)`` gives {file name: text},
-    each written into ``out``; returns them. Records without every ``required`` field are skipped with a warning
-    (:meth:`Records.having`). No records is a ``FileNotFoundError`` naming the file. Each table is written atomically:
+    each written into ``out``; returns them. Records without every ``required`` field, or that ``render`` cannot read
+    alone, are skipped with a warning (:meth:`Records.having`). No records is a ``FileNotFoundError`` naming the file. Each table is written atomically:
     a sweep killed while writing it leaves the previous table whole, and a disk that refuses it is a ``DiskError``."""
     from ldt.atomic import atomic_write_text
 
     out = Path(out)
-    found = Records(out / RESULTS_FILE).having(required)
+    found = Records(out / RESULTS_FILE).having(required, readable=lambda record: render([record]))
     if not found:
         raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
     files = dict(render(found))

@@ -163,6 +163,19 @@ def test_records_without_a_tables_fields_are_skipped_with_a_warning(tmp_path):
         assert Records(path).having(["score"]) == [{"options_hash": "a", "score": 1}]
 
 
+
+def test_a_record_edited_to_a_value_the_table_cannot_read_is_skipped_with_a_warning(tmp_path):
+    """A hand-edited field (a number turned into null) once ended ``--collect`` and every sweep in a traceback."""
+    from ldt.sweep import write_record_tables
+
+    path = tmp_path / RESULTS_FILE
+    path.write_text("".join(json.dumps({"options_hash": h, "score": score}) + "\n"
+                            for h, score in (("a", {"x": 1.0}), ("b", None), ("c", {"x": 2.0}))))
+    with pytest.warns(UserWarning, match=rf"{path}:2: a record the table cannot read \(TypeError: .*\); ignored"):
+        files = write_record_tables(tmp_path, lambda records: {"t.md": str(sum(r["score"]["x"] for r in records))},
+                                    ["score"])
+    assert files == {"t.md": "3.0"} and (tmp_path / "t.md").read_text() == "3.0"
+
 # ---- 5. and 8. flags both runners share ----------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value, flag", [("device", "foo", "--device foo"), ("workers", -1, "--workers")])
 def test_device_and_workers_are_checked_before_planning(tmp_path, capsys, field, value, flag):
