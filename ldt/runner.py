@@ -11,7 +11,6 @@ command line after parsing: plan and check everything, run what is not recorded 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import sys
@@ -25,12 +24,12 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, exclusive_lock, make_dirs
+from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, make_dirs
 from ldt.cli import device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
-from ldt.sweep import RESULTS_FILE, PlannedRun, Records, run_hash, run_pending, stale_weights
+from ldt.sweep import RESULTS_FILE, PlannedRun, Records, run_hash, run_pending, stale_weights, sweep_lock
 from ldt.weights import WeightsError, content_fingerprint
 
 # The flat flag of each nested method option (errors name the flag the user typed).
@@ -194,7 +193,6 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
 # Errors a run can end in that are about its input (a data file, a weights file, the disk), not a bug: the sweep
 # stops on them with one line. PIL's decoding errors are OSErrors; the tasks' data and weights errors ValueErrors.
 RUN_INPUT_ERRORS = (ValueError, OSError, DiskError)
-LOCK_FILE = ".sweep.lock"
 
 
 def one_line(err: BaseException) -> str:
@@ -222,13 +220,6 @@ def check_out(out: Path) -> Path:
     if shutil.disk_usage(out).free < FULL_DISK_BYTES:
         raise DiskError(f"cannot write in {out}: no space left on device")
     return out
-
-
-def sweep_lock(out: Path) -> contextlib.AbstractContextManager[None]:
-    """An exclusive lock on ``out`` for a sweep: a second sweep on the same folder would train the same runs (and
-    append the same records) again. The lock goes with the process, so a killed sweep never leaves one."""
-    return exclusive_lock(out / LOCK_FILE, busy=f"another sweep is running on {out} ({{holder}}, lock {{lock}}); "
-                                                "wait for it, or give another --out")
 
 
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,

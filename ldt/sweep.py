@@ -13,6 +13,7 @@ ddof 1, over √n) with n stated; a comparison of two settings is the paired dif
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -26,10 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS_FILE = "results.jsonl"
+LOCK_FILE = ".sweep.lock"
 
 
 class SweepError(ValueError):
     """Bad input to a sweep (weights, seeds, ...), found before any run starts; the message names the culprit."""
+
+
+def sweep_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``out`` for a sweep: a second sweep on the same folder would train the same runs (and
+    append the same records) again. The lock goes with the process, so a killed sweep never leaves one."""
+    from ldt.atomic import exclusive_lock
+
+    return exclusive_lock(out / LOCK_FILE, busy=f"another sweep is running on {out} ({{holder}}, lock {{lock}}); "
+                                                "wait for it, or give another --out")
 
 
 # ---------------------------------------------------------------------------------------------------------- identity

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ldt import runner
 from ldt.atomic import DiskError
-from ldt.sweep import RESULTS_FILE, Records, run_hash
+from ldt.sweep import LOCK_FILE, RESULTS_FILE, Records, run_hash, sweep_lock
+from tests.conftest import hold_in_another_process
 
 ARGS = Namespace(collect=None, device="cpu", workers=None, progress=False)
 
@@ -212,10 +213,16 @@ def test_a_run_planned_twice_is_counted_once(tmp_path, capsys):
 
 # ---- 10. two sweeps on one folder ----------------------------------------------------------------------------------
 def test_a_second_sweep_on_the_same_out_is_refused(tmp_path, capsys):
-    with runner.sweep_lock(tmp_path):
+    holder = hold_in_another_process(tmp_path / LOCK_FILE, 60)  # a sweep in another process
+    try:
         assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
-        assert f"another sweep is running on {tmp_path}" in error_line(capsys)
+        assert f"another sweep is running on {tmp_path} (pid {holder.pid}, since " in error_line(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
     assert sweep_main(tmp_path, [FakeConfig()]) == 0  # released with the first
+    with sweep_lock(tmp_path):  # this process's own lock: the sweep inside re-enters it
+        assert sweep_main(tmp_path / ".", [FakeConfig(1)]) == 0
 
 
 # ---- 11. writing the tables ----------------------------------------------------------------------------------------

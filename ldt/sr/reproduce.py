@@ -25,7 +25,6 @@ from ldt.atomic import atomic_write_text, make_dirs
 from ldt.core import method_class
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
-from ldt.runner import sweep_lock
 from ldt.sr.experiment import ARCHS, RunBudget, camera_run_options, run_stage
 from ldt.sr.options import OPTION_DIRS, OptionsError, PROJECT_ROOT, prepare_options, read_option_file, run_identity
 from ldt.sr.tables import PAPER_ARCHS, TABLES, PaperCell, Setting, TableSpec, paper_cells
@@ -41,6 +40,7 @@ from ldt.sweep import (
     parse_weights,
     run_pending,
     stale_weights,
+    sweep_lock,
 )
 from ldt.weights import WeightsError, content_fingerprint, read_weights
 
