@@ -88,6 +88,32 @@ def test_tables_are_regenerated_from_the_records_alone(sweep, monkeypatch):
     assert len(lines(out / "results.jsonl")) == 6
 
 
+@pytest.mark.parametrize("edit", [lambda r: r.update(metrics=None), lambda r: r["metrics"].pop("sony"),
+                                  lambda r: r["metrics"]["sony"].update(psnr="high")])
+def test_a_record_edited_by_hand_is_skipped_with_its_line_and_the_rest_tabulates(sweep, tmp_path, monkeypatch, edit):
+    forbid_training(monkeypatch)
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out, ignore=shutil.ignore_patterns("experiments", "tb_logger"))
+    records = [json.loads(line) for line in lines(out / "results.jsonl")]
+    edit(records[0])
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    code = rp.main(["--table", "1", "--data", str(sweep["data"]), "--arch", "safmn_tiny", "--seeds", "2",
+                    "--iters", "4", "--batch-size", "2", "--gt-size", "32", "--probe-batches", "2", "--val-freq", "2",
+                    "--out", str(out), "--collect"])
+    assert code == 0
+    with pytest.warns(UserWarning, match=rf"results.jsonl:1: a record the table cannot read"):
+        rp.collect_results(out, planned(sweep))
+    assert "| 1/2 |" in (out / "table1.md").read_text()  # the edited run's row counts one seed of two
+
+
+def planned(sweep) -> list:
+    return rp.plan_runs(["1"], sweep["data"], data_kind="synthetic", archs=["safmn_tiny"], seeds=2, budget=TINY)
+
+
+def test_every_intact_record_is_readable_alone(sweep, recwarn):
+    assert len(rp.readable_records(sweep["out"], planned(sweep))) == 6 and not recwarn.list
+
+
 def test_cells_are_mean_and_standard_error_over_seeds(sweep):
     out = sweep["out"]
     records = [json.loads(line) for line in lines(out / "results.jsonl")]

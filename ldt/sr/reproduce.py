@@ -423,14 +423,31 @@ def describe_records(found: Sequence[dict]) -> list[str]:
             "Weights: " + ", ".join(f"{arch} = {path}" for arch, path in weights.items()) + "."]
 
 
+def _render(spec: TableSpec, runs: Sequence[TableRun], records: Mapping[str, dict], out: Path) -> RenderedTable:
+    return spec.render(runs, records, out) if spec.render else render_table(spec, runs, records)
+
+
+def readable_records(out: Path, runs: Sequence[TableRun]) -> dict[str, dict]:
+    """The records of ``out`` by run hash, less those whose table cannot read them alone (a field edited by hand to
+    a value of another type): each is skipped with a warning naming its line, so one line never breaks a table."""
+    planned = {run.digest: run for run in runs}
+
+    def readable(record: dict) -> None:
+        run = planned.get(record["options_hash"])
+        if run is not None:
+            _render(TABLES[run.table], [run], {run.digest: record}, out)
+
+    found = Records(out / "results.jsonl").having(("options_hash",), readable=readable)
+    return {record["options_hash"]: record for record in found}
+
+
 def collect_results(out: Path, runs: Sequence[TableRun]) -> list[Path]:
     """Write ``table<N>.md`` and ``table<N>.csv`` for every table of ``runs`` from ``<out>/results.jsonl`` alone."""
-    records = Records(out / "results.jsonl").by_hash()
+    records = readable_records(out, runs)
     written = []
     for table in dict.fromkeys(run.table for run in runs):
         spec = TABLES[table]
-        table_runs = [run for run in runs if run.table == table]
-        rendered = spec.render(table_runs, records, out) if spec.render else render_table(spec, table_runs, records)
+        rendered = _render(spec, [run for run in runs if run.table == table], records, out)
         markdown, table_csv = out / f"table{table}.md", out / f"table{table}.csv"
         atomic_write_text(markdown, rendered.markdown)  # a kill or a full disk leaves the previous table whole
         atomic_write_text(table_csv, csv_text(rendered.csv_header, rendered.csv_rows))
