@@ -346,6 +346,15 @@ def check_patch(base: nn.Module, args, device: torch.device) -> None:
         del network
 
 
+def check_ratio(base: nn.Module, args) -> None:
+    """One error line, before anything is measured, when ``--unstable-ratio`` leaves this network's stable group
+    empty (the probe's partition would otherwise raise after FT and the probe were timed)."""
+    config = MethodConfig(method="ldt", unstable_ratio=args.unstable_ratio)
+    for option, problem in method_class("ldt").check(config, base):
+        if option == "unstable_ratio":
+            fail(f"--unstable-ratio: {problem}")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark, print the table and return (and optionally write) the results as a dict."""
     args = parse_args(argv)
@@ -359,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         fail(f"--scan-backend: {args.scan_backend}: {err}")
     base, scale = build_network(args.arch)
     check_patch(base, args, device)
+    check_ratio(base, args)
     batches = make_batches(args.batch_size, args.patch, scale, device)
 
     measured: dict[str, Measured] = {}

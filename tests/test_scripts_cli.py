@@ -168,6 +168,7 @@ BENCH = ("--device", "cpu", "--arch", "safmn_tiny", "--batch-size", "1", "--patc
 @pytest.mark.parametrize("args, option, words", [
     (["--unstable-ratio", "1.5"], "--unstable-ratio", ["between 0 and 1"]),
     (["--unstable-ratio", "0"], "--unstable-ratio", ["between 0 and 1"]),
+    (["--unstable-ratio", "0.99"], "--unstable-ratio", ["stable group empty for the 40 layers", "use at most 0.975"]),
     (["--patch", "1"], "--patch", ["at least 8x8"]),
     (["--json", "{tmp}"], "--json", ["is a folder"]),
     (["--json", "{tmp}/afile/x.json"], "--json", ["is a file"]),
