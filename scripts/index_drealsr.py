@@ -112,8 +112,8 @@ def print_table(counts: dict[str, dict[str, int]], cameras: tuple[str, ...]) -> 
         cells = " | ".join(str(counts[split].get(key, 0)) for split in counts)
         release = RELEASE_X4_TEST_PAIRS.get(key, "-")
         print(f"| {key} | `{camera.pattern}` | {camera.column or '-'} | {cells} | {release} |")
-    totals = " | ".join(str(sum(c.values())) for c in counts.values())
-    print(f"| total | | | {totals} | {sum(RELEASE_X4_TEST_PAIRS.values())} |")
+    totals = " | ".join(str(sum(c.get(key, 0) for key in cameras)) for c in counts.values())  # the rows above
+    print(f"| total | | | {totals} | {sum(RELEASE_X4_TEST_PAIRS.get(key, 0) for key in cameras)} |")
 
 
 if __name__ == "__main__":

@@ -378,3 +378,6 @@ def test_index_script(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert read_lmdb_meta(lmdb_paths(tmp_path / "lmdb", "train", 4, "pan")[0]) == {
         "panasonic_7_x4_1.png": (32, 32, 3), "panasonic_7_x4_2.png": (32, 32, 3)}
     assert (tmp_path / "meta" / "DRealSR_x4_test_dsc.txt").read_text() == "DSC_0005_x4.png DSC_0005_x1.png\n"
+    # The total row sums the rows shown: with --cameras, the selected cameras only.
+    assert run_script(monkeypatch, str(root), "--cameras", "olympus") == 1
+    assert "| total | | | 8 | 2 | 19 |" in capsys.readouterr().out
