@@ -21,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ldt.atomic import DiskError
 from ldt.data.cameras import (
     CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_scale, find_split_dirs,
     image_size, pair_folders, resolve_cameras,
@@ -91,6 +92,8 @@ def main() -> int:
                         print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
             except OSError as error:  # the folders were checked writable at the start: a full disk, or changed since
                 fail(f"{option}: cannot write {error.filename or 'there'}: {error.strerror or error}")
+            except DiskError as error:  # the same, named by the writer
+                fail(f"{option}: {error}")
         except DatasetError as error:  # an unreadable folder, or a corrupt image met while writing an LMDB
             print(f"error: {error}", file=sys.stderr)
             return 2

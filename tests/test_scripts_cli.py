@@ -250,3 +250,41 @@ def test_index_drealsr_write_failure_after_the_check_is_one_line(tmp_path, monke
     code, line = run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--splits", "test",
                             "--meta-info", str(tmp_path / "meta"))
     assert_flag_error((code, line), "--meta-info", "No space left on device")
+
+
+def write_one_pair(root: Path) -> None:
+    """A DRealSR test split with one real Olympus pair (the LMDB writer decodes every image)."""
+    import cv2
+    import numpy as np
+
+    for folder, side, suffix in (("test_HR", 32, "x4"), ("test_LR", 8, "x1")):
+        (root / "x4" / "Test_x4" / folder).mkdir(parents=True)
+        cv2.imwrite(str(root / "x4" / "Test_x4" / folder / f"P1000001_{suffix}.png"), np.zeros((side, side, 3), np.uint8))
+
+
+def test_index_drealsr_full_disk_in_an_export_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch,
+                                                                                     capsys) -> None:
+    import pathlib
+
+    import lmdb
+
+    write_one_pair(tmp_path / "root")
+    args = (str(tmp_path / "root"), "--splits", "test")
+
+    def full_lmdb(path, **kwargs):  # what lmdb raises on a full disk: an lmdb.Error, not an OSError
+        raise lmdb.DiskError(f"{path}: No space left on device")
+
+    monkeypatch.setattr(lmdb, "open", full_lmdb)
+    assert_flag_error(run_script(monkeypatch, capsys, "index_drealsr.py", *args, "--lmdb", str(tmp_path / "lmdb")),
+                      "--lmdb", "cannot write", "olympus_HR.lmdb", "No space left on device")
+    assert not list((tmp_path / "lmdb").rglob("*.partial"))
+
+    def half_written(self, text, *rest, **kwargs):  # the disk fills up in the middle of the file
+        with open(self, "w") as file:
+            file.write(text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_written)
+    assert_flag_error(run_script(monkeypatch, capsys, "index_drealsr.py", *args, "--meta-info", str(tmp_path / "m")),
+                      "--meta-info", "DRealSR_x4_test_olympus.txt", "no space left on device")
+    assert not list((tmp_path / "m").iterdir())  # no shortened list that a dataset would read as the whole camera

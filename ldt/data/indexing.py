@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldt.atomic import DiskError, atomic_write_text, disk_reason
 from ldt.data.cameras import DatasetError, ImagePair, check_split, lmdb_paths, name_stem
 
 
@@ -44,8 +45,9 @@ def write_lmdb(
             partial.parent.mkdir(parents=True, exist_ok=True)
             map_size = sum(os.path.getsize(path) for path in paths) * 2 + (64 << 20)
             meta_lines = []
-            env = lmdb.open(str(partial), map_size=map_size)
+            env = None
             try:
+                env = lmdb.open(str(partial), map_size=map_size)
                 with env.begin(write=True) as txn:
                     for path in paths:
                         content = Path(path).read_bytes()
@@ -57,9 +59,14 @@ def write_lmdb(
                         name = Path(path).name
                         txn.put(name_stem(name).encode("ascii"), content)
                         meta_lines.append(f"{name} ({height},{width},{channels}) 0\n")
-            except BaseException:
-                env.close()
+            except BaseException as err:
+                # lmdb's own errors (a full disk is lmdb.DiskError) are not OSErrors: named here, in one line.
+                reason = disk_reason(err, partial.parent) if isinstance(err, lmdb.Error) else None
+                if env is not None:
+                    env.close()
                 shutil.rmtree(partial, ignore_errors=True)
+                if reason is not None:
+                    raise DiskError(f"cannot write {db}: {reason}") from None
                 raise
             env.close()
             (partial / "meta_info.txt").write_text("".join(meta_lines))
@@ -79,8 +86,7 @@ def write_meta_info(pairs: Sequence[ImagePair], folder: str | Path, split: str, 
         by_camera[str(pair.camera)].append(pair)
     written = []
     for camera, camera_pairs in sorted(by_camera.items()):
-        path = meta_info_path(folder, split, scale, camera)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{Path(p.hr).name} {Path(p.lr).name}\n" for p in camera_pairs))
+        path = meta_info_path(folder, split, scale, camera)  # atomic: a full disk never leaves a shortened list
+        atomic_write_text(path, "".join(f"{Path(p.hr).name} {Path(p.lr).name}\n" for p in camera_pairs))
         written.append(path)
     return written
