@@ -223,6 +223,8 @@ def resolve_weights(entries: Sequence[str] | Mapping[str, str | Path] | None, ar
     for arch, file in weights.items():
         if arch not in archs:
             raise ReproduceError(f"--weights {arch}={file}: arch {arch} is not in this sweep ({', '.join(archs)})")
+        if file.is_dir():
+            raise ReproduceError(f"weights file for {arch}: {file} is a folder, not a file")
         if not file.is_file():
             raise ReproduceError(f"weights file for {arch} does not exist: {file}")
     for arch in archs:
@@ -259,7 +261,8 @@ def resolve_data(spec: str | Path, datasets_dir: Path = DEFAULT_DATASETS, *, bui
         return root, "synthetic"
     root = Path(spec).expanduser().resolve()
     if build and not root.is_dir():
-        raise ReproduceError(f"data root {root} does not exist (give a DRealSR root, or 'synthetic')")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise ReproduceError(f"data root {root} {what} (give a DRealSR root, or 'synthetic')")
     return root, "synthetic" if (root / MANIFEST).is_file() else "drealsr"
 
 
