@@ -90,6 +90,8 @@ def disk_reason(error: BaseException, folder: Path) -> str:
     a full disk when the folder has no space left."""
     if isinstance(error, OSError) and error.errno in REASONS:
         return REASONS[error.errno]
+    if isinstance(error, OSError) and error.errno in (errno.ENOTDIR, errno.EEXIST) and folder.is_file():  # in the way
+        return f"{folder} is a file, not a folder"
     try:
         if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
             return REASONS[errno.ENOSPC]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ldt.atomic import FileContentError, atomic_write_bytes, read_json_dict, read_json_object
+from ldt.atomic import DiskError, FileContentError, atomic_write_bytes, make_dirs, read_json_dict, read_json_object
 from tests.conftest import hold_in_another_process
 
 
@@ -37,6 +37,19 @@ def test_missing_and_good_files(tmp_path):
     assert read_json_object(tmp_path / "good.json", ("hash",)) == {"hash": "x", "n": 1}
     atomic_write_bytes(tmp_path / "sub" / "blob.bin", b"\x00\x01")
     assert (tmp_path / "sub" / "blob.bin").read_bytes() == b"\x00\x01"
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    """``--root FILE`` (test.py, the sweeps): the message names the file in the way, not a raw ``[Errno 20]``."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DiskError) as err:
+        make_dirs(tmp_path / "afile" / "results" / "t")
+    assert str(err.value) == f"cannot create {tmp_path / 'afile' / 'results' / 't'}: {tmp_path / 'afile'} is a file, " \
+                             "not a folder"
+    with pytest.raises(DiskError, match="afile is a file, not a folder"):
+        make_dirs(tmp_path / "afile")
+    with pytest.raises(DiskError, match="afile is a file, not a folder"):
+        atomic_write_bytes(tmp_path / "afile" / "x.json", b"{}")
 
 
 def test_a_broken_synthetic_camera_manifest_is_refused_and_nothing_is_deleted(tmp_path):
