@@ -69,6 +69,30 @@ def test_composite_is_what_was_validated(data_root, tmp_path):
     assert (tmp_path / "results" / "composite_test" / "results.md").is_file()
 
 
+def test_a_rerun_of_test_py_archives_the_earlier_evaluation(data_root, tmp_path, capsys):
+    """A second evaluation under the same name (e.g. of other weights) keeps the first one's results."""
+    import ldt.archs  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.sr.evaluate import run_test
+
+    opt = tiny_options(data_root, "rerun")
+    test_opt = {"name": "rerun_test", "num_gpu": 0, "network_g": opt["network_g"],
+                "datasets": {"test_1": opt["datasets"]["val_2"]}, "val": {"pbar": False}}
+    tables = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        network = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+        torch.save({"params": network.state_dict()}, tmp_path / f"net_{seed}.pth")
+        test_opt["path"] = {"pretrain_network_g": str(tmp_path / f"net_{seed}.pth")}
+        tables.append(run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path))
+    archived = list((tmp_path / "results").glob("rerun_test_archived_*"))
+    assert len(archived) == 1 and f"held an earlier evaluation: archived as {archived[0]}" in capsys.readouterr().out
+    first = json.loads((archived[0] / "results.json").read_text())
+    assert first["network"] == str(tmp_path / "net_0.pth") and first["rows"]["pan"] == tables[0].rows["pan"]
+    second = json.loads((tmp_path / "results" / "rerun_test" / "results.json").read_text())
+    assert second["network"] == str(tmp_path / "net_1.pth")
+
+
 def test_plain_basicsr_srmodel_loads_the_checkpoint(data_root, tmp_path):
     opt = tiny_options(data_root, "plain", "ldt")
     run_training(opt, tmp_path)

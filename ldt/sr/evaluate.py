@@ -10,6 +10,7 @@ import torch
 
 from ldt.atomic import atomic_write_bytes, atomic_write_text, check_writable, make_dirs
 from ldt.compat import patch_basicsr
+from ldt.sr.checkpoints import archive
 from ldt.sr.options import PROJECT_ROOT, load_options
 
 patch_basicsr()
@@ -34,6 +35,10 @@ def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
     loaders = validation_loaders(opt)
     check_validation_sizes(opt, loaders)
     model = build_model(opt)
+    if any(out.iterdir()):  # an earlier evaluation (perhaps of other weights) is kept, as BasicSR's test does
+        for old, new in archive(out):
+            print(f"{old} held an earlier evaluation: archived as {new}", flush=True)
+        make_dirs(out)
     table = MetricTable(tuple(opt["val"]["metrics"]))
     for name, loader in loaders.items():
         def save_image(path, sr, values, name=name):
