@@ -260,3 +260,21 @@ def test_test_py_rejects_bad_options_in_one_line(data_root, tmp_path, capsys, no
     assert len(lines) == 2 and all(line.startswith(f"error: {path}: ") for line in lines)
     assert any("datasets:test_1:camera: unknown option (did you mean 'cameras'?)" in line for line in lines)
     assert any("path:pretrain_network_g: file does not exist" in line for line in lines)
+
+
+def test_launcher_pytorch_outside_torchrun_is_one_line(data_root, tmp_path, capsys, monkeypatch, nothing_built):
+    """Train_pip.py: not the process group's traceback after the checks; test.py: refused, not silently ignored."""
+    from ldt.sr.evaluate import main as test_main
+    from ldt.sr.train import TORCHRUN_VARIABLES, main as train_main
+
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    path = write_options(tiny_options(data_root, "launch"), tmp_path)
+    for main, words in ((train_main, "RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set; start it under torchrun"),
+                        (test_main, "test.py evaluates in one process")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["-opt", str(path), "--root", str(tmp_path), "--launcher", "pytorch"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err
+        assert f"error: --launcher pytorch: {words}" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "results").exists()

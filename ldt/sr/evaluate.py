@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.opt is None:
         parser.error("-opt is required, e.g. -opt test_MambaIR_SR_x4.yml")
+    if args.launcher == "pytorch":  # run_test is one process: under torchrun every rank would evaluate everything
+        parser.error("--launcher pytorch: test.py evaluates in one process; run it without torchrun and --launcher")
 
     def work() -> None:
         opt = load_options(args.opt, is_train=False, overrides=args.force_yml)

@@ -75,6 +75,18 @@ def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
     return parser
 
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what env:// rendezvous reads
+
+
+def check_launcher(parser: argparse.ArgumentParser, launcher: str) -> None:
+    """``--launcher pytorch`` outside torchrun: one line before the options are read, not the process group's
+    ``ValueError`` traceback after every check has run."""
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if launcher == "pytorch" and missing:
+        parser.error(f"--launcher pytorch: {', '.join(missing)} not set; start it under torchrun "
+                     "(torchrun --nproc_per_node=N ... --launcher pytorch)")
+
+
 def init_distributed(opt: dict, launcher: str) -> None:
     """torchrun environment → process group (NCCL on GPUs, gloo on CPU); set rank/world/device options."""
     if launcher == "pytorch" and not dist.is_initialized():
@@ -505,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.opt is None:
         parser.error("-opt is required (Train_pip.py without arguments runs the demo)")
+    check_launcher(parser, args.launcher)
     logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
 
     def work() -> None:
