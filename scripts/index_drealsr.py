@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--lmdb", type=Path, metavar="DIR", help="write per-camera LMDBs here")
     args = parser.parse_args()
     if not args.root.is_dir():
-        parser.error(f"{args.root} is not a folder")
+        parser.error(f"{args.root} {'is not a folder' if args.root.exists() else 'does not exist'}")
     check_args(parser, args, scale=positive, size_tolerance=non_negative)
     try:
         cameras = resolve_cameras(args.cameras)

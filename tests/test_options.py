@@ -55,3 +55,10 @@ def test_paper_variant_files_change_only_what_they_say():
     moved = read_option_file(train / "sources" / "train_MambaIR_LDT_x4_sony+pan.yml")
     names = sorted(d["name"] for k, d in moved["datasets"].items() if k.startswith("val_"))
     assert names == ["canon", "dsc", "img", "olympus", "source"]
+
+
+def test_an_option_file_that_is_a_folder_is_named(tmp_path):
+    from ldt.sr.options import resolve_option_file
+
+    with pytest.raises(OptionsError, match=f"^option file '{tmp_path}' is a folder, not an options YAML file$"):
+        resolve_option_file(str(tmp_path), "test")

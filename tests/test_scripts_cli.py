@@ -219,6 +219,13 @@ def test_index_drealsr_rejects_bad_options(tmp_path, monkeypatch, capsys, args, 
                       option, *words)
 
 
+def test_index_drealsr_names_a_missing_root_and_a_file_as_root(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "afile").write_text("x")
+    for root, problem in ((tmp_path / "missing", "does not exist"), (tmp_path / "afile", "is not a folder")):
+        code, line = run_script(monkeypatch, capsys, "index_drealsr.py", str(root))
+        assert code == 2 and line.endswith(f"error: {root} {problem}"), line
+
+
 @pytest.mark.parametrize("option", ["--meta-info", "--lmdb"])
 def test_index_drealsr_rejects_unwritable_outputs(tmp_path, monkeypatch, capsys, read_only, option) -> None:
     (tmp_path / "root").mkdir()

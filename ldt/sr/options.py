@@ -306,6 +306,8 @@ def resolve_option_file(name: str, kind: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise OptionsError(f"option file '{name}' is a folder, not an options YAML file")
     folder = OPTION_DIRS[kind]
     for candidate in (folder / name, folder / f"{name}.yml", folder / path.name):
         if candidate.is_file():

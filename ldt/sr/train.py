@@ -511,6 +511,7 @@ def print_error(err: Exception) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__, "train")
+    parser.epilog = "Without arguments, Train_pip.py runs the demo: `python Train_pip.py demo --help` lists its options."
     parser.add_argument("--auto_resume", action="store_true",
                         help="resume from the newest intact training state of this experiment (same options; the "
                              "learning rate, length, validation and logging may change)")
