@@ -78,17 +78,22 @@ def test_a_rerun_of_an_experiment_name_archives_the_earlier_run(data_root, tmp_p
 
 def test_a_second_run_of_a_name_that_is_training_is_refused_and_touches_nothing(data_root, tmp_path, capsys):
     """Two runs of one name at once would archive and overwrite each other's folder; the lock goes with the run."""
-    from ldt.atomic import exclusive_lock, lock_beside
+    from ldt.atomic import lock_beside
+    from tests.conftest import hold_in_another_process
 
     assert cli(options(data_root, "busy"), tmp_path, capsys)[0] == 0
     exp = tmp_path / "experiments" / "busy"
-    with exclusive_lock(lock_beside(exp)):  # as a run of this name in another process holds it
+    holder = hold_in_another_process(lock_beside(exp), 60)  # a run of this name in another process
+    try:
         before = snapshot(tmp_path / "experiments")
         code, lines = cli(options(data_root, "busy"), tmp_path, capsys)
         assert code == 2 and len(lines) == 1, lines
-        assert lines[0].startswith(f"error: {exp} is in use by another run (pid ") and lines[0].endswith(
-            f"lock {lock_beside(exp)}): wait for it to finish, or choose another name")
+        assert lines[0].startswith(f"error: {exp} is in use by another run (pid {holder.pid}, since ") and \
+            lines[0].endswith(f"lock {lock_beside(exp)}): wait for it to finish, or choose another name")
         assert snapshot(tmp_path / "experiments") == before and not list(exp.parent.glob("busy_archived_*"))
+    finally:
+        holder.kill()
+        holder.wait()
     assert cli(options(data_root, "busy"), tmp_path, capsys)[0] == 0  # released: a rerun archives as usual
     assert len(list(exp.parent.glob("busy_archived_*"))) == 1
 
