@@ -11,9 +11,12 @@ command line after parsing: plan and check everything, run what is not recorded 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+import signal
 import sys
+import threading
 from argparse import Namespace
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,12 +259,62 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     return 0
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(BaseException):
+    """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) stopped the command. A BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` on the way turns it into a data or weights error."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[None]:
+    """Raise :class:`Stopped` where the command is when SIGTERM / SIGINT arrives, so it can end in one line rather
+    than silently (SIGTERM's default) or in a traceback (Ctrl-C). Unwinding from any point leaves whole files:
+    writes are atomic, a record append cuts itself back, a dataset build removes its staging folder. A second signal
+    exits at once; a signal the caller ignores (a background job's SIGINT) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+        raise Stopped(signum)
+
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfig]]], run: Callable[..., dict],
          tabulate: Callable[[Path], str]) -> int:
     """A runner's command line after parsing: ``--collect OUT`` recomputes the tables from the records alone;
     otherwise ``prepare()`` plans and checks everything (bad data, options or weights: one line naming the culprit,
     exit status 2, before any run), ``--out`` is checked writable and locked, and :func:`sweep` runs what is not
-    recorded yet (bad input found during a run: one line, exit status 2)."""
+    recorded yet (bad input found during a run: one line, exit status 2). SIGTERM / SIGINT: one line, exit status
+    128 + the signal; the runs recorded before it are kept, and the same command resumes."""
+    try:
+        with stop_on_signal():
+            return _main(args, prepare, run, tabulate)
+    except Stopped as stopped:
+        print(f"stopped by {signal.Signals(stopped.signum).name}: the runs recorded so far are kept; rerun the same "
+              "command to resume", file=sys.stderr, flush=True)
+        return 128 + stopped.signum
+
+
+def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfig]]], run: Callable[..., dict],
+          tabulate: Callable[[Path], str]) -> int:
     if args.collect:
         try:
             print(tabulate(Path(args.collect)))

@@ -114,7 +114,7 @@ class Records:
 
         A line cut short by an earlier crash is closed first, or the new record would be glued to it and lost. A
         write that fails (full disk, no permission) is cut back to the file's earlier size, so no partial line stays,
-        and raises :class:`ldt.atomic.DiskError` naming the file.
+        and raises :class:`ldt.atomic.DiskError` naming the file; one interrupted by a signal is cut back the same.
         """
         if "options_hash" not in record:
             raise ValueError("a record needs its 'options_hash'")
@@ -134,7 +134,7 @@ class Records:
                     while view:
                         view = view[handle.write(view):]
                     os.fsync(handle.fileno())
-                except OSError:
+                except BaseException:  # a full disk, or a signal that stops the sweep mid-line
                     handle.truncate(size)
                     raise
         except OSError as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,3 +249,29 @@ def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_p
     assert runner.main(args, no_run, no_run, lambda folder: write_record_tables(
         folder, lambda records: {"table.md": "x" * 10})["table.md"]) == 2
     assert "no space left on device" in error_line(capsys)
+
+
+# ---- signals: SIGTERM (preemption) and Ctrl-C end a sweep in one line ------------------------------------------------
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_run_is_one_line_and_keeps_earlier_records(tmp_path, capsys, signum):
+    def run(config, **_):
+        if config.seed == 1:
+            os.kill(os.getpid(), signum)
+        return fake_run(config)
+
+    before = {number: signal.getsignal(number) for number in runner.STOP_SIGNALS}
+    assert sweep_main(tmp_path, [FakeConfig(0), FakeConfig(1)], run) == 128 + signum
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"stopped by {signal.Signals(signum).name}: "), err
+    assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0]
+    assert {number: signal.getsignal(number) for number in runner.STOP_SIGNALS} == before
+
+
+def test_a_signal_during_a_record_append_leaves_no_partial_line(tmp_path, monkeypatch):
+    records = Records(tmp_path / RESULTS_FILE)
+    records.append({"options_hash": "a", "value": 1})
+    before = records.path.read_bytes()
+    monkeypatch.setattr(os, "fsync", lambda fd: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(runner.Stopped), runner.stop_on_signal():
+        records.append({"options_hash": "b", "value": 2})
+    assert records.path.read_bytes() == before
