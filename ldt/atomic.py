@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -187,6 +188,29 @@ def remove_leftovers(*folders: str | os.PathLike) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+STAGING_NAME = r"\.{name}-[a-z0-9_]{{8}}"  # what tempfile.mkdtemp(prefix=".<name>-") names, and nothing else
+
+
+def staging_folder(target: str | os.PathLike) -> Path:
+    """A new empty hidden folder beside ``target``, to build it in and rename over it; call it holding ``target``'s
+    lock (:func:`lock_beside`). Earlier staging folders of ``target`` are then those of builds killed mid-way (a
+    ``kill -9`` skips their cleanup) and are deleted first, or every such kill would leave a hidden copy of the data
+    behind. The folder gets a plain ``mkdir``'s mode: ``mkdtemp``'s 0o700 would make the dataset it becomes unreadable
+    to the other users of a shared checkout."""
+    target = Path(target)
+    parent = make_dirs(target.parent)
+    stale = re.compile(STAGING_NAME.format(name=re.escape(target.name)))
+    for path in parent.iterdir():
+        if stale.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}-"))
+        os.chmod(staging, 0o777 & ~UMASK)
+    except OSError as err:
+        raise DiskError(f"cannot create a folder in {parent}: {disk_reason(err, parent)}") from None
+    return staging
 
 
 _HELD: set[Path] = set()  # the locks this process holds (flock would refuse a second hold of our own lock)

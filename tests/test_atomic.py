@@ -150,3 +150,30 @@ def test_generated_dataset_builds_wait_for_each_other(tmp_path, capsys):
     build_toy_domains(root, images_per_class=1, size=8)
     assert f"waiting for pid {holder.pid}" in capsys.readouterr().err
     assert (root / "toy_domains.json").is_file()
+
+
+@pytest.mark.parametrize("builder", ["toy", "streets"])
+def test_a_dataset_build_killed_mid_way_leaves_no_hidden_copy_and_builds_a_readable_folder(tmp_path, builder):
+    """kill -9 skips a build's cleanup, so its staging folder stayed (a hidden copy of the data per kill); the next
+    build deletes it (not a sibling dataset's), and the dataset is not mkdtemp's 0o700."""
+    import os
+    import stat
+
+    from ldt.atomic import UMASK
+
+    root = tmp_path / "data"
+    killed = tmp_path / ".data-k1ll3d_x"
+    (killed / "photo").mkdir(parents=True)
+    sibling = tmp_path / ".data-v2-abcdefgh"  # how a build of 'data-v2' names its staging folder
+    sibling.mkdir()
+    if builder == "toy":
+        from ldt.classification.toy import build_toy_domains
+
+        build_toy_domains(root, images_per_class=1, size=8)
+    else:
+        from ldt.segmentation.generated import GeneratedConfig, build_generated
+
+        build_generated(root, GeneratedConfig(height=32, width=64, train_per_domain=1, val_per_domain=1,
+                                              pretrain_train=1, pretrain_val=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data-v2-abcdefgh", ".data.lock", "data"]
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o777 & ~UMASK

@@ -18,13 +18,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import exclusive_lock, lock_beside, read_json_dict
+from ldt.atomic import exclusive_lock, lock_beside, read_json_dict, staging_folder
 
 CLASSES = ("circle", "square", "triangle", "cross")
 DOMAINS = ("photo", "cast", "noisy", "faded")
@@ -135,8 +134,7 @@ def build_toy_domains(root: str | Path = DEFAULT_ROOT, *, images_per_class: int 
         if root.exists() and not manifest.is_file():
             raise FileExistsError(f"{root} exists but is not a generated toy dataset (no {MANIFEST}); choose another "
                                   "folder")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+        staging = staging_folder(root)
         try:
             for d, domain in enumerate(DOMAINS):
                 for c, kind in enumerate(CLASSES):

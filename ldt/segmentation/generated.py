@@ -35,14 +35,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import exclusive_lock, lock_beside, read_json_dict
+from ldt.atomic import exclusive_lock, lock_beside, read_json_dict, staging_folder
 from ldt.segmentation.classes import IGNORE_INDEX, TRAIN_ID
 
 DOMAINS: tuple[str, ...] = ("clean", "cast", "fog", "night", "vivid", "blur")
@@ -414,8 +413,7 @@ def build_generated(root: str | Path = DEFAULT_ROOT, config: GeneratedConfig = G
         if root.exists() and not manifest_path.is_file() and any(root.iterdir()):
             raise FileExistsError(f"{root} exists but is not a generated dataset (no {MANIFEST}); choose another "
                                   "folder")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+        staging = staging_folder(root)
         try:
             counts = {"train": config.train_per_domain, "val": config.val_per_domain}
             for split, count in counts.items():
