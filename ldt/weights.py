@@ -123,6 +123,16 @@ def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Modu
     return state
 
 
+def check_cached_weights(path: str | os.PathLike, model: nn.Module) -> None:
+    """A weights file this package trained and cached (a demo's pre-trained backbone), read whole and checked against
+    the network it was trained as before it is reused: a cut-off, foreign or replaced file is one line naming it and
+    the remedy (deleting it trains it again), not a failure inside the first run or a message without the remedy."""
+    try:
+        read_weights(path, model=model)
+    except WeightsError as err:
+        raise WeightsError(f"cached pre-trained backbone: {err}; delete {path} to pre-train it again") from None
+
+
 def content_fingerprint(path: str | os.PathLike) -> str:
     """A short sha256 of every tensor in a checkpoint (names, dtypes, shapes, values), not of the file's bytes.
 

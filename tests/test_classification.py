@@ -35,6 +35,7 @@ from ldt.classification import (
 )
 from ldt.classification.__main__ import main
 from ldt.classification.data import ImageList, image_transform, training_stream
+from ldt.classification.models import TinyCNN
 from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
 from ldt.classification.records import sweep_records, to_markdown
 from ldt.classification.toy import CLASSES, DOMAINS, MANIFEST, PRETRAIN_CLASSES
@@ -372,6 +373,22 @@ def test_pretraining_is_cached_and_loads_into_tiny_with_a_new_head(tmp_path, mon
     for name, value in model.state_dict().items():
         if not name.startswith("head."):
             assert torch.equal(value, saved[name]), name
+
+
+@pytest.mark.parametrize("content", ["cut off", "not a checkpoint", "another network"])
+def test_a_broken_cached_pretraining_is_one_line_saying_to_delete_it(tmp_path, monkeypatch, content):
+    """A cut-off, foreign or replaced cache was reused as it was: a multi-sentence torch message or a 'does not fit'
+    error at planning, neither saying that it is the cache nor how to make it again."""
+    path = TINY_PRETRAIN.weights_path(tmp_path)
+    torch.save({"x": torch.zeros(3)} if content == "another network" else TinyCNN(len(PRETRAIN_CLASSES)).state_dict(),
+               path)
+    if content == "cut off":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif content == "not a checkpoint":
+        path.write_text('{"a": 1}')
+    monkeypatch.setattr(pretrain_module, "train_tiny", lambda *args, **kwargs: pytest.fail("trained again"))
+    with pytest.raises(ValueError, match=rf"^cached pre-trained backbone: [^\n]*; delete {path} to pre-train it again$"):
+        pretrain_tiny(TINY_PRETRAIN, root=tmp_path)
 
 
 def test_demo_fine_tunes_the_cached_pretraining_unless_opted_out(toy, tmp_path, monkeypatch, capsys):

@@ -374,6 +374,18 @@ def test_a_truncated_cached_backbone_is_one_line_saying_to_delete_it(tiny, tmp_p
         pretrain_backbone(tiny, TINY_PRETRAIN, root=tmp_path)
 
 
+
+@pytest.mark.parametrize("foreign", ["resnet50", "a tensor"])
+def test_a_foreign_cached_backbone_is_one_line_saying_to_delete_it(tiny, tmp_path, monkeypatch, foreign):
+    """A cache replaced by another network's weights used to pass as readable and fail inside the first run."""
+    path = TINY_PRETRAIN.weights_path(TINY.digest(), tmp_path)
+    torch.save(models.resnet50(weights=None).state_dict() if foreign == "resnet50" else {"x": torch.zeros(3)}, path)
+    monkeypatch.setattr(pretrain_module, "train_backbone", never)
+    with pytest.raises(ValueError, match=rf"cached pre-trained backbone: .*does not fit.*; delete {path} to "
+                                         "pre-train it again"):
+        pretrain_backbone(tiny, TINY_PRETRAIN, root=tmp_path)
+
+
 def test_cli_checks_device_workers_seeds_and_drops_repeats(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(main_module, "run", never)
     out = ["--out", str(tmp_path / "out"), "--no-progress", *specs(tiny)]

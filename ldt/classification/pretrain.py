@@ -25,6 +25,7 @@ from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_ST
 from ldt.classification.train import EVAL_BATCH, accuracy, cross_entropy
 from ldt.core.methods import FineTune
 from ldt.sweep import run_hash
+from ldt.weights import check_cached_weights
 
 DEFAULT_PRETRAIN_ROOT = Path("datasets/toy_domains_pretrained")
 PRETRAIN_VERSION = 1  # bump when the recipe below changes in a way the settings do not show
@@ -90,6 +91,7 @@ def pretrain_tiny(config: PretrainConfig = PretrainConfig(), root: str | Path = 
     when it is not there yet."""
     path = config.weights_path(root)
     if path.is_file():
+        check_cached_weights(path, TinyCNN(len(PRETRAIN_CLASSES)))
         return path
     start = time.time()
     model, heldout = train_tiny(config, progress)

@@ -24,11 +24,11 @@ from ldt.atomic import atomic_torch_save, atomic_write_text, read_json_object
 from ldt.core.methods import FineTune
 from ldt.segmentation.classes import NUM_CLASSES
 from ldt.segmentation.data import Augment, SegmentationDataset, scan_split
-from ldt.segmentation.deeplabv3plus import DeepLabV3Plus
+from ldt.segmentation.deeplabv3plus import DeepLabV3Plus, ResNetBackbone
 from ldt.segmentation.generated import MANIFEST, PRETRAIN_DOMAIN, domain_root
 from ldt.segmentation.train import Size, evaluate, pixel_cross_entropy, source_stream, train_and_select
 from ldt.sweep import run_hash
-from ldt.weights import WeightsError, read_weights
+from ldt.weights import check_cached_weights
 
 DEFAULT_PRETRAIN_ROOT = Path("datasets/generated_streets_pretrained")
 PRETRAIN_VERSION = 1  # bump when the recipe below changes in a way the settings do not show
@@ -100,10 +100,8 @@ def pretrain_backbone(data_root: str | Path, config: PretrainConfig = PretrainCo
     digest = data_digest(data_root)
     path = config.weights_path(digest, root)
     if path.is_file():
-        try:
-            read_weights(path)  # a cut-off or edited cache would otherwise fail inside the first run
-        except WeightsError as err:
-            raise WeightsError(f"cached pre-trained backbone: {err}; delete {path} to pre-train it again") from None
+        with torch.device("meta"):  # the shapes to check against; no weights are made
+            check_cached_weights(path, ResNetBackbone(BACKBONE, output_stride=16))
         return path
     start = time.time()
     backbone, val_miou = train_backbone(data_root, config, progress)
