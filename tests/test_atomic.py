@@ -177,3 +177,30 @@ def test_a_dataset_build_killed_mid_way_leaves_no_hidden_copy_and_builds_a_reada
                                               pretrain_train=1, pretrain_val=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".data-v2-abcdefgh", ".data.lock", "data"]
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o777 & ~UMASK
+
+
+@pytest.mark.parametrize("builder", ["toy", "streets"])
+def test_a_full_disk_during_a_dataset_build_names_the_dataset_and_leaves_nothing(tmp_path, monkeypatch, builder):
+    """The runners printed a bare 'error: [Errno 28] No space left on device', naming nothing."""
+    import errno
+
+    from PIL import Image
+
+    from ldt.atomic import DiskError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    root = tmp_path / "data"
+    with pytest.raises(DiskError, match=rf"^cannot write the generated \w+ dataset {root}: no space left on device$"):
+        if builder == "toy":
+            from ldt.classification.toy import build_toy_domains
+
+            build_toy_domains(root, images_per_class=1, size=8)
+        else:
+            from ldt.segmentation.generated import GeneratedConfig, build_generated
+
+            build_generated(root, GeneratedConfig(height=32, width=64, train_per_domain=1, val_per_domain=1,
+                                                  pretrain_train=1, pretrain_val=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.lock"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import exclusive_lock, lock_beside, read_json_dict, staging_folder
+from ldt.atomic import DiskError, disk_reason, exclusive_lock, lock_beside, read_json_dict, staging_folder
 
 CLASSES = ("circle", "square", "triangle", "cross")
 DOMAINS = ("photo", "cast", "noisy", "faded")
@@ -147,6 +147,8 @@ def build_toy_domains(root: str | Path = DEFAULT_ROOT, *, images_per_class: int 
             if root.exists():  # a toy dataset with other settings: replace it
                 shutil.rmtree(root)
             os.replace(staging, root)
+        except OSError as err:  # a full disk: one line naming the dataset, not a bare errno
+            raise DiskError(f"cannot write the generated toy dataset {root}: {disk_reason(err, root.parent)}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return root

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import exclusive_lock, lock_beside, read_json_dict, staging_folder
+from ldt.atomic import DiskError, disk_reason, exclusive_lock, lock_beside, read_json_dict, staging_folder
 from ldt.segmentation.classes import IGNORE_INDEX, TRAIN_ID
 
 DOMAINS: tuple[str, ...] = ("clean", "cast", "fog", "night", "vivid", "blur")
@@ -433,6 +433,8 @@ def build_generated(root: str | Path = DEFAULT_ROOT, config: GeneratedConfig = G
             if root.exists():
                 shutil.rmtree(root)
             os.replace(staging, root)
+        except OSError as err:  # a full disk: one line naming the dataset, not a bare errno
+            raise DiskError(f"cannot write the generated street dataset {root}: {disk_reason(err, root.parent)}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return root
