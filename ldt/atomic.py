@@ -264,3 +264,32 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
             yield
         finally:
             _HELD.discard(key)
+
+
+def build_once(root: str | os.PathLike, what: str, manifest_name: str, manifest: dict,
+               write: Callable[[Path], None]) -> Path:
+    """``root`` as ``write(folder)`` fills it, unless its manifest (``root/manifest_name``) already equals ``manifest``.
+
+    Every generated dataset needs the same care, so it lives here once: under ``root``'s lock (a second build waits,
+    then finds the first's), built in a :func:`staging_folder` renamed over ``root`` at the end with the manifest
+    written last (a kill leaves no half-written dataset), never over a non-empty folder without the manifest, and a
+    full disk is one :class:`DiskError` naming the dataset (``what``). An unreadable manifest is a stale build."""
+    root = Path(root)
+    with exclusive_lock(lock_beside(root)):
+        if read_json_dict(root / manifest_name) == manifest:
+            return root
+        if root.exists() and not (root / manifest_name).is_file() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists but is not a generated {what} (no {manifest_name}); choose another "
+                                  "folder")
+        staging = staging_folder(root)
+        try:
+            write(staging)
+            (staging / manifest_name).write_text(json.dumps(manifest, indent=1) + "\n")
+            if root.exists():  # a build with other settings: replace it
+                shutil.rmtree(root)
+            os.replace(staging, root)
+        except OSError as err:  # a full disk: one line naming the dataset, not a bare errno
+            raise DiskError(f"cannot write the generated {what} {root}: {disk_reason(err, root.parent)}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return root

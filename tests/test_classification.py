@@ -81,6 +81,7 @@ def test_toy_dataset_layout_determinism_and_reuse(toy, tmp_path):
     assert build_toy_domains(toy, images_per_class=10, size=32) == toy  # same settings: nothing is rewritten
     assert (toy / MANIFEST).stat().st_mtime_ns == stamp
     (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's folder")  # (an empty folder is simply built into)
     with pytest.raises(FileExistsError, match="mine"):
         build_toy_domains(tmp_path / "mine")
 

@@ -47,7 +47,7 @@ def test_rebuild_is_byte_identical_and_cached(built, tmp_path):
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a generated dataset"):
+    with pytest.raises(FileExistsError, match="not a generated street dataset"):
         build_generated(tmp_path / "mine", TINY)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 

@@ -14,16 +14,13 @@ colour balance, contrast and noise, none of the four domains' settings.
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import DiskError, disk_reason, exclusive_lock, lock_beside, read_json_dict, staging_folder
+from ldt.atomic import build_once
 
 CLASSES = ("circle", "square", "triangle", "cross")
 DOMAINS = ("photo", "cast", "noisy", "faded")
@@ -121,37 +118,21 @@ def apply_style(domain: str, image: np.ndarray, rng: np.random.Generator) -> Ima
 def build_toy_domains(root: str | Path = DEFAULT_ROOT, *, images_per_class: int = 20, size: int = 32, seed: int = 0) -> Path:
     """Write (or reuse) ``root/<domain>/<class>/<index>.png``: 4 domains x 4 classes x ``images_per_class``.
 
-    The dataset is built in a temporary sibling folder and moved into place, so an interrupted build never leaves a
-    half-written dataset behind; a manifest with the settings lets later calls skip the work.
+    Built once (:func:`ldt.atomic.build_once`: locked, staged, renamed into place); a manifest with the settings
+    lets later calls skip the work, and other settings rebuild.
     """
-    root = Path(root)
     settings = {"format_version": FORMAT_VERSION, "images_per_class": images_per_class, "size": size, "seed": seed}
-    manifest = root / MANIFEST
-    # Two builds at once would replace each other's folder: the second waits, then finds the first's.
-    with exclusive_lock(lock_beside(root)):
-        if read_json_dict(manifest) == settings:  # an unreadable manifest is a stale build: rebuilt
-            return root
-        if root.exists() and not manifest.is_file():
-            raise FileExistsError(f"{root} exists but is not a generated toy dataset (no {MANIFEST}); choose another "
-                                  "folder")
-        staging = staging_folder(root)
-        try:
-            for d, domain in enumerate(DOMAINS):
-                for c, kind in enumerate(CLASSES):
-                    folder = staging / domain / kind
-                    folder.mkdir(parents=True)
-                    for i in range(images_per_class):
-                        rng = np.random.default_rng([seed, d, c, i])
-                        apply_style(domain, render_scene(kind, size, rng), rng).save(folder / f"{i:04d}.png")
-            (staging / MANIFEST).write_text(json.dumps(settings))
-            if root.exists():  # a toy dataset with other settings: replace it
-                shutil.rmtree(root)
-            os.replace(staging, root)
-        except OSError as err:  # a full disk: one line naming the dataset, not a bare errno
-            raise DiskError(f"cannot write the generated toy dataset {root}: {disk_reason(err, root.parent)}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return root
+
+    def write(folder: Path) -> None:
+        for d, domain in enumerate(DOMAINS):
+            for c, kind in enumerate(CLASSES):
+                (folder / domain / kind).mkdir(parents=True)
+                for i in range(images_per_class):
+                    rng = np.random.default_rng([seed, d, c, i])
+                    image = apply_style(domain, render_scene(kind, size, rng), rng)
+                    image.save(folder / domain / kind / f"{i:04d}.png")
+
+    return build_once(root, "toy dataset", MANIFEST, settings, write)
 
 
 def render_pretrain_images(count: int, *, size: int = 32, seed: int = 0, start: int = 0) -> list[tuple[Image.Image, int]]:

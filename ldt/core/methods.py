@@ -36,7 +36,7 @@ import torch.distributed as dist
 from pydantic import Field, field_validator
 from torch import nn
 
-from ldt.core.config import Int, NonNegativeInt, Options, ProbeConfig, Real, Seed, WarmupConfig
+from ldt.core.config import NonNegativeInt, Options, ProbeConfig, Real, Seed, WarmupConfig
 from ldt.core.dual import (
     DualBranch,
     EMAPlan,

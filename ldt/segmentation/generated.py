@@ -33,15 +33,13 @@ import hashlib
 import io
 import json
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ldt.atomic import DiskError, disk_reason, exclusive_lock, lock_beside, read_json_dict, staging_folder
+from ldt.atomic import build_once
 from ldt.segmentation.classes import IGNORE_INDEX, TRAIN_ID
 
 DOMAINS: tuple[str, ...] = ("clean", "cast", "fog", "night", "vivid", "blur")
@@ -399,42 +397,25 @@ def _scene_rng(config: GeneratedConfig, stream: int, split: str, index: int) -> 
 def build_generated(root: str | Path = DEFAULT_ROOT, config: GeneratedConfig = GeneratedConfig()) -> Path:
     """Write (or reuse) the generated dataset under ``root``: every domain of ``config`` plus ``pretrain``.
 
-    Built in a temporary sibling folder and moved into place, so an interrupted build never leaves a half-written
-    dataset; the manifest (settings and their hash) makes a later call with the same settings a no-op, and other
-    settings rebuild. A non-empty folder without the manifest is never overwritten.
+    Built once (:func:`ldt.atomic.build_once`: locked, staged, renamed into place); the manifest (settings and
+    their hash) makes a later call with the same settings a no-op, and other settings rebuild. A non-empty folder
+    without the manifest is never overwritten.
     """
-    root = Path(root)
-    manifest = {"settings": config.settings(), "hash": config.digest()}
-    manifest_path = root / MANIFEST
-    # Two builds at once would replace each other's folder: the second waits, then finds the first's.
-    with exclusive_lock(lock_beside(root)):
-        if read_json_dict(manifest_path) == manifest:  # an unreadable manifest is a stale build: rebuilt
-            return root
-        if root.exists() and not manifest_path.is_file() and any(root.iterdir()):
-            raise FileExistsError(f"{root} exists but is not a generated dataset (no {MANIFEST}); choose another "
-                                  "folder")
-        staging = staging_folder(root)
-        try:
-            counts = {"train": config.train_per_domain, "val": config.val_per_domain}
-            for split, count in counts.items():
-                for index in range(count):
-                    scene_rng = _scene_rng(config, SCENE_STREAM, split, index)
-                    image, label, depth = render_scene(config.height, config.width, scene_rng)
-                    for d, domain in enumerate(DOMAINS):
-                        if domain in config.domains:
-                            rng = np.random.default_rng([config.seed, STYLE_STREAM, SPLIT_STREAM[split], index, d])
-                            _write(staging, domain, split, index, apply_camera(domain, image, depth, rng), label)
-            for split, count in {"train": config.pretrain_train, "val": config.pretrain_val}.items():
-                for index in range(count):
-                    rng = _scene_rng(config, PRETRAIN_STREAM, split, index)
-                    image, label, depth = render_scene(config.height, config.width, rng)
-                    _write(staging, PRETRAIN_DOMAIN, split, index, apply_camera(PRETRAIN_STYLE, image, depth, rng), label)
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(staging, root)
-        except OSError as err:  # a full disk: one line naming the dataset, not a bare errno
-            raise DiskError(f"cannot write the generated street dataset {root}: {disk_reason(err, root.parent)}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return root
+    def write(folder: Path) -> None:
+        counts = {"train": config.train_per_domain, "val": config.val_per_domain}
+        for split, count in counts.items():
+            for index in range(count):
+                scene_rng = _scene_rng(config, SCENE_STREAM, split, index)
+                image, label, depth = render_scene(config.height, config.width, scene_rng)
+                for d, domain in enumerate(DOMAINS):
+                    if domain in config.domains:
+                        rng = np.random.default_rng([config.seed, STYLE_STREAM, SPLIT_STREAM[split], index, d])
+                        _write(folder, domain, split, index, apply_camera(domain, image, depth, rng), label)
+        for split, count in {"train": config.pretrain_train, "val": config.pretrain_val}.items():
+            for index in range(count):
+                rng = _scene_rng(config, PRETRAIN_STREAM, split, index)
+                image, label, depth = render_scene(config.height, config.width, rng)
+                _write(folder, PRETRAIN_DOMAIN, split, index, apply_camera(PRETRAIN_STYLE, image, depth, rng), label)
+
+    return build_once(root, "street dataset", MANIFEST, {"settings": config.settings(), "hash": config.digest()},
+                      write)
