@@ -132,6 +132,16 @@ def check_writable(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def check_room(folder: str | os.PathLike) -> Path:
+    """``folder`` exists (made if need be), can be written and has room for a small file: a :class:`DiskError`
+    now, before the work whose result goes there (a full disk still lets an empty test file be created, so the free
+    space is read too)."""
+    folder = check_writable(make_dirs(folder))
+    if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
+        raise DiskError(f"cannot write in {folder}: no space left on device")
+    return folder
+
+
 def _file_mode(path: Path) -> int:
     """The mode a plain ``open(path, 'w')`` would give: the file's own if it exists, else 0o666 less the umask
     (``mkstemp`` creates 0o600 files, which other users of a shared results folder could not read)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -27,7 +26,7 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldt.atomic import FULL_DISK_BYTES, DiskError, check_writable, make_dirs
+from ldt.atomic import DiskError, check_room
 from ldt.cli import device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, method_class, run_identity
 from ldt.core.config import describe_errors
@@ -216,15 +215,6 @@ def fingerprints(configs: Sequence[RunnerConfig]) -> dict[str, str]:
         raise ValueError(str(err)) from None
 
 
-def check_out(out: Path) -> Path:
-    """``--out`` exists, can be written and has room for records: a :class:`DiskError` now, not after the first
-    run has trained (a full disk still lets an empty test file be created, so the free space is read too)."""
-    check_writable(make_dirs(out))
-    if shutil.disk_usage(out).free < FULL_DISK_BYTES:
-        raise DiskError(f"cannot write in {out}: no space left on device")
-    return out
-
-
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,
           progress: bool, tabulate: Callable[[Path], str]) -> int:
     """Run every configuration that has no record in ``out`` yet (by options hash; so a rerun resumes), then
@@ -327,7 +317,7 @@ def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConf
         check_device(args.device)
         check_workers(args.workers)
         out, configs = prepare()
-        with sweep_lock(check_out(out)):
+        with sweep_lock(check_room(out)):  # a DiskError now, not after the first run has trained
             return sweep(configs, out, run, device=args.device, workers=args.workers, progress=args.progress,
                          tabulate=tabulate)
     except (ValueError, OSError, DiskError) as err:  # data, weights and option errors are ValueErrors; missing

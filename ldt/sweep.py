@@ -178,10 +178,15 @@ def run_pending(runs: Sequence[PlannedRun], records: Records, *, progress: bool 
 
     bar = tqdm(total=len(unique), initial=len(unique) - len(pending), desc=desc, unit="run", disable=not progress,
                dynamic_ncols=True)
+    from ldt.atomic import DiskError
+
     for run in pending:
         bar.set_postfix_str(run.label)
         record = run.execute()
-        records.append({**record, "options_hash": run.digest})
+        try:
+            records.append({**record, "options_hash": run.digest})
+        except DiskError as err:  # the run trained: say which one is not recorded, and where
+            raise DiskError(f"run {run.label} finished but its record was not written: {err}") from None
         bar.update(1)
     bar.close()
     return len(pending), len(unique) - len(pending)

@@ -343,7 +343,8 @@ def test_weights_errors_name_the_file(tmp_path):
         build_model("tiny", 4, weights=tmp_path / "absent.pth")
     junk = tmp_path / "junk.pth"
     junk.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pth is not a readable torch checkpoint"):
+    with pytest.raises(ValueError, match=r"junk.pth is not a PyTorch checkpoint \(not a zip archive or a tensor "
+                                         r"pickle\)$"):
         build_model("tiny", 4, weights=junk)
     torch.save({"weights": [1, 2]}, junk)
     with pytest.raises(ValueError, match="junk.pth does not hold a state dict"):
@@ -352,6 +353,24 @@ def test_weights_errors_name_the_file(tmp_path):
 
 # ---- the demo's generated pre-training ------------------------------------------------------------------------------
 TINY_PRETRAIN = PretrainConfig(images_per_class=4, heldout_per_class=2, steps=3, batch_size=8)
+
+
+def test_an_unwritable_pretraining_cache_is_found_before_the_pre_training(tmp_path, monkeypatch):
+    import errno
+
+    import ldt.atomic
+    from ldt.atomic import DiskError
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def never(*args, **kwargs):
+        raise AssertionError("pre-trained although its result could not be saved")
+
+    monkeypatch.setattr(ldt.atomic.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(pretrain_module, "train_tiny", never)
+    with pytest.raises(DiskError, match=f"cannot write in {tmp_path}: no space left on device"):
+        pretrain_tiny(TINY_PRETRAIN, root=tmp_path)
 
 
 def test_pretraining_is_cached_and_loads_into_tiny_with_a_new_head(tmp_path, monkeypatch):

@@ -87,6 +87,20 @@ def test_a_failed_append_leaves_no_partial_line_and_names_the_file(tmp_path, mon
     assert records.path.read_bytes() == before
 
 
+def test_a_record_that_cannot_be_written_names_the_run_and_the_file(tmp_path, monkeypatch, capsys):
+    def run(config, **_):
+        if config.seed == 1:
+            monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        return fake_run(config)
+
+    assert sweep_main(tmp_path, [FakeConfig(0), FakeConfig(1)], run) == 2
+    line = error_line(capsys)
+    assert line.startswith("error: run fake seed=1 finished but its record was not written: ") and \
+        f"{tmp_path / RESULTS_FILE}: no space left on device" in line
+    monkeypatch.undo()
+    assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0]
+
+
 # ---- 2. data errors found inside a run -----------------------------------------------------------------------------
 def test_a_data_error_inside_a_run_is_one_line_and_keeps_earlier_records(tmp_path, capsys):
     def run(config, **_):

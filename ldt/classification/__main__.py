@@ -86,7 +86,7 @@ def demo_weights(args: argparse.Namespace) -> None:
     config = PretrainConfig(steps=args.pretrain_steps)
     cached = config.weights_path().is_file()
     if not cached:
-        print(f"pre-training tiny on the generated set ({config.steps} steps, once; later runs reuse it)")
+        print(f"pre-training tiny on the generated set ({config.steps} steps, once; later runs reuse it)", flush=True)
     path = pretrain_tiny(config, progress=args.progress)
     summary = pretrain_summary(path)
     args.weights = [*args.weights, f"tiny={path}"]

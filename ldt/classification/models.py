@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from ldt.weights import read_checkpoint, state_dict_in
+
 # Regexes for the classification head of each backbone: warm-up trains them, DeFT makes them its unstable group.
 HEAD_PATTERNS: dict[str, list[str]] = {
     "tiny": [r"^head\."],
@@ -86,20 +88,12 @@ def build_model(name: str, num_classes: int, *, weights: str | Path | None = Non
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local checkpoint: a plain state dict or one under 'state_dict'/'model' (DDP prefix removed)."""
+    """A state dict from a local checkpoint: a plain state dict or one under 'state_dict'/'model' (DDP prefix
+    removed), read by the project's one reader (:mod:`ldt.weights`: one-line errors, ``weights_only=True``)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling and zip errors have no common base class
-        raise ValueError(f"weights file {path} is not a readable torch checkpoint: {err}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state_dict_in(read_checkpoint(path), path, containers=("state_dict", "model")))
 
 
 def load_backbone_weights(model: nn.Module, name: str, path: str | Path) -> None:

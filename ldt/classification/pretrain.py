@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ldt.atomic import atomic_torch_save, atomic_write_text, read_json_object
+from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_json_object
 from ldt.classification.data import image_transform, training_stream
 from ldt.classification.models import TinyCNN
 from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_STYLE, render_pretrain_images
@@ -93,6 +93,7 @@ def pretrain_tiny(config: PretrainConfig = PretrainConfig(), root: str | Path = 
     if path.is_file():
         check_cached_weights(path, TinyCNN(len(PRETRAIN_CLASSES)))
         return path
+    check_room(path.parent)  # before the training, not after it
     start = time.time()
     model, heldout = train_tiny(config, progress)
     summary = {**config.settings(), "heldout_accuracy": heldout, "wall_s": round(time.time() - start, 1)}

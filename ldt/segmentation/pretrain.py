@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ldt.atomic import atomic_torch_save, atomic_write_text, read_json_object
+from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_json_object
 from ldt.core.methods import FineTune
 from ldt.segmentation.classes import NUM_CLASSES
 from ldt.segmentation.data import Augment, SegmentationDataset, scan_split
@@ -103,6 +103,7 @@ def pretrain_backbone(data_root: str | Path, config: PretrainConfig = PretrainCo
         with torch.device("meta"):  # the shapes to check against; no weights are made
             check_cached_weights(path, ResNetBackbone(BACKBONE, output_stride=16))
         return path
+    check_room(path.parent)  # before the training, not after it
     start = time.time()
     backbone, val_miou = train_backbone(data_root, config, progress)
     summary = {**config.settings(digest), "val_miou": val_miou, "wall_s": round(time.time() - start, 1)}
