@@ -68,7 +68,9 @@ def test_an_unwritable_out_is_one_line_before_any_run(tmp_path, capsys):
 
 
 def test_a_full_out_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    import ldt.atomic
+
+    monkeypatch.setattr(ldt.atomic.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
     assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
     assert f"cannot write in {tmp_path}: no space left" in error_line(capsys)
 
