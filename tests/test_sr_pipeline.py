@@ -329,3 +329,37 @@ def test_sr_entry_points_report_one_line_and_the_traceback_on_request(capsys, mo
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last)") and "in work" in err
     assert err.endswith("error: options.yml: train:total_iter: must be a positive integer\n")
+
+
+def test_validate_start_lets_the_network_before_fine_tuning_win_the_best_checkpoint(data_root, tmp_path, monkeypatch):
+    """val:validate_start (the official script's initial best): iteration 0 is validated and competes. Validation
+    scores that fall with the iteration make it the best, so net_g_best holds the weights training started from."""
+    import ldt.sr.train as train_module
+    from ldt.models.ldt_model import LDTModel
+
+    real_validate, started = train_module.validate, {}
+
+    def falling(model, loaders, opt, current_iter, *args, **kwargs):
+        table = real_validate(model, loaders, opt, current_iter, *args, **kwargs)
+        for values in table.rows.values():
+            values["psnr"] = 100.0 - current_iter
+        return table
+
+    original_save_best = LDTModel.save_best
+
+    def remember(self, tag):  # the deployed network when iteration 0 is saved as the best
+        started.setdefault("params", {k: v.clone() for k, v in self.method.checkpoint()["params"].items()})
+        original_save_best(self, tag)
+
+    monkeypatch.setattr(train_module, "validate", falling)
+    monkeypatch.setattr(LDTModel, "save_best", remember)
+    opt = tiny_options(data_root, "start", "ldt", val__val_freq=2, val__validate_start=True)
+    report = run_training(opt, tmp_path)
+    assert [entry["iter"] for entry in report["history"]] == [0, 2, 4, 6]
+    assert report["best"]["iter"] == 0 and report["best"]["value"] == 100.0
+    best = torch.load(tmp_path / "experiments" / "start" / "models" / "net_g_best.pth", weights_only=True)["params"]
+    assert all(torch.equal(best[k], started["params"][k]) for k in best)
+    assert not all(torch.equal(best[k], v) for k, v in final_params(tmp_path, "start").items())  # it did train
+
+    plain = run_training(tiny_options(data_root, "plain", "ldt", val__val_freq=2), tmp_path)  # the default: off
+    assert [entry["iter"] for entry in plain["history"]] == [2, 4, 6]

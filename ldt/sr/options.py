@@ -185,6 +185,8 @@ def _metric_shorthand(value: Any) -> Any:
 
 class ValOptions(Options):
     val_freq: PositiveInt = Field(5000, description="validate the deployed network every N iterations (and at the end)")
+    validate_start: bool = Field(False, description="also validate the network before fine-tuning (iteration 0) as a "
+                                                    "candidate for the best checkpoint, as the official script does")
     save_img: bool = Field(False, description="save validation / test outputs")
     selection: str = Field("source", description="best checkpoint by: 'source' (training-domain validation), 'last', "
                                                  "or 'oracle:<set>' (a target set, labelled oracle)")
@@ -822,6 +824,9 @@ RESUMABLE: dict[str, tuple[str, ...]] = {
     "val": ("val_freq", "pbar", "save_img", "tile", "tile_overlap", "suffix"),
 }
 DATA_PATHS = ("dataroot", "dataroot_gt", "dataroot_lq", "meta_info_file")
+# Options added after run identities were first recorded: left out of the identity while at their schema default, so
+# the records and cached stages of earlier runs (which behaved as that default) stay valid.
+LATER_OPTIONS: dict[str, tuple[str, ...]] = {"val": ("validate_start",)}
 
 
 def _canonical(path: Any) -> Any:
@@ -851,6 +856,7 @@ def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
 
     train = TrainOptions.model_validate(opt.get("train") or {}).model_dump()
     val = ValOptions.model_validate(opt.get("val") or {}).model_dump()
+    val = {k: v for k, v in val.items() if not (k in LATER_OPTIONS["val"] and v == ValOptions.model_fields[k].default)}
     if resumable:
         train, val = _drop(train, RESUMABLE["train"]), _drop(val, RESUMABLE["val"])
     datasets = {}

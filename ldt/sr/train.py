@@ -406,7 +406,23 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
         state = None  # the model holds its own copies now; do not keep the file's tensors through training
 
+    def validate_and_select(iteration: int, best: dict) -> tuple[dict, tuple[int, MetricTable]]:
+        """Validate the deployed network, record it in the history, and save it if it is the best so far."""
+        table = validate(model, val_loaders, opt, iteration, tb_logger)
+        history.append({"iter": iteration, **table.to_dict()})
+        logger.info(f"validation at iter {iteration}\n{table.markdown('camera')}")
+        score = table.rows[select_name][psnr] if select_name is not None else iteration
+        if score > best["value"]:
+            best = {"value": score, "iter": iteration, "set": select_name or "last"}
+            model.save_best(best_tag)
+            atomic_write_text(best_file, json.dumps(best))
+        return best, (iteration, table)
+
     last_validated: tuple[int, MetricTable] | None = None
+    if rank0 and val_loaders and opt["val"]["validate_start"] and current_iter == 0:
+        # The network before fine-tuning competes too (the official script's initial best): a fine-tuned one is then
+        # kept only if it validates better.
+        best, last_validated = validate_and_select(0, best)
     start = time.time()
     bar = None
     if rank0:
@@ -439,15 +455,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                             tb_logger.add_scalar(f"losses/{key}", value, current_iter)
                 # The last iteration is always validated, so it competes for the best checkpoint too.
                 if rank0 and val_loaders and (current_iter % val_freq == 0 or current_iter == total_iter):
-                    table = validate(model, val_loaders, opt, current_iter, tb_logger)
-                    history.append({"iter": current_iter, **table.to_dict()})
-                    last_validated = (current_iter, table)
-                    logger.info(f"validation at iter {current_iter}\n{table.markdown('camera')}")
-                    score = table.rows[select_name][psnr] if select_name is not None else current_iter
-                    if score > best["value"]:
-                        best = {"value": score, "iter": current_iter, "set": select_name or "last"}
-                        model.save_best(best_tag)
-                        atomic_write_text(best_file, json.dumps(best))
+                    best, last_validated = validate_and_select(current_iter, best)
                 signum = stop.requested()
                 if current_iter % save_freq == 0 or signum:
                     try:
