@@ -245,7 +245,7 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
     sweep stage holds its run's lock and the training inside it takes it again).
     """
     path = Path(path)
-    key = path.absolute()
+    key = path.resolve()  # one key for every spelling of the path (symlinks, ..), as flock sees one file
     if key in _HELD:
         yield
         return
