@@ -223,7 +223,23 @@ def staging_folder(target: str | os.PathLike) -> Path:
     return staging
 
 
-_HELD: set[Path] = set()  # the locks this process holds (flock would refuse a second hold of our own lock)
+_HELD: dict[Path, int] = {}  # the locks this process holds -> their descriptors (flock refuses a second hold)
+
+
+def _release_in_child() -> None:
+    """A forked child (a DataLoader worker) shares its parent's lock descriptors, so a lock would outlive a killed
+    parent until every child exits: the child points them at /dev/null, and holds no lock of its own."""
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for descriptor in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.dup2(null, descriptor)
+    os.close(null)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_release_in_child)
 
 
 def lock_beside(folder: str | os.PathLike) -> Path:
@@ -249,13 +265,11 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
     if key in _HELD:
         yield
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
+    descriptor = _open_lock(path)
+    if descriptor is None:
         yield
         return
-    with os.fdopen(descriptor, "r+") as handle:
+    with os.fdopen(descriptor, "r+" if _writable(descriptor) else "r") as handle:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -264,16 +278,37 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
                 raise BusyError(busy.format(holder=holder, lock=path)) from None
             print(f"waiting for {holder} (lock {path}) ...", file=sys.stderr, flush=True)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
-        with contextlib.suppress(OSError):  # the pid is for messages only
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
-        _HELD.add(key)
+        if handle.writable():
+            with contextlib.suppress(OSError):  # the pid is for messages only
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                handle.flush()
+        _HELD[key] = descriptor
         try:
             yield
         finally:
-            _HELD.discard(key)
+            _HELD.pop(key, None)
+
+
+def _writable(descriptor: int) -> bool:
+    return fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+
+
+def _open_lock(path: Path) -> int | None:
+    """A descriptor of the lock file, created if need be; read-only where another user created it (flock needs no
+    write access, so a shared folder still locks); None where it can be neither created nor opened."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        pass
+    except OSError:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def build_once(root: str | os.PathLike, what: str, manifest_name: str, manifest: dict,
@@ -295,9 +330,15 @@ def build_once(root: str | os.PathLike, what: str, manifest_name: str, manifest:
         try:
             write(staging)
             (staging / manifest_name).write_text(json.dumps(manifest, indent=1) + "\n")
-            if root.exists():  # a build with other settings: replace it
-                shutil.rmtree(root)
-            os.replace(staging, root)
+            if root.exists():
+                # A build with other settings: renamed aside whole (under a staging name, so a kill leaves no
+                # half-deleted build with its manifest, and the next build deletes it), then removed.
+                old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+                os.rename(root, old)
+                os.replace(staging, root)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, root)
         except OSError as err:  # a full disk: one line naming the dataset, not a bare errno
             raise DiskError(f"cannot write the generated {what} {root}: {disk_reason(err, root.parent)}") from None
         finally:

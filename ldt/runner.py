@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -271,7 +272,11 @@ def stop_on_signal() -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def stop(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked DataLoader worker: its loop ends quietly on KeyboardInterrupt
+            raise KeyboardInterrupt
         for number in STOP_SIGNALS:
             signal.signal(number, signal.SIG_DFL)
         raise Stopped(signum)

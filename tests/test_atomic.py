@@ -5,6 +5,7 @@ what may be deleted or trusted are refused in one line naming them."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -108,13 +109,13 @@ def test_a_held_lock_names_its_holder_or_is_waited_for(tmp_path, capsys):
 
     lock = lock_beside(tmp_path / "experiments" / "run")
     assert lock == tmp_path / "experiments" / ".run.lock"
-    holder = hold_in_another_process(lock, 1.5)
+    holder = hold_in_another_process(lock, 3)
     with pytest.raises(BusyError, match=rf"^busy: pid {holder.pid}, since .* \(lock {lock}\)$"):
         with exclusive_lock(lock, busy="busy: {holder} (lock {lock})"):
             pass
     start = time.monotonic()
     with exclusive_lock(lock):  # waits for the holder to finish
-        assert time.monotonic() - start > 0.8  # it held the lock 1.5 s after saying so
+        assert time.monotonic() - start > 1.0  # it held the lock 3 s after saying so
     assert f"waiting for pid {holder.pid}" in capsys.readouterr().err
     holder.wait()
     holder = hold_in_another_process(lock, 30)
@@ -204,3 +205,89 @@ def test_a_full_disk_during_a_dataset_build_names_the_dataset_and_leaves_nothing
             build_generated(root, GeneratedConfig(height=32, width=64, train_per_domain=1, val_per_domain=1,
                                                   pretrain_train=1, pretrain_val=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".data.lock"]
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from ldt.atomic import exclusive_lock
+with exclusive_lock(sys.argv[1]):
+    child = os.fork()
+    if child == 0:  # as a DataLoader worker: it outlives a killed parent
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_lock_goes_with_its_process_even_when_it_forked_workers(tmp_path):
+    """Forked children share the lock's open file; they must not keep it after the holder is killed."""
+    import signal
+    import subprocess
+    import sys
+
+    from ldt.atomic import exclusive_lock
+
+    lock = tmp_path / ".run.lock"
+    holder = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        with exclusive_lock(lock, busy="still held by {holder}"):  # the child lives on, the lock is free
+            os.kill(child, 0)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_lock_file_another_user_created_still_locks(tmp_path, monkeypatch):
+    """Without write access to the lock file (another user's, 0644), flock works on a read-only descriptor."""
+    from ldt.atomic import BusyError, exclusive_lock
+
+    lock = tmp_path / ".shared.lock"
+    holder = hold_in_another_process(lock, 60)
+    real_open = os.open
+
+    def no_write(path, flags, *args):
+        if flags & os.O_ACCMODE != os.O_RDONLY and str(path) == str(lock):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_write)
+    try:
+        with pytest.raises(BusyError, match=f"pid {holder.pid}"):
+            with exclusive_lock(lock, busy="busy: {holder}"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_lock(lock, busy="busy"):  # free again: taken read-only, no pid written
+        assert f"pid {holder.pid}" in lock.read_text()
+
+
+def test_a_rebuild_stopped_while_removing_the_old_build_leaves_the_new_one(tmp_path, monkeypatch):
+    """The old build is renamed aside before it is deleted: a kill mid-delete leaves the complete new build in place
+    (it used to leave a half-deleted old one with its manifest, which the next call took as cached)."""
+    import shutil
+
+    from ldt.classification.toy import MANIFEST, build_toy_domains
+
+    root = tmp_path / "toy"
+    build_toy_domains(root, images_per_class=1, size=8, seed=0)
+    real_rmtree = shutil.rmtree
+
+    def killed_on_the_old_build(path, *args, **kwargs):
+        if Path(path).name.startswith(".toy-") and (Path(path) / MANIFEST).is_file():
+            if json.loads((Path(path) / MANIFEST).read_text())["seed"] == 0:
+                raise KeyboardInterrupt  # as a kill while the old build is deleted
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_on_the_old_build)
+    with pytest.raises(KeyboardInterrupt):
+        build_toy_domains(root, images_per_class=1, size=8, seed=1)
+    monkeypatch.undo()
+    assert json.loads((root / MANIFEST).read_text())["seed"] == 1
+    assert len(list(root.rglob("*.png"))) == 16
+    build_toy_domains(root, images_per_class=1, size=8, seed=2)  # and the next build clears the leftover
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".toy-")] == []

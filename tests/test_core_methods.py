@@ -167,6 +167,22 @@ def test_deployed_ema_follows_one_moved_submodule():
     assert torch.allclose(method.ema["4.weight"], expected, atol=1e-6)
 
 
+def test_deployed_ema_follows_a_moved_buffer():
+    """Module.to changes a parameter in place but replaces a buffer by a new tensor: the EMA must copy the new one."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False))  # a submodule of buffers only
+    method = prepare_method(model, MethodConfig(method="ft_ema"), log=lambda _: None)
+    model[1].to(torch.float64)
+    with torch.no_grad():
+        model[1].running_mean.fill_(5.0)
+    method.step()
+    assert method.ema["1.running_mean"].dtype == torch.float64
+    assert torch.equal(method.ema["1.running_mean"], torch.full((4,), 5.0, dtype=torch.float64))
+    with torch.no_grad():
+        model[1].running_mean.fill_(7.0)
+    method.step()  # and keeps copying the live buffer afterwards
+    assert torch.equal(method.deployed_state_dict()["1.running_mean"], torch.full((4,), 7.0, dtype=torch.float64))
+
+
 # ---- 4. parameters the user froze, and integer parameters, are left out ------------------------------------------
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_user_frozen_parameters_are_left_out_of_every_method(name, caplog):

@@ -530,6 +530,7 @@ def test_smallest_gt_side_follows_each_metrics_border_and_window():
     from ldt.sr.metrics import DEFAULT_METRICS, smallest_gt_side
 
     assert smallest_gt_side(DEFAULT_METRICS, 4) == (19, "ssim")
+    assert smallest_gt_side({}, 4) == (1, None)  # test.py may only save images: no metric, no GT size
     wide = {**DEFAULT_METRICS, "psnr_wide": {"type": "calculate_psnr", "crop_border": 30}}
     assert smallest_gt_side(wide, 4) == (61, "psnr_wide")
 

@@ -268,6 +268,44 @@ def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_p
 
 
 # ---- signals: SIGTERM (preemption) and Ctrl-C end a sweep in one line ------------------------------------------------
+@pytest.fixture(autouse=True)
+def default_sigint():
+    """A pytest started in the background inherits SIGINT ignored, which the runner leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+class Slow(Dataset):
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, index: int):
+        import time
+
+        time.sleep(0.05)
+        return index
+
+
+def test_a_signal_that_reaches_the_workers_too_is_still_one_line(tmp_path, capfd):
+    """Ctrl-C reaches the whole process group, DataLoader workers included: forked with the runner's handler, they
+    must end quietly, not each with a traceback of the runner's stop (and then the loader's 'worker exited')."""
+    import time
+
+    def run(config, workers, **_):
+        batches = iter(DataLoader(Slow(), num_workers=workers))
+        next(batches)
+        for worker in batches._workers:
+            os.kill(worker.pid, signal.SIGINT)
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the stop arrives here
+
+    assert sweep_main(tmp_path, [FakeConfig()], run, Namespace(**{**vars(ARGS), "workers": 2})) == 128 + signal.SIGINT
+    err = capfd.readouterr().err  # the workers' stderr too (they write to the inherited descriptor)
+    assert "stopped by SIGINT: " in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_run_is_one_line_and_keeps_earlier_records(tmp_path, capsys, signum):
     def run(config, **_):

@@ -625,7 +625,7 @@ class DeployedEMA(Method):
                 trains = self.original_flags.get(aliases.get(key, ""), False)
                 (averaged if trains else self.copied).append((target, source))
         self.average = EMAPlan([t for t, _ in averaged], [s for _, s in averaged], [self.decay] * len(averaged))
-        self.pairs = averaged + self.copied
+        self.sources = [(key, live[key]) for key in live]
 
     def _follow_sources(self) -> None:
         """Move the EMA to the device and dtype of the tensors it follows (after ``Module.to``), keeping ties."""
@@ -643,9 +643,11 @@ class DeployedEMA(Method):
     @torch.no_grad()
     def step(self) -> None:
         self.inner.step()
-        # Every pair, not one: moving a single submodule (``model.head.to(...)``) must move its EMA too (about
-        # 0.5 µs a tensor).
-        if any((target.device, target.dtype) != (source.device, source.dtype) for target, source in self.pairs):
+        # Every tensor, not one: moving a single submodule (``model.head.to(...)``) must move its EMA too. A move
+        # changes a parameter's device/dtype in place but replaces a buffer by a new tensor, so both are looked for.
+        live = self.inner.deployed_tensors()
+        if any(live[key] is not source or (self.ema[key].device, self.ema[key].dtype) != (source.device, source.dtype)
+               for key, source in self.sources):
             self._follow_sources()
         self.average.apply()
         for target, source in self.copied:

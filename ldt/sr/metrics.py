@@ -26,12 +26,18 @@ DEFAULT_METRICS = {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calcula
 METRIC_WINDOW = {"calculate_psnr": 1, "calculate_ssim": 11}
 
 
-def smallest_gt_side(metrics: Mapping[str, Mapping], scale: int) -> tuple[int, str]:
+def metric_border(spec: Mapping, scale: int) -> int:
+    """The pixels a metric cuts at each border: its ``crop_border``, None meaning the scale."""
+    return scale if spec.get("crop_border") is None else spec["crop_border"]
+
+
+def smallest_gt_side(metrics: Mapping[str, Mapping], scale: int) -> tuple[int, str | None]:
     """(the smallest GT side every metric of ``metrics`` can be computed on, the metric that needs it): twice its
-    crop border (``crop_border``, None meaning the scale) plus its window."""
+    crop border plus its window; (1, None) for no metrics (an evaluation that only saves images)."""
     def need(spec: Mapping) -> int:
-        border = scale if spec.get("crop_border") is None else spec["crop_border"]
-        return 2 * border + METRIC_WINDOW[spec["type"]]
+        return 2 * metric_border(spec, scale) + METRIC_WINDOW[spec["type"]]
+    if not metrics:
+        return 1, None
     name = max(metrics, key=lambda key: need(metrics[key]))
     return need(metrics[name]), name
 

@@ -285,18 +285,20 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
     first validation, a smaller GT gives NaN PSNR/SSIM."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.data.cameras import image_size
-    from ldt.sr.metrics import smallest_gt_side
+    from ldt.sr.metrics import METRIC_WINDOW, metric_border, smallest_gt_side
     from ldt.sr.options import min_input_size
 
     network = opt["network_g"]["type"]
     lr_side = min_input_size(ARCH_REGISTRY.get(network))
+    needs = [("lr", lr_side, f"smaller than the {lr_side}x{lr_side} {network} needs; remove it or pad it")]
     gt_side, metric = smallest_gt_side(opt["val"]["metrics"], opt["scale"])
-    spec = opt["val"]["metrics"][metric]
-    border = opt["scale"] if spec.get("crop_border") is None else spec["crop_border"]
-    window = " and an 11x11 window" if spec["type"] == "calculate_ssim" else ""
-    needs = [("lr", lr_side, f"smaller than the {lr_side}x{lr_side} {network} needs; remove it or pad it"),
-             ("hr", gt_side, f"val:metrics:{metric} needs at least {gt_side}x{gt_side} (a crop border of {border} px "
-                             f"at each side{window}) or it is NaN; remove it, or lower val:metrics:{metric}:crop_border")]
+    if metric is not None:
+        spec = opt["val"]["metrics"][metric]
+        window = METRIC_WINDOW[spec["type"]]
+        needs.append(("hr", gt_side, f"val:metrics:{metric} needs at least {gt_side}x{gt_side} (a crop border of "
+                                     f"{metric_border(spec, opt['scale'])} px at each side"
+                                     f"{f' and an {window}x{window} window' if window > 1 else ''}) or it is NaN; "
+                                     f"remove it, or lower val:metrics:{metric}:crop_border"))
     for name, loader in loaders.items():
         pairs = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
         if not pairs or loader.dataset.databases:
