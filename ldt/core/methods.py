@@ -625,7 +625,12 @@ class DeployedEMA(Method):
                 trains = self.original_flags.get(aliases.get(key, ""), False)
                 (averaged if trains else self.copied).append((target, source))
         self.average = EMAPlan([t for t, _ in averaged], [s for _, s in averaged], [self.decay] * len(averaged))
-        self.sources = [(key, live[key]) for key in live]
+        self.pairs = averaged + self.copied
+        # Module.to moves a parameter in place but replaces a buffer by a new tensor: where each buffer lives, to
+        # see that it was replaced without building the deployed state dict every step.
+        homes = {id(buffer): (module, name) for module in self.model.modules()
+                 for name, buffer in module._buffers.items() if buffer is not None}
+        self.buffers = [(*homes[id(source)], source) for _, source in self.copied if id(source) in homes]
 
     def _follow_sources(self) -> None:
         """Move the EMA to the device and dtype of the tensors it follows (after ``Module.to``), keeping ties."""
@@ -643,11 +648,9 @@ class DeployedEMA(Method):
     @torch.no_grad()
     def step(self) -> None:
         self.inner.step()
-        # Every tensor, not one: moving a single submodule (``model.head.to(...)``) must move its EMA too. A move
-        # changes a parameter's device/dtype in place but replaces a buffer by a new tensor, so both are looked for.
-        live = self.inner.deployed_tensors()
-        if any(live[key] is not source or (self.ema[key].device, self.ema[key].dtype) != (source.device, source.dtype)
-               for key, source in self.sources):
+        # Every tensor, not one: moving a single submodule (``model.head.to(...)``) must move its EMA too.
+        if any((target.device, target.dtype) != (source.device, source.dtype) for target, source in self.pairs) or \
+                any(module._buffers.get(name) is not source for module, name, source in self.buffers):
             self._follow_sources()
         self.average.apply()
         for target, source in self.copied:
