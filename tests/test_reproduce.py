@@ -73,6 +73,13 @@ def test_rerun_trains_nothing(sweep, monkeypatch):
     assert (sweep["out"] / "results.jsonl").read_bytes() == before
 
 
+def collect(sweep, out) -> int:
+    """``scripts/reproduce.py ... --collect`` with the sweep fixture's arguments (the data given as a path)."""
+    return rp.main(["--table", "1", "--data", str(sweep["data"]), "--arch", "safmn_tiny", "--seeds", "2",
+                    "--iters", "4", "--batch-size", "2", "--gt-size", "32", "--probe-batches", "2", "--val-freq", "2",
+                    "--out", str(out), "--collect"])
+
+
 def test_tables_are_regenerated_from_the_records_alone(sweep, monkeypatch):
     forbid_training(monkeypatch)
     out = sweep["out"]
@@ -80,9 +87,7 @@ def test_tables_are_regenerated_from_the_records_alone(sweep, monkeypatch):
     for name in before:
         (out / name).unlink()
     # The CLI with --collect and the data given as a path (the same root as 'synthetic_tiny' under the datasets dir).
-    code = rp.main(["--table", "1", "--data", str(sweep["data"]), "--arch", "safmn_tiny", "--seeds", "2",
-                    "--iters", "4", "--batch-size", "2", "--gt-size", "32", "--probe-batches", "2", "--val-freq", "2",
-                    "--out", str(out), "--collect"])
+    code = collect(sweep, out)
     assert code == 0
     assert {name: (out / name).read_text() for name in before} == before
     assert len(lines(out / "results.jsonl")) == 6
@@ -97,9 +102,7 @@ def test_a_record_edited_by_hand_is_skipped_with_its_line_and_the_rest_tabulates
     records = [json.loads(line) for line in lines(out / "results.jsonl")]
     edit(records[0])
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    code = rp.main(["--table", "1", "--data", str(sweep["data"]), "--arch", "safmn_tiny", "--seeds", "2",
-                    "--iters", "4", "--batch-size", "2", "--gt-size", "32", "--probe-batches", "2", "--val-freq", "2",
-                    "--out", str(out), "--collect"])
+    code = collect(sweep, out)
     assert code == 0
     with pytest.warns(UserWarning, match=rf"results.jsonl:1: a record the table cannot read"):
         rp.collect_results(out, planned(sweep))
