@@ -17,7 +17,9 @@ import os
 import signal
 import sys
 import threading
-from argparse import Namespace
+import time
+import warnings
+from argparse import ArgumentParser, Namespace
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol, Sequence
@@ -27,9 +29,9 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldt.atomic import DiskError, check_room
+from ldt.atomic import DiskError, atomic_torch_save, check_room
 from ldt.cli import device_problem, original_error, show_traceback
-from ldt.core import Method, MethodConfig, method_class, run_identity
+from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
 from ldt.sweep import RESULTS_FILE, PlannedRun, Records, run_hash, run_pending, stale_weights, sweep_lock
@@ -82,6 +84,27 @@ def check_device(device: str) -> str:
     if problem:
         raise ValueError(f"--device {device}: {problem}")
     return device
+
+
+DEFAULT_STATE_MINUTES = 10.0
+
+
+def add_runtime_flags(parser: ArgumentParser) -> None:
+    """The flags of where and how a sweep runs (not part of any run's identity), the same in both runners."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on CUDA)")
+    parser.add_argument("--state-minutes", type=float, default=DEFAULT_STATE_MINUTES, metavar="M",
+                        help="save the run in progress (OUT/states/) at a selection point once M minutes have passed "
+                             f"since its last save, and always when stopped; 0: at every selection point "
+                             f"[{DEFAULT_STATE_MINUTES:g}]")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def check_state_minutes(minutes: float) -> float:
+    """``--state-minutes``: a finite number of minutes, 0 or more."""
+    if not (math.isfinite(minutes) and minutes >= 0):
+        raise ValueError(f"--state-minutes must be 0 or more minutes, got {minutes}")
+    return minutes
 
 
 def check_workers(workers: int | None) -> int | None:
@@ -168,28 +191,164 @@ class Selection:
     history: list[dict] = field(default_factory=list)
 
 
+class ResumableStream:
+    """Endless batches that count how many were drawn, so that a run state can say where the data stream stood and
+    a resumed run can rebuild it there: ``make(start)`` yields the batches from position ``start`` on, the same ones
+    an unbroken stream would."""
+
+    def __init__(self, make: Callable[[int], Iterator], start: int = 0) -> None:
+        self.drawn = start
+        self._batches = make(start)
+
+    def __iter__(self) -> "ResumableStream":
+        return self
+
+    def __next__(self):
+        batch = next(self._batches)
+        self.drawn += 1
+        return batch
+
+
+RUN_STATE_FORMAT = "ldt.runner.state/1"
+STATES_FOLDER = "states"
+
+
+class RunState:
+    """The training state of a run in progress, ``OUT/states/<run hash>.pt``: written (atomically) after each
+    selection point and when SIGTERM / SIGINT stops the run, read when the sweep reruns it (so it continues where it
+    stood rather than training again), deleted once the run's record is written. It holds the method's state (both
+    branches, the exchange schedule, the partition), the optimizers, the selection so far, the random-number state
+    and the position in the data stream. A file that cannot be read, or is not this run's, is ignored with a warning:
+    the run starts afresh (and overwrites it)."""
+
+    def __init__(self, path: str | Path, digest: str, every_s: float = 0.0) -> None:
+        self.path, self.digest, self.every_s = Path(path), digest, every_s
+        self.saved: dict | None = self._read()
+        self._last = time.monotonic()
+
+    def _read(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            problem = None if isinstance(saved, dict) and saved.get("format") == RUN_STATE_FORMAT else \
+                "not a run state"
+            if problem is None and saved.get("run") != self.digest:
+                problem = f"the state of run {saved.get('run')}, not of {self.digest}"
+        except Exception as err:  # truncated, foreign, or written by an incompatible version
+            problem = " ".join(str(err).split())[:200] or type(err).__name__
+        if problem is None:
+            return saved
+        warnings.warn(f"{self.path}: {problem}; the run starts afresh", stacklevel=3)
+        return None
+
+    @property
+    def partition(self) -> Partition | None:
+        """The partition the saved run was trained with (None: no state, or a method without one)."""
+        saved = (self.saved or {}).get("partition")
+        return Partition.from_dict(saved) if saved else None
+
+    @property
+    def position(self) -> int:
+        """Batches of the data stream the saved run had drawn (warm-up and probe included); 0 without a state."""
+        return (self.saved or {}).get("position", 0)
+
+    @property
+    def elapsed(self) -> dict[str, float]:
+        """Seconds the saved run had spent, by what the run timed (``wall``, ``train``); empty without a state."""
+        return dict((self.saved or {}).get("elapsed", {}))
+
+    def due(self) -> bool:
+        """Whether ``every_s`` seconds have passed since the last save (or since the run started)."""
+        return time.monotonic() - self._last >= self.every_s
+
+    def save(self, state: dict) -> None:
+        atomic_torch_save({"format": RUN_STATE_FORMAT, "run": self.digest, **state}, self.path)
+        self._last = time.monotonic()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def resumed_method(method: Method, state: RunState | None) -> Method:
+    """``method`` (prepared with ``partition=state.partition, resuming=state.saved is not None``) with the saved
+    run's weights and exchange schedule loaded."""
+    if state is not None and state.saved is not None:
+        method.load_state_dict(state.saved["method"])
+    return method
+
+
+def _rng_state() -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []}
+
+
+def _set_rng_state(saved: dict) -> None:
+    torch.set_rng_state(saved["cpu"])
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
 def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps: int, eval_every: int, lr: float,
                      weight_decay: float, validate: Callable[[nn.Module], tuple[float, dict]], evaluator: nn.Module,
-                     progress: bool = False, desc: str = "train") -> Selection:
+                     progress: bool = False, desc: str = "train", state: RunState | None = None,
+                     elapsed: Callable[[], dict[str, float]] = dict) -> Selection:
     """Train ``steps`` steps (Adam per branch); every ``eval_every`` steps and at the end, load the deployed network
     into ``evaluator`` and keep it if ``validate`` scores it higher than every earlier one (ties keep the earlier).
 
     ``validate(network) -> (score, details)`` must read only training-domain data: this loop is what selects.
+    With a :class:`RunState` (``stream`` then a :class:`ResumableStream`) the loop saves its state after a
+    selection point when :meth:`RunState.due`, and when stopped (a stop that arrives during a step takes effect after
+    it), with the seconds ``elapsed()`` reports, and continues a saved state: on the CPU with in-process data loading
+    bit for bit.
     """
-    best = Selection()
     optimizers = [torch.optim.Adam(branch.parameters, lr=lr, weight_decay=weight_decay) for branch in method.branches()]
-    bar = tqdm(range(1, steps + 1), desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        method.train_step(next(stream), loss_fn, optimizers)
-        if step % eval_every and step != steps:
-            continue
-        state = method.deployed_state_dict()
-        evaluator.load_state_dict(state)
-        score, details = validate(evaluator)
-        best.history.append({"step": step, "score": score, **details})
-        if score > best.score:
-            best.state, best.step, best.score, best.details = state, step, score, details
-        bar.set_postfix(heldout=f"{score:.3f}", best=f"{best.score:.3f}@{best.step}")
+    saved = state.saved if state is not None else None
+    best, step, checked = Selection(), 0, 0
+    if saved is not None:
+        for optimizer, optimizer_state in zip(optimizers, saved["optimizers"], strict=True):
+            optimizer.load_state_dict(optimizer_state)
+        best = Selection(**saved["selection"])
+        step, checked = saved["step"], saved["checked"]
+        _set_rng_state(saved["rng"])
+    position = getattr(stream, "drawn", 0)
+
+    def save() -> None:
+        state.save({"step": step, "checked": checked, "position": position, "elapsed": elapsed(),
+                    "method": method.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                    "partition": method.partition.to_dict() if method.partition is not None else None,
+                    "selection": vars(best), "rng": _rng_state()})
+
+    bar = tqdm(total=steps, initial=step, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    try:
+        while True:
+            if step and (step % eval_every == 0 or step == steps) and checked < step:
+                deployed = method.deployed_state_dict()
+                evaluator.load_state_dict(deployed)
+                score, details = validate(evaluator)
+                best.history.append({"step": step, "score": score, **details})
+                if score > best.score:
+                    best.state, best.step, best.score, best.details = deployed, step, score, details
+                checked = step
+                bar.set_postfix(heldout=f"{score:.3f}", best=f"{best.score:.3f}@{best.step}")
+                if state is not None and state.due():
+                    save()
+            if step == steps:
+                break
+            batch = next(stream)
+            with whole_step():
+                method.train_step(batch, loss_fn, optimizers)
+                step, position = step + 1, getattr(stream, "drawn", 0)
+            bar.update(1)
+    except Stopped:
+        if state is not None:
+            try:
+                save()
+            except DiskError as err:
+                print(f"the run state could not be saved ({err}): the run will start afresh", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
     return best
 
 
@@ -217,10 +376,12 @@ def fingerprints(configs: Sequence[RunnerConfig]) -> dict[str, str]:
 
 
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,
-          progress: bool, tabulate: Callable[[Path], str]) -> int:
+          progress: bool, tabulate: Callable[[Path], str], state_minutes: float = DEFAULT_STATE_MINUTES) -> int:
     """Run every configuration that has no record in ``out`` yet (by options hash; so a rerun resumes), then
-    recompute and print the tables. ``run(config, device=, workers=, progress=)`` returns a run's record, to which
-    the sweep adds the weights' fingerprint; data loader workers default to 4 on CUDA and 0 (in-process) on CPU.
+    recompute and print the tables. ``run(config, device=, workers=, progress=, state=)`` returns a run's record, to
+    which the sweep adds the weights' fingerprint; ``state`` is the run's :class:`RunState` (a run stopped midway
+    continues from it; it is saved at a selection point once ``state_minutes`` have passed since its last save, and
+    when stopped). Data loader workers default to 4 on CUDA and 0 (in-process) on CPU.
 
     Bad input found only inside a run (a broken data file, a full disk) raises :class:`RunFailed`, one line naming
     the run; the records of the runs before it are kept.
@@ -232,16 +393,28 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     if stale:
         raise ValueError(stale)
 
-    def execute(config: RunnerConfig) -> dict:
+    def state_file(digest: str) -> Path:
+        return out / STATES_FOLDER / f"{digest}.pt"
+
+    def execute(config: RunnerConfig, digest: str) -> dict:
+        state = RunState(state_file(digest), digest, every_s=60.0 * state_minutes)
+        if state.saved is not None:
+            print(f"run {config.describe()}: resuming at step {state.saved['step']} from {state.path}", flush=True)
         try:
-            record = run(config, device=device, workers=workers, progress=progress)
+            record = run(config, device=device, workers=workers, progress=progress, state=state)
         except RUN_INPUT_ERRORS as err:
             raise RunFailed(f"run {config.describe()}: {one_line(err)}") from err  # the cause for LDT_TRACEBACK
         return {**record, **({"weights_fingerprint": now[config.weights]} if config.weights else {})}
 
-    planned = [PlannedRun(run_hash(c.hparams()), c.describe(), lambda c=c: execute(c)) for c in configs]
+    planned = []
+    for config in configs:
+        digest = run_hash(config.hparams())
+        planned.append(PlannedRun(digest, config.describe(), lambda c=config, d=digest: execute(c, d),
+                                  recorded=lambda d=digest: state_file(d).unlink(missing_ok=True)))
     digests = set(p.digest for p in planned)
     done = set(records.by_hash())
+    for digest in digests & done:  # a sweep killed between a record and the removal of its state
+        state_file(digest).unlink(missing_ok=True)
     print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
           flush=True)
     run_pending(planned, records, progress=progress, desc="sweep")
@@ -251,6 +424,7 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_held: list[int] | None = None  # inside whole_step(): the stop signals that arrived, acted on when it ends
 
 
 class Stopped(BaseException):
@@ -279,6 +453,9 @@ def stop_on_signal() -> Iterator[None]:
             raise KeyboardInterrupt
         for number in STOP_SIGNALS:
             signal.signal(number, signal.SIG_DFL)
+        if _held is not None:
+            _held.append(signum)
+            return
         raise Stopped(signum)
 
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
@@ -290,6 +467,20 @@ def stop_on_signal() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def whole_step() -> Iterator[None]:
+    """Under :func:`stop_on_signal`, a stop that arrives inside the block raises :class:`Stopped` when the block ends,
+    not in its middle: a training step is never cut in half, so the state saved on a stop is a whole step's."""
+    global _held
+    outer, _held = _held, ([] if _held is None else _held)
+    try:
+        yield
+    finally:
+        held, _held = _held, outer
+    if outer is None and held:
+        raise Stopped(held[0])
 
 
 def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfig]]], run: Callable[..., dict],
@@ -321,10 +512,11 @@ def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConf
     try:
         check_device(args.device)
         check_workers(args.workers)
+        minutes = check_state_minutes(getattr(args, "state_minutes", DEFAULT_STATE_MINUTES))
         out, configs = prepare()
         with sweep_lock(check_room(out)):  # a DiskError now, not after the first run has trained
             return sweep(configs, out, run, device=args.device, workers=args.workers, progress=args.progress,
-                         tabulate=tabulate)
+                         tabulate=tabulate, state_minutes=minutes)
     except (ValueError, OSError, DiskError) as err:  # data, weights and option errors are ValueErrors; missing
         show_traceback(err)  # files OSErrors; unwritable --out a DiskError
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -144,11 +144,13 @@ class Records:
 
 @dataclass
 class PlannedRun:
-    """One run of a sweep: its identity, a label for progress and messages, and how to run it (-> its record)."""
+    """One run of a sweep: its identity, a label for progress and messages, how to run it (-> its record), and what
+    to do once its record is written (e.g. delete the run's training state)."""
 
     digest: str
     label: str
     execute: Callable[[], dict]
+    recorded: Callable[[], None] = lambda: None  # called once the run's record is written
 
 
 def stale_weights(records: Records, runs: Iterable[tuple[str, str | None]], now: Mapping[str, str]) -> str | None:
@@ -187,6 +189,7 @@ def run_pending(runs: Sequence[PlannedRun], records: Records, *, progress: bool 
             records.append({**record, "options_hash": run.digest})
         except DiskError as err:  # the run trained: say which one is not recorded, and where
             raise DiskError(f"run {run.label} finished but its record was not written: {err}") from None
+        run.recorded()
         bar.update(1)
     bar.close()
     return len(pending), len(unique) - len(pending)

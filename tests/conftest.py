@@ -72,3 +72,58 @@ def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen:
                                cwd=Path(__file__).resolve().parents[1])
     assert process.stdout.readline().strip() == "held"
     return process
+
+
+@pytest.fixture
+def default_sigint():
+    """A pytest started in the background inherits SIGINT ignored, which the runner leaves ignored."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def stop_and_resume(out: Path, config, run, monkeypatch, stop_at: int) -> tuple[dict, str, int]:
+    """Sweep the one ``config`` into ``out``, stopped by SIGTERM when its data stream has drawn ``stop_at`` batches,
+    then rerun the sweep: returns the record, what the rerun printed and how many batches it drew (exit statuses and
+    the state file's life are checked here). The stop arrives while a batch is fetched, between two steps."""
+    import os
+    import signal
+    from argparse import Namespace
+
+    from ldt import runner
+    from ldt.sweep import RESULTS_FILE, Records, run_hash
+
+    args = Namespace(collect=None, device="cpu", workers=None, progress=False)
+    original = runner.ResumableStream.__next__
+
+    def stop_midway(stream):
+        if stream.drawn == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(stream)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background pytest ignores it
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(runner.ResumableStream, "__next__", stop_midway)
+            assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 128 + signal.SIGTERM
+        state = out / runner.STATES_FOLDER / f"{run_hash(config.hparams())}.pt"
+        assert state.exists() and not Records(out / RESULTS_FILE).all()
+        import contextlib
+        import io
+
+        printed, drawn = io.StringIO(), []
+
+        def count(stream):
+            drawn.append(stream.drawn)
+            return original(stream)
+
+        with contextlib.redirect_stdout(printed), monkeypatch.context() as patch:
+            patch.setattr(runner.ResumableStream, "__next__", count)
+            assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not state.exists()  # deleted once the record is written
+    [record] = Records(out / RESULTS_FILE).all()
+    return record, printed.getvalue(), len(drawn)

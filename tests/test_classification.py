@@ -43,6 +43,7 @@ from ldt.classification.train import make_method
 from ldt.core import match_parameters
 from ldt.sweep import RESULTS_FILE as RESULTS
 from ldt.sweep import Stat, run_hash
+from tests.conftest import stop_and_resume
 
 
 def load_records(out) -> list[dict]:
@@ -603,3 +604,16 @@ def test_tables_skip_foreign_records_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS}:2: a record without 'dataset'"):
         assert "| resnet50 | ft | 1 | 50.00 | 50.00 |" in write_tables(tmp_path)
     assert main(["--collect", str(tmp_path)]) == 0
+
+
+# ---- a run stopped midway ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", [pytest.param("lpft", marks=pytest.mark.slow), "ldt_dpu"])
+def test_a_stopped_run_resumes_from_its_state_to_the_same_record(toy, tmp_path, monkeypatch, method):
+    """SIGTERM after 3 of 6 training steps (2 warm-up and 3 probe batches drawn before them); the rerun neither warms
+    up nor probes again and gives the uninterrupted run's record."""
+    config = fast_config(toy, method=method, steps=6)
+    straight = run(config)
+    record, printed, drawn = stop_and_resume(tmp_path, config, run, monkeypatch, stop_at=2 + 3 * (method != "lpft") + 3)
+    assert f"resuming at step 3 from {tmp_path}" in printed and drawn == 3
+    for key in ("test_accuracy", "holdout_accuracy", "holdout_per_domain", "selected_step", "history", "partition"):
+        assert record[key] == straight[key], key

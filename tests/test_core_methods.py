@@ -435,3 +435,15 @@ def test_a_short_probe_loader_is_a_warning(caplog):
     assert stats.num_batches == 3
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == ["the probe loader ended after 3 of the 10 batches asked for: the scores use 3"]
+
+
+def test_resuming_runs_no_warm_up_or_probe_and_needs_the_partition_of_a_probed_method(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("a resumed method takes the warm-up's and the probe's results from its state")
+
+    monkeypatch.setattr("ldt.core.methods.warmup", never)
+    monkeypatch.setattr("ldt.core.methods.probe_gradients", never)
+    lpft = MethodConfig(method="lpft", warmup={"steps": 2}, head_patterns=[r"^4\."])
+    assert prepare_method(mlp(), lpft, resuming=True).partition is None
+    with pytest.raises(MethodError, match="^partition: resuming ldt_dpu needs the partition it was trained with$"):
+        prepare_method(mlp(), MethodConfig(method="ldt_dpu"), batches=data(), loss_fn=mse, resuming=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import os
+import signal
 from argparse import Namespace
 
 import pytest
@@ -81,3 +84,90 @@ def test_a_bad_plan_is_one_line_and_exit_2_before_any_run(capsys):
     args = Namespace(collect=None, device="cpu", workers=None, progress=False)
     assert runner.main(args, prepare, run, lambda folder: "") == 2
     assert capsys.readouterr().err == "error: --data nowhere does not exist\n"
+
+
+# ---- run states: a run stopped midway continues exactly ------------------------------------------------------------
+def noisy_batches(start: int):
+    """Batch i is fixed by i, plus noise from the global random numbers (as in-process augmentation draws)."""
+    for i in itertools.count(start):
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(i))
+        yield x + 0.1 * torch.randn_like(x), x.sum(1, keepdim=True)
+
+
+def mlp_loss(network, batch):
+    return nn.functional.mse_loss(network(batch[0]), batch[1])
+
+
+def train_mlp(state=None, stop=lambda where, count: False, steps=9):
+    """LDT+DPU on a small MLP with global-RNG noise in its batches and dropout: a resume must restore the branches,
+    the exchange schedule, both optimizers, the selection, the random numbers and the stream position."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    stream = runner.ResumableStream(noisy_batches, state.position if state else 0)
+    counts = {"step": 0, "validate": 0}
+
+    def loss_fn(network, batch):  # a dual-branch step calls it twice: call 9 is step 5's primary
+        counts["step"] += 1
+        if stop("step", counts["step"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return mlp_loss(network, batch)
+
+    config = runner.method_config("ldt_dpu", **{**FLAGS, "warmup_steps": 0, "interval": 2})
+    method = runner.resumed_method(prepare_method(
+        model, config, batches=stream, loss_fn=mlp_loss, log=lambda _: None,
+        partition=state.partition if state else None, resuming=state is not None and state.saved is not None,
+    ), state)
+
+    def validate(network):
+        counts["validate"] += 1
+        if stop("validate", counts["validate"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+        network.eval()
+        with torch.no_grad():
+            return -float(mlp_loss(network, next(noisy_batches(1000)))), {}
+
+    with runner.stop_on_signal():
+        best = runner.train_and_select(method, stream, loss_fn, steps=steps, eval_every=3, lr=1e-2, weight_decay=0.0,
+                                       validate=validate, evaluator=copy.deepcopy(model), state=state)
+    return best, method.state_dict()
+
+
+def assert_same_run(a, b):
+    (best_a, final_a), (best_b, final_b) = a, b
+    assert best_a.history == best_b.history and (best_a.step, best_a.score) == (best_b.step, best_b.score)
+    assert all(torch.equal(best_a.state[k], best_b.state[k]) for k in best_a.state)
+    flat_a, flat_b = dict(_tensors(final_a)), dict(_tensors(final_b))
+    assert flat_a.keys() == flat_b.keys() and all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a)
+
+
+def _tensors(tree, prefix=""):
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{prefix}.{key}")
+
+
+@pytest.mark.parametrize("where, count, saved_step", [("step", 9, 5), ("validate", 2, 6)])
+def test_a_run_stopped_in_a_step_or_in_validation_continues_bit_identically(tmp_path, default_sigint, where, count,
+                                                                              saved_step):
+    """A stop inside a training step takes effect after it (the state is a whole step's); one during validation at
+    once, and the resumed run validates that step first."""
+    straight = train_mlp(runner.RunState(tmp_path / "straight.pt", "straight"))
+    state = runner.RunState(tmp_path / "run.pt", "run")
+    with pytest.raises(runner.Stopped):
+        train_mlp(state, stop=lambda w, c: (w, c) == (where, count))
+    resumed = runner.RunState(tmp_path / "run.pt", "run")
+    assert resumed.saved["step"] == saved_step
+    assert resumed.saved["checked"] == 3  # step 6's validation was cut short: it is redone
+    assert_same_run(train_mlp(resumed), straight)
+    assert_same_run(straight, train_mlp())  # and saving states changes nothing
+
+
+def test_a_run_state_of_another_run_or_unreadable_starts_afresh_with_a_warning(tmp_path):
+    train_mlp(runner.RunState(tmp_path / "a.pt", "a"), steps=3)
+    with pytest.warns(UserWarning, match="the state of run a, not of b; the run starts afresh"):
+        assert runner.RunState(tmp_path / "a.pt", "b").saved is None
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:100])
+    with pytest.warns(UserWarning, match="cut.pt: .*; the run starts afresh"):
+        assert runner.RunState(tmp_path / "cut.pt", "a").saved is None

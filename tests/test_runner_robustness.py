@@ -195,7 +195,9 @@ def test_a_record_edited_to_a_value_the_table_cannot_read_is_skipped_with_a_warn
     assert files == {"t.md": "3.0"} and (tmp_path / "t.md").read_text() == "3.0"
 
 # ---- 5. and 8. flags both runners share ----------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value, flag", [("device", "foo", "--device foo"), ("workers", -1, "--workers")])
+@pytest.mark.parametrize("field, value, flag", [("device", "foo", "--device foo"), ("workers", -1, "--workers"),
+                                                ("state_minutes", -1.0, "--state-minutes"),
+                                                ("state_minutes", float("nan"), "--state-minutes")])
 def test_device_and_workers_are_checked_before_planning(tmp_path, capsys, field, value, flag):
     args = Namespace(**{**vars(ARGS), field: value})
     assert runner.main(args, no_run, no_run, lambda folder: "") == 2
@@ -269,11 +271,8 @@ def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_p
 
 # ---- signals: SIGTERM (preemption) and Ctrl-C end a sweep in one line ------------------------------------------------
 @pytest.fixture(autouse=True)
-def default_sigint():
-    """A pytest started in the background inherits SIGINT ignored, which the runner leaves ignored."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+def _sigint(default_sigint):
     yield
-    signal.signal(signal.SIGINT, previous)
 
 
 class Slow(Dataset):
@@ -329,3 +328,15 @@ def test_a_signal_during_a_record_append_leaves_no_partial_line(tmp_path, monkey
     with pytest.raises(runner.Stopped), runner.stop_on_signal():
         records.append({"options_hash": "b", "value": 2})
     assert records.path.read_bytes() == before
+
+
+def test_the_state_of_a_run_already_recorded_is_deleted(tmp_path):
+    """A sweep killed between a run's record and the removal of its state leaves the state behind."""
+    assert sweep_main(tmp_path, [FakeConfig(0)]) == 0
+    left = tmp_path / runner.STATES_FOLDER / f"{run_hash(FakeConfig(0).hparams())}.pt"
+    left.parent.mkdir()
+    left.write_bytes(b"x")
+    kept = left.with_name("another-sweeps-run.pt")
+    kept.write_bytes(b"y")
+    assert sweep_main(tmp_path, [FakeConfig(0)], no_run) == 0
+    assert not left.exists() and kept.exists()

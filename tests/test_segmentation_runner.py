@@ -29,6 +29,7 @@ from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrai
 from ldt.segmentation.records import build_table, class_csv, sweep_records, to_csv, to_markdown
 from ldt.segmentation.train import METHODS, Domain, RunConfig, holdout_splits, run, scan_domains
 from ldt.sweep import RESULTS_FILE, Stat
+from tests.conftest import stop_and_resume
 
 TINY = GeneratedConfig(height=32, width=64, train_per_domain=6, val_per_domain=2, pretrain_train=4, pretrain_val=2,
                        domains=("clean", "fog", "night"))
@@ -409,3 +410,21 @@ def test_tables_skip_a_classification_record_with_a_warning(tmp_path):
     (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS_FILE}:2: a record without 'sources'"):
         assert "| resnet50 | FT | 1 | 10.00 | 10.00 |" in write_tables(tmp_path)
+
+
+# ---- a run stopped midway ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, workers", [("ldt_dpu", 0), pytest.param("ft_ema", 2, marks=pytest.mark.slow)])
+def test_a_stopped_run_resumes_from_its_state_to_the_same_record(tiny, tmp_path, monkeypatch, method, workers):
+    """SIGTERM after 3 of 6 training steps; the rerun continues the saved state and gives the uninterrupted run's
+    record (the crops are seeded by position: the same with loader processes too)."""
+    config = fast_config(tiny, method=method, steps=6)
+    straight = run(config, workers=workers)
+
+    def run_with_workers(config, **kwargs):
+        return run(config, **{**kwargs, "workers": workers})
+
+    before = 2 + 2 if method == "ldt_dpu" else 0  # warm-up and probe batches
+    record, printed, drawn = stop_and_resume(tmp_path, config, run_with_workers, monkeypatch, stop_at=before + 3)
+    assert f"resuming at step 3 from {tmp_path}" in printed and drawn == 3
+    for key in ("target_results", "holdout_miou", "holdout_per_domain", "selected_step", "history", "partition"):
+        assert record[key] == straight[key], key

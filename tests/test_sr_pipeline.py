@@ -108,7 +108,7 @@ def test_plain_basicsr_srmodel_loads_the_checkpoint(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["ft", "lpft", "deft", "ldt", "ldt_s"])
-def test_resume_continues_bit_identically(method, data_root, tmp_path):
+def test_resume_continues_bit_identically(method, data_root, tmp_path, monkeypatch):
     """LP-FT's warm-up and LDT's probe run once: a resumed run takes their results from the state."""
     warm = {"ldt": {**tiny_options(data_root, "x")["ldt"], "method": method, "warmup": {"steps": 2}}}
     extra = warm if method == "lpft" else {}
@@ -118,6 +118,12 @@ def test_resume_continues_bit_identically(method, data_root, tmp_path):
     first = tiny_options(data_root, f"resumed_{method}", method, train={**straight["train"], "total_iter": 3}, **extra)
     run_training(first, tmp_path)
     second = tiny_options(data_root, f"resumed_{method}", method, **extra)
+
+    def not_on_resume(*args, **kwargs):
+        raise AssertionError("a resumed run takes the warm-up's and the probe's results from its state")
+
+    monkeypatch.setattr("ldt.core.methods.warmup", not_on_resume)
+    monkeypatch.setattr("ldt.core.methods.probe_gradients", not_on_resume)
     run_training(second, tmp_path, auto_resume=True)
     a, b = final_params(tmp_path, f"straight_{method}"), final_params(tmp_path, f"resumed_{method}")
     for key in a:

@@ -13,8 +13,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
 from ldt import runner
 from ldt.classification.data import scan_domains, split_holdout
 from ldt.classification.models import BACKBONES, build_model
@@ -65,9 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         kind = float if "float" in str(kinds[name]) else int
         shown = "" if defaults[name] is None else f" [{defaults[name]}]"
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name], help=text + shown)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on CUDA)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    runner.add_runtime_flags(parser)
     return parser.parse_args(argv)
 
 

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -173,15 +173,38 @@ def image_transform(size: int, augment: bool) -> transforms.Compose:
     return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+class ShuffledEpochs(Sampler[int]):
+    """Endless shuffled passes over ``range(size)``: the indices ``RandomSampler(num_samples=sys.maxsize)`` draws
+    with a generator seeded ``seed``, from position ``start`` on (where a resumed run's stream stood), found without
+    drawing the samples before it."""
+
+    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+        self.size, self.seed, self.start = size, seed, start
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        passes, offset = divmod(self.start, self.size)
+        for _ in range(passes):
+            torch.randperm(self.size, generator=generator)
+        while True:
+            yield from torch.randperm(self.size, generator=generator).tolist()[offset:]
+            offset = 0
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+
 def training_stream(
-    parts: list[Dataset], batch_size: int, seed: int, *, workers: int = 0, pin_memory: bool = False
+    parts: list[Dataset], batch_size: int, seed: int, *, workers: int = 0, pin_memory: bool = False, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches: ``batch_size`` images of every training domain (shuffled epochs, seeded), concatenated."""
+    """Endless batches: ``batch_size`` images of every training domain (shuffled epochs, seeded), concatenated;
+    ``start`` batches in (a resumed run: the same order, and with in-process loading the same augmentations once the
+    random-number state is restored; loader processes restart their random streams)."""
     loaders = [
         DataLoader(
             part,
             batch_size=batch_size,
-            sampler=RandomSampler(part, num_samples=sys.maxsize, generator=torch.Generator().manual_seed(seed * 1000 + i)),
+            sampler=ShuffledEpochs(len(part), seed * 1000 + i, start * batch_size),
             num_workers=workers,
             pin_memory=pin_memory,
             drop_last=True,

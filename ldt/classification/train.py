@@ -26,7 +26,7 @@ from torch import nn
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
 from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, check_image_size, head_patterns
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import check_training, method_config, run_hparams, train_and_select
+from ldt.runner import RunState, ResumableStream, check_training, method_config, resumed_method, run_hparams, train_and_select
 from ldt.sweep import run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
@@ -116,13 +116,15 @@ def frozen_backbone_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return cross_entropy(model, batch)
 
 
-def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, progress: bool = False) -> tuple[Method, dict | None]:
-    """The method ``config.method``, prepared (warm-up of the random head, probe, partition) on the training stream;
-    returns it with a summary of its partition."""
-    method = prepare_method(
+def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, progress: bool = False,
+                state: RunState | None = None) -> tuple[Method, dict | None]:
+    """The method ``config.method``, prepared (warm-up of the random head, probe, partition) on the training stream,
+    or continuing the saved ``state``; returns it with a summary of its partition."""
+    method = resumed_method(prepare_method(
         model, config.method_config(), batches=stream, loss_fn=cross_entropy, warmup_loss_fn=frozen_backbone_loss,
         head_patterns=head_patterns(config.backbone), ema_decay=config.ema_decay, progress=progress, log=lambda _: None,
-    )
+        partition=state.partition if state else None, resuming=state is not None and state.saved is not None,
+    ), state)
     partition = method.partition
     # The unstable group is the interesting (and short) list; the stable one is only counted.
     summary = None if partition is None else {"stable": len(partition.stable), "unstable": partition.unstable,
@@ -161,9 +163,11 @@ def on_device(stream: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int = 0, progress: bool = False) -> dict:
-    """Train, select and test one configuration; returns its record (see :mod:`ldt.classification.records`)."""
-    start = time.time()
+def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
+        state: RunState | None = None) -> dict:
+    """Train, select and test one configuration; returns its record (see :mod:`ldt.classification.records`). With a
+    :class:`ldt.runner.RunState`, the run saves its progress there and continues a saved one."""
+    start = time.time() - (state.elapsed.get("wall", 0.0) if state else 0.0)
     device = torch.device(device)
     dataset = scan_domains(config.data, check_files=False)  # the sweep's plan checked them
     dataset.check_test_domains(config.test_domains)
@@ -172,16 +176,16 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
     torch.manual_seed(config.seed)
     model = build_model(config.backbone, len(dataset.classes), weights=config.weights, image_size=config.image_size).to(device)
     train_parts = [ImageList(train, image_transform(config.image_size, config.augment)) for train, _ in splits.values()]
-    stream = on_device(
-        training_stream(train_parts, config.batch_size, config.seed, workers=workers, pin_memory=device.type == "cuda"), device
-    )
+    stream = ResumableStream(lambda start_at: on_device(training_stream(
+        train_parts, config.batch_size, config.seed, workers=workers, pin_memory=device.type == "cuda", start=start_at,
+    ), device), state.position if state else 0)
     holdout = {d: eval_loader(held, config.image_size, EVAL_BATCH, workers) for d, (_, held) in splits.items()}
-    method, partition = make_method(model, stream, config, progress)
+    method, partition = make_method(model, stream, config, progress, state)
     evaluator = copy.deepcopy(method.model)
     selection = train_and_select(
         method, stream, cross_entropy, steps=config.steps, eval_every=config.eval_every, lr=config.lr,
         weight_decay=config.weight_decay, validate=holdout_validation(holdout, device), evaluator=evaluator,
-        progress=progress, desc=config.describe(),
+        progress=progress, desc=config.describe(), state=state, elapsed=lambda: {"wall": time.time() - start},
     )
     evaluator.load_state_dict(selection.state)
     hparams = config.hparams()

@@ -777,6 +777,7 @@ def prepare_method(
     head_patterns: Sequence[str] | None = None,
     ema_decay: float | None = None,
     partition: Partition | None = None,
+    resuming: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = logger.info,
 ) -> Method:
@@ -787,15 +788,18 @@ def prepare_method(
     ``batches`` is an iterable (one stream for warm-up and probe, consumed in that order) or
     ``batches(purpose, seed)``. ``head_patterns``: the network's head, used when the options name none.
     ``ema_decay`` > 0 deploys an EMA of the method's network (:class:`DeployedEMA`; FT-EMA has one by default).
+    ``resuming``: the caller loads a :meth:`Method.state_dict` next, so no warm-up runs (LP-FT's head warm-up
+    would be overwritten) and a probe-based method must be given the ``partition`` it was trained with.
     Everything that can be checked without data is checked before any batch is read. Parameters that are not
     floating point or have ``requires_grad=False`` now are left out of the method (logged once).
     """
     cls = method_class(config.method)
     config = cls.resolve(config)
     decay = effective_ema_decay(config, ema_decay)
-    warms = partition is None and cls.warmup_rule != "never" and config.warmup.steps > 0
-    probes = partition is None and cls.partition_source == "score" and config.partition_file is None \
+    warms = partition is None and not resuming and cls.warmup_rule != "never" and config.warmup.steps > 0
+    needs_probe = partition is None and cls.partition_source == "score" and config.partition_file is None \
         and config.criterion != "random"
+    probes = needs_probe and not resuming
     left_out = left_out_parameters(model)
     problems = cls.check(config, model, head_patterns)
     if _decay_problem(decay):
@@ -810,6 +814,8 @@ def prepare_method(
             problems.append((where, f"must be callable (model, batch) -> scalar loss, got {type(function).__name__}"))
     if partition is not None and cls.partition_source != "none":
         problems += [("partition", problem) for problem in partition_problems(partition, model, config, left_out)]
+    if resuming and needs_probe:
+        problems.append(("partition", f"resuming {cls.name} needs the partition it was trained with"))
     if problems:
         raise MethodError("; ".join(f"{where}: {message}" for where, message in problems))
     if config.repartition_every:

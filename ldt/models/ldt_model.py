@@ -90,12 +90,13 @@ class LDTModel(BaseModel):
         config = method_options(self.opt)
         self.cri_pix = make_pixel_loss(train_opt["pixel_opt"]).to(self.device)
         self.net_g.train()
-        # Resuming: the state holds the partition (the warm-up's and the probe's result), so neither runs again.
+        # Resuming: the state holds the partition and the warmed-up weights, so neither the warm-up nor the probe runs again.
         resume = self.opt["path"]["resume_state"]
         partition = checkpoints.state_partition(resume) if resume else None
         self.method = prepare_method(
             self.net_g, config, batches=self.batches, loss_fn=self.batch_loss, head_patterns=self.head_patterns(),
-            ema_decay=train_opt["ema_decay"], partition=partition, progress=self.rank0, log=self.logger.info,
+            ema_decay=train_opt["ema_decay"], partition=partition, resuming=bool(resume), progress=self.rank0,
+            log=self.logger.info,
         )
         if self.method.partition is not None:
             p = self.method.partition

@@ -117,9 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, (kind, text) in HYPER.items():
         demo = f"; demo {_shown(DEMO[name])}" if name in DEMO else ""
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} [{_shown(DEFAULTS[name])}{demo}]")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on CUDA)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    runner.add_runtime_flags(parser)
     return parser.parse_args(argv)
 
 

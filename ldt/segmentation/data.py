@@ -305,29 +305,32 @@ class SegmentationDataset(Dataset):
 class TrainingSampler(Sampler[int]):
     """Endless seeded indices for an augmenting :class:`SegmentationDataset`: pass ``p`` visits every sample once,
     in a permutation seeded by (seed, p), as virtual index ``p * size + i``, so each pass gets new augmentations and
-    the stream does not depend on the number of loader workers."""
+    the stream does not depend on the number of loader workers. ``start``: the position to begin at (where a resumed
+    run's stream stood)."""
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, start: int = 0) -> None:
         if size < 1:
             raise ValueError(f"TrainingSampler needs at least one sample, got {size}")
-        self.size, self.seed = size, seed
+        self.size, self.seed, self.start = size, seed, start
 
     def __iter__(self) -> Iterator[int]:
-        for epoch in range(sys.maxsize):
-            for i in np.random.default_rng([self.seed, epoch]).permutation(self.size):
+        first, offset = divmod(self.start, self.size)
+        for epoch in range(first, sys.maxsize):
+            for i in np.random.default_rng([self.seed, epoch]).permutation(self.size)[offset:]:
                 yield epoch * self.size + int(i)
+            offset = 0
 
     def __len__(self) -> int:
         return sys.maxsize
 
 
 def training_loader(dataset: SegmentationDataset, batch_size: int, seed: int, *, workers: int = 0,
-                    pin_memory: bool = False) -> DataLoader:
-    """Endless batches of augmented crops in the seeded order of :class:`TrainingSampler`."""
+                    pin_memory: bool = False, start: int = 0) -> DataLoader:
+    """Endless batches of augmented crops in the seeded order of :class:`TrainingSampler`, ``start`` batches in."""
     if dataset.augment is None:
         raise ValueError("training_loader needs a dataset with augment=Augment(...) (equal-sized crops)")
-    return DataLoader(dataset, batch_size=batch_size, sampler=TrainingSampler(len(dataset), seed), num_workers=workers,
-                      pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=TrainingSampler(len(dataset), seed, start * batch_size),
+                      num_workers=workers, pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0)
 
 
 def eval_loader(dataset: SegmentationDataset, *, workers: int = 0) -> DataLoader:

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, method_class, prepare_method
-from ldt.runner import FLAG_NAMES, check_training, method_config, run_hparams, train_and_select
+from ldt.runner import (FLAG_NAMES, ResumableStream, RunState, check_training, method_config, resumed_method, run_hparams,
+                        train_and_select)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
     LAYOUTS, Augment, SegmentationDataset, SegmentationSplit, eval_loader, scan_split, split_holdout, training_loader,
@@ -217,14 +218,16 @@ def frozen_backbone_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return pixel_cross_entropy(model, batch)
 
 
-def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, progress: bool = False) -> tuple[Method, dict | None]:
-    """The method ``config.method``, prepared on the training stream (head warm-up, probe, partition); returns it
-    with a summary of its partition (tensors per group and part of the network: backbone / aspp / decoder / ...)."""
-    method = prepare_method(
+def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, progress: bool = False,
+                state: RunState | None = None) -> tuple[Method, dict | None]:
+    """The method ``config.method``, prepared on the training stream (head warm-up, probe, partition) or continuing
+    the saved ``state``; returns it with a summary of its partition (tensors per group and part of the network:
+    backbone / aspp / decoder / ...)."""
+    method = resumed_method(prepare_method(
         model, config.method_config(), batches=stream, loss_fn=pixel_cross_entropy,
-        warmup_loss_fn=frozen_backbone_loss, ema_decay=config.ema_decay,
-        progress=progress, log=lambda _: None,
-    )
+        warmup_loss_fn=frozen_backbone_loss, ema_decay=config.ema_decay, progress=progress, log=lambda _: None,
+        partition=state.partition if state else None, resuming=state is not None and state.saved is not None,
+    ), state)
     partition = method.partition
     if partition is None:
         return method, None
@@ -243,13 +246,20 @@ def _stream_seed(seed: int, domain: str) -> int:
 
 
 def source_stream(parts: dict[str, SegmentationDataset], batch_size: int, seed: int, device: torch.device,
-                  workers: int = 0) -> Iterator[Batch]:
-    """Endless batches: ``batch_size`` augmented crops of every source domain per step, concatenated, on ``device``."""
+                  workers: int = 0, start: int = 0) -> Iterator[Batch]:
+    """Endless batches: ``batch_size`` augmented crops of every source domain per step, concatenated, on ``device``;
+    ``start`` batches in (a resumed run's stream: the same crops, whatever the number of workers)."""
+    # The loaders' iterators are made now, not at the first batch: making one draws its base seed from the global
+    # random numbers, which a resumed run restores after making its stream (so the dropout masks stay in step).
     loaders = [iter(training_loader(part, batch_size, _stream_seed(seed, name), workers=workers,
-                                    pin_memory=device.type == "cuda")) for name, part in parts.items()]
-    while True:
-        images, labels = zip(*(next(loader) for loader in loaders))
-        yield torch.cat(images).to(device, non_blocking=True), torch.cat(labels).to(device, non_blocking=True)
+                                    pin_memory=device.type == "cuda", start=start)) for name, part in parts.items()]
+
+    def batches() -> Iterator[Batch]:
+        while True:
+            images, labels = zip(*(next(loader) for loader in loaders))
+            yield torch.cat(images).to(device, non_blocking=True), torch.cat(labels).to(device, non_blocking=True)
+
+    return batches()
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -314,9 +324,12 @@ def scan_domains(domains: Sequence[Domain], split: str) -> dict[str, Segmentatio
     return {d.name: d.scan(split) for d in domains}
 
 
-def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int = 0, progress: bool = False) -> dict:
-    """Train, select and test one configuration; returns its record (see :mod:`ldt.segmentation.records`)."""
-    start = time.time()
+def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
+        state: RunState | None = None) -> dict:
+    """Train, select and test one configuration; returns its record (see :mod:`ldt.segmentation.records`). With a
+    :class:`ldt.runner.RunState`, the run saves its progress there and continues a saved one."""
+    earlier = state.elapsed if state else {}
+    start = time.time() - earlier.get("wall", 0.0)
     device = torch.device(device)
     sources, targets = scan_domains(config.sources, SOURCE_SPLIT), scan_domains(config.targets, TARGET_SPLIT)
     splits = holdout_splits(config, sources)
@@ -325,15 +338,17 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
     augment = Augment(config.crop_size)
     parts = {name: SegmentationDataset(sources[name], train, augment=augment, seed=_stream_seed(config.seed, name))
              for name, (train, _) in splits.items()}
-    stream = source_stream(parts, config.batch_size, config.seed, device, workers)
-    method, partition = make_method(model, stream, config, progress)
+    stream = ResumableStream(lambda start_at: source_stream(parts, config.batch_size, config.seed, device, workers,
+                                                            start_at), state.position if state else 0)
+    method, partition = make_method(model, stream, config, progress, state)
     holdout = {name: SegmentationDataset(sources[name], held) for name, (_, held) in splits.items()}
     evaluator = copy.deepcopy(method.model)
-    trained = time.time()
+    trained = time.time() - earlier.get("train", 0.0)
     selection = train_and_select(
         method, stream, pixel_cross_entropy, steps=config.steps, eval_every=config.eval_every, lr=config.lr,
         weight_decay=config.weight_decay, validate=holdout_validation(holdout, config, device, workers),
-        evaluator=evaluator, progress=progress, desc=config.describe(),
+        evaluator=evaluator, progress=progress, desc=config.describe(), state=state,
+        elapsed=lambda: {"wall": time.time() - start, "train": time.time() - trained},
     )
     train_s = time.time() - trained
     evaluator.load_state_dict(selection.state)
