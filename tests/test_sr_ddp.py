@@ -75,3 +75,32 @@ def test_two_process_ddp_equals_single_process(tmp_path, method):
     assert a["probe_batches"] == b["probe_batches"] == 6
     for key in single_params:
         assert torch.allclose(ddp_params[key], single_params[key], rtol=1e-5, atol=1e-7), key
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_in_file_order_probe_the_patches_of_one(tmp_path):
+    """``ldt:probe:order: file`` under DDP: the ranks' probe batches are together the first ``num_batches`` of one
+    process (2 of 3 possible batches here), so the scores are those of one process."""
+    import json
+
+    from ldt.sr.options import load_options
+    from ldt.sr.train import train
+
+    data_root = tiny_cameras(tmp_path / "cams")
+
+    def options(name: str) -> dict:
+        opt = deterministic_options(data_root, name, batch=2, method="ldt")
+        opt["ldt"]["probe"] = {"num_batches": 2, "batch_size": 2, "order": "file"}
+        opt["train"]["total_iter"] = 1
+        return opt
+
+    mp.spawn(_worker, args=(2, free_port(), str(write_options(options("ddp"), tmp_path)), str(tmp_path)), nprocs=2,
+             join=True)
+    single = load_options(write_options(options("single"), tmp_path), is_train=True)
+    single.update(dist=False, rank=0, world_size=1)
+    train(single, root=tmp_path)
+    a, b = (json.loads((tmp_path / "experiments" / name / "partition.json").read_text()) for name in ("ddp", "single"))
+    assert a["probe_batches"] == b["probe_batches"] == 2
+    assert (a["stable"], a["unstable"]) == (b["stable"], b["unstable"])
+    assert a["scores"].keys() == b["scores"].keys()
+    assert all(a["scores"][k] == pytest.approx(b["scores"][k], rel=1e-9, abs=1e-30) for k in b["scores"])

@@ -34,7 +34,7 @@ from basicsr.models.base_model import BaseModel  # noqa: E402
 from basicsr.utils import get_root_logger  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY  # noqa: E402
 
-from ldt.sr.loaders import seeded_loader  # noqa: E402
+from ldt.sr.loaders import probe_loader, seeded_loader  # noqa: E402
 from ldt.sr.metrics import MetricTable, evaluate_loader  # noqa: E402
 from ldt.sr.optim import make_optimizer, make_pixel_loss, make_scheduler  # noqa: E402
 
@@ -118,10 +118,10 @@ class LDTModel(BaseModel):
         return head_patterns(arch_type, ARCH_REGISTRY.get(arch_type))
 
     def batches(self, purpose: str, seed: int) -> torch.utils.data.DataLoader:
-        """The warm-up's batches (training set) or the probe's (``ldt:probe``), in an order fixed by ``seed``."""
+        """The warm-up's batches (training set) in an order fixed by ``seed``, or the probe's (``ldt:probe``: fixed by
+        ``seed``, or file order with ``ldt:probe:order: file``)."""
         if purpose == "probe":
-            probe = self.opt["ldt"]["probe"]
-            return seeded_loader(self.opt, probe["dataset"], probe["batch_size"], seed)
+            return probe_loader(self.opt, seed)
         return seeded_loader(self.opt, "train", None, seed)
 
     def setup_branches(self) -> None:
@@ -162,9 +162,10 @@ class LDTModel(BaseModel):
         ``model_1``: the deployed network is the one validated and saved, while each live branch holds only a smoothed
         copy of one of the two groups. It is a throw-away copy, so a train-mode probe does not touch the branches'
         BatchNorm statistics. Same probe options as the first probe, a different but deterministic data order
-        (``ldt:seed + current_iter``); under DDP the statistics are all-reduced, so every rank gets the same
-        partition. The branches keep their weights; the optimizers are rebuilt over the new trainable tensors with
-        fresh state (Adam moments and step counts restart, the learning rate and scheduler position carry over).
+        (``ldt:seed + current_iter``; ``ldt:probe:order: file`` reads the same first pairs again); under DDP the
+        statistics are all-reduced, so every rank gets the same partition. The branches keep their weights; the
+        optimizers are rebuilt over the new trainable tensors with fresh state (Adam moments and step counts restart,
+        the learning rate and scheduler position carry over).
         """
         old, config = self.method.partition, method_options(self.opt)
         deployed = self.method.deployed()

@@ -89,6 +89,31 @@ def seeded_loader(opt: dict, key: str, batch_size: int | None, seed: int,
                                        num_workers=block["num_worker_per_gpu"], drop_last=True)
 
 
+def file_order_batches(length: int, batch_size: int, world: int = 1, rank: int = 0) -> list[list[int]]:
+    """This rank's batches of a dataset read in file order: consecutive indices cut into batches of ``batch_size``
+    (the last one may be shorter, as a plain unshuffled DataLoader's), batch ``b`` going to rank ``b mod world``.
+
+    The ranks' first ``probe_share`` batches (:func:`ldt.core.methods.probe_share`) are then together exactly the
+    first ``num_batches`` batches: N ranks probe the patches one process would."""
+    starts = range(rank * batch_size, length, world * batch_size)
+    return [list(range(start, min(start + batch_size, length))) for start in starts]
+
+
+def probe_loader(opt: dict, seed: int, data: torch.utils.data.Dataset | None = None) -> torch.utils.data.DataLoader:
+    """The probe's batches of ``datasets:<ldt:probe:dataset>`` (random crops and flips as in training), in the order
+    ``ldt:probe:order`` names: ``shuffled`` by ``seed`` (:func:`seeded_loader`), or ``file``: the pairs in the
+    dataset's order from the first, no enlargement, the seed unused (the official probe's unshuffled loader).
+    ``data``: that set already built."""
+    probe = opt["ldt"]["probe"]
+    key, batch_size = probe["dataset"], probe["batch_size"]
+    if probe["order"] == "shuffled":
+        return seeded_loader(opt, key, batch_size, seed, data)
+    data = data if data is not None else dataset(opt, key, phase="train")
+    size, rank = world()
+    return torch.utils.data.DataLoader(data, batch_sampler=file_order_batches(len(data), batch_size, size, rank),
+                                       num_workers=opt["datasets"][key]["num_worker_per_gpu"])
+
+
 def validation_loaders(opt: dict) -> dict[str, torch.utils.data.DataLoader]:
     """One batch-1 loader per ``val_*`` / ``test_*`` set, by the set's name."""
     loaders = {}

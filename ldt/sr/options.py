@@ -1,7 +1,7 @@
 """The option schema of ``Train_pip.py``, ``test.py``, the demo, ``reproduce`` and the BasicSR pipeline.
 
 Every option is declared once, here or in the object that uses it (the ``ldt:`` block is :class:`ldt.core.MethodConfig`
-with two SR probe fields; dataset blocks are the schemas in :mod:`ldt.data.options`; ``network_g`` is checked
+with three SR probe fields; dataset blocks are the schemas in :mod:`ldt.data.options`; ``network_g`` is checked
 against the architecture's own constructor). :func:`prepare_options` reports *every* problem of a file at once, one
 line each naming the file and the option path (with a "did you mean" for misspelled keys), before any data is read,
 any weight is loaded or any probe runs. Numbers written as strings (``lr: 1e-4`` is a string to PyYAML) are read
@@ -248,6 +248,11 @@ class DistOptions(Options):
 class SRProbeOptions(ProbeConfig):
     batch_size: PositiveInt = Field(4, description="LR patches per probe batch, as the official code")
     dataset: str = Field("train", description="the datasets key the probe reads (source data)")
+    order: Literal["shuffled", "file"] = Field(
+        "shuffled", description="which patches: 'shuffled' draws the batches with a sampler seeded by ldt:seed (and "
+                                "the dataset's enlarge ratio); 'file' reads the first num_batches x batch_size pairs "
+                                "in the dataset's file order, as the official probe (random crops and flips apply in "
+                                "both)")
 
 
 class LDTOptions(MethodConfig):
@@ -824,9 +829,32 @@ RESUMABLE: dict[str, tuple[str, ...]] = {
     "val": ("val_freq", "pbar", "save_img", "tile", "tile_overlap", "suffix"),
 }
 DATA_PATHS = ("dataroot", "dataroot_gt", "dataroot_lq", "meta_info_file")
-# Options added after run identities were first recorded: left out of the identity while at their schema default, so
-# the records and cached stages of earlier runs (which behaved as that default) stay valid.
-LATER_OPTIONS: dict[str, tuple[str, ...]] = {"val": ("validate_start",)}
+# Options added after run identities were first recorded, by their section in the identity (``ldt:probe`` is there only
+# for the methods that probe): left out of the identity while at their schema default, so the records and cached
+# stages of earlier runs (which behaved as that default) stay valid.
+LATER_OPTIONS: dict[str, tuple[str, ...]] = {"val": ("validate_start",), "ldt:probe": ("order",)}
+
+
+def _section_model(path: str) -> type[BaseModel]:
+    """The schema class of the option section ``path`` (``ldt:probe`` -> :class:`SRProbeOptions`)."""
+    model: type[BaseModel] = RunOptions
+    for key in path.split(":"):
+        (model,) = annotation_models(model.model_fields[key].annotation)
+    return model
+
+
+def _without_later_defaults(sections: dict) -> dict:
+    """``sections`` without the :data:`LATER_OPTIONS` that are at their schema default."""
+    for path, keys in LATER_OPTIONS.items():
+        node: Any = sections
+        for key in path.split(":"):
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            fields = _section_model(path).model_fields
+            for key in keys:
+                if key in node and node[key] == fields[key].default:
+                    del node[key]
+    return sections
 
 
 def _canonical(path: Any) -> Any:
@@ -856,7 +884,6 @@ def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
 
     train = TrainOptions.model_validate(opt.get("train") or {}).model_dump()
     val = ValOptions.model_validate(opt.get("val") or {}).model_dump()
-    val = {k: v for k, v in val.items() if not (k in LATER_OPTIONS["val"] and v == ValOptions.model_fields[k].default)}
     if resumable:
         train, val = _drop(train, RESUMABLE["train"]), _drop(val, RESUMABLE["val"])
     datasets = {}
@@ -871,7 +898,7 @@ def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
     arch = registry.get(network.get("type")) if network.get("type") in registry else None
     arch_extras = getattr(arch, "OFFICIAL_EXTRA_OPTIONS", ())
     method = LDTOptions.model_validate(opt.get("ldt") or {})
-    return {
+    return _without_later_defaults({
         "scale": opt.get("scale") or network_scale(network) or 4,
         "manual_seed": opt.get("manual_seed", 0),
         "network_g": {k: v for k, v in network.items() if k not in arch_extras},
@@ -881,7 +908,7 @@ def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
         "ldt": method_identity(method, train["ema_decay"]),
         "speed": SpeedOptions.model_validate(opt.get("speed") or {}).model_dump(exclude={"compile"}),
         "pretrain": None if resumable else _canonical((opt.get("path") or {}).get("pretrain_network_g")),
-    }
+    })
 
 
 def run_identity(opt: dict, *, resumable: bool = False) -> str:

@@ -49,7 +49,7 @@ from ldt.sr.checkpoints import (  # noqa: E402
     read_state,
     remove_stale_weights,
 )
-from ldt.sr.loaders import seeded_loader, training_loader, validation_loaders  # noqa: E402
+from ldt.sr.loaders import probe_loader, training_loader, validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
 from ldt.sr.preemption import Interrupted, StopOnSignal  # noqa: E402
 from ldt.weights import WeightsError, read_weights  # noqa: E402
@@ -329,8 +329,11 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
     if not resuming and method_class(opt["ldt"]["method"]).partition_source == "score" \
             and not opt["ldt"].get("partition_file"):
         probe = opt["ldt"]["probe"]
-        loader = seeded_loader(opt, probe["dataset"], probe["batch_size"], seed=0,
-                               data=train_set if probe["dataset"] == "train" else None)
+        loader = probe_loader(opt, seed=0, data=train_set if probe["dataset"] == "train" else None)
+        if len(loader) == 0 and probe["order"] == "file":
+            raise OptionsError(f"ldt:probe:batch_size: {probe['batch_size']}: the {len(loader.dataset)} pairs of "
+                               f"datasets:{probe['dataset']} make fewer probe batches than there are ranks "
+                               f"({opt.get('world_size') or 1}): this rank's probe would get no batch")
         if len(loader) == 0:
             raise OptionsError(f"ldt:probe:batch_size: {loader.batch_size} is more than the {len(loader.sampler)} "
                                f"pairs of datasets:{probe['dataset']} per rank: the probe would get no batch")
