@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, Callable, NoReturn
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
 TRACEBACK_VARIABLE = "LDT_TRACEBACK"
+# The signals on which every long-running command stops cleanly: a cluster's preemption (SIGTERM) and Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def flag(dest: str) -> str:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room
-from ldt.cli import device_problem, original_error, show_traceback
+from ldt.cli import STOP_SIGNALS, device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -262,6 +262,11 @@ class RunState:
         """Whether ``every_s`` seconds have passed since the last save (or since the run started)."""
         return time.monotonic() - self._last >= self.every_s
 
+    def misfit(self, err: BaseException) -> ValueError:
+        """The one-line error for a readable state that does not fit the run (e.g. the data gained a class)."""
+        return ValueError(f"{self.path}: a saved state that does not fit this run ({one_line(err)[:300]}): delete "
+                          "it to train the run afresh")
+
     def save(self, state: dict) -> None:
         atomic_torch_save({"format": RUN_STATE_FORMAT, "run": self.digest, **state}, self.path)
         self._last = time.monotonic()
@@ -270,11 +275,17 @@ class RunState:
         self.path.unlink(missing_ok=True)
 
 
-def resumed_method(method: Method, state: RunState | None) -> Method:
-    """``method`` (prepared with ``partition=state.partition, resuming=state.saved is not None``) with the saved
-    run's weights and exchange schedule loaded."""
-    if state is not None and state.saved is not None:
+def prepared(state: RunState | None, prepare: Callable[..., Method]) -> Method:
+    """``prepare(partition=, resuming=)`` (a call of :func:`ldt.core.prepare_method`): the method as prepared afresh,
+    or rebuilt on the saved run's partition with its weights and exchange schedule loaded. A readable state that does
+    not fit the run (the data gained a class since: the same run hash, another head) is one line naming it."""
+    if state is None or state.saved is None:
+        return prepare(partition=None, resuming=False)
+    try:
+        method = prepare(partition=state.partition, resuming=True)
         method.load_state_dict(state.saved["method"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise state.misfit(err) from err
     return method
 
 
@@ -306,11 +317,14 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
     saved = state.saved if state is not None else None
     best, step, checked = Selection(), 0, 0
     if saved is not None:
-        for optimizer, optimizer_state in zip(optimizers, saved["optimizers"], strict=True):
-            optimizer.load_state_dict(optimizer_state)
-        best = Selection(**saved["selection"])
-        step, checked = saved["step"], saved["checked"]
-        _set_rng_state(saved["rng"])
+        try:
+            for optimizer, optimizer_state in zip(optimizers, saved["optimizers"], strict=True):
+                optimizer.load_state_dict(optimizer_state)
+            best = Selection(**saved["selection"])
+            step, checked = saved["step"], saved["checked"]
+            _set_rng_state(saved["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise state.misfit(err) from err
     position = getattr(stream, "drawn", 0)
 
     def save() -> None:
@@ -340,12 +354,14 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
                 method.train_step(batch, loss_fn, optimizers)
                 step, position = step + 1, getattr(stream, "drawn", 0)
             bar.update(1)
-    except Stopped:
+    except Stopped as stopped:
         if state is not None:
             try:
                 save()
-            except DiskError as err:
-                print(f"the run state could not be saved ({err}): the run will start afresh", file=sys.stderr)
+                stopped.saved = state.path
+            except DiskError as err:  # the stop's message still comes; this line says what the rerun will find
+                print(f"the run in progress could not save its state ({err}); a rerun continues from its last "
+                      "saved state, if any", file=sys.stderr)
         raise
     finally:
         bar.close()
@@ -423,7 +439,6 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     return 0
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _held: list[int] | None = None  # inside whole_step(): the stop signals that arrived, acted on when it ends
 
 
@@ -434,6 +449,7 @@ class Stopped(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+        self.saved: Path | None = None  # the training state the run in progress saved, if any
 
 
 @contextlib.contextmanager
@@ -494,8 +510,10 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
         with stop_on_signal():
             return _main(args, prepare, run, tabulate)
     except Stopped as stopped:
-        print(f"stopped by {signal.Signals(stopped.signum).name}: the runs recorded so far are kept; rerun the same "
-              "command to resume", file=sys.stderr, flush=True)
+        kept = "the runs recorded so far are kept" + (f", the run in progress saved {stopped.saved}" if stopped.saved
+                                                       else "")
+        print(f"stopped by {signal.Signals(stopped.signum).name}: {kept}; rerun the same command to resume",
+              file=sys.stderr, flush=True)
         return 128 + stopped.signum
 
 

@@ -84,10 +84,14 @@ def default_sigint():
     signal.signal(signal.SIGINT, previous)
 
 
-def stop_and_resume(out: Path, config, run, monkeypatch, stop_at: int) -> tuple[dict, str, int]:
-    """Sweep the one ``config`` into ``out``, stopped by SIGTERM when its data stream has drawn ``stop_at`` batches,
-    then rerun the sweep: returns the record, what the rerun printed and how many batches it drew (exit statuses and
-    the state file's life are checked here). The stop arrives while a batch is fetched, between two steps."""
+SWEEP_ARGS = dict(collect=None, device="cpu", workers=None, progress=False)
+
+
+def stop_sweep(out: Path, config, run, monkeypatch, stop_at: int) -> Path:
+    """Sweep the one ``config`` into ``out``, stopped by SIGTERM when its data stream has drawn ``stop_at`` batches
+    (while a batch is fetched, between two steps); returns the run's saved state (its message is checked here)."""
+    import contextlib
+    import io
     import os
     import signal
     from argparse import Namespace
@@ -95,7 +99,6 @@ def stop_and_resume(out: Path, config, run, monkeypatch, stop_at: int) -> tuple[
     from ldt import runner
     from ldt.sweep import RESULTS_FILE, Records, run_hash
 
-    args = Namespace(collect=None, device="cpu", workers=None, progress=False)
     original = runner.ResumableStream.__next__
 
     def stop_midway(stream):
@@ -103,27 +106,39 @@ def stop_and_resume(out: Path, config, run, monkeypatch, stop_at: int) -> tuple[
             os.kill(os.getpid(), signal.SIGTERM)
         return original(stream)
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background pytest ignores it
-    try:
-        with monkeypatch.context() as patch:
-            patch.setattr(runner.ResumableStream, "__next__", stop_midway)
-            assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 128 + signal.SIGTERM
-        state = out / runner.STATES_FOLDER / f"{run_hash(config.hparams())}.pt"
-        assert state.exists() and not Records(out / RESULTS_FILE).all()
-        import contextlib
-        import io
+    stopped = io.StringIO()
+    with monkeypatch.context() as patch, contextlib.redirect_stderr(stopped):
+        patch.setattr(runner.ResumableStream, "__next__", stop_midway)
+        assert runner.main(Namespace(**SWEEP_ARGS), lambda: (out, [config]), run, lambda folder: "") == \
+            128 + signal.SIGTERM
+    state = out / runner.STATES_FOLDER / f"{run_hash(config.hparams())}.pt"
+    assert state.exists() and not Records(out / RESULTS_FILE).all()
+    assert stopped.getvalue() == (f"stopped by SIGTERM: the runs recorded so far are kept, the run in progress "
+                                  f"saved {state}; rerun the same command to resume\n")
+    return state
 
-        printed, drawn = io.StringIO(), []
 
-        def count(stream):
-            drawn.append(stream.drawn)
-            return original(stream)
+def stop_and_resume(out: Path, config, run, monkeypatch, stop_at: int) -> tuple[dict, str, int]:
+    """:func:`stop_sweep`, then the same sweep again: returns the record, what the rerun printed and how many
+    batches it drew (the state must be gone once the record is written)."""
+    import contextlib
+    import io
+    from argparse import Namespace
 
-        with contextlib.redirect_stdout(printed), monkeypatch.context() as patch:
-            patch.setattr(runner.ResumableStream, "__next__", count)
-            assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 0
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    from ldt import runner
+    from ldt.sweep import RESULTS_FILE, Records
+
+    state = stop_sweep(out, config, run, monkeypatch, stop_at)
+    original = runner.ResumableStream.__next__
+    printed, drawn = io.StringIO(), []
+
+    def count(stream):
+        drawn.append(stream.drawn)
+        return original(stream)
+
+    with contextlib.redirect_stdout(printed), monkeypatch.context() as patch:
+        patch.setattr(runner.ResumableStream, "__next__", count)
+        assert runner.main(Namespace(**SWEEP_ARGS), lambda: (out, [config]), run, lambda folder: "") == 0
     assert not state.exists()  # deleted once the record is written
     [record] = Records(out / RESULTS_FILE).all()
     return record, printed.getvalue(), len(drawn)

@@ -43,7 +43,7 @@ from ldt.classification.train import make_method
 from ldt.core import match_parameters
 from ldt.sweep import RESULTS_FILE as RESULTS
 from ldt.sweep import Stat, run_hash
-from tests.conftest import stop_and_resume
+from tests.conftest import SWEEP_ARGS, stop_and_resume, stop_sweep
 
 
 def load_records(out) -> list[dict]:
@@ -608,7 +608,8 @@ def test_tables_skip_foreign_records_with_a_warning(tmp_path):
 
 # ---- a run stopped midway ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", [pytest.param("lpft", marks=pytest.mark.slow), "ldt_dpu"])
-def test_a_stopped_run_resumes_from_its_state_to_the_same_record(toy, tmp_path, monkeypatch, method):
+def test_a_stopped_run_resumes_from_its_state_to_the_same_record(toy, tmp_path, monkeypatch, default_sigint,
+                                                                 method):
     """SIGTERM after 3 of 6 training steps (2 warm-up and 3 probe batches drawn before them); the rerun neither warms
     up nor probes again and gives the uninterrupted run's record."""
     config = fast_config(toy, method=method, steps=6)
@@ -617,3 +618,25 @@ def test_a_stopped_run_resumes_from_its_state_to_the_same_record(toy, tmp_path, 
     assert f"resuming at step 3 from {tmp_path}" in printed and drawn == 3
     for key in ("test_accuracy", "holdout_accuracy", "holdout_per_domain", "selected_step", "history", "partition"):
         assert record[key] == straight[key], key
+
+
+def test_a_saved_state_that_no_longer_fits_is_one_line_saying_to_delete_it(toy, tmp_path, monkeypatch, default_sigint,
+                                                                          capsys):
+    """The run identity names the data by path: a dataset that gained a class since keeps the run's hash, and its
+    saved state (a 4-class head) no longer fits the network."""
+    import argparse
+    import shutil
+
+    from ldt import runner
+
+    data = copy_toy(toy, tmp_path / "data")
+    config = fast_config(data, method="ldt_dpu", steps=6)
+    state = stop_sweep(tmp_path / "out", config, run, monkeypatch, stop_at=2 + 3 + 1)
+    for domain in DOMAINS:
+        shutil.copytree(data / domain / CLASSES[0], data / domain / "zzz_new_class")
+    args = argparse.Namespace(**SWEEP_ARGS)
+    assert runner.main(args, lambda: (tmp_path / "out", [config]), run, lambda folder: "") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: run {config.describe()}: {state}: a saved state that "
+                                                    "does not fit this run (")
+    assert err.endswith("): delete it to train the run afresh\n") and state.exists()

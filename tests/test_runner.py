@@ -113,10 +113,8 @@ def train_mlp(state=None, stop=lambda where, count: False, steps=9):
         return mlp_loss(network, batch)
 
     config = runner.method_config("ldt_dpu", **{**FLAGS, "warmup_steps": 0, "interval": 2})
-    method = runner.resumed_method(prepare_method(
-        model, config, batches=stream, loss_fn=mlp_loss, log=lambda _: None,
-        partition=state.partition if state else None, resuming=state is not None and state.saved is not None,
-    ), state)
+    method = runner.prepared(state, lambda **resume: prepare_method(
+        model, config, batches=stream, loss_fn=mlp_loss, log=lambda _: None, **resume))
 
     def validate(network):
         counts["validate"] += 1

@@ -414,7 +414,8 @@ def test_tables_skip_a_classification_record_with_a_warning(tmp_path):
 
 # ---- a run stopped midway ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method, workers", [("ldt_dpu", 0), pytest.param("ft_ema", 2, marks=pytest.mark.slow)])
-def test_a_stopped_run_resumes_from_its_state_to_the_same_record(tiny, tmp_path, monkeypatch, method, workers):
+def test_a_stopped_run_resumes_from_its_state_to_the_same_record(tiny, tmp_path, monkeypatch, default_sigint,
+                                                                 method, workers):
     """SIGTERM after 3 of 6 training steps; the rerun continues the saved state and gives the uninterrupted run's
     record (the crops are seeded by position: the same with loader processes too)."""
     config = fast_config(tiny, method=method, steps=6)

@@ -26,7 +26,7 @@ from torch import nn
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
 from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, check_image_size, head_patterns
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import RunState, ResumableStream, check_training, method_config, resumed_method, run_hparams, train_and_select
+from ldt.runner import RunState, ResumableStream, check_training, method_config, prepared, run_hparams, train_and_select
 from ldt.sweep import run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
@@ -120,11 +120,11 @@ def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, pr
                 state: RunState | None = None) -> tuple[Method, dict | None]:
     """The method ``config.method``, prepared (warm-up of the random head, probe, partition) on the training stream,
     or continuing the saved ``state``; returns it with a summary of its partition."""
-    method = resumed_method(prepare_method(
+    method = prepared(state, lambda **resume: prepare_method(
         model, config.method_config(), batches=stream, loss_fn=cross_entropy, warmup_loss_fn=frozen_backbone_loss,
         head_patterns=head_patterns(config.backbone), ema_decay=config.ema_decay, progress=progress, log=lambda _: None,
-        partition=state.partition if state else None, resuming=state is not None and state.saved is not None,
-    ), state)
+        **resume,
+    ))
     partition = method.partition
     # The unstable group is the interesting (and short) list; the stable one is only counted.
     summary = None if partition is None else {"stable": len(partition.stable), "unstable": partition.unstable,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, method_class, prepare_method
-from ldt.runner import (FLAG_NAMES, ResumableStream, RunState, check_training, method_config, resumed_method, run_hparams,
+from ldt.runner import (FLAG_NAMES, ResumableStream, RunState, check_training, method_config, prepared, run_hparams,
                         train_and_select)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
@@ -223,11 +223,11 @@ def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, pr
     """The method ``config.method``, prepared on the training stream (head warm-up, probe, partition) or continuing
     the saved ``state``; returns it with a summary of its partition (tensors per group and part of the network:
     backbone / aspp / decoder / ...)."""
-    method = resumed_method(prepare_method(
+    method = prepared(state, lambda **resume: prepare_method(
         model, config.method_config(), batches=stream, loss_fn=pixel_cross_entropy,
         warmup_loss_fn=frozen_backbone_loss, ema_decay=config.ema_decay, progress=progress, log=lambda _: None,
-        partition=state.partition if state else None, resuming=state is not None and state.saved is not None,
-    ), state)
+        **resume,
+    ))
     partition = method.partition
     if partition is None:
         return method, None

@@ -15,7 +15,7 @@ import threading
 import torch
 import torch.distributed as dist
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from ldt.cli import STOP_SIGNALS
 
 
 class Interrupted(Exception):
@@ -50,7 +50,7 @@ class StopOnSignal:
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
