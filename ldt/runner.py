@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldt.atomic import DiskError, atomic_torch_save, check_room
+from ldt.atomic import DiskError, atomic_torch_save, check_room, remove_leftovers
 from ldt.cli import STOP_SIGNALS, device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
@@ -431,6 +431,7 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     done = set(records.by_hash())
     for digest in digests & done:  # a sweep killed between a record and the removal of its state
         state_file(digest).unlink(missing_ok=True)
+    remove_leftovers(out / STATES_FOLDER)  # a state write cut by kill -9 (the lock keeps other sweeps out)
     print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
           flush=True)
     run_pending(planned, records, progress=progress, desc="sweep")

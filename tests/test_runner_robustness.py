@@ -330,13 +330,16 @@ def test_a_signal_during_a_record_append_leaves_no_partial_line(tmp_path, monkey
     assert records.path.read_bytes() == before
 
 
-def test_the_state_of_a_run_already_recorded_is_deleted(tmp_path):
-    """A sweep killed between a run's record and the removal of its state leaves the state behind."""
+def test_the_state_of_a_run_already_recorded_and_cut_writes_are_deleted(tmp_path):
+    """A sweep killed between a run's record and the removal of its state leaves the state behind; one killed in a
+    state write leaves a temporary file (as large as a state)."""
     assert sweep_main(tmp_path, [FakeConfig(0)]) == 0
     left = tmp_path / runner.STATES_FOLDER / f"{run_hash(FakeConfig(0).hparams())}.pt"
     left.parent.mkdir()
     left.write_bytes(b"x")
     kept = left.with_name("another-sweeps-run.pt")
     kept.write_bytes(b"y")
+    cut = left.with_name(".another-sweeps-run.pt.abc123.tmp")  # what kill -9 leaves of an atomic write
+    cut.write_bytes(b"z")
     assert sweep_main(tmp_path, [FakeConfig(0)], no_run) == 0
-    assert not left.exists() and kept.exists()
+    assert not left.exists() and not cut.exists() and kept.exists()
