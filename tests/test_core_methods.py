@@ -4,8 +4,10 @@ do not match the branches, EMA copies, resume checks, snapshots, and errors rais
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -26,6 +28,7 @@ from ldt.core import (
     partition_by_score,
     prepare_method,
     probe_gradients,
+    warmup,
 )
 
 ALL_METHODS = ("ft", "ft_ema", "lpft", "deft", "ldt", "ldt_s")
@@ -447,3 +450,18 @@ def test_resuming_runs_no_warm_up_or_probe_and_needs_the_partition_of_a_probed_m
     assert prepare_method(mlp(), lpft, resuming=True).partition is None
     with pytest.raises(MethodError, match="^partition: resuming ldt_dpu needs the partition it was trained with$"):
         prepare_method(mlp(), MethodConfig(method="ldt_dpu"), batches=data(), loss_fn=mse, resuming=True)
+
+
+# ---- 16. head patterns given as one string ------------------------------------------------------------------------
+def test_head_patterns_given_as_a_string_are_refused():
+    """A string is an iterable of one-character regexes: 'fc' would make every name with an 'f' or a 'c' the head."""
+    loss = Counting()
+    with pytest.raises(MethodError, match=r"^head_patterns: must be a list of regexes, got the string '4' "
+                                          r"\(write \['4'\]\)$"):
+        prepare_method(mlp(), config("deft"), batches=data(), loss_fn=loss, head_patterns="4")
+    assert loss.calls == 0
+    with pytest.raises(PartitionError, match=r"patterns must be a list of regexes, got the string 'fc'"):
+        partition_by_patterns(mlp(), "fc")
+    with pytest.raises(ValueError, match=r"patterns must be a list of regexes, got the string 'fc'"):
+        warmup(mlp(), data(), mse, "fc", 1)
+

@@ -801,6 +801,9 @@ def prepare_method(
         and config.criterion != "random"
     probes = needs_probe and not resuming
     left_out = left_out_parameters(model)
+    if isinstance(head_patterns, str):  # an iterable of one-character regexes: 'fc' would match every 'f' and 'c'
+        raise MethodError(f"head_patterns: must be a list of regexes, got the string {head_patterns!r} "
+                          f"(write [{head_patterns!r}])")
     problems = cls.check(config, model, head_patterns)
     if _decay_problem(decay):
         problems.append(("ema_decay", _decay_problem(decay)))

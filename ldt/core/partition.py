@@ -212,7 +212,10 @@ def _field_problem(name: str, value: object) -> str | None:
 
 def match_names(names: Iterable[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     """(the ``names`` matching any regex in ``patterns`` by ``re.search``, in their order; the patterns that match
-    none). An invalid regex raises ``re.error``."""
+    none). An invalid regex raises ``re.error``; a single string (an iterable of one-character regexes) raises
+    :class:`PartitionError`."""
+    if isinstance(patterns, str):
+        raise PartitionError(f"patterns must be a list of regexes, got the string {patterns!r} (write [{patterns!r}])")
     compiled = [re.compile(p) for p in patterns]
     matched = [name for name in names if any(p.search(name) for p in compiled)]
     return matched, [p.pattern for p in compiled if not any(p.search(n) for n in matched)]
