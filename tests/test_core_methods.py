@@ -465,3 +465,13 @@ def test_head_patterns_given_as_a_string_are_refused():
     with pytest.raises(ValueError, match=r"patterns must be a list of regexes, got the string 'fc'"):
         warmup(mlp(), data(), mse, "fc", 1)
 
+
+
+# ---- 17. a state saved with an EMA, loaded without one ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ft", "ldt", "ldt_s"])
+def test_a_state_saved_with_ema_decay_is_refused_without_one(name):
+    with_ema = prepare_method(mlp(), config(name), batches=data(), loss_fn=mse, ema_decay=0.9, log=lambda _: None)
+    train(with_ema)
+    with pytest.raises(MethodError, match=r"the saved state was trained with ema_decay 0\.9: prepare this method "
+                                          r"with ema_decay=0\.9"):
+        prepared(mlp(), name).load_state_dict(with_ema.state_dict())

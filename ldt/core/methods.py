@@ -583,9 +583,12 @@ def _once_per_tensor(
     return OrderedDict((key, done[id(tensor)]) for key, tensor in state.items())
 
 
-def _check_state(state: dict, name: str) -> None:
+def _check_state(state: dict, name: str, ema: bool = False) -> None:
     if state.get("format") != STATE_FORMAT or state.get("method") != name:
         raise MethodError(f"not a {name!r} method state (format {state.get('format')!r}, method {state.get('method')!r})")
+    if not ema and "ema" in state:  # DeployedEMA's state holds the method's own state under 'inner'
+        raise MethodError(f"the saved state was trained with ema_decay {state.get('ema_decay')}: prepare this method "
+                          f"with ema_decay={state.get('ema_decay')} to resume it")
 
 
 class DeployedEMA(Method):
@@ -679,7 +682,7 @@ class DeployedEMA(Method):
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        _check_state(state, self.name)
+        _check_state(state, self.name, ema=True)
         if "ema" not in state:
             raise MethodError("the saved state has no EMA network (it was trained without ema_decay)")
         if state["ema_decay"] != self.decay:
