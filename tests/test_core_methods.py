@@ -475,3 +475,17 @@ def test_a_state_saved_with_ema_decay_is_refused_without_one(name):
     with pytest.raises(MethodError, match=r"the saved state was trained with ema_decay 0\.9: prepare this method "
                                           r"with ema_decay=0\.9"):
         prepared(mlp(), name).load_state_dict(with_ema.state_dict())
+
+
+# ---- 18. pickling a method that has trained ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_a_trained_method_pickles_and_trains_on(name):
+    method = prepared(mlp(), name)
+    train(method)
+    buffer = io.BytesIO()
+    torch.save(method, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    for key, value in method.deployed_state_dict().items():
+        assert torch.equal(restored.deployed_state_dict()[key], value), key
+    train(restored)  # the optimizer check runs again on the restored object

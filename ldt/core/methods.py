@@ -356,6 +356,13 @@ class Method:
                                   "over branch.parameters, in the order of branches(), again after repartition()")
             verified[id(optimizer)] = (weakref.ref(optimizer), id(self), self.partition, index)
 
+    def __getstate__(self) -> dict:
+        """Pickle (``torch.save(method)``) and ``copy.deepcopy`` without the optimizer verdicts: they hold weak
+        references, which cannot be pickled, and name optimizers that a copy does not have."""
+        state = self.__dict__.copy()
+        state.pop("_verified_optimizers", None)
+        return state
+
     def repartition(self, partition: Partition) -> None:
         """Switch to ``partition`` (the trainable tensors change: rebuild the optimizers over :meth:`branches`)."""
         raise MethodError(f"{self.name} has no partition to change")
