@@ -489,3 +489,41 @@ def test_a_trained_method_pickles_and_trains_on(name):
     for key, value in method.deployed_state_dict().items():
         assert torch.equal(restored.deployed_state_dict()[key], value), key
     train(restored)  # the optimizer check runs again on the restored object
+
+
+# ---- 19. hook-based weight_norm / spectral_norm cannot be copied -------------------------------------------------
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+@pytest.mark.parametrize("name", ["ft", "ldt"])
+def test_hook_based_weight_reparametrisations_are_refused_before_any_batch(norm, name):
+    """torch.nn.utils.weight_norm / spectral_norm keep the computed weight as a non-leaf tensor attribute, which
+    copy.deepcopy refuses: FT would have trained to the end and then failed to make its deployed network."""
+    model = mlp()
+    getattr(nn.utils, norm)(model[2])
+    loss = Counting()
+    with pytest.raises(MethodError, match=rf"model: module '2' uses torch\.nn\.utils\.{norm}, .*"
+                                          rf"torch\.nn\.utils\.parametrizations\.{norm}"):
+        prepare_method(model, config(name), batches=data(), loss_fn=loss, head_patterns=[r"^4\."])
+    assert loss.calls == 0
+
+
+def test_parametrized_models_deploy_what_trained():
+    """torch.nn.utils.parametrizations (names '...parametrizations.weight.original0', spectral_norm's _u/_v buffers)
+    train, exchange and deploy like plain parameters."""
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    def build():
+        model = mlp()
+        weight_norm(model[0])
+        spectral_norm(model[2])
+        return model
+
+    x = data(1, seed=5)[0][0]
+    for name in ("ft", "ldt", "ldt_s"):
+        method = prepared(build(), name)
+        train(method)
+        fresh = build()
+        fresh.load_state_dict(method.deployed_state_dict(), strict=True)
+        assert torch.allclose(fresh.eval()(x), method.deployed().eval()(x))
+        if name == "ldt":
+            assert "0.parametrizations.weight.original0" in method.partition.stable + method.partition.unstable

@@ -148,12 +148,32 @@ def _wrapper(model: nn.Module) -> str | None:
     return "torch.compile" if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
 
 
+def _hook_reparametrisation(model: nn.Module) -> str | None:
+    """Why the first module with a hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` breaks every method,
+    or None: the weight those hooks compute is a non-leaf tensor attribute, which ``copy.deepcopy`` refuses, so
+    neither an auxiliary branch nor a deployed network can be made (FT would fail only after training)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for where, module in model.named_modules():
+        hook = next((h for h in module._forward_pre_hooks.values() if isinstance(h, (WeightNorm, SpectralNorm))), None)
+        if hook is not None:
+            kind = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
+            return (f"module '{where or type(model).__name__}' uses torch.nn.utils.{kind}, whose computed weight "
+                    f"copy.deepcopy cannot copy (no branch or deployed network can be made): use "
+                    f"torch.nn.utils.parametrizations.{kind}")
+    return None
+
+
 def _model_problems(model: nn.Module, left_out: set[str]) -> list[Problem]:
     """What makes ``model`` itself unusable for every method, whatever the options."""
     wrapper = _wrapper(model)
     if wrapper:
         return [("model", f"{wrapper} wraps the model: pass the bare model to prepare_method and wrap the branches "
                           "afterwards (method.branches())")]
+    hooked = _hook_reparametrisation(model)
+    if hooked:
+        return [("model", hooked)]
     trained = [(name, p) for name, p in model.named_parameters() if name not in left_out]
     if not trained:
         return [("model", f"no parameter of {type(model).__name__} trains (all are frozen with requires_grad=False "
