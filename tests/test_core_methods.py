@@ -527,3 +527,34 @@ def test_parametrized_models_deploy_what_trained():
         assert torch.allclose(fresh.eval()(x), method.deployed().eval()(x))
         if name == "ldt":
             assert "0.parametrizations.weight.original0" in method.partition.stable + method.partition.unstable
+
+
+# ---- 20. the model's parameters changed after prepare_method --------------------------------------------------------
+class LoRA(nn.Module):
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.a = nn.Parameter(0.1 * torch.randn(2, base.in_features))
+        self.b = nn.Parameter(torch.zeros(base.out_features, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + x @ self.a.T @ self.b.T
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("change", ["adapter", "new head"])
+def test_parameters_added_or_replaced_after_prepare_are_refused(name, change):
+    """A LoRA adapter or a fresh head put into the model after prepare_method is in no group and not in the other
+    branch or the EMA: the deployed network would miss it (KeyError) or silently keep the old tensors."""
+    method = prepared(mlp(), name)
+    if change == "adapter":
+        method.model[2] = LoRA(method.model[2])
+        culprit = "2.a"
+    else:
+        method.model[4] = nn.Linear(6, 4)
+        culprit = "4.weight"
+    with pytest.raises(MethodError, match=rf"the parameters of the model changed after prepare_method \(e\.g\. "
+                                          rf"'{re.escape(culprit)}'\).*prepare the method on the final model"):
+        train(method)
+    with pytest.raises(MethodError, match="the parameters of the model changed after prepare_method"):
+        method.deployed()

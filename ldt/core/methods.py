@@ -376,6 +376,28 @@ class Method:
                                   "over branch.parameters, in the order of branches(), again after repartition()")
             verified[id(optimizer)] = (weakref.ref(optimizer), id(self), self.partition, index)
 
+    def _record_parameters(self, *modules: nn.Module) -> None:
+        """Remember the named parameters of the networks that train (the branches), as the method was made with them."""
+        self._recorded = [(module, tuple(module.named_parameters())) for module in modules]
+
+    def _unchanged_parameters(self) -> list[tuple[tuple[str, nn.Parameter], ...]]:
+        """The recorded networks' named parameters now, after checking that they are still the very tensors under the
+        same names: a parameter added, replaced or removed after the method was made (an adapter, a new head,
+        ``load_state_dict(assign=True)``) is in no group, in neither the other branch nor the EMA, and the deployed
+        network would miss it or keep the old tensor. One scan of each network, as building the branch lists costs."""
+        current = []
+        for module, recorded in self.__dict__.get("_recorded", ()):
+            now = tuple(module.named_parameters())
+            if len(now) != len(recorded) or not all(a[1] is b[1] and a[0] == b[0] for a, b in zip(now, recorded)):
+                before = dict(recorded)
+                culprit = next((name for name, p in now if before.get(name) is not p), None)
+                culprit = f"'{culprit}'" if culprit else f"'{next(n for n, _ in recorded if n not in dict(now))}' removed"
+                raise MethodError(f"the parameters of the model changed after prepare_method (e.g. {culprit}): a "
+                                  "parameter added, replaced or removed since is in no group and in neither the other "
+                                  "branch nor the EMA; prepare the method on the final model (adapters, heads included)")
+            current.append(now)
+        return current
+
     def __getstate__(self) -> dict:
         """Pickle (``torch.save(method)``) and ``copy.deepcopy`` without the optimizer verdicts: they hold weak
         references, which cannot be pickled, and name optimizers that a copy does not have."""
@@ -394,6 +416,7 @@ class Method:
         raise NotImplementedError
 
     def deployed_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        self._unchanged_parameters()
         return OrderedDict((k, v.detach().clone()) for k, v in self.deployed_tensors().items())
 
     def deployed(self) -> nn.Module:
@@ -459,10 +482,11 @@ class FineTune(Method):
         self.model, self.partition = model, None
         self.original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
         self.left_out = set(left_out_parameters(model))
+        self._record_parameters(model)
 
     def branches(self) -> list[Branch]:
-        trained = [p for name, p in self.model.named_parameters() if name not in self.left_out]
-        return [Branch("net", self.model, trained)]
+        (named,) = self._unchanged_parameters()
+        return [Branch("net", self.model, [p for name, p in named if name not in self.left_out])]
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.model.state_dict(keep_vars=True)
@@ -499,14 +523,16 @@ class DualMethod(Method):
         self.dual = DualBranch(model, partition, config.exchange)
         self.model, self.original_flags = model, self.dual.original_flags
         self.repartition_every = config.repartition_every
+        self._record_parameters(self.dual.primary, self.dual.auxiliary)
 
     @property
     def partition(self) -> Partition:
         return self.dual.partition
 
     def branches(self) -> list[Branch]:
-        return [Branch("primary", self.dual.primary, self.dual.primary_parameters()),
-                Branch("auxiliary", self.dual.auxiliary, self.dual.auxiliary_parameters())]
+        primary, auxiliary = self._unchanged_parameters()  # the same order as primary_/auxiliary_parameters()
+        return [Branch("primary", self.dual.primary, [p for _, p in primary if p.requires_grad]),
+                Branch("auxiliary", self.dual.auxiliary, [p for _, p in auxiliary if p.requires_grad])]
 
     def step(self) -> None:
         self.dual.step()
@@ -571,12 +597,14 @@ class LDTSingle(Method):
         self.single = SingleBranchLDT(model, partition, config.exchange)
         self.model, self.original_flags = model, self.single.original_flags
         self.repartition_every = config.repartition_every
+        self._record_parameters(model)
 
     @property
     def partition(self) -> Partition:
         return self.single.partition
 
     def branches(self) -> list[Branch]:
+        self._unchanged_parameters()
         return [Branch("net", self.model, self.single.trainable_parameters(), alternating=True)]
 
     def step(self) -> None:
@@ -671,6 +699,9 @@ class DeployedEMA(Method):
     @property
     def partition(self) -> Partition | None:
         return self.inner.partition
+
+    def _unchanged_parameters(self) -> list[tuple[tuple[str, nn.Parameter], ...]]:
+        return self.inner._unchanged_parameters()
 
     def branches(self) -> list[Branch]:
         return self.inner.branches()
