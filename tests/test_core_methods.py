@@ -558,3 +558,48 @@ def test_parameters_added_or_replaced_after_prepare_are_refused(name, change):
         train(method)
     with pytest.raises(MethodError, match="the parameters of the model changed after prepare_method"):
         method.deployed()
+
+
+# ---- 21. moving a method after prepare_method -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_method_to_moves_every_branch_and_the_ema(name):
+    method = prepared(mlp(), name)
+    assert method.to(torch.float64) is method
+    batches = [(x.double(), y.double()) for x, y in data(3, seed=1)]
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    for batch in batches:
+        method.train_step(batch, mse, optimizers)
+    assert {p.dtype for branch in method.branches() for p in branch.module.parameters()} == {torch.float64}
+    assert method.deployed()(batches[0][0]).dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["deft", "ldt"])
+def test_moving_only_the_primary_of_a_dual_branch_is_named(name):
+    method = prepared(mlp(), name)
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    method.model.to(torch.float64)
+    with pytest.raises(MethodError, match=r"the primary branch is torch\.float64 on cpu but the auxiliary "
+                                          r"torch\.float32 on cpu \(e\.g\. '0\.weight'\): .*method\.to\("):
+        method.train_step((torch.randn(8, 4).double(), torch.randn(8, 4).double()), mse, optimizers)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_half_precision_after_prepare_is_refused(name):
+    """Below float32 is refused at prepare_method; model.half() or method.to(torch.float16) afterwards too."""
+    method = prepared(mlp(), name)
+    with pytest.raises(MethodError, match=r"parameter '0\.weight' is torch\.float16: .*keep float32"):
+        method.to(torch.float16)
+    method = prepared(mlp(), name)
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    for branch in method.branches():
+        branch.module.half()
+    with pytest.raises(MethodError, match=r"parameter '0\.weight' is torch\.float16: .*keep float32"):
+        method.train_step((torch.randn(8, 4).half(), torch.randn(8, 4).half()), mse, optimizers)
+
+
+def test_a_deployed_ema_does_not_follow_below_float32():
+    """A loop of its own (no train_step) that halves the model: the EMA would stall in float16, as prepare_method says."""
+    method = prepared(mlp(), "ft_ema")
+    method.model.half()
+    with pytest.raises(MethodError, match=r"ema_decay: parameter '0\.weight' is torch\.float16: .*keep float32"):
+        method.step()

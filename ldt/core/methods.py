@@ -338,6 +338,9 @@ class Method:
         if not callable(loss_fn):
             raise MethodError(f"loss_fn must be callable (model, batch) -> loss, got {type(loss_fn).__name__}")
         branches = self.branches()
+        for branch in branches:
+            if any(p.dtype.itemsize < 4 for p in branch.parameters):  # model.half() after prepare_method
+                raise MethodError(f"the {branch.name} branch: {low_precision(branch.module.named_parameters())}")
         self._check_optimizers(branches, optimizers)
         losses = {}
         for branch, optimizer in zip(branches, optimizers, strict=True):
@@ -397,6 +400,24 @@ class Method:
                                   "branch nor the EMA; prepare the method on the final model (adapters, heads included)")
             current.append(now)
         return current
+
+    def to(self, *args, **kwargs) -> "Method":
+        """Move every network of the method, as ``nn.Module.to`` (same arguments), and return the method.
+
+        ``method.model`` is only the primary of a dual branch: this moves the auxiliary too (LDT-S's host copies take
+        the new dtype and stay on the host; a :class:`DeployedEMA`'s EMA follows). A dtype below float32 is refused,
+        as by :func:`prepare_method`."""
+        dtype = torch._C._nn._parse_to(*args, **kwargs)[1]
+        if dtype is not None and dtype.is_floating_point:
+            floating = [(name, p) for name, p in self.model.named_parameters() if p.is_floating_point()]
+            problem = low_precision((name, torch.empty(0, dtype=dtype)) for name, _ in floating[:1])
+            if problem:
+                raise MethodError(f"method.to({dtype}): {problem}")
+        self._move(*args, **kwargs)
+        return self
+
+    def _move(self, *args, **kwargs) -> None:
+        self.model.to(*args, **kwargs)
 
     def __getstate__(self) -> dict:
         """Pickle (``torch.save(method)``) and ``copy.deepcopy`` without the optimizer verdicts: they hold weak
@@ -531,11 +552,21 @@ class DualMethod(Method):
 
     def branches(self) -> list[Branch]:
         primary, auxiliary = self._unchanged_parameters()  # the same order as primary_/auxiliary_parameters()
+        moved = next(((name, a, b) for (name, a), (_, b) in zip(primary, auxiliary)
+                      if a.dtype != b.dtype or a.device != b.device), None)
+        if moved is not None:
+            name, a, b = moved
+            raise MethodError(f"the primary branch is {a.dtype} on {a.device} but the auxiliary {b.dtype} on "
+                              f"{b.device} (e.g. '{name}'): method.model is the primary only; move a dual-branch "
+                              "method with method.to(...)")
         return [Branch("primary", self.dual.primary, [p for _, p in primary if p.requires_grad]),
                 Branch("auxiliary", self.dual.auxiliary, [p for _, p in auxiliary if p.requires_grad])]
 
     def step(self) -> None:
         self.dual.step()
+
+    def _move(self, *args, **kwargs) -> None:
+        self.dual.to(*args, **kwargs)
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.dual.composite_tensors()
@@ -609,6 +640,9 @@ class LDTSingle(Method):
 
     def step(self) -> None:
         self.single.step()
+
+    def _move(self, *args, **kwargs) -> None:
+        self.single.to(*args, **kwargs)
 
     def repartition(self, partition: Partition) -> None:
         self.single.repartition(partition)
@@ -691,8 +725,12 @@ class DeployedEMA(Method):
         self.buffers = [(*homes[id(source)], source) for _, source in self.copied if id(source) in homes]
 
     def _follow_sources(self) -> None:
-        """Move the EMA to the device and dtype of the tensors it follows (after ``Module.to``), keeping ties."""
+        """Move the EMA to the device and dtype of the tensors it follows (after ``Module.to``), keeping ties; not
+        below float32 (``model.half()`` after prepare_method), where the EMA stalls."""
         live = self.inner.deployed_tensors()
+        problem = low_precision((key, live[key]) for key, target in self.ema.items() if target.is_floating_point())
+        if problem:
+            raise MethodError(f"ema_decay: {problem}")
         self.ema = _once_per_tensor(self.ema, lambda key, tensor: tensor.to(live[key].device, live[key].dtype))
         self._build_plan()
 
@@ -720,6 +758,10 @@ class DeployedEMA(Method):
     def repartition(self, partition: Partition) -> None:
         self.inner.repartition(partition)
         self._build_plan()
+
+    def _move(self, *args, **kwargs) -> None:
+        self.inner._move(*args, **kwargs)
+        self._follow_sources()
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.ema

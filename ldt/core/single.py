@@ -101,6 +101,15 @@ class SingleBranchLDT:
         self._use_groups(partition, *weights)
         set_trainable(self.model, getattr(partition, self.phase))
 
+    @torch.no_grad()
+    def to(self, *args, **kwargs) -> "SingleBranchLDT":
+        """Move the network (``nn.Module.to`` arguments); the host copies take its new dtype and stay on the host."""
+        self.model.to(*args, **kwargs)
+        other = PHASES[1 - PHASES.index(self.phase)]
+        self.ema = {group: [t.to(dtype=p.dtype) for t, p in zip(self.ema[group], self.live[group])] for group in PHASES}
+        self.parked = [t.to(dtype=p.dtype) for t, p in zip(self.parked, self.live[other])]
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Both groups: give them all to one optimizer; the frozen group has no grad and is skipped by it."""
         return self.live["stable"] + self.live["unstable"]
