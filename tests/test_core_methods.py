@@ -603,3 +603,14 @@ def test_a_deployed_ema_does_not_follow_below_float32():
     method.model.half()
     with pytest.raises(MethodError, match=r"ema_decay: parameter '0\.weight' is torch\.float16: .*keep float32"):
         method.step()
+
+
+# ---- 22. a one-shot generator that the warm-up exhausts -------------------------------------------------------------
+def test_a_one_shot_generator_shorter_than_the_warmup_is_named():
+    with pytest.raises(ValueError, match=r"the warm-up batches ran out after 3 of 5 steps and cannot be iterated "
+                                         r"again \(a one-shot generator\?"):
+        prepare_method(mlp(), config("ldt", warmup={"steps": 5}), batches=iter(data(3)), loss_fn=mse,
+                       head_patterns=[r"^4\."], log=lambda _: None)
+    with pytest.raises(ProbeError, match=r"the probe received no batch: .*the warm-up used up the one-shot iterator"):
+        prepare_method(mlp(), config("ldt", warmup={"steps": 3}), batches=iter(data(3)), loss_fn=mse,
+                       head_patterns=[r"^4\."], log=lambda _: None)

@@ -26,6 +26,7 @@ import math
 import re
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -56,7 +57,7 @@ from ldt.core.partition import (
     partition_by_score,
     stable_count,
 )
-from ldt.core.probe import LossFn, checked_loss, layer_groups, probe_gradients
+from ldt.core.probe import LossFn, ProbeError, checked_loss, layer_groups, probe_gradients
 from ldt.core.single import SingleBranchLDT
 from ldt.core.warmup import warmup
 
@@ -940,6 +941,13 @@ def prepare_method(
             warmup(model, source("warmup", config.seed), warmup_loss_fn or loss_fn, patterns, config.warmup.steps,
                    optimizer_factory=lambda params: torch.optim.Adam(params, lr=config.warmup.lr), progress=progress,
                    exclude=left_out)
-        partition = cls.make_partition(model, config, source, loss_fn, head, progress, log)
+        try:
+            partition = cls.make_partition(model, config, source, loss_fn, head, progress, log)
+        except ProbeError as err:
+            if warms and isinstance(batches, Iterator) and "received no batch" in str(err):
+                raise ProbeError(f"{err}: the warm-up used up the one-shot iterator given as batches= (one stream for "
+                                 "warm-up and probe); pass an iterable that restarts (a list, a DataLoader) "
+                                 "or batches(purpose, seed)") from None
+            raise
     method: Method = cls(model, partition, config)
     return DeployedEMA(method, decay) if decay else method

@@ -83,6 +83,10 @@ def warmup(
                 try:
                     batch = next(iterator)
                 except StopIteration:
+                    if losses:  # iter() of a generator is the spent generator itself
+                        raise ValueError(f"the warm-up batches ran out after {len(losses)} of {steps} steps and cannot "
+                                         "be iterated again (a one-shot generator? give an iterable that restarts: a "
+                                         "list, a DataLoader)") from None
                     raise ValueError("the warm-up loader is empty") from None
             optimizer.zero_grad(set_to_none=True)
             loss = checked_loss(loss_fn(model, batch), f"warm-up step {len(losses)}", ValueError)
