@@ -127,3 +127,19 @@ def test_probe_in_train_mode_leaves_batchnorm_statistics_untouched(tiny_net):
     probe_gradients(tiny_net, make_batches(3), ce_loss, train_mode=True)
     for name, buffer in tiny_net.named_buffers():
         assert torch.equal(buffer, before[name]), name
+
+
+def test_module_grouping_keeps_a_parametrized_weight_in_its_module():
+    """torch.nn.utils.parametrizations put a module's weight under '<module>.parametrizations.weight.original*': with
+    group_by='module' it still pools with the module's bias (one layer per Linear, not one per parametrization)."""
+    from torch import nn
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    from ldt.core import layer_groups
+
+    model = nn.Sequential(weight_norm(nn.Linear(4, 4)), spectral_norm(nn.Linear(4, 4)), nn.Linear(4, 4))
+    assert layer_groups(model, "module") == {
+        "0": ["0.bias", "0.parametrizations.weight.original0", "0.parametrizations.weight.original1"],
+        "1": ["1.bias", "1.parametrizations.weight.original"],
+        "2": ["2.weight", "2.bias"],
+    }

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.utils import parametrize
 
 GroupBy = Literal["tensor", "module"]
 LossFn = Callable[[nn.Module, object], torch.Tensor]
@@ -214,13 +216,24 @@ def _collective_device(group: dist.ProcessGroup | None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
+_PARAMETRIZED = re.compile(r"(?:^|\.)parametrizations\.[^.]+$")  # the container torch.nn.utils.parametrize adds
+
+
 def layer_groups(model: nn.Module, group_by: GroupBy = "tensor") -> dict[str, list[str]]:
-    """Map layer name -> parameter names, in network order (``named_parameters`` order)."""
+    """Map layer name -> parameter names, in network order (``named_parameters`` order).
+
+    With ``group_by='module'`` a tensor of ``torch.nn.utils.parametrize`` (``conv.parametrizations.weight.original``)
+    belongs to the module it parametrizes (``conv``), not to the parametrization's own container."""
     if group_by not in ("tensor", "module"):
         raise ValueError(f"group_by must be 'tensor' or 'module', got {group_by!r}")
     groups: dict[str, list[str]] = {}
     for name, _ in model.named_parameters():
-        layer = name if group_by == "tensor" else name.rpartition(".")[0] or name
+        owner = name.rpartition(".")[0]
+        if group_by == "module" and _PARAMETRIZED.search(owner):
+            module = _PARAMETRIZED.sub("", owner)
+            if parametrize.is_parametrized(model.get_submodule(module)):
+                owner = module
+        layer = name if group_by == "tensor" else owner or name
         groups.setdefault(layer, []).append(name)
     return groups
 
