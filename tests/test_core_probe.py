@@ -143,3 +143,14 @@ def test_module_grouping_keeps_a_parametrized_weight_in_its_module():
         "1": ["1.bias", "1.parametrizations.weight.original"],
         "2": ["2.weight", "2.bias"],
     }
+
+
+def test_probe_restores_the_mode_of_every_submodule(tiny_net, batches):
+    """A BatchNorm the user froze with .eval() inside a training model stays frozen after the probe (model.train()
+    alone would switch every submodule back on)."""
+    tiny_net.train()
+    tiny_net.body[1].eval()
+    probe_gradients(tiny_net, batches, ce_loss, num_batches=2)
+    assert tiny_net.training and not tiny_net.body[1].training
+    probe_gradients(tiny_net, batches, ce_loss, num_batches=2, train_mode=False)
+    assert tiny_net.training and not tiny_net.body[1].training and tiny_net.body[0].training

@@ -101,6 +101,18 @@ def test_warmup_trains_only_the_named_subset(tiny_net):
     assert tiny_net.body[0].weight.requires_grad is False and tiny_net.head.weight.requires_grad is True
 
 
+def test_warmup_restores_the_mode_of_every_submodule(tiny_net):
+    """The warm-up runs in train mode; afterwards every submodule is back in its own mode (an eval-mode model stays in
+    eval mode, a BatchNorm frozen with .eval() stays frozen)."""
+    tiny_net.eval()
+    warmup(tiny_net, make_batches(2), ce_loss, [r"^head\."], steps=2)
+    assert not any(module.training for module in tiny_net.modules())
+    tiny_net.train()
+    tiny_net.body[1].eval()
+    warmup(tiny_net, make_batches(2), ce_loss, [r"^head\."], steps=2)
+    assert tiny_net.training and tiny_net.head.training and not tiny_net.body[1].training
+
+
 def test_warmup_errors(tiny_net):
     with pytest.raises(ValueError, match="match no parameter"):
         warmup(tiny_net, make_batches(1), ce_loss, [r"^classifier"], steps=1)

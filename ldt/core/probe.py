@@ -259,8 +259,8 @@ def probe_gradients(
     """Collect per-layer gradient statistics over ``batches`` without updating ``model``.
 
     ``loss_fn(model, batch)`` returns the scalar loss of one batch. Every floating-point parameter (or those named in
-    ``parameters``) gets ``requires_grad=True`` for the probe, whatever its flag; flags, grads, train/eval mode and
-    buffers (e.g. BatchNorm running statistics, which a train-mode forward updates) are restored after.
+    ``parameters``) gets ``requires_grad=True`` for the probe, whatever its flag; flags, grads, the train/eval
+    mode of every submodule and buffers (e.g. BatchNorm running statistics, which a train-mode forward updates) are restored after.
     Layers that never receive a gradient (integer and complex parameters cannot) are listed in ``no_grad`` and get no
     score. A loader shorter than ``num_batches`` is probed to its end, with a warning. Under an initialised
     ``torch.distributed`` process group (and ``distributed=True``) the statistics of all ranks are merged.
@@ -282,7 +282,7 @@ def probe_gradients(
     saved_flags = {name: p.requires_grad for name, p in named.items()}
     saved_grads = {name: p.grad for name, p in named.items()}
     saved_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # each one: a BatchNorm frozen by .eval()
     seen = 0
     try:
         for p in named.values():
@@ -330,7 +330,8 @@ def probe_gradients(
         with torch.no_grad():
             for name, buffer in model.named_buffers():
                 buffer.copy_(saved_buffers[name])
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     stats = GradientStatistics(
         layers=groups,
         moments=moments,

@@ -52,7 +52,8 @@ def warmup(
 
     Matching parameters named in ``exclude`` (prepare_method passes those the user froze) and those that are not
     floating point (they cannot have a gradient) stay frozen too. ``batches`` is re-iterated when exhausted.
-    The model's ``requires_grad`` flags are restored afterwards.
+    It runs in train mode (BatchNorm statistics follow the warm-up batches); the model's ``requires_grad`` flags and
+    the train/eval mode of every submodule are restored afterwards.
     Under an initialised ``torch.distributed`` process group (and ``distributed=True``) the trained parameters'
     gradients are averaged across ranks before every step, as DDP would, so all ranks warm up the same head on the
     union of their batches and the probe that follows sees one model. Returns the loss of every step.
@@ -66,6 +67,7 @@ def warmup(
         raise ValueError(f"warm-up patterns {list(trainable)} match only parameters that cannot train (frozen or not "
                          "floating point)")
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    modes = [(module, module.training) for module in model.modules()]
     losses: list[float] = []
     try:
         set_trainable(model, names)
@@ -105,4 +107,6 @@ def warmup(
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
             p.grad = None
+        for module, mode in modes:
+            module.training = mode
     return losses
