@@ -614,3 +614,16 @@ def test_a_one_shot_generator_shorter_than_the_warmup_is_named():
     with pytest.raises(ProbeError, match=r"the probe received no batch: .*the warm-up used up the one-shot iterator"):
         prepare_method(mlp(), config("ldt", warmup={"steps": 3}), batches=iter(data(3)), loss_fn=mse,
                        head_patterns=[r"^4\."], log=lambda _: None)
+
+
+# ---- 23. the optimizers argument of train_step ------------------------------------------------------------------------
+def test_train_step_names_a_single_optimizer_and_takes_a_generator():
+    method = prepared(mlp(), "ft")
+    optimizer = torch.optim.SGD(method.branches()[0].parameters, lr=0.1)
+    with pytest.raises(MethodError, match=r"^optimizers: pass a list with one optimizer per branch \(net\), got a "
+                                          r"single SGD$"):
+        method.train_step(data(1)[0], mse, optimizer)
+    method.train_step(data(1)[0], mse, (o for o in [optimizer]))
+    dual = prepared(mlp(), "ldt")
+    with pytest.raises(MethodError, match=r"one optimizer per branch \(primary, auxiliary\), got a single Adam"):
+        dual.train_step(data(1)[0], mse, torch.optim.Adam(dual.model.parameters()))

@@ -338,6 +338,11 @@ class Method:
                               "step() from your loop and call repartition() every N steps (as the SR model does)")
         if not callable(loss_fn):
             raise MethodError(f"loss_fn must be callable (model, batch) -> loss, got {type(loss_fn).__name__}")
+        if isinstance(optimizers, torch.optim.Optimizer):
+            names = ", ".join(branch.name for branch in self.branches())
+            raise MethodError(f"optimizers: pass a list with one optimizer per branch ({names}), got a single "
+                              f"{type(optimizers).__name__}")
+        optimizers = list(optimizers)  # a generator of optimizers, too
         branches = self.branches()
         for branch in branches:
             if any(p.dtype.itemsize < 4 for p in branch.parameters):  # model.half() after prepare_method
