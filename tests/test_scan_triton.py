@@ -29,6 +29,8 @@ pytestmark = pytest.mark.slow  # the Triton interpreter in a subprocess
 # A CPU-only torch build ships no triton; the backend is then simply not available (tests/test_selective_scan.py
 # checks that auto falls back and an explicit request says what is missing).
 triton = pytest.importorskip("triton", reason="triton is not installed (CPU-only torch builds ship none)")
+tl = triton.language
+from ldt.ops import scan_triton  # noqa: E402  (after the skip: it imports triton)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +130,41 @@ def _saved_bytes() -> int:
     return saved_bytes(lambda: _scan(inputs, SAVED))
 
 
+# Index arithmetic at sizes no test can allocate: the kernels' own offset helpers, run under the interpreter (whose
+# int32 arithmetic wraps like a GPU's) with sizes where an int32 offset would wrap, against exact Python integers.
+# The sizes are only scalars here; nothing is loaded beyond A, D and delta_bias of (dim, state) and (dim,).
+OFFSETS = dict(batch=3, dim=8, groups=2, state=16, length=(1 << 30) + 7, n_chunks=(1 << 27) + 3, block_d=4)
+
+
+@triton.jit
+def _offsets_probe(A_ptr, D_ptr, bias_ptr, base_ptr, bound_ptr, b_rows_ptr, dim, length, state, n_chunks, groups,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Stores the forward's/backward's row starts, last chunk's bound offsets and B rows of every program."""
+    (offs_d, offs_n, mask_d, mask_n, mask_dn, channel_rows, base, state_offs, A, bias, skip,
+     b_rows, B_inv, c_rows, C_inv) = scan_triton._prologue(
+        A_ptr, A_ptr, A_ptr, D_ptr, bias_ptr, dim, length, state, groups, groups,
+        BLOCK_D, BLOCK_N, True, True, True, True, tl.float32,
+    )
+    bound = scan_triton._bound_offsets(channel_rows, offs_n, n_chunks, n_chunks - 1, state)
+    tl.store(base_ptr + channel_rows, base.to(tl.int64))
+    tl.store(bound_ptr + channel_rows[:, None] * BLOCK_N + offs_n[None, :], bound.to(tl.int64))
+    group = tl.program_id(1) * groups + tl.program_id(0) * BLOCK_D // (dim // groups)
+    tl.store(b_rows_ptr + group * BLOCK_N + offs_n, b_rows.to(tl.int64))
+
+
+def _offsets_results() -> list[Tensor]:
+    o = OFFSETS
+    A, D, bias = torch.zeros(o["dim"], o["state"]), torch.zeros(o["dim"]), torch.zeros(o["dim"])
+    base = torch.zeros(o["batch"] * o["dim"], dtype=torch.int64)
+    bound = torch.zeros(o["batch"] * o["dim"], o["state"], dtype=torch.int64)
+    b_rows = torch.zeros(o["batch"] * o["groups"], o["state"], dtype=torch.int64)
+    _offsets_probe[(o["dim"] // o["block_d"], o["batch"])](
+        A, D, bias, base, bound, b_rows, o["dim"], o["length"], o["state"], o["n_chunks"], o["groups"],
+        BLOCK_D=o["block_d"], BLOCK_N=o["state"],
+    )
+    return [base, bound, b_rows]
+
+
 def interpreted_results() -> dict[str, object]:
     """Everything the tests below need from the triton backend, computed in this process (the interpreter must be
     on)."""
@@ -142,6 +179,7 @@ def interpreted_results() -> dict[str, object]:
     results["autocast"] = _autocast_results()
     results["non-contiguous"] = _non_contiguous_results()
     results["saved bytes"] = _saved_bytes()
+    results["offsets"] = _offsets_results()
     return results
 
 
@@ -216,6 +254,20 @@ def test_interpreted_kernels_save_no_more_than_the_torch_backend(interpreted: di
     assert interpreted["saved bytes"] <= input_bytes + boundary_bytes
 
 
+def test_interpreted_offsets_do_not_wrap_past_2_to_the_31(interpreted: dict[str, object]) -> None:
+    """Row starts in (batch, dim, L) tensors, chunk-state offsets and B/C row offsets stay exact where the products
+    pass 2**31 (MambaIR at test time: batch * 1440 channels * L = 2**20 steps of a 1024x1024 input)."""
+    o = OFFSETS
+    base, bound, b_rows = interpreted["offsets"]
+    assert o["batch"] * o["dim"] * o["length"] > 2**32
+    rows = range(o["batch"] * o["dim"])
+    assert base.tolist() == [r * o["length"] for r in rows]
+    assert bound.tolist() == [[(r * o["n_chunks"] + o["n_chunks"] - 1) * o["state"] + n for n in range(o["state"])]
+                              for r in rows]
+    assert b_rows.tolist() == [[(g * o["state"] + n) * o["length"] for n in range(o["state"])]
+                               for g in range(o["batch"] * o["groups"])]
+
+
 # ------------------------------------------------------------------------------------------------ compiles for GPUs
 
 # Triton types of the tensors the wrappers pass.
@@ -260,10 +312,38 @@ def _launches(cfg: Config, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) 
     return launches
 
 
+_PTR_OP = re.compile(r"^\s*(%[\w#.]+) = tt\.(splat|broadcast|expand_dims|reshape|addptr) (%[\w#.]+)[^:]*:(.*)$")
+_ACCESS = re.compile(r"^\s*(?:%[\w#.]+ = )?tt\.(load|store|atomic_rmw)\s+(?:[a-z_]+, )*(%[\w#.]+)")
+_PTR_ARG = re.compile(r"(%\w+): !tt\.ptr<")
+
+
+def _narrow_accesses(ttir: str, small: set[str]) -> list[str]:
+    """Loads, stores and atomics of a TTIR kernel whose pointer was offset from its argument by 32-bit offsets only
+    (each pointer is followed from its argument through splat, broadcast, expand_dims, reshape and addptr), except
+    for the arguments in ``small``."""
+    pointers: dict[str, tuple[str, bool]] = {}  # SSA value -> (argument, an i64 offset was added on the way)
+    narrow = []
+    for line in ttir.splitlines():
+        if "tt.func" in line:
+            pointers.update({name: (name[1:], False) for name in _PTR_ARG.findall(line)})
+            continue
+        line = re.sub(r"\s+loc\(.*$", "", line)
+        if (m := _PTR_OP.match(line)) and m.group(3) in pointers:
+            arg, wide = pointers[m.group(3)]
+            pointers[m.group(1)] = (arg, wide or (m.group(2) == "addptr" and re.search(r"i64>?$", m.group(4).strip())
+                                                  is not None))
+        elif m := _ACCESS.match(line):
+            arg, wide = pointers[m.group(2)]
+            if not wide and arg not in small:
+                narrow.append(f"{m.group(1)} of {arg}")
+    return narrow
+
+
 @pytest.mark.parametrize("name", list(COMPILE_CASES))
 def test_kernels_compile_for_gpus(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Triton's compiler (to a cubin or hsaco) on the exact arguments the wrappers pass; no GPU needed. This is what
-    the interpreter cannot check: block shapes, layouts, types and registers that a real GPU build accepts."""
+    the interpreter cannot check: block shapes, layouts, types and registers that a real GPU build accepts, and
+    the width of the offsets the compiled code uses."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -285,6 +365,12 @@ def test_kernels_compile_for_gpus(name: str, monkeypatch: pytest.MonkeyPatch) ->
             options={"num_warps": kwargs["num_warps"]},
         )
         assert compiled.asm.get("cubin" if target[0] == "cuda" else "hsaco")
+        # Every access to a (batch, dim, ...) tensor is offset in 64 bits (program ids and aranges are int32, and
+        # batch * dim * L passes 2**31 at test-time sizes); only the per-channel (dim, N) and (dim,) operands may
+        # be indexed in 32 bits.
+        small = {"A_ptr", "D_ptr", "bias_ptr"} | {f"{x}_ptr" for x in "BC" if not kwargs[f"{x}_VARIABLE"]}
+        assert not _narrow_accesses(compiled.asm["ttir"], small)
+        assert len(re.findall(r"tt\.(?:load|store|atomic_rmw)\s", compiled.asm["ttir"])) > 5  # the parser saw them
 
 
 def test_the_gpu_check_script_runs_through_on_the_cpu():

@@ -187,7 +187,19 @@ def _prologue(
                                 B_VARIABLE, COMPUTE)
     c_rows, C_inv = _bc_operand(C_ptr, pid_b, block_start, offs_d, offs_n, mask_dn, dim, state, length, c_groups,
                                 C_VARIABLE, COMPUTE)
-    return offs_d, offs_n, mask_d, mask_n, mask_dn, pid_b * dim + offs_d, A, bias, skip, b_rows, B_inv, c_rows, C_inv
+    # Offsets into (batch, dim, ...) tensors are int64 (pid_b is): batch * dim * length passes 2**31 at MambaIR's
+    # test sizes (a 1024x1024 input gives L = 2**20 with dim 1440), and an int32 product would wrap silently.
+    channel_rows = pid_b * dim + offs_d
+    base = channel_rows * length  # start of each channel's (batch, channel, :) row
+    state_offs = channel_rows[:, None] * state + offs_n[None, :]  # (batch, dim, state) tensors
+    return (offs_d, offs_n, mask_d, mask_n, mask_dn, channel_rows, base, state_offs, A, bias, skip,
+            b_rows, B_inv, c_rows, C_inv)
+
+
+@triton.jit
+def _bound_offsets(channel_rows, offs_n, n_chunks, k, state):
+    """Offsets of chunk ``k``'s start states in the (batch, dim, n_chunks, state) ``bounds``."""
+    return (channel_rows[:, None] * n_chunks + k) * state + offs_n[None, :]
 
 
 @triton.jit
@@ -200,16 +212,15 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     COMPUTE: tl.constexpr = bounds_ptr.dtype.element_ty
-    offs_d, offs_n, mask_d, mask_n, mask_dn, channel_rows, A, bias, skip, b_rows, B_inv, c_rows, C_inv = _prologue(
+    (offs_d, offs_n, mask_d, mask_n, mask_dn, channel_rows, base, state_offs, A, bias, skip,
+     b_rows, B_inv, c_rows, C_inv) = _prologue(
         A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dim, length, state, b_groups, c_groups,
         BLOCK_D, BLOCK_N, B_VARIABLE, C_VARIABLE, HAS_D, HAS_BIAS, COMPUTE,
     )
     cols = tl.arange(0, BLOCK_T)
-    base = channel_rows * length  # start of each channel's (batch, channel, :) row
-    state_offs = channel_rows[:, None] * state + offs_n[None, :]
     h = tl.zeros((BLOCK_D, BLOCK_N), COMPUTE)
     for k in range(n_chunks):
-        bound_offs = (channel_rows[:, None] * n_chunks + k) * state + offs_n[None, :]
+        bound_offs = _bound_offsets(channel_rows, offs_n, n_chunks, k, state)
         tl.store(bounds_ptr + bound_offs, h, mask=mask_dn)
         for j in range(TILES):
             t = (k * TILES + j) * BLOCK_T + cols
@@ -239,13 +250,12 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     COMPUTE: tl.constexpr = bounds_ptr.dtype.element_ty
-    offs_d, offs_n, mask_d, mask_n, mask_dn, channel_rows, A, bias, skip, b_rows, B_inv, c_rows, C_inv = _prologue(
+    (offs_d, offs_n, mask_d, mask_n, mask_dn, channel_rows, base, state_offs, A, bias, skip,
+     b_rows, B_inv, c_rows, C_inv) = _prologue(
         A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dim, length, state, b_groups, c_groups,
         BLOCK_D, BLOCK_N, B_VARIABLE, C_VARIABLE, HAS_D, HAS_BIAS, COMPUTE,
     )
     cols = tl.arange(0, BLOCK_T)
-    base = channel_rows * length  # start of each channel's (batch, channel, :) row
-    state_offs = channel_rows[:, None] * state + offs_n[None, :]
     tile_ids = tl.arange(0, TILES)
     # Adjoint of the state at the step after the current tile; the last state's gradient seeds it.
     carry = tl.load(grad_last_ptr + state_offs, mask=mask_dn, other=0.0).to(COMPUTE)
@@ -256,7 +266,7 @@ def _scan_bwd_kernel(
     dbias = tl.zeros((BLOCK_D,), COMPUTE)
     for kk in range(n_chunks):
         k = n_chunks - 1 - kk
-        bound_offs = (channel_rows[:, None] * n_chunks + k) * state + offs_n[None, :]
+        bound_offs = _bound_offsets(channel_rows, offs_n, n_chunks, k, state)
         h = tl.load(bounds_ptr + bound_offs, mask=mask_dn, other=0.0)
         # Pass 1: the state before every tile of the chunk, from the saved state at its start.
         starts = tl.zeros((BLOCK_D, TILES, BLOCK_N), COMPUTE)
