@@ -10,6 +10,7 @@ arguments; with CUDA the compiled kernels are run and compared as well.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -148,7 +149,7 @@ def _offsets_probe(A_ptr, D_ptr, bias_ptr, base_ptr, bound_ptr, b_rows_ptr, dim,
     bound = scan_triton._bound_offsets(channel_rows, offs_n, n_chunks, n_chunks - 1, state)
     tl.store(base_ptr + channel_rows, base.to(tl.int64))
     tl.store(bound_ptr + channel_rows[:, None] * BLOCK_N + offs_n[None, :], bound.to(tl.int64))
-    group = tl.program_id(1) * groups + tl.program_id(0) * BLOCK_D // (dim // groups)
+    group = tl.min(channel_rows, axis=0) // (dim // groups)  # batch element * groups + group
     tl.store(b_rows_ptr + group * BLOCK_N + offs_n, b_rows.to(tl.int64))
 
 
@@ -158,7 +159,7 @@ def _offsets_results() -> list[Tensor]:
     base = torch.zeros(o["batch"] * o["dim"], dtype=torch.int64)
     bound = torch.zeros(o["batch"] * o["dim"], o["state"], dtype=torch.int64)
     b_rows = torch.zeros(o["batch"] * o["groups"], o["state"], dtype=torch.int64)
-    _offsets_probe[(o["dim"] // o["block_d"], o["batch"])](
+    _offsets_probe[(o["batch"], o["dim"] // o["block_d"])](
         A, D, bias, base, bound, b_rows, o["dim"], o["length"], o["state"], o["n_chunks"], o["groups"],
         BLOCK_D=o["block_d"], BLOCK_N=o["state"],
     )
@@ -290,8 +291,10 @@ COMPILE_CASES = {
 }
 
 
-def _launches(cfg: Config, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, tuple, dict]]:
-    """(kernel, args, keyword args) of the launches the wrappers make for ``cfg``, recorded instead of run."""
+def _launches(
+    cfg: Config, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[object, tuple[int, ...], tuple, dict]]:
+    """(kernel, grid, args, keyword args) of the launches the wrappers make for ``cfg``, recorded instead of run."""
     from ldt.ops import scan_triton
 
     launches = []
@@ -301,7 +304,7 @@ def _launches(cfg: Config, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) 
             self.kernel = kernel
 
         def __getitem__(self, grid: tuple[int, ...]) -> object:
-            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+            return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
 
     for name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
         monkeypatch.setattr(scan_triton, name, Recorder(getattr(scan_triton, name)))
@@ -353,8 +356,8 @@ def test_kernels_compile_for_gpus(name: str, monkeypatch: pytest.MonkeyPatch) ->
         pytest.skip("this process runs the Triton interpreter (TRITON_INTERPRET=1)")
     cfg, dtype, target = COMPILE_CASES[name]
     launches = _launches(cfg, dtype, monkeypatch)
-    assert [kernel.__name__ for kernel, _, _ in launches] == ["_scan_fwd_kernel", "_scan_bwd_kernel"]
-    for kernel, args, kwargs in launches:
+    assert [kernel.__name__ for kernel, _, _, _ in launches] == ["_scan_fwd_kernel", "_scan_bwd_kernel"]
+    for kernel, _, args, kwargs in launches:
         constexprs = {k: v for k, v in kwargs.items() if k != "num_warps"}
         signature = {
             arg: "constexpr" if arg in constexprs else TRITON_TYPES[value.dtype] if torch.is_tensor(value) else "i32"
@@ -371,6 +374,24 @@ def test_kernels_compile_for_gpus(name: str, monkeypatch: pytest.MonkeyPatch) ->
         small = {"A_ptr", "D_ptr", "bias_ptr"} | {f"{x}_ptr" for x in "BC" if not kwargs[f"{x}_VARIABLE"]}
         assert not _narrow_accesses(compiled.asm["ttir"], small)
         assert len(re.findall(r"tt\.(?:load|store|atomic_rmw)\s", compiled.asm["ttir"])) > 5  # the parser saw them
+
+
+@pytest.mark.parametrize("batch", [1, 70000])
+def test_launch_grids_fit_cuda_limits(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA refuses a grid with axis 0 over 2**31 - 1 or axis 1 or 2 over 65535 programs: the grids stay inside at
+    any batch and still hold one program per (batch element, channel block)."""
+    cfg = Config(batch=batch, dim=8, groups=2, state=2, length=3, chunk=2, D=True)
+    launches = _launches(cfg, torch.float32, monkeypatch)
+    assert len(launches) == 2
+    for _, grid, _, kwargs in launches:
+        assert 1 <= len(grid) <= 3 and grid[0] < 2**31 and all(g <= 65535 for g in grid[1:]), grid
+        assert math.prod(grid) * kwargs["BLOCK_D"] == batch * cfg.dim
+
+
+def test_launch_refuses_more_channel_blocks_than_a_grid_axis_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = Config(batch=1, dim=65537, groups=1, state=1, length=1, chunk=1)  # an odd width: one channel per program
+    with pytest.raises(ValueError, match="65535"):
+        _launches(cfg, torch.float32, monkeypatch)
 
 
 def test_the_gpu_check_script_runs_through_on_the_cpu():

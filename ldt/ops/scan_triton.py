@@ -172,8 +172,10 @@ def _prologue(
 ):
     """What a program needs for the whole sequence: its channel and state offsets and masks, the (batch, channel)
     row index of each channel, and the per-channel operands (A, delta_bias, D, where to find B and C)."""
-    block_start = tl.program_id(0) * BLOCK_D
-    pid_b = tl.program_id(1).to(tl.int64)
+    # Grid (batch, dim // BLOCK_D): CUDA limits grid axis 0 to 2**31 - 1 programs but axes 1 and 2 to 65535, so the
+    # batch, which may be large, takes axis 0 (see _grid).
+    pid_b = tl.program_id(0).to(tl.int64)
+    block_start = tl.program_id(1) * BLOCK_D
     offs_d = block_start + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < dim
@@ -432,6 +434,15 @@ def _problem(
     return _Problem(tensors, dtype, cfg, n_chunks, (dim, length, state, n_chunks, *groups), flags)
 
 
+def _grid(batch: int, dim: int, cfg: Blocks) -> tuple[int, int]:
+    """One program per (batch element, block of ``cfg.d`` channels); the channel blocks on grid axis 1, which CUDA
+    (and ROCm) limit to 65535 programs."""
+    if dim // cfg.d > 65535:
+        raise ValueError(f"the triton scan launches one program per {cfg.d} channels of a batch element: "
+                         f"{dim // cfg.d} programs for {dim} channels exceed grid axis 1's limit of 65535")
+    return (batch, dim // cfg.d)
+
+
 def saved_chunks(dim: int, groups: int, state: int, length: int, chunk_size: int) -> int:
     """Number of saved chunk states along the sequence (the size of dim 2 of the forward's ``bounds``)."""
     return triton.cdiv(length, blocks(dim, groups, state, length, chunk_size).chunk)
@@ -456,7 +467,7 @@ def forward(
     out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     last = u.new_empty(batch, dim, state, dtype=p.dtype)
     bounds = u.new_empty(batch, dim, p.n_chunks, state, dtype=p.dtype)
-    _scan_fwd_kernel[(dim // p.cfg.d, batch)](*p.tensors, out, last, bounds, *p.sizes, **p.flags)
+    _scan_fwd_kernel[_grid(batch, dim, p.cfg)](*p.tensors, out, last, bounds, *p.sizes, **p.flags)
     return out, last, bounds
 
 
@@ -491,7 +502,7 @@ def backward(
 
     du, ddelta, dz = like(u), like(delta), None if z is None else like(z)
     dA, dB, dC, dD, dbias = per_channel(state), bc_grad(B), bc_grad(C), per_channel(), per_channel()
-    _scan_bwd_kernel[(dim // p.cfg.d, batch)](
+    _scan_bwd_kernel[_grid(batch, dim, p.cfg)](
         grad_out.contiguous(), grad_last.to(p.dtype).contiguous(), *p.tensors, bounds,
         du, ddelta, u.new_empty(0) if dz is None else dz, dA, dB, dC, dD, dbias, *p.sizes, **p.flags,
     )
