@@ -10,6 +10,7 @@ arguments; with CUDA the compiled kernels are run and compared as well.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -17,6 +18,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -392,6 +395,34 @@ def test_launch_refuses_more_channel_blocks_than_a_grid_axis_holds(monkeypatch: 
     cfg = Config(batch=1, dim=65537, groups=1, state=1, length=1, chunk=1)  # an odd width: one channel per program
     with pytest.raises(ValueError, match="65535"):
         _launches(cfg, torch.float32, monkeypatch)
+
+
+def test_launches_run_on_the_inputs_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton launches on the current CUDA device: both kernels are launched under a guard for the inputs' device
+    (tensors on cuda:1 with cuda:0 current would otherwise reach a kernel on the wrong GPU)."""
+    guard = scan_triton._on_device(SimpleNamespace(device=torch.device("cuda", 1)))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1  # built without touching a GPU
+    active: list[torch.device] = []
+    seen: list[list[torch.device]] = []
+
+    @contextlib.contextmanager
+    def recording(t: Tensor) -> Iterator[None]:
+        active.append(t.device)
+        yield
+        active.pop()
+
+    class Recorder:
+        def __getitem__(self, grid: tuple[int, ...]) -> object:
+            return lambda *args, **kwargs: seen.append(list(active))
+
+    monkeypatch.setattr(scan_triton, "_on_device", recording)
+    for name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
+        monkeypatch.setattr(scan_triton, name, Recorder())
+    cfg = Config(length=3, D=True)
+    args = [None if t is None else t.detach() for t in make_inputs(cfg, torch.float32).values()]
+    out, last, bounds = scan_triton.forward(*args, cfg.softplus, cfg.chunk)
+    scan_triton.backward(out, last, *args, bounds, cfg.softplus, cfg.chunk)
+    assert seen == [[args[0].device], [args[0].device]]
 
 
 def test_the_gpu_check_script_runs_through_on_the_cpu():

@@ -25,6 +25,7 @@ Everything is computed in float32 (float64 for float64 inputs) whatever the inpu
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -443,6 +444,13 @@ def _grid(batch: int, dim: int, cfg: Blocks) -> tuple[int, int]:
     return (batch, dim // cfg.d)
 
 
+def _on_device(t: Tensor) -> contextlib.AbstractContextManager[object]:
+    """The launch context for tensors on ``t``'s device: Triton launches on the *current* CUDA device and stream,
+    so tensors on another GPU than the current one (a model on cuda:1 in a process whose current device is cuda:0)
+    would be handed to a kernel running on the wrong GPU."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def saved_chunks(dim: int, groups: int, state: int, length: int, chunk_size: int) -> int:
     """Number of saved chunk states along the sequence (the size of dim 2 of the forward's ``bounds``)."""
     return triton.cdiv(length, blocks(dim, groups, state, length, chunk_size).chunk)
@@ -467,7 +475,8 @@ def forward(
     out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     last = u.new_empty(batch, dim, state, dtype=p.dtype)
     bounds = u.new_empty(batch, dim, p.n_chunks, state, dtype=p.dtype)
-    _scan_fwd_kernel[_grid(batch, dim, p.cfg)](*p.tensors, out, last, bounds, *p.sizes, **p.flags)
+    with _on_device(u):
+        _scan_fwd_kernel[_grid(batch, dim, p.cfg)](*p.tensors, out, last, bounds, *p.sizes, **p.flags)
     return out, last, bounds
 
 
@@ -502,10 +511,11 @@ def backward(
 
     du, ddelta, dz = like(u), like(delta), None if z is None else like(z)
     dA, dB, dC, dD, dbias = per_channel(state), bc_grad(B), bc_grad(C), per_channel(), per_channel()
-    _scan_bwd_kernel[_grid(batch, dim, p.cfg)](
-        grad_out.contiguous(), grad_last.to(p.dtype).contiguous(), *p.tensors, bounds,
-        du, ddelta, u.new_empty(0) if dz is None else dz, dA, dB, dC, dD, dbias, *p.sizes, **p.flags,
-    )
+    with _on_device(u):
+        _scan_bwd_kernel[_grid(batch, dim, p.cfg)](
+            grad_out.contiguous(), grad_last.to(p.dtype).contiguous(), *p.tensors, bounds,
+            du, ddelta, u.new_empty(0) if dz is None else dz, dA, dB, dC, dD, dbias, *p.sizes, **p.flags,
+        )
 
     def bc_result(grad: Tensor, like_: Tensor) -> Tensor:
         return (grad if like_.dim() > 2 else grad.sum(0)).to(like_.dtype)
