@@ -59,7 +59,7 @@ MAX_BLOCK_D = 8
 MAX_TILES = 8
 # Warps per program: one per 32 * ELEMENTS_PER_THREAD tile elements, at most MAX_WARPS. Compiled for sm_90 with
 # triton 3.8 (ptxas -v), the MambaIR tile (8, 16, 32) at 8 warps takes 126 registers forward and 223 backward, no
-# spills; at 16 warps 104 and 128 (40 bytes spilled).
+# spills (triton 3.6, the H200 image's: 126 and 249, no spills); at 16 warps 104 and 128 (40 bytes spilled).
 ELEMENTS_PER_THREAD = 16
 MAX_WARPS = 16
 
