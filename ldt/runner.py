@@ -271,9 +271,6 @@ class RunState:
         atomic_torch_save({"format": RUN_STATE_FORMAT, "run": self.digest, **state}, self.path)
         self._last = time.monotonic()
 
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-
 
 def prepared(state: RunState | None, prepare: Callable[..., Method]) -> Method:
     """``prepare(partition=, resuming=)`` (a call of :func:`ldt.core.prepare_method`): the method as prepared afresh,
