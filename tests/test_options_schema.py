@@ -174,6 +174,20 @@ def test_all_problems_are_reported_together(data_root, tmp_path, capsys, nothing
     assert {line.split(": ")[2] for line in lines} == {"train:total_iter", "network_g:n_block", "ldt:exchange:interval"}
 
 
+def test_a_field_that_fails_does_not_hide_the_checks_across_sections(data_root, tmp_path, capsys, nothing_built):
+    """The checks that read several sections (paths, tiles, the method against the network) still run when some
+    other field fails, so a file's problems come in one run, not one per fix."""
+    opt = tiny_options(data_root, "many", "ldt")
+    opt["train"]["optim_g"]["lrr"] = 1e-4  # a misspelled key
+    opt["path"] = {**opt.get("path", {}), "pretrain_network_g": str(tmp_path / "missing.pth")}
+    opt["val"] = {**opt["val"], "tile": 32, "tile_overlap": 32}
+    opt["ldt"]["unstable_ratio"] = 0.9999
+    code, lines = train_cli(write_options(opt, tmp_path), capsys)
+    assert code == 2 and len(lines) == 4, lines
+    assert [line.split(": ")[2] for line in lines] == ["train:optim_g:lrr", "path:pretrain_network_g",
+                                                       "val:tile_overlap", "ldt:unstable_ratio"]
+
+
 def test_numbers_written_as_yaml_strings_are_the_numbers_they_spell(data_root, tmp_path):
     text = yaml.safe_dump(tiny_options(data_root, "strings", "ldt"), sort_keys=False)
     text = text.replace("lr: 0.001", "lr: 1e-3").replace("val_freq: 3", "val_freq: 3e0")

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from ldt.core import MethodConfig, ProbeConfig, method_class
 from ldt.core.config import (
@@ -35,6 +36,7 @@ from ldt.core.config import (
     Real,
     Seed,
     annotation_models,
+    describe_errors,
     option_rows,
     runtime,
     validate_into,
@@ -747,6 +749,36 @@ def _path_problems(opt: RunOptions, is_train: bool) -> list[str]:
     return problems
 
 
+def _drop_at(data: Any, location: Sequence) -> None:
+    """Remove from ``data`` the deepest mapping entry on the path ``location`` (a pydantic error's ``loc``)."""
+    node = data
+    for depth, key in enumerate(location):
+        if not isinstance(node, dict) or key not in node:
+            return
+        child = node[key]
+        if depth == len(location) - 1 or not isinstance(child, dict) or location[depth + 1] not in child:
+            del node[key]
+            return
+        node = child
+
+
+def _checkable(model: type[BaseModel], data: dict, problems: list[str]) -> BaseModel | None:
+    """``model`` validated from ``data``; when some fields fail (their problems appended), validated again without
+    them, so that the checks across sections still see every field that passed and one run reports every problem of
+    a file (a misspelled key no longer hides a bad path). None when even that fails (a required field missing)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        problems += describe_errors(err, model, [])
+        pruned = copy.deepcopy(data)
+        for error in err.errors():
+            _drop_at(pruned, error["loc"])
+    try:
+        return model.model_validate(pruned)
+    except ValidationError:
+        return None
+
+
 # ------------------------------------------------------------------------------------------------- the entry point
 
 
@@ -763,8 +795,8 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
         warnings.warn(f"model_type: {raw['model_type']} runs as LDTModel (the method is ldt:method)", OptionsWarning,
                       stacklevel=2)
         raw["model_type"] = "LDTModel"
-    top = validate_into(RunOptions, {**raw, "datasets": raw.get("datasets") or {}, "network_g": raw.get("network_g") or {}},
-                        [], problems)
+    top = _checkable(RunOptions, {**raw, "datasets": raw.get("datasets") or {}, "network_g": raw.get("network_g") or {}},
+                     problems)
     network, meta_network, arch = _check_network(raw.get("network_g"), problems)
     scale = (top.scale if top is not None and top.scale else None) or (network_scale(network or {}) or 4)
     if top is not None and top.scale and network and network_scale(network) not in (None, top.scale):
