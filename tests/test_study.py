@@ -176,3 +176,28 @@ def test_bad_study_arguments_fail_before_the_pre_training(argv, message, tmp_pat
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_study_on_the_same_out_is_refused_before_it_evaluates_the_pretrained_network(tmp_path, monkeypatch,
+                                                                                              capsys):
+    import ldt.sr.demo as demo
+    import ldt.sr.reproduce as reproduce
+    from ldt.sr.study import main
+    from ldt.sweep import LOCK_FILE
+    from tests.conftest import hold_in_another_process
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pre-trained network was evaluated while another study held the folder")
+
+    monkeypatch.setattr(reproduce, "resolve_data", lambda *args, **kwargs: (tmp_path / "data", None))
+    monkeypatch.setattr(demo, "pretrain_stage", lambda *args, **kwargs: tmp_path / "net.pth")
+    monkeypatch.setattr(demo, "evaluate_weights", never)
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = hold_in_another_process(out / LOCK_FILE, 30)
+    try:
+        assert main(["--out", str(out)]) == 2
+    finally:
+        holder.kill()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: another sweep is running on {out} (") and "\n" not in err

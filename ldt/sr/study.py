@@ -21,6 +21,7 @@ the *transfer ratio* (target-mean gain over the pre-trained network) / (source g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import statistics
@@ -28,9 +29,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ldt.atomic import read_json_dict
+from ldt.atomic import make_dirs, read_json_dict
 from ldt.data.cameras import TARGET_CAMERAS
-from ldt.sweep import Paired, markdown_table, mean_se, paired_difference
+from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, sweep_lock
 
 PROTOCOLS = {
     "source": "training-domain validation (source camera's held-out pairs)",
@@ -298,14 +299,18 @@ def main(argv: list[str] | None = None) -> int:
         data_root, _ = resolve_data("synthetic", PROJECT_ROOT / "datasets", build=not args.collect)
         weights = pretrain_stage(PROJECT_ROOT, "full", seed=0, train_if_missing=not args.collect)
         out = args.out.expanduser().resolve()
-        if not args.collect:
-            record_pretrained(weights, data_root, out)
-        summary = reproduce(["study"], "synthetic", archs=["safmn_tiny"], weights={"safmn_tiny": weights},
-                            seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget, out=out,
-                            collect_only=args.collect)
-        runs = plan_runs(["study"], data_root, data_kind="synthetic", archs=["safmn_tiny"],
-                         weights={"safmn_tiny": weights}, seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget)
-        figure = plot_paired_differences(runs, Records(out / "results.jsonl").by_hash(), out / FIGURE)
+        # The whole study holds OUT's sweep lock (reproduce takes it again): a second study is refused before it
+        # evaluates the pre-trained network, and the reference point and figure are written by one study at a time.
+        with contextlib.nullcontext() if args.collect else sweep_lock(make_dirs(out)):
+            if not args.collect:
+                record_pretrained(weights, data_root, out)
+            summary = reproduce(["study"], "synthetic", archs=["safmn_tiny"], weights={"safmn_tiny": weights},
+                                seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget, out=out,
+                                collect_only=args.collect)
+            runs = plan_runs(["study"], data_root, data_kind="synthetic", archs=["safmn_tiny"],
+                             weights={"safmn_tiny": weights}, seeds=args.seeds, extra_seeds=args.extra_seeds,
+                             budget=budget)
+            figure = plot_paired_differences(runs, Records(out / "results.jsonl").by_hash(), out / FIGURE)
         print((out / "tablestudy.md").read_text())
         print(f"runs: {summary.trained} trained, {summary.skipped} already recorded ({summary.seconds:.1f} s); "
               f"figure: {figure}; tables: {', '.join(map(str, summary.tables))}")
