@@ -23,20 +23,23 @@ from pathlib import Path
 
 from ldt.atomic import DiskError
 from ldt.data.cameras import (
-    CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_scale, find_split_dirs,
-    image_size, pair_folders, resolve_cameras,
+    CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
+    find_split_dirs, image_header, pair_folders, resolve_cameras,
 )
 from ldt.cli import check_args, check_output_dir, fail, non_negative, positive
 from ldt.data.indexing import write_lmdb, write_meta_info
 
 
 def size_problems(result: PairingResult, cameras: tuple[str, ...], scale: int, tolerance: int) -> dict[str, str]:
-    """Header-read every pair of ``cameras``; ``{HR path: problem}`` for each unreadable or mis-scaled pair."""
+    """Header-read every pair of ``cameras``; ``{HR path: problem}`` for each unreadable, mis-scaled or
+    differently turned (EXIF orientation) pair."""
     problems = {}
     for pair in result.pairs:
         if pair.camera in cameras:
             try:
-                check_scale(image_size(pair.hr), image_size(pair.lr), scale, tolerance, f"{pair.hr} / {pair.lr}")
+                (*hr_size, hr_turn), (*lr_size, lr_turn) = image_header(pair.hr), image_header(pair.lr)
+                check_orientation(hr_turn, lr_turn, f"{pair.hr} / {pair.lr}")
+                check_scale(hr_size, lr_size, scale, tolerance, f"{pair.hr} / {pair.lr}")
             except DatasetError as error:
                 problems[pair.hr] = str(error)
     return problems

@@ -381,3 +381,51 @@ def test_index_script(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # The total row sums the rows shown: with --cameras, the selected cameras only.
     assert run_script(monkeypatch, str(root), "--cameras", "olympus") == 1
     assert "| total | | | 8 | 2 | 19 |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- image formats
+
+
+def _exif_jpeg(path: Path, bgr: np.ndarray, orientation: int | None) -> None:
+    """``bgr`` as a JPEG whose EXIF says ``orientation`` (the pixels are stored as given, the tag tells viewers
+    and cv2.imread how to turn them), as a phone or camera writes it."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(bgr[..., ::-1])).save(path, quality=95, exif=exif.tobytes())
+
+
+def test_pairs_whose_exif_orientations_differ_are_refused(root: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An HR JPEG tagged 'rotate 90' and an LR made from it by a tool that applied the tag (cv2.imread, a viewer's
+    export) hold pixels in different orientations: read as stored they are a rotated pair; a square one even passes
+    the scale check and trains on misaligned patches. Refused, with both files and tags named, before any work."""
+    hr_dir, lr_dir = find_split_dirs(root, "test")
+    hr = _image(5, 48, 48)
+    for stale in (hr_dir / "P1180001_x4.png", lr_dir / "P1180001_x1.png"):
+        stale.unlink()
+    _exif_jpeg(hr_dir / "P1180001_x4.jpg", hr, 6)
+    upright = cv2.imread(str(hr_dir / "P1180001_x4.jpg"))  # cv2.imread applies the tag, as BasicSR's reader does
+    assert upright.shape == (48, 48, 3) and not np.allclose(upright, cv2.imread(str(hr_dir / "P1180001_x4.jpg"),
+                                                                                   cv2.IMREAD_UNCHANGED), atol=40)
+    cv2.imwrite(str(lr_dir / "P1180001_x1.png"), cv2.resize(upright, (12, 12), interpolation=cv2.INTER_AREA))
+    message = r"P1180001_x4.jpg / .*P1180001_x1.png: HR has EXIF orientation 6 \(rotate 90 CW\), LR 1"
+    with pytest.raises(DatasetError, match=message):
+        dataset(root)
+    data = dataset(root, check_sizes=False)  # not checked up front: caught when read
+    with pytest.raises(DatasetError, match=message):
+        data[0]
+    assert run_script(monkeypatch, str(root), "--check-sizes", "--cameras", "olympus") == 1
+    assert "HR has EXIF orientation 6" in capsys.readouterr().out
+    pairs = collect_pairs(dataroot=root, split="test", cameras=["olympus"], check_sizes=False).pairs
+    write_lmdb(pairs, tmp_path / "lmdb", "test", 4)
+    with pytest.raises(DatasetError, match=r"P1180001_x4 / P1180001_x1 in .*olympus_HR.lmdb: HR has EXIF orientation 6"):
+        dataset(tmp_path / "lmdb", io_backend={"type": "lmdb"})[0]
+
+    # The same tag on both sides (both straight from one camera): the pixels agree, read as stored.
+    _exif_jpeg(lr_dir / "P1180001_x1.jpg", cv2.resize(hr, (12, 12), interpolation=cv2.INTER_AREA), 6)
+    (lr_dir / "P1180001_x1.png").unlink()
+    item = dataset(root)[0]
+    assert item["gt_path"].endswith("P1180001_x4.jpg") and item["lq"].shape == (3, 12, 12)

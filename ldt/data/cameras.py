@@ -375,11 +375,17 @@ _END_MARKERS = {".png": (b"IEND", 12), ".jpg": (b"\xff\xd9", 64), ".jpeg": (b"\x
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from the file header, and for PNG / JPEG the end marker: cheap enough (no decoding) to check
     every pair before training, and it catches truncated files, which a header read alone does not."""
+    return image_header(path)[:2]
+
+
+def image_header(path: str | Path) -> tuple[int, int, int]:
+    """(height, width, EXIF orientation) of an image file as stored (see :func:`image_size`, :func:`orientation`)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             width, height = image.size
+            turn = _orientation(image)
         marker = _END_MARKERS.get(os.path.splitext(str(path))[1].lower())
         if marker is not None:
             with open(path, "rb") as handle:
@@ -388,7 +394,48 @@ def image_size(path: str | Path) -> tuple[int, int]:
                     raise DatasetError(f"image {path} is truncated (its end marker is missing)")
     except (OSError, UnidentifiedImageError) as error:
         raise DatasetError(f"cannot read image {path}: {error}") from None
-    return height, width
+    return height, width, turn
+
+
+# EXIF orientation values: how a viewer (and cv2.imread, BasicSR's reader) turns the stored pixels for display.
+ORIENTATIONS = {1: "as stored", 2: "mirrored", 3: "rotate 180", 4: "flipped", 5: "transposed", 6: "rotate 90 CW",
+                7: "transversed", 8: "rotate 90 CCW"}
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation of an opened PIL image, 1 if none (or not a valid value). A PNG's eXIf chunk is looked
+    for only before the pixel data, where PIL finds it without decoding the image."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block: viewers show such a file as stored
+        return 1
+    return value if value in ORIENTATIONS else 1
+
+
+def orientation(content: bytes) -> int:
+    """The EXIF orientation of image bytes (1 if none); the pixels are always read as stored, never turned."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            return _orientation(image)
+    except Exception:  # not an image PIL knows: decode_image names the file if cv2 cannot read it either
+        return 1
+
+
+def check_orientation(hr: int, lr: int, name: str) -> None:
+    """Raise unless HR and LR carry the same EXIF orientation. Pixels are read as stored (as basicsr's
+    ``imfrombytes(flag='unchanged')``), so a pair whose tags differ (an LR made by a tool that applied the HR's tag,
+    or an HR re-saved with one) is a turned or mirrored pair, which a square one would train on silently."""
+    if hr != lr:
+        raise DatasetError(
+            f"{name}: HR has EXIF orientation {hr} ({ORIENTATIONS[hr]}), LR {lr} ({ORIENTATIONS[lr]}): their pixels "
+            "are stored turned differently; save both upright (e.g. PIL.ImageOps.exif_transpose) or remove the tag "
+            "from the one whose pixels are upright already")
 
 
 def check_scale(hr_size: Sequence[int], lr_size: Sequence[int], scale: int, tolerance: int, name: str) -> None:
@@ -568,7 +615,8 @@ def collect_pairs(
 
     if backend == "disk" and check_sizes:
         for pair in pairs:
-            shapes[pair.hr], shapes[pair.lr] = image_size(pair.hr), image_size(pair.lr)
+            (*shapes[pair.hr], hr_turn), (*shapes[pair.lr], lr_turn) = image_header(pair.hr), image_header(pair.lr)
+            check_orientation(hr_turn, lr_turn, f"{pair.hr} / {pair.lr}")
     for pair in pairs:
         if pair.hr in shapes:
             check_scale(shapes[pair.hr], shapes[pair.lr], scale, tolerance, f"{pair.hr} / {pair.lr}")

@@ -24,7 +24,9 @@ from torch.utils import data
 
 from ldt.compat import patch_basicsr
 from ldt.core.config import describe_errors
-from ldt.data.cameras import DatasetError, ImagePair, collect_pairs, crop_gt_to_lq, decode_image
+from ldt.data.cameras import (
+    DatasetError, ImagePair, check_orientation, collect_pairs, crop_gt_to_lq, decode_image, orientation,
+)
 from ldt.data.options import DRealSRCameraOptions
 
 patch_basicsr()
@@ -95,20 +97,26 @@ class DRealSRCameraDataset(data.Dataset):
         self.databases = pair_set.databases
         self.file_client = None  # opened lazily: each DataLoader worker gets its own handles
 
-    def _read(self, pair: ImagePair, side: int) -> np.ndarray:
-        """HR (side 0) or LR (side 1) of ``pair`` as float32 BGR; errors name the file (and its LMDB)."""
+    def _read(self, pair: ImagePair, side: int) -> tuple[np.ndarray, int]:
+        """(HR (side 0) or LR (side 1) of ``pair`` as float32 BGR, its EXIF orientation); errors name the file
+        (and its LMDB)."""
         location = (pair.hr, pair.lr)[side]
         if not pair.db:
             if self.file_client is None:
                 self.file_client = FileClient("disk")
-            return decode_image(self.file_client.get(location), location)
-        db = self.databases[pair.db][side]
-        return decode_image(_lmdb_client(db).get(location, "default"), f"{location} in {db}")
+            content, name = self.file_client.get(location), location
+        else:
+            db = self.databases[pair.db][side]
+            content, name = _lmdb_client(db).get(location, "default"), f"{location} in {db}"
+        image = decode_image(content, name)
+        return image, orientation(content)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
-        img_gt, img_lq = self._read(pair, 0), self._read(pair, 1)
-        img_gt = crop_gt_to_lq(img_gt, img_lq, self.scale, self.size_tolerance, f"{pair.hr} / {pair.lr}")
+        (img_gt, hr_turn), (img_lq, lr_turn) = self._read(pair, 0), self._read(pair, 1)
+        where = f"{pair.hr} / {pair.lr}" + (f" in {self.databases[pair.db][0]}" if pair.db else "")
+        check_orientation(hr_turn, lr_turn, where)
+        img_gt = crop_gt_to_lq(img_gt, img_lq, self.scale, self.size_tolerance, where)
         if self.train:
             lq_patch = self.gt_size // self.scale
             if min(img_lq.shape[:2]) < lq_patch:
