@@ -429,3 +429,24 @@ def test_pairs_whose_exif_orientations_differ_are_refused(root: Path, tmp_path: 
     (lr_dir / "P1180001_x1.png").unlink()
     item = dataset(root)[0]
     assert item["gt_path"].endswith("P1180001_x4.jpg") and item["lq"].shape == (3, 12, 12)
+
+
+def test_webp_images_are_read_and_checked(root: Path) -> None:
+    """WebP (which cv2 and PIL decode) was not an image extension: a WebP LR folder gave 'HR file(s) without an LR
+    partner' for every pair, the WebP files never mentioned. A truncated WebP is caught by the header check."""
+    hr_dir, lr_dir = find_split_dirs(root, "test")
+    for name in ("P1180001_x1", "P1180002_x1"):
+        lr = cv2.imread(str(lr_dir / f"{name}.png"))
+        cv2.imwrite(str(lr_dir / f"{name}.webp"), lr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless
+        (lr_dir / f"{name}.png").unlink()
+    first = dataset(root)[0]
+    assert first["lq_path"].endswith("P1180001_x1.webp")
+    assert np.array_equal(first["lq"].numpy(), img_rgb(cv2.imread(str(lr_dir / "P1180001_x1.webp"))))
+    content = (lr_dir / "P1180002_x1.webp").read_bytes()
+    (lr_dir / "P1180002_x1.webp").write_bytes(content[: len(content) - 10])
+    with pytest.raises(DatasetError, match=r"cannot read image .*P1180002_x1.webp"):
+        dataset(root)
+
+
+def img_rgb(bgr: np.ndarray) -> np.ndarray:
+    return bgr[..., ::-1].transpose(2, 0, 1) / np.float32(255)

@@ -28,7 +28,7 @@ import numpy as np
 
 logger = logging.getLogger("basicsr")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # in any case (.PNG too)
 SPLITS = ("train", "test")
 DATASET_TYPE = "DRealSRCameraDataset"
 # How deep below `dataroot` the split folders are searched (covers `x4/Test_x4/Test_x4/test_HR`).
@@ -374,7 +374,8 @@ _END_MARKERS = {".png": (b"IEND", 12), ".jpg": (b"\xff\xd9", 64), ".jpeg": (b"\x
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from the file header, and for PNG / JPEG the end marker: cheap enough (no decoding) to check
-    every pair before training, and it catches truncated files, which a header read alone does not."""
+    every pair before training, and it catches truncated files, which a header read alone does not (PIL's WebP
+    reader refuses a truncated file itself)."""
     return image_header(path)[:2]
 
 
