@@ -369,3 +369,71 @@ def test_validate_start_lets_the_network_before_fine_tuning_win_the_best_checkpo
 
     plain = run_training(tiny_options(data_root, "plain", "ldt", val__val_freq=2), tmp_path)  # the default: off
     assert [entry["iter"] for entry in plain["history"]] == [2, 4, 6]
+
+
+def _paired_folders(root: Path, short: str | None = None) -> tuple[Path, Path]:
+    """A Set5-style pair of folders for BasicSR's PairedImageDataset (LR = HR name): three 64x48 HR / 16x12 LR
+    images; ``short``: the HR of that name is one row short of LR x 4 (a crop off by one pixel)."""
+    import cv2
+    import numpy as np
+
+    hr_dir, lr_dir = root / "HR", root / "LR"
+    hr_dir.mkdir(parents=True)
+    lr_dir.mkdir()
+    for index, name in enumerate(("baby", "bird", "butterfly")):
+        hr = cv2.resize(np.random.default_rng(index).integers(0, 256, (12, 16, 3), dtype=np.uint8), (48, 64))
+        cv2.imwrite(str(lr_dir / f"{name}.png"), cv2.resize(hr, (12, 16), interpolation=cv2.INTER_AREA))
+        cv2.imwrite(str(hr_dir / f"{name}.png"), hr[:-1] if name == short else hr)
+    return hr_dir, lr_dir
+
+
+def _paired_set(name: str, hr_dir: Path, lr_dir: Path, **extra) -> dict:
+    return {"name": name, "type": "PairedImageDataset", "dataroot_gt": str(hr_dir), "dataroot_lq": str(lr_dir),
+            "io_backend": {"type": "disk"}, **extra}
+
+
+def test_paired_image_sets_with_a_mis_scaled_pair_are_refused_before_any_work(data_root, tmp_path):
+    """BasicSR's PairedImageDataset checks no sizes: an HR one pixel short of LR x scale failed test.py (and a
+    training's first validation, after val_freq iterations) in the metrics, 'SR output (64, 48, 3) and GT (63, 48,
+    3) differ in size', no file named; in a training set, BasicSR's random crop failed mid-epoch ('Scale
+    mismatches'), no file named either. Now each is one line naming the pair, before the network is built."""
+    import ldt.archs  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.evaluate import run_test
+
+    hr_dir, lr_dir = _paired_folders(tmp_path / "set5", short="bird")
+    opt = tiny_options(data_root, "paired")
+    network = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+    torch.save({"params": network.state_dict()}, tmp_path / "net.pth")
+    test_opt = {"name": "paired_test", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
+                "datasets": {"test_1": _paired_set("Set5", hr_dir, lr_dir)},
+                "path": {"pretrain_network_g": str(tmp_path / "net.pth")}}
+    message = r"validation set Set5: .*HR/bird.png / .*LR/bird.png: HR size \(63, 48\) is smaller than LR size"
+    with pytest.raises(DatasetError, match=message):
+        run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+
+    train_opt = tiny_options(data_root, "paired_train", "ft")
+    train_opt["datasets"]["train"] = _paired_set("DF2K", hr_dir, lr_dir, gt_size=32, batch_size_per_gpu=2,
+                                                 num_worker_per_gpu=0)
+    with pytest.raises(DatasetError, match=r"datasets:train \(DF2K\): .*bird.png: HR size \(63, 48\) is not LR size"):
+        run_training(train_opt, tmp_path)
+    assert not (tmp_path / "experiments" / "paired_train").exists()
+
+    # A correct set evaluates, through basicsr's own reader (its HR crop to LR x scale included).
+    good_hr, good_lr = _paired_folders(tmp_path / "good")
+    test_opt["datasets"]["test_1"] = _paired_set("Set5", good_hr, good_lr)
+    table = run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    assert table.counts["Set5"] == 3
+
+
+def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
+    """A set whose sizes nobody checked up front (BasicSR's PairedImageDataset on an LMDB): the metrics' size error
+    names the pair."""
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.metrics import evaluate_loader
+
+    batch = {"lq": torch.rand(1, 3, 4, 4), "gt": torch.rand(1, 3, 15, 16), "lq_path": ["lr/a.png"],
+             "gt_path": ["hr/a.png"]}
+    with pytest.raises(DatasetError, match=r"hr/a.png / lr/a.png: SR output \(16, 16, 3\) and GT \(15, 16, 3\)"):
+        evaluate_loader(torch.nn.Upsample(scale_factor=4), [batch], torch.device("cpu"), 4)

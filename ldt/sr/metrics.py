@@ -157,7 +157,12 @@ def evaluate_loader(
         for data in iterator:
             lq = data["lq"].to(device)
             sr = tiled_forward(model, lq, scale, tile, overlap).clamp_(0, 1)
-            values = image_metrics(sr[0], data["gt"][0], scale, metrics)
+            try:
+                values = image_metrics(sr[0], data["gt"][0], scale, metrics)
+            except ValueError as err:  # sizes of a dataset whose pairs were not checked up front (BasicSR's LMDB)
+                from ldt.data.cameras import DatasetError
+
+                raise DatasetError(f"{data['gt_path'][0]} / {data['lq_path'][0]}: {err}") from None
             results.append(values)
             if on_image is not None:
                 on_image(data["lq_path"][0], sr, values)

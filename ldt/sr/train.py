@@ -279,10 +279,54 @@ class RunLog:
                 handler.close()
 
 
+def basicsr_pairs(data) -> list[tuple[str, str]] | None:
+    """(HR path, LR path) of every pair of BasicSR's ``PairedImageDataset`` on disk, else None (LMDB keys, other
+    datasets)."""
+    paths = getattr(data, "paths", None)
+    if type(data).__name__ != "PairedImageDataset" or data.opt["io_backend"]["type"] != "disk" or not paths:
+        return None
+    return [(entry["gt_path"], entry["lq_path"]) for entry in paths]
+
+
+def displayed_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image as BasicSR's reader (``cv2.IMREAD_COLOR``) returns it: turned by its EXIF
+    orientation, from the header."""
+    from ldt.data.cameras import image_header
+
+    height, width, orientation = image_header(path)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[str, tuple[int, int]] | None:
+    """BasicSR's ``PairedImageDataset`` checks no size until it reads a pair: an HR that is not LR x ``scale``
+    fails a training's random crop mid-epoch (exactly LR x scale needed), an HR smaller than that fails the metrics
+    at the first validation (it is cropped to LR x scale there), neither naming the file. Headers read here, before
+    any work; an LR smaller than the training patch is named too. Returns ``{path: (h, w)}`` of the pairs read."""
+    pairs = basicsr_pairs(data)
+    if pairs is None:
+        return None
+    sizes: dict[str, tuple[int, int]] = {}
+    patch = (data.opt.get("gt_size") or 0) // scale if train else 0
+    for hr, lr in pairs:
+        sizes[hr], sizes[lr] = hr_size, lr_size = displayed_size(hr), displayed_size(lr)
+        need = (lr_size[0] * scale, lr_size[1] * scale)
+        if train and hr_size != need:
+            raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} is not LR size {lr_size} x{scale} "
+                               "(a training pair must be exactly that)")
+        if not train and (hr_size[0] < need[0] or hr_size[1] < need[1]):
+            raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} is smaller than LR size {lr_size} "
+                               f"x{scale}")
+        if min(lr_size) < patch:
+            raise DatasetError(f"{where}: {lr}: LR size {lr_size} is smaller than the LR patch {patch} "
+                               f"(gt_size {data.opt['gt_size']} / scale {scale})")
+    return sizes
+
+
 def check_validation_sizes(opt: dict, loaders: dict) -> None:
     """Every validation LR image is at least the network's smallest input, and every GT image leaves the metrics
     pixels after their crop borders (read from the headers): a smaller LR fails in the network's forward at the
-    first validation, a smaller GT gives NaN PSNR/SSIM."""
+    first validation, a smaller GT gives NaN PSNR/SSIM. BasicSR's ``PairedImageDataset`` sets are checked for their
+    scale too (:func:`check_paired_image_scale`)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.data.cameras import image_size
     from ldt.sr.metrics import METRIC_WINDOW, metric_border, smallest_gt_side
@@ -290,30 +334,36 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
 
     network = opt["network_g"]["type"]
     lr_side = min_input_size(ARCH_REGISTRY.get(network))
-    needs = [("lr", lr_side, f"smaller than the {lr_side}x{lr_side} {network} needs; remove it or pad it")]
+    needs = [(1, lr_side, f"smaller than the {lr_side}x{lr_side} {network} needs; remove it or pad it")]
     gt_side, metric = smallest_gt_side(opt["val"]["metrics"], opt["scale"])
     if metric is not None:
         spec = opt["val"]["metrics"][metric]
         window = METRIC_WINDOW[spec["type"]]
-        needs.append(("hr", gt_side, f"val:metrics:{metric} needs at least {gt_side}x{gt_side} (a crop border of "
-                                     f"{metric_border(spec, opt['scale'])} px at each side"
-                                     f"{f' and an {window}x{window} window' if window > 1 else ''}) or it is NaN; "
-                                     f"remove it, or lower val:metrics:{metric}:crop_border"))
+        needs.append((0, gt_side, f"val:metrics:{metric} needs at least {gt_side}x{gt_side} (a crop border of "
+                                  f"{metric_border(spec, opt['scale'])} px at each side"
+                                  f"{f' and an {window}x{window} window' if window > 1 else ''}) or it is NaN; "
+                                  f"remove it, or lower val:metrics:{metric}:crop_border"))
     for name, loader in loaders.items():
-        pairs = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
-        if not pairs or loader.dataset.databases:
-            continue
+        sizes = check_paired_image_scale(f"validation set {name}", loader.dataset, opt["scale"], train=False)
+        if sizes is not None:
+            pairs, size = basicsr_pairs(loader.dataset), sizes.__getitem__
+        else:
+            ours = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
+            if not ours or loader.dataset.databases:
+                continue
+            pairs, size = [(pair.hr, pair.lr) for pair in ours], image_size
         for side, least, remedy in needs:
-            small = next((path for pair in pairs if min(image_size(path := getattr(pair, side))) < least), None)
+            small = next((pair[side] for pair in pairs if min(size(pair[side])) < least), None)
             if small is not None:
-                raise DatasetError(f"validation set {name}: {small} is {'x'.join(map(str, image_size(small)))} "
+                raise DatasetError(f"validation set {name}: {small} is {'x'.join(map(str, size(small)))} "
                                    f"pixels, {remedy}")
 
 
 def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Dataset, val_loaders: dict) -> None:
     """What would otherwise fail only in the model's set-up, after the experiment folder was archived, or at the
     first validation, after hours: the pre-trained weights (readable, of this network, finite), a validation image
-    smaller than the network's smallest input, and, for a run that probes, an empty probe loader (over
+    smaller than the network's smallest input, a mis-scaled pair of BasicSR's ``PairedImageDataset`` (training,
+    validation or probe set), and, for a run that probes, an empty probe loader (over
     ``train_set``, the training loader's set, when the probe reads the training data)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.core import method_class
@@ -326,10 +376,15 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
         read_weights(weights, opt["path"]["param_key_g"], build_meta_network(arch, network),
                      strict=opt["path"]["strict_load_g"])
     check_validation_sizes(opt, val_loaders)
+    check_paired_image_scale(f"datasets:train ({opt['datasets']['train']['name']})", train_set, opt["scale"],
+                             train=True)
     if not resuming and method_class(opt["ldt"]["method"]).partition_source == "score" \
             and not opt["ldt"].get("partition_file"):
         probe = opt["ldt"]["probe"]
         loader = probe_loader(opt, seed=0, data=train_set if probe["dataset"] == "train" else None)
+        if loader.dataset is not train_set:
+            check_paired_image_scale(f"datasets:{probe['dataset']} (the probe's)", loader.dataset, opt["scale"],
+                                     train=True)
         if len(loader) == 0 and probe["order"] == "file":
             raise OptionsError(f"ldt:probe:batch_size: {probe['batch_size']}: the {len(loader.dataset)} pairs of "
                                f"datasets:{probe['dataset']} make fewer probe batches than there are ranks "
