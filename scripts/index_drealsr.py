@@ -3,7 +3,9 @@
 
 Finds the split folders (x4/Train_x4/{train_HR,train_LR}, x4/Test_x4/{test_HR,test_LR}, doubled folders such as
 Test_x4/Test_x4, or HR/LR names), pairs files by name, assigns cameras from the file names, and reports unpaired,
-misnamed and unknown files. --check-sizes also reads every image header (catches corrupt files and wrong scales).
+misnamed and unknown files. --check-sizes also reads every image header (catches corrupt files and wrong scales);
+--check-content decodes every pair and names those whose HR is another photo than the LR (it correlates with the LR,
+once downscaled to it, below --min-correlation).
 
 Exports (pairs of the selected cameras only; files with problems are left out):
   --meta-info DIR   one DRealSR_x<s>_<split>_<camera>.txt per camera and split ('<HR name> <LR name>' lines),
@@ -24,9 +26,9 @@ from pathlib import Path
 from ldt.atomic import DiskError
 from ldt.data.cameras import (
     CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
-    find_split_dirs, image_header, pair_folders, resolve_cameras,
+    decode_image, find_split_dirs, image_header, pair_correlation, pair_folders, resolve_cameras,
 )
-from ldt.cli import check_args, check_output_dir, fail, non_negative, positive
+from ldt.cli import between, check_args, check_output_dir, fail, non_negative, positive
 from ldt.data.indexing import write_lmdb, write_meta_info
 
 
@@ -45,6 +47,28 @@ def size_problems(result: PairingResult, cameras: tuple[str, ...], scale: int, t
     return problems
 
 
+
+def content_problems(result: PairingResult, cameras: tuple[str, ...], scale: int, least: float,
+                     skip: dict[str, str]) -> dict[str, str]:
+    """Decode every pair of ``cameras`` (except those in ``skip``); ``{HR path: problem}`` for each pair whose HR,
+    downscaled to the LR, correlates with it below ``least`` (another photo), or that does not decode."""
+    problems = {}
+    for pair in result.pairs:
+        if pair.camera in cameras and pair.hr not in skip:
+            try:
+                hr, lr = (decode_image(Path(path).read_bytes(), path) for path in (pair.hr, pair.lr))
+            except (DatasetError, OSError) as error:
+                problems[pair.hr] = str(error)
+                continue
+            if min(hr.shape[0] // lr.shape[0], hr.shape[1] // lr.shape[1]) < scale:
+                continue  # a wrong scale: --check-sizes names it
+            value = pair_correlation(hr, lr, scale)
+            if value < least:
+                problems[pair.hr] = (f"{pair.hr} / {pair.lr}: HR and LR look like different images (correlation "
+                                     f"{value:.2f} of the HR downscaled to the LR, below --min-correlation {least:g})")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", type=Path, default=Path("datasets/DRealSR"),
@@ -54,13 +78,18 @@ def main() -> int:
     parser.add_argument("--cameras", nargs="+", default=["all"],
                         help="camera keys or aliases to check and export (default: all six)")
     parser.add_argument("--check-sizes", action="store_true", help="read every header: unreadable / wrong scale")
+    parser.add_argument("--check-content", action="store_true",
+                        help="decode every pair: an HR that is another photo than its LR (slow: reads every pixel)")
+    parser.add_argument("--min-correlation", type=float, default=0.5,
+                        help="--check-content: least HR/LR correlation of a true pair (default: %(default)s)")
     parser.add_argument("--size-tolerance", type=int, help="px HR may exceed LR x scale (default: 4 x scale)")
     parser.add_argument("--meta-info", type=Path, metavar="DIR", help="write per-camera meta-info files here")
     parser.add_argument("--lmdb", type=Path, metavar="DIR", help="write per-camera LMDBs here")
     args = parser.parse_args()
     if not args.root.is_dir():
         parser.error(f"{args.root} {'is not a folder' if args.root.exists() else 'does not exist'}")
-    check_args(parser, args, scale=positive, size_tolerance=non_negative)
+    check_args(parser, args, scale=positive, size_tolerance=non_negative,
+               min_correlation=between(-1, 1, inclusive=True))
     try:
         cameras = resolve_cameras(args.cameras)
     except DatasetError as error:
@@ -82,6 +111,8 @@ def main() -> int:
             result = pair_folders(hr_dir, lr_dir, args.scale)
             counts[split] = {str(key): value for key, value in result.counts().items()}
             bad = size_problems(result, cameras, args.scale, tolerance) if args.check_sizes else {}
+            if args.check_content:
+                bad |= content_problems(result, cameras, args.scale, args.min_correlation, bad)
             problems += [f"{split}: {line}" for line in [*result.problems(), *bad.values()]]
             pairs = [pair for pair in result.pairs if pair.camera in cameras and pair.hr not in bad]
             option = "--meta-info"

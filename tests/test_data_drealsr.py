@@ -450,3 +450,18 @@ def test_webp_images_are_read_and_checked(root: Path) -> None:
 
 def img_rgb(bgr: np.ndarray) -> np.ndarray:
     return bgr[..., ::-1].transpose(2, 0, 1) / np.float32(255)
+
+
+def test_index_script_check_content_finds_a_pair_of_two_different_images(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys) -> None:
+    """Pairing by name cannot see an HR that is another photo (a rename gone wrong, a file copied over another):
+    such a pair trains silently. --check-content decodes every pair and names the ones whose HR, downscaled to the
+    LR, does not correlate with it."""
+    hr_dir, _ = find_split_dirs(root, "test")
+    shutil.copy(hr_dir / "P1180002_x4.png", hr_dir / "P1180001_x4.png")
+    assert run_script(monkeypatch, str(root), "--cameras", "olympus", "--check-sizes") == 0  # names and sizes fine
+    capsys.readouterr()
+    assert run_script(monkeypatch, str(root), "--cameras", "olympus", "--check-content") == 1
+    out = capsys.readouterr().out
+    assert "P1180001_x4.png / " in out and "P1180001_x1.png: HR and LR look like different images" in out
+    assert "P1180002_x4.png / " not in out  # the true pairs (train too) pass

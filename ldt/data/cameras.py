@@ -455,6 +455,18 @@ def crop_gt_to_lq(img_gt: np.ndarray, img_lq: np.ndarray, scale: int, tolerance:
     return img_gt[: img_lq.shape[0] * scale, : img_lq.shape[1] * scale]
 
 
+def pair_correlation(hr: np.ndarray, lr: np.ndarray, scale: int) -> float:
+    """Pearson correlation of the HR (cropped to LR x ``scale``, area-downscaled to the LR) with the LR, in gray:
+    near 1 for a true pair, whatever the camera's blur, noise or colour; near 0 for two different photos. 1.0 when
+    either is flat (nothing to compare)."""
+    hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]
+    small = cv2.resize(hr, (lr.shape[1], lr.shape[0]), interpolation=cv2.INTER_AREA)
+    a, b = (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).ravel().astype(np.float64) for image in (small, lr))
+    if a.std() < 1e-3 or b.std() < 1e-3:
+        return 1.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 # ----------------------------------------------------------------------------------------------------------- LMDB
 
 
