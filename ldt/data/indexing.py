@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 
 from ldt.atomic import DiskError, atomic_write_text, disk_reason
-from ldt.data.cameras import DatasetError, ImagePair, check_split, lmdb_paths, name_stem
+from ldt.data.cameras import (
+    DatasetError, ImagePair, check_orientation, check_split, image_header, lmdb_paths, name_stem,
+)
 
 
 def write_lmdb(
@@ -25,12 +27,15 @@ def write_lmdb(
 
     Values are the original file bytes (no re-encoding); keys are basenames without extension and ``meta_info.txt``
     has basicsr's ``name.png (h,w,c) level`` lines, so basicsr's ``LmdbBackend`` reads them. Every image is decoded
-    once here, so a corrupt file fails now, with its name. Refuses to overwrite an existing LMDB. Each database is
+    once here, so a corrupt file fails now, with its name, and so does a pair whose HR and LR carry different EXIF
+    orientations (before anything is written). Refuses to overwrite an existing LMDB. Each database is
     written under ``<name>.partial`` and renamed when complete, so a failure or a kill never leaves a half-written
     LMDB that a rerun would take for a finished one.
     """
     import lmdb
 
+    for pair in pairs:  # the meta-info cannot carry the EXIF orientation: read from an LMDB it is found mid-epoch
+        check_orientation(image_header(pair.hr)[2], image_header(pair.lr)[2], f"{pair.hr} / {pair.lr}")
     by_camera: dict[str, list[ImagePair]] = defaultdict(list)
     for pair in pairs:
         by_camera[str(pair.camera)].append(pair)
