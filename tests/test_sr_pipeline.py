@@ -420,6 +420,18 @@ def test_paired_image_sets_with_a_mis_scaled_pair_are_refused_before_any_work(da
         run_training(train_opt, tmp_path)
     assert not (tmp_path / "experiments" / "paired_train").exists()
 
+    # An HR folder of another scale (the x8 set's HRs for a x4 network): BasicSR crops each HR to LR x 4, its
+    # top-left quarter, and scores it against the whole LR: wrong numbers, silently.
+    x8_hr, x8_lr = _paired_folders(tmp_path / "x8")
+    for path in x8_hr.iterdir():
+        import cv2
+
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (96, 128), interpolation=cv2.INTER_CUBIC))
+    test_opt["datasets"]["test_1"] = _paired_set("Set5", x8_hr, x8_lr)
+    with pytest.raises(DatasetError, match=r"baby.png: HR size \(128, 96\) exceeds LR size \(16, 12\) x4 by more "
+                                           r"than 16 px"):
+        run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+
     # A correct set evaluates, through basicsr's own reader (its HR crop to LR x scale included).
     good_hr, good_lr = _paired_folders(tmp_path / "good")
     test_opt["datasets"]["test_1"] = _paired_set("Set5", good_hr, good_lr)

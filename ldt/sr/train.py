@@ -300,7 +300,9 @@ def displayed_size(path: str) -> tuple[int, int]:
 def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[str, tuple[int, int]] | None:
     """BasicSR's ``PairedImageDataset`` checks no size until it reads a pair: an HR that is not LR x ``scale``
     fails a training's random crop mid-epoch (exactly LR x scale needed), an HR smaller than that fails the metrics
-    at the first validation (it is cropped to LR x scale there), neither naming the file. Headers read here, before
+    at the first validation (it is cropped to LR x scale there), neither naming the file; an HR more than 4 x scale
+    px larger (as ``DRealSRCameraDataset``'s default ``size_tolerance``: a folder of another scale) is cropped to
+    its top-left corner and scored silently. Headers read here, before
     any work; an LR smaller than the training patch is named too. Returns ``{path: (h, w)}`` of the pairs read."""
     pairs = basicsr_pairs(data)
     if pairs is None:
@@ -316,6 +318,10 @@ def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[
         if not train and (hr_size[0] < need[0] or hr_size[1] < need[1]):
             raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} is smaller than LR size {lr_size} "
                                f"x{scale}")
+        if not train and max(hr_size[0] - need[0], hr_size[1] - need[1]) > 4 * scale:
+            raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} exceeds LR size {lr_size} x{scale} by more "
+                               f"than {4 * scale} px (BasicSR would score the HR's top-left crop: a folder of "
+                               "another scale?)")
         if min(lr_size) < patch:
             raise DatasetError(f"{where}: {lr}: LR size {lr_size} is smaller than the LR patch {patch} "
                                f"(gt_size {data.opt['gt_size']} / scale {scale})")
