@@ -465,3 +465,23 @@ def test_index_script_check_content_finds_a_pair_of_two_different_images(root: P
     out = capsys.readouterr().out
     assert "P1180001_x4.png / " in out and "P1180001_x1.png: HR and LR look like different images" in out
     assert "P1180002_x4.png / " not in out  # the true pairs (train too) pass
+
+
+def test_jpegs_with_data_after_the_end_marker_are_read(root: Path) -> None:
+    """Phones append data after a JPEG's end marker (a Motion Photo's video, vendor trailers), some writers pad
+    with zeros: the file is complete and decodes, but its last 64 bytes hold no end marker, and the truncation check
+    refused it as 'truncated'. Only a file that does not decode in full is truncated."""
+    hr_dir, lr_dir = find_split_dirs(root, "test")
+    hr = cv2.imread(str(hr_dir / "P1180001_x4.png"))
+    jpeg = cv2.imencode(".jpg", hr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    (hr_dir / "P1180001_x4.png").unlink()
+    (hr_dir / "P1180001_x4.jpg").write_bytes(jpeg + b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 4)
+    (hr_dir / "P1180002_x4.jpg").write_bytes(cv2.imencode(".jpg", cv2.imread(str(hr_dir / "P1180002_x4.png")))[1]
+                                             .tobytes() + bytes(200))
+    (hr_dir / "P1180002_x4.png").unlink()
+    first, second = dataset(root)
+    assert np.array_equal(first["gt"].numpy(), img_rgb(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)))
+    assert second["gt"].shape == (3, 48, 40)
+    (hr_dir / "P1180001_x4.jpg").write_bytes(jpeg[: len(jpeg) - 200])  # truncated: still refused
+    with pytest.raises(DatasetError, match=r"P1180001_x4.jpg is truncated"):
+        dataset(root)

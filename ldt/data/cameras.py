@@ -375,7 +375,8 @@ _END_MARKERS = {".png": (b"IEND", 12), ".jpg": (b"\xff\xd9", 64), ".jpeg": (b"\x
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from the file header, and for PNG / JPEG the end marker: cheap enough (no decoding) to check
     every pair before training, and it catches truncated files, which a header read alone does not (PIL's WebP
-    reader refuses a truncated file itself)."""
+    reader refuses a truncated file itself). A file without the marker in its last bytes is decoded once: complete
+    files with data appended (phones' trailers) pass."""
     return image_header(path)[:2]
 
 
@@ -391,11 +392,27 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         if marker is not None:
             with open(path, "rb") as handle:
                 handle.seek(max(0, os.path.getsize(path) - marker[1]))
-                if marker[0] not in handle.read():
-                    raise DatasetError(f"image {path} is truncated (its end marker is missing)")
+                tail = handle.read()
+            if marker[0] not in tail and not _decodes(path):  # data after the marker (a phone's trailer) is fine
+                raise DatasetError(f"image {path} is truncated (its end marker is missing)")
     except (OSError, UnidentifiedImageError) as error:
         raise DatasetError(f"cannot read image {path}: {error}") from None
     return height, width, turn
+
+
+def _decodes(path: str | Path) -> bool:
+    """Whether PIL decodes every pixel of ``path`` (a JPEG / PNG without an end marker in its last bytes: complete,
+    with data appended after it, a Motion Photo's video or a vendor trailer or zero padding, or truncated)."""
+    from PIL import Image, ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by some library: it would fill a truncated file's missing rows
+        return False
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
 
 
 # EXIF orientation values: how a viewer (and cv2.imread, BasicSR's reader) turns the stored pixels for display.
