@@ -302,8 +302,8 @@ def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[
     fails a training's random crop mid-epoch (exactly LR x scale needed), an HR smaller than that fails the metrics
     at the first validation (it is cropped to LR x scale there), neither naming the file; an HR more than 4 x scale
     px larger (as ``DRealSRCameraDataset``'s default ``size_tolerance``: a folder of another scale) is cropped to
-    its top-left corner and scored silently. Headers read here, before
-    any work; an LR smaller than the training patch is named too. Returns ``{path: (h, w)}`` of the pairs read."""
+    its top-left corner and scored silently. Headers read here, before any work; an LR smaller than the training
+    patch is named too. Returns ``{path: (h, w)}`` of the pairs read."""
     pairs = basicsr_pairs(data)
     if pairs is None:
         return None
