@@ -627,3 +627,15 @@ def test_train_step_names_a_single_optimizer_and_takes_a_generator():
     dual = prepared(mlp(), "ldt")
     with pytest.raises(MethodError, match=r"one optimizer per branch \(primary, auxiliary\), got a single Adam"):
         dual.train_step(data(1)[0], mse, torch.optim.Adam(dual.model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["ft", "ldt"])
+def test_parameters_reregistered_in_another_order_are_named(name):
+    """The same tensors under the same names but in another order (a parameter popped and registered again): the
+    refusal names it instead of escaping as a bare StopIteration."""
+    method = prepared(mlp(), name)
+    layer = method.model[0]
+    layer.register_parameter("weight", layer._parameters.pop("weight"))
+    with pytest.raises(MethodError, match=r"the parameters of the model changed after prepare_method \(e\.g\. "
+                                          r"'0\.weight' re-registered"):
+        method.branches()

@@ -400,7 +400,13 @@ class Method:
             if len(now) != len(recorded) or not all(a[1] is b[1] and a[0] == b[0] for a, b in zip(now, recorded)):
                 before = dict(recorded)
                 culprit = next((name for name, p in now if before.get(name) is not p), None)
-                culprit = f"'{culprit}'" if culprit else f"'{next(n for n, _ in recorded if n not in dict(now))}' removed"
+                if culprit is not None:
+                    culprit = f"'{culprit}'"
+                else:  # none added or replaced: one removed, or the same ones in another order
+                    names = {n for n, _ in now}
+                    removed = next((n for n, _ in recorded if n not in names), None)
+                    culprit = f"'{removed}' removed" if removed is not None else \
+                        f"'{next(a[0] for a, b in zip(recorded, now) if a[0] != b[0])}' re-registered in another order"
                 raise MethodError(f"the parameters of the model changed after prepare_method (e.g. {culprit}): a "
                                   "parameter added, replaced or removed since is in no group and in neither the other "
                                   "branch nor the EMA; prepare the method on the final model (adapters, heads included)")
