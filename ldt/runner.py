@@ -323,12 +323,16 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise state.misfit(err) from err
     position = getattr(stream, "drawn", 0)
+    # The random-number state where the loop last stood between two of its parts (a whole step, a whole selection
+    # point): a stop while a batch loads or a network is validated comes after random numbers were drawn there
+    # (in-process augmentation, a DataLoader's seed), which the resumed run draws again.
+    rng = _rng_state() if state is not None else None
 
     def save() -> None:
         state.save({"step": step, "checked": checked, "position": position, "elapsed": elapsed(),
                     "method": method.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                     "partition": method.partition.to_dict() if method.partition is not None else None,
-                    "selection": vars(best), "rng": _rng_state()})
+                    "selection": vars(best), "rng": rng})
 
     bar = tqdm(total=steps, initial=step, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
     try:
@@ -337,10 +341,12 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
                 deployed = method.deployed_state_dict()
                 evaluator.load_state_dict(deployed)
                 score, details = validate(evaluator)
-                best.history.append({"step": step, "score": score, **details})
-                if score > best.score:
-                    best.state, best.step, best.score, best.details = deployed, step, score, details
-                checked = step
+                with whole_step():  # the score is kept, and the step marked validated, together
+                    best.history.append({"step": step, "score": score, **details})
+                    if score > best.score:
+                        best.state, best.step, best.score, best.details = deployed, step, score, details
+                    checked = step
+                    rng = _rng_state() if state is not None else None
                 bar.set_postfix(heldout=f"{score:.3f}", best=f"{best.score:.3f}@{best.step}")
                 if state is not None and state.due():
                     save()
@@ -350,6 +356,7 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
             with whole_step():
                 method.train_step(batch, loss_fn, optimizers)
                 step, position = step + 1, getattr(stream, "drawn", 0)
+                rng = _rng_state() if state is not None else None
             bar.update(1)
     except Stopped as stopped:
         if state is not None:

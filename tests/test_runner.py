@@ -87,11 +87,15 @@ def test_a_bad_plan_is_one_line_and_exit_2_before_any_run(capsys):
 
 
 # ---- run states: a run stopped midway continues exactly ------------------------------------------------------------
-def noisy_batches(start: int):
-    """Batch i is fixed by i, plus noise from the global random numbers (as in-process augmentation draws)."""
+def noisy_batches(start: int, stop=lambda position: False):
+    """Batch i is fixed by i, plus noise from the global random numbers (as in-process augmentation draws);
+    ``stop(i)``: SIGTERM once batch i's noise is drawn (a stop in the middle of loading a batch)."""
     for i in itertools.count(start):
         x = torch.randn(4, 3, generator=torch.Generator().manual_seed(i))
-        yield x + 0.1 * torch.randn_like(x), x.sum(1, keepdim=True)
+        noise = torch.randn_like(x)
+        if stop(i):
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield x + 0.1 * noise, x.sum(1, keepdim=True)
 
 
 def mlp_loss(network, batch):
@@ -103,7 +107,8 @@ def train_mlp(state=None, stop=lambda where, count: False, steps=9):
     the exchange schedule, both optimizers, the selection, the random numbers and the stream position."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
-    stream = runner.ResumableStream(noisy_batches, state.position if state else 0)
+    stream = runner.ResumableStream(lambda start: noisy_batches(start, lambda i: stop("batch", i)),
+                                    state.position if state else 0)
     counts = {"step": 0, "validate": 0}
 
     def loss_fn(network, batch):  # a dual-branch step calls it twice: call 9 is step 5's primary
@@ -118,6 +123,7 @@ def train_mlp(state=None, stop=lambda where, count: False, steps=9):
 
     def validate(network):
         counts["validate"] += 1
+        torch.rand(())  # as a DataLoader's iterator draws its seed from the global random numbers
         if stop("validate", counts["validate"]):
             os.kill(os.getpid(), signal.SIGTERM)
         network.eval()
@@ -146,11 +152,12 @@ def _tensors(tree, prefix=""):
             yield from _tensors(value, f"{prefix}.{key}")
 
 
-@pytest.mark.parametrize("where, count, saved_step", [("step", 9, 5), ("validate", 2, 6)])
+@pytest.mark.parametrize("where, count, saved_step", [("step", 9, 5), ("validate", 2, 6), ("batch", 2 + 5, 5)])
 def test_a_run_stopped_in_a_step_or_in_validation_continues_bit_identically(tmp_path, default_sigint, where, count,
                                                                               saved_step):
-    """A stop inside a training step takes effect after it (the state is a whole step's); one during validation at
-    once, and the resumed run validates that step first."""
+    """A stop inside a training step takes effect after it (the state is a whole step's); one during validation or
+    while a batch loads at once, with the random-number state of the last step's end (validation and loading draw
+    random numbers before the stop), and the resumed run validates that step first."""
     straight = train_mlp(runner.RunState(tmp_path / "straight.pt", "straight"))
     state = runner.RunState(tmp_path / "run.pt", "run")
     with pytest.raises(runner.Stopped):
