@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ldt.atomic import DiskError, atomic_torch_save, check_room, remove_leftovers
+from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
 from ldt.cli import STOP_SIGNALS, device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
@@ -433,9 +433,15 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
                                   recorded=lambda d=digest: state_file(d).unlink(missing_ok=True)))
     digests = set(p.digest for p in planned)
     done = set(records.by_hash())
+    states = out / STATES_FOLDER
+    if states.exists() and not states.is_dir():  # now, not when the first run first saves (or in a bare errno)
+        raise DiskError(f"{states} is a file, not a folder: move it away (OUT/{STATES_FOLDER}/ holds the training "
+                        "states of the runs in progress)")
+    if states.is_dir() and digests - done:
+        check_writable(states)  # the first save would fail only after the warm-up, the probe and --state-minutes
     for digest in digests & done:  # a sweep killed between a record and the removal of its state
         state_file(digest).unlink(missing_ok=True)
-    remove_leftovers(out / STATES_FOLDER)  # a state write cut by kill -9 (the lock keeps other sweeps out)
+    remove_leftovers(states)  # a state write cut by kill -9 (the lock keeps other sweeps out)
     print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
           flush=True)
     run_pending(planned, records, progress=progress, desc="sweep")

@@ -67,6 +67,25 @@ def test_an_unwritable_out_is_one_line_before_any_run(tmp_path, capsys):
     assert f"cannot create {tmp_path / 'file' / 'out'}" in error_line(capsys)
 
 
+def test_a_states_folder_that_is_a_file_is_one_line_before_any_run(tmp_path, capsys):
+    """OUT/states in the way: one line naming it, before any run (the first state save came only after the warm-up,
+    the probe and --state-minutes of training), and in a sweep whose runs are all recorded (a bare errno before)."""
+    states = tmp_path / runner.STATES_FOLDER
+    states.write_text("in the way")
+    message = f"error: {states} is a file, not a folder: move it away (OUT/states/ holds the training states of " \
+              "the runs in progress)\n"
+    assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
+    assert error_line(capsys) == message
+    states.unlink()
+    assert sweep_main(tmp_path, [FakeConfig()]) == 0
+    capsys.readouterr()
+    if states.exists():
+        states.rmdir()
+    states.write_text("in the way")
+    assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
+    assert error_line(capsys) == message and states.read_text() == "in the way"
+
+
 def test_a_full_out_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
     import ldt.atomic
 
