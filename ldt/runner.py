@@ -439,9 +439,16 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
                         "states of the runs in progress)")
     if states.is_dir() and digests - done:
         check_writable(states)  # the first save would fail only after the warm-up, the probe and --state-minutes
-    for digest in digests & done:  # a sweep killed between a record and the removal of its state
-        state_file(digest).unlink(missing_ok=True)
+    saved = sorted(states.glob("*.pt")) if states.is_dir() else []
+    for path in saved:  # a sweep killed between a record and the removal of its state (this sweep's run or not)
+        if path.stem in done:
+            path.unlink(missing_ok=True)
     remove_leftovers(states)  # a state write cut by kill -9 (the lock keeps other sweeps out)
+    others = [path for path in saved if path.stem not in done and path.stem not in digests]
+    if others:  # another command's runs in progress, or runs whose options changed since they were stopped
+        size = sum(path.stat().st_size for path in others if path.exists()) / 2 ** 20
+        print(f"{states}: {len(others)} saved state(s) of runs this sweep does not plan ({size:.0f} MiB): the "
+              "command that started them continues them; delete them if they will not be rerun", flush=True)
     print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
           flush=True)
     run_pending(planned, records, progress=progress, desc="sweep")

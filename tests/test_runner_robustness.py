@@ -362,3 +362,22 @@ def test_the_state_of_a_run_already_recorded_and_cut_writes_are_deleted(tmp_path
     cut.write_bytes(b"z")
     assert sweep_main(tmp_path, [FakeConfig(0)], no_run) == 0
     assert not left.exists() and not cut.exists() and kept.exists()
+
+
+def test_states_of_runs_recorded_by_another_sweep_are_deleted_and_unplanned_ones_are_named(tmp_path, capsys):
+    """A state whose run has a record is garbage whichever sweep planned it (a sweep killed between the record and the
+    state's removal, then rerun with other options); one of a run not recorded and not planned (another command's, or
+    a run whose flags changed since its stop: a new run hash) is kept and named in one line."""
+    assert sweep_main(tmp_path, [FakeConfig(0)]) == 0
+    states = tmp_path / runner.STATES_FOLDER
+    states.mkdir(exist_ok=True)
+    recorded = states / f"{run_hash(FakeConfig(0).hparams())}.pt"
+    unplanned = states / f"{run_hash(FakeConfig(1).hparams())}.pt"
+    recorded.write_bytes(b"x")
+    unplanned.write_bytes(b"y")
+    capsys.readouterr()
+    assert sweep_main(tmp_path, [FakeConfig(2)]) == 0
+    assert not recorded.exists() and unplanned.exists()
+    out = capsys.readouterr().out
+    assert f"{states}: 1 saved state(s) of runs this sweep does not plan (0 MiB): the command that started them " \
+           "continues them; delete them if they will not be rerun\n" in out
