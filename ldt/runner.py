@@ -225,6 +225,9 @@ class RunState:
         self.path, self.digest, self.every_s = Path(path), digest, every_s
         self.saved: dict | None = self._read()
         self._last = time.monotonic()
+        # Set by train_and_select once its last step is validated: saves that finished training, for a stop that
+        # arrives while the run tests the selected network (:meth:`save_trained`).
+        self.trained: Callable[[], None] | None = None
 
     def _read(self) -> dict | None:
         if not self.path.exists():
@@ -270,6 +273,19 @@ class RunState:
     def save(self, state: dict) -> None:
         atomic_torch_save({"format": RUN_STATE_FORMAT, "run": self.digest, **state}, self.path)
         self._last = time.monotonic()
+
+    def save_trained(self, stopped: "Stopped") -> None:
+        """On a stop after training ended (the run was testing): save the trained state, once, so the rerun only
+        tests; a write that fails is one line, as a stop's save in training."""
+        if self.trained is None or stopped.saved is not None:
+            return
+        save, self.trained = self.trained, None
+        try:
+            save()
+            stopped.saved = self.path
+        except DiskError as err:
+            print(f"the run in progress could not save its state ({err}); a rerun continues from its last saved "
+                  "state, if any", file=sys.stderr)
 
 
 def prepared(state: RunState | None, prepare: Callable[..., Method]) -> Method:
@@ -369,6 +385,8 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
         raise
     finally:
         bar.close()
+    if state is not None:
+        state.trained = save
     return best
 
 
@@ -422,6 +440,9 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
             print(f"run {config.describe()}: resuming at step {state.saved['step']} from {state.path}", flush=True)
         try:
             record = run(config, device=device, workers=workers, progress=progress, state=state)
+        except Stopped as stopped:  # in the test of the selected network: its training is kept
+            state.save_trained(stopped)
+            raise
         except RUN_INPUT_ERRORS as err:
             raise RunFailed(f"run {config.describe()}: {one_line(err)}") from err  # the cause for LDT_TRACEBACK
         return {**record, **({"weights_fingerprint": now[config.weights]} if config.weights else {})}

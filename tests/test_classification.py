@@ -640,3 +640,36 @@ def test_a_saved_state_that_no_longer_fits_is_one_line_saying_to_delete_it(toy, 
     assert err.count("\n") == 1 and err.startswith(f"error: run {config.describe()}: {state}: a saved state that "
                                                     "does not fit this run (")
     assert err.endswith("): delete it to train the run afresh\n") and state.exists()
+
+
+def test_a_run_stopped_in_its_test_evaluation_saves_its_trained_state_and_only_tests_again(toy, tmp_path, monkeypatch,
+                                                                                          default_sigint, capsys):
+    """SIGTERM while the selected network is tested (after the last step; the segmentation runner's target evaluation
+    can take minutes): the state of the whole training is saved, and the rerun trains nothing again."""
+    import argparse
+    import signal
+
+    from ldt import runner
+
+    config = fast_config(toy, method="ldt_dpu", steps=4)
+    straight = run(config)
+    original = train_module.test_accuracy
+
+    def stop_in_test(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    out, args = tmp_path / "out", argparse.Namespace(**SWEEP_ARGS)
+    state = out / runner.STATES_FOLDER / f"{run_hash(config.hparams())}.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "test_accuracy", stop_in_test)
+        assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 128 + signal.SIGTERM
+    assert f"the run in progress saved {state}" in capsys.readouterr().err and state.exists()
+    drawn = []
+    with monkeypatch.context() as patch:
+        patch.setattr(runner.ResumableStream, "__next__", lambda stream: drawn.append(1) or next(iter(())))
+        assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 0
+    assert f"resuming at step 4 from {state}" in capsys.readouterr().out and not drawn and not state.exists()
+    [record] = load_records(out)
+    for key in ("test_accuracy", "holdout_accuracy", "holdout_per_domain", "selected_step", "history", "partition"):
+        assert record[key] == straight[key], key
