@@ -502,12 +502,18 @@ def stop_on_signal() -> Iterator[None]:
         return
 
     owner = os.getpid()
+    child = getattr(signal, "SIGCHLD", None)
+    replaced: dict[int, object] = {}
 
     def stop(signum: int, frame: object) -> None:
         if os.getpid() != owner:  # a forked DataLoader worker: its loop ends quietly on KeyboardInterrupt
             raise KeyboardInterrupt
         for number in STOP_SIGNALS:
             signal.signal(number, signal.SIG_DFL)
+        if child is not None:  # a SIGTERM sent to the process group (timeout, a scheduler) kills the DataLoader
+            # workers (torch's worker handler): torch's SIGCHLD handler would raise 'worker ... is killed by signal'
+            # wherever the stop is, its state save included; no batch is loaded after a stop
+            replaced[child] = signal.signal(child, signal.SIG_DFL)
         if _held is not None:
             _held.append(signum)
             return
@@ -520,8 +526,9 @@ def stop_on_signal() -> Iterator[None]:
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number, handler in {**previous, **replaced}.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(number, handler)
 
 
 @contextlib.contextmanager

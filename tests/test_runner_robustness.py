@@ -381,3 +381,27 @@ def test_states_of_runs_recorded_by_another_sweep_are_deleted_and_unplanned_ones
     out = capsys.readouterr().out
     assert f"{states}: 1 saved state(s) of runs this sweep does not plan (0 MiB): the command that started them " \
            "continues them; delete them if they will not be rerun\n" in out
+
+
+def test_a_sigterm_that_reaches_the_workers_too_is_still_a_stop(tmp_path, capfd):
+    """``timeout -s TERM`` and batch schedulers signal the whole process group: a DataLoader worker that SIGTERM
+    reaches from outside dies of it (torch's worker handler), and torch's SIGCHLD handler then raised 'DataLoader
+    worker ... is killed by signal' in the runner, inside the state save of the stop (reported as a disk error)."""
+    import subprocess
+    import time
+
+    def run(config, workers, state, **_):
+        batches = iter(DataLoader(Slow(), num_workers=workers, persistent_workers=True))
+        next(batches)
+        pids = [str(worker.pid) for worker in batches._workers]
+        try:
+            subprocess.run(["kill", "-TERM", str(os.getpid()), *pids], check=True)  # main first, as timeout does
+            time.sleep(5)  # the stop arrives here
+        except runner.Stopped:
+            time.sleep(1)  # the workers die meanwhile (SIGCHLD) while the stop saves the run's state
+            raise
+
+    assert sweep_main(tmp_path, [FakeConfig()], run, Namespace(**{**vars(ARGS), "workers": 2})) == \
+        128 + signal.SIGTERM
+    err = capfd.readouterr().err
+    assert err.startswith("stopped by SIGTERM: ") and "Traceback" not in err and "error" not in err, err
