@@ -491,6 +491,10 @@ class Stopped(BaseException):
         self.saved: Path | None = None  # the training state the run in progress saved, if any
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A Python-level handler that does nothing."""
+
+
 @contextlib.contextmanager
 def stop_on_signal() -> Iterator[None]:
     """Raise :class:`Stopped` where the command is when SIGTERM / SIGINT arrives, so it can end in one line rather
@@ -512,8 +516,9 @@ def stop_on_signal() -> Iterator[None]:
             signal.signal(number, signal.SIG_DFL)
         if child is not None:  # a SIGTERM sent to the process group (timeout, a scheduler) kills the DataLoader
             # workers (torch's worker handler): torch's SIGCHLD handler would raise 'worker ... is killed by signal'
-            # wherever the stop is, its state save included; no batch is loaded after a stop
-            replaced[child] = signal.signal(child, signal.SIG_DFL)
+            # wherever the stop is, its state save included; no batch is loaded after a stop. A handler that does
+            # nothing, not SIG_DFL: a SIGCHLD already pending would print 'Signal 17 ignored due to race condition'
+            replaced[child] = signal.signal(child, _ignore_signal)
         if _held is not None:
             _held.append(signum)
             return

@@ -383,7 +383,8 @@ def test_states_of_runs_recorded_by_another_sweep_are_deleted_and_unplanned_ones
            "continues them; delete them if they will not be rerun\n" in out
 
 
-def test_a_sigterm_that_reaches_the_workers_too_is_still_a_stop(tmp_path, capfd):
+@pytest.mark.parametrize("together", [False, True])
+def test_a_sigterm_that_reaches_the_workers_too_is_still_a_stop(tmp_path, capfd, together):
     """``timeout -s TERM`` and batch schedulers signal the whole process group: a DataLoader worker that SIGTERM
     reaches from outside dies of it (torch's worker handler), and torch's SIGCHLD handler then raised 'DataLoader
     worker ... is killed by signal' in the runner, inside the state save of the stop (reported as a disk error)."""
@@ -395,7 +396,12 @@ def test_a_sigterm_that_reaches_the_workers_too_is_still_a_stop(tmp_path, capfd)
         next(batches)
         pids = [str(worker.pid) for worker in batches._workers]
         try:
+            if together:  # the workers' SIGCHLD already pending when the stop is handled
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD})
             subprocess.run(["kill", "-TERM", str(os.getpid()), *pids], check=True)  # main first, as timeout does
+            if together:
+                time.sleep(1)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGCHLD})
             time.sleep(5)  # the stop arrives here
         except runner.Stopped:
             time.sleep(1)  # the workers die meanwhile (SIGCHLD) while the stop saves the run's state
