@@ -239,7 +239,8 @@ class RunState:
             if problem is None and saved.get("run") != self.digest:
                 problem = f"the state of run {saved.get('run')}, not of {self.digest}"
         except Exception as err:  # truncated, foreign, or written by an incompatible version
-            problem = " ".join(str(err).split())[:200] or type(err).__name__
+            # torch's own message would suggest loading with weights_only=False: a state is never worth that risk
+            problem = f"not a readable run state (cut off, or not written by this runner: {type(err).__name__})"
         if problem is None:
             return saved
         warnings.warn(f"{self.path}: {problem}; the run starts afresh", stacklevel=3)

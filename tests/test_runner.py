@@ -174,5 +174,6 @@ def test_a_run_state_of_another_run_or_unreadable_starts_afresh_with_a_warning(t
     with pytest.warns(UserWarning, match="the state of run a, not of b; the run starts afresh"):
         assert runner.RunState(tmp_path / "a.pt", "b").saved is None
     (tmp_path / "cut.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:100])
-    with pytest.warns(UserWarning, match="cut.pt: .*; the run starts afresh"):
+    with pytest.warns(UserWarning, match=r"cut.pt: not a readable run state \(cut off, or not written by this "
+                                         r"runner: \w+\); the run starts afresh$"):
         assert runner.RunState(tmp_path / "cut.pt", "a").saved is None
