@@ -148,6 +148,8 @@ BAD = [
     ("ldt", None, "ldt: is empty (null): give it options, or leave the section out for its defaults"),
     # no knock-on line: the set's name is unknown, so val:source_set cannot be checked against it
     ("datasets:val_1:dataroott", "/x", "datasets:val_1:dataroott: unknown option (did you mean 'dataroot'?)"),
+    ("datasets", 5, "datasets: must be a mapping of sets ('train', 'val_*', 'test_*'), got int 5"),
+    ("datasets", ["train"], "datasets: must be a mapping of sets ('train', 'val_*', 'test_*'), got list ['train']"),
 ]
 
 

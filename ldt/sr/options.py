@@ -602,8 +602,12 @@ def network_scale(options: dict) -> int | None:
 
 
 def _dataset_problems(raw: Any, is_train: bool, scale: int, problems: list[str]) -> dict[str, DatasetOptions]:
-    if not isinstance(raw, dict) or not raw:
+    if not raw:
         problems.append("datasets: missing (a 'train' set and/or 'val_*' / 'test_*' sets)")
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"datasets: must be a mapping of sets ('train', 'val_*', 'test_*'), got "
+                        f"{type(raw).__name__} {raw!r:.60}")
         return {}
     checked: dict[str, DatasetOptions] = {}
     for key, block in raw.items():
@@ -803,7 +807,8 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
         problems.append(f"scale: {top.scale}, but network_g upscales by {network_scale(network)}")
     datasets = _dataset_problems(raw.get("datasets"), is_train, scale, problems)
     if top is not None:
-        evaluated = [key for key in raw.get("datasets") or {} if str(key).startswith(("val", "test"))]
+        sets = raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {}
+        evaluated = [key for key in sets if str(key).startswith(("val", "test"))]
         problems += _path_problems(top, is_train)
         problems += _val_problems(top, datasets, is_train, names_known=all(key in datasets for key in evaluated))
         if arch is not None:
@@ -815,7 +820,7 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
                 problems.append(f"num_gpu: {top.num_gpu}, but {torch.cuda.device_count()} CUDA device(s) are visible "
                                 "(use num_gpu: 0 or auto)")
         if is_train:
-            if top.ldt.probe.dataset not in (raw.get("datasets") or {}):
+            if sets and top.ldt.probe.dataset not in sets:  # no sets at all is one problem already
                 problems.append(f"ldt:probe:dataset: '{top.ldt.probe.dataset}' is not a key of datasets")
             problems += _leak_problems(datasets, top.val, top.ldt.probe.dataset)
             if meta_network is not None:
