@@ -429,7 +429,9 @@ def test_an_lmdb_export_stopped_by_a_corrupt_image_leaves_nothing_that_blocks_a_
     shutil.copytree(data_root, root)
     victim = sorted((root / "x4" / "Test_x4" / "test_HR").glob("P*.png"))[0]
     good = victim.read_bytes()
-    victim.write_bytes(b"not an image")
+    # Pixel data garbled, header and end marker intact: the checks before writing pass, the export's decode fails
+    middle = len(good) // 2
+    victim.write_bytes(good[:middle] + bytes(b ^ 0xFF for b in good[middle:middle + 40]) + good[middle + 40:])
     script = [sys.executable, str(PROJECT / "scripts" / "index_drealsr.py"), str(root), "--splits", "test",
               "--cameras", "olympus", "--lmdb", str(tmp_path / "lmdb")]
     result = subprocess.run(script, capture_output=True, text=True, timeout=300)
