@@ -95,15 +95,15 @@ def add_runtime_flags(parser: ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, 4 on CUDA)")
     parser.add_argument("--state-minutes", type=float, default=DEFAULT_STATE_MINUTES, metavar="M",
                         help="save the run in progress (OUT/states/) at a selection point once M minutes have passed "
-                             f"since its last save, and always when stopped; 0: at every selection point "
-                             f"[{DEFAULT_STATE_MINUTES:g}]")
+                             f"since its last save, and always when stopped; 0: at every selection point, inf: "
+                             f"only when stopped [{DEFAULT_STATE_MINUTES:g}]")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def check_state_minutes(minutes: float) -> float:
-    """``--state-minutes``: a finite number of minutes, 0 or more."""
-    if not (math.isfinite(minutes) and minutes >= 0):
-        raise ValueError(f"--state-minutes must be 0 or more minutes, got {minutes}")
+    """``--state-minutes``: minutes, 0 or more (``inf``: only when stopped)."""
+    if math.isnan(minutes) or minutes < 0:
+        raise ValueError(f"--state-minutes must be 0 or more minutes (inf: only when stopped), got {minutes}")
     return minutes
 
 
@@ -474,6 +474,8 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
           flush=True)
     run_pending(planned, records, progress=progress, desc="sweep")
+    with contextlib.suppress(OSError):  # every state deleted with its run's record: no empty folder left
+        states.rmdir()
     print(tabulate(out))
     print(f"records: {records.path}; tables in {out}")
     return 0

@@ -139,6 +139,6 @@ def stop_and_resume(out: Path, config, run, monkeypatch, stop_at: int) -> tuple[
     with contextlib.redirect_stdout(printed), monkeypatch.context() as patch:
         patch.setattr(runner.ResumableStream, "__next__", count)
         assert runner.main(Namespace(**SWEEP_ARGS), lambda: (out, [config]), run, lambda folder: "") == 0
-    assert not state.exists()  # deleted once the record is written
+    assert not state.exists() and not state.parent.exists()  # deleted once the record is written, and its folder
     [record] = Records(out / RESULTS_FILE).all()
     return record, printed.getvalue(), len(drawn)

@@ -177,3 +177,11 @@ def test_a_run_state_of_another_run_or_unreadable_starts_afresh_with_a_warning(t
     with pytest.warns(UserWarning, match=r"cut.pt: not a readable run state \(cut off, or not written by this "
                                          r"runner: \w+\); the run starts afresh$"):
         assert runner.RunState(tmp_path / "cut.pt", "a").saved is None
+
+
+def test_state_minutes_inf_saves_only_when_stopped(tmp_path):
+    import math
+
+    assert runner.check_state_minutes(math.inf) == math.inf
+    assert not runner.RunState(tmp_path / "s.pt", "s", every_s=60 * math.inf).due()
+    assert runner.RunState(tmp_path / "s.pt", "s", every_s=0.0).due()

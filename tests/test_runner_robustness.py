@@ -216,7 +216,8 @@ def test_a_record_edited_to_a_value_the_table_cannot_read_is_skipped_with_a_warn
 # ---- 5. and 8. flags both runners share ----------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value, flag", [("device", "foo", "--device foo"), ("workers", -1, "--workers"),
                                                 ("state_minutes", -1.0, "--state-minutes"),
-                                                ("state_minutes", float("nan"), "--state-minutes")])
+                                                ("state_minutes", float("nan"), "--state-minutes"),
+                                                ("state_minutes", -float("inf"), "--state-minutes")])
 def test_device_and_workers_are_checked_before_planning(tmp_path, capsys, field, value, flag):
     args = Namespace(**{**vars(ARGS), field: value})
     assert runner.main(args, no_run, no_run, lambda folder: "") == 2
