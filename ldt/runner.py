@@ -275,18 +275,23 @@ class RunState:
         atomic_torch_save({"format": RUN_STATE_FORMAT, "run": self.digest, **state}, self.path)
         self._last = time.monotonic()
 
-    def save_trained(self, stopped: "Stopped") -> None:
-        """On a stop after training ended (the run was testing): save the trained state, once, so the rerun only
-        tests; a write that fails is one line, as a stop's save in training."""
-        if self.trained is None or stopped.saved is not None:
-            return
-        save, self.trained = self.trained, None
+    def save_on_stop(self, stopped: "Stopped", save: Callable[[], None]) -> None:
+        """``save()`` for a stop, noted on ``stopped`` for its message; a write that fails is one line (the stop's
+        own message still follows) saying what the rerun will find."""
         try:
             save()
             stopped.saved = self.path
         except DiskError as err:
             print(f"the run in progress could not save its state ({err}); a rerun continues from its last saved "
                   "state, if any", file=sys.stderr)
+
+    def save_trained(self, stopped: "Stopped") -> None:
+        """On a stop after training ended (the run was testing): save the trained state, once, so the rerun only
+        tests."""
+        if self.trained is None or stopped.saved is not None:
+            return
+        save, self.trained = self.trained, None
+        self.save_on_stop(stopped, save)
 
 
 def prepared(state: RunState | None, prepare: Callable[..., Method]) -> Method:
@@ -377,12 +382,7 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
             bar.update(1)
     except Stopped as stopped:
         if state is not None:
-            try:
-                save()
-                stopped.saved = state.path
-            except DiskError as err:  # the stop's message still comes; this line says what the rerun will find
-                print(f"the run in progress could not save its state ({err}); a rerun continues from its last "
-                      "saved state, if any", file=sys.stderr)
+            state.save_on_stop(stopped, save)
         raise
     finally:
         bar.close()
@@ -432,8 +432,10 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     if stale:
         raise ValueError(stale)
 
+    states = out / STATES_FOLDER
+
     def state_file(digest: str) -> Path:
-        return out / STATES_FOLDER / f"{digest}.pt"
+        return states / f"{digest}.pt"
 
     def execute(config: RunnerConfig, digest: str) -> dict:
         state = RunState(state_file(digest), digest, every_s=60.0 * state_minutes)
@@ -455,7 +457,6 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
                                   recorded=lambda d=digest: state_file(d).unlink(missing_ok=True)))
     digests = set(p.digest for p in planned)
     done = set(records.by_hash())
-    states = out / STATES_FOLDER
     if states.exists() and not states.is_dir():  # now, not when the first run first saves (or in a bare errno)
         raise DiskError(f"{states} is a file, not a folder: move it away (OUT/{STATES_FOLDER}/ holds the training "
                         "states of the runs in progress)")
