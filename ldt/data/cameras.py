@@ -456,6 +456,12 @@ def check_orientation(hr: int, lr: int, name: str) -> None:
             "from the one whose pixels are upright already")
 
 
+def tolerance_px(scale: int, option: int | None = None) -> int:
+    """Pixels per side an HR may exceed LR x ``scale`` by (cropped at read time): the ``size_tolerance`` option, or
+    by default 4 x scale (DRealSR's HR crops are a few pixels larger than their LR x scale)."""
+    return 4 * scale if option is None else int(option)
+
+
 def check_scale(hr_size: Sequence[int], lr_size: Sequence[int], scale: int, tolerance: int, name: str) -> None:
     """Raise unless HR is LR x scale, or larger by at most ``tolerance`` pixels per side (cropped at read time)."""
     for hr, lr in zip(hr_size[:2], lr_size[:2]):
@@ -599,7 +605,7 @@ def collect_pairs(
     """
     check_split(split)
     keys = resolve_cameras(cameras)
-    tolerance = 4 * scale if size_tolerance is None else int(size_tolerance)
+    tolerance = tolerance_px(scale, size_tolerance)
     if backend not in ("disk", "lmdb"):
         raise DatasetError(f"io_backend type must be 'disk' or 'lmdb', got {backend!r}")
     if (dataroot_gt is None) != (dataroot_lq is None):

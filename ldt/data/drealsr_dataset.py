@@ -25,7 +25,7 @@ from torch.utils import data
 from ldt.compat import patch_basicsr
 from ldt.core.config import describe_errors
 from ldt.data.cameras import (
-    DatasetError, ImagePair, check_orientation, collect_pairs, crop_gt_to_lq, decode_image, orientation,
+    DatasetError, ImagePair, check_orientation, collect_pairs, crop_gt_to_lq, decode_image, orientation, tolerance_px,
 )
 from ldt.data.options import DRealSRCameraOptions
 
@@ -76,7 +76,7 @@ class DRealSRCameraDataset(data.Dataset):
         self.gt_size = options.crop_size(self.scale)
         if self.train and self.gt_size % self.scale:
             raise DatasetError(f"gt_size {self.gt_size} is not a multiple of scale {self.scale}")
-        self.size_tolerance = 4 * self.scale if options.size_tolerance is None else options.size_tolerance
+        self.size_tolerance = tolerance_px(self.scale, options.size_tolerance)
         pair_set = collect_pairs(
             split=self.split,
             cameras=options.cameras,

@@ -37,7 +37,7 @@ import ldt.data  # noqa: E402,F401  (registers datasets)
 import ldt.models  # noqa: E402,F401  (registers LDTModel)
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import get_root_logger, get_time_str, set_random_seed  # noqa: E402
-from ldt.data.cameras import DatasetError  # noqa: E402
+from ldt.data.cameras import DatasetError, image_header, tolerance_px  # noqa: E402
 from ldt.models.ldt_model import NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
@@ -291,8 +291,6 @@ def basicsr_pairs(data) -> list[tuple[str, str]] | None:
 def displayed_size(path: str) -> tuple[int, int]:
     """(height, width) of an image as BasicSR's reader (``cv2.IMREAD_COLOR``) returns it: turned by its EXIF
     orientation, from the header."""
-    from ldt.data.cameras import image_header
-
     height, width, orientation = image_header(path)
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
@@ -307,6 +305,7 @@ def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[
     pairs = basicsr_pairs(data)
     if pairs is None:
         return None
+    tolerance = tolerance_px(scale)
     sizes: dict[str, tuple[int, int]] = {}
     patch = (data.opt.get("gt_size") or 0) // scale if train else 0
     for hr, lr in pairs:
@@ -318,9 +317,9 @@ def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[
         if not train and (hr_size[0] < need[0] or hr_size[1] < need[1]):
             raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} is smaller than LR size {lr_size} "
                                f"x{scale}")
-        if not train and max(hr_size[0] - need[0], hr_size[1] - need[1]) > 4 * scale:
+        if not train and max(hr_size[0] - need[0], hr_size[1] - need[1]) > tolerance:
             raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} exceeds LR size {lr_size} x{scale} by more "
-                               f"than {4 * scale} px (BasicSR would score the HR's top-left crop: a folder of "
+                               f"than {tolerance} px (BasicSR would score the HR's top-left crop: a folder of "
                                "another scale?)")
         if min(lr_size) < patch:
             raise DatasetError(f"{where}: {lr}: LR size {lr_size} is smaller than the LR patch {patch} "
