@@ -34,7 +34,8 @@ from ldt.cli import STOP_SIGNALS, device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
-from ldt.sweep import RESULTS_FILE, PlannedRun, Records, run_hash, run_pending, stale_weights, sweep_lock
+from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_run_hash, identity_path, run_hash, run_pending,
+                       stale_weights, sweep_lock)
 from ldt.weights import WeightsError, content_fingerprint
 
 # The flat flag of each nested method option (errors name the flag the user typed).
@@ -173,7 +174,7 @@ def run_hparams(config: RunnerConfig, data: Mapping[str, object], common: Sequen
         **data,
         "method": config.method,
         "backbone": config.backbone,
-        "weights": str(Path(config.weights).resolve()) if config.weights else None,
+        "weights": identity_path(config.weights) if config.weights else None,
         "seed": config.seed,
         **{name: options[name] for name in common},
         "method_options": method,
@@ -221,8 +222,9 @@ class RunState:
     and the position in the data stream. A file that cannot be read, or is not this run's, is ignored with a warning:
     the run starts afresh (and overwrites it)."""
 
-    def __init__(self, path: str | Path, digest: str, every_s: float = 0.0) -> None:
+    def __init__(self, path: str | Path, digest: str, every_s: float = 0.0, earlier: str | None = None) -> None:
         self.path, self.digest, self.every_s = Path(path), digest, every_s
+        self._theirs = {digest, earlier or digest}  # a state saved under the run's earlier identity is its own
         self.saved: dict | None = self._read()
         self._last = time.monotonic()
         # Set by train_and_select once its last step is validated: saves that finished training, for a stop that
@@ -236,7 +238,7 @@ class RunState:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
             problem = None if isinstance(saved, dict) and saved.get("format") == RUN_STATE_FORMAT else \
                 "not a run state"
-            if problem is None and saved.get("run") != self.digest:
+            if problem is None and saved.get("run") not in self._theirs:
                 problem = f"the state of run {saved.get('run')}, not of {self.digest}"
         except Exception as err:  # truncated, foreign, or written by an incompatible version
             # torch's own message would suggest loading with weights_only=False: a state is never worth that risk
@@ -425,10 +427,11 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     Bad input found only inside a run (a broken data file, a full disk) raises :class:`RunFailed`, one line naming
     the run; the records of the runs before it are kept.
     """
-    records = Records(out / RESULTS_FILE)
+    identities = [(run_hash(config.hparams()), earlier_run_hash(config.hparams())) for config in configs]
+    records = Records(out / RESULTS_FILE, earlier={old: new for new, old in identities})
     workers = workers if workers is not None else (4 if device.startswith("cuda") else 0)
     now = fingerprints(configs)
-    stale = stale_weights(records, ((run_hash(c.hparams()), c.weights) for c in configs), now)
+    stale = stale_weights(records, ((digest, c.weights) for (digest, _), c in zip(identities, configs)), now)
     if stale:
         raise ValueError(stale)
 
@@ -437,8 +440,8 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     def state_file(digest: str) -> Path:
         return states / f"{digest}.pt"
 
-    def execute(config: RunnerConfig, digest: str) -> dict:
-        state = RunState(state_file(digest), digest, every_s=60.0 * state_minutes)
+    def execute(config: RunnerConfig, digest: str, earlier: str) -> dict:
+        state = RunState(state_file(digest), digest, every_s=60.0 * state_minutes, earlier=earlier)
         if state.saved is not None:
             print(f"run {config.describe()}: resuming at step {state.saved['step']} from {state.path}", flush=True)
         try:
@@ -451,9 +454,8 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
         return {**record, **({"weights_fingerprint": now[config.weights]} if config.weights else {})}
 
     planned = []
-    for config in configs:
-        digest = run_hash(config.hparams())
-        planned.append(PlannedRun(digest, config.describe(), lambda c=config, d=digest: execute(c, d),
+    for config, (digest, earlier) in zip(configs, identities):
+        planned.append(PlannedRun(digest, config.describe(), lambda c=config, d=digest, e=earlier: execute(c, d, e),
                                   recorded=lambda d=digest: state_file(d).unlink(missing_ok=True)))
     digests = set(p.digest for p in planned)
     done = set(records.by_hash())
@@ -464,8 +466,12 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
         check_writable(states)  # the first save would fail only after the warm-up, the probe and --state-minutes
     saved = sorted(states.glob("*.pt")) if states.is_dir() else []
     for path in saved:  # a sweep killed between a record and the removal of its state (this sweep's run or not)
-        if path.stem in done:
+        owner = records.earlier.get(path.stem, path.stem)  # saved under the run's earlier identity: its own
+        if owner in done:
             path.unlink(missing_ok=True)
+        elif owner != path.stem and not state_file(owner).exists():
+            os.replace(path, state_file(owner))
+    saved = sorted(states.glob("*.pt")) if states.is_dir() else []
     remove_leftovers(states)  # a state write cut by kill -9 (the lock keeps other sweeps out)
     others = [path for path in saved if path.stem not in done and path.stem not in digests]
     if others:  # another command's runs in progress, or runs whose options changed since they were stopped

@@ -51,14 +51,63 @@ def run_hash(options: Mapping) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# The checkout this package runs from (realpath): data and weights inside it are named relative to it in run
+# identities, so a moved or copied checkout (datasets, weights and results together) keeps its records.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_MARK = "<project>"
+
+
+def identity_path(path: str | os.PathLike) -> str:
+    """How a run identity names a data or weights path: the real path (symlinks, ``~`` and relative spellings
+    resolved), written ``<project>/...`` when it lies inside :data:`PROJECT_ROOT`."""
+    return project_relative(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+def project_relative(value: object) -> object:
+    """``value`` (nested dicts and lists) with every absolute path inside :data:`PROJECT_ROOT` written as
+    ``<project>/...``: how identities name paths now, also applied to records written before (absolute paths)."""
+    root = str(PROJECT_ROOT)
+
+    def relative(text: str) -> str:
+        inside = text == root or text.startswith(root + os.sep)
+        return PROJECT_MARK + text[len(root):].replace(os.sep, "/") if inside else text
+
+    return _map_strings(value, relative)
+
+
+def _absolute(value: object) -> object:
+    """The inverse of :func:`project_relative`."""
+    def absolute(text: str) -> str:
+        inside = text == PROJECT_MARK or text.startswith(PROJECT_MARK + "/")
+        return str(PROJECT_ROOT) + text[len(PROJECT_MARK):].replace("/", os.sep) if inside else text
+
+    return _map_strings(value, absolute)
+
+
+def _map_strings(value: object, rewrite: Callable[[str], str]) -> object:
+    if isinstance(value, Mapping):
+        return {key: _map_strings(item, rewrite) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(item, rewrite) for item in value]
+    return rewrite(value) if isinstance(value, str) else value
+
+
+def earlier_run_hash(options: Mapping) -> str:
+    """The hash these options had when identities named every path absolutely (ldt before project-relative paths):
+    records and run states written then carry it, and are still found by it (:class:`Records` ``earlier``)."""
+    return run_hash(_absolute(options))
+
+
 # ----------------------------------------------------------------------------------------------------------- records
 
 
 class Records:
-    """A ``results.jsonl`` file: one finished run per line, each with its ``options_hash``."""
+    """A ``results.jsonl`` file: one finished run per line, each with its ``options_hash``. ``earlier`` maps the
+    :func:`earlier_run_hash` of planned runs to their run hash, so their records written before are theirs."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, earlier: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
+        self.earlier = {old: new for old, new in (earlier or {}).items() if old != new}
 
     def all(self) -> list[dict]:
         """Every complete record (none if the file does not exist); a line cut short by an interrupted write, or
@@ -105,9 +154,13 @@ class Records:
                 kept.append(record)
         return kept
 
+    def digest(self, record: Mapping) -> str:
+        """The run hash a record belongs to (its ``options_hash``, or the run it had under the earlier identity)."""
+        return self.earlier.get(record["options_hash"], record["options_hash"])
+
     def by_hash(self) -> dict[str, dict]:
-        """The records by options hash (a rerun of a run replaces its earlier record)."""
-        return {record["options_hash"]: record for record in self.all()}
+        """The records by run hash (a rerun of a run replaces its earlier record)."""
+        return {self.digest(record): record for record in self.all()}
 
     def append(self, record: dict) -> None:
         """Append one record as a line and sync it, so a crash right after a run still leaves its record whole.
@@ -330,8 +383,9 @@ SeedCells = dict[str, dict[int, float]]  # column -> seed -> value
 
 
 def configuration(record: Mapping, per_run_keys: Sequence[str]) -> str:
-    """The hash of a record's options without its per-run keys (seed, ...): the runs one row gathers share it."""
-    return run_hash({k: v for k, v in record["hparams"].items() if k not in per_run_keys})
+    """The hash of a record's options without its per-run keys (seed, ...): the runs one row gathers share it (a
+    record written when identities held absolute paths joins the row of its runs recorded since)."""
+    return run_hash(project_relative({k: v for k, v in record["hparams"].items() if k not in per_run_keys}))
 
 
 def ordered_keys(keys: Iterable[RowKey], order: Mapping[str, Sequence[str]] | None = None) -> list[RowKey]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ldt.sr.experiment as experiment_module
+import ldt.sweep
 import ldt.sr.reproduce as rp
 from ldt.sweep import Records
 from ldt.data.cameras import DREALSR_CAMERAS, TARGET_CAMERAS
@@ -111,6 +112,22 @@ def test_a_record_edited_by_hand_is_skipped_with_its_line_and_the_rest_tabulates
 
 def planned(sweep) -> list:
     return rp.plan_runs(["1"], sweep["data"], data_kind="synthetic", archs=["safmn_tiny"], seeds=2, budget=TINY)
+
+
+def test_records_written_with_absolute_paths_are_still_the_runs_records(sweep, tmp_path, monkeypatch):
+    """The fixture's records name its data by absolute path (it lies outside the checkout). With the checkout
+    around the data, as for records an ldt whose identities held absolute paths wrote, the runs' identities change
+    but their records are still theirs: nothing retrains, the table is whole, no record counts as another run's."""
+    forbid_training(monkeypatch)
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out, ignore=shutil.ignore_patterns("experiments", "tb_logger"))
+    (out / "table1.md").unlink()
+    monkeypatch.setattr(ldt.sweep, "PROJECT_ROOT", sweep["datasets"].parent.resolve())
+    recorded = {json.loads(line)["options_hash"] for line in lines(out / "results.jsonl")}
+    assert not recorded & {run.digest for run in planned(sweep)}
+    summary = rp.reproduce(["1"], "synthetic_tiny", datasets_dir=sweep["datasets"], out=out, **SWEEP)
+    assert (summary.trained, summary.skipped, summary.missing, summary.other_records) == (0, 6, 0, 0)
+    assert "| LDT+DPU | safmn_tiny | 2/2 |" in (out / "table1.md").read_text()
 
 
 def test_every_intact_record_is_readable_alone(sweep, recwarn):

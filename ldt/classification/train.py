@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -27,7 +26,7 @@ from ldt.classification.data import DomainDataset, ImageList, eval_loader, image
 from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, check_image_size, head_patterns
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
 from ldt.runner import RunState, ResumableStream, check_training, method_config, prepared, run_hparams, train_and_select
-from ldt.sweep import run_hash
+from ldt.sweep import identity_path, run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
 # LDT with the fixed W; 'ldt_dpu' and 'ldt_s' use DPU.
@@ -96,8 +95,9 @@ class RunConfig:
                              warmup_lr=self.warmup_lr, interval=self.interval, ema_weight=self.ema_weight)
 
     def hparams(self) -> dict:
-        """The options that determine this run's result (absolute paths), hashed to recognise finished runs."""
-        data = {"data": str(Path(self.data).resolve()), "test_domains": list(self.test_domains)}
+        """The options that determine this run's result (paths as :func:`ldt.sweep.identity_path` names them),
+        hashed to recognise finished runs."""
+        data = {"data": identity_path(self.data), "test_domains": list(self.test_domains)}
         return run_hparams(self, data, COMMON_OPTIONS)
 
     def describe(self) -> str:

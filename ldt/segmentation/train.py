@@ -20,7 +20,6 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -38,7 +37,7 @@ from ldt.segmentation.data import (
 from ldt.segmentation.deeplabv3plus import BACKBONES, HEAD_PATTERNS, DeepLabV3Plus
 from ldt.segmentation.inference import predict_sliding, predict_whole
 from ldt.segmentation.metrics import ConfusionMatrix
-from ldt.sweep import run_hash
+from ldt.sweep import identity_path, run_hash
 
 # The registry's methods this runner offers ('ldt' is left out: its exchange rule is an option, so the table would
 # not say which LDT a row is; ldt_fixed and ldt_dpu say it). Table rows use each class's label.
@@ -67,7 +66,7 @@ class Domain:
             raise ValueError(f"domain name {self.name!r} must be non-empty and without '+'")
 
     def identity(self) -> dict:
-        return {"name": self.name, "layout": self.layout, "root": str(Path(self.root).resolve())}
+        return {"name": self.name, "layout": self.layout, "root": identity_path(self.root)}
 
     def scan(self, split: str) -> SegmentationSplit:
         return scan_split(self.root, self.layout, split)

@@ -123,15 +123,16 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
     exp = root / "experiments" / opt["name"]
     stamp, started = exp / "results.json", exp / "options_hash.txt"
     digest = run_identity(opt)
+    identities = (digest, run_identity(opt, earlier=True))  # a stage stamped when identities held absolute paths
     weights = opt["path"].get("pretrain_network_g")
     fingerprint = content_fingerprint(weights) if weights else None
-    stage_id = digest if fingerprint is None else f"{digest} weights {fingerprint}"
+    stage_ids = [d if fingerprint is None else f"{d} weights {fingerprint}" for d in identities]
     with experiment_lock(exp):  # from the cache check on: a second process must not delete this run
         cached = {} if force else read_json_dict(stamp)
-        if cached.get("options_hash") == digest and cached.get("weights_fingerprint") == fingerprint:
+        if cached.get("options_hash") in identities and cached.get("weights_fingerprint") == fingerprint:
             print(f"[{label}] {opt['name']}: cached ({stamp})")
             return cached
-        resume = (not force and started.is_file() and started.read_bytes().strip() == stage_id.encode()
+        resume = (not force and started.is_file() and started.read_text(errors="replace").strip() in stage_ids
                   and has_intact_state(exp / "training_states"))
         if resume:
             print(f"[{label}] {opt['name']}: resuming an interrupted run")
@@ -139,7 +140,7 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
             shutil.rmtree(exp, ignore_errors=True)
             shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
             make_dirs(exp)
-            atomic_write_text(started, stage_id + "\n")
+            atomic_write_text(started, stage_ids[0] + "\n")
         prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
         prepared.update(dist=False, rank=0, world_size=1, auto_resume=resume)
         try:

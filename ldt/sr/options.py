@@ -42,8 +42,8 @@ from ldt.core.config import (
     validate_into,
 )
 from ldt.data.options import DatasetOptions, DRealSRCameraOptions, PairedImageOptions
+from ldt.sweep import PROJECT_ROOT, identity_path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OPTION_DIRS = {"train": PROJECT_ROOT / "options" / "train", "test": PROJECT_ROOT / "options" / "test"}
 # model_type values of the official MambaIR / HAT / SAFMN option files: LDTModel runs them (with a warning).
 OFFICIAL_MODEL_TYPES = ("SRModel", "MambaIRModel", "HATModel")
@@ -897,7 +897,7 @@ def _without_later_defaults(sections: dict) -> dict:
 def _canonical(path: Any) -> Any:
     if isinstance(path, list):
         return [_canonical(p) for p in path]
-    return None if path is None else os.path.realpath(os.path.expanduser(str(path)))
+    return None if path is None else identity_path(str(path))
 
 
 def _drop(values: dict, dotted: Sequence[str]) -> dict:
@@ -913,7 +913,7 @@ def _drop(values: dict, dotted: Sequence[str]) -> dict:
 
 def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
     """The options that define a training run, normalised without reading any file (so a sweep can be planned
-    without its data): dataset blocks and sections with their defaults, paths made absolute, the ``ldt:`` block
+    without its data): dataset blocks and sections with their defaults, paths as :func:`ldt.sweep.identity_path` names them, the ``ldt:`` block
     reduced to what the method reads (:func:`ldt.core.run_identity`). Left out: the name, output paths, logging and
     where it runs (``num_gpu``, ``speed:compile``); with ``resumable`` also what a resume may change
     (:data:`RESUMABLE`, the data paths: the data may have moved, the starting weights: the state has its own)."""
@@ -948,11 +948,12 @@ def identity_sections(opt: dict, *, resumable: bool = False) -> dict:
     })
 
 
-def run_identity(opt: dict, *, resumable: bool = False) -> str:
-    """A short hash of :func:`identity_sections` (two option dicts with the same hash train the same run)."""
-    from ldt.sweep import run_hash
+def run_identity(opt: dict, *, resumable: bool = False, earlier: bool = False) -> str:
+    """A short hash of :func:`identity_sections` (two option dicts with the same hash train the same run); with
+    ``earlier``, the hash records of this run carry when written by an ldt whose identities held absolute paths."""
+    from ldt.sweep import earlier_run_hash, run_hash
 
-    return run_hash(identity_sections(opt, resumable=resumable))
+    return (earlier_run_hash if earlier else run_hash)(identity_sections(opt, resumable=resumable))
 
 
 # ------------------------------------------------------------------------------------------------ the reference

@@ -121,6 +121,7 @@ class TableRun:
     seed: int
     opt: dict = field(repr=False)
     digest: str
+    earlier: str = ""  # its identity when identities held absolute paths (records written then carry it)
 
 
 def run_options(setting: Setting, arch: str, seed: int, data_root: str | Path, budget: Budget,
@@ -164,7 +165,7 @@ def plan_runs(
                     opt = run_options(setting, arch, seed, data_root, budget, weights or {})
                     digest = run_identity(opt)
                     opt["name"] = f"{arch}_{setting.slug}_seed{seed}_{digest}"
-                    runs.append(TableRun(table, setting, arch, seed, opt, digest))
+                    runs.append(TableRun(table, setting, arch, seed, opt, digest, run_identity(opt, earlier=True)))
     return runs
 
 
@@ -433,15 +434,19 @@ def _render(spec: TableSpec, runs: Sequence[TableRun], records: Mapping[str, dic
 def readable_records(out: Path, runs: Sequence[TableRun]) -> dict[str, dict]:
     """The records of ``out`` by run hash, less those whose table cannot read them alone (a field edited by hand to
     a value of another type): each is skipped with a warning naming its line, so one line never breaks a table."""
-    planned = {run.digest: run for run in runs}
+    planned, records = {run.digest: run for run in runs}, run_records(out, runs)
 
     def readable(record: dict) -> None:
-        run = planned.get(record["options_hash"])
+        run = planned.get(records.digest(record))
         if run is not None:
             _render(TABLES[run.table], [run], {run.digest: record}, out)
 
-    found = Records(out / "results.jsonl").having(("options_hash",), readable=readable)
-    return {record["options_hash"]: record for record in found}
+    return {records.digest(record): record for record in records.having(("options_hash",), readable=readable)}
+
+
+def run_records(out: Path, runs: Sequence[TableRun]) -> Records:
+    """``<out>/results.jsonl``, where the records of ``runs`` written under their earlier identity are theirs."""
+    return Records(out / "results.jsonl", earlier={run.earlier: run.digest for run in runs if run.earlier})
 
 
 def collect_results(out: Path, runs: Sequence[TableRun]) -> list[Path]:
@@ -503,7 +508,7 @@ def reproduce(
     weight_files = resolve_weights(weights, sweep_archs, check=not collect_only)
     runs = plan_runs(tables, data_root, data_kind=data_kind, archs=archs, weights=weight_files, seeds=seeds,
                      extra_seeds=extra_seeds, budget=budget)
-    records = Records(out / "results.jsonl")
+    records = run_records(out, runs)
     unique = list({run.digest: run for run in runs}.values())
     if not collect_only:
         check_recorded_weights(records, unique, weight_files)
