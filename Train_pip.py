@@ -8,11 +8,13 @@
 
 import sys
 
+from ldt.cli import starting
+
 if __name__ == "__main__":
-    if len(sys.argv) == 1 or sys.argv[1] in ("--budget", "--force", "--seed", "demo"):
-        from ldt.sr.demo import main as demo_main
-
-        sys.exit(demo_main([a for a in sys.argv[1:] if a != "demo"]))
-    from ldt.sr.train import main
-
-    sys.exit(main())
+    demo = len(sys.argv) == 1 or sys.argv[1] in ("--budget", "--force", "--seed", "demo")
+    with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
+        if demo:
+            from ldt.sr.demo import main as demo_main
+        else:
+            from ldt.sr.train import main
+    sys.exit(demo_main([a for a in sys.argv[1:] if a != "demo"]) if demo else main())

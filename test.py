@@ -1,8 +1,11 @@
 """Evaluate a trained SR network on the target cameras: ``python test.py -opt test_MambaIR_SR_x4.yml``."""
 
-import sys
+from ldt.cli import starting
 
-from ldt.sr.evaluate import main
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
+    import sys
+
+    from ldt.sr.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

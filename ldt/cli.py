@@ -10,19 +10,52 @@ is checked).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
 TRACEBACK_VARIABLE = "LDT_TRACEBACK"
 # The signals on which every long-running command stops cleanly: a cluster's preemption (SIGTERM) and Ctrl-C.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StoppedWhileStarting(BaseException):
+    """A stop signal during :func:`starting` (a BaseException: no ``except Exception`` in an import swallows it)."""
+
+
+@contextlib.contextmanager
+def starting() -> Iterator[None]:
+    """Around an entry point's imports: Ctrl-C or SIGTERM there (torch and BasicSR take seconds to import, before any
+    work) ends the command with one line and exit status 128 + the signal, not a KeyboardInterrupt traceback from
+    inside an import, or SIGTERM's silent exit. Nothing has run yet, so nothing is to save; afterwards the handlers
+    are as before, and the command's own stop handling takes over. A signal the caller ignores stays ignored."""
+    def stop(signum: int, frame: object) -> None:
+        raise _StoppedWhileStarting(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # imported by a thread: signals are not its own
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, stop)
+    try:
+        yield
+    except _StoppedWhileStarting as stopped:
+        (signum,) = stopped.args
+        print(f"stopped by {signal.Signals(signum).name} while starting: nothing was done", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
 def flag(dest: str) -> str:

@@ -10,17 +10,20 @@ Example:  python scripts/build_synthetic_cameras.py --bicubic
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
+from ldt.cli import starting
 
-from ldt.atomic import DiskError, FileContentError
-from ldt.cli import check_output_dir, fail, flag
-from ldt.data.cameras import DatasetError
-from ldt.data.synthetic_cameras import (
-    DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, BuildOptionError, build_bicubic_pretrain_set, build_synthetic_cameras,
-    camera_bicubic_psnr, format_psnr_table,
-)
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
+    import argparse
+    import time
+    from pathlib import Path
+
+    from ldt.atomic import DiskError, FileContentError
+    from ldt.cli import check_output_dir, fail, flag
+    from ldt.data.cameras import DatasetError
+    from ldt.data.synthetic_cameras import (
+        DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, BuildOptionError, build_bicubic_pretrain_set, build_synthetic_cameras,
+        camera_bicubic_psnr, format_psnr_table,
+    )
 
 
 def main() -> None:

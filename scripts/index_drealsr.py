@@ -19,17 +19,20 @@ Exit status 1 if any problem was found. Example:
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+from ldt.cli import starting
 
-from ldt.atomic import DiskError
-from ldt.data.cameras import (
-    CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
-    decode_image, find_split_dirs, image_header, pair_correlation, pair_folders, resolve_cameras,
-)
-from ldt.cli import between, check_args, check_output_dir, fail, non_negative, positive
-from ldt.data.indexing import write_lmdb, write_meta_info
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from ldt.atomic import DiskError
+    from ldt.data.cameras import (
+        CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
+        decode_image, find_split_dirs, image_header, pair_correlation, pair_folders, resolve_cameras,
+    )
+    from ldt.cli import between, check_args, check_output_dir, fail, non_negative, positive
+    from ldt.data.indexing import write_lmdb, write_meta_info
 
 
 def size_problems(result: PairingResult, cameras: tuple[str, ...], scale: int, tolerance: int) -> dict[str, str]:

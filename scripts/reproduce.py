@@ -9,9 +9,12 @@ Examples:
         --collect    # only rebuild the tables from experiments/reproduce/results.jsonl
 """
 
-import sys
+from ldt.cli import starting
 
-from ldt.sr.reproduce import main
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
+    import sys
+
+    from ldt.sr.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

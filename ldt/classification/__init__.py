@@ -4,30 +4,16 @@
 with training-domain validation; see the README section "Domain-generalisation classification".
 """
 
-from ldt.classification.data import DatasetError, DomainDataset, scan_domains, split_holdout
-from ldt.classification.models import BACKBONES, HEAD_PATTERNS, build_model, head_patterns
-from ldt.classification.pretrain import PretrainConfig, pretrain_tiny
-from ldt.classification.records import build_table, sweep_records, write_tables
-from ldt.classification.toy import build_toy_domains
-from ldt.classification.train import CLI_METHODS, METHODS, RunConfig, run
+from ldt import lazy_exports
 
-__all__ = [
-    "BACKBONES",
-    "CLI_METHODS",
-    "DatasetError",
-    "DomainDataset",
-    "HEAD_PATTERNS",
-    "METHODS",
-    "PretrainConfig",
-    "RunConfig",
-    "build_model",
-    "build_table",
-    "build_toy_domains",
-    "head_patterns",
-    "pretrain_tiny",
-    "run",
-    "scan_domains",
-    "split_holdout",
-    "sweep_records",
-    "write_tables",
-]
+# Each name is imported from its module on first use, so that `python -m ldt.classification` starts cheaply.
+_EXPORTS = {
+    "ldt.classification.data": ("DatasetError", "DomainDataset", "scan_domains", "split_holdout"),
+    "ldt.classification.models": ("BACKBONES", "HEAD_PATTERNS", "build_model", "head_patterns"),
+    "ldt.classification.pretrain": ("PretrainConfig", "pretrain_tiny"),
+    "ldt.classification.records": ("build_table", "sweep_records", "write_tables"),
+    "ldt.classification.toy": ("build_toy_domains",),
+    "ldt.classification.train": ("CLI_METHODS", "METHODS", "RunConfig", "run"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -8,20 +8,23 @@ interrupted sweep resumes where it stopped; the table is rewritten from all reco
 
 from __future__ import annotations
 
-import argparse
-import sys
-from dataclasses import fields
-from pathlib import Path
+from ldt.cli import starting
 
-from ldt import runner
-from ldt.classification.data import scan_domains, split_holdout
-from ldt.classification.models import BACKBONES, build_model
-from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
-from ldt.classification.records import write_tables
-from ldt.classification.toy import DEFAULT_ROOT, build_toy_domains
-from ldt.classification.train import METHODS, RunConfig, run
-from ldt.core import CRITERIA
-from ldt.sweep import SweepError, parse_weights
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
+    import argparse
+    import sys
+    from dataclasses import fields
+    from pathlib import Path
+
+    from ldt import runner
+    from ldt.classification.data import scan_domains, split_holdout
+    from ldt.classification.models import BACKBONES, build_model
+    from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
+    from ldt.classification.records import write_tables
+    from ldt.classification.toy import DEFAULT_ROOT, build_toy_domains
+    from ldt.classification.train import METHODS, RunConfig, run
+    from ldt.core import CRITERIA
+    from ldt.sweep import SweepError, parse_weights
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
 # Hyper-parameter flags: RunConfig field -> help. Defaults come from RunConfig (sized for the CPU demo).

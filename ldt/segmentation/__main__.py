@@ -14,24 +14,27 @@ tables are rewritten from all records at the end.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from dataclasses import fields
-from pathlib import Path
+from ldt.cli import starting
 
-import torch
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
+    import argparse
+    import sys
+    from dataclasses import fields
+    from pathlib import Path
 
-from ldt import runner
-from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
-from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
-from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
-from ldt.segmentation.records import write_tables
-from ldt.segmentation.train import (
-    METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, check_method, holdout_splits, parse_domain,
-    parse_size, run, scan_domains,
-)
-from ldt.sweep import SweepError, parse_weights
-from ldt.weights import WeightsError
+    import torch
+
+    from ldt import runner
+    from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
+    from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
+    from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
+    from ldt.segmentation.records import write_tables
+    from ldt.segmentation.train import (
+        METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, check_method, holdout_splits, parse_domain,
+        parse_size, run, scan_domains,
+    )
+    from ldt.sweep import SweepError, parse_weights
+    from ldt.weights import WeightsError
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
 DEMO_DATA = GeneratedConfig()  # the generated domains bare names refer to (96x192 px, 40 train / 20 val per domain)
