@@ -40,22 +40,32 @@ def starting() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise _StoppedWhileStarting(signum)
 
-    if threading.current_thread() is not threading.main_thread():  # imported by a thread: signals are not its own
-        yield
-        return
-    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-    for number, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(number, stop)
     try:
-        yield
+        with stop_handler(stop):
+            yield
     except _StoppedWhileStarting as stopped:
         (signum,) = stopped.args
         print(f"stopped by {signal.Signals(signum).name} while starting: nothing was done", file=sys.stderr)
         raise SystemExit(128 + signum) from None
+
+
+@contextlib.contextmanager
+def stop_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for each of :data:`STOP_SIGNALS` inside the block, the previous handlers after (one set outside
+    Python: the default). A signal the caller ignores (a background job's SIGINT) stays ignored; in a thread other
+    than the main one (where signals cannot be handled) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number, old in previous.items():
+        if old is not signal.SIG_IGN:
+            signal.signal(number, handler)
+    try:
+        yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for number, old in previous.items():
+            signal.signal(number, signal.SIG_DFL if old is None else old)
 
 
 def flag(dest: str) -> str:

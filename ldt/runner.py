@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from argparse import ArgumentParser, Namespace
@@ -30,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
-from ldt.cli import STOP_SIGNALS, device_problem, original_error, show_traceback
+from ldt.cli import STOP_SIGNALS, device_problem, original_error, show_traceback, stop_handler
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -511,10 +510,6 @@ def stop_on_signal() -> Iterator[None]:
     than silently (SIGTERM's default) or in a traceback (Ctrl-C). Unwinding from any point leaves whole files:
     writes are atomic, a record append cuts itself back, a dataset build removes its staging folder. A second signal
     exits at once; a signal the caller ignores (a background job's SIGINT) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     owner = os.getpid()
     child = getattr(signal, "SIGCHLD", None)
     replaced: dict[int, object] = {}
@@ -534,14 +529,11 @@ def stop_on_signal() -> Iterator[None]:
             return
         raise Stopped(signum)
 
-    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-    for number, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(number, stop)
     try:
-        yield
+        with stop_handler(stop):
+            yield
     finally:
-        for number, handler in {**previous, **replaced}.items():
+        for number, handler in replaced.items():
             if handler is not None:  # None: a handler not set from Python, which cannot be put back
                 signal.signal(number, handler)
 
