@@ -73,3 +73,22 @@ def test_every_entry_point_stops_in_one_line_while_importing(entry, tmp_path):
     out, err = process.communicate(timeout=60)
     assert (process.returncode, err, out) == \
         (128 + signum, f"stopped by {signal.Signals(signum).name} while starting: nothing was done\n", "")
+
+
+def test_sr_training_keeps_a_signal_the_caller_ignores_ignored(default_sigint):
+    """A training started in the background (``nohup``, ``&``: SIGINT ignored) is not stopped by a stray SIGINT,
+    as the runners' sweeps; SIGTERM still asks for a stop, and the handlers come back afterwards."""
+    from ldt.sr.preemption import StopOnSignal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopOnSignal() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested() is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested() == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)

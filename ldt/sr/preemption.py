@@ -7,15 +7,15 @@ ranks agree on the stop (a max all-reduce of the flag each step), so they save t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-import threading
 
 import torch
 import torch.distributed as dist
 
-from ldt.cli import STOP_SIGNALS
+from ldt.cli import stop_handler
 
 
 class Interrupted(Exception):
@@ -46,18 +46,14 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._handlers = contextlib.ExitStack()
 
     def __enter__(self) -> "StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._handlers.enter_context(stop_handler(self._handle))  # a signal the caller ignores stays ignored
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        self._handlers.close()
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
