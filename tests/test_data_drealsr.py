@@ -343,6 +343,27 @@ def test_lmdb_round_trip(clean_root: Path, tmp_path: Path) -> None:
         write_lmdb(pairs, lmdb_root, "test", 4)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("delete_key", r"olympus_HR.lmdb lacks 1 of the 2 image\(s\) its meta_info.txt lists \(P1180002_x4\): a half-written"),
+    ("cut_short", r"olympus_HR.lmdb cannot be opened \(.*MDB_INVALID.*\): a damaged or half-written database"),
+])
+def test_a_half_written_lmdb_is_refused_when_the_dataset_is_built(clean_root: Path, tmp_path: Path, damage: str,
+                                                                  message: str) -> None:
+    """A key that meta_info.txt lists but the database lacks (a writer killed between its meta-info line and its
+    commit), or a data.mdb cut short, was met only when the pair was read: at the first validation, after training."""
+    import lmdb
+
+    write_lmdb(collect_pairs(dataroot=clean_root, split="test", cameras=["olympus"]).pairs, tmp_path, "test", 4)
+    hr_db = lmdb_paths(tmp_path, "test", 4, "olympus")[0]
+    if damage == "delete_key":
+        with lmdb.open(str(hr_db)) as env, env.begin(write=True) as txn:
+            txn.delete(b"P1180002_x4")
+    else:
+        (hr_db / "data.mdb").write_bytes((hr_db / "data.mdb").read_bytes()[:100])
+    with pytest.raises(DatasetError, match=message):
+        dataset(tmp_path, cameras=["olympus"], io_backend={"type": "lmdb"})
+
+
 def test_meta_info_files_restrict_pairs(clean_root: Path, tmp_path: Path) -> None:
     pairs = collect_pairs(dataroot=clean_root, split="test", cameras="canon_all").pairs
     paths = write_meta_info(pairs, tmp_path, "test", 4)

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import numpy as np
 from pydantic import ValidationError
 from torch.utils import data
@@ -37,13 +38,34 @@ from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
 # One basicsr LMDB client per database file and process: py-lmdb >= 3 refuses to open an environment twice in one
 # process, which two datasets on one LMDB (train + held-out validation) would otherwise do.
 _LMDB_CLIENTS: dict[str, FileClient] = {}
+_REBUILD = "rebuild it with scripts/index_drealsr.py --lmdb"
 
 
 def _lmdb_client(db: Path) -> FileClient:
+    """The shared client of ``db``; a file lmdb cannot open (cut short, zeroed, not an LMDB) is a
+    :class:`DatasetError` naming it, not lmdb's traceback."""
     key = os.path.realpath(db)
     if key not in _LMDB_CLIENTS:
-        _LMDB_CLIENTS[key] = FileClient("lmdb", db_paths=[key], client_keys=["default"])
+        try:
+            _LMDB_CLIENTS[key] = FileClient("lmdb", db_paths=[key], client_keys=["default"])
+        except lmdb.Error as err:
+            raise DatasetError(f"LMDB {db} cannot be opened ({err}): a damaged or half-written database? "
+                               f"{_REBUILD}") from None
     return _LMDB_CLIENTS[key]
+
+
+def check_lmdb_keys(db: Path, keys: list[str]) -> None:
+    """Every key ``db``'s meta_info.txt lists is in the database. A writer killed mid-way (basicsr's
+    ``make_lmdb_from_imgs`` writes meta_info.txt line by line and commits in batches) or a copy cut short leaves
+    listed keys missing, which a validation set met only at its first validation, after ``val_freq`` iterations.
+    A key lookup each (no value is read), before any work."""
+    env = _lmdb_client(db).client._client["default"]
+    with env.begin(write=False) as txn, txn.cursor() as cursor:
+        missing = [key for key in keys if not cursor.set_key(key.encode("ascii"))]
+    if missing:
+        raise DatasetError(f"LMDB {db} lacks {len(missing)} of the {len(keys)} image(s) its meta_info.txt lists "
+                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a half-written "
+                           f"database? {_REBUILD}")
 
 
 def _close_inherited_lmdb() -> None:
@@ -95,6 +117,9 @@ class DRealSRCameraDataset(data.Dataset):
         self.pairs = pair_set.pairs
         self.cameras = tuple(sorted({pair.camera for pair in self.pairs}))
         self.databases = pair_set.databases
+        for label, dbs in self.databases.items():
+            for db, side in zip(dbs, ("hr", "lr")):
+                check_lmdb_keys(db, [getattr(pair, side) for pair in self.pairs if pair.db == label])
         self.file_client = None  # opened lazily: each DataLoader worker gets its own handles
 
     def _read(self, pair: ImagePair, side: int) -> tuple[np.ndarray, int]:
