@@ -98,6 +98,37 @@ def test_a_second_run_of_a_name_that_is_training_is_refused_and_touches_nothing(
     assert len(list(exp.parent.glob("busy_archived_*"))) == 1
 
 
+def test_a_second_test_py_of_a_name_that_is_evaluating_is_refused_and_touches_nothing(data_root, tmp_path, capsys):
+    """The second evaluation archived the first's folder mid-way, and the two wrote each other's results."""
+    from ldt.archs.safmn_arch import SAFMN
+    from ldt.atomic import lock_beside
+    from ldt.sr.evaluate import main as test_main
+    from tests.conftest import hold_in_another_process
+
+    opt = options(data_root, "evaluated")
+    torch.save({"params": SAFMN(**{k: v for k, v in opt["network_g"].items() if k != "type"}).state_dict()},
+               tmp_path / "net.pth")
+    test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
+                "path": {"pretrain_network_g": str(tmp_path / "net.pth")},
+                "datasets": {"test_1": {**opt["datasets"]["val_2"]}}}
+    command = ["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)]
+    assert test_main(command) == 0
+    out = tmp_path / "results" / "t"
+    holder = hold_in_another_process(lock_beside(out), 60)  # an evaluation of this name in another process
+    try:
+        before = snapshot(tmp_path / "results")
+        capsys.readouterr()
+        code, lines = test_main(command), capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {out} is in use by another run (pid {holder.pid}, since ") and \
+            lines[0].endswith(f"lock {lock_beside(out)}): wait for it to finish, or choose another name")
+        assert snapshot(tmp_path / "results") == before and not list(out.parent.glob("t_archived_*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert test_main(command) == 0 and len(list(out.parent.glob("t_archived_*"))) == 1  # released
+
+
 @pytest.mark.parametrize("section,key,value,named", [
     ("ldt", "unstable_ratio", 0.4, "ldt:unstable_ratio: 0.5 -> 0.4"),
     ("ldt", "method", "ldt_s", "ldt:method: 'ldt' -> 'ldt_s'"),

@@ -10,7 +10,7 @@ import torch
 
 from ldt.atomic import atomic_write_bytes, atomic_write_text, check_writable, make_dirs
 from ldt.compat import patch_basicsr
-from ldt.sr.checkpoints import archive
+from ldt.sr.checkpoints import archive, experiment_lock
 from ldt.sr.options import PROJECT_ROOT, load_options
 
 patch_basicsr()
@@ -27,10 +27,18 @@ from ldt.sr.train import build_parser, check_validation_sizes, resolve_num_gpu, 
 def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
     """Evaluate ``path:pretrain_network_g`` on the option file's test sets; write results/<name>/results.{md,json}.
 
-    ``opt``: checked test options (``prepare_options(..., is_train=False)``, which requires the network)."""
+    ``opt``: checked test options (``prepare_options(..., is_train=False)``, which requires the network). Held under
+    the folder's lock: a second evaluation of the name would archive this one's folder mid-way and the two would
+    write each other's results (the second is refused in one line, as a second training of a name)."""
+    out = root / "results" / opt["name"]
+    with experiment_lock(out):
+        return _evaluate(opt, out)
+
+
+def _evaluate(opt: dict, out: Path) -> MetricTable:
     resolve_num_gpu(opt)
     opt.update(dist=False, rank=0, world_size=1)
-    out = check_writable(make_dirs(root / "results" / opt["name"]))  # before any work, as training's folders
+    check_writable(make_dirs(out))  # before any work, as training's folders
     opt["path"].update(results_root=str(out), log=str(out), visualization=str(out / "visualization"))
     loaders = validation_loaders(opt)
     check_validation_sizes(opt, loaders)
