@@ -108,15 +108,32 @@ def _tags(model: type[BaseModel]) -> tuple[str, ...]:
     return typing.get_args(field.annotation) if field is not None and typing.get_origin(field.annotation) is Literal else ()
 
 
+def dict_value_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a ``dict[str, Model]`` annotation holds as values (through Optional and Annotated)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return dict_value_models(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in dict_value_models(arg)]
+    if origin is dict:
+        return annotation_models(typing.get_args(annotation)[1])
+    return []
+
+
 def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], list[str]]:
     """(the option path of a pydantic error without union tags and indices shown as [i]; the field names of the
     model the last element belongs to, for "did you mean")."""
     path: list[str] = []
     current: list[type[BaseModel]] = [model]
     siblings: list[str] = list(model.model_fields)
+    keyed: list[type[BaseModel]] = []  # the value models of a dict field: the next element is one of its keys
     for element in loc:
         if isinstance(element, int):
             path[-1:] = [f"{path[-1]}[{element}]"] if path else [f"[{element}]"]
+            continue
+        if keyed:
+            path.append(str(element))
+            current, keyed = keyed, []
             continue
         tagged = [m for m in current if element in _tags(m)] if len(current) > 1 else []
         if tagged:
@@ -131,8 +148,7 @@ def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], lis
         field = next((m.model_fields[element] for m in current if element in m.model_fields), None)
         current = annotation_models(field.annotation) if field is not None else []
         if field is not None and not current:
-            dict_value = typing.get_args(field.annotation)
-            current = [m for arg in dict_value for m in annotation_models(arg)]
+            keyed = dict_value_models(field.annotation)
     return path, siblings
 
 
