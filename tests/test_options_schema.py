@@ -83,6 +83,7 @@ BAD = [
     ("val:metrics", {"psnr": {"type": "calculate_psnr", "crop_borderr": 4}},
      "val:metrics:psnr:crop_borderr: unknown option (did you mean 'crop_border'?)"),
     ("val:metrics", {"psnr": {"typ": "calculate_psnr"}}, "val:metrics:psnr:typ: unknown option (did you mean 'type'?)"),
+    ("val:metrics", {"psnr": 5}, "val:metrics:psnr: expected a mapping, got int 5"),
     ("val:selection", "target", "val:selection: must be 'source', 'last' or 'oracle:<validation set name>'"),
     ("val:selection", "oracle:sony", "val:selection: 'oracle:sony' names no validation set"),
     ("val:source_set", "olympus", "val:source_set: 'olympus' names no validation set"),

@@ -700,15 +700,17 @@ def _leak_problems(datasets: dict[str, DatasetOptions], val: ValOptions, probe_s
     return problems
 
 
-def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train: bool, names_known: bool) -> list[str]:
+def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train: bool, names_known: bool,
+                  metrics_known: bool) -> list[str]:
     """``names_known``: every validation block passed its schema (else a set's name may be what failed, and a "names
-    no validation set" line would only echo that problem)."""
+    no validation set" line would only echo that problem); ``metrics_known``: every val:metrics block did (else a
+    "must include a calculate_psnr metric" line would echo the block that failed)."""
     problems = []
     val = opt.val
     names = [d.name for key, d in datasets.items() if key.startswith(("val", "test"))]
     if val.tile is not None and val.tile_overlap >= val.tile:
         problems.append(f"val:tile_overlap: {val.tile_overlap} must be smaller than val:tile {val.tile}")
-    if is_train and not any(m.type == "calculate_psnr" for m in val.metrics.values()):
+    if is_train and metrics_known and not any(m.type == "calculate_psnr" for m in val.metrics.values()):
         problems.append(f"val:metrics: must include a calculate_psnr metric (the best checkpoint is selected on it), "
                         f"got {list(val.metrics)}")
     if is_train and names and names_known:
@@ -810,7 +812,9 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
         sets = raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {}
         evaluated = [key for key in sets if str(key).startswith(("val", "test"))]
         problems += _path_problems(top, is_train)
-        problems += _val_problems(top, datasets, is_train, names_known=all(key in datasets for key in evaluated))
+        metrics = raw["val"].get("metrics") if isinstance(raw.get("val"), dict) else None
+        problems += _val_problems(top, datasets, is_train, names_known=all(key in datasets for key in evaluated),
+                                  metrics_known=not isinstance(metrics, dict) or metrics.keys() <= top.val.metrics.keys())
         if arch is not None:
             problems += _input_size_problems(arch, network["type"], datasets, top.val, scale)
         if top.num_gpu not in ("auto", 0):
