@@ -117,6 +117,21 @@ def test_interrupted_build_is_redone_and_foreign_folders_are_refused(tmp_path: P
         build(foreign)
 
 
+def test_a_folder_of_another_scale_beside_a_build_is_refused_and_kept(tmp_path: Path) -> None:
+    """A build's manifest vouches for its own x<scale> only: after an x2 build into a DRealSR download, an x4 build
+    wrote into the download's x4, and the next rebuild deleted that x4 whole."""
+    root = tmp_path / "DRealSR"
+    mine = root / "x4" / "Train_x4" / "train_HR" / "P1000001_x4_1.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"a real photo")
+    build(root, scale=2)  # no x2 there: built beside the download
+    before = files(root / "x4")
+    with pytest.raises(DatasetError, match=r"DRealSR/x4 exists but is not the build its synthetic_cameras.json "
+                                           r"describes \(.*DRealSR/x2\); refusing to overwrite it"):
+        build(root)
+    assert files(root / "x4") == before and (root / "x2").is_dir()  # nothing changed, the x2 build kept too
+
+
 def test_bad_table_entries_are_rejected(tmp_path: Path) -> None:
     cameras = [dataclasses.replace(SYNTHETIC_CAMERAS[0], id_format="olympus_{}")]
     with pytest.raises(DatasetError, match="does not match its pattern"):

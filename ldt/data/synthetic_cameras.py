@@ -374,11 +374,15 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _clear(root: Path, old_manifest: dict | None, scale: int) -> None:
-    """Remove a previous (possibly interrupted) build; refuse to write over a folder without our manifest."""
-    if old_manifest is not None:
-        shutil.rmtree(root / f"x{old_manifest['config']['scale']}", ignore_errors=True)
-    elif (root / f"x{scale}").exists():
-        raise DatasetError(f"{root / f'x{scale}'} exists but has no {MANIFEST}; refusing to overwrite it")
+    """Remove a previous (possibly interrupted) build; refuse to write over a folder without our manifest. The
+    manifest vouches only for its own ``x<scale>`` folder: an ``x<scale>`` of another scale beside it is not ours
+    (a DRealSR download's x4 beside an x2 built there), and was written into, then deleted by the next rebuild."""
+    ours = f"x{old_manifest['config']['scale']}" if old_manifest is not None else None
+    if (root / f"x{scale}").exists() and f"x{scale}" != ours:
+        whose = f"is not the build its {MANIFEST} describes ({root / ours})" if ours else f"has no {MANIFEST}"
+        raise DatasetError(f"{root / f'x{scale}'} exists but {whose}; refusing to overwrite it")
+    if ours is not None:
+        shutil.rmtree(root / ours, ignore_errors=True)
 
 
 def build_synthetic_cameras(
