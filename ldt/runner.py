@@ -74,6 +74,21 @@ def method_config(method: str, *, criterion: str, unstable_ratio: float, seed: i
         raise ValueError("; ".join(lines)) from None
 
 
+def check_method(config: "RunnerConfig", build: Callable[[], nn.Module],
+                 head_patterns: Sequence[str] | None = None) -> None:
+    """Every problem the run's method has with its options and network (:meth:`ldt.core.Method.check`: a warm-up it
+    needs or cannot take, head patterns that match nothing, a partition with an empty group), on a network that
+    ``build()`` makes on the meta device (no weights, no data): one line naming the flag before the sweep's first run,
+    not inside the run that has the problem, after the runs before it trained."""
+    options = config.method_config()
+    with torch.device("meta"):
+        model = build()
+    problems = method_class(options.method).check(options, model, head_patterns)
+    if problems:
+        raise ValueError(f"{config.method}: " + "; ".join(f"{FLAG_NAMES.get(where, where)}: {message}"
+                                                          for where, message in problems))
+
+
 # --------------------------------------------------------------------------------------------- flags both runners have
 
 

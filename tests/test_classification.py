@@ -484,7 +484,10 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
         raise AssertionError("bad input must fail before training")
 
     monkeypatch.setattr("ldt.classification.__main__.run", no_run)
-    monkeypatch.setattr("ldt.classification.__main__.build_model", no_run)  # cheap checks come before weights
+    def unweighted(*args, weights=None, **kwargs):  # cheap checks (the method's on the meta device) come before weights
+        return build_model(*args, **kwargs) if weights is None else no_run()
+
+    monkeypatch.setattr("ldt.classification.__main__.build_model", unweighted)
     out = ["--out", str(tmp_path / "out"), "--no-progress"]
     cases = [
         (["--data", str(tmp_path / "missing")], "missing does not exist"),
@@ -521,6 +524,24 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
         assert main([flag, value] + out) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and flag[2:].replace("-", "_") in err
+
+
+def test_a_method_that_cannot_run_with_the_options_is_one_line_before_any_run(toy, tmp_path, monkeypatch, capsys):
+    """lpft without its warm-up failed inside its own run, after the runs before it had trained (and, in the demo,
+    after the data build and the pre-training): the method's own check now runs on the plan, on the meta device."""
+    def no_run(*args, **kwargs):
+        raise AssertionError("a method the options do not fit must fail before any run")
+
+    monkeypatch.setattr("ldt.classification.__main__.run", no_run)
+    out = tmp_path / "out"
+    argv = ["--methods", "ft", "lpft", "--warmup-steps", "0", "--out", str(out), "--no-progress"]
+    assert main(["--data", str(toy), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: lpft: warmup_steps: lpft needs its head warm-up: set warmup:steps > 0\n", err
+    assert not out.exists()
+    monkeypatch.setattr("ldt.classification.__main__.build_toy_domains", no_run)
+    monkeypatch.setattr("ldt.classification.__main__.pretrain_tiny", no_run)
+    assert main(argv) == 2 and "lpft needs its head warm-up" in capsys.readouterr().err
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------

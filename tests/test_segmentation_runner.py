@@ -20,7 +20,7 @@ import ldt.segmentation.__main__ as main_module
 import ldt.segmentation.data as data_module
 import ldt.segmentation.pretrain as pretrain_module
 import ldt.segmentation.train as train_module
-from ldt.core import stable_count
+from ldt.core import method_class, stable_count
 from ldt.segmentation.__main__ import main
 from ldt.segmentation.classes import CLASS_NAMES
 from ldt.segmentation.deeplabv3plus import DeepLabV3Plus, load_backbone_weights
@@ -90,7 +90,7 @@ def test_every_method_runs_a_few_steps(tiny, method):
         assert 0.0 <= result["miou"] <= 100.0 and record["target_miou"][name] == result["miou"]
         assert list(result["iou"]) == list(CLASS_NAMES)
     partition = record["partition"]
-    source = train_module.method_class(method).partition_source
+    source = method_class(method).partition_source
     assert (partition is None) == (source == "none")
     if source == "head":  # DeFT: backbone stable, the whole head unstable
         assert set(partition["stable"]) == {"backbone"} and set(partition["unstable"]) == {"aspp", "decoder", "classifier"}
@@ -98,7 +98,7 @@ def test_every_method_runs_a_few_steps(tiny, method):
         stable, unstable = sum(partition["stable"].values()), sum(partition["unstable"].values())
         assert stable == stable_count(stable + unstable, 0.7) and partition["unstable"].get("backbone", 0) > 0
     options = record["hparams"]["method_options"]
-    assert ("warmup" in options) == (train_module.method_class(method).warmup_rule != "never")
+    assert ("warmup" in options) == (method_class(method).warmup_rule != "never")
     assert ("ema_decay" in options) == (method == "ft_ema") and "seed" not in options
 
 

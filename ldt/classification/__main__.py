@@ -18,7 +18,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
 
     from ldt import runner
     from ldt.classification.data import scan_domains, split_holdout
-    from ldt.classification.models import BACKBONES, build_model
+    from ldt.classification.models import BACKBONES, build_model, head_patterns
     from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
     from ldt.classification.records import write_tables
     from ldt.classification.toy import DEFAULT_ROOT, build_toy_domains
@@ -132,16 +132,20 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Every method and hyper-parameter flag, checked as the runs will be built (no data read): before the demo
-    builds its data or pre-trains, a bad flag is already one line."""
+    """Every method and hyper-parameter flag, checked as the runs will be built (no data read), and every method
+    against its options and network (:func:`ldt.runner.check_method`): before the demo builds its data or pre-trains,
+    a bad flag is already one line."""
     runner.check_seeds(args.seeds)
     for flag in ("seeds", "methods", "backbones"):
         setattr(args, flag, runner.unique(f"--{flag}", getattr(args, flag)))
     hyper = {name: getattr(args, name) for name in HYPER}
     for method in args.methods:
         for backbone in args.backbones:
-            RunConfig(data="", test_domains=(), method=method, backbone=backbone, criterion=args.criterion,
-                      augment=args.augment, **hyper)
+            config = RunConfig(data="", test_domains=(), method=method, backbone=backbone, criterion=args.criterion,
+                               augment=args.augment, **hyper)
+            # The dataset's class count is not known yet; it changes no parameter's name, which is what is checked.
+            runner.check_method(config, lambda: build_model(backbone, 2, image_size=config.image_size),
+                                head_patterns(backbone))
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:

@@ -30,7 +30,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
-        METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, check_method, holdout_splits, parse_domain,
+        METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
         parse_size, run, scan_domains,
     )
     from ldt.sweep import SweepError, parse_weights
@@ -172,7 +172,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
         for method in methods
     ]
     for config in configs[: len(backbones) * len(methods)]:  # one seed: the method checks do not read seeds
-        check_method(config)
+        runner.check_method(config, lambda: build_model(config, weights=False))
     for backbone, path in given.items():  # a file that does not fit fails now, not hours into the sweep
         config = next(c for c in configs if c.backbone == backbone)
         with torch.device("meta"):

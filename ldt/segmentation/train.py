@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldt.core import CRITERIA, Method, MethodConfig, method_class, prepare_method
-from ldt.runner import (FLAG_NAMES, ResumableStream, RunState, check_training, method_config, prepared, run_hparams,
-                        train_and_select)
+from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
+from ldt.runner import ResumableStream, RunState, check_training, method_config, prepared, run_hparams, train_and_select
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
     LAYOUTS, Augment, SegmentationDataset, SegmentationSplit, eval_loader, scan_split, split_holdout, training_loader,
@@ -191,16 +190,6 @@ def build_model(config: RunConfig, *, weights: bool = True) -> DeepLabV3Plus:
     return DeepLabV3Plus(config.backbone, NUM_CLASSES, output_stride=config.output_stride,
                          aspp_channels=config.head_channels, decoder_channels=config.head_channels,
                          backbone_weights=config.weights if weights else None)
-
-
-def check_method(config: RunConfig) -> None:
-    """Every problem the method has with these options and this network, found on the meta device (no weights, no
-    data), so a sweep fails before its first run rather than at the run that has the problem."""
-    with torch.device("meta"):
-        model = build_model(config, weights=False)
-    problems = method_class(config.method).check(config.method_config(), model)
-    if problems:
-        raise ValueError(f"{config.method}: " + "; ".join(f"{FLAG_NAMES.get(where, where)}: {message}" for where, message in problems))
 
 
 def pixel_cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
