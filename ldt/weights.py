@@ -116,11 +116,17 @@ def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Modu
     state = state_dict_in(read_checkpoint(path), path, key)
     if model is not None:
         check_fit(state, model, path, strict=strict)
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """A :class:`WeightsError` naming the first floating-point tensor with NaN/inf values: a network saved from a run
+    that diverged would train on NaN from the first step (or test to NaN metrics), and fail far from the file."""
     broken = next((name for name, tensor in state.items()
                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.isfinite().all()), None)
-    if broken is not None:  # a network that diverged: training or testing it only gives NaN metrics, later
+    if broken is not None:
         raise WeightsError(f"weights file {path}: '{broken}' has NaN/inf values (saved from a run that diverged?)")
-    return state
 
 
 def check_cached_weights(path: str | os.PathLike, model: nn.Module) -> None:

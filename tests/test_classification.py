@@ -35,7 +35,7 @@ from ldt.classification import (
 )
 from ldt.classification.__main__ import main
 from ldt.classification.data import ImageList, image_transform, training_stream
-from ldt.classification.models import TinyCNN
+from ldt.classification.models import TinyCNN, load_backbone_weights
 from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
 from ldt.classification.records import sweep_records, to_markdown
 from ldt.classification.toy import CLASSES, DOMAINS, MANIFEST, PRETRAIN_CLASSES
@@ -542,6 +542,24 @@ def test_a_method_that_cannot_run_with_the_options_is_one_line_before_any_run(to
     monkeypatch.setattr("ldt.classification.__main__.build_toy_domains", no_run)
     monkeypatch.setattr("ldt.classification.__main__.pretrain_tiny", no_run)
     assert main(argv) == 2 and "lpft needs its head warm-up" in capsys.readouterr().err
+
+
+def test_weights_with_nan_values_are_one_line_before_any_run(toy, tmp_path, monkeypatch, capsys):
+    """A backbone file saved from a run that diverged trained on NaN from the first step and ended the sweep in a
+    FloatingPointError traceback; a NaN in the head that is dropped does no harm."""
+    monkeypatch.setattr("ldt.classification.__main__.run", lambda *args, **kwargs: pytest.fail("must not run"))
+    state = build_model("tiny", 4).state_dict()
+    state["features.0.weight"][0, 0, 0, 0] = math.nan
+    torch.save(state, tmp_path / "nan.pth")
+    argv = ["--data", str(toy), "--methods", "ft", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--weights", str(tmp_path / "nan.pth")]) == 2
+    assert capsys.readouterr().err == (f"error: weights file {tmp_path / 'nan.pth'}: 'features.0.weight' has NaN/inf "
+                                       "values (saved from a run that diverged?)\n")
+    head = build_model("tiny", 4)
+    with torch.no_grad():
+        head.head.weight.fill_(math.inf)
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    load_backbone_weights(build_model("tiny", 4), "tiny", tmp_path / "head.pth")
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------

@@ -246,6 +246,9 @@ def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monke
     text.write_text("not a checkpoint")
     resnet50 = tmp_path / "resnet50.pth"
     torch.save(models.resnet50(weights=None).state_dict(), resnet50)
+    diverged = models.resnet18(weights=None).state_dict()
+    diverged["layer1.0.bn1.running_var"][0] = math.nan
+    torch.save(diverged, tmp_path / "diverged.pth")
     out = ["--out", str(tmp_path / "out"), "--no-progress", "--no-pretrain"]
     cases = [
         (["--source", "cityscapes=" + str(tmp_path / "nowhere"), "--targets", f"bdd100k={tiny}"],
@@ -261,6 +264,7 @@ def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monke
         (["--weights", str(text)], f"{text} is not a PyTorch checkpoint"),
         (["--weights", f"resnet18={resnet50}"], f"--weights resnet18: {resnet50} does not fit ResNetBackbone"),
         (["--weights", "a.pth", "b.pth"], "write BACKBONE=FILE for each"),
+        (["--weights", str(tmp_path / "diverged.pth")], "'layer1.0.bn1.running_var' has NaN/inf values"),  # a traceback
         (["--steps", "0"], "steps must be positive"),
         (["--batch-size", "1"], "batch_size must be at least 2"),
         (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from ldt.weights import read_checkpoint, state_dict_in
+from ldt.weights import check_finite, read_checkpoint, state_dict_in
 
 # Regexes for the classification head of each backbone: warm-up trains them, DeFT makes them its unstable group.
 HEAD_PATTERNS: dict[str, list[str]] = {
@@ -97,7 +97,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(model: nn.Module, name: str, path: str | Path) -> None:
-    """Load every non-head tensor of ``path`` into ``model``; the file must cover the whole backbone, nothing else."""
+    """Load every non-head tensor of ``path`` into ``model``; the file must cover the whole backbone, nothing else,
+    with finite values (its head is dropped, NaN or not)."""
     heads = [re.compile(p) for p in HEAD_PATTERNS[name]]
     is_head = lambda key: any(p.search(key) for p in heads)  # noqa: E731
     state = {k: v for k, v in read_state_dict(path).items() if not is_head(k)}
@@ -111,4 +112,5 @@ def load_backbone_weights(model: nn.Module, name: str, path: str | Path) -> None
             f"weights file {path} does not fit backbone {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {wrong_shape[:5]}"
         )
+    check_finite(state, path)
     model.load_state_dict(state, strict=False)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from ldt.weights import check_fit, read_checkpoint, state_dict_in
+from ldt.weights import check_finite, check_fit, read_checkpoint, state_dict_in
 
 BACKBONES = ("resnet18", "resnet50")
 HEAD_PATTERNS: list[str] = [r"^aspp\.", r"^decoder\.", r"^classifier\."]
@@ -158,4 +158,5 @@ def load_backbone_weights(model: DeepLabV3Plus, path: str | Path) -> None:
     state = state_dict_in(read_checkpoint(path), path)
     state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
     check_fit(state, model.backbone, path)
+    check_finite(state, path)
     model.backbone.load_state_dict(state, strict=False)  # strict but for BatchNorm's num_batches_tracked
