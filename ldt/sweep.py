@@ -111,7 +111,8 @@ class Records:
 
     def all(self) -> list[dict]:
         """Every complete record (none if the file does not exist); a line cut short by an interrupted write, or
-        anything that is not a JSON object with an ``options_hash``, is skipped with a warning."""
+        anything that is not a JSON object with a string ``options_hash`` (one edited to a list broke every
+        sweep's look-up of finished runs), is skipped with a warning."""
         return [record for _, record in self.numbered()]
 
     def numbered(self) -> list[tuple[int, dict]]:
@@ -126,17 +127,21 @@ class Records:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            if isinstance(record, dict) and "options_hash" in record:
+            if isinstance(record, dict) and isinstance(record.get("options_hash"), str):
                 records.append((number, record))
             else:
-                warnings.warn(f"{self.path}:{number}: not a complete record (an interrupted write?); ignored",
-                              stacklevel=3)
+                warnings.warn(f"{self.path}:{number}: not a complete record (an interrupted write, or edited by "
+                              "hand?); ignored", stacklevel=3)
         return records
 
-    def having(self, fields: Sequence[str], readable: Callable[[dict], object] | None = None) -> list[dict]:
-        """The complete records that hold every one of ``fields``; any other (a foreign tool's record, another
-        task's in the same file) is skipped with a warning naming its line, so one stray line never breaks a table.
-        ``readable(record)`` raising (a field edited by hand to a value of another type) skips it the same way."""
+    def having(self, fields: Sequence[str] | Mapping[str, type | tuple[type, ...]],
+               readable: Callable[[dict], object] | None = None) -> list[dict]:
+        """The complete records that hold every one of ``fields`` (with a mapping: each of its type); any other (a
+        foreign tool's record, another task's in the same file) is skipped with a warning naming its line, so one
+        stray line never breaks a table. ``readable(record)`` raising (a field edited by hand to a value of another
+        type) skips it the same way. Types are checked because a value that reads alone may not sort with the
+        others' (a seed edited to a string, beside integer seeds)."""
+        kinds = fields if isinstance(fields, Mapping) else {}
         kept = []
         for number, record in self.numbered():
             missing = [name for name in fields if name not in record]
@@ -144,10 +149,17 @@ class Records:
                 warnings.warn(f"{self.path}:{number}: a record without {', '.join(map(repr, missing))} (another "
                               "task's or tool's?); ignored", stacklevel=2)
                 continue
+            wrong = next((name for name, kind in kinds.items() if not isinstance(record[name], kind)), None)
+            if wrong is not None:
+                expected = " or ".join(k.__name__ for k in (kinds[wrong] if isinstance(kinds[wrong], tuple)
+                                                            else (kinds[wrong],)))
+                warnings.warn(f"{self.path}:{number}: a record whose {wrong!r} is of type "
+                              f"{type(record[wrong]).__name__}, not {expected} (edited by hand?); ignored", stacklevel=2)
+                continue
             try:
                 if readable is not None:
                     readable(record)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as err:
                 warnings.warn(f"{self.path}:{number}: a record the table cannot read ({type(err).__name__}: {err}; "
                               "edited by hand?); ignored", stacklevel=2)
             else:
@@ -438,10 +450,10 @@ def seed_markdown(rows: Sequence[dict], average: str, *, title: Callable[[str], 
 
 
 def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[str, str]],
-                        required: Sequence[str] = ()) -> dict[str, str]:
+                        required: Sequence[str] | Mapping[str, type | tuple[type, ...]] = ()) -> dict[str, str]:
     """Recompute the tables of a sweep folder from its records alone: ``render(records)`` gives {file name: text},
-    each written into ``out``; returns them. Records without every ``required`` field, or that ``render`` cannot read
-    alone, are skipped with a warning (:meth:`Records.having`). No records is a ``FileNotFoundError`` naming the file. Each table is written atomically:
+    each written into ``out``; returns them. Records without every ``required`` field (of its type, where ``required``
+    maps fields to types), or that ``render`` cannot read alone, are skipped with a warning (:meth:`Records.having`). No records is a ``FileNotFoundError`` naming the file. Each table is written atomically:
     a sweep killed while writing it leaves the previous table whole, and a disk that refuses it is a ``DiskError``."""
     from ldt.atomic import atomic_write_text
 

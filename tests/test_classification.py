@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -643,6 +644,21 @@ def test_tables_skip_foreign_records_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS}:2: a record without 'dataset'"):
         assert "| resnet50 | ft | 1 | 50.00 | 50.00 |" in write_tables(tmp_path)
     assert main(["--collect", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("field, value, warning", [
+    ("seed", "0", "whose 'seed' is of type str, not int"), ("seed", None, "whose 'seed' is of type NoneType, not int"),
+    ("dataset", 5, "whose 'dataset' is of type int, not str"),
+    ("test_domains", "C", "whose 'test_domains' is of type str, not list"),
+    ("test_domains", [], "the table cannot read (ZeroDivisionError")])
+def test_a_record_edited_to_another_type_is_skipped_with_a_warning(tmp_path, field, value, warning):
+    """Each of these fields, edited by hand, tabulated alone but ended every --collect and sweep in a traceback when
+    tabulated with the others (seeds or datasets of two types are not sorted), or alone (no test domain); a string
+    of test domains was read as a list of letters."""
+    lines = [hand_record("ft", "C", 0, 0.5), {**hand_record("ft", "C", 1, 0.7), field: value}]
+    (tmp_path / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS}:2: a record {re.escape(warning)}.*; ignored"):
+        assert "| resnet50 | ft | 1 | 50.00 | 50.00 |" in write_tables(tmp_path)
 
 
 # ---- a run stopped midway ------------------------------------------------------------------------------------------

@@ -213,6 +213,17 @@ def test_a_record_edited_to_a_value_the_table_cannot_read_is_skipped_with_a_warn
                                     ["score"])
     assert files == {"t.md": "3.0"} and (tmp_path / "t.md").read_text() == "3.0"
 
+
+@pytest.mark.parametrize("digest", [["a"], {"a": 1}, 5, None])
+def test_a_record_whose_options_hash_is_not_a_string_is_skipped_with_a_warning(tmp_path, digest):
+    """A hand-edited options_hash (a list is unhashable) ended every sweep on the folder in a traceback, before any
+    run; the sweep now warns, and trains the run that record claimed to be."""
+    path = tmp_path / RESULTS_FILE
+    path.write_text(json.dumps({"options_hash": digest, "seed": 0}) + "\n")
+    with pytest.warns(UserWarning, match=rf"{path}:1: not a complete record"):
+        assert sweep_main(tmp_path, [FakeConfig()]) == 0
+        assert [record["options_hash"] for record in Records(path).all()] == [run_hash(FakeConfig().hparams())]
+
 # ---- 5. and 8. flags both runners share ----------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value, flag", [("device", "foo", "--device foo"), ("workers", -1, "--workers"),
                                                 ("state_minutes", -1.0, "--state-minutes"),

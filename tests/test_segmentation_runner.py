@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -413,6 +414,20 @@ def test_tables_skip_a_classification_record_with_a_warning(tmp_path):
     lines = [hand_record("ft", 0, {"fog": 10.0}), {"options_hash": "c", "dataset": "toy", "test_accuracy": {}}]
     (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS_FILE}:2: a record without 'sources'"):
+        assert "| resnet50 | FT | 1 | 10.00 | 10.00 |" in write_tables(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, warning", [
+    ("seed", "1", "'seed' is of type str, not int"), ("sources", "clean", "'sources' is of type str, not list"),
+    ("backbone", None, "'backbone' is of type NoneType, not str")])
+def test_a_record_edited_to_another_type_is_skipped_with_a_warning(tmp_path, field, value, warning):
+    """A hand-edited field that tabulated alone but not with the other records (two types of seed are not sorted)
+    ended every --collect and sweep in a traceback."""
+    from ldt.segmentation.records import write_tables
+
+    lines = [hand_record("ft", 0, {"fog": 10.0}), {**hand_record("ft", 1, {"fog": 20.0}), field: value}]
+    (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.warns(UserWarning, match=rf"{tmp_path / RESULTS_FILE}:2: a record whose {re.escape(warning)}"):
         assert "| resnet50 | FT | 1 | 10.00 | 10.00 |" in write_tables(tmp_path)
 
 

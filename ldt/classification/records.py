@@ -19,8 +19,10 @@ from ldt.sweep import (
 AVERAGE = "Avg"
 # Run-specific keys left out of a configuration's identity: a table row gathers its seeds and test domains.
 PER_RUN_KEYS = ("seed", "test_domains")
-# What a record needs to be a table cell (another task's record in the same file lacks some: skipped with a warning).
-TABLE_FIELDS = ("dataset", "backbone", "method", "seed", "test_domains", "domains", "test_accuracy", "hparams")
+# What a record needs to be a table cell, of which type (another task's record in the same file lacks some, a record
+# edited by hand may hold another type: skipped with a warning).
+TABLE_FIELDS = {"dataset": str, "backbone": str, "method": str, "seed": int, "test_domains": list, "domains": list,
+                "test_accuracy": dict, "hparams": dict}
 
 
 def sweep_records(out: str | Path) -> Records:

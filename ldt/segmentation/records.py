@@ -23,8 +23,10 @@ from ldt.sweep import (
 MEAN = "Mean"
 # Run-specific keys left out of a configuration's identity: a table row gathers its seeds.
 PER_RUN_KEYS = ("seed",)
-# What a record needs to be a table cell (another task's record in the same file lacks some: skipped with a warning).
-TABLE_FIELDS = ("sources", "targets", "backbone", "method", "seed", "target_miou", "target_results", "hparams")
+# What a record needs to be a table cell, of which type (another task's record in the same file lacks some, a record
+# edited by hand may hold another type: skipped with a warning).
+TABLE_FIELDS = {"sources": list, "targets": list, "backbone": str, "method": str, "seed": int, "target_miou": dict,
+                "target_results": dict, "hparams": dict}
 
 
 def sweep_records(out: str | Path) -> Records:
