@@ -74,6 +74,19 @@ def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen:
     return process
 
 
+@pytest.fixture(autouse=True)
+def no_stop_signal_left_blocked():
+    """A test that blocks SIGTERM / SIGCHLD must unblock them however it ends: the kernel then gives a later test's own
+    SIGTERM to a leftover loader thread, and CPython runs the stop late or never (a resume test's stop landed steps
+    late, or not at all). Unblocked here either way, so one such test fails alone."""
+    import signal
+
+    yield
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, stops) & stops
+    assert not blocked, f"the test left {sorted(s.name for s in blocked)} blocked"
+
+
 @pytest.fixture
 def default_sigint():
     """A pytest started in the background inherits SIGINT ignored, which the runner leaves ignored."""

@@ -418,6 +418,9 @@ def test_a_sigterm_that_reaches_the_workers_too_is_still_a_stop(tmp_path, capfd,
         except runner.Stopped:
             time.sleep(1)  # the workers die meanwhile (SIGCHLD) while the stop saves the run's state
             raise
+        finally:  # a loader thread can take the SIGTERM and the stop land before the unblock: never leave it blocked
+            # (a later test's own SIGTERM then went to a leftover thread, and its stop came late or never)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGCHLD})
 
     assert sweep_main(tmp_path, [FakeConfig()], run, Namespace(**{**vars(ARGS), "workers": 2})) == \
         128 + signal.SIGTERM
