@@ -268,12 +268,19 @@ def parse_weights(entries: Sequence[str] | None, names: Sequence[str], known: Se
     """``FILE`` (when the sweep has one network) or ``NAME=FILE ...`` → {name: path as given}.
 
     ``names``: the networks of this sweep; ``known``: every name the tool knows (a ``NAME=`` outside it is a typo
-    unless the whole entry is an existing file whose name contains '='); ``noun``: what a name is, for messages.
+    unless the whole entry is an existing file whose name contains '='); ``noun``: what a name is, for messages. A
+    name given two files, or an empty path, is a :class:`SweepError` (not the last file, or the current folder).
     """
     weights: dict[str, str] = {}
     for entry in entries or []:
         name, sep, path = str(entry).partition("=")
+        if not str(entry):
+            raise SweepError(f"{flag} '': no file (an empty path would be read as the current folder)")
         if sep and name in known:
+            if not path:
+                raise SweepError(f"{flag} {entry}: no file after '='")
+            if weights.get(name, path) != path:  # the last would silently win
+                raise SweepError(f"{flag}: {name}={weights[name]} and {entry}: one file per {noun.lower()}")
             weights[name] = path
         elif sep and not Path(entry).exists():
             raise SweepError(f"{flag} {entry}: unknown {noun.lower()} {name!r}; choose from {', '.join(known)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 from argparse import Namespace
 from dataclasses import dataclass
@@ -223,6 +224,20 @@ def test_a_record_whose_options_hash_is_not_a_string_is_skipped_with_a_warning(t
     with pytest.warns(UserWarning, match=rf"{path}:1: not a complete record"):
         assert sweep_main(tmp_path, [FakeConfig()]) == 0
         assert [record["options_hash"] for record in Records(path).all()] == [run_hash(FakeConfig().hparams())]
+
+@pytest.mark.parametrize("entries, message", [
+    (["tiny=a.pth", "resnet18=r.pth", "tiny=b.pth"], "--weights: tiny=a.pth and tiny=b.pth: one file per backbone"),
+    (["tiny="], "--weights tiny=: no file after '='"), ([""], "--weights '': no file")])
+def test_weights_named_twice_or_empty_are_one_line(entries, message):
+    """``--weights tiny=a.pth tiny=b.pth`` silently trained from b.pth (the last one won), and an empty path was
+    read as the current folder ('weights file . is a folder')."""
+    from ldt.sweep import SweepError, parse_weights
+
+    with pytest.raises(SweepError, match=re.escape(message)):
+        parse_weights(entries, ["tiny", "resnet18"] if len(entries) > 1 else ["tiny"], ["tiny", "resnet18"],
+                      noun="BACKBONE")
+    assert parse_weights(["tiny=a.pth", "tiny=a.pth"], ["tiny"], ["tiny"]) == {"tiny": "a.pth"}  # a repeat is one
+
 
 # ---- 5. and 8. flags both runners share ----------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value, flag", [("device", "foo", "--device foo"), ("workers", -1, "--workers"),
