@@ -116,12 +116,19 @@ def test_unpaired_corrupt_and_wrong_sized_files_are_all_named(tmp_path):
     assert "c_4" not in message  # the one good pair is not blamed
 
 
-def test_truncated_file_is_caught_by_verify_and_at_load(tmp_path):
+def test_truncated_file_is_caught_by_the_scan_and_at_load(tmp_path):
+    """A header read alone did not see a cut-off file: a truncated target image failed only in the test, after the
+    whole training; its missing end marker now fails the scan, before any training."""
     cityscapes_tree(tmp_path)
+    split = scan_split(tmp_path, "cityscapes", "train")
     label = tmp_path / "gtFine/train/bonn/bonn_000001_000019_gtFine_labelTrainIds.png"
-    label.write_bytes(label.read_bytes()[:-30])  # header intact, data cut off
-    split = scan_split(tmp_path, "cityscapes", "train")  # headers alone cannot see it
-    with pytest.raises(SegmentationDataError, match="unreadable files: " + re.escape(str(label))):
+    image = tmp_path / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"
+    for path in (label, image):
+        path.write_bytes(path.read_bytes()[:-30])  # header intact, data cut off
+    with pytest.raises(SegmentationDataError, match=rf"2 unreadable files: {re.escape(str(image))} \(image "
+                                                    rf"{re.escape(str(image))} is truncated .*{re.escape(str(label))}"):
+        scan_split(tmp_path, "cityscapes", "train")
+    with pytest.raises(SegmentationDataError, match=rf"2 unreadable files: {re.escape(str(image))} \(Truncated"):
         scan_split(tmp_path, "cityscapes", "train", verify=True)
     with pytest.raises(SegmentationDataError, match="cannot decode label " + re.escape(str(label))):
         SegmentationDataset(split)[1]

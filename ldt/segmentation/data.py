@@ -4,8 +4,9 @@ Why pair by name and check every file up front: a missing label, a corrupt file 
 otherwise surface as a crash hours into training (or, with sorted-list pairing, as silently shifted pairs). Every
 split is indexed once; all unpaired files, unreadable headers, non-single-channel labels and image/label size
 mismatches are collected and raised together in one :class:`SegmentationDataError` that names them. Sizes come from
-the file headers (PIL opens lazily), so checking costs no decoding; ``verify=True`` also runs PIL's ``verify()``
-(PNG chunk checksums), which catches truncated files before training at the price of reading every byte.
+the file headers (PIL opens lazily) and a PNG / JPEG's end marker from its last bytes (a truncated file), so checking
+costs no decoding; ``verify=True`` also runs PIL's ``verify()`` (PNG chunk checksums), which catches a file corrupted
+inside at the price of reading every byte.
 
 Layouts (``split`` is ``train`` or ``val``):
 
@@ -113,12 +114,17 @@ def _index(folder: Path, suffix: str, nested: bool) -> dict[str, Path]:
 
 
 def _header(path: Path, verify: bool) -> tuple[tuple[int, int], str]:
-    """((height, width), PIL mode) from the header; ``verify`` also checks the whole file's structure."""
+    """((height, width), PIL mode) from the header, and for PNG / JPEG the end marker in the last bytes
+    (:func:`ldt.data.cameras.image_size`): a truncated target image passed the header read and failed only in the
+    test, after the whole training. ``verify`` also checks the whole file's structure."""
+    from ldt.data.cameras import image_size  # imported here: it loads the SR side
+
     with Image.open(path) as image:
         width, height = image.size
         mode = image.mode
         if verify:
             image.verify()
+    image_size(path)
     return (height, width), mode
 
 
