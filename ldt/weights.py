@@ -91,10 +91,12 @@ def state_dict_in(checkpoint: object, path: str | os.PathLike, key: str | None =
 
 
 def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
-              ignore: Callable[[str], bool] = lambda key: False) -> None:
-    """Raise a :class:`WeightsError` naming the first keys that do not fit ``model`` (``ignore``d keys aside).
+              ignore: Callable[[str], bool] = lambda key: False, label: str | None = None) -> None:
+    """Raise a :class:`WeightsError` naming the first keys that do not fit ``model`` (``ignore``d keys aside; the
+    network named ``label``, by default its class name).
 
-    ``strict``: every key on both sides must match; otherwise only keys present on both sides must agree in shape.
+    ``strict``: every key on both sides must match; otherwise only keys present on both sides must agree in shape
+    and in kind (a floating-point parameter takes no integer, bool or quantized values).
     """
     own = {k: v for k, v in model.state_dict().items() if not ignore(k)}
     given = {k: v for k, v in state.items() if not ignore(k)}
@@ -103,11 +105,16 @@ def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | o
     unexpected = [k for k in given if k not in own] if strict else []
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in given.items()
               if k in own and v.shape != own[k].shape]
-    if missing or unexpected or shapes:
+    # load_state_dict casts silently: integer, bool or quantized values into a float parameter are another format's
+    # (an int8-quantized export), not weights
+    kinds = [f"{k} {v.dtype} vs {own[k].dtype}" for k, v in given.items()
+             if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if missing or unexpected or shapes or kinds:
         parts = [f"{label} {len(keys)} key(s) ({', '.join(keys[:LISTED])}{', ...' if len(keys) > LISTED else ''})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs net)", shapes))
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs net)", shapes),
+                                     ("not floating point (file vs net)", kinds))
                  if keys]
-        raise WeightsError(f"{path} does not fit {type(model).__name__}: " + "; ".join(parts))
+        raise WeightsError(f"{path} does not fit {label or type(model).__name__}: " + "; ".join(parts))
 
 
 def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Module | None = None,

@@ -336,10 +336,19 @@ def test_local_weights_load_the_backbone_and_replace_the_head(tmp_path):
                 assert torch.equal(value, pretrained.state_dict()[name]), name
 
 
+def test_integer_weights_do_not_fit_a_backbone(tmp_path):
+    state = build_model("tiny", 4).state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    torch.save({**state, key: state[key].round().to(torch.int64)}, tmp_path / "int.pth")
+    with pytest.raises(ValueError, match=rf"int\.pth does not fit backbone 'tiny': not floating point .*\({key} "
+                                         r"torch\.int64 vs torch\.float32\)"):
+        build_model("tiny", 4, weights=tmp_path / "int.pth")
+
+
 def test_weights_errors_name_the_file(tmp_path):
     tiny = tmp_path / "tiny.pth"
     torch.save(build_model("tiny", 4).state_dict(), tiny)
-    with pytest.raises(ValueError, match=r"tiny\.pth does not fit backbone 'resnet18'.*missing \['conv1.weight'"):
+    with pytest.raises(ValueError, match=r"tiny\.pth does not fit backbone 'resnet18': missing \d+ key\(s\) \(conv1.weight"):
         build_model("resnet18", 4, weights=tiny)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         build_model("tiny", 4, weights=tmp_path / "absent.pth")

@@ -40,3 +40,23 @@ def test_paths_that_are_not_files_are_named(tmp_path):
 def test_a_real_checkpoint_loads(tmp_path):
     torch.save({"params": {"w": torch.ones(2)}}, tmp_path / "net.pth")
     assert torch.equal(read_checkpoint(tmp_path / "net.pth")["params"]["w"], torch.ones(2))
+
+
+def test_integer_or_quantized_values_for_float_parameters_do_not_fit(tmp_path):
+    """load_state_dict would cast them silently: an int8-quantized export loaded as weights trains from garbage."""
+    from torch import nn
+
+    from ldt.weights import read_weights
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    state = net.state_dict()
+    torch.save(state, tmp_path / "fine.pth")  # num_batches_tracked is int64 in the network too
+    read_weights(tmp_path / "fine.pth", model=net)
+    torch.save({**state, "0.weight": (state["0.weight"] * 100).to(torch.int8)}, tmp_path / "int8.pth")
+    with pytest.raises(WeightsError, match=r"int8\.pth does not fit Sequential: not floating point \(file vs net\) 1 "
+                                           r"key\(s\) \(0\.weight torch\.int8 vs torch\.float32\)$"):
+        read_weights(tmp_path / "int8.pth", model=net)
+    quantized = torch.quantize_per_tensor(state["0.bias"], 0.1, 0, torch.qint8)
+    torch.save({**state, "0.bias": quantized}, tmp_path / "q.pth")
+    with pytest.raises(WeightsError, match=r"0\.bias torch\.qint8 vs torch\.float32"):
+        read_weights(tmp_path / "q.pth", model=net)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from ldt.weights import check_finite, read_checkpoint, state_dict_in
+from ldt.weights import check_finite, check_fit, read_checkpoint, state_dict_in
 
 # Regexes for the classification head of each backbone: warm-up trains them, DeFT makes them its unstable group.
 HEAD_PATTERNS: dict[str, list[str]] = {
@@ -102,15 +102,6 @@ def load_backbone_weights(model: nn.Module, name: str, path: str | Path) -> None
     heads = [re.compile(p) for p in HEAD_PATTERNS[name]]
     is_head = lambda key: any(p.search(key) for p in heads)  # noqa: E731
     state = {k: v for k, v in read_state_dict(path).items() if not is_head(k)}
-    own = model.state_dict()
-    # Old torchvision checkpoints lack BatchNorm's num_batches_tracked; BatchNorm fills it in when loading.
-    missing = [k for k in own if k not in state and not is_head(k) and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"weights file {path} does not fit backbone {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shape {wrong_shape[:5]}"
-        )
+    check_fit(state, model, f"weights file {path}", ignore=is_head, label=f"backbone {name!r}")
     check_finite(state, path)
     model.load_state_dict(state, strict=False)
