@@ -54,7 +54,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldt.cli import between, check_output_file, fail  # noqa: E402
+from ldt.cli import between, check_output_file, fail, path_flag  # noqa: E402
 from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
 from ldt.sr.experiment import ARCHS  # noqa: E402
@@ -311,7 +311,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scan-backend", choices=("auto", "cuda", "triton", "torch"), default=None,
                         help="MambaIR's selective scan (default: LDT_SCAN_BACKEND, else auto); the report names the "
                              "backend that ran")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--json", type=path_flag, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -15,10 +15,9 @@ from ldt.cli import starting
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
     import time
-    from pathlib import Path
 
     from ldt.atomic import DiskError, FileContentError
-    from ldt.cli import check_output_dir, fail, flag
+    from ldt.cli import check_output_dir, fail, flag, path_flag
     from ldt.data.cameras import DatasetError
     from ldt.data.synthetic_cameras import (
         DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, BuildOptionError, build_bicubic_pretrain_set, build_synthetic_cameras,
@@ -28,9 +27,9 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="output folder (default: %(default)s)")
+    parser.add_argument("--root", type=path_flag, default=DEFAULT_ROOT, help="output folder (default: %(default)s)")
     parser.add_argument("--bicubic", action="store_true", help="also build the clean bicubic pre-training set")
-    parser.add_argument("--bicubic-root", type=Path, default=DEFAULT_BICUBIC_ROOT,
+    parser.add_argument("--bicubic-root", type=path_flag, default=DEFAULT_BICUBIC_ROOT,
                         help="output folder of the bicubic set (default: %(default)s)")
     parser.add_argument("--scale", type=int, default=4, help="downsampling factor (default: %(default)s)")
     parser.add_argument("--patch-size", type=int, help="HR training patch size in px (default: 192, tiny: 32)")

@@ -31,7 +31,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
         CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
         decode_image, find_split_dirs, image_header, pair_correlation, pair_folders, resolve_cameras,
     )
-    from ldt.cli import between, check_args, check_output_dir, fail, non_negative, positive
+    from ldt.cli import between, check_args, check_output_dir, fail, non_negative, path_flag, positive
     from ldt.data.indexing import write_lmdb, write_meta_info
 
 
@@ -74,7 +74,7 @@ def content_problems(result: PairingResult, cameras: tuple[str, ...], scale: int
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", nargs="?", type=Path, default=Path("datasets/DRealSR"),
+    parser.add_argument("root", nargs="?", type=path_flag, default=Path("datasets/DRealSR"),
                         help="DRealSR folder (default: %(default)s)")
     parser.add_argument("--scale", type=int, default=4, help="scale factor (default: %(default)s)")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to index")
@@ -86,8 +86,8 @@ def main() -> int:
     parser.add_argument("--min-correlation", type=float, default=0.5,
                         help="--check-content: least HR/LR correlation of a true pair (default: %(default)s)")
     parser.add_argument("--size-tolerance", type=int, help="px HR may exceed LR x scale (default: 4 x scale)")
-    parser.add_argument("--meta-info", type=Path, metavar="DIR", help="write per-camera meta-info files here")
-    parser.add_argument("--lmdb", type=Path, metavar="DIR", help="write per-camera LMDBs here")
+    parser.add_argument("--meta-info", type=path_flag, metavar="DIR", help="write per-camera meta-info files here")
+    parser.add_argument("--lmdb", type=path_flag, metavar="DIR", help="write per-camera LMDBs here")
     args = parser.parse_args()
     if not args.root.is_dir():
         parser.error(f"{args.root} {'is not a folder' if args.root.exists() else 'does not exist'}")

@@ -4,6 +4,7 @@ no traceback, no silently replaced value. The scripts run in-process (``runpy``,
 from __future__ import annotations
 
 import errno
+import os
 import runpy
 import subprocess
 import sys
@@ -295,3 +296,33 @@ def test_index_drealsr_full_disk_in_an_export_is_one_line_and_leaves_no_partial_
     assert_flag_error(run_script(monkeypatch, capsys, "index_drealsr.py", *args, "--meta-info", str(tmp_path / "m")),
                       "--meta-info", "DRealSR_x4_test_olympus.txt", "no space left on device")
     assert not list((tmp_path / "m").iterdir())  # no shortened list that a dataset would read as the whole camera
+
+
+EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ["scripts/reproduce.py", "--table", "1", "--data", "synthetic_tiny", "--collect", "--out"],
+    ["scripts/study.py", "--collect", "--out"],
+    ["scripts/build_synthetic_cameras.py", "--tiny", "--root"],
+    ["scripts/build_synthetic_cameras.py", "--tiny", "--bicubic-root"],
+    ["scripts/index_drealsr.py", "--lmdb"],
+    ["scripts/index_drealsr.py", "--meta-info"],
+    ["scripts/benchmark.py", "--json"],
+    ["Train_pip.py", "-opt", "x.yml", "--root"],
+    ["-m", "ldt.classification", "--out"],
+    ["-m", "ldt.classification", "--collect"],
+    ["-m", "ldt.segmentation", "--out"],
+    ["-m", "ldt.segmentation", "--collect"],
+], ids=lambda command: " ".join(command[-3:]))
+def test_an_empty_path_flag_is_an_error_not_the_current_or_default_folder(command, tmp_path):
+    """``--out "$OUT"`` with OUT unset: ``Path('')`` is the current folder (a reproduce --collect wrote its tables
+    there) and an empty --out/--collect of the runners fell back to the default folder (its tables rewritten)."""
+    root = Path(__file__).resolve().parents[1]
+    script = [str(root / command[0]), *command[1:]] if command[0] != "-m" else command
+    done = subprocess.run([sys.executable, *script, ""], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
+        f"error: argument {command[-1]}: {EMPTY_PATH}"), done.stderr
+    assert not list(tmp_path.iterdir())  # nothing written where it ran

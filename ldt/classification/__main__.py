@@ -8,7 +8,7 @@ interrupted sweep resumes where it stopped; the table is rewritten from all reco
 
 from __future__ import annotations
 
-from ldt.cli import starting
+from ldt.cli import path_flag, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -46,9 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ldt.classification", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--collect", metavar="OUT", help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")
+    parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")
     parser.add_argument("--data", help=f"dataset root, DomainBed layout root/<domain>/<class>/<image> (default: build {DEFAULT_ROOT})")
-    parser.add_argument("--out", help="records and tables (default: results/classification/<dataset name>)")
+    parser.add_argument("--out", type=path_flag, help="records and tables (default: results/classification/<dataset name>)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=["tiny"])
     parser.add_argument("--weights", nargs="+", default=[], metavar="[BACKBONE=]PATH", help="local pre-trained weights (never downloaded)")

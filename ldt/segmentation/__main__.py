@@ -14,7 +14,7 @@ tables are rewritten from all records at the end.
 
 from __future__ import annotations
 
-from ldt.cli import starting
+from ldt.cli import path_flag, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -103,10 +103,10 @@ def _shown(value) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m ldt.segmentation", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collect", metavar="OUT", help="only rebuild OUT's tables from OUT/results.jsonl")
+    parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT's tables from OUT/results.jsonl")
     parser.add_argument("--source", nargs="+", metavar="DOMAIN", help=f"source domain(s) [generated {SOURCE_DOMAIN}]")
     parser.add_argument("--targets", nargs="+", metavar="DOMAIN", help="target domains [the other generated ones]")
-    parser.add_argument("--out", help="records and tables (default: results/segmentation/<source or generated_streets>)")
+    parser.add_argument("--out", type=path_flag, help="records and tables (default: results/segmentation/<source or generated_streets>)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {', '.join(METHODS)} [all]")
     parser.add_argument("--backbones", nargs="+", help=f"of {', '.join(BACKBONES)} [generated: resnet18; else "
                                                        f"{DEFAULTS['backbone']}]")

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, make_dirs
+from ldt.cli import path_flag
 from ldt.core import method_class
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
@@ -568,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lpft-warmup", type=int, help="LP-FT head warm-up steps (default: iters/10)")
     parser.add_argument("--tile", type=int, help=f"LR tile for validation (default: {DREALSR_TILE} on DRealSR, none "
                                                  "on synthetic; 0: none)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=path_flag, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     parser.add_argument("--collect", action="store_true",
                         help="only rebuild the tables from <out>/results.jsonl (same arguments as the sweep)")
     return parser

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ldt.atomic import make_dirs, read_json_dict
+from ldt.cli import path_flag
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, sweep_lock
 
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-freq", type=int, default=2000,
                         help="validation step; the budgets read are a quarter, half and all of --iters (default: "
                              "%(default)s)")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "experiments" / "study")
+    parser.add_argument("--out", type=path_flag, default=PROJECT_ROOT / "experiments" / "study")
     parser.add_argument("--collect", action="store_true", help="only rebuild the tables and figure from the records")
     args = parser.parse_args(argv)
     demo = BUDGETS["full"]

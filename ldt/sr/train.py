@@ -27,7 +27,7 @@ from ldt.atomic import (
     BusyError, DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, make_dirs, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import original_error, show_traceback
+from ldt.cli import original_error, path_flag, show_traceback
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -70,7 +70,7 @@ def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun (DDP)")
     parser.add_argument("--force_yml", nargs="+", default=None, metavar="KEY:SUB=VALUE",
                         help="override options, e.g. ldt:method=ft train:total_iter=1000 (values read as YAML)")
-    parser.add_argument("--root", type=Path, default=PROJECT_ROOT,
+    parser.add_argument("--root", type=path_flag, default=PROJECT_ROOT,
                         help="where experiments/, tb_logger/ and results/ go (default: the project folder)")
     return parser
 
