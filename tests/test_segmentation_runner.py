@@ -270,6 +270,8 @@ def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monke
         (["--batch-size", "1"], "batch_size must be at least 2"),
         (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
         (["--crop-size", "64y64"], "argument --crop-size: invalid size N or HxW value: '64y64'"),
+        (["--crop-size", "100000"], "--crop-size 100000x100000: larger than every source image after the training "
+                                    "rescale (up to x2), so it would crop padding only: use at most "),
         (["--unstable-ratio", "1.5"], "unstable_ratio: must be < 1"),
         (["--probe-batches", "0"], "probe_batches: must be > 0"),
         (["--holdout-fraction", "0"], "holdout_fraction must be in (0, 1)"),

@@ -28,6 +28,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
     from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
+    from ldt.segmentation.data import Augment, SegmentationSplit
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
         METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
@@ -185,11 +186,23 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     return Path(args.out or Path("results/segmentation") / name), configs, bool(generated), pretrained
 
 
+def check_crop(crop_size: tuple[int, int], sources: dict[str, SegmentationSplit]) -> None:
+    """A training crop must fit the largest source image after the largest training rescale: a larger side is only
+    padding, and ``--crop-size 100000`` asked for 10^10 px per crop (an out-of-memory traceback at the first step)."""
+    high = Augment(crop_size).scale_range[1]
+    sizes = [sample.size for split in sources.values() for sample in split.samples]
+    fits = tuple(int(max(size[axis] for size in sizes) * high) for axis in (0, 1))
+    if crop_size[0] > fits[0] or crop_size[1] > fits[1]:
+        raise ValueError(f"--crop-size {_shown(crop_size)}: larger than every source image after the training "
+                         f"rescale (up to x{high:g}), so it would crop padding only: use at most {_shown(fits)}")
+
+
 def check_data(configs: list[RunConfig]) -> None:
     """Index every domain (headers only: no target pixel is read) and every seed's held-out split, before training."""
     first = configs[0]
     sources = scan_domains(first.sources, SOURCE_SPLIT)
     scan_domains(first.targets, TARGET_SPLIT)
+    check_crop(first.crop_size, sources)
     for config in configs:
         holdout_splits(config, sources)
 
