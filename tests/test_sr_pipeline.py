@@ -439,6 +439,44 @@ def test_paired_image_sets_with_a_mis_scaled_pair_are_refused_before_any_work(da
     assert table.counts["Set5"] == 3
 
 
+def _paired_lmdbs(root: Path) -> tuple[Path, Path]:
+    """The Set5-style folders of :func:`_paired_folders` as BasicSR's LMDBs, written by BasicSR's own writer
+    (keys: the names without extension)."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    databases = []
+    for folder in _paired_folders(root):
+        names = sorted(path.name for path in folder.iterdir())
+        make_lmdb_from_imgs(str(folder), f"{folder}.lmdb", names, [name[:-4] for name in names], map_size=1 << 24)
+        databases.append(Path(f"{folder}.lmdb"))
+    return databases[0], databases[1]
+
+
+def _lmdb_set(gt: Path, lq: Path, phase: str = "train") -> dict:
+    """Options whose ``datasets:train`` is BasicSR's PairedImageDataset on the LMDBs ``gt`` / ``lq``."""
+    return {"datasets": {"train": _paired_set("DF2K", gt, lq, io_backend={"type": "lmdb"}, gt_size=32, phase=phase,
+                                              scale=4, use_hflip=True, use_rot=True)}}
+
+
+def test_two_paired_image_sets_on_one_lmdb_read_in_one_process(tmp_path):
+    """BasicSR's PairedImageDataset opens its LMDBs itself, once per dataset object, and py-lmdb >= 3 refuses a
+    second open in a process: a repartition's probe set beside the training set read in-process
+    (num_worker_per_gpu: 0) failed mid-training, 'The environment ... is already open in this process'. Both read
+    now, as do forked workers, the same images as from the folders."""
+    from ldt.sr.loaders import dataset
+
+    gt, lq = _paired_lmdbs(tmp_path)
+    opt = _lmdb_set(gt, lq)
+    first, second = dataset(opt, "train"), dataset(opt, "train")
+    assert first[0]["gt"].shape == second[0]["gt"].shape == (3, 32, 32)
+    loader = torch.utils.data.DataLoader(first, batch_size=2, num_workers=1, multiprocessing_context="fork")
+    assert next(iter(loader))["gt"].shape == (2, 3, 32, 32)
+    whole = dataset(_lmdb_set(gt, lq, phase="val"), "train")[1]
+    disk = dataset({"datasets": {"train": _paired_set("DF2K", tmp_path / "HR", tmp_path / "LR", phase="val",
+                                                      scale=4)}}, "train")[1]
+    assert whole["gt_path"] == "bird" and torch.equal(whole["gt"], disk["gt"]) and torch.equal(whole["lq"], disk["lq"])
+
+
 def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
     """A set whose sizes nobody checked up front (BasicSR's PairedImageDataset on an LMDB): the metrics' size error
     names the pair."""

@@ -39,9 +39,11 @@ from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
 # process, which two datasets on one LMDB (train + held-out validation) would otherwise do.
 _LMDB_CLIENTS: dict[str, FileClient] = {}
 _REBUILD = "rebuild it with scripts/index_drealsr.py --lmdb"
+BASICSR_REBUILD = "rebuild it with basicsr.utils.lmdb_util.make_lmdb_from_imgs"
+"""The remedy for a damaged LMDB of BasicSR's ``PairedImageDataset`` (BasicSR's writer, not ours, made it)."""
 
 
-def _lmdb_client(db: Path) -> FileClient:
+def _lmdb_client(db: str | Path, remedy: str = _REBUILD) -> FileClient:
     """The shared client of ``db``; a file lmdb cannot open (cut short, zeroed, not an LMDB) is a
     :class:`DatasetError` naming it, not lmdb's traceback."""
     key = os.path.realpath(db)
@@ -50,8 +52,21 @@ def _lmdb_client(db: Path) -> FileClient:
             _LMDB_CLIENTS[key] = FileClient("lmdb", db_paths=[key], client_keys=["default"])
         except lmdb.Error as err:
             raise DatasetError(f"LMDB {db} cannot be opened ({err}): a damaged or half-written database? "
-                               f"{_REBUILD}") from None
+                               f"{remedy}") from None
     return _LMDB_CLIENTS[key]
+
+
+class SharedLmdbFiles:
+    """BasicSR's ``FileClient.get`` over this process's shared environments, for BasicSR's ``PairedImageDataset``
+    on LMDBs (its ``file_client``). Its own client opens both LMDBs again for every dataset object, which py-lmdb >= 3
+    refuses while another one of the process holds them: a repartition's probe set beside the training set read
+    in-process (``num_worker_per_gpu: 0``) failed mid-training with 'already open in this process'."""
+
+    def __init__(self, **databases: str) -> None:
+        self.databases = databases  # BasicSR's client key ('gt', 'lq') -> LMDB folder
+
+    def get(self, key: str, client_key: str) -> bytes | None:
+        return _lmdb_client(self.databases[client_key], BASICSR_REBUILD).get(key, "default")
 
 
 def check_lmdb_keys(db: Path, keys: list[str]) -> None:
