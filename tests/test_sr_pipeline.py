@@ -477,6 +477,47 @@ def test_two_paired_image_sets_on_one_lmdb_read_in_one_process(tmp_path):
     assert whole["gt_path"] == "bird" and torch.equal(whole["gt"], disk["gt"]) and torch.equal(whole["lq"], disk["lq"])
 
 
+def _drop_line(meta: Path, key: str) -> None:
+    meta.write_text("".join(line for line in meta.read_text().splitlines(True) if not line.startswith(key)))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("delete_key", r"datasets:train \(DF2K\): LMDB .*HR.lmdb lacks 1 of the 3 image\(s\) its meta_info.txt lists "
+                   r"\(bird\): a half-written database\? rebuild it with basicsr"),
+    ("unpaired", r"datasets:train \(DF2K\): 1 key\(s\) of .*HR.lmdb/meta_info.txt are not in .*LR.lmdb/meta_info.txt "
+                 r"\(butterfly\): BasicSR pairs"),
+    ("no_meta", r"datasets:train \(DF2K\): LMDB .*LR.lmdb has no meta_info.txt"),
+    ("the_folder", r"datasets:train \(DF2K\): .*/set/LR: BasicSR's PairedImageDataset reads io_backend lmdb from "
+                   r"folders named \*.lmdb"),
+])
+def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_refused_before_any_work(
+        data_root, tmp_path, damage, message):
+    """BasicSR's PairedImageDataset on LMDBs failed, without naming a key, on GT and LQ meta_info.txt files whose
+    keys differ ('Keys in lq_folder and gt_folder are different.', a traceback) and, mid-epoch, on a key its
+    database lacks ('a bytes-like object is required, not NoneType'). Each is one line naming the database and the
+    key, before the experiment folder is touched (and so are BasicSR's refusals of a folder not named *.lmdb and of
+    an LMDB without meta_info.txt, tracebacks too)."""
+    import lmdb
+
+    from ldt.data.cameras import DatasetError
+
+    gt, lq = _paired_lmdbs(tmp_path / "set")
+    if damage == "delete_key":
+        with lmdb.open(str(gt)) as env, env.begin(write=True) as txn:
+            txn.delete(b"bird")
+    elif damage == "unpaired":
+        _drop_line(lq / "meta_info.txt", "butterfly")
+    elif damage == "no_meta":
+        (lq / "meta_info.txt").unlink()
+    else:
+        lq = tmp_path / "set" / "LR"  # the images, not their LMDB
+    opt = tiny_options(data_root, "paired_lmdb", "ft")
+    opt["datasets"]["train"] = {**_lmdb_set(gt, lq)["datasets"]["train"], "batch_size_per_gpu": 2}
+    with pytest.raises(DatasetError, match=message):
+        run_training(opt, tmp_path)
+    assert not (tmp_path / "experiments" / "paired_lmdb").exists()
+
+
 def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
     """A set whose sizes nobody checked up front (BasicSR's PairedImageDataset on an LMDB): the metrics' size error
     names the pair."""

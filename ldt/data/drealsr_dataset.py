@@ -69,18 +69,52 @@ class SharedLmdbFiles:
         return _lmdb_client(self.databases[client_key], BASICSR_REBUILD).get(key, "default")
 
 
-def check_lmdb_keys(db: Path, keys: list[str]) -> None:
+def _some(keys: list[str]) -> str:
+    """The first three of ``keys`` for a one-line message (one a meta_info.txt line without a dot made, its line
+    end included, is quoted)."""
+    shown = [key if key.isprintable() else repr(key) for key in keys[:3]]
+    return ", ".join(shown) + (", ..." if len(keys) > 3 else "")
+
+
+def check_lmdb_keys(db: Path, keys: list[str], remedy: str = _REBUILD) -> None:
     """Every key ``db``'s meta_info.txt lists is in the database. A writer killed mid-way (basicsr's
     ``make_lmdb_from_imgs`` writes meta_info.txt line by line and commits in batches) or a copy cut short leaves
     listed keys missing, which a validation set met only at its first validation, after ``val_freq`` iterations.
-    A key lookup each (no value is read), before any work."""
-    env = _lmdb_client(db).client._client["default"]
+    A key lookup each (no value is read), before any work; a key BasicSR's ASCII lookup cannot spell is missing."""
+    env = _lmdb_client(db, remedy).client._client["default"]
     with env.begin(write=False) as txn, txn.cursor() as cursor:
-        missing = [key for key in keys if not cursor.set_key(key.encode("ascii"))]
+        missing = [key for key in keys if not key.isascii() or not cursor.set_key(key.encode("ascii"))]
     if missing:
         raise DatasetError(f"LMDB {db} lacks {len(missing)} of the {len(keys)} image(s) its meta_info.txt lists "
-                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a half-written "
-                           f"database? {_REBUILD}")
+                           f"({_some(missing)}): a half-written database? {remedy}")
+
+
+def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
+    """BasicSR's ``PairedImageDataset`` on LMDBs takes each one's keys from its meta_info.txt (a line up to its
+    first dot) and fails, without naming a key, on two key sets that differ ('Keys in lq_folder and gt_folder are
+    different.') and, mid-epoch, on a listed key its database lacks (a NoneType traceback). Both are one line here,
+    naming the database and the key, before the dataset is built (as its other refusals: a folder not named
+    ``*.lmdb``, no meta_info.txt); a key lookup each."""
+    try:
+        keys = {}
+        for db in (gt_db, lq_db):
+            if not db.endswith(".lmdb"):
+                raise DatasetError(f"{db}: BasicSR's PairedImageDataset reads io_backend lmdb from folders named "
+                                   "*.lmdb")
+            if not (Path(db) / "meta_info.txt").is_file():
+                raise DatasetError(f"LMDB {db} has no meta_info.txt (BasicSR's PairedImageDataset reads its keys "
+                                   f"there): {BASICSR_REBUILD}")
+            with open(Path(db) / "meta_info.txt") as lines:  # as BasicSR reads it, line ends and all
+                keys[db] = [line.split(".")[0] for line in lines]
+        for one, other in ((gt_db, lq_db), (lq_db, gt_db)):
+            unpaired = sorted(set(keys[one]) - set(keys[other]))
+            if unpaired:
+                raise DatasetError(f"{len(unpaired)} key(s) of {one}/meta_info.txt are not in {other}/meta_info.txt "
+                                   f"({_some(unpaired)}): BasicSR pairs the GT and LQ LMDBs by key")
+        for db in (gt_db, lq_db):
+            check_lmdb_keys(Path(db), keys[db], BASICSR_REBUILD)
+    except DatasetError as err:
+        raise DatasetError(f"{where}: {err}") from None
 
 
 def _close_inherited_lmdb() -> None:

@@ -13,7 +13,7 @@ patch_basicsr()
 import ldt.data  # noqa: E402,F401  (registers the datasets)
 from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
-from ldt.data.drealsr_dataset import SharedLmdbFiles  # noqa: E402
+from ldt.data.drealsr_dataset import SharedLmdbFiles, check_paired_lmdb  # noqa: E402
 
 
 def world() -> tuple[int, int]:
@@ -51,10 +51,14 @@ class ResumableSampler(EnlargedSampler):
 
 def dataset(opt: dict, key: str, phase: str | None = None):
     """The dataset of ``datasets:<key>`` (its block already carries phase and scale from the option schema); a
-    ``PairedImageDataset`` on LMDBs reads through the process's shared environments (:class:`SharedLmdbFiles`)."""
+    ``PairedImageDataset`` on LMDBs is checked first (:func:`check_paired_lmdb`) and reads through the process's
+    shared environments (:class:`SharedLmdbFiles`)."""
     block = opt["datasets"][key]
+    on_lmdb = block["type"] == "PairedImageDataset" and block["io_backend"]["type"] == "lmdb"
+    if on_lmdb:
+        check_paired_lmdb(f"datasets:{key} ({block['name']})", block["dataroot_gt"], block["dataroot_lq"])
     data = build_dataset({**block, "phase": phase or block["phase"]})
-    if block["type"] == "PairedImageDataset" and block["io_backend"]["type"] == "lmdb":
+    if on_lmdb:
         data.file_client = SharedLmdbFiles(gt=block["dataroot_gt"], lq=block["dataroot_lq"])
     return data
 
