@@ -15,7 +15,7 @@ from PIL import Image
 from ldt.segmentation.classes import CLASS_NAMES, MAPILLARY_V12_NAMES, MAPILLARY_V12_TO_TRAIN_ID, TRAIN_ID, colorize
 from ldt.segmentation.data import (
     IMAGENET_MEAN, IMAGENET_STD, Augment, SegmentationDataError, SegmentationDataset, TrainingSampler, augment_pair,
-    scan_split, split_holdout, training_loader,
+    check_label_values, scan_split, split_holdout, training_loader,
 )
 
 H, W = 6, 8
@@ -142,6 +142,11 @@ def test_missing_folders_and_wrong_label_values_are_named(tmp_path):
     Image.fromarray(np.full((H, W), 26, np.uint8)).save(label)  # a labelIds file under the labelTrainIds name
     with pytest.raises(SegmentationDataError, match=rf"label {re.escape(str(label))}: label values \[26\].*createTrainIdLabelImgs"):
         SegmentationDataset(scan_split(tmp_path, "cityscapes", "train"))[0]
+    with pytest.raises(SegmentationDataError, match=rf"cityscapes train at .*: 1 labels with values the layout does "
+                                                    rf"not allow: {re.escape(str(label))} \(values \[26\]\) \(expected"):
+        check_label_values(scan_split(tmp_path, "cityscapes", "train"))  # before any training, all files at once
+    Image.fromarray(stripes(0)).save(label)
+    check_label_values(scan_split(tmp_path, "cityscapes", "train"))
     with pytest.raises(SegmentationDataError, match="unknown layout"):
         scan_split(tmp_path, "kitti", "train")
 

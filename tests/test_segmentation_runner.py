@@ -293,6 +293,32 @@ def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
+def test_a_target_label_with_invalid_values_is_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):
+    """A target label holding a value its layout does not allow (a labelIds file under a labelTrainIds name) passed
+    the header scan and failed only in the test, after the whole training of the first run. Every target label is
+    decoded before training now, and each such file is named (values too), exit 2, --out untouched."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setattr(main_module, "run", never)
+    fog = shutil.copytree(domain_root(tiny, "fog"), tmp_path / "fog")
+    labels = sorted(fog.glob("gtFine/val/*/*_labelTrainIds.png"))
+    for path, value in zip(labels, (26, 200)):
+        ids = np.asarray(Image.open(path)).copy()
+        ids[0, :2] = value
+        Image.fromarray(ids).save(path)
+    argv = ["--source", f"cityscapes:clean={domain_root(tiny, 'clean')}", "--targets", f"cityscapes:fog={fog}",
+            "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert (f"cityscapes val at {fog}: 2 labels with values the layout does not allow: {labels[0]} (values [26]), "
+            f"{labels[1]} (values [200]) (expected train ids 0..18 or 255") in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_rerun_skips_finished_runs_and_tables_come_from_records(tiny, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"

@@ -28,7 +28,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
     from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
-    from ldt.segmentation.data import Augment, SegmentationSplit
+    from ldt.segmentation.data import Augment, SegmentationSplit, check_label_values
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
         METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
@@ -198,10 +198,13 @@ def check_crop(crop_size: tuple[int, int], sources: dict[str, SegmentationSplit]
 
 
 def check_data(configs: list[RunConfig]) -> None:
-    """Index every domain (headers only: no target pixel is read) and every seed's held-out split, before training."""
+    """Index every domain (headers only: no target image pixel is read) and every seed's held-out split, before
+    training; every target label is decoded once for its values (a bad one failed only in the test, after training;
+    the check decides nothing else)."""
     first = configs[0]
     sources = scan_domains(first.sources, SOURCE_SPLIT)
-    scan_domains(first.targets, TARGET_SPLIT)
+    for split in scan_domains(first.targets, TARGET_SPLIT).values():
+        check_label_values(split)
     check_crop(first.crop_size, sources)
     for config in configs:
         holdout_splits(config, sources)

@@ -252,15 +252,36 @@ def read_image(path: Path) -> torch.Tensor:
     return (image - mean) / std
 
 
-def read_label(path: Path, table: np.ndarray, help_text: str = "") -> torch.Tensor:
-    """An (H, W) long tensor of train ids (255 = ignore) through ``table``; errors name the file."""
+def _label_ids(path: Path) -> np.ndarray:
+    """The (H, W) uint8 raw ids of a label image; errors name the file."""
     try:
         with Image.open(path) as file:
             if file.mode not in LABEL_MODES:
                 raise SegmentationDataError(f"label {path} has mode {file.mode}; expected a single-channel id image")
-            raw = np.asarray(file)
+            return np.asarray(file)
     except (OSError, UnidentifiedImageError) as err:
         raise SegmentationDataError(f"cannot decode label {path}: {err}") from None
+
+
+def check_label_values(split: SegmentationSplit) -> None:
+    """Decode every label of ``split`` and name, in one error, those holding a value the layout does not allow
+    (a Cityscapes ``labelIds`` file under a ``labelTrainIds`` name). No header shows the values: a target domain's
+    bad label failed only in the test, after the whole training. Cheap beside a training: a label decodes in about
+    0.2 ms at 96x192 px (the generated domains) and 20 ms at Cityscapes' 2048x1024."""
+    bad = []
+    for sample in split.samples:
+        present = np.flatnonzero(np.bincount(_label_ids(sample.label).ravel(), minlength=256))
+        wrong = present[split.table[present] < 0]
+        if wrong.size:
+            bad.append(f"{sample.label} (values {wrong[:10].tolist()})")
+    if bad:
+        raise SegmentationDataError(f"{split.layout.name} {split.split} at {split.root}: {len(bad)} labels with values "
+                                    f"the layout does not allow: {_listing(bad)} (expected {split.layout.label_help})")
+
+
+def read_label(path: Path, table: np.ndarray, help_text: str = "") -> torch.Tensor:
+    """An (H, W) long tensor of train ids (255 = ignore) through ``table``; errors name the file."""
+    raw = _label_ids(path)
     try:
         mapped = map_labels(raw, table)
     except ValueError as err:
