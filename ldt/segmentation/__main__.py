@@ -25,10 +25,10 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import torch
 
     from ldt import runner
+    from ldt.segmentation.data import Augment, SegmentationSplit, check_label_values
     from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
     from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
-    from ldt.segmentation.data import Augment, SegmentationSplit, check_label_values
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
         METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
