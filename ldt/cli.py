@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -135,6 +136,25 @@ def path_flag(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset variable?); give a folder or file")
     return Path(text)
+
+
+# What a path that exists but is no regular file is, for the line that refuses it.
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder, not a file"), (stat.S_ISFIFO, "a FIFO (named pipe), not a regular file"),
+                (stat.S_ISCHR, "a character device, not a regular file"),
+                (stat.S_ISBLK, "a block device, not a regular file"), (stat.S_ISSOCK, "a socket, not a regular file"))
+
+
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists but is no regular file ('a folder, not a file', 'a FIFO (named pipe), not a
+    regular file', ...), else None (a regular file, or nothing there). Why: an input file must be refused before it is
+    opened: reading a FIFO waits for a writer forever, ``/dev/zero`` never ends, and ``is_file()`` alone would call
+    them 'not found'."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else next((what for test, what in _NOT_REGULAR if test(mode)),
+                                                "not a regular file")
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, **checks: Check) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ldt.cli import not_a_file
+
 LISTED = 3  # keys named per kind of mismatch
 NOT_A_CHECKPOINT = "is not a PyTorch checkpoint (not a zip archive or a tensor pickle)"
 
@@ -37,8 +39,9 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{what} {path} does not exist")
-    if not path.is_file():
-        raise WeightsError(f"{what} {path} is {'a folder, not a file' if path.is_dir() else 'not a regular file'}")
+    kind = not_a_file(path)
+    if kind:
+        raise WeightsError(f"{what} {path} is {kind}")
     try:
         size = path.stat().st_size
     except OSError as err:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 import yaml
 
@@ -60,5 +63,38 @@ def test_paper_variant_files_change_only_what_they_say():
 def test_an_option_file_that_is_a_folder_is_named(tmp_path):
     from ldt.sr.options import resolve_option_file
 
-    with pytest.raises(OptionsError, match=f"^option file '{tmp_path}' is a folder, not an options YAML file$"):
+    with pytest.raises(OptionsError, match=f"^option file '{tmp_path}' is a folder, not a file$"):
         resolve_option_file(str(tmp_path), "test")
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "run.yml"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("special,kind", [("fifo", "a FIFO (named pipe), not a regular file"),
+                                          ("/dev/zero", "a character device, not a regular file")])
+def test_an_option_file_that_is_a_fifo_or_a_device_is_named_not_read_or_not_found(special, kind, request, tmp_path):
+    """A FIFO or /dev/zero was 'not found' (is_file() was False); a base: FIFO 'did not exist'. Reading either would
+    wait for a writer forever or never end."""
+    from ldt.sr.options import resolve_option_file
+
+    path = str(request.getfixturevalue("fifo") if special == "fifo" else special)
+    with pytest.raises(OptionsError, match=f"^option file '{re.escape(path)}' is {re.escape(kind)}$"):
+        resolve_option_file(path, "train")
+    write(tmp_path / "child.yml", {"base": path, "name": "x"})
+    with pytest.raises(OptionsError, match=f"child.yml: base file {re.escape(path)} is {re.escape(kind)}$"):
+        read_option_file(tmp_path / "child.yml")
+
+
+def test_weights_that_are_a_fifo_are_named_in_the_option_check(fifo, tmp_path):
+    """path:pretrain_network_g: a FIFO was 'file does not exist'."""
+    from ldt.sr.options import prepare_options
+    from tests.sr_fixtures import tiny_options
+
+    opt = tiny_options(tmp_path, "w", path={"pretrain_network_g": str(fifo)})
+    with pytest.raises(OptionsError, match=f"path:pretrain_network_g: {re.escape(str(fifo))} is a FIFO \\(named "
+                                           "pipe\\), not a regular file"):
+        prepare_options(opt, is_train=True)

@@ -26,6 +26,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
                       model_validator)
 
+from ldt.cli import not_a_file
 from ldt.core import MethodConfig, ProbeConfig, method_class
 from ldt.core.config import (
     Int,
@@ -313,10 +314,11 @@ class RunOptions(Options):
 def resolve_option_file(name: str, kind: str) -> Path:
     """``name`` as a path, else as a bare file name inside ``options/<kind>/`` (with or without ``.yml``)."""
     path = Path(name)
+    kind = not_a_file(path)
+    if kind:  # a FIFO or a device would hang the read or never end; named, never looked for elsewhere
+        raise OptionsError(f"option file '{name}' is {kind}")
     if path.is_file():
         return path
-    if path.is_dir():
-        raise OptionsError(f"option file '{name}' is a folder, not an options YAML file")
     folder = OPTION_DIRS[kind]
     for candidate in (folder / name, folder / f"{name}.yml", folder / path.name):
         if candidate.is_file():
@@ -459,8 +461,9 @@ def read_option_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base_name, str):
         raise OptionsError(f"{file}: 'base' must be a file name, got {base_name!r}")
     base_file = file.parent / base_name
-    if not base_file.is_file():
-        raise OptionsError(f"{file}: base file {base_file} does not exist")
+    kind = not_a_file(base_file)
+    if kind or not base_file.is_file():
+        raise OptionsError(f"{file}: base file {base_file} " + (f"is {kind}" if kind else "does not exist"))
     return merge_changes(read_option_file(base_file, chain + (file.resolve(),)), opt)
 
 
@@ -748,8 +751,9 @@ def _path_problems(opt: RunOptions, is_train: bool) -> list[str]:
                         "experiments/<name>/models/net_g_best.pth")
     for key in ("pretrain_network_g", "resume_state"):
         value = getattr(opt.path, key)
-        if value and Path(value).expanduser().is_dir():
-            problems.append(f"path:{key}: {value} is a folder, not a file")
+        kind = not_a_file(Path(value).expanduser()) if value else None
+        if kind:
+            problems.append(f"path:{key}: {value} is {kind}")
         elif value and not Path(value).expanduser().is_file():
             problems.append(f"path:{key}: file does not exist: {value}")
     return problems

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, make_dirs
-from ldt.cli import path_flag
+from ldt.cli import not_a_file, path_flag
 from ldt.core import method_class
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
@@ -225,8 +225,9 @@ def resolve_weights(entries: Sequence[str] | Mapping[str, str | Path] | None, ar
     for arch, file in weights.items():
         if arch not in archs:
             raise ReproduceError(f"--weights {arch}={file}: arch {arch} is not in this sweep ({', '.join(archs)})")
-        if file.is_dir():
-            raise ReproduceError(f"weights file for {arch}: {file} is a folder, not a file")
+        kind = not_a_file(file)
+        if kind:
+            raise ReproduceError(f"weights file for {arch}: {file} is {kind}")
         if not file.is_file():
             raise ReproduceError(f"weights file for {arch} does not exist: {file}")
     for arch in archs:
