@@ -81,16 +81,40 @@ def state_dict_in(checkpoint: object, path: str | os.PathLike, key: str | None =
     """
     if not isinstance(checkpoint, Mapping):
         raise WeightsError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
-    if key is not None:
-        if key not in checkpoint:
-            raise WeightsError(f"{path} has no '{key}' entry; it has {sorted(map(str, checkpoint))[:10]}")
-        state = checkpoint[key]
-    else:
-        state = next((checkpoint[k] for k in containers if isinstance(checkpoint.get(k), Mapping)), checkpoint)
+    if key is not None and key not in checkpoint:
+        raise WeightsError(f"{path} has no '{key}' entry; the file has {entries(checkpoint)}")
+    chosen = key if key is not None else next((k for k in containers if isinstance(checkpoint.get(k), Mapping)), None)
+    state = checkpoint if chosen is None else checkpoint[chosen]
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors (top-level keys: "
-                           f"{sorted(map(str, checkpoint))[:10]})")
+        if chosen is None:
+            raise WeightsError(f"{path} does not hold a state dict of tensors; the file has {entries(checkpoint)}")
+        how = "the param_key asked for" if key is not None else f"the first present of {', '.join(containers)}"
+        raise WeightsError(f"{path}: its '{chosen}' entry ({how}) is {held(state)}, not a state dict of tensors; the "
+                           f"file has {entries(checkpoint)}")
     return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+
+
+def held(value: object) -> str:
+    """What a checkpoint entry holds, in words ('40 tensors', 'empty', 'None', 'a mapping of 3 entries, 2 of them
+    tensors')."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor {tuple(value.shape)}"
+    if not isinstance(value, Mapping):
+        return repr(value) if value is None or isinstance(value, (bool, int, float)) else f"a {type(value).__name__}"
+    if not value:
+        return "empty"
+    tensors = sum(isinstance(v, torch.Tensor) for v in value.values())
+    if tensors == len(value):
+        return f"{tensors} tensor{'s' * (tensors > 1)}"
+    return f"a mapping of {len(value)} entr{'ies' if len(value) > 1 else 'y'}, {tensors or 'none'} of them tensors"
+
+
+def entries(checkpoint: Mapping, limit: int = 10) -> str:
+    """A checkpoint's top-level entries with what each holds: why a key does not give weights, and which one would
+    ('params' (40 tensors), 'params_ema' (empty))."""
+    names = sorted(checkpoint, key=str)
+    listed = ", ".join(f"'{name}' ({held(checkpoint[name])})" for name in names[:limit])
+    return (listed + (f", … ({len(names)} in all)" if len(names) > limit else "")) if names else "no entries"
 
 
 def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | os.PathLike, *, strict: bool = True,

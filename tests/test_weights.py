@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -60,3 +61,26 @@ def test_integer_or_quantized_values_for_float_parameters_do_not_fit(tmp_path):
     torch.save({**state, "0.bias": quantized}, tmp_path / "q.pth")
     with pytest.raises(WeightsError, match=r"0\.bias torch\.qint8 vs torch\.float32"):
         read_weights(tmp_path / "q.pth", model=net)
+
+
+@pytest.mark.parametrize("content,key,message", [
+    (lambda net: {"params": net, "params_ema": {}}, "params_ema",
+     "its 'params_ema' entry (the param_key asked for) is empty, not a state dict of tensors; the file has 'params' "
+     "(3 tensors), 'params_ema' (empty)"),
+    (lambda net: {"params": net, "params_ema": None}, "params_ema",
+     "its 'params_ema' entry (the param_key asked for) is None"),
+    (lambda net: {"params": net, "params_ema": {}}, None,
+     "its 'params_ema' entry (the first present of params_ema, params, state_dict, model) is empty"),
+    (lambda net: {"params": net}, "params_ema", "has no 'params_ema' entry; the file has 'params' (3 tensors)"),
+    (lambda net: {"params_ema": {"params": net}}, "params_ema",
+     "is a mapping of 1 entry, none of them tensors, not a state dict of tensors"),
+    (lambda net: {}, None, "does not hold a state dict of tensors; the file has no entries"),
+])
+def test_a_param_key_that_gives_no_weights_says_what_each_entry_of_the_file_holds(tmp_path, content, key, message):
+    """An empty or None params_ema said only 'does not hold a state dict of tensors (top-level keys: [...])'."""
+    from ldt.weights import read_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.Conv2d(1, 1, 1, bias=False))
+    torch.save(content(net.state_dict()), tmp_path / "net.pth")
+    with pytest.raises(WeightsError, match=re.escape(message)):
+        read_weights(tmp_path / "net.pth", key, net)
