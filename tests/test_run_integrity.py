@@ -515,6 +515,28 @@ def test_bad_training_data_fails_before_training_with_one_line(damage, reason, d
     assert not (tmp_path / "experiments").exists()  # nothing was created: the data is checked first
 
 
+def test_a_dataroot_without_the_split_folder_names_the_option_in_train_and_test(data_root, tmp_path, capsys):
+    """'no test split for x4 under ROOT' named neither the set nor the option, though several sets share a root."""
+    from ldt.archs.safmn_arch import SAFMN
+    from ldt.sr.evaluate import main as test_main
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "x4" / "Train_x4", root / "x4" / "Train_x4")  # a copy without its test split
+    opt = options(data_root, "nosplit")
+    opt["datasets"]["val_2"]["dataroot"] = str(root)
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: datasets:val_2:dataroot: no test split for x4 under {root}: "), lines
+    assert not (tmp_path / "experiments").exists()
+    test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
+                "path": {"pretrain_network_g": str(tmp_path / "net.pth")}, "datasets": {"test_1": opt["datasets"]["val_2"]}}
+    torch.save({"params": SAFMN(**{k: v for k, v in opt["network_g"].items() if k != "type"}).state_dict()},
+               tmp_path / "net.pth")
+    capsys.readouterr()
+    assert test_main(["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: datasets:test_1:dataroot: no test split for x4 under ")
+
+
 def shrunk_validation_pair(data_root: Path, tmp_path: Path, name: str, lr_size: int) -> tuple[dict, Path, Path]:
     """(options of a run named ``name`` on a copy of the data whose first 'pan' test pair is resized to
     ``lr_size`` px LR, x4 HR; that LR path; that HR path)."""

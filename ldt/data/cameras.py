@@ -37,7 +37,14 @@ _LISTED = 20  # files named in one error message; the rest are counted
 
 
 class DatasetError(ValueError):
-    """A dataset folder, file or option is unusable; the message names the offending path or option."""
+    """A dataset folder, file or option is unusable; the message names the offending path or option.
+
+    ``option``: the dataset option at fault when it is one (``dataroot``: no split folder below it), so that a runner
+    names it with its block, as the option checks do (``datasets:val_1:dataroot: ...``)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 @dataclass(frozen=True)
@@ -307,11 +314,12 @@ def find_split_dirs(dataroot: str | Path, split: str, scale: int = 4) -> tuple[P
     root = Path(dataroot)
     if not root.is_dir():
         loop = " (a symlink loop)" if root.is_symlink() else ""
-        raise DatasetError(f"dataroot {root} does not exist{loop} (set 'dataroot', or 'dataroot_gt' and 'dataroot_lq')")
+        raise DatasetError(f"dataroot {root} does not exist{loop} (set 'dataroot', or 'dataroot_gt' and 'dataroot_lq')",
+                           "dataroot")
     found: list[tuple[Path, Path]] = []
 
     def walk_error(err: OSError) -> None:
-        raise DatasetError(f"cannot search {err.filename}: {err.strerror}")
+        raise DatasetError(f"cannot search {err.filename}: {err.strerror}", "dataroot")
 
     for dirpath, dirnames, _ in os.walk(root, onerror=walk_error):
         here = Path(dirpath)
@@ -333,13 +341,12 @@ def find_split_dirs(dataroot: str | Path, split: str, scale: int = 4) -> tuple[P
     if not found:
         raise DatasetError(
             f"no {split} split for x{scale} under {root}: looked for {split.capitalize()}_x{scale}/{split}_HR and "
-            f"{split}_LR (or HR/LR) up to {_MAX_SEARCH_DEPTH} folders deep; set 'dataroot_gt'/'dataroot_lq' explicitly"
-        )
+            f"{split}_LR (or HR/LR) up to {_MAX_SEARCH_DEPTH} folders deep; set 'dataroot_gt'/'dataroot_lq' explicitly",
+            "dataroot")
     if len(found) > 1:
         raise DatasetError(
             f"several {split} folders for x{scale} under {root}: {_listing(hr for hr, _ in found)}; "
-            "point 'dataroot' at one of them or set 'dataroot_gt'/'dataroot_lq'"
-        )
+            "point 'dataroot' at one of them or set 'dataroot_gt'/'dataroot_lq'", "dataroot")
     return found[0]
 
 
@@ -625,9 +632,10 @@ def collect_pairs(
             key: lmdb_paths(dataroot, split, scale, key) for key in keys}
         pairs = []
         for label, (hr_db, lr_db) in sources.items():
-            for db in (hr_db, lr_db):
+            for db, option in zip((hr_db, lr_db), ("dataroot_gt", "dataroot_lq") if explicit else ("dataroot",) * 2):
                 if not db.is_dir():
-                    raise DatasetError(f"LMDB {db} does not exist (build it with scripts/index_drealsr.py --lmdb)")
+                    raise DatasetError(f"LMDB {db} does not exist (build it with scripts/index_drealsr.py --lmdb)",
+                                       option)
             hr_meta, lr_meta = read_lmdb_meta(hr_db), read_lmdb_meta(lr_db)
             result = pair_names(hr_meta, lr_meta, scale)
             wanted = keys if explicit else (label,)

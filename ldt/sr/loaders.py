@@ -11,6 +11,7 @@ from ldt.compat import patch_basicsr
 
 patch_basicsr()
 import ldt.data  # noqa: E402,F401  (registers the datasets)
+from ldt.data.cameras import DatasetError  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from ldt.data.drealsr_dataset import SharedLmdbFiles, check_paired_lmdb  # noqa: E402
@@ -52,12 +53,19 @@ class ResumableSampler(EnlargedSampler):
 def dataset(opt: dict, key: str, phase: str | None = None):
     """The dataset of ``datasets:<key>`` (its block already carries phase and scale from the option schema); a
     ``PairedImageDataset`` on LMDBs is checked first (:func:`check_paired_lmdb`) and reads through the process's
-    shared environments (:class:`SharedLmdbFiles`)."""
+    shared environments (:class:`SharedLmdbFiles`). A dataset option at fault (no split folder below ``dataroot``)
+    is named with its block, as the option checks name theirs: ``datasets:val_1:dataroot: no test split ...``
+    (several sets share one root)."""
     block = opt["datasets"][key]
     on_lmdb = block["type"] == "PairedImageDataset" and block["io_backend"]["type"] == "lmdb"
     if on_lmdb:
         check_paired_lmdb(f"datasets:{key} ({block['name']})", block["dataroot_gt"], block["dataroot_lq"])
-    data = build_dataset({**block, "phase": phase or block["phase"]})
+    try:
+        data = build_dataset({**block, "phase": phase or block["phase"]})
+    except DatasetError as err:
+        if err.option is None:
+            raise
+        raise DatasetError(f"datasets:{key}:{err.option}: {err}") from None
     if on_lmdb:
         data.file_client = SharedLmdbFiles(gt=block["dataroot_gt"], lq=block["dataroot_lq"])
     return data
