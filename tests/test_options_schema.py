@@ -298,3 +298,25 @@ def test_launcher_pytorch_outside_torchrun_is_one_line(data_root, tmp_path, caps
         assert exit_info.value.code == 2 and "Traceback" not in err
         assert f"error: --launcher pytorch: {words}" in err.strip().splitlines()[-1]
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "results").exists()
+
+
+def test_an_lmdb_paired_set_on_a_plain_folder_is_one_line_per_folder(tmp_path):
+    """BasicSR's PairedImageDataset with io_backend: lmdb on an image folder raised a bare ValueError ('should both in
+    lmdb formats'; a *.lmdb without meta_info.txt: FileNotFoundError) from inside the training's set-up."""
+    opt = official_mambair_options(tmp_path)
+    (tmp_path / "lq.lmdb").mkdir()
+    opt["datasets"]["train"].update(io_backend={"type": "lmdb"}, dataroot_lq=[str(tmp_path / "lq.lmdb")])
+    with pytest.raises(OptionsError) as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptionsWarning)
+        prepare_options(opt, is_train=True)
+    lines = str(err.value).splitlines()
+    assert lines == [f"options: datasets:train:{field}: {path} is not an LMDB (io_backend: lmdb reads a folder whose name ends "
+                     "in .lmdb, holding a meta_info.txt, as BasicSR's create_lmdb writes)"
+                     for field, path in (("dataroot_gt", tmp_path), ("dataroot_lq", tmp_path / "lq.lmdb"))]
+    for folder in ("gt.lmdb", "lq.lmdb"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "meta_info.txt").write_text("a.png (8,8,3) 1\n")
+    opt["datasets"]["train"]["dataroot_gt"] = [str(tmp_path / "gt.lmdb")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptionsWarning)
+        assert prepare_options(opt, is_train=True)["datasets"]["train"]["io_backend"] == {"type": "lmdb"}

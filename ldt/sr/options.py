@@ -642,6 +642,11 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int, problems: list[str])
                 elif path.is_dir() != folder:
                     problems.append(f"{where}:{field}: {value} is a {'file' if folder else 'folder'}, not a "
                                     f"{'folder' if folder else 'file'}")
+                elif isinstance(options, PairedImageOptions) and options.io_backend.type == "lmdb" and folder \
+                        and not (value.endswith(".lmdb") and (path / "meta_info.txt").is_file()):
+                    # BasicSR's reader raised a bare ValueError / FileNotFoundError from inside its set-up
+                    problems.append(f"{where}:{field}: {value} is not an LMDB (io_backend: lmdb reads a folder whose "
+                                    "name ends in .lmdb, holding a meta_info.txt, as BasicSR's create_lmdb writes)")
         if key == "train":
             if options.batch_size_per_gpu is None:
                 problems.append(f"{where}:batch_size_per_gpu: missing (required for the training set)")
