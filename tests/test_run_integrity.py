@@ -46,7 +46,7 @@ def cli(opt: dict, root: Path, capsys, *flags: str) -> tuple[int, list[str]]:
     from ldt.sr.train import main
 
     capsys.readouterr()
-    code = main(["-opt", str(write(opt, root, f"{opt['name']}.yml")), "--root", str(root), *flags])
+    code = main(["-opt", str(write(opt, root, f"{opt['name'].replace('/', '_')}.yml")), "--root", str(root), *flags])
     err = capsys.readouterr().err
     return code, [line for line in err.splitlines() if line.startswith("error:")] or err.splitlines()[-3:]
 
@@ -96,6 +96,70 @@ def test_a_second_run_of_a_name_that_is_training_is_refused_and_touches_nothing(
         holder.wait()
     assert cli(options(data_root, "busy"), tmp_path, capsys)[0] == 0  # released: a rerun archives as usual
     assert len(list(exp.parent.glob("busy_archived_*"))) == 1
+
+
+@pytest.mark.slow
+def test_a_rerun_that_would_archive_a_live_run_of_a_name_inside_it_is_refused(data_root, tmp_path, capsys):
+    """The lock of 'outer/inner' is experiments/outer/.inner.lock: a rerun of 'outer' archived the live run's folder
+    and lock with its own. It is refused now; the reverse, 'outer/inner' while 'outer' trains, is fine (neither writes
+    the other's files), and once the inner run is done a rerun of 'outer' archives it with the rest, as before."""
+    from ldt.atomic import lock_beside
+    from tests.conftest import hold_in_another_process
+
+    assert cli(options(data_root, "outer"), tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "outer"
+    inner = exp / "inner"
+    (inner / "models").mkdir(parents=True)
+    (inner / "models" / "net_g_3.pth").write_bytes(b"a live run's checkpoint")
+    holder = hold_in_another_process(lock_beside(inner), 60)  # a run of outer/inner, training
+    try:
+        before = snapshot(exp)
+        code, lines = cli(options(data_root, "outer"), tmp_path, capsys)
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {exp} holds {inner}, which is in use by another run (pid {holder.pid}, "
+                                   "since ") and \
+            lines[0].endswith(f"lock {lock_beside(inner)}): wait for it to finish, or choose another name"), lines
+        assert snapshot(exp) == before and not list(exp.parent.glob("outer_archived_*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = hold_in_another_process(lock_beside(exp), 60)  # 'outer' trains; a run of a name inside it may start
+    try:
+        outer_files = {k: v for k, v in snapshot(exp).items() if not k.startswith(("inner", ".inner.lock"))}
+        assert cli(options(data_root, "outer/inner"), tmp_path, capsys)[0] == 0
+        assert {k: v for k, v in snapshot(exp).items() if not k.startswith(("inner", ".inner.lock"))} == outer_files
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli(options(data_root, "outer"), tmp_path, capsys)[0] == 0  # nothing live inside: archived whole
+    (archived,) = exp.parent.glob("outer_archived_*")
+    assert (archived / "inner" / "models" / "net_g_best.pth").is_file()
+
+
+def test_an_evaluation_or_a_stage_rebuild_never_moves_a_live_run_inside_its_folder(data_root, tmp_path):
+    """test.py archives results/<name> and a demo / sweep stage deletes its folder to start afresh: each went
+    through a live run of a name inside it."""
+    from ldt.atomic import BusyError, lock_beside
+    from ldt.sr.checkpoints import archive
+    from ldt.sr.experiment import run_stage
+    from tests.conftest import hold_in_another_process
+
+    results, stage = tmp_path / "results" / "t", tmp_path / "experiments" / "stage"
+    for folder in (results, stage):
+        (folder / "inner").mkdir(parents=True)
+        (folder / "results.json").write_text("{}")
+    holders = [hold_in_another_process(lock_beside(folder / "inner"), 60) for folder in (results, stage)]
+    try:
+        before = [snapshot(results), snapshot(stage)]
+        with pytest.raises(BusyError, match=f"^{results} holds {results / 'inner'}, which is in use by another run"):
+            archive(results)
+        with pytest.raises(BusyError, match=f"^{stage} holds {stage / 'inner'}, which is in use by another run"):
+            run_stage(options(data_root, "stage"), tmp_path, force=True)
+        assert [snapshot(results), snapshot(stage)] == before
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
 
 
 def test_a_second_test_py_of_a_name_that_is_evaluating_is_refused_and_touches_nothing(data_root, tmp_path, capsys):

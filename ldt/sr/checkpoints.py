@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -84,6 +85,24 @@ def experiment_lock(exp: Path) -> contextlib.AbstractContextManager[None]:
                                                  "for it to finish, or choose another name")
 
 
+@contextlib.contextmanager
+def runs_inside_held(*folders: str | Path) -> Iterator[None]:
+    """Hold the lock of every run named inside ``folders`` while they are moved or deleted. Why: a run of ``a/b``
+    works in ``experiments/a/b`` under the lock ``experiments/a/.b.lock``, both inside ``experiments/a``: archiving
+    (or a stage's rebuild of) ``a`` would move a live run's folder and lock away under it, and let a second ``a/b``
+    start beside it. One that is in use is refused in one line naming it and its lock; while they are held, a run of
+    such a name that starts is refused as a second run of its name is. A run of ``a/b`` may work while ``a`` does:
+    neither writes the other's files."""
+    with contextlib.ExitStack() as held:
+        for folder in map(Path, folders):
+            for lock in sorted(folder.rglob(".*.lock")) if folder.is_dir() else []:
+                inner = lock.with_name(lock.name[1:-len(".lock")])
+                held.enter_context(exclusive_lock(lock, busy=f"{folder} holds {inner}, which is in use by another run "
+                                                             "({holder}; lock {lock}): wait for it to finish, or "
+                                                             "choose another name"))
+        yield
+
+
 
 def holds_a_run(experiment: str | Path) -> bool:
     """Whether an experiment folder holds an earlier run's results (weights, states, partition or results)."""
@@ -94,18 +113,21 @@ def holds_a_run(experiment: str | Path) -> bool:
 
 def archive(*folders: str | Path) -> list[tuple[Path, Path]]:
     """BasicSR's convention for a rerun of an experiment name: rename each existing folder to
-    ``<folder>_archived_<time>`` (nothing is deleted); returns the (old, new) names."""
+    ``<folder>_archived_<time>`` (nothing is deleted); returns the (old, new) names. Refused, nothing moved, while a
+    run of a name inside one of them is in use (:func:`runs_inside_held`)."""
     from basicsr.utils import get_time_str
 
     stamp, moved = get_time_str(), []
-    for folder in map(Path, folders):
-        if folder.exists():
-            target = folder.with_name(f"{folder.name}_archived_{stamp}")
-            try:
-                folder.rename(target)
-            except OSError as err:
-                raise DiskError(f"cannot archive {folder} to {target.name}: {disk_reason(err, folder.parent)}") from None
-            moved.append((folder, target))
+    with runs_inside_held(*folders):
+        for folder in map(Path, folders):
+            if folder.exists():
+                target = folder.with_name(f"{folder.name}_archived_{stamp}")
+                try:
+                    folder.rename(target)
+                except OSError as err:
+                    raise DiskError(f"cannot archive {folder} to {target.name}: "
+                                    f"{disk_reason(err, folder.parent)}") from None
+                moved.append((folder, target))
     return moved
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ldt.atomic import atomic_write_text, make_dirs, read_json_dict, read_json_object
 from ldt.data.cameras import TARGET_CAMERAS
-from ldt.sr.checkpoints import experiment_lock, newest_intact_state
+from ldt.sr.checkpoints import experiment_lock, newest_intact_state, runs_inside_held
 from ldt.sr.options import prepare_options, run_identity
 from ldt.sr.preemption import Interrupted
 from ldt.sr.train import train
@@ -137,8 +137,9 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
         if resume:
             print(f"[{label}] {opt['name']}: resuming an interrupted run")
         else:
-            shutil.rmtree(exp, ignore_errors=True)
-            shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
+            with runs_inside_held(exp, root / "tb_logger" / opt["name"]):
+                shutil.rmtree(exp, ignore_errors=True)
+                shutil.rmtree(root / "tb_logger" / opt["name"], ignore_errors=True)
             make_dirs(exp)
             atomic_write_text(started, stage_ids[0] + "\n")
         prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
