@@ -486,17 +486,17 @@ def _drop_line(meta: Path, key: str) -> None:
                    r"\(bird\): a half-written database\? rebuild it with basicsr"),
     ("unpaired", r"datasets:train \(DF2K\): 1 key\(s\) of .*HR.lmdb/meta_info.txt are not in .*LR.lmdb/meta_info.txt "
                  r"\(butterfly\): BasicSR pairs"),
-    ("no_meta", r"datasets:train \(DF2K\): LMDB .*LR.lmdb has no meta_info.txt"),
-    ("the_folder", r"datasets:train \(DF2K\): .*/set/LR: BasicSR's PairedImageDataset reads io_backend lmdb from "
-                   r"folders named \*.lmdb"),
+    ("no_meta", r"datasets:train:dataroot_lq: .*LR.lmdb is not an LMDB \(io_backend: lmdb reads a folder whose "
+                r"name ends in .lmdb, holding a meta_info.txt"),
+    ("the_folder", r"datasets:train:dataroot_lq: .*/set/LR is not an LMDB"),
 ])
 def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_refused_before_any_work(
         data_root, tmp_path, damage, message):
     """BasicSR's PairedImageDataset on LMDBs failed, without naming a key, on GT and LQ meta_info.txt files whose
     keys differ ('Keys in lq_folder and gt_folder are different.', a traceback) and, mid-epoch, on a key its
     database lacks ('a bytes-like object is required, not NoneType'). Each is one line naming the database and the
-    key, before the experiment folder is touched (and so are BasicSR's refusals of a folder not named *.lmdb and of
-    an LMDB without meta_info.txt, tracebacks too)."""
+    key, before the experiment folder is touched (and so, by the option check, are BasicSR's refusals of a folder not
+    named *.lmdb and of an LMDB without meta_info.txt, tracebacks too)."""
     import lmdb
 
     from ldt.data.cameras import DatasetError
@@ -513,7 +513,7 @@ def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_re
         lq = tmp_path / "set" / "LR"  # the images, not their LMDB
     opt = tiny_options(data_root, "paired_lmdb", "ft")
     opt["datasets"]["train"] = {**_lmdb_set(gt, lq)["datasets"]["train"], "batch_size_per_gpu": 2}
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises((DatasetError, OptionsError), match=message):
         run_training(opt, tmp_path)
     assert not (tmp_path / "experiments" / "paired_lmdb").exists()
 

@@ -93,17 +93,11 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
     """BasicSR's ``PairedImageDataset`` on LMDBs takes each one's keys from its meta_info.txt (a line up to its
     first dot) and fails, without naming a key, on two key sets that differ ('Keys in lq_folder and gt_folder are
     different.') and, mid-epoch, on a listed key its database lacks (a NoneType traceback). Both are one line here,
-    naming the database and the key, before the dataset is built (as its other refusals: a folder not named
-    ``*.lmdb``, no meta_info.txt); a key lookup each."""
+    naming the database and the key, before the dataset is built (a folder that is no LMDB at all, not named
+    ``*.lmdb`` or without meta_info.txt, is the option check's: ``ldt.sr.options``); a key lookup each."""
     try:
         keys = {}
         for db in (gt_db, lq_db):
-            if not db.endswith(".lmdb"):
-                raise DatasetError(f"{db}: BasicSR's PairedImageDataset reads io_backend lmdb from folders named "
-                                   "*.lmdb")
-            if not (Path(db) / "meta_info.txt").is_file():
-                raise DatasetError(f"LMDB {db} has no meta_info.txt (BasicSR's PairedImageDataset reads its keys "
-                                   f"there): {BASICSR_REBUILD}")
             with open(Path(db) / "meta_info.txt") as lines:  # as BasicSR reads it, line ends and all
                 keys[db] = [line.split(".")[0] for line in lines]
         for one, other in ((gt_db, lq_db), (lq_db, gt_db)):

@@ -314,9 +314,9 @@ class RunOptions(Options):
 def resolve_option_file(name: str, kind: str) -> Path:
     """``name`` as a path, else as a bare file name inside ``options/<kind>/`` (with or without ``.yml``)."""
     path = Path(name)
-    kind = not_a_file(path)
-    if kind:  # a FIFO or a device would hang the read or never end; named, never looked for elsewhere
-        raise OptionsError(f"option file '{name}' is {kind}")
+    what = not_a_file(path)
+    if what:  # a FIFO or a device would hang the read or never end; named, never looked for elsewhere
+        raise OptionsError(f"option file '{name}' is {what}")
     if path.is_file():
         return path
     folder = OPTION_DIRS[kind]
