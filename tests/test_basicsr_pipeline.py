@@ -71,3 +71,18 @@ def test_basicsr_pipeline_trains_validates_saves_and_resumes(data_root, tmp_path
     resumed = torch.load(exp / "models" / "net_g_6.pth", weights_only=True)["params"]
     assert any(not torch.equal(resumed[k], saved[k]) for k in saved)  # it trained on
     assert not list(tmp_path.glob("experiments/pipe_archived_*"))  # a resume keeps the folder
+
+
+def test_an_option_file_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, monkeypatch, capsys):
+    """BasicSR opens -opt itself: a FIFO waited for a writer forever (and /dev/zero never ends)."""
+    import os
+
+    from ldt.sr.basicsr_pipeline import run
+
+    fifo = tmp_path / "options.yml"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(sys, "argv", ["train.py", "-opt", str(fifo)])
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: -opt {fifo} is a FIFO (named pipe), not a regular file\n"

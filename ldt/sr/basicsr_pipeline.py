@@ -14,12 +14,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
+from ldt.cli import fail, not_a_file
 from ldt.compat import patch_basicsr_train
 from ldt.sr.options import PROJECT_ROOT
 
 
+def check_option_file(argv: list[str]) -> None:
+    """BasicSR opens ``-opt`` itself: a FIFO would wait for a writer forever and ``/dev/zero`` never ends, so what is
+    no regular file is refused first, in one line (everything else is BasicSR's to check)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-opt":
+            what = not_a_file(value)
+            if what:
+                fail(f"-opt {value} is {what}")
+
+
 def run(root: str | Path = PROJECT_ROOT) -> None:
     """BasicSR's train pipeline with our archs, datasets and LDTModel registered (options from ``sys.argv``)."""
+    check_option_file(sys.argv)
     patch_basicsr_train()
     import ldt.archs  # noqa: F401  (registers our archs)
     import ldt.data  # noqa: F401  (registers our datasets)
