@@ -518,6 +518,54 @@ def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_re
     assert not (tmp_path / "experiments" / "paired_lmdb").exists()
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("one_lr_fewer", r"HR folder .*/set/HR \(3 images\) and LR folder .*/set/LR \(2\) do not pair: 1 LR image\(s\) "
+                     r"missing \(bird.png\) \(BasicSR takes the LR of each HR <name>.<ext> to be <name>.<ext>\)"),
+    ("renamed", r"\(3 images\) and LR folder .*/set/LR \(3\) do not pair: 1 LR image\(s\) missing \(bird.png\); 1 LR "
+                r"image\(s\) without an HR \(birdy.png\)"),
+    ("template", r"do not pair: 3 LR image\(s\) missing \(babyx4.png, birdx4.png, butterflyx4.png\); 3 LR image\(s\) "
+                 r"without an HR \(baby.png, bird.png, butterfly.png\) \(.* to be <name>x4.<ext>\)"),
+    ("meta_hr", r"1 of the 3 image\(s\) meta_info_file .*/meta.txt lists are not in .*/set/HR \(owl.png\)$"),
+    ("meta_lr", r"1 of the 3 image\(s\) meta_info_file .*/meta.txt lists are not in .*/set/LR \(bird.png\) \(BasicSR"),
+])
+def test_a_paired_image_set_on_disk_whose_folders_do_not_pair_is_refused_before_any_work(
+        data_root, tmp_path, damage, message):
+    """BasicSR's PairedImageDataset on disk refused folders that do not pair with an AssertionError traceback naming
+    no folder ('lq and gt datasets have different number of images: 2, 3.', 'bird.png is not in lq_paths.'), and
+    took a meta_info_file's names unchecked (an image missing failed mid-epoch). Each is one line naming the folders
+    and the unpaired names, before the experiment folder is touched."""
+    from ldt.data.cameras import DatasetError
+
+    hr, lr = _paired_folders(tmp_path / "set")
+    extra = {}
+    if damage == "one_lr_fewer":
+        (lr / "bird.png").unlink()
+    elif damage == "renamed":
+        (lr / "bird.png").rename(lr / "birdy.png")
+    elif damage == "template":
+        extra["filename_tmpl"] = "{}x4"
+    else:
+        (tmp_path / "meta.txt").write_text("baby.png (64,48,3)\nbird.png (64,48,3)\nowl.png (64,48,3)\n"
+                                           if damage == "meta_hr" else "baby.png\nbird.png\nbutterfly.png\n")
+        if damage == "meta_lr":
+            (lr / "bird.png").unlink()
+        extra["meta_info_file"] = str(tmp_path / "meta.txt")
+    opt = tiny_options(data_root, "paired_disk", "ft")
+    opt["datasets"]["train"] = _paired_set("DF2K", hr, lr, gt_size=32, batch_size_per_gpu=2, **extra)
+    with pytest.raises(DatasetError, match=r"^datasets:train \(DF2K\): .*" + message):
+        run_training(opt, tmp_path)
+    assert not (tmp_path / "experiments" / "paired_disk").exists()
+
+
+def test_a_filename_template_basicsr_cannot_fill_is_an_option_error(data_root, tmp_path):
+    """BasicSR fills filename_tmpl with each HR name's stem: '{0}{1}' was an IndexError traceback."""
+    opt = tiny_options(data_root, "paired_tmpl", "ft")
+    hr, lr = _paired_folders(tmp_path / "set")
+    opt["datasets"]["train"] = _paired_set("DF2K", hr, lr, gt_size=32, batch_size_per_gpu=2, filename_tmpl="{0}{1}")
+    with pytest.raises(OptionsError, match=r"datasets:train:filename_tmpl: .*'\{0\}\{1\}' is not a template of one"):
+        load_options(write_options(opt, tmp_path), is_train=True)
+
+
 def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
     """A set whose sizes nobody checked up front (BasicSR's PairedImageDataset on an LMDB): the metrics' size error
     names the pair."""

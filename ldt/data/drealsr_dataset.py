@@ -32,7 +32,7 @@ from ldt.data.options import DRealSRCameraOptions
 
 patch_basicsr()
 from basicsr.data.transforms import augment, paired_random_crop  # noqa: E402
-from basicsr.utils import FileClient, img2tensor  # noqa: E402
+from basicsr.utils import FileClient, img2tensor, scandir  # noqa: E402
 from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
 
 # One basicsr LMDB client per database file and process: py-lmdb >= 3 refuses to open an environment twice in one
@@ -72,7 +72,7 @@ class SharedLmdbFiles:
 def _some(keys: list[str]) -> str:
     """The first three of ``keys`` for a one-line message (one a meta_info.txt line without a dot made, its line
     end included, is quoted)."""
-    shown = [key if key.isprintable() else repr(key) for key in keys[:3]]
+    shown = [key if key.isprintable() and key else repr(key) for key in keys[:3]]
     return ", ".join(shown) + (", ..." if len(keys) > 3 else "")
 
 
@@ -109,6 +109,45 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
             check_lmdb_keys(Path(db), keys[db], BASICSR_REBUILD)
     except DatasetError as err:
         raise DatasetError(f"{where}: {err}") from None
+
+
+def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}",
+                         meta_info_file: str | None = None) -> None:
+    """BasicSR's ``PairedImageDataset`` on disk pairs each HR name with the LR name ``filename_tmpl`` makes of it
+    (same extension): from the HR folder's files it refuses, in tracebacks naming no folder, an LR folder of another
+    count ('lq and gt datasets have different number of images: 5, 6') and an HR name whose LR is not there ('x.png
+    is not in lq_paths'); from a ``meta_info_file`` it takes the listed names unchecked and fails mid-epoch on one
+    missing from either folder. Each is one line here, naming the folders and the first unpaired names, before the
+    dataset is built (names as BasicSR derives them; a listed stat each)."""
+
+    def lq_name(gt_name: str) -> str:
+        stem, ext = os.path.splitext(os.path.basename(gt_name))
+        return f"{filename_tmpl.format(stem)}{ext}"
+
+    rule = f"(BasicSR takes the LR of each HR <name>.<ext> to be {lq_name('<name>.<ext>')})"
+    if meta_info_file is not None:
+        try:
+            with open(meta_info_file) as lines:  # as BasicSR reads it
+                gt_names = [line.strip().split(" ")[0] for line in lines]
+        except (OSError, UnicodeDecodeError) as err:
+            raise DatasetError(f"{where}: meta_info_file {meta_info_file} cannot be read: {err}") from None
+        for folder, names, why in ((gt, gt_names, ""), (lq, [lq_name(name) for name in gt_names], f" {rule}")):
+            missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+            if missing:
+                raise DatasetError(f"{where}: {len(missing)} of the {len(names)} image(s) meta_info_file "
+                                   f"{meta_info_file} lists are not in {folder} ({_some(missing)}){why}")
+        return
+    try:
+        gt_names, lq_names = sorted(scandir(gt)), sorted(scandir(lq))
+    except OSError as err:
+        raise DatasetError(f"{where}: {err}") from None
+    wanted, have = [lq_name(name) for name in gt_names], set(lq_names)
+    missing = [name for name in wanted if name not in have]
+    if missing or len(gt_names) != len(lq_names):
+        unpaired = [f"{len(names)} LR image(s) {kind} ({_some(names)})" for kind, names in
+                    (("missing", missing), ("without an HR", sorted(have - set(wanted)))) if names]
+        raise DatasetError(f"{where}: HR folder {gt} ({len(gt_names)} images) and LR folder {lq} ({len(lq_names)}) "
+                           f"do not pair: {'; '.join(unpaired) or 'another count'} {rule}")
 
 
 def _close_inherited_lmdb() -> None:

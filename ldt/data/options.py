@@ -121,3 +121,14 @@ class PairedImageOptions(DatasetOptions):
                 raise ValueError(f"PairedImageDataset reads one folder, got {len(value)}: {value}")
             return value[0]
         return value
+
+    @field_validator("filename_tmpl")
+    @classmethod
+    def _one_field(cls, value: str) -> str:
+        """BasicSR fills the template with the HR name's stem for each pair: one it cannot fill was a traceback."""
+        try:
+            value.format("name")
+        except (IndexError, KeyError, ValueError, AttributeError, TypeError) as err:
+            raise ValueError(f"{value!r} is not a template of one '{{}}' field for the HR name's stem "
+                             f"({err})") from None
+        return value

@@ -14,7 +14,7 @@ import ldt.data  # noqa: E402,F401  (registers the datasets)
 from ldt.data.cameras import DatasetError  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
-from ldt.data.drealsr_dataset import SharedLmdbFiles, check_paired_lmdb  # noqa: E402
+from ldt.data.drealsr_dataset import SharedLmdbFiles, check_paired_folders, check_paired_lmdb  # noqa: E402
 
 
 def world() -> tuple[int, int]:
@@ -52,14 +52,18 @@ class ResumableSampler(EnlargedSampler):
 
 def dataset(opt: dict, key: str, phase: str | None = None):
     """The dataset of ``datasets:<key>`` (its block already carries phase and scale from the option schema); a
-    ``PairedImageDataset`` on LMDBs is checked first (:func:`check_paired_lmdb`) and reads through the process's
-    shared environments (:class:`SharedLmdbFiles`). A dataset option at fault (no split folder below ``dataroot``)
-    is named with its block, as the option checks name theirs: ``datasets:val_1:dataroot: no test split ...``
-    (several sets share one root)."""
+    ``PairedImageDataset`` is checked first (:func:`check_paired_folders`, :func:`check_paired_lmdb`), and on LMDBs
+    reads through the process's shared environments (:class:`SharedLmdbFiles`). A dataset option at fault (no split
+    folder below ``dataroot``) is named with its block, as the option checks name theirs: ``datasets:val_1:dataroot:
+    no test split ...`` (several sets share one root)."""
     block = opt["datasets"][key]
-    on_lmdb = block["type"] == "PairedImageDataset" and block["io_backend"]["type"] == "lmdb"
+    paired, where = block["type"] == "PairedImageDataset", f"datasets:{key} ({block['name']})"
+    on_lmdb = paired and block["io_backend"]["type"] == "lmdb"
     if on_lmdb:
-        check_paired_lmdb(f"datasets:{key} ({block['name']})", block["dataroot_gt"], block["dataroot_lq"])
+        check_paired_lmdb(where, block["dataroot_gt"], block["dataroot_lq"])
+    elif paired:
+        check_paired_folders(where, block["dataroot_gt"], block["dataroot_lq"], block.get("filename_tmpl", "{}"),
+                             block.get("meta_info_file"))
     try:
         data = build_dataset({**block, "phase": phase or block["phase"]})
     except DatasetError as err:
