@@ -371,9 +371,9 @@ def test_validate_start_lets_the_network_before_fine_tuning_win_the_best_checkpo
     assert [entry["iter"] for entry in plain["history"]] == [2, 4, 6]
 
 
-def _paired_folders(root: Path, short: str | None = None) -> tuple[Path, Path]:
-    """A Set5-style pair of folders for BasicSR's PairedImageDataset (LR = HR name): three 64x48 HR / 16x12 LR
-    images; ``short``: the HR of that name is one row short of LR x 4 (a crop off by one pixel)."""
+def _paired_folders(root: Path, short: str | None = None, hr_size: tuple[int, int] = (64, 48)) -> tuple[Path, Path]:
+    """A Set5-style pair of folders for BasicSR's PairedImageDataset (LR = HR name): three ``hr_size`` (h, w) HR /
+    16x12 LR images; ``short``: the HR of that name is one row short of ``hr_size`` (a crop off by one pixel)."""
     import cv2
     import numpy as np
 
@@ -381,7 +381,7 @@ def _paired_folders(root: Path, short: str | None = None) -> tuple[Path, Path]:
     hr_dir.mkdir(parents=True)
     lr_dir.mkdir()
     for index, name in enumerate(("baby", "bird", "butterfly")):
-        hr = cv2.resize(np.random.default_rng(index).integers(0, 256, (12, 16, 3), dtype=np.uint8), (48, 64))
+        hr = cv2.resize(np.random.default_rng(index).integers(0, 256, (12, 16, 3), dtype=np.uint8), hr_size[::-1])
         cv2.imwrite(str(lr_dir / f"{name}.png"), cv2.resize(hr, (12, 16), interpolation=cv2.INTER_AREA))
         cv2.imwrite(str(hr_dir / f"{name}.png"), hr[:-1] if name == short else hr)
     return hr_dir, lr_dir
@@ -422,11 +422,7 @@ def test_paired_image_sets_with_a_mis_scaled_pair_are_refused_before_any_work(da
 
     # An HR folder of another scale (the x8 set's HRs for a x4 network): BasicSR crops each HR to LR x 4, its
     # top-left quarter, and scores it against the whole LR: wrong numbers, silently.
-    x8_hr, x8_lr = _paired_folders(tmp_path / "x8")
-    for path in x8_hr.iterdir():
-        import cv2
-
-        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (96, 128), interpolation=cv2.INTER_CUBIC))
+    x8_hr, x8_lr = _paired_folders(tmp_path / "x8", hr_size=(128, 96))
     test_opt["datasets"]["test_1"] = _paired_set("Set5", x8_hr, x8_lr)
     with pytest.raises(DatasetError, match=r"baby.png: HR size \(128, 96\) exceeds LR size \(16, 12\) x4 by more "
                                            r"than 16 px"):
@@ -439,13 +435,13 @@ def test_paired_image_sets_with_a_mis_scaled_pair_are_refused_before_any_work(da
     assert table.counts["Set5"] == 3
 
 
-def _paired_lmdbs(root: Path) -> tuple[Path, Path]:
-    """The Set5-style folders of :func:`_paired_folders` as BasicSR's LMDBs, written by BasicSR's own writer
-    (keys: the names without extension)."""
+def _paired_lmdbs(root: Path, **folders) -> tuple[Path, Path]:
+    """The Set5-style folders of :func:`_paired_folders` (``folders``: its options) as BasicSR's LMDBs, written by
+    BasicSR's own writer (keys: the names without extension)."""
     from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
     databases = []
-    for folder in _paired_folders(root):
+    for folder in _paired_folders(root, **folders):
         names = sorted(path.name for path in folder.iterdir())
         make_lmdb_from_imgs(str(folder), f"{folder}.lmdb", names, [name[:-4] for name in names], map_size=1 << 24)
         databases.append(Path(f"{folder}.lmdb"))
@@ -564,6 +560,43 @@ def test_a_filename_template_basicsr_cannot_fill_is_an_option_error(data_root, t
     opt["datasets"]["train"] = _paired_set("DF2K", hr, lr, gt_size=32, batch_size_per_gpu=2, filename_tmpl="{0}{1}")
     with pytest.raises(OptionsError, match=r"datasets:train:filename_tmpl: .*'\{0\}\{1\}' is not a template of one"):
         load_options(write_options(opt, tmp_path), is_train=True)
+
+
+@pytest.mark.parametrize("key, folders, message", [
+    ("train", {"short": "bird"}, r"datasets:train \(DF2K\): .*/HR.lmdb \(key bird\) / .*/LR.lmdb \(key bird\): HR size "
+                                 r"\(63, 48\) is not LR size \(16, 12\) x4 \(a training pair must be exactly that\)"),
+    ("val_2", {"short": "bird"}, r"validation set DF2K: .*/HR.lmdb \(key bird\) / .*/LR.lmdb \(key bird\): HR size "
+                                 r"\(63, 48\) is smaller than LR size \(16, 12\) x4"),
+    ("val_2", {"hr_size": (128, 96)}, r"validation set DF2K: .*/HR.lmdb \(key baby\) / .*/LR.lmdb \(key baby\): HR size "
+                                      r"\(128, 96\) exceeds LR size \(16, 12\) x4 by more than 16 px"),
+])
+def test_a_paired_image_set_on_lmdbs_of_another_scale_is_refused_before_any_work(
+        data_root, tmp_path, key, folders, message):
+    """BasicSR's PairedImageDataset on LMDBs had no scale check: a training pair off by one pixel failed BasicSR's
+    random crop mid-epoch, a validation HR smaller than LR x scale failed the metrics at the first validation, an HR
+    of another scale was scored by its top-left crop. The shapes BasicSR's writer records in meta_info.txt are held
+    to the rules of the sets on disk, one line naming the databases and the key, before the folder is touched."""
+    from ldt.data.cameras import DatasetError
+
+    gt, lq = _paired_lmdbs(tmp_path / "set", **folders)
+    opt = tiny_options(data_root, "lmdb_scale", "ft")
+    opt["datasets"][key] = {**_lmdb_set(gt, lq)["datasets"]["train"], "batch_size_per_gpu": 2}
+    with pytest.raises(DatasetError, match="^" + message):
+        run_training(opt, tmp_path)
+    assert not (tmp_path / "experiments" / "lmdb_scale").exists()
+
+
+def test_a_paired_image_set_on_lmdbs_is_sized_from_meta_info(tmp_path):
+    """Correct LMDBs pass both scale rules, sized as BasicSR's writer recorded the images."""
+    from ldt.sr.loaders import dataset
+    from ldt.sr.train import check_paired_image_scale
+
+    gt, lq = _paired_lmdbs(tmp_path)
+    for phase in ("train", "val"):
+        pairs, sizes = check_paired_image_scale("x", dataset(_lmdb_set(gt, lq, phase), "train"), 4, phase == "train")
+        assert pairs[1] == (f"{gt} (key bird)", f"{lq} (key bird)")
+        assert sizes == {**{f"{gt} (key {k})": (64, 48) for k in ("baby", "bird", "butterfly")},
+                         **{f"{lq} (key {k})": (16, 12) for k in ("baby", "bird", "butterfly")}}
 
 
 def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():

@@ -37,7 +37,7 @@ import ldt.data  # noqa: E402,F401  (registers datasets)
 import ldt.models  # noqa: E402,F401  (registers LDTModel)
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import get_root_logger, get_time_str, set_random_seed  # noqa: E402
-from ldt.data.cameras import DatasetError, image_header, tolerance_px  # noqa: E402
+from ldt.data.cameras import DatasetError, image_header, read_lmdb_meta, tolerance_px  # noqa: E402
 from ldt.models.ldt_model import NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
@@ -279,13 +279,20 @@ class RunLog:
                 handler.close()
 
 
-def basicsr_pairs(data) -> list[tuple[str, str]] | None:
-    """(HR path, LR path) of every pair of BasicSR's ``PairedImageDataset`` on disk, else None (LMDB keys, other
-    datasets)."""
+def basicsr_pairs(data) -> tuple[list[tuple[str, str]], Callable[[str], tuple[int, int]]] | None:
+    """The (HR, LR) names of every pair of BasicSR's ``PairedImageDataset`` and how to size one as BasicSR's reader
+    returns it, else None (other datasets, no pairs): on disk the paths, sized from their headers
+    (:func:`displayed_size`); on LMDBs ``<database> (key <key>)``, sized from each database's meta_info.txt (BasicSR's
+    writer records there the shape of what it stored)."""
     paths = getattr(data, "paths", None)
-    if type(data).__name__ != "PairedImageDataset" or data.opt["io_backend"]["type"] != "disk" or not paths:
+    if type(data).__name__ != "PairedImageDataset" or not paths:
         return None
-    return [(entry["gt_path"], entry["lq_path"]) for entry in paths]
+    if data.opt["io_backend"]["type"] == "disk":
+        return [(entry["gt_path"], entry["lq_path"]) for entry in paths], displayed_size
+    gt, lq = data.opt["dataroot_gt"], data.opt["dataroot_lq"]
+    shapes = {f"{db} (key {name.split('.')[0]})": shape[:2]  # BasicSR's key: the name up to its first dot
+              for db in (gt, lq) for name, shape in read_lmdb_meta(db).items()}
+    return [(f"{gt} (key {entry['gt_path']})", f"{lq} (key {entry['lq_path']})") for entry in paths], shapes.__getitem__
 
 
 def displayed_size(path: str) -> tuple[int, int]:
@@ -295,21 +302,24 @@ def displayed_size(path: str) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[str, tuple[int, int]] | None:
+def check_paired_image_scale(where: str, data, scale: int,
+                             train: bool) -> tuple[list[tuple[str, str]], dict[str, tuple[int, int]]] | None:
     """BasicSR's ``PairedImageDataset`` checks no size until it reads a pair: an HR that is not LR x ``scale``
     fails a training's random crop mid-epoch (exactly LR x scale needed), an HR smaller than that fails the metrics
     at the first validation (it is cropped to LR x scale there), neither naming the file; an HR more than 4 x scale
     px larger (as ``DRealSRCameraDataset``'s default ``size_tolerance``: a folder of another scale) is cropped to
-    its top-left corner and scored silently. Headers read here, before any work; an LR smaller than the training
-    patch is named too. Returns ``{path: (h, w)}`` of the pairs read."""
-    pairs = basicsr_pairs(data)
-    if pairs is None:
+    its top-left corner and scored silently. Sizes read here (:func:`basicsr_pairs`: on disk the headers, on LMDBs
+    meta_info.txt), before any work; an LR smaller than the training patch is named too. Returns the pairs and
+    ``{name: (h, w)}`` of their images."""
+    found = basicsr_pairs(data)
+    if found is None:
         return None
+    pairs, size = found
     tolerance = tolerance_px(scale)
     sizes: dict[str, tuple[int, int]] = {}
     patch = (data.opt.get("gt_size") or 0) // scale if train else 0
     for hr, lr in pairs:
-        sizes[hr], sizes[lr] = hr_size, lr_size = displayed_size(hr), displayed_size(lr)
+        sizes[hr], sizes[lr] = hr_size, lr_size = size(hr), size(lr)
         need = (lr_size[0] * scale, lr_size[1] * scale)
         if train and hr_size != need:
             raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} is not LR size {lr_size} x{scale} "
@@ -324,14 +334,14 @@ def check_paired_image_scale(where: str, data, scale: int, train: bool) -> dict[
         if min(lr_size) < patch:
             raise DatasetError(f"{where}: {lr}: LR size {lr_size} is smaller than the LR patch {patch} "
                                f"(gt_size {data.opt['gt_size']} / scale {scale})")
-    return sizes
+    return pairs, sizes
 
 
 def check_validation_sizes(opt: dict, loaders: dict) -> None:
     """Every validation LR image is at least the network's smallest input, and every GT image leaves the metrics
-    pixels after their crop borders (read from the headers): a smaller LR fails in the network's forward at the
-    first validation, a smaller GT gives NaN PSNR/SSIM. BasicSR's ``PairedImageDataset`` sets are checked for their
-    scale too (:func:`check_paired_image_scale`)."""
+    pixels after their crop borders (read from the headers, or an LMDB's meta_info.txt): a smaller LR fails in the
+    network's forward at the first validation, a smaller GT gives NaN PSNR/SSIM. BasicSR's ``PairedImageDataset``
+    sets are checked for their scale too (:func:`check_paired_image_scale`)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.data.cameras import image_size
     from ldt.sr.metrics import METRIC_WINDOW, metric_border, smallest_gt_side
@@ -349,9 +359,9 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
                                   f"{f' and an {window}x{window} window' if window > 1 else ''}) or it is NaN; "
                                   f"remove it, or lower val:metrics:{metric}:crop_border"))
     for name, loader in loaders.items():
-        sizes = check_paired_image_scale(f"validation set {name}", loader.dataset, opt["scale"], train=False)
-        if sizes is not None:
-            pairs, size = basicsr_pairs(loader.dataset), sizes.__getitem__
+        checked = check_paired_image_scale(f"validation set {name}", loader.dataset, opt["scale"], train=False)
+        if checked is not None:
+            pairs, size = checked[0], checked[1].__getitem__
         else:
             ours = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
             if not ours or loader.dataset.databases:
