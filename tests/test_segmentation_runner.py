@@ -272,6 +272,8 @@ def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monke
         (["--crop-size", "64y64"], "argument --crop-size: invalid size N or HxW value: '64y64'"),
         (["--crop-size", "100000"], "--crop-size 100000x100000: larger than every source image after the training "
                                     "rescale (up to x2), so it would crop padding only: use at most "),
+        (["--eval-window", "100000"], "--eval-window 100000x100000: more than twice every evaluation image (the "
+                                      "largest is "),
         (["--unstable-ratio", "1.5"], "unstable_ratio: must be < 1"),
         (["--probe-batches", "0"], "probe_batches: must be > 0"),
         (["--holdout-fraction", "0"], "holdout_fraction must be in (0, 1)"),

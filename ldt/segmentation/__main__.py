@@ -32,7 +32,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
         METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
-        parse_size, run, scan_domains,
+        limited_size, parse_size, run, scan_domains,
     )
     from ldt.sweep import SweepError, parse_weights
     from ldt.weights import WeightsError
@@ -186,15 +186,32 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     return Path(args.out or Path("results/segmentation") / name), configs, bool(generated), pretrained
 
 
-def check_crop(crop_size: tuple[int, int], sources: dict[str, SegmentationSplit]) -> None:
-    """A training crop must fit the largest source image after the largest training rescale: a larger side is only
-    padding, and ``--crop-size 100000`` asked for 10^10 px per crop (an out-of-memory traceback at the first step)."""
-    high = Augment(crop_size).scale_range[1]
-    sizes = [sample.size for split in sources.values() for sample in split.samples]
-    fits = tuple(int(max(size[axis] for size in sizes) * high) for axis in (0, 1))
-    if crop_size[0] > fits[0] or crop_size[1] > fits[1]:
-        raise ValueError(f"--crop-size {_shown(crop_size)}: larger than every source image after the training "
-                         f"rescale (up to x{high:g}), so it would crop padding only: use at most {_shown(fits)}")
+def _largest(sizes: list[tuple[int, int]], factor: float) -> tuple[int, int]:
+    return tuple(int(max(size[axis] for size in sizes) * factor) for axis in (0, 1))
+
+
+def check_sizes(config: RunConfig, sources: dict[str, SegmentationSplit],
+                targets: dict[str, SegmentationSplit]) -> None:
+    """A training crop must fit the largest source image after the largest training rescale, and an evaluation
+    window twice the largest image it slides over: beyond, the crop is padding only and the window more than 3/4
+    padding for every image, and ``--crop-size 100000`` asked for 10^10 px per crop (an out-of-memory traceback at
+    the first step; ``--eval-window 100000`` at the first evaluation, after training)."""
+    high = Augment(config.crop_size).scale_range[1]
+    fits = _largest([sample.size for split in sources.values() for sample in split.samples], high)
+    if config.crop_size[0] > fits[0] or config.crop_size[1] > fits[1]:
+        raise ValueError(f"--crop-size {_shown(config.crop_size)}: larger than every source image after the "
+                         f"training rescale (up to x{high:g}), so it would crop padding only: use at most "
+                         f"{_shown(fits)}")
+    window = config.eval_window
+    if window is None:
+        return
+    evaluated = [limited_size(sample.size, config.eval_max_side)
+                 for split in (*sources.values(), *targets.values()) for sample in split.samples]
+    fits = _largest(evaluated, 2)
+    if window[0] > fits[0] or window[1] > fits[1]:
+        raise ValueError(f"--eval-window {_shown(window)}: more than twice every evaluation image (the largest is "
+                         f"{_shown(_largest(evaluated, 1))} after --eval-max-side), so each window would be mostly "
+                         f"padding: use at most {_shown(fits)}, or 'none' for whole images")
 
 
 def check_data(configs: list[RunConfig]) -> None:
@@ -202,10 +219,10 @@ def check_data(configs: list[RunConfig]) -> None:
     training; every target label is decoded once for its values (a bad one failed only in the test, after training;
     the check decides nothing else)."""
     first = configs[0]
-    sources = scan_domains(first.sources, SOURCE_SPLIT)
-    for split in scan_domains(first.targets, TARGET_SPLIT).values():
+    sources, targets = scan_domains(first.sources, SOURCE_SPLIT), scan_domains(first.targets, TARGET_SPLIT)
+    for split in targets.values():
         check_label_values(split)
-    check_crop(first.crop_size, sources)
+    check_sizes(first, sources, targets)
     for config in configs:
         holdout_splits(config, sources)
 

@@ -253,11 +253,18 @@ def source_stream(parts: dict[str, SegmentationDataset], batch_size: int, seed: 
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+def limited_size(size: Size, max_side: int | None) -> Size:
+    """(height, width) of an image of ``size`` once evaluation reduces it to at most ``max_side`` (None: as is)."""
+    if max_side is None or max(size) <= max_side:
+        return tuple(size)
+    scale = max_side / max(size)
+    return tuple(max(1, round(side * scale)) for side in size)
+
+
 def _limit_side(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
-    if max_side is None or max(images.shape[-2:]) <= max_side:
+    size = limited_size(tuple(images.shape[-2:]), max_side)
+    if size == tuple(images.shape[-2:]):
         return images
-    scale = max_side / max(images.shape[-2:])
-    size = tuple(max(1, round(side * scale)) for side in images.shape[-2:])
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
