@@ -7,6 +7,8 @@ the flag in the one-line error; :func:`flag_help` gives the core's own descripti
 :func:`train_and_select` trains a prepared method and keeps the deployed network that scores best on held-out
 *training-domain* data; the caller's ``validate`` must read nothing else. :func:`main` and :func:`sweep` are the
 command line after parsing: plan and check everything, run what is not recorded yet, tabulate from the records.
+:func:`domain_batches` is both runners' training data stream: every image's order and augmentation are seeded by
+(run seed, domain, pass, index), so a run does not depend on the number of loader processes and resumes exactly.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import signal
 import sys
 import time
 import warnings
+import zlib
 from argparse import ArgumentParser, Namespace
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
@@ -33,8 +38,8 @@ from ldt.cli import STOP_SIGNALS, device_problem, original_error, show_traceback
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
-from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_run_hash, identity_path, run_hash, run_pending,
-                       stale_weights, sweep_lock)
+from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_recipes, earlier_run_hash, identity_path,
+                       run_hash, run_pending, stale_weights, sweep_lock)
 from ldt.weights import WeightsError, content_fingerprint
 
 # The flat flag of each nested method option (errors name the flag the user typed).
@@ -206,6 +211,64 @@ class Selection:
     history: list[dict] = field(default_factory=list)
 
 
+# ------------------------------------------------------------------------------------ seeded training streams
+
+
+def domain_seed(seed: int, domain: str) -> int:
+    """The sampler / augmentation seed of one training domain: two domains never draw the same order or
+    augmentations, and a domain's draws do not depend on where it stands among the others."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(domain.encode())]).generate_state(1)[0])
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """A 63-bit torch seed mixing a domain's seed and a (virtual) index: what one sample's augmentation draws from."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class TrainingSampler(Sampler[int]):
+    """Endless seeded indices for a dataset that augments item ``k`` from :func:`sample_seed` (seed, ``k``): pass
+    ``p`` visits every sample once, in a permutation seeded by (seed, p), as virtual index ``p * size + i`` (sample
+    ``i``), so each pass gets new augmentations and the stream does not depend on the number of loader workers.
+    ``start``: the position to begin at (where a resumed run's stream stood), found without drawing the ones before."""
+
+    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+        if size < 1:
+            raise ValueError(f"TrainingSampler needs at least one sample, got {size}")
+        self.size, self.seed, self.start = size, seed, start
+
+    def __iter__(self) -> Iterator[int]:
+        first, offset = divmod(self.start, self.size)
+        for epoch in range(first, sys.maxsize):
+            for i in np.random.default_rng([self.seed, epoch]).permutation(self.size)[offset:]:
+                yield epoch * self.size + int(i)
+            offset = 0
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+
+def seeded_loader(dataset: Dataset, batch_size: int, seed: int, *, workers: int = 0, pin_memory: bool = False,
+                  start: int = 0) -> DataLoader:
+    """Endless batches of ``dataset`` in the seeded order of :class:`TrainingSampler`, ``start`` batches in."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=TrainingSampler(len(dataset), seed, start * batch_size),
+                      num_workers=workers, pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0)
+
+
+def domain_batches(loaders: Sequence[DataLoader], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Endless training batches: one batch of every domain's loader per step, concatenated field by field (images,
+    labels), on ``device``."""
+    # The loaders' iterators are made now, not at the first batch: making one draws its base seed from the global
+    # random numbers, which a resumed run restores after making its stream (so the dropout masks stay in step).
+    iterators = [iter(loader) for loader in loaders]
+
+    def batches() -> Iterator[tuple[torch.Tensor, ...]]:
+        while True:
+            fields = zip(*(next(iterator) for iterator in iterators))
+            yield tuple(torch.cat(field).to(device, non_blocking=True) for field in fields)
+
+    return batches()
+
+
 class ResumableStream:
     """Endless batches that count how many were drawn, so that a run state can say where the data stream stood and
     a resumed run can rebuild it there: ``make(start)`` yields the batches from position ``start`` on, the same ones
@@ -345,8 +408,8 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
     ``validate(network) -> (score, details)`` must read only training-domain data: this loop is what selects.
     With a :class:`RunState` (``stream`` then a :class:`ResumableStream`) the loop saves its state after a
     selection point when :meth:`RunState.due`, and when stopped (a stop that arrives during a step takes effect after
-    it), with the seconds ``elapsed()`` reports, and continues a saved state: on the CPU with in-process data loading
-    bit for bit.
+    it), with the seconds ``elapsed()`` reports, and continues a saved state: on the CPU bit for bit (with the
+    per-sample seeding of :func:`domain_batches`, with loader processes too).
     """
     optimizers = [torch.optim.Adam(branch.parameters, lr=lr, weight_decay=weight_decay) for branch in method.branches()]
     saved = state.saved if state is not None else None
@@ -363,7 +426,7 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
     position = getattr(stream, "drawn", 0)
     # The random-number state where the loop last stood between two of its parts (a whole step, a whole selection
     # point): a stop while a batch loads or a network is validated comes after random numbers were drawn there
-    # (in-process augmentation, a DataLoader's seed), which the resumed run draws again.
+    # (a DataLoader's seed), which the resumed run draws again.
     rng = _rng_state() if state is not None else None
 
     def save() -> None:
@@ -439,7 +502,8 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     when stopped). Data loader workers default to 4 on CUDA and 0 (in-process) on CPU.
 
     Bad input found only inside a run (a broken data file, a full disk) raises :class:`RunFailed`, one line naming
-    the run; the records of the runs before it are kept.
+    the run; the records of the runs before it are kept. Records of the planned runs made by an earlier training
+    recipe of the runner (:func:`ldt.sweep.earlier_recipes`) are not reused, and said in one line.
     """
     identities = [(run_hash(config.hparams()), earlier_run_hash(config.hparams())) for config in configs]
     records = Records(out / RESULTS_FILE, earlier={old: new for new, old in identities})
@@ -492,6 +556,12 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
         size = sum(path.stat().st_size for path in others if path.exists()) / 2 ** 20
         print(f"{states}: {len(others)} saved state(s) of runs this sweep does not plan ({size:.0f} MiB): the "
               "command that started them continues them; delete them if they will not be rerun", flush=True)
+    older = earlier_recipes(records.all(), [config.hparams() for config in configs])
+    if older:  # "0 already recorded" beside a full results file says nothing of why
+        counts = ", ".join(f"{count} of recipe {recipe}" for recipe, count in sorted(older.items()))
+        print(f"{records.path}: {sum(older.values())} record(s) of these runs were made by an earlier training recipe "
+              f"of this runner ({counts}): not reused, those runs train again; the tables keep the old records apart, "
+              "in rows of their own (Config column)", flush=True)
     print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
           flush=True)
     run_pending(planned, records, progress=progress, desc="sweep")

@@ -98,6 +98,29 @@ def earlier_run_hash(options: Mapping) -> str:
     return run_hash(_absolute(options))
 
 
+# A runner's training recipe in its run identities (an integer; a record without one is recipe 1): a change that
+# alters results in a way the options do not show bumps it, so records of the earlier recipe get another hash.
+RECIPE_KEY = "recipe"
+
+
+def earlier_recipes(records: Iterable[Mapping], planned: Iterable[Mapping]) -> dict[int, int]:
+    """{earlier recipe: count} of the ``records`` whose options are those of a ``planned`` run (hparams) but for
+    the recipe, older than the planned one: records the sweep will not reuse, though they look like its runs (paths
+    compared as :func:`project_relative` names them, so a record written with absolute paths is found too)."""
+    def rest(options: Mapping) -> str:
+        return run_hash(project_relative({k: v for k, v in options.items() if k != RECIPE_KEY}))
+
+    wanted = {rest(options): options[RECIPE_KEY] for options in planned if RECIPE_KEY in options}
+    found: dict[int, int] = {}
+    for record in records:
+        options = record.get("hparams")
+        key = rest(options) if isinstance(options, Mapping) else None
+        recipe = options.get(RECIPE_KEY, 1) if key in wanted else None
+        if isinstance(recipe, int) and recipe < wanted[key]:
+            found[recipe] = found.get(recipe, 0) + 1
+    return found
+
+
 # ----------------------------------------------------------------------------------------------------------- records
 
 

@@ -6,6 +6,7 @@ steps, so the whole file takes seconds on one CPU thread.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from ldt.classification.records import sweep_records, to_markdown
 from ldt.classification.toy import CLASSES, DOMAINS, MANIFEST, PRETRAIN_CLASSES
 from ldt.classification.train import make_method
 from ldt.core import match_parameters
+from ldt.runner import domain_seed
 from ldt.sweep import RESULTS_FILE as RESULTS
 from ldt.sweep import Stat, run_hash
 from tests.conftest import SWEEP_ARGS, stop_and_resume, stop_sweep
@@ -126,16 +128,65 @@ def test_options_hash_depends_only_on_options_the_method_uses(toy):
     assert RunConfig(data=str(toy), test_domains="photo").test_domains == ("photo",)
 
 
+# ---- the training stream ---------------------------------------------------------------------------------------------
+def test_an_augmentation_is_a_function_of_the_domain_seed_and_the_position_only(toy):
+    """Item ``k`` of a training part is sample ``k % len`` augmented from (seed, k): the same whatever torch's random
+    numbers stand at (which it leaves as they were), new on the next pass, other for another domain's seed."""
+    samples = scan_domains(toy).samples["cast"]
+    part = ImageList(samples, image_transform(32, augment=True), seed=domain_seed(0, "cast"))
+    torch.manual_seed(1)
+    untouched = torch.rand(3)
+    torch.manual_seed(1)
+    first = part[3]
+    assert torch.equal(torch.rand(3), untouched)  # the caller's random numbers are neither drawn from nor moved
+    torch.manual_seed(2)
+    assert torch.equal(part[3][0], first[0])  # whatever they stand at
+    again = part[3 + len(samples)]  # the same image in the next pass
+    assert again[1] == first[1] and not torch.equal(again[0], first[0])
+    other = ImageList(samples, image_transform(32, augment=True), seed=domain_seed(0, "faded"))[3]
+    assert not torch.equal(other[0], first[0])
+    with pytest.raises(IndexError):
+        ImageList(samples, image_transform(32, augment=False))[len(samples)]  # evaluation indices stay in range
+
+
+def test_training_batches_are_the_same_with_loader_processes(toy):
+    """A pass and a half over two domains (40 images each, batches of 4), in-process and from 2 loader processes,
+    from the start and from position 5 on (a resumed run's stream): bit for bit the same batches."""
+    dataset = scan_domains(toy)
+    parts = [ImageList(dataset.samples[d], image_transform(32, augment=True), seed=domain_seed(0, d))
+             for d in ("cast", "faded")]
+
+    def batches(workers: int, start: int = 0) -> list:
+        return list(itertools.islice(training_stream(parts, 4, workers=workers, start=start), 16 - start))
+
+    in_process = batches(0)
+    for start in (0, 5):
+        for ours, theirs in zip(in_process[start:], batches(2, start), strict=True):
+            assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+@pytest.mark.slow
+def test_a_run_does_not_depend_on_the_number_of_loader_workers(toy):
+    """Augmentations were drawn from the random numbers of the loading process: in-process from the training's
+    own, in a loader process from that worker's, so --workers 0 and --workers 2 gave other records (test accuracy
+    0.275 and 0.25 for one 10-step run)."""
+    config = fast_config(toy, method="ldt_dpu")
+    in_process, loaders = run(config, workers=0), run(config, workers=2)
+    for key in ("test_accuracy", "holdout_accuracy", "holdout_per_domain", "selected_step", "history", "partition"):
+        assert in_process[key] == loaders[key], key
+
+
 # ---- warm-up ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
 def test_warmup_trains_only_the_head(toy, backbone):
     dataset = scan_domains(toy)
-    parts = [ImageList(dataset.samples[d], image_transform(32, augment=True)) for d in ("cast", "faded")]
+    parts = [ImageList(dataset.samples[d], image_transform(32, augment=True), seed=domain_seed(0, d))
+             for d in ("cast", "faded")]
     torch.manual_seed(0)
     model = build_model(backbone, len(dataset.classes))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     heads = set(match_parameters(model, head_patterns(backbone)))
-    stream = training_stream(parts, 4, seed=0)
+    stream = training_stream(parts, 4)
     make_method(model, stream, fast_config(toy, method="lpft", backbone=backbone, image_size=32, warmup_steps=3,
                                            warmup_lr=0.1))
     after = model.state_dict()
@@ -671,14 +722,21 @@ def test_a_record_edited_to_another_type_is_skipped_with_a_warning(tmp_path, fie
 
 
 # ---- a run stopped midway ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", [pytest.param("lpft", marks=pytest.mark.slow), "ldt_dpu"])
+@pytest.mark.parametrize("method, workers", [pytest.param("lpft", 0, marks=pytest.mark.slow), ("ldt_dpu", 0),
+                                             pytest.param("ldt_dpu", 2, marks=pytest.mark.slow)])
 def test_a_stopped_run_resumes_from_its_state_to_the_same_record(toy, tmp_path, monkeypatch, default_sigint,
-                                                                 method):
+                                                                 method, workers):
     """SIGTERM after 3 of 6 training steps (2 warm-up and 3 probe batches drawn before them); the rerun neither warms
-    up nor probes again and gives the uninterrupted run's record."""
+    up nor probes again and gives the uninterrupted in-process run's record, also with loader processes (whose
+    augmentations restarted from fresh random streams)."""
     config = fast_config(toy, method=method, steps=6)
     straight = run(config)
-    record, printed, drawn = stop_and_resume(tmp_path, config, run, monkeypatch, stop_at=2 + 3 * (method != "lpft") + 3)
+
+    def run_with_workers(config, **kwargs):
+        return run(config, **{**kwargs, "workers": workers})
+
+    record, printed, drawn = stop_and_resume(tmp_path, config, run_with_workers, monkeypatch,
+                                             stop_at=2 + 3 * (method != "lpft") + 3)
     assert f"resuming at step 3 from {tmp_path}" in printed and drawn == 3
     for key in ("test_accuracy", "holdout_accuracy", "holdout_per_domain", "selected_step", "history", "partition"):
         assert record[key] == straight[key], key

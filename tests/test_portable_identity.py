@@ -100,6 +100,28 @@ def test_records_written_with_absolute_paths_still_count(tmp_path, monkeypatch, 
     assert len(rows) == 1 and rows[0].startswith("| tiny | ldt | 2 |"), rows
 
 
+@pytest.mark.parametrize("paths", ["relative", "absolute"])
+def test_records_of_an_earlier_recipe_are_not_counted_as_this_recipes_runs(tmp_path, monkeypatch, capsys, paths):
+    """Records made before every image's augmentation was seeded by its position (recipe 1: no 'recipe' among their
+    options) were taken for finished runs of the new recipe, and so were those written with absolute paths, through
+    the earlier identity. Now those runs train again, the sweep says why, and the table keeps the two apart."""
+    root = checkout(tmp_path / "a")
+    sweep_in(root, monkeypatch, capsys)
+    results = root / "results" / RESULTS_FILE
+    [record] = Records(results).all()
+    options = {k: v for k, v in record["hparams"].items() if k != "recipe"}
+    old = {**record, "hparams": options, "options_hash": run_hash(options), "test_accuracy": {"photo": 0.123}}
+    results.write_text(json.dumps(old if paths == "relative" else as_written_before(old)) + "\n")
+    printed = sweep_in(root, monkeypatch, capsys)
+    assert (f"{Path('results') / RESULTS_FILE}: 1 record(s) of these runs were made by an earlier training recipe of this runner (1 of "
+            "recipe 1): not reused, those runs train again;") in printed and "1 runs, 0 already recorded" in printed
+    [_, new] = Records(results).all()
+    assert new["hparams"] == record["hparams"] and new["test_accuracy"] == record["test_accuracy"]
+    rows = [line for line in (root / "results" / "table.md").read_text().splitlines() if "| ldt |" in line]
+    assert sorted(row.rsplit(" | ", 1)[1] for row in rows) == sorted(["12.30 |", f"{100 * new['test_accuracy']['photo']:.2f} |"])
+    assert "1 runs, 1 already recorded" in sweep_in(root, monkeypatch, capsys)  # the new record is this run's
+
+
 def test_a_state_saved_under_the_earlier_identity_resumes(tmp_path, monkeypatch):
     root = checkout(tmp_path / "a")
     monkeypatch.setattr(sweep, "PROJECT_ROOT", root)

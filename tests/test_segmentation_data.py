@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ldt.runner import TrainingSampler
 from ldt.segmentation.classes import CLASS_NAMES, MAPILLARY_V12_NAMES, MAPILLARY_V12_TO_TRAIN_ID, TRAIN_ID, colorize
 from ldt.segmentation.data import (
-    IMAGENET_MEAN, IMAGENET_STD, Augment, SegmentationDataError, SegmentationDataset, TrainingSampler, augment_pair,
-    check_label_values, scan_split, split_holdout, training_loader,
+    IMAGENET_MEAN, IMAGENET_STD, Augment, SegmentationDataError, SegmentationDataset, augment_pair, check_label_values,
+    scan_split, split_holdout, training_loader,
 )
 
 H, W = 6, 8

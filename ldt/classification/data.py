@@ -2,12 +2,13 @@
 
 Every training domain is split, seeded, into a training part and a held-out part; the held-out parts are the only
 data model selection may see (*training-domain validation*). Test domains are read whole and only once, after
-selection. Batches of training steps draw ``batch_size`` images from each training domain, as DomainBed does.
+selection. Batches of training steps draw ``batch_size`` images from each training domain, as DomainBed does; every
+image's order and augmentation are seeded by (run seed, domain, pass, index) (:mod:`ldt.runner`), so batches are the
+same with and without loader processes.
 """
 
 from __future__ import annotations
 
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from ldt.runner import domain_batches, sample_seed, seeded_loader
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -146,17 +149,35 @@ def load_image(path: str) -> Image.Image:
 
 
 class ImageList(Dataset):
-    """(image, label) pairs read from disk on demand."""
+    """(image, label) pairs read from disk on demand.
 
-    def __init__(self, samples: list[Sample], transform) -> None:
-        self.samples, self.transform = samples, transform
+    With a ``seed`` (training) index ``k`` may run past ``len``: it is sample ``k % len``, transformed while torch's
+    random numbers are seeded by (``seed``, ``k``) (:func:`ldt.runner.sample_seed`) and then put back as they were,
+    so each pass of :class:`ldt.runner.TrainingSampler` draws fresh augmentations that depend on neither the process
+    that loads the image nor the random numbers training draws. Without one (evaluation) indices stay in range.
+    """
+
+    def __init__(self, samples: Sequence[tuple], transform, seed: int | None = None) -> None:
+        self.samples, self.transform, self.seed = samples, transform, seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def load(self, item) -> Image.Image:
+        """The image a sample names."""
+        return load_image(item)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return self.transform(load_image(path)), label
+        if self.seed is None:
+            item, label = self.samples[index]
+            return self.transform(self.load(item)), label
+        item, label = self.samples[index % len(self.samples)]
+        image = self.load(item)
+        # torchvision's random transforms draw from the default CPU generator: seeded here, restored after (CUDA's
+        # generators are neither read nor touched: torch.manual_seed would reseed them).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, index))
+            return self.transform(image), label
 
 
 def image_transform(size: int, augment: bool) -> transforms.Compose:
@@ -173,48 +194,13 @@ def image_transform(size: int, augment: bool) -> transforms.Compose:
     return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-class ShuffledEpochs(Sampler[int]):
-    """Endless shuffled passes over ``range(size)``: the indices ``RandomSampler(num_samples=sys.maxsize)`` draws
-    with a generator seeded ``seed``, from position ``start`` on (where a resumed run's stream stood), found without
-    drawing the samples before it."""
-
-    def __init__(self, size: int, seed: int, start: int = 0) -> None:
-        self.size, self.seed, self.start = size, seed, start
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed)
-        passes, offset = divmod(self.start, self.size)
-        for _ in range(passes):
-            torch.randperm(self.size, generator=generator)
-        while True:
-            yield from torch.randperm(self.size, generator=generator).tolist()[offset:]
-            offset = 0
-
-    def __len__(self) -> int:
-        return sys.maxsize
-
-
-def training_stream(
-    parts: list[Dataset], batch_size: int, seed: int, *, workers: int = 0, pin_memory: bool = False, start: int = 0
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches: ``batch_size`` images of every training domain (shuffled epochs, seeded), concatenated;
-    ``start`` batches in (a resumed run: the same order, and with in-process loading the same augmentations once the
-    random-number state is restored; loader processes restart their random streams)."""
-    loaders = [
-        DataLoader(
-            part,
-            batch_size=batch_size,
-            sampler=ShuffledEpochs(len(part), seed * 1000 + i, start * batch_size),
-            num_workers=workers,
-            pin_memory=pin_memory,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(seed * 1000 + i),
-            persistent_workers=workers > 0,
-        )
-        for i, part in enumerate(parts)
-    ]
-    for batches in zip(*loaders):
-        yield torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+def training_stream(parts: Sequence[ImageList], batch_size: int, *, device: torch.device = torch.device("cpu"),
+                    workers: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches on ``device``: ``batch_size`` images of every training domain (each part seeded by its
+    domain, :func:`ldt.runner.domain_seed`), concatenated; ``start`` batches in (a resumed run's stream: the same
+    images and augmentations, whatever the number of workers)."""
+    return domain_batches([seeded_loader(part, batch_size, part.seed, workers=workers, pin_memory=device.type == "cuda",
+                                         start=start) for part in parts], device)
 
 
 def eval_loader(samples: list[Sample], size: int, batch_size: int, workers: int = 0) -> DataLoader:

@@ -15,20 +15,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_json_object
-from ldt.classification.data import image_transform, training_stream
+from ldt.classification.data import ImageList, image_transform, training_stream
 from ldt.classification.models import TinyCNN
 from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_STYLE, render_pretrain_images
 from ldt.classification.train import EVAL_BATCH, accuracy, cross_entropy
 from ldt.core.methods import FineTune
+from ldt.runner import domain_seed
 from ldt.sweep import run_hash
 from ldt.weights import check_cached_weights
 
 DEFAULT_PRETRAIN_ROOT = Path("datasets/toy_domains_pretrained")
-PRETRAIN_VERSION = 1  # bump when the recipe below changes in a way the settings do not show
+# Bump when the recipe below changes in a way the settings do not show. 2: each image's augmentation is seeded by
+# (seed, pass, index) (ldt.runner.sample_seed), no longer drawn from the training's random numbers.
+PRETRAIN_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -56,18 +60,11 @@ class PretrainConfig:
         return Path(root) / f"tiny-{run_hash(self.settings())}.pth"
 
 
-class InMemoryImages(Dataset):
-    """(image, label) pairs held as PIL images, transformed on access like :class:`ldt.classification.data.ImageList`."""
+class InMemoryImages(ImageList):
+    """(image, label) pairs held as PIL images, transformed on access as :class:`ldt.classification.data.ImageList`'s."""
 
-    def __init__(self, images: list, transform) -> None:
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.images[index]
-        return self.transform(image), label
+    def load(self, item: Image.Image) -> Image.Image:
+        return item
 
 
 def train_tiny(config: PretrainConfig, progress: bool = False) -> tuple[TinyCNN, float]:
@@ -79,7 +76,8 @@ def train_tiny(config: PretrainConfig, progress: bool = False) -> tuple[TinyCNN,
     model = TinyCNN(len(PRETRAIN_CLASSES))
     plain = FineTune(model)
     optimizers = [torch.optim.Adam(branch.parameters, lr=config.lr) for branch in plain.branches()]
-    stream = training_stream([InMemoryImages(train, image_transform(config.size, augment=True))], config.batch_size, config.seed)
+    augmented = InMemoryImages(train, image_transform(config.size, augment=True), seed=domain_seed(config.seed, PRETRAIN_STYLE))
+    stream = training_stream([augmented], config.batch_size)
     for _ in tqdm(range(config.steps), desc="pre-train tiny", leave=False, disable=not progress, dynamic_ncols=True):
         plain.train_step(next(stream), cross_entropy, optimizers)
     held_loader = DataLoader(InMemoryImages(held, image_transform(config.size, augment=False)), batch_size=EVAL_BATCH)

@@ -25,8 +25,9 @@ from torch import nn
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
 from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, check_image_size, head_patterns
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import RunState, ResumableStream, check_training, method_config, prepared, run_hparams, train_and_select
-from ldt.sweep import identity_path, run_hash
+from ldt.runner import (RunState, ResumableStream, check_training, domain_seed, method_config, prepared, run_hparams,
+                        train_and_select)
+from ldt.sweep import RECIPE_KEY, identity_path, run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
 # LDT with the fixed W; 'ldt_dpu' and 'ldt_s' use DPU.
@@ -34,6 +35,12 @@ CLI_METHODS = {"ft": "ft", "ft_ema": "ft_ema", "lpft": "lpft", "deft": "deft", "
                "ldt_dpu": "ldt_dpu", "ldt_s": "ldt_s"}
 METHODS = tuple(CLI_METHODS)
 RECORD_FORMAT = "ldt.classification/2"
+# This runner's training recipe, part of every run identity (:data:`ldt.sweep.RECIPE_KEY`): bump it when a change
+# alters results in a way the options do not show, so that records of the earlier recipe are never counted as runs
+# of this one (those runs train again; their old records stay, in table rows of their own). Records without one are
+# recipe 1. 2: every training image's augmentation is seeded by (seed, domain, pass, index); it was drawn from the
+# random numbers of the process that loaded it, so results depended on --workers.
+RECIPE = 2
 EVAL_BATCH = 128
 COMMON_OPTIONS = ("steps", "batch_size", "lr", "weight_decay", "holdout_fraction", "eval_every", "image_size", "augment")
 
@@ -95,10 +102,10 @@ class RunConfig:
                              warmup_lr=self.warmup_lr, interval=self.interval, ema_weight=self.ema_weight)
 
     def hparams(self) -> dict:
-        """The options that determine this run's result (paths as :func:`ldt.sweep.identity_path` names them),
-        hashed to recognise finished runs."""
+        """The options that determine this run's result (paths as :func:`ldt.sweep.identity_path` names them) and
+        the runner's :data:`RECIPE`, hashed to recognise finished runs."""
         data = {"data": identity_path(self.data), "test_domains": list(self.test_domains)}
-        return run_hparams(self, data, COMMON_OPTIONS)
+        return {**run_hparams(self, data, COMMON_OPTIONS), RECIPE_KEY: RECIPE}
 
     def describe(self) -> str:
         return f"{self.backbone}/{self.method} test={'+'.join(self.test_domains)} seed={self.seed}"
@@ -158,11 +165,6 @@ def test_accuracy(evaluator: nn.Module, dataset: DomainDataset, config: RunConfi
     }
 
 
-def on_device(stream: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
-    for x, y in stream:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
 def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
         state: RunState | None = None) -> dict:
     """Train, select and test one configuration; returns its record (see :mod:`ldt.classification.records`). With a
@@ -175,10 +177,11 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
     splits = {d: split_holdout(dataset.samples[d], config.holdout_fraction, config.seed, d) for d in train_domains}
     torch.manual_seed(config.seed)
     model = build_model(config.backbone, len(dataset.classes), weights=config.weights, image_size=config.image_size).to(device)
-    train_parts = [ImageList(train, image_transform(config.image_size, config.augment)) for train, _ in splits.values()]
-    stream = ResumableStream(lambda start_at: on_device(training_stream(
-        train_parts, config.batch_size, config.seed, workers=workers, pin_memory=device.type == "cuda", start=start_at,
-    ), device), state.position if state else 0)
+    train_parts = [ImageList(train, image_transform(config.image_size, config.augment), seed=domain_seed(config.seed, d))
+                   for d, (train, _) in splits.items()]
+    stream = ResumableStream(lambda start_at: training_stream(
+        train_parts, config.batch_size, device=device, workers=workers, start=start_at,
+    ), state.position if state else 0)
     holdout = {d: eval_loader(held, config.image_size, EVAL_BATCH, workers) for d, (_, held) in splits.items()}
     method, partition = make_method(model, stream, config, progress, state)
     evaluator = copy.deepcopy(method.model)

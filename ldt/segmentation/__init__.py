@@ -12,7 +12,7 @@ _EXPORTS = {
     "ldt.segmentation.classes": ("CLASS_NAMES", "IGNORE_INDEX", "MAPILLARY_V12_CLASSES", "MAPILLARY_V12_TO_TRAIN_ID",
         "NUM_CLASSES", "colorize", "lookup_table"),
     "ldt.segmentation.data": ("LAYOUTS", "Augment", "SegmentationDataError", "SegmentationDataset",
-        "SegmentationSplit", "TrainingSampler", "eval_loader", "scan_split", "split_holdout", "training_loader"),
+        "SegmentationSplit", "eval_loader", "scan_split", "split_holdout", "training_loader"),
     "ldt.segmentation.deeplabv3plus": ("BACKBONES", "HEAD_PATTERNS", "DeepLabV3Plus", "head_parameter_names",
         "load_backbone_weights"),
     "ldt.segmentation.generated": ("DOMAINS", "PRETRAIN_DOMAIN", "SOURCE_DOMAIN", "GeneratedConfig",

@@ -19,18 +19,18 @@ Layouts (``split`` is ``train`` or ``val``):
 
 from __future__ import annotations
 
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from ldt.runner import sample_seed, seeded_loader
 from ldt.segmentation.classes import IGNORE_INDEX, MAPILLARY_V12_TO_TRAIN_ID, lookup_table, map_labels
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -289,18 +289,13 @@ def read_label(path: Path, table: np.ndarray, help_text: str = "") -> torch.Tens
     return torch.from_numpy(mapped).long()
 
 
-def _seed_of(seed: int, index: int) -> int:
-    """A 63-bit torch seed mixing the dataset seed and the (virtual) index."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
 class SegmentationDataset(Dataset):
     """(image, label) pairs: a normalised float (3, H, W) image and an (H, W) long label of train ids.
 
     With ``augment`` (training) every item is augmented by a generator seeded from (``seed``, index). Indices may
     run past ``len``: index ``k`` is sample ``k % len`` and pass ``k // len`` gets fresh augmentations, which is
-    what :class:`TrainingSampler` relies on. A sampler that only repeats indices below ``len`` (a plain shuffle)
-    replays every image's augmentation each epoch. Without ``augment`` (evaluation) items are whole images; use
+    what :class:`ldt.runner.TrainingSampler` relies on. A sampler that only repeats indices below ``len`` (a plain
+    shuffle) replays every image's augmentation each epoch. Without ``augment`` (evaluation) items are whole images; use
     batch size 1 when image sizes differ.
     """
 
@@ -324,40 +319,18 @@ class SegmentationDataset(Dataset):
             raise SegmentationDataError(
                 f"{sample.image} is {tuple(image.shape[-2:])} but {sample.label} is {tuple(label.shape)}")
         if self.augment is not None:
-            generator = torch.Generator().manual_seed(_seed_of(self.seed, index))
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, index))
             image, label = augment_pair(image, label, self.augment, generator)
         return image, label
 
 
-class TrainingSampler(Sampler[int]):
-    """Endless seeded indices for an augmenting :class:`SegmentationDataset`: pass ``p`` visits every sample once,
-    in a permutation seeded by (seed, p), as virtual index ``p * size + i``, so each pass gets new augmentations and
-    the stream does not depend on the number of loader workers. ``start``: the position to begin at (where a resumed
-    run's stream stood)."""
-
-    def __init__(self, size: int, seed: int, start: int = 0) -> None:
-        if size < 1:
-            raise ValueError(f"TrainingSampler needs at least one sample, got {size}")
-        self.size, self.seed, self.start = size, seed, start
-
-    def __iter__(self) -> Iterator[int]:
-        first, offset = divmod(self.start, self.size)
-        for epoch in range(first, sys.maxsize):
-            for i in np.random.default_rng([self.seed, epoch]).permutation(self.size)[offset:]:
-                yield epoch * self.size + int(i)
-            offset = 0
-
-    def __len__(self) -> int:
-        return sys.maxsize
-
-
 def training_loader(dataset: SegmentationDataset, batch_size: int, seed: int, *, workers: int = 0,
                     pin_memory: bool = False, start: int = 0) -> DataLoader:
-    """Endless batches of augmented crops in the seeded order of :class:`TrainingSampler`, ``start`` batches in."""
+    """Endless batches of augmented crops in the seeded order of :class:`ldt.runner.TrainingSampler`, ``start``
+    batches in."""
     if dataset.augment is None:
         raise ValueError("training_loader needs a dataset with augment=Augment(...) (equal-sized crops)")
-    return DataLoader(dataset, batch_size=batch_size, sampler=TrainingSampler(len(dataset), seed, start * batch_size),
-                      num_workers=workers, pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0)
+    return seeded_loader(dataset, batch_size, seed, workers=workers, pin_memory=pin_memory, start=start)
 
 
 def eval_loader(dataset: SegmentationDataset, *, workers: int = 0) -> DataLoader:

@@ -17,18 +17,17 @@ from __future__ import annotations
 import copy
 import difflib
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import ResumableStream, RunState, check_training, method_config, prepared, run_hparams, train_and_select
+from ldt.runner import (ResumableStream, RunState, check_training, domain_batches, domain_seed, method_config, prepared,
+                        run_hparams, train_and_select)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
     LAYOUTS, Augment, SegmentationDataset, SegmentationSplit, eval_loader, scan_split, split_holdout, training_loader,
@@ -228,26 +227,13 @@ def make_method(model: nn.Module, stream: Iterator[Batch], config: RunConfig, pr
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def _stream_seed(seed: int, domain: str) -> int:
-    """The sampler / augmentation seed of one source domain: two sources never draw the same crops."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(domain.encode())]).generate_state(1)[0])
-
-
 def source_stream(parts: dict[str, SegmentationDataset], batch_size: int, seed: int, device: torch.device,
                   workers: int = 0, start: int = 0) -> Iterator[Batch]:
     """Endless batches: ``batch_size`` augmented crops of every source domain per step, concatenated, on ``device``;
     ``start`` batches in (a resumed run's stream: the same crops, whatever the number of workers)."""
-    # The loaders' iterators are made now, not at the first batch: making one draws its base seed from the global
-    # random numbers, which a resumed run restores after making its stream (so the dropout masks stay in step).
-    loaders = [iter(training_loader(part, batch_size, _stream_seed(seed, name), workers=workers,
-                                    pin_memory=device.type == "cuda", start=start)) for name, part in parts.items()]
-
-    def batches() -> Iterator[Batch]:
-        while True:
-            images, labels = zip(*(next(loader) for loader in loaders))
-            yield torch.cat(images).to(device, non_blocking=True), torch.cat(labels).to(device, non_blocking=True)
-
-    return batches()
+    return domain_batches([training_loader(part, batch_size, domain_seed(seed, name), workers=workers,
+                                           pin_memory=device.type == "cuda", start=start)
+                           for name, part in parts.items()], device)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -331,7 +317,7 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     augment = Augment(config.crop_size)
-    parts = {name: SegmentationDataset(sources[name], train, augment=augment, seed=_stream_seed(config.seed, name))
+    parts = {name: SegmentationDataset(sources[name], train, augment=augment, seed=domain_seed(config.seed, name))
              for name, (train, _) in splits.items()}
     stream = ResumableStream(lambda start_at: source_stream(parts, config.batch_size, config.seed, device, workers,
                                                             start_at), state.position if state else 0)
