@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,7 @@ import torch
 
 from ldt.atomic import atomic_write_bytes, atomic_write_text, check_writable, make_dirs
 from ldt.compat import patch_basicsr
+from ldt.runner import Stopped, stop_on_signal
 from ldt.sr.checkpoints import archive, experiment_lock
 from ldt.sr.options import PROJECT_ROOT, load_options
 
@@ -30,9 +33,14 @@ def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
     ``opt``: checked test options (``prepare_options(..., is_train=False)``, which requires the network). Held under
     the folder's lock: a second evaluation of the name would archive this one's folder mid-way and the two would
     write each other's results (the second is refused in one line, as a second training of a name)."""
-    out = root / "results" / opt["name"]
+    out = results_folder(opt, root)
     with experiment_lock(out):
         return _evaluate(opt, out)
+
+
+def results_folder(opt: dict, root: Path = PROJECT_ROOT) -> Path:
+    """Where ``test.py`` writes the evaluation of the options ``opt``: results/<name> under ``root``."""
+    return Path(root) / "results" / opt["name"]
 
 
 def _evaluate(opt: dict, out: Path) -> MetricTable:
@@ -70,8 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         opt = load_options(args.opt, is_train=False, overrides=args.force_yml)
-        with torch.no_grad():
-            table = run_test(opt, root=args.root)
+        try:  # SIGTERM's default exit says nothing, and Ctrl-C ended in a traceback from wherever it was
+            with torch.no_grad(), stop_on_signal():
+                table = run_test(opt, root=args.root)
+        except Stopped as stopped:
+            print(f"stopped by {signal.Signals(stopped.signum).name}: the evaluation did not finish "
+                  f"({results_folder(opt, args.root)} has no results.json of it); rerun the same command",
+                  file=sys.stderr)
+            raise SystemExit(128 + stopped.signum) from None
         print(table.markdown("camera"), flush=True)
 
     return run_reporting_errors(work)
