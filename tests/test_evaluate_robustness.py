@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
 
@@ -65,3 +66,41 @@ def test_a_signal_mid_evaluation_is_one_line_naming_the_unfinished_folder(signum
                       "results.json of it); rerun the same command")
     assert "Traceback" not in stopped.stderr and not (out / "results.json").exists()
     assert len(list((out / "visualization").rglob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("val:suffix", "../../../../../escaped", r"val:suffix: must be part of a file name, without '/' or '\\', got "),
+    ("val:suffix", "a/b", r"val:suffix: must be part of a file name"),
+    ("datasets:test_1:name", "../../../../escaped", r"datasets:test_1:name: must be a plain folder name"),
+    ("datasets:test_1:name", "", r"datasets:test_1:name: must be a plain folder name, not empty"),
+])
+def test_option_values_that_name_output_files_cannot_leave_the_results_folder(field, value, message, data_root,
+                                                                               tmp_path):
+    """test.py saved ``<image>_<val:suffix>.png`` in ``visualization/<set name>/``: a suffix or set name with '../'
+    wrote every image to one file outside results/ (each overwriting the last), 'a/b' made a folder per image."""
+    from ldt.sr.options import OptionsError, load_options
+
+    opt = hostile_options(data_root, tmp_path, save_img=True)
+    *sections, leaf = field.split(":")
+    node = opt
+    for section in sections:
+        node = node[section]
+    node[leaf] = value
+    with pytest.raises(OptionsError, match=message):
+        load_options(write_options(opt, tmp_path), is_train=False)
+
+
+def test_the_images_of_a_nested_name_are_named_by_its_last_part(data_root, tmp_path):
+    """The default suffix is the run's name, as BasicSR's: 'group/run' saved ``<image>_group/run.png``, a folder per
+    image; now ``<image>_run.png``."""
+    from ldt.sr.evaluate import run_test
+    from ldt.sr.options import load_options
+
+    opt = hostile_options(data_root, tmp_path, name="group/run", save_img=True)
+    options = tmp_path / "nested.yml"
+    options.write_text(yaml.safe_dump(opt))
+    run_test(load_options(options, is_train=False), root=tmp_path)
+    saved = sorted(path.relative_to(tmp_path / "results" / "group" / "run" / "visualization").as_posix()
+                   for path in (tmp_path / "results").rglob("*.png"))
+    assert saved == [f"{camera}/{stem}_run.png" for camera, stem in
+                     [("pan", f"panasonic_10{i}_x1") for i in (1, 2, 3)] + [("sony", f"sony_10{i}_x1") for i in (1, 2, 3)]]

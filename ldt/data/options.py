@@ -36,6 +36,16 @@ class DatasetOptions(Options):
     persistent_workers: bool = Field(False, description="DataLoader persistent_workers")
     use_shuffle: bool = Field(True, description="shuffle the training set (BasicSR's key; the sampler shuffles)")
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        """test.py saves a set's images in ``results/<run>/visualization/<set name>/``: a name such as '../..' wrote
+        them outside the results folder."""
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+            raise ValueError(f"must be a plain folder name, not empty and without '/' or '\\' (test.py saves the "
+                             f"set's images in a folder of that name), got {value!r}")
+        return value
+
 
 class HeldOutOptions(Options):
     fraction: Real = Field(gt=0, lt=1, description="fraction of each camera's photos held out")

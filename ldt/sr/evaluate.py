@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import torch
@@ -56,9 +56,10 @@ def _evaluate(opt: dict, out: Path) -> MetricTable:
             print(f"{old} held an earlier evaluation: archived as {new}", flush=True)
         make_dirs(out)
     table = MetricTable(tuple(opt["val"]["metrics"]))
+    suffix = opt["val"]["suffix"] or PurePosixPath(opt["name"]).name  # a name 'a/b' is no part of a file name
     for name, loader in loaders.items():
         def save_image(path, sr, values, name=name):
-            target = out / "visualization" / name / f"{Path(path).stem}_{opt['val']['suffix'] or opt['name']}.png"
+            target = out / "visualization" / name / f"{Path(path).stem}_{suffix}.png"
             atomic_write_bytes(target, cv2.imencode(".png", tensor2img([sr[0].cpu()]))[1].tobytes())
 
         table.add(name, model.evaluate(loader, description=name, on_image=save_image if opt["val"]["save_img"] else None))

@@ -206,6 +206,14 @@ class ValOptions(Options):
     def _shorthand(cls, value: Any) -> Any:
         return _metric_shorthand(value)
 
+    @field_validator("suffix")
+    @classmethod
+    def _suffix_is_part_of_a_file_name(cls, value: str | None) -> str | None:
+        """test.py saves ``<image>_<suffix>.png``: a '/' made a folder per image, and '../' wrote outside results/."""
+        if value is not None and ("/" in value or "\\" in value):
+            raise ValueError(f"must be part of a file name, without '/' or '\\', got {value!r}")
+        return value
+
     @field_validator("selection")
     @classmethod
     def _selection(cls, value: str) -> str:
