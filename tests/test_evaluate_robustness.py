@@ -104,3 +104,13 @@ def test_the_images_of_a_nested_name_are_named_by_its_last_part(data_root, tmp_p
                    for path in (tmp_path / "results").rglob("*.png"))
     assert saved == [f"{camera}/{stem}_run.png" for camera, stem in
                      [("pan", f"panasonic_10{i}_x1") for i in (1, 2, 3)] + [("sony", f"sony_10{i}_x1") for i in (1, 2, 3)]]
+
+
+@pytest.mark.parametrize("metrics", [{}, []])
+def test_an_evaluation_without_metrics_is_refused(metrics, data_root, tmp_path):
+    """``val:metrics: {}`` evaluated every image and wrote results.md with an empty column, exit 0: no numbers."""
+    from ldt.sr.options import OptionsError, load_options
+
+    options = write_options(hostile_options(data_root, tmp_path, metrics=metrics), tmp_path)
+    with pytest.raises(OptionsError, match=r"val:metrics: empty: test.py would score nothing; name at least one"):
+        load_options(options, is_train=False)

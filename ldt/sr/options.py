@@ -726,6 +726,9 @@ def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train
     names = [d.name for key, d in datasets.items() if key.startswith(("val", "test"))]
     if val.tile is not None and val.tile_overlap >= val.tile:
         problems.append(f"val:tile_overlap: {val.tile_overlap} must be smaller than val:tile {val.tile}")
+    if not is_train and metrics_known and not val.metrics:  # an evaluation would write a table of no numbers
+        problems.append("val:metrics: empty: test.py would score nothing; name at least one, e.g. [psnr, ssim], or "
+                        "leave val:metrics out for both")
     if is_train and metrics_known and not any(m.type == "calculate_psnr" for m in val.metrics.values()):
         problems.append(f"val:metrics: must include a calculate_psnr metric (the best checkpoint is selected on it), "
                         f"got {list(val.metrics)}")
