@@ -139,7 +139,16 @@ class Records:
         return [record for _, record in self.numbered()]
 
     def numbered(self) -> list[tuple[int, dict]]:
-        """(line number, record) of every complete record, as :meth:`all` (line numbers name a record in warnings)."""
+        """(line number, record) of every complete record, as :meth:`all` (line numbers name a record in warnings).
+        A records path that is a folder or a FIFO is a :class:`ldt.atomic.DiskError`: read as 'no records', a sweep
+        trained its first run and then failed to append its record."""
+        from ldt.cli import not_a_file
+
+        kind = not_a_file(self.path)
+        if kind:
+            from ldt.atomic import DiskError
+
+            raise DiskError(f"cannot read the records {self.path}: it is {kind}; move it away, or give another --out")
         if not self.path.is_file():
             return []
         records = []

@@ -301,6 +301,22 @@ def test_bad_inputs_fail_before_any_run(kwargs, message, sweep, tmp_path, monkey
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("collect_only", [False, True])
+def test_a_records_path_that_is_a_folder_is_refused_before_any_run(collect_only, sweep, tmp_path, monkeypatch):
+    """Read as 'no records', a results.jsonl folder let a sweep train its first run, then fail to record it; --collect
+    wrote tables of nothing beside it."""
+    from ldt.atomic import DiskError
+
+    forbid_training(monkeypatch)
+    out = tmp_path / "out"
+    (out / "results.jsonl").mkdir(parents=True)
+    with pytest.raises(DiskError, match=rf"cannot read the records {out / 'results.jsonl'}: it is a folder, not a "
+                                        "file; move it away, or give another --out"):
+        rp.reproduce(["1"], str(sweep["data"]), archs=["safmn_tiny"], seeds=1, budget=TINY, out=out, progress=False,
+                     collect_only=collect_only)
+    assert [path.name for path in out.iterdir()] == ["results.jsonl"]
+
+
 def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):
     assert rp.main(["--table", "7", "--data", "synthetic", "--out", str(tmp_path)]) == 2
     assert "error: unknown table '7'" in capsys.readouterr().err
