@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import re
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -315,6 +318,25 @@ def test_a_records_path_that_is_a_folder_is_refused_before_any_run(collect_only,
         rp.reproduce(["1"], str(sweep["data"]), archs=["safmn_tiny"], seeds=1, budget=TINY, out=out, progress=False,
                      collect_only=collect_only)
     assert [path.name for path in out.iterdir()] == ["results.jsonl"]
+
+
+@pytest.mark.parametrize("folder, found", [("missing", "the file does not exist"), ("foreign", "it holds no records"),
+                                           ("other_arguments", "it holds 6 record(s) of other arguments")])
+def test_collect_without_a_record_of_the_planned_runs_writes_nothing(folder, found, sweep, tmp_path):
+    """--collect on a mistyped --out, a foreign folder, or with arguments other than the sweep's made the folder if
+    need be and wrote tables of 'not run' there, over its own table1.md."""
+    out = tmp_path / folder
+    if folder != "missing":
+        shutil.copytree(sweep["out"], out, ignore=shutil.ignore_patterns("experiments", "tb_logger"))
+    if folder == "foreign":
+        (out / "results.jsonl").write_text('{"loss": 1}\n')
+    before = {path.name: path.read_bytes() for path in out.iterdir()} if out.exists() else None
+    with pytest.warns() if folder == "foreign" else contextlib.nullcontext():
+        with pytest.raises(rp.ReproduceError, match=rf"--collect: none of the 6 run\(s\) these arguments plan has a "
+                                                    rf"record in {out / 'results.jsonl'} \({re.escape(found)}"):
+            rp.reproduce(["1"], str(sweep["data"]), archs=["safmn_tiny"], seeds=2, progress=False, out=out,
+                         budget=TINY if folder != "other_arguments" else replace(TINY, iters=5), collect_only=True)
+    assert ({path.name: path.read_bytes() for path in out.iterdir()} if out.exists() else None) == before
 
 
 def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):

@@ -465,6 +465,16 @@ def collect_results(out: Path, runs: Sequence[TableRun]) -> list[Path]:
     return written
 
 
+def check_something_to_collect(records: Records, recorded: int, planned: int) -> None:
+    """``--collect`` when no planned run has a record: an error, not tables of 'not run' over the folder's tables (a
+    mistyped --out, or arguments other than the sweep's, wrote them, in a folder made for them if need be)."""
+    found = (f"it holds {recorded} record(s) of other arguments: --table, --iters, --data, --weights, ... must be "
+             "those of the sweep" if recorded else "the file does not exist" if not records.path.exists() else
+             "it holds no records")
+    raise ReproduceError(f"--collect: none of the {planned} run(s) these arguments plan has a record in "
+                         f"{records.path} ({found}); nothing written")
+
+
 # ------------------------------------------------------------------------------------------------------ the sweep
 
 
@@ -516,6 +526,8 @@ def reproduce(
         check_recorded_weights(records, unique, weight_files)
     done = set(records.by_hash())
     pending = [run for run in unique if run.digest not in done]
+    if collect_only and len(pending) == len(unique):
+        check_something_to_collect(records, len(done), len(unique))
     trained = 0
     if not collect_only and pending:
         check_weights(weight_files)
