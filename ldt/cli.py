@@ -213,13 +213,17 @@ def _writable_problem(folder: Path) -> str | None:
     return None
 
 
+def output_dir_problem(path: Path) -> str | None:
+    """Why ``path`` is not (and cannot be created as) a folder that can be written in, or None. Nothing is created,
+    so a command can check its output folder first and still leave it untouched when a later input check fails."""
+    if path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder"
+    return _writable_problem(path)
+
+
 def check_output_dir(parser: argparse.ArgumentParser, option: str, path: Path | None) -> None:
     """``parser.error`` unless ``path`` is (or can be created as) a folder that can be written in."""
-    if path is None:
-        return
-    if path.exists() and not path.is_dir():
-        parser.error(f"{option}: {path} exists and is not a folder")
-    problem = _writable_problem(path)
+    problem = None if path is None else output_dir_problem(path)
     if problem:
         parser.error(f"{option}: {problem}")
 

@@ -339,6 +339,18 @@ def test_collect_without_a_record_of_the_planned_runs_writes_nothing(folder, fou
     assert ({path.name: path.read_bytes() for path in out.iterdir()} if out.exists() else None) == before
 
 
+def test_an_out_that_cannot_hold_the_sweep_fails_before_the_data_is_built(tmp_path, monkeypatch):
+    """An --out that is a file was found at the sweep's first write, after --data synthetic was built (minutes)."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the data was built before --out was checked")
+
+    monkeypatch.setattr(rp, "build_synthetic_cameras", fail)
+    (tmp_path / "out").write_text("notes")
+    with pytest.raises(rp.ReproduceError, match=rf"--out: {tmp_path / 'out'} exists and is not a folder"):
+        rp.reproduce(["1"], "synthetic", archs=["safmn_tiny"], seeds=1, out=tmp_path / "out", datasets_dir=tmp_path)
+    assert (tmp_path / "out").read_text() == "notes"
+
+
 def test_cli_reports_errors_without_a_traceback(capsys, tmp_path):
     assert rp.main(["--table", "7", "--data", "synthetic", "--out", str(tmp_path)]) == 2
     assert "error: unknown table '7'" in capsys.readouterr().err

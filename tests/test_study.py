@@ -178,6 +178,22 @@ def test_bad_study_arguments_fail_before_the_pre_training(argv, message, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_an_out_that_cannot_hold_the_study_fails_before_the_data_is_built(tmp_path, monkeypatch, capsys):
+    """A file (or a read-only folder) as --out was found at the study's first write, after the benchmark was built
+    and the network pre-trained (minutes on a fresh checkout)."""
+    import ldt.sr.reproduce as reproduce
+    from ldt.sr.study import main
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the data was built before --out was checked")
+
+    monkeypatch.setattr(reproduce, "build_synthetic_cameras", fail)
+    (tmp_path / "out").write_text("notes")
+    assert main(["--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out: {tmp_path / 'out'} exists and is not a folder"
+    assert (tmp_path / "out").read_text() == "notes"
+
+
 def test_a_second_study_on_the_same_out_is_refused_before_it_evaluates_the_pretrained_network(tmp_path, monkeypatch,
                                                                                               capsys):
     import ldt.sr.demo as demo

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, make_dirs
-from ldt.cli import not_a_file, path_flag
+from ldt.cli import not_a_file, output_dir_problem, path_flag
 from ldt.core import method_class
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
@@ -196,6 +196,14 @@ def check_plan(budget: Budget, seeds: int | None, extra_seeds: int | None) -> No
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ReproduceError(f"{flag} must be a positive integer, got {value!r}")
     budget.check()
+
+
+def check_out(out: Path) -> None:
+    """``--out`` can hold the sweep: checked before the data is built or anything is pre-trained (minutes), which
+    came before the folder was first written."""
+    problem = output_dir_problem(out)
+    if problem:
+        raise ReproduceError(f"--out: {problem}")
 
 
 def check_archs(archs: Sequence[str] | None) -> list[str] | None:
@@ -516,6 +524,8 @@ def reproduce(
     check_plan(budget, seeds, extra_seeds)
     sweep_archs = list(dict.fromkeys(archs or [a for t in tables for a in TABLES[t].default_archs]))
     out = Path(out).expanduser().resolve()
+    if not collect_only:
+        check_out(out)
     data_root, data_kind = resolve_data(data, datasets_dir, build=not collect_only)
     weight_files = resolve_weights(weights, sweep_archs, check=not collect_only)
     runs = plan_runs(tables, data_root, data_kind=data_kind, archs=archs, weights=weight_files, seeds=seeds,

@@ -271,7 +271,8 @@ def headline(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     from ldt.sr.demo import BUDGETS, pretrain_stage
     from ldt.sr.options import PROJECT_ROOT
-    from ldt.sr.reproduce import Budget, ReproduceError, check_plan, plan_runs, reproduce, resolve_data, run_records
+    from ldt.sr.reproduce import (Budget, ReproduceError, check_out, check_plan, plan_runs, reproduce, resolve_data,
+                                  run_records)
     from ldt.sr.train import run_reporting_errors
 
     parser = argparse.ArgumentParser(prog="scripts/study.py", description=__doc__,
@@ -296,9 +297,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ReproduceError(f"--val-freq {args.val_freq} does not validate at a quarter and a half of --iters "
                                  f"{args.iters} ({', '.join(map(str, missed))} missed): the study reads those "
                                  "budgets; choose --iters divisible by 4 and a --val-freq that divides --iters / 4")
+        out = args.out.expanduser().resolve()
+        if not args.collect:
+            check_out(out)
         data_root, _ = resolve_data("synthetic", PROJECT_ROOT / "datasets", build=not args.collect)
         weights = pretrain_stage(PROJECT_ROOT, "full", seed=0, train_if_missing=not args.collect)
-        out = args.out.expanduser().resolve()
         # The whole study holds OUT's sweep lock (reproduce takes it again): a second study is refused before it
         # evaluates the pre-trained network, and the reference point and figure are written by one study at a time.
         with contextlib.nullcontext() if args.collect else sweep_lock(make_dirs(out)):
