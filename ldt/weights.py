@@ -123,10 +123,16 @@ def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | o
     network named ``label``, by default its class name).
 
     ``strict``: every key on both sides must match; otherwise only keys present on both sides must agree in shape
-    and in kind (a floating-point parameter takes no integer, bool or quantized values).
+    and in kind (a floating-point parameter takes no integer, bool or quantized values), and there must be one: a
+    file that shares no key with the network loaded nothing, and test.py scored a randomly initialised network.
     """
     own = {k: v for k, v in model.state_dict().items() if not ignore(k)}
     given = {k: v for k, v in state.items() if not ignore(k)}
+    if not strict and own and given and not own.keys() & given.keys():
+        raise WeightsError(f"{path} does not fit {label or type(model).__name__}: none of its {len(given)} key(s) "
+                           f"({', '.join(list(given)[:LISTED])}{', ...' if len(given) > LISTED else ''}) is the "
+                           "network's, so a non-strict load would load nothing (the network stays randomly "
+                           "initialised)")
     # Old checkpoints lack BatchNorm's num_batches_tracked; BatchNorm fills it in when loading.
     missing = [k for k in own if k not in given and not k.endswith("num_batches_tracked")] if strict else []
     unexpected = [k for k in given if k not in own] if strict else []

@@ -84,3 +84,18 @@ def test_a_param_key_that_gives_no_weights_says_what_each_entry_of_the_file_hold
     torch.save(content(net.state_dict()), tmp_path / "net.pth")
     with pytest.raises(WeightsError, match=re.escape(message)):
         read_weights(tmp_path / "net.pth", key, net)
+
+
+def test_a_non_strict_load_of_a_file_that_shares_no_key_with_the_network_is_refused(tmp_path):
+    """``path:strict_load_g: false`` with another network's file loaded nothing: test.py scored the random
+    initialisation (other numbers at every run), exit 0. A file sharing some keys still loads them."""
+    from ldt.weights import read_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 3, 3))
+    torch.save({"params": {"conv.weight": torch.zeros(4, 3, 3, 3)}}, tmp_path / "foreign.pth")
+    with pytest.raises(WeightsError, match=re.escape(
+            f"{tmp_path / 'foreign.pth'} does not fit Sequential: none of its 1 key(s) (conv.weight) is the "
+            "network's, so a non-strict load would load nothing (the network stays randomly initialised)")):
+        read_weights(tmp_path / "foreign.pth", model=net, strict=False)
+    torch.save({"params": {"0.weight": torch.zeros(4, 3, 3, 3)}}, tmp_path / "part.pth")
+    assert list(read_weights(tmp_path / "part.pth", model=net, strict=False)) == ["0.weight"]
