@@ -114,3 +114,18 @@ def test_an_evaluation_without_metrics_is_refused(metrics, data_root, tmp_path):
     options = write_options(hostile_options(data_root, tmp_path, metrics=metrics), tmp_path)
     with pytest.raises(OptionsError, match=r"val:metrics: empty: test.py would score nothing; name at least one"):
         load_options(options, is_train=False)
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("path:pretrain_network_g=5", "path:pretrain_network_g: expected a string, got int 5"),
+    ("path=5", "path: expected a mapping, got int 5"),
+])
+def test_weights_of_the_wrong_type_are_one_problem_not_also_missing(override, problem, data_root, tmp_path):
+    """The value that failed its type was dropped before the test-needs-weights check, which then reported it
+    'missing' too: two lines for one mistake."""
+    from ldt.sr.options import OptionsError, load_options
+
+    options = write_options(hostile_options(data_root, tmp_path), tmp_path)
+    with pytest.raises(OptionsError) as err:
+        load_options(options, is_train=False, overrides=[override])
+    assert str(err.value) == f"--force_yml '{override}': {problem}"

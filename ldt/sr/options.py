@@ -760,9 +760,12 @@ def _input_size_problems(arch: type, arch_type: str, datasets: dict[str, Dataset
     return problems
 
 
-def _path_problems(opt: RunOptions, is_train: bool) -> list[str]:
+def _path_problems(opt: RunOptions, is_train: bool, reported: Sequence[str]) -> list[str]:
+    """``reported``: the problems found so far; a value that failed its own check (``pretrain_network_g: 5``) was
+    dropped before this check, and is not 'missing' as well."""
     problems = []
-    if not is_train and not opt.path.pretrain_network_g:
+    failed = any(problem.startswith(("path:pretrain_network_g: ", "path: ")) for problem in reported)
+    if not is_train and not opt.path.pretrain_network_g and not failed:
         problems.append("path:pretrain_network_g: missing: the weights to evaluate, e.g. "
                         "experiments/<name>/models/net_g_best.pth")
     for key in ("pretrain_network_g", "resume_state"):
@@ -831,7 +834,7 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
     if top is not None:
         sets = raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {}
         evaluated = [key for key in sets if str(key).startswith(("val", "test"))]
-        problems += _path_problems(top, is_train)
+        problems += _path_problems(top, is_train, problems)
         metrics = raw["val"].get("metrics") if isinstance(raw.get("val"), dict) else None
         problems += _val_problems(top, datasets, is_train, names_known=all(key in datasets for key in evaluated),
                                   metrics_known=not isinstance(metrics, dict) or metrics.keys() <= top.val.metrics.keys())
