@@ -129,3 +129,20 @@ def test_weights_of_the_wrong_type_are_one_problem_not_also_missing(override, pr
     with pytest.raises(OptionsError) as err:
         load_options(options, is_train=False, overrides=[override])
     assert str(err.value) == f"--force_yml '{override}': {problem}"
+
+
+def test_reruns_within_one_second_are_each_archived(tmp_path, monkeypatch):
+    """Two reruns of a name in the same second (test.py's run_test in a loop over checkpoints of a small set) failed
+    'cannot archive …: Directory not empty', the first archive's name being taken; each gets its own now."""
+    import basicsr.utils
+    from ldt.sr.checkpoints import archive
+
+    monkeypatch.setattr(basicsr.utils, "get_time_str", lambda: "20260101_000000")
+    folder = tmp_path / "results" / "hostile"
+    for rerun in range(3):
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(str(rerun))
+        archive(folder)
+    assert {path.name: (path / "results.json").read_text() for path in folder.parent.iterdir()} == {
+        "hostile_archived_20260101_000000": "0", "hostile_archived_20260101_000000_2": "1",
+        "hostile_archived_20260101_000000_3": "2"}

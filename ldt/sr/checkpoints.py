@@ -113,15 +113,19 @@ def holds_a_run(experiment: str | Path) -> bool:
 
 def archive(*folders: str | Path) -> list[tuple[Path, Path]]:
     """BasicSR's convention for a rerun of an experiment name: rename each existing folder to
-    ``<folder>_archived_<time>`` (nothing is deleted); returns the (old, new) names. Refused, nothing moved, while a
-    run of a name inside one of them is in use (:func:`runs_inside_held`)."""
+    ``<folder>_archived_<time>`` (``_2``, ``_3``, ... for more in the same second; nothing is deleted); returns the
+    (old, new) names. Refused, nothing moved, while a run of a name inside one of them is in use
+    (:func:`runs_inside_held`)."""
     from basicsr.utils import get_time_str
 
     stamp, moved = get_time_str(), []
     with runs_inside_held(*folders):
         for folder in map(Path, folders):
             if folder.exists():
-                target = folder.with_name(f"{folder.name}_archived_{stamp}")
+                target, count = folder.with_name(f"{folder.name}_archived_{stamp}"), 1
+                while target.exists() or target.is_symlink():  # archived in this second already: the rename failed
+                    count += 1
+                    target = folder.with_name(f"{folder.name}_archived_{stamp}_{count}")
                 try:
                     folder.rename(target)
                 except OSError as err:
