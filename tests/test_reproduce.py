@@ -108,7 +108,7 @@ def test_a_record_edited_by_hand_is_skipped_with_its_line_and_the_rest_tabulates
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     code = collect(sweep, out)
     assert code == 0
-    with pytest.warns(UserWarning, match=rf"results.jsonl:1: a record the table cannot read"):
+    with pytest.warns(UserWarning, match=r"results.jsonl:1: a record the table cannot read"):
         rp.collect_results(out, planned(sweep))
     assert "| 1/2 |" in (out / "table1.md").read_text()  # the edited run's row counts one seed of two
 
