@@ -309,8 +309,8 @@ class RunOptions(Options):
         """A name is a relative path that stays inside experiments/ (``demo/ft`` is fine, ``../x`` is not)."""
         path = PurePosixPath(name)
         if not name.strip() or path.is_absolute() or "\\" in name or any(p in ("", ".", "..") for p in name.split("/")):
-            raise ValueError(f"must be a relative name inside experiments/ without '..', '.', '\\' or empty parts, "
-                             f"got {name!r}")
+            raise ValueError(f"must be a relative name inside experiments/ (results/ for test.py) without '..', '.', "
+                             f"'\\' or empty parts, got {name!r}")
         if any(ord(char) < 32 for char in name):
             raise ValueError(f"must not contain control characters, got {name!r}")
         return name
