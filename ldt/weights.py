@@ -150,6 +150,20 @@ def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | o
         raise WeightsError(f"{path} does not fit {label or type(model).__name__}: " + "; ".join(parts))
 
 
+def partial_load(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | os.PathLike) -> str | None:
+    """What a non-strict load of ``state`` into ``model`` leaves out, in one line, or None when every key matches:
+    BasicSR's own loader logs the keys that differ, and a network partly at its initialisation is scored silently
+    otherwise."""
+    own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    kept = [k for k in own if k not in state]
+    unused = [k for k in state if k not in model.state_dict()]
+    if not kept and not unused:
+        return None
+    listed = f" ({', '.join(kept[:LISTED])}{', ...' if len(kept) > LISTED else ''})" if kept else ""
+    return (f"path:strict_load_g: false: {path} set {len(own) - len(kept)} of the network's {len(own)} tensors; "
+            f"{len(kept)} keep their initialisation{listed}, {len(unused)} of the file's were not used")
+
+
 def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Module | None = None,
                  strict: bool = True) -> "OrderedDict[str, torch.Tensor]":
     """The state dict of a weights file, checked against ``model`` when given (one-line errors naming the file)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -146,3 +147,26 @@ def test_reruns_within_one_second_are_each_archived(tmp_path, monkeypatch):
     assert {path.name: (path / "results.json").read_text() for path in folder.parent.iterdir()} == {
         "hostile_archived_20260101_000000": "0", "hostile_archived_20260101_000000_2": "1",
         "hostile_archived_20260101_000000_3": "2"}
+
+
+def test_a_partial_non_strict_load_is_logged_with_what_it_left_out(data_root, tmp_path, caplog):
+    """``path:strict_load_g: false`` with a file holding part of the network evaluated a partly random network
+    without a word (BasicSR's own loader logs the keys that differ); now a warning counts and names them."""
+    from ldt.sr.evaluate import run_test
+    from ldt.sr.options import load_options
+
+    opt = hostile_options(data_root, tmp_path)
+    state = torch.load(tmp_path / "net.pth")["params"]
+    dropped = sorted(state)[-2:]
+    partial = {k: v for k, v in state.items() if k not in dropped}
+    torch.save({"params": {**partial, "extra.weight": torch.zeros(1)}}, tmp_path / "part.pth")
+    opt["path"].update(pretrain_network_g=str(tmp_path / "part.pth"), strict_load_g=False)
+    logger = logging.getLogger("basicsr")  # BasicSR's root logger does not propagate: listen to it directly
+    logger.addHandler(caplog.handler)
+    try:
+        run_test(load_options(write_options(opt, tmp_path), is_train=False), root=tmp_path)
+    finally:
+        logger.removeHandler(caplog.handler)
+    kept = [k for k in state if k in dropped]  # in the network's order
+    assert (f"path:strict_load_g: false: {tmp_path / 'part.pth'} set {len(state) - 2} of the network's {len(state)} "
+            f"tensors; 2 keep their initialisation ({', '.join(kept)}), 1 of the file's were not used") in caplog.text

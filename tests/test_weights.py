@@ -89,7 +89,7 @@ def test_a_param_key_that_gives_no_weights_says_what_each_entry_of_the_file_hold
 def test_a_non_strict_load_of_a_file_that_shares_no_key_with_the_network_is_refused(tmp_path):
     """``path:strict_load_g: false`` with another network's file loaded nothing: test.py scored the random
     initialisation (other numbers at every run), exit 0. A file sharing some keys still loads them."""
-    from ldt.weights import read_weights
+    from ldt.weights import partial_load, read_weights
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 3, 3))
     torch.save({"params": {"conv.weight": torch.zeros(4, 3, 3, 3)}}, tmp_path / "foreign.pth")
@@ -99,3 +99,7 @@ def test_a_non_strict_load_of_a_file_that_shares_no_key_with_the_network_is_refu
         read_weights(tmp_path / "foreign.pth", model=net, strict=False)
     torch.save({"params": {"0.weight": torch.zeros(4, 3, 3, 3)}}, tmp_path / "part.pth")
     assert list(read_weights(tmp_path / "part.pth", model=net, strict=False)) == ["0.weight"]
+    assert partial_load(net.state_dict(), net, "whole.pth") is None  # a complete file loads without a warning
+    assert partial_load({"0.weight": torch.zeros(4, 3, 3, 3)}, net, "part.pth") == (
+        "path:strict_load_g: false: part.pth set 1 of the network's 4 tensors; 3 keep their initialisation "
+        "(0.bias, 1.weight, 1.bias), 0 of the file's were not used")

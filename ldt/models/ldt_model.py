@@ -26,7 +26,7 @@ from ldt.core.methods import score_partition
 from ldt.sr import checkpoints
 from ldt.sr.options import method_options, prepare_options
 from ldt.archs.arch_util import head_patterns
-from ldt.weights import read_weights
+from ldt.weights import partial_load, read_weights
 
 patch_basicsr()
 from basicsr.archs import build_network  # noqa: E402
@@ -65,6 +65,9 @@ class LDTModel(BaseModel):
             state = read_weights(load_path, opt["path"]["param_key_g"], self.net_g, strict=opt["path"]["strict_load_g"])
             self.net_g.load_state_dict(state, strict=opt["path"]["strict_load_g"])
             self.logger.info(f"Loaded {opt['network_g']['type']} weights from {load_path}")
+            left_out = None if opt["path"]["strict_load_g"] else partial_load(state, self.net_g, load_path)
+            if left_out:
+                self.logger.warning(left_out)
         if is_distributed():
             # Ranks seed differently; the probe and warm-up run before DDP would broadcast rank 0's weights.
             for tensor in list(self.net_g.parameters()) + list(self.net_g.buffers()):
