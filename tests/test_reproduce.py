@@ -289,6 +289,7 @@ def test_weights_are_checked_before_training(tmp_path):
         (dict(archs=["safmn_tiny", "safmn"], weights=["{tmp}/x.pth"]), "write ARCH=FILE for each"),
         (dict(seeds=0), "--seeds must be a positive integer"),
         (dict(budget=rp.Budget(iters=4, gt_size=30)), "--gt-size must be a multiple of the scale 4"),
+        (dict(budget=rp.Budget(iters=4, batch_size=1000, gt_size=32)), "--batch-size 1000: more than the "),
     ],
 )
 def test_bad_inputs_fail_before_any_run(kwargs, message, sweep, tmp_path, monkeypatch):

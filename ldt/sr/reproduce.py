@@ -277,16 +277,25 @@ def resolve_data(spec: str | Path, datasets_dir: Path = DEFAULT_DATASETS, *, bui
     return root, "synthetic" if (root / MANIFEST).is_file() else "drealsr"
 
 
-def check_data(root: Path, runs: Sequence[TableRun]) -> None:
-    """Find the train/test splits and at least one pair of every camera the runs need (names only, no pixels)."""
+def check_data(root: Path, runs: Sequence[TableRun], checked: Mapping[str, dict]) -> None:
+    """Find the train/test splits and at least one pair of every camera the runs need (names only, no pixels), and
+    a batch in every run's training set (``checked``: each run's checked options, by digest): a larger
+    ``--batch-size`` failed inside the first run, naming no flag."""
     sources = {camera for run in runs for camera in run.setting.source}
     targets = {camera for run in runs for camera in run.setting.targets}
+    found = {}
     for split, cameras in (("train", sources), ("test", sources | targets)):
         ordered = [camera for camera in DREALSR_CAMERAS if camera in cameras]
         try:
-            collect_pairs(split=split, cameras=ordered, dataroot=root, check_sizes=False)
+            found[split] = collect_pairs(split=split, cameras=ordered, dataroot=root, check_sizes=False).pairs
         except DatasetError as err:
             raise ReproduceError(f"data root {root}: {err}") from None
+    for run in runs:
+        train = checked[run.digest]["datasets"]["train"]
+        samples = sum(pair.camera in run.setting.source for pair in found["train"]) * train["dataset_enlarge_ratio"]
+        if samples < train["batch_size_per_gpu"]:
+            raise ReproduceError(f"--batch-size {train['batch_size_per_gpu']}: more than the {samples} training "
+                                 f"pair(s) of {'+'.join(run.setting.source)} in {root} (run {run.opt['name']})")
 
 
 # ------------------------------------------------------------------------------------------------------- records
@@ -541,12 +550,13 @@ def reproduce(
     trained = 0
     if not collect_only and pending:
         check_weights(weight_files)
+        checked = {}
         for run in pending:
             try:
-                prepare_options(run.opt, is_train=True, source=f"run {run.opt['name']}")
+                checked[run.digest] = prepare_options(run.opt, is_train=True, source=f"run {run.opt['name']}")
             except OptionsError as err:
                 raise ReproduceError(str(err)) from None
-        check_data(data_root, pending)
+        check_data(data_root, pending, checked)
         planned = [PlannedRun(run.digest, run.opt["name"],
                               lambda run=run: make_record(run, run_stage(run.opt, out, label="reproduce"), data_kind, out))
                    for run in pending]
