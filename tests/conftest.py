@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -72,6 +74,18 @@ def hold_in_another_process(path: Path, seconds: float) -> subprocess.Popen:
                                cwd=Path(__file__).resolve().parents[1])
     assert process.stdout.readline().strip() == "held"
     return process
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path, seconds: float = 60) -> Iterator[subprocess.Popen]:
+    """:func:`hold_in_another_process` for the block: the holder is killed (which frees the lock) and reaped however
+    the block ends, so a failing assertion inside leaves no process holding a lock behind."""
+    holder = hold_in_another_process(path, seconds)
+    try:
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ldt.atomic import DiskError, FileContentError, atomic_write_bytes, make_dirs, read_json_dict, read_json_object
-from tests.conftest import hold_in_another_process
+from tests.conftest import hold_in_another_process, lock_held_elsewhere
 
 
 @pytest.mark.parametrize("content,problem", [
@@ -246,7 +246,6 @@ def test_a_lock_file_another_user_created_still_locks(tmp_path, monkeypatch):
     from ldt.atomic import BusyError, exclusive_lock
 
     lock = tmp_path / ".shared.lock"
-    holder = hold_in_another_process(lock, 60)
     real_open = os.open
 
     def no_write(path, flags, *args):
@@ -254,14 +253,11 @@ def test_a_lock_file_another_user_created_still_locks(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(os, "open", no_write)
-    try:
+    with lock_held_elsewhere(lock) as holder:
+        monkeypatch.setattr(os, "open", no_write)
         with pytest.raises(BusyError, match=f"pid {holder.pid}"):
             with exclusive_lock(lock, busy="busy: {holder}"):
                 pass
-    finally:
-        holder.kill()
-        holder.wait()
     with exclusive_lock(lock, busy="busy"):  # free again: taken read-only, no pid written
         assert f"pid {holder.pid}" in lock.read_text()
 

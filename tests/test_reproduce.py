@@ -185,21 +185,17 @@ def test_an_interrupted_sweep_trains_only_the_missing_run(sweep, tmp_path, monke
 def test_a_second_sweep_on_the_same_out_is_refused_and_touches_nothing(sweep, tmp_path, monkeypatch):
     """Two sweeps on one --out would clean each other's run folders and record the same runs twice."""
     from ldt.atomic import BusyError
-    from tests.conftest import hold_in_another_process
+    from tests.conftest import lock_held_elsewhere
 
     forbid_training(monkeypatch)
     out = tmp_path / "out"
     shutil.copytree(sweep["out"], out)
     (out / "results.jsonl").write_text("\n".join(lines(out / "results.jsonl")[:-1]) + "\n")  # one run to train
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    holder = hold_in_another_process(out / ".sweep.lock", 60)  # a sweep in another process
-    try:
+    with lock_held_elsewhere(out / ".sweep.lock", 60) as holder:  # a sweep in another process
         with pytest.raises(BusyError, match=rf"^another sweep is running on {out} \(pid {holder.pid}, .*lock "
                                             rf"{out}/.sweep.lock\)"):
             rp.reproduce(["1"], "synthetic_tiny", datasets_dir=sweep["datasets"], out=out, **SWEEP)
-    finally:
-        holder.kill()
-        holder.wait()
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name != ".sweep.lock"} \
         == {path: data for path, data in before.items() if path.name != ".sweep.lock"}
 

@@ -79,21 +79,17 @@ def test_a_rerun_of_an_experiment_name_archives_the_earlier_run(data_root, tmp_p
 def test_a_second_run_of_a_name_that_is_training_is_refused_and_touches_nothing(data_root, tmp_path, capsys):
     """Two runs of one name at once would archive and overwrite each other's folder; the lock goes with the run."""
     from ldt.atomic import lock_beside
-    from tests.conftest import hold_in_another_process
+    from tests.conftest import lock_held_elsewhere
 
     assert cli(options(data_root, "busy"), tmp_path, capsys)[0] == 0
     exp = tmp_path / "experiments" / "busy"
-    holder = hold_in_another_process(lock_beside(exp), 60)  # a run of this name in another process
-    try:
+    with lock_held_elsewhere(lock_beside(exp), 60) as holder:  # a run of this name in another process
         before = snapshot(tmp_path / "experiments")
         code, lines = cli(options(data_root, "busy"), tmp_path, capsys)
         assert code == 2 and len(lines) == 1, lines
         assert lines[0].startswith(f"error: {exp} is in use by another run (pid {holder.pid}, since ") and \
             lines[0].endswith(f"lock {lock_beside(exp)}): wait for it to finish, or choose another name")
         assert snapshot(tmp_path / "experiments") == before and not list(exp.parent.glob("busy_archived_*"))
-    finally:
-        holder.kill()
-        holder.wait()
     assert cli(options(data_root, "busy"), tmp_path, capsys)[0] == 0  # released: a rerun archives as usual
     assert len(list(exp.parent.glob("busy_archived_*"))) == 1
 
@@ -104,15 +100,14 @@ def test_a_rerun_that_would_archive_a_live_run_of_a_name_inside_it_is_refused(da
     and lock with its own. It is refused now; the reverse, 'outer/inner' while 'outer' trains, is fine (neither writes
     the other's files), and once the inner run is done a rerun of 'outer' archives it with the rest, as before."""
     from ldt.atomic import lock_beside
-    from tests.conftest import hold_in_another_process
+    from tests.conftest import lock_held_elsewhere
 
     assert cli(options(data_root, "outer"), tmp_path, capsys)[0] == 0
     exp = tmp_path / "experiments" / "outer"
     inner = exp / "inner"
     (inner / "models").mkdir(parents=True)
     (inner / "models" / "net_g_3.pth").write_bytes(b"a live run's checkpoint")
-    holder = hold_in_another_process(lock_beside(inner), 60)  # a run of outer/inner, training
-    try:
+    with lock_held_elsewhere(lock_beside(inner), 60) as holder:  # a run of outer/inner, training
         before = snapshot(exp)
         code, lines = cli(options(data_root, "outer"), tmp_path, capsys)
         assert code == 2 and len(lines) == 1, lines
@@ -120,17 +115,10 @@ def test_a_rerun_that_would_archive_a_live_run_of_a_name_inside_it_is_refused(da
                                    "since ") and \
             lines[0].endswith(f"lock {lock_beside(inner)}): wait for it to finish, or choose another name"), lines
         assert snapshot(exp) == before and not list(exp.parent.glob("outer_archived_*"))
-    finally:
-        holder.kill()
-        holder.wait()
-    holder = hold_in_another_process(lock_beside(exp), 60)  # 'outer' trains; a run of a name inside it may start
-    try:
+    with lock_held_elsewhere(lock_beside(exp), 60):  # 'outer' trains; a run of a name inside it may start
         outer_files = {k: v for k, v in snapshot(exp).items() if not k.startswith(("inner", ".inner.lock"))}
         assert cli(options(data_root, "outer/inner"), tmp_path, capsys)[0] == 0
         assert {k: v for k, v in snapshot(exp).items() if not k.startswith(("inner", ".inner.lock"))} == outer_files
-    finally:
-        holder.kill()
-        holder.wait()
     assert cli(options(data_root, "outer"), tmp_path, capsys)[0] == 0  # nothing live inside: archived whole
     (archived,) = exp.parent.glob("outer_archived_*")
     assert (archived / "inner" / "models" / "net_g_best.pth").is_file()
@@ -142,24 +130,19 @@ def test_an_evaluation_or_a_stage_rebuild_never_moves_a_live_run_inside_its_fold
     from ldt.atomic import BusyError, lock_beside
     from ldt.sr.checkpoints import archive
     from ldt.sr.experiment import run_stage
-    from tests.conftest import hold_in_another_process
+    from tests.conftest import lock_held_elsewhere
 
     results, stage = tmp_path / "results" / "t", tmp_path / "experiments" / "stage"
     for folder in (results, stage):
         (folder / "inner").mkdir(parents=True)
         (folder / "results.json").write_text("{}")
-    holders = [hold_in_another_process(lock_beside(folder / "inner"), 60) for folder in (results, stage)]
-    try:
+    with lock_held_elsewhere(lock_beside(results / "inner")), lock_held_elsewhere(lock_beside(stage / "inner")):
         before = [snapshot(results), snapshot(stage)]
         with pytest.raises(BusyError, match=f"^{results} holds {results / 'inner'}, which is in use by another run"):
             archive(results)
         with pytest.raises(BusyError, match=f"^{stage} holds {stage / 'inner'}, which is in use by another run"):
             run_stage(options(data_root, "stage"), tmp_path, force=True)
         assert [snapshot(results), snapshot(stage)] == before
-    finally:
-        for holder in holders:
-            holder.kill()
-            holder.wait()
 
 
 def test_a_second_test_py_of_a_name_that_is_evaluating_is_refused_and_touches_nothing(data_root, tmp_path, capsys):
@@ -167,7 +150,7 @@ def test_a_second_test_py_of_a_name_that_is_evaluating_is_refused_and_touches_no
     from ldt.archs.safmn_arch import SAFMN
     from ldt.atomic import lock_beside
     from ldt.sr.evaluate import main as test_main
-    from tests.conftest import hold_in_another_process
+    from tests.conftest import lock_held_elsewhere
 
     opt = options(data_root, "evaluated")
     torch.save({"params": SAFMN(**{k: v for k, v in opt["network_g"].items() if k != "type"}).state_dict()},
@@ -178,8 +161,7 @@ def test_a_second_test_py_of_a_name_that_is_evaluating_is_refused_and_touches_no
     command = ["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)]
     assert test_main(command) == 0
     out = tmp_path / "results" / "t"
-    holder = hold_in_another_process(lock_beside(out), 60)  # an evaluation of this name in another process
-    try:
+    with lock_held_elsewhere(lock_beside(out), 60) as holder:  # an evaluation of this name in another process
         before = snapshot(tmp_path / "results")
         capsys.readouterr()
         code, lines = test_main(command), capsys.readouterr().err.strip().splitlines()
@@ -187,9 +169,6 @@ def test_a_second_test_py_of_a_name_that_is_evaluating_is_refused_and_touches_no
         assert lines[0].startswith(f"error: {out} is in use by another run (pid {holder.pid}, since ") and \
             lines[0].endswith(f"lock {lock_beside(out)}): wait for it to finish, or choose another name")
         assert snapshot(tmp_path / "results") == before and not list(out.parent.glob("t_archived_*"))
-    finally:
-        holder.kill()
-        holder.wait()
     assert test_main(command) == 0 and len(list(out.parent.glob("t_archived_*"))) == 1  # released
 
 

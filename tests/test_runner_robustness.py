@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ldt import runner
 from ldt.atomic import DiskError
 from ldt.sweep import LOCK_FILE, RESULTS_FILE, Records, run_hash, sweep_lock
-from tests.conftest import hold_in_another_process
+from tests.conftest import lock_held_elsewhere
 
 ARGS = Namespace(collect=None, device="cpu", workers=None, progress=False)
 
@@ -278,13 +278,9 @@ def test_a_run_planned_twice_is_counted_once(tmp_path, capsys):
 
 # ---- 10. two sweeps on one folder ----------------------------------------------------------------------------------
 def test_a_second_sweep_on_the_same_out_is_refused(tmp_path, capsys):
-    holder = hold_in_another_process(tmp_path / LOCK_FILE, 60)  # a sweep in another process
-    try:
+    with lock_held_elsewhere(tmp_path / LOCK_FILE, 60) as holder:  # a sweep in another process
         assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
         assert f"another sweep is running on {tmp_path} (pid {holder.pid}, since " in error_line(capsys)
-    finally:
-        holder.kill()
-        holder.wait()
     assert sweep_main(tmp_path, [FakeConfig()]) == 0  # released with the first
     with sweep_lock(tmp_path):  # this process's own lock: the sweep inside re-enters it
         assert sweep_main(tmp_path / ".", [FakeConfig(1)]) == 0

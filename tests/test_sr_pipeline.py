@@ -206,7 +206,7 @@ def test_a_stage_that_another_process_is_training_is_left_alone(data_root, tmp_p
     the stage's own lock."""
     from ldt.atomic import BusyError, exclusive_lock, lock_beside
     from ldt.sr.experiment import run_stage
-    from tests.conftest import hold_in_another_process
+    from tests.conftest import lock_held_elsewhere
 
     opt = tiny_options(data_root, "shared_stage", "ldt", logger__save_checkpoint_freq=2, val__val_freq=2)
     simulate_crash(monkeypatch, at=1)  # stopped before its first state: a folder a rerun would start afresh
@@ -215,14 +215,10 @@ def test_a_stage_that_another_process_is_training_is_left_alone(data_root, tmp_p
     exp = tmp_path / "experiments" / "shared_stage"
     before = sorted(p.relative_to(exp) for p in exp.rglob("*"))
     assert Path("options_hash.txt") in before
-    holder = hold_in_another_process(lock_beside(exp), 60)
-    try:
+    with lock_held_elsewhere(lock_beside(exp), 60) as holder:
         with pytest.raises(BusyError, match=f"^{exp} is in use by another run \\(pid {holder.pid}, since "):
             run_stage(opt, tmp_path)
         assert sorted(p.relative_to(exp) for p in exp.rglob("*")) == before
-    finally:
-        holder.kill()
-        holder.wait()
     with exclusive_lock(lock_beside(exp)):  # held by this process: the stage and its training re-enter it
         report = run_stage(opt, tmp_path)
     assert report["iterations"] == opt["train"]["total_iter"]

@@ -200,7 +200,7 @@ def test_a_second_study_on_the_same_out_is_refused_before_it_evaluates_the_pretr
     import ldt.sr.reproduce as reproduce
     from ldt.sr.study import main
     from ldt.sweep import LOCK_FILE
-    from tests.conftest import hold_in_another_process
+    from tests.conftest import lock_held_elsewhere
 
     def never(*args, **kwargs):
         raise AssertionError("the pre-trained network was evaluated while another study held the folder")
@@ -210,10 +210,7 @@ def test_a_second_study_on_the_same_out_is_refused_before_it_evaluates_the_pretr
     monkeypatch.setattr(demo, "evaluate_weights", never)
     out = tmp_path / "out"
     out.mkdir()
-    holder = hold_in_another_process(out / LOCK_FILE, 30)
-    try:
+    with lock_held_elsewhere(out / LOCK_FILE, 30):
         assert main(["--out", str(out)]) == 2
-    finally:
-        holder.kill()
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: another sweep is running on {out} (") and "\n" not in err
