@@ -88,16 +88,19 @@ class WarmupConfig(Options):
 # ------------------------------------------------------------------------------------------------ error messages
 
 
-def annotation_models(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models an annotation can hold (through Optional, Annotated, Union, list and dict values)."""
+def _alternatives(annotation: Any) -> list[Any]:
+    """The annotations a value of ``annotation`` may have, through Annotated and Optional / Union."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
-        return annotation_models(typing.get_args(annotation)[0])
+        return _alternatives(typing.get_args(annotation)[0])
     if origin in (Union, types.UnionType):
-        return [m for arg in typing.get_args(annotation) for m in annotation_models(arg)]
-    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return []
+        return [leaf for arg in typing.get_args(annotation) for leaf in _alternatives(arg)]
+    return [annotation]
+
+
+def annotation_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Annotated and Union)."""
+    return [leaf for leaf in _alternatives(annotation) if inspect.isclass(leaf) and issubclass(leaf, BaseModel)]
 
 
 _TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -110,14 +113,8 @@ def _tags(model: type[BaseModel]) -> tuple[str, ...]:
 
 def dict_value_models(annotation: Any) -> list[type[BaseModel]]:
     """The pydantic models a ``dict[str, Model]`` annotation holds as values (through Optional and Annotated)."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return dict_value_models(typing.get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return [m for arg in typing.get_args(annotation) for m in dict_value_models(arg)]
-    if origin is dict:
-        return annotation_models(typing.get_args(annotation)[1])
-    return []
+    return [model for leaf in _alternatives(annotation) if typing.get_origin(leaf) is dict
+            for model in annotation_models(typing.get_args(leaf)[1])]
 
 
 def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], list[str]]:
