@@ -12,7 +12,7 @@ import os
 import pickle
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -117,6 +117,11 @@ def entries(checkpoint: Mapping, limit: int = 10) -> str:
     return (listed + (f", … ({len(names)} in all)" if len(names) > limit else "")) if names else "no entries"
 
 
+def _first_keys(keys: Sequence[str]) -> str:
+    """The first :data:`LISTED` of ``keys``, for a one-line message."""
+    return ", ".join(keys[:LISTED]) + (", ..." if len(keys) > LISTED else "")
+
+
 def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
               ignore: Callable[[str], bool] = lambda key: False, label: str | None = None) -> None:
     """Raise a :class:`WeightsError` naming the first keys that do not fit ``model`` (``ignore``d keys aside; the
@@ -130,7 +135,7 @@ def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | o
     given = {k: v for k, v in state.items() if not ignore(k)}
     if not strict and own and given and not own.keys() & given.keys():
         raise WeightsError(f"{path} does not fit {label or type(model).__name__}: none of its {len(given)} key(s) "
-                           f"({', '.join(list(given)[:LISTED])}{', ...' if len(given) > LISTED else ''}) is the "
+                           f"({_first_keys(list(given))}) is the "
                            "network's, so a non-strict load would load nothing (the network stays randomly "
                            "initialised)")
     # Old checkpoints lack BatchNorm's num_batches_tracked; BatchNorm fills it in when loading.
@@ -143,9 +148,9 @@ def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | o
     kinds = [f"{k} {v.dtype} vs {own[k].dtype}" for k, v in given.items()
              if k in own and own[k].is_floating_point() and not v.is_floating_point()]
     if missing or unexpected or shapes or kinds:
-        parts = [f"{label} {len(keys)} key(s) ({', '.join(keys[:LISTED])}{', ...' if len(keys) > LISTED else ''})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs net)", shapes),
-                                     ("not floating point (file vs net)", kinds))
+        parts = [f"{what} {len(keys)} key(s) ({_first_keys(keys)})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs net)", shapes),
+                                    ("not floating point (file vs net)", kinds))
                  if keys]
         raise WeightsError(f"{path} does not fit {label or type(model).__name__}: " + "; ".join(parts))
 
@@ -154,12 +159,13 @@ def partial_load(state: Mapping[str, torch.Tensor], model: nn.Module, path: str 
     """What a non-strict load of ``state`` into ``model`` leaves out, in one line, or None when every key matches:
     BasicSR's own loader logs the keys that differ, and a network partly at its initialisation is scored silently
     otherwise."""
-    own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    network = model.state_dict()
+    own = [k for k in network if not k.endswith("num_batches_tracked")]
     kept = [k for k in own if k not in state]
-    unused = [k for k in state if k not in model.state_dict()]
+    unused = [k for k in state if k not in network]
     if not kept and not unused:
         return None
-    listed = f" ({', '.join(kept[:LISTED])}{', ...' if len(kept) > LISTED else ''})" if kept else ""
+    listed = f" ({_first_keys(kept)})" if kept else ""
     return (f"path:strict_load_g: false: {path} set {len(own) - len(kept)} of the network's {len(own)} tensors; "
             f"{len(kept)} keep their initialisation{listed}, {len(unused)} of the file's were not used")
 
