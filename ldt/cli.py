@@ -20,7 +20,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
 TRACEBACK_VARIABLE = "LDT_TRACEBACK"
@@ -136,6 +136,13 @@ def path_flag(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset variable?); give a folder or file")
     return Path(text)
+
+
+def first_names(names: Sequence[str], limit: int = 3) -> str:
+    """The first ``limit`` of ``names`` for a one-line message, ', ...' when there are more; a name that would break
+    the line or vanish in it (a line end kept from a file, an empty key) is quoted."""
+    shown = [name if name.isprintable() and name else repr(name) for name in names[:limit]]
+    return ", ".join(shown) + (", ..." if len(names) > limit else "")
 
 
 # What a path that exists but is no regular file is, for the line that refuses it.

@@ -12,15 +12,14 @@ import os
 import pickle
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ldt.cli import not_a_file
+from ldt.cli import first_names, not_a_file
 
-LISTED = 3  # keys named per kind of mismatch
 NOT_A_CHECKPOINT = "is not a PyTorch checkpoint (not a zip archive or a tensor pickle)"
 
 
@@ -117,11 +116,6 @@ def entries(checkpoint: Mapping, limit: int = 10) -> str:
     return (listed + (f", … ({len(names)} in all)" if len(names) > limit else "")) if names else "no entries"
 
 
-def _first_keys(keys: Sequence[str]) -> str:
-    """The first :data:`LISTED` of ``keys``, for a one-line message."""
-    return ", ".join(keys[:LISTED]) + (", ..." if len(keys) > LISTED else "")
-
-
 def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
               ignore: Callable[[str], bool] = lambda key: False, label: str | None = None) -> None:
     """Raise a :class:`WeightsError` naming the first keys that do not fit ``model`` (``ignore``d keys aside; the
@@ -135,7 +129,7 @@ def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | o
     given = {k: v for k, v in state.items() if not ignore(k)}
     if not strict and own and given and not own.keys() & given.keys():
         raise WeightsError(f"{path} does not fit {label or type(model).__name__}: none of its {len(given)} key(s) "
-                           f"({_first_keys(list(given))}) is the "
+                           f"({first_names(list(given))}) is the "
                            "network's, so a non-strict load would load nothing (the network stays randomly "
                            "initialised)")
     # Old checkpoints lack BatchNorm's num_batches_tracked; BatchNorm fills it in when loading.
@@ -148,7 +142,7 @@ def check_fit(state: Mapping[str, torch.Tensor], model: nn.Module, path: str | o
     kinds = [f"{k} {v.dtype} vs {own[k].dtype}" for k, v in given.items()
              if k in own and own[k].is_floating_point() and not v.is_floating_point()]
     if missing or unexpected or shapes or kinds:
-        parts = [f"{what} {len(keys)} key(s) ({_first_keys(keys)})"
+        parts = [f"{what} {len(keys)} key(s) ({first_names(keys)})"
                  for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs net)", shapes),
                                     ("not floating point (file vs net)", kinds))
                  if keys]
@@ -165,7 +159,7 @@ def partial_load(state: Mapping[str, torch.Tensor], model: nn.Module, path: str 
     unused = [k for k in state if k not in network]
     if not kept and not unused:
         return None
-    listed = f" ({_first_keys(kept)})" if kept else ""
+    listed = f" ({first_names(kept)})" if kept else ""
     return (f"path:strict_load_g: false: {path} set {len(own) - len(kept)} of the network's {len(own)} tensors; "
             f"{len(kept)} keep their initialisation{listed}, {len(unused)} of the file's were not used")
 

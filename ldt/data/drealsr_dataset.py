@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import ValidationError
 from torch.utils import data
 
+from ldt.cli import first_names
 from ldt.compat import patch_basicsr
 from ldt.core.config import describe_errors
 from ldt.data.cameras import (
@@ -69,13 +70,6 @@ class SharedLmdbFiles:
         return _lmdb_client(self.databases[client_key], BASICSR_REBUILD).get(key, "default")
 
 
-def _some(keys: list[str]) -> str:
-    """The first three of ``keys`` for a one-line message (one a meta_info.txt line without a dot made, its line
-    end included, is quoted)."""
-    shown = [key if key.isprintable() and key else repr(key) for key in keys[:3]]
-    return ", ".join(shown) + (", ..." if len(keys) > 3 else "")
-
-
 def check_lmdb_keys(db: Path, keys: list[str], remedy: str = _REBUILD) -> None:
     """Every key ``db``'s meta_info.txt lists is in the database. A writer killed mid-way (basicsr's
     ``make_lmdb_from_imgs`` writes meta_info.txt line by line and commits in batches) or a copy cut short leaves
@@ -86,7 +80,7 @@ def check_lmdb_keys(db: Path, keys: list[str], remedy: str = _REBUILD) -> None:
         missing = [key for key in keys if not key.isascii() or not cursor.set_key(key.encode("ascii"))]
     if missing:
         raise DatasetError(f"LMDB {db} lacks {len(missing)} of the {len(keys)} image(s) its meta_info.txt lists "
-                           f"({_some(missing)}): a half-written database? {remedy}")
+                           f"({first_names(missing)}): a half-written database? {remedy}")
 
 
 def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
@@ -104,7 +98,7 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
             unpaired = sorted(set(keys[one]) - set(keys[other]))
             if unpaired:
                 raise DatasetError(f"{len(unpaired)} key(s) of {one}/meta_info.txt are not in {other}/meta_info.txt "
-                                   f"({_some(unpaired)}): BasicSR pairs the GT and LQ LMDBs by key")
+                                   f"({first_names(unpaired)}): BasicSR pairs the GT and LQ LMDBs by key")
         for db in (gt_db, lq_db):
             check_lmdb_keys(Path(db), keys[db], BASICSR_REBUILD)
     except DatasetError as err:
@@ -135,7 +129,7 @@ def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}"
             missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
             if missing:
                 raise DatasetError(f"{where}: {len(missing)} of the {len(names)} image(s) meta_info_file "
-                                   f"{meta_info_file} lists are not in {folder} ({_some(missing)}){why}")
+                                   f"{meta_info_file} lists are not in {folder} ({first_names(missing)}){why}")
         return
     try:
         gt_names, lq_names = sorted(scandir(gt)), sorted(scandir(lq))
@@ -144,7 +138,7 @@ def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}"
     wanted, have = [lq_name(name) for name in gt_names], set(lq_names)
     missing = [name for name in wanted if name not in have]
     if missing or len(gt_names) != len(lq_names):
-        unpaired = [f"{len(names)} LR image(s) {kind} ({_some(names)})" for kind, names in
+        unpaired = [f"{len(names)} LR image(s) {kind} ({first_names(names)})" for kind, names in
                     (("missing", missing), ("without an HR", sorted(have - set(wanted)))) if names]
         raise DatasetError(f"{where}: HR folder {gt} ({len(gt_names)} images) and LR folder {lq} ({len(lq_names)}) "
                            f"do not pair: {'; '.join(unpaired) or 'another count'} {rule}")
