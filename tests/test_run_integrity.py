@@ -240,6 +240,17 @@ def test_a_broken_pretrained_file_is_one_line_in_train_and_test(kind, weights_fi
     code = test_main(["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and REASONS[kind] in lines[0], lines
+    # Nothing new on disk: test.py left an empty results/t and its lock file behind.
+    assert not any((tmp_path / folder).exists() for folder in ("experiments", "tb_logger", "results"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated"])
+def test_a_broken_resume_state_is_one_line_and_creates_nothing(kind, weights_files, data_root, tmp_path, capsys):
+    opt = options(data_root, "resumed")
+    opt["path"]["resume_state"] = str(weights_files.get(kind, tmp_path / "missing.state"))
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1 and opt["path"]["resume_state"] in lines[0], lines
+    assert not any((tmp_path / folder).exists() for folder in ("experiments", "tb_logger", "results"))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "empty"])
@@ -394,7 +405,8 @@ def test_an_unwritable_results_folder_stops_test_py_before_it_evaluates(data_roo
                              str(PROJECT / "test.py"), "-opt", str(write(test_opt, tmp_path, "t.yml")), "--root",
                              str(root)], capture_output=True, text=True, timeout=300, cwd=PROJECT)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        f"error: cannot create {root / 'results' / 't'}: permission denied"], result.stderr[-2000:]
+        f"error: cannot write in {root / 'results'}: permission denied"], result.stderr[-2000:]
+    assert not any((root / 'results').iterdir())  # refused before anything was created
 
 
 @pytest.fixture

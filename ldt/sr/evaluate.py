@@ -10,7 +10,8 @@ from pathlib import Path, PurePosixPath
 import cv2
 import torch
 
-from ldt.atomic import atomic_write_bytes, atomic_write_text, check_writable, make_dirs
+from ldt.atomic import DiskError, atomic_write_bytes, atomic_write_text, check_writable, make_dirs
+from ldt.cli import output_dir_problem
 from ldt.compat import patch_basicsr
 from ldt.runner import Stopped, stop_on_signal
 from ldt.sr.checkpoints import archive, experiment_lock
@@ -30,12 +31,23 @@ from ldt.sr.train import build_parser, check_validation_sizes, resolve_num_gpu, 
 def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
     """Evaluate ``path:pretrain_network_g`` on the option file's test sets; write results/<name>/results.{md,json}.
 
-    ``opt``: checked test options (``prepare_options(..., is_train=False)``, which requires the network). Held under
-    the folder's lock: a second evaluation of the name would archive this one's folder mid-way and the two would
-    write each other's results (the second is refused in one line, as a second training of a name)."""
+    ``opt``: checked test options (``prepare_options(..., is_train=False)``, which requires the network). The data
+    and the weights are checked (the network built) before anything is created: an evaluation that cannot start
+    leaves no results folder or lock behind. Then held under the folder's lock: a second evaluation of the name
+    would archive this one's folder mid-way and the two would write each other's results (the second is refused in
+    one line, as a second training of a name)."""
     out = results_folder(opt, root)
+    resolve_num_gpu(opt)
+    opt.update(dist=False, rank=0, world_size=1)
+    problem = output_dir_problem(out)  # before any work, as training's folders (nothing created yet)
+    if problem:
+        raise DiskError(problem)
+    opt["path"].update(results_root=str(out), log=str(out), visualization=str(out / "visualization"))
+    loaders = validation_loaders(opt)
+    check_validation_sizes(opt, loaders)
+    model = build_model(opt)
     with experiment_lock(out):
-        return _evaluate(opt, out)
+        return _evaluate(opt, out, loaders, model)
 
 
 def results_folder(opt: dict, root: Path = PROJECT_ROOT) -> Path:
@@ -43,18 +55,12 @@ def results_folder(opt: dict, root: Path = PROJECT_ROOT) -> Path:
     return Path(root) / "results" / opt["name"]
 
 
-def _evaluate(opt: dict, out: Path) -> MetricTable:
-    resolve_num_gpu(opt)
-    opt.update(dist=False, rank=0, world_size=1)
-    check_writable(make_dirs(out))  # before any work, as training's folders
-    opt["path"].update(results_root=str(out), log=str(out), visualization=str(out / "visualization"))
-    loaders = validation_loaders(opt)
-    check_validation_sizes(opt, loaders)
-    model = build_model(opt)
-    if any(out.iterdir()):  # an earlier evaluation (perhaps of other weights) is kept, as BasicSR's test does
-        for old, new in archive(out):
+def _evaluate(opt: dict, out: Path, loaders: dict, model) -> MetricTable:
+    """Score ``model`` on ``loaders`` into ``out`` (under its lock)."""
+    if out.is_dir() and any(out.iterdir()):  # an earlier evaluation (perhaps of other weights) is kept, as BasicSR's
+        for old, new in archive(out):  # test does
             print(f"{old} held an earlier evaluation: archived as {new}", flush=True)
-        make_dirs(out)
+    check_writable(make_dirs(out))
     table = MetricTable(tuple(opt["val"]["metrics"]))
     suffix = opt["val"]["suffix"] or PurePosixPath(opt["name"]).name  # a name 'a/b' is no part of a file name
     for name, loader in loaders.items():
