@@ -595,6 +595,19 @@ def test_a_paired_image_set_on_lmdbs_is_sized_from_meta_info(tmp_path):
                          **{f"{lq} (key {k})": (16, 12) for k in ("baby", "bird", "butterfly")}}
 
 
+def test_the_paired_image_checks_still_work_after_an_image_was_read(tmp_path):
+    """BasicSR's PairedImageDataset pops 'type' from the io_backend of the options it was given when it reads its
+    first image: the scale check read it there and failed with a KeyError: 'type' on a set already read from."""
+    from ldt.sr.loaders import dataset
+    from ldt.sr.train import check_paired_image_scale
+
+    hr_dir, lr_dir = _paired_folders(tmp_path)
+    data = dataset({"datasets": {"train": _paired_set("Set5", hr_dir, lr_dir, phase="val", scale=4)}}, "train")
+    before = check_paired_image_scale("x", data, 4, train=False)
+    assert data[0]["gt"].shape == (3, 64, 48)
+    assert check_paired_image_scale("x", data, 4, train=False) == before and data.opt["io_backend"] == {"type": "disk"}
+
+
 def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
     """A set whose sizes nobody checked up front (BasicSR's PairedImageDataset on an LMDB): the metrics' size error
     names the pair."""

@@ -53,9 +53,10 @@ class ResumableSampler(EnlargedSampler):
 def dataset(opt: dict, key: str, phase: str | None = None):
     """The dataset of ``datasets:<key>`` (its block already carries phase and scale from the option schema); a
     ``PairedImageDataset`` is checked first (:func:`check_paired_folders`, :func:`check_paired_lmdb`), and on LMDBs
-    reads through the process's shared environments (:class:`SharedLmdbFiles`). A dataset option at fault (no split
-    folder below ``dataroot``) is named with its block, as the option checks name theirs: ``datasets:val_1:dataroot:
-    no test split ...`` (several sets share one root)."""
+    reads through the process's shared environments (:class:`SharedLmdbFiles`); on disk its first read pops
+    ``type`` from a copy of its ``io_backend``, not from its ``opt``, which the scale checks read at any time. A
+    dataset option at fault (no split folder below ``dataroot``) is named with its block, as the option checks name
+    theirs: ``datasets:val_1:dataroot: no test split ...`` (several sets share one root)."""
     block = opt["datasets"][key]
     paired, where = block["type"] == "PairedImageDataset", f"datasets:{key} ({block['name']})"
     on_lmdb = paired and block["io_backend"]["type"] == "lmdb"
@@ -72,6 +73,8 @@ def dataset(opt: dict, key: str, phase: str | None = None):
         raise DatasetError(f"datasets:{key}:{err.option}: {err}") from None
     if on_lmdb:
         data.file_client = SharedLmdbFiles(gt=block["dataroot_gt"], lq=block["dataroot_lq"])
+    elif paired:
+        data.io_backend_opt = dict(data.io_backend_opt)
     return data
 
 
