@@ -608,6 +608,79 @@ def test_the_paired_image_checks_still_work_after_an_image_was_read(tmp_path):
     assert check_paired_image_scale("x", data, 4, train=False) == before and data.opt["io_backend"] == {"type": "disk"}
 
 
+def _empty_set(kind: str, root: Path, split: str = "test") -> tuple[dict, str, str]:
+    """A dataset block of ``kind`` whose folders (or list of names) hold no images below ``root``; the option the
+    error names and the start of its message."""
+    hr, lr = root / "HR", root / "LR"
+    if kind == "camera split":  # a DRealSR-style root whose split folders are empty
+        hr, lr = (root / "x4" / f"{split.title()}_x4" / f"{split}_{side}" for side in ("HR", "LR"))
+    for folder in (hr, lr):
+        folder.mkdir(parents=True)
+    if kind.startswith("camera"):
+        where = {"dataroot": str(root)} if kind == "camera split" else {"dataroot_gt": str(hr), "dataroot_lq": str(lr)}
+        block = {"name": "empty", "type": "DRealSRCameraDataset", "split": split, "cameras": ["pan"], **where}
+        return block, next(iter(where)), f"{hr} holds no images, nor does {lr}"
+    if kind == "paired folders":
+        return _paired_set("empty", hr, lr), "dataroot_gt", f"{hr} holds no images, nor does {lr}"
+    if kind == "paired meta_info_file":
+        hr, lr = _paired_folders(root / "set")
+        (root / "meta.txt").write_text("")
+        return ({**_paired_set("empty", hr, lr), "meta_info_file": str(root / "meta.txt")}, "meta_info_file",
+                f"{root / 'meta.txt'} lists no images")
+    gt, lq = _paired_lmdbs(root / "set")  # paired lmdb: BasicSR's LMDBs whose meta_info.txt lists nothing
+    for db in (gt, lq):
+        (db / "meta_info.txt").write_text("")
+    return ({**_paired_set("empty", gt, lq), "io_backend": {"type": "lmdb"}}, "dataroot_gt",
+            f"LMDB {gt} (its meta_info.txt) holds no images, nor does {lq}")
+
+
+EMPTY_SETS = ["camera folders", "camera split", "paired folders", "paired meta_info_file", "paired lmdb"]
+
+
+@pytest.mark.parametrize("kind", EMPTY_SETS)
+def test_a_validation_set_without_images_is_one_line_before_training_and_testing(kind, data_root, tmp_path):
+    """A val_* set whose folders exist but hold no image: BasicSR's PairedImageDataset built an empty set, and the
+    run trained until its first validation, then stopped in a traceback ('validation set ... is empty'); the
+    camera dataset said 'no pairs for camera(s) pan ...; pairs found per camera: {}', naming no option. Now the
+    option is named, before the experiment or results folder is made."""
+    import ldt.archs  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.evaluate import run_test
+
+    block, option, message = _empty_set(kind, tmp_path / "data")
+    opt = tiny_options(data_root, "empty_val", "ft")
+    opt["datasets"]["val_2"] = block
+    with pytest.raises(DatasetError) as raised:
+        run_training(opt, tmp_path)
+    assert str(raised.value) == f"datasets:val_2:{option}: {message}"
+    network = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+    torch.save({"params": network.state_dict()}, tmp_path / "net.pth")
+    test_opt = {"name": "empty_test", "num_gpu": 0, "network_g": opt["network_g"], "datasets": {"test_1": block},
+                "path": {"pretrain_network_g": str(tmp_path / "net.pth")}}
+    with pytest.raises(DatasetError) as raised:
+        run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    assert str(raised.value) == f"datasets:test_1:{option}: {message}"
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("kind", ["camera split", "paired folders"])
+def test_a_training_set_without_images_names_its_option(kind, data_root, tmp_path):
+    """An empty training set said 'datasets:train has 0 samples, fewer than one batch per rank' (BasicSR's
+    PairedImageDataset) or 'no pairs for camera(s) ...' (the camera dataset): the folders are named now."""
+    from ldt.data.cameras import DatasetError
+
+    block, option, message = _empty_set(kind, tmp_path / "data", split="train")
+    opt = tiny_options(data_root, "empty_train", "ft")
+    opt["datasets"]["train"] = {**block, "cameras": ["olympus"], "gt_size": 32, "batch_size_per_gpu": 2}
+    if kind == "paired folders":
+        del opt["datasets"]["train"]["cameras"]
+    with pytest.raises(DatasetError) as raised:
+        run_training(opt, tmp_path)
+    assert str(raised.value) == f"datasets:train:{option}: {message}"
+    assert not (tmp_path / "experiments").exists()
+
+
 def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
     """A set whose sizes nobody checked up front (BasicSR's PairedImageDataset on an LMDB): the metrics' size error
     names the pair."""

@@ -278,6 +278,12 @@ def list_images(folder: str | Path) -> list[str]:
                   if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and _is_file(entry))
 
 
+def no_images(hr_dir: str | Path, lr_dir: str | Path, option: str) -> DatasetError:
+    """The error for an HR and an LR folder that both hold no image (``option``: the dataset option naming the HR
+    one): a validation set of no pairs only failed at its first validation, after training had started."""
+    return DatasetError(f"{hr_dir} holds no images, nor does {lr_dir}", option)
+
+
 def pair_folders(hr_dir: str | Path, lr_dir: str | Path, scale: int) -> PairingResult:
     """Pair the images of two folders by name; the pairs carry full paths."""
     result = pair_names(list_images(hr_dir), list_images(lr_dir), scale)
@@ -626,6 +632,8 @@ def collect_pairs(
     if backend == "disk":
         hr_dir, lr_dir = (Path(dataroot_gt), Path(dataroot_lq)) if explicit else find_split_dirs(dataroot, split, scale)
         result = pair_folders(hr_dir, lr_dir, scale)
+        if not (result.pairs or result.unpaired_hr or result.unpaired_lr or result.misnamed):
+            raise no_images(hr_dir, lr_dir, "dataroot_gt" if explicit else "dataroot")
         pairs = select_pairs(result, keys, f"{hr_dir} + {lr_dir}", strict)
     else:
         sources = {"data": (Path(dataroot_gt), Path(dataroot_lq))} if explicit else {

@@ -27,7 +27,8 @@ from ldt.cli import first_names
 from ldt.compat import patch_basicsr
 from ldt.core.config import describe_errors
 from ldt.data.cameras import (
-    DatasetError, ImagePair, check_orientation, collect_pairs, crop_gt_to_lq, decode_image, orientation, tolerance_px,
+    DatasetError, ImagePair, check_orientation, collect_pairs, crop_gt_to_lq, decode_image, no_images, orientation,
+    tolerance_px,
 )
 from ldt.data.options import DRealSRCameraOptions
 
@@ -88,12 +89,15 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
     first dot) and fails, without naming a key, on two key sets that differ ('Keys in lq_folder and gt_folder are
     different.') and, mid-epoch, on a listed key its database lacks (a NoneType traceback). Both are one line here,
     naming the database and the key, before the dataset is built (a folder that is no LMDB at all, not named
-    ``*.lmdb`` or without meta_info.txt, is the option check's: ``ldt.sr.options``); a key lookup each."""
+    ``*.lmdb`` or without meta_info.txt, is the option check's: ``ldt.sr.options``); a key lookup each. Two
+    meta_info.txt that list nothing are one line too (:func:`no_images`)."""
+    keys = {}
+    for db in (gt_db, lq_db):
+        with open(Path(db) / "meta_info.txt") as lines:  # as BasicSR reads it, line ends and all
+            keys[db] = [line.split(".")[0] for line in lines]
+    if not keys[gt_db] and not keys[lq_db]:
+        raise no_images(f"LMDB {gt_db} (its meta_info.txt)", lq_db, "dataroot_gt")
     try:
-        keys = {}
-        for db in (gt_db, lq_db):
-            with open(Path(db) / "meta_info.txt") as lines:  # as BasicSR reads it, line ends and all
-                keys[db] = [line.split(".")[0] for line in lines]
         for one, other in ((gt_db, lq_db), (lq_db, gt_db)):
             unpaired = sorted(set(keys[one]) - set(keys[other]))
             if unpaired:
@@ -112,7 +116,8 @@ def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}"
     count ('lq and gt datasets have different number of images: 5, 6') and an HR name whose LR is not there ('x.png
     is not in lq_paths'); from a ``meta_info_file`` it takes the listed names unchecked and fails mid-epoch on one
     missing from either folder. Each is one line here, naming the folders and the first unpaired names, before the
-    dataset is built (names as BasicSR derives them; a listed stat each)."""
+    dataset is built (names as BasicSR derives them; a listed stat each), as are two empty folders (:func:`no_images`)
+    and an empty ``meta_info_file`` (an empty set failed only at its first validation)."""
 
     def lq_name(gt_name: str) -> str:
         stem, ext = os.path.splitext(os.path.basename(gt_name))
@@ -125,6 +130,8 @@ def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}"
                 gt_names = [line.strip().split(" ")[0] for line in lines]
         except (OSError, UnicodeDecodeError) as err:
             raise DatasetError(f"{where}: meta_info_file {meta_info_file} cannot be read: {err}") from None
+        if not gt_names:
+            raise DatasetError(f"{meta_info_file} lists no images", "meta_info_file")
         for folder, names, why in ((gt, gt_names, ""), (lq, [lq_name(name) for name in gt_names], f" {rule}")):
             missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
             if missing:
@@ -135,6 +142,8 @@ def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}"
         gt_names, lq_names = sorted(scandir(gt)), sorted(scandir(lq))
     except OSError as err:
         raise DatasetError(f"{where}: {err}") from None
+    if not gt_names and not lq_names:
+        raise no_images(gt, lq, "dataroot_gt")
     wanted, have = [lq_name(name) for name in gt_names], set(lq_names)
     missing = [name for name in wanted if name not in have]
     if missing or len(gt_names) != len(lq_names):

@@ -55,17 +55,18 @@ def dataset(opt: dict, key: str, phase: str | None = None):
     ``PairedImageDataset`` is checked first (:func:`check_paired_folders`, :func:`check_paired_lmdb`), and on LMDBs
     reads through the process's shared environments (:class:`SharedLmdbFiles`); on disk its first read pops
     ``type`` from a copy of its ``io_backend``, not from its ``opt``, which the scale checks read at any time. A
-    dataset option at fault (no split folder below ``dataroot``) is named with its block, as the option checks name
-    theirs: ``datasets:val_1:dataroot: no test split ...`` (several sets share one root)."""
+    dataset option at fault (no split folder below ``dataroot``, folders that hold no images) is named with its
+    block, as the option checks name theirs: ``datasets:val_1:dataroot: no test split ...`` (several sets share one
+    root)."""
     block = opt["datasets"][key]
     paired, where = block["type"] == "PairedImageDataset", f"datasets:{key} ({block['name']})"
     on_lmdb = paired and block["io_backend"]["type"] == "lmdb"
-    if on_lmdb:
-        check_paired_lmdb(where, block["dataroot_gt"], block["dataroot_lq"])
-    elif paired:
-        check_paired_folders(where, block["dataroot_gt"], block["dataroot_lq"], block.get("filename_tmpl", "{}"),
-                             block.get("meta_info_file"))
     try:
+        if on_lmdb:
+            check_paired_lmdb(where, block["dataroot_gt"], block["dataroot_lq"])
+        elif paired:
+            check_paired_folders(where, block["dataroot_gt"], block["dataroot_lq"], block.get("filename_tmpl", "{}"),
+                                 block.get("meta_info_file"))
         data = build_dataset({**block, "phase": phase or block["phase"]})
     except DatasetError as err:
         if err.option is None:
