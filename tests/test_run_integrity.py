@@ -645,6 +645,30 @@ def test_smallest_gt_side_follows_each_metrics_border_and_window():
     assert smallest_gt_side(wide, 4) == (61, "psnr_wide")
 
 
+def test_a_stop_during_the_start_up_checks_stops_before_the_folder_and_the_probe(data_root, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """SIGTERM while the data and weights are checked (minutes on a large set) stops there: the earlier run is not
+    archived and the warm-up and probe do not run first (a preemption's grace period would not outlast them)."""
+    import ldt.sr.train as train_module
+
+    assert cli(options(data_root, "early", total_iter=3), tmp_path, capsys)[0] == 0
+    before = snapshot(tmp_path / "experiments" / "early")
+    checks = train_module.check_before_start
+
+    def checks_then_signal(*args, **kwargs) -> None:
+        checks(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "check_before_start", checks_then_signal)
+    monkeypatch.setattr(train_module, "build_model", lambda opt: pytest.fail("the warm-up and probe ran"))
+    code, lines = cli(options(data_root, "early", total_iter=3), tmp_path, capsys)
+    assert code == 128 + signal.SIGTERM
+    assert lines[-1] == "stopped by SIGTERM at iteration 0: before training began, nothing to save (the warm-up and " \
+                        "probe run again)"
+    assert snapshot(tmp_path / "experiments" / "early") == before
+    assert not [p for p in (tmp_path / "experiments").iterdir() if "archived" in p.name]
+
+
 # ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
 def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "tests.interrupt_driver", str(progress), *([str(pause)] if pause else []), "--",

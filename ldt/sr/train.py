@@ -428,6 +428,15 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
     val_loaders = validation_loaders(opt) if rank0 else {}
     check_before_start(opt, resuming=state is not None, train_set=loader.dataset, val_loaders=val_loaders)
+
+    def stop_before_training() -> None:
+        """A stop asked for before the first step: nothing new to save (the state resumed from is the newest)."""
+        signum = stop.requested()
+        if signum:
+            raise Interrupted(signum, state["iter"] if state else 0, str(state_path) if state_path else None,
+                              saved=False)
+
+    stop_before_training()  # during the checks: before the folder is archived and the warm-up and probe run
     if rank0:
         # Two runs of one name at once would archive, clean and write each other's folder. Taken once the checks
         # passed, so a run that cannot start creates nothing; held to the end of this training.
@@ -453,9 +462,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         # warm-up and probe when resuming: it reads their result (the partition) from the same file.
         opt["path"]["resume_state"] = str(state_path)
     model = build_model(opt)
-    signum = stop.requested()
-    if signum:  # during the warm-up or the probe: nothing new to save
-        raise Interrupted(signum, state["iter"] if state else 0, str(state_path) if state_path else None, saved=False)
+    stop_before_training()  # during the warm-up or the probe
     total_iter = int(opt["train"]["total_iter"])
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
     history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
