@@ -279,11 +279,10 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
             print(f"waiting for {holder} (lock {path}) ...", file=sys.stderr, flush=True)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         if handle.writable():
+            # Unbuffered: a pid the disk has no room for (a full disk) must not fail again when the handle closes.
             with contextlib.suppress(OSError):  # the pid is for messages only
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-                handle.flush()
+                os.ftruncate(descriptor, 0)
+                os.pwrite(descriptor, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         _HELD[key] = descriptor
         try:
             yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -169,3 +170,35 @@ def stop_and_resume(out: Path, config, run, monkeypatch, stop_at: int) -> tuple[
     assert not state.exists() and not state.parent.exists()  # deleted once the record is written, and its folder
     [record] = Records(out / RESULTS_FILE).all()
     return record, printed.getvalue(), len(drawn)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A small tmpfs of its own (8 MiB), to fill or make read-only."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte (a file can still be created there, not written); returns the filler file."""
+    filler = disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(descriptor, bytes(1 << 16))
+    except OSError:
+        try:
+            while True:
+                os.write(descriptor, b"\0")
+        except OSError:
+            pass
+    finally:
+        os.close(descriptor)
+    return filler
+

@@ -409,19 +409,6 @@ def test_an_unwritable_results_folder_stops_test_py_before_it_evaluates(data_roo
     assert not any((root / 'results').iterdir())  # refused before anything was created
 
 
-@pytest.fixture
-def disk(tmp_path):
-    """A small tmpfs of its own (8 MiB), to fill or make read-only."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_a_resume_into_a_read_only_folder_fails_before_training(data_root, disk, tmp_path, capsys):
     from ldt.sr.train import main
 
