@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import fill
 from tests.sr_fixtures import tiny_cameras, tiny_options
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -407,6 +408,23 @@ def test_an_unwritable_results_folder_stops_test_py_before_it_evaluates(data_roo
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: cannot write in {root / 'results'}: permission denied"], result.stderr[-2000:]
     assert not any((root / 'results').iterdir())  # refused before anything was created
+
+
+def test_a_disk_that_fills_as_the_log_file_opens_is_one_line(data_root, disk, tmp_path, capsys, monkeypatch):
+    """A disk that fills while a run works (another job's output): the log file's buffered lines cannot be written,
+    and closing it raised an OSError traceback that hid the one line of the write that failed."""
+    from ldt.sr.train import RunLog
+
+    to_file = RunLog.to_file
+
+    def fill_then_open(self, path: Path) -> None:
+        fill(disk)
+        to_file(self, path)
+
+    monkeypatch.setattr(RunLog, "to_file", fill_then_open)
+    code, lines = cli(options(data_root, "filled", total_iter=3), disk, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: cannot write ") and "no space left on device" in lines[0]
 
 
 def test_a_resume_into_a_read_only_folder_fails_before_training(data_root, disk, tmp_path, capsys):

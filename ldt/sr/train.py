@@ -276,7 +276,10 @@ class RunLog:
         for handler in (self.buffer, self.file):
             if handler is not None:
                 self.logger.removeHandler(handler)
-                handler.close()
+                # On a full disk the file's last lines cannot be flushed: the error that stopped the run is the one
+                # to report, not this one (logging.raiseExceptions = False covers the lines, not the close).
+                with contextlib.suppress(OSError):
+                    handler.close()
 
 
 def basicsr_pairs(data) -> tuple[list[tuple[str, str]], Callable[[str], tuple[int, int]]] | None:
