@@ -137,9 +137,17 @@ def check_room(folder: str | os.PathLike) -> Path:
     now, before the work whose result goes there (a full disk still lets an empty test file be created, so the free
     space is read too)."""
     folder = check_writable(make_dirs(folder))
-    if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
-        raise DiskError(f"cannot write in {folder}: no space left on device")
+    problem = room_problem(folder)
+    if problem:
+        raise DiskError(problem)
     return folder
+
+
+def room_problem(folder: Path) -> str | None:
+    """Why the existing ``folder`` has no room for a small file (under FULL_DISK_BYTES free), or None."""
+    if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
+        return f"cannot write in {folder}: no space left on device"
+    return None
 
 
 def _file_mode(path: Path) -> int:

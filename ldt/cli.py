@@ -208,7 +208,7 @@ def check_device(parser: argparse.ArgumentParser, option: str, name: str):
 
 def _writable_problem(folder: Path) -> str | None:
     """Why nothing can be created in ``folder`` (the nearest existing ancestor of an output is tried), or None."""
-    from ldt.atomic import DiskError, check_writable, existing_parent
+    from ldt.atomic import DiskError, check_writable, existing_parent, room_problem
 
     folder = existing_parent(folder)
     if not folder.is_dir():
@@ -217,7 +217,7 @@ def _writable_problem(folder: Path) -> str | None:
         check_writable(folder)
     except DiskError as err:
         return str(err)
-    return None
+    return room_problem(folder)  # a full disk still takes the empty test file
 
 
 def output_dir_problem(path: Path) -> str | None:

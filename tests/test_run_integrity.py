@@ -410,6 +410,30 @@ def test_an_unwritable_results_folder_stops_test_py_before_it_evaluates(data_roo
     assert not any((root / 'results').iterdir())  # refused before anything was created
 
 
+def test_a_full_disk_at_the_start_stops_train_and_test_before_any_work(data_root, disk, tmp_path, capsys,
+                                                                      monkeypatch):
+    """An empty file can still be created on a full disk, so the folder looked writable: training ran its warm-up
+    and probe (minutes) before partition.json failed, test.py evaluated every image before results.json did."""
+    import ldt.sr.evaluate
+    import ldt.sr.train
+
+    assert cli(options(data_root, "weights", total_iter=1), tmp_path, capsys)[0] == 0
+    opt = options(data_root, "full")
+    test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "datasets": {"test_1": opt["datasets"]["val_2"]},
+                "path": {"pretrain_network_g": str(tmp_path / "experiments" / "weights" / "models" / "net_g_latest.pth")}}
+    train_file, test_file = write(opt, tmp_path, "full.yml"), write(test_opt, tmp_path, "t.yml")
+    fill(disk)
+    for module in (ldt.sr.train, ldt.sr.evaluate):
+        monkeypatch.setattr(module, "build_model", lambda opt: pytest.fail("the network was built"))
+    # test.py creates nothing before its checks: the nearest folder that exists is named
+    for entry, options_file, folder in ((ldt.sr.train, train_file, disk / "experiments/full"),
+                                        (ldt.sr.evaluate, test_file, disk)):
+        capsys.readouterr()
+        assert entry.main(["-opt", str(options_file), "--root", str(disk)]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: cannot write in {folder}: no space left on device"]
+    assert not (disk / "results").exists()
+
+
 def test_a_disk_that_fills_as_the_log_file_opens_is_one_line(data_root, disk, tmp_path, capsys, monkeypatch):
     """A disk that fills while a run works (another job's output): the log file's buffered lines cannot be written,
     and closing it raised an OSError traceback that hid the one line of the write that failed."""
@@ -461,7 +485,10 @@ def test_an_immutable_file_mid_run_is_one_line_and_the_rest_is_intact(data_root,
         subprocess.run(["chattr", "-i", str(locked)], check=True)
 
 
-def test_a_full_disk_is_one_line_and_the_previous_checkpoint_resumes_exactly(data_root, disk, tmp_path, capsys):
+def test_a_full_disk_is_one_line_and_the_previous_checkpoint_resumes_exactly(data_root, disk, tmp_path, capsys,
+                                                                            monkeypatch):
+    from ldt.models.ldt_model import LDTModel
+
     assert cli(options(data_root, "straight", total_iter=6, ), tmp_path, capsys)[0] == 0
     opt = options(data_root, "full", total_iter=3)
     opt["logger"]["keep_last_checkpoints"] = 1
@@ -469,16 +496,24 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_resumes_exactly(dat
     states = disk / "experiments" / "full" / "training_states"
     state_bytes = (states / "3.state").stat().st_size
     weight_bytes = (disk / "experiments" / "full" / "models" / "net_g_3.pth").stat().st_size
-    free = shutil.disk_usage(disk).free
     filler = disk / "filler"
-    filler.write_bytes(bytes(free - weight_bytes - state_bytes // 2))  # room for the next weights, not its state
     before = snapshot(states)
+    step = LDTModel.optimize_parameters
+
+    def fill_while_training(self, current_iter: int) -> None:  # a disk full at the start is refused before training
+        if current_iter == 4:
+            free = shutil.disk_usage(disk).free
+            filler.write_bytes(bytes(free - weight_bytes - state_bytes // 2))  # room for the next weights, not state
+        step(self, current_iter)
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", fill_while_training)
     opt["train"]["total_iter"] = 6
     code, lines = cli(opt, disk, capsys, "--auto_resume")
     assert code == 2 and len(lines) == 1
     assert f"cannot write {states / '6.state'}: no space left on device" in lines[0]
     assert snapshot(states) == before
     filler.unlink()
+    monkeypatch.undo()
     assert cli(opt, disk, capsys, "--auto_resume")[0] == 0
     assert same_weights(latest(tmp_path, "straight"), latest(disk, "full"))
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ldt.atomic import (
-    BusyError, DiskError, FileContentError, atomic_write_text, check_writable, disk_reason, make_dirs, read_json_object,
+    BusyError, DiskError, FileContentError, atomic_write_text, check_room, disk_reason, read_json_object,
     remove_leftovers,
 )
 from ldt.cli import original_error, path_flag, show_traceback
@@ -208,7 +208,7 @@ def prepare_folder(opt: dict, root: Path, resume: Path | None, logger) -> None:
         for old, new in archive(exp, tb):
             print(f"{old} held an earlier run: archived as {new}", flush=True)
     for key in ("experiments_root", "models", "training_states"):
-        check_writable(make_dirs(opt["path"][key]))
+        check_room(opt["path"][key])  # a full disk still takes an empty file: found now, not after the probe
     removed = remove_leftovers(exp, opt["path"]["models"], opt["path"]["training_states"])
     if resume is not None:
         iteration = int(Path(resume).stem) if Path(resume).stem.isdigit() else None
@@ -454,7 +454,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     if rank0 and opt["logger"]["use_tb_logger"]:
         from torch.utils.tensorboard import SummaryWriter
 
-        tb_dir = make_dirs(root / "tb_logger" / opt["name"])
+        tb_dir = check_room(root / "tb_logger" / opt["name"])  # its writer fails in a thread of its own
         tb_logger = SummaryWriter(log_dir=str(tb_dir))
 
     select_name, best_tag = selection_set(opt, val_loaders) if rank0 else (None, "")
