@@ -204,7 +204,10 @@ def remove_leftovers(*folders: str | os.PathLike) -> list[Path]:
     """Delete what interrupted atomic writes left in ``folders``; returns the deleted paths."""
     removed = [p for folder in folders for p in leftovers(folder)]
     for path in removed:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:  # a folder that became read-only
+            raise DiskError(f"cannot remove {path}: {disk_reason(err, path.parent)}") from None
     return removed
 
 

@@ -549,6 +549,17 @@ def test_leftovers_of_an_interrupted_write_are_cleaned_at_the_next_start(data_ro
     assert sorted(p.name for p in (exp / "models").glob("net_g_[0-9]*.pth")) == ["net_g_6.pth"]
 
 
+def test_a_rerun_archives_the_earlier_run_without_its_half_written_files(data_root, tmp_path, capsys):
+    """A run killed inside a checkpoint write and rerun afresh kept the half-written temporary file in its archive
+    (a state's size of garbage per kill, never cleaned: nothing resumes from an archive)."""
+    assert cli(options(data_root, "killed", total_iter=3), tmp_path, capsys)[0] == 0
+    planted = tmp_path / "experiments" / "killed" / "training_states" / ".6.state.x1.tmp"
+    planted.write_bytes(b"half written")
+    assert cli(options(data_root, "killed", total_iter=3), tmp_path, capsys)[0] == 0
+    (archived,) = (tmp_path / "experiments").glob("killed_archived_*")
+    assert (archived / "training_states" / "3.state").is_file() and not list(archived.rglob("*.tmp"))
+
+
 @pytest.mark.slow
 def test_an_lmdb_export_stopped_by_a_corrupt_image_leaves_nothing_that_blocks_a_rerun(data_root, tmp_path):
     root = tmp_path / "drealsr"

@@ -204,12 +204,13 @@ def prepare_folder(opt: dict, root: Path, resume: Path | None, logger) -> None:
     a resumed one clears what an interrupted write left (temporary files, weights newer than its state)."""
     exp = Path(opt["path"]["experiments_root"])
     tb = root / "tb_logger" / opt["name"]
+    # Before an archive too: nothing resumes from an archive, so its half-written files would never be cleaned.
+    removed = remove_leftovers(exp, opt["path"]["models"], opt["path"]["training_states"])
     if resume is None and holds_a_run(exp):
         for old, new in archive(exp, tb):
             print(f"{old} held an earlier run: archived as {new}", flush=True)
     for key in ("experiments_root", "models", "training_states"):
         check_room(opt["path"][key])  # a full disk still takes an empty file: found now, not after the probe
-    removed = remove_leftovers(exp, opt["path"]["models"], opt["path"]["training_states"])
     if resume is not None:
         iteration = int(Path(resume).stem) if Path(resume).stem.isdigit() else None
         if iteration is not None:
