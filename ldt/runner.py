@@ -151,12 +151,15 @@ def unique(flag: str, values: Sequence) -> list:
 
 
 def check_training(config: object) -> None:
-    """The training options both runners' run configurations share (``steps``, ``eval_every``, ``lr``,
-    ``weight_decay``, ``ema_decay``), each a one-line error naming the option, where Adam or the EMA would otherwise
-    fail (or train on NaN) inside the first run."""
+    """The training options both runners' run configurations share (``steps``, ``eval_every``,
+    ``holdout_fraction``, ``lr``, ``weight_decay``, ``ema_decay``), each a one-line error naming the option, where
+    Adam or the EMA would otherwise fail (or train on NaN) inside the first run, or the held-out split only after the
+    demo's pre-training."""
     for name in ("steps", "eval_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    if not 0.0 < config.holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {config.holdout_fraction}")
     lr, weight_decay, ema_decay = config.lr, config.weight_decay, config.ema_decay
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be positive and finite, got {lr}")

@@ -554,7 +554,7 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
         (["--data", str(tmp_path / "missing")], "missing does not exist"),
         (["--data", str(toy), "--test-domains", "photo", "sketch"], "['sketch'] not in"),
         (["--data", str(toy), "--steps", "0"], "steps must be positive"),
-        (["--data", str(toy), "--holdout-fraction", "0"], "holdout fraction"),
+        (["--data", str(toy), "--holdout-fraction", "0"], "holdout_fraction must be in (0, 1)"),
         (["--data", str(toy), "--weights", "a.pth", "b.pth"], "BACKBONE=FILE"),
         (["--data", str(toy), "--weights", "resnet18=a.pth"], "not swept"),
     ]
@@ -581,7 +581,7 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
     # The demo (no --data) checks its flags before it builds data or pre-trains.
     monkeypatch.setattr("ldt.classification.__main__.build_toy_domains", no_run)
     monkeypatch.setattr("ldt.classification.__main__.pretrain_tiny", no_run)
-    for flag, value in [("--probe-batches", "0"), ("--ema-weight", "2"), ("--steps", "0")]:
+    for flag, value in [("--probe-batches", "0"), ("--ema-weight", "2"), ("--steps", "0"), ("--holdout-fraction", "2")]:
         assert main([flag, value] + out) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and flag[2:].replace("-", "_") in err

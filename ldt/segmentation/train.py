@@ -155,8 +155,6 @@ class RunConfig:
         check_training(self)
         if self.batch_size < 2:  # DeepLabV3+'s image-pooling BatchNorm needs two images in train mode
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.eval_max_side is not None and self.eval_max_side < 1:
             raise ValueError(f"eval_max_side must be positive, got {self.eval_max_side}")
         Augment(self.crop_size)
