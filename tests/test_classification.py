@@ -581,7 +581,8 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
     # The demo (no --data) checks its flags before it builds data or pre-trains.
     monkeypatch.setattr("ldt.classification.__main__.build_toy_domains", no_run)
     monkeypatch.setattr("ldt.classification.__main__.pretrain_tiny", no_run)
-    for flag, value in [("--probe-batches", "0"), ("--ema-weight", "2"), ("--steps", "0"), ("--holdout-fraction", "2")]:
+    for flag, value in [("--probe-batches", "0"), ("--ema-weight", "2"), ("--ema-weight", "1"), ("--steps", "0"),
+                        ("--holdout-fraction", "2")]:
         assert main([flag, value] + out) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and flag[2:].replace("-", "_") in err

@@ -53,7 +53,7 @@ BAD = [
     # (option path, value, the line must contain)
     ("datasets:train:camears", ["pan"], "datasets:train:camears: unknown option (did you mean 'cameras'?)"),
     ("ldt:exchange:interval", 0, "ldt:exchange:interval: must be > 0, got 0"),
-    ("ldt:exchange:weight", 2, "ldt:exchange:weight: must be <= 1, got 2"),
+    ("ldt:exchange:weight", 2, "ldt:exchange:weight: must be < 1, got 2"),
     ("ldt:unstable_ratio", 0.99, "ldt:unstable_ratio: 0.99 leaves the stable group empty for the 22 layers of SAFMN"),
     ("train:optim_g:lr", -1e-3, "train:optim_g:lr: must be > 0, got -0.001"),
     ("train:optim_g:type", "SGD", "train:optim_g:type: unknown type 'SGD'; choose from Adam, AdamW"),
@@ -116,6 +116,8 @@ BAD = [
     ("ldt:head_patterns", ["("], "ldt:head_patterns: invalid regex", "deft"),
     ("ldt:head_patterns", [".*"], "ldt:head_patterns: the head patterns match every parameter", "deft"),
     ("ldt:exchange:stable_rank_base", 0.5, "ldt:exchange: stable_base + stable_rank_base must stay within [0, 1]"),
+    ("ldt:exchange:weight", 1.0, "ldt:exchange:weight: must be < 1, got 1.0"),
+    ("ldt:exchange:unstable_base", 1, "ldt:exchange:unstable_base: must be < 1, got 1"),
     ("ldt:exchange:dpu", "yes please", "ldt:exchange:dpu: expected true or false"),
     ("ldt:probe:dataset", "val_2", "ldt:probe:dataset: 'val_2' reads ['pan'], which are not training cameras"),
     ("ldt:probe:dataset", "val_9", "ldt:probe:dataset: 'val_9' is not a key of datasets"),

@@ -33,7 +33,7 @@ def test_method_config_maps_flags_and_drops_the_warmup_of_methods_that_never_war
     assert runner.method_config("ft", **FLAGS).warmup.steps == 0  # FT trains the head with the rest from step 1
 
 
-@pytest.mark.parametrize("flag, value", [("probe_batches", 0), ("ema_weight", 2.0), ("interval", 0),
+@pytest.mark.parametrize("flag, value", [("probe_batches", 0), ("ema_weight", 2.0), ("ema_weight", 1.0), ("interval", 0),
                                          ("unstable_ratio", 1.5), ("warmup_lr", -1.0)])
 def test_a_bad_flag_is_one_line_naming_that_flag(flag, value):
     with pytest.raises(ValueError) as caught:

@@ -53,7 +53,8 @@ Int = Annotated[int, BeforeValidator(_to_int)]
 PositiveInt = Annotated[Int, Field(gt=0)]
 NonNegativeInt = Annotated[Int, Field(ge=0)]
 PositiveReal = Annotated[Real, Field(gt=0)]
-UnitInterval = Annotated[Real, Field(ge=0, le=1)]
+EmaWeight = Annotated[Real, Field(ge=0, lt=1)]
+"""An EMA weight W of the exchange: W = 1 would never move the frozen group."""
 Seed = Annotated[Int, Field(ge=0, le=2**31 - 1)]
 """A seed numpy, torch and ``random`` all take, with room for the per-rank and per-worker offsets BasicSR adds
 (numpy takes seeds below 2**32 only)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from ldt.core.config import Options, PositiveInt, Real, UnitInterval
+from ldt.core.config import EmaWeight, Options, PositiveInt, Real
 from ldt.core.partition import Partition, PartitionError
 
 
@@ -18,21 +18,17 @@ class ExchangeConfig(Options):
 
     interval: PositiveInt = Field(10, description="steps between exchanges (LDT-S: steps per turn)")
     dpu: bool = Field(True, description="per-layer W from the score rank (DPU) instead of the fixed weight")
-    weight: UnitInterval = Field(0.99, description="fixed W when dpu is false")
-    stable_base: UnitInterval = Field(0.99, description="DPU: W of the lowest-score stable layer")
+    weight: EmaWeight = Field(0.99, description="fixed W when dpu is false")
+    stable_base: EmaWeight = Field(0.99, description="DPU: W of the lowest-score stable layer")
     stable_rank_base: Real = Field(0.01, ge=0, description="DPU: W range over the stable group")
-    unstable_base: UnitInterval = Field(0.999, description="DPU: W of the lowest-score unstable layer")
+    unstable_base: EmaWeight = Field(0.999, description="DPU: W of the lowest-score unstable layer")
     unstable_rank_base: Real = Field(0.001, ge=0, description="DPU: W range over the unstable group")
 
     @model_validator(mode="after")
-    def _weights_below_one(self) -> "ExchangeConfig":
-        """Every W must stay below 1: W = 1 never moves the frozen group (the lowest-score layer of a group gets
-        the base itself)."""
-        if self.weight >= 1.0:
-            raise ValueError(f"weight must be < 1 (W = {self.weight:g} never moves the frozen group)")
+    def _weights_within_one(self) -> "ExchangeConfig":
+        """Every W stays within [0, 1]: each base is below 1 by its type (a field error, so a message names the
+        option), and the highest-score layer of a group gets base + rank_base."""
         for base, rank in (("stable_base", "stable_rank_base"), ("unstable_base", "unstable_rank_base")):
-            if getattr(self, base) >= 1.0:
-                raise ValueError(f"{base} must be < 1 (W = {getattr(self, base):g} never moves the frozen group)")
             if getattr(self, base) + getattr(self, rank) > 1.0 + 1e-12:
                 raise ValueError(f"{base} + {rank} must stay within [0, 1]")
         return self
