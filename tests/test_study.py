@@ -162,8 +162,15 @@ def test_the_pretrained_reference_point_refuses_weights_changed_in_place(tmp_pat
                                           (["--extra-seeds", "0"], "--extra-seeds must be a positive integer, got 0"),
                                           (["--iters", "100", "--val-freq", "30"],
                                            "--val-freq 30 does not validate at a quarter and a half of --iters 100 "
-                                           "(25, 50 missed): the study reads those budgets; choose --iters divisible "
-                                           "by 4 and a --val-freq that divides --iters / 4")])
+                                           "(not at iterations 25 and 50): the study reads those budgets; choose "
+                                           "--iters divisible by 4 and a --val-freq that divides --iters / 4"),
+                                          (["--iters", "8", "--val-freq", "4"],
+                                           "--val-freq 4 does not validate at a quarter and a half of --iters 8 "
+                                           "(not at iteration 2): the study reads those budgets; choose --iters "
+                                           "divisible by 4 and a --val-freq that divides --iters / 4"),
+                                          (["--iters", "3", "--val-freq", "1"],  # a quarter is iteration 0: '(0 missed)'
+                                           "--iters 3: the study reads a quarter, a half and all of the training, so "
+                                           "it needs at least 4 iterations (a multiple of 4)")])
 def test_bad_study_arguments_fail_before_the_pre_training(argv, message, tmp_path, monkeypatch, capsys):
     """A fresh checkout would pre-train for minutes before the sweep checked its budget."""
     import ldt.sr.demo as demo

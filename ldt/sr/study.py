@@ -86,8 +86,25 @@ def budgets_of(records: Sequence[dict]) -> list[int]:
 
 def unread_budgets(iters: int, val_freq: int) -> list[int]:
     """The study's budgets (a quarter and a half of ``iters``) that a validation every ``val_freq`` iterations
-    misses: :func:`budgets_of` would drop them from the tables without a word."""
-    return [budget for budget in (iters // 4, iters // 2) if budget < 1 or budget % val_freq]
+    misses: :func:`budgets_of` would drop them from the tables without a word. ``iters`` is 4 or more (a quarter of
+    fewer is no iteration at all: :func:`check_budgets`)."""
+    return [budget for budget in (iters // 4, iters // 2) if budget % val_freq]
+
+
+def check_budgets(iters: int, val_freq: int) -> None:
+    """One line naming the flag unless every budget the study reads is validated (checked before the pre-training):
+    a quarter of fewer than 4 iterations is iteration 0, which no run validates."""
+    from ldt.sr.reproduce import ReproduceError
+
+    if iters < 4:
+        raise ReproduceError(f"--iters {iters}: the study reads a quarter, a half and all of the training, so it needs "
+                             "at least 4 iterations (a multiple of 4)")
+    missed = unread_budgets(iters, val_freq)
+    if missed:
+        at = f"iteration {missed[0]}" if len(missed) == 1 else f"iterations {' and '.join(map(str, missed))}"
+        raise ReproduceError(f"--val-freq {val_freq} does not validate at a quarter and a half of --iters {iters} "
+                             f"(not at {at}): the study reads those budgets; choose --iters divisible by 4 and a "
+                             "--val-freq that divides --iters / 4")
 
 
 # ------------------------------------------------------------------------------------------------------------ tables
@@ -292,11 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         check_plan(budget, args.seeds, args.extra_seeds)  # before the pre-training below, which may train
-        missed = unread_budgets(args.iters, args.val_freq)
-        if missed:
-            raise ReproduceError(f"--val-freq {args.val_freq} does not validate at a quarter and a half of --iters "
-                                 f"{args.iters} ({', '.join(map(str, missed))} missed): the study reads those "
-                                 "budgets; choose --iters divisible by 4 and a --val-freq that divides --iters / 4")
+        check_budgets(args.iters, args.val_freq)
         out = args.out.expanduser().resolve()
         if not args.collect:
             check_out(out)
