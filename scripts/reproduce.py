@@ -4,9 +4,10 @@
 Examples:
     python scripts/reproduce.py --table 1 --data datasets/DRealSR --arch mambair --weights MambaIR_x4.pth --seeds 3
     python scripts/reproduce.py --table 6 --data datasets/DRealSR --weights safmn=SAFMN.pth hat=HAT.pth mambair=M.pth
-    python scripts/reproduce.py --table 1 2 --data synthetic --arch safmn_tiny --iters 200 --batch-size 8 --gt-size 64
     python scripts/reproduce.py --table 1 2 --data synthetic --arch safmn_tiny --iters 200 --batch-size 8 --gt-size 64 \
-        --collect    # only rebuild the tables from experiments/reproduce/results.jsonl
+        --probe-batches 24 --interval 2
+    python scripts/reproduce.py --table 1 2 --data synthetic --arch safmn_tiny --iters 200 --batch-size 8 --gt-size 64 \
+        --probe-batches 24 --interval 2 --collect    # only rebuild the tables from experiments/reproduce/results.jsonl
 """
 
 from ldt.cli import starting

@@ -19,7 +19,7 @@ import ldt.sr.reproduce as rp
 from ldt.sweep import Records
 from ldt.data.cameras import DREALSR_CAMERAS, TARGET_CAMERAS
 
-TINY = rp.Budget(iters=4, batch_size=2, gt_size=32, probe_batches=2, val_freq=2)
+TINY = rp.Budget(iters=4, batch_size=2, gt_size=32, probe_batches=1, val_freq=2)  # the 6 pairs: 1 probe batch of 4
 SWEEP = dict(archs=["safmn_tiny"], seeds=2, budget=TINY, progress=False)
 pytestmark = pytest.mark.filterwarnings("ignore:no --weights")
 RECORD_FIELDS = {"table", "setting", "method", "arch", "source", "targets", "seed", "options_hash", "metrics",
@@ -80,7 +80,7 @@ def test_rerun_trains_nothing(sweep, monkeypatch):
 def collect(sweep, out) -> int:
     """``scripts/reproduce.py ... --collect`` with the sweep fixture's arguments (the data given as a path)."""
     return rp.main(["--table", "1", "--data", str(sweep["data"]), "--arch", "safmn_tiny", "--seeds", "2",
-                    "--iters", "4", "--batch-size", "2", "--gt-size", "32", "--probe-batches", "2", "--val-freq", "2",
+                    "--iters", "4", "--batch-size", "2", "--gt-size", "32", "--probe-batches", "1", "--val-freq", "2",
                     "--out", str(out), "--collect"])
 
 
@@ -286,6 +286,9 @@ def test_weights_are_checked_before_training(tmp_path):
         (dict(seeds=0), "--seeds must be a positive integer"),
         (dict(budget=rp.Budget(iters=4, gt_size=30)), "--gt-size must be a multiple of the scale 4"),
         (dict(budget=rp.Budget(iters=4, batch_size=1000, gt_size=32)), "--batch-size 1000: more than the "),
+        (dict(budget=replace(TINY, probe_batches=100000)),  # it probed 1 batch, and its record said 100000
+         "--probe-batches 100000: more than the 1 probe batch(es) of 4 pairs that one pass over the 6 training "
+         "pair(s) of olympus in {data} makes (run safmn_tiny_olympus_ldt_dpu-false_seed0_"),
     ],
 )
 def test_bad_inputs_fail_before_any_run(kwargs, message, sweep, tmp_path, monkeypatch):
@@ -297,8 +300,23 @@ def test_bad_inputs_fail_before_any_run(kwargs, message, sweep, tmp_path, monkey
                  value.format(tmp=tmp_path) if isinstance(value, str) else value for k, value in kwargs.items()})
     with pytest.raises(rp.ReproduceError) as err:
         rp.reproduce(args.pop("tables"), args.pop("data"), **args)
-    assert message.format(tmp=tmp_path) in str(err.value)
+    assert message.format(tmp=tmp_path, data=sweep["data"]) in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_capped_probe_records_the_batches_it_read_not_those_asked(sweep, tmp_path, monkeypatch):
+    """The study's fixed probe (100 batches; its 96 pairs make 24) is read to the end of a pass, not refused: its
+    records said 100 batches were probed, and so did the table."""
+    rows = {camera: {"psnr": 20.0, "ssim": 0.5} for camera in ("source", *TARGET_CAMERAS)}
+    report = {"best": {"iter": 4}, "history": [{"iter": 4, "rows": rows}], "iterations": 4,
+              "metrics": {"rows": rows}, "train_seconds": 0.0}
+    monkeypatch.setattr(rp, "run_stage", lambda opt, out, label: report)
+    out = tmp_path / "out"
+    rp.reproduce(["1"], str(sweep["data"]), archs=["safmn_tiny"], seeds=1, budget=replace(TINY, probe_batches=100000),
+                 out=out, progress=False, cap_probe=True)
+    records = [json.loads(line) for line in lines(out / "results.jsonl")]
+    assert len(records) == 3 and {record["probe_batches"] for record in records} == {1}
+    assert "probe 1 batches" in (out / "table1.md").read_text()
 
 
 @pytest.mark.parametrize("collect_only", [False, True])

@@ -832,6 +832,13 @@ def probe_share(num_batches: int) -> int:
     return max(1, num_batches // world + (rank < num_batches % world))
 
 
+def runs_probe(config: MethodConfig) -> bool:
+    """Whether making ``config``'s partition probes: a score partition neither read from ``partition_file`` nor
+    drawn at random (a sweep checks those runs' probe data before its first run)."""
+    return method_class(config.method).partition_source == "score" and config.partition_file is None \
+        and config.criterion != "random"
+
+
 def score_partition(
     model: nn.Module,
     config: MethodConfig,
@@ -912,8 +919,7 @@ def prepare_method(
     config = cls.resolve(config)
     decay = effective_ema_decay(config, ema_decay)
     warms = partition is None and not resuming and cls.warmup_rule != "never" and config.warmup.steps > 0
-    needs_probe = partition is None and cls.partition_source == "score" and config.partition_file is None \
-        and config.criterion != "random"
+    needs_probe = partition is None and runs_probe(config)
     probes = needs_probe and not resuming
     left_out = left_out_parameters(model)
     if isinstance(head_patterns, str):  # an iterable of one-character regexes: 'fc' would match every 'f' and 'c'

@@ -139,6 +139,15 @@ def probe_loader(opt: dict, seed: int, data: torch.utils.data.Dataset | None = N
                                        num_workers=opt["datasets"][key]["num_worker_per_gpu"])
 
 
+def probe_batches_per_pass(opt: dict, pairs: int) -> int:
+    """The batches :func:`probe_loader` makes on one process from ``pairs`` pairs of the probe's dataset: the probe
+    ends there, whatever ``ldt:probe:num_batches`` asks (the core then warns, and scores what it saw)."""
+    probe = opt["ldt"]["probe"]
+    if probe["order"] == "file":
+        return len(file_order_batches(pairs, probe["batch_size"]))
+    return pairs * opt["datasets"][probe["dataset"]]["dataset_enlarge_ratio"] // probe["batch_size"]
+
+
 def validation_loaders(opt: dict) -> dict[str, torch.utils.data.DataLoader]:
     """One batch-1 loader per ``val_*`` / ``test_*`` set, by the set's name."""
     loaders = {}

@@ -24,10 +24,13 @@ from pathlib import Path
 from ldt.atomic import atomic_write_text, make_dirs
 from ldt.cli import not_a_file, output_dir_problem, path_flag
 from ldt.core import method_class
+from ldt.core.methods import runs_probe
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
 from ldt.sr.experiment import ARCHS, RunBudget, camera_run_options, run_stage
-from ldt.sr.options import OPTION_DIRS, OptionsError, PROJECT_ROOT, prepare_options, read_option_file, run_identity
+from ldt.sr.loaders import probe_batches_per_pass
+from ldt.sr.options import (OPTION_DIRS, OptionsError, PROJECT_ROOT, method_options, prepare_options, read_option_file,
+                            run_identity)
 from ldt.sr.tables import PAPER_ARCHS, TABLES, PaperCell, Setting, TableSpec, paper_cells
 from ldt.sr.train import run_reporting_errors
 from ldt.sweep import (
@@ -277,10 +280,14 @@ def resolve_data(spec: str | Path, datasets_dir: Path = DEFAULT_DATASETS, *, bui
     return root, "synthetic" if (root / MANIFEST).is_file() else "drealsr"
 
 
-def check_data(root: Path, runs: Sequence[TableRun], checked: Mapping[str, dict]) -> None:
-    """Find the train/test splits and at least one pair of every camera the runs need (names only, no pixels), and
-    a batch in every run's training set (``checked``: each run's checked options, by digest): a larger
-    ``--batch-size`` failed inside the first run, naming no flag."""
+def check_data(root: Path, runs: Sequence[TableRun], checked: Mapping[str, dict], *,
+               cap_probe: bool = False) -> dict[str, int]:
+    """Find the train/test splits and at least one pair of every camera the runs need (names only, no pixels), a
+    batch in every run's training set (``checked``: each run's checked options, by digest) and, for a run that
+    probes, the probe batches it asks in one pass over that set; returns the probe batches each run reads, by
+    digest (its record says so). A larger ``--batch-size`` failed inside the first run, naming no flag; a larger
+    ``--probe-batches`` probed only the batches there were, with a warning, while the record said it probed them
+    all. ``cap_probe``: such a probe reads the whole pass instead of being refused (the study's fixed budget)."""
     sources = {camera for run in runs for camera in run.setting.source}
     targets = {camera for run in runs for camera in run.setting.targets}
     found = {}
@@ -290,12 +297,25 @@ def check_data(root: Path, runs: Sequence[TableRun], checked: Mapping[str, dict]
             found[split] = collect_pairs(split=split, cameras=ordered, dataroot=root, check_sizes=False).pairs
         except DatasetError as err:
             raise ReproduceError(f"data root {root}: {err}") from None
+    probed = {}
     for run in runs:
-        train = checked[run.digest]["datasets"]["train"]
-        samples = sum(pair.camera in run.setting.source for pair in found["train"]) * train["dataset_enlarge_ratio"]
+        opt = checked[run.digest]
+        train = opt["datasets"]["train"]
+        pairs = sum(pair.camera in run.setting.source for pair in found["train"])
+        samples = pairs * train["dataset_enlarge_ratio"]
+        where = f"{'+'.join(run.setting.source)} in {root}"
         if samples < train["batch_size_per_gpu"]:
             raise ReproduceError(f"--batch-size {train['batch_size_per_gpu']}: more than the {samples} training "
-                                 f"pair(s) of {'+'.join(run.setting.source)} in {root} (run {run.opt['name']})")
+                                 f"pair(s) of {where} (run {run.opt['name']})")
+        asked, per_pass = opt["ldt"]["probe"]["num_batches"], probe_batches_per_pass(opt, pairs)
+        size = opt["ldt"]["probe"]["batch_size"]
+        if runs_probe(method_options(opt)) and (asked > per_pass and not cap_probe or not per_pass):
+            fix = f"give at most {per_pass}" if per_pass else f"the probe needs {size} training pairs or more"
+            raise ReproduceError(f"--probe-batches {asked}: more than the {per_pass} probe batch(es) of {size} pairs "
+                                 f"that one pass over the {samples} training pair(s) of {where} makes (run "
+                                 f"{run.opt['name']}); {fix}")
+        probed[run.digest] = min(asked, per_pass)
+    return probed
 
 
 # ------------------------------------------------------------------------------------------------------- records
@@ -314,9 +334,10 @@ def check_recorded_weights(records: Records, runs: Sequence[TableRun], weights: 
         raise ReproduceError(stale)
 
 
-def make_record(run: TableRun, report: dict, data_kind: str, out: Path) -> dict:
-    """The record of a finished run: its setting, budget, the metrics of the checkpoint selected on the source
-    camera, the final metrics and the whole validation history (other selection protocols read it)."""
+def make_record(run: TableRun, report: dict, data_kind: str, out: Path, probed: int) -> dict:
+    """The record of a finished run: its setting, budget (``probed``: the probe batches its data allowed, see
+    :func:`check_data`), the metrics of the checkpoint selected on the source camera, the final metrics and the
+    whole validation history (other selection protocols read it)."""
     best_iter = report["best"]["iter"]
     selected = next((entry["rows"] for entry in report["history"] if entry["iter"] == best_iter), None)
     if selected is None:  # no validation during training: the final network is the only candidate
@@ -331,7 +352,7 @@ def make_record(run: TableRun, report: dict, data_kind: str, out: Path) -> dict:
         "weights": opt["path"].get("pretrain_network_g"), "weights_fingerprint": report.get("weights_fingerprint"),
         "iters": opt["train"]["total_iter"],
         "batch_size": train_set["batch_size_per_gpu"], "gt_size": train_set["gt_size"],
-        "probe_batches": opt["ldt"]["probe"]["num_batches"], "interval": opt["ldt"]["exchange"]["interval"],
+        "probe_batches": probed, "interval": opt["ldt"]["exchange"]["interval"],
         "best_iter": best_iter, "metrics": selected, "final_metrics": report["metrics"]["rows"],
         "history": report["history"], "train_seconds": report["train_seconds"],
         "run_dir": str(out / "experiments" / opt["name"]), "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -521,11 +542,13 @@ def reproduce(
     datasets_dir: Path = DEFAULT_DATASETS,
     collect_only: bool = False,
     progress: bool = True,
+    cap_probe: bool = False,
 ) -> Summary:
     """Check every input, train each planned run that has no record, then write the tables from the records.
 
     With ``collect_only`` nothing is built, checked or trained: the tables are regenerated from the records of the
-    runs these arguments plan (the same arguments as the sweep give the same run identities).
+    runs these arguments plan (the same arguments as the sweep give the same run identities). ``cap_probe``: see
+    :func:`check_data`.
     """
     start = time.time()
     tables = resolve_tables(tables)
@@ -556,9 +579,10 @@ def reproduce(
                 checked[run.digest] = prepare_options(run.opt, is_train=True, source=f"run {run.opt['name']}")
             except OptionsError as err:
                 raise ReproduceError(str(err)) from None
-        check_data(data_root, pending, checked)
+        probed = check_data(data_root, pending, checked, cap_probe=cap_probe)
         planned = [PlannedRun(run.digest, run.opt["name"],
-                              lambda run=run: make_record(run, run_stage(run.opt, out, label="reproduce"), data_kind, out))
+                              lambda run=run: make_record(run, run_stage(run.opt, out, label="reproduce"), data_kind, out,
+                                                          probed[run.digest]))
                    for run in pending]
         # A second sweep on this out would clean the folders of the runs this one trains, and record them again;
         # run_pending reads the records again under the lock.

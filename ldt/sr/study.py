@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 record_pretrained(weights, data_root, out)
             summary = reproduce(["study"], "synthetic", archs=["safmn_tiny"], weights={"safmn_tiny": weights},
                                 seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget, out=out,
-                                collect_only=args.collect)
+                                collect_only=args.collect, cap_probe=True)
             runs = plan_runs(["study"], data_root, data_kind="synthetic", archs=["safmn_tiny"],
                              weights={"safmn_tiny": weights}, seeds=args.seeds, extra_seeds=args.extra_seeds,
                              budget=budget)
