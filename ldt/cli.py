@@ -138,6 +138,17 @@ def path_flag(text: str) -> Path:
     return Path(text)
 
 
+class OnceList(argparse.Action):
+    """``action=`` of a list flag (``nargs='+'``) that may be given once: argparse keeps only the last of ``--table 1
+    --table 2`` (a sweep then ran table 2 alone, ``--seeds 0 --seeds 1`` seed 1 alone), so a repeat is an error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, self.default) is not self.default:  # set by an earlier occurrence
+            parser.error(f"argument {option_string}: given twice; list all its values after one {option_string}")
+        setattr(namespace, self.dest, values)
+
+
 def first_names(names: Sequence[str], limit: int = 3) -> str:
     """The first ``limit`` of ``names`` for a one-line message, ', ...' when there are more; a name that would break
     the line or vanish in it (a line end kept from a file, an empty key) is quoted."""

@@ -326,3 +326,32 @@ def test_an_empty_path_flag_is_an_error_not_the_current_or_default_folder(comman
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
         f"error: argument {command[-1]}: {EMPTY_PATH}"), done.stderr
     assert not list(tmp_path.iterdir())  # nothing written where it ran
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("ldt.sr.reproduce", ["--data", "synthetic", "--table", "1", "--table", "2"]),
+    ("ldt.sr.reproduce", ["--table", "1", "--data", "synthetic", "--arch", "safmn", "--arch", "hat"]),
+    ("ldt.classification.__main__", ["--seeds", "0", "--seeds", "1"]),
+    ("ldt.classification.__main__", ["--methods", "ft", "--methods", "ldt"]),
+    ("ldt.segmentation.__main__", ["--seeds", "0", "--seeds", "1"]),
+    ("ldt.segmentation.__main__", ["--source", "a", "--source", "b"]),
+], ids=lambda value: value if isinstance(value, str) else " ".join(value[-4:]))
+def test_a_list_flag_given_twice_is_an_error_not_its_last_values(module, argv, capsys) -> None:
+    """argparse kept only the last of a repeated list flag: ``--table 1 --table 2`` ran table 2 alone."""
+    import importlib
+
+    loaded = importlib.import_module(module)
+    parse = loaded.build_parser().parse_args if hasattr(loaded, "build_parser") else loaded.parse_args
+    flag = argv[-2]
+    with pytest.raises(SystemExit) as stop:
+        parse(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: argument {flag}: given twice; list all its values after one {flag}")
+
+
+def test_a_list_flag_given_once_keeps_its_values_and_its_default_otherwise() -> None:
+    from ldt.classification.__main__ import parse_args
+
+    assert parse_args(["--seeds", "4", "5"]).seeds == [4, 5]
+    assert parse_args([]).seeds == [0, 1, 2]

@@ -8,7 +8,7 @@ interrupted sweep resumes where it stopped; the table is rewritten from all reco
 
 from __future__ import annotations
 
-from ldt.cli import path_flag, starting
+from ldt.cli import OnceList, path_flag, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -49,15 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")
     parser.add_argument("--data", help=f"dataset root, DomainBed layout root/<domain>/<class>/<image> (default: build {DEFAULT_ROOT})")
     parser.add_argument("--out", type=path_flag, help="records and tables (default: results/classification/<dataset name>)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=["tiny"])
-    parser.add_argument("--weights", nargs="+", default=[], metavar="[BACKBONE=]PATH", help="local pre-trained weights (never downloaded)")
+    parser.add_argument("--methods", nargs="+", action=OnceList, choices=METHODS, default=list(METHODS))
+    parser.add_argument("--backbones", nargs="+", action=OnceList, choices=BACKBONES, default=["tiny"])
+    parser.add_argument("--weights", nargs="+", action=OnceList, default=[], metavar="[BACKBONE=]PATH", help="local pre-trained weights (never downloaded)")
     parser.add_argument("--no-pretrain", dest="pretrain", action="store_false",
                         help="without --data: fine-tune tiny from random init, not from the generated pre-training (cached)")
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig.steps,
                         help=f"without --data: steps of the tiny backbone's pre-training [{PretrainConfig.steps}]")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--test-domains", nargs="+", metavar="DOMAIN[+DOMAIN]", help="left-out domain(s) of each run (default: each domain)")
+    parser.add_argument("--seeds", nargs="+", action=OnceList, type=int, default=[0, 1, 2])
+    parser.add_argument("--test-domains", nargs="+", action=OnceList, metavar="DOMAIN[+DOMAIN]", help="left-out domain(s) of each run (default: each domain)")
     parser.add_argument("--criterion", choices=CRITERIA, default="var", help=runner.flag_help("criterion"))
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
     defaults = {f.name: f.default for f in fields(RunConfig)}

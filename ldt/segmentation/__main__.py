@@ -14,7 +14,7 @@ tables are rewritten from all records at the end.
 
 from __future__ import annotations
 
-from ldt.cli import path_flag, starting
+from ldt.cli import OnceList, path_flag, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -105,19 +105,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m ldt.segmentation", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT's tables from OUT/results.jsonl")
-    parser.add_argument("--source", nargs="+", metavar="DOMAIN", help=f"source domain(s) [generated {SOURCE_DOMAIN}]")
-    parser.add_argument("--targets", nargs="+", metavar="DOMAIN", help="target domains [the other generated ones]")
+    parser.add_argument("--source", nargs="+", action=OnceList, metavar="DOMAIN", help=f"source domain(s) [generated {SOURCE_DOMAIN}]")
+    parser.add_argument("--targets", nargs="+", action=OnceList, metavar="DOMAIN", help="target domains [the other generated ones]")
     parser.add_argument("--out", type=path_flag, help="records and tables (default: results/segmentation/<source or generated_streets>)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {', '.join(METHODS)} [all]")
-    parser.add_argument("--backbones", nargs="+", help=f"of {', '.join(BACKBONES)} [generated: resnet18; else "
+    parser.add_argument("--methods", nargs="+", action=OnceList, default=list(METHODS), help=f"of {', '.join(METHODS)} [all]")
+    parser.add_argument("--backbones", nargs="+", action=OnceList, help=f"of {', '.join(BACKBONES)} [generated: resnet18; else "
                                                        f"{DEFAULTS['backbone']}]")
-    parser.add_argument("--weights", nargs="+", default=[], metavar="[BACKBONE=]PATH",
+    parser.add_argument("--weights", nargs="+", action=OnceList, default=[], metavar="[BACKBONE=]PATH",
                         help="local torchvision ImageNet state dicts of the backbones (never downloaded)")
     parser.add_argument("--no-pretrain", dest="pretrain", action="store_false",
                         help="generated domains: fine-tune resnet18 from random init, not the generated pre-training")
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig.steps,
                         help=f"generated domains: steps of the resnet18 pre-training [{PretrainConfig.steps}]")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed [0 1 2]")
+    parser.add_argument("--seeds", nargs="+", action=OnceList, type=int, default=[0, 1, 2], help="one run per seed [0 1 2]")
     for name, (kind, text) in HYPER.items():
         demo = f"; demo {_shown(DEMO[name])}" if name in DEMO else ""
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} [{_shown(DEFAULTS[name])}{demo}]")

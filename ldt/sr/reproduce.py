@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, make_dirs
-from ldt.cli import not_a_file, output_dir_problem, path_flag
+from ldt.cli import OnceList, not_a_file, output_dir_problem, path_flag
 from ldt.core import method_class
 from ldt.core.methods import runs_probe
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
@@ -602,14 +602,14 @@ def reproduce(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scripts/reproduce.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", nargs="+", required=True, metavar="N",
+    parser.add_argument("--table", nargs="+", action=OnceList, required=True, metavar="N",
                         help=f"paper table(s) to reproduce: {', '.join(TABLES)} or all")
     parser.add_argument("--data", required=True,
                         help="a DRealSR root, or 'synthetic' (built under datasets/ if missing; 'synthetic_tiny' for "
                              "a smoke run)")
-    parser.add_argument("--arch", nargs="+", default=None, metavar="ARCH",
+    parser.add_argument("--arch", nargs="+", action=OnceList, default=None, metavar="ARCH",
                         help=f"architecture(s): {', '.join(ARCHS)} (default: mambair; Table 6: safmn hat mambair)")
-    parser.add_argument("--weights", nargs="+", default=None, metavar="FILE|ARCH=FILE",
+    parser.add_argument("--weights", nargs="+", action=OnceList, default=None, metavar="FILE|ARCH=FILE",
                         help="pretrained weights: one file for a single arch, or ARCH=FILE per arch (default: "
                              "random initialisation, with a warning)")
     parser.add_argument("--seeds", type=int, default=3, help="runs per setting, seeds 0..N-1 (default: %(default)s)")
