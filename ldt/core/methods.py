@@ -26,7 +26,7 @@ import math
 import re
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -889,6 +889,22 @@ def as_batch_source(batches: BatchSource | Iterable | None) -> BatchSource:
     return lambda purpose, seed: batches
 
 
+def _argument_types(model: object, config: object, batches: object, partition: object) -> list[Problem]:
+    """Arguments of the wrong kind, named before anything reads them (else an AttributeError deep inside)."""
+    problems: list[Problem] = []
+    if not isinstance(model, nn.Module):
+        problems.append(("model", f"must be a torch.nn.Module, got {type(model).__name__}"))
+    if not isinstance(config, MethodConfig):
+        problems.append(("config", f"must be a MethodConfig (MethodConfig(**options)), got {type(config).__name__}"))
+    if batches is not None and not callable(batches) and not isinstance(batches, Iterable):
+        problems.append(("batches", f"must be an iterable of batches or batches(purpose, seed), got "
+                                    f"{type(batches).__name__}"))
+    if partition is not None and not isinstance(partition, Partition):
+        saved = " (Partition.from_dict(saved) reads a saved to_dict())" if isinstance(partition, Mapping) else ""
+        problems.append(("partition", f"must be a Partition{saved}, got {type(partition).__name__}"))
+    return problems
+
+
 def prepare_method(
     model: nn.Module,
     config: MethodConfig,
@@ -915,6 +931,9 @@ def prepare_method(
     Everything that can be checked without data is checked before any batch is read. Parameters that are not
     floating point or have ``requires_grad=False`` now are left out of the method (logged once).
     """
+    wrong = _argument_types(model, config, batches, partition)
+    if wrong:
+        raise MethodError("; ".join(f"{where}: {message}" for where, message in wrong))
     cls = method_class(config.method)
     config = cls.resolve(config)
     decay = effective_ema_decay(config, ema_decay)
