@@ -3,11 +3,13 @@ clipping, schedulers, resume, export; and the arguments such a loop gets wrong."
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
 
-from ldt.core import MethodConfig, MethodError, Partition, prepare_method
+from ldt.core import METHODS, MethodConfig, MethodError, Partition, prepare_method
 
 
 def mse(model: nn.Module, batch) -> torch.Tensor:
@@ -47,3 +49,81 @@ def test_arguments_of_the_wrong_type_are_named():
                                           r"iterable of batches or batches\(purpose, seed\), got int$"):
         prepare_method("net", config("ldt"), batches=4, loss_fn=mse)
     assert prepare_method(mlp(), config("ldt"), partition=Partition.from_dict(saved), resuming=True).partition
+
+
+# ---- the README's own loop -----------------------------------------------------------------------------------------
+def build(method) -> tuple[list, list, list]:
+    optimizers = method.check_optimizers([torch.optim.AdamW(b.parameters, lr=1e-2, weight_decay=0.1)
+                                          for b in method.branches()])
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in optimizers]
+    return optimizers, schedulers, [torch.amp.GradScaler("cpu") for _ in optimizers]
+
+
+def own_loop(method, parts, batches, accumulate: int = 2) -> None:
+    """Autocast, a GradScaler per branch, gradient accumulation, clipping, one scheduler per optimizer."""
+    optimizers, schedulers, scalers = parts
+    for start in range(0, len(batches), accumulate):
+        for branch, optimizer, scaler in zip(method.branches(), optimizers, scalers):
+            branch.module.train()
+            optimizer.zero_grad(set_to_none=True)
+            for batch in batches[start:start + accumulate]:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = mse(branch.module, batch) / accumulate
+                scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(branch.parameters, 0.5)
+            scaler.step(optimizer)
+            scaler.update()
+        for scheduler in schedulers:
+            scheduler.step()
+        method.step()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_an_own_loop_resumed_from_a_weights_only_file_continues_bit_identically(name):
+    batches = data(12, 1)
+    straight = prepared(name, mlp())
+    own_loop(straight, build(straight), batches)
+
+    method = prepared(name, mlp())
+    parts = build(method)
+    own_loop(method, parts, batches[:6])
+    file = io.BytesIO()
+    torch.save({"method": method.state_dict(), "partition": method.partition and method.partition.to_dict(),
+                **{key: [p.state_dict() for p in part] for key, part in zip(("optim", "sched", "scaler"), parts)}},
+               file)
+    file.seek(0)
+    saved = torch.load(file, weights_only=True)
+    partition = saved["partition"] and Partition.from_dict(saved["partition"])
+    resumed = prepared(name, mlp(seed=1), partition=partition, resuming=True)
+    resumed.load_state_dict(saved["method"])
+    parts = build(resumed)
+    for key, part in zip(("optim", "sched", "scaler"), parts):
+        for thing, state in zip(part, saved[key], strict=True):
+            thing.load_state_dict(state)
+    own_loop(resumed, parts, batches[6:])
+
+    expected, got = straight.deployed_state_dict(), resumed.deployed_state_dict()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    plain = mlp(seed=2)
+    plain.load_state_dict(got, strict=True)
+    assert torch.equal(plain(batches[0][0]), resumed.deployed().eval()(batches[0][0]))
+
+
+@pytest.mark.parametrize("name", ["ldt", "ldt_s"])
+def test_check_optimizers_names_what_a_loop_of_ones_own_would_silently_not_train(name):
+    method = prepared(name, mlp())
+    only_now = [torch.optim.SGD([p for p in b.parameters if p.requires_grad], lr=0.1) for b in method.branches()]
+    if name == "ldt_s":  # its one optimizer must hold both groups, though only the current turn's requires grad
+        with pytest.raises(MethodError, match=r"optimizer of the net branch lacks 4 of its trainable parameters"):
+            method.check_optimizers(only_now)
+    else:
+        assert method.check_optimizers(only_now) == only_now
+    with pytest.raises(MethodError, match=r"optimizer of the \w+ branch holds 8 parameter\(s\) of another network"):
+        method.check_optimizers([torch.optim.SGD([*b.parameters, *mlp().parameters()], lr=0.1)
+                                 for b in method.branches()])
+    with pytest.raises(MethodError, match=r"^optimizers\[0\] is a list, not a torch\.optim\.Optimizer$"):
+        method.check_optimizers([list(b.parameters) for b in method.branches()])
+    decay = [torch.optim.AdamW([{"params": b.parameters[::2]}, {"params": b.parameters[1::2], "weight_decay": 0}])
+             for b in method.branches()]
+    assert method.check_optimizers(decay) == decay  # parameter groups that together hold the branch's parameters

@@ -331,23 +331,18 @@ class Method:
 
         One branch after the other, so activations are never held for two branches at once. ``optimizers``: one per
         branch, in the order of :meth:`branches`, each over its ``parameters`` (checked once per optimizer and
-        partition). ``repartition_every`` is not driven here. Returns the losses.
+        partition: :meth:`check_optimizers`). ``repartition_every`` is not driven here. Returns the losses.
         """
         if self.repartition_every:
             raise MethodError("repartition_every: train_step does not re-probe; set it to 0, or drive branches() and "
                               "step() from your loop and call repartition() every N steps (as the SR model does)")
         if not callable(loss_fn):
             raise MethodError(f"loss_fn must be callable (model, batch) -> loss, got {type(loss_fn).__name__}")
-        if isinstance(optimizers, torch.optim.Optimizer):
-            names = ", ".join(branch.name for branch in self.branches())
-            raise MethodError(f"optimizers: pass a list with one optimizer per branch ({names}), got a single "
-                              f"{type(optimizers).__name__}")
-        optimizers = list(optimizers)  # a generator of optimizers, too
         branches = self.branches()
         for branch in branches:
             if any(p.dtype.itemsize < 4 for p in branch.parameters):  # model.half() after prepare_method
                 raise MethodError(f"the {branch.name} branch: {low_precision(branch.module.named_parameters())}")
-        self._check_optimizers(branches, optimizers)
+        optimizers = self.check_optimizers(optimizers, branches)
         losses = {}
         for branch, optimizer in zip(branches, optimizers, strict=True):
             branch.module.train()
@@ -361,10 +356,24 @@ class Method:
         self.step()
         return losses
 
-    def _check_optimizers(self, branches: list[Branch], optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        """Raise unless each optimizer steps exactly its branch's parameters: swapped, shared or stale optimizers
-        (not rebuilt after :meth:`repartition`) would silently train nothing. The verdict is kept per optimizer
-        object and partition (and this method object: a deep copy checks again), so a step costs a lookup."""
+    def check_optimizers(
+        self, optimizers: Iterable[torch.optim.Optimizer], branches: list[Branch] | None = None
+    ) -> list[torch.optim.Optimizer]:
+        """Raise unless there is one optimizer per branch, in the order of :meth:`branches`, each stepping exactly its
+        branch's ``parameters`` (parameter groups may split them): swapped, shared or stale optimizers (not rebuilt
+        after :meth:`repartition`), or LDT-S's built over only the group that requires grad now, would silently
+        train nothing. :meth:`train_step` calls it every step; a loop of your own calls it after building them. The
+        verdict is kept per optimizer object and partition (and this method object: a deep copy checks again), so a
+        check costs a lookup. Returns the optimizers as a list (a generator is read once)."""
+        branches = self.branches() if branches is None else branches
+        if isinstance(optimizers, torch.optim.Optimizer):
+            names = ", ".join(branch.name for branch in branches)
+            raise MethodError(f"optimizers: pass a list with one optimizer per branch ({names}), got a single "
+                              f"{type(optimizers).__name__}")
+        optimizers = list(optimizers)
+        odd = next((i for i, opt in enumerate(optimizers) if not isinstance(opt, torch.optim.Optimizer)), None)
+        if odd is not None:
+            raise MethodError(f"optimizers[{odd}] is a {type(optimizers[odd]).__name__}, not a torch.optim.Optimizer")
         if len(optimizers) != len(branches):
             raise MethodError(f"{self.name} trains {len(branches)} branch(es) ({', '.join(b.name for b in branches)}): "
                               f"pass one optimizer per branch in that order, got {len(optimizers)}")
@@ -384,6 +393,7 @@ class Method:
                 raise MethodError(f"the optimizer of the {branch.name} branch {what}: build one optimizer per branch "
                                   "over branch.parameters, in the order of branches(), again after repartition()")
             verified[id(optimizer)] = (weakref.ref(optimizer), id(self), self.partition, index)
+        return optimizers
 
     def _record_parameters(self, *modules: nn.Module) -> None:
         """Remember the named parameters of the networks that train (the branches), as the method was made with them."""
