@@ -429,10 +429,20 @@ def test_user_mistakes_are_one_line_method_errors():
 
 
 # ---- 15. LDT-S phase length; a short probe loader ------------------------------------------------------------------
-def test_phase_steps_zero_is_refused():
+@pytest.mark.parametrize("steps", [0, 2.5, True, "3"])
+def test_phase_steps_that_are_not_a_positive_count_are_refused(steps):
+    """2.5 was taken: step_count % 2.5 == 0 switched turns every 5 steps."""
     model = mlp()
-    with pytest.raises(ValueError, match="phase_steps must be a positive number"):
-        SingleBranchLDT(model, partition_by_patterns(model, [r"^4\."]), ExchangeConfig(dpu=False), phase_steps=0)
+    with pytest.raises(ValueError, match=f"phase_steps must be a positive number .*, got {re.escape(repr(steps))}$"):
+        SingleBranchLDT(model, partition_by_patterns(model, [r"^4\."]), ExchangeConfig(dpu=False), phase_steps=steps)
+
+
+@pytest.mark.parametrize("ratio", ["0.4", None, 1.5, float("nan")])
+def test_partition_by_score_names_a_ratio_that_is_not_a_fraction(ratio):
+    """'0.4' was a TypeError ('<' not supported between instances of 'float' and 'str')."""
+    with pytest.raises(PartitionError, match=f"^unstable_ratio must be a number strictly between 0 and 1, got "
+                                             f"{re.escape(repr(ratio))}$"):
+        partition_by_score(None, ratio, "random", model=mlp())
 
 
 def test_a_short_probe_loader_is_a_warning(caplog):

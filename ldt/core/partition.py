@@ -230,8 +230,8 @@ def stable_count(num_layers: int, unstable_ratio: float) -> int:
 
 
 def _check_ratio(unstable_ratio: float) -> None:
-    if not 0.0 < unstable_ratio < 1.0:
-        raise PartitionError(f"unstable_ratio must be strictly between 0 and 1, got {unstable_ratio}")
+    if not _is_number(unstable_ratio) or not 0.0 < unstable_ratio < 1.0:
+        raise PartitionError(f"unstable_ratio must be a number strictly between 0 and 1, got {unstable_ratio!r}")
 
 
 def partition_by_score(

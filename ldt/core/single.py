@@ -52,9 +52,10 @@ class SingleBranchLDT:
         host_device: str | torch.device = "cpu",
     ) -> None:
         check_two_groups(partition, model, EMPTY_GROUP)
-        if phase_steps is not None and phase_steps < 1:
+        if phase_steps is not None and (not isinstance(phase_steps, int) or isinstance(phase_steps, bool)
+                                        or phase_steps < 1):
             raise ValueError(f"phase_steps must be a positive number of steps (None: the exchange interval), got "
-                             f"{phase_steps}")
+                             f"{phase_steps!r}")
         self.model = model
         self.config = config or ExchangeConfig()
         self.phase_steps = phase_steps if phase_steps is not None else self.config.interval
