@@ -127,3 +127,12 @@ def test_check_optimizers_names_what_a_loop_of_ones_own_would_silently_not_train
     decay = [torch.optim.AdamW([{"params": b.parameters[::2]}, {"params": b.parameters[1::2], "weight_decay": 0}])
              for b in method.branches()]
     assert method.check_optimizers(decay) == decay  # parameter groups that together hold the branch's parameters
+
+
+@pytest.mark.parametrize("name", ["ft", "ldt", "ft_ema"])
+@pytest.mark.parametrize("state", [None, [1, 2]])
+def test_loading_something_that_is_not_a_state_is_named(name, state):
+    """None (checkpoint.get('method') of a file saved without it) was an AttributeError: no attribute 'get'."""
+    with pytest.raises(MethodError, match=rf"^not a '{name}' method state: got {type(state).__name__}, not "
+                                          r"method\.state_dict\(\)'s dict$"):
+        prepared(name, mlp()).load_state_dict(state)

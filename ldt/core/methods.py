@@ -695,6 +695,8 @@ def _once_per_tensor(
 
 
 def _check_state(state: dict, name: str, ema: bool = False) -> None:
+    if not isinstance(state, Mapping):  # e.g. checkpoint.get('method') of a checkpoint saved without it
+        raise MethodError(f"not a {name!r} method state: got {type(state).__name__}, not method.state_dict()'s dict")
     if state.get("format") != STATE_FORMAT or state.get("method") != name:
         raise MethodError(f"not a {name!r} method state (format {state.get('format')!r}, method {state.get('method')!r})")
     if not ema and "ema" in state:  # DeployedEMA's state holds the method's own state under 'inner'
