@@ -136,3 +136,13 @@ def test_loading_something_that_is_not_a_state_is_named(name, state):
     with pytest.raises(MethodError, match=rf"^not a '{name}' method state: got {type(state).__name__}, not "
                                           r"method\.state_dict\(\)'s dict$"):
         prepared(name, mlp()).load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", ["ldt", "ldt_s"])
+def test_repartition_names_a_partition_given_as_its_saved_dict(name):
+    """A loop that re-probes and keeps partitions as to_dict() got AttributeError: no attribute 'check_model'."""
+    method = prepared(name, mlp())
+    with pytest.raises(ValueError, match=r"^the partition must be a Partition \(Partition\.from_dict\(saved\) reads a "
+                                         r"saved to_dict\(\)\), got dict$"):
+        method.repartition(method.partition.to_dict())
+    method.repartition(Partition.from_dict(method.partition.to_dict()))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ldt.core.exchange import ExchangeConfig, exchange_weights
-from ldt.core.partition import Partition, PartitionError
+from ldt.core.partition import Partition, PartitionError, not_a_partition
 
 STATE_FORMAT = "ldt.dual_branch/1"
 
@@ -114,6 +114,9 @@ def check_two_groups(
     """Raise unless ``partition`` covers ``model`` exactly, both groups are non-empty (else ``empty``, if given) and
     every grouped parameter can train and be exchanged (is floating point, at least float32, and not one the user
     froze: ``frozen``, by default the model's parameters with ``requires_grad=False`` now)."""
+    problem = not_a_partition(partition)
+    if problem:
+        raise PartitionError(f"the partition {problem}")
     partition.check_model(model)
     if not partition.stable or not partition.unstable:
         raise PartitionError(empty or (

@@ -53,6 +53,7 @@ from ldt.core.partition import (
     Partition,
     PartitionError,
     match_names,
+    not_a_partition,
     partition_by_patterns,
     partition_by_score,
     stable_count,
@@ -911,9 +912,8 @@ def _argument_types(model: object, config: object, batches: object, partition: o
     if batches is not None and not callable(batches) and not isinstance(batches, Iterable):
         problems.append(("batches", f"must be an iterable of batches or batches(purpose, seed), got "
                                     f"{type(batches).__name__}"))
-    if partition is not None and not isinstance(partition, Partition):
-        saved = " (Partition.from_dict(saved) reads a saved to_dict())" if isinstance(partition, Mapping) else ""
-        problems.append(("partition", f"must be a Partition{saved}, got {type(partition).__name__}"))
+    if partition is not None and not_a_partition(partition):
+        problems.append(("partition", not_a_partition(partition)))
     return problems
 
 

@@ -11,6 +11,7 @@ import os
 import random
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -167,6 +168,14 @@ class Partition:
             except PartitionError as err:
                 raise PartitionError(f"{path}: {err}") from None
         return partition
+
+
+def not_a_partition(value: object) -> str | None:
+    """Why ``value`` cannot be used as a :class:`Partition`, or None; a saved ``to_dict()`` is the usual mix-up."""
+    if isinstance(value, Partition):
+        return None
+    saved = " (Partition.from_dict(saved) reads a saved to_dict())" if isinstance(value, Mapping) else ""
+    return f"must be a Partition{saved}, got {type(value).__name__}"
 
 
 def _is_number(value: object) -> bool:
