@@ -130,6 +130,9 @@ BAD = [
     ("datasets:val_2:cameras", ["olympus"], "datasets:val_2: the target set 'pan' evaluates ['olympus']"),
     ("datasets:val_1:split", "train", "datasets:val_1: reads the same train pairs of ['olympus'] as datasets:train"),
     ("datasets:val_2:type", "PairedDataset", "datasets:val_2:type: no option schema for dataset type 'PairedDataset'"),
+    ("datasets:val_2:type", ["DRealSRCameraDataset"],
+     "datasets:val_2:type: expected a string, got list ['DRealSRCameraDataset']; supported: DRealSRCameraDataset"),
+    ("datasets:train:type", {}, "datasets:train:type: expected a string, got dict {}; supported: "),
     ("datasets:train:io_backend", {"type": "s3"}, "datasets:train:io_backend:type: must be one of disk, lmdb"),
     ("datasets:validation", {"name": "x"}, "datasets:validation: a dataset key must be 'train', 'val[_*]' or 'test[_*]'"),
     # what BasicSR, numpy or the network would only refuse with a traceback, mid-run
