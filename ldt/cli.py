@@ -130,11 +130,14 @@ def json_object(text: str) -> str | None:
     return None if isinstance(value, dict) else f"must be a JSON object such as '{{\"width\": 64}}', got {text!r}"
 
 
+EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
+
+
 def path_flag(text: str) -> Path:
     """An argparse ``type`` for a folder or file flag: an empty value (``--out ""``, an unset shell variable) is an
     error, not the current folder or the flag's default, where a sweep would write its records and tables."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path (an unset variable?); give a folder or file")
+        raise argparse.ArgumentTypeError(EMPTY_PATH)
     return Path(text)
 
 

@@ -38,6 +38,17 @@ def test_an_override_value_that_is_not_yaml_is_one_line(data_root, tmp_path, cap
     assert lines[0].startswith("error: --force_yml 'train:total_iter=[1': the value '[1' is not valid YAML: "), lines
 
 
+def test_an_override_from_an_unset_variable_is_one_line_not_training_from_scratch(data_root, tmp_path, capsys,
+                                                                                  nothing_built):
+    """``--force_yml path:pretrain_network_g=$WEIGHTS`` with WEIGHTS unset gives an empty string: it trained from the
+    random initialisation, exit 0."""
+    code, lines = train_cli(write_options(tiny_options(data_root, "o"), tmp_path), capsys,
+                            "--force_yml", "path:pretrain_network_g=")
+    assert code == 2
+    assert lines == ["error: --force_yml 'path:pretrain_network_g=': path:pretrain_network_g: an empty path (an unset "
+                     "variable?); give a folder or file"]
+
+
 def test_overrides_create_documented_sections_the_file_omits_and_nothing_else(data_root, tmp_path):
     path = write_options(tiny_options(data_root, "o"), tmp_path)
     opt = load_options(path, is_train=True, overrides=[

@@ -125,6 +125,11 @@ BAD = [
     ("datasets:train:batch_size_per_gpu", 0, "datasets:train:batch_size_per_gpu: must be > 0, got 0"),
     ("datasets:train:gt_size", 30, "datasets:train:gt_size: 30 is not a multiple of the scale 4"),
     ("datasets:train:dataroot", "/nonexistent/DRealSR", "datasets:train:dataroot: path does not exist"),
+    # an empty path is the current folder to pathlib (it 'exists'); an empty pretrain_network_g trained from scratch
+    ("path:pretrain_network_g", "", "path:pretrain_network_g: an empty path (an unset variable?)"),
+    ("datasets:train:dataroot", " ", "datasets:train:dataroot: an empty path (an unset variable?)"),
+    ("ldt:partition_file", "", "ldt:partition_file: an empty path (an unset variable?)"),
+    ("datasets:val_1:meta_info_file", [], "datasets:val_1:meta_info_file: an empty list names no file"),
     ("datasets:train:split", "validation", "datasets:train:split: must be one of train, test"),
     ("datasets:val_2:cameras", ["pann"], "datasets:val_2:cameras: unknown camera 'pann'"),
     ("datasets:val_2:cameras", ["olympus"], "datasets:val_2: the target set 'pan' evaluates ['olympus']"),

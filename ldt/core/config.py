@@ -19,7 +19,9 @@ import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from ldt.cli import EMPTY_PATH
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
@@ -55,6 +57,17 @@ NonNegativeInt = Annotated[Int, Field(ge=0)]
 PositiveReal = Annotated[Real, Field(gt=0)]
 EmaWeight = Annotated[Real, Field(ge=0, lt=1)]
 """An EMA weight W of the exchange: W = 1 would never move the frozen group."""
+
+
+def _not_empty(path: str) -> str:
+    if not path.strip():
+        raise ValueError(EMPTY_PATH)
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_not_empty)]
+"""A file or folder option. An empty one (``--force_yml path:pretrain_network_g=$W`` with ``W`` unset) is an error:
+to pathlib it is the current folder, which exists, and to a ``pretrain_network_g`` check it was no weights at all."""
 Seed = Annotated[Int, Field(ge=0, le=2**31 - 1)]
 """A seed numpy, torch and ``random`` all take, with room for the per-rank and per-worker offsets BasicSR adds
 (numpy takes seeds below 2**32 only)."""

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from pydantic import Field, field_validator
 from torch import nn
 
-from ldt.core.config import NonNegativeInt, Options, ProbeConfig, Real, Seed, WarmupConfig
+from ldt.core.config import NonNegativeInt, Options, PathText, ProbeConfig, Real, Seed, WarmupConfig
 from ldt.core.dual import (
     DualBranch,
     EMAPlan,
@@ -83,7 +83,7 @@ class MethodConfig(Options):
     unstable_ratio: Real = Field(0.4, gt=0, lt=1, description="fraction of layers marked unstable (paper Table 9)")
     group_by: Literal["tensor", "module"] = Field("tensor", description="a layer is one parameter tensor (official) or one module")
     seed: Seed = Field(0, description="seed of the probe's data order and of the 'random' criterion")
-    partition_file: str | None = Field(None, description="reuse a saved partition.json instead of probing")
+    partition_file: PathText | None = Field(None, description="reuse a saved partition.json instead of probing")
     head_patterns: list[str] | None = Field(
         None, description="regexes of the head (DeFT's unstable group, LP-FT's warm-up); null = the network's own"
     )

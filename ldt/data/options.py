@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ldt.core.config import NonNegativeInt, Options, PositiveInt, Real, runtime
+from ldt.core.config import NonNegativeInt, Options, PathText, PositiveInt, Real, runtime
 
 LR_PATCH = 48
 """The official LR training patch: a DRealSRCameraDataset without ``gt_size`` crops ``LR_PATCH`` x scale HR pixels."""
@@ -57,9 +57,10 @@ class DRealSRCameraOptions(DatasetOptions):
     """``DRealSRCameraDataset``: DRealSR-style LR/HR pairs (real DRealSR or the synthetic cameras) of chosen cameras."""
 
     type: Literal["DRealSRCameraDataset"] = Field(description="this dataset")
-    dataroot: str | None = Field(None, description="searched for the split folders (LMDB: the --lmdb output folder)")
-    dataroot_gt: str | None = Field(None, description="explicit HR folder or LMDB (with dataroot_lq)")
-    dataroot_lq: str | None = Field(None, description="explicit LR folder or LMDB (with dataroot_gt)")
+    dataroot: PathText | None = Field(None, description="searched for the split folders (LMDB: the --lmdb output "
+                                                        "folder)")
+    dataroot_gt: PathText | None = Field(None, description="explicit HR folder or LMDB (with dataroot_lq)")
+    dataroot_lq: PathText | None = Field(None, description="explicit LR folder or LMDB (with dataroot_gt)")
     split: Literal["train", "test"] = Field("train", description="DRealSR split")
     cameras: list[str] = Field(description="camera keys or aliases, e.g. [olympus]; required, so a typo can never "
                                            "mean 'every camera'")
@@ -74,7 +75,7 @@ class DRealSRCameraOptions(DatasetOptions):
                                                 "scales); false skips it")
     size_tolerance: NonNegativeInt | None = Field(None, description="HR may exceed LR x scale by this many px "
                                                                     "(null: 4 x scale); cropped at read time")
-    meta_info_file: str | list[str] | None = Field(None, description="restrict to the HR names listed")
+    meta_info_file: PathText | list[PathText] | None = Field(None, description="restrict to the HR names listed")
 
     def crop_size(self, scale: int) -> int:
         """The HR training crop at ``scale``."""
@@ -84,6 +85,14 @@ class DRealSRCameraOptions(DatasetOptions):
     @classmethod
     def _one_or_many(cls, value):
         return [value] if isinstance(value, str) else value
+
+    @field_validator("meta_info_file", mode="before")
+    @classmethod
+    def _some_files(cls, value):
+        """``[]`` read as 'no list', so it restricted nothing, then failed on the pairs found."""
+        if value == []:
+            raise ValueError("an empty list names no file: give at least one, or leave meta_info_file out")
+        return value
 
     @field_validator("cameras")
     @classmethod
@@ -106,9 +115,10 @@ class PairedImageOptions(DatasetOptions):
     """BasicSR's ``PairedImageDataset`` (the official MambaIR / HAT training files use it)."""
 
     type: Literal["PairedImageDataset"] = Field(description="this dataset")
-    dataroot_gt: str = Field(description="HR folder (or LMDB); a one-element list, as official files write it, too")
-    dataroot_lq: str = Field(description="LR folder (or LMDB); a one-element list too")
-    meta_info_file: str | None = Field(None, description="pairs listed in a meta-info file")
+    dataroot_gt: PathText = Field(description="HR folder (or LMDB); a one-element list, as official files write it, "
+                                              "too")
+    dataroot_lq: PathText = Field(description="LR folder (or LMDB); a one-element list too")
+    meta_info_file: PathText | None = Field(None, description="pairs listed in a meta-info file")
     filename_tmpl: str = Field("{}", description="LR name from the HR name, e.g. '{}x4'")
     io_backend: IOBackend = Field(default_factory=IOBackend)
     gt_size: PositiveInt | None = Field(None, description="HR training crop (train phase: required)")
