@@ -130,6 +130,9 @@ BAD = [
     ("datasets:train:dataroot", " ", "datasets:train:dataroot: an empty path (an unset variable?)"),
     ("ldt:partition_file", "", "ldt:partition_file: an empty path (an unset variable?)"),
     ("datasets:val_1:meta_info_file", [], "datasets:val_1:meta_info_file: an empty list names no file"),
+    # a list for 'a string or a list of strings' is checked as the list, without 'expected a string' beside it
+    ("datasets:val_1:meta_info_file", [""], "datasets:val_1:meta_info_file[0]: an empty path (an unset variable?)"),
+    ("datasets:val_1:meta_info_file", ["a.txt", 3], "datasets:val_1:meta_info_file[1]: expected a string, got int 3"),
     ("datasets:train:split", "validation", "datasets:train:split: must be one of train, test"),
     ("datasets:val_2:cameras", ["pann"], "datasets:val_2:cameras: unknown camera 'pann'"),
     ("datasets:val_2:cameras", ["olympus"], "datasets:val_2: the target set 'pan' evaluates ['olympus']"),

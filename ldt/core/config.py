@@ -208,11 +208,17 @@ def _message(error: dict, siblings: list[str]) -> str:
     return f"{error['msg']}, got {shown}"
 
 
+# A value of the wrong type for one member of a union (the value is a list whose items another member checked).
+_MEMBER_MISMATCHES = {"string_type", "int_type", "float_type", "bool_type", "dict_type", "model_type",
+                      "model_attributes_type"}
+
+
 def describe_errors(err: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[str]:
     """One line per error: the option path (union tags dropped) and a plain message, with "did you mean".
 
     A misspelled required key is one problem, not two: its "missing" line is dropped when an unknown key beside it
-    is suggested as the fix.
+    is suggested as the fix. A list given for a union with a list member (``str | list[str]``) is one problem per
+    bad item: the other members' "expected a string, got list" is dropped when the list's items were looked into.
     """
     located = [(error, *_readable_loc(model, error["loc"])) for error in err.errors()]
     suggested = set()
@@ -220,9 +226,13 @@ def describe_errors(err: ValidationError, model: type[BaseModel], prefix: Sequen
         if error["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(path[-1], siblings, n=1)
             suggested.update(tuple(path[:-1]) + (h,) for h in hint)
+    items_checked = {":".join([*path[:depth], key.split("[")[0]]) for _, path, _ in located
+                     for depth, key in enumerate(path) if "[" in key}
     messages: dict[str, list[str]] = {}  # several errors at one place come from the members of a union
     for error, path, siblings in located:
         if error["type"] == "missing" and tuple(path) in suggested:
+            continue
+        if error["type"] in _MEMBER_MISMATCHES and ":".join(path) in items_checked:
             continue
         if error["type"].startswith("union_tag"):
             path = [*path, "type"]
