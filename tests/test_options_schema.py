@@ -101,6 +101,8 @@ BAD = [
     ("network_g:n_block", 2, "network_g:n_block: unknown option (did you mean 'n_blocks'?)"),
     ("network_g:dim", "eight", "network_g:dim: expected an integer, got str 'eight'"),
     ("network_g:ffn_scale", [2], "network_g:ffn_scale: expected a number"),
+    # torch's own message for a size that overflows carries its C++ stack frames: only its first line is shown
+    ("network_g:dim", 2**70, "network_g: SAFMN cannot be built with these options: empty(): argument 'size' failed"),
     ("scale", 2, "scale: 2, but network_g upscales by 4"),
     ("num_gpu", -1, "num_gpu: must be auto or a non-negative integer, got -1"),
     ("datasets:train:meta_info_file", 3, "datasets:train:meta_info_file: expected a string, got int 3 or expected a list"),

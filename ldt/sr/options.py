@@ -597,8 +597,9 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
     options = {"type": arch_type, **checked.model_dump(exclude_unset=True, exclude={"type"})}
     try:
         network = build_meta_network(arch, {k: v for k, v in options.items() if k != "type"})
-    except Exception as err:  # the constructor's own checks (ValueError, AssertionError, ...)
-        problems.append(f"network_g: {arch_type} cannot be built with these options: {err}")
+    except Exception as err:  # the constructor's own checks (ValueError, AssertionError, ...); torch's C++ errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__  # carry stack frames
+        problems.append(f"network_g: {arch_type} cannot be built with these options: {first}")
         return options, None, arch
     return options, network, arch
 
