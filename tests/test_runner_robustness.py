@@ -68,6 +68,21 @@ def test_an_unwritable_out_is_one_line_before_any_run(tmp_path, capsys):
     assert f"cannot create {tmp_path / 'file' / 'out'}" in error_line(capsys)
 
 
+def test_an_unwritable_out_flag_is_one_line_before_the_data_is_built_or_pretrained(tmp_path, capsys):
+    """The runners' ``prepare`` builds the demo data and pre-trains its backbone (minutes on a fresh checkout):
+    an ``--out`` that is a file, or below one, was found only after that."""
+    (tmp_path / "file").write_text("not a folder")
+
+    def prepare():
+        raise AssertionError("the data was built before --out was checked")
+
+    for out, problem in ((tmp_path / "file", f"{tmp_path / 'file'} exists and is not a folder"),
+                         (tmp_path / "file" / "out", f"{tmp_path / 'file'} is a file, not a folder")):
+        args = Namespace(**vars(ARGS), out=out)
+        assert runner.main(args, prepare, no_run, lambda folder: "table") == 2
+        assert error_line(capsys) == f"error: --out: {problem}\n"
+
+
 def test_a_states_folder_that_is_a_file_is_one_line_before_any_run(tmp_path, capsys):
     """OUT/states in the way: one line naming it, before any run (the first state save came only after the warm-up,
     the probe and --state-minutes of training), and in a sweep whose runs are all recorded (a bare errno before)."""
