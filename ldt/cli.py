@@ -69,6 +69,13 @@ def stop_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(number, signal.SIG_DFL if old is None else old)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def flag(dest: str) -> str:
     """``batch_size`` -> ``--batch-size``."""
     return "--" + dest.replace("_", "-")

@@ -572,9 +572,11 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
     ]:
         assert main(["--data", str(toy), "--backbones", "resnet18", "--weights", weights] + out) == 2
         assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--backbones", "vgg"])
-    assert "invalid choice: 'vgg'" in capsys.readouterr().err
+    for argv, message in ((["--backbones", "vgg"], "invalid choice: 'vgg'"), (["--steps", "abc"], "invalid int value")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err  # one line, as the segmentation runner's, not the 26-line usage before it
+        assert err.count("\n") == 1 and message in err, err
     assert main(["--collect", str(tmp_path / "empty")]) == 2
     assert "no records" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ interrupted sweep resumes where it stopped; the table is rewritten from all reco
 
 from __future__ import annotations
 
-from ldt.cli import OnceList, path_flag, starting
+from ldt.cli import OnceList, OneLineParser, path_flag, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -43,7 +43,7 @@ HYPER = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m ldt.classification", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")

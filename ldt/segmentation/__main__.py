@@ -14,7 +14,7 @@ tables are rewritten from all records at the end.
 
 from __future__ import annotations
 
-from ldt.cli import OnceList, path_flag, starting
+from ldt.cli import OnceList, OneLineParser, path_flag, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -88,13 +88,6 @@ HYPER = {
     "eval_max_side": (_int_or_none, "reduce evaluation images larger than this first ('none': native size)"),
 }
 DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the usage is in --help)."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _shown(value) -> str:
