@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ldt.sr.options import OptionsError, embed_references, load_options, read_option_file
+from ldt.sr.options import OptionsError, embed_references, load_options, parse_value, read_option_file
 from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
 from tests.test_options_schema import nothing_built, train_cli, with_change  # noqa: F401  (nothing_built: a fixture)
 
@@ -63,6 +63,20 @@ def test_overrides_create_documented_sections_the_file_omits_and_nothing_else(da
     ]:
         with pytest.raises(OptionsError, match=re.escape(f"--force_yml '{entry}': {message}")):
             load_options(path, is_train=True, overrides=[entry])
+
+
+def test_a_value_its_tag_cannot_build_or_nesting_too_deep_is_one_line(tmp_path):
+    """``!!int abc`` raised PyYAML's bare ValueError, a few thousand nested ``[`` a RecursionError: tracebacks."""
+    path = tmp_path / "tag.yml"
+    for text, problem in (("train: {total_iter: !!int abc}\n", "invalid literal for int() with base 10: 'abc'"),
+                          ("speed: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply")):
+        path.write_text(text)
+        with pytest.raises(OptionsError) as err:
+            read_option_file(path)
+        assert str(err.value).splitlines() == [f"{path} is not valid YAML: {problem}"]
+    with pytest.raises(OptionsError, match=re.escape("--force_yml: the value '!!float x' is not valid YAML: could not "
+                                                     "convert string to float: 'x'")):
+        parse_value("!!float x")
 
 
 def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):

@@ -363,11 +363,19 @@ def _duplicate_keys(node: yaml.Node, path: tuple[str, ...] = (), seen: set[int] 
 
 
 def load_yaml(stream: Any) -> tuple[Any, list[tuple[str, str]]]:
-    """(``stream`` read as ``yaml.safe_load`` reads it, the keys it writes twice); YAML errors propagate."""
+    """(``stream`` read as ``yaml.safe_load`` reads it, the keys it writes twice); YAML errors propagate, as does
+    a :class:`yaml.YAMLError` for a value its tag cannot build (``!!int abc``: PyYAML's bare ValueError) and for
+    nesting deeper than Python's stack (a RecursionError)."""
     loader = yaml.SafeLoader(stream)
     try:
         node = loader.get_single_node()
         return (None, []) if node is None else (loader.construct_document(node), _duplicate_keys(node))
+    except UnicodeDecodeError:
+        raise
+    except ValueError as err:
+        raise yaml.YAMLError(str(err)) from None
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
     finally:
         loader.dispose()
 
