@@ -3,7 +3,8 @@
 
 Both runners offer the method options as flat flags (``--unstable-ratio``, ``--probe-batches``, ...);
 :func:`method_config` turns them into the core's options, so each is checked by the core's own declaration, and names
-the flag in the one-line error; :func:`flag_help` gives the core's own description as the flag's help.
+the flag in the one-line error; :func:`flag_help` gives the core's own description as the flag's help. Every runner
+error names a setting by the flag that sets it (:func:`field_flag`, :func:`option_flag`), never by its field name.
 :func:`train_and_select` trains a prepared method and keeps the deployed network that scores best on held-out
 *training-domain* data; the caller's ``validate`` must read nothing else. :func:`main` and :func:`sweep` are the
 command line after parsing: plan and check everything, run what is not recorded yet, tabulate from the records.
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
-from ldt.cli import STOP_SIGNALS, device_problem, original_error, output_dir_problem, show_traceback, stop_handler
+from ldt.cli import STOP_SIGNALS, device_problem, flag, original_error, output_dir_problem, show_traceback, stop_handler
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -42,10 +43,26 @@ from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_recipes, earli
                        run_hash, run_pending, stale_weights, sweep_lock)
 from ldt.weights import WeightsError, content_fingerprint
 
-# The flat flag of each nested method option (errors name the flag the user typed).
-FLAG_NAMES = {"probe:num_batches": "probe_batches", "warmup:steps": "warmup_steps", "warmup:lr": "warmup_lr",
+# The run field (flat name) of each method option a runner flag sets; the options not here (the runner's own head
+# patterns) have no flag.
+FLAG_NAMES = {"criterion": "criterion", "unstable_ratio": "unstable_ratio", "seed": "seed",
+              "probe:num_batches": "probe_batches", "warmup:steps": "warmup_steps", "warmup:lr": "warmup_lr",
               "exchange:interval": "interval", "exchange:weight": "ema_weight"}
+# The run fields a sweep takes several values of: their flags are plural (one run per value).
+SWEPT = {"method": "methods", "backbone": "backbones", "seed": "seeds"}
 EMA_DECAY_HELP = "decay of a deployed EMA (ft_ema: default weight^(1/interval); other methods: off)"
+
+
+def field_flag(name: str) -> str:
+    """The flag that sets run field ``name`` (``eval_every`` -> ``--eval-every``, ``seed`` -> ``--seeds``): the
+    runners declare their flags by this, and their errors name a field by it, so the user reads the flag typed."""
+    return flag(SWEPT.get(name, name))
+
+
+def option_flag(path: str) -> str:
+    """The flag that sets method option ``path`` (``warmup:steps`` -> ``--warmup-steps``), or the path itself for
+    an option no flag sets."""
+    return field_flag(FLAG_NAMES[path]) if path in FLAG_NAMES else path
 
 
 def flag_help(flag: str) -> str:
@@ -75,7 +92,7 @@ def method_config(method: str, *, criterion: str, unstable_ratio: float, seed: i
         lines = []
         for line in describe_errors(err, MethodConfig):
             where, sep, message = line.partition(": ")
-            lines.append(f"{FLAG_NAMES.get(where, where)}{sep}{message}")
+            lines.append(f"{option_flag(where) if sep else where}{sep}{message}")
         raise ValueError("; ".join(lines)) from None
 
 
@@ -90,7 +107,7 @@ def check_method(config: "RunnerConfig", build: Callable[[], nn.Module],
         model = build()
     problems = method_class(options.method).check(options, model, head_patterns)
     if problems:
-        raise ValueError(f"{config.method}: " + "; ".join(f"{FLAG_NAMES.get(where, where)}: {message}"
+        raise ValueError(f"{config.method}: " + "; ".join(f"{option_flag(where)}: {message}"
                                                           for where, message in problems))
 
 
@@ -160,21 +177,21 @@ def unique(flag: str, values: Sequence) -> list:
 
 def check_training(config: object) -> None:
     """The training options both runners' run configurations share (``steps``, ``eval_every``,
-    ``holdout_fraction``, ``lr``, ``weight_decay``, ``ema_decay``), each a one-line error naming the option, where
+    ``holdout_fraction``, ``lr``, ``weight_decay``, ``ema_decay``), each a one-line error naming its flag, where
     Adam or the EMA would otherwise fail (or train on NaN) inside the first run, or the held-out split only after the
     demo's pre-training."""
     for name in ("steps", "eval_every"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+            raise ValueError(f"{field_flag(name)} must be positive, got {getattr(config, name)}")
     if not 0.0 < config.holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {config.holdout_fraction}")
+        raise ValueError(f"{field_flag('holdout_fraction')} must be in (0, 1), got {config.holdout_fraction}")
     lr, weight_decay, ema_decay = config.lr, config.weight_decay, config.ema_decay
     if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be positive and finite, got {lr}")
+        raise ValueError(f"{field_flag('lr')} must be positive and finite, got {lr}")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay}")
+        raise ValueError(f"{field_flag('weight_decay')} must be non-negative and finite, got {weight_decay}")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        raise ValueError(f"{field_flag('ema_decay')} must be in [0, 1), got {ema_decay}")
 
 
 class RunnerConfig(Protocol):

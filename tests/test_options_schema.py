@@ -114,7 +114,7 @@ BAD = [
     ("ldt:warmup:steps", -1, "ldt:warmup:steps: must be >= 0, got -1"),
     ("ldt:warmup", {"steps": 2, "patterns": ["^nothing$"]}, "ldt:warmup:patterns: ['^nothing$'] match no parameter"),
     ("ldt:warmup:steps", 3, "ldt:warmup:steps: ft trains every layer from the first step", "ft"),
-    ("ldt:warmup:steps", 0, "ldt:warmup:steps: lpft needs its head warm-up: set warmup:steps > 0", "lpft"),
+    ("ldt:warmup:steps", 0, "ldt:warmup:steps: lpft needs its head warm-up: must be > 0", "lpft"),
     ("ldt:head_patterns", ["("], "ldt:head_patterns: invalid regex", "deft"),
     ("ldt:head_patterns", [".*"], "ldt:head_patterns: the head patterns match every parameter", "deft"),
     ("ldt:exchange:stable_rank_base", 0.5, "ldt:exchange: stable_base + stable_rank_base must stay within [0, 1]"),

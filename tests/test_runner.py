@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import itertools
 import os
 import signal
 from argparse import Namespace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -33,13 +36,38 @@ def test_method_config_maps_flags_and_drops_the_warmup_of_methods_that_never_war
     assert runner.method_config("ft", **FLAGS).warmup.steps == 0  # FT trains the head with the rest from step 1
 
 
-@pytest.mark.parametrize("flag, value", [("probe_batches", 0), ("ema_weight", 2.0), ("ema_weight", 1.0), ("interval", 0),
-                                         ("unstable_ratio", 1.5), ("warmup_lr", -1.0)])
-def test_a_bad_flag_is_one_line_naming_that_flag(flag, value):
+@pytest.mark.parametrize("field, value, flag", [
+    ("probe_batches", 0, "--probe-batches"), ("ema_weight", 2.0, "--ema-weight"), ("ema_weight", 1.0, "--ema-weight"),
+    ("interval", 0, "--interval"), ("unstable_ratio", 1.5, "--unstable-ratio"), ("warmup_lr", -1.0, "--warmup-lr"),
+    ("warmup_steps", -1, "--warmup-steps"), ("seed", 2**31, "--seeds"),
+])
+def test_a_bad_flag_is_one_line_naming_that_flag(field, value, flag):
     with pytest.raises(ValueError) as caught:
-        runner.method_config("ldt_fixed", **{**FLAGS, flag: value})
+        runner.method_config("ldt_fixed", **{**FLAGS, field: value})
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(flag + ": ")
+    assert "\n" not in message and message.startswith(flag + ": "), message
+
+
+def test_a_method_the_flags_do_not_fit_names_the_flag_and_the_core_problem_names_no_option_path():
+    """The core's problem names no option path of its own: the runner names the flag, SR the YAML key."""
+    options = runner.method_config("lpft", **{**FLAGS, "warmup_steps": 0})
+    config = SimpleNamespace(method="lpft", method_config=lambda: options)
+    with pytest.raises(ValueError) as caught:
+        runner.check_method(config, lambda: nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), ["^1\\."])
+    assert str(caught.value) == "lpft: --warmup-steps: lpft needs its head warm-up: must be > 0"
+
+
+def test_every_runner_flag_is_named_as_its_parser_declares_it():
+    """The runners' parsers declare each run field's flag by runner.field_flag, the name their errors give."""
+    from ldt.classification.__main__ import parse_args as classification_args
+    from ldt.segmentation.__main__ import parse_args as segmentation_args
+
+    for parse in (classification_args, segmentation_args):
+        flags = set(parse.__globals__["HYPER"]) | set(runner.FLAG_NAMES.values()) | set(runner.SWEPT)
+        with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as shown:
+            parse(["--help"])
+        for field in flags:
+            assert f"  {runner.field_flag(field)} " in shown.getvalue(), field
 
 
 def test_selection_keeps_the_best_deployed_network_and_the_earlier_one_on_ties():

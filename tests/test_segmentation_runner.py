@@ -266,20 +266,29 @@ def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monke
         (["--weights", f"resnet18={resnet50}"], f"--weights resnet18: {resnet50} does not fit ResNetBackbone"),
         (["--weights", "a.pth", "b.pth"], "write BACKBONE=FILE for each"),
         (["--weights", str(tmp_path / "diverged.pth")], "'layer1.0.bn1.running_var' has NaN/inf values"),  # a traceback
-        (["--steps", "0"], "steps must be positive"),
-        (["--batch-size", "1"], "batch_size must be at least 2"),
+        (["--steps", "0"], "error: --steps must be positive"),
+        (["--batch-size", "1"], "error: --batch-size must be at least 2"),
         (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
         (["--crop-size", "64y64"], "argument --crop-size: invalid size N or HxW value: '64y64'"),
         (["--crop-size", "100000"], "--crop-size 100000x100000: larger than every source image after the training "
                                     "rescale (up to x2), so it would crop padding only: use at most "),
         (["--eval-window", "100000"], "--eval-window 100000x100000: more than twice every evaluation image (the "
                                       "largest is "),
-        (["--unstable-ratio", "1.5"], "unstable_ratio: must be < 1"),
-        (["--probe-batches", "0"], "probe_batches: must be > 0"),
-        (["--holdout-fraction", "0"], "holdout_fraction must be in (0, 1)"),
-        (["--eval-window", "32", "--eval-stride", "64"], "eval_stride (64, 64) must be between 1 and eval_window"),
-        (["--methods", "lpft", "--warmup-steps", "0"], "lpft: warmup_steps: lpft needs its head warm-up"),
-        (["--lr", "-1"], "lr must be positive"),
+        (["--unstable-ratio", "1.5"], "error: --unstable-ratio: must be < 1"),
+        (["--probe-batches", "0"], "error: --probe-batches: must be > 0"),
+        (["--ema-weight", "1"], "error: --ema-weight: must be < 1"),
+        (["--seeds", "3000000000"], "error: --seeds: must be <= 2147483647"),
+        (["--holdout-fraction", "0"], "error: --holdout-fraction must be in (0, 1)"),
+        (["--eval-every", "0"], "error: --eval-every must be positive"),
+        (["--warmup-steps", "-1"], "error: --warmup-steps must be >= 0"),
+        (["--output-stride", "4"], "error: --output-stride must be 8 or 16"),
+        (["--head-channels", "0"], "error: --head-channels must be positive"),
+        (["--eval-max-side", "0"], "error: --eval-max-side must be positive"),
+        (["--eval-window", "32", "--eval-stride", "64"],
+         "error: --eval-stride 64x64 must be between 1 and --eval-window 32x32"),
+        (["--methods", "lpft", "--warmup-steps", "0"],
+         "error: lpft: --warmup-steps: lpft needs its head warm-up: must be > 0"),
+        (["--lr", "-1"], "error: --lr must be positive"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "CUDA is not available"))

@@ -27,7 +27,8 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.sweep import SweepError, parse_weights
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
-# Hyper-parameter flags: RunConfig field -> help. Defaults come from RunConfig (sized for the CPU demo).
+# Hyper-parameter flags: RunConfig field -> help. Defaults come from RunConfig (sized for the CPU demo); each field's
+# flag is runner.field_flag's, the name its errors give.
 HYPER = {
     "steps": "training steps per run (every method, after warm-up/probe)",
     "batch_size": "images per training domain per step",
@@ -49,23 +50,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")
     parser.add_argument("--data", help=f"dataset root, DomainBed layout root/<domain>/<class>/<image> (default: build {DEFAULT_ROOT})")
     parser.add_argument("--out", type=path_flag, help="records and tables (default: results/classification/<dataset name>)")
-    parser.add_argument("--methods", nargs="+", action=OnceList, choices=METHODS, default=list(METHODS))
-    parser.add_argument("--backbones", nargs="+", action=OnceList, choices=BACKBONES, default=["tiny"])
+    parser.add_argument(runner.field_flag("method"), nargs="+", action=OnceList, choices=METHODS, default=list(METHODS))
+    parser.add_argument(runner.field_flag("backbone"), nargs="+", action=OnceList, choices=BACKBONES, default=["tiny"])
     parser.add_argument("--weights", nargs="+", action=OnceList, default=[], metavar="[BACKBONE=]PATH", help="local pre-trained weights (never downloaded)")
     parser.add_argument("--no-pretrain", dest="pretrain", action="store_false",
                         help="without --data: fine-tune tiny from random init, not from the generated pre-training (cached)")
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig.steps,
                         help=f"without --data: steps of the tiny backbone's pre-training [{PretrainConfig.steps}]")
-    parser.add_argument("--seeds", nargs="+", action=OnceList, type=int, default=[0, 1, 2])
+    parser.add_argument(runner.field_flag("seed"), nargs="+", action=OnceList, type=int, default=[0, 1, 2])
     parser.add_argument("--test-domains", nargs="+", action=OnceList, metavar="DOMAIN[+DOMAIN]", help="left-out domain(s) of each run (default: each domain)")
-    parser.add_argument("--criterion", choices=CRITERIA, default="var", help=runner.flag_help("criterion"))
+    parser.add_argument(runner.field_flag("criterion"), choices=CRITERIA, default="var",
+                        help=runner.flag_help("criterion"))
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
     defaults = {f.name: f.default for f in fields(RunConfig)}
     kinds = {f.name: f.type for f in fields(RunConfig)}
     for name, text in HYPER.items():
         kind = float if "float" in str(kinds[name]) else int
         shown = "" if defaults[name] is None else f" [{defaults[name]}]"
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name], help=text + shown)
+        parser.add_argument(runner.field_flag(name), type=kind, default=defaults[name], help=text + shown)
     runner.add_runtime_flags(parser)
     return parser.parse_args(argv)
 

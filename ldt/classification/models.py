@@ -53,13 +53,14 @@ def check_backbone(name: str) -> None:
 MIN_IMAGE_SIZE = {"tiny": 8, "resnet18": 32, "resnet50": 32, "vit_b_16": 16}
 
 
-def check_image_size(name: str, size: int) -> None:
-    """Refuse an input size the backbone cannot take, before a run fails inside its first forward pass."""
+def image_size_problem(name: str, size: int) -> str | None:
+    """Why backbone ``name`` cannot take inputs of ``size`` px (``must be ...``; the caller names the setting), or
+    None: refused before a run fails inside its first forward pass."""
     check_backbone(name)
     if size < MIN_IMAGE_SIZE[name] or (name == "vit_b_16" and size % 16):
         multiple = " and a multiple of 16" if name == "vit_b_16" else ""
-        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE[name]}{multiple} for backbone {name!r}, "
-                         f"got {size}")
+        return f"must be at least {MIN_IMAGE_SIZE[name]}{multiple} for backbone {name!r}, got {size}"
+    return None
 
 
 def head_patterns(name: str) -> list[str]:

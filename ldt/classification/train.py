@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
-from ldt.classification.models import DEFAULT_IMAGE_SIZE, build_model, check_backbone, check_image_size, head_patterns
+from ldt.classification.models import (DEFAULT_IMAGE_SIZE, build_model, check_backbone, head_patterns,
+                                       image_size_problem)
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import (RunState, ResumableStream, check_training, domain_seed, method_config, prepared, run_hparams,
-                        train_and_select)
+from ldt.runner import (RunState, ResumableStream, check_training, domain_seed, field_flag, method_config, prepared,
+                        run_hparams, train_and_select)
 from ldt.sweep import RECIPE_KEY, identity_path, run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
@@ -86,14 +87,16 @@ class RunConfig:
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {CRITERIA}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+            raise ValueError(f"{field_flag('batch_size')} must be positive, got {self.batch_size}")
         check_training(self)
         self.method_config()  # every method option is checked by the core's own declaration
         domains = (self.test_domains,) if isinstance(self.test_domains, str) else tuple(self.test_domains)
         object.__setattr__(self, "test_domains", domains)
         if self.image_size is None:  # only None means the default: an explicit 0 is refused, not replaced
             object.__setattr__(self, "image_size", DEFAULT_IMAGE_SIZE[self.backbone])
-        check_image_size(self.backbone, self.image_size)
+        problem = image_size_problem(self.backbone, self.image_size)
+        if problem:
+            raise ValueError(f"{field_flag('image_size')} {problem}")
 
     def method_config(self) -> MethodConfig:
         """The registry method's options (a bad one is a one-line error naming its flag)."""

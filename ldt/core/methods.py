@@ -68,7 +68,8 @@ STATE_FORMAT = "ldt.method/1"
 BatchSource = Callable[[str, int], Iterable]
 """``batches(purpose, seed)``: the batches for ``purpose`` ('warmup' or 'probe'), in an order given by ``seed``."""
 Problem = tuple[str, str]
-"""(option path inside the method options, what is wrong), e.g. ``('warmup:steps', 'lpft needs ...')``."""
+"""(option path inside the method options, what is wrong), e.g. ``('warmup:steps', 'lpft needs ...')``. The message
+names no option path: the caller names the option as its user sets it (``ldt:warmup:steps``, ``--warmup-steps``)."""
 
 
 class MethodError(ValueError):
@@ -259,7 +260,7 @@ class Method:
             problems.append(("warmup:steps", f"{cls.name} trains every layer from the first step; a head warm-up "
                                              "first is LP-FT (method lpft)"))
         if cls.warmup_rule == "required" and not config.warmup.steps:
-            problems.append(("warmup:steps", f"{cls.name} needs its head warm-up: set warmup:steps > 0"))
+            problems.append(("warmup:steps", f"{cls.name} needs its head warm-up: must be > 0"))
         if cls.warmup_rule != "never" and config.warmup.steps:
             patterns = config.warmup.patterns if config.warmup.patterns is not None else head
             where = "warmup:patterns" if config.warmup.patterns is not None else "head_patterns"

@@ -32,7 +32,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
         METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
-        limited_size, parse_size, run, scan_domains,
+        limited_size, parse_size, run, scan_domains, shown_size,
     )
     from ldt.sweep import SweepError, parse_weights
     from ldt.weights import WeightsError
@@ -64,7 +64,8 @@ _size.__name__ = "size N or HxW"  # argparse names the type in its error message
 _size_or_whole.__name__ = "size N, HxW or 'whole'"
 _int_or_none.__name__ = "integer or 'none'"
 
-# Hyper-parameter flags: RunConfig field -> (type, help). Defaults: RunConfig's, or DEMO's for generated domains.
+# Hyper-parameter flags: RunConfig field -> (type, help). Defaults: RunConfig's, or DEMO's for generated domains. Each
+# field's flag is runner.field_flag's, the name its errors give.
 HYPER = {
     "steps": (int, "training steps per run (every method, after warm-up/probe)"),
     "batch_size": (int, "crops per source domain per step"),
@@ -91,7 +92,7 @@ DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
 
 
 def _shown(value) -> str:
-    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
+    return shown_size(value) if isinstance(value, tuple) else str(value).lower()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,19 +102,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", nargs="+", action=OnceList, metavar="DOMAIN", help=f"source domain(s) [generated {SOURCE_DOMAIN}]")
     parser.add_argument("--targets", nargs="+", action=OnceList, metavar="DOMAIN", help="target domains [the other generated ones]")
     parser.add_argument("--out", type=path_flag, help="records and tables (default: results/segmentation/<source or generated_streets>)")
-    parser.add_argument("--methods", nargs="+", action=OnceList, default=list(METHODS), help=f"of {', '.join(METHODS)} [all]")
-    parser.add_argument("--backbones", nargs="+", action=OnceList, help=f"of {', '.join(BACKBONES)} [generated: resnet18; else "
-                                                       f"{DEFAULTS['backbone']}]")
+    parser.add_argument(runner.field_flag("method"), nargs="+", action=OnceList, default=list(METHODS),
+                        help=f"of {', '.join(METHODS)} [all]")
+    parser.add_argument(runner.field_flag("backbone"), nargs="+", action=OnceList,
+                        help=f"of {', '.join(BACKBONES)} [generated: resnet18; else {DEFAULTS['backbone']}]")
     parser.add_argument("--weights", nargs="+", action=OnceList, default=[], metavar="[BACKBONE=]PATH",
                         help="local torchvision ImageNet state dicts of the backbones (never downloaded)")
     parser.add_argument("--no-pretrain", dest="pretrain", action="store_false",
                         help="generated domains: fine-tune resnet18 from random init, not the generated pre-training")
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig.steps,
                         help=f"generated domains: steps of the resnet18 pre-training [{PretrainConfig.steps}]")
-    parser.add_argument("--seeds", nargs="+", action=OnceList, type=int, default=[0, 1, 2], help="one run per seed [0 1 2]")
+    parser.add_argument(runner.field_flag("seed"), nargs="+", action=OnceList, type=int, default=[0, 1, 2],
+                        help="one run per seed [0 1 2]")
     for name, (kind, text) in HYPER.items():
         demo = f"; demo {_shown(DEMO[name])}" if name in DEMO else ""
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} [{_shown(DEFAULTS[name])}{demo}]")
+        parser.add_argument(runner.field_flag(name), type=kind, help=f"{text} [{_shown(DEFAULTS[name])}{demo}]")
     runner.add_runtime_flags(parser)
     return parser.parse_args(argv)
 
@@ -192,9 +195,9 @@ def check_sizes(config: RunConfig, sources: dict[str, SegmentationSplit],
     high = Augment(config.crop_size).scale_range[1]
     fits = _largest([sample.size for split in sources.values() for sample in split.samples], high)
     if config.crop_size[0] > fits[0] or config.crop_size[1] > fits[1]:
-        raise ValueError(f"--crop-size {_shown(config.crop_size)}: larger than every source image after the "
-                         f"training rescale (up to x{high:g}), so it would crop padding only: use at most "
-                         f"{_shown(fits)}")
+        raise ValueError(f"{runner.field_flag('crop_size')} {_shown(config.crop_size)}: larger than every source "
+                         f"image after the training rescale (up to x{high:g}), so it would crop padding only: use at "
+                         f"most {_shown(fits)}")
     window = config.eval_window
     if window is None:
         return
@@ -202,9 +205,10 @@ def check_sizes(config: RunConfig, sources: dict[str, SegmentationSplit],
                  for split in (*sources.values(), *targets.values()) for sample in split.samples]
     fits = _largest(evaluated, 2)
     if window[0] > fits[0] or window[1] > fits[1]:
-        raise ValueError(f"--eval-window {_shown(window)}: more than twice every evaluation image (the largest is "
-                         f"{_shown(_largest(evaluated, 1))} after --eval-max-side), so each window would be mostly "
-                         f"padding: use at most {_shown(fits)}, or 'none' for whole images")
+        raise ValueError(f"{runner.field_flag('eval_window')} {_shown(window)}: more than twice every evaluation "
+                         f"image (the largest is {_shown(_largest(evaluated, 1))} after "
+                         f"{runner.field_flag('eval_max_side')}), so each window would be mostly padding: use at most "
+                         f"{_shown(fits)}, or 'none' for whole images")
 
 
 def check_data(configs: list[RunConfig]) -> None:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.runner import (ResumableStream, RunState, check_training, domain_batches, domain_seed, method_config, prepared,
-                        run_hparams, train_and_select)
+from ldt.runner import (ResumableStream, RunState, check_training, domain_batches, domain_seed, field_flag,
+                        method_config, prepared, run_hparams, train_and_select)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
     LAYOUTS, Augment, SegmentationDataset, SegmentationSplit, eval_loader, scan_split, split_holdout, training_loader,
@@ -91,6 +91,11 @@ def parse_size(text: str) -> Size:
     return (sides[0], sides[-1])
 
 
+def shown_size(size: Size) -> str:
+    """A size as its flag takes it: ``HxW``."""
+    return "x".join(map(str, size))
+
+
 # This task's defaults, declared once. Stated for Table 8: ResNet-50 + DeepLabV3+, 512x512 crops; unstable ratio 0.7
 # for segmentation (issue 14 and the paper's summary; the paper's own ratio ablation, Table 9, is on SR). The core's
 # paper defaults stay (exchange every 10 steps, W 0.99, DPU bases, a 300-batch probe). Not stated by the paper, so
@@ -147,19 +152,20 @@ class RunConfig:
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}")
         if self.output_stride not in (8, 16):
-            raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
+            raise ValueError(f"{field_flag('output_stride')} must be 8 or 16, got {self.output_stride}")
         if self.head_channels < 1:
-            raise ValueError(f"head_channels must be positive, got {self.head_channels}")
+            raise ValueError(f"{field_flag('head_channels')} must be positive, got {self.head_channels}")
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ValueError(f"{field_flag('warmup_steps')} must be >= 0, got {self.warmup_steps}")
         check_training(self)
         if self.batch_size < 2:  # DeepLabV3+'s image-pooling BatchNorm needs two images in train mode
-            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+            raise ValueError(f"{field_flag('batch_size')} must be at least 2, got {self.batch_size}")
         if self.eval_max_side is not None and self.eval_max_side < 1:
-            raise ValueError(f"eval_max_side must be positive, got {self.eval_max_side}")
+            raise ValueError(f"{field_flag('eval_max_side')} must be positive, got {self.eval_max_side}")
         Augment(self.crop_size)
         if self.eval_window is not None and not all(1 <= s <= w for s, w in zip(self.eval_stride, self.eval_window)):
-            raise ValueError(f"eval_stride {self.eval_stride} must be between 1 and eval_window {self.eval_window}")
+            raise ValueError(f"{field_flag('eval_stride')} {shown_size(self.eval_stride)} must be between 1 and "
+                             f"{field_flag('eval_window')} {shown_size(self.eval_window)}")
         self.method_config()  # every method option is checked by the core's own declaration
 
     def method_config(self) -> MethodConfig:
