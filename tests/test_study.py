@@ -221,3 +221,20 @@ def test_a_second_study_on_the_same_out_is_refused_before_it_evaluates_the_pretr
         assert main(["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: another sweep is running on {out} (") and "\n" not in err
+
+
+def test_collect_builds_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    """``--collect`` built the bicubic pre-training set (datasets/synthetic_bicubic, minutes on a fresh checkout)
+    before it failed for lack of records: pretrain_stage built its data before it looked at train_if_missing."""
+    import ldt.sr.demo as demo
+    from ldt.sr.study import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("--collect built data or trained")
+
+    monkeypatch.setattr(demo, "build_bicubic_pretrain_set", never)
+    monkeypatch.setattr(demo, "run_stage", never)
+    assert main(["--collect", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --collect: none of the ") and "\n" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -135,18 +135,21 @@ def method_options(plan: DemoBudget) -> dict:
 
 def pretrain_stage(root: Path, budget: str, seed: int, *, force: bool = False, train_if_missing: bool = True) -> Path:
     """The demo's pre-trained SAFMN (clean bicubic pairs, cached under experiments/demo*/pretrain): the stand-in for
-    the pretrained SR network the paper fine-tunes. The study fine-tunes the same network."""
+    the pretrained SR network the paper fine-tunes. The study fine-tunes the same network. Without
+    ``train_if_missing`` (the study's ``--collect``) only its path: nothing is built or trained."""
     plan = BUDGETS[budget]
+    prefix = "demo" if budget == "full" else f"demo_{budget}"
+    name = f"{prefix}/pretrain"
+    weights = root / "experiments" / name / "models" / "net_g_latest.pth"
+    if not (train_if_missing or force):
+        return weights
     bicubic = build_bicubic_pretrain_set(root / "datasets" / ("synthetic_bicubic_tiny" if plan.tiny_data
                                                               else "synthetic_bicubic"), tiny=plan.tiny_data)
-    prefix = "demo" if budget == "full" else f"demo_{budget}"
-    opt = camera_run_options(f"{prefix}/pretrain", bicubic, RunBudget(plan.pretrain_iters, plan.batch_size,
-                                                                      plan.gt_size, plan.pretrain_val_freq),
+    opt = camera_run_options(name, bicubic, RunBudget(plan.pretrain_iters, plan.batch_size, plan.gt_size,
+                                                      plan.pretrain_val_freq),
                              arch=ARCH, method="ft", seed=seed, source=("bicubic",), targets=(), lr=1e-3,
                              ldt=method_options(plan))
-    weights = root / "experiments" / opt["name"] / "models" / "net_g_latest.pth"
-    if train_if_missing or force:
-        run_stage(opt, root, force)
+    run_stage(opt, root, force)
     return weights
 
 
