@@ -41,7 +41,7 @@ from ldt.sr.train import run_reporting_errors  # noqa: E402
 from ldt.weights import read_weights  # noqa: E402
 
 CAMERAS = ("source",) + TARGET_CAMERAS
-ARCH = "safmn_tiny"  # 19k parameters: 4k pre-training + 3 fine-tunings of 2k iterations fit the CPU budget
+ARCH = "safmn_tiny"  # 19k parameters: 4k pre-training + 3 fine-tunings of 1,000 iterations fit the CPU budget
 DEMO_METHODS = ("ft", "ft_ema", "ldt_dpu")  # the table's columns (registry names), after the pre-trained network
 
 
@@ -127,9 +127,9 @@ def visual_crops(weights: dict[str, Path], network: dict, data_root: Path, out: 
 
 
 def method_options(plan: DemoBudget) -> dict:
-    """The ``ldt:`` options of the demo's runs. The paper exchanges every 10 of 200k steps (20k exchanges); with 2k
-    steps, exchanging every step keeps the composite (its groups follow the trained branches by EMA, W up to 0.999)
-    from lagging far behind the trained branches."""
+    """The ``ldt:`` options of the demo's runs. The paper exchanges every 10 of 200k steps (20k exchanges); with
+    1,000 steps, exchanging every step keeps the composite (its groups follow the trained branches by EMA, W up to
+    0.999) from lagging far behind the trained branches."""
     return {"probe": {"num_batches": plan.probe_batches}, "exchange": {"interval": plan.exchange_interval}}
 
 
