@@ -481,7 +481,8 @@ def test_demo_fine_tunes_the_cached_pretraining_unless_opted_out(toy, tmp_path, 
     trainings = []
     train_tiny = pretrain_module.train_tiny
     monkeypatch.setattr(pretrain_module, "train_tiny", lambda config, progress: trainings.append(config) or train_tiny(config, progress))
-    argv = ["--methods", "lpft", "--seeds", "0", "--test-domains", "photo", "--no-progress", "--pretrain-steps", "2", *FAST_FLAGS]
+    common = ["--methods", "lpft", "--test-domains", "photo", "--no-progress", "--pretrain-steps", "2", *FAST_FLAGS]
+    argv = common + ["--seeds", "0"]
     weights = PretrainConfig(steps=2).weights_path().resolve()
     out = Path("results/classification") / toy.name
 
@@ -494,8 +495,8 @@ def test_demo_fine_tunes_the_cached_pretraining_unless_opted_out(toy, tmp_path, 
     shown = capsys.readouterr().out
     assert len(trainings) == 1 and "(cached," in shown and "1 runs, 1 already recorded" in shown
 
-    for opt_out in (["--no-pretrain"], ["--weights", f"tiny={weights}", "--seeds", "1"]):
-        assert main(argv + opt_out) == 0
+    for opt_out in (["--no-pretrain", "--seeds", "0"], ["--weights", f"tiny={weights}", "--seeds", "1"]):
+        assert main(common + opt_out) == 0
         assert len(trainings) == 1 and "tiny backbone: pre-trained" not in capsys.readouterr().out
     assert [r["hparams"]["weights"] for r in load_records(out)] == [str(weights), None, str(weights)]
 
