@@ -26,6 +26,8 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from ldt.cli import not_a_file
+
 TMP_SUFFIX = ".tmp"
 REASONS = {
     errno.ENOSPC: "no space left on device",
@@ -268,11 +270,14 @@ def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Itera
     ``{lock}`` are filled in); None: say so on stderr and wait for it. The lock goes with its process, even on
     ``kill -9``. The file is never deleted (unlinking a lock races with a process about to take it). Where it cannot
     be created (a read-only or full disk, no permission), nothing else can write beside it either: the block runs
-    unlocked and the write itself reports the disk's problem, in its own words. Re-entrant within a process (a
-    sweep stage holds its run's lock and the training inside it takes it again).
+    unlocked and the write itself reports the disk's problem, in its own words. Anything else in the way (a folder
+    or FIFO of that name, a symlink loop) is a :class:`DiskError` naming it: the folder beside it can be written, so
+    running unlocked would let a second run of the name in. Re-entrant within a process (a sweep stage holds its
+    run's lock and the training inside it takes it again).
     """
     path = Path(path)
-    key = path.resolve()  # one key for every spelling of the path (symlinks, ..), as flock sees one file
+    key = Path(os.path.realpath(path))  # one key for every spelling of the path (symlinks, ..), as flock sees one
+    # file; not Path.resolve, which raises a bare RuntimeError on a symlink loop (named by the open below)
     if key in _HELD:
         yield
         return
@@ -307,17 +312,23 @@ def _writable(descriptor: int) -> bool:
 
 def _open_lock(path: Path) -> int | None:
     """A descriptor of the lock file, created if need be; read-only where another user created it (flock needs no
-    write access, so a shared folder still locks); None where it can be neither created nor opened."""
+    write access, so a shared folder still locks); None where the disk lets it be neither created nor opened (see
+    :data:`REASONS`); a :class:`DiskError` where something other than a regular file is in its way."""
+    kind = not_a_file(path)
+    if kind:
+        raise DiskError(f"cannot lock {path}: it is {kind} (made by hand or by another tool?); move it away")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except PermissionError:
         pass
-    except OSError:
-        return None
+    except OSError as err:
+        if err.errno in REASONS:  # the disk refuses it, and every write beside it
+            return None
+        raise DiskError(f"cannot lock {path}: {disk_reason(err, existing_parent(path))}") from None
     try:
         return os.open(path, os.O_RDONLY)
-    except OSError:
+    except OSError:  # not there to open: no permission to create it, nor to write beside it
         return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,22 @@ def test_a_lock_that_cannot_be_created_runs_unlocked(tmp_path, monkeypatch):
     with exclusive_lock(lock_beside(tmp_path / "folder"), busy="busy"):
         ran = True
     assert ran and not (tmp_path / ".folder.lock").exists()
+
+
+def test_something_other_than_a_file_where_a_lock_goes_is_one_line(tmp_path):
+    """A folder or FIFO of the lock's name, or a symlink loop, could not be opened as a lock file, and the block ran
+    unlocked (a loop raised a bare RuntimeError): the folder beside it can be written, so a second run went ahead."""
+    from ldt.atomic import DiskError, exclusive_lock
+
+    folder, fifo, loop = tmp_path / ".folder.lock", tmp_path / ".fifo.lock", tmp_path / ".loop.lock"
+    folder.mkdir()
+    os.mkfifo(fifo)
+    loop.symlink_to(loop)
+    for lock, what in ((folder, "it is a folder, not a file"), (fifo, "it is a FIFO (named pipe), not a regular file"),
+                       (loop, "[Errno 40] Too many levels of symbolic links")):
+        with pytest.raises(DiskError, match=f"^{re.escape(f'cannot lock {lock}: {what}')}"):
+            with exclusive_lock(lock, busy="busy"):
+                pytest.fail("ran unlocked")
 
 
 def test_generated_dataset_builds_wait_for_each_other(tmp_path, capsys):

@@ -173,6 +173,48 @@ def test_a_second_test_py_of_a_name_that_is_evaluating_is_refused_and_touches_no
     assert test_main(command) == 0 and len(list(out.parent.glob("t_archived_*"))) == 1  # released
 
 
+def test_a_folder_where_a_lock_file_goes_is_one_line_in_train_test_and_a_stage(data_root, tmp_path, capsys):
+    """A ``.<name>.lock`` folder (made by hand or by another tool) could not be opened as a file, so training, test.py
+    and a demo / sweep stage went ahead unlocked, without a word: a second run of the name was not refused."""
+    from ldt.archs.safmn_arch import SAFMN
+    from ldt.atomic import DiskError, lock_beside
+    from ldt.sr.evaluate import main as test_main
+    from ldt.sr.experiment import run_stage
+
+    opt = options(data_root, "locked", total_iter=1)
+    exp, out = tmp_path / "experiments" / "locked", tmp_path / "results" / "t"
+    for folder in (exp, out, tmp_path / "experiments" / "stage"):
+        lock_beside(folder).mkdir(parents=True)
+    code, lines = cli(opt, tmp_path, capsys)
+    assert code == 2 and lines == [f"error: cannot lock {lock_beside(exp)}: it is a folder, not a file (made by hand "
+                                   "or by another tool?); move it away"], lines
+    assert not exp.exists()
+    torch.save({"params": SAFMN(**{k: v for k, v in opt["network_g"].items() if k != "type"}).state_dict()},
+               tmp_path / "net.pth")
+    test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
+                "path": {"pretrain_network_g": str(tmp_path / "net.pth")},
+                "datasets": {"test_1": {**opt["datasets"]["val_2"]}}}
+    capsys.readouterr()
+    assert test_main(["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: cannot lock {lock_beside(out)}: it is a folder, not a "
+                                                     "file (made by hand or by another tool?); move it away"]
+    assert not out.exists()
+    with pytest.raises(DiskError, match=f"^cannot lock {lock_beside(tmp_path / 'experiments' / 'stage')}: it is a "
+                                        "folder"):
+        run_stage(options(data_root, "stage"), tmp_path)
+
+
+def test_a_folder_named_as_a_lock_inside_an_archived_folder_is_archived_with_it(tmp_path):
+    """No run of experiments/a/b can hold a lock that is a folder (it is refused), so archiving a is not."""
+    from ldt.atomic import lock_beside
+    from ldt.sr.checkpoints import archive
+
+    folder = tmp_path / "a"
+    lock_beside(folder / "b").mkdir(parents=True)
+    [(old, new)] = archive(folder)
+    assert old == folder and (new / ".b.lock").is_dir() and not folder.exists()
+
+
 @pytest.mark.parametrize("section,key,value,named", [
     ("ldt", "unstable_ratio", 0.4, "ldt:unstable_ratio: 0.5 -> 0.4"),
     ("ldt", "method", "ldt_s", "ldt:method: 'ldt' -> 'ldt_s'"),

@@ -307,6 +307,14 @@ def test_a_second_sweep_on_the_same_out_is_refused(tmp_path, capsys):
         assert sweep_main(tmp_path / ".", [FakeConfig(1)]) == 0
 
 
+def test_a_folder_where_the_sweep_lock_goes_is_one_line(tmp_path, capsys):
+    """It could not be opened as a lock file, and the sweep ran unlocked: a second sweep on the --out went ahead."""
+    (tmp_path / LOCK_FILE).mkdir()
+    assert sweep_main(tmp_path, [FakeConfig()], no_run) == 2
+    assert error_line(capsys) == (f"error: cannot lock {tmp_path / LOCK_FILE}: it is a folder, not a file (made by "
+                                  "hand or by another tool?); move it away\n")
+
+
 # ---- 11. writing the tables ----------------------------------------------------------------------------------------
 def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_path, capsys, monkeypatch):
     """A sweep killed or out of space while writing a table must not leave a cut-off table for the next reader, and

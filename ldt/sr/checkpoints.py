@@ -92,10 +92,11 @@ def runs_inside_held(*folders: str | Path) -> Iterator[None]:
     (or a stage's rebuild of) ``a`` would move a live run's folder and lock away under it, and let a second ``a/b``
     start beside it. One that is in use is refused in one line naming it and its lock; while they are held, a run of
     such a name that starts is refused as a second run of its name is. A run of ``a/b`` may work while ``a`` does:
-    neither writes the other's files."""
+    neither writes the other's files. A ``.b.lock`` that is no file (a folder of that name) is skipped: no run of
+    ``a/b`` can hold it (its lock is refused), and it is archived with the rest."""
     with contextlib.ExitStack() as held:
         for folder in map(Path, folders):
-            for lock in sorted(folder.rglob(".*.lock")) if folder.is_dir() else []:
+            for lock in sorted(p for p in folder.rglob(".*.lock") if p.is_file()) if folder.is_dir() else []:
                 inner = lock.with_name(lock.name[1:-len(".lock")])
                 held.enter_context(exclusive_lock(lock, busy=f"{folder} holds {inner}, which is in use by another run "
                                                              "({holder}; lock {lock}): wait for it to finish, or "
