@@ -88,13 +88,22 @@ def read_json_dict(path: str | os.PathLike) -> dict:
         return {}
 
 
+IN_THE_WAY = (errno.EEXIST, errno.EISDIR, errno.ELOOP, errno.ENOTDIR)  # errnos of a path whose kind is wrong
+
+
 def disk_reason(error: BaseException, folder: Path) -> str:
-    """Why a write failed, in words: the errno of an OSError, or for torch's writer errors (which lose the errno)
-    a full disk when the folder has no space left."""
+    """Why a write failed, in words: the errno of an OSError, what stands where the path goes (:func:`in_the_way`),
+    or for torch's writer errors (which lose the errno) a full disk when the folder has no space left."""
     if isinstance(error, OSError) and error.errno in REASONS:
         return REASONS[error.errno]
     if isinstance(error, OSError) and error.errno in (errno.ENOTDIR, errno.EEXIST) and folder.is_file():  # in the way
         return f"{folder} is a file, not a folder"
+    if isinstance(error, OSError) and error.errno in IN_THE_WAY:
+        # os.replace names its target second; mkdir and open name theirs first
+        for name in (error.filename2, error.filename):
+            what = in_the_way(Path(os.fsdecode(name))) if isinstance(name, (str, bytes, os.PathLike)) else None
+            if what:
+                return what
     try:
         if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
             return REASONS[errno.ENOSPC]
@@ -102,6 +111,21 @@ def disk_reason(error: BaseException, folder: Path) -> str:
         pass
     text = " ".join(str(error).split())
     return text[:200] or type(error).__name__
+
+
+def in_the_way(path: Path) -> str | None:
+    """What stands at ``path`` that a write cannot go through, in words (a symlink whose target is gone, a symlink
+    loop, a folder where a file goes), or None: an errno's 'File exists' or 'Is a directory' does not say which."""
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"{path} is a symlink loop"
+        return f"{path} is a symlink to {os.readlink(path)}, which does not exist"
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    return None
 
 
 def make_dirs(path: str | os.PathLike) -> Path:

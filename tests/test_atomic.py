@@ -165,7 +165,7 @@ def test_something_other_than_a_file_where_a_lock_goes_is_one_line(tmp_path):
     os.mkfifo(fifo)
     loop.symlink_to(loop)
     for lock, what in ((folder, "it is a folder, not a file"), (fifo, "it is a FIFO (named pipe), not a regular file"),
-                       (loop, "[Errno 40] Too many levels of symbolic links")):
+                       (loop, f"{loop} is a symlink loop")):
         with pytest.raises(DiskError, match=f"^{re.escape(f'cannot lock {lock}: {what}')}"):
             with exclusive_lock(lock, busy="busy"):
                 pytest.fail("ran unlocked")

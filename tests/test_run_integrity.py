@@ -493,6 +493,27 @@ def test_a_disk_that_fills_as_the_log_file_opens_is_one_line(data_root, disk, tm
     assert lines[0].startswith("error: cannot write ") and "no space left on device" in lines[0]
 
 
+def test_a_broken_symlink_or_a_folder_where_a_file_goes_is_said_in_words(data_root, tmp_path, capsys):
+    """They were '[Errno 17] File exists' (a symlink whose target is gone as the experiment folder) and '[Errno 21]
+    Is a directory' (a folder where best.json or the log file goes), which do not say what is in the way."""
+    from ldt.atomic import DiskError
+    from ldt.sr.train import RunLog
+
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "gone").symlink_to(tmp_path / "moved_away")
+    code, lines = cli(options(data_root, "gone", total_iter=1), tmp_path, capsys)
+    assert code == 2 and lines == [f"error: cannot create {experiments / 'gone'}: {experiments / 'gone'} is a symlink "
+                                   f"to {tmp_path / 'moved_away'}, which does not exist"], lines
+    (experiments / "best" / "best.json").mkdir(parents=True)
+    code, lines = cli(options(data_root, "best", total_iter=1), tmp_path, capsys)
+    best = experiments / "best" / "best.json"
+    assert code == 2 and lines == [f"error: cannot write {best}: {best} is a folder, not a file (the previous file, "
+                                   "if any, is intact)"], lines
+    with RunLog(True) as log, pytest.raises(DiskError, match=f"^cannot write {best}: {best} is a folder, not a file$"):
+        log.to_file(best)
+
+
 def test_a_resume_into_a_read_only_folder_fails_before_training(data_root, disk, tmp_path, capsys):
     from ldt.sr.train import main
 
