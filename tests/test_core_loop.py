@@ -146,3 +146,14 @@ def test_repartition_names_a_partition_given_as_its_saved_dict(name):
                                          r"saved to_dict\(\)\), got dict$"):
         method.repartition(method.partition.to_dict())
     method.repartition(Partition.from_dict(method.partition.to_dict()))
+
+
+@pytest.mark.parametrize("name, where", [("ldt", "probe batch 0"), ("lpft", "warm-up step 0")])
+def test_a_batch_of_the_wrong_structure_says_it_came_from_batches(name, where):
+    """The user's loss_fn unpacking a batch of another structure failed as a bare 'too many values to unpack'."""
+    with pytest.raises(ValueError, match="too many values to unpack") as caught:
+        prepare_method(mlp(), config(name), batches=[(x, y, y) for x, y in data(4, 0)], loss_fn=mse,
+                       head_patterns=[r"^5\."], log=lambda _: None)
+    assert type(caught.value) is ValueError  # the user's own exception, with a note on where its batch came from
+    assert caught.value.__notes__ == [f"{where}: raised inside loss_fn(model, batch) on a batch from batches= (a "
+                                      "batch of another structure than loss_fn expects?)"]

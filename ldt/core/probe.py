@@ -46,6 +46,19 @@ def checked_loss(loss: object, where: str, error: type[Exception]) -> torch.Tens
     return loss
 
 
+def batch_loss(loss_fn: LossFn, model: nn.Module, batch: object, where: str, error: type[Exception]) -> torch.Tensor:
+    """``loss_fn(model, batch)``, checked by :func:`checked_loss`. An exception from inside ``loss_fn`` keeps its type
+    and traceback and gains a note naming ``where`` and ``batches=``: a batch of another structure otherwise reads as
+    a bug of the user's loss ("too many values to unpack")."""
+    try:
+        loss = loss_fn(model, batch)
+    except Exception as err:
+        err.add_note(f"{where}: raised inside loss_fn(model, batch) on a batch from batches= (a batch of another "
+                     "structure than loss_fn expects?)")
+        raise
+    return checked_loss(loss, where, error)
+
+
 @dataclass
 class Moments:
     """Pooled moments of a set of numbers, mergeable exactly (Chan et al.) in float64."""
@@ -303,7 +316,7 @@ def probe_gradients(
             for names in groups.values():
                 for name in names:
                     named[name].grad = None
-            loss = checked_loss(loss_fn(model, batch), f"probe batch {seen}", ProbeError)
+            loss = batch_loss(loss_fn, model, batch, f"probe batch {seen}", ProbeError)
             if not torch.isfinite(loss).all():
                 raise ProbeError(f"probe batch {seen}: the loss is {loss.item()} (not finite)")
             loss.backward()

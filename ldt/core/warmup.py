@@ -13,7 +13,7 @@ from torch import nn
 
 from ldt.core.dual import set_trainable
 from ldt.core.partition import match_names
-from ldt.core.probe import LossFn, checked_loss, progress_bar
+from ldt.core.probe import LossFn, batch_loss, progress_bar
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -91,7 +91,7 @@ def warmup(
                                          "list, a DataLoader)") from None
                     raise ValueError("the warm-up loader is empty") from None
             optimizer.zero_grad(set_to_none=True)
-            loss = checked_loss(loss_fn(model, batch), f"warm-up step {len(losses)}", ValueError)
+            loss = batch_loss(loss_fn, model, batch, f"warm-up step {len(losses)}", ValueError)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"warm-up step {len(losses)}: loss is {loss.item()}")
             loss.backward()
