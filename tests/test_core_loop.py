@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ldt.core import METHODS, MethodConfig, MethodError, Partition, prepare_method
+from ldt.core import METHODS, MethodConfig, MethodError, Partition, ProbeError, prepare_method
 
 
 def mse(model: nn.Module, batch) -> torch.Tensor:
@@ -157,3 +157,10 @@ def test_a_batch_of_the_wrong_structure_says_it_came_from_batches(name, where):
     assert type(caught.value) is ValueError  # the user's own exception, with a note on where its batch came from
     assert caught.value.__notes__ == [f"{where}: raised inside loss_fn(model, batch) on a batch from batches= (a "
                                       "batch of another structure than loss_fn expects?)"]
+
+
+@pytest.mark.parametrize("name, error, step", [("lpft", ValueError, "warm-up"), ("ldt", ProbeError, "probe")])
+def test_an_empty_loader_names_the_argument(name, error, step):
+    """The warm-up said only 'the warm-up loader is empty', naming no argument."""
+    with pytest.raises(error, match=rf"^the {step} received no batch: the {step} loader given as batches= is empty$"):
+        prepare_method(mlp(), config(name), batches=[], loss_fn=mse, head_patterns=[r"^5\."], log=lambda _: None)

@@ -357,7 +357,7 @@ def probe_gradients(
     if distributed:
         stats.all_reduce()
     if stats.num_batches == 0:
-        raise ProbeError("the probe received no batch: the probe loader is empty")
+        raise ProbeError("the probe received no batch: the probe loader given as batches= is empty")
     if num_batches is not None and seen < num_batches:
         logger.warning(f"the probe loader ended after {seen} of the {num_batches} batches asked for: the scores "
                        f"use {seen}")

@@ -89,7 +89,8 @@ def warmup(
                         raise ValueError(f"the warm-up batches ran out after {len(losses)} of {steps} steps and cannot "
                                          "be iterated again (a one-shot generator? give an iterable that restarts: a "
                                          "list, a DataLoader)") from None
-                    raise ValueError("the warm-up loader is empty") from None
+                    raise ValueError("the warm-up received no batch: the warm-up loader given as batches= is "
+                                     "empty") from None
             optimizer.zero_grad(set_to_none=True)
             loss = batch_loss(loss_fn, model, batch, f"warm-up step {len(losses)}", ValueError)
             if not torch.isfinite(loss):
