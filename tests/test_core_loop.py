@@ -164,3 +164,28 @@ def test_an_empty_loader_names_the_argument(name, error, step):
     """The warm-up said only 'the warm-up loader is empty', naming no argument."""
     with pytest.raises(error, match=rf"^the {step} received no batch: the {step} loader given as batches= is empty$"):
         prepare_method(mlp(), config(name), batches=[], loss_fn=mse, head_patterns=[r"^5\."], log=lambda _: None)
+
+
+@pytest.mark.parametrize("name, ema, path", [("ft", None, "model"), ("ldt", None, "dual:primary"),
+                                             ("ldt_s", None, "single:ema:unstable"), ("ft", 0.9, "ema:0.weight")])
+def test_a_state_missing_an_inner_entry_is_named(name, ema, path):
+    """A state with the right header but an entry missing (another version, cut short) was a bare KeyError."""
+    method = prepared(name, mlp(), ema_decay=ema)
+    state = method.state_dict()
+    *outer, last = path.split(":")
+    inner = state
+    for key in outer:  # copies down to the entry: the live state stays whole
+        inner[key] = dict(inner[key])
+        inner = inner[key]
+    del inner[last]
+    with pytest.raises(MethodError, match=rf"^the saved method state has no '{path}' entry: it is incomplete or of "
+                                          r"another version$"):
+        method.load_state_dict(state)
+
+
+def test_a_state_with_a_list_where_a_dict_belongs_is_named():
+    method = prepared("ldt", mlp())
+    state = {**method.state_dict(), "dual": [1]}
+    with pytest.raises(MethodError, match=r"^the saved method state's 'dual' is a list, not a dict: it is incomplete "
+                                          r"or of another version$"):
+        method.load_state_dict(state)

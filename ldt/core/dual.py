@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Iterable, Sequence
 
 import torch
@@ -19,6 +20,35 @@ from ldt.core.exchange import ExchangeConfig, exchange_weights
 from ldt.core.partition import Partition, PartitionError, not_a_partition
 
 STATE_FORMAT = "ldt.dual_branch/1"
+STATE_ENTRIES = dict.fromkeys(("format", "primary", "auxiliary", "partition", "exchange", "step"))
+"""The entries of :meth:`DualBranch.state_dict` (for :func:`require_entries`)."""
+Entries = Mapping[str, "Entries | None"]
+"""The entries a saved state must have: each key maps to the entries of the dict it holds, or None (any value)."""
+
+
+def _entry_problem(state: Mapping, entries: Entries) -> tuple[str, str | None] | None:
+    """(the path of the first entry at fault, 'dual:primary'; the type found where a dict belongs, None if missing)."""
+    for key, inner in entries.items():
+        if key not in state:
+            return key, None
+        if inner is not None:
+            value = state[key]
+            if not isinstance(value, Mapping):
+                return key, type(value).__name__
+            problem = _entry_problem(value, inner)
+            if problem:
+                return f"{key}:{problem[0]}", problem[1]
+    return None
+
+
+def require_entries(state: Mapping, entries: Entries, what: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming the first entry of ``entries`` that ``state`` lacks (as a path, 'dual:primary'): a state
+    cut short or of another version would otherwise fail loading with a bare KeyError naming only the key."""
+    problem = _entry_problem(state, entries)
+    if problem:
+        path, found = problem
+        wrong = f" has no '{path}' entry" if found is None else f"'s '{path}' is a {found}, not a dict"
+        raise error(f"{what}{wrong}: it is incomplete or of another version")
 
 
 def left_out_parameters(model: nn.Module) -> list[str]:
@@ -292,6 +322,7 @@ class DualBranch:
         """Restore branches and exchange schedule; the partition and exchange rule must be the ones in use."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a dual-branch state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+        require_entries(state, STATE_ENTRIES, "the saved dual-branch state")
         if ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError(f"the saved state used exchange {state['exchange']}, this run uses {self.config.to_dict()}")
         check_saved_partition(state["partition"], self.partition, self.config, "dual branch")

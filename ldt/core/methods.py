@@ -37,15 +37,18 @@ import torch.distributed as dist
 from pydantic import Field, field_validator
 from torch import nn
 
+from ldt.core import dual, single
 from ldt.core.config import NonNegativeInt, Options, PathText, ProbeConfig, Real, Seed, WarmupConfig
 from ldt.core.dual import (
     DualBranch,
     EMAPlan,
+    Entries,
     check_two_groups,
     left_out_parameters,
     low_precision,
     materialise,
     parameter_aliases,
+    require_entries,
 )
 from ldt.core.exchange import ExchangeConfig, exchange_weights
 from ldt.core.partition import (
@@ -540,7 +543,7 @@ class FineTune(Method):
         return {"format": STATE_FORMAT, "method": self.name, "model": self.model.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_state(state, self.name)
+        _check_state(state, self.name, {"model": None})
         self.model.load_state_dict(state["model"], strict=True)
 
 
@@ -599,7 +602,7 @@ class DualMethod(Method):
         return {"format": STATE_FORMAT, "method": self.name, "dual": self.dual.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_state(state, self.name)
+        _check_state(state, self.name, {"dual": dual.STATE_ENTRIES})
         self.dual.load_state_dict(state["dual"])
 
 
@@ -681,7 +684,7 @@ class LDTSingle(Method):
         return {"format": STATE_FORMAT, "method": self.name, "single": self.single.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        _check_state(state, self.name)
+        _check_state(state, self.name, {"single": single.STATE_ENTRIES})
         self.single.load_state_dict(state["single"])
 
 
@@ -696,7 +699,8 @@ def _once_per_tensor(
     return OrderedDict((key, done[id(tensor)]) for key, tensor in state.items())
 
 
-def _check_state(state: dict, name: str, ema: bool = False) -> None:
+def _check_state(state: dict, name: str, entries: Entries, ema: bool = False) -> None:
+    """Raise unless ``state`` is a state of method ``name`` (with an EMA or not, as ``ema``) holding ``entries``."""
     if not isinstance(state, Mapping):  # e.g. checkpoint.get('method') of a checkpoint saved without it
         raise MethodError(f"not a {name!r} method state: got {type(state).__name__}, not method.state_dict()'s dict")
     if state.get("format") != STATE_FORMAT or state.get("method") != name:
@@ -704,6 +708,9 @@ def _check_state(state: dict, name: str, ema: bool = False) -> None:
     if not ema and "ema" in state:  # DeployedEMA's state holds the method's own state under 'inner'
         raise MethodError(f"the saved state was trained with ema_decay {state.get('ema_decay')}: prepare this method "
                           f"with ema_decay={state.get('ema_decay')} to resume it")
+    if ema and "ema" not in state:
+        raise MethodError("the saved state has no EMA network (it was trained without ema_decay)")
+    require_entries(state, entries, "the saved method state", MethodError)
 
 
 class DeployedEMA(Method):
@@ -808,9 +815,7 @@ class DeployedEMA(Method):
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        _check_state(state, self.name, ema=True)
-        if "ema" not in state:
-            raise MethodError("the saved state has no EMA network (it was trained without ema_decay)")
+        _check_state(state, self.name, {"ema_decay": None, "inner": None, "ema": dict.fromkeys(self.ema)}, ema=True)
         if state["ema_decay"] != self.decay:
             raise MethodError(f"the saved state used ema_decay {state['ema_decay']}, this run {self.decay}")
         self.inner.load_state_dict(state["inner"])

@@ -28,6 +28,7 @@ from ldt.core.dual import (
     cloned,
     materialise,
     replaced_state,
+    require_entries,
     set_trainable,
     user_frozen,
 )
@@ -37,6 +38,9 @@ from ldt.core.partition import Partition
 STATE_FORMAT = "ldt.single_branch/1"
 PHASES = ("stable", "unstable")
 EMPTY_GROUP = "LDT-S needs both the stable and the unstable group non-empty"
+STATE_ENTRIES = {**dict.fromkeys(("format", "model", "parked", "phase", "step", "phase_steps", "partition", "exchange")),
+                 "ema": dict.fromkeys(PHASES)}
+"""The entries of :meth:`SingleBranchLDT.state_dict` (for :func:`~ldt.core.dual.require_entries`)."""
 
 
 class SingleBranchLDT:
@@ -168,6 +172,7 @@ class SingleBranchLDT:
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not an LDT-S state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+        require_entries(state, STATE_ENTRIES, "the saved LDT-S state")
         if state["phase_steps"] != self.phase_steps or ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError("the saved LDT-S state used another phase length or exchange rule")
         check_saved_partition(state["partition"], self.partition, self.config, "LDT-S network")
