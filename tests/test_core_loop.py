@@ -189,3 +189,15 @@ def test_a_state_with_a_list_where_a_dict_belongs_is_named():
     with pytest.raises(MethodError, match=r"^the saved method state's 'dual' is a list, not a dict: it is incomplete "
                                           r"or of another version$"):
         method.load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", ["ft", "ldt", "ldt_s"])
+def test_check_optimizers_checks_again_after_add_param_group(name):
+    """The verdict was kept per optimizer object: a parameter group added afterwards was never checked."""
+    method = prepared(name, mlp())
+    optimizers = method.check_optimizers([torch.optim.SGD(b.parameters, lr=0.1) for b in method.branches()])
+    optimizers[-1].add_param_group({"params": list(mlp().parameters())})
+    with pytest.raises(MethodError, match=r"optimizer of the \w+ branch holds 8 parameter\(s\) of another network"):
+        method.check_optimizers(optimizers)
+    with pytest.raises(MethodError, match=r"holds 8 parameter\(s\) of another network"):
+        method.train_step(data(1, 0)[0], mse, optimizers)

@@ -368,8 +368,9 @@ class Method:
         branch's ``parameters`` (parameter groups may split them): swapped, shared or stale optimizers (not rebuilt
         after :meth:`repartition`), or LDT-S's built over only the group that requires grad now, would silently
         train nothing. :meth:`train_step` calls it every step; a loop of your own calls it after building them. The
-        verdict is kept per optimizer object and partition (and this method object: a deep copy checks again), so a
-        check costs a lookup. Returns the optimizers as a list (a generator is read once)."""
+        verdict is kept per optimizer object, partition and the tensors it holds (a group added with
+        ``add_param_group`` is checked; so is a deep copy of this method object), so a check costs a lookup and one
+        pass over the optimizer's parameter ids. Returns the optimizers as a list (a generator is read once)."""
         branches = self.branches() if branches is None else branches
         if isinstance(optimizers, torch.optim.Optimizer):
             names = ", ".join(branch.name for branch in branches)
@@ -384,11 +385,13 @@ class Method:
                               f"pass one optimizer per branch in that order, got {len(optimizers)}")
         verified = self.__dict__.setdefault("_verified_optimizers", {})
         for index, (branch, optimizer) in enumerate(zip(branches, optimizers)):
-            ref, owner, partition, at = verified.get(id(optimizer), (None, None, None, None))
+            # add_param_group (or a list edited in place) changes what it steps: the tensors it holds are in the key
+            holding = tuple(id(p) for group in optimizer.param_groups for p in group["params"])
+            ref, owner, partition, at, held_then = verified.get(id(optimizer), (None,) * 5)
             if ref is not None and ref() is optimizer and owner == id(self) and partition is self.partition \
-                    and at == index:
+                    and at == index and held_then == holding:
                 continue
-            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            held = set(holding)
             names = {id(p): name for name, p in branch.module.named_parameters()}
             missing = [names.get(id(p), "?") for p in branch.parameters if id(p) not in held]
             foreign = len(held - set(names))
@@ -397,7 +400,7 @@ class Method:
                         else f"holds {foreign} parameter(s) of another network")
                 raise MethodError(f"the optimizer of the {branch.name} branch {what}: build one optimizer per branch "
                                   "over branch.parameters, in the order of branches(), again after repartition()")
-            verified[id(optimizer)] = (weakref.ref(optimizer), id(self), self.partition, index)
+            verified[id(optimizer)] = (weakref.ref(optimizer), id(self), self.partition, index, holding)
         return optimizers
 
     def _record_parameters(self, *modules: nn.Module) -> None:
