@@ -201,3 +201,33 @@ def test_check_optimizers_checks_again_after_add_param_group(name):
         method.check_optimizers(optimizers)
     with pytest.raises(MethodError, match=r"holds 8 parameter\(s\) of another network"):
         method.train_step(data(1, 0)[0], mse, optimizers)
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_ldt_s_refuses_method_step_before_the_optimizer_step(ema):
+    """method.step() before optimizer.step() silently dropped that step's update at every turn switch."""
+    method = prepared("ldt_s", mlp(), ema_decay=ema)
+    (optimizer,) = method.check_optimizers([torch.optim.SGD(method.branches()[0].parameters, lr=0.1)])
+    net = method.branches()[0].module
+    for step, batch in enumerate(data(3, 1)):  # the exchange interval is 2: the turns switch at the second step
+        optimizer.zero_grad(set_to_none=True)
+        mse(net, batch).backward()
+        method.step()
+        if step < 1:
+            optimizer.step()
+            continue
+        with pytest.raises(MethodError, match=r"^LDT-S: an optimizer stepped right after method\.step\(\) switched "
+                                              r"turns, with no gradient left: call method\.step\(\) after the "
+                                              r"optimizer's step \(the switch drops the gradients of its step, so that "
+                                              r"step's update was lost\), or no backward ran since the switch$"):
+            optimizer.step()
+        break
+
+
+def test_ldt_s_in_the_documented_order_is_not_refused():
+    """Right after a switch, a GradScaler that skips a step and an optimizer step with fresh gradients are fine."""
+    method = prepared("ldt_s", mlp())
+    optimizers = method.check_optimizers([torch.optim.SGD(method.branches()[0].parameters, lr=0.1)])
+    for batch in data(6, 1):
+        method.train_step(batch, mse, optimizers)
+    own_loop(method, build(method), data(8, 2), accumulate=1)

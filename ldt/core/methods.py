@@ -400,8 +400,13 @@ class Method:
                         else f"holds {foreign} parameter(s) of another network")
                 raise MethodError(f"the optimizer of the {branch.name} branch {what}: build one optimizer per branch "
                                   "over branch.parameters, in the order of branches(), again after repartition()")
+            if branch.alternating:
+                self._guard_turns(optimizer)
             verified[id(optimizer)] = (weakref.ref(optimizer), id(self), self.partition, index, holding)
         return optimizers
+
+    def _guard_turns(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the optimizer of an alternating branch refuse to step after :meth:`step` switched turns (LDT-S)."""
 
     def _record_parameters(self, *modules: nn.Module) -> None:
         """Remember the named parameters of the networks that train (the branches), as the method was made with them."""
@@ -671,6 +676,9 @@ class LDTSingle(Method):
     def step(self) -> None:
         self.single.step()
 
+    def _guard_turns(self, optimizer: torch.optim.Optimizer) -> None:
+        self.single.guard(optimizer, MethodError)
+
     def _move(self, *args, **kwargs) -> None:
         self.single.to(*args, **kwargs)
 
@@ -779,6 +787,9 @@ class DeployedEMA(Method):
 
     def branches(self) -> list[Branch]:
         return self.inner.branches()
+
+    def _guard_turns(self, optimizer: torch.optim.Optimizer) -> None:
+        self.inner._guard_turns(optimizer)
 
     @torch.no_grad()
     def step(self) -> None:

@@ -16,6 +16,7 @@ device holds one network and one optimizer
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -71,6 +72,7 @@ class SingleBranchLDT:
         self.parked = [p.detach().to(self.host_device, copy=True) for p in self.live["unstable"]]
         self.phase = "stable"
         self.step_count = 0
+        self.switched_at: int | None = None  # step_count of the last switch (see guard)
         set_trainable(model, partition.stable)
 
     def _use_groups(self, partition: Partition, stable_w: dict[str, float], unstable_w: dict[str, float]) -> None:
@@ -119,8 +121,36 @@ class SingleBranchLDT:
         """Both groups: give them all to one optimizer; the frozen group has no grad and is skipped by it."""
         return self.live["stable"] + self.live["unstable"]
 
+    def guard(self, optimizer: torch.optim.Optimizer, error: type[Exception] = RuntimeError) -> None:
+        """Make ``optimizer`` raise ``error`` when it steps right after :meth:`step` switched turns with no gradient on
+        any of its parameters: :meth:`step` then ran before the optimizer's step, and the switch (which loads the other
+        turn's weights and drops the gradients of the group that trained) silently lost that step's update. A
+        GradScaler that skips a step never calls the optimizer, so only the wrong order trips it. Once per optimizer."""
+        guarded = self.__dict__.setdefault("_guarded", weakref.WeakSet())
+        if optimizer in guarded:
+            return
+        guarded.add(optimizer)
+        owner = weakref.ref(self)  # the optimizer must not keep the method alive
+
+        def check_turn(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            single = owner()
+            if single is not None and single.switched_at == single.step_count and \
+                    all(p.grad is None for group in optimizer.param_groups for p in group["params"]):
+                raise error("LDT-S: an optimizer stepped right after method.step() switched turns, with no gradient "
+                            "left: call method.step() after the optimizer's step (the switch drops the gradients of "
+                            "its step, so that step's update was lost), or no backward ran since the switch")
+
+        optimizer.register_step_pre_hook(check_turn)
+
+    def __getstate__(self) -> dict:
+        """Pickle and ``copy.deepcopy`` without the guarded optimizers (weak references; a copy has its own)."""
+        state = self.__dict__.copy()
+        state.pop("_guarded", None)
+        return state
+
     def step(self) -> bool:
-        """Count one step; at the end of a phase switch turns. Returns whether it switched."""
+        """Count one step; at the end of a phase switch turns. Returns whether it switched. Call it after the
+        optimizer's step (:meth:`guard` makes an optimizer refuse the other order)."""
         self.step_count += 1
         if self.step_count % self.phase_steps == 0:
             self.switch()
@@ -139,6 +169,7 @@ class SingleBranchLDT:
             param.copy_(parked)
         self.parked = trained_on_host
         self.phase = other
+        self.switched_at = self.step_count
         set_trainable(self.model, getattr(self.partition, other))
 
     def composite_tensors(self) -> "OrderedDict[str, torch.Tensor]":
@@ -181,4 +212,5 @@ class SingleBranchLDT:
         self.parked = [t.to(self.host_device, copy=True) for t in state["parked"]]
         self.phase = state["phase"]
         self.step_count = int(state["step"])
+        self.switched_at = None
         set_trainable(self.model, getattr(self.partition, self.phase))
