@@ -16,7 +16,6 @@ from logging.handlers import MemoryHandler
 import math
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -284,52 +283,6 @@ class RunLog:
                     handler.close()
 
 
-class TensorBoardLog:
-    """TensorBoard curves of a run (``add_scalar``) that a disk filling mid-run stops with one warning, not the
-    run: the writer's thread failed and the next ``add_scalar`` raised its ``OSError``, with a thread traceback.
-
-    Why training goes on: the curves are a view; the validation history is kept in every training state and in
-    results.json, and a full disk stops the run at its next checkpoint anyway, in one line with the previous state
-    intact (a disk freed meanwhile loses only the rest of the curves, not hours of training)."""
-
-    def __init__(self, folder: Path, logger: logging.Logger) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.folder, self.logger = check_room(folder), logger  # a full disk at the start: refused before any work
-        self.writer: SummaryWriter | None = SummaryWriter(log_dir=str(folder))
-        self._hook = threading.excepthook  # set once the writer is made (its thread writes only what is added)
-        threading.excepthook = self._quiet_writer_thread
-
-    def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
-        """The writer thread's failure is said once, by :meth:`add_scalar`; other threads' go to the usual hook."""
-        if not (isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard.")):
-            self._hook(args)
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is None:
-            return
-        try:
-            self.writer.add_scalar(tag, value, step)
-        except OSError as err:
-            self.logger.warning(f"the TensorBoard log stopped at iteration {step}: cannot write in {self.folder}: "
-                                f"{disk_reason(err, self.folder)}; training goes on (the validation history is kept "
-                                "in the training states and results.json)")
-            self._close()
-
-    def _close(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            with contextlib.suppress(OSError):  # its last events cannot be flushed to a full disk
-                writer.close()
-
-    def __enter__(self) -> "TensorBoardLog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._close()
-        threading.excepthook = self._hook
-
-
 def basicsr_pairs(data) -> tuple[list[tuple[str, str]], Callable[[str], tuple[int, int]]] | None:
     """The (HR, LR) names of every pair of BasicSR's ``PairedImageDataset`` and how to size one as BasicSR's reader
     returns it, else None (other datasets, no pairs): on disk the paths, sized from their headers
@@ -500,7 +453,10 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     set_random_seed(opt["manual_seed"] + opt["rank"])
     tb_logger = None
     if rank0 and opt["logger"]["use_tb_logger"]:
-        tb_logger = held.enter_context(TensorBoardLog(root / "tb_logger" / opt["name"], logger))
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_dir = check_room(root / "tb_logger" / opt["name"])  # its writer fails in a thread of its own
+        tb_logger = SummaryWriter(log_dir=str(tb_dir))
 
     select_name, best_tag = selection_set(opt, val_loaders) if rank0 else (None, "")
     psnr = selection_metric(opt)
@@ -620,6 +576,8 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         report["metrics"] = table.to_dict()
         logger.info(f"Training done in {seconds:.1f} s\n{markdown}")
         print(markdown, flush=True)
+    if tb_logger is not None:
+        tb_logger.close()
     if dist.is_initialized():
         dist.barrier()  # ranks leave together: a peer tearing down while rank 0 still writes can abort it (gloo)
     return report
