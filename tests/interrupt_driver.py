@@ -4,11 +4,14 @@
 
 Each finished iteration is appended to PROGRESS_FILE (so the test can kill at a chosen point). With
 PAUSE_IN_STATE_WRITE_AT = K, the write of ``K.state`` stops half-way through its temporary file, reports ``pause K``
-and waits forever: the test kills the process inside a checkpoint write. Nothing here changes what training computes.
+and waits forever: the test kills the process inside a checkpoint write. With the environment variable
+HOLD_AT_ITER = N, the process waits forever once iteration N is reported, so a kill lands at N however loaded the
+machine is (a kill sent on seeing the line came iterations late). Nothing here changes what training computes.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,10 +30,13 @@ def main(argv: list[str]) -> int:
     from ldt.models.ldt_model import LDTModel
 
     step = LDTModel.optimize_parameters
+    hold = int(os.environ.get("HOLD_AT_ITER", "0")) or None
 
     def reporting_step(self, current_iter: int) -> None:
         step(self, current_iter)
         report(f"iter {current_iter}")
+        while current_iter == hold:
+            time.sleep(1)
 
     LDTModel.optimize_parameters = reporting_step
     if pause is not None:

@@ -784,10 +784,11 @@ def test_a_stop_during_the_start_up_checks_stops_before_the_folder_and_the_probe
 
 
 # ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
-def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None) -> subprocess.Popen:
+def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None,
+           hold: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "tests.interrupt_driver", str(progress), *([str(pause)] if pause else []), "--",
                "-opt", str(opt_file), "--root", str(root), *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HOLD_AT_ITER": str(hold or 0)}
     return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -821,7 +822,8 @@ def test_kill_9_at_seeded_moments_and_sigterm_end_bit_identical(data_root, tmp_p
     root, flags = tmp_path / "runs", []
     for number, (kind, iteration) in enumerate(events):
         progress = tmp_path / f"progress{number}.txt"
-        run = driver(progress, opt_file, root, *flags, pause=iteration if kind == "pause" else None)
+        run = driver(progress, opt_file, root, *flags, pause=iteration if kind == "pause" else None,
+                     hold=iteration if kind == "kill" else None)  # a kill lands at its iteration, not later
         wait_for(progress, f"pause {iteration}" if kind == "pause" else f"iter {iteration}", run)
         run.send_signal(signal.SIGTERM if kind == "term" else signal.SIGKILL)
         _, err = run.communicate(timeout=300)
