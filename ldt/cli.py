@@ -249,6 +249,15 @@ def output_dir_problem(path: Path) -> str | None:
     return _writable_problem(path)
 
 
+def require_output_dir(option: str, path: Path | None, error: type[Exception] = ValueError) -> None:
+    """``error`` naming ``option`` unless ``path`` (None: a default decided later) is, or can be created as, a folder
+    that can be written in: for a check made after parsing, before the work (data builds, pre-training) that came
+    before the folder's first write."""
+    problem = None if path is None else output_dir_problem(path)
+    if problem:
+        raise error(f"{option}: {problem}")
+
+
 def check_output_dir(parser: argparse.ArgumentParser, option: str, path: Path | None) -> None:
     """``parser.error`` unless ``path`` is (or can be created as) a folder that can be written in."""
     problem = None if path is None else output_dir_problem(path)

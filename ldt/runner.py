@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
-from ldt.cli import STOP_SIGNALS, device_problem, flag, original_error, output_dir_problem, show_traceback, stop_handler
+from ldt.cli import (STOP_SIGNALS, device_problem, flag, original_error, require_output_dir, show_traceback,
+                     stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -149,14 +150,6 @@ def check_workers(workers: int | None) -> int | None:
     if workers is not None and workers < 0:
         raise ValueError(f"--workers must be 0 (load in-process) or more, got {workers}")
     return workers
-
-
-def check_out(out: Path | None) -> None:
-    """``--out`` (None: the runner's default, known once the data is) can hold the sweep: checked before ``prepare``
-    builds the demo data and pre-trains its backbone (minutes), which came before the folder was first written."""
-    problem = output_dir_problem(out) if out is not None else None
-    if problem:
-        raise ValueError(f"--out: {problem}")
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
@@ -697,7 +690,9 @@ def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConf
         check_device(args.device)
         check_workers(args.workers)
         minutes = check_state_minutes(getattr(args, "state_minutes", DEFAULT_STATE_MINUTES))
-        check_out(getattr(args, "out", None))
+        # --out (None: the runner's default, known once the data is) before prepare builds the demo data and
+        # pre-trains its backbone (minutes)
+        require_output_dir("--out", getattr(args, "out", None))
         out, configs = prepare()
         with sweep_lock(check_room(out)):  # a DiskError now, not after the first run has trained
             return sweep(configs, out, run, device=args.device, workers=args.workers, progress=args.progress,

@@ -932,8 +932,9 @@ def _argument_types(model: object, config: object, batches: object, partition: o
     if batches is not None and not callable(batches) and not isinstance(batches, Iterable):
         problems.append(("batches", f"must be an iterable of batches or batches(purpose, seed), got "
                                     f"{type(batches).__name__}"))
-    if partition is not None and not_a_partition(partition):
-        problems.append(("partition", not_a_partition(partition)))
+    wrong_partition = None if partition is None else not_a_partition(partition)
+    if wrong_partition:
+        problems.append(("partition", wrong_partition))
     return problems
 
 

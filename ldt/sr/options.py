@@ -641,11 +641,15 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int, problems: list[str])
             continue
         kind = block.get("type")
         if not isinstance(kind, str) or kind not in DATASET_SCHEMAS:
-            hint = difflib.get_close_matches(kind, list(DATASET_SCHEMAS), n=1) if isinstance(kind, str) else []
-            problem = "missing" if kind is None else f"no option schema for dataset type '{kind}'" \
-                if isinstance(kind, str) else f"expected a string, got {type(kind).__name__} {kind!r:.60}"
-            problems.append(f"{where}:type: {problem}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                            + f"; supported: {', '.join(DATASET_SCHEMAS)}")
+            if kind is None:
+                problem = "missing"
+            elif isinstance(kind, str):
+                hint = difflib.get_close_matches(kind, list(DATASET_SCHEMAS), n=1)
+                problem = f"no option schema for dataset type '{kind}'" + (f" (did you mean '{hint[0]}'?)" if hint
+                                                                            else "")
+            else:
+                problem = f"expected a string, got {type(kind).__name__} {kind!r:.60}"
+            problems.append(f"{where}:type: {problem}; supported: {', '.join(DATASET_SCHEMAS)}")
             continue
         options = validate_into(DATASET_SCHEMAS[kind], block, [where], problems)
         if options is not None:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, make_dirs
-from ldt.cli import OnceList, not_a_file, output_dir_problem, path_flag
+from ldt.cli import OnceList, not_a_file, path_flag, require_output_dir
 from ldt.core import method_class
 from ldt.core.methods import runs_probe
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
@@ -204,9 +204,7 @@ def check_plan(budget: Budget, seeds: int | None, extra_seeds: int | None) -> No
 def check_out(out: Path) -> None:
     """``--out`` can hold the sweep: checked before the data is built or anything is pre-trained (minutes), which
     came before the folder was first written."""
-    problem = output_dir_problem(out)
-    if problem:
-        raise ReproduceError(f"--out: {problem}")
+    require_output_dir("--out", out, ReproduceError)
 
 
 def check_archs(archs: Sequence[str] | None) -> list[str] | None:
@@ -309,7 +307,7 @@ def check_data(root: Path, runs: Sequence[TableRun], checked: Mapping[str, dict]
                                  f"pair(s) of {where} (run {run.opt['name']})")
         asked, per_pass = opt["ldt"]["probe"]["num_batches"], probe_batches_per_pass(opt, pairs)
         size = opt["ldt"]["probe"]["batch_size"]
-        if runs_probe(method_options(opt)) and (asked > per_pass and not cap_probe or not per_pass):
+        if runs_probe(method_options(opt)) and ((asked > per_pass and not cap_probe) or not per_pass):
             fix = f"give at most {per_pass}" if per_pass else f"the probe needs {size} training pairs or more"
             raise ReproduceError(f"--probe-batches {asked}: more than the {per_pass} probe batch(es) of {size} pairs "
                                  f"that one pass over the {samples} training pair(s) of {where} makes (run "
