@@ -43,8 +43,16 @@ UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), 
 os.umask(UMASK)
 
 
+NO_ROOM = (REASONS[errno.ENOSPC], REASONS[errno.EDQUOT])  # reasons that freeing space (or time) can lift
+
+
 class DiskError(RuntimeError):
-    """A file or folder cannot be written; the message names the path and why. Earlier files are intact."""
+    """A file or folder cannot be written; the message names the path and why. Earlier files are intact.
+    ``no_room``: the disk (or quota) is full, so a later write may fit where a read-only mount never will."""
+
+    def __init__(self, message: str, *, no_room: bool = False) -> None:
+        super().__init__(message)
+        self.no_room = no_room
 
 
 class BusyError(ValueError):
@@ -196,8 +204,9 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
         os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        raise DiskError(f"cannot write {path}: {disk_reason(err, path.parent)} (the previous file, if any, is "
-                        "intact)") from None
+        reason = disk_reason(err, path.parent)
+        raise DiskError(f"cannot write {path}: {reason} (the previous file, if any, is intact)",
+                        no_room=reason in NO_ROOM) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

@@ -325,6 +325,7 @@ class RunState:
         self._theirs = {digest, earlier or digest}  # a state saved under the run's earlier identity is its own
         self.saved: dict | None = self._read()
         self._last = time.monotonic()
+        self._warned = False  # a periodic save found no room (said once a run)
         # Set by train_and_select once its last step is validated: saves that finished training, for a stop that
         # arrives while the run tests the selected network (:meth:`save_trained`).
         self.trained: Callable[[], None] | None = None
@@ -374,6 +375,24 @@ class RunState:
     def save(self, state: dict) -> None:
         atomic_torch_save({"format": RUN_STATE_FORMAT, "run": self.digest, **state}, self.path)
         self._last = time.monotonic()
+
+    def save_due(self, save: Callable[[], None]) -> None:
+        """``save()`` at a selection point, when :meth:`due`. Such a save only shortens what a kill -9 would cost, so a
+        disk with no room for it does not end the run (hours of training, and the sweep after it): the previous state
+        stays whole, one warning a run says so, and the next due save tries again. A disk that stays full still ends
+        the run in one line when its record is written; any other write error (read-only, no permission) ends it now."""
+        if not self.due():
+            return
+        try:
+            save()
+        except DiskError as err:
+            if not err.no_room:
+                raise
+            self._last = time.monotonic()  # tried again after every_s, not at once
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"{err}; the run goes on and tries again at its next save (a stop, or kill -9, resumes "
+                              "from the previous state)", stacklevel=2)
 
     def save_on_stop(self, stopped: "Stopped", save: Callable[[], None]) -> None:
         """``save()`` for a stop, noted on ``stopped`` for its message; a write that fails is one line (the stop's
@@ -470,8 +489,8 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
                     checked = step
                     rng = _rng_state() if state is not None else None
                 bar.set_postfix(heldout=f"{score:.3f}", best=f"{best.score:.3f}@{best.step}")
-                if state is not None and state.due():
-                    save()
+                if state is not None:
+                    state.save_due(save)
             if step == steps:
                 break
             batch = next(stream)

@@ -207,6 +207,35 @@ def test_a_run_state_of_another_run_or_unreadable_starts_afresh_with_a_warning(t
         assert runner.RunState(tmp_path / "cut.pt", "a").saved is None
 
 
+def test_a_periodic_state_save_on_a_full_disk_warns_once_and_the_run_goes_on(disk, default_sigint):
+    """A periodic save only shortens what a kill -9 would cost: the disk filling after the first save (step 3) keeps
+    that state whole, warns once (the saves at steps 6 and 9 both fail), and the run ends as an uninterrupted one."""
+    from tests.conftest import fill
+
+    straight = train_mlp()
+    path = disk / "states" / "run.pt"
+    state = runner.RunState(path, "run", every_s=0.0)
+    with pytest.warns(UserWarning) as warned:
+        run = train_mlp(state, stop=lambda where, count: (where, count) == ("validate", 2) and not fill(disk))
+    assert_same_run(run, straight)
+    assert [str(w.message) for w in warned] == [
+        f"cannot write {path}: no space left on device (the previous file, if any, is intact); the run goes on and "
+        "tries again at its next save (a stop, or kill -9, resumes from the previous state)"]
+    assert runner.RunState(path, "run").saved["step"] == 3 and sorted(p.name for p in path.parent.iterdir()) == \
+        ["run.pt"]
+
+
+def test_a_periodic_state_save_that_fails_for_another_reason_still_ends_the_run(tmp_path, monkeypatch):
+    """Only a disk without room is waited out: a read-only or unwritable states folder is not freed by training on."""
+    import errno
+
+    from ldt.atomic import DiskError
+
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+    with pytest.raises(DiskError, match="run.pt: read-only file system"):
+        train_mlp(runner.RunState(tmp_path / "run.pt", "run", every_s=0.0))
+
+
 def test_state_minutes_inf_saves_only_when_stopped(tmp_path):
     import math
 

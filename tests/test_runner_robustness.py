@@ -138,6 +138,29 @@ def test_a_record_that_cannot_be_written_names_the_run_and_the_file(tmp_path, mo
     assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0]
 
 
+def test_a_state_save_on_a_full_disk_is_one_warning_and_the_sweep_goes_on(disk, capsys):
+    """The disk fills during a run (another job's files) and is freed before the run ends: the periodic state save
+    that found no room costs one warning, not the run and the rest of the sweep."""
+    from tests.conftest import fill
+    from tests.test_runner import train_mlp
+
+    out = disk / "out"
+
+    def run(config, state, **_):
+        if config.seed == 0:  # the saves at steps 6 and 9 find no room
+            train_mlp(state, stop=lambda where, count: (where, count) == ("validate", 2) and not fill(disk))
+            assert runner.RunState(state.path, state.digest).saved["step"] == 3  # the previous state, intact
+            (disk / "filler").unlink()
+        return fake_run(config)
+
+    args = Namespace(**{**vars(ARGS), "state_minutes": 0.0})
+    with pytest.warns(UserWarning) as warned:
+        assert sweep_main(out, [FakeConfig(0), FakeConfig(1)], run, args) == 0
+    assert len(warned) == 1 and str(warned[0].message).startswith(
+        f"cannot write {out / runner.STATES_FOLDER / run_hash(FakeConfig(0).hparams())}.pt: no space left on device")
+    assert [r["seed"] for r in Records(out / RESULTS_FILE).all()] == [0, 1] and not capsys.readouterr().err
+
+
 # ---- 2. data errors found inside a run -----------------------------------------------------------------------------
 def test_a_data_error_inside_a_run_is_one_line_and_keeps_earlier_records(tmp_path, capsys):
     def run(config, **_):
