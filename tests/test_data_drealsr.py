@@ -297,6 +297,18 @@ def test_gray_alpha_and_16_bit_images_become_8_bit_bgr(root: Path) -> None:
     assert np.array_equal(second["gt"].numpy(), hr7[..., ::-1].transpose(2, 0, 1) / np.float32(255))
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_16_bit_images_decode_as_basicsr_reads_them(channels: int) -> None:
+    """BasicSR's PairedImageDataset (the official training's reader) decodes with cv2.IMREAD_COLOR, which keeps the
+    high byte of a 16-bit sample; every one of the 65536 values, gray, BGR and BGRA, must come out the same here."""
+    values = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256)
+    image = np.dstack([values, values[::-1], values.T, values[:, ::-1]][:channels])
+    ok, encoded = cv2.imencode(".png", image)
+    assert ok and cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    basicsr = cv2.imdecode(encoded, cv2.IMREAD_COLOR).astype(np.float32) / 255.0
+    assert np.array_equal(decode_image(encoded.tobytes(), "deep.png"), basicsr)
+
+
 def test_decode_image_errors() -> None:
     with pytest.raises(DatasetError, match="cannot read image x.png: no data"):
         decode_image(None, "x.png")

@@ -362,8 +362,9 @@ def find_split_dirs(dataroot: str | Path, split: str, scale: int = 4) -> tuple[P
 def decode_image(content: bytes | None, name: str) -> np.ndarray:
     """Decode image bytes to float32 BGR in [0, 1], HxWx3, like basicsr's ``imfrombytes(float32=True)``.
 
-    Grayscale is replicated to three channels, alpha is dropped, and 16-bit images are rounded to 8 bits first, so a
-    16-bit file gives exactly what its 8-bit export would (metrics stay 8-bit comparable). Errors name ``name``.
+    Grayscale is replicated to three channels, alpha is dropped, and 16-bit images keep their high byte (``v >> 8``),
+    as cv2's ``IMREAD_COLOR`` in BasicSR's ``PairedImageDataset`` does: the same file trains the same whichever of the
+    two reads it (metrics stay 8-bit comparable). Errors name ``name``.
     """
     if not content:
         raise DatasetError(f"cannot read image {name}: no data (missing file or LMDB key)")
@@ -371,7 +372,7 @@ def decode_image(content: bytes | None, name: str) -> np.ndarray:
     if image is None:
         raise DatasetError(f"cannot decode image {name}: corrupt or not an image")
     if image.dtype == np.uint16:
-        image = np.round(image / 257.0).astype(np.uint8)
+        image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise DatasetError(f"image {name} has unsupported pixel type {image.dtype}; expected 8- or 16-bit")
     if image.ndim == 2:
