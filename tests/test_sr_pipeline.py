@@ -52,6 +52,35 @@ def test_every_method_trains_validates_and_saves(method, data_root, tmp_path):
     plain.load_state_dict(final_params(tmp_path, f"run_{method}"), strict=True)
 
 
+def test_the_pretrained_weights_are_read_once_by_training_and_by_test(data_root, tmp_path, monkeypatch):
+    """The start-up check read the whole file and the model read it again: twice the I/O of a large checkpoint."""
+    import ldt.archs  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.sr.evaluate import run_test
+
+    weights = tmp_path / "net.pth"
+    torch.manual_seed(123)  # not the run's initialisation (manual_seed 0)
+    network = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+    torch.save({"params": network.state_dict()}, weights)
+    reads, load = [], torch.load
+
+    def counting_load(file, *args, **kwargs):
+        reads.append(Path(file))
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    opt = tiny_options(data_root, "read_once", "ft", train__total_iter=1)
+    opt["path"] = {"pretrain_network_g": str(weights)}
+    run_training(opt, tmp_path)
+    assert reads.count(weights) == 1
+    trained = final_params(tmp_path, "read_once")  # one Adam step (lr 1e-3) from the file's weights
+    assert all(torch.allclose(trained[k], v, atol=1e-2) for k, v in network.state_dict().items())
+    test_opt = {"name": "read_once_test", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
+                "datasets": {"test_1": opt["datasets"]["val_1"]}, "path": {"pretrain_network_g": str(weights)}}
+    run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    assert reads.count(weights) == 2
+
+
 def test_composite_is_what_was_validated(data_root, tmp_path):
     """Validation metrics of the final report are those of the saved composite (not of a live branch)."""
     from ldt.sr.evaluate import run_test

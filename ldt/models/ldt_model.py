@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -51,7 +52,9 @@ def is_distributed() -> bool:
 class LDTModel(BaseModel):
     """One network for testing; for training, the branches of ``ldt:method`` (see the README's methods table)."""
 
-    def __init__(self, opt: dict) -> None:
+    def __init__(self, opt: dict, weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """``weights``: the state of ``path:pretrain_network_g`` where the caller has read and checked it already
+        (training's start-up check), so that a large checkpoint is read once; None: read here."""
         # BasicSR's pipeline hands over the raw file; our entry points hand over checked options (checking twice is
         # idempotent and cheap: no data, no weights).
         opt = {**prepare_options(opt, is_train=bool(opt.get("is_train")), source=opt.get("option_file") or "options"),
@@ -62,7 +65,8 @@ class LDTModel(BaseModel):
         self.net_g = build_network(opt["network_g"]).to(self.device)
         load_path = opt["path"]["pretrain_network_g"]
         if load_path:
-            state = read_weights(load_path, opt["path"]["param_key_g"], self.net_g, strict=opt["path"]["strict_load_g"])
+            state = weights if weights is not None else \
+                read_weights(load_path, opt["path"]["param_key_g"], self.net_g, strict=opt["path"]["strict_load_g"])
             self.net_g.load_state_dict(state, strict=opt["path"]["strict_load_g"])
             self.logger.info(f"Loaded {opt['network_g']['type']} weights from {load_path}")
             left_out = None if opt["path"]["strict_load_g"] else partial_load(state, self.net_g, load_path)

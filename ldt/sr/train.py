@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -35,10 +35,9 @@ patch_basicsr()
 import ldt.archs  # noqa: E402,F401  (registers archs)
 import ldt.data  # noqa: E402,F401  (registers datasets)
 import ldt.models  # noqa: E402,F401  (registers LDTModel)
-from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import get_root_logger, get_time_str, set_random_seed  # noqa: E402
 from ldt.data.cameras import DatasetError, image_header, read_lmdb_meta, tolerance_px  # noqa: E402
-from ldt.models.ldt_model import NonFiniteLossError  # noqa: E402
+from ldt.models.ldt_model import LDTModel, NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
     experiment_lock,
@@ -378,9 +377,11 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
                                    f"pixels, {remedy}")
 
 
-def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Dataset, val_loaders: dict) -> None:
+def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Dataset,
+                       val_loaders: dict) -> Mapping[str, torch.Tensor] | None:
     """What would otherwise fail only in the model's set-up, after the experiment folder was archived, or at the
-    first validation, after hours: the pre-trained weights (readable, of this network, finite), a validation image
+    first validation, after hours: the pre-trained weights (readable, of this network, finite; returned, for the
+    model to load without reading the file again; None without them), a validation image
     smaller than the network's smallest input, a mis-scaled pair of BasicSR's ``PairedImageDataset`` (training,
     validation or probe set), and, for a run that probes, an empty probe loader (over
     ``train_set``, the training loader's set, when the probe reads the training data)."""
@@ -390,10 +391,11 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
 
     arch = ARCH_REGISTRY.get(opt["network_g"]["type"])
     weights = opt["path"]["pretrain_network_g"]
+    pretrained = None
     if weights:
         network = {k: v for k, v in opt["network_g"].items() if k != "type"}
-        read_weights(weights, opt["path"]["param_key_g"], build_meta_network(arch, network),
-                     strict=opt["path"]["strict_load_g"])
+        pretrained = read_weights(weights, opt["path"]["param_key_g"], build_meta_network(arch, network),
+                                  strict=opt["path"]["strict_load_g"])
     check_validation_sizes(opt, val_loaders)
     check_paired_image_scale(f"datasets:train ({opt['datasets']['train']['name']})", train_set, opt["scale"],
                              train=True)
@@ -411,6 +413,7 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
         if len(loader) == 0:
             raise OptionsError(f"ldt:probe:batch_size: {loader.batch_size} is more than the {len(loader.sampler)} "
                                f"pairs of datasets:{probe['dataset']} per rank: the probe would get no batch")
+    return pretrained
 
 
 def train(opt: dict, root: Path = PROJECT_ROOT) -> dict:
@@ -431,7 +434,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     if len(loader) == 0:
         raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
     val_loaders = validation_loaders(opt) if rank0 else {}
-    check_before_start(opt, resuming=state is not None, train_set=loader.dataset, val_loaders=val_loaders)
+    pretrained = check_before_start(opt, resuming=state is not None, train_set=loader.dataset, val_loaders=val_loaders)
 
     def stop_before_training() -> None:
         """A stop asked for before the first step: nothing new to save (the state resumed from is the newest)."""
@@ -465,7 +468,8 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         # The state was read once, on the CPU (the model copies every tensor onto its device). The model skips its
         # warm-up and probe when resuming: it reads their result (the partition) from the same file.
         opt["path"]["resume_state"] = str(state_path)
-    model = build_model(opt)
+    model = LDTModel(opt, weights=pretrained)  # the options say LDTModel (the only model_type)
+    del pretrained  # the model holds its own copy: not the checked tensors too, for the whole training
     stop_before_training()  # during the warm-up or the probe
     total_iter = int(opt["train"]["total_iter"])
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
