@@ -20,7 +20,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
 TRACEBACK_VARIABLE = "LDT_TRACEBACK"
@@ -164,6 +164,14 @@ def first_names(names: Sequence[str], limit: int = 3) -> str:
     the line or vanish in it (a line end kept from a file, an empty key) is quoted."""
     shown = [name if name.isprintable() and name else repr(name) for name in names[:limit]]
     return ", ".join(shown) + (", ..." if len(names) > limit else "")
+
+
+def listing(items: Iterable[object], limit: int) -> str:
+    """The first ``limit`` of ``items`` for an error naming files, then how many more (``a, b, ... (5 more)``): the
+    data checks' lists, where the count says how much of a dataset is at fault (:func:`first_names` does not)."""
+    items = list(items)
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 # What a path that exists but is no regular file is, for the line that refuses it.

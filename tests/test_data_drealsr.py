@@ -309,6 +309,22 @@ def test_16_bit_images_decode_as_basicsr_reads_them(channels: int) -> None:
     assert np.array_equal(decode_image(encoded.tobytes(), "deep.png"), basicsr)
 
 
+def test_lmdb_keys_are_basicsrs_own(tmp_path: Path) -> None:
+    """The key and scale checks look up each meta_info.txt line under the key BasicSR's PairedImageDataset derives
+    from it (basicsr.data.data_util.paired_paths_from_lmdb), a name of several dots and one of none included."""
+    from basicsr.data.data_util import paired_paths_from_lmdb
+
+    from ldt.data.cameras import basicsr_lmdb_meta
+
+    lines = "baby.png (64,48,3) 1\nbird.x4.png (64,48,3) 1\nowl (64,48,3) 1\n"
+    for name in ("gt.lmdb", "lq.lmdb"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta_info.txt").write_text(lines)
+    basicsr = paired_paths_from_lmdb([str(tmp_path / "lq.lmdb"), str(tmp_path / "gt.lmdb")], ["lq", "gt"])
+    assert list(basicsr_lmdb_meta(tmp_path / "gt.lmdb")) == [pair["gt_path"] for pair in basicsr] == \
+        ["baby", "bird", "owl (64,48,3) 1\n"]
+
+
 def test_decode_image_errors() -> None:
     with pytest.raises(DatasetError, match="cannot read image x.png: no data"):
         decode_image(None, "x.png")

@@ -18,13 +18,15 @@ import logging
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from ldt.cli import listing
 
 logger = logging.getLogger("basicsr")
 
@@ -165,12 +167,6 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _listing(items: Iterable[Any]) -> str:
-    items = list(items)
-    shown = ", ".join(str(item) for item in items[:_LISTED])
-    return shown + (f", ... ({len(items) - _LISTED} more)" if len(items) > _LISTED else "")
-
-
 # -------------------------------------------------------------------------------------------------------- pairing
 
 
@@ -211,15 +207,15 @@ class PairingResult:
         lr_only = [name for name in self.unpaired_lr if keep(name)]
         bad = [f"{name} ({reason})" for name, reason in self.misnamed if keep(name)]
         if hr_only:
-            lines.append(f"{len(hr_only)} HR file(s) without an LR partner: {_listing(hr_only)}")
+            lines.append(f"{len(hr_only)} HR file(s) without an LR partner: {listing(hr_only, _LISTED)}")
         if lr_only:
-            lines.append(f"{len(lr_only)} LR file(s) without an HR partner: {_listing(lr_only)}")
+            lines.append(f"{len(lr_only)} LR file(s) without an HR partner: {listing(lr_only, _LISTED)}")
         if bad:
-            lines.append(f"{len(bad)} misnamed file(s): {_listing(bad)}")
+            lines.append(f"{len(bad)} misnamed file(s): {listing(bad, _LISTED)}")
         if wanted is None:
             unknown = sorted({pair.image_id for pair in self.pairs if pair.camera is None}, key=_natural_key)
             if unknown:
-                lines.append(f"{len(unknown)} image id(s) match no camera pattern: {_listing(unknown)}")
+                lines.append(f"{len(unknown)} image id(s) match no camera pattern: {listing(unknown, _LISTED)}")
         return lines
 
 
@@ -351,7 +347,7 @@ def find_split_dirs(dataroot: str | Path, split: str, scale: int = 4) -> tuple[P
             "dataroot")
     if len(found) > 1:
         raise DatasetError(
-            f"several {split} folders for x{scale} under {root}: {_listing(hr for hr, _ in found)}; "
+            f"several {split} folders for x{scale} under {root}: {listing((hr for hr, _ in found), _LISTED)}; "
             "point 'dataroot' at one of them or set 'dataroot_gt'/'dataroot_lq'", "dataroot")
     return found[0]
 
@@ -513,18 +509,31 @@ def lmdb_paths(lmdb_root: str | Path, split: str, scale: int, camera: str) -> tu
     return folder / f"{camera}_HR.lmdb", folder / f"{camera}_LR.lmdb"
 
 
-def read_lmdb_meta(db: str | Path) -> dict[str, tuple[int, int, int]]:
-    """``{name with extension: (h, w, c)}`` from a basicsr-style ``meta_info.txt`` (``name.png (h,w,c) level``)."""
+def _lmdb_meta_lines(db: str | Path) -> Iterator[tuple[str, str, tuple[int, int, int]]]:
+    """(the line as read, line end included; its name; its (h, w, c)) of each line of a basicsr-style
+    ``meta_info.txt`` (``name.png (h,w,c) level``); any other line is one error naming the file and line."""
     meta = Path(db) / "meta_info.txt"
     if not meta.is_file():
         raise DatasetError(f"LMDB {db} has no meta_info.txt (build it with scripts/index_drealsr.py --lmdb)")
-    shapes = {}
-    for number, line in enumerate(meta.read_text().splitlines(), 1):
-        match = re.fullmatch(r"(\S+) \((\d+),(\d+),(\d+)\)(?: \S+)?", line.strip())
-        if match is None:
-            raise DatasetError(f"{meta}:{number}: expected 'name.png (h,w,c) level', got {line!r}")
-        shapes[match.group(1)] = tuple(int(match.group(i)) for i in (2, 3, 4))
-    return shapes
+    with open(meta) as lines:
+        for number, line in enumerate(lines, 1):
+            match = re.fullmatch(r"(\S+) \((\d+),(\d+),(\d+)\)(?: \S+)?", line.strip())
+            if match is None:
+                shown = line.rstrip("\n")
+                raise DatasetError(f"{meta}:{number}: expected 'name.png (h,w,c) level', got {shown!r}")
+            yield line, match.group(1), (int(match.group(2)), int(match.group(3)), int(match.group(4)))
+
+
+def read_lmdb_meta(db: str | Path) -> dict[str, tuple[int, int, int]]:
+    """``{name with extension: (h, w, c)}`` from a basicsr-style ``meta_info.txt`` (``name.png (h,w,c) level``)."""
+    return {name: shape for _, name, shape in _lmdb_meta_lines(db)}
+
+
+def basicsr_lmdb_meta(db: str | Path) -> dict[str, tuple[int, int, int]]:
+    """:func:`read_lmdb_meta` keyed as BasicSR's ``PairedImageDataset`` keys its LMDB images: each line up to its
+    first dot (in a line without one, the whole line, line end and all: a key no database holds, which BasicSR finds
+    only mid-epoch and the key check names before)."""
+    return {line.split(".")[0]: shape for line, _, shape in _lmdb_meta_lines(db)}
 
 
 def name_stem(name: str) -> str:

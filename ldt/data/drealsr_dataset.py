@@ -27,8 +27,8 @@ from ldt.cli import first_names
 from ldt.compat import patch_basicsr
 from ldt.core.config import describe_errors
 from ldt.data.cameras import (
-    DatasetError, ImagePair, check_orientation, collect_pairs, crop_gt_to_lq, decode_image, no_images, orientation,
-    tolerance_px,
+    DatasetError, ImagePair, basicsr_lmdb_meta, check_orientation, collect_pairs, crop_gt_to_lq, decode_image,
+    no_images, orientation, tolerance_px,
 )
 from ldt.data.options import DRealSRCameraOptions
 
@@ -90,11 +90,9 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
     different.') and, mid-epoch, on a listed key its database lacks (a NoneType traceback). Both are one line here,
     naming the database and the key, before the dataset is built (a folder that is no LMDB at all, not named
     ``*.lmdb`` or without meta_info.txt, is the option check's: ``ldt.sr.options``); a key lookup each. Two
-    meta_info.txt that list nothing are one line too (:func:`no_images`)."""
-    keys = {}
-    for db in (gt_db, lq_db):
-        with open(Path(db) / "meta_info.txt") as lines:  # as BasicSR reads it, line ends and all
-            keys[db] = [line.split(".")[0] for line in lines]
+    meta_info.txt that list nothing are one line too (:func:`no_images`), as is a line that is not BasicSR's
+    writer's (:func:`ldt.data.cameras.basicsr_lmdb_meta`, whose shapes the scale check reads)."""
+    keys = {db: list(basicsr_lmdb_meta(db)) for db in (gt_db, lq_db)}
     if not keys[gt_db] and not keys[lq_db]:
         raise no_images(f"LMDB {gt_db} (its meta_info.txt)", lq_db, "dataroot_gt")
     try:

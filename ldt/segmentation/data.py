@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from ldt.cli import listing
 from ldt.runner import sample_seed, seeded_loader
 from ldt.segmentation.classes import IGNORE_INDEX, MAPILLARY_V12_TO_TRAIN_ID, lookup_table, map_labels
 
@@ -96,11 +97,6 @@ class SegmentationSplit:
     def table(self) -> np.ndarray:
         """Raw label value -> train id (see :func:`ldt.segmentation.classes.lookup_table`)."""
         return lookup_table(self.layout.mapping)
-
-
-def _listing(items: Sequence) -> str:
-    shown = ", ".join(str(item) for item in items[:_LISTED])
-    return shown + (f", ... ({len(items) - _LISTED} more)" if len(items) > _LISTED else "")
 
 
 def _index(folder: Path, suffix: str, nested: bool) -> dict[str, Path]:
@@ -175,7 +171,7 @@ def scan_split(root: str | Path, layout: str, split: str, *, verify: bool = Fals
             )
         else:
             samples.append(Sample(name, images[name], labels[name], image_size))
-    found = [f"{len(paths)} {kind}: {_listing(paths)}" for kind, paths in problems.items() if paths]
+    found = [f"{len(paths)} {kind}: {listing(paths, _LISTED)}" for kind, paths in problems.items() if paths]
     if found:
         raise SegmentationDataError(f"{layout} {split} at {root}: " + "; ".join(found))
     return SegmentationSplit(spec, root, split, tuple(samples))
@@ -276,7 +272,8 @@ def check_label_values(split: SegmentationSplit) -> None:
             bad.append(f"{sample.label} (values {wrong[:10].tolist()})")
     if bad:
         raise SegmentationDataError(f"{split.layout.name} {split.split} at {split.root}: {len(bad)} labels with values "
-                                    f"the layout does not allow: {_listing(bad)} (expected {split.layout.label_help})")
+                                    f"the layout does not allow: {listing(bad, _LISTED)} "
+                                    f"(expected {split.layout.label_help})")
 
 
 def read_label(path: Path, table: np.ndarray, help_text: str = "") -> torch.Tensor:

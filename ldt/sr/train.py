@@ -36,7 +36,7 @@ import ldt.archs  # noqa: E402,F401  (registers archs)
 import ldt.data  # noqa: E402,F401  (registers datasets)
 import ldt.models  # noqa: E402,F401  (registers LDTModel)
 from basicsr.utils import get_root_logger, get_time_str, set_random_seed  # noqa: E402
-from ldt.data.cameras import DatasetError, image_header, read_lmdb_meta, tolerance_px  # noqa: E402
+from ldt.data.cameras import DatasetError, basicsr_lmdb_meta, image_header, tolerance_px  # noqa: E402
 from ldt.models.ldt_model import LDTModel, NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
@@ -293,8 +293,7 @@ def basicsr_pairs(data) -> tuple[list[tuple[str, str]], Callable[[str], tuple[in
     if data.opt["io_backend"]["type"] == "disk":
         return [(entry["gt_path"], entry["lq_path"]) for entry in paths], displayed_size
     gt, lq = data.opt["dataroot_gt"], data.opt["dataroot_lq"]
-    shapes = {f"{db} (key {name.split('.')[0]})": shape[:2]  # BasicSR's key: the name up to its first dot
-              for db in (gt, lq) for name, shape in read_lmdb_meta(db).items()}
+    shapes = {f"{db} (key {key})": shape[:2] for db in (gt, lq) for key, shape in basicsr_lmdb_meta(db).items()}
     return [(f"{gt} (key {entry['gt_path']})", f"{lq} (key {entry['lq_path']})") for entry in paths], shapes.__getitem__
 
 
