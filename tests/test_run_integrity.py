@@ -783,6 +783,38 @@ def test_a_stop_during_the_start_up_checks_stops_before_the_folder_and_the_probe
     assert not [p for p in (tmp_path / "experiments").iterdir() if "archived" in p.name]
 
 
+def test_a_signal_after_the_last_step_finishes_the_run_then_stops_it_and_says_so(data_root, tmp_path, capsys,
+                                                                                monkeypatch):
+    """A SIGTERM during the final save was told 'saving a training state at the next step': there is no next step,
+    no state was saved, and the run exited 0 (a sweep went on to its next stage). The run finishes now, the message
+    says so, and the exit is 128 + the signal as for every stop; a sweep's stage is stamped, so its rerun skips it."""
+    import ldt.sr.train as train_module
+    from ldt.sr.experiment import run_stage
+    from ldt.sr.preemption import Interrupted
+
+    write_results = train_module.write_results
+
+    def signal_then_write(*args, **kwargs) -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return write_results(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "write_results", signal_then_write)
+    code, lines = cli(options(data_root, "last", total_iter=4), tmp_path, capsys)
+    exp = tmp_path / "experiments" / "last"
+    assert code == 128 + signal.SIGTERM
+    assert lines == ["", "SIGTERM: the last iteration is done; finishing the final save, then exiting (send it again "
+                     "to exit at once)", f"stopped by SIGTERM after the last iteration (4): the run finished "
+                     f"({exp / 'results.json'}); nothing to resume"], lines
+    assert json.loads((exp / "results.json").read_text())["iterations"] == 4 and \
+        (exp / "models" / "net_g_latest.pth").is_file()
+    stage = options(data_root, "stage", total_iter=4)
+    with pytest.raises(Interrupted, match=r"^stopped by SIGTERM after the last iteration \(4\): the run finished .*; "
+                                          "rerun the same command to resume it$"):
+        run_stage(stage, tmp_path)
+    monkeypatch.setattr(train_module, "write_results", lambda *a, **k: pytest.fail("a finished stage was retrained"))
+    assert run_stage(stage, tmp_path)["iterations"] == 4  # cached
+
+
 # ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
 def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None,
            hold: int | None = None) -> subprocess.Popen:

@@ -144,12 +144,18 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
             atomic_write_text(started, stage_ids[0] + "\n")
         prepared = prepare_options(opt, is_train=True, source=f"{label} stage {opt['name']}")
         prepared.update(dist=False, rank=0, world_size=1, auto_resume=resume)
+        stopped = None
         try:
             report = train(prepared, root=root)
-        except Interrupted as stopped:
-            raise stopped.resumed_by("rerun the same command to resume it") from None
+        except Interrupted as err:
+            stopped, report = err.resumed_by("rerun the same command to resume it"), {}
+            if err.finished is None:
+                raise stopped from None
+        # stamped also when a signal came after the last step: the stage finished, and a rerun takes it as cached
         report.update(options_hash=digest, weights_fingerprint=fingerprint)
         report_file = read_json_object(stamp)
         report_file.update(options_hash=digest, weights_fingerprint=fingerprint)
         atomic_write_text(stamp, json.dumps(report_file, indent=1))
+        if stopped is not None:
+            raise stopped from None
     return report

@@ -1,7 +1,8 @@
 """Clean stops on SIGTERM / SIGINT: clusters preempt with SIGTERM (SLURM, Kubernetes), users press Ctrl-C.
 
-The first signal asks the training loop to save a training state at the next step boundary and exit; a second one
-exits at once (the default action of the signal: nothing half-written survives, writes are atomic). Under DDP the
+The first signal asks the training loop to save a training state at the next step boundary and exit (after the last
+step there is none: the run finishes its final save, then exits all the same, so a sweep goes no further); a second
+one exits at once (the default action of the signal: nothing half-written survives, writes are atomic). Under DDP the
 ranks agree on the stop (a max all-reduce of the flag each step), so they save the same iteration and leave together.
 """
 
@@ -20,21 +21,27 @@ from ldt.cli import stop_handler
 
 class Interrupted(Exception):
     """Training stopped on a signal; ``state`` is the training state to resume from (None: start afresh), ``saved``
-    whether the stop wrote it (a stop during the warm-up or the probe has nothing new to save)."""
+    whether the stop wrote it (a stop during the warm-up or the probe has nothing new to save), ``finished`` the
+    results file of a run whose signal came after its last step (it finished first: nothing to resume)."""
 
     def __init__(self, signum: int, iteration: int, state: str | None, saved: bool = True,
-                 resume: str = "resume with --auto_resume") -> None:
+                 resume: str | None = None, finished: str | None = None) -> None:
         name = signal.Signals(signum).name
-        if state is None:
-            where = "before training began, nothing to save (the warm-up and probe run again)"
+        if finished is not None:
+            where = f"after the last iteration ({iteration}): the run finished ({finished}); " \
+                    f"{resume or 'nothing to resume'}"
+        elif state is None:
+            where = f"at iteration {iteration}: before training began, nothing to save (the warm-up and probe run " \
+                    "again)"
         else:
-            where = f"{'saved' if saved else 'nothing new to save; the newest state is'} {state}; {resume}"
-        super().__init__(f"stopped by {name} at iteration {iteration}: {where}")
-        self.signum, self.iteration, self.state, self.saved = signum, iteration, state, saved
+            where = f"at iteration {iteration}: {'saved' if saved else 'nothing new to save; the newest state is'} " \
+                    f"{state}; {resume or 'resume with --auto_resume'}"
+        super().__init__(f"stopped by {name} {where}")
+        self.signum, self.iteration, self.state, self.saved, self.finished = signum, iteration, state, saved, finished
 
     def resumed_by(self, how: str) -> "Interrupted":
         """The same stop, telling how a driver that resumes by itself (the demo, the sweeps) is resumed."""
-        return Interrupted(self.signum, self.iteration, self.state, self.saved, resume=how)
+        return Interrupted(self.signum, self.iteration, self.state, self.saved, resume=how, finished=self.finished)
 
     @property
     def exit_code(self) -> int:
@@ -46,6 +53,7 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.finishing = False
         self._handlers = contextlib.ExitStack()
 
     def __enter__(self) -> "StopOnSignal":
@@ -55,11 +63,18 @@ class StopOnSignal:
     def __exit__(self, *exc) -> None:
         self._handlers.close()
 
+    def finish(self) -> None:
+        """The last step's stop check is past: a signal from now on cannot save at a next step, so it is told that
+        the run finishes its final save first (the training loop stops once it is done)."""
+        self.finishing = True
+
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
             self.signum = signum
-            print(f"\n{signal.Signals(signum).name}: saving a training state at the next step, then exiting "
-                  "(send it again to exit at once)", file=sys.stderr, flush=True)
+            what = "the last iteration is done; finishing the final save" if self.finishing else \
+                "saving a training state at the next step"
+            print(f"\n{signal.Signals(signum).name}: {what}, then exiting (send it again to exit at once)",
+                  file=sys.stderr, flush=True)
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

@@ -494,6 +494,8 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         earlier_seconds = state["extra"].get("train_seconds", 0.0)
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
         state = None  # the model holds its own copies now; do not keep the file's tensors through training
+    if current_iter >= total_iter:
+        stop.finish()  # resumed at the end: no step left to save a state at
 
     def validate_and_select(iteration: int, best: dict) -> tuple[dict, tuple[int, MetricTable]]:
         """Validate the deployed network, record it in the history, and save it if it is the best so far."""
@@ -546,6 +548,8 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                 if rank0 and val_loaders and (current_iter % val_freq == 0 or current_iter == total_iter):
                     best, last_validated = validate_and_select(current_iter, best)
                 signum = stop.requested()
+                if current_iter >= total_iter:
+                    stop.finish()  # the last stop check is past: a later signal lets the final save finish first
                 if current_iter % save_freq == 0 or signum:
                     try:
                         last_state = model.save(epoch, current_iter, position, extra={
@@ -583,6 +587,10 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         tb_logger.close()
     if dist.is_initialized():
         dist.barrier()  # ranks leave together: a peer tearing down while rank 0 still writes can abort it (gloo)
+    signum = stop.requested()
+    if signum:  # it came after the last step, so the run finished; it still stops the caller (a sweep goes no further)
+        raise Interrupted(signum, current_iter, last_state,
+                          finished=str(Path(opt["path"]["experiments_root"]) / "results.json"))
     return report
 
 
