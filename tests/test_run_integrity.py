@@ -514,6 +514,85 @@ def test_a_broken_symlink_or_a_folder_where_a_file_goes_is_said_in_words(data_ro
         log.to_file(best)
 
 
+def tensorboard_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if type(t).__module__.startswith("tensorboard.")]
+
+
+def test_a_tensorboard_log_whose_disk_fills_mid_run_is_one_warning_and_training_goes_on(data_root, disk, tmp_path,
+                                                                                       capsys, monkeypatch):
+    """SummaryWriter writes in a thread of its own: a full disk failed that thread (a thread traceback) and the next
+    add_scalar raised its OSError, a traceback that ended the run. The curves are a view (the validation history is
+    in the states and results.json); the run goes on, its checkpoints stop it if the disk stays full. The writer is
+    closed on every way out (it was left running when a run stopped)."""
+    import threading
+
+    from ldt.models.ldt_model import LDTModel
+
+    unhandled: list = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)  # a thread's traceback would land here
+    step, filler, page = LDTModel.optimize_parameters, disk / "filler", os.sysconf("SC_PAGE_SIZE")
+    filled_at: list[int] = []
+
+    def fill_as_the_curves_need_a_page(self, current_iter: int) -> None:
+        """Another job's output fills the disk, and is gone once the writer's thread has met it. A file's last page
+        takes writes on a full disk: it is filled when this step's curve points need a new page."""
+        (events,) = (disk / "tb_logger" / "curves").glob("events.out.tfevents.*")
+        if not filled_at and -events.stat().st_size % page < 256:
+            fill(disk)
+            filled_at.append(current_iter)
+        elif filler.exists() and not tensorboard_threads():
+            filler.unlink()
+        step(self, current_iter)
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", fill_as_the_curves_need_a_page)
+    opt = options(data_root, "curves", total_iter=60)
+    opt["val"]["val_freq"] = opt["logger"]["save_checkpoint_freq"] = 60
+    opt["logger"].update(use_tb_logger=True, print_freq=1)
+    from ldt.sr.train import main
+
+    capsys.readouterr()
+    code = main(["-opt", str(write(opt, tmp_path)), "--root", str(disk)])
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "TensorBoard" in line]
+    assert code == 0 and len(warnings) == 1 and not unhandled and "Traceback" not in err, err[-3000:]
+    assert "WARNING: the TensorBoard log stopped at iteration " in warnings[0] and warnings[0].endswith(
+        f": cannot write in {disk / 'tb_logger' / 'curves'}: no space left on device; training goes on (the "
+        "validation history is kept in the training states and results.json)"), warnings
+    assert filled_at and not filler.exists(), filled_at  # the disk filled mid-run, and was freed before the end
+    results = json.loads((disk / "experiments" / "curves" / "results.json").read_text())
+    assert results["iterations"] == 60 and [h["iter"] for h in results["history"]] == [60]
+    assert threading.excepthook == unhandled.append and not tensorboard_threads()
+
+    def stop_at_2(self, current_iter: int) -> None:
+        step(self, current_iter)
+        if current_iter == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", stop_at_2)
+    opt["train"]["total_iter"] = 6
+    assert cli(opt, disk, capsys)[0] == 128 + signal.SIGTERM
+    assert not tensorboard_threads()  # closed, its events written
+
+
+def test_each_run_warns_on_the_stderr_it_has(tmp_path):
+    """BasicSR's console handler keeps the sys.stderr of the process's first run: in a process whose stderr was
+    redirected since (pytest's capture of an earlier test, contextlib.redirect_stderr), a run's warnings went to the
+    old stream, and were lost."""
+    import contextlib
+    import io
+
+    from ldt.sr.train import RunLog
+
+    first, now = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(first), RunLog(True):
+        pass  # BasicSR's logger is set up here, if no earlier run did
+    with contextlib.redirect_stderr(now), RunLog(True) as log:
+        log.logger.warning("disk nearly full")
+    assert now.getvalue().endswith("WARNING: disk nearly full\n") and "disk nearly full" not in first.getvalue()
+
+
 def test_a_resume_into_a_read_only_folder_fails_before_training(data_root, disk, tmp_path, capsys):
     from ldt.sr.train import main
 

@@ -16,6 +16,7 @@ from logging.handlers import MemoryHandler
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -247,9 +248,13 @@ class RunLog:
         self.logger = get_root_logger(logger_name="basicsr")
         self.level = self.logger.level
         self.logger.setLevel(logging.INFO if rank0 else logging.ERROR)
-        self.consoles = {h: h.level for h in self.logger.handlers if type(h) is logging.StreamHandler}
+        self.consoles = {h: (h.level, h.stream) for h in self.logger.handlers if type(h) is logging.StreamHandler}
         for console in self.consoles:
             console.setLevel(logging.WARNING)
+            # BasicSR's console keeps the sys.stderr of the process's first run: this run's warnings go to the one the
+            # caller has now (one redirected since, by contextlib.redirect_stderr or pytest, lost them). Assigned, not
+            # setStream: that flushes the old stream, which may be closed.
+            console.stream = sys.stderr
         self.file: logging.FileHandler | None = None
         self.buffer = MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1) if rank0 else None
         if self.buffer is not None:
@@ -271,8 +276,9 @@ class RunLog:
 
     def __exit__(self, *exc) -> None:
         self.logger.setLevel(self.level)
-        for console, level in self.consoles.items():
+        for console, (level, stream) in self.consoles.items():
             console.setLevel(level)
+            console.stream = stream
         for handler in (self.buffer, self.file):
             if handler is not None:
                 self.logger.removeHandler(handler)
@@ -280,6 +286,59 @@ class RunLog:
                 # to report, not this one (logging.raiseExceptions = False covers the lines, not the close).
                 with contextlib.suppress(OSError):
                     handler.close()
+
+
+class TensorBoardLog:
+    """TensorBoard curves of a run (``add_scalar``) that a disk filling mid-run stops with one warning, not the
+    run: the writer's thread failed and the next ``add_scalar`` raised its ``OSError``, with a thread traceback.
+
+    Why training goes on: the curves are a view; the validation history is kept in every training state and in
+    results.json, and a full disk stops the run at its next checkpoint anyway, in one line with the previous state
+    intact (a disk freed meanwhile loses only the rest of the curves, not hours of training)."""
+
+    def __init__(self, folder: Path, logger: logging.Logger) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder, self.logger = check_room(folder), logger  # a full disk at the start: refused before any work
+        self.writer: SummaryWriter | None = SummaryWriter(log_dir=str(folder))
+        self.step = 0  # the iteration of the last curve point
+        self._hook = threading.excepthook  # set once the writer is made (its thread writes only what is added)
+        threading.excepthook = self._quiet_writer_thread
+
+    def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
+        """The writer thread's failure is said once, by :meth:`add_scalar`; other threads' go to the usual hook."""
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard.")):
+            self._hook(args)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.step = step
+            self._write(self.writer.add_scalar, tag, value, step)
+
+    def _write(self, write: Callable[..., None], *args) -> None:
+        """``write`` (an ``add_scalar``, the last flush), the writer closed with one warning if its thread failed."""
+        try:
+            write(*args)
+        except OSError as err:
+            self.logger.warning(f"the TensorBoard log stopped at iteration {self.step}: cannot write in {self.folder}: "
+                                f"{disk_reason(err, self.folder)}; training goes on (the validation history is kept "
+                                "in the training states and results.json)")
+            self._close()
+
+    def _close(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            with contextlib.suppress(OSError):  # its last events cannot be flushed to a full disk
+                writer.close()
+
+    def __enter__(self) -> "TensorBoardLog":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None and self.writer is not None:
+            self._write(self.writer.flush)  # the thread's failure on the last points is said too, not lost silently
+        self._close()
+        threading.excepthook = self._hook
 
 
 def basicsr_pairs(data) -> tuple[list[tuple[str, str]], Callable[[str], tuple[int, int]]] | None:
@@ -455,10 +514,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     set_random_seed(opt["manual_seed"] + opt["rank"])
     tb_logger = None
     if rank0 and opt["logger"]["use_tb_logger"]:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb_dir = check_room(root / "tb_logger" / opt["name"])  # its writer fails in a thread of its own
-        tb_logger = SummaryWriter(log_dir=str(tb_dir))
+        tb_logger = held.enter_context(TensorBoardLog(root / "tb_logger" / opt["name"], logger))
 
     select_name, best_tag = selection_set(opt, val_loaders) if rank0 else (None, "")
     psnr = selection_metric(opt)
@@ -583,8 +639,6 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         report["metrics"] = table.to_dict()
         logger.info(f"Training done in {seconds:.1f} s\n{markdown}")
         print(markdown, flush=True)
-    if tb_logger is not None:
-        tb_logger.close()
     if dist.is_initialized():
         dist.barrier()  # ranks leave together: a peer tearing down while rank 0 still writes can abort it (gloo)
     signum = stop.requested()
