@@ -80,13 +80,13 @@ def method_config(method: str, *, criterion: str, unstable_ratio: float, seed: i
                   warmup_steps: int, warmup_lr: float, interval: int, ema_weight: float,
                   head_patterns: Sequence[str] | None = None) -> MethodConfig:
     """The registry method's options from a runner's flags; a method without a warm-up gets none. A bad value is a
-    ``ValueError`` of one line that names the flag."""
-    steps = warmup_steps if method_class(method).warmup_rule != "never" else 0
+    ``ValueError`` of one line that names the flag; every value is checked as given, whichever the method (a
+    negative ``--warmup-steps`` with ``--methods ft`` alone is refused too, not dropped unseen)."""
     try:
-        return MethodConfig.model_validate({
+        options = MethodConfig.model_validate({
             "method": method, "criterion": criterion, "unstable_ratio": unstable_ratio, "seed": seed,
             "head_patterns": list(head_patterns) if head_patterns is not None else None,
-            "probe": {"num_batches": probe_batches}, "warmup": {"steps": steps, "lr": warmup_lr},
+            "probe": {"num_batches": probe_batches}, "warmup": {"steps": warmup_steps, "lr": warmup_lr},
             "exchange": {"interval": interval, "weight": ema_weight},
         })
     except ValidationError as err:
@@ -95,6 +95,9 @@ def method_config(method: str, *, criterion: str, unstable_ratio: float, seed: i
             where, sep, message = line.partition(": ")
             lines.append(f"{option_flag(where) if sep else where}{sep}{message}")
         raise ValueError("; ".join(lines)) from None
+    if method_class(method).warmup_rule == "never":
+        options = options.model_copy(update={"warmup": options.warmup.model_copy(update={"steps": 0})})
+    return options
 
 
 def check_method(config: "RunnerConfig", build: Callable[[], nn.Module],

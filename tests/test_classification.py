@@ -688,7 +688,8 @@ def test_test_domain_groups_are_sorted_and_trained_once(capsys):
     (["--seeds", "-1"], "must be non-negative"), (["--seeds", "3000000000"], "must be <= 2147483647"),
     (["--eval-every", "0"], "must be positive"), (["--holdout-fraction", "1"], "must be in (0, 1)"),
     (["--batch-size", "0"], "must be positive"), (["--probe-batches", "0"], "must be > 0"),
-    (["--warmup-steps", "-1"], "must be >= 0"), (["--warmup-lr", "0"], "must be > 0"),
+    (["--warmup-steps", "-1"], "must be >= 0"), (["--warmup-steps", "-1", "--methods", "ft"], "must be >= 0"),
+    (["--warmup-lr", "0"], "must be > 0"),
     (["--ema-weight", "1"], "must be < 1"), (["--interval", "0"], "must be > 0"),
     (["--unstable-ratio", "1"], "must be < 1"),
 ])

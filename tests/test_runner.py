@@ -41,9 +41,12 @@ def test_method_config_maps_flags_and_drops_the_warmup_of_methods_that_never_war
     ("interval", 0, "--interval"), ("unstable_ratio", 1.5, "--unstable-ratio"), ("warmup_lr", -1.0, "--warmup-lr"),
     ("warmup_steps", -1, "--warmup-steps"), ("seed", 2**31, "--seeds"),
 ])
-def test_a_bad_flag_is_one_line_naming_that_flag(field, value, flag):
+@pytest.mark.parametrize("method", ["ldt_fixed", "ft"])
+def test_a_bad_flag_is_one_line_naming_that_flag(field, value, flag, method):
+    """Also for ``ft``, which never warms up: a range does not depend on the methods run (``--warmup-steps -1``
+    passed with ``--methods ft`` and failed once ``lpft`` was added to the same command)."""
     with pytest.raises(ValueError) as caught:
-        runner.method_config("ldt_fixed", **{**FLAGS, field: value})
+        runner.method_config(method, **{**FLAGS, field: value})
     message = str(caught.value)
     assert "\n" not in message and message.startswith(flag + ": "), message
 
