@@ -591,6 +591,20 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
         assert err.count("\n") == 1 and err.startswith(f"error: {flag}"), err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--data", ""], "argument --data: an empty path"),
+])
+def test_flags_refused_when_parsed(monkeypatch, capsys, argv, message):
+    """An empty --data scanned the current folder; these are refused as parsed: one line naming the flag, before
+    the demo data is built or pre-trained, or any dataset scanned."""
+    for name in ("build_toy_domains", "pretrain_tiny", "scan_domains"):
+        monkeypatch.setattr(f"ldt.classification.__main__.{name}", lambda *a, **k: pytest.fail("nothing may start"))
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--no-progress"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
 def test_a_method_that_cannot_run_with_the_options_is_one_line_before_any_run(toy, tmp_path, monkeypatch, capsys):
     """lpft without its warm-up failed inside its own run, after the runs before it had trained (and, in the demo,
     after the data build and the pre-training): the method's own check now runs on the plan, on the meta device."""

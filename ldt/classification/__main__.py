@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m ldt.classification", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")
-    parser.add_argument("--data", help=f"dataset root, DomainBed layout root/<domain>/<class>/<image> (default: build {DEFAULT_ROOT})")
+    parser.add_argument("--data", type=path_flag, help=f"dataset root, DomainBed layout root/<domain>/<class>/<image> (default: build {DEFAULT_ROOT})")
     parser.add_argument("--out", type=path_flag, help="records and tables (default: results/classification/<dataset name>)")
     parser.add_argument(runner.field_flag("method"), nargs="+", action=OnceList, choices=METHODS, default=list(METHODS))
     parser.add_argument(runner.field_flag("backbone"), nargs="+", action=OnceList, choices=BACKBONES, default=["tiny"])
@@ -116,7 +116,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     hyper = {name: getattr(args, name) for name in HYPER}
     configs = [
         RunConfig(
-            data=args.data, test_domains=group, method=method, backbone=backbone, weights=weights.get(backbone),
+            data=str(args.data), test_domains=group, method=method, backbone=backbone, weights=weights.get(backbone),
             seed=seed, criterion=args.criterion, augment=args.augment, **hyper,
         )
         for seed in args.seeds
@@ -155,7 +155,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     the plan."""
     check_options(args)
     if args.data is None:
-        args.data = str(build_toy_domains(DEFAULT_ROOT))
+        args.data = build_toy_domains(DEFAULT_ROOT)
         demo_weights(args)
     return plan(args)
 
