@@ -593,9 +593,12 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
 
 @pytest.mark.parametrize("argv, message", [
     (["--data", ""], "argument --data: an empty path"),
+    (["--pretrain-steps", "0"], "error: --pretrain-steps: must be a positive integer, got 0"),
+    (["--pretrain-steps", "-5", "--no-pretrain"], "error: --pretrain-steps: must be a positive integer, got -5"),
 ])
 def test_flags_refused_when_parsed(monkeypatch, capsys, argv, message):
-    """An empty --data scanned the current folder; these are refused as parsed: one line naming the flag, before
+    """An empty --data scanned the current folder, --pretrain-steps 0 was refused after the demo data was built, in a
+    line naming no flag ('pre-training steps must be positive'); these are refused as parsed: one line naming the flag, before
     the demo data is built or pre-trained, or any dataset scanned."""
     for name in ("build_toy_domains", "pretrain_tiny", "scan_domains"):
         monkeypatch.setattr(f"ldt.classification.__main__.{name}", lambda *a, **k: pytest.fail("nothing may start"))

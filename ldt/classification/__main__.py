@@ -8,7 +8,7 @@ interrupted sweep resumes where it stopped; the table is rewritten from all reco
 
 from __future__ import annotations
 
-from ldt.cli import OnceList, OneLineParser, path_flag, starting
+from ldt.cli import OnceList, OneLineParser, check_args, path_flag, positive, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pretrain", dest="pretrain", action="store_false",
                         help="without --data: fine-tune tiny from random init, not from the generated pre-training (cached)")
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig.steps,
-                        help=f"without --data: steps of the tiny backbone's pre-training [{PretrainConfig.steps}]")
+                        help=f"without --data: steps of the tiny backbone's pre-training (--no-pretrain for none) "
+                             f"[{PretrainConfig.steps}]")
     parser.add_argument(runner.field_flag("seed"), nargs="+", action=OnceList, type=int, default=[0, 1, 2])
     parser.add_argument("--test-domains", nargs="+", action=OnceList, metavar="DOMAIN[+DOMAIN]", help="left-out domain(s) of each run (default: each domain)")
     parser.add_argument(runner.field_flag("criterion"), choices=CRITERIA, default="var",
@@ -69,7 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         shown = "" if defaults[name] is None else f" [{defaults[name]}]"
         parser.add_argument(runner.field_flag(name), type=kind, default=defaults[name], help=text + shown)
     runner.add_runtime_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Flags no run configuration checks, refused as read whatever else is given: 0 pre-training steps would cache
+    # a random network as 'pre-trained' (--no-pretrain is random init, said as such).
+    check_args(parser, args, pretrain_steps=positive)
+    return args
 
 
 def weights_by_backbone(entries: list[str], backbones: list[str]) -> dict[str, str]:
