@@ -518,9 +518,9 @@ def test_dataset_errors_name_the_path(toy, tmp_path):
     with pytest.raises(DatasetError, match="domain 'B' has no images"):
         scan_domains(root)
     dataset = scan_domains(toy)
-    with pytest.raises(DatasetError, match=r"\['sketch'\] not in .*domains: \['cast', 'faded', 'noisy', 'photo'\]"):
+    with pytest.raises(DatasetError, match=r"'sketch' is not a domain of .*domains: cast, faded, noisy, photo\)"):
         dataset.check_test_domains(["sketch"])
-    with pytest.raises(DatasetError, match="leave no training domain"):
+    with pytest.raises(DatasetError, match="leaves no training domain"):
         dataset.check_test_domains(list(DOMAINS))
     with pytest.raises(DatasetError, match="distinct"):
         dataset.check_test_domains(["photo", "photo"])
@@ -553,7 +553,7 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
     out = ["--out", str(tmp_path / "out"), "--no-progress"]
     cases = [
         (["--data", str(tmp_path / "missing")], "missing does not exist"),
-        (["--data", str(toy), "--test-domains", "photo", "sketch"], "['sketch'] not in"),
+        (["--data", str(toy), "--test-domains", "photo", "sketch"], "'sketch' is not a domain of"),
         (["--data", str(toy), "--steps", "0"], "--steps must be positive"),
         (["--data", str(toy), "--holdout-fraction", "0"], "--holdout-fraction must be in (0, 1)"),
         (["--data", str(toy), "--weights", "a.pth", "b.pth"], "BACKBONE=FILE"),
@@ -606,6 +606,24 @@ def test_flags_refused_when_parsed(monkeypatch, capsys, argv, message):
         main([*argv, "--no-progress"])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("entries, message", [
+    (["nope"], "--test-domains: 'nope' is not a domain of {root} (domains: cast, faded, noisy, photo)"),
+    (["photo+"], "--test-domains: '' is not a domain of {root} (domains: cast, faded, noisy, photo)"),
+    (["cast+faded+noisy+photo"], "--test-domains: cast+faded+noisy+photo leaves no training domain in {root}"),
+])
+@pytest.mark.parametrize("demo", [True, False])
+def test_unknown_test_domains_are_refused_at_start_up(toy, tmp_path, monkeypatch, capsys, entries, message, demo):
+    """--test-domains nope was refused only after the data was built and the backbone pre-trained (or, with --data,
+    after every image's header was read): the domains are the data folder's listing (the demo's are known before it
+    is built), so it is now one line naming the flag and the domains before anything else."""
+    for name in ("build_toy_domains", "pretrain_tiny", "scan_domains", "run"):
+        monkeypatch.setattr(f"ldt.classification.__main__.{name}", lambda *a, **k: pytest.fail("nothing may start"))
+    data = [] if demo else ["--data", str(toy)]
+    root = main_module.DEFAULT_ROOT if demo else toy
+    assert main([*data, "--test-domains", *entries, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(root=root)}\n"
 
 
 def test_a_method_that_cannot_run_with_the_options_is_one_line_before_any_run(toy, tmp_path, monkeypatch, capsys):

@@ -47,16 +47,38 @@ class DomainDataset:
 
     def check_test_domains(self, test_domains: Sequence[str]) -> None:
         """Raise unless ``test_domains`` are distinct domains of the dataset and leave one to train on."""
-        unknown = [d for d in test_domains if d not in self.domains]
-        if unknown:
-            raise DatasetError(f"test domain(s) {unknown} not in {self.root} (domains: {self.domains})")
-        if not test_domains or len(set(test_domains)) != len(test_domains):
-            raise DatasetError(f"test domains must be a non-empty list of distinct domains, got {list(test_domains)}")
-        if len(set(test_domains)) >= len(self.domains):
-            raise DatasetError(f"test domains {list(test_domains)} leave no training domain in {self.root}")
+        problem = test_domains_problem(test_domains, self.domains, self.root)
+        if problem:
+            raise DatasetError(f"test domains: {problem}")
 
     def train_domains(self, test_domains: Sequence[str]) -> list[str]:
         return [d for d in self.domains if d not in test_domains]
+
+
+def test_domains_problem(test_domains: Sequence[str], domains: Sequence[str], root: Path) -> str | None:
+    """Why ``test_domains`` cannot be left out of ``root``'s ``domains`` (one unknown, repeated, or none left to
+    train on), or None; shared by the sweep's start-up check (on the folder listing alone) and every run."""
+    unknown = [d for d in test_domains if d not in domains]
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        return f"{names} {'is not a domain' if len(unknown) == 1 else 'are not domains'} of {root} (domains: " \
+               f"{', '.join(sorted(domains))})"
+    if not test_domains or len(set(test_domains)) != len(test_domains):
+        return f"must be a non-empty list of distinct domains, got {'+'.join(test_domains)}"
+    if len(test_domains) >= len(domains):
+        return f"{'+'.join(test_domains)} leaves no training domain in {root}"
+    return None
+
+
+def domain_folders(root: Path) -> list[Path]:
+    """The domain folders of ``root`` (sorted; hidden ones skipped), at least two: a folder listing, no image read,
+    so the left-out domains can be checked before anything else."""
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a directory")
+    found = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(found) < 2:
+        raise DatasetError(f"{root} needs at least two domain folders (root/<domain>/<class>/<image>), found {len(found)}")
+    return found
 
 
 def check_class_sets(files: dict[str, dict[str, list[str]]]) -> list[str]:
@@ -95,13 +117,8 @@ def scan_domains(root: str | Path, check_files: bool = True) -> DomainDataset:
     """Index ``root/<domain>/<class>/<image>``; errors name the missing root, the domain without images or a class,
     and (``check_files``) every unreadable image file."""
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset root {root} does not exist or is not a directory")
-    domain_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(domain_dirs) < 2:
-        raise DatasetError(f"{root} needs at least two domain folders (root/<domain>/<class>/<image>), found {len(domain_dirs)}")
     files: dict[str, dict[str, list[str]]] = {}
-    for domain_dir in domain_dirs:
+    for domain_dir in domain_folders(root):
         per_class = {
             class_dir.name: sorted(
                 str(f) for f in class_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
