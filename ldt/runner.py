@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
-from ldt.cli import (STOP_SIGNALS, device_problem, flag, original_error, require_output_dir, show_traceback,
-                     stop_handler)
+from ldt.cli import (STOP_SIGNALS, device_problem, flag, not_a_file, original_error, require_output_dir,
+                     show_traceback, stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import describe_errors
 from ldt.core.probe import LossFn
@@ -698,14 +698,35 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
         return 128 + stopped.signum
 
 
+def collect_problem(folder: Path) -> str | None:
+    """Why ``--collect folder`` names no records file to tabulate (a file for the folder, the records file itself,
+    nothing there), or None: said as such, not as 'no records in FILE/results.jsonl', a path that cannot exist."""
+    records = folder / RESULTS_FILE
+    if not folder.exists():
+        return f"no records: {folder} does not exist"
+    if not folder.is_dir():
+        return (f"{folder} is the records file itself: give its folder, {folder.parent}" if folder.name == RESULTS_FILE
+                else f"{folder} is a file, not a results folder (the folder holding {RESULTS_FILE})")
+    kind = not_a_file(records)
+    if kind:
+        return f"{records} is {kind}"
+    if not records.exists():
+        return f"no records: {folder} holds no {RESULTS_FILE} (not a results folder?)"
+    return None
+
+
 def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfig]]], run: Callable[..., dict],
           tabulate: Callable[[Path], str]) -> int:
     if args.collect:
+        folder = Path(args.collect)
+        problem = collect_problem(folder)
         try:
-            print(tabulate(Path(args.collect)))
+            if problem:
+                raise FileNotFoundError(problem)
+            print(tabulate(folder))
         except (FileNotFoundError, DiskError) as err:
             show_traceback(err)
-            print(f"error: {one_line(err)}", file=sys.stderr)
+            print(f"error: --collect {folder}: {one_line(err)}", file=sys.stderr)
             return 2
         return 0
     try:

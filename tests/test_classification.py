@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -624,6 +625,32 @@ def test_unknown_test_domains_are_refused_at_start_up(toy, tmp_path, monkeypatch
     root = main_module.DEFAULT_ROOT if demo else toy
     assert main([*data, "--test-domains", *entries, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert capsys.readouterr().err == f"error: {message.format(root=root)}\n"
+
+
+@pytest.mark.parametrize("given, problem", [
+    ("notes.txt", "{given} is a file, not a results folder (the folder holding results.jsonl)"),
+    ("sweep/results.jsonl", "{given} is the records file itself: give its folder, {tmp}/sweep"),
+    ("missing", "no records: {given} does not exist"),
+    ("empty", "no records: {given} holds no results.jsonl (not a results folder?)"),
+    ("odd", "{given}/results.jsonl is a folder, not a file"),
+    ("garbage", "no records in {given}/results.jsonl: nothing to tabulate"),
+])
+def test_collect_of_what_is_no_results_folder_is_one_line_naming_the_flag(tmp_path, capsys, given, problem):
+    """--collect FILE said 'no records in FILE/results.jsonl' (a path that cannot exist), a results.jsonl that is a
+    folder said to 'give another --out', and none named --collect."""
+    (tmp_path / "notes.txt").write_text("a note\n")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / RESULTS).write_text(json.dumps(hand_record("ft", "C", 0, 0.5)) + "\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "odd" / RESULTS).mkdir(parents=True)
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / RESULTS).write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    path = tmp_path / given
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the garbage's lines are each said as a warning
+        assert main(["--collect", str(path)]) == 2
+    expected = problem.format(given=path, tmp=tmp_path)
+    assert capsys.readouterr().err == f"error: --collect {path}: {expected}\n"
 
 
 def test_a_method_that_cannot_run_with_the_options_is_one_line_before_any_run(toy, tmp_path, monkeypatch, capsys):

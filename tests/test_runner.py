@@ -101,8 +101,9 @@ def test_collect_without_records_is_one_line_and_exit_2(tmp_path, capsys):
     def tabulate(folder):
         raise FileNotFoundError(f"no records in {folder}")
 
+    (tmp_path / "results.jsonl").touch()
     assert runner.main(Namespace(collect=str(tmp_path)), lambda: None, lambda *a, **k: {}, tabulate) == 2
-    assert capsys.readouterr().err == f"error: no records in {tmp_path}\n"
+    assert capsys.readouterr().err == f"error: --collect {tmp_path}: no records in {tmp_path}\n"
 
 
 def test_a_bad_plan_is_one_line_and_exit_2_before_any_run(capsys):
