@@ -38,7 +38,7 @@ from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable,
 from ldt.cli import (STOP_SIGNALS, device_problem, flag, not_a_file, original_error, require_output_dir,
                      show_traceback, stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
-from ldt.core.config import describe_errors
+from ldt.core.config import MAX_SEED, describe_errors
 from ldt.core.probe import LossFn
 from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_recipes, earlier_run_hash, identity_path,
                        run_hash, run_pending, stale_weights, sweep_lock)
@@ -156,10 +156,15 @@ def check_workers(workers: int | None) -> int | None:
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
-    """``--seeds``: non-negative integers (numpy's seeded splits refuse negative ones, mid-sweep)."""
+    """``--seeds``: non-negative integers (numpy's seeded splits refuse negative ones, mid-sweep) up to the core's
+    :data:`ldt.core.config.MAX_SEED`, checked with the other flags (each run's options check it only once the demo
+    has built its data and pre-trained)."""
     negative = [seed for seed in seeds if seed < 0]
     if negative:
         raise ValueError(f"--seeds must be non-negative integers, got {' '.join(map(str, negative))}")
+    huge = [seed for seed in seeds if seed > MAX_SEED]
+    if huge:
+        raise ValueError(f"--seeds: must be <= {MAX_SEED}, got {' '.join(map(str, huge))}")
 
 
 def unique(flag: str, values: Sequence) -> list:

@@ -586,7 +586,7 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
     monkeypatch.setattr("ldt.classification.__main__.build_toy_domains", no_run)
     monkeypatch.setattr("ldt.classification.__main__.pretrain_tiny", no_run)
     for flag, value in [("--probe-batches", "0"), ("--ema-weight", "2"), ("--ema-weight", "1"), ("--steps", "0"),
-                        ("--holdout-fraction", "2")]:
+                        ("--holdout-fraction", "2"), ("--seeds", "3000000000")]:
         assert main([flag, value] + out) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"error: {flag}"), err

@@ -68,7 +68,8 @@ def _not_empty(path: str) -> str:
 PathText = Annotated[str, AfterValidator(_not_empty)]
 """A file or folder option. An empty one (``--force_yml path:pretrain_network_g=$W`` with ``W`` unset) is an error:
 to pathlib it is the current folder, which exists, and to a ``pretrain_network_g`` check it was no weights at all."""
-Seed = Annotated[Int, Field(ge=0, le=2**31 - 1)]
+MAX_SEED = 2**31 - 1
+Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
 """A seed numpy, torch and ``random`` all take, with room for the per-rank and per-worker offsets BasicSR adds
 (numpy takes seeds below 2**32 only)."""
 
