@@ -627,6 +627,16 @@ def test_unknown_test_domains_are_refused_at_start_up(toy, tmp_path, monkeypatch
     assert capsys.readouterr().err == f"error: {message.format(root=root)}\n"
 
 
+def test_a_data_folder_that_is_no_dataset_names_data(tmp_path, monkeypatch, capsys):
+    """A missing --data folder, or one with fewer than two domain folders, is one line naming --data, from its listing."""
+    monkeypatch.setattr("ldt.classification.__main__.scan_domains", lambda *a, **k: pytest.fail("listing only"))
+    (tmp_path / "one" / "photo").mkdir(parents=True)
+    for given, problem in (("missing", "does not exist or is not a directory"), ("one", "needs at least two domain")):
+        assert main(["--data", str(tmp_path / given), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --data: ") and problem in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("given, problem", [
     ("notes.txt", "{given} is a file, not a results folder (the folder holding results.jsonl)"),
     ("sweep/results.jsonl", "{given} is the records file itself: give its folder, {tmp}/sweep"),

@@ -17,7 +17,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from pathlib import Path
 
     from ldt import runner
-    from ldt.classification.data import domain_folders, scan_domains, split_holdout, test_domains_problem
+    from ldt.classification.data import DatasetError, domain_folders, scan_domains, split_holdout, test_domains_problem
     from ldt.classification.models import BACKBONES, build_model, head_patterns
     from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
     from ldt.classification.records import write_tables
@@ -114,7 +114,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     """Check everything that can be checked cheaply, then list the sweep's runs (seed-major, so a partial sweep
     already has complete seeds)."""
     dataset = scan_domains(args.data)
-    groups = left_out_groups(args.test_domains, dataset.domains)  # checked at start-up (check_test_domains)
+    groups = left_out_groups(args.test_domains, dataset.domains)  # checked at start-up (check_domains)
     weights = weights_by_backbone(args.weights, args.backbones)
     hyper = {name: getattr(args, name) for name in HYPER}
     configs = [
@@ -136,13 +136,19 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     return Path(args.out or Path("results/classification") / dataset.name), configs
 
 
-def check_test_domains(args: argparse.Namespace) -> None:
-    """``--test-domains`` against the domains: the data folder's listing (no image read), or the demo's domains
-    before it is built. Repeats are dropped here, once."""
+def check_domains(args: argparse.Namespace) -> None:
+    """``--data``'s domain folders (a listing, no image read) and ``--test-domains`` against them, or against the
+    demo's domains before it is built. Repeated test domains are dropped here, once."""
+    if args.data is None:
+        root, domains = DEFAULT_ROOT, list(DOMAINS)
+    else:
+        root = args.data
+        try:
+            domains = [folder.name for folder in domain_folders(root)]
+        except DatasetError as err:
+            raise ValueError(f"--data: {err}") from None
     if not args.test_domains:
         return
-    root = DEFAULT_ROOT if args.data is None else args.data
-    domains = list(DOMAINS) if args.data is None else [folder.name for folder in domain_folders(root)]
     groups = left_out_groups(args.test_domains, domains)
     for group in groups:
         problem = test_domains_problem(group, domains, root)
@@ -154,9 +160,9 @@ def check_test_domains(args: argparse.Namespace) -> None:
 def check_options(args: argparse.Namespace) -> None:
     """Every method and hyper-parameter flag, checked as the runs will be built (no data read), and every method
     against its options and network (:func:`ldt.runner.check_method`), and the left-out domains
-    (:func:`check_test_domains`): before the demo builds its data or pre-trains, a bad flag is already one line."""
+    (:func:`check_domains`): before the demo builds its data or pre-trains, a bad flag is already one line."""
     runner.check_seeds(args.seeds)
-    check_test_domains(args)
+    check_domains(args)
     for flag in ("seeds", "methods", "backbones"):
         setattr(args, flag, runner.unique(f"--{flag}", getattr(args, flag)))
     hyper = {name: getattr(args, name) for name in HYPER}
