@@ -151,7 +151,7 @@ class Records:
             raise DiskError(f"cannot read the records {self.path}: it is {kind}; move it away, or give another --out")
         if not self.path.is_file():
             return []
-        records = []
+        records, broken = [], []
         for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -162,8 +162,15 @@ class Records:
             if isinstance(record, dict) and isinstance(record.get("options_hash"), str):
                 records.append((number, record))
             else:
-                warnings.warn(f"{self.path}:{number}: not a complete record (an interrupted write, or edited by "
-                              "hand?); ignored", stacklevel=3)
+                broken.append(number)
+        if len(broken) == 1:
+            warnings.warn(f"{self.path}:{broken[0]}: not a complete record (an interrupted write, or edited by "
+                          "hand?); ignored", stacklevel=3)
+        elif broken:  # one warning, not one per line: a foreign or binary file has thousands of them
+            from ldt.cli import listing
+
+            warnings.warn(f"{self.path}: {len(broken)} lines are not complete records (lines "
+                          f"{listing(broken, 10)}; a foreign file, or edited by hand?); ignored", stacklevel=3)
         return records
 
     def having(self, fields: Sequence[str] | Mapping[str, type | tuple[type, ...]],

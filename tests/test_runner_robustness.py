@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import warnings
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,20 @@ def test_a_record_whose_options_hash_is_not_a_string_is_skipped_with_a_warning(t
     with pytest.warns(UserWarning, match=rf"{path}:1: not a complete record"):
         assert sweep_main(tmp_path, [FakeConfig()]) == 0
         assert [record["options_hash"] for record in Records(path).all()] == [run_hash(FakeConfig().hparams())]
+
+def test_a_foreign_records_file_is_one_warning_not_one_per_line(tmp_path):
+    """A binary or foreign file given as the records (``--collect`` of the wrong folder) warned once per line: a
+    terminal flooded with thousands of two-line warnings before the one-line error. Now one warning counts them."""
+    path = tmp_path / RESULTS_FILE
+    path.write_bytes(b"\n".join(bytes([n % 256]) * 7 + b"garbage" for n in range(1, 500)) + b"\n"
+                     + json.dumps({"options_hash": "a"}).encode() + b"\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Records(path).all() == [{"options_hash": "a"}]
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert f"{path}: " in message and "lines are not complete records" in message and "(lines 1, 2, 3" in message
+
 
 @pytest.mark.parametrize("entries, message", [
     (["tiny=a.pth", "resnet18=r.pth", "tiny=b.pth"], "--weights: tiny=a.pth and tiny=b.pth: one file per backbone"),
