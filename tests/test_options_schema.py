@@ -185,6 +185,22 @@ def test_every_bad_option_is_one_line_naming_file_and_option(case, data_root, tm
     assert not (tmp_path / "experiments").exists()
 
 
+@pytest.mark.parametrize("block, typo", [("datasets", "dataset"), ("datasets", "datsets"), ("network_g", "network"),
+                                         ("network_g", "netwrok_g")])
+def test_a_misspelled_top_level_block_is_one_line_without_knock_on_lines(block, typo, data_root, tmp_path, capsys,
+                                                                         nothing_built):
+    """A misspelled ``datasets`` / ``network_g`` is one problem: no 'missing' line for the block the hint names,
+    and no line from a check that needed it (the scale of a network written under the wrong key is unknown)."""
+    opt = tiny_options(data_root, "typo", "ldt")
+    opt.pop("scale")
+    opt["network_g"]["upscaling_factor"] = 2
+    opt["datasets"]["train"]["gt_size"] = 34  # a multiple of the network's scale 2, not of the default 4
+    opt[typo] = opt.pop(block)
+    code, lines = train_cli(write_options(opt, tmp_path), capsys)
+    assert code == 2
+    assert lines == [f"error: {tmp_path / 'typo.yml'}: {typo}: unknown option (did you mean '{block}'?)"], lines
+
+
 def test_all_problems_are_reported_together(data_root, tmp_path, capsys, nothing_built):
     opt = tiny_options(data_root, "many", "ldt")
     opt["train"]["total_iter"] = 0

@@ -164,12 +164,18 @@ def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], lis
     return path, siblings
 
 
+def meant(key: Any, known: Sequence[str]) -> str | None:
+    """The known option an unknown key most likely misspells (every "did you mean" of an unknown option), or None."""
+    hint = difflib.get_close_matches(str(key), list(known), n=1)
+    return hint[0] if hint else None
+
+
 def _message(error: dict, siblings: list[str]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     shown = repr(value) if not isinstance(value, dict) else "a mapping"
     if kind == "extra_forbidden":
-        hint = difflib.get_close_matches(str(error["loc"][-1]), siblings, n=1)
-        return "unknown option" + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(siblings)}")
+        hint = meant(error["loc"][-1], siblings)
+        return "unknown option" + (f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(siblings)}")
     if kind == "missing":
         return "missing (required)"
     if kind == "literal_error":
@@ -224,9 +230,9 @@ def describe_errors(err: ValidationError, model: type[BaseModel], prefix: Sequen
     located = [(error, *_readable_loc(model, error["loc"])) for error in err.errors()]
     suggested = set()
     for error, path, siblings in located:
-        if error["type"] == "extra_forbidden":
-            hint = difflib.get_close_matches(path[-1], siblings, n=1)
-            suggested.update(tuple(path[:-1]) + (h,) for h in hint)
+        hint = meant(path[-1], siblings) if error["type"] == "extra_forbidden" else None
+        if hint:
+            suggested.add((*path[:-1], hint))
     items_checked = {":".join([*path[:depth], key.split("[")[0]]) for _, path, _ in located
                      for depth, key in enumerate(path) if "[" in key}
     messages: dict[str, list[str]] = {}  # several errors at one place come from the members of a union

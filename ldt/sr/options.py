@@ -39,6 +39,7 @@ from ldt.core.config import (
     Seed,
     annotation_models,
     describe_errors,
+    meant,
     option_rows,
     runtime,
     validate_into,
@@ -622,7 +623,8 @@ def network_scale(options: dict) -> int | None:
 # ------------------------------------------------------------------------------------------------- cross-checks
 
 
-def _dataset_problems(raw: Any, is_train: bool, scale: int, problems: list[str]) -> dict[str, DatasetOptions]:
+def _dataset_problems(raw: Any, is_train: bool, scale: int | None, problems: list[str]) -> dict[str, DatasetOptions]:
+    """The checked dataset blocks; ``scale`` None (unknown: network_g failed) leaves the crop's scale unchecked."""
     if not raw:
         problems.append("datasets: missing (a 'train' set and/or 'val_*' / 'test_*' sets)")
         return {}
@@ -674,7 +676,7 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int, problems: list[str])
             if options.batch_size_per_gpu is None:
                 problems.append(f"{where}:batch_size_per_gpu: missing (required for the training set)")
             gt_size = getattr(options, "gt_size", None)
-            if gt_size is not None and gt_size % scale:
+            if gt_size is not None and scale is not None and gt_size % scale:
                 problems.append(f"{where}:gt_size: {gt_size} is not a multiple of the scale {scale}")
             if isinstance(options, PairedImageOptions) and gt_size is None:
                 problems.append(f"{where}:gt_size: missing (required for a PairedImageDataset training set)")
@@ -841,11 +843,18 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
         raw["model_type"] = "LDTModel"
     top = _checkable(RunOptions, {**raw, "datasets": raw.get("datasets") or {}, "network_g": raw.get("network_g") or {}},
                      problems)
-    network, meta_network, arch = _check_network(raw.get("network_g"), problems)
-    scale = (top.scale if top is not None and top.scale else None) or (network_scale(network or {}) or 4)
+    # a block written under a misspelled key is the unknown key's problem alone: not 'missing' as well
+    hinted = {meant(key, RunOptions.model_fields) for key in raw if key not in RunOptions.model_fields}
+    misspelled = {block for block in ("datasets", "network_g") if block not in raw and block in hinted}
+    network, meta_network, arch = (None, None, None) if "network_g" in misspelled else \
+        _check_network(raw.get("network_g"), problems)
+    # None while unknown (no top-level scale and a network_g that failed): the crop is not checked against a guess
+    written = raw["network_g"] if isinstance(raw.get("network_g"), dict) else {}
+    scale = (top.scale if top is not None and top.scale else None) or network_scale(network or written) or \
+        (4 if network else None)
     if top is not None and top.scale and network and network_scale(network) not in (None, top.scale):
         problems.append(f"scale: {top.scale}, but network_g upscales by {network_scale(network)}")
-    datasets = _dataset_problems(raw.get("datasets"), is_train, scale, problems)
+    datasets = {} if "datasets" in misspelled else _dataset_problems(raw.get("datasets"), is_train, scale, problems)
     if top is not None:
         sets = raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {}
         evaluated = [key for key in sets if str(key).startswith(("val", "test"))]
