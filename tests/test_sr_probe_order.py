@@ -115,3 +115,54 @@ def test_the_order_joins_the_run_identity_only_when_set(data_root):
                                                                             "method": "ft"}})
           for order in (None, "file")}
     assert ft[None] == ft["file"]
+
+
+@pytest.mark.parametrize("order", ["shuffled", "file"])
+def test_a_probe_that_asks_for_more_than_one_pass_says_so_once_naming_the_option(order, data_root, tmp_path, caplog):
+    """The probe stops at the end of one pass over its set (as the official one): one warning naming
+    ldt:probe:num_batches and the batches it reads, before the probe, and the core is asked for no more (it said
+    only, after the probe, that its loader ended early)."""
+    import logging
+
+    from ldt.sr.loaders import dataset, probe_batches_per_pass
+
+    opt = probe_options(data_root, order, num_batches=50)
+    prepared = load_options(write_options(opt, tmp_path), is_train=True)
+    pairs = len(dataset(prepared, "train"))
+    per_pass = (pairs + 1) // 2 if order == "file" else pairs // 2
+    assert probe_batches_per_pass(prepared, pairs) == per_pass < 50
+    basicsr = logging.getLogger("basicsr")  # BasicSR's root logger does not propagate: listen to it directly
+    basicsr.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO):  # the core's loggers (ldt.core.*) propagate
+            seen, _ = probed_paths(opt, tmp_path)
+    finally:
+        basicsr.removeHandler(caplog.handler)
+    assert len(seen) == per_pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "probe" in r.getMessage()]
+    assert warnings == [f"ldt:probe:num_batches: 50, but one pass over the {pairs} pairs of datasets:train"
+                        f"{' (in file order)' if order == 'file' else ''} makes {per_pass} probe batch(es) of 2: "
+                        f"the probe reads those {per_pass}, as the official probe stops at the end of its set"]
+    assert any(r.getMessage().startswith(f"Probing {per_pass} batches") for r in caplog.records)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("pairs, ratio", [(7, 1), (29, 3), (5, 2)])
+def test_one_pass_over_ranks_is_what_their_loaders_hold_together(world, pairs, ratio):
+    """``probe_batches_per_pass`` over ``world`` ranks is what the capped probe asks the core for: each rank's share
+    of it (``ldt.core.methods.probe_share``) is exactly the batches of that rank's loader, in either order."""
+    from basicsr.data.data_sampler import EnlargedSampler
+
+    from ldt.sr.loaders import file_order_batches, probe_batches_per_pass
+
+    for order in ("shuffled", "file"):
+        opt = {"ldt": {"probe": {"order": order, "batch_size": 2, "dataset": "train"}},
+               "datasets": {"train": {"dataset_enlarge_ratio": ratio}}}
+        total = probe_batches_per_pass(opt, pairs, world)
+        for rank in range(world):
+            share = max(1, total // world + (rank < total % world))  # ldt.core.methods.probe_share
+            if order == "file":
+                held = len(file_order_batches(pairs, 2, world, rank))
+            else:
+                held = len(EnlargedSampler(list(range(pairs)), world, rank, ratio=ratio)) // 2  # drop_last
+            assert share == held or (total < world and held == 0), (order, rank, total, held)

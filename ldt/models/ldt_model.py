@@ -23,9 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ldt.compat import patch_basicsr
 from ldt.core import prepare_method
-from ldt.core.methods import score_partition
+from ldt.core.methods import runs_probe, score_partition
 from ldt.sr import checkpoints
-from ldt.sr.options import method_options, prepare_options
+from ldt.sr.options import LDTOptions, method_options, prepare_options
 from ldt.archs.arch_util import head_patterns
 from ldt.weights import partial_load, read_weights
 
@@ -35,7 +35,7 @@ from basicsr.models.base_model import BaseModel  # noqa: E402
 from basicsr.utils import get_root_logger  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY  # noqa: E402
 
-from ldt.sr.loaders import probe_loader, seeded_loader  # noqa: E402
+from ldt.sr.loaders import dataset, probe_batches_per_pass, probe_loader, seeded_loader, world  # noqa: E402
 from ldt.sr.metrics import MetricTable, evaluate_loader  # noqa: E402
 from ldt.sr.optim import make_optimizer, make_pixel_loss, make_scheduler  # noqa: E402
 
@@ -94,11 +94,12 @@ class LDTModel(BaseModel):
 
     def init_training_settings(self) -> None:
         train_opt = self.opt["train"]
-        config = method_options(self.opt)
         self.cri_pix = make_pixel_loss(train_opt["pixel_opt"]).to(self.device)
         self.net_g.train()
         # Resuming: the state holds the partition and the warmed-up weights, so neither the warm-up nor the probe runs again.
         resume = self.opt["path"]["resume_state"]
+        self.probe_set = None
+        config = self.method_config = self.probe_config(method_options(self.opt), probes=not resume)
         partition = checkpoints.state_partition(resume) if resume else None
         self.method = prepare_method(
             self.net_g, config, batches=self.batches, loss_fn=self.batch_loss, head_patterns=self.head_patterns(),
@@ -120,6 +121,29 @@ class LDTModel(BaseModel):
         if train_opt["scheduler"]:
             self.setup_schedulers()
 
+    def probe_config(self, config: LDTOptions, probes: bool) -> LDTOptions:
+        """``config`` asking for at most the probe batches one pass over ``ldt:probe:dataset`` makes (all ranks
+        together), with one warning naming the option when it asks for more. Why: the probe stops at the end of
+        that pass anyway (as the official one), and the core only said so after each probe ('the probe loader
+        ended after 24 of the 100 batches asked for'), naming no option. ``probes``: the first probe runs (not on
+        a resume); the probe's set is then built here once, for every probe of the run."""
+        if not runs_probe(config) or not (probes or config.repartition_every):
+            return config
+        probe, ranks = self.opt["ldt"]["probe"], world()[0]
+        self.probe_set = dataset(self.opt, probe["dataset"], phase="train")
+        pairs, asked = len(self.probe_set), config.probe.num_batches
+        per_pass = probe_batches_per_pass(self.opt, pairs, ranks)
+        if not 0 < per_pass < asked:  # none at all is the core's error: the probe received no batch
+            return config
+        ratio = self.opt["datasets"][probe["dataset"]]["dataset_enlarge_ratio"]
+        how = "in file order" if probe["order"] == "file" else f"enlarge ratio {ratio}" if ratio > 1 else ""
+        self.logger.warning(
+            f"ldt:probe:num_batches: {asked}, but one pass over the {pairs} pairs of datasets:{probe['dataset']}"
+            f"{f' ({how})' if how else ''} makes {per_pass} probe batch(es) of {probe['batch_size']}"
+            f"{f' over {ranks} ranks' if ranks > 1 else ''}: the probe reads those {per_pass}, as the official probe "
+            "stops at the end of its set")
+        return config.model_copy(update={"probe": config.probe.model_copy(update={"num_batches": per_pass})})
+
     def head_patterns(self) -> list[str] | None:
         arch_type = self.opt["network_g"]["type"]
         return head_patterns(arch_type, ARCH_REGISTRY.get(arch_type))
@@ -128,7 +152,7 @@ class LDTModel(BaseModel):
         """The warm-up's batches (training set) in an order fixed by ``seed``, or the probe's (``ldt:probe``: fixed by
         ``seed``, or file order with ``ldt:probe:order: file``)."""
         if purpose == "probe":
-            return probe_loader(self.opt, seed)
+            return probe_loader(self.opt, seed, self.probe_set)
         return seeded_loader(self.opt, "train", None, seed)
 
     def setup_branches(self) -> None:
@@ -174,7 +198,7 @@ class LDTModel(BaseModel):
         optimizers are rebuilt over the new trainable tensors with fresh state (Adam moments and step counts restart,
         the learning rate and scheduler position carry over).
         """
-        old, config = self.method.partition, method_options(self.opt)
+        old, config = self.method.partition, self.method_config
         deployed = self.method.deployed()
         new = score_partition(deployed, config, self.batches, self.batch_loss, seed=config.seed + current_iter,
                               progress=self.rank0, log=self.logger.info)

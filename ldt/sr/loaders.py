@@ -139,13 +139,17 @@ def probe_loader(opt: dict, seed: int, data: torch.utils.data.Dataset | None = N
                                        num_workers=opt["datasets"][key]["num_worker_per_gpu"])
 
 
-def probe_batches_per_pass(opt: dict, pairs: int) -> int:
-    """The batches :func:`probe_loader` makes on one process from ``pairs`` pairs of the probe's dataset: the probe
-    ends there, whatever ``ldt:probe:num_batches`` asks (the core then warns, and scores what it saw)."""
+def probe_batches_per_pass(opt: dict, pairs: int, world_size: int = 1) -> int:
+    """The batches :func:`probe_loader` makes from ``pairs`` pairs of the probe's dataset, in all over
+    ``world_size`` ranks: the probe ends there, whatever ``ldt:probe:num_batches`` asks (the model then asks the
+    core for no more, :meth:`ldt.models.ldt_model.LDTModel.probe_config`). Each rank's share of that total
+    (:func:`ldt.core.methods.probe_share`) is exactly the batches of its own loader."""
     probe = opt["ldt"]["probe"]
     if probe["order"] == "file":
         return len(file_order_batches(pairs, probe["batch_size"]))
-    return pairs * opt["datasets"][probe["dataset"]]["dataset_enlarge_ratio"] // probe["batch_size"]
+    ratio = opt["datasets"][probe["dataset"]]["dataset_enlarge_ratio"]
+    per_rank = -(-pairs * ratio // world_size)  # BasicSR's EnlargedSampler: ceil(pairs x ratio / ranks) each
+    return world_size * (per_rank // probe["batch_size"])
 
 
 def validation_loaders(opt: dict) -> dict[str, torch.utils.data.DataLoader]:
