@@ -182,6 +182,21 @@ def test_an_interrupted_sweep_trains_only_the_missing_run(sweep, tmp_path, monke
     assert again[lost["options_hash"]]["metrics"] == lost["metrics"], "seeded CPU runs are deterministic"
 
 
+def test_a_lost_record_rebuilt_from_its_cached_stage_is_not_counted_as_trained(sweep, tmp_path, monkeypatch):
+    """A record lost after its run finished (a line deleted by hand, a results.jsonl restored from a backup) is
+    rebuilt from the run's cached results.json without training: the summary said '1 trained' all the same."""
+    forbid_training(monkeypatch)
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out)
+    records = lines(out / "results.jsonl")
+    (out / "results.jsonl").write_text("\n".join(records[:-1]) + "\n")
+    summary = rp.reproduce(["1"], "synthetic_tiny", datasets_dir=sweep["datasets"], out=out, **SWEEP)
+    assert (summary.trained, summary.rebuilt, summary.skipped) == (0, 1, 5)
+    again = Records(out / "results.jsonl").by_hash()
+    lost = json.loads(records[-1])
+    assert again[lost["options_hash"]]["metrics"] == lost["metrics"]
+
+
 def test_a_second_sweep_on_the_same_out_is_refused_and_touches_nothing(sweep, tmp_path, monkeypatch):
     """Two sweeps on one --out would clean each other's run folders and record the same runs twice."""
     from ldt.atomic import BusyError
@@ -309,7 +324,7 @@ def test_a_capped_probe_records_the_batches_it_read_not_those_asked(sweep, tmp_p
     records said 100 batches were probed, and so did the table."""
     rows = {camera: {"psnr": 20.0, "ssim": 0.5} for camera in ("source", *TARGET_CAMERAS)}
     report = {"best": {"iter": 4}, "history": [{"iter": 4, "rows": rows}], "iterations": 4,
-              "metrics": {"rows": rows}, "train_seconds": 0.0}
+              "metrics": {"rows": rows}, "train_seconds": 0.0, "cached": False}
     monkeypatch.setattr(rp, "run_stage", lambda opt, out, label: report)
     out = tmp_path / "out"
     rp.reproduce(["1"], str(sweep["data"]), archs=["safmn_tiny"], seeds=1, budget=replace(TINY, probe_batches=100000),

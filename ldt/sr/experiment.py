@@ -119,6 +119,9 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
     invalidates the stages built on it). A run with the same options and weights that was interrupted (its folder
     holds ``options_hash.txt`` and a training state) is resumed from its latest state; anything else in the folder
     (an unreadable ``results.json`` included) is deleted first.
+
+    Returns the run's report, with ``cached``: True when it is the finished run's, read back and not trained (a sweep
+    that rebuilds a lost record from it says so, rather than counting the run as trained).
     """
     exp = root / "experiments" / opt["name"]
     stamp, started = exp / "results.json", exp / "options_hash.txt"
@@ -131,7 +134,7 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
         cached = {} if force else read_json_dict(stamp)
         if cached.get("options_hash") in identities and cached.get("weights_fingerprint") == fingerprint:
             print(f"[{label}] {opt['name']}: cached ({stamp})")
-            return cached
+            return {**cached, "cached": True}
         resume = (not force and started.is_file() and started.read_text(errors="replace").strip() in stage_ids
                   and has_intact_state(exp / "training_states"))
         if resume:
@@ -152,7 +155,7 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
             if err.finished is None:
                 raise stopped from None
         # stamped also when a signal came after the last step: the stage finished, and a rerun takes it as cached
-        report.update(options_hash=digest, weights_fingerprint=fingerprint)
+        report.update(options_hash=digest, weights_fingerprint=fingerprint, cached=False)
         report_file = read_json_object(stamp)
         report_file.update(options_hash=digest, weights_fingerprint=fingerprint)
         atomic_write_text(stamp, json.dumps(report_file, indent=1))

@@ -525,6 +525,12 @@ class Summary:
     seconds: float
     missing: int = 0  # planned runs without a record (after --collect, or a sweep that failed part-way)
     other_records: int = 0  # records of runs these arguments do not plan (other tables, budgets, data or weights)
+    rebuilt: int = 0  # records rebuilt from a finished run's cached stage (the record was lost): nothing trained
+
+    def counts(self) -> str:
+        """'2 trained, 1 rebuilt from cache, 5 already recorded' (the rebuilt part only when there are some)."""
+        rebuilt = f", {self.rebuilt} rebuilt from cache" if self.rebuilt else ""
+        return f"{self.trained} trained{rebuilt}, {self.skipped} already recorded"
 
 
 def reproduce(
@@ -568,7 +574,7 @@ def reproduce(
     pending = [run for run in unique if run.digest not in done]
     if collect_only and len(pending) == len(unique):
         check_something_to_collect(records, len(done), len(unique))
-    trained = 0
+    trained, rebuilt = 0, []
     if not collect_only and pending:
         check_weights(weight_files)
         checked = {}
@@ -578,20 +584,25 @@ def reproduce(
             except OptionsError as err:
                 raise ReproduceError(str(err)) from None
         probed = check_data(data_root, pending, checked, cap_probe=cap_probe)
-        planned = [PlannedRun(run.digest, run.opt["name"],
-                              lambda run=run: make_record(run, run_stage(run.opt, out, label="reproduce"), data_kind, out,
-                                                          probed[run.digest]))
-                   for run in pending]
+
+        def record_of(run: TableRun) -> dict:
+            report = run_stage(run.opt, out, label="reproduce")
+            if report["cached"]:
+                rebuilt.append(run.digest)
+            return make_record(run, report, data_kind, out, probed[run.digest])
+
+        planned = [PlannedRun(run.digest, run.opt["name"], lambda run=run: record_of(run)) for run in pending]
         # A second sweep on this out would clean the folders of the runs this one trains, and record them again;
         # run_pending reads the records again under the lock.
         with sweep_lock(make_dirs(out)):
-            trained, _ = run_pending(planned, records, progress=progress, desc="reproduce")
+            executed, _ = run_pending(planned, records, progress=progress, desc="reproduce")
+        trained = executed - len(rebuilt)
     written = collect_results(out, runs)
     recorded = set(records.by_hash())
     planned_digests = {run.digest for run in unique}
     return Summary(trained=trained, skipped=len(unique) - len(pending), records=records.path, tables=written,
                    seconds=time.time() - start, missing=len(planned_digests - recorded),
-                   other_records=len(recorded - planned_digests))
+                   other_records=len(recorded - planned_digests), rebuilt=len(rebuilt))
 
 
 # --------------------------------------------------------------------------------------------------------- the CLI
@@ -645,7 +656,7 @@ def report(summary: Summary) -> None:
     for path in summary.tables:
         if path.suffix == ".md":
             print("\n" + path.read_text())
-    print(f"runs: {summary.trained} trained, {summary.skipped} already recorded"
+    print(f"runs: {summary.counts()}"
           + (f", {summary.missing} still without a record" if summary.missing else "")
           + f" ({summary.seconds:.1f} s)")
     print(f"records: {summary.records}"

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                              budget=budget)
             figure = plot_paired_differences(runs, run_records(out, runs).by_hash(), out / FIGURE)
         print((out / "tablestudy.md").read_text())
-        print(f"runs: {summary.trained} trained, {summary.skipped} already recorded ({summary.seconds:.1f} s); "
+        print(f"runs: {summary.counts()} ({summary.seconds:.1f} s); "
               f"figure: {figure}; tables: {', '.join(map(str, summary.tables))}")
 
     return run_reporting_errors(work, errors=(ReproduceError,))
