@@ -334,6 +334,27 @@ def test_a_capped_probe_records_the_batches_it_read_not_those_asked(sweep, tmp_p
     assert "probe 1 batches" in (out / "table1.md").read_text()
 
 
+def test_records_made_before_the_batches_read_were_recorded_say_their_probe_count_is_the_one_asked(
+        sweep, tmp_path, monkeypatch):
+    """Records written before ldt recorded the probe batches read hold those asked (the study's: 100, where its 96
+    pairs make 24): the table must not present that number as the batches probed."""
+    rows = {camera: {"psnr": 20.0, "ssim": 0.5} for camera in ("source", *TARGET_CAMERAS)}
+    report = {"best": {"iter": 4}, "history": [{"iter": 4, "rows": rows}], "iterations": 4,
+              "metrics": {"rows": rows}, "train_seconds": 0.0, "cached": False}
+    monkeypatch.setattr(rp, "run_stage", lambda opt, out, label: report)
+    out, budget = tmp_path / "out", replace(TINY, probe_batches=100)
+    args = dict(archs=["safmn_tiny"], seeds=1, budget=budget, out=out, progress=False)
+    rp.reproduce(["1"], str(sweep["data"]), cap_probe=True, **args)
+    records = [json.loads(line) for line in lines(out / "results.jsonl")]
+    assert {(record["probe_batches"], record["probe_batches_asked"]) for record in records} == {(1, 100)}
+    assert "probe 1 batches," in (out / "table1.md").read_text()
+    old = [{**{k: v for k, v in record.items() if k != "probe_batches_asked"}, "probe_batches": 100} for record in records]
+    (out / "results.jsonl").write_text("".join(json.dumps(record) + "\n" for record in old))
+    rp.reproduce(["1"], str(sweep["data"]), collect_only=True, **args)
+    assert ("probe 100 batches asked (records written before the batches read were recorded hold those asked: one "
+            "pass over the source pairs may have ended the probe sooner)") in (out / "table1.md").read_text()
+
+
 @pytest.mark.parametrize("collect_only", [False, True])
 def test_a_records_path_that_is_a_folder_is_refused_before_any_run(collect_only, sweep, tmp_path, monkeypatch):
     """Read as 'no records', a results.jsonl folder let a sweep train its first run, then fail to record it; --collect

@@ -334,7 +334,7 @@ def check_recorded_weights(records: Records, runs: Sequence[TableRun], weights: 
 
 def make_record(run: TableRun, report: dict, data_kind: str, out: Path, probed: int) -> dict:
     """The record of a finished run: its setting, budget (``probed``: the probe batches its data allowed, see
-    :func:`check_data`), the metrics of the checkpoint selected on the source camera, the final metrics and the
+    :func:`check_data`, beside those asked), the metrics of the checkpoint selected on the source camera, the final metrics and the
     whole validation history (other selection protocols read it)."""
     best_iter = report["best"]["iter"]
     selected = next((entry["rows"] for entry in report["history"] if entry["iter"] == best_iter), None)
@@ -350,7 +350,8 @@ def make_record(run: TableRun, report: dict, data_kind: str, out: Path, probed: 
         "weights": opt["path"].get("pretrain_network_g"), "weights_fingerprint": report.get("weights_fingerprint"),
         "iters": opt["train"]["total_iter"],
         "batch_size": train_set["batch_size_per_gpu"], "gt_size": train_set["gt_size"],
-        "probe_batches": probed, "interval": opt["ldt"]["exchange"]["interval"],
+        "probe_batches": probed, "probe_batches_asked": opt["ldt"]["probe"]["num_batches"],
+        "interval": opt["ldt"]["exchange"]["interval"],
         "best_iter": best_iter, "metrics": selected, "final_metrics": report["metrics"]["rows"],
         "history": report["history"], "train_seconds": report["train_seconds"],
         "run_dir": str(out / "experiments" / opt["name"]), "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -459,8 +460,12 @@ def describe_records(found: Sequence[dict]) -> list[str]:
     first = found[0]
     kinds = sorted({record["data"] for record in found})
     weights = {record["arch"]: record["weights"] or "random init" for record in found}
+    probe = f"probe {first['probe_batches']} batches"
+    if any("probe_batches_asked" not in record for record in found):  # their probe_batches is the options' count
+        probe += (" asked (records written before the batches read were recorded hold those asked: one pass over the "
+                  "source pairs may have ended the probe sooner)")
     return [f"Data: {', '.join(kinds)} ({first['data_root']}); {first['iters']} iterations, batch "
-            f"{first['batch_size']}, GT patch {first['gt_size']}, probe {first['probe_batches']} batches, exchange "
+            f"{first['batch_size']}, GT patch {first['gt_size']}, {probe}, exchange "
             f"every {first.get('interval', '?')} steps.",
             "Weights: " + ", ".join(f"{arch} = {path}" for arch, path in weights.items()) + "."]
 
