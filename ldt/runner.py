@@ -148,10 +148,25 @@ def check_state_minutes(minutes: float) -> float:
     return minutes
 
 
+# Loader processes per CPU this process may use, at most: more only queue for the same CPUs, and a typo
+# (``--workers 100000``) forked until the machine ran out of processes.
+WORKERS_PER_CPU = 4
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a batch job's share, not the whole node)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def check_workers(workers: int | None) -> int | None:
-    """``--workers``: None (the device's default) or a count of data-loading processes, 0 = in-process."""
+    """``--workers``: None (the device's default) or a count of data-loading processes, 0 = in-process, at most
+    :data:`WORKERS_PER_CPU` per usable CPU."""
     if workers is not None and workers < 0:
         raise ValueError(f"--workers must be 0 (load in-process) or more, got {workers}")
+    cpus = usable_cpus()
+    if workers is not None and workers > WORKERS_PER_CPU * cpus:
+        raise ValueError(f"--workers must be at most {WORKERS_PER_CPU * cpus} ({WORKERS_PER_CPU} per CPU this process "
+                         f"may use, {cpus} here), got {workers}")
     return workers
 
 

@@ -757,6 +757,7 @@ def test_test_domain_groups_are_sorted_and_trained_once(capsys):
     (["--weight-decay", "-1"], "must be non-negative"), (["--ema-decay", "2"], "must be in"),
     (["--device", "foo"], "--device foo"), (["--workers", "-1"], "must be"),
     (["--image-size", "3"], "must be at least 8"), (["--image-size", "0"], "must be at least 8"),
+    (["--image-size", "100000"], "must be at most 4096 px"), (["--workers", "100000"], "must be at most"),
     (["--seeds", "-1"], "must be non-negative"), (["--seeds", "3000000000"], "must be <= 2147483647"),
     (["--eval-every", "0"], "must be positive"), (["--holdout-fraction", "1"], "must be in (0, 1)"),
     (["--batch-size", "0"], "must be positive"), (["--probe-batches", "0"], "must be > 0"),

@@ -303,6 +303,15 @@ def test_device_and_workers_are_checked_before_planning(tmp_path, capsys, field,
     assert flag in error_line(capsys)
 
 
+def test_workers_far_beyond_the_cpus_are_refused(monkeypatch):
+    """``--workers 100000`` was accepted and forked loader processes until the machine ran out of them."""
+    monkeypatch.setattr(runner, "usable_cpus", lambda: 2)
+    assert runner.check_workers(8) == 8
+    with pytest.raises(ValueError, match=re.escape("--workers must be at most 8 (4 per CPU this process may use, "
+                                                   "2 here), got 100000")):
+        runner.check_workers(100000)
+
+
 def test_negative_seeds_name_the_flag():
     with pytest.raises(ValueError, match="--seeds must be non-negative"):
         runner.check_seeds([0, -1])

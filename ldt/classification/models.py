@@ -51,6 +51,9 @@ def check_backbone(name: str) -> None:
 # The smallest input each backbone turns into features (the tiny CNN halves it three times, the ResNets five); ViT's
 # must also be a multiple of its 16 px patch.
 MIN_IMAGE_SIZE = {"tiny": 8, "resnet18": 32, "resnet50": 32, "vit_b_16": 16}
+# The largest input any backbone takes here: beyond it one batch outgrows memory (a typo, ``--image-size 100000``,
+# hung the run in its first resize); DG benchmarks use 224.
+MAX_IMAGE_SIZE = 4096
 
 
 def image_size_problem(name: str, size: int) -> str | None:
@@ -60,6 +63,8 @@ def image_size_problem(name: str, size: int) -> str | None:
     if size < MIN_IMAGE_SIZE[name] or (name == "vit_b_16" and size % 16):
         multiple = " and a multiple of 16" if name == "vit_b_16" else ""
         return f"must be at least {MIN_IMAGE_SIZE[name]}{multiple} for backbone {name!r}, got {size}"
+    if size > MAX_IMAGE_SIZE:
+        return f"must be at most {MAX_IMAGE_SIZE} px, got {size}"
     return None
 
 
