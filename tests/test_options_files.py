@@ -65,6 +65,44 @@ def test_overrides_create_documented_sections_the_file_omits_and_nothing_else(da
             load_options(path, is_train=True, overrides=[entry])
 
 
+def test_an_option_two_entries_set_is_refused_naming_both(data_root, tmp_path):
+    """BasicSR's --force_yml kept the last of two entries for one option silently (and so did this one), as PyYAML
+    keeps the last of a key written twice; an entry replacing a mapping an earlier one wrote into counts too."""
+    path = write_options(tiny_options(data_root, "o"), tmp_path)
+    for overrides, option in [
+        (["train:total_iter=3", "train: total_iter =5"], "train:total_iter"),
+        (["train:scheduler:milestones=[3]", "train:scheduler={type: MultiStepLR}"], "train:scheduler:milestones"),
+        (["train:scheduler={type: MultiStepLR}", "train:scheduler:type=CosineAnnealingRestartLR"],
+         "train:scheduler:type"),
+    ]:
+        with pytest.raises(OptionsError) as err:
+            load_options(path, is_train=True, overrides=overrides)
+        assert str(err.value) == (f"--force_yml entries '{overrides[0]}' and '{overrides[1]}' both set {option}; "
+                                  "keep one")
+    opt = load_options(path, is_train=True, overrides=["train:scheduler={type: MultiStepLR}",
+                                                       "train:scheduler:milestones=[3]"])
+    assert opt["train"]["scheduler"]["type"] == "MultiStepLR" and opt["train"]["scheduler"]["milestones"] == [3]
+
+
+@pytest.mark.parametrize("entry", ["datasets::::name=x", "train:total_iter:=8", ":train:total_iter=9", "a::=1"])
+def test_an_override_path_with_an_empty_key_is_refused(data_root, tmp_path, entry):
+    """An empty key was dropped: 'train::total_iter=7' set train:total_iter, hiding a typo."""
+    path = write_options(tiny_options(data_root, "o"), tmp_path)
+    with pytest.raises(OptionsError) as err:
+        load_options(path, is_train=True, overrides=[entry])
+    keys = entry.split("=")[0]
+    assert str(err.value) == (f"--force_yml '{entry}': '{keys}' has an empty key (a doubled, leading or trailing "
+                              "':'); write key:sub=value")
+
+
+def test_force_yml_given_twice_keeps_both_lists():
+    """argparse's nargs='+' kept only the last --force_yml's entries: the first list was dropped silently."""
+    from ldt.sr.train import build_parser
+
+    args = build_parser("x", "train").parse_args(["--force_yml", "train:total_iter=3", "--force_yml", "ldt:method=ft"])
+    assert args.force_yml == ["train:total_iter=3", "ldt:method=ft"]
+
+
 def test_a_value_its_tag_cannot_build_or_nesting_too_deep_is_one_line(tmp_path):
     """``!!int abc`` raised PyYAML's bare ValueError, a few thousand nested ``[`` a RecursionError: tracebacks."""
     path = tmp_path / "tag.yml"

@@ -410,14 +410,18 @@ def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--for
     Returns the entry that set each option path (sections it created included), so that a problem with them is
     reported as the entry's, not the file's."""
     origins: dict[str, str] = {}
+    written: dict[tuple[str, ...], str] = {}  # every option an earlier entry wrote -> that entry
     for entry in overrides or []:
         label = f"{source} '{entry}'"
         if "=" not in entry:
             raise OptionsError(f"{source} entry '{entry}' is not of the form key:sub=value")
         keys, value = entry.split("=", 1)
-        path = [k.strip() for k in keys.split(":") if k.strip()]
-        if not path:
+        if not keys.strip():
             raise OptionsError(f"{source} entry '{entry}' names no option")
+        path = [k.strip() for k in keys.split(":")]
+        if "" in path:  # 'train::total_iter' read as 'train:total_iter' hid a typo
+            raise OptionsError(f"{label}: '{keys.strip()}' has an empty key (a doubled, leading or trailing ':'); "
+                               "write key:sub=value")
         node, models = opt, [RunOptions]
         for depth, key in enumerate(path[:-1]):
             where, sections = ":".join(path[: depth + 1]), _sections(models, key)
@@ -433,9 +437,22 @@ def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--for
                 raise OptionsError(f"{label}: '{where}' is not an option section"
                                    + (f" (did you mean '{hint[0]}'?)" if hint else ""))
             node, models = node[key], sections
+        undone = next((option for option in written if option[: len(path)] == tuple(path)), None)
+        if undone:  # BasicSR keeps the last silently; as for a key written twice in a file, say so
+            raise OptionsError(f"{source} entries '{written[undone]}' and '{entry}' both set {':'.join(undone)}; "
+                               "keep one")
         node[path[-1]] = parse_value(value, label)
         origins[":".join(path)] = label
+        written.update(dict.fromkeys(_written(tuple(path), node[path[-1]]), entry))
     return origins
+
+
+def _written(path: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
+    """The options an entry writes: its path, or for a mapping value each option inside it (an entry replaces the
+    whole mapping, so a later one at or above any of them would silently undo it)."""
+    if isinstance(value, dict) and value:
+        return [option for key, inner in value.items() for option in _written(path + (str(key),), inner)]
+    return [path]
 
 
 def _origin(problem: str, origins: Mapping[str, str]) -> str | None:

@@ -68,7 +68,7 @@ def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
         help=f"options YAML: a path, or a bare file name inside options/{option_kind}/",
     )
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun (DDP)")
-    parser.add_argument("--force_yml", nargs="+", default=None, metavar="KEY:SUB=VALUE",
+    parser.add_argument("--force_yml", nargs="+", action="extend", default=None, metavar="KEY:SUB=VALUE",
                         help="override options, e.g. ldt:method=ft train:total_iter=1000 (values read as YAML)")
     parser.add_argument("--root", type=path_flag, default=PROJECT_ROOT,
                         help="where experiments/, tb_logger/ and results/ go (default: the project folder)")
