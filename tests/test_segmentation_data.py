@@ -148,6 +148,10 @@ def test_missing_folders_and_wrong_label_values_are_named(tmp_path):
         check_label_values(scan_split(tmp_path, "cityscapes", "train"))  # before any training, all files at once
     Image.fromarray(stripes(0)).save(label)
     check_label_values(scan_split(tmp_path, "cityscapes", "train"))
+    split = scan_split(tmp_path, "cityscapes", "train")  # a bounded check decodes an even spread, the first included
+    Image.fromarray(np.full((H, W), 26, np.uint8)).save(split.samples[0].label)
+    with pytest.raises(SegmentationDataError, match=r"cityscapes train at .*: 1 labels \(of 1 checked of 2\) with "):
+        check_label_values(split, limit=1)
     with pytest.raises(SegmentationDataError, match="unknown layout"):
         scan_split(tmp_path, "kitti", "train")
 

@@ -330,6 +330,30 @@ def test_a_target_label_with_invalid_values_is_one_line_before_training(tiny, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_a_source_label_with_invalid_values_is_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):
+    """A source label holding a value outside the label space passed the start-up check and failed at the first
+    batch, after the model was built; up to SOURCE_LABELS_CHECKED labels of each source are decoded first now."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setattr(main_module, "run", never)
+    clean = shutil.copytree(domain_root(tiny, "clean"), tmp_path / "clean")
+    label = sorted(clean.glob("gtFine/train/*/*_labelTrainIds.png"))[-1]
+    ids = np.asarray(Image.open(label)).copy()
+    ids[0, :2] = 26
+    Image.fromarray(ids).save(label)
+    argv = ["--source", f"cityscapes:clean={clean}", "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}",
+            "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"error: cityscapes train at {clean}: 1 labels with values the layout does not allow: {label} (values [26]) "
+        "(expected train ids 0..18 or 255; make *_labelTrainIds.png with cityscapesScripts' createTrainIdLabelImgs)"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_rerun_skips_finished_runs_and_tables_come_from_records(tiny, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
