@@ -51,6 +51,17 @@ def import_registered_modules(package: str, package_file: str, suffix: str) -> l
     return [importlib.import_module(f"{package}.{path.stem}") for path in sorted(folder.glob(f"*{suffix}.py"))]
 
 
+def basicsr_resume_path(opt: dict) -> str | None:
+    """The training state BasicSR's pipeline resumes from: with ``auto_resume`` the newest of
+    ``experiments/<name>/training_states`` (below the working folder, as basicsr 1.4.2 looks), else
+    ``path:resume_state``; None for a fresh start. One answer for its resume and for the start-up check."""
+    from ldt.sr.checkpoints import iteration_files
+
+    states = iteration_files(Path("experiments") / opt["name"] / "training_states", ".state") \
+        if opt.get("auto_resume") else []
+    return str(states[-1]) if states else opt["path"].get("resume_state") or None
+
+
 def patch_basicsr_train() -> None:
     """Let ``basicsr.train.train_pipeline`` resume on any device (idempotent).
 
@@ -64,19 +75,13 @@ def patch_basicsr_train() -> None:
 
     if getattr(pipeline.load_resume_state, "ldt_patched", False):
         return
-    from pathlib import Path
-
-    from ldt.sr.checkpoints import iteration_files
     from ldt.weights import read_checkpoint
 
     def load_resume_state(opt: dict):
-        if opt["auto_resume"]:
-            states = iteration_files(Path("experiments") / opt["name"] / "training_states", ".state")
-            if states:
-                opt["path"]["resume_state"] = str(states[-1])
-        path = opt["path"].get("resume_state")
+        path = basicsr_resume_path(opt)
         if not path:
             return None
+        opt["path"]["resume_state"] = path
         state = read_checkpoint(path, what="training state")
         pipeline.check_resume(opt, state["iter"])
         return state

@@ -73,6 +73,30 @@ def test_basicsr_pipeline_trains_validates_saves_and_resumes(data_root, tmp_path
     assert not list(tmp_path.glob("experiments/pipe_archived_*"))  # a resume keeps the folder
 
 
+@pytest.mark.parametrize("fault", ["option", "mis-scaled pair"])
+def test_bad_input_is_train_pips_line_before_basicsr_starts(data_root, tmp_path, monkeypatch, capsys, fault):
+    """BasicSR's pipeline ran none of Train_pip.py's start-up checks: a bad option was a traceback from the model's
+    set-up, after BasicSR had made experiments/<name>; a mis-scaled PairedImageDataset pair a traceback mid-epoch
+    ('Scale mismatches', no file named). Now both are Train_pip.py's line, exit 2, before any folder is made."""
+    from ldt.sr.train import main as train_main
+    from tests.test_sr_pipeline import _paired_folders, _paired_set
+
+    opt = basicsr_options(data_root, "bad", 3)
+    if fault == "option":
+        opt["ldt"]["exchange"]["interval"] = 0
+    else:
+        hr_dir, lr_dir = _paired_folders(tmp_path / "set5", short="bird")
+        opt["datasets"]["train"] = _paired_set("DF2K", hr_dir, lr_dir, gt_size=32, batch_size_per_gpu=2,
+                                               num_worker_per_gpu=0, dataset_enlarge_ratio=1, prefetch_mode=None)
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(tmp_path, monkeypatch, opt)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and not (tmp_path / "experiments").exists(), lines
+    assert train_main(["-opt", str(tmp_path / "bad_3.yml"), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == lines
+
+
 def test_an_option_file_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, monkeypatch, capsys):
     """BasicSR opens -opt itself: a FIFO waited for a writer forever (and /dev/zero never ends)."""
     import os

@@ -7,17 +7,19 @@ BasicSR's best-metric tracking), saves ``net_g_<iter>.pth`` / ``<iter>.state`` a
 ``Train_pip.py``'s loop adds: the best checkpoint selected on the source camera (``net_g_best.pth``), a resume that
 continues from the exact sample of the epoch (BasicSR's restarts the epoch), one checked option dict for the whole
 run (BasicSR's pipeline reads the raw file itself, so the file must spell out the keys it reads: ``logger``,
-``val:val_freq``, ...), and clean exits on preemption and bad input.
+``val:val_freq``, ...), and clean exits on preemption. Bad input is refused before BasicSR starts by
+``Train_pip.py``'s own start-up checks (:func:`check_before_pipeline`), in the same lines.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import sys
 
 from ldt.cli import fail, not_a_file
-from ldt.compat import patch_basicsr_train
+from ldt.compat import basicsr_resume_path, patch_basicsr_train
 from ldt.sr.options import PROJECT_ROOT
 
 
@@ -31,16 +33,44 @@ def check_option_file(argv: list[str]) -> None:
                 fail(f"-opt {value} is {what}")
 
 
+def check_before_pipeline(argv: list[str]) -> None:
+    """``Train_pip.py``'s start-up checks, by its own functions, on what BasicSR is about to read: the options
+    (schema, ``--force_yml``), the training data (at least one batch), validation image sizes, BasicSR
+    ``PairedImageDataset`` scales and the probe's batches. Without them a bad option was a traceback from the
+    model's set-up after BasicSR had made the experiment folder, and a mis-scaled pair one mid-epoch, naming no file.
+    The weights are left to the model, which reads them once (its error is the same line, after the folder)."""
+    from ldt.sr.options import load_options
+    from ldt.sr.train import check_before_start, training_data, validation_loaders
+
+    parser = argparse.ArgumentParser(add_help=False)  # BasicSR's own flags, read as its parse_options reads them
+    parser.add_argument("-opt")
+    parser.add_argument("--auto_resume", action="store_true")
+    parser.add_argument("--force_yml", nargs="+", default=None)
+    args, _ = parser.parse_known_args(argv)
+    if args.opt is None:
+        return  # BasicSR's parser names the missing flag
+    opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
+    opt["auto_resume"] = args.auto_resume
+    loader, _ = training_data(opt)
+    check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
+                       val_loaders=validation_loaders(opt), weights=False)
+
+
 def run(root: str | Path = PROJECT_ROOT) -> None:
-    """BasicSR's train pipeline with our archs, datasets and LDTModel registered (options from ``sys.argv``)."""
+    """BasicSR's train pipeline with our archs, datasets and LDTModel registered (options from ``sys.argv``); a
+    user error, in the checks or in the pipeline, is ``Train_pip.py``'s ``error:`` lines and exit 2."""
     check_option_file(sys.argv)
     patch_basicsr_train()
     import ldt.archs  # noqa: F401  (registers our archs)
     import ldt.data  # noqa: F401  (registers our datasets)
     import ldt.models  # noqa: F401  (registers LDTModel)
     from basicsr.train import train_pipeline
+    from ldt.sr.train import run_reporting_errors
 
-    train_pipeline(str(root))
+    for work in (lambda: check_before_pipeline(sys.argv[1:]), lambda: train_pipeline(str(root))):
+        code = run_reporting_errors(work)
+        if code:
+            sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -435,11 +435,21 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
                                    f"pixels, {remedy}")
 
 
+def training_data(opt: dict) -> tuple[torch.utils.data.DataLoader, torch.utils.data.Sampler]:
+    """The training loader and its sampler, refused when it holds no batch (a drop-last epoch of fewer samples than
+    a batch per rank is empty: BasicSR's loop would run every epoch without a step and end as if done)."""
+    loader, sampler = training_loader(opt)
+    if len(loader) == 0:
+        raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
+    return loader, sampler
+
+
 def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Dataset,
-                       val_loaders: dict) -> Mapping[str, torch.Tensor] | None:
+                       val_loaders: dict, weights: bool = True) -> Mapping[str, torch.Tensor] | None:
     """What would otherwise fail only in the model's set-up, after the experiment folder was archived, or at the
     first validation, after hours: the pre-trained weights (readable, of this network, finite; returned, for the
-    model to load without reading the file again; None without them), a validation image
+    model to load without reading the file again; None without them or with ``weights`` False, for a caller whose
+    model reads them itself: BasicSR's pipeline builds it), a validation image
     smaller than the network's smallest input, a mis-scaled pair of BasicSR's ``PairedImageDataset`` (training,
     validation or probe set), and, for a run that probes, an empty probe loader (over
     ``train_set``, the training loader's set, when the probe reads the training data)."""
@@ -448,12 +458,11 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
     from ldt.sr.options import build_meta_network
 
     arch = ARCH_REGISTRY.get(opt["network_g"]["type"])
-    weights = opt["path"]["pretrain_network_g"]
     pretrained = None
-    if weights:
+    if weights and opt["path"]["pretrain_network_g"]:
         network = {k: v for k, v in opt["network_g"].items() if k != "type"}
-        pretrained = read_weights(weights, opt["path"]["param_key_g"], build_meta_network(arch, network),
-                                  strict=opt["path"]["strict_load_g"])
+        pretrained = read_weights(opt["path"]["pretrain_network_g"], opt["path"]["param_key_g"],
+                                  build_meta_network(arch, network), strict=opt["path"]["strict_load_g"])
     check_validation_sizes(opt, val_loaders)
     check_paired_image_scale(f"datasets:train ({opt['datasets']['train']['name']})", train_set, opt["scale"],
                              train=True)
@@ -488,9 +497,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     state_path, state = resume_point(opt, logger)
     # The data is checked (every pair found, every header read), and the weights, before the folder is touched: a
     # run that cannot start must not archive the one before it.
-    loader, sampler = training_loader(opt)
-    if len(loader) == 0:
-        raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
+    loader, sampler = training_data(opt)
     val_loaders = validation_loaders(opt) if rank0 else {}
     pretrained = check_before_start(opt, resuming=state is not None, train_set=loader.dataset, val_loaders=val_loaders)
 
