@@ -465,8 +465,8 @@ def test_a_full_disk_at_the_start_stops_train_and_test_before_any_work(data_root
                 "path": {"pretrain_network_g": str(tmp_path / "experiments" / "weights" / "models" / "net_g_latest.pth")}}
     train_file, test_file = write(opt, tmp_path, "full.yml"), write(test_opt, tmp_path, "t.yml")
     fill(disk)
-    for module in (ldt.sr.train, ldt.sr.evaluate):
-        monkeypatch.setattr(module, "build_model", lambda opt: pytest.fail("the network was built"))
+    for module, builder in ((ldt.sr.train, "LDTModel"), (ldt.sr.evaluate, "build_model")):
+        monkeypatch.setattr(module, builder, lambda *a, **k: pytest.fail("the network was built"))
     # test.py creates nothing before its checks: the nearest folder that exists is named
     for entry, options_file, folder in ((ldt.sr.train, train_file, disk / "experiments/full"),
                                         (ldt.sr.evaluate, test_file, disk)):
@@ -848,12 +848,13 @@ def test_a_stop_during_the_start_up_checks_stops_before_the_folder_and_the_probe
     before = snapshot(tmp_path / "experiments" / "early")
     checks = train_module.check_before_start
 
-    def checks_then_signal(*args, **kwargs) -> None:
-        checks(*args, **kwargs)
+    def checks_then_signal(*args, **kwargs):
+        checked = checks(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
+        return checked
 
     monkeypatch.setattr(train_module, "check_before_start", checks_then_signal)
-    monkeypatch.setattr(train_module, "build_model", lambda opt: pytest.fail("the warm-up and probe ran"))
+    monkeypatch.setattr(train_module, "LDTModel", lambda *a, **k: pytest.fail("the warm-up and probe ran"))
     code, lines = cli(options(data_root, "early", total_iter=3), tmp_path, capsys)
     assert code == 128 + signal.SIGTERM
     assert lines[-1] == "stopped by SIGTERM at iteration 0: before training began, nothing to save (the warm-up and " \
