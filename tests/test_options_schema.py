@@ -201,6 +201,16 @@ def test_a_misspelled_top_level_block_is_one_line_without_knock_on_lines(block, 
     assert lines == [f"error: {tmp_path / 'typo.yml'}: {typo}: unknown option (did you mean '{block}'?)"], lines
 
 
+def test_a_network_g_left_out_says_missing(data_root, tmp_path, capsys, nothing_built):
+    """A file without ``network_g`` (or ``network_g:`` left blank) read 'expected a mapping, got None'."""
+    opt = tiny_options(data_root, "nonet", "ldt")
+    opt.pop("network_g")
+    code, lines = train_cli(write_options(opt, tmp_path), capsys)
+    assert code == 2
+    assert lines == [f"error: {tmp_path / 'nonet.yml'}: network_g: missing: the network to train or test (type: "
+                     "MambaIR, HAT, SAFMN, ... and its constructor arguments)"], lines
+
+
 def test_all_problems_are_reported_together(data_root, tmp_path, capsys, nothing_built):
     opt = tiny_options(data_root, "many", "ldt")
     opt["train"]["total_iter"] = 0

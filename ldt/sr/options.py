@@ -596,6 +596,10 @@ def min_input_size(arch: type) -> int:
 def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, type | None]:
     """(the checked network_g options, the network built on the meta device, its class), or Nones on problems."""
     registry = arch_registry()
+    if raw is None:
+        problems.append("network_g: missing: the network to train or test (type: MambaIR, HAT, SAFMN, ... and its "
+                        "constructor arguments)")
+        return None, None, None
     if not isinstance(raw, dict):
         problems.append(f"network_g: expected a mapping, got {raw!r}")
         return None, None, None
