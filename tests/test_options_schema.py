@@ -101,8 +101,16 @@ BAD = [
     ("network_g:n_block", 2, "network_g:n_block: unknown option (did you mean 'n_blocks'?)"),
     ("network_g:dim", "eight", "network_g:dim: expected an integer, got str 'eight'"),
     ("network_g:ffn_scale", [2], "network_g:ffn_scale: expected a number"),
-    # torch's own message for a size that overflows carries its C++ stack frames: only its first line is shown
-    ("network_g:dim", 2**70, "network_g: SAFMN cannot be built with these options: empty(): argument 'size' failed"),
+    # the ranges on the constructor's parameters: no body blocks trained, 1e30 blocks hung the build, ffn_scale 0
+    # made 0-channel convolutions (a traceback in the probe), a huge dim overflowed inside torch
+    ("network_g:n_blocks", 0, "network_g:n_blocks: must be >= 1, got 0"),
+    ("network_g:n_blocks", -1, "network_g:n_blocks: must be >= 1, got -1"),
+    ("network_g:n_blocks", "1e30", "network_g:n_blocks: must be <= 1000, got '1e30'"),
+    ("network_g:ffn_scale", 0, "network_g:ffn_scale: must be > 0, got 0"),
+    ("network_g:ffn_scale", 0.01, "network_g:ffn_scale: 0.01 makes layers of int(8 x 0.01) = 0 channels: need 1 to"),
+    ("network_g:dim", 2**70, "network_g:dim: must be <= 16384, got 1180591620717411303424"),
+    ("network_g:dim", 10, "network_g:dim: must be divisible by 4"),
+    ("network_g:upscaling_factor", 0, "network_g:upscaling_factor: must be >= 1, got 0"),
     ("scale", 2, "scale: 2, but network_g upscales by 4"),
     ("num_gpu", -1, "num_gpu: must be auto or a non-negative integer, got -1"),
     ("datasets:train:meta_info_file", 3, "datasets:train:meta_info_file: expected a string, got int 3 or expected a list"),
@@ -305,6 +313,65 @@ def test_an_official_mambair_file_is_accepted_with_warnings_naming_the_ignored_k
     with pytest.raises(OptionsError, match="network_g:windw_size: unknown option"), warnings.catch_warnings():
         warnings.simplefilter("ignore", OptionsWarning)
         prepare_options(bad, is_train=True)
+
+
+HAT = {"type": "HAT", "embed_dim": 12, "depths": [1], "num_heads": [2], "window_size": 4, "img_size": 8,
+       "squeeze_factor": 3, "upscale": 4}
+MAMBAIR = {"type": "MambaIR", "embed_dim": 30, "depths": [1], "upscale": 4, "upsampler": "pixelshuffle"}
+BAD_NETWORKS = [
+    # (network_g, the one line it makes): each was accepted (a network that trains wrong or fails mid-run), a
+    # traceback, or a line that did not say which argument
+    ({**HAT, "embed_dim": 0}, "network_g:embed_dim: must be >= 1, got 0"),
+    ({**HAT, "embed_dim": 13}, "network_g:embed_dim: 13 must be divisible by every num_heads entry [2]"),
+    ({**HAT, "depths": [0]}, "network_g:depths[0]: must be >= 1, got 0"),
+    ({**HAT, "depths": []}, "network_g:depths: value should have at least 1 item"),
+    ({**HAT, "depths": [600, 600], "num_heads": [2, 2]}, "network_g:depths: [600, 600] make 1200 blocks in all: at "
+                                                         "most 1000"),
+    ({**HAT, "depths": [1, 1]}, "network_g:num_heads: [2] and depths [1, 1] must have the same length"),
+    ({**HAT, "num_heads": [0]}, "network_g:num_heads[0]: must be >= 1, got 0"),
+    ({**HAT, "window_size": 0}, "network_g:window_size: must be >= 1, got 0"),
+    ({**HAT, "window_size": 10**9}, "network_g:window_size: must be <= 64"),
+    ({**HAT, "mlp_ratio": 0}, "network_g:mlp_ratio: must be > 0, got 0"),
+    ({**HAT, "mlp_ratio": 1e30}, "network_g:mlp_ratio: 1e+30 makes layers of int(12 x 1e+30) = more than 16384"),
+    ({**HAT, "upscale": 5}, "network_g:upscale: HAT supports 1, 2, 4, 8, 16 or 3, got 5"),
+    ({**HAT, "upscale": 0}, "network_g:upscale: must be >= 1, got 0"),
+    ({**HAT, "compress_ratio": 0}, "network_g:compress_ratio: must be >= 1, got 0"),
+    ({**HAT, "squeeze_factor": 30}, "network_g:squeeze_factor: 30 exceeds embed_dim 12"),
+    ({**HAT, "overlap_ratio": -1}, "network_g:overlap_ratio: must be >= 0, got -1"),
+    ({**HAT, "overlap_ratio": 0.75}, "network_g:overlap_ratio: int(overlap_ratio x window_size) = int(0.75 x 4) must "
+                                     "be even"),
+    ({**HAT, "img_size": 4}, "network_g:img_size: 4 must exceed window_size (4)"),
+    ({**HAT, "img_range": 0}, "network_g:img_range: must be > 0, got 0"),
+    ({**HAT, "drop_path_rate": 1}, "network_g:drop_path_rate: must be < 1, got 1"),
+    ({**HAT, "qk_scale": 0}, "network_g:qk_scale: must be > 0, got 0"),
+    ({**MAMBAIR, "embed_dim": 29}, "network_g:embed_dim: must be >= 30, got 29"),
+    ({**MAMBAIR, "depths": ["1e30"]}, "network_g:depths[0]: must be <= 1000, got '1e30'"),
+    ({**MAMBAIR, "d_state": 0}, "network_g:d_state: must be >= 1, got 0"),
+    ({**MAMBAIR, "mlp_ratio": 0}, "network_g:mlp_ratio: must be > 0, got 0"),
+    ({**MAMBAIR, "upscale": 5}, "network_g:upscale: upsampler 'pixelshuffle' supports scales 2^n and 3, got 5"),
+    ({**MAMBAIR, "upsampler": "pixelshuffledirect", "upscale": 10**6}, "network_g:upscale: must be <= 16"),
+    ({**MAMBAIR, "upsampler": "nearest+conv", "upscale": 3}, "network_g:upscale: upsampler 'nearest+conv' supports "
+                                                            "upscale 2 and 4, got 3"),
+    ({**MAMBAIR, "img_range": 0}, "network_g:img_range: must be > 0, got 0"),
+    ({**MAMBAIR, "in_chans": 0}, "network_g:in_chans: must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("network, expected", BAD_NETWORKS, ids=[line.split(": ")[0] + f"={i}"
+                                                                 for i, (_, line) in enumerate(BAD_NETWORKS)])
+def test_hat_and_mambair_arguments_out_of_range_are_one_line_naming_them(network, expected, data_root):
+    with pytest.raises(OptionsError) as raised:
+        prepare_options(tiny_options(data_root, "net", network_g=network), is_train=True, source="f.yml")
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"f.yml: {expected}"), lines
+
+
+def test_the_official_networks_pass_the_ranges(data_root):
+    """The ranges reject none of the official models (HAT: its released window of 16; its default 7 never built)."""
+    for network in ({"type": "HAT", "upscale": 4, "window_size": 16}, {"type": "SAFMN", "dim": 36},
+                    {"type": "MambaIR", "upscale": 4, "upsampler": "pixelshuffle"}):
+        opt = prepare_options(tiny_options(data_root, "net", network_g=network), is_train=True)
+        assert opt["network_g"] == network
 
 
 def test_test_py_rejects_bad_options_in_one_line(data_root, tmp_path, capsys, nothing_built):

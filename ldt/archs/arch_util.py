@@ -1,17 +1,66 @@
-"""Pieces shared by our architecture files: stochastic depth, official-checkpoint loading, padding.
+"""Pieces shared by our architecture files: argument ranges, stochastic depth, official-checkpoint loading, padding.
 
 Not a ``*_arch.py`` file, so importing it registers nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from os import PathLike
+from typing import Annotated
 
+from annotated_types import Ge, Gt, Le, Lt, MinLen
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldt.weights import read_weights
+
+# Ranges of the constructors' arguments, written on their annotations: the option check (ldt.sr.options) rejects a
+# value outside them as network_g:<argument>, before anything is built; a plain Python call is not checked. The upper
+# bounds are far above every published model and stop a typo (1e30) from hanging or overflowing the build.
+MAX_BLOCKS = 1000
+"""Blocks of one network in all (published: at most 72); more takes minutes to build even on the meta device."""
+MAX_WIDTH = 2**14
+"""Channels of any layer (published: at most 192); one 3x3 convolution this wide is already 2.4 G parameters."""
+MAX_SCALE = 16
+"""Upscaling factor (SR benchmarks: x2 to x8); the heads of larger ones grow with its square."""
+
+Count = Annotated[int, Ge(1)]
+"""A positive number of things (heads, a reduction factor, an unused size)."""
+Blocks = Annotated[int, Ge(1), Le(MAX_BLOCKS)]
+Width = Annotated[int, Ge(1), Le(MAX_WIDTH)]
+Scale = Annotated[int, Ge(1), Le(MAX_SCALE)]
+Ratio = Annotated[float, Gt(0)]
+"""A positive factor (an MLP's width ratio, ``img_range``)."""
+Rate = Annotated[float, Ge(0), Lt(1)]
+"""A dropout or stochastic-depth probability (1 would drop everything)."""
+Depths = Annotated[Sequence[Blocks], MinLen(1)]
+"""Blocks per residual group, one group at least (their sum: :func:`check_depths`)."""
+
+
+class ArgumentError(ValueError):
+    """A constructor argument the network cannot be built with (alone, or with the others its message names);
+    ``argument`` says which, so the option check reports the line as ``network_g:<argument>``."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}")
+        self.argument, self.message = argument, message
+
+
+def check_depths(depths: Sequence[int]) -> None:
+    """The blocks of all groups together stay within :data:`MAX_BLOCKS` (each group's count is ranged on its own)."""
+    if sum(depths) > MAX_BLOCKS:
+        raise ArgumentError("depths", f"{list(depths)} make {sum(depths)} blocks in all: at most {MAX_BLOCKS}")
+
+
+def check_width(dim: int, ratio: float, argument: str) -> None:
+    """A layer of ``int(dim * ratio)`` channels (an MLP sized by a ratio argument) has 1 to :data:`MAX_WIDTH`."""
+    width = dim * ratio
+    if not 1 <= width < MAX_WIDTH + 1:
+        shown = f"{int(width)}" if width < MAX_WIDTH + 1 else f"more than {MAX_WIDTH}"
+        raise ArgumentError(argument, f"{ratio:g} makes layers of int({dim} x {ratio:g}) = {shown} channels: "
+                                      f"need 1 to {MAX_WIDTH}")
 
 
 class DropPath(nn.Module):

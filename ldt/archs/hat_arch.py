@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Le
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldt.archs.arch_util import DropPath, init_transformer_weights, pad_to_multiple
+from ldt.archs.arch_util import (MAX_SCALE, ArgumentError, Count, Depths, DropPath, Rate, Ratio, Scale, Width,
+                                 check_depths, check_width, init_transformer_weights, pad_to_multiple)
 from ldt.compat import patch_basicsr
 
 patch_basicsr()
@@ -28,6 +31,8 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402  (needs the torch
 
 # Shifted-window masks are (num_windows, ws^2, ws^2) floats: ~180 MB for a 512x352 input at window 16, so keep a few.
 MASK_CACHE_SIZE = 4
+# Largest window_size (official: 16): each window's attention holds (ws^2)^2 scores per head, 16.7 M at 64.
+MAX_WINDOW = 64
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -391,7 +396,8 @@ def _upsample(scale: int, num_feat: int) -> nn.Sequential:
     elif scale == 3:
         stages = [(9, 3)]
     else:
-        raise ValueError(f"HAT supports upscale 1, 2, 4, 8, ... or 3, got {scale}")
+        powers = ", ".join(str(2**n) for n in range(MAX_SCALE.bit_length()))
+        raise ArgumentError("upscale", f"HAT supports {powers} or 3, got {scale}")
     layers: list[nn.Module] = []
     for channel_factor, factor in stages:
         layers += [nn.Conv2d(num_feat, channel_factor * num_feat, 3, 1, 1), nn.PixelShuffle(factor)]
@@ -411,42 +417,52 @@ class HAT(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 64,
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (6, 6, 6, 6),
-        num_heads: Sequence[int] = (6, 6, 6, 6),
-        window_size: int = 7,
-        compress_ratio: int = 3,
-        squeeze_factor: int = 30,
+        img_size: Count = 64,
+        in_chans: Width = 3,
+        embed_dim: Width = 96,
+        depths: Depths = (6, 6, 6, 6),
+        num_heads: Sequence[Count] = (6, 6, 6, 6),
+        window_size: Annotated[int, Ge(1), Le(MAX_WINDOW)] = 7,
+        compress_ratio: Count = 3,
+        squeeze_factor: Count = 30,
         conv_scale: float = 0.01,
-        overlap_ratio: float = 0.5,
-        mlp_ratio: float = 4.0,
+        overlap_ratio: Annotated[float, Ge(0), Le(2)] = 0.5,  # above 2 a key window reaches past the windows beside
+        mlp_ratio: Ratio = 4.0,
         qkv_bias: bool = True,
-        qk_scale: float | None = None,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.1,
+        qk_scale: Ratio | None = None,
+        drop_rate: Rate = 0.0,
+        attn_drop_rate: Rate = 0.0,
+        drop_path_rate: Rate = 0.1,
         patch_norm: bool = True,
         use_checkpoint: bool = False,
-        upscale: int = 2,
-        img_range: float = 1.0,
+        upscale: Scale = 2,
+        img_range: Ratio = 1.0,
         upsampler: str = "pixelshuffle",
         resi_connection: str = "1conv",
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
+            raise ArgumentError("num_heads", f"{list(num_heads)} and depths {list(depths)} must have the same length "
+                                             "(one entry per residual group)")
+        check_depths(depths)
         if any(embed_dim % heads for heads in num_heads):
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by every num_heads entry {list(num_heads)}")
+            raise ArgumentError("embed_dim", f"{embed_dim} must be divisible by every num_heads entry {list(num_heads)}")
+        for name, factor in (("compress_ratio", compress_ratio), ("squeeze_factor", squeeze_factor)):
+            if embed_dim < factor:  # the channel-attention branch divides embed_dim by both
+                raise ArgumentError(name, f"{factor} exceeds embed_dim {embed_dim}: embed_dim // {name} channels "
+                                          "would be 0")
+        check_width(embed_dim, mlp_ratio, "mlp_ratio")
         if int(overlap_ratio * window_size) % 2:
-            raise ValueError("int(overlap_ratio * window_size) must be even so each window gets one overlapping window")
+            raise ArgumentError("overlap_ratio", f"int(overlap_ratio x window_size) = int({overlap_ratio:g} x "
+                                                 f"{window_size}) must be even so each window gets one overlapping "
+                                                 "window")
         if img_size <= window_size:
-            raise ValueError(f"img_size ({img_size}) must exceed window_size ({window_size})")
+            raise ArgumentError("img_size", f"{img_size} must exceed window_size ({window_size})")
         if upsampler != "pixelshuffle":
-            raise ValueError(f"only upsampler='pixelshuffle' is implemented (as in the official HAT), got {upsampler!r}")
+            raise ArgumentError("upsampler", f"only 'pixelshuffle' is implemented (as in the official HAT), got "
+                                             f"{upsampler!r}")
         if resi_connection not in ("1conv", "identity"):
-            raise ValueError(f"resi_connection must be '1conv' or 'identity', got {resi_connection!r}")
+            raise ArgumentError("resi_connection", f"must be '1conv' or 'identity', got {resi_connection!r}")
 
         self.in_chans = in_chans
         self.window_size = window_size

@@ -16,14 +16,16 @@ Tensor layouts: images ``(B, C, H, W)``; tokens ``(B, H*W, C)`` in row-major pix
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
+from annotated_types import Ge
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldt.archs.arch_util import DropPath, init_transformer_weights
+from ldt.archs.arch_util import (ArgumentError, Count, Depths, DropPath, Rate, Ratio, Scale, Width, check_depths,
+                                 check_width, init_transformer_weights)
 from ldt.compat import patch_basicsr
 
 patch_basicsr()
@@ -34,6 +36,7 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
 RESI_CONNECTIONS = ("1conv", "3conv")
 NUM_FEAT = 64  # width of the classic-SR reconstruction head, fixed in the official code
+SQUEEZE_FACTOR = 30  # the channel attention of every block divides embed_dim by it, fixed in the official code
 
 
 def _tokens_to_map(x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
@@ -58,7 +61,7 @@ def _residual_conv(dim: int, resi_connection: str) -> nn.Module:
             nn.LeakyReLU(negative_slope=0.2, inplace=True),
             nn.Conv2d(dim // 4, dim, 3, 1, 1),
         )
-    raise ValueError(f"resi_connection must be one of {RESI_CONNECTIONS}, got {resi_connection!r}")
+    raise ArgumentError("resi_connection", f"must be one of {RESI_CONNECTIONS}, got {resi_connection!r}")
 
 
 class ChannelAttention(nn.Module):
@@ -89,7 +92,7 @@ class CAB(nn.Module):
     """
 
     def __init__(self, num_feat: int, is_light_sr: bool = False, compress_ratio: int = 3,
-                 squeeze_factor: int = 30) -> None:
+                 squeeze_factor: int = SQUEEZE_FACTOR) -> None:
         super().__init__()
         if is_light_sr:
             hidden = num_feat // 2
@@ -283,7 +286,7 @@ class Upsample(nn.Sequential):
         elif scale == 3:
             layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
         else:
-            raise ValueError(f"upsampler 'pixelshuffle' supports scales 2^n and 3, got {scale}")
+            raise ArgumentError("upscale", f"upsampler 'pixelshuffle' supports scales 2^n and 3, got {scale}")
         super().__init__(*layers)
 
 
@@ -292,7 +295,7 @@ class UpsampleOneStep(nn.Sequential):
 
     def __init__(self, scale: int, num_feat: int, num_out_ch: int) -> None:
         if scale < 1:
-            raise ValueError(f"upscale must be >= 1, got {scale}")
+            raise ArgumentError("upscale", f"must be >= 1, got {scale}")
         super().__init__(nn.Conv2d(num_feat, scale**2 * num_out_ch, 3, 1, 1), nn.PixelShuffle(scale))
 
 
@@ -317,30 +320,32 @@ class MambaIR(nn.Module):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 64,
+        img_size: Count | tuple[Count, Count] = 64,
         patch_size: int = 1,
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (6, 6, 6, 6),
-        drop_rate: float = 0.0,
-        d_state: int = 16,
-        mlp_ratio: float = 2.0,
-        drop_path_rate: float = 0.1,
+        in_chans: Width = 3,
+        embed_dim: Annotated[Width, Ge(SQUEEZE_FACTOR)] = 96,
+        depths: Depths = (6, 6, 6, 6),
+        drop_rate: Rate = 0.0,
+        d_state: Width = 16,
+        mlp_ratio: Ratio = 2.0,
+        drop_path_rate: Rate = 0.1,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         patch_norm: bool = True,
         use_checkpoint: bool = False,
-        upscale: int = 2,
-        img_range: float = 1.0,
+        upscale: Scale = 2,
+        img_range: Ratio = 1.0,
         upsampler: str = "",
         resi_connection: str = "1conv",
     ) -> None:
         super().__init__()
         if patch_size != 1:
-            raise ValueError(f"MambaIR works on pixels: patch_size must be 1, got {patch_size}")
+            raise ArgumentError("patch_size", f"MambaIR works on pixels: patch_size must be 1, got {patch_size}")
         if upsampler not in UPSAMPLERS:
-            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+            raise ArgumentError("upsampler", f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
         if upsampler == "nearest+conv" and upscale not in (2, 4):
-            raise ValueError(f"upsampler 'nearest+conv' supports upscale 2 and 4, got {upscale}")
+            raise ArgumentError("upscale", f"upsampler 'nearest+conv' supports upscale 2 and 4, got {upscale}")
+        check_depths(depths)
+        check_width(embed_dim, mlp_ratio, "mlp_ratio")
         self.img_size = img_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim

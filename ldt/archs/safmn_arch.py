@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldt.archs.arch_util import ArgumentError, Blocks, Ratio, Scale, Width, check_width
 from ldt.compat import patch_basicsr
 
 patch_basicsr()
@@ -103,10 +104,12 @@ class SAFMN(nn.Module):
     # The reconstruction head: DeFT's unstable group and LP-FT's warm-up (``ldt:head_patterns`` overrides it).
     HEAD_PATTERNS = [r"^to_img\."]
 
-    def __init__(self, dim: int, n_blocks: int = 8, ffn_scale: float = 2.0, upscaling_factor: int = 4) -> None:
+    def __init__(self, dim: Width, n_blocks: Blocks = 8, ffn_scale: Ratio = 2.0, upscaling_factor: Scale = 4) -> None:
         super().__init__()
         if dim % N_LEVELS:
-            raise ValueError(f"dim must be divisible by {N_LEVELS} (SAFM splits channels into {N_LEVELS} levels), got {dim}")
+            raise ArgumentError("dim", f"must be divisible by {N_LEVELS} (SAFM splits channels into {N_LEVELS} levels), "
+                                       f"got {dim}")
+        check_width(dim, ffn_scale, "ffn_scale")
         self.to_feat = nn.Conv2d(3, dim, 3, 1, 1)
         self.feats = nn.Sequential(*[AttBlock(dim, ffn_scale) for _ in range(n_blocks)])
         self.to_img = nn.Sequential(

@@ -540,11 +540,11 @@ def _lenient(annotation: Any) -> Any:
 
 
 def network_schema(arch: type) -> type[BaseModel]:
-    """A model of ``arch``'s constructor arguments: their annotated types, unknown keys rejected (unless the
-    constructor takes ``**kwargs``)."""
+    """A model of ``arch``'s constructor arguments: their annotated types and ranges (``Annotated[int, Ge(1)]``),
+    unknown keys rejected (unless the constructor takes ``**kwargs``)."""
     signature = inspect.signature(arch.__init__)
     try:
-        hints = typing.get_type_hints(arch.__init__)
+        hints = typing.get_type_hints(arch.__init__, include_extras=True)
     except Exception:  # an annotation that does not resolve: check names only
         hints = {}
     fields: dict[str, Any] = {"type": (str, ...)}
@@ -625,9 +625,15 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
     if checked is None:
         return None, None, None
     options = {"type": arch_type, **checked.model_dump(exclude_unset=True, exclude={"type"})}
+    from ldt.archs.arch_util import ArgumentError
+
     try:
         network = build_meta_network(arch, {k: v for k, v in options.items() if k != "type"})
-    except Exception as err:  # the constructor's own checks (ValueError, AssertionError, ...); torch's C++ errors
+    except ArgumentError as err:  # our constructors' checks across arguments name the argument at fault
+        problems.append(f"network_g:{err.argument}: {err.message}")
+        # without it, so the checks that read the network's scale do not report a refused upscale again
+        return {k: v for k, v in options.items() if k != err.argument}, None, arch
+    except Exception as err:  # other constructors' checks (ValueError, AssertionError, ...); torch's C++ errors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__  # carry stack frames
         problems.append(f"network_g: {arch_type} cannot be built with these options: {first}")
         return options, None, arch
