@@ -134,6 +134,12 @@ BAD = [
     ("ldt:partition_file", "/nonexistent/partition.json", "ldt:partition_file: partition file not found"),
     ("datasets:train:batch_size_per_gpu", 0, "datasets:train:batch_size_per_gpu: must be > 0, got 0"),
     ("datasets:train:gt_size", 30, "datasets:train:gt_size: 30 is not a multiple of the scale 4"),
+    # 1e30: an OverflowError traceback in the sampler, a fork of workers until the machine froze, and lines about
+    # the data ('has 6 samples, fewer than one batch per rank', 'LR size [8, 8] is smaller than the LR patch ...')
+    ("datasets:train:dataset_enlarge_ratio", 1e30, "datasets:train:dataset_enlarge_ratio: must be <= 10000, got 1000"),
+    ("datasets:train:num_worker_per_gpu", "1e30", "datasets:train:num_worker_per_gpu: must be <= 256, got 1000"),
+    ("datasets:train:batch_size_per_gpu", 1e30, "datasets:train:batch_size_per_gpu: must be <= 65536, got 1e+30"),
+    ("datasets:train:gt_size", "1e30", "datasets:train:gt_size: must be <= 16384, got '1e30'"),
     ("datasets:train:dataroot", "/nonexistent/DRealSR", "datasets:train:dataroot: path does not exist"),
     # an empty path is the current folder to pathlib (it 'exists'); an empty pretrain_network_g trained from scratch
     ("path:pretrain_network_g", "", "path:pretrain_network_g: an empty path (an unset variable?)"),

@@ -15,6 +15,16 @@ from ldt.core.config import NonNegativeInt, Options, PathText, PositiveInt, Real
 
 LR_PATCH = 48
 """The official LR training patch: a DRealSRCameraDataset without ``gt_size`` crops ``LR_PATCH`` x scale HR pixels."""
+# Upper bounds far above any real run, checked with the options so that a typo (1e30) is one line naming the option
+# instead of an overflow, a hang or a message about the data.
+MAX_BATCH = 2**16
+"""Pairs per batch per GPU: far more than any set of real photo pairs holds, let alone a GPU."""
+MAX_WORKERS = 256
+"""DataLoader worker processes per GPU process: each is started at once, so 1e30 forked until the machine froze."""
+MAX_ENLARGE = 10_000
+"""dataset_enlarge_ratio: BasicSR's sampler draws len(set) x ratio indices at once every epoch."""
+MAX_CROP = 2**14
+"""HR training crop side: wider than any camera's photo (the largest are under 10,000 pixels)."""
 
 
 class IOBackend(Options):
@@ -28,9 +38,10 @@ class DatasetOptions(Options):
     type: str = Field(description="registered dataset class")
     phase: Literal["train", "val", "test"] | None = runtime("set by the pipeline from the block's key")
     scale: PositiveInt | None = runtime("set by the pipeline from the top-level scale")
-    batch_size_per_gpu: PositiveInt | None = Field(None, description="training batch per process (train set: required)")
-    num_worker_per_gpu: NonNegativeInt = Field(0, description="DataLoader workers per process")
-    dataset_enlarge_ratio: PositiveInt = Field(1, description="repeat the set this many times per epoch")
+    batch_size_per_gpu: PositiveInt | None = Field(None, le=MAX_BATCH,
+                                                   description="training batch per process (train set: required)")
+    num_worker_per_gpu: NonNegativeInt = Field(0, le=MAX_WORKERS, description="DataLoader workers per process")
+    dataset_enlarge_ratio: PositiveInt = Field(1, le=MAX_ENLARGE, description="repeat the set this many times per epoch")
     prefetch_mode: Literal["cpu", "cuda"] | None = Field(None, description="BasicSR's prefetcher (train set)")
     pin_memory: bool = Field(False, description="DataLoader pin_memory")
     persistent_workers: bool = Field(False, description="DataLoader persistent_workers")
@@ -64,8 +75,8 @@ class DRealSRCameraOptions(DatasetOptions):
     split: Literal["train", "test"] = Field("train", description="DRealSR split")
     cameras: list[str] = Field(description="camera keys or aliases, e.g. [olympus]; required, so a typo can never "
                                            "mean 'every camera'")
-    gt_size: PositiveInt | None = Field(None, description=f"HR training crop (null: {LR_PATCH} x scale, LR patch "
-                                                          f"{LR_PATCH})")
+    gt_size: PositiveInt | None = Field(None, le=MAX_CROP, description=f"HR training crop (null: {LR_PATCH} x scale, "
+                                                                       f"LR patch {LR_PATCH})")
     use_hflip: bool = Field(True, description="random horizontal flips (train phase)")
     use_rot: bool = Field(True, description="random 90-degree rotations and vertical flips (train phase)")
     io_backend: IOBackend = Field(default_factory=IOBackend)
@@ -121,7 +132,7 @@ class PairedImageOptions(DatasetOptions):
     meta_info_file: PathText | None = Field(None, description="pairs listed in a meta-info file")
     filename_tmpl: str = Field("{}", description="LR name from the HR name, e.g. '{}x4'")
     io_backend: IOBackend = Field(default_factory=IOBackend)
-    gt_size: PositiveInt | None = Field(None, description="HR training crop (train phase: required)")
+    gt_size: PositiveInt | None = Field(None, le=MAX_CROP, description="HR training crop (train phase: required)")
     use_hflip: bool = Field(True, description="random horizontal flips")
     use_rot: bool = Field(True, description="random rotations")
     task: str | None = Field(None, description="accepted from the official MambaIR files; unused")
