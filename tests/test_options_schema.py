@@ -359,6 +359,8 @@ BAD_NETWORKS = [
     ({**MAMBAIR, "upsampler": "nearest+conv", "upscale": 3}, "network_g:upscale: upsampler 'nearest+conv' supports "
                                                             "upscale 2 and 4, got 3"),
     ({**MAMBAIR, "img_range": 0}, "network_g:img_range: must be > 0, got 0"),
+    # upsampler '' (MambaIR's default) keeps the input size, whatever upscale says: x4 pairs on a x1 network
+    ({"type": "MambaIR", "embed_dim": 30, "depths": [1], "upscale": 4}, "scale: 4, but network_g upscales by 1"),
     ({**MAMBAIR, "in_chans": 0}, "network_g:in_chans: must be >= 1, got 0"),
 ]
 

@@ -351,6 +351,9 @@ class MambaIR(nn.Module):
         self.embed_dim = embed_dim
         self.upscale = upscale
         self.upsampler = upsampler
+        # What the output's size is, for the option checks: upsampler '' keeps the input size whatever ``upscale``
+        # says (its default 2 included), so reading ``upscale`` would train x4 pairs on a x1 network.
+        self.output_scale = upscale if upsampler else 1
         self.img_range = img_range
         self.rgb_mean = RGB_MEAN if in_chans == 3 else (0.0,)
         is_light_sr = upsampler == "pixelshuffledirect"

@@ -640,7 +640,11 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
     return options, network, arch
 
 
-def network_scale(options: dict) -> int | None:
+def network_scale(options: dict, network: Any = None) -> int | None:
+    """How much the network upscales: the built ``network``'s ``output_scale`` where it declares one (MambaIR
+    without an upsampler keeps the size), else the written factor; None if unknown."""
+    if isinstance(getattr(network, "output_scale", None), int):
+        return network.output_scale
     for key in ("upscale", "upscaling_factor", "scale"):
         if isinstance(options.get(key), int):
             return options[key]
@@ -877,10 +881,10 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
         _check_network(raw.get("network_g"), problems)
     # None while unknown (no top-level scale and a network_g that failed): the crop is not checked against a guess
     written = raw["network_g"] if isinstance(raw.get("network_g"), dict) else {}
-    scale = (top.scale if top is not None and top.scale else None) or network_scale(network or written) or \
-        (4 if network else None)
-    if top is not None and top.scale and network and network_scale(network) not in (None, top.scale):
-        problems.append(f"scale: {top.scale}, but network_g upscales by {network_scale(network)}")
+    scale = (top.scale if top is not None and top.scale else None) or network_scale(network or written, meta_network) \
+        or (4 if network else None)
+    if top is not None and top.scale and network and network_scale(network, meta_network) not in (None, top.scale):
+        problems.append(f"scale: {top.scale}, but network_g upscales by {network_scale(network, meta_network)}")
     datasets = {} if "datasets" in misspelled else _dataset_problems(raw.get("datasets"), is_train, scale, problems)
     if top is not None:
         sets = raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {}
