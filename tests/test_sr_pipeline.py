@@ -710,6 +710,18 @@ def test_a_training_set_without_images_names_its_option(kind, data_root, tmp_pat
     assert not (tmp_path / "experiments").exists()
 
 
+def test_a_batch_larger_than_the_training_set_names_its_option(data_root, tmp_path):
+    """'datasets:train has 6 samples, fewer than one batch per rank' named no option to change."""
+    from ldt.sr.options import OptionsError
+
+    opt = tiny_options(data_root, "big_batch", "ft")
+    opt["datasets"]["train"]["batch_size_per_gpu"] = 100
+    with pytest.raises(OptionsError, match=r"^datasets:train:batch_size_per_gpu: 100 is more than the \d+ training "
+                                           r"sample\(s\): an epoch would hold no batch$"):
+        run_training(opt, tmp_path)
+    assert not (tmp_path / "experiments").exists()
+
+
 def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
     """A set whose sizes nobody checked up front (BasicSR's PairedImageDataset on an LMDB): the metrics' size error
     names the pair."""

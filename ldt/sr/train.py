@@ -440,7 +440,10 @@ def training_data(opt: dict) -> tuple[torch.utils.data.DataLoader, torch.utils.d
     a batch per rank is empty: BasicSR's loop would run every epoch without a step and end as if done)."""
     loader, sampler = training_loader(opt)
     if len(loader) == 0:
-        raise OptionsError(f"datasets:train has {len(loader.dataset)} samples, fewer than one batch per rank")
+        ranks = opt.get("world_size") or 1
+        raise OptionsError(f"datasets:train:batch_size_per_gpu: {loader.batch_size} is more than the "
+                           f"{len(loader.dataset)} training sample(s)" + (f" per rank ({ranks} ranks)" if ranks > 1 else "")
+                           + ": an epoch would hold no batch")
     return loader, sampler
 
 
