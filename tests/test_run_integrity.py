@@ -576,6 +576,44 @@ def test_a_tensorboard_log_whose_disk_fills_mid_run_is_one_warning_and_training_
     assert not tensorboard_threads()  # closed, its events written
 
 
+def test_a_disk_that_fills_as_the_tensorboard_log_starts_is_the_same_one_warning(data_root, disk, tmp_path, capsys,
+                                                                              monkeypatch):
+    """A disk that filled between the start-up room check and SummaryWriter's first write (its file-version record,
+    in the constructor): the constructor raised an OSError traceback, and its thread another. Now the warning of a
+    disk filling mid-run, and the run goes on. A real full disk, freed once the writer has met it."""
+    import threading
+
+    import torch.utils.tensorboard
+
+    unhandled: list = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)  # a thread's traceback would land here
+    writer = torch.utils.tensorboard.SummaryWriter
+
+    def fill_then_start(*args, **kwargs):
+        filler = fill(disk)
+        try:
+            return writer(*args, **kwargs)
+        finally:
+            filler.unlink()
+
+    monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", fill_then_start)
+    opt = options(data_root, "starting", total_iter=3)
+    opt["logger"]["use_tb_logger"] = True
+    from ldt.sr.train import main
+
+    capsys.readouterr()
+    code = main(["-opt", str(write(opt, tmp_path)), "--root", str(disk)])
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "TensorBoard" in line]
+    assert code == 0 and len(warnings) == 1 and not unhandled and "Traceback" not in err, err[-3000:]
+    assert warnings[0].endswith(
+        f"WARNING: the TensorBoard log stopped at its start: cannot write in {disk / 'tb_logger' / 'starting'}: no "
+        "space left on device; training goes on (the validation history is kept in the training states and "
+        "results.json)"), warnings
+    assert json.loads((disk / "experiments" / "starting" / "results.json").read_text())["iterations"] == 3
+    assert threading.excepthook == unhandled.append and not tensorboard_threads()
+
+
 def test_each_run_warns_on_the_stderr_it_has(tmp_path):
     """BasicSR's console handler keeps the sys.stderr of the process's first run: in a process whose stderr was
     redirected since (pytest's capture of an earlier test, contextlib.redirect_stderr), a run's warnings went to the

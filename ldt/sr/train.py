@@ -290,7 +290,8 @@ class RunLog:
 
 class TensorBoardLog:
     """TensorBoard curves of a run (``add_scalar``) that a disk filling mid-run stops with one warning, not the
-    run: the writer's thread failed and the next ``add_scalar`` raised its ``OSError``, with a thread traceback.
+    run: the writer's thread failed and the next ``add_scalar`` raised its ``OSError``, with a thread traceback (and
+    its constructor, which writes a first record, on a disk that filled after the room check).
 
     Why training goes on: the curves are a view; the validation history is kept in every training state and in
     results.json, and a full disk stops the run at its next checkpoint anyway, in one line with the previous state
@@ -300,10 +301,14 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder, self.logger = check_room(folder), logger  # a full disk at the start: refused before any work
-        self.writer: SummaryWriter | None = SummaryWriter(log_dir=str(folder))
+        self.writer: SummaryWriter | None = None
         self.step = 0  # the iteration of the last curve point
-        self._hook = threading.excepthook  # set once the writer is made (its thread writes only what is added)
+        self._hook = threading.excepthook  # set before the writer is made: its constructor writes, in its thread too
         threading.excepthook = self._quiet_writer_thread
+        try:
+            self.writer = SummaryWriter(log_dir=str(folder))
+        except OSError as err:  # the disk filled since the room check
+            self._stopped(err, "at its start")
 
     def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
         """The writer thread's failure is said once, by :meth:`add_scalar`; other threads' go to the usual hook."""
@@ -320,10 +325,13 @@ class TensorBoardLog:
         try:
             write(*args)
         except OSError as err:
-            self.logger.warning(f"the TensorBoard log stopped at iteration {self.step}: cannot write in {self.folder}: "
-                                f"{disk_reason(err, self.folder)}; training goes on (the validation history is kept "
-                                "in the training states and results.json)")
-            self._close()
+            self._stopped(err, f"at iteration {self.step}")
+
+    def _stopped(self, err: OSError, where: str) -> None:
+        self.logger.warning(f"the TensorBoard log stopped {where}: cannot write in {self.folder}: "
+                            f"{disk_reason(err, self.folder)}; training goes on (the validation history is kept in "
+                            "the training states and results.json)")
+        self._close()
 
     def _close(self) -> None:
         writer, self.writer = self.writer, None
