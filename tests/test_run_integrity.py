@@ -933,6 +933,48 @@ def test_a_signal_after_the_last_step_finishes_the_run_then_stops_it_and_says_so
     assert run_stage(stage, tmp_path)["iterations"] == 4  # cached
 
 
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_a_signal_at_the_last_stop_check_is_told_what_then_happens(moment, data_root, tmp_path, capsys, monkeypatch):
+    """A signal just after the last iteration's stop check, before the loop marked the run as finishing, was told
+    'saving a training state at the next step', but the run finished instead (no state saved). The handler is called
+    directly at that moment, and just before the check: its message must say what the run then does."""
+    from ldt.models.ldt_model import LDTModel
+    from ldt.sr.preemption import StopOnSignal
+    from ldt.sr.train import main
+
+    step, requested, done, fired = LDTModel.optimize_parameters, StopOnSignal.requested, [], []
+
+    def counted_step(self, current_iter: int) -> None:
+        step(self, current_iter)
+        done.append(current_iter)
+
+    def signal_at_the_last_check(self, *args, **kwargs):
+        last = done[-1:] == [4] and not fired  # the first check after the last step: the loop's
+        if last and moment == "before":
+            fired.append(self._handle(signal.SIGTERM, None))
+        signum = requested(self, *args, **kwargs)
+        if last and moment == "after":
+            fired.append(self._handle(signal.SIGTERM, None))
+        return signum
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", counted_step)
+    monkeypatch.setattr(StopOnSignal, "requested", signal_at_the_last_check)
+    opt = options(data_root, f"last_{moment}", total_iter=4)
+    capsys.readouterr()
+    code = main(["-opt", str(write(opt, tmp_path)), "--root", str(tmp_path)])
+    lines = capsys.readouterr().err.splitlines()
+    told = [line for line in lines if line.startswith("SIGTERM: ")]
+    assert fired and code == 128 + signal.SIGTERM and len(told) == 1, lines[-5:]
+    exp = tmp_path / "experiments" / f"last_{moment}"
+    if "saving a training state at the next step" in told[0]:
+        assert lines[-1] == f"stopped by SIGTERM at iteration 4: saved {exp / 'training_states' / '4.state'}; " \
+                            "resume with --auto_resume", (told, lines[-1])
+    else:
+        assert told[0].startswith("SIGTERM: the last iteration is done; finishing the final save, then exiting")
+        assert lines[-1] == f"stopped by SIGTERM after the last iteration (4): the run finished " \
+                            f"({exp / 'results.json'}); nothing to resume", (told, lines[-1])
+
+
 # ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
 def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None,
            hold: int | None = None) -> subprocess.Popen:

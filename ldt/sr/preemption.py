@@ -54,6 +54,7 @@ class StopOnSignal:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.finishing = False
+        self._at_step: int | None = None  # the signal if it came before finish(): told a state is saved at a step
         self._handlers = contextlib.ExitStack()
 
     def __enter__(self) -> "StopOnSignal":
@@ -64,13 +65,15 @@ class StopOnSignal:
         self._handlers.close()
 
     def finish(self) -> None:
-        """The last step's stop check is past: a signal from now on cannot save at a next step, so it is told that
-        the run finishes its final save first (the training loop stops once it is done)."""
+        """Called before the last stop check: a signal from now on is told that the run finishes its final save
+        first, and :meth:`requested` leaves it to the check after that save. Why before the check, and why the
+        message follows this flag: a signal between the check and this call was told a state is saved at a next
+        step that never came."""
         self.finishing = True
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
-            self.signum = signum
+            self.signum, self._at_step = signum, None if self.finishing else signum
             what = "the last iteration is done; finishing the final save" if self.finishing else \
                 "saving a training state at the next step"
             print(f"\n{signal.Signals(signum).name}: {what}, then exiting (send it again to exit at once)",
@@ -79,12 +82,14 @@ class StopOnSignal:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    def requested(self) -> int | None:
-        """The signal that asked for a stop, on any rank (None: keep going)."""
+    def requested(self, *, after_the_last_step: bool = False) -> int | None:
+        """The signal that asked for a stop at this step boundary, on any rank (None: keep going); with
+        ``after_the_last_step``, once the final save is done, any signal (it still stops the caller)."""
+        signum = self.signum if after_the_last_step else self._at_step
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             backend = dist.get_backend()
             device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-            flag = torch.tensor([self.signum or 0], device=device)
+            flag = torch.tensor([signum or 0], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             return int(flag.item()) or None
-        return self.signum
+        return signum

@@ -543,8 +543,10 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         opt["path"]["resume_state"] = str(state_path)
     model = LDTModel(opt, weights=pretrained)  # the options say LDTModel (the only model_type)
     del pretrained  # the model holds its own copy: not the checked tensors too, for the whole training
-    stop_before_training()  # during the warm-up or the probe
     total_iter = int(opt["train"]["total_iter"])
+    if state is not None and state["iter"] >= total_iter:
+        stop.finish()  # resumed at the end: no step left to save a state at (set before the stop check)
+    stop_before_training()  # during the warm-up or the probe
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
     history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
     earlier_seconds = 0.0  # training time of the sessions before a resume
@@ -568,8 +570,6 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         earlier_seconds = state["extra"].get("train_seconds", 0.0)
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
         state = None  # the model holds its own copies now; do not keep the file's tensors through training
-    if current_iter >= total_iter:
-        stop.finish()  # resumed at the end: no step left to save a state at
 
     def validate_and_select(iteration: int, best: dict) -> tuple[dict, tuple[int, MetricTable]]:
         """Validate the deployed network, record it in the history, and save it if it is the best so far."""
@@ -621,9 +621,9 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                 # The last iteration is always validated, so it competes for the best checkpoint too.
                 if rank0 and val_loaders and (current_iter % val_freq == 0 or current_iter == total_iter):
                     best, last_validated = validate_and_select(current_iter, best)
-                signum = stop.requested()
                 if current_iter >= total_iter:
-                    stop.finish()  # the last stop check is past: a later signal lets the final save finish first
+                    stop.finish()  # before the last stop check: a signal from now on lets the final save finish
+                signum = stop.requested()
                 if current_iter % save_freq == 0 or signum:
                     try:
                         last_state = model.save(epoch, current_iter, position, extra={
@@ -659,7 +659,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         print(markdown, flush=True)
     if dist.is_initialized():
         dist.barrier()  # ranks leave together: a peer tearing down while rank 0 still writes can abort it (gloo)
-    signum = stop.requested()
+    signum = stop.requested(after_the_last_step=True)
     if signum:  # it came after the last step, so the run finished; it still stops the caller (a sweep goes no further)
         raise Interrupted(signum, current_iter, last_state,
                           finished=str(Path(opt["path"]["experiments_root"]) / "results.json"))
