@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -193,13 +194,36 @@ def check_cached_weights(path: str | os.PathLike, model: nn.Module) -> None:
         raise WeightsError(f"cached pre-trained backbone: {err}; delete {path} to pre-train it again") from None
 
 
+# Fingerprints computed in this process, by the file's identity (see file_identity): the demo's and the sweeps'
+# stages start from one backbone, and each read it whole for its fingerprint besides training's start-up check.
+_FINGERPRINTS: dict[tuple, str] = {}
+# Only a file unchanged for this long is kept: a file system's clock ticks (a few ms on older kernels, more on some
+# network file systems), so a rewrite within the tick of the last change could keep the same identity.
+SETTLED_SECONDS = 1.0
+
+
+def file_identity(path: str | os.PathLike) -> tuple | None:
+    """What changes when a file is replaced (a new inode) or rewritten in place (its size, mtime or ctime; ctime
+    also when a copy keeps the old mtime), or None when it cannot be read (the read then says why)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def content_fingerprint(path: str | os.PathLike) -> str:
-    """A short sha256 of every tensor in a checkpoint (names, dtypes, shapes, values), not of the file's bytes.
+    """A short sha256 of every tensor in a checkpoint (names, dtypes, shapes, values), not of the file's bytes;
+    computed once per file identity in a process (:func:`file_identity`; a file changed in the last
+    :data:`SETTLED_SECONDS` is read each time).
 
     Why: run identities name pre-trained weights by path; a file rebuilt in place (``--force``) or replaced by hand
     must not let old records or cached stages pass as runs of the new weights. Two saves of the same tensors differ
     in their zip records, so the bytes of the file are no identity; the tensors are.
     """
+    identity, started = file_identity(path), time.time()
+    if identity in _FINGERPRINTS:
+        return _FINGERPRINTS[identity]
     digest = hashlib.sha256()
 
     def visit(prefix: str, value: object) -> None:
@@ -217,4 +241,8 @@ def content_fingerprint(path: str | os.PathLike) -> str:
             digest.update(f"{prefix}={value!r}|".encode())
 
     visit("", read_checkpoint(path))
-    return digest.hexdigest()[:16]
+    fingerprint = digest.hexdigest()[:16]
+    settled = identity is not None and identity[-1] < (started - SETTLED_SECONDS) * 1e9  # its ctime
+    if settled and file_identity(path) == identity:  # nor changed while it was read
+        _FINGERPRINTS[identity] = fingerprint
+    return fingerprint

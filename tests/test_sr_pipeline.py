@@ -81,6 +81,53 @@ def test_the_pretrained_weights_are_read_once_by_training_and_by_test(data_root,
     assert reads.count(weights) == 2
 
 
+def test_stages_on_one_pretrained_file_fingerprint_it_once(data_root, tmp_path, monkeypatch):
+    """Each demo or sweep stage read the whole pre-trained file for its tensor fingerprint, then again in training's
+    start-up check: twice the I/O of a large checkpoint per stage. The fingerprint is kept for the process, by the
+    file's identity: a file rewritten in place or replaced (``--force``) is read again."""
+    import os
+    import time
+
+    import ldt.archs  # noqa: F401
+    import ldt.weights
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.atomic import atomic_torch_save
+    from ldt.sr.experiment import run_stage
+    from ldt.weights import content_fingerprint
+
+    weights = tmp_path / "net.pth"
+    network = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+
+    def save_changed(save) -> None:
+        """Other weights at the same path, left to settle (a backbone made before the stages)."""
+        with torch.no_grad():
+            next(network.parameters()).add_(1)
+        save({"params": network.state_dict()}, weights)
+        time.sleep(ldt.weights.SETTLED_SECONDS + 0.1)
+
+    save_changed(torch.save)
+    reads, load = [], torch.load
+
+    def counting_load(file, *args, **kwargs):
+        reads.append(Path(file))
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    for name in ("first", "second"):
+        opt = tiny_options(data_root, name, "ft", train__total_iter=1)
+        opt["path"] = {"pretrain_network_g": str(weights)}
+        run_stage(opt, tmp_path)
+    assert reads.count(weights) == 3  # one fingerprint, and each stage's start-up check
+    fingerprints = {content_fingerprint(weights)}
+    inode = os.stat(weights).st_ino
+    save_changed(torch.save)  # rewritten in place
+    assert os.stat(weights).st_ino == inode
+    fingerprints.add(content_fingerprint(weights))
+    save_changed(atomic_torch_save)  # replaced, as a --force rebuild does
+    fingerprints.add(content_fingerprint(weights))
+    assert len(fingerprints) == 3 and reads.count(weights) == 5
+
+
 def test_composite_is_what_was_validated(data_root, tmp_path):
     """Validation metrics of the final report are those of the saved composite (not of a live branch)."""
     from ldt.sr.evaluate import run_test
