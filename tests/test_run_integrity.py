@@ -977,6 +977,64 @@ def test_a_signal_at_the_last_stop_check_is_told_what_then_happens(moment, data_
                             f"({exp / 'results.json'}); nothing to resume", (told, lines[-1])
 
 
+@pytest.mark.parametrize("moment", ["checks", "probe", "before_the_last_check", "after_the_last_check"])
+def test_a_signal_before_the_first_step_is_told_what_then_happens(moment, data_root, tmp_path, capsys, monkeypatch):
+    """A signal during the start-up checks, the warm-up or the probe was told 'saving a training state at the next
+    step', but the run stopped before training with nothing saved. The handler is called directly in each phase, and
+    just before and after the stop check that follows the probe: its message must say what the run then does."""
+    import ldt.sr.train as train_module
+    from ldt.sr.preemption import StopOnSignal
+
+    stops, checks, model, requested, calls = [], train_module.check_before_start, train_module.LDTModel, \
+        StopOnSignal.requested, []
+    enter = StopOnSignal.__enter__
+    monkeypatch.setattr(StopOnSignal, "__enter__", lambda self: stops.append(self) or enter(self))
+
+    def fire(now: str) -> None:
+        if now == moment:
+            stops[-1]._handle(signal.SIGTERM, None)
+
+    def checks_then_signal(*args, **kwargs):
+        checked = checks(*args, **kwargs)
+        fire("checks")
+        return checked
+
+    def probe_then_signal(*args, **kwargs):
+        built = model(*args, **kwargs)  # its warm-up and probe run here
+        fire("probe")
+        return built
+
+    def signal_around_the_check_after_the_probe(self, *args, **kwargs):
+        calls.append(kwargs)
+        last = len(calls) == 2  # the second check: after the warm-up and probe, before the first step
+        if last:
+            fire("before_the_last_check")
+        signum = requested(self, *args, **kwargs)
+        if last:
+            fire("after_the_last_check")
+        return signum
+
+    monkeypatch.setattr(train_module, "check_before_start", checks_then_signal)
+    monkeypatch.setattr(train_module, "LDTModel", probe_then_signal)
+    monkeypatch.setattr(StopOnSignal, "requested", signal_around_the_check_after_the_probe)
+    capsys.readouterr()
+    code = train_module.main(["-opt", str(write(options(data_root, f"first_{moment}", total_iter=3), tmp_path)),
+                              "--root", str(tmp_path)])
+    lines = capsys.readouterr().err.splitlines()
+    told = [line for line in lines if line.startswith("SIGTERM: ")]
+    assert code == 128 + signal.SIGTERM and len(told) == 1, lines[-5:]
+    if "saving a training state at the next step" in told[0]:
+        state = tmp_path / "experiments" / f"first_{moment}" / "training_states" / "1.state"
+        assert moment != "checks" and moment != "probe", told
+        assert lines[-1] == f"stopped by SIGTERM at iteration 1: saved {state}; resume with --auto_resume", \
+            (told, lines[-1])
+    else:
+        assert told[0] == "SIGTERM: stopping before training begins (nothing new to save), then exiting (send it " \
+                          "again to exit at once)", told
+        assert lines[-1] == "stopped by SIGTERM at iteration 0: before training began, nothing to save (the " \
+                            "warm-up and probe run again)", (told, lines[-1])
+
+
 # ---- 5 and the interruption test: kill -9 at seeded moments and SIGTERM, resumed each time, bit-identical ---------------
 def driver(progress: Path, opt_file: Path, root: Path, *flags: str, pause: int | None = None,
            hold: int | None = None) -> subprocess.Popen:

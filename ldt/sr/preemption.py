@@ -1,7 +1,8 @@
 """Clean stops on SIGTERM / SIGINT: clusters preempt with SIGTERM (SLURM, Kubernetes), users press Ctrl-C.
 
-The first signal asks the training loop to save a training state at the next step boundary and exit (after the last
-step there is none: the run finishes its final save, then exits all the same, so a sweep goes no further); a second
+The first signal asks the training loop to save a training state at the next step boundary and exit (before the
+first step there is nothing new to save: the run stops at its next check before training; after the last step there
+is no step: the run finishes its final save, then exits all the same, so a sweep goes no further); a second
 one exits at once (the default action of the signal: nothing half-written survives, writes are atomic). Under DDP the
 ranks agree on the stop (a max all-reduce of the flag each step), so they save the same iteration and leave together.
 """
@@ -53,7 +54,9 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.training = False
         self.finishing = False
+        self._at_start: int | None = None  # the signal if it came before start(): told nothing new is saved
         self._at_step: int | None = None  # the signal if it came before finish(): told a state is saved at a step
         self._handlers = contextlib.ExitStack()
 
@@ -63,6 +66,11 @@ class StopOnSignal:
 
     def __exit__(self, *exc) -> None:
         self._handlers.close()
+
+    def start(self) -> None:
+        """Called before the last stop check before the first step: a signal from now on is told that a state is saved
+        at the next step, and the check leaves it to the first step's (see :meth:`finish` for why before the check)."""
+        self.training = True
 
     def finish(self) -> None:
         """Called before the last stop check: a signal from now on is told that the run finishes its final save
@@ -74,18 +82,21 @@ class StopOnSignal:
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
             self.signum, self._at_step = signum, None if self.finishing else signum
+            self._at_start = None if self.training or self.finishing else signum
             what = "the last iteration is done; finishing the final save" if self.finishing else \
-                "saving a training state at the next step"
+                "saving a training state at the next step" if self.training else \
+                "stopping before training begins (nothing new to save)"
             print(f"\n{signal.Signals(signum).name}: {what}, then exiting (send it again to exit at once)",
                   file=sys.stderr, flush=True)
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    def requested(self, *, after_the_last_step: bool = False) -> int | None:
+    def requested(self, *, before_training: bool = False, after_the_last_step: bool = False) -> int | None:
         """The signal that asked for a stop at this step boundary, on any rank (None: keep going); with
+        ``before_training``, at a check before the first step, one that came before :meth:`start`; with
         ``after_the_last_step``, once the final save is done, any signal (it still stops the caller)."""
-        signum = self.signum if after_the_last_step else self._at_step
+        signum = self.signum if after_the_last_step else self._at_start if before_training else self._at_step
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             backend = dist.get_backend()
             device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")

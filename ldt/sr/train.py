@@ -514,7 +514,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
 
     def stop_before_training() -> None:
         """A stop asked for before the first step: nothing new to save (the state resumed from is the newest)."""
-        signum = stop.requested()
+        signum = stop.requested(before_training=True)
         if signum:
             raise Interrupted(signum, state["iter"] if state else 0, str(state_path) if state_path else None,
                               saved=False)
@@ -546,6 +546,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     total_iter = int(opt["train"]["total_iter"])
     if state is not None and state["iter"] >= total_iter:
         stop.finish()  # resumed at the end: no step left to save a state at (set before the stop check)
+    stop.start()  # a signal from now on is told a state is saved at the first step (set before the stop check)
     stop_before_training()  # during the warm-up or the probe
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
     history: list[dict] = []  # validation tables so far; kept in training states so curves survive a resume
