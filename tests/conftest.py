@@ -102,6 +102,15 @@ def no_stop_signal_left_blocked():
     assert not blocked, f"the test left {sorted(s.name for s in blocked)} blocked"
 
 
+def sigint_by_default() -> None:
+    """``preexec_fn`` for a child process a test sends SIGINT: a pytest started in the background (``&``, nohup, a
+    CI runner) hands its children SIGINT ignored, which our commands rightly leave ignored, so the child would never
+    see the test's Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def default_sigint():
     """A pytest started in the background inherits SIGINT ignored, which the runner leaves ignored."""

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import sigint_by_default
 from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,8 @@ def test_a_signal_mid_evaluation_is_one_line_naming_the_unfinished_folder(signum
     command = [sys.executable, "-c", SIGNAL_AT_FIRST_IMAGE.format(signum=int(signum)), "-opt", str(options),
                "--root", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    stopped = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    stopped = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                             preexec_fn=sigint_by_default)
     out = tmp_path / "results" / "hostile"
     assert (stopped.returncode, stopped.stderr.strip().splitlines()[-1]) == (
         128 + signum, f"stopped by {signal.Signals(signum).name}: the evaluation did not finish ({out} has no "

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ldt.cli import starting
+from tests.conftest import sigint_by_default
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = [["Train_pip.py"], ["test.py"], ["scripts/reproduce.py"], ["scripts/study.py"],
@@ -65,7 +66,8 @@ def test_every_entry_point_stops_in_one_line_while_importing(entry, tmp_path):
     while torch loads. ``--help`` would print usage and exit 0 if the imports had already finished."""
     signum = signal.SIGTERM if len(entry) == 1 else signal.SIGINT
     process = subprocess.Popen([sys.executable, *entry, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               preexec_fn=sigint_by_default)
     deadline = time.monotonic() + 60
     while not catches_sigterm(process.pid) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
