@@ -165,7 +165,8 @@ def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], lis
 
 
 def meant(key: Any, known: Sequence[str]) -> str | None:
-    """The known option an unknown key most likely misspells (every "did you mean" of an unknown option), or None."""
+    """The known name an unknown one most likely misspells (the "did you mean" of an unknown option, section,
+    architecture or dataset type), or None."""
     hint = difflib.get_close_matches(str(key), list(known), n=1)
     return hint[0] if hint else None
 

@@ -11,7 +11,6 @@ as the numbers they spell.
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import os
 import sys
@@ -433,9 +432,9 @@ def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--for
                 raise OptionsError(f"{label}: '{where}' is {value_text} in the options, not an option section")
             if key not in node:
                 known = [str(k) for k in node] + [name for model in models for name in model.model_fields]
-                hint = difflib.get_close_matches(key, known, n=1)
+                hint = meant(key, known)
                 raise OptionsError(f"{label}: '{where}' is not an option section"
-                                   + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+                                   + (f" (did you mean '{hint}'?)" if hint else ""))
             node, models = node[key], sections
         undone = next((option for option in written if option[: len(path)] == tuple(path)), None)
         if undone:  # BasicSR keeps the last silently; as for a key written twice in a file, say so
@@ -609,9 +608,9 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
         return None, None, None
     if arch_type not in registry:
         known = sorted(registry.keys())
-        hint = difflib.get_close_matches(arch_type, known, n=1)
+        hint = meant(arch_type, known)
         problems.append(f"network_g:type: unknown architecture '{arch_type}'"
-                        + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(known)}"))
+                        + (f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(known)}"))
         return None, None, None
     arch = registry.get(arch_type)
     ignored = [key for key in getattr(arch, "OFFICIAL_EXTRA_OPTIONS", ()) if key in raw]
@@ -677,8 +676,8 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int | None, problems: lis
             if kind is None:
                 problem = "missing"
             elif isinstance(kind, str):
-                hint = difflib.get_close_matches(kind, list(DATASET_SCHEMAS), n=1)
-                problem = f"no option schema for dataset type '{kind}'" + (f" (did you mean '{hint[0]}'?)" if hint
+                hint = meant(kind, list(DATASET_SCHEMAS))
+                problem = f"no option schema for dataset type '{kind}'" + (f" (did you mean '{hint}'?)" if hint
                                                                             else "")
             else:
                 problem = f"expected a string, got {type(kind).__name__} {kind!r:.60}"
@@ -883,8 +882,9 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
     written = raw["network_g"] if isinstance(raw.get("network_g"), dict) else {}
     scale = (top.scale if top is not None and top.scale else None) or network_scale(network or written, meta_network) \
         or (4 if network else None)
-    if top is not None and top.scale and network and network_scale(network, meta_network) not in (None, top.scale):
-        problems.append(f"scale: {top.scale}, but network_g upscales by {network_scale(network, meta_network)}")
+    built_scale = network_scale(network, meta_network) if network else None
+    if top is not None and top.scale and built_scale not in (None, top.scale):
+        problems.append(f"scale: {top.scale}, but network_g upscales by {built_scale}")
     datasets = {} if "datasets" in misspelled else _dataset_problems(raw.get("datasets"), is_train, scale, problems)
     if top is not None:
         sets = raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {}
