@@ -728,7 +728,7 @@ def test_leftovers_of_an_interrupted_write_are_cleaned_at_the_next_start(data_ro
     opt["train"]["total_iter"] = 7
     assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0
     assert not any(path.exists() for path in planted)
-    assert sorted(p.name for p in (exp / "models").glob("net_g_[0-9]*.pth")) == ["net_g_6.pth"]
+    assert sorted(p.name for p in (exp / "models").glob("net_g_[0-9]*.pth")) == ["net_g_7.pth"]  # the last step's
 
 
 def test_a_rerun_archives_the_earlier_run_without_its_half_written_files(data_root, tmp_path, capsys):
@@ -1103,3 +1103,56 @@ def test_a_second_signal_exits_at_once(data_root, tmp_path):
     run.communicate(timeout=120)
     iterations = len(progress.read_text().splitlines())
     assert run.returncode == -signal.SIGTERM and iterations < 400  # killed by the signal's default action
+
+
+# ---- 8. a finished run: its last step leaves a state, so a rerun never trains again -------------------------------------
+def no_training(monkeypatch) -> None:
+    """Any training step from now on fails the test."""
+    from ldt.models.ldt_model import LDTModel
+
+    def step(self, current_iter: int) -> None:
+        raise AssertionError(f"trained again (iteration {current_iter})")
+
+    monkeypatch.setattr(LDTModel, "optimize_parameters", step)
+
+
+def test_auto_resume_of_a_finished_run_off_the_save_frequency_trains_nothing_and_says_so(data_root, tmp_path, capsys,
+                                                                                      monkeypatch):
+    opt = options(data_root, "finished", total_iter=5)  # save_checkpoint_freq 3: the last step is off the frequency
+    assert cli(opt, tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "finished"
+    assert (exp / "training_states" / "5.state").is_file()
+    weights = latest(tmp_path, "finished")
+    no_training(monkeypatch)
+    capsys.readouterr()
+    from ldt.sr.train import main
+
+    assert main(["-opt", str(tmp_path / "finished.yml"), "--root", str(tmp_path), "--auto_resume"]) == 0
+    told = [line for line in capsys.readouterr().out.splitlines() if "nothing to train" in line]
+    assert told == [f"resume: {exp / 'training_states' / '5.state'} is the last iteration (5) of this run: "
+                    "nothing to train; its final weights and results are written again"]
+    assert same_weights(weights, latest(tmp_path, "finished"))
+
+
+def test_a_finished_run_whose_results_cannot_be_written_keeps_its_final_state_and_a_rerun_writes_them(
+        data_root, disk, tmp_path, capsys, monkeypatch):
+    import ldt.sr.train as sr_train
+
+    write_results = sr_train.write_results
+
+    def full_disk_at_the_record(*args):
+        fill(disk)
+        return write_results(*args)
+
+    monkeypatch.setattr(sr_train, "write_results", full_disk_at_the_record)
+    opt = options(data_root, "record", total_iter=5)
+    code, lines = cli(opt, disk, capsys)
+    exp = disk / "experiments" / "record"
+    assert code == 2 and len(lines) == 1
+    assert f"cannot write {exp / 'results.json'}: no space left on device" in lines[0], lines
+    assert (exp / "training_states" / "5.state").is_file() and not (exp / "results.json").exists()
+    (disk / "filler").unlink()
+    monkeypatch.undo()
+    no_training(monkeypatch)
+    assert cli(opt, disk, capsys, "--auto_resume")[0] == 0
+    assert json.loads((exp / "results.json").read_text())["iterations"] == 5

@@ -231,7 +231,8 @@ class WandbOptions(Options):
 
 class LoggerOptions(Options):
     print_freq: PositiveInt = Field(100, description="log the losses every N iterations")
-    save_checkpoint_freq: PositiveInt = Field(5000, description="save net_g_<iter>.pth and <iter>.state every N")
+    save_checkpoint_freq: PositiveInt = Field(
+        5000, description="save net_g_<iter>.pth and <iter>.state every N (and at the last iteration)")
     keep_last_checkpoints: NonNegativeInt = Field(0, description="keep the newest N iteration checkpoints (0: all)")
     use_tb_logger: bool = Field(True, description="TensorBoard curves under tb_logger/<name>")
     wandb: WandbOptions | None = Field(None, description="Weights & Biases (BasicSR pipeline only)")

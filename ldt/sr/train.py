@@ -546,6 +546,9 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     total_iter = int(opt["train"]["total_iter"])
     if state is not None and state["iter"] >= total_iter:
         stop.finish()  # resumed at the end: no step left to save a state at (set before the stop check)
+        if rank0:
+            print(f"resume: {state_path} is the last iteration ({total_iter}) of this run: nothing to train; "
+                  "its final weights and results are written again", flush=True)
     stop.start()  # a signal from now on is told a state is saved at the first step (set before the stop check)
     stop_before_training()  # during the warm-up or the probe
     current_iter, epoch, position, best = 0, 0, 0, {"value": -math.inf, "iter": -1}
@@ -625,7 +628,9 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                 if current_iter >= total_iter:
                     stop.finish()  # before the last stop check: a signal from now on lets the final save finish
                 signum = stop.requested()
-                if current_iter % save_freq == 0 or signum:
+                # The last step always leaves a state: a rerun with --auto_resume (or a stage whose results could
+                # not be written) then finds the run finished instead of training again from an earlier state.
+                if current_iter % save_freq == 0 or signum or current_iter >= total_iter:
                     try:
                         last_state = model.save(epoch, current_iter, position, extra={
                             "best": best, "history": history,
