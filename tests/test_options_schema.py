@@ -436,3 +436,26 @@ def test_an_lmdb_paired_set_on_a_plain_folder_is_one_line_per_folder(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptionsWarning)
         assert prepare_options(opt, is_train=True)["datasets"]["train"]["io_backend"] == {"type": "lmdb"}
+
+
+def test_more_loader_workers_than_cpus_is_one_warning_naming_the_options(data_root, monkeypatch):
+    """``num_worker_per_gpu`` is bounded (MAX_WORKERS) but 256 workers on a 2-CPU job only queue for the same CPUs:
+    one warning at start-up names each block's option and the CPU count; the run goes on."""
+    monkeypatch.setattr("ldt.sr.options.usable_cpus", lambda: 2)
+    opt = tiny_options(data_root, "workers", "ldt")
+    opt["datasets"]["train"]["num_worker_per_gpu"] = 8
+    opt["datasets"]["val_2"]["num_worker_per_gpu"] = 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare_options(opt, is_train=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, OptionsWarning)]
+    assert messages == ["datasets:train:num_worker_per_gpu: 8, datasets:val_2:num_worker_per_gpu: 3: more DataLoader "
+                        "workers than the 2 CPU(s) this process may use; they only queue for the same CPUs (set at "
+                        "most 2)"], messages
+    assert prepared["datasets"]["train"]["num_worker_per_gpu"] == 8
+    opt["datasets"]["train"]["num_worker_per_gpu"] = 2
+    opt["datasets"]["val_2"]["num_worker_per_gpu"] = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_options(opt, is_train=True)
+    assert not [w for w in caught if issubclass(w.category, OptionsWarning)]

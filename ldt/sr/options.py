@@ -44,6 +44,7 @@ from ldt.core.config import (
     validate_into,
 )
 from ldt.data.options import DatasetOptions, DRealSRCameraOptions, PairedImageOptions
+from ldt.runner import usable_cpus
 from ldt.sweep import PROJECT_ROOT, identity_path
 
 OPTION_DIRS = {"train": PROJECT_ROOT / "options" / "train", "test": PROJECT_ROOT / "options" / "test"}
@@ -922,7 +923,20 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
     if opt["logger"]["wandb"] and opt["logger"]["wandb"].get("project"):
         warnings.warn("logger:wandb is used by the BasicSR pipeline only; Train_pip.py logs to TensorBoard",
                       OptionsWarning, stacklevel=2)
+    _warn_of_workers_beyond_cpus(opt["datasets"])
     return opt
+
+
+def _warn_of_workers_beyond_cpus(datasets: Mapping[str, dict]) -> None:
+    """One warning naming every block whose ``num_worker_per_gpu`` exceeds the CPUs this process may use: the bound
+    (:data:`ldt.data.options.MAX_WORKERS`) is the same on every machine, but workers beyond the CPUs only queue for
+    them, each a process of its own; a warning, not an error, as the run is still correct, only no faster."""
+    cpus = usable_cpus()
+    beyond = [f"datasets:{key}:num_worker_per_gpu: {block['num_worker_per_gpu']}" for key, block in datasets.items()
+              if block["num_worker_per_gpu"] > cpus]
+    if beyond:
+        warnings.warn(f"{', '.join(beyond)}: more DataLoader workers than the {cpus} CPU(s) this process may use; "
+                      f"they only queue for the same CPUs (set at most {cpus})", OptionsWarning, stacklevel=3)
 
 
 def load_options(path: str | Path, *, is_train: bool, overrides: list[str] | None = None, kind: str | None = None) -> dict:
