@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,6 +59,8 @@ BAD = [
     ("train:optim_g:lr", -1e-3, "train:optim_g:lr: must be > 0, got -0.001"),
     ("train:optim_g:type", "SGD", "train:optim_g:type: unknown type 'SGD'; choose from Adam, AdamW"),
     ("train:scheduler", {"type": "StepLR", "step_size": 3}, "train:scheduler:type: unknown type 'StepLR'"),
+    ("train:optim_g:type", "AdamWW", "train:optim_g:type: unknown type 'AdamWW'; choose from Adam, AdamW (did you mean "
+                                     "'AdamW'?)"),
     ("val:val_freq", 0, "val:val_freq: must be > 0, got 0"),
     ("logger:print_freq", 0, "logger:print_freq: must be > 0, got 0"),
     ("logger:save_checkpoint_freq", 0, "logger:save_checkpoint_freq: must be > 0, got 0"),
@@ -459,3 +462,14 @@ def test_more_loader_workers_than_cpus_is_one_warning_naming_the_options(data_ro
         warnings.simplefilter("always")
         prepare_options(opt, is_train=True)
     assert not [w for w in caught if issubclass(w.category, OptionsWarning)]
+
+
+def test_every_did_you_mean_comes_from_the_one_helper():
+    """``ldt.core.config.meant`` is the one "did you mean" (an option, a choice, a type tag, a method, an
+    architecture): a module calling difflib itself could pick hints by other rules (cut-off, candidates)."""
+    import ldt
+
+    package = Path(ldt.__file__).parent
+    callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if "difflib" in path.read_text() and path != package / "core" / "config.py")
+    assert callers == []

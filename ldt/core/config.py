@@ -182,14 +182,14 @@ def _message(error: dict, siblings: list[str]) -> str:
     if kind == "literal_error":
         choices = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
         options = [c.strip() for c in choices.split(",") if c.strip()]
-        hint = difflib.get_close_matches(str(value), options, n=1) if isinstance(value, str) else []
-        return f"must be one of {choices}, got {shown}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        hint = meant(value, options) if isinstance(value, str) else None
+        return f"must be one of {choices}, got {shown}" + (f" (did you mean '{hint}'?)" if hint else "")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = str(ctx.get("expected_tags", "")).replace("'", "")
         if kind == "union_tag_not_found":
             return f"missing 'type' (one of {tags})" if tags else "missing 'type'"
-        hint = difflib.get_close_matches(str(ctx.get("tag")), [t.strip() for t in tags.split(",")], n=1)
-        return f"unknown type '{ctx.get('tag')}'; choose from {tags}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        hint = meant(ctx.get("tag"), [t.strip() for t in tags.split(",")])
+        return f"unknown type '{ctx.get('tag')}'; choose from {tags}" + (f" (did you mean '{hint}'?)" if hint else "")
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(ctx.values()))

@@ -20,7 +20,6 @@ training loop stays the caller's, so SR (BasicSR), classification, segmentation 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import re
@@ -38,7 +37,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ldt.core import dual, single
-from ldt.core.config import NonNegativeInt, Options, PathText, ProbeConfig, Real, Seed, WarmupConfig
+from ldt.core.config import NonNegativeInt, Options, PathText, ProbeConfig, Real, Seed, WarmupConfig, meant
 from ldt.core.dual import (
     DualBranch,
     EMAPlan,
@@ -518,8 +517,8 @@ def register_method(cls: type[Method]) -> type[Method]:
 def method_class(name: str) -> type[Method]:
     """The registered method called ``name``; an unknown name raises with the choices and a "did you mean"."""
     if name not in METHODS:
-        hint = difflib.get_close_matches(str(name), list(METHODS), n=1)
-        raise MethodError(f"unknown method {name!r}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        hint = meant(name, list(METHODS))
+        raise MethodError(f"unknown method {name!r}" + (f" (did you mean '{hint}'?)" if hint else "")
                           + f"; choose from {', '.join(METHODS)}")
     return METHODS[name]
 

@@ -15,7 +15,6 @@ reported: it would need the targets evaluated at every selection step; the recor
 from __future__ import annotations
 
 import copy
-import difflib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
+from ldt.core.config import meant
 from ldt.runner import (ResumableStream, RunState, check_training, domain_batches, domain_seed, field_flag,
                         method_config, prepared, run_hparams, train_and_select)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
@@ -144,8 +144,8 @@ class RunConfig:
             raise ValueError(f"domain name(s) {repeated} given twice (a source is never a target; name domains "
                              "apart with LAYOUT:NAME=ROOT)")
         if self.method not in METHODS:
-            hint = difflib.get_close_matches(str(self.method), METHODS, n=1)
-            raise ValueError(f"unknown method {self.method!r}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            hint = meant(self.method, METHODS)
+            raise ValueError(f"unknown method {self.method!r}" + (f" (did you mean '{hint}'?)" if hint else "")
                              + f"; choose from {', '.join(METHODS)}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
