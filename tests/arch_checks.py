@@ -52,3 +52,25 @@ def check_forward_backward(model: nn.Module, size: tuple[int, int], scale: int) 
     out.mean().backward()
     assert torch.isfinite(x.grad).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def check_declared_ranges_at_construction(cls: type, kwargs: dict) -> None:
+    """Every bound declared on a constructor parameter (``Annotated[int, Ge(1)]``) is enforced by a plain Python call:
+    a value just outside it raises one line naming the class and the argument (the cases come from the declarations,
+    so a newly ranged argument is covered without a new test case)."""
+    import typing
+
+    import pytest
+
+    outside = {"ge": lambda limit: limit - 1, "gt": lambda limit: limit, "le": lambda limit: limit + 1,
+               "lt": lambda limit: limit}
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    cases = [(name, outside[key](getattr(item, key))) for name, hint in hints.items()
+             if typing.get_origin(hint) is typing.Annotated for item in hint.__metadata__
+             for key in outside if getattr(item, key, None) is not None]
+    assert len(cases) >= 3, cases
+    for name, value in cases:
+        with pytest.raises(ValueError) as raised:
+            cls(**{**kwargs, name: value})
+        assert str(raised.value).startswith(f"{cls.__name__}: {name}: must be "), (name, value, str(raised.value))
+        assert "\n" not in str(raised.value)

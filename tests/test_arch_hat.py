@@ -12,6 +12,7 @@ from ldt.archs.hat_arch import HAT
 from tests.arch_checks import (
     CHECKPOINT_LAYOUTS,
     check_forward_backward,
+    check_declared_ranges_at_construction,
     check_registered,
     check_strict_load_round_trip,
 )
@@ -218,6 +219,29 @@ def test_bad_inputs_raise_clear_errors() -> None:
 def test_bad_configs_raise(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         HAT(**{**TINY, **overrides})
+
+
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        ({"embed_dim": -1}, "HAT: embed_dim: must be >= 1, got -1"),  # was: 'must be divisible by every num_heads'
+        ({"depths": [2, 0]}, "HAT: depths[1]: must be >= 1, got 0"),  # was built: a group without blocks
+        ({"depths": []}, "HAT: depths: must have length >= 1, got []"),
+        ({"num_heads": (2, 0)}, "HAT: num_heads[1]: must be >= 1, got 0"),
+        ({"qk_scale": 0.0}, "HAT: qk_scale: must be > 0, got 0.0"),  # Optional: None passes, 0 does not
+        ({"drop_path_rate": 1.0}, "HAT: drop_path_rate: must be < 1, got 1.0"),
+        ({"num_heads": [2]}, "HAT: num_heads: [2] and depths [2, 2] must have the same length"),
+    ],
+)
+def test_declared_ranges_are_checked_in_python_too(overrides: dict, line: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        HAT(**{**TINY, **overrides})
+    assert str(raised.value).startswith(line), str(raised.value)
+
+
+def test_every_declared_range_is_checked_in_python() -> None:
+    check_declared_ranges_at_construction(HAT, TINY)
+    HAT(**{**TINY, "qk_scale": None})  # the optional argument's None is in range
 
 
 # ---------------------------------------------------------------- shifted-window mask cache

@@ -14,7 +14,12 @@ from ldt.archs import mambair_arch
 from ldt.archs.arch_util import load_pretrained
 from ldt.weights import WeightsError
 from ldt.archs.mambair_arch import SS2D, MambaIR
-from tests.arch_checks import CHECKPOINT_LAYOUTS, check_registered, check_strict_load_round_trip
+from tests.arch_checks import (
+    CHECKPOINT_LAYOUTS,
+    check_declared_ranges_at_construction,
+    check_registered,
+    check_strict_load_round_trip,
+)
 
 CLASSIC_X4 = dict(upscale=4, in_chans=3, img_size=64, img_range=1.0, d_state=16, depths=[6, 6, 6, 6, 6, 6],
                   embed_dim=180, mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv")
@@ -279,8 +284,18 @@ def test_bad_input_raises(shape):
     "overrides, message",
     [({"upsampler": "bicubic"}, "upsampler must be one of"), ({"resi_connection": "2conv"}, "resi_connection"),
      ({"patch_size": 2}, "patch_size must be 1"), ({"upsampler": "pixelshuffle", "upscale": 5}, "2\\^n and 3"),
-     ({"upsampler": "nearest+conv", "upscale": 3}, "supports upscale 2 and 4"), ({"embed_dim": 12}, "embed_dim >= 30")],
+     ({"upsampler": "nearest+conv", "upscale": 3}, "supports upscale 2 and 4"),
+     ({"embed_dim": 12}, "^MambaIR: embed_dim: must be >= 30, got 12$")],
 )
 def test_bad_config_raises(overrides, message):
     with pytest.raises(ValueError, match=message):
         make(**overrides)
+
+
+def test_declared_ranges_are_checked_in_python_too():
+    check_declared_ranges_at_construction(MambaIR, TINY)
+    with pytest.raises(ValueError, match=r"^MambaIR: img_size\[1\]: must be >= 1, got 0$"):
+        make(img_size=(64, 0))  # a member of Count | tuple[Count, Count]
+    with pytest.raises(ValueError, match=r"^MambaIR: img_size: must be >= 1, got 0$"):
+        make(img_size=0)
+    make(img_size=[48, 64])  # a list passes for the tuple, as in an option file

@@ -11,6 +11,7 @@ from ldt.archs.safmn_arch import SAFMN, LayerNorm
 from tests.arch_checks import (
     CHECKPOINT_LAYOUTS,
     check_forward_backward,
+    check_declared_ranges_at_construction,
     check_registered,
     check_strict_load_round_trip,
 )
@@ -106,3 +107,12 @@ def test_strict_load_round_trip(tmp_path, layout: str) -> None:
 
 def test_registered_in_basicsr() -> None:
     check_registered("SAFMN", SAFMN, TINY, scale=2)
+
+def test_declared_ranges_are_checked_in_python_too() -> None:
+    check_declared_ranges_at_construction(SAFMN, TINY)
+    with pytest.raises(ValueError, match=r"^SAFMN: n_blocks: must be >= 1, got 0$"):
+        SAFMN(dim=36, n_blocks=0)  # was built: a network without body blocks
+    with pytest.raises(ValueError, match=r"^SAFMN: upscaling_factor: must be <= 16, got 10000$"):
+        SAFMN(36, 8, 2.0, 10_000)  # positional arguments are checked too
+    with pytest.raises(ValueError, match=r"^SAFMN: dim: must be divisible by 4"):
+        SAFMN(dim=10)  # the constructor's own checks name the class as well

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldt.archs.arch_util import (MAX_SCALE, ArgumentError, Count, Depths, DropPath, Rate, Ratio, Scale, Width,
-                                 check_depths, check_width, init_transformer_weights, pad_to_multiple)
+                                 check_arguments, check_depths, check_width, init_transformer_weights, pad_to_multiple)
 from ldt.compat import patch_basicsr
 
 patch_basicsr()
@@ -405,6 +405,7 @@ def _upsample(scale: int, num_feat: int) -> nn.Sequential:
 
 
 @ARCH_REGISTRY.register()
+@check_arguments
 class HAT(nn.Module):
     """Hybrid Attention Transformer; arguments and defaults are the official ones (see the module docstring).
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldt.archs.arch_util import (ArgumentError, Count, Depths, DropPath, Rate, Ratio, Scale, Width, check_depths,
-                                 check_width, init_transformer_weights)
+from ldt.archs.arch_util import (ArgumentError, Count, Depths, DropPath, Rate, Ratio, Scale, Width, check_arguments,
+                                 check_depths, check_width, init_transformer_weights)
 from ldt.compat import patch_basicsr
 
 patch_basicsr()
@@ -300,6 +300,7 @@ class UpsampleOneStep(nn.Sequential):
 
 
 @ARCH_REGISTRY.register()
+@check_arguments
 class MambaIR(nn.Module):
     """MambaIR: shallow conv, residual state-space groups, then an upsampling (or denoising) head.
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldt.archs.arch_util import ArgumentError, Blocks, Ratio, Scale, Width, check_width
+from ldt.archs.arch_util import ArgumentError, Blocks, Ratio, Scale, Width, check_arguments, check_width
 from ldt.compat import patch_basicsr
 
 patch_basicsr()
@@ -95,6 +95,7 @@ class AttBlock(nn.Module):
 
 
 @ARCH_REGISTRY.register()
+@check_arguments
 class SAFMN(nn.Module):
     """SAFMN for RGB images; official x4 model: ``dim=36, n_blocks=8, ffn_scale=2.0``, SAFMN-L: ``dim=128, n_blocks=16``.
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import operator
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -193,8 +194,7 @@ def _message(error: dict, siblings: list[str]) -> str:
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {limit:g}, got {shown}" if isinstance(limit, float) else \
-            f"must be {bounds[kind]} {limit}, got {shown}"
+        return f"must be {bounds[kind]} {_limit_text(limit)}, got {shown}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"expected an integer, got {type(value).__name__} {shown}"
     if kind in ("float_type", "float_parsing"):
@@ -260,7 +260,33 @@ def validate_into(model: type[BaseModel], data: Any, prefix: Sequence[str], prob
 
 # --------------------------------------------------------------------------------------------- option reference
 
-_BOUND_SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=", "max_length": "length <="}
+BOUNDS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
+    "gt": (">", operator.gt), "ge": (">=", operator.ge), "lt": ("<", operator.lt), "le": ("<=", operator.le),
+    "min_length": ("length >=", lambda value, limit: len(value) >= limit),
+    "max_length": ("length <=", lambda value, limit: len(value) <= limit),
+}
+"""The bounds annotated_types declares (``Ge(1)`` has ``ge = 1``): the sign the reference shows, the test a value
+passes. The option checks leave them to pydantic; :func:`bound_problem` applies them to plain Python arguments."""
+
+
+def _limit_text(limit: Any) -> str:
+    return f"{limit:g}" if isinstance(limit, float) else f"{limit}"
+
+
+def bound_problem(bound: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` under one annotated_types bound (``must be >= 1, got 0``, the option checks'
+    words), or None when it passes or is no number / sized value to compare (its type is not the bound's business)."""
+    for key, (sign, passes) in BOUNDS.items():
+        limit = getattr(bound, key, None)
+        if limit is None:
+            continue
+        try:
+            if not passes(value, limit):
+                verb = "have" if key.endswith("length") else "be"
+                return f"must {verb} {sign} {_limit_text(limit)}, got {value!r}"
+        except TypeError:
+            return None
+    return None
 
 
 def type_name(annotation: Any) -> str:
@@ -287,10 +313,10 @@ def type_name(annotation: Any) -> str:
 def _constraints(field) -> str:
     parts = []
     for item in field.metadata:
-        for key, sign in _BOUND_SIGNS.items():
+        for key, (sign, _) in BOUNDS.items():
             value = getattr(item, key, None)
             if value is not None:
-                parts.append(f"{sign} {value:g}" if isinstance(value, float) else f"{sign} {value}")
+                parts.append(f"{sign} {_limit_text(value)}")
     return ", ".join(parts)
 
 
