@@ -28,13 +28,17 @@ def basicsr_options(data_root, name: str, total_iter: int) -> dict:
 
 
 def run_pipeline(tmp_path, monkeypatch, opt: dict, *flags: str) -> None:
-    from ldt.sr.basicsr_pipeline import run
-
     path = tmp_path / f"{opt['name']}_{opt['train']['total_iter']}.yml"
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
-    monkeypatch.chdir(tmp_path)  # BasicSR looks for experiments/<name> in the working directory when resuming
-    monkeypatch.setattr(sys, "argv", ["train.py", "-opt", str(path), *flags])
-    run(tmp_path)
+    start_pipeline(tmp_path, monkeypatch, str(path), *flags)
+
+
+def start_pipeline(root, monkeypatch, option_file: str, *flags: str) -> None:
+    from ldt.sr.basicsr_pipeline import run
+
+    monkeypatch.chdir(root)  # BasicSR looks for experiments/<name> in the working directory when resuming
+    monkeypatch.setattr(sys, "argv", ["train.py", "-opt", option_file, *flags])
+    run(root)
 
 
 def test_basicsr_pipeline_trains_validates_saves_and_resumes(data_root, tmp_path, monkeypatch):
@@ -110,3 +114,27 @@ def test_an_option_file_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, monkeypa
         run(tmp_path)
     assert stop.value.code == 2
     assert capsys.readouterr().err == f"error: -opt {fifo} is a FIFO (named pipe), not a regular file\n"
+
+
+@pytest.mark.parametrize("given", ["a file with base:", "a bare name"])
+def test_base_files_and_bare_names_run_under_basicsr(data_root, tmp_path, monkeypatch, given):
+    """BasicSR reads -opt itself and knows neither our ``base:`` inheritance nor bare names under options/train:
+    both passed our start-up checks, then failed inside BasicSR with a traceback. Now BasicSR reads the file our
+    checks read, merged with its base files: the experiment folder keeps that merged copy under the file's name."""
+    from ldt.sr import options
+
+    folder = tmp_path / "options"
+    folder.mkdir()
+    (folder / "parent.yml").write_text(yaml.safe_dump(basicsr_options(data_root, "parent", 3), sort_keys=False))
+    if given == "a bare name":
+        monkeypatch.setitem(options.OPTION_DIRS, "train", folder)
+        name, option_file = "parent", "parent"
+    else:
+        (folder / "child.yml").write_text("base: parent.yml\nname: child\nval: {val_freq: 2}\n")
+        name, option_file = "child", str(folder / "child.yml")
+    start_pipeline(tmp_path, monkeypatch, option_file)
+    exp = tmp_path / "experiments" / name
+    assert (exp / "models" / "net_g_3.pth").is_file()
+    kept = yaml.safe_load((exp / f"{name}.yml").read_text())
+    assert "base" not in kept and kept["name"] == name and kept["network_g"]["type"] == "SAFMN"
+    assert kept["val"]["val_freq"] == (2 if name == "child" else 3) and kept["val"]["metrics"]

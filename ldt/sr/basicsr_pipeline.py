@@ -6,21 +6,24 @@
 BasicSR's best-metric tracking), saves ``net_g_<iter>.pth`` / ``<iter>.state`` and resumes from them. What only
 ``Train_pip.py``'s loop adds: the best checkpoint selected on the source camera (``net_g_best.pth``), a resume that
 continues from the exact sample of the epoch (BasicSR's restarts the epoch), one checked option dict for the whole
-run (BasicSR's pipeline reads the raw file itself, so the file must spell out the keys it reads: ``logger``,
-``val:val_freq``, ...), and clean exits on preemption. Bad input is refused before BasicSR starts by
-``Train_pip.py``'s own start-up checks (:func:`check_before_pipeline`), in the same lines.
+run (BasicSR's pipeline reads the raw file itself, so the file, with its ``base:`` files, must spell out the keys it
+reads: ``logger``, ``val:val_freq``, ...), and clean exits on preemption. Bad input is refused before BasicSR starts
+by ``Train_pip.py``'s own start-up checks (:func:`check_before_pipeline`), in the same lines; ``-opt`` is found and
+``base:`` merged as ``Train_pip.py`` does (:func:`file_for_basicsr`).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 from pathlib import Path
 
-import sys
+import yaml
 
 from ldt.cli import fail, not_a_file
 from ldt.compat import basicsr_resume_path, patch_basicsr_train
-from ldt.sr.options import PROJECT_ROOT
+from ldt.sr.options import PROJECT_ROOT, read_option_file
 
 
 def check_option_file(argv: list[str]) -> None:
@@ -33,12 +36,28 @@ def check_option_file(argv: list[str]) -> None:
                 fail(f"-opt {value} is {what}")
 
 
-def check_before_pipeline(argv: list[str]) -> None:
+def file_for_basicsr(file: Path, scratch: Path) -> Path:
+    """The option file to hand BasicSR, which opens ``-opt`` with its own YAML loader and knows no ``base:``: ``file``
+    itself, or for a file that inherits, it merged with its base files, written under its own name in ``scratch``
+    (BasicSR copies ``-opt`` into the experiment folder by its name, so that copy is the whole option set that ran)."""
+    if "base" not in yaml.safe_load(file.read_text()):  # read_option_file has checked it is a mapping
+        return file
+    merged = scratch / file.name
+    merged.write_text(f"# {file} with its base: files merged in, for BasicSR (ldt.sr.basicsr_pipeline)\n"
+                      + yaml.safe_dump(read_option_file(file), sort_keys=False))
+    return merged
+
+
+def check_before_pipeline(argv: list[str], scratch: Path) -> list[str]:
     """``Train_pip.py``'s start-up checks, by its own functions, on what BasicSR is about to read: the options
     (schema, ``--force_yml``), the training data (at least one batch), validation image sizes, BasicSR
     ``PairedImageDataset`` scales and the probe's batches. Without them a bad option was a traceback from the
     model's set-up after BasicSR had made the experiment folder, and a mis-scaled pair one mid-epoch, naming no file.
-    The weights are left to the model, which reads them once (its error is the same line, after the folder)."""
+    The weights are left to the model, which reads them once (its error is the same line, after the folder).
+
+    Returns BasicSR's arguments: ``argv`` with ``-opt`` the file these checks read (a bare name is looked up under
+    ``options/train``, a ``base:`` merged in :func:`file_for_basicsr`), where BasicSR's own read failed with a
+    traceback after the checks had passed."""
     from ldt.sr.options import load_options
     from ldt.sr.train import check_before_start, training_data, validation_loaders
 
@@ -46,14 +65,19 @@ def check_before_pipeline(argv: list[str]) -> None:
     parser.add_argument("-opt")
     parser.add_argument("--auto_resume", action="store_true")
     parser.add_argument("--force_yml", nargs="+", default=None)
-    args, _ = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if args.opt is None:
-        return  # BasicSR's parser names the missing flag
+        return argv  # BasicSR's parser names the missing flag
     opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
     opt["auto_resume"] = args.auto_resume
     loader, _ = training_data(opt)
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
                        val_loaders=validation_loaders(opt), weights=False)
+    handed = str(file_for_basicsr(Path(opt["option_file"]), scratch))
+    if handed == args.opt:
+        return argv
+    return ["-opt", handed, *rest, *(["--auto_resume"] if args.auto_resume else []),
+            *(["--force_yml", *args.force_yml] if args.force_yml else [])]
 
 
 def run(root: str | Path = PROJECT_ROOT) -> None:
@@ -67,10 +91,14 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
     from basicsr.train import train_pipeline
     from ldt.sr.train import run_reporting_errors
 
-    for work in (lambda: check_before_pipeline(sys.argv[1:]), lambda: train_pipeline(str(root))):
-        code = run_reporting_errors(work)
-        if code:
-            sys.exit(code)
+    with tempfile.TemporaryDirectory(prefix="ldt_basicsr_options_") as scratch:  # the merged file, while BasicSR runs
+        def checks() -> None:
+            sys.argv[1:] = check_before_pipeline(sys.argv[1:], Path(scratch))
+
+        for work in (checks, lambda: train_pipeline(str(root))):
+            code = run_reporting_errors(work)
+            if code:
+                sys.exit(code)
 
 
 if __name__ == "__main__":
