@@ -53,12 +53,12 @@ def import_registered_modules(package: str, package_file: str, suffix: str) -> l
 
 def basicsr_resume_path(opt: dict) -> str | None:
     """The training state BasicSR's pipeline resumes from: with ``auto_resume`` the newest of
-    ``experiments/<name>/training_states`` (below the working folder, as basicsr 1.4.2 looks), else
-    ``path:resume_state``; None for a fresh start. One answer for its resume and for the start-up check."""
+    ``path:training_states`` (below the root the pipeline writes the experiment to; basicsr 1.4.2 looks below the
+    working folder, so run elsewhere it started afresh and archived the run), else ``path:resume_state``; None for a
+    fresh start. One answer for its resume and for the start-up check."""
     from ldt.sr.checkpoints import iteration_files
 
-    states = iteration_files(Path("experiments") / opt["name"] / "training_states", ".state") \
-        if opt.get("auto_resume") else []
+    states = iteration_files(opt["path"]["training_states"], ".state") if opt.get("auto_resume") else []
     return str(states[-1]) if states else opt["path"].get("resume_state") or None
 
 
@@ -67,7 +67,8 @@ def patch_basicsr_train() -> None:
 
     basicsr 1.4.2's ``load_resume_state`` maps every tensor of a training state to ``cuda`` (an error without a GPU,
     and it would move the saved CPU RNG state off the CPU) with ``torch.load``'s default ``weights_only``. This
-    replacement finds the same state file, reads it on the CPU with ``weights_only=True`` (the model moves what it
+    replacement finds the state file below the pipeline's root (:func:`basicsr_resume_path`; saying where it looked
+    when ``--auto_resume`` finds none), reads it on the CPU with ``weights_only=True`` (the model moves what it
     needs to its device), and names the file when it cannot be read.
     """
     patch_basicsr()
@@ -80,6 +81,9 @@ def patch_basicsr_train() -> None:
     def load_resume_state(opt: dict):
         path = basicsr_resume_path(opt)
         if not path:
+            if opt.get("auto_resume"):  # print: BasicSR's logger is set up after this
+                print(f"--auto_resume: no training state in {opt['path']['training_states']}; starting afresh",
+                      flush=True)
             return None
         opt["path"]["resume_state"] = path
         state = read_checkpoint(path, what="training state")

@@ -36,7 +36,9 @@ def run_pipeline(tmp_path, monkeypatch, opt: dict, *flags: str) -> None:
 def start_pipeline(root, monkeypatch, option_file: str, *flags: str) -> None:
     from ldt.sr.basicsr_pipeline import run
 
-    monkeypatch.chdir(root)  # BasicSR looks for experiments/<name> in the working directory when resuming
+    elsewhere = root / "elsewhere"  # the experiments live under root, whatever the working directory
+    elsewhere.mkdir(exist_ok=True)
+    monkeypatch.chdir(elsewhere)
     monkeypatch.setattr(sys, "argv", ["train.py", "-opt", option_file, *flags])
     run(root)
 
@@ -138,3 +140,17 @@ def test_base_files_and_bare_names_run_under_basicsr(data_root, tmp_path, monkey
     kept = yaml.safe_load((exp / f"{name}.yml").read_text())
     assert "base" not in kept and kept["name"] == name and kept["network_g"]["type"] == "SAFMN"
     assert kept["val"]["val_freq"] == (2 if name == "child" else 3) and kept["val"]["metrics"]
+
+
+def test_auto_resume_says_where_it_found_no_state(tmp_path, capsys):
+    """BasicSR's --auto_resume looked in ./experiments (the working directory), not in the root it writes the
+    experiment to: run elsewhere, it found no state, started afresh and archived the run it was to resume, silently."""
+    import basicsr.train
+
+    from ldt.compat import patch_basicsr_train
+
+    patch_basicsr_train()
+    states = tmp_path / "experiments" / "fresh" / "training_states"
+    opt = {"name": "fresh", "auto_resume": True, "path": {"training_states": str(states)}}
+    assert basicsr.train.load_resume_state(opt) is None
+    assert capsys.readouterr().out == f"--auto_resume: no training state in {states}; starting afresh\n"

@@ -48,18 +48,19 @@ def file_for_basicsr(file: Path, scratch: Path) -> Path:
     return merged
 
 
-def check_before_pipeline(argv: list[str], scratch: Path) -> list[str]:
+def check_before_pipeline(argv: list[str], root: Path, scratch: Path) -> list[str]:
     """``Train_pip.py``'s start-up checks, by its own functions, on what BasicSR is about to read: the options
     (schema, ``--force_yml``), the training data (at least one batch), validation image sizes, BasicSR
     ``PairedImageDataset`` scales and the probe's batches. Without them a bad option was a traceback from the
     model's set-up after BasicSR had made the experiment folder, and a mis-scaled pair one mid-epoch, naming no file.
     The weights are left to the model, which reads them once (its error is the same line, after the folder).
+    The experiment is ``root``'s, as for BasicSR: ``--auto_resume`` is checked against the state it will resume.
 
     Returns BasicSR's arguments: ``argv`` with ``-opt`` the file these checks read (a bare name is looked up under
     ``options/train``, a ``base:`` merged in :func:`file_for_basicsr`), where BasicSR's own read failed with a
     traceback after the checks had passed."""
     from ldt.sr.options import load_options
-    from ldt.sr.train import check_before_start, training_data, validation_loaders
+    from ldt.sr.train import check_before_start, experiment_paths, training_data, validation_loaders
 
     parser = argparse.ArgumentParser(add_help=False)  # BasicSR's own flags, read as its parse_options reads them
     parser.add_argument("-opt")
@@ -70,6 +71,7 @@ def check_before_pipeline(argv: list[str], scratch: Path) -> list[str]:
         return argv  # BasicSR's parser names the missing flag
     opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
     opt["auto_resume"] = args.auto_resume
+    experiment_paths(opt, root)
     loader, _ = training_data(opt)
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
                        val_loaders=validation_loaders(opt), weights=False)
@@ -93,7 +95,7 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
 
     with tempfile.TemporaryDirectory(prefix="ldt_basicsr_options_") as scratch:  # the merged file, while BasicSR runs
         def checks() -> None:
-            sys.argv[1:] = check_before_pipeline(sys.argv[1:], Path(scratch))
+            sys.argv[1:] = check_before_pipeline(sys.argv[1:], Path(root), Path(scratch))
 
         for work in (checks, lambda: train_pipeline(str(root))):
             code = run_reporting_errors(work)
