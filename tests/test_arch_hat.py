@@ -239,6 +239,16 @@ def test_declared_ranges_are_checked_in_python_too(overrides: dict, line: str) -
     assert str(raised.value).startswith(line), str(raised.value)
 
 
+def test_the_official_defaults_fail_at_construction_naming_the_rule_and_a_fix() -> None:
+    """HAT's default window_size 7 with overlap_ratio 0.5 gives 3-pixel overlaps, which the official OCAB pads by
+    (3 // 2) per side, so its windows do not line up with the queries: it fails in forward, officially too."""
+    with pytest.raises(ValueError) as raised:
+        HAT()
+    line = str(raised.value)
+    assert line.startswith("HAT: overlap_ratio: int(overlap_ratio x window_size) = int(0.5 x 7) must be even"), line
+    assert "defaults" in line and "window_size 16" in line and "\n" not in line, line
+
+
 def test_every_declared_range_is_checked_in_python() -> None:
     check_declared_ranges_at_construction(HAT, TINY)
     HAT(**{**TINY, "qk_scale": None})  # the optional argument's None is in range

@@ -410,7 +410,10 @@ class HAT(nn.Module):
     """Hybrid Attention Transformer; arguments and defaults are the official ones (see the module docstring).
 
     ``img_size`` only has to exceed ``window_size`` (the official model silently shrinks its windows otherwise);
-    inputs of any size are accepted. Only the official ``upsampler='pixelshuffle'`` head exists.
+    inputs of any size are accepted. Only the official ``upsampler='pixelshuffle'`` head exists. The defaults are the
+    official constructor's, kept although ``HAT()`` cannot be built: window_size 7 with overlap_ratio 0.5 makes odd
+    overlaps, which the official code cannot run either (it fails in forward); every released model sets
+    ``window_size=16``, and a default that builds here would be one the official files never meant.
     """
 
     # The reconstruction head: DeFT's unstable group and LP-FT's warm-up (``ldt:head_patterns`` overrides it).
@@ -453,10 +456,13 @@ class HAT(nn.Module):
                 raise ArgumentError(name, f"{factor} exceeds embed_dim {embed_dim}: embed_dim // {name} channels "
                                           "would be 0")
         check_width(embed_dim, mlp_ratio, "mlp_ratio")
-        if int(overlap_ratio * window_size) % 2:
+        overlap = int(overlap_ratio * window_size)
+        if overlap % 2:  # OCAB pads by overlap // 2 per side: the key windows would not line up with the queries
             raise ArgumentError("overlap_ratio", f"int(overlap_ratio x window_size) = int({overlap_ratio:g} x "
                                                  f"{window_size}) must be even so each window gets one overlapping "
-                                                 "window")
+                                                 f"window, got {overlap} (the official HAT fails on it too: its "
+                                                 "defaults, window_size 7 with overlap_ratio 0.5, never run); e.g. "
+                                                 "window_size 16 with overlap_ratio 0.5, as in the released models")
         if img_size <= window_size:
             raise ArgumentError("img_size", f"{img_size} must exceed window_size ({window_size})")
         if upsampler != "pixelshuffle":
