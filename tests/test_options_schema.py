@@ -473,3 +473,19 @@ def test_every_did_you_mean_comes_from_the_one_helper():
     callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
                      if "difflib" in path.read_text() and path != package / "core" / "config.py")
     assert callers == []
+
+
+def test_the_option_reference_shows_the_ranges_of_optional_options_too():
+    """``PositiveInt | None`` keeps its bound inside the union, where the reference's range column did not look."""
+    from pydantic import BaseModel
+
+    from ldt.core.config import PositiveInt, PositiveReal, option_rows
+    from ldt.sr.options import options_reference
+
+    class Example(BaseModel):
+        tile: PositiveInt | None = None
+        eps: PositiveReal | None = None
+        steps: PositiveInt = 1
+
+    assert [row[3] for row in option_rows(Example)] == ["> 0", "> 0", "> 0"]
+    assert "| `val:tile` | integer or null | null | > 0 |" in options_reference()

@@ -310,14 +310,26 @@ def type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _union_bounds(annotation: Any) -> list[Any]:
+    """The bounds inside a union's members (``PositiveInt | None``): pydantic lifts a field's own ``Annotated``
+    bounds into ``field.metadata``, not those of a member."""
+    if typing.get_origin(annotation) not in (Union, types.UnionType):
+        return []
+    bounds = []
+    for member in typing.get_args(annotation):
+        for item in getattr(member, "__metadata__", ()):
+            bounds += getattr(item, "metadata", [item])  # a Field(gt=0) holds its bounds in .metadata
+    return bounds
+
+
 def _constraints(field) -> str:
     parts = []
-    for item in field.metadata:
+    for item in [*_union_bounds(field.annotation), *field.metadata]:  # a member's (> 0) before the field's (<= N)
         for key, (sign, _) in BOUNDS.items():
             value = getattr(item, key, None)
             if value is not None:
                 parts.append(f"{sign} {_limit_text(value)}")
-    return ", ".join(parts)
+    return ", ".join(dict.fromkeys(parts))
 
 
 def _default(field) -> str:
