@@ -627,11 +627,13 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
               "in rows of their own (Config column)", flush=True)
     print(f"{len(digests)} runs, {len(digests & done)} already recorded in {out}; running the rest on {device}",
           flush=True)
-    run_pending(planned, records, progress=progress, desc="sweep")
+    started = time.monotonic()
+    trained, _ = run_pending(planned, records, progress=progress, desc="sweep")
     with contextlib.suppress(OSError):  # every state deleted with its run's record: no empty folder left
         states.rmdir()
     print(tabulate(out))
-    print(f"records: {records.path}; tables in {out}")
+    print(f"{trained} run(s) trained by this command ({time.monotonic() - started:.1f} s); records: {records.path}; "
+          f"tables in {out}")
     return 0
 
 

@@ -359,14 +359,16 @@ def test_sweep_tables_regenerate_from_records_and_finished_runs_are_skipped(toy,
     monkeypatch.setattr("ldt.classification.__main__.run", no_run)
     capsys.readouterr()
     assert main(argv) == 0
-    assert "8 runs, 8 already recorded" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "8 runs, 8 already recorded" in shown and "0 run(s) trained by this command" in shown
     assert len(load_records(out)) == 8
 
     lines = (out / RESULTS).read_text().splitlines(keepends=True)  # lose the last run: only it runs again
     (out / RESULTS).write_text("".join(lines[:-1]))
     monkeypatch.setattr("ldt.classification.__main__.run", run)
     assert main(argv) == 0
-    assert "8 runs, 7 already recorded" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "8 runs, 7 already recorded" in shown and "1 run(s) trained by this command" in shown
     assert [r["options_hash"] for r in load_records(out)] == [json.loads(line)["options_hash"] for line in lines]
     assert (out / "table.md").read_text() == table  # deterministic runs: the same table
 
