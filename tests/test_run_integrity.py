@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -377,6 +378,8 @@ def test_the_log_file_holds_the_info_lines_and_files_are_readable_by_others(data
     exp = tmp_path / "experiments" / "logged"
     text = "".join(path.read_text() for path in exp.glob("train_logged_*.log"))  # one file per second
     assert "INFO: Partition: " in text and text.count("Training done in") == 2
+    assert text.count("INFO: Model [LDTModel] is created.") == 2  # BasicSR's lines, for tools that read its logs
+    assert re.search(r"INFO: Network: SAFMN, with parameters: \d{1,3}(,\d{3})*\n", text)
     # what the resume logged before the folder was prepared is in the file too
     assert "resume: train:optim_g:lr: 0.001 -> 0.0005 (applied)" in text and "Resumed from " in text
     umask = os.umask(0)

@@ -63,6 +63,8 @@ class LDTModel(BaseModel):
         self.logger = get_root_logger()
         self.scale = int(opt["scale"])
         self.net_g = build_network(opt["network_g"]).to(self.device)
+        self.logger.info(f"Network: {type(self.net_g).__name__}, with parameters: "
+                         f"{sum(p.numel() for p in self.net_g.parameters()):,d}")  # BasicSR's print_network line
         load_path = opt["path"]["pretrain_network_g"]
         if load_path:
             state = weights if weights is not None else \

@@ -542,6 +542,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         # warm-up and probe when resuming: it reads their result (the partition) from the same file.
         opt["path"]["resume_state"] = str(state_path)
     model = LDTModel(opt, weights=pretrained)  # the options say LDTModel (the only model_type)
+    logger.info(f"Model [{type(model).__name__}] is created.")  # BasicSR's build_model line, which logs grep for
     del pretrained  # the model holds its own copy: not the checked tensors too, for the whole training
     total_iter = int(opt["train"]["total_iter"])
     if state is not None and state["iter"] >= total_iter:
