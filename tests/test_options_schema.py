@@ -365,6 +365,9 @@ BAD_NETWORKS = [
     # upsampler '' (MambaIR's default) keeps the input size, whatever upscale says: x4 pairs on a x1 network
     ({"type": "MambaIR", "embed_dim": 30, "depths": [1], "upscale": 4}, "scale: 4, but network_g upscales by 1"),
     ({**MAMBAIR, "in_chans": 0}, "network_g:in_chans: must be >= 1, got 0"),
+    # another registered network (BasicSR's EDSR, unchecked by our schema): torch's C++ error, first line only
+    ({"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": -4, "upscale": 4},
+     "network_g: EDSR cannot be built with these options: Trying to create tensor with negative dimension -4"),
 ]
 
 
