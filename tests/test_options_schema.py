@@ -368,6 +368,13 @@ BAD_NETWORKS = [
     # another registered network (BasicSR's EDSR, unchecked by our schema): torch's C++ error, first line only
     ({"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": -4, "upscale": 4},
      "network_g: EDSR cannot be built with these options: Trying to create tensor with negative dimension -4"),
+    # unannotated arguments: a failure names those whose type is not their default's
+    ({"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": "x", "upscale": 4, "img_range": 255},
+     "network_g: EDSR cannot be built with these options: not all arguments converted during string formatting "
+     "(num_feat: 'x' where its default is the integer 64)"),
+    ({"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": True, "upscale": 4.0, "img_range": 255},
+     "network_g: EDSR cannot be built with these options: empty(): argument 'size' (position 1) must be tuple of "
+     "ints, but found element of type bool at pos 0 (num_feat: True where its default is the integer 64; upscale: 4.0 where its default is the integer 4)"),
 ]
 
 

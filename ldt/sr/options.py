@@ -41,6 +41,7 @@ from ldt.core.config import (
     meant,
     option_rows,
     runtime,
+    type_name,
     validate_into,
 )
 from ldt.data.options import DatasetOptions, DRealSRCameraOptions, PairedImageOptions
@@ -562,6 +563,22 @@ def network_schema(arch: type) -> type[BaseModel]:
     return create_model(f"{arch.__name__}Options", __config__=config, **fields)
 
 
+def unlike_defaults(arch: type, options: Mapping[str, Any]) -> list[str]:
+    """The given arguments whose type is not their default's (``num_feat: 'x' where its default is the integer
+    64``): the likely cause when a constructor our schema knows no types of (unannotated) fails in words of its
+    own ('not all arguments converted during string formatting'). Said only after a failure, so never stricter than
+    the constructor; a number for a number and a list for a tuple are alike."""
+    alike = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (tuple, list), list: (tuple, list)}
+    suspects = []
+    for name, parameter in inspect.signature(arch.__init__).parameters.items():
+        default, value = parameter.default, options.get(name, parameter.default)
+        accepted = alike.get(type(default))
+        if name in options and accepted and (not isinstance(value, accepted)
+                                             or isinstance(value, bool) != isinstance(default, bool)):
+            suspects.append(f"{name}: {value!r} where its default is the {type_name(type(default))} {default!r}")
+    return suspects
+
+
 def build_meta_network(arch: type, kwargs: dict) -> Any:
     """``arch(**kwargs)`` on the meta device (parameter names and shapes, no memory or init); on the CPU if the
     constructor needs real values (e.g. BasicSR's SwinIR reads tensor items)."""
@@ -636,7 +653,9 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
         return {k: v for k, v in options.items() if k != err.argument}, None, arch
     except Exception as err:  # other constructors' checks (ValueError, AssertionError, ...); torch's C++ errors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__  # carry stack frames
-        problems.append(f"network_g: {arch_type} cannot be built with these options: {first}")
+        suspects = unlike_defaults(arch, options)
+        problems.append(f"network_g: {arch_type} cannot be built with these options: {first}"
+                        + (f" ({'; '.join(suspects)})" if suspects else ""))
         return options, None, arch
     return options, network, arch
 
