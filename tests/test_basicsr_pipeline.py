@@ -154,3 +154,28 @@ def test_auto_resume_says_where_it_found_no_state(tmp_path, capsys):
     opt = {"name": "fresh", "auto_resume": True, "path": {"training_states": str(states)}}
     assert basicsr.train.load_resume_state(opt) is None
     assert capsys.readouterr().out == f"--auto_resume: no training state in {states}; starting afresh\n"
+
+
+def test_force_yml_reaches_basicsr_applied(data_root, tmp_path, monkeypatch):
+    """BasicSR re-applied --force_yml with its own exec-based parser after our checks had applied it with ours: an
+    entry for a section the file leaves to its defaults (``speed:tf32``) was a KeyError traceback from inside
+    BasicSR. Now BasicSR reads the file with the entries applied, and the kept copy holds them."""
+    opt = basicsr_options(data_root, "forced", 3)
+    run_pipeline(tmp_path, monkeypatch, opt, "--force_yml", "speed:tf32=false", "logger:save_checkpoint_freq=1")
+    exp = tmp_path / "experiments" / "forced"
+    assert (exp / "models" / "net_g_1.pth").is_file()  # BasicSR's loop read the override
+    kept = yaml.safe_load((exp / "forced_3.yml").read_text())
+    assert kept["speed"] == {"tf32": False} and kept["logger"]["save_checkpoint_freq"] == 1
+
+
+@pytest.mark.parametrize("entry, words", [("train:total_itr=3", "total_itr"),
+                                          ("ldt:exchange:interval=0", "ldt:exchange:interval"),
+                                          ("val:val_freq=[1", "not valid YAML")])
+def test_a_bad_force_yml_entry_is_one_line_naming_it(data_root, tmp_path, monkeypatch, capsys, entry, words):
+    """Our checks read the options with the overrides applied: a bad entry is one line naming it, before BasicSR."""
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "bad", 3), "--force_yml", entry)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"--force_yml '{entry}'" in lines[0] and words in lines[0], lines
+    assert not (tmp_path / "experiments").exists()

@@ -23,7 +23,7 @@ import yaml
 
 from ldt.cli import fail, not_a_file
 from ldt.compat import basicsr_resume_path, patch_basicsr_train
-from ldt.sr.options import PROJECT_ROOT, read_option_file
+from ldt.sr.options import PROJECT_ROOT, apply_overrides, read_option_file
 
 
 def check_option_file(argv: list[str]) -> None:
@@ -36,15 +36,24 @@ def check_option_file(argv: list[str]) -> None:
                 fail(f"-opt {value} is {what}")
 
 
-def file_for_basicsr(file: Path, scratch: Path) -> Path:
+def file_for_basicsr(file: Path, scratch: Path, overrides: list[str] | None = None) -> Path:
     """The option file to hand BasicSR, which opens ``-opt`` with its own YAML loader and knows no ``base:``: ``file``
-    itself, or for a file that inherits, it merged with its base files, written under its own name in ``scratch``
-    (BasicSR copies ``-opt`` into the experiment folder by its name, so that copy is the whole option set that ran)."""
-    if "base" not in yaml.safe_load(file.read_text()):  # read_option_file has checked it is a mapping
+    itself, or for a file that inherits or ``overrides`` (``--force_yml`` entries, which our checks applied), it merged
+    with its base files and the entries applied as our checks applied them, written under its own name in
+    ``scratch`` (BasicSR copies ``-opt`` into the experiment folder by its name, so that copy is the whole option set
+    that ran). BasicSR is then not given ``--force_yml``: its exec-based parser would apply the entries a second time,
+    its own way (a KeyError for a section the file leaves to its defaults, a ValueError for a value holding '=')."""
+    inherits = "base" in yaml.safe_load(file.read_text())  # read_option_file has checked it is a mapping
+    if not inherits and not overrides:
         return file
+    opt = read_option_file(file)
+    apply_overrides(opt, overrides)
+    done = [what for what, given in (("its base: files merged in", inherits),
+                                      (f"--force_yml {' '.join(' '.join(overrides or []).split())} applied", overrides))
+            if given]  # (one comment line, whatever the entries hold)
     merged = scratch / file.name
-    merged.write_text(f"# {file} with its base: files merged in, for BasicSR (ldt.sr.basicsr_pipeline)\n"
-                      + yaml.safe_dump(read_option_file(file), sort_keys=False))
+    merged.write_text(f"# {file} with {' and '.join(done)}, for BasicSR (ldt.sr.basicsr_pipeline)\n"
+                      + yaml.safe_dump(opt, sort_keys=False))
     return merged
 
 
@@ -75,11 +84,10 @@ def check_before_pipeline(argv: list[str], root: Path, scratch: Path) -> list[st
     loader, _ = training_data(opt)
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
                        val_loaders=validation_loaders(opt), weights=False)
-    handed = str(file_for_basicsr(Path(opt["option_file"]), scratch))
+    handed = str(file_for_basicsr(Path(opt["option_file"]), scratch, args.force_yml))
     if handed == args.opt:
         return argv
-    return ["-opt", handed, *rest, *(["--auto_resume"] if args.auto_resume else []),
-            *(["--force_yml", *args.force_yml] if args.force_yml else [])]
+    return ["-opt", handed, *rest, *(["--auto_resume"] if args.auto_resume else [])]
 
 
 def run(root: str | Path = PROJECT_ROOT) -> None:
