@@ -34,12 +34,16 @@ def run_pipeline(tmp_path, monkeypatch, opt: dict, *flags: str) -> None:
 
 
 def start_pipeline(root, monkeypatch, option_file: str, *flags: str) -> None:
+    launch(root, monkeypatch, "-opt", option_file, *flags)
+
+
+def launch(root, monkeypatch, *argv: str) -> None:
     from ldt.sr.basicsr_pipeline import run
 
     elsewhere = root / "elsewhere"  # the experiments live under root, whatever the working directory
     elsewhere.mkdir(exist_ok=True)
     monkeypatch.chdir(elsewhere)
-    monkeypatch.setattr(sys, "argv", ["train.py", "-opt", option_file, *flags])
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     run(root)
 
 
@@ -179,3 +183,56 @@ def test_a_bad_force_yml_entry_is_one_line_naming_it(data_root, tmp_path, monkey
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and f"--force_yml '{entry}'" in lines[0] and words in lines[0], lines
     assert not (tmp_path / "experiments").exists()
+
+
+SPELLINGS = {"-opt=FILE": ["-opt={}"], "--opt FILE": ["--opt", "{}"], "--opt=FILE": ["--opt={}"], "-o FILE": ["-o", "{}"]}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_every_spelling_of_opt_is_read_by_our_checks(data_root, tmp_path, monkeypatch, spelling):
+    """Our start-up checks scanned argv for '-opt FILE' only: '--opt FILE' (Train_pip.py's spelling) passed them
+    unseen and BasicSR refused it; '-opt=FILE' and '-o FILE' (argparse accepts both) escaped the -opt file check. Now
+    argv is read by a parser like BasicSR's, and BasicSR is handed '-opt' with the file our checks read."""
+    folder = tmp_path / "options"
+    folder.mkdir()
+    (folder / "parent.yml").write_text(yaml.safe_dump(basicsr_options(data_root, "parent", 3), sort_keys=False))
+    (folder / "child.yml").write_text("base: parent.yml\nname: child\n")
+    launch(tmp_path, monkeypatch, *[part.format(folder / "child.yml") for part in SPELLINGS[spelling]])
+    assert (tmp_path / "experiments" / "child" / "models" / "net_g_3.pth").is_file()
+    assert "base" not in yaml.safe_load((tmp_path / "experiments" / "child" / "child.yml").read_text())
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_every_spelling_of_an_opt_fifo_is_the_opt_line(tmp_path, monkeypatch, capsys, spelling):
+    import os
+
+    from ldt.sr.basicsr_pipeline import run
+
+    fifo = tmp_path / "options.yml"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(sys, "argv", ["train.py", *[part.format(fifo) for part in SPELLINGS[spelling]]])
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: -opt {fifo} is a FIFO (named pipe), not a regular file\n"
+
+
+def test_force_yml_given_twice_applies_both(data_root, tmp_path, monkeypatch):
+    """BasicSR's parser keeps the last --force_yml flag only: the entries of an earlier one were dropped silently.
+    Now the flags add up, as for Train_pip.py, and BasicSR gets the file with all of them applied."""
+    run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "twice", 3),
+                 "--force_yml", "speed:tf32=false", "--force", "logger:save_checkpoint_freq=1")
+    kept = yaml.safe_load((tmp_path / "experiments" / "twice" / "twice_3.yml").read_text())
+    assert kept["speed"] == {"tf32": False} and kept["logger"]["save_checkpoint_freq"] == 1
+
+
+def test_a_missing_or_bad_flag_is_one_line(tmp_path, monkeypatch, capsys):
+    from ldt.sr.basicsr_pipeline import run
+
+    for argv, words in ((["--auto_resume"], "-opt"), (["-opt", "x.yml", "--launcher", "mpi"], "--launcher")):
+        monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+        with pytest.raises(SystemExit) as stop:
+            run(tmp_path)
+        assert stop.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and "error:" in lines[0] and words in lines[0], lines

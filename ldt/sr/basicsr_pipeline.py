@@ -21,19 +21,41 @@ from pathlib import Path
 
 import yaml
 
-from ldt.cli import fail, not_a_file
+from ldt.cli import OneLineParser, fail, not_a_file
 from ldt.compat import basicsr_resume_path, patch_basicsr_train
 from ldt.sr.options import PROJECT_ROOT, apply_overrides, read_option_file
 
 
-def check_option_file(argv: list[str]) -> None:
+def basicsr_arguments(argv: list[str]) -> argparse.Namespace:
+    """``argv`` read as basicsr 1.4.2's ``parse_options`` reads it: the same flags, parsed by argparse as there, so our
+    checks see every spelling BasicSR accepts (``-opt=FILE``, ``-o FILE``, ``--auto``, ...), where a scan for
+    ``-opt FILE`` missed them. Two additions, as in ``Train_pip.py``: ``--opt`` (BasicSR refused it) and
+    ``--force_yml`` flags that add up (BasicSR kept the last, dropping the others silently); BasicSR is handed the
+    canonical arguments (:func:`argv_for_basicsr`). A bad or missing flag is one line."""
+    parser = OneLineParser(prog="python -m ldt.sr.basicsr_pipeline")
+    parser.add_argument("-opt", "--opt", required=True, help="options YAML: a path, or a bare name under options/train")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher")
+    parser.add_argument("--auto_resume", action="store_true", help="resume from the newest state of the experiment")
+    parser.add_argument("--debug", action="store_true", help="BasicSR's debug mode (experiments/debug_<name>)")
+    parser.add_argument("--local_rank", type=int, default=0, help="passed on to BasicSR")
+    parser.add_argument("--force_yml", nargs="+", action="extend", default=None, metavar="KEY:SUB=VALUE",
+                        help="override options (values read as YAML), applied before BasicSR reads the file")
+    return parser.parse_args(argv)
+
+
+def argv_for_basicsr(args: argparse.Namespace, option_file: str) -> list[str]:
+    """BasicSR's arguments for ``args``, in its own spelling, with ``-opt`` ``option_file`` (which holds the
+    ``--force_yml`` entries already: :func:`file_for_basicsr`)."""
+    return ["-opt", option_file, "--launcher", args.launcher, "--local_rank", str(args.local_rank),
+            *(["--auto_resume"] if args.auto_resume else []), *(["--debug"] if args.debug else [])]
+
+
+def check_option_file(option_file: str) -> None:
     """BasicSR opens ``-opt`` itself: a FIFO would wait for a writer forever and ``/dev/zero`` never ends, so what is
     no regular file is refused first, in one line (everything else is BasicSR's to check)."""
-    for flag, value in zip(argv, argv[1:]):
-        if flag == "-opt":
-            what = not_a_file(value)
-            if what:
-                fail(f"-opt {value} is {what}")
+    what = not_a_file(option_file)
+    if what:
+        fail(f"-opt {option_file} is {what}")
 
 
 def file_for_basicsr(file: Path, scratch: Path, overrides: list[str] | None = None) -> Path:
@@ -57,7 +79,7 @@ def file_for_basicsr(file: Path, scratch: Path, overrides: list[str] | None = No
     return merged
 
 
-def check_before_pipeline(argv: list[str], root: Path, scratch: Path) -> list[str]:
+def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -> list[str]:
     """``Train_pip.py``'s start-up checks, by its own functions, on what BasicSR is about to read: the options
     (schema, ``--force_yml``), the training data (at least one batch), validation image sizes, BasicSR
     ``PairedImageDataset`` scales and the probe's batches. Without them a bad option was a traceback from the
@@ -65,35 +87,26 @@ def check_before_pipeline(argv: list[str], root: Path, scratch: Path) -> list[st
     The weights are left to the model, which reads them once (its error is the same line, after the folder).
     The experiment is ``root``'s, as for BasicSR: ``--auto_resume`` is checked against the state it will resume.
 
-    Returns BasicSR's arguments: ``argv`` with ``-opt`` the file these checks read (a bare name is looked up under
-    ``options/train``, a ``base:`` merged in :func:`file_for_basicsr`), where BasicSR's own read failed with a
-    traceback after the checks had passed."""
+    Returns BasicSR's arguments (:func:`argv_for_basicsr`) with ``-opt`` the file these checks read (a bare name is
+    looked up under ``options/train``, a ``base:`` merged and ``--force_yml`` applied in :func:`file_for_basicsr`),
+    where BasicSR's own read failed with a traceback after the checks had passed."""
     from ldt.sr.options import load_options
     from ldt.sr.train import check_before_start, experiment_paths, training_data, validation_loaders
 
-    parser = argparse.ArgumentParser(add_help=False)  # BasicSR's own flags, read as its parse_options reads them
-    parser.add_argument("-opt")
-    parser.add_argument("--auto_resume", action="store_true")
-    parser.add_argument("--force_yml", nargs="+", default=None)
-    args, rest = parser.parse_known_args(argv)
-    if args.opt is None:
-        return argv  # BasicSR's parser names the missing flag
     opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
     opt["auto_resume"] = args.auto_resume
     experiment_paths(opt, root)
     loader, _ = training_data(opt)
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
                        val_loaders=validation_loaders(opt), weights=False)
-    handed = str(file_for_basicsr(Path(opt["option_file"]), scratch, args.force_yml))
-    if handed == args.opt:
-        return argv
-    return ["-opt", handed, *rest, *(["--auto_resume"] if args.auto_resume else [])]
+    return argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, args.force_yml)))
 
 
 def run(root: str | Path = PROJECT_ROOT) -> None:
     """BasicSR's train pipeline with our archs, datasets and LDTModel registered (options from ``sys.argv``); a
     user error, in the checks or in the pipeline, is ``Train_pip.py``'s ``error:`` lines and exit 2."""
-    check_option_file(sys.argv)
+    args = basicsr_arguments(sys.argv[1:])
+    check_option_file(args.opt)
     patch_basicsr_train()
     import ldt.archs  # noqa: F401  (registers our archs)
     import ldt.data  # noqa: F401  (registers our datasets)
@@ -103,7 +116,7 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
 
     with tempfile.TemporaryDirectory(prefix="ldt_basicsr_options_") as scratch:  # the merged file, while BasicSR runs
         def checks() -> None:
-            sys.argv[1:] = check_before_pipeline(sys.argv[1:], Path(root), Path(scratch))
+            sys.argv[1:] = check_before_pipeline(args, Path(root), Path(scratch))
 
         for work in (checks, lambda: train_pipeline(str(root))):
             code = run_reporting_errors(work)
