@@ -236,3 +236,21 @@ def test_a_missing_or_bad_flag_is_one_line(tmp_path, monkeypatch, capsys):
         assert stop.value.code == 2
         lines = capsys.readouterr().err.splitlines()
         assert len(lines) == 1 and "error:" in lines[0] and words in lines[0], lines
+
+
+def test_debug_checks_the_experiment_basicsr_runs(data_root, tmp_path, monkeypatch, capsys):
+    """BasicSR's --debug runs experiments/debug_<name>, but our checks looked at experiments/<name>: with a state
+    there, --debug --auto_resume was taken for a resume, so the probe's checks were skipped, and BasicSR, finding no
+    state of debug_<name>, started afresh and failed in the probe after making its folder. Now the checks look at the
+    experiment BasicSR runs: the probe's line, before any folder is made."""
+    run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "dbg", 3))
+    assert (tmp_path / "experiments" / "dbg" / "training_states" / "3.state").is_file()
+    capsys.readouterr()
+    opt = basicsr_options(data_root, "dbg", 6)
+    opt["ldt"]["probe"]["batch_size"] = 1000
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(tmp_path, monkeypatch, opt, "--debug", "--auto_resume")
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "ldt:probe:batch_size" in lines[0], lines
+    assert not (tmp_path / "experiments" / "debug_dbg").exists()

@@ -50,6 +50,12 @@ def argv_for_basicsr(args: argparse.Namespace, option_file: str) -> list[str]:
             *(["--auto_resume"] if args.auto_resume else []), *(["--debug"] if args.debug else [])]
 
 
+def basicsr_name(name: str, debug: bool) -> str:
+    """The experiment BasicSR runs for ``name``: basicsr 1.4.2's ``--debug`` runs ``debug_<name>`` (a name that
+    starts with ``debug`` is kept), so our checks of the experiment folder and its states must look there too."""
+    return f"debug_{name}" if debug and not name.startswith("debug") else name
+
+
 def check_option_file(option_file: str) -> None:
     """BasicSR opens ``-opt`` itself: a FIFO would wait for a writer forever and ``/dev/zero`` never ends, so what is
     no regular file is refused first, in one line (everything else is BasicSR's to check)."""
@@ -85,7 +91,8 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
     ``PairedImageDataset`` scales and the probe's batches. Without them a bad option was a traceback from the
     model's set-up after BasicSR had made the experiment folder, and a mis-scaled pair one mid-epoch, naming no file.
     The weights are left to the model, which reads them once (its error is the same line, after the folder).
-    The experiment is ``root``'s, as for BasicSR: ``--auto_resume`` is checked against the state it will resume.
+    The experiment is the one BasicSR runs (``root``'s, ``debug_<name>`` with ``--debug``: :func:`basicsr_name`):
+    ``--auto_resume`` is checked against the state it will resume.
 
     Returns BasicSR's arguments (:func:`argv_for_basicsr`) with ``-opt`` the file these checks read (a bare name is
     looked up under ``options/train``, a ``base:`` merged and ``--force_yml`` applied in :func:`file_for_basicsr`),
@@ -95,6 +102,7 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
 
     opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
     opt["auto_resume"] = args.auto_resume
+    opt["name"] = basicsr_name(opt["name"], args.debug)
     experiment_paths(opt, root)
     loader, _ = training_data(opt)
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
