@@ -12,6 +12,7 @@ import sys
 import types
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 _REMOVED_MODULE = "torchvision.transforms.functional_tensor"
 
@@ -62,14 +63,31 @@ def basicsr_resume_path(opt: dict) -> str | None:
     return str(states[-1]) if states else opt["path"].get("resume_state") or None
 
 
+def save_the_last_iteration(model: Any, sampler: Any, total_iter: int, save_every: int) -> None:
+    """Make ``model`` (built by ``basicsr.train.train_pipeline``) save at iteration ``total_iter`` as the loop saves
+    at multiples of ``save_every``: basicsr 1.4.2's loop saves a state only there (its end saves ``net_g_latest``, no
+    state), so a run whose length is no multiple lost its last iterations to a resume. The save follows the step,
+    where the loop's own saves are, with the epoch the loop is in (``sampler``'s, the training sampler the loop sets
+    each epoch)."""
+    step = model.optimize_parameters
+
+    def optimize_parameters(current_iter: int, *args: Any, **kwargs: Any) -> None:
+        step(current_iter, *args, **kwargs)
+        if current_iter == total_iter and current_iter % save_every:
+            model.save(sampler.epoch, current_iter)
+
+    model.optimize_parameters = optimize_parameters
+
+
 def patch_basicsr_train() -> None:
-    """Let ``basicsr.train.train_pipeline`` resume on any device (idempotent).
+    """Let ``basicsr.train.train_pipeline`` resume on any device, and save its last iteration (idempotent).
 
     basicsr 1.4.2's ``load_resume_state`` maps every tensor of a training state to ``cuda`` (an error without a GPU,
     and it would move the saved CPU RNG state off the CPU) with ``torch.load``'s default ``weights_only``. This
     replacement finds the state file below the pipeline's root (:func:`basicsr_resume_path`; saying where it looked
     when ``--auto_resume`` finds none), reads it on the CPU with ``weights_only=True`` (the model moves what it
-    needs to its device), and names the file when it cannot be read.
+    needs to its device), and names the file when it cannot be read. The model the pipeline builds saves its last
+    iteration (:func:`save_the_last_iteration`, given the training sampler the pipeline's loaders were built with).
     """
     patch_basicsr()
     import basicsr.train as pipeline
@@ -90,5 +108,22 @@ def patch_basicsr_train() -> None:
         pipeline.check_resume(opt, state["iter"])
         return state
 
+    create_loaders, build_model = pipeline.create_train_val_dataloader, pipeline.build_model
+    samplers: list = []  # the training sampler of the pipeline whose model is built next
+
+    def create_train_val_dataloader(opt: dict, logger: Any) -> tuple:
+        loaders = create_loaders(opt, logger)
+        samplers[:] = [loaders[1]]
+        return loaders
+
+    def build_pipeline_model(opt: dict) -> Any:
+        model = build_model(opt)
+        if opt.get("is_train") and samplers:
+            save_the_last_iteration(model, samplers.pop(), int(opt["train"]["total_iter"]),
+                                    opt["logger"]["save_checkpoint_freq"])
+        return model
+
     load_resume_state.ldt_patched = True
     pipeline.load_resume_state = load_resume_state
+    pipeline.create_train_val_dataloader = create_train_val_dataloader
+    pipeline.build_model = build_pipeline_model

@@ -254,3 +254,35 @@ def test_debug_checks_the_experiment_basicsr_runs(data_root, tmp_path, monkeypat
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "ldt:probe:batch_size" in lines[0], lines
     assert not (tmp_path / "experiments" / "debug_dbg").exists()
+
+
+def test_the_last_iteration_is_saved_off_the_checkpoint_frequency(data_root, tmp_path, monkeypatch):
+    """basicsr 1.4.2's loop saves a state only at multiples of logger:save_checkpoint_freq (the end saves
+    net_g_latest.pth, no state): a run of 4 iterations saving every 3 kept 3.state, and --auto_resume retrained
+    iteration 4. Now the last iteration is saved as the loop saves the others: net_g_4.pth and 4.state, with the
+    epoch the loop was in, and a resume goes on from it."""
+    from basicsr.data.data_sampler import EnlargedSampler
+
+    from ldt.models.ldt_model import LDTModel
+    from ldt.sr.checkpoints import read_state
+
+    events = []  # ("epoch", e) and ("step", iteration), in the loop's order
+    set_epoch, step = EnlargedSampler.set_epoch, LDTModel.optimize_parameters
+    monkeypatch.setattr(EnlargedSampler, "set_epoch", lambda self, e: events.append(("epoch", e)) or set_epoch(self, e))
+    monkeypatch.setattr(LDTModel, "optimize_parameters", lambda self, it: events.append(("step", it)) or step(self, it))
+    opt = basicsr_options(data_root, "last", 4)
+    opt["logger"]["save_checkpoint_freq"] = 3
+    run_pipeline(tmp_path, monkeypatch, opt)
+    exp = tmp_path / "experiments" / "last"
+    assert sorted(p.name for p in (exp / "training_states").iterdir()) == ["3.state", "4.state"]
+    assert (exp / "models" / "net_g_4.pth").is_file()
+    epoch_of_4 = [e for kind, e in events[: events.index(("step", 4))] if kind == "epoch"][-1]
+    state = read_state(exp / "training_states" / "4.state")
+    assert state["iter"] == 4 and state["epoch"] == epoch_of_4
+    saved = torch.load(exp / "models" / "net_g_4.pth", weights_only=True)["params"]
+    latest = torch.load(exp / "models" / "net_g_latest.pth", weights_only=True)["params"]
+    assert all(torch.equal(saved[k], latest[k]) for k in saved)  # the weights the run ended with
+
+    events.clear()
+    run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "last", 6), "--auto_resume")
+    assert [it for kind, it in events if kind == "step"] == [5, 6]
