@@ -341,3 +341,35 @@ def test_a_partition_grouping_a_user_frozen_parameter_is_refused(tiny_net):
         assert branch.partition is usable
         deployed = branch.composite()
         assert not deployed.body[0].bias.requires_grad and deployed.head.weight.requires_grad
+
+
+@pytest.mark.parametrize("criterion", ["var", "random"])
+@pytest.mark.parametrize("group_by", ["tensor", "module"])
+def test_the_building_blocks_leave_a_user_frozen_parameter_untouched(criterion, group_by):
+    """probe -> partition -> DualBranch on a model with a tensor frozen from the start: it is not probed, in neither
+    group (excluded), never trained, and deployed as it was, with its flag off."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    model.body[0].weight.requires_grad_(False)  # its module's bias still trains
+    frozen = model.body[0].weight.detach().clone()
+    stats = probe_gradients(model, make_batches(4, seed=7), ce_loss, group_by=group_by)
+    part = partition_by_score(stats, 0.5, criterion, model=model)
+    assert "body.0.weight" in part.excluded and "body.0.weight" not in part.stable + part.unstable
+    assert "body.0.bias" in part.stable + part.unstable
+    dual = DualBranch(model, part, ExchangeConfig(interval=1))
+    train(dual, torch.optim.SGD(dual.primary_parameters(), lr=0.1), torch.optim.SGD(dual.auxiliary_parameters(), lr=0.1),
+          make_batches(3))
+    composite = dual.composite()
+    assert torch.equal(composite.body[0].weight, frozen) and not composite.body[0].weight.requires_grad
+    assert torch.equal(dual.auxiliary.body[0].weight, frozen)
+
+
+def test_names_given_as_excluded_leave_the_probed_layers():
+    """A frozen tensor probed anyway (parameters=) and then given as excluded= is in neither group (it was in a group
+    and in excluded: 'names listed in more than one group')."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    stats = probe_gradients(model, make_batches(4, seed=7), ce_loss)
+    part = partition_by_score(stats, 0.5, model=model, excluded=["head.weight"])
+    assert "head.weight" in part.excluded and "head.weight" not in part.stable + part.unstable
+    assert "head.weight" not in part.layers and "head.weight" not in part.scores

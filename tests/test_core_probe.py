@@ -56,7 +56,7 @@ def test_probe_restores_flags_grads_and_mode(tiny_net, batches):
     tiny_net.body[0].weight.grad = sentinel
     before = {k: v.clone() for k, v in tiny_net.named_parameters()}
     stats = probe_gradients(tiny_net, batches, ce_loss)
-    assert "head.weight" in stats.layers  # probed although frozen by the user
+    assert "head.weight" not in stats.layers and stats.not_probed == ["head.weight"]  # frozen by the user
     assert tiny_net.head.weight.requires_grad is False
     assert tiny_net.body[0].weight.grad is sentinel
     assert tiny_net.head.bias.grad is None
@@ -154,3 +154,20 @@ def test_probe_restores_the_mode_of_every_submodule(tiny_net, batches):
     assert tiny_net.training and not tiny_net.body[1].training
     probe_gradients(tiny_net, batches, ce_loss, num_batches=2, train_mode=False)
     assert tiny_net.training and not tiny_net.body[1].training and tiny_net.body[0].training
+
+
+def test_a_frozen_parameter_is_probed_only_when_named(tiny_net, batches):
+    """``parameters=`` probes what it names whatever its flag (a live branch's frozen group); the flag comes back."""
+    tiny_net.head.weight.requires_grad_(False)
+    names = [name for name, _ in tiny_net.named_parameters()]
+    stats = probe_gradients(tiny_net, batches, ce_loss, parameters=names)
+    assert "head.weight" in stats.layers and stats.not_probed == []
+    assert tiny_net.head.weight.requires_grad is False
+
+
+def test_a_model_where_nothing_trains_is_named_before_any_batch(tiny_net):
+    tiny_net.requires_grad_(False)
+    calls = []
+    with pytest.raises(ProbeError, match=r"no parameter of TinyNet trains .*parameters="):
+        probe_gradients(tiny_net, make_batches(2), lambda m, b: calls.append(b) or ce_loss(m, b))
+    assert calls == []

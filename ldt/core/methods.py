@@ -898,12 +898,9 @@ def score_partition(
                                   excluded=left_out)
     share = probe_share(config.probe.num_batches)
     log(f"Probing {config.probe.num_batches} batches ({share} on this rank)")
-    skipped = set(left_out)
-    probed = [name for name, _ in model.named_parameters() if name not in skipped] if left_out else None
-    stats = probe_gradients(
+    stats = probe_gradients(  # probes the parameters that train: the left-out ones come back as stats.not_probed
         model, batches("probe", seed), loss_fn, num_batches=share, group_by=config.group_by,
         elementwise=config.criterion == "elementwise_var", train_mode=config.probe.train_mode, progress=progress,
-        parameters=probed,
     )
     if stats.no_grad:
         log(f"Parameters without gradient in the probe (excluded from both groups): {stats.no_grad}")

@@ -243,6 +243,12 @@ def _check_ratio(unstable_ratio: float) -> None:
         raise PartitionError(f"unstable_ratio must be a number strictly between 0 and 1, got {unstable_ratio!r}")
 
 
+def _without(layers: dict[str, list[str]], names: set[str]) -> dict[str, list[str]]:
+    """``layers`` without the parameters in ``names``; a layer left empty is dropped."""
+    kept = {layer: [p for p in params if p not in names] for layer, params in layers.items()}
+    return {layer: params for layer, params in kept.items() if params}
+
+
 def partition_by_score(
     stats: GradientStatistics | None,
     unstable_ratio: float,
@@ -256,17 +262,18 @@ def partition_by_score(
 
     Ties keep network order (a stable sort), so equal scores give the same partition on every run and rank.
     ``criterion='random'`` needs no statistics: a seeded shuffle of ``model``'s layers replaces the scores.
-    Parameters without a gradient in the probe are ``excluded``, and so are the names in ``excluded`` (parameters
-    that do not train, which the methods leave out of the probe).
+    Parameters without a gradient in the probe or not probed (frozen: ``stats.not_probed``) are ``excluded``, and so
+    are the names in ``excluded`` (parameters that do not train): they leave their layers, so a frozen tensor that
+    was probed anyway (``probe_gradients(parameters=...)``) is in neither group either.
     """
     _check_ratio(unstable_ratio)
     if criterion not in CRITERIA:
         raise PartitionError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+    left_out = set(excluded) | set(stats.not_probed if stats is not None else ())
     if criterion == "random":
         if model is None and stats is None:
             raise PartitionError("criterion 'random' needs the model (or probe statistics) to list its layers")
-        left_out = set(excluded)
-        layers = stats.layers if stats is not None else \
+        layers = _without(stats.layers, left_out) if stats is not None else \
             {n: [n] for n, _ in model.named_parameters() if n not in left_out}
         order = list(range(len(layers)))
         random.Random(seed).shuffle(order)
@@ -276,9 +283,9 @@ def partition_by_score(
     else:
         if stats is None:
             raise PartitionError(f"criterion {criterion!r} needs probe statistics")
-        layers = stats.layers
+        layers = _without(stats.layers, left_out)
         scores = stats.scores(criterion)
-        bad = [layer for layer, value in scores.items() if value != value]
+        bad = [layer for layer in layers if scores[layer] != scores[layer]]
         if bad:
             raise PartitionError(
                 f"criterion {criterion!r} is undefined (NaN) for layers {bad[:10]}: the probe needs at least 2 "
@@ -290,16 +297,19 @@ def partition_by_score(
     n_stable = stable_count(len(ordered), unstable_ratio)
     if n_stable == 0:  # int(M * (1 - r)) < M for r > 0: only the stable group can end up empty
         why = f"; {len(no_grad)} parameter(s) got no gradient in the probe: {no_grad[:5]}" if no_grad else ""
-        why += f"; {len(excluded)} left out (not trained): {list(excluded)[:5]}" if excluded else ""
+        not_trained = [name for name in dict.fromkeys([*(stats.not_probed if stats is not None else ()), *excluded])
+                       if name not in set(no_grad)]
+        why += f"; {len(not_trained)} left out (not trained): {not_trained[:5]}" if not_trained else ""
         raise PartitionError(f"unstable_ratio={unstable_ratio} leaves the stable group empty with {len(ordered)} "
                              f"layers{why}")
-    stable_layers, no_grad_names = set(ordered[:n_stable]), set(no_grad)
+    stable_layers = set(ordered[:n_stable])
     stable = [p for layer in layers if layer in stable_layers for p in layers[layer]]
     unstable = [p for layer in layers if layer not in stable_layers for p in layers[layer]]
+    not_probed = list(stats.not_probed) if stats is not None else []
     partition = Partition(
         stable=stable,
         unstable=unstable,
-        excluded=no_grad + [name for name in excluded if name not in no_grad_names],
+        excluded=list(dict.fromkeys([*no_grad, *not_probed, *excluded])),
         criterion=criterion,
         unstable_ratio=unstable_ratio,
         scores={layer: float(scores[layer]) for layer in layers},

@@ -130,7 +130,9 @@ class GradientStatistics:
     """Per-layer gradient statistics collected by :func:`probe_gradients`.
 
     ``layers`` maps a layer name to the parameter names it pools, in network order; ``no_grad`` lists the
-    parameters that no probe batch gave a gradient (they get no score and belong to neither LDT group).
+    parameters that no probe batch gave a gradient, ``not_probed`` those the probe left out (frozen with
+    ``requires_grad=False``, not floating point, or not named in ``parameters=``): neither gets a score, and
+    :func:`~ldt.core.partition.partition_by_score` puts both in neither LDT group.
     """
 
     layers: dict[str, list[str]]
@@ -141,6 +143,7 @@ class GradientStatistics:
     grad_batches: dict[str, int] = field(default_factory=dict)
     param_shapes: dict[str, torch.Size] = field(default_factory=dict, repr=False)
     no_grad: list[str] = field(default_factory=list)
+    not_probed: list[str] = field(default_factory=list)
 
     def scores(self, criterion: str) -> dict[str, float]:
         """Score of every layer that received a gradient, for ``criterion`` in :data:`SCORE_NAMES`."""
@@ -271,8 +274,11 @@ def probe_gradients(
 ) -> GradientStatistics:
     """Collect per-layer gradient statistics over ``batches`` without updating ``model``.
 
-    ``loss_fn(model, batch)`` returns the scalar loss of one batch. Every floating-point parameter (or those named in
-    ``parameters``) gets ``requires_grad=True`` for the probe, whatever its flag; flags, grads, the train/eval
+    ``loss_fn(model, batch)`` returns the scalar loss of one batch. The probe scores the parameters that train: the
+    floating-point ones with ``requires_grad=True`` (a tensor the user froze is not probed and is listed in
+    ``not_probed``, so a partition made from the statistics leaves it out of both groups). ``parameters`` names
+    the ones to probe instead, whatever their flag (e.g. a live branch, whose frozen group has the flag off); each
+    probed one gets ``requires_grad=True`` for the probe; flags, grads, the train/eval
     mode of every submodule and buffers (e.g. BatchNorm running statistics, which a train-mode forward updates) are restored after.
     Layers that never receive a gradient (integer and complex parameters cannot) are listed in ``no_grad`` and get no
     score. A loader shorter than ``num_batches`` is probed to its end, with a warning. Under an initialised
@@ -286,8 +292,13 @@ def probe_gradients(
         if unknown:
             raise KeyError(f"probe parameters not in the model: {unknown}")
         wanted = set(parameters)
-        groups = {layer: [p for p in names if p in wanted] for layer, names in groups.items()}
-        groups = {layer: names for layer, names in groups.items() if names}
+    else:
+        wanted = {name for name, p in named.items() if p.is_floating_point() and p.requires_grad}
+        if not wanted:
+            raise ProbeError(f"no parameter of {type(model).__name__} trains (all have requires_grad=False or are "
+                             "not floating point): nothing to probe; name the ones to probe with parameters=")
+    groups = {layer: [p for p in names if p in wanted] for layer, names in groups.items()}
+    groups = {layer: names for layer, names in groups.items() if names}
     moments = {layer: Moments() for layer in groups}
     element_stats = {name: ElementwiseMoments() for names in groups.values() for name in names} if elementwise else None
     grad_batches = {name: 0 for names in groups.values() for name in names}
@@ -352,7 +363,8 @@ def probe_gradients(
         num_batches=seen,
         group_by=group_by,
         grad_batches=grad_batches,
-        param_shapes={name: named[name].shape for names in groups.values() for name in names},
+        param_shapes={name: p.shape for name, p in named.items()},
+        not_probed=[name for name in named if name not in wanted],
     )
     if distributed:
         stats.all_reduce()
