@@ -211,6 +211,40 @@ def test_user_frozen_parameters_are_left_out_of_every_method(name, caplog):
     assert torch.equal(model[0].weight, frozen["0.weight"])
 
 
+@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("change", ["freeze", "unfreeze"])
+def test_requires_grad_changed_mid_training_is_refused(name, change):
+    """The flags are read once, at prepare_method: a tensor frozen afterwards would still be exchanged (or trained
+    again at LDT-S's next turn), one unfrozen would be in no optimizer. The next step names it instead."""
+    model = mlp()
+    model[0].bias.requires_grad_(False)  # left out from the start
+    method = prepared(model, name)
+    optimizers = train(method, steps=1)
+    if change == "freeze":
+        target = next(n for n, p in method.model.named_parameters() if p.requires_grad)
+    else:
+        target = "0.bias"
+    method.model.get_parameter(target).requires_grad_(change == "unfreeze")
+    with pytest.raises(MethodError, match=rf"requires_grad of '{re.escape(target)}' in the \w+ branch was set to "
+                                          rf"{change == 'unfreeze'} after prepare_method: {name} decides"):
+        method.train_step(data(1)[0], mse, optimizers)
+
+
+def test_a_tensor_frozen_mid_training_trains_no_more_after_a_repartition():
+    """The documented way to freeze a tensor mid-training: repartition() with it excluded; it keeps its value."""
+    method = prepared(mlp(), "ldt")
+    train(method, steps=1)
+    part = method.partition
+    target = part.stable[0]
+    moved = Partition(stable=part.stable[1:], unstable=part.unstable, excluded=[*part.excluded, target],
+                      scores={k: v for k, v in part.scores.items() if k != target},
+                      layers={k: v for k, v in part.layers.items() if k != target})
+    method.repartition(moved)
+    kept = method.model.get_parameter(target).detach().clone()
+    train(method, steps=2)
+    assert torch.equal(method.deployed().get_parameter(target), kept)
+
+
 class WithIndex(nn.Module):
     """An integer parameter (it must have requires_grad=False) beside trainable layers."""
 
@@ -652,3 +686,4 @@ def test_parameters_reregistered_in_another_order_are_named(name):
     with pytest.raises(MethodError, match=r"the parameters of the model changed after prepare_method \(e\.g\. "
                                           r"'0\.weight' re-registered"):
         method.branches()
+

@@ -187,6 +187,22 @@ def _model_problems(model: nn.Module, left_out: set[str]) -> list[Problem]:
     return [("model", problem)] if problem else []
 
 
+def check_flags(method: "Method", branch: str, named: Iterable[tuple[str, nn.Parameter]], trains: set[str]) -> None:
+    """Raise unless exactly the parameters in ``trains`` of ``branch`` require grad: the method sets the branches'
+    flags (the user's are read once, at prepare_method), so a flag changed since would be silently ignored (a tensor
+    unfrozen mid-training is in no optimizer) or undone (at the next turn switch or repartition)."""
+    changed = next(((name, p.requires_grad) for name, p in named if p.requires_grad != (name in trains)), None)
+    if changed is None:
+        return
+    name, flag = changed
+    fix = "freeze a tensor before prepare_method (it is then left out)"
+    if method.partition_source == "score":
+        fix += ", or repartition() with it in the partition's excluded list"
+    raise MethodError(f"requires_grad of '{name}' in the {branch} branch was set to {flag} after prepare_method: "
+                      f"{method.name} decides which tensors train from the flags at prepare_method and sets the "
+                      f"branches' flags itself; {fix}")
+
+
 def _decay_problem(decay: float | None) -> str | None:
     return None if decay is None or 0.0 <= decay < 1.0 else f"must be in [0, 1), got {decay}"
 
@@ -541,7 +557,9 @@ class FineTune(Method):
 
     def branches(self) -> list[Branch]:
         (named,) = self._unchanged_parameters()
-        return [Branch("net", self.model, [p for name, p in named if name not in self.left_out])]
+        trained = [(name, p) for name, p in named if name not in self.left_out]
+        check_flags(self, "net", named, {name for name, _ in trained})
+        return [Branch("net", self.model, [p for _, p in trained])]
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.model.state_dict(keep_vars=True)
@@ -593,6 +611,8 @@ class DualMethod(Method):
             raise MethodError(f"the primary branch is {a.dtype} on {a.device} but the auxiliary {b.dtype} on "
                               f"{b.device} (e.g. '{name}'): method.model is the primary only; move a dual-branch "
                               "method with method.to(...)")
+        check_flags(self, "primary", primary, set(self.partition.stable))
+        check_flags(self, "auxiliary", auxiliary, set(self.partition.unstable))
         return [Branch("primary", self.dual.primary, [p for _, p in primary if p.requires_grad]),
                 Branch("auxiliary", self.dual.auxiliary, [p for _, p in auxiliary if p.requires_grad])]
 
@@ -669,7 +689,8 @@ class LDTSingle(Method):
         return self.single.partition
 
     def branches(self) -> list[Branch]:
-        self._unchanged_parameters()
+        (named,) = self._unchanged_parameters()
+        check_flags(self, "net", named, set(getattr(self.partition, self.single.phase)))
         return [Branch("net", self.model, self.single.trainable_parameters(), alternating=True)]
 
     def step(self) -> None:
