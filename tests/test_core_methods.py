@@ -687,3 +687,82 @@ def test_parameters_reregistered_in_another_order_are_named(name):
                                           r"'0\.weight' re-registered"):
         method.branches()
 
+
+# ---- buffers and hooks in the copies (the auxiliary, LDT-S's network, every deployed network) --------------------
+@pytest.mark.parametrize("name", ["ft", "deft", "ldt", "ldt_s"])
+def test_the_deployed_network_takes_its_buffers_from_the_network_that_trains_the_stable_group(name):
+    """BatchNorm statistics are never exchanged: a dual branch deploys the primary's, LDT-S its one network's, and the
+    auxiliary's own (moved by its forwards) are never deployed."""
+    from tests.conftest import TinyNet, ce_loss, make_batches
+
+    torch.manual_seed(0)
+    method = prepare_method(TinyNet(), config(name), batches=make_batches(4), loss_fn=ce_loss,
+                            head_patterns=[r"^head\."], log=lambda _: None)
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    for batch in make_batches(3, seed=1):
+        method.train_step(batch, ce_loss, optimizers)
+    deployed = dict(method.deployed().named_buffers())
+    primary = dict(method.model.named_buffers())
+    assert all(torch.equal(deployed[key], primary[key]) for key in primary)
+    if name in ("deft", "ldt"):
+        auxiliary = dict(method.dual.auxiliary.named_buffers())
+        assert not torch.equal(auxiliary["body.1.running_mean"], deployed["body.1.running_mean"])
+
+
+class SelfHooked(nn.Module):
+    """A module that registers a hook of its own in __init__ (a bound method, as archs do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.calls = 0
+        self.inner.register_forward_hook(self._count)
+
+    def _count(self, module, inputs, output) -> None:
+        self.calls += 1
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Recorder:
+    """A hook object with state."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, module, inputs, output) -> None:
+        self.calls += 1
+
+
+@pytest.mark.parametrize("name", ["ldt", "ldt_s"])
+def test_hooks_registered_on_the_model_follow_deepcopy_into_every_copy(name):
+    """The auxiliary and every deployed network are copy.deepcopy's of the model: its hooks come along. A plain
+    function is the same function in every copy (it sees every copy's calls, each with that copy's module); a hook
+    object is copied with its state; a module's own bound-method hook is rebound to the copy; a handle removes the
+    hook from method.model only; the probe's forwards run the hooks too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), SelfHooked(), nn.Tanh(), nn.Linear(4, 4))
+    seen: list[nn.Module] = []
+    handle = model[4].register_forward_hook(lambda module, inputs, output: seen.append(module))
+    recorder = Recorder()
+    model[0].register_forward_hook(recorder)
+    method = prepare_method(model, config(name, probe={"num_batches": 3}), batches=data(), loss_fn=mse,
+                            log=lambda _: None)
+    assert len(seen) == recorder.calls == model[2].calls == 3  # the probe's batches
+    networks = [branch.module for branch in method.branches()] + [method.deployed()]
+    if name == "ldt":
+        networks.append(method.dual.auxiliary)
+    for network in networks:
+        seen.clear()
+        calls, own = recorder.calls, network[2].calls
+        network(data(1)[0][0])
+        assert seen == [network[4]]
+        copied = next(iter(network[0]._forward_hooks.values()))
+        assert (copied is recorder) == (network is model) and recorder.calls == calls + (network is model)
+        assert network[2].calls == own + 1
+    handle.remove()
+    seen.clear()
+    for network in networks:
+        network(data(1)[0][0])
+    assert seen == [n[4] for n in networks if n is not model]
