@@ -391,6 +391,57 @@ def test_an_invalid_ema_decay_is_refused_before_the_warmup(decay):
     assert loss.calls == 0
 
 
+class Gated(nn.Module):
+    """An MLP with a one-element parameter (a scalar gate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.gate = mlp(), nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.body(x) * self.gate
+
+
+@pytest.mark.parametrize("criterion,model,message", [
+    ("elementwise_var", mlp, r"probe:num_batches: criterion elementwise_var is a variance across probe batches: it "
+                             r"needs at least 2, got 1"),
+    ("var", Gated, r"probe:num_batches: criterion var pools the elements of a layer's probe gradients, so 1 batch "
+                   r"gives no variance for the 1 layer\(s\) of one element \(gate\): use at least 2"),
+])
+def test_a_probe_too_short_for_a_variance_is_refused_before_any_batch(criterion, model, message):
+    loss = Counting()
+    with pytest.raises(MethodError, match=message):
+        prepare_method(model(), config("ldt", criterion=criterion, probe={"num_batches": 1}), batches=data(),
+                       loss_fn=loss)
+    assert loss.calls == 0
+
+
+def test_a_one_batch_probe_scores_the_layers_of_several_elements():
+    """The documented rule: var pools every element of a layer's probe gradients, so one batch gives a score."""
+    method = prepared(mlp(), "ldt", probe={"num_batches": 1})
+    assert method.partition.probe_batches == 1 and all(v == v for v in method.partition.scores.values())
+
+
+def test_parameters_without_gradient_in_the_probe_are_one_warning_before_training(caplog):
+    """An unused branch: named with the count and what happens to it, at warning level, before the first step."""
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body, self.unused = mlp(), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.body(x)
+
+    with caplog.at_level(logging.WARNING, logger="ldt.core"):
+        method = prepare_method(Unused(), config("ldt"), batches=data(), loss_fn=mse, log=lambda _: None)
+    notes = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(notes) == 1 and notes[0].startswith("2 parameter(s) got no gradient in any of the 4 probe batches")
+    assert "'unused.weight'" in notes[0] and "never trained" in notes[0]
+    assert {"unused.weight", "unused.bias"} <= set(method.partition.excluded)
+
+
 def test_an_empty_stable_group_names_the_layers_without_gradient():
     class Unused(nn.Module):
         def __init__(self) -> None:

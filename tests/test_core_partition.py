@@ -118,7 +118,8 @@ def test_pattern_partitions_for_baselines(tiny_net):
 
 def test_nan_scores_need_more_batches(tiny_net, batches):
     stats = probe_gradients(tiny_net, batches[:1], ce_loss, elementwise=True)
-    with pytest.raises(PartitionError, match="at least 2"):
+    with pytest.raises(PartitionError, match=r"the probe saw 1 batch\(es\); it needs gradients from at least 2 "
+                                             r"batches per layer \(a variance across batches\)"):
         partition_by_score(stats, 0.5, "elementwise_var")
 
 

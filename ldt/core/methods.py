@@ -203,6 +203,29 @@ def check_flags(method: "Method", branch: str, named: Iterable[tuple[str, nn.Par
                       f"branches' flags itself; {fix}")
 
 
+def _probe_size_problems(
+    model: nn.Module, config: MethodConfig, grouped: dict[str, list[str]], left_out: set[str]
+) -> list[Problem]:
+    """Why ``probe:num_batches`` cannot give ``config.criterion`` a value for every layer, before any batch is read:
+    ``elementwise_var`` is a variance across batches, and the pooled criteria (``var``, ``var_over_mean``) have
+    none for a one-element layer (a scalar gate) from one batch. The pooled ones are defined from one batch otherwise
+    (the variance over the elements of its gradient, as the official ``torch.var(torch.stack(grads))``)."""
+    count = config.probe.num_batches
+    if count >= 2 or config.criterion not in ("elementwise_var", "var", "var_over_mean"):
+        return []
+    if config.criterion == "elementwise_var":
+        return [("probe:num_batches", f"criterion elementwise_var is a variance across probe batches: it needs at "
+                                      f"least 2, got {count}")]
+    named = dict(model.named_parameters())
+    single = [layer for layer, names in grouped.items()
+              if sum(named[n].numel() for n in names if n not in left_out) == 1]
+    if not single:
+        return []
+    return [("probe:num_batches", f"criterion {config.criterion} pools the elements of a layer's probe gradients, "
+                                  f"so {count} batch gives no variance for the {len(single)} layer(s) of one element "
+                                  f"({', '.join(single[:5])}): use at least 2")]
+
+
 def _decay_problem(decay: float | None) -> str | None:
     return None if decay is None or 0.0 <= decay < 1.0 else f"must be in [0, 1), got {decay}"
 
@@ -307,8 +330,11 @@ class Method:
                                for problem in partition_problems(partition, model, config, sorted(left_out))]
         if config.repartition_every and config.criterion == "random":
             problems.append(("repartition_every", "re-probing needs a probe-based criterion, not 'random'"))
-        groups = layer_groups(model, config.group_by).values()
+        grouped = layer_groups(model, config.group_by)
+        groups = grouped.values()
         layers = sum(any(name not in left_out for name in names) for names in groups)
+        if config.criterion != "random":
+            problems += _probe_size_problems(model, config, grouped, left_out)
         trained = f"{layers} trained layers" if left_out else f"{layers} layers"
         if layers < 2:
             problems.append(("unstable_ratio", f"{type(model).__name__} has {layers} {'trained ' * bool(left_out)}"
@@ -924,7 +950,11 @@ def score_partition(
         elementwise=config.criterion == "elementwise_var", train_mode=config.probe.train_mode, progress=progress,
     )
     if stats.no_grad:
-        log(f"Parameters without gradient in the probe (excluded from both groups): {stats.no_grad}")
+        more = " ..." if len(stats.no_grad) > 5 else ""
+        logger.warning(f"{len(stats.no_grad)} parameter(s) got no gradient in any of the {stats.num_batches} probe "
+                       f"batches (an unused branch, or a loss_fn that does not reach them): in neither group, never "
+                       f"trained, deployed as they are: {stats.no_grad[:5]}{more}; freeze them before prepare_method, "
+                       "or make the probe's loss reach them")
     return partition_by_score(stats, config.unstable_ratio, config.criterion, seed=config.seed, model=model,
                               excluded=left_out)
 

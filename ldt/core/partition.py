@@ -288,8 +288,9 @@ def partition_by_score(
         bad = [layer for layer in layers if scores[layer] != scores[layer]]
         if bad:
             raise PartitionError(
-                f"criterion {criterion!r} is undefined (NaN) for layers {bad[:10]}: the probe needs at least 2 "
-                "batches (or 2 gradient elements) per layer"
+                f"criterion {criterion!r} is undefined (NaN) for layers {bad[:10]}: the probe saw "
+                f"{stats.num_batches} batch(es); it needs gradients from at least 2 batches per layer "
+                f"({'a variance across batches' if criterion == 'elementwise_var' else 'or 2 gradient elements'})"
             )
         no_grad, unit, probe_batches = list(stats.no_grad), stats.group_by, stats.num_batches
 
