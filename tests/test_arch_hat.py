@@ -13,6 +13,7 @@ from tests.arch_checks import (
     CHECKPOINT_LAYOUTS,
     check_forward_backward,
     check_declared_ranges_at_construction,
+    check_declared_types_at_construction,
     check_registered,
     check_strict_load_round_trip,
 )
@@ -335,3 +336,10 @@ def test_strict_load_round_trip(tmp_path, layout: str) -> None:
 
 def test_registered_in_basicsr() -> None:
     check_registered("HAT", HAT, TINY, scale=2)
+
+def test_declared_types_are_checked_in_python() -> None:
+    """A value of the wrong type fails at construction in one line (was: deep inside torch, or a network built on
+    it), as the option check words it; a list or tuple where the schema takes either builds."""
+    check_declared_types_at_construction(HAT, TINY)
+    with pytest.raises(ValueError, match=r"^HAT: depths: expected a list, got int 6$"):
+        HAT(depths=6)

@@ -17,6 +17,7 @@ from ldt.archs.mambair_arch import SS2D, MambaIR
 from tests.arch_checks import (
     CHECKPOINT_LAYOUTS,
     check_declared_ranges_at_construction,
+    check_declared_types_at_construction,
     check_registered,
     check_strict_load_round_trip,
 )
@@ -299,3 +300,14 @@ def test_declared_ranges_are_checked_in_python_too():
     with pytest.raises(ValueError, match=r"^MambaIR: img_size: must be >= 1, got 0$"):
         make(img_size=0)
     make(img_size=[48, 64])  # a list passes for the tuple, as in an option file
+
+
+def test_declared_types_are_checked_in_python() -> None:
+    """A value of the wrong type fails at construction in one line (was: deep inside torch, or a network built on
+    it), as the option check words it; a list or tuple where the schema takes either builds."""
+    check_declared_types_at_construction(MambaIR, TINY)
+    with pytest.raises(ValueError, match=r"^MambaIR: embed_dim: expected an integer, got float 36.5$"):
+        MambaIR(embed_dim=36.5)
+    with pytest.raises(ValueError, match=r"^MambaIR: img_size: expected an integer, got str 'a' or expected a list, "
+                                         r"got str 'a'$"):
+        MambaIR(img_size="a")  # Count | tuple[Count, Count]: both members' words, as the option check joins them

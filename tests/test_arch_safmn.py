@@ -12,6 +12,7 @@ from tests.arch_checks import (
     CHECKPOINT_LAYOUTS,
     check_forward_backward,
     check_declared_ranges_at_construction,
+    check_declared_types_at_construction,
     check_registered,
     check_strict_load_round_trip,
 )
@@ -116,3 +117,11 @@ def test_declared_ranges_are_checked_in_python_too() -> None:
         SAFMN(36, 8, 2.0, 10_000)  # positional arguments are checked too
     with pytest.raises(ValueError, match=r"^SAFMN: dim: must be divisible by 4"):
         SAFMN(dim=10)  # the constructor's own checks name the class as well
+
+
+def test_declared_types_are_checked_in_python() -> None:
+    """A value of the wrong type fails at construction in one line (was: deep inside torch, or a network built on
+    it), as the option check words it; a list or tuple where the schema takes either builds."""
+    check_declared_types_at_construction(SAFMN, TINY)
+    with pytest.raises(ValueError, match=r"^SAFMN: dim: expected an integer, got str '36'$"):
+        SAFMN(dim="36")

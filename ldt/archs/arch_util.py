@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldt.core.config import bound_problem
+from ldt.core.config import TYPE_WORDS, bound_problem, type_problem
 from ldt.weights import read_weights
 
 # Ranges of the constructors' arguments, written on their annotations: the option check (ldt.sr.options) rejects a
@@ -97,6 +97,58 @@ def range_problem(annotation: Any, value: Any, where: str) -> tuple[str, str] | 
     return None
 
 
+def _kind(annotation: Any) -> Any:
+    """The class ``annotation`` checks a value against (``int`` for ``Count``, ``Sequence`` for ``tuple[int, int]``)."""
+    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    return typing.get_origin(base) or base
+
+
+def _sequence(kind: Any) -> bool:
+    return inspect.isclass(kind) and issubclass(kind, Sequence) and kind is not str
+
+
+def kind_problem(annotation: Any, value: Any, where: str) -> tuple[str, str] | None:
+    """(the argument, ``depths[1]`` for an item, and what is wrong) when ``value`` is not of the type ``annotation``
+    declares (through Annotated, unions, sequences and tuples), in the option checks' words; None if it is.
+
+    No stricter than the option schema: a number is a number for ``float``, any list or tuple is a list for a
+    ``Sequence`` or ``tuple`` (an option file gives lists); but text is no number and a bool no integer, as in the
+    schema's strict mode. Annotations of other kinds (``type[nn.Module]``, ``Any``) are not checked."""
+    kind = _kind(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return kind_problem(typing.get_args(annotation)[0], value, where)
+    if kind in (Union, types.UnionType):
+        members = typing.get_args(annotation)
+        problems = [kind_problem(member, value, where) for member in members]
+        if None in problems:
+            return None
+        inside = [problem for problem in problems if problem[0] != where]  # an item of the member of its kind
+        if inside:
+            return inside[0]
+        named = [problem[1] for member, problem in zip(members, problems) if member is not type(None)]
+        return where, " or ".join(dict.fromkeys(named))
+    if kind is type(None):
+        return None if value is None else (where, f"expected None, got {type(value).__name__} {value!r}")
+    if kind is bool:
+        return None if isinstance(value, bool) else (where, type_problem(TYPE_WORDS[bool], value))
+    if kind in (int, float):
+        fits = numbers.Integral if kind is int else numbers.Real
+        return None if isinstance(value, fits) and not isinstance(value, bool) else \
+            (where, type_problem(TYPE_WORDS[kind], value))
+    if kind is str:
+        return None if isinstance(value, str) else (where, type_problem(TYPE_WORDS[str], value))
+    if _sequence(kind):
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+            return where, type_problem(TYPE_WORDS[list], value)
+        args = typing.get_args(annotation)
+        item_types = args if kind is tuple and Ellipsis not in args else args[:1] * len(value)
+        for index, (item_type, item) in enumerate(zip(item_types, value)):
+            problem = kind_problem(item_type, item, f"{where}[{index}]")
+            if problem:
+                return problem
+    return None
+
+
 def _is_ranged(annotation: Any) -> bool:
     return typing.get_origin(annotation) is Annotated or any(_is_ranged(a) for a in typing.get_args(annotation))
 
@@ -105,21 +157,25 @@ NetworkClass = TypeVar("NetworkClass", bound=type)
 
 
 def check_arguments(cls: NetworkClass) -> NetworkClass:
-    """Class decorator: every construction checks its arguments against the ranges declared on the constructor's
-    annotations (those the option check reads), so ``SAFMN(n_blocks=0)`` in Python fails in one line naming the
-    class and argument instead of building a broken network; the constructor's own :class:`ArgumentError` (rules
-    across arguments) names the class too. Defaults are ours and in range, so only the arguments given are checked
-    (microseconds, against a build of milliseconds)."""
+    """Class decorator: every construction checks its arguments against the types and ranges declared on the
+    constructor's annotations (those the option check reads), so ``SAFMN(n_blocks=0)`` or ``SAFMN(dim='36')`` in
+    Python fails in one line naming the class and argument instead of building a broken network (or failing deep
+    inside torch); the constructor's own :class:`ArgumentError` (rules across arguments) names the class too.
+    Defaults are ours and valid, so only the arguments given are checked (microseconds, against a build of
+    milliseconds)."""
     init = cls.__init__
     positional = [name for name, parameter in list(inspect.signature(init).parameters.items())[1:]
                   if parameter.kind is parameter.POSITIONAL_OR_KEYWORD]
-    ranged = {name: hint for name, hint in typing.get_type_hints(init, include_extras=True).items()
-              if name != "return" and _is_ranged(hint)}
+    hints = {name: hint for name, hint in typing.get_type_hints(init, include_extras=True).items() if name != "return"}
+    ranged = {name for name, hint in hints.items() if _is_ranged(hint)}
 
     @functools.wraps(init)
     def checked_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
         for name, value in [*zip(positional, args), *kwargs.items()]:
-            problem = range_problem(ranged[name], value, name) if name in ranged else None
+            if name not in hints:
+                continue
+            problem = kind_problem(hints[name], value, name) or \
+                (range_problem(hints[name], value, name) if name in ranged else None)
             if problem:
                 raise ArgumentError(*problem, network=cls.__name__)
         try:

@@ -172,9 +172,24 @@ def meant(key: Any, known: Sequence[str]) -> str | None:
     return hint[0] if hint else None
 
 
+def _shown(value: Any) -> str:
+    return repr(value) if not isinstance(value, dict) else "a mapping"
+
+
+def type_problem(expected: str, value: Any) -> str:
+    """What an option (or constructor argument) of the wrong type reads: ``expected an integer, got str '36'``;
+    ``expected`` is one of :data:`TYPE_WORDS`' values."""
+    return f"expected {expected}, got {type(value).__name__} {_shown(value)}"
+
+
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+              dict: "a mapping"}
+"""How :func:`type_problem` names the type a value should have."""
+
+
 def _message(error: dict, siblings: list[str]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    shown = _shown(value)
     if kind == "extra_forbidden":
         hint = meant(error["loc"][-1], siblings)
         return "unknown option" + (f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(siblings)}")
@@ -196,19 +211,19 @@ def _message(error: dict, siblings: list[str]) -> str:
         limit = next(iter(ctx.values()))
         return f"must be {bounds[kind]} {_limit_text(limit)}, got {shown}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"expected an integer, got {type(value).__name__} {shown}"
+        return type_problem(TYPE_WORDS[int], value)
     if kind in ("float_type", "float_parsing"):
-        return f"expected a number, got {type(value).__name__} {shown}"
+        return type_problem(TYPE_WORDS[float], value)
     if kind == "bool_type":
-        return f"expected true or false, got {type(value).__name__} {shown}"
+        return type_problem(TYPE_WORDS[bool], value)
     if kind == "string_type":
-        return f"expected a string, got {type(value).__name__} {shown}"
+        return type_problem(TYPE_WORDS[str], value)
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         if value is None:  # `train: ~`, or a section whose children are all commented out
             return "is empty (null): give it options, or leave the section out for its defaults"
-        return f"expected a mapping, got {type(value).__name__} {shown}"
-    if kind in ("list_type", "tuple_type"):
-        return f"expected a list, got {type(value).__name__} {shown}"
+        return type_problem(TYPE_WORDS[dict], value)
+    if kind in ("list_type", "tuple_type") or (kind == "is_instance_of" and ctx.get("class") == "Sequence"):
+        return type_problem(TYPE_WORDS[list], value)
     if kind == "too_short" or kind == "too_long":
         return f"{error['msg'].lower()}, got {shown}"
     if kind == "value_error":
