@@ -374,9 +374,8 @@ BAD_NETWORKS = [
      "(num_feat: 'x' where its default is the integer 64)"),
     ({"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": True, "upscale": 4.0, "img_range": 255},
      "network_g: EDSR cannot be built with these options: empty(): argument 'size' (position 1) must be tuple of "
-     "ints, but found element of type bool at pos 0 (num_feat: True where its default is the integer 64; upscale: 4.0 where its default is the integer 4)"),
-
-
+     "ints, but found element of type bool at pos 0 (num_feat: True where its default is the integer 64; "
+     "upscale: 4.0 where its default is the integer 4)"),
     ({**HAT, "depths": 6}, "network_g:depths: expected a list, got int 6"),  # was pydantic's 'Input should be ...'
 ]
 
