@@ -172,6 +172,22 @@ def test_force_yml_reaches_basicsr_applied(data_root, tmp_path, monkeypatch):
     assert kept["speed"] == {"tf32": False} and kept["logger"]["save_checkpoint_freq"] == 1
 
 
+def test_numbers_written_as_text_reach_basicsr_as_numbers(data_root, tmp_path, monkeypatch):
+    """PyYAML reads ``1e3`` (no ``!!float``) as text, which our checks take as a number; BasicSR read the text
+    itself where its loop reads the raw file (``current_iter % save_checkpoint_freq``: a TypeError traceback after
+    the checks had passed; the data loader's batch size)."""
+    opt = basicsr_options(data_root, "texts", 2)
+    opt["logger"]["save_checkpoint_freq"] = "1e3"
+    opt["datasets"]["train"]["batch_size_per_gpu"] = "2"
+    opt["train"]["optim_g"]["lr"] = "1e-3"
+    run_pipeline(tmp_path, monkeypatch, opt)
+    exp = tmp_path / "experiments" / "texts"
+    assert (exp / "models" / "net_g_latest.pth").is_file()
+    kept = yaml.safe_load((exp / "texts_2.yml").read_text())
+    assert kept["logger"]["save_checkpoint_freq"] == 1000 and kept["datasets"]["train"]["batch_size_per_gpu"] == 2
+    assert kept["train"]["optim_g"]["lr"] == 1e-3
+
+
 @pytest.mark.parametrize("entry, words", [("train:total_itr=3", "total_itr"),
                                           ("ldt:exchange:interval=0", "ldt:exchange:interval"),
                                           ("val:val_freq=[1", "not valid YAML")])

@@ -18,6 +18,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,7 +65,24 @@ def check_option_file(option_file: str) -> None:
         fail(f"-opt {option_file} is {what}")
 
 
-def file_for_basicsr(file: Path, scratch: Path, overrides: list[str] | None = None) -> Path:
+def numbers_as_checked(raw: Any, checked: Any) -> tuple[Any, bool]:
+    """``raw`` with each number written as text (PyYAML reads ``1e3`` or ``1e-3`` without ``!!float`` as strings,
+    which our checks accept as numbers) replaced by the number the checks made of it, and whether any was: BasicSR's
+    loop uses the raw values it reads itself, so ``save_checkpoint_freq: 1e3`` was a TypeError traceback at the first
+    iteration and ``batch_size_per_gpu: '2'`` the data loader's, after the checks had passed."""
+    if isinstance(raw, dict) and isinstance(checked, dict):
+        pairs = {key: numbers_as_checked(value, checked[key]) if key in checked else (value, False)
+                 for key, value in raw.items()}
+        return {key: value for key, (value, _) in pairs.items()}, any(changed for _, changed in pairs.values())
+    if isinstance(raw, list) and isinstance(checked, (list, tuple)) and len(raw) == len(checked):
+        pairs = [numbers_as_checked(value, number) for value, number in zip(raw, checked)]
+        return [value for value, _ in pairs], any(changed for _, changed in pairs)
+    if isinstance(raw, str) and isinstance(checked, (int, float)) and not isinstance(checked, bool):
+        return checked, True
+    return raw, False
+
+
+def file_for_basicsr(file: Path, scratch: Path, checked: dict, overrides: list[str] | None = None) -> Path:
     """The option file to hand BasicSR, which opens ``-opt`` with its own YAML loader and knows no ``base:``: ``file``
     itself, or for a file that inherits or ``overrides`` (``--force_yml`` entries, which our checks applied), it merged
     with its base files and the entries applied as our checks applied them, written under its own name in
@@ -72,12 +90,14 @@ def file_for_basicsr(file: Path, scratch: Path, overrides: list[str] | None = No
     that ran). BasicSR is then not given ``--force_yml``: its exec-based parser would apply the entries a second time,
     its own way (a KeyError for a section the file leaves to its defaults, a ValueError for a value holding '=')."""
     inherits = "base" in yaml.safe_load(file.read_text())  # read_option_file has checked it is a mapping
-    if not inherits and not overrides:
-        return file
     opt = read_option_file(file)
     apply_overrides(opt, overrides)
+    opt, numbers = numbers_as_checked(opt, checked)
+    if not inherits and not overrides and not numbers:
+        return file
     done = [what for what, given in (("its base: files merged in", inherits),
-                                      (f"--force_yml {' '.join(' '.join(overrides or []).split())} applied", overrides))
+                                      (f"--force_yml {' '.join(' '.join(overrides or []).split())} applied", overrides),
+                                      ("numbers written as text made numbers", numbers))
             if given]  # (one comment line, whatever the entries hold)
     merged = scratch / file.name
     merged.write_text(f"# {file} with {' and '.join(done)}, for BasicSR (ldt.sr.basicsr_pipeline)\n"
@@ -107,7 +127,7 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
     loader, _ = training_data(opt)
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
                        val_loaders=validation_loaders(opt), weights=False)
-    return argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, args.force_yml)))
+    return argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, opt, args.force_yml)))
 
 
 def run(root: str | Path = PROJECT_ROOT) -> None:
