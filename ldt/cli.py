@@ -104,6 +104,13 @@ def original_error(message: str) -> str:
     return re.sub(r"^[A-Za-z_][\w.]*: ", "", message.strip().splitlines()[-1].strip())
 
 
+def error_lines(err: BaseException) -> list[str]:
+    """An error's message as the ``error:`` lines to print: one per line of it (an error listing several problems
+    gives each its own line), whitespace collapsed; a DataLoader worker's error as its original error."""
+    lines = [" ".join(line.split()) for line in original_error(str(err)).splitlines()]
+    return [line for line in lines if line] or [type(err).__name__]
+
+
 def at_least(minimum: int) -> Check:
     """An integer >= ``minimum``."""
     def check(value: int) -> str | None:

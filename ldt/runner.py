@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
-from ldt.cli import (STOP_SIGNALS, device_problem, flag, not_a_file, original_error, require_output_dir,
+from ldt.cli import (STOP_SIGNALS, device_problem, error_lines, flag, not_a_file, original_error, require_output_dir,
                      show_traceback, stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import MAX_SEED, describe_errors
@@ -764,5 +764,6 @@ def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConf
                          tabulate=tabulate, state_minutes=minutes)
     except (ValueError, OSError, DiskError) as err:  # data, weights and option errors are ValueErrors; missing
         show_traceback(err)  # files OSErrors; unwritable --out a DiskError
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        for line in error_lines(err):  # several problems (every broken split of the data check): a line each
+            print(f"error: {line}", file=sys.stderr)
         return 2

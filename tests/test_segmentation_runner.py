@@ -252,7 +252,8 @@ def test_cli_rejects_bad_input_in_one_line_before_training(tiny, tmp_path, monke
     torch.save(diverged, tmp_path / "diverged.pth")
     out = ["--out", str(tmp_path / "out"), "--no-progress", "--no-pretrain"]
     cases = [
-        (["--source", "cityscapes=" + str(tmp_path / "nowhere"), "--targets", f"bdd100k={tiny}"],
+        (["--source", "cityscapes=" + str(tmp_path / "nowhere"),
+          "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}"],
          f"folder {tmp_path / 'nowhere'}/leftImg8bit/train does not exist"),
         (["--source", f"kitti={tiny}", "--targets", f"bdd100k={tiny}"], "unknown layout 'kitti'"),
         (["--source", f"cityscapes={tiny}"], "--targets: name the target domains"),
@@ -511,3 +512,66 @@ def test_a_stopped_run_resumes_from_its_state_to_the_same_record(tiny, tmp_path,
     assert f"resuming at step 3 from {tmp_path}" in printed and drawn == 3
     for key in ("target_results", "holdout_miou", "holdout_per_domain", "selected_step", "history", "partition"):
         assert record[key] == straight[key], key
+
+
+def test_the_data_check_names_the_problems_of_every_split_at_once(tiny, tmp_path, monkeypatch, capsys):
+    """The start-up data check stopped at the first split with a problem: a user with a bad source label, a
+    missing target folder and a bad target label learnt of one per attempt. Every split is checked now and the one
+    error has a line per split, each naming the split and its files; --out stays untouched."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setattr(main_module, "run", never)
+
+    def with_bad_label(name: str, split: str) -> tuple[Path, Path]:
+        copy = shutil.copytree(domain_root(tiny, name), tmp_path / name)
+        label = sorted(copy.glob(f"gtFine/{split}/*/*_labelTrainIds.png"))[-1]
+        ids = np.asarray(Image.open(label)).copy()
+        ids[0, :2] = 26
+        Image.fromarray(ids).save(label)
+        return copy, label
+
+    clean, clean_label = with_bad_label("clean", "train")
+    fog, fog_label = with_bad_label("fog", "val")
+    gone = tmp_path / "gone"
+    argv = ["--source", f"cityscapes:clean={clean}", "--targets", f"cityscapes:fog={fog}", f"cityscapes:gone={gone}",
+            "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith(f"error: cityscapes train at {clean}: 1 labels with values the layout does not allow: "
+                               f"{clean_label} (values [26])"), lines
+    assert lines[1].startswith(f"error: cityscapes val at {fog}: 1 labels with values the layout does not allow: "
+                               f"{fog_label} (values [26])"), lines
+    assert lines[2] == f"error: cityscapes val: folder {gone / 'leftImg8bit/val'} does not exist (root {gone})", lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_check_names_every_undecodable_label_with_the_bad_values(tiny, tmp_path):
+    """check_label_values stopped at the first label it could not decode: the others, and the labels with values
+    the layout does not allow, went unnamed until the next attempt."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from ldt.segmentation.data import SegmentationDataError, check_label_values, scan_split
+
+    fog = shutil.copytree(domain_root(tiny, "fog"), tmp_path / "fog")
+    split = scan_split(fog, "cityscapes", "val")
+    first, second = (sample.label for sample in split.samples)
+    data = bytearray(first.read_bytes())  # the header and end marker read (the scan passes), the pixels do not
+    middle = len(data) // 2
+    data[middle - 8: middle + 8] = bytes(16)
+    first.write_bytes(bytes(data))
+    ids = np.asarray(Image.open(second)).copy()
+    ids[0, :2] = 26
+    Image.fromarray(ids).save(second)
+    with pytest.raises(SegmentationDataError) as info:
+        check_label_values(split)
+    message = str(info.value)
+    assert f"1 labels that cannot be decoded: {first} (" in message, message
+    assert f"1 labels with values the layout does not allow: {second} (values [26])" in message, message
+    assert message.startswith(f"cityscapes val at {fog}: "), message

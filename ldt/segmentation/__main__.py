@@ -25,14 +25,14 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import torch
 
     from ldt import runner
-    from ldt.segmentation.data import Augment, SegmentationSplit, check_label_values
+    from ldt.segmentation.data import Augment, SegmentationSplit, check_splits
     from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
     from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
         METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
-        limited_size, parse_size, run, scan_domains, shown_size,
+        limited_size, parse_size, run, shown_size,
     )
     from ldt.sweep import SweepError, parse_weights
     from ldt.weights import WeightsError
@@ -218,11 +218,10 @@ def check_data(configs: list[RunConfig]) -> None:
     the check decides nothing else), and up to :data:`SOURCE_LABELS_CHECKED` of each source's (one failed at the
     first batch, after the model was built; all of a large source would cost minutes)."""
     first = configs[0]
-    sources, targets = scan_domains(first.sources, SOURCE_SPLIT), scan_domains(first.targets, TARGET_SPLIT)
-    for split in sources.values():
-        check_label_values(split, SOURCE_LABELS_CHECKED)
-    for split in targets.values():
-        check_label_values(split)
+    splits = check_splits([(d.root, d.layout, SOURCE_SPLIT, SOURCE_LABELS_CHECKED) for d in first.sources]
+                          + [(d.root, d.layout, TARGET_SPLIT, None) for d in first.targets])
+    sources = {d.name: split for d, split in zip(first.sources, splits)}
+    targets = {d.name: split for d, split in zip(first.targets, splits[len(first.sources):])}
     check_sizes(first, sources, targets)
     for config in configs:
         holdout_splits(config, sources)

@@ -248,14 +248,19 @@ def read_image(path: Path) -> torch.Tensor:
     return (image - mean) / std
 
 
+def _decoded_ids(path: Path) -> np.ndarray:
+    """The (H, W) uint8 raw ids of a label image; a file that does not decode raises PIL's OSError."""
+    with Image.open(path) as file:
+        if file.mode not in LABEL_MODES:
+            raise SegmentationDataError(f"label {path} has mode {file.mode}; expected a single-channel id image")
+        return np.asarray(file)
+
+
 def _label_ids(path: Path) -> np.ndarray:
     """The (H, W) uint8 raw ids of a label image; errors name the file."""
     try:
-        with Image.open(path) as file:
-            if file.mode not in LABEL_MODES:
-                raise SegmentationDataError(f"label {path} has mode {file.mode}; expected a single-channel id image")
-            return np.asarray(file)
-    except (OSError, UnidentifiedImageError) as err:
+        return _decoded_ids(path)
+    except OSError as err:  # UnidentifiedImageError is one
         raise SegmentationDataError(f"cannot decode label {path}: {err}") from None
 
 
@@ -266,19 +271,46 @@ def check_label_values(split: SegmentationSplit, limit: int | None = None) -> No
     training, a source's at its first batch. Cheap beside a training: a label decodes in about 0.2 ms at 96x192 px
     (the generated domains) and 20 ms at Cityscapes' 2048x1024; ``limit`` bounds it for a large source, whose
     labels training reads anyway (a wrong kind of label file is wrong in every file, so a sample finds it)."""
-    samples, bad = split.samples, []
+    samples, bad, undecodable = split.samples, [], []
     if limit is not None and len(samples) > limit:
         samples = tuple(samples[index * len(samples) // limit] for index in range(limit))
     for sample in samples:
-        present = np.flatnonzero(np.bincount(_label_ids(sample.label).ravel(), minlength=256))
+        try:  # one broken file does not hide the others: every label is read, each problem named once
+            ids = _decoded_ids(sample.label)
+        except OSError as err:
+            undecodable.append(f"{sample.label} ({err})")
+            continue
+        present = np.flatnonzero(np.bincount(ids.ravel(), minlength=256))
         wrong = present[split.table[present] < 0]
         if wrong.size:
             bad.append(f"{sample.label} (values {wrong[:10].tolist()})")
+    checked = "" if samples is split.samples else f" (of {len(samples)} checked of {len(split.samples)})"
+    found = [f"{len(undecodable)} labels{checked} that cannot be decoded: {listing(undecodable, _LISTED)}"] \
+        if undecodable else []
     if bad:
-        checked = "" if samples is split.samples else f" (of {len(samples)} checked of {len(split.samples)})"
-        raise SegmentationDataError(f"{split.layout.name} {split.split} at {split.root}: {len(bad)} labels{checked} "
-                                    f"with values the layout does not allow: {listing(bad, _LISTED)} "
-                                    f"(expected {split.layout.label_help})")
+        found.append(f"{len(bad)} labels{checked} with values the layout does not allow: {listing(bad, _LISTED)} "
+                     f"(expected {split.layout.label_help})")
+    if found:
+        raise SegmentationDataError(f"{split.layout.name} {split.split} at {split.root}: " + "; ".join(found))
+
+
+def check_splits(requests: Sequence[tuple[str | Path, str, str, int | None]]) -> list[SegmentationSplit]:
+    """:func:`scan_split` and :func:`check_label_values` (up to ``limit`` labels; None: all) of every
+    ``(root, layout, split, limit)``, in order. The problems of all of them come in one error, a line per split
+    (each naming its split and files): stopping at the first left a user with several broken domains to learn of
+    one per attempt."""
+    splits, problems = [], []
+    for root, layout, split, limit in requests:
+        try:
+            found = scan_split(root, layout, split)
+            check_label_values(found, limit)
+        except SegmentationDataError as err:
+            problems.append(str(err))
+        else:
+            splits.append(found)
+    if problems:
+        raise SegmentationDataError("\n".join(problems))
+    return splits
 
 
 def read_label(path: Path, table: np.ndarray, help_text: str = "") -> torch.Tensor:

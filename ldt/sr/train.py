@@ -28,7 +28,7 @@ from ldt.atomic import (
     BusyError, DiskError, FileContentError, atomic_write_text, check_room, disk_reason, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import original_error, path_flag, show_traceback
+from ldt.cli import error_lines, path_flag, show_traceback
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -687,8 +687,7 @@ def print_error(err: Exception) -> int:
     the error itself, is shown. ``LDT_TRACEBACK=1`` prints the whole traceback first.
     """
     show_traceback(err)
-    lines = original_error(str(err)).splitlines() or [type(err).__name__]
-    for line in lines:
+    for line in error_lines(err):
         print(f"error: {line}", file=sys.stderr)
     return 2
 
