@@ -487,6 +487,21 @@ def test_every_did_you_mean_comes_from_the_one_helper():
     assert callers == []
 
 
+def test_every_did_you_mean_suffix_comes_from_the_one_helper():
+    """``ldt.core.config.did_you_mean`` writes the " (did you mean 'X'?)" suffix; a module building it by hand (seven
+    did) could word or quote it differently, or forget the fallback, for the same kind of misspelling."""
+    import ldt
+    from ldt.core.config import did_you_mean
+
+    package = Path(ldt.__file__).parent
+    callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if "did you mean '" in path.read_text() and path != package / "core" / "config.py")
+    assert callers == []
+    assert did_you_mean("ltd", ["ldt", "ft"]) == " (did you mean 'ldt'?)"
+    assert did_you_mean("zzz", ["ldt", "ft"]) == ""
+    assert did_you_mean("zzz", ["ldt", "ft"], otherwise="; known: ldt, ft") == "; known: ldt, ft"
+
+
 def test_the_option_reference_shows_the_ranges_of_optional_options_too():
     """``PositiveInt | None`` keeps its bound inside the union, where the reference's range column did not look."""
     from pydantic import BaseModel

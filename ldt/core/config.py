@@ -187,25 +187,31 @@ TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: 
 """How :func:`type_problem` names the type a value should have."""
 
 
+def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:
+    """`` (did you mean 'X'?)`` for the known name ``key`` most likely misspells (:func:`meant`), else ``otherwise``:
+    the one wording of the hint, so every unknown option, choice, type, method or architecture reads alike."""
+    hint = meant(key, known)
+    return f" (did you mean '{hint}'?)" if hint else otherwise
+
+
 def _message(error: dict, siblings: list[str]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     shown = _shown(value)
     if kind == "extra_forbidden":
-        hint = meant(error["loc"][-1], siblings)
-        return "unknown option" + (f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(siblings)}")
+        return "unknown option" + did_you_mean(error["loc"][-1], siblings, f"; known: {', '.join(siblings)}")
     if kind == "missing":
         return "missing (required)"
     if kind == "literal_error":
         choices = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
         options = [c.strip() for c in choices.split(",") if c.strip()]
-        hint = meant(value, options) if isinstance(value, str) else None
-        return f"must be one of {choices}, got {shown}" + (f" (did you mean '{hint}'?)" if hint else "")
+        return f"must be one of {choices}, got {shown}" + (did_you_mean(value, options) if isinstance(value, str)
+                                                            else "")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = str(ctx.get("expected_tags", "")).replace("'", "")
         if kind == "union_tag_not_found":
             return f"missing 'type' (one of {tags})" if tags else "missing 'type'"
-        hint = meant(ctx.get("tag"), [t.strip() for t in tags.split(",")])
-        return f"unknown type '{ctx.get('tag')}'; choose from {tags}" + (f" (did you mean '{hint}'?)" if hint else "")
+        return (f"unknown type '{ctx.get('tag')}'; choose from {tags}"
+                + did_you_mean(ctx.get("tag"), [t.strip() for t in tags.split(",")]))
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(ctx.values()))

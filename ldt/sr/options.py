@@ -38,6 +38,7 @@ from ldt.core.config import (
     Seed,
     annotation_models,
     describe_errors,
+    did_you_mean,
     meant,
     option_rows,
     runtime,
@@ -435,9 +436,7 @@ def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--for
                 raise OptionsError(f"{label}: '{where}' is {value_text} in the options, not an option section")
             if key not in node:
                 known = [str(k) for k in node] + [name for model in models for name in model.model_fields]
-                hint = meant(key, known)
-                raise OptionsError(f"{label}: '{where}' is not an option section"
-                                   + (f" (did you mean '{hint}'?)" if hint else ""))
+                raise OptionsError(f"{label}: '{where}' is not an option section" + did_you_mean(key, known))
             node, models = node[key], sections
         undone = next((option for option in written if option[: len(path)] == tuple(path)), None)
         if undone:  # BasicSR keeps the last silently; as for a key written twice in a file, say so
@@ -627,9 +626,8 @@ def _check_network(raw: Any, problems: list[str]) -> tuple[dict | None, Any, typ
         return None, None, None
     if arch_type not in registry:
         known = sorted(registry.keys())
-        hint = meant(arch_type, known)
         problems.append(f"network_g:type: unknown architecture '{arch_type}'"
-                        + (f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(known)}"))
+                        + did_you_mean(arch_type, known, f"; known: {', '.join(known)}"))
         return None, None, None
     arch = registry.get(arch_type)
     ignored = [key for key in getattr(arch, "OFFICIAL_EXTRA_OPTIONS", ()) if key in raw]
@@ -697,9 +695,7 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int | None, problems: lis
             if kind is None:
                 problem = "missing"
             elif isinstance(kind, str):
-                hint = meant(kind, list(DATASET_SCHEMAS))
-                problem = f"no option schema for dataset type '{kind}'" + (f" (did you mean '{hint}'?)" if hint
-                                                                            else "")
+                problem = f"no option schema for dataset type '{kind}'" + did_you_mean(kind, list(DATASET_SCHEMAS))
             else:
                 problem = f"expected a string, got {type(kind).__name__} {kind!r:.60}"
             problems.append(f"{where}:type: {problem}; supported: {', '.join(DATASET_SCHEMAS)}")
