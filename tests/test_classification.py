@@ -544,6 +544,26 @@ def test_config_errors():
         RunConfig(data="x", test_domains=("a",), unstable_ratio=1.0)
 
 
+def test_an_unknown_method_gets_the_did_you_mean_hint(tmp_path, monkeypatch, capsys):
+    """A misspelled method (RunConfig, or ``--methods``, which argparse refused with its bare choice list) said only
+    'unknown method'; the SR option files and the segmentation runner suggest the method meant. Now so does this."""
+    with pytest.raises(ValueError) as info:
+        RunConfig(data="x", test_domains=("a",), method="ldt_dpv")
+    assert str(info.value) == f"unknown method 'ldt_dpv' (did you mean 'ldt_dpu'?); choose from {', '.join(METHODS)}"
+    with pytest.raises(ValueError, match=r"^unknown method 'zzz'; choose from ft, "):
+        RunConfig(data="x", test_domains=("a",), method="zzz")
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("bad input must fail before the demo builds its data")
+
+    monkeypatch.setattr("ldt.classification.__main__.build_toy_domains", no_run)
+    monkeypatch.setattr("ldt.classification.__main__.run", no_run)
+    assert main(["--methods", "ft", "lpf", "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: unknown method 'lpf' (did you mean 'lpft'?); choose from {', '.join(METHODS)}"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys):
     def no_run(*args, **kwargs):
         raise AssertionError("bad input must fail before training")

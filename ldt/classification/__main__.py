@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT/table.md and table.csv from OUT/results.jsonl")
     parser.add_argument("--data", type=path_flag, help=f"dataset root, DomainBed layout root/<domain>/<class>/<image> (default: build {DEFAULT_ROOT})")
     parser.add_argument("--out", type=path_flag, help="records and tables (default: results/classification/<dataset name>)")
-    parser.add_argument(runner.field_flag("method"), nargs="+", action=OnceList, choices=METHODS, default=list(METHODS))
+    # no argparse choices: RunConfig refuses an unknown method with a "did you mean" (argparse lists the choices only)
+    parser.add_argument(runner.field_flag("method"), nargs="+", action=OnceList, default=list(METHODS),
+                        help=f"of {', '.join(METHODS)} [all]")
     parser.add_argument(runner.field_flag("backbone"), nargs="+", action=OnceList, choices=BACKBONES, default=["tiny"])
     parser.add_argument("--weights", nargs="+", action=OnceList, default=[], metavar="[BACKBONE=]PATH", help="local pre-trained weights (never downloaded)")
     parser.add_argument("--no-pretrain", dest="pretrain", action="store_false",

@@ -26,6 +26,7 @@ from ldt.classification.data import DomainDataset, ImageList, eval_loader, image
 from ldt.classification.models import (DEFAULT_IMAGE_SIZE, build_model, check_backbone, head_patterns,
                                        image_size_problem)
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
+from ldt.core.config import unknown_choice
 from ldt.runner import (RunState, ResumableStream, check_training, domain_seed, field_flag, method_config, prepared,
                         run_hparams, train_and_select)
 from ldt.sweep import RECIPE_KEY, identity_path, run_hash
@@ -82,7 +83,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.method not in CLI_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+            raise ValueError(unknown_choice("method", self.method, METHODS))
         check_backbone(self.backbone)
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {CRITERIA}")

@@ -194,6 +194,12 @@ def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:
     return f" (did you mean '{hint}'?)" if hint else otherwise
 
 
+def unknown_choice(kind: str, name: str, choices: Sequence[str]) -> str:
+    """``unknown KIND 'NAME' (did you mean 'X'?); choose from A, B``: one wording for every runner's unknown method
+    (the registry's, the classification and segmentation runners'), hint included."""
+    return f"unknown {kind} {name!r}" + did_you_mean(name, choices) + f"; choose from {', '.join(choices)}"
+
+
 def _message(error: dict, siblings: list[str]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     shown = _shown(value)

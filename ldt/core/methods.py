@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ldt.core import dual, single
-from ldt.core.config import NonNegativeInt, Options, PathText, ProbeConfig, Real, Seed, WarmupConfig, did_you_mean
+from ldt.core.config import NonNegativeInt, Options, PathText, ProbeConfig, Real, Seed, WarmupConfig, unknown_choice
 from ldt.core.dual import (
     DualBranch,
     EMAPlan,
@@ -559,8 +559,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 def method_class(name: str) -> type[Method]:
     """The registered method called ``name``; an unknown name raises with the choices and a "did you mean"."""
     if name not in METHODS:
-        raise MethodError(f"unknown method {name!r}" + did_you_mean(name, list(METHODS))
-                          + f"; choose from {', '.join(METHODS)}")
+        raise MethodError(unknown_choice("method", name, list(METHODS)))
     return METHODS[name]
 
 

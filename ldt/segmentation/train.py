@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
-from ldt.core.config import did_you_mean
+from ldt.core.config import unknown_choice
 from ldt.runner import (ResumableStream, RunState, check_training, domain_batches, domain_seed, field_flag,
                         method_config, prepared, run_hparams, train_and_select)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
@@ -144,8 +144,7 @@ class RunConfig:
             raise ValueError(f"domain name(s) {repeated} given twice (a source is never a target; name domains "
                              "apart with LAYOUT:NAME=ROOT)")
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}" + did_you_mean(self.method, METHODS)
-                             + f"; choose from {', '.join(METHODS)}")
+            raise ValueError(unknown_choice("method", self.method, METHODS))
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
         if self.criterion not in CRITERIA:
