@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -108,6 +109,13 @@ def measure(args, mode: str) -> dict:
     return {"mode": mode, "seconds": seconds, "peak_bytes": peak, "param_bytes": params}
 
 
+def arch_problem(arch: str, err: BaseException) -> str:
+    """``err``'s message on one line, naming ``arch`` once: the archs' own errors name their class already
+    ('SAFMN: n_blocks: ...', 'SAFMN.__init__() got ...'); a message that does not gets it in front."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    return message if re.match(rf"{re.escape(arch)}\b", message) else f"{arch}: {message}"
+
+
 def check_model(parser: argparse.ArgumentParser, args, device: torch.device) -> None:
     """Build the model and run one LR input through it, so that an unknown arch, bad constructor options, an input
     too small for the arch or a scale it does not have end in one error line before anything is measured."""
@@ -121,12 +129,12 @@ def check_model(parser: argparse.ArgumentParser, args, device: torch.device) -> 
     try:
         model = build_model(args.arch, json.loads(args.arch_opt), args.scale).to(device)
     except Exception as err:  # noqa: BLE001  (any constructor error is the options' fault)
-        parser.error(f"--arch-opt: {args.arch} does not accept {args.arch_opt}: {' '.join(str(err).split())}")
+        parser.error(f"--arch-opt: {args.arch_opt}: {arch_problem(args.arch, err)}")
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, 3, args.size, args.size, device=device))
     except Exception as err:  # noqa: BLE001  (e.g. SAFMN's minimum input size)
-        parser.error(f"--size: {args.arch} cannot run on {args.size}x{args.size} inputs: {' '.join(str(err).split())}")
+        parser.error(f"--size: {args.size}x{args.size} inputs: {arch_problem(args.arch, err)}")
     if tuple(out.shape[-2:]) != (args.size * args.scale,) * 2:
         parser.error(f"--scale: {args.arch} turns {args.size}x{args.size} into {out.shape[-2]}x{out.shape[-1]}, "
                      f"not x{args.scale}; set --scale (or its upscale option in --arch-opt) to match")

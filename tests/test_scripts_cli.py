@@ -118,6 +118,31 @@ def test_benchmark_probe_rejects_bad_options(monkeypatch, capsys, args, option, 
     assert_flag_error(run_script(monkeypatch, capsys, "benchmark_probe.py", *PROBE, *args), option, *words)
 
 
+@pytest.mark.parametrize("args, option, shown", [
+    (["--arch", "SAFMN", "--arch-opt", '{"dim": 8, "n_blocks": 0}'], "--arch-opt",
+     '{"dim": 8, "n_blocks": 0}: SAFMN: n_blocks: must be >= 1, got 0'),
+    (["--arch", "SAFMN", "--arch-opt", '{"dimm": 8}'], "--arch-opt",
+     "{\"dimm\": 8}: SAFMN.__init__() got an unexpected keyword argument 'dimm'"),
+    (["--arch-opt", '{"colour": 1}'], "--arch-opt", '{"colour": 1}: convnet takes only width, depth, not colour'),
+    (["--arch", "SAFMN", "--arch-opt", '{"dim": 8, "n_blocks": 1}', "--size", "4"], "--size",
+     "4x4 inputs: SAFMN needs inputs of at least 8x8 pixels"),
+])
+def test_benchmark_probe_names_the_arch_once(monkeypatch, capsys, args, option, shown) -> None:
+    """The --arch-opt / --size lines put the arch's name before the constructor's message, which names it too since
+    the archs check their arguments ('SAFMN does not accept ...: SAFMN: n_blocks: ...'): the name now comes once."""
+    code, line = run_script(monkeypatch, capsys, "benchmark_probe.py", *PROBE, *args)
+    arch = args[args.index("--arch") + 1] if "--arch" in args else "convnet"
+    assert code == 2 and f"error: {option}: {shown}" in line, line
+    assert line.count(arch) == 1, line
+
+
+def test_benchmark_probe_names_the_arch_of_a_message_without_it() -> None:
+    probe = load_file_module(SCRIPTS / "benchmark_probe.py", "ldt_benchmark_probe")
+    assert probe.arch_problem("HAT", RuntimeError("shape  mismatch\n in attn")) == "HAT: shape mismatch in attn"
+    assert probe.arch_problem("HAT", ValueError("HAT: depths[1]: must be >= 1")) == "HAT: depths[1]: must be >= 1"
+    assert probe.arch_problem("HAT", ValueError("HATS are hats")) == "HAT: HATS are hats"
+
+
 def test_benchmark_probe_convnet_follows_scale() -> None:
     probe = load_file_module(SCRIPTS / "benchmark_probe.py", "ldt_benchmark_probe")
     model = probe.build_model("convnet", {"width": 4, "depth": 1}, scale=2)
