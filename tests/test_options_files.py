@@ -59,10 +59,26 @@ def test_overrides_create_documented_sections_the_file_omits_and_nothing_else(da
     for entry, message in [
         ("train:pixel_optt:type=L1Loss", "'train:pixel_optt' is not an option section (did you mean 'pixel_opt'?)"),
         ("train:total_iter:x=1", "'train:total_iter' is 6 in the options, not an option section"),
-        ("val:metrics:psnr:type=calculate_psnr", "'val:metrics' is not an option section"),
     ]:
         with pytest.raises(OptionsError, match=re.escape(f"--force_yml '{entry}': {message}")):
             load_options(path, is_train=True, overrides=[entry])
+
+
+@pytest.mark.parametrize("entry, option, kind", [
+    ("val:metrics:psnr:type=calculate_psnr", "val:metrics", "mapping of mapping"),
+    ("val:tile:x=3", "val:tile", "integer or null"),
+    ("path:resume_state:x=a", "path:resume_state", "string or null"),
+])
+def test_an_override_inside_an_option_the_file_leaves_out_names_it_as_an_option(data_root, tmp_path, entry, option,
+                                                                                 kind):
+    """An entry that goes below an option that is no section (val:tile, or val:metrics, a mapping of named metrics
+    with a default), which the file leaves out, said "'val:tile' is not an option section (did you mean 'tile'?)":
+    a hint that names the very key typed. It says what the option is and how to set it."""
+    path = write_options(tiny_options(data_root, "o"), tmp_path)
+    with pytest.raises(OptionsError) as err:
+        load_options(path, is_train=True, overrides=[entry])
+    assert str(err.value) == (f"--force_yml '{entry}': '{option}' is an option ({kind}), not an option section: "
+                              f"set it whole, as {option}=VALUE")
 
 
 def test_an_option_two_entries_set_is_refused_naming_both(data_root, tmp_path):

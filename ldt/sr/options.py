@@ -434,6 +434,10 @@ def apply_overrides(opt: dict, overrides: list[str] | None, source: str = "--for
             if key in node and not isinstance(node[key], dict):
                 value_text = "null" if node[key] is None else repr(node[key])
                 raise OptionsError(f"{label}: '{where}' is {value_text} in the options, not an option section")
+            option = next((model.model_fields[key] for model in models if key in model.model_fields), None)
+            if key not in node and option is not None:  # no section, left to its default: a hint would echo the key
+                raise OptionsError(f"{label}: '{where}' is an option ({type_name(option.annotation)}), not an option "
+                                   f"section: set it whole, as {where}=VALUE")
             if key not in node:
                 known = [str(k) for k in node] + [name for model in models for name in model.model_fields]
                 raise OptionsError(f"{label}: '{where}' is not an option section" + did_you_mean(key, known))
