@@ -11,6 +11,7 @@ import hashlib
 import os
 import pickle
 import time
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -49,12 +50,19 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
     if size == 0:
         raise WeightsError(f"{what} {path} is empty (0 bytes): an interrupted write or download?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's note on the protocol would come above our line, source line and all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except PermissionError:
         raise WeightsError(f"{what} {path}: permission denied") from None
     except (EOFError, zipfile.BadZipFile) as err:
         raise WeightsError(f"{what} {path} is truncated or corrupt ({type(err).__name__})") from None
     except pickle.UnpicklingError as err:
+        protocol = saved_pickle_protocol(path)
+        if protocol is not None and protocol > 3:  # torch's weights-only unpickler reads protocols 2 and 3 only
+            raise WeightsError(f"{what} {path} was saved by torch.save with pickle protocol {protocol}, which a "
+                               "weights-only load (torch.load(weights_only=True)) cannot read: save it again with "
+                               "torch.save's default protocol") from None
         if "unsupported global" in str(err).lower():
             raise WeightsError(f"{what} {path} holds Python objects other than tensors (a pickled model? save its "
                                "state_dict instead; such files are not loaded: weights_only)") from None
@@ -69,6 +77,21 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
         raise WeightsError(f"{what} {path} cannot be loaded: {gist(text, 200)}") from None
     except Exception:  # on foreign bytes the weights-only unpickler also fails as KeyError, IndexError, ...
         raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
+
+
+def saved_pickle_protocol(path: str | os.PathLike) -> int | None:
+    """The pickle protocol of the records in a ``torch.save`` zip checkpoint (None: no such file). Why: a file saved
+    with ``pickle_protocol=4`` or later is a real checkpoint that a weights-only load refuses, not a foreign file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.rpartition("/")[2] == "data.pkl"), None)
+            if name is None:
+                return None
+            with archive.open(name) as records:
+                head = records.read(2)
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+    return head[1] if len(head) == 2 and head[0] == pickle.PROTO[0] else None
 
 
 def state_dict_in(checkpoint: object, path: str | os.PathLike, key: str | None = None,

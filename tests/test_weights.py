@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 
 import pytest
 import torch
@@ -27,6 +28,40 @@ def test_foreign_files_are_not_a_checkpoint_whatever_the_unpickler_raises(tmp_pa
     with pytest.raises(WeightsError) as err:
         read_checkpoint(path)
     assert str(err.value) == f"weights file {path} {NOT_A_CHECKPOINT}"
+
+
+@pytest.mark.parametrize("protocol", [4, pickle.HIGHEST_PROTOCOL])
+def test_a_plain_pickle_of_a_later_protocol_is_one_message_without_torch_s_warning(tmp_path, protocol):
+    """Python's default pickle protocol (4 or 5) made torch print a UserWarning about the protocol, with its source
+    line, above the one-line error."""
+    path = write(tmp_path / "plain.pth", pickle.dumps({"params": {}}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(WeightsError) as err:
+        warnings.simplefilter("always")
+        read_checkpoint(path)
+    assert str(err.value) == f"weights file {path} {NOT_A_CHECKPOINT}"
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("protocol", [4, pickle.HIGHEST_PROTOCOL])
+def test_a_checkpoint_saved_with_a_later_pickle_protocol_is_named_as_such(tmp_path, protocol):
+    """torch.save(..., pickle_protocol=4) writes a real checkpoint that a weights-only load cannot read: it was
+    called 'not a PyTorch checkpoint (not a zip archive or a tensor pickle)', after torch's protocol warning."""
+    torch.save({"params": {"w": torch.ones(2)}}, tmp_path / "net.pth", pickle_protocol=protocol)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(WeightsError) as err:
+        warnings.simplefilter("always")
+        read_checkpoint(tmp_path / "net.pth")
+    assert str(err.value) == (f"weights file {tmp_path / 'net.pth'} was saved by torch.save with pickle protocol "
+                              f"{protocol}, which a weights-only load (torch.load(weights_only=True)) cannot read: "
+                              "save it again with torch.save's default protocol")
+    assert [str(w.message) for w in caught] == []
+
+
+def test_a_checkpoint_of_pickle_protocol_3_loads_without_torch_s_warning(tmp_path):
+    torch.save({"params": {"w": torch.ones(2)}}, tmp_path / "net.pth", pickle_protocol=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(read_checkpoint(tmp_path / "net.pth")["params"]["w"], torch.ones(2))
+    assert [str(w.message) for w in caught] == []
 
 
 def test_paths_that_are_not_files_are_named(tmp_path):
