@@ -1137,6 +1137,31 @@ def test_auto_resume_of_a_finished_run_off_the_save_frequency_trains_nothing_and
     assert same_weights(weights, latest(tmp_path, "finished"))
 
 
+def test_auto_resume_of_a_finished_run_writes_its_results_from_the_stored_validation(data_root, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """A run resumed at its last iteration validated again for its results (the whole validation time, for the
+    numbers its state's history already held); it writes them from that history now, the same as the run's own."""
+    import ldt.sr.train as sr_train
+
+    opt = options(data_root, "validated", total_iter=5)
+    assert cli(opt, tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "validated"
+    first = json.loads((exp / "results.json").read_text())
+    assert first["history"][-1]["iter"] == 5 and first["metrics"]["rows"]
+    (exp / "results.json").unlink()
+    no_training(monkeypatch)
+
+    def no_validation(*args, **kwargs):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(sr_train, "validate", no_validation)
+    assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0
+    again = json.loads((exp / "results.json").read_text())
+    assert again["metrics"] == first["metrics"] and again["history"] == first["history"]
+    assert again["best"] == first["best"] and again["iterations"] == 5
+    assert sr_train.MetricTable.from_dict({"rows": {"a": {"psnr": 1.0}}, "counts": {"a": 2}}, ("psnr", "ssim")) is None
+
+
 def test_a_finished_run_whose_results_cannot_be_written_keeps_its_final_state_and_a_rerun_writes_them(
         data_root, disk, tmp_path, capsys, monkeypatch):
     import ldt.sr.train as sr_train

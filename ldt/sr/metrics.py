@@ -114,6 +114,18 @@ class MetricTable:
     def to_dict(self) -> dict:
         return {"rows": self.rows, "counts": self.counts, "mean": self.mean()}
 
+    @classmethod
+    def from_dict(cls, data: Mapping, metrics: tuple[str, ...]) -> MetricTable | None:
+        """The table :meth:`to_dict` wrote (a training state's validation history keeps one per validation), or
+        None when it does not hold every one of ``metrics`` for each of its sets with a count."""
+        rows, counts = data.get("rows"), data.get("counts")
+        if not isinstance(rows, dict) or not isinstance(counts, dict) or rows.keys() != counts.keys():
+            return None
+        if not all(isinstance(values, dict) and all(m in values for m in metrics) for values in rows.values()):
+            return None
+        return cls(metrics, {name: {m: float(values[m]) for m in metrics} for name, values in rows.items()},
+                   {name: int(count) for name, count in counts.items()})
+
     def markdown(self, title: str = "dataset") -> str:
         header = f"| {title} | images | " + " | ".join(m.upper() for m in self.metrics) + " |"
         lines = [header, "|" + "---|" * (2 + len(self.metrics))]

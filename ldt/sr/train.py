@@ -128,6 +128,18 @@ def validate(model, loaders: dict, opt: dict, current_iter: int, tb_logger=None,
     return table
 
 
+def stored_validation(history: list[dict], iteration: int, loaders: dict,
+                      opt: dict) -> tuple[int, MetricTable] | None:
+    """The validation of ``iteration`` that ``history`` (a training state's) holds, for these validation sets and
+    metrics, or None. A run resumed at its last iteration reuses it for its results: validating again took the
+    whole validation time for the numbers the state already had (a resume cannot change the sets or metrics)."""
+    last = history[-1] if history else None
+    if not loaders or not isinstance(last, dict) or last.get("iter") != iteration:
+        return None
+    table = MetricTable.from_dict(last, tuple(opt["val"]["metrics"]))
+    return (iteration, table) if table is not None and table.rows.keys() == loaders.keys() else None
+
+
 def selection_set(opt: dict, loaders: dict) -> tuple[str | None, str]:
     """The validation set whose PSNR selects the best checkpoint (None: the last validated one), and the tag of the
     saved file: ``net_g_best.pth`` (source camera), ``net_g_best_oracle.pth``, ``net_g_best_last.pth``."""
@@ -654,9 +666,11 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
     report: dict = {}
     if rank0:
+        if last_validated is None:  # resumed at the end: its state's history holds the last iteration's validation
+            last_validated = stored_validation(history, current_iter, val_loaders, opt)
         if last_validated is not None and last_validated[0] == current_iter:
             table = last_validated[1]
-        else:  # resumed at the end, or no validation sets
+        else:  # no validation sets, or a history without the last iteration
             table = validate(model, val_loaders, opt, current_iter, tb_logger, desc="final") if val_loaders else MetricTable()
         report = {"iterations": current_iter, "train_seconds": seconds, "best": best, "history": history,
                   "nan_skips": model.nan_skips}
