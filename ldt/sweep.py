@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import statistics
 import warnings
@@ -350,9 +351,25 @@ class Stat:
         return value if self.se is None else f"{value} ± {self.se * scale:.{digits}f}"
 
 
+def recorded_number(value: object) -> float:
+    """A metric read from a record, as a float. Why: JSON ``true`` / ``false`` (a hand edit) reads as a bool, which
+    arithmetic takes for 1 / 0, so a table counted it; any value that is no real number is a ``TypeError``, which
+    :meth:`Records.having` turns into a warning naming the record's line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def recorded_mean(values: Iterable[object]) -> float:
+    """The mean of metrics read from one record (a run's mean over its test domains or cameras), each checked by
+    :func:`recorded_number`."""
+    return statistics.fmean(map(recorded_number, values))
+
+
 def mean_se(values: Iterable[float]) -> Stat:
-    """Mean ± standard error of the mean (sample std with ddof 1, over √n); se None for one value."""
-    values = list(values)
+    """Mean ± standard error of the mean (sample std with ddof 1, over √n); se None for one value. Each value is
+    checked by :func:`recorded_number`: the values come from records."""
+    values = [recorded_number(value) for value in values]
     if not values:
         raise ValueError("mean_se of no values")
     mean = statistics.fmean(values)

@@ -816,7 +816,9 @@ def test_tables_skip_foreign_records_with_a_warning(tmp_path):
     ("seed", "0", "whose 'seed' is of type str, not int"), ("seed", None, "whose 'seed' is of type NoneType, not int"),
     ("dataset", 5, "whose 'dataset' is of type int, not str"),
     ("test_domains", "C", "whose 'test_domains' is of type str, not list"),
-    ("test_domains", [], "the table cannot read (ZeroDivisionError")])
+    ("test_domains", [], "the table cannot read (StatisticsError: fmean requires at least one data point"),
+    # JSON true for an accuracy counted as 1.0 (100.00 in the table); false as 0.0
+    ("test_accuracy", {"C": True}, "the table cannot read (TypeError: expected a number, got bool True")])
 def test_a_record_edited_to_another_type_is_skipped_with_a_warning(tmp_path, field, value, warning):
     """Each of these fields, edited by hand, tabulated alone but ended every --collect and sweep in a traceback when
     tabulated with the others (seeds or datasets of two types are not sorted), or alone (no test domain); a string

@@ -12,8 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from ldt.sweep import (
-    RESULTS_FILE, Records, RowKey, SeedCells, Stat, configuration, csv_stat, csv_text, seed_markdown, seed_rows,
-    write_record_tables,
+    RESULTS_FILE, Records, RowKey, SeedCells, Stat, configuration, csv_stat, csv_text, recorded_mean, seed_markdown,
+    seed_rows, write_record_tables,
 )
 
 AVERAGE = "Avg"
@@ -46,7 +46,7 @@ def build_table(records: list[dict], order: dict[str, tuple[str, ...]] | None = 
         key = (record["dataset"], record["backbone"], record["method"], configuration(record, PER_RUN_KEYS))
         accuracies = [record["test_accuracy"][d] for d in record["test_domains"]]
         label = column_label(record)
-        cells[key][label][record["seed"]] = sum(accuracies) / len(accuracies)  # a rerun of a seed replaces it
+        cells[key][label][record["seed"]] = recorded_mean(accuracies)  # a rerun of a seed replaces it
         positions[record["dataset"]][label] = record["domains"].index(record["test_domains"][0])
     columns = {dataset: sorted(labels, key=lambda label: (labels[label], label)) for dataset, labels in positions.items()}
     return seed_rows(cells, columns, AVERAGE, order)

@@ -42,6 +42,8 @@ from ldt.sweep import (
     markdown_table,
     mean_se,
     parse_weights,
+    recorded_mean,
+    recorded_number,
     run_pending,
     stale_weights,
     sweep_lock,
@@ -365,8 +367,8 @@ def seed_values(records: Sequence[dict], setting: Setting, camera: str, metric: 
                 rows: Callable[[dict], dict] = lambda record: record["metrics"]) -> list[float]:
     """One value per seed: the camera's metric, or for TARGET_MEAN the mean over the row's target cameras."""
     if camera == TARGET_MEAN:
-        return [statistics.fmean(rows(record)[c][metric] for c in setting.targets) for record in records]
-    return [rows(record)[camera][metric] for record in records]
+        return [recorded_mean(rows(record)[c][metric] for c in setting.targets) for record in records]
+    return [recorded_number(rows(record)[camera][metric]) for record in records]
 
 
 def _cell(psnr: Sequence[float], ssim: Sequence[float]) -> str:

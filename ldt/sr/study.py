@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import csv
 import json
-import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 from ldt.atomic import make_dirs, read_json_dict
 from ldt.cli import path_flag
 from ldt.data.cameras import TARGET_CAMERAS
-from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, sweep_lock
+from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, recorded_mean, sweep_lock
 
 PROTOCOLS = {
     "source": "training-domain validation (source camera's held-out pairs)",
@@ -50,7 +49,7 @@ FINDING = ("no method beat plain fine-tuning on the target cameras by a margin d
 
 
 def target_mean(rows: Mapping[str, Mapping[str, float]], metric: str = "psnr", targets: Sequence[str] = TARGET_CAMERAS) -> float:
-    return statistics.fmean(rows[camera][metric] for camera in targets)
+    return recorded_mean(rows[camera][metric] for camera in targets)
 
 
 def select(history: Sequence[dict], protocol: str, *, upto: int | None = None, source: str = "source",
