@@ -391,6 +391,21 @@ def test_collect_without_a_record_of_the_planned_runs_writes_nothing(folder, fou
     assert ({path.name: path.read_bytes() for path in out.iterdir()} if out.exists() else None) == before
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_collect_on_an_out_that_is_a_file_says_so(below, sweep, tmp_path):
+    """--collect with --out a file (or a folder below one) said '(the file does not exist)' of OUT/results.jsonl, as
+    for a folder not made yet; the sweep itself says '--out: OUT exists and is not a folder'."""
+    (tmp_path / "notes").write_text("notes")
+    out = tmp_path / "notes" / below if below else tmp_path / "notes"
+    with pytest.raises(rp.ReproduceError) as err:
+        rp.reproduce(["1"], str(sweep["data"]), archs=["safmn_tiny"], seeds=2, progress=False, out=out, budget=TINY,
+                     collect_only=True)
+    assert str(err.value) == (f"--collect: none of the 6 run(s) these arguments plan has a record in "
+                              f"{out / 'results.jsonl'} (--out: {tmp_path / 'notes'} is a file, not a folder); "
+                              "nothing written")
+    assert (tmp_path / "notes").read_text() == "notes"
+
+
 def test_an_out_that_cannot_hold_the_sweep_fails_before_the_data_is_built(tmp_path, monkeypatch):
     """An --out that is a file was found at the sweep's first write, after --data synthetic was built (minutes)."""
     def fail(*args, **kwargs):

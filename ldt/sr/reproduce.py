@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ldt.atomic import atomic_write_text, make_dirs
+from ldt.atomic import atomic_write_text, existing_parent, make_dirs
 from ldt.cli import OnceList, not_a_file, path_flag, require_output_dir
 from ldt.core import method_class
 from ldt.core.methods import runs_probe
@@ -511,9 +511,10 @@ def collect_results(out: Path, runs: Sequence[TableRun]) -> list[Path]:
 def check_something_to_collect(records: Records, recorded: int, planned: int) -> None:
     """``--collect`` when no planned run has a record: an error, not tables of 'not run' over the folder's tables (a
     mistyped --out, or arguments other than the sweep's, wrote them, in a folder made for them if need be)."""
+    blocked = existing_parent(records.path.parent)  # --out, or a folder above it, that is a file
     found = (f"it holds {recorded} record(s) of other arguments: --table, --iters, --data, --weights, ... must be "
-             "those of the sweep" if recorded else "the file does not exist" if not records.path.exists() else
-             "it holds no records")
+             "those of the sweep" if recorded else f"--out: {blocked} is a file, not a folder" if not blocked.is_dir()
+             else "the file does not exist" if not records.path.exists() else "it holds no records")
     raise ReproduceError(f"--collect: none of the {planned} run(s) these arguments plan has a record in "
                          f"{records.path} ({found}); nothing written")
 
