@@ -302,3 +302,32 @@ def test_the_last_iteration_is_saved_off_the_checkpoint_frequency(data_root, tmp
     events.clear()
     run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "last", 6), "--auto_resume")
     assert [it for kind, it in events if kind == "step"] == [5, 6]
+
+
+def test_a_run_of_a_name_in_use_is_refused_by_the_lock_train_pip_takes(data_root, tmp_path, monkeypatch, capsys):
+    """BasicSR's pipeline took no experiment lock: a second run of a name still training (a pipeline run or a
+    Train_pip.py run) archived the live run's folder and wrote its own. Now it takes Train_pip.py's lock (the same
+    file): refused in Train_pip.py's line, exit 2, nothing touched; released, a rerun archives as before."""
+    from ldt.atomic import lock_beside
+    from ldt.sr.train import main as train_main
+    from tests.conftest import lock_held_elsewhere
+    from tests.test_run_integrity import snapshot
+
+    opt = basicsr_options(data_root, "busy", 3)
+    run_pipeline(tmp_path, monkeypatch, opt)
+    exp = tmp_path / "experiments" / "busy"
+    capsys.readouterr()
+    with lock_held_elsewhere(lock_beside(exp), 60) as holder:  # a run of this name in another process
+        before = snapshot(tmp_path / "experiments")
+        with pytest.raises(SystemExit) as stop:
+            run_pipeline(tmp_path, monkeypatch, opt)
+        assert stop.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {exp} is in use by another run (pid {holder.pid}, since ") and \
+            lines[0].endswith(f"lock {lock_beside(exp)}): wait for it to finish, or choose another name"), lines
+        assert snapshot(tmp_path / "experiments") == before and not list(exp.parent.glob("busy_archived_*"))
+        assert train_main(["-opt", str(tmp_path / "busy_3.yml"), "--root", str(tmp_path)]) == 2
+        assert capsys.readouterr().err.splitlines() == lines  # the same lock, the same line
+    run_pipeline(tmp_path, monkeypatch, opt)  # released: a rerun archives the earlier run, as BasicSR does
+    assert len(list(exp.parent.glob("busy_archived_*"))) == 1

@@ -15,6 +15,8 @@ by ``Train_pip.py``'s own start-up checks (:func:`check_before_pipeline`), in th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -105,7 +107,15 @@ def file_for_basicsr(file: Path, scratch: Path, checked: dict, overrides: list[s
     return merged
 
 
-def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -> list[str]:
+def launcher_rank(launcher: str) -> int:
+    """This process's rank before BasicSR's ``init_dist`` has run, from the variable it reads (``RANK`` under
+    ``torch.distributed`` / torchrun, ``SLURM_PROCID`` under slurm; 0 without a launcher): our start-up work comes
+    first, and only rank 0 takes the experiment lock."""
+    variable = {"pytorch": "RANK", "slurm": "SLURM_PROCID"}.get(launcher)
+    return int(os.environ.get(variable, 0)) if variable else 0
+
+
+def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -> tuple[list[str], Path]:
     """``Train_pip.py``'s start-up checks, by its own functions, on what BasicSR is about to read: the options
     (schema, ``--force_yml``), the training data (at least one batch), validation image sizes, BasicSR
     ``PairedImageDataset`` scales and the probe's batches. Without them a bad option was a traceback from the
@@ -116,7 +126,8 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
 
     Returns BasicSR's arguments (:func:`argv_for_basicsr`) with ``-opt`` the file these checks read (a bare name is
     looked up under ``options/train``, a ``base:`` merged and ``--force_yml`` applied in :func:`file_for_basicsr`),
-    where BasicSR's own read failed with a traceback after the checks had passed."""
+    where BasicSR's own read failed with a traceback after the checks had passed; and the experiment folder BasicSR
+    will write (whose lock :func:`run` holds while it runs)."""
     from ldt.sr.options import load_options
     from ldt.sr.train import check_before_start, experiment_paths, training_data, validation_loaders
 
@@ -128,6 +139,19 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
                        val_loaders=validation_loaders(opt), weights=False)
     return argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, opt, args.force_yml)))
+
+
+    return (argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, args.force_yml))),
+            Path(opt["path"]["experiments_root"]))
+
+
+def experiment_held(exp: Path, launcher: str) -> contextlib.AbstractContextManager[None]:
+    """``Train_pip.py``'s experiment lock on ``exp``, taken by rank 0 (the other ranks share its run): BasicSR's
+    pipeline took none, so a second run of the name, through either entry point, archived and overwrote the folder
+    of one still training. Refused in ``Train_pip.py``'s one line, before BasicSR touches anything."""
+    from ldt.sr.checkpoints import experiment_lock
+
+    return experiment_lock(exp) if launcher_rank(launcher) == 0 else contextlib.nullcontext()
 
 
 def run(root: str | Path = PROJECT_ROOT) -> None:
@@ -143,10 +167,17 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
     from ldt.sr.train import run_reporting_errors
 
     with tempfile.TemporaryDirectory(prefix="ldt_basicsr_options_") as scratch:  # the merged file, while BasicSR runs
-        def checks() -> None:
-            sys.argv[1:] = check_before_pipeline(args, Path(root), Path(scratch))
+        checked: list[Path] = []  # the experiment folder, once the checks passed
 
-        for work in (checks, lambda: train_pipeline(str(root))):
+        def checks() -> None:
+            sys.argv[1:], exp = check_before_pipeline(args, Path(root), Path(scratch))
+            checked.append(exp)
+
+        def pipeline() -> None:
+            with experiment_held(checked[0], args.launcher):  # from after the checks to the end, as Train_pip.py
+                train_pipeline(str(root))
+
+        for work in (checks, pipeline):
             code = run_reporting_errors(work)
             if code:
                 sys.exit(code)
