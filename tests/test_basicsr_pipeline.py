@@ -331,3 +331,21 @@ def test_a_run_of_a_name_in_use_is_refused_by_the_lock_train_pip_takes(data_root
         assert capsys.readouterr().err.splitlines() == lines  # the same lock, the same line
     run_pipeline(tmp_path, monkeypatch, opt)  # released: a rerun archives the earlier run, as BasicSR does
     assert len(list(exp.parent.glob("busy_archived_*"))) == 1
+
+
+@pytest.mark.parametrize("given", [["--local-rank=1"], ["--local-rank", "1"], ["--local_rank", "1"]])
+def test_both_spellings_of_local_rank_reach_basicsr_as_its_own(data_root, tmp_path, given):
+    """torch.distributed.launch on torch >= 2.0 passes --local-rank; BasicSR's parser (and ours, built like it) knew
+    --local_rank only, so every rank stopped at 'unrecognized arguments: --local-rank=1'. Both spellings are read
+    now, and BasicSR's own parse_options reads the rank from the arguments it is handed."""
+    from basicsr.utils.options import parse_options
+
+    from ldt.sr.basicsr_pipeline import argv_for_basicsr, basicsr_arguments
+
+    path = tmp_path / "rank.yml"
+    path.write_text(yaml.safe_dump(basicsr_options(data_root, "rank", 3), sort_keys=False))
+    argv = argv_for_basicsr(basicsr_arguments(["-opt", str(path), *given]), str(path))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["train.py", *argv])
+        _, args = parse_options(str(tmp_path), is_train=True)
+    assert args.local_rank == 1

@@ -32,15 +32,18 @@ from ldt.sr.options import PROJECT_ROOT, apply_overrides, read_option_file
 def basicsr_arguments(argv: list[str]) -> argparse.Namespace:
     """``argv`` read as basicsr 1.4.2's ``parse_options`` reads it: the same flags, parsed by argparse as there, so our
     checks see every spelling BasicSR accepts (``-opt=FILE``, ``-o FILE``, ``--auto``, ...), where a scan for
-    ``-opt FILE`` missed them. Two additions, as in ``Train_pip.py``: ``--opt`` (BasicSR refused it) and
-    ``--force_yml`` flags that add up (BasicSR kept the last, dropping the others silently); BasicSR is handed the
-    canonical arguments (:func:`argv_for_basicsr`). A bad or missing flag is one line."""
+    ``-opt FILE`` missed them. Additions: as in ``Train_pip.py``, ``--opt`` (BasicSR refused it) and ``--force_yml``
+    flags that add up (BasicSR kept the last, dropping the others silently); ``--local-rank``, the spelling
+    ``torch.distributed.launch`` passes on torch >= 2.0 (BasicSR's parser knows ``--local_rank`` only and refused it).
+    BasicSR is handed the canonical arguments (:func:`argv_for_basicsr`). A bad or missing flag is one line."""
     parser = OneLineParser(prog="python -m ldt.sr.basicsr_pipeline")
     parser.add_argument("-opt", "--opt", required=True, help="options YAML: a path, or a bare name under options/train")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher")
     parser.add_argument("--auto_resume", action="store_true", help="resume from the newest state of the experiment")
     parser.add_argument("--debug", action="store_true", help="BasicSR's debug mode (experiments/debug_<name>)")
-    parser.add_argument("--local_rank", type=int, default=0, help="passed on to BasicSR")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, dest="local_rank",
+                        help="passed on to BasicSR as --local_rank (torch.distributed.launch of torch >= 2.0 passes "
+                             "--local-rank, which BasicSR's parser refused)")
     parser.add_argument("--force_yml", nargs="+", action="extend", default=None, metavar="KEY:SUB=VALUE",
                         help="override options (values read as YAML), applied before BasicSR reads the file")
     return parser.parse_args(argv)
