@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -349,3 +350,65 @@ def test_both_spellings_of_local_rank_reach_basicsr_as_its_own(data_root, tmp_pa
         patch.setattr(sys, "argv", ["train.py", *argv])
         _, args = parse_options(str(tmp_path), is_train=True)
     assert args.local_rank == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fault", ["option", "fifo"])
+def test_under_a_launcher_a_failing_check_is_one_line_from_rank_0_and_every_rank_exits_2(data_root, tmp_path, fault):
+    """With --launcher pytorch our start-up checks run on every rank before BasicSR's init_dist: each rank printed
+    the same error line (N lines for N GPUs). Now the first rank of each machine (LOCAL_RANK 0) prints it, the
+    others exit 2 silently. Two processes with torchrun's variables; the checks fail before any rendezvous."""
+    import os
+    import subprocess
+
+    from tests.test_sr_ddp import free_port
+
+    path = tmp_path / "bad.yml"
+    if fault == "fifo":
+        os.mkfifo(path)
+    else:
+        opt = basicsr_options(data_root, "bad", 3)
+        opt["ldt"]["exchange"]["interval"] = 0
+        path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    project = Path(__file__).resolve().parents[1]
+    port, ranks = str(free_port()), []
+    for rank in range(2):
+        env = {**os.environ, "PYTHONPATH": str(project), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+        ranks.append(subprocess.Popen([sys.executable, "-m", "ldt.sr.basicsr_pipeline", "-opt", str(path),
+                                       "--launcher", "pytorch"], cwd=tmp_path, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    (out0, err0), (out1, err1) = (rank.communicate(timeout=100) for rank in ranks)
+    assert [rank.returncode for rank in ranks] == [2, 2], (err0, err1)
+    lines = err0.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0] + out0, lines
+    assert ("exchange:interval" if fault == "option" else "FIFO") in lines[0], lines
+    assert err1 == "", err1
+    assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.parametrize("launcher, env, reports", [
+    ("pytorch", {"RANK": "1", "LOCAL_RANK": "1"}, False),
+    ("pytorch", {"RANK": "2", "LOCAL_RANK": "0"}, True),  # the first rank of a second machine: its own view of the data
+    ("pytorch", {"RANK": "1"}, False),  # no LOCAL_RANK: the global rank decides
+    ("slurm", {"SLURM_PROCID": "3", "SLURM_LOCALID": "1"}, False),
+    ("slurm", {"SLURM_PROCID": "4", "SLURM_LOCALID": "0"}, True),
+    ("none", {"RANK": "1", "LOCAL_RANK": "1"}, True),  # no launcher: a process of its own
+])
+def test_which_rank_reports_a_failing_check(tmp_path, monkeypatch, capsys, launcher, env, reports):
+    import os
+
+    from ldt.sr.basicsr_pipeline import run
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    fifo = tmp_path / "options.yml"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(sys, "argv", ["train.py", "-opt", str(fifo), "--launcher", launcher])
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"error: -opt {fifo} is a FIFO (named pipe), not a regular file\n" if reports
+                                       else "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -110,12 +111,28 @@ def file_for_basicsr(file: Path, scratch: Path, checked: dict, overrides: list[s
     return merged
 
 
-def launcher_rank(launcher: str) -> int:
-    """This process's rank before BasicSR's ``init_dist`` has run, from the variable it reads (``RANK`` under
-    ``torch.distributed`` / torchrun, ``SLURM_PROCID`` under slurm; 0 without a launcher): our start-up work comes
-    first, and only rank 0 takes the experiment lock."""
-    variable = {"pytorch": "RANK", "slurm": "SLURM_PROCID"}.get(launcher)
-    return int(os.environ.get(variable, 0)) if variable else 0
+RANK_VARIABLES = {"pytorch": ("RANK", "LOCAL_RANK"), "slurm": ("SLURM_PROCID", "SLURM_LOCALID")}  # (global, on its machine)
+
+
+def launcher_rank(launcher: str, local: bool = False) -> int:
+    """This process's rank before BasicSR's ``init_dist`` has run, from the launcher's variables (``RANK`` under
+    ``torch.distributed`` / torchrun, ``SLURM_PROCID`` under slurm, as ``init_dist`` reads them; 0 without a
+    launcher); ``local``: its rank on its machine (``LOCAL_RANK`` / ``SLURM_LOCALID``, else the global one). Our
+    start-up work comes first: only rank 0 takes the experiment lock, and only a machine's first rank reports."""
+    names = RANK_VARIABLES.get(launcher)
+    if not names:
+        return 0
+    value = os.environ.get(names[1]) if local else None
+    return int(value if value is not None else os.environ.get(names[0], 0))
+
+
+def reporting_rank(launcher: str) -> contextlib.AbstractContextManager:
+    """Our start-up checks run on every rank, before BasicSR's process group exists, and fail alike on each: each
+    rank printed the same error line (eight lines on eight GPUs). Around the checks, stderr is kept on the first rank
+    of each machine and discarded on the others, which still exit with the status (a rank whose machine lacks the
+    data, another node's, still says so once)."""
+    return contextlib.nullcontext() if launcher_rank(launcher, local=True) == 0 else \
+        contextlib.redirect_stderr(io.StringIO())
 
 
 def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -> tuple[list[str], Path]:
@@ -161,7 +178,8 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
     """BasicSR's train pipeline with our archs, datasets and LDTModel registered (options from ``sys.argv``); a
     user error, in the checks or in the pipeline, is ``Train_pip.py``'s ``error:`` lines and exit 2."""
     args = basicsr_arguments(sys.argv[1:])
-    check_option_file(args.opt)
+    with reporting_rank(args.launcher):
+        check_option_file(args.opt)
     patch_basicsr_train()
     import ldt.archs  # noqa: F401  (registers our archs)
     import ldt.data  # noqa: F401  (registers our datasets)
@@ -180,10 +198,12 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
             with experiment_held(checked[0], args.launcher):  # from after the checks to the end, as Train_pip.py
                 train_pipeline(str(root))
 
-        for work in (checks, pipeline):
-            code = run_reporting_errors(work)
-            if code:
-                sys.exit(code)
+        with reporting_rank(args.launcher):
+            code = run_reporting_errors(checks)
+        if not code:
+            code = run_reporting_errors(pipeline)
+        if code:
+            sys.exit(code)
 
 
 if __name__ == "__main__":
