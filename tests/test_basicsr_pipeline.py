@@ -412,3 +412,28 @@ def test_which_rank_reports_a_failing_check(tmp_path, monkeypatch, capsys, launc
     assert stop.value.code == 2
     assert capsys.readouterr().err == (f"error: -opt {fifo} is a FIFO (named pipe), not a regular file\n" if reports
                                        else "")
+
+
+@pytest.mark.parametrize("launcher, env, words", [
+    ("pytorch", {}, "--launcher pytorch: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set; start it under torchrun"),
+    ("slurm", {"SLURM_PROCID": "0"}, "--launcher slurm: SLURM_NTASKS, SLURM_NODELIST not set; start it under srun"),
+    ("pytorch", {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+     "--launcher pytorch: BasicSR's pipeline runs its processes on CUDA GPUs (NCCL) and none is available"),
+])
+def test_a_launcher_basicsr_cannot_start_is_one_line_before_any_folder(data_root, tmp_path, monkeypatch, capsys,
+                                                                        launcher, env, words):
+    """BasicSR's init_dist read torchrun's / slurm's variables and set the device to rank % device_count(): a
+    KeyError or ZeroDivisionError traceback after our checks had passed. Now one line, and no experiment folder."""
+    if "CUDA" in words and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_LOCALID",
+                 "SLURM_NTASKS", "SLURM_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "launched", 2), "--launcher", launcher)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {words}"), lines
+    assert not (tmp_path / "experiments").exists()

@@ -158,11 +158,30 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
     loader, _ = training_data(opt)
     check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
                        val_loaders=validation_loaders(opt), weights=False)
-    return argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, opt, args.force_yml)))
-
-
-    return (argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, args.force_yml))),
+    return (argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, opt, args.force_yml))),
             Path(opt["path"]["experiments_root"]))
+
+
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST")  # what BasicSR's _init_dist_slurm reads
+
+
+def check_launcher_for_basicsr(launcher: str) -> None:
+    """What BasicSR's ``init_dist`` needs, said in one line before it runs: torchrun's variables (a ``KeyError:
+    'RANK'`` traceback without them), slurm's, and a CUDA GPU (it sets the device to ``rank % device_count()``, a
+    ``ZeroDivisionError`` on a machine without one, and starts NCCL). ``Train_pip.py`` also runs on CPUs (gloo)."""
+    from ldt.sr.train import launcher_problem
+
+    missing = [name for name in SLURM_VARIABLES if name not in os.environ] if launcher == "slurm" else []
+    problem = launcher_problem(launcher) or (f"--launcher slurm: {', '.join(missing)} not set; start it under srun"
+                                             if missing else None)
+    if problem is None and launcher != "none":
+        import torch
+
+        if not torch.cuda.is_available():
+            problem = (f"--launcher {launcher}: BasicSR's pipeline runs its processes on CUDA GPUs (NCCL) and none is "
+                       "available; train on CPUs with Train_pip.py --launcher pytorch (gloo), or without --launcher")
+    if problem:
+        fail(problem)
 
 
 def experiment_held(exp: Path, launcher: str) -> contextlib.AbstractContextManager[None]:
@@ -192,6 +211,7 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
 
         def checks() -> None:
             sys.argv[1:], exp = check_before_pipeline(args, Path(root), Path(scratch))
+            check_launcher_for_basicsr(args.launcher)  # after the checks: a bad option is said first, on any machine
             checked.append(exp)
 
         def pipeline() -> None:

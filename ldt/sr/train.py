@@ -78,13 +78,21 @@ def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what env:// rendezvous reads
 
 
-def check_launcher(parser: argparse.ArgumentParser, launcher: str) -> None:
-    """``--launcher pytorch`` outside torchrun: one line before the options are read, not the process group's
-    ``ValueError`` traceback after every check has run."""
+def launcher_problem(launcher: str) -> str | None:
+    """``--launcher pytorch`` outside torchrun, or None: said in one line before the options are read, not in the
+    process group's ``ValueError`` traceback after every check has run."""
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if launcher == "pytorch" and missing:
-        parser.error(f"--launcher pytorch: {', '.join(missing)} not set; start it under torchrun "
-                     "(torchrun --nproc_per_node=N ... --launcher pytorch)")
+        return (f"--launcher pytorch: {', '.join(missing)} not set; start it under torchrun "
+                "(torchrun --nproc_per_node=N ... --launcher pytorch)")
+    return None
+
+
+def check_launcher(parser: argparse.ArgumentParser, launcher: str) -> None:
+    """:func:`launcher_problem` as the parser's one-line error."""
+    problem = launcher_problem(launcher)
+    if problem:
+        parser.error(problem)
 
 
 def init_distributed(opt: dict, launcher: str) -> None:
