@@ -1162,6 +1162,61 @@ def test_auto_resume_of_a_finished_run_writes_its_results_from_the_stored_valida
     assert sr_train.MetricTable.from_dict({"rows": {"a": {"psnr": 1.0}}, "counts": {"a": 2}}, ("psnr", "ssim")) is None
 
 
+def run_log(exp: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(exp.glob("train_*.log")))
+
+
+def test_a_finished_run_resumed_with_other_validation_settings_validates_again_and_says_why(data_root, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """A resume may change val:tile (or the sets' paths), which changes the numbers: the stored validation is reused
+    only when made with these settings, and the log says which happened."""
+    import ldt.sr.train as sr_train
+
+    opt = options(data_root, "retiled", total_iter=5)
+    assert cli(opt, tmp_path, capsys)[0] == 0
+    exp = tmp_path / "experiments" / "retiled"
+    no_training(monkeypatch)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[3])
+        return validate(*args, **kwargs)
+
+    validate = sr_train.validate
+    monkeypatch.setattr(sr_train, "validate", counted)
+    assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0
+    assert calls == [] and "results: from the stored validation of iteration 5" in run_log(exp)
+    opt["val"].update(tile=16, tile_overlap=4)
+    assert cli(opt, tmp_path, capsys, "--auto_resume")[0] == 0
+    assert calls == [5]
+    said = [line for line in run_log(exp).splitlines() if "validating iteration 5 again" in line]
+    assert len(said) == 1 and "val:tile: None -> 16" in said[0] and "val:tile_overlap: None -> 4" in said[0]
+
+
+def test_validation_changes_are_those_that_change_the_numbers(data_root):
+    import copy
+
+    from ldt.sr.checkpoints import validation_changes
+    from ldt.sr.options import prepare_options
+
+    def prepared(**val) -> dict:
+        opt = options(data_root, "v")
+        opt["val"].update(val)
+        return prepare_options(opt, is_train=True)
+
+    base = prepared()
+    assert validation_changes(base, prepared(val_freq=1, pbar=True, tile_overlap=8)) == []  # no tile: no overlap
+    assert validation_changes(prepared(tile=48), prepared(tile=48, tile_overlap=8)) == ["val:tile_overlap: 32 -> 8"]
+    cropped = prepared(metrics={"psnr": {"type": "calculate_psnr", "crop_border": 0, "test_y_channel": False}})
+    changes = validation_changes(base, cropped)
+    assert any(line.startswith("val:metrics:psnr:crop_border:") for line in changes)
+    assert any(line.startswith("val:metrics:psnr:test_y_channel:") for line in changes)
+    moved = copy.deepcopy(base)
+    moved["datasets"]["val_2"]["dataroot"] = str(data_root / "elsewhere")
+    assert [line.split(":")[:3] for line in validation_changes(base, moved)] == [["datasets", "val_2", "dataroot"]]
+    assert validation_changes({}, base) == ["the training state records no options"]
+
+
 def test_a_finished_run_whose_results_cannot_be_written_keeps_its_final_state_and_a_rerun_writes_them(
         data_root, disk, tmp_path, capsys, monkeypatch):
     import ldt.sr.train as sr_train

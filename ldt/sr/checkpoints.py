@@ -210,3 +210,22 @@ def option_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     lines = {key: f"{key}: {old!r} -> {new!r}" for key, (old, new) in every.items()}
     lines.update({key: f"{key}: {old!r} -> {new!r}" for key, (old, new) in fixed.items()})
     return [lines[key] for key in fixed], [line for key, line in lines.items() if key not in fixed]
+
+
+def validation_changes(saved: dict, current: dict) -> list[str]:
+    """What changes a validation's numbers between a state's options and this run's, as ``'option: old -> new'``
+    lines: the tiling (its overlap only where a tile is set), the metrics with their options, and the validation
+    sets' blocks (a resume may change the tiling and the data paths). A stored validation is reused only without
+    any (an empty ``saved``: a state that records no options, reused never)."""
+    from ldt.sr.options import identity_sections
+
+    def settings(opt: dict) -> dict:
+        sections = identity_sections(opt)
+        val = sections["val"]
+        tiling = {"tile": val["tile"], **({"tile_overlap": val["tile_overlap"]} if val["tile"] is not None else {})}
+        sets = {key: block for key, block in sections["datasets"].items() if key.startswith(("val", "test"))}
+        return {"val": {**tiling, "metrics": val["metrics"]}, "datasets": sets}
+
+    if not saved:
+        return ["the training state records no options"]
+    return [f"{key}: {old!r} -> {new!r}" for key, (old, new) in _differences(settings(saved), settings(current)).items()]

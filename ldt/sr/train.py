@@ -48,6 +48,7 @@ from ldt.sr.checkpoints import (  # noqa: E402
     option_changes,
     read_state,
     remove_stale_weights,
+    validation_changes,
 )
 from ldt.sr.loaders import probe_loader, training_loader, validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
@@ -136,16 +137,30 @@ def validate(model, loaders: dict, opt: dict, current_iter: int, tb_logger=None,
     return table
 
 
-def stored_validation(history: list[dict], iteration: int, loaders: dict,
-                      opt: dict) -> tuple[int, MetricTable] | None:
+def stored_validation(history: list[dict], iteration: int, loaders: dict, opt: dict, made_with: dict,
+                      log: Callable[[str], None]) -> tuple[int, MetricTable] | None:
     """The validation of ``iteration`` that ``history`` (a training state's) holds, for these validation sets and
-    metrics, or None. A run resumed at its last iteration reuses it for its results: validating again took the
-    whole validation time for the numbers the state already had (a resume cannot change the sets or metrics)."""
+    metrics, or None; which of the two is said in one ``log`` line. A run resumed at its last iteration reuses it
+    for its results: validating again took the whole validation time for the numbers the state already had. Only
+    when ``made_with`` (the options of the state's run) validated as this run does: a resume may change the tiling
+    or the sets' paths (:func:`ldt.sr.checkpoints.validation_changes`), which changes the numbers."""
+    if not loaders:
+        return None
     last = history[-1] if history else None
-    if not loaders or not isinstance(last, dict) or last.get("iter") != iteration:
+    if not isinstance(last, dict) or last.get("iter") != iteration:
+        log(f"results: validating iteration {iteration} again: the state's history holds no validation of it")
+        return None
+    changes = validation_changes(made_with, opt)
+    if changes:
+        log(f"results: validating iteration {iteration} again: its stored validation was made with other settings "
+            f"({'; '.join(changes)})")
         return None
     table = MetricTable.from_dict(last, tuple(opt["val"]["metrics"]))
-    return (iteration, table) if table is not None and table.rows.keys() == loaders.keys() else None
+    if table is None or table.rows.keys() != loaders.keys():
+        log(f"results: validating iteration {iteration} again: its stored validation lacks these sets or metrics")
+        return None
+    log(f"results: from the stored validation of iteration {iteration} (made with these validation settings)")
+    return iteration, table
 
 
 def selection_set(opt: dict, loaders: dict) -> tuple[str | None, str]:
@@ -579,6 +594,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     # found after the last state must not be overwritten by a worse network after a resume.
     best_file = Path(opt["path"]["experiments_root"]) / f"best{best_tag}.json"
     last_state = str(state_path) if state_path else None  # the newest saved state (for NaN and preemption messages)
+    made_with: dict = {}  # the options of the resumed state's run (its stored validation was made with them)
     if state is not None:
         model.resume_training(state)
         apply_learning_rate(model, opt, state)
@@ -592,6 +608,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
             if recorded["value"] > best["value"]:
                 best = recorded
         history = state["extra"].get("history", [])
+        made_with = state.get("options") or {}
         earlier_seconds = state["extra"].get("train_seconds", 0.0)
         logger.info(f"Resumed from {state_path}: iteration {current_iter}, epoch {epoch}, batch {position}")
         state = None  # the model holds its own copies now; do not keep the file's tensors through training
@@ -675,7 +692,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     report: dict = {}
     if rank0:
         if last_validated is None:  # resumed at the end: its state's history holds the last iteration's validation
-            last_validated = stored_validation(history, current_iter, val_loaders, opt)
+            last_validated = stored_validation(history, current_iter, val_loaders, opt, made_with, logger.info)
         if last_validated is not None and last_validated[0] == current_iter:
             table = last_validated[1]
         else:  # no validation sets, or a history without the last iteration
