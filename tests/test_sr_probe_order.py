@@ -78,6 +78,46 @@ def test_file_order_ignores_the_seed_and_keeps_a_last_short_batch(data_root, tmp
     assert len(pairs) % 4 and len(batches[0][-1]) == len(pairs) % 4
 
 
+def probe_share_on(rank: int, world: int, num_batches: int) -> int:
+    """``ldt.core.methods.probe_share`` as rank ``rank`` of ``world`` sees it (the process group patched in)."""
+    import ldt.core.methods as methods
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (("is_available", True), ("is_initialized", True), ("get_world_size", world),
+                            ("get_rank", rank)):
+            patch.setattr(methods.dist, name, lambda value=value: value)
+        return methods.probe_share(num_batches)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_fewer_probe_batches_than_ranks_are_refused_not_probed_more(world):
+    """Every rank probes at least one batch: ``num_batches`` below the world size probed ``world`` batches,
+    silently; it is one line naming the option and the world size now, and from ``world`` on the shares add up."""
+    from ldt.core import MethodError
+
+    for num_batches in range(1, world):
+        with pytest.raises(MethodError) as err:
+            probe_share_on(0, world, num_batches)
+        assert str(err.value).startswith(f"probe:num_batches: {num_batches} probe batch(es) in all is fewer than "
+                                         f"the {world} ranks (world size {world})")
+    for num_batches in range(world, 3 * world + 2):
+        shares = [probe_share_on(rank, world, num_batches) for rank in range(world)]
+        assert sum(shares) == num_batches and min(shares) >= 1
+
+
+def test_an_sr_run_with_fewer_probe_batches_than_ranks_is_refused_before_it_starts(data_root, tmp_path):
+    from ldt.sr.loaders import dataset
+    from ldt.sr.train import check_before_start
+
+    opt = load_options(write_options(probe_options(data_root, None, num_batches=2), tmp_path), is_train=True)
+    opt.update(dist=False, rank=0, world_size=3)
+    with pytest.raises(OptionsError) as err:
+        check_before_start(opt, resuming=False, train_set=dataset(opt, "train"), val_loaders={})
+    assert str(err.value).startswith("ldt:probe:num_batches: 2 probe batch(es) in all is fewer than the 3 ranks")
+    opt["world_size"] = 2
+    check_before_start(opt, resuming=False, train_set=dataset(opt, "train"), val_loaders={})
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("num_batches", [1, 5, 6, 7])
 def test_ranks_in_file_order_probe_together_what_one_process_would(world, num_batches):
@@ -88,11 +128,12 @@ def test_ranks_in_file_order_probe_together_what_one_process_would(world, num_ba
     length, size = 29, 4  # 8 batches, the last one short
     one = file_order_batches(length, size)
     assert one == [list(range(i, min(i + size, length))) for i in range(0, length, size)]
+    if num_batches < world:
+        return  # refused (test_fewer_probe_batches_than_ranks_are_refused_not_probed_more)
     union = []
     for rank in range(world):
-        share = max(1, num_batches // world + (rank < num_batches % world))  # ldt.core.methods.probe_share
-        union += file_order_batches(length, size, world, rank)[:share]
-    assert sorted(union) == sorted(one[:max(num_batches, world)])
+        union += file_order_batches(length, size, world, rank)[:probe_share_on(rank, world, num_batches)]
+    assert sorted(union) == sorted(one[:num_batches])
 
 
 def test_a_bad_order_is_one_line_naming_the_option(data_root, tmp_path):
@@ -159,10 +200,12 @@ def test_one_pass_over_ranks_is_what_their_loaders_hold_together(world, pairs, r
         opt = {"ldt": {"probe": {"order": order, "batch_size": 2, "dataset": "train"}},
                "datasets": {"train": {"dataset_enlarge_ratio": ratio}}}
         total = probe_batches_per_pass(opt, pairs, world)
+        if total < world:
+            continue  # refused at start-up (fewer probe batches than ranks)
         for rank in range(world):
-            share = max(1, total // world + (rank < total % world))  # ldt.core.methods.probe_share
+            share = probe_share_on(rank, world, total)
             if order == "file":
                 held = len(file_order_batches(pairs, 2, world, rank))
             else:
                 held = len(EnlargedSampler(list(range(pairs)), world, rank, ratio=ratio)) // 2  # drop_last
-            assert share == held or (total < world and held == 0), (order, rank, total, held)
+            assert share == held, (order, rank, total, held)

@@ -901,12 +901,26 @@ def run_identity(config: MethodConfig, ema_decay: float | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------- preparation
 
 
+def probe_share_problem(num_batches: int, world: int) -> str | None:
+    """Why ``num_batches`` probe batches in all cannot be shared by ``world`` ranks, or None: every rank probes at
+    least one batch (each takes part in the probe's all-reduce), so fewer batches than ranks would probe more than
+    asked, and so another partition than the number says."""
+    if num_batches >= world:
+        return None
+    return (f"{num_batches} probe batch(es) in all is fewer than the {world} ranks (world size {world}): every rank "
+            f"probes at least one, so {world} would be probed; ask for at least {world}, or run on fewer ranks")
+
+
 def probe_share(num_batches: int) -> int:
-    """This rank's share of ``num_batches`` probe batches (the first ``num_batches mod world`` ranks get one more)."""
+    """This rank's share of ``num_batches`` probe batches (the first ``num_batches mod world`` ranks get one more);
+    fewer batches than ranks is a :class:`MethodError` (:func:`probe_share_problem`)."""
     if not (dist.is_available() and dist.is_initialized()):
         return num_batches
     world, rank = dist.get_world_size(), dist.get_rank()
-    return max(1, num_batches // world + (rank < num_batches % world))
+    problem = probe_share_problem(num_batches, world)
+    if problem:
+        raise MethodError(f"probe:num_batches: {problem}")
+    return num_batches // world + (rank < num_batches % world)
 
 
 def runs_probe(config: MethodConfig) -> bool:

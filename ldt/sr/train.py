@@ -501,6 +501,7 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
     ``train_set``, the training loader's set, when the probe reads the training data)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.core import method_class
+    from ldt.core.methods import probe_share_problem
     from ldt.sr.options import build_meta_network
 
     arch = ARCH_REGISTRY.get(opt["network_g"]["type"])
@@ -515,6 +516,9 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
     if not resuming and method_class(opt["ldt"]["method"]).partition_source == "score" \
             and not opt["ldt"].get("partition_file"):
         probe = opt["ldt"]["probe"]
+        shared = probe_share_problem(probe["num_batches"], opt.get("world_size") or 1)
+        if shared and opt["ldt"]["criterion"] != "random":
+            raise OptionsError(f"ldt:probe:num_batches: {shared}")
         loader = probe_loader(opt, seed=0, data=train_set if probe["dataset"] == "train" else None)
         if loader.dataset is not train_set:
             check_paired_image_scale(f"datasets:{probe['dataset']} (the probe's)", loader.dataset, opt["scale"],
