@@ -476,6 +476,25 @@ def test_more_loader_workers_than_cpus_is_one_warning_naming_the_options(data_ro
     assert not [w for w in caught if issubclass(w.category, OptionsWarning)]
 
 
+def test_a_warning_of_options_checked_twice_is_shown_once(data_root, tmp_path, monkeypatch):
+    """The entry point checks the options (load_options) and the model checks them again (LDTModel): the workers and
+    wandb warnings were shown by both, each attributed to its caller; under Python's default filter, once now."""
+    monkeypatch.setattr("ldt.sr.options.usable_cpus", lambda: 2)
+    opt = tiny_options(data_root, "twice", "ldt")
+    opt["datasets"]["train"]["num_worker_per_gpu"] = 8
+    opt["logger"]["wandb"] = {"project": "p"}
+    file = tmp_path / "twice.yml"
+    file.write_text(yaml.safe_dump(opt))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        loaded = load_options(file, is_train=True)
+        prepare_options(loaded, is_train=True)  # as LDTModel does
+    messages = [str(w.message) for w in caught if issubclass(w.category, OptionsWarning)]
+    assert len(messages) == 2 and len(set(messages)) == 2, messages
+    assert any(m.startswith("datasets:train:num_worker_per_gpu: 8: more DataLoader workers than the 2 CPU(s)")
+               for m in messages)
+
+
 def test_every_did_you_mean_comes_from_the_one_helper():
     """``ldt.core.config.meant`` is the one "did you mean" (an option, a choice, a type tag, a method, an
     architecture): a module calling difflib itself could pick hints by other rules (cut-off, candidates)."""

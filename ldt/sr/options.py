@@ -940,8 +940,7 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
         key: {**datasets[key].model_dump(), "phase": key.split("_")[0], "scale": scale} for key in raw["datasets"]})
     opt["is_train"] = is_train
     if opt["logger"]["wandb"] and opt["logger"]["wandb"].get("project"):
-        warnings.warn("logger:wandb is used by the BasicSR pipeline only; Train_pip.py logs to TensorBoard",
-                      OptionsWarning, stacklevel=2)
+        _warn_once("logger:wandb is used by the BasicSR pipeline only; Train_pip.py logs to TensorBoard")
     _warn_of_workers_beyond_cpus(opt["datasets"])
     return opt
 
@@ -954,8 +953,15 @@ def _warn_of_workers_beyond_cpus(datasets: Mapping[str, dict]) -> None:
     beyond = [f"datasets:{key}:num_worker_per_gpu: {block['num_worker_per_gpu']}" for key, block in datasets.items()
               if block["num_worker_per_gpu"] > cpus]
     if beyond:
-        warnings.warn(f"{', '.join(beyond)}: more DataLoader workers than the {cpus} CPU(s) this process may use; "
-                      f"they only queue for the same CPUs (set at most {cpus})", OptionsWarning, stacklevel=3)
+        _warn_once(f"{', '.join(beyond)}: more DataLoader workers than the {cpus} CPU(s) this process may use; "
+                   f"they only queue for the same CPUs (set at most {cpus})")
+
+
+def _warn_once(message: str) -> None:
+    """An :class:`OptionsWarning` of prepared options, attributed to this one line, so that Python's default filter
+    shows each message once per process: the model checks the options the entry point checked again
+    (:class:`ldt.models.ldt_model.LDTModel`), and a warning attributed to each caller was shown by both."""
+    warnings.warn(message, OptionsWarning, stacklevel=1)
 
 
 def load_options(path: str | Path, *, is_train: bool, overrides: list[str] | None = None, kind: str | None = None) -> dict:
