@@ -8,6 +8,7 @@ an ``EOFError`` / ``OSError: [Errno 22]`` / size-mismatch traceback. Always ``we
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import time
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from ldt.cli import first_names, not_a_file
+
+logger = logging.getLogger(__name__)
 
 NOT_A_CHECKPOINT = "is not a PyTorch checkpoint (not a zip archive or a tensor pickle)"
 
@@ -95,23 +98,33 @@ def saved_pickle_protocol(path: str | os.PathLike) -> int | None:
 
 
 def state_dict_in(checkpoint: object, path: str | os.PathLike, key: str | None = None,
-                  containers: tuple[str, ...] = ("params_ema", "params", "state_dict", "model")) -> "OrderedDict[str, torch.Tensor]":
+                  containers: tuple[str, ...] = ("params_ema", "params", "state_dict", "model"),
+                  log: Callable[[str], None] = logger.info) -> "OrderedDict[str, torch.Tensor]":
     """The tensors inside a checkpoint, without a DDP ``module.`` prefix.
 
     ``key`` picks an entry explicitly (e.g. BasicSR's ``params`` / ``params_ema``); by default the first of
-    ``containers`` present is used (BasicSR releases: ``params_ema`` first, as they are evaluated), else the mapping
-    itself if it already holds tensors.
+    ``containers`` that holds something is used (BasicSR releases: ``params_ema`` first, as they are evaluated), else
+    the mapping itself if it already holds tensors. An empty entry is passed over by that default (a file saved with
+    an empty ``params_ema`` beside its ``params``), and ``log`` says which entry was used instead; one asked for
+    by ``key`` is an error.
     """
     if not isinstance(checkpoint, Mapping):
         raise WeightsError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
     if key is not None and key not in checkpoint:
         raise WeightsError(f"{path} has no '{key}' entry; the file has {entries(checkpoint)}")
-    chosen = key if key is not None else next((k for k in containers if isinstance(checkpoint.get(k), Mapping)), None)
+    chosen = key
+    if key is None:
+        present = [k for k in containers if isinstance(checkpoint.get(k), Mapping)]
+        chosen = next((k for k in present if checkpoint[k]), None)
+        empty = present[:present.index(chosen)] if chosen is not None else []
+        if empty:
+            log(f"{path}: its {', '.join(repr(k) for k in empty)} entr{'ies are' if len(empty) > 1 else 'y is'} "
+                f"empty: the weights are its '{chosen}' entry ({held(checkpoint[chosen])})")
     state = checkpoint if chosen is None else checkpoint[chosen]
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         if chosen is None:
             raise WeightsError(f"{path} does not hold a state dict of tensors; the file has {entries(checkpoint)}")
-        how = "the param_key asked for" if key is not None else f"the first present of {', '.join(containers)}"
+        how = "the param_key asked for" if key is not None else f"the first non-empty of {', '.join(containers)}"
         raise WeightsError(f"{path}: its '{chosen}' entry ({how}) is {held(state)}, not a state dict of tensors; the "
                            f"file has {entries(checkpoint)}")
     return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
@@ -189,9 +202,10 @@ def partial_load(state: Mapping[str, torch.Tensor], model: nn.Module, path: str 
 
 
 def read_weights(path: str | os.PathLike, key: str | None = None, model: nn.Module | None = None,
-                 strict: bool = True) -> "OrderedDict[str, torch.Tensor]":
-    """The state dict of a weights file, checked against ``model`` when given (one-line errors naming the file)."""
-    state = state_dict_in(read_checkpoint(path), path, key)
+                 strict: bool = True, log: Callable[[str], None] = logger.info) -> "OrderedDict[str, torch.Tensor]":
+    """The state dict of a weights file, checked against ``model`` when given (one-line errors naming the file);
+    ``log``: where the entry used instead of an empty one is said (:func:`state_dict_in`)."""
+    state = state_dict_in(read_checkpoint(path), path, key, log=log)
     if model is not None:
         check_fit(state, model, path, strict=strict)
     check_finite(state, path)

@@ -273,6 +273,21 @@ REASONS = {"empty": "is empty (0 bytes)", "truncated": "is truncated", "foreign"
            "other net": "does not fit SAFMN: missing"}
 
 
+def test_pretrained_weights_with_an_empty_params_ema_load_params_and_the_run_log_says_so(data_root, tmp_path, capsys):
+    from ldt.archs.safmn_arch import SAFMN
+
+    opt = options(data_root, "ema_empty", total_iter=1)
+    network = {k: v for k, v in opt["network_g"].items() if k != "type"}
+    weights = tmp_path / "ema_empty.pth"
+    torch.save({"params": SAFMN(**network).state_dict(), "params_ema": {}}, weights)
+    opt["path"]["pretrain_network_g"] = str(weights)
+    assert cli(opt, tmp_path, capsys)[0] == 0
+    said = [line for line in run_log(tmp_path / "experiments" / "ema_empty").splitlines() if "is empty" in line]
+    assert len(said) == 1 and said[0].endswith(f"{weights}: its 'params_ema' entry is empty: the weights are its "
+                                               "'params' entry"
+                                               f" ({len(SAFMN(**network).state_dict())} tensors)"), said
+
+
 @pytest.mark.parametrize("kind", list(REASONS))
 def test_a_broken_pretrained_file_is_one_line_in_train_and_test(kind, weights_files, data_root, tmp_path, capsys):
     from ldt.sr.evaluate import main as test_main

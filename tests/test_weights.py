@@ -104,8 +104,10 @@ def test_integer_or_quantized_values_for_float_parameters_do_not_fit(tmp_path):
      "(3 tensors), 'params_ema' (empty)"),
     (lambda net: {"params": net, "params_ema": None}, "params_ema",
      "its 'params_ema' entry (the param_key asked for) is None"),
-    (lambda net: {"params": net, "params_ema": {}}, None,
-     "its 'params_ema' entry (the first present of params_ema, params, state_dict, model) is empty"),
+    (lambda net: {"params_ema": {}}, None,
+     "net.pth does not hold a state dict of tensors; the file has 'params_ema' (empty)"),
+    (lambda net: {"params_ema": {"scale": 1}}, None,
+     "its 'params_ema' entry (the first non-empty of params_ema, params, state_dict, model) is a mapping of 1 entry"),
     (lambda net: {"params": net}, "params_ema", "has no 'params_ema' entry; the file has 'params' (3 tensors)"),
     (lambda net: {"params_ema": {"params": net}}, "params_ema",
      "is a mapping of 1 entry, none of them tensors, not a state dict of tensors"),
@@ -119,6 +121,28 @@ def test_a_param_key_that_gives_no_weights_says_what_each_entry_of_the_file_hold
     torch.save(content(net.state_dict()), tmp_path / "net.pth")
     with pytest.raises(WeightsError, match=re.escape(message)):
         read_weights(tmp_path / "net.pth", key, net)
+
+
+def test_an_empty_params_ema_is_passed_over_by_the_default_choice_and_the_entry_used_is_said(tmp_path):
+    """{'params': weights, 'params_ema': {}} with no param_key was refused ('its params_ema entry ... is empty'),
+    though its params are the weights (a None params_ema was passed over already); the default passes an empty
+    entry over and says which it used; an empty entry asked for stays an error naming the file and the key."""
+    from ldt.weights import read_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.Conv2d(1, 1, 1, bias=False))
+    file = tmp_path / "net.pth"
+    torch.save({"params": net.state_dict(), "params_ema": {}}, file)
+    said: list[str] = []
+    state = read_weights(file, None, net, log=said.append)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items()) and state.keys() == net.state_dict().keys()
+    assert said == [f"{file}: its 'params_ema' entry is empty: the weights are its 'params' entry (3 tensors)"]
+    with pytest.raises(WeightsError, match=re.escape(f"{file}: its 'params_ema' entry (the param_key asked for) is "
+                                                     "empty")):
+        read_weights(file, "params_ema", net)
+    said.clear()
+    torch.save({"params": net.state_dict(), "params_ema": net.state_dict()}, file)
+    read_weights(file, None, net, log=said.append)
+    assert said == []  # nothing passed over: nothing said
 
 
 def test_a_non_strict_load_of_a_file_that_shares_no_key_with_the_network_is_refused(tmp_path):

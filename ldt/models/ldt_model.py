@@ -68,7 +68,8 @@ class LDTModel(BaseModel):
         load_path = opt["path"]["pretrain_network_g"]
         if load_path:
             state = weights if weights is not None else \
-                read_weights(load_path, opt["path"]["param_key_g"], self.net_g, strict=opt["path"]["strict_load_g"])
+                read_weights(load_path, opt["path"]["param_key_g"], self.net_g, strict=opt["path"]["strict_load_g"],
+                             log=self.logger.info)
             self.net_g.load_state_dict(state, strict=opt["path"]["strict_load_g"])
             self.logger.info(f"Loaded {opt['network_g']['type']} weights from {load_path}")
             left_out = None if opt["path"]["strict_load_g"] else partial_load(state, self.net_g, load_path)

@@ -244,7 +244,7 @@ class LoggerOptions(Options):
 class PathOptions(Options):
     pretrain_network_g: PathText | None = Field(None, description="weights to start from (test.py: to evaluate)")
     param_key_g: str | None = Field(None, description="key of the weights inside the file (null: params_ema, else "
-                                                      "params, else the bare state dict)")
+                                                      "params, the first not empty, else the bare state dict)")
     strict_load_g: bool = Field(True, description="every key must match")
     resume_state: PathText | None = Field(None, description="a training state to resume from")
     ignore_resume_networks: list[str] | None = Field(None, description="BasicSR pipeline")

@@ -509,7 +509,8 @@ def check_before_start(opt: dict, resuming: bool, train_set: torch.utils.data.Da
     if weights and opt["path"]["pretrain_network_g"]:
         network = {k: v for k, v in opt["network_g"].items() if k != "type"}
         pretrained = read_weights(opt["path"]["pretrain_network_g"], opt["path"]["param_key_g"],
-                                  build_meta_network(arch, network), strict=opt["path"]["strict_load_g"])
+                                  build_meta_network(arch, network), strict=opt["path"]["strict_load_g"],
+                                  log=get_root_logger().info)
     check_validation_sizes(opt, val_loaders)
     check_paired_image_scale(f"datasets:train ({opt['datasets']['train']['name']})", train_set, opt["scale"],
                              train=True)
