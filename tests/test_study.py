@@ -238,3 +238,15 @@ def test_collect_builds_and_trains_nothing(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --collect: none of the ") and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edited", [True, False])
+def test_a_source_psnr_edited_to_true_or_false_in_the_history_is_no_number_to_select_by(edited):
+    """The source protocol picked the best source PSNR of the history with the raw values: a hand edit to JSON
+    true / false ranked as 1 / 0 dB, so that entry was passed over and the record kept, with no warning, where
+    every other metric a study table reads is refused (ldt.sweep.recorded_number: the record is left out)."""
+    history = copy.deepcopy(HISTORY)
+    history[1]["rows"]["source"]["psnr"] = edited
+    with pytest.raises(TypeError, match=rf"expected a number, got bool {edited}"):
+        select(history, "source")
+    assert select(history, "last")["iter"] == 4000  # the last entry needs no metric

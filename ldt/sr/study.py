@@ -31,7 +31,7 @@ from pathlib import Path
 from ldt.atomic import make_dirs, read_json_dict
 from ldt.cli import path_flag
 from ldt.data.cameras import TARGET_CAMERAS
-from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, recorded_mean, sweep_lock
+from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, recorded_mean, recorded_number, sweep_lock
 
 PROTOCOLS = {
     "source": "training-domain validation (source camera's held-out pairs)",
@@ -55,14 +55,15 @@ def target_mean(rows: Mapping[str, Mapping[str, float]], metric: str = "psnr", t
 def select(history: Sequence[dict], protocol: str, *, upto: int | None = None, source: str = "source",
            targets: Sequence[str] = TARGET_CAMERAS, metric: str = "psnr") -> dict:
     """The validation entry ``protocol`` selects among those up to iteration ``upto``; ties keep the earlier one, as
-    the training loop does."""
+    the training loop does. The metric is read as every table reads one (:func:`ldt.sweep.recorded_number`): a
+    hand edit to true / false ranked as 1 / 0 dB, passed over with no word."""
     entries = [entry for entry in history if upto is None or entry["iter"] <= upto]
     if not entries:
         raise ValueError(f"no validation at or before iteration {upto}")
     if protocol == "last":
         return max(entries, key=lambda entry: entry["iter"])
     if protocol == "source":
-        return max(entries, key=lambda entry: entry["rows"][source][metric])
+        return max(entries, key=lambda entry: recorded_number(entry["rows"][source][metric]))
     if protocol == "oracle":
         return max(entries, key=lambda entry: target_mean(entry["rows"], metric, targets))
     raise ValueError(f"unknown selection protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
