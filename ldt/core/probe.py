@@ -280,9 +280,10 @@ def probe_gradients(
     the ones to probe instead, whatever their flag (e.g. a live branch, whose frozen group has the flag off); each
     probed one gets ``requires_grad=True`` for the probe; flags, grads, the train/eval
     mode of every submodule and buffers (e.g. BatchNorm running statistics, which a train-mode forward updates) are restored after.
-    Layers that never receive a gradient (integer and complex parameters cannot) are listed in ``no_grad`` and get no
-    score. A loader shorter than ``num_batches`` is probed to its end, with a warning. Under an initialised
-    ``torch.distributed`` process group (and ``distributed=True``) the statistics of all ranks are merged.
+    Layers that never receive a gradient (an unused branch; an integer or complex parameter named in ``parameters``,
+    which cannot have one: unnamed, it is not probed) are listed in ``no_grad`` and get no score. A loader shorter
+    than ``num_batches`` is probed to its end, with a warning. Under an initialised ``torch.distributed`` process
+    group (and ``distributed=True``) the statistics of all ranks are merged.
     """
     model = unwrap(model)
     groups = layer_groups(model, group_by)

@@ -90,8 +90,9 @@ def numbers_as_checked(raw: Any, checked: Any) -> tuple[Any, bool]:
 
 def file_for_basicsr(file: Path, scratch: Path, checked: dict, overrides: list[str] | None = None) -> Path:
     """The option file to hand BasicSR, which opens ``-opt`` with its own YAML loader and knows no ``base:``: ``file``
-    itself, or for a file that inherits or ``overrides`` (``--force_yml`` entries, which our checks applied), it merged
-    with its base files and the entries applied as our checks applied them, written under its own name in
+    itself, or for a file that inherits, ``overrides`` (``--force_yml`` entries, which our checks applied) or holds a
+    number written as text, it merged with its base files, the entries applied as our checks applied them and each
+    such number as the checks read it (:func:`numbers_as_checked`), written under its own name in
     ``scratch`` (BasicSR copies ``-opt`` into the experiment folder by its name, so that copy is the whole option set
     that ran). BasicSR is then not given ``--force_yml``: its exec-based parser would apply the entries a second time,
     its own way (a KeyError for a section the file leaves to its defaults, a ValueError for a value holding '=')."""
