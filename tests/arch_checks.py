@@ -112,7 +112,7 @@ def check_declared_types_at_construction(cls: type, kwargs: dict) -> None:
 
     import pytest
 
-    from ldt.sr.options import network_schema
+    from ldt.core.config import network_schema
 
     hints = {n: h for n, h in typing.get_type_hints(cls.__init__, include_extras=True).items() if n != "return"}
     cases = [(name, value) for name, hint in hints.items() for value in _wrong_values(hint)]

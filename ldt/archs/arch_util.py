@@ -7,25 +7,23 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
-import types
-import typing
 from collections.abc import Sequence
 from os import PathLike
-from typing import Annotated, Any, TypeVar, Union
+from typing import Annotated, Any, TypeVar
 
 from annotated_types import Ge, Gt, Le, Lt, MinLen
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
-from ldt.core.config import TYPE_WORDS, bound_problem, type_problem
+from ldt.core.config import error_places, network_schema
 from ldt.weights import read_weights
 
 # Ranges of the constructors' arguments, written on their annotations: the option check (ldt.sr.options) rejects a
 # value outside them as network_g:<argument>, before anything is built, and @check_arguments makes a plain Python
-# call check them too. The upper bounds are far above every published model and stop a typo (1e30) from hanging or
-# overflowing the build.
+# call check them too, both through one model (ldt.core.config.network_schema). The upper bounds are far above
+# every published model and stop a typo (1e30) from hanging or overflowing the build.
 MAX_BLOCKS = 1000
 """Blocks of one network in all (published: at most 72); more takes minutes to build even on the meta device."""
 MAX_WIDTH = 2**14
@@ -60,124 +58,29 @@ class ArgumentError(ValueError):
         return f"{where}: {self.message}"
 
 
-def _fits(annotation: Any, value: Any) -> bool:
-    """Whether ``value`` is of the kind ``annotation`` (one member of a union) stands for, so that only its ranges
-    apply: ``0`` is held to ``Count``, not to the ``tuple[Count, Count]`` beside it, nor ``None`` to a range."""
-    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
-    kind = typing.get_origin(base) or base
-    if kind is type(None):
-        return value is None
-    if kind in (int, float):
-        return isinstance(value, numbers.Real)
-    if inspect.isclass(kind) and issubclass(kind, Sequence) and kind is not str:
-        return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-    return True
-
-
-def range_problem(annotation: Any, value: Any, where: str) -> tuple[str, str] | None:
-    """(the argument, ``depths[1]`` for an item, and what is wrong) for the first range declared in ``annotation``
-    (``Annotated`` bounds, in unions, sequences and tuples too) that ``value`` breaks; None if it breaks none."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Annotated:
-        for bound in annotation.__metadata__:
-            problem = bound_problem(bound, value)
-            if problem:
-                return where, problem
-        return range_problem(args[0], value, where)
-    if origin in (Union, types.UnionType):
-        fitting = [member for member in args if _fits(member, value)]
-        problems = [range_problem(member, value, where) for member in fitting]
-        return problems[0] if problems and None not in problems else None
-    if args and _fits(annotation, value) and inspect.isclass(origin) and issubclass(origin, Sequence):
-        item_types = args if origin is tuple and Ellipsis not in args else args[:1] * len(value)
-        for index, (item_type, item) in enumerate(zip(item_types, value)):
-            problem = range_problem(item_type, item, f"{where}[{index}]")
-            if problem:
-                return problem
-    return None
-
-
-def _kind(annotation: Any) -> Any:
-    """The class ``annotation`` checks a value against (``int`` for ``Count``, ``Sequence`` for ``tuple[int, int]``)."""
-    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
-    return typing.get_origin(base) or base
-
-
-def _sequence(kind: Any) -> bool:
-    return inspect.isclass(kind) and issubclass(kind, Sequence) and kind is not str
-
-
-def kind_problem(annotation: Any, value: Any, where: str) -> tuple[str, str] | None:
-    """(the argument, ``depths[1]`` for an item, and what is wrong) when ``value`` is not of the type ``annotation``
-    declares (through Annotated, unions, sequences and tuples), in the option checks' words; None if it is.
-
-    No stricter than the option schema: a number is a number for ``float``, any list or tuple is a list for a
-    ``Sequence`` or ``tuple`` (an option file gives lists); but text is no number and a bool no integer, as in the
-    schema's strict mode. Annotations of other kinds (``type[nn.Module]``, ``Any``) are not checked."""
-    kind = _kind(annotation)
-    if typing.get_origin(annotation) is Annotated:
-        return kind_problem(typing.get_args(annotation)[0], value, where)
-    if kind in (Union, types.UnionType):
-        members = typing.get_args(annotation)
-        problems = [kind_problem(member, value, where) for member in members]
-        if None in problems:
-            return None
-        inside = [problem for problem in problems if problem[0] != where]  # an item of the member of its kind
-        if inside:
-            return inside[0]
-        named = [problem[1] for member, problem in zip(members, problems) if member is not type(None)]
-        return where, " or ".join(dict.fromkeys(named))
-    if kind is type(None):
-        return None if value is None else (where, f"expected None, got {type(value).__name__} {value!r}")
-    if kind is bool:
-        return None if isinstance(value, bool) else (where, type_problem(TYPE_WORDS[bool], value))
-    if kind in (int, float):
-        fits = numbers.Integral if kind is int else numbers.Real
-        return None if isinstance(value, fits) and not isinstance(value, bool) else \
-            (where, type_problem(TYPE_WORDS[kind], value))
-    if kind is str:
-        return None if isinstance(value, str) else (where, type_problem(TYPE_WORDS[str], value))
-    if _sequence(kind):
-        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-            return where, type_problem(TYPE_WORDS[list], value)
-        args = typing.get_args(annotation)
-        item_types = args if kind is tuple and Ellipsis not in args else args[:1] * len(value)
-        for index, (item_type, item) in enumerate(zip(item_types, value)):
-            problem = kind_problem(item_type, item, f"{where}[{index}]")
-            if problem:
-                return problem
-    return None
-
-
-def _is_ranged(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is Annotated or any(_is_ranged(a) for a in typing.get_args(annotation))
-
-
 NetworkClass = TypeVar("NetworkClass", bound=type)
 
 
 def check_arguments(cls: NetworkClass) -> NetworkClass:
     """Class decorator: every construction checks its arguments against the types and ranges declared on the
-    constructor's annotations (those the option check reads), so ``SAFMN(n_blocks=0)`` or ``SAFMN(dim='36')`` in
-    Python fails in one line naming the class and argument instead of building a broken network (or failing deep
-    inside torch); the constructor's own :class:`ArgumentError` (rules across arguments) names the class too.
-    Defaults are ours and valid, so only the arguments given are checked (microseconds, against a build of
-    milliseconds)."""
+    constructor's annotations, through the option check's own model (:func:`ldt.core.config.network_schema`,
+    strict: no numbers as text) and in its words, so ``SAFMN(n_blocks=0)`` or ``SAFMN(dim='36')`` in Python fails
+    in one line naming the class and argument instead of building a broken network (or failing deep inside torch);
+    the constructor's own :class:`ArgumentError` (rules across arguments) names the class too. Defaults are ours
+    and valid, so only the arguments given are checked (tens of microseconds, against a build of milliseconds)."""
     init = cls.__init__
     positional = [name for name, parameter in list(inspect.signature(init).parameters.items())[1:]
                   if parameter.kind is parameter.POSITIONAL_OR_KEYWORD]
-    hints = {name: hint for name, hint in typing.get_type_hints(init, include_extras=True).items() if name != "return"}
-    ranged = {name for name, hint in hints.items() if _is_ranged(hint)}
 
     @functools.wraps(init)
     def checked_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
-        for name, value in [*zip(positional, args), *kwargs.items()]:
-            if name not in hints:
-                continue
-            problem = kind_problem(hints[name], value, name) or \
-                (range_problem(hints[name], value, name) if name in ranged else None)
-            if problem:
-                raise ArgumentError(*problem, network=cls.__name__)
+        schema = network_schema(cls, strict=True)
+        given = {name: value for name, value in [*zip(positional, args), *kwargs.items()]
+                 if name in schema.model_fields}
+        try:
+            schema.model_validate(given)
+        except ValidationError as err:
+            raise ArgumentError(*error_places(err, schema)[0], network=cls.__name__) from None
         try:
             init(self, *args, **kwargs)
         except ArgumentError as err:

@@ -11,16 +11,17 @@ float (BasicSR files write ``!!float 5e3``) are read as the number they obviousl
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
-import operator
+import numbers
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from ldt.cli import EMPTY_PATH
 
@@ -119,7 +120,8 @@ def annotation_models(annotation: Any) -> list[type[BaseModel]]:
     return [leaf for leaf in _alternatives(annotation) if inspect.isclass(leaf) and issubclass(leaf, BaseModel)]
 
 
-_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none", "constrained-int", "constrained-float",
+                "constrained-str"}
 
 
 def _tags(model: type[BaseModel]) -> tuple[str, ...]:
@@ -218,10 +220,9 @@ def _message(error: dict, siblings: list[str]) -> str:
             return f"missing 'type' (one of {tags})" if tags else "missing 'type'"
         return (f"unknown type '{ctx.get('tag')}'; choose from {tags}"
                 + did_you_mean(ctx.get("tag"), [t.strip() for t in tags.split(",")]))
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {_limit_text(limit)}, got {shown}"
+    if kind in _ERROR_BOUNDS:
+        key = _ERROR_BOUNDS[kind]
+        return f"must {'have' if key.endswith('length') else 'be'} {BOUNDS[key]} {_limit_text(ctx[key])}, got {shown}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return type_problem(TYPE_WORDS[int], value)
     if kind in ("float_type", "float_parsing"):
@@ -234,26 +235,32 @@ def _message(error: dict, siblings: list[str]) -> str:
         if value is None:  # `train: ~`, or a section whose children are all commented out
             return "is empty (null): give it options, or leave the section out for its defaults"
         return type_problem(TYPE_WORDS[dict], value)
-    if kind in ("list_type", "tuple_type") or (kind == "is_instance_of" and ctx.get("class") == "Sequence"):
+    if kind in ("list_type", "tuple_type", "sequence_str") or (kind == "is_instance_of"
+                                                                and ctx.get("class") == "Sequence"):
         return type_problem(TYPE_WORDS[list], value)
-    if kind == "too_short" or kind == "too_long":
-        return f"{error['msg'].lower()}, got {shown}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return f"{error['msg']}, got {shown}"
 
 
-# A value of the wrong type for one member of a union (the value is a list whose items another member checked).
+# A value of the wrong type for one member of a union, left out where another member took the value's type (it
+# checked the value's items, or its range).
 _MEMBER_MISMATCHES = {"string_type", "int_type", "float_type", "bool_type", "dict_type", "model_type",
-                      "model_attributes_type"}
+                      "model_attributes_type", "list_type", "tuple_type", "sequence_str", "is_instance_of"}
+_ERROR_BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le",
+                 "too_short": "min_length", "too_long": "max_length"}
+"""pydantic's error for each bound of :data:`BOUNDS` (the value had the type, not the range)."""
 
 
-def describe_errors(err: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[str]:
-    """One line per error: the option path (union tags dropped) and a plain message, with "did you mean".
+def error_places(err: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(the option path, a plain message) per place with errors, union tags dropped, with "did you mean": the parts
+    of :func:`describe_errors`' lines, for a caller that words the place itself (``SAFMN: dim: ...``).
 
     A misspelled required key is one problem, not two: its "missing" line is dropped when an unknown key beside it
-    is suggested as the fix. A list given for a union with a list member (``str | list[str]``) is one problem per
-    bad item: the other members' "expected a string, got list" is dropped when the list's items were looked into.
+    is suggested as the fix. A value a union member takes the type of is that member's problem: the other members'
+    "expected a string, got list" is dropped when the list's items were looked into (``str | list[str]``: one
+    problem per bad item), their "expected a list, got int 0" when the value is out of a member's range
+    (``int | tuple[int, int]``: ``must be >= 1, got 0``).
     """
     located = [(error, *_readable_loc(model, error["loc"])) for error in err.errors()]
     suggested = set()
@@ -261,19 +268,24 @@ def describe_errors(err: ValidationError, model: type[BaseModel], prefix: Sequen
         hint = meant(path[-1], siblings) if error["type"] == "extra_forbidden" else None
         if hint:
             suggested.add((*path[:-1], hint))
-    items_checked = {":".join([*path[:depth], key.split("[")[0]]) for _, path, _ in located
-                     for depth, key in enumerate(path) if "[" in key}
+    typed = {":".join([*path[:depth], key.split("[")[0]]) for _, path, _ in located
+             for depth, key in enumerate(path) if "[" in key}
+    typed |= {":".join(path) for error, path, _ in located if error["type"] in _ERROR_BOUNDS}
     messages: dict[str, list[str]] = {}  # several errors at one place come from the members of a union
     for error, path, siblings in located:
         if error["type"] == "missing" and tuple(path) in suggested:
             continue
-        if error["type"] in _MEMBER_MISMATCHES and ":".join(path) in items_checked:
+        if error["type"] in _MEMBER_MISMATCHES and ":".join(path) in typed:
             continue
         if error["type"].startswith("union_tag"):
             path = [*path, "type"]
         messages.setdefault(":".join([*prefix, *path]), []).append(_message(error, siblings))
-    return [f"{where}: {' or '.join(dict.fromkeys(texts))}" if where else " or ".join(dict.fromkeys(texts))
-            for where, texts in messages.items()]
+    return [(where, " or ".join(dict.fromkeys(texts))) for where, texts in messages.items()]
+
+
+def describe_errors(err: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[str]:
+    """One line per place with errors (:func:`error_places`): ``option:path: message``."""
+    return [f"{where}: {text}" if where else text for where, text in error_places(err, model, prefix)]
 
 
 def validate_into(model: type[BaseModel], data: Any, prefix: Sequence[str], problems: list[str]) -> BaseModel | None:
@@ -285,35 +297,86 @@ def validate_into(model: type[BaseModel], data: Any, prefix: Sequence[str], prob
         return None
 
 
+# -------------------------------------------------------------------------------------- constructor arguments
+
+
+def _plain_number(value: Any) -> Any:
+    """numpy's (and other) integers and reals as the Python int / float they are, so a plain call may pass them."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (float, numbers.Integral)):
+        return float(value)
+    return value
+
+
+_NUMBERS = {False: {int: Int, float: Real},
+            True: {int: Annotated[int, BeforeValidator(_plain_number)],
+                   float: Annotated[float, BeforeValidator(_plain_number)]}}
+"""What ``int`` and ``float`` of a constructor become: in option files numbers written as text are read, in a
+plain Python call (strict) they are not; in both a bool is no number and an integer is a float."""
+
+
+def _argument_type(annotation: Any, strict: bool) -> Any:
+    """``annotation`` as :func:`network_schema` checks it, at any depth: int / float as :data:`_NUMBERS` says, any
+    list or tuple for a ``tuple`` / ``list`` / ``Sequence`` (an option file gives lists, a Python call either); a
+    ``type[...]`` (a norm layer class, or any factory) is the constructor's business in a Python call."""
+    if annotation is int or annotation is float:
+        return _NUMBERS[strict][annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is type:
+        return Any if strict else annotation
+    if not args or origin is Literal:
+        return annotation
+    if origin is Annotated:
+        return Annotated[(_argument_type(args[0], strict), *annotation.__metadata__)]
+    mapped = tuple(_argument_type(a, strict) for a in args)
+    if origin in (Union, types.UnionType):
+        return Union[mapped]
+    if origin is tuple:
+        if len(mapped) == 2 and mapped[1] is Ellipsis:
+            return Sequence[mapped[0]]
+        return Annotated[Sequence[Union[mapped]], Field(min_length=len(mapped), max_length=len(mapped))]
+    if origin is list:
+        return Sequence[mapped[0]]
+    return origin[mapped if len(mapped) > 1 else mapped[0]]
+
+
+@functools.cache
+def network_schema(arch: type, strict: bool = False) -> type[BaseModel]:
+    """A model of ``arch``'s constructor arguments: their annotated types and ranges (``Annotated[int, Ge(1)]``),
+    unknown keys rejected (unless the constructor takes ``**kwargs``); one per class and mode, built once.
+
+    The default checks a ``network_g`` section (its ``type`` key too; numbers written as text are read). ``strict``
+    checks a plain Python call (``@check_arguments``): no numbers as text, no ``type`` key, and nothing required,
+    since only the arguments given are checked and Python itself names one that is missing."""
+    signature = inspect.signature(arch.__init__)
+    try:
+        hints = typing.get_type_hints(arch.__init__, include_extras=True)
+    except Exception:  # an annotation that does not resolve: check names only
+        hints = {}
+    fields: dict[str, Any] = {} if strict else {"type": (str, ...)}
+    open_kwargs = False
+    for name, parameter in list(signature.parameters.items())[1:]:
+        if parameter.kind is parameter.VAR_KEYWORD:
+            open_kwargs = True
+            continue
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            continue
+        required = parameter.default is inspect.Parameter.empty
+        fields[name] = (_argument_type(hints.get(name, Any), strict), (None if strict else ...) if required
+                        else parameter.default)
+    config = ConfigDict(extra="allow" if open_kwargs else "forbid", strict=True, arbitrary_types_allowed=True)
+    return create_model(f"{arch.__name__}{'Arguments' if strict else 'Options'}", __config__=config, **fields)
+
+
 # --------------------------------------------------------------------------------------------- option reference
 
-BOUNDS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
-    "gt": (">", operator.gt), "ge": (">=", operator.ge), "lt": ("<", operator.lt), "le": ("<=", operator.le),
-    "min_length": ("length >=", lambda value, limit: len(value) >= limit),
-    "max_length": ("length <=", lambda value, limit: len(value) <= limit),
-}
-"""The bounds annotated_types declares (``Ge(1)`` has ``ge = 1``): the sign the reference shows, the test a value
-passes. The option checks leave them to pydantic; :func:`bound_problem` applies them to plain Python arguments."""
+BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=", "max_length": "length <="}
+"""The bounds annotated_types declares (``Ge(1)`` has ``ge = 1``) and the sign the reference and the messages show."""
 
 
 def _limit_text(limit: Any) -> str:
     return f"{limit:g}" if isinstance(limit, float) else f"{limit}"
-
-
-def bound_problem(bound: Any, value: Any) -> str | None:
-    """What is wrong with ``value`` under one annotated_types bound (``must be >= 1, got 0``, the option checks'
-    words), or None when it passes or is no number / sized value to compare (its type is not the bound's business)."""
-    for key, (sign, passes) in BOUNDS.items():
-        limit = getattr(bound, key, None)
-        if limit is None:
-            continue
-        try:
-            if not passes(value, limit):
-                verb = "have" if key.endswith("length") else "be"
-                return f"must {verb} {sign} {_limit_text(limit)}, got {value!r}"
-        except TypeError:
-            return None
-    return None
 
 
 def type_name(annotation: Any) -> str:
@@ -352,7 +415,7 @@ def _union_bounds(annotation: Any) -> list[Any]:
 def _constraints(field) -> str:
     parts = []
     for item in [*_union_bounds(field.annotation), *field.metadata]:  # a member's (> 0) before the field's (<= N)
-        for key, (sign, _) in BOUNDS.items():
+        for key, sign in BOUNDS.items():
             value = getattr(item, key, None)
             if value is not None:
                 parts.append(f"{sign} {_limit_text(value)}")

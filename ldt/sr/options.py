@@ -14,16 +14,13 @@ import copy
 import inspect
 import os
 import sys
-import types
-import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
-                      model_validator)
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ldt.cli import not_a_file
 from ldt.core import MethodConfig, ProbeConfig, method_class
@@ -40,6 +37,7 @@ from ldt.core.config import (
     describe_errors,
     did_you_mean,
     meant,
+    network_schema,
     option_rows,
     runtime,
     type_name,
@@ -521,49 +519,6 @@ def merge_changes(base: dict, changes: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- the network
-
-
-def _lenient(annotation: Any) -> Any:
-    """``annotation`` with int/float replaced by the schema's Int/Real (numbers-as-text accepted) at any depth."""
-    if annotation is int:
-        return Int
-    if annotation is float:
-        return Real
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if not args or origin is Literal or origin is type:
-        return annotation
-    if origin is Annotated:
-        return Annotated[(_lenient(args[0]), *annotation.__metadata__)]
-    mapped = tuple(_lenient(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return Union[mapped]
-    if origin is tuple:  # YAML has lists, not tuples
-        if len(mapped) == 2 and mapped[1] is Ellipsis:
-            return list[mapped[0]]
-        return Annotated[list[Union[mapped]], Field(min_length=len(mapped), max_length=len(mapped))]
-    return origin[mapped if len(mapped) > 1 else mapped[0]]
-
-
-def network_schema(arch: type) -> type[BaseModel]:
-    """A model of ``arch``'s constructor arguments: their annotated types and ranges (``Annotated[int, Ge(1)]``),
-    unknown keys rejected (unless the constructor takes ``**kwargs``)."""
-    signature = inspect.signature(arch.__init__)
-    try:
-        hints = typing.get_type_hints(arch.__init__, include_extras=True)
-    except Exception:  # an annotation that does not resolve: check names only
-        hints = {}
-    fields: dict[str, Any] = {"type": (str, ...)}
-    open_kwargs = False
-    for name, parameter in list(signature.parameters.items())[1:]:
-        if parameter.kind is parameter.VAR_KEYWORD:
-            open_kwargs = True
-            continue
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            continue
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-        fields[name] = (_lenient(hints.get(name, Any)), default)
-    config = ConfigDict(extra="allow" if open_kwargs else "forbid", strict=True, arbitrary_types_allowed=True)
-    return create_model(f"{arch.__name__}Options", __config__=config, **fields)
 
 
 def unlike_defaults(arch: type, options: Mapping[str, Any]) -> list[str]:
