@@ -180,9 +180,11 @@ class Records:
         foreign tool's record, another task's in the same file) is skipped with a warning naming its line, so one
         stray line never breaks a table. ``readable(record)`` raising (a field edited by hand to a value of another
         type) skips it the same way. Types are checked because a value that reads alone may not sort with the
-        others' (a seed edited to a string, beside integer seeds)."""
+        others' (a seed edited to a string, beside integer seeds). Of several records of one run (a results file
+        appended to another), the last is kept, and one warning names their lines: the tables read one record a run."""
         kinds = fields if isinstance(fields, Mapping) else {}
-        kept = []
+        kept: dict[str, tuple[int, dict]] = {}  # run hash -> (line, record), in the file order of the kept ones
+        lines: dict[str, list[int]] = {}  # run hash -> the lines of its readable records
         for number, record in self.numbered():
             missing = [name for name in fields if name not in record]
             if missing:
@@ -203,8 +205,28 @@ class Records:
                 warnings.warn(f"{self.path}:{number}: a record the table cannot read ({type(err).__name__}: {err}; "
                               "edited by hand?); ignored", stacklevel=2)
             else:
-                kept.append(record)
-        return kept
+                digest = self.digest(record)
+                lines.setdefault(digest, []).append(number)
+                kept.pop(digest, None)
+                kept[digest] = (number, record)
+        self._warn_repeated({digest: numbers for digest, numbers in lines.items() if len(numbers) > 1})
+        return [record for _, record in kept.values()]
+
+    def _warn_repeated(self, repeated: Mapping[str, list[int]]) -> None:
+        """One warning for every run with several records (``repeated``: run hash -> their lines), not one a run."""
+        def spelled(numbers: list[int]) -> str:
+            return f"{', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+
+        why = "(a results file appended to another, or edited by hand?)"
+        if len(repeated) == 1:
+            [(digest, numbers)] = repeated.items()
+            warnings.warn(f"{self.path}: lines {spelled(numbers)} are records of one run ({digest}): the tables use "
+                          f"the last, line {numbers[-1]} {why}", stacklevel=3)
+        elif repeated:
+            runs = [f"lines {spelled(numbers)} of run {digest}" for digest, numbers in repeated.items()]
+            shown = "; ".join(runs[:10]) + (f"; ... ({len(runs) - 10} more)" if len(runs) > 10 else "")
+            warnings.warn(f"{self.path}: {len(repeated)} runs have more than one record ({shown}): the tables use the "
+                          f"last of each {why}", stacklevel=3)
 
     def digest(self, record: Mapping) -> str:
         """The run hash a record belongs to (its ``options_hash``, or the run it had under the earlier identity)."""

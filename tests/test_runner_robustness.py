@@ -254,6 +254,28 @@ def test_a_record_edited_to_a_value_the_table_cannot_read_is_skipped_with_a_warn
     assert files == {"t.md": "3.0"} and (tmp_path / "t.md").read_text() == "3.0"
 
 
+def test_two_records_of_one_run_are_one_warning_naming_their_lines_and_the_last_is_used(tmp_path):
+    """A results file appended to another (two machines' sweeps merged), or a line copied by hand, held two records
+    of one run: the tables used the last without a word. Now one warning names the lines; the last is used."""
+    from ldt.sweep import write_record_tables
+
+    path = tmp_path / RESULTS_FILE
+    scores = [("a", 1.0), ("b", 2.0), ("a", 5.0), ("c", 3.0), ("b", 7.0), ("a", 9.0)]
+    path.write_text("".join(json.dumps({"options_hash": h, "score": score}) + "\n" for h, score in scores))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files = write_record_tables(tmp_path, lambda records: {"t.md": " ".join(str(r["score"]) for r in records)},
+                                    {"score": float})
+    assert files == {"t.md": "3.0 7.0 9.0"}  # the last record of each run, in file order
+    assert [str(w.message) for w in caught] == [
+        f"{path}: 2 runs have more than one record (lines 1, 3 and 6 of run a; lines 2 and 5 of run b): the tables "
+        "use the last of each (a results file appended to another, or edited by hand?)"]
+    path.write_text("".join(json.dumps({"options_hash": h, "score": score}) + "\n" for h, score in scores[:3]))
+    with pytest.warns(UserWarning, match=re.escape(f"{path}: lines 1 and 3 are records of one run (a): the tables use "
+                                                   "the last, line 3")):
+        assert [r["score"] for r in Records(path).having(["score"])] == [2.0, 5.0]
+
+
 @pytest.mark.parametrize("digest", [["a"], {"a": 1}, 5, None])
 def test_a_record_whose_options_hash_is_not_a_string_is_skipped_with_a_warning(tmp_path, digest):
     """A hand-edited options_hash (a list is unhashable) ended every sweep on the folder in a traceback, before any
