@@ -125,6 +125,21 @@ def earlier_recipes(records: Iterable[Mapping], planned: Iterable[Mapping]) -> d
 # ----------------------------------------------------------------------------------------------------------- records
 
 
+def wrong_type(record: Mapping, kinds: Mapping[str, type | tuple[type, ...]]) -> str | None:
+    """What is wrong with the first of ``kinds``' fields that ``record`` holds with a value of another type
+    ("'seed' is of type bool, not int"), or None. Why not a bare isinstance: JSON true is a Python bool, which is an
+    int, so a seed edited to true was seed 1; a bool passes only where ``bool`` is one of the types."""
+    for name, kind in kinds.items():
+        if name not in record:
+            continue
+        allowed = kind if isinstance(kind, tuple) else (kind,)
+        value = record[name]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            expected = " or ".join(k.__name__ for k in allowed)
+            return f"{name!r} is of type {type(value).__name__}, not {expected}"
+    return None
+
+
 class Records:
     """A ``results.jsonl`` file: one finished run per line, each with its ``options_hash``. ``earlier`` maps the
     :func:`earlier_run_hash` of planned runs to their run hash, so their records written before are theirs."""
@@ -191,12 +206,9 @@ class Records:
                 warnings.warn(f"{self.path}:{number}: a record without {', '.join(map(repr, missing))} (another "
                               "task's or tool's?); ignored", stacklevel=2)
                 continue
-            wrong = next((name for name, kind in kinds.items() if not isinstance(record[name], kind)), None)
+            wrong = wrong_type(record, kinds)
             if wrong is not None:
-                expected = " or ".join(k.__name__ for k in (kinds[wrong] if isinstance(kinds[wrong], tuple)
-                                                            else (kinds[wrong],)))
-                warnings.warn(f"{self.path}:{number}: a record whose {wrong!r} is of type "
-                              f"{type(record[wrong]).__name__}, not {expected} (edited by hand?); ignored", stacklevel=2)
+                warnings.warn(f"{self.path}:{number}: a record whose {wrong} (edited by hand?); ignored", stacklevel=2)
                 continue
             try:
                 if readable is not None:

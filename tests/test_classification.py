@@ -814,6 +814,7 @@ def test_tables_skip_foreign_records_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("field, value, warning", [
     ("seed", "0", "whose 'seed' is of type str, not int"), ("seed", None, "whose 'seed' is of type NoneType, not int"),
+    ("seed", True, "whose 'seed' is of type bool, not int"),  # JSON true was seed 1, a bool being an int in Python
     ("dataset", 5, "whose 'dataset' is of type int, not str"),
     ("test_domains", "C", "whose 'test_domains' is of type str, not list"),
     ("test_domains", [], "the table cannot read (StatisticsError: fmean requires at least one data point"),

@@ -276,6 +276,17 @@ def test_two_records_of_one_run_are_one_warning_naming_their_lines_and_the_last_
         assert [r["score"] for r in Records(path).having(["score"])] == [2.0, 5.0]
 
 
+@pytest.mark.parametrize("value", [True, False])
+def test_a_bool_where_a_record_needs_an_integer_is_skipped_with_a_warning(tmp_path, value):
+    """JSON true for a seed (an int field) passed the type check, a bool being an int in Python: seed 1 in a table."""
+    path = tmp_path / RESULTS_FILE
+    path.write_text(json.dumps({"options_hash": "a", "seed": value}) + "\n" + json.dumps({"options_hash": "b", "seed": 0})
+                    + "\n")
+    with pytest.warns(UserWarning, match=rf"{path}:1: a record whose 'seed' is of type bool, not int"):
+        assert Records(path).having({"seed": int}) == [{"options_hash": "b", "seed": 0}]
+    assert len(Records(path).having({"seed": (int, bool)})) == 2  # a bool where a bool is allowed
+
+
 @pytest.mark.parametrize("digest", [["a"], {"a": 1}, 5, None])
 def test_a_record_whose_options_hash_is_not_a_string_is_skipped_with_a_warning(tmp_path, digest):
     """A hand-edited options_hash (a list is unhashable) ended every sweep on the folder in a traceback, before any

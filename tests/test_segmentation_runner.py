@@ -483,6 +483,7 @@ def test_tables_skip_a_classification_record_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("field, value, warning", [
     ("seed", "1", "'seed' is of type str, not int"), ("sources", "clean", "'sources' is of type str, not list"),
+    ("seed", True, "'seed' is of type bool, not int"),  # JSON true was seed 1, a bool being an int in Python
     ("backbone", None, "'backbone' is of type NoneType, not str"),
     # JSON true for an mIoU was counted as 1.0 (a number beside the others), false as 0.0
     ("target_miou", {"fog": True}, "the table cannot read (TypeError: expected a number, got bool True")])
