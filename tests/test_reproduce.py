@@ -99,7 +99,10 @@ def test_tables_are_regenerated_from_the_records_alone(sweep, monkeypatch):
 
 @pytest.mark.parametrize("edit", [lambda r: r.update(metrics=None), lambda r: r["metrics"].pop("sony"),
                                   lambda r: r["metrics"]["sony"].update(psnr="high"),
-                                  lambda r: r["metrics"]["sony"].update(psnr=True)])  # was counted as 1.00 dB
+                                  lambda r: r["metrics"]["sony"].update(psnr=True),  # was counted as 1.00 dB
+                                  # fields the lines above the table show: 'Weights: 5 = random init, ...'
+                                  lambda r: r.update(arch=5), lambda r: r.update(iters="4"),
+                                  lambda r: r.update(weights=["a.pth"]), lambda r: r.update(batch_size=True)])
 def test_a_record_edited_by_hand_is_skipped_with_its_line_and_the_rest_tabulates(sweep, tmp_path, monkeypatch, edit):
     forbid_training(monkeypatch)
     out = tmp_path / "out"

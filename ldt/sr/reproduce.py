@@ -47,6 +47,7 @@ from ldt.sweep import (
     run_pending,
     stale_weights,
     sweep_lock,
+    wrong_type,
 )
 from ldt.weights import WeightsError, content_fingerprint, read_weights
 
@@ -476,14 +477,25 @@ def _render(spec: TableSpec, runs: Sequence[TableRun], records: Mapping[str, dic
     return spec.render(runs, records, out) if spec.render else render_table(spec, runs, records)
 
 
+# The types of the fields a table shows or computes with, where a record holds them: a value of another type often
+# renders without an error ('Weights: 5 = random init', '4 iterations' from the text "4"), so it is checked.
+RECORD_TYPES = {"arch": str, "data": str, "data_root": str, "weights": (str, type(None)), "iters": int,
+                "batch_size": int, "gt_size": int, "probe_batches": int, "probe_batches_asked": int, "interval": int,
+                "metrics": dict, "history": list}
+
+
 def readable_records(out: Path, runs: Sequence[TableRun]) -> dict[str, dict]:
     """The records of ``out`` by run hash, less those whose table cannot read them alone (a field edited by hand to
-    a value of another type): each is skipped with a warning naming its line, so one line never breaks a table."""
+    a value of another type, :data:`RECORD_TYPES`): each is skipped with a warning naming its line, so one line never
+    breaks a table."""
     planned, records = {run.digest: run for run in runs}, run_records(out, runs)
 
     def readable(record: dict) -> None:
         run = planned.get(records.digest(record))
         if run is not None:
+            wrong = wrong_type(record, RECORD_TYPES)
+            if wrong:
+                raise TypeError(wrong)
             _render(TABLES[run.table], [run], {run.digest: record}, out)
 
     return {records.digest(record): record for record in records.having(("options_hash",), readable=readable)}
