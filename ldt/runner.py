@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, remove_leftovers
+from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, disk_reason, remove_leftovers
 from ldt.cli import (STOP_SIGNALS, device_problem, error_lines, flag, not_a_file, original_error, require_output_dir,
                      show_traceback, stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
@@ -556,6 +556,17 @@ def fingerprints(configs: Sequence[RunnerConfig]) -> dict[str, str]:
         raise ValueError(str(err)) from None
 
 
+def remove_recorded_state(path: Path, whose: str) -> None:
+    """Delete the saved state of a run whose record is written. Why not a bare unlink: the state is garbage by then,
+    so one that cannot be deleted (an immutable file, no permission) is one warning naming it, not an error that
+    ends the sweep after the record, and every rerun at its start."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        warnings.warn(f"cannot delete {path}, the saved state of {whose}, which is recorded: "
+                      f"{disk_reason(err, path.parent)}; delete it by hand (it is not read again)", stacklevel=2)
+
+
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,
           progress: bool, tabulate: Callable[[Path], str], state_minutes: float = DEFAULT_STATE_MINUTES) -> int:
     """Run every configuration that has no record in ``out`` yet (by options hash; so a rerun resumes), then
@@ -597,8 +608,10 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     planned = []
     for config, (digest, earlier) in zip(configs, identities):
         planned.append(PlannedRun(digest, config.describe(), lambda c=config, d=digest, e=earlier: execute(c, d, e),
-                                  recorded=lambda d=digest: state_file(d).unlink(missing_ok=True)))
+                                  recorded=lambda d=digest, c=config: remove_recorded_state(state_file(d),
+                                                                                            f"run {c.describe()}")))
     digests = set(p.digest for p in planned)
+    labels = {p.digest: p.label for p in planned}  # a state's run, named in messages (another sweep's: its hash)
     done = set(records.by_hash())
     if states.exists() and not states.is_dir():  # now, not when the first run first saves (or in a bare errno)
         raise DiskError(f"{states} is a file, not a folder: move it away (OUT/{STATES_FOLDER}/ holds the training "
@@ -609,7 +622,7 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     for path in saved:  # a sweep killed between a record and the removal of its state (this sweep's run or not)
         owner = records.earlier.get(path.stem, path.stem)  # saved under the run's earlier identity: its own
         if owner in done:
-            path.unlink(missing_ok=True)
+            remove_recorded_state(path, f"run {labels.get(owner, owner)}")
         elif owner != path.stem and not state_file(owner).exists():
             os.replace(path, state_file(owner))
     saved = sorted(states.glob("*.pt")) if states.is_dir() else []

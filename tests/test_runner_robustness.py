@@ -496,6 +496,35 @@ def test_the_state_of_a_run_already_recorded_and_cut_writes_are_deleted(tmp_path
     assert not left.exists() and not cut.exists() and kept.exists()
 
 
+def test_a_state_that_cannot_be_deleted_once_its_run_is_recorded_is_one_warning(tmp_path, monkeypatch, capsys):
+    """An immutable state file (chattr +i) of a run that finished: its record was written, then the sweep ended in
+    'error: [Errno 1] Operation not permitted: ...' with the runs after it not trained, and every rerun ended so at
+    its start, where it deletes the states of recorded runs. The state is garbage once the record is written: one
+    warning naming it, and the sweep goes on."""
+    states = tmp_path / runner.STATES_FOLDER
+    locked = states / f"{run_hash(FakeConfig(0).hparams())}.pt"
+    real_unlink = Path.unlink
+
+    def immutable(path: Path, missing_ok: bool = False) -> None:
+        if path == locked:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    def saving_run(config: FakeConfig, state, **_) -> dict:
+        states.mkdir(exist_ok=True)
+        state.path.write_bytes(b"a state")
+        return fake_run(config)
+
+    monkeypatch.setattr(Path, "unlink", immutable)
+    message = re.escape(f"cannot delete {locked}, the saved state of run fake seed=0, which is recorded: operation "
+                        "not permitted")
+    for run in (saving_run, no_run):  # the sweep, then its rerun
+        with pytest.warns(UserWarning, match=message):
+            assert sweep_main(tmp_path, [FakeConfig(0), FakeConfig(1)], run) == 0, capsys.readouterr().err
+        assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0, 1] and locked.exists()
+    assert sorted(states.iterdir()) == [locked]  # the other run's state was deleted
+
+
 def test_states_of_runs_recorded_by_another_sweep_are_deleted_and_unplanned_ones_are_named(tmp_path, capsys):
     """A state whose run has a record is garbage whichever sweep planned it (a sweep killed between the record and the
     state's removal, then rerun with other options); one of a run not recorded and not planned (another command's, or
