@@ -248,6 +248,21 @@ class Records:
         """The records by run hash (a rerun of a run replaces its earlier record)."""
         return {self.digest(record): record for record in self.all()}
 
+    def check_appendable(self) -> None:
+        """A :class:`ldt.atomic.DiskError` now, before a run trains, when a record could not be appended to the file
+        (an immutable or append-refusing file, no permission): opening it to append writes nothing. A file not made
+        yet is left to the check of its folder."""
+        from ldt.atomic import DiskError, disk_reason
+
+        if not self.path.is_file():
+            return
+        try:
+            with open(self.path, "ab"):
+                pass
+        except OSError as err:
+            raise DiskError(f"cannot append a record to {self.path}: {disk_reason(err, self.path.parent)}; no run "
+                            "started (the earlier records are intact)") from None
+
     def append(self, record: dict) -> None:
         """Append one record as a line and sync it, so a crash right after a run still leaves its record whole.
 
@@ -315,6 +330,8 @@ def run_pending(runs: Sequence[PlannedRun], records: Records, *, progress: bool 
     unique = list({run.digest: run for run in runs}.values())
     done = set(records.by_hash())
     pending = [run for run in unique if run.digest not in done]
+    if pending:
+        records.check_appendable()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(unique), initial=len(unique) - len(pending), desc=desc, unit="run", disable=not progress,

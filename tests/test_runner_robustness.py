@@ -496,6 +496,28 @@ def test_the_state_of_a_run_already_recorded_and_cut_writes_are_deleted(tmp_path
     assert not left.exists() and not cut.exists() and kept.exists()
 
 
+def test_records_that_cannot_be_appended_to_are_one_line_before_any_run(tmp_path, capsys):
+    """An immutable results.jsonl (chattr +i) was found only when the first run had trained (hours, for a real run)
+    and its record could not be appended."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("chattr"):
+        pytest.skip("needs root and chattr")
+    assert sweep_main(tmp_path, [FakeConfig(0)]) == 0
+    path = tmp_path / RESULTS_FILE
+    before = path.read_bytes()
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable attribute")
+    try:
+        assert sweep_main(tmp_path, [FakeConfig(0), FakeConfig(1)], no_run) == 2
+        assert error_line(capsys) == (f"error: cannot append a record to {path}: operation not permitted (an immutable "
+                                      "file? see lsattr); no run started (the earlier records are intact)\n")
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert path.read_bytes() == before
+
+
 def test_a_state_that_cannot_be_deleted_once_its_run_is_recorded_is_one_warning(tmp_path, monkeypatch, capsys):
     """An immutable state file (chattr +i) of a run that finished: its record was written, then the sweep ended in
     'error: [Errno 1] Operation not permitted: ...' with the runs after it not trained, and every rerun ended so at
