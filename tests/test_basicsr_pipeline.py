@@ -437,3 +437,35 @@ def test_a_launcher_basicsr_cannot_start_is_one_line_before_any_folder(data_root
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {words}"), lines
     assert not (tmp_path / "experiments").exists()
+
+
+def test_a_fresh_run_that_would_archive_a_live_run_of_a_name_inside_it_is_refused(data_root, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """BasicSR's mkdir_and_rename archived experiments/outer on a fresh run of 'outer', moving the folder and lock
+    (experiments/outer/.inner.lock) of a live 'outer/inner' run away with it. Refused now, in Train_pip.py's line,
+    before BasicSR starts: exit 2, nothing moved."""
+    from ldt.atomic import lock_beside
+    from ldt.sr.train import main as train_main
+    from tests.conftest import lock_held_elsewhere
+    from tests.test_run_integrity import snapshot
+
+    exp = tmp_path / "experiments" / "outer"
+    inner = exp / "inner"
+    (inner / "models").mkdir(parents=True)
+    (inner / "models" / "net_g_3.pth").write_bytes(b"a live run's checkpoint")
+    (exp / "models").mkdir()
+    (exp / "models" / "net_g_2.pth").write_bytes(b"an earlier run of outer")  # Train_pip.py, too, would archive it
+    opt = basicsr_options(data_root, "outer", 2)
+    with lock_held_elsewhere(lock_beside(inner), 60) as holder:  # a run of outer/inner, training
+        before = snapshot(exp)
+        with pytest.raises(SystemExit) as stop:
+            run_pipeline(tmp_path, monkeypatch, opt)
+        assert stop.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {exp} holds {inner}, which is in use by another run (pid {holder.pid}, "
+                                   "since ") and \
+            lines[0].endswith(f"lock {lock_beside(inner)}): wait for it to finish, or choose another name"), lines
+        assert snapshot(exp) == before and not list(exp.parent.glob("outer_archived_*"))
+        assert train_main(["-opt", str(tmp_path / "outer_2.yml"), "--root", str(tmp_path)]) == 2
+        assert capsys.readouterr().err.splitlines() == lines  # Train_pip.py's check, Train_pip.py's line

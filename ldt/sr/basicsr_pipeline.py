@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -136,7 +136,8 @@ def reporting_rank(launcher: str) -> contextlib.AbstractContextManager:
         contextlib.redirect_stderr(io.StringIO())
 
 
-def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -> tuple[list[str], Path]:
+def check_before_pipeline(args: argparse.Namespace, root: Path,
+                          scratch: Path) -> tuple[list[str], Path, list[Path]]:
     """``Train_pip.py``'s start-up checks, by its own functions, on what BasicSR is about to read: the options
     (schema, ``--force_yml``), the training data (at least one batch), validation image sizes, BasicSR
     ``PairedImageDataset`` scales and the probe's batches. Without them a bad option was a traceback from the
@@ -147,8 +148,9 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
 
     Returns BasicSR's arguments (:func:`argv_for_basicsr`) with ``-opt`` the file these checks read (a bare name is
     looked up under ``options/train``, a ``base:`` merged and ``--force_yml`` applied in :func:`file_for_basicsr`),
-    where BasicSR's own read failed with a traceback after the checks had passed; and the experiment folder BasicSR
-    will write (whose lock :func:`run` holds while it runs)."""
+    where BasicSR's own read failed with a traceback after the checks had passed; the experiment folder BasicSR
+    will write (whose lock :func:`run` holds while it runs); and the folders BasicSR's ``mkdir_and_rename`` will
+    archive (the experiment's and its ``tb_logger``'s; none for a resume)."""
     from ldt.sr.options import load_options
     from ldt.sr.train import check_before_start, experiment_paths, training_data, validation_loaders
 
@@ -157,10 +159,12 @@ def check_before_pipeline(args: argparse.Namespace, root: Path, scratch: Path) -
     opt["name"] = basicsr_name(opt["name"], args.debug)
     experiment_paths(opt, root)
     loader, _ = training_data(opt)
-    check_before_start(opt, resuming=basicsr_resume_path(opt) is not None, train_set=loader.dataset,
-                       val_loaders=validation_loaders(opt), weights=False)
+    resuming = basicsr_resume_path(opt) is not None
+    check_before_start(opt, resuming=resuming, train_set=loader.dataset, val_loaders=validation_loaders(opt),
+                       weights=False)
+    exp = Path(opt["path"]["experiments_root"])
     return (argv_for_basicsr(args, str(file_for_basicsr(Path(opt["option_file"]), scratch, opt, args.force_yml))),
-            Path(opt["path"]["experiments_root"]))
+            exp, [] if resuming else [exp, root / "tb_logger" / opt["name"]])
 
 
 SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST")  # what BasicSR's _init_dist_slurm reads
@@ -185,13 +189,23 @@ def check_launcher_for_basicsr(launcher: str) -> None:
         fail(problem)
 
 
-def experiment_held(exp: Path, launcher: str) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def experiment_held(exp: Path, launcher: str, archived: list[Path]) -> Iterator[None]:
     """``Train_pip.py``'s experiment lock on ``exp``, taken by rank 0 (the other ranks share its run): BasicSR's
     pipeline took none, so a second run of the name, through either entry point, archived and overwrote the folder
-    of one still training. Refused in ``Train_pip.py``'s one line, before BasicSR touches anything."""
-    from ldt.sr.checkpoints import experiment_lock
+    of one still training. Then, as ``Train_pip.py`` before its archive, no run of a name inside the folders BasicSR
+    will archive (``archived``) may be live (:func:`ldt.sr.checkpoints.runs_inside_held`): BasicSR's
+    ``mkdir_and_rename`` moved the folder and lock of a live ``outer/inner`` away with ``outer``'s. Either is refused
+    in ``Train_pip.py``'s one line, before BasicSR touches anything."""
+    from ldt.sr.checkpoints import experiment_lock, runs_inside_held
 
-    return experiment_lock(exp) if launcher_rank(launcher) == 0 else contextlib.nullcontext()
+    if launcher_rank(launcher) != 0:
+        yield
+        return
+    with experiment_lock(exp):
+        with runs_inside_held(*archived):
+            pass
+        yield
 
 
 def run(root: str | Path = PROJECT_ROOT) -> None:
@@ -208,15 +222,16 @@ def run(root: str | Path = PROJECT_ROOT) -> None:
     from ldt.sr.train import run_reporting_errors
 
     with tempfile.TemporaryDirectory(prefix="ldt_basicsr_options_") as scratch:  # the merged file, while BasicSR runs
-        checked: list[Path] = []  # the experiment folder, once the checks passed
+        checked: list = []  # the experiment folder and the folders BasicSR archives, once the checks passed
 
         def checks() -> None:
-            sys.argv[1:], exp = check_before_pipeline(args, Path(root), Path(scratch))
+            sys.argv[1:], exp, archived = check_before_pipeline(args, Path(root), Path(scratch))
             check_launcher_for_basicsr(args.launcher)  # after the checks: a bad option is said first, on any machine
-            checked.append(exp)
+            checked[:] = [exp, archived]
 
         def pipeline() -> None:
-            with experiment_held(checked[0], args.launcher):  # from after the checks to the end, as Train_pip.py
+            # from after the checks to the end, as Train_pip.py
+            with experiment_held(checked[0], args.launcher, checked[1]):
                 train_pipeline(str(root))
 
         with reporting_rank(args.launcher):
