@@ -469,3 +469,40 @@ def test_a_fresh_run_that_would_archive_a_live_run_of_a_name_inside_it_is_refuse
         assert snapshot(exp) == before and not list(exp.parent.glob("outer_archived_*"))
         assert train_main(["-opt", str(tmp_path / "outer_2.yml"), "--root", str(tmp_path)]) == 2
         assert capsys.readouterr().err.splitlines() == lines  # Train_pip.py's check, Train_pip.py's line
+
+
+@pytest.mark.parametrize("launcher, variables", [("pytorch", {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "{}"}),
+                                                 ("slurm", {"SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                                                            "SLURM_NTASKS": "{}"})])
+@pytest.mark.parametrize("fault", ["probe share", "batch per rank"])
+def test_under_a_launcher_the_checks_split_the_data_over_its_ranks(data_root, tmp_path, monkeypatch, capsys,
+                                                                   launcher, variables, fault):
+    """Our start-up checks run before BasicSR's process group exists, so they saw one rank: fewer probe batches than
+    ranks, or a training batch more than each rank's share of the samples, passed them (Train_pip.py, which checks
+    in its process group, refuses both). Now they read the ranks from the launcher's variables, as init_dist does."""
+    from ldt.sr.loaders import dataset
+    from ldt.sr.options import load_options
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    opt = basicsr_options(data_root, "ranks", 2)
+    probe = opt["ldt"]["probe"]["num_batches"]
+    path = tmp_path / "ranks.yml"
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    samples = len(dataset(load_options(str(path), is_train=True), "train"))
+    batch = opt["datasets"]["train"]["batch_size_per_gpu"]
+    ranks = probe + 1 if fault == "probe share" else samples  # each rank's share: one sample, fewer than a batch
+    assert (-(-samples // ranks) >= batch) if fault == "probe share" else batch > 1  # only the one fault
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value.format(ranks))
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(tmp_path, monkeypatch, opt, "--launcher", launcher)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0] == (f"error: ldt:probe:num_batches: {probe} probe batch(es) in all is fewer than the {ranks} ranks "
+                        f"(world size {ranks}): every rank probes at least one, so {ranks} would be probed; ask for at "
+                        f"least {ranks}, or run on fewer ranks" if fault == "probe share" else
+                        f"error: datasets:train:batch_size_per_gpu: {batch} is more than the {samples} training "
+                        f"sample(s) per rank ({ranks} ranks): an epoch would hold no batch"), lines
+    assert not (tmp_path / "experiments").exists()

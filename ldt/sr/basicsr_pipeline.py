@@ -127,6 +127,18 @@ def launcher_rank(launcher: str, local: bool = False) -> int:
     return int(value if value is not None else os.environ.get(names[0], 0))
 
 
+WORLD_VARIABLES = {"pytorch": "WORLD_SIZE", "slurm": "SLURM_NTASKS"}  # as BasicSR's init_dist reads them
+
+
+def launcher_world(launcher: str) -> int:
+    """The number of ranks the launcher starts (``WORLD_SIZE`` under torchrun, ``SLURM_NTASKS`` under slurm; 1
+    without a launcher or the variable, which :func:`check_launcher_for_basicsr` then refuses). Our start-up checks
+    run before BasicSR's process group exists: without it they saw one rank, and passed a per-rank batch or a probe
+    share ``Train_pip.py`` refuses under the same launcher."""
+    name = WORLD_VARIABLES.get(launcher)
+    return int(os.environ.get(name) or 1) if name else 1
+
+
 def reporting_rank(launcher: str) -> contextlib.AbstractContextManager:
     """Our start-up checks run on every rank, before BasicSR's process group exists, and fail alike on each: each
     rank printed the same error line (eight lines on eight GPUs). Around the checks, stderr is kept on the first rank
@@ -157,6 +169,8 @@ def check_before_pipeline(args: argparse.Namespace, root: Path,
     opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
     opt["auto_resume"] = args.auto_resume
     opt["name"] = basicsr_name(opt["name"], args.debug)
+    # the ranks the run will have, as Train_pip.py's init_distributed sets them: the data is split as BasicSR will
+    opt["rank"], opt["world_size"] = launcher_rank(args.launcher), launcher_world(args.launcher)
     experiment_paths(opt, root)
     loader, _ = training_data(opt)
     resuming = basicsr_resume_path(opt) is not None

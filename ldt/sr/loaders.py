@@ -17,11 +17,14 @@ from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from ldt.data.drealsr_dataset import SharedLmdbFiles, check_paired_folders, check_paired_lmdb  # noqa: E402
 
 
-def world() -> tuple[int, int]:
-    """(world size, rank) of the initialised process group, else (1, 0)."""
+def world(opt: dict | None = None) -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, else ``opt``'s ``world_size`` / ``rank`` (set by
+    ``ldt.sr.basicsr_pipeline`` from the launcher's variables: its start-up checks run before BasicSR makes the
+    group, and must split the data as the run will), else (1, 0)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+    opt = opt or {}
+    return opt.get("world_size") or 1, opt.get("rank") or 0
 
 
 SEED_STRIDE = 1_000_003  # epochs of different run seeds never share a shuffle (for fewer than a million epochs)
@@ -83,7 +86,7 @@ def training_loader(opt: dict) -> tuple[torch.utils.data.DataLoader, ResumableSa
     """The training loader: shuffled by epoch, split across ranks, resumable mid-epoch."""
     block = opt["datasets"]["train"]
     train_set = dataset(opt, "train")
-    size, rank = world()
+    size, rank = world(opt)
     sampler = ResumableSampler(train_set, size, rank, block["dataset_enlarge_ratio"], seed=opt["manual_seed"])
     workers = block["num_worker_per_gpu"]
     loader = torch.utils.data.DataLoader(
@@ -107,7 +110,7 @@ def seeded_loader(opt: dict, key: str, batch_size: int | None, seed: int,
     ``data``: that set already built (its pairs are then not found and checked again)."""
     block = opt["datasets"][key]
     data = data if data is not None else dataset(opt, key, phase="train")
-    size, rank = world()
+    size, rank = world(opt)
     sampler = EnlargedSampler(data, size, rank, ratio=block["dataset_enlarge_ratio"])
     sampler.set_epoch(seed)
     return torch.utils.data.DataLoader(data, batch_size=batch_size or block["batch_size_per_gpu"], sampler=sampler,
@@ -134,7 +137,7 @@ def probe_loader(opt: dict, seed: int, data: torch.utils.data.Dataset | None = N
     if probe["order"] == "shuffled":
         return seeded_loader(opt, key, batch_size, seed, data)
     data = data if data is not None else dataset(opt, key, phase="train")
-    size, rank = world()
+    size, rank = world(opt)
     return torch.utils.data.DataLoader(data, batch_sampler=file_order_batches(len(data), batch_size, size, rank),
                                        num_workers=opt["datasets"][key]["num_worker_per_gpu"])
 
