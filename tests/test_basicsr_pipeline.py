@@ -506,3 +506,29 @@ def test_under_a_launcher_the_checks_split_the_data_over_its_ranks(data_root, tm
                         f"error: datasets:train:batch_size_per_gpu: {batch} is more than the {samples} training "
                         f"sample(s) per rank ({ranks} ranks): an epoch would hold no batch"), lines
     assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.parametrize("env, reports", [
+    ({}, True),
+    ({"LOCAL_RANK": "0", "RANK": "2"}, True),  # the first rank of a second machine
+    ({"LOCAL_RANK": "1", "RANK": "1"}, False),
+    ({"SLURM_LOCALID": "0", "SLURM_PROCID": "4"}, True),
+    ({"SLURM_LOCALID": "3", "SLURM_PROCID": "3"}, False),
+    ({"RANK": "1"}, True),  # no rank on a machine said: a process of its own, as far as the parse can tell
+])
+def test_a_bad_flag_under_a_launcher_is_one_line_from_a_machines_first_rank(tmp_path, monkeypatch, capsys, env,
+                                                                            reports):
+    """The arguments are parsed before --launcher is known: a bad flag was the same line from every rank (eight on
+    eight GPUs). Where the environment says this process is a later rank of its machine, it exits 2 silently."""
+    from ldt.sr.basicsr_pipeline import run
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", ["train.py", "-opt", "x.yml", "--launcher", "mpi"])
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert (len(lines) == 1 and "error:" in lines[0] and "--launcher" in lines[0]) if reports else lines == [], lines

@@ -148,6 +148,14 @@ def reporting_rank(launcher: str) -> contextlib.AbstractContextManager:
         contextlib.redirect_stderr(io.StringIO())
 
 
+def launcher_of_environment() -> str:
+    """A launcher under which the environment says this process is not the first rank of its machine (its
+    ``LOCAL_RANK`` / ``SLURM_LOCALID`` set and not 0), else ``none``: the arguments are parsed before ``--launcher``
+    is known, so :func:`reporting_rank` around the parse goes by this (a bad flag was one line from every rank)."""
+    return next((launcher for launcher, (_, local) in RANK_VARIABLES.items()
+                 if local in os.environ and launcher_rank(launcher, local=True) != 0), "none")
+
+
 def check_before_pipeline(args: argparse.Namespace, root: Path,
                           scratch: Path) -> tuple[list[str], Path, list[Path]]:
     """``Train_pip.py``'s start-up checks, by its own functions, on what BasicSR is about to read: the options
@@ -225,7 +233,8 @@ def experiment_held(exp: Path, launcher: str, archived: list[Path]) -> Iterator[
 def run(root: str | Path = PROJECT_ROOT) -> None:
     """BasicSR's train pipeline with our archs, datasets and LDTModel registered (options from ``sys.argv``); a
     user error, in the checks or in the pipeline, is ``Train_pip.py``'s ``error:`` lines and exit 2."""
-    args = basicsr_arguments(sys.argv[1:])
+    with reporting_rank(launcher_of_environment()):
+        args = basicsr_arguments(sys.argv[1:])
     with reporting_rank(args.launcher):
         check_option_file(args.opt)
     patch_basicsr_train()
