@@ -532,3 +532,21 @@ def test_a_bad_flag_under_a_launcher_is_one_line_from_a_machines_first_rank(tmp_
     assert stop.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert (len(lines) == 1 and "error:" in lines[0] and "--launcher" in lines[0]) if reports else lines == [], lines
+
+
+@pytest.mark.parametrize("env, name", [({"LOCAL_RANK": "x"}, "LOCAL_RANK"),
+                                       ({"RANK": "0", "WORLD_SIZE": "two", "MASTER_ADDR": "127.0.0.1",
+                                         "MASTER_PORT": "29500"}, "WORLD_SIZE")])
+def test_a_launcher_variable_that_is_no_number_is_one_line_naming_it(data_root, tmp_path, monkeypatch, capsys, env,
+                                                                    name):
+    """A launcher's variable set by hand to something else was a ValueError traceback from int()."""
+    for variable in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "env", 2), "--launcher", "pytorch")
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: environment variable {name}={env[name]!r} is not a whole "
+                                                   "number"), lines

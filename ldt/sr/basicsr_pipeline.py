@@ -123,8 +123,17 @@ def launcher_rank(launcher: str, local: bool = False) -> int:
     names = RANK_VARIABLES.get(launcher)
     if not names:
         return 0
-    value = os.environ.get(names[1]) if local else None
-    return int(value if value is not None else os.environ.get(names[0], 0))
+    return environment_count(names[1] if local and names[1] in os.environ else names[0], 0)
+
+
+def environment_count(name: str, default: int) -> int:
+    """The whole number >= 0 in environment variable ``name`` (``default`` when unset or empty): a launcher's
+    variable set by hand to something else is one line naming it, where ``int()`` raised a ValueError traceback."""
+    value = os.environ.get(name) or str(default)
+    if not value.strip().isdigit():
+        fail(f"environment variable {name}={value!r} is not a whole number >= 0 (the launcher sets it; unset it, or "
+             "start the run under its launcher)")
+    return int(value)
 
 
 WORLD_VARIABLES = {"pytorch": "WORLD_SIZE", "slurm": "SLURM_NTASKS"}  # as BasicSR's init_dist reads them
@@ -136,7 +145,7 @@ def launcher_world(launcher: str) -> int:
     run before BasicSR's process group exists: without it they saw one rank, and passed a per-rank batch or a probe
     share ``Train_pip.py`` refuses under the same launcher."""
     name = WORLD_VARIABLES.get(launcher)
-    return int(os.environ.get(name) or 1) if name else 1
+    return environment_count(name, 1) if name else 1
 
 
 def reporting_rank(launcher: str) -> contextlib.AbstractContextManager:
