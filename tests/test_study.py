@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from ldt.data.cameras import TARGET_CAMERAS
 from ldt.core import MethodConfig, effective_ema_decay, prepare_method
 from ldt.sr.study import FINDING, camera_gains, headline, select, target_mean, transfer_ratio
 from ldt.sweep import mean_se, paired_difference
@@ -216,7 +217,7 @@ def test_a_second_study_on_the_same_out_is_refused_before_it_evaluates_the_pretr
     monkeypatch.setattr(demo, "pretrain_stage", lambda *args, **kwargs: tmp_path / "net.pth")
     monkeypatch.setattr(demo, "evaluate_weights", never)
     out = tmp_path / "out"
-    out.mkdir()
+    out.mkdir(parents=True)
     with lock_held_elsewhere(out / LOCK_FILE, 30):
         assert main(["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -250,3 +251,56 @@ def test_a_source_psnr_edited_to_true_or_false_in_the_history_is_no_number_to_se
     with pytest.raises(TypeError, match=rf"expected a number, got bool {edited}"):
         select(history, "source")
     assert select(history, "last")["iter"] == 4000  # the last entry needs no metric
+
+
+def study_collect(tmp_path, monkeypatch, edit=None) -> dict:
+    """``scripts/study.py --collect --iters 4 --val-freq 1`` on records made for every run it plans (histories in
+    the shape of HISTORY, one value a setting and seed), with ``edit(lines)`` applied to the results.jsonl lines
+    first; returns the command's exit code, the figure's series, the warnings it gave and its folder."""
+    import warnings
+
+    import ldt.sr.demo as demo
+    import ldt.sr.figures as figures
+    import ldt.sr.reproduce as rp
+    from ldt.sr.study import main
+
+    out, weights = tmp_path / "out", tmp_path / "net.pth"
+    monkeypatch.setattr(demo, "pretrain_stage", lambda *args, **kwargs: weights)
+    planned, plotted = [], []
+    real_plan = rp.plan_runs
+    monkeypatch.setattr(rp, "plan_runs", lambda *args, **kwargs: planned.append(real_plan(*args, **kwargs)) or planned[-1])
+    monkeypatch.setattr(figures, "plot_intervals", lambda series, path, **kwargs: plotted.append(series) or path)
+    argv = ["--collect", "--iters", "4", "--val-freq", "1", "--seeds", "3", "--extra-seeds", "2", "--out", str(out)]
+    assert main(argv) == 2  # no records yet: it plans, and says so
+    lines = []
+    for index, run in enumerate({run.digest: run for run in planned[-1]}.values()):
+        history = [{"iter": it, "rows": {"source": {"psnr": 30.0 + it + 0.1 * index, "ssim": 0.5},
+                                         **{c: {"psnr": 20.0 + it + 0.37 * ((index * 7 + run.seed * 3) % 5), "ssim": 0.5}
+                                            for c in TARGET_CAMERAS}}} for it in range(1, 5)]
+        report = {"best": {"iter": 4}, "history": history, "iterations": 4, "metrics": {"rows": history[-1]["rows"]},
+                  "train_seconds": 0.0}
+        lines.append(json.dumps(rp.make_record(run, report, "synthetic", out, 1)))
+    out.mkdir(parents=True)
+    (out / "results.jsonl").write_text("".join(line + "\n" for line in (edit(lines) if edit else lines)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(argv)
+    return {"code": code, "series": plotted[-1] if plotted else None, "warnings": [str(w.message) for w in caught],
+            "out": out}
+
+
+def edit_first_source_psnr(lines: list[str]) -> list[str]:
+    record = json.loads(lines[0])
+    record["history"][1]["rows"]["source"]["psnr"] = True
+    return [json.dumps(record), *lines[1:]]
+
+
+def test_the_figure_reads_the_records_the_tables_read(tmp_path, monkeypatch):
+    """The figure was drawn from every record by run hash, past the tables' checks: a record the tables skipped
+    (a source PSNR edited to true) ended --collect in a TypeError traceback after the tables were written. It now
+    draws the records the tables read: the same figure as with that record's line deleted."""
+    edited = study_collect(tmp_path / "edited", monkeypatch, edit_first_source_psnr)
+    assert edited["code"] == 0, edited
+    assert any("results.jsonl:1: a record the table cannot read" in message for message in edited["warnings"])
+    without = study_collect(tmp_path / "without", monkeypatch, lambda lines: lines[1:])
+    assert without["code"] == 0 and edited["series"] == without["series"] and edited["series"]

@@ -508,7 +508,12 @@ def run_records(out: Path, runs: Sequence[TableRun]) -> Records:
 
 def collect_results(out: Path, runs: Sequence[TableRun]) -> list[Path]:
     """Write ``table<N>.md`` and ``table<N>.csv`` for every table of ``runs`` from ``<out>/results.jsonl`` alone."""
-    records = readable_records(out, runs)
+    return write_tables(out, runs, readable_records(out, runs))
+
+
+def write_tables(out: Path, runs: Sequence[TableRun], records: Mapping[str, dict]) -> list[Path]:
+    """Write ``table<N>.md`` and ``table<N>.csv`` for every table of ``runs`` from ``records`` (by run hash, as
+    :func:`readable_records` gives them)."""
     written = []
     for table in dict.fromkeys(run.table for run in runs):
         spec = TABLES[table]
@@ -546,6 +551,9 @@ class Summary:
     missing: int = 0  # planned runs without a record (after --collect, or a sweep that failed part-way)
     other_records: int = 0  # records of runs these arguments do not plan (other tables, budgets, data or weights)
     rebuilt: int = 0  # records rebuilt from a finished run's cached stage (the record was lost): nothing trained
+    # The records the tables were written from, by run hash (those the tables could read): a figure drawn beside
+    # the tables reads these, not the file again, so a record the tables skipped cannot feed it.
+    tabulated: dict[str, dict] = field(default_factory=dict)
 
     def counts(self) -> str:
         """'2 trained, 1 rebuilt from cache, 5 already recorded' (the rebuilt part only when there are some)."""
@@ -617,12 +625,14 @@ def reproduce(
         with sweep_lock(make_dirs(out)):
             executed, _ = run_pending(planned, records, progress=progress, desc="reproduce")
         trained = executed - len(rebuilt)
-    written = collect_results(out, runs)
+    tabulated = readable_records(out, runs)
+    written = write_tables(out, runs, tabulated)
     recorded = set(records.by_hash())
     planned_digests = {run.digest for run in unique}
     return Summary(trained=trained, skipped=len(unique) - len(pending), records=records.path, tables=written,
                    seconds=time.time() - start, missing=len(planned_digests - recorded),
-                   other_records=len(recorded - planned_digests), rebuilt=len(rebuilt))
+                   other_records=len(recorded - planned_digests), rebuilt=len(rebuilt),
+                   tabulated=tabulated)
 
 
 # --------------------------------------------------------------------------------------------------------- the CLI
