@@ -147,6 +147,15 @@ class Records:
     def __init__(self, path: str | Path, earlier: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
         self.earlier = {old: new for old, new in (earlier or {}).items() if old != new}
+        self._warned: set[str] = set()  # the warnings given: see _warn
+
+    def _warn(self, message: str, stacklevel: int) -> None:
+        """Warn once of each problem: a command reads its records several times (the runs done, the tables, the runs
+        recorded), from call sites Python's once-per-place filter tells apart, so one broken line was said up to
+        three times. ``stacklevel`` counts from the caller, as for :func:`warnings.warn`."""
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=stacklevel + 1)
 
     def all(self) -> list[dict]:
         """Every complete record (none if the file does not exist); a line cut short by an interrupted write, or
@@ -180,13 +189,13 @@ class Records:
             else:
                 broken.append(number)
         if len(broken) == 1:
-            warnings.warn(f"{self.path}:{broken[0]}: not a complete record (an interrupted write, or edited by "
-                          "hand?); ignored", stacklevel=3)
+            self._warn(f"{self.path}:{broken[0]}: not a complete record (an interrupted write, or edited by "
+                       "hand?); ignored", stacklevel=3)
         elif broken:  # one warning, not one per line: a foreign or binary file has thousands of them
             from ldt.cli import listing
 
-            warnings.warn(f"{self.path}: {len(broken)} lines are not complete records (lines "
-                          f"{listing(broken, 10)}; a foreign file, or edited by hand?); ignored", stacklevel=3)
+            self._warn(f"{self.path}: {len(broken)} lines are not complete records (lines "
+                       f"{listing(broken, 10)}; a foreign file, or edited by hand?); ignored", stacklevel=3)
         return records
 
     def having(self, fields: Sequence[str] | Mapping[str, type | tuple[type, ...]],
@@ -203,19 +212,19 @@ class Records:
         for number, record in self.numbered():
             missing = [name for name in fields if name not in record]
             if missing:
-                warnings.warn(f"{self.path}:{number}: a record without {', '.join(map(repr, missing))} (another "
-                              "task's or tool's?); ignored", stacklevel=2)
+                self._warn(f"{self.path}:{number}: a record without {', '.join(map(repr, missing))} (another "
+                           "task's or tool's?); ignored", stacklevel=2)
                 continue
             wrong = wrong_type(record, kinds)
             if wrong is not None:
-                warnings.warn(f"{self.path}:{number}: a record whose {wrong} (edited by hand?); ignored", stacklevel=2)
+                self._warn(f"{self.path}:{number}: a record whose {wrong} (edited by hand?); ignored", stacklevel=2)
                 continue
             try:
                 if readable is not None:
                     readable(record)
             except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as err:
-                warnings.warn(f"{self.path}:{number}: a record the table cannot read ({type(err).__name__}: {err}; "
-                              "edited by hand?); ignored", stacklevel=2)
+                self._warn(f"{self.path}:{number}: a record the table cannot read ({type(err).__name__}: {err}; "
+                           "edited by hand?); ignored", stacklevel=2)
             else:
                 digest = self.digest(record)
                 lines.setdefault(digest, []).append(number)
@@ -232,13 +241,13 @@ class Records:
         why = "(a results file appended to another, or edited by hand?)"
         if len(repeated) == 1:
             [(digest, numbers)] = repeated.items()
-            warnings.warn(f"{self.path}: lines {spelled(numbers)} are records of one run ({digest}): the tables use "
-                          f"the last, line {numbers[-1]} {why}", stacklevel=3)
+            self._warn(f"{self.path}: lines {spelled(numbers)} are records of one run ({digest}): the tables use "
+                       f"the last, line {numbers[-1]} {why}", stacklevel=3)
         elif repeated:
             runs = [f"lines {spelled(numbers)} of run {digest}" for digest, numbers in repeated.items()]
             shown = "; ".join(runs[:10]) + (f"; ... ({len(runs) - 10} more)" if len(runs) > 10 else "")
-            warnings.warn(f"{self.path}: {len(repeated)} runs have more than one record ({shown}): the tables use the "
-                          f"last of each {why}", stacklevel=3)
+            self._warn(f"{self.path}: {len(repeated)} runs have more than one record ({shown}): the tables use the "
+                       f"last of each {why}", stacklevel=3)
 
     def digest(self, record: Mapping) -> str:
         """The run hash a record belongs to (its ``options_hash``, or the run it had under the earlier identity)."""

@@ -477,3 +477,21 @@ def test_records_and_cached_stages_are_tied_to_the_weights_content(sweep, tmp_pa
                                        weights={"safmn_tiny": weights.resolve()}, seeds=1, budget=TINY))
     with pytest.raises(AssertionError, match="trained again"):  # its stage folder is no cache for the new weights
         experiment_module.run_stage(run.opt, out, label="reproduce")
+
+
+def test_a_broken_line_is_warned_once_by_collect(sweep, tmp_path, monkeypatch):
+    """by_hash, all() and having each warned of a line cut short (the runs done, the tables, the runs recorded),
+    from different call sites, so Python's once-per-place filter let the same warning through up to three times."""
+    import warnings
+
+    forbid_training(monkeypatch)
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out, ignore=shutil.ignore_patterns("experiments", "tb_logger"))
+    intact = lines(out / "results.jsonl")
+    (out / "results.jsonl").write_text("".join(line + "\n" for line in intact) + intact[0][:20] + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert collect(sweep, out) == 0
+    warned = [str(w.message) for w in caught if "not a complete record" in str(w.message)]
+    assert warned == [f"{out / 'results.jsonl'}:{len(intact) + 1}: not a complete record (an interrupted write, or "
+                      "edited by hand?); ignored"]

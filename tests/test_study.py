@@ -256,7 +256,8 @@ def test_a_source_psnr_edited_to_true_or_false_in_the_history_is_no_number_to_se
 def study_collect(tmp_path, monkeypatch, edit=None) -> dict:
     """``scripts/study.py --collect --iters 4 --val-freq 1`` on records made for every run it plans (histories in
     the shape of HISTORY, one value a setting and seed), with ``edit(lines)`` applied to the results.jsonl lines
-    first; returns the command's exit code, the figure's series, the warnings it gave and its folder."""
+    first; returns the command's exit code, the figure's series, the warnings it gave, its folder and the number of
+    lines written."""
     import warnings
 
     import ldt.sr.demo as demo
@@ -281,12 +282,13 @@ def study_collect(tmp_path, monkeypatch, edit=None) -> dict:
                   "train_seconds": 0.0}
         lines.append(json.dumps(rp.make_record(run, report, "synthetic", out, 1)))
     out.mkdir(parents=True)
-    (out / "results.jsonl").write_text("".join(line + "\n" for line in (edit(lines) if edit else lines)))
+    lines = edit(lines) if edit else lines
+    (out / "results.jsonl").write_text("".join(line + "\n" for line in lines))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code = main(argv)
     return {"code": code, "series": plotted[-1] if plotted else None, "warnings": [str(w.message) for w in caught],
-            "out": out}
+            "out": out, "lines": len(lines)}
 
 
 def edit_first_source_psnr(lines: list[str]) -> list[str]:
@@ -304,3 +306,13 @@ def test_the_figure_reads_the_records_the_tables_read(tmp_path, monkeypatch):
     assert any("results.jsonl:1: a record the table cannot read" in message for message in edited["warnings"])
     without = study_collect(tmp_path / "without", monkeypatch, lambda lines: lines[1:])
     assert without["code"] == 0 and edited["series"] == without["series"] and edited["series"]
+
+
+def test_a_broken_line_is_warned_once_by_study_collect(tmp_path, monkeypatch):
+    """The study read its records four times (the runs done, the tables, the runs recorded, the figure), each read
+    warning again of a line cut short: one broken line, the same warning up to three times in one command."""
+    done = study_collect(tmp_path, monkeypatch, lambda lines: [*lines, lines[0][: len(lines[0]) // 2]])
+    assert done["code"] == 0, done
+    warned = [message for message in done["warnings"] if "not a complete record" in message]
+    assert warned == [f"{done['out'] / 'results.jsonl'}:{done['lines']}: not a complete record (an interrupted "
+                      "write, or edited by hand?); ignored"], done["warnings"]

@@ -484,11 +484,12 @@ RECORD_TYPES = {"arch": str, "data": str, "data_root": str, "weights": (str, typ
                 "metrics": dict, "history": list}
 
 
-def readable_records(out: Path, runs: Sequence[TableRun]) -> dict[str, dict]:
+def readable_records(out: Path, runs: Sequence[TableRun], records: Records | None = None) -> dict[str, dict]:
     """The records of ``out`` by run hash, less those whose table cannot read them alone (a field edited by hand to
     a value of another type, :data:`RECORD_TYPES`): each is skipped with a warning naming its line, so one line never
-    breaks a table."""
-    planned, records = {run.digest: run for run in runs}, run_records(out, runs)
+    breaks a table. ``records``: the command's :func:`run_records`, which has warned of a broken line already."""
+    planned = {run.digest: run for run in runs}
+    records = records if records is not None else run_records(out, runs)
 
     def readable(record: dict) -> None:
         run = planned.get(records.digest(record))
@@ -625,7 +626,7 @@ def reproduce(
         with sweep_lock(make_dirs(out)):
             executed, _ = run_pending(planned, records, progress=progress, desc="reproduce")
         trained = executed - len(rebuilt)
-    tabulated = readable_records(out, runs)
+    tabulated = readable_records(out, runs, records)  # one Records a command: each problem is warned once
     written = write_tables(out, runs, tabulated)
     recorded = set(records.by_hash())
     planned_digests = {run.digest for run in unique}
