@@ -256,8 +256,8 @@ def test_a_source_psnr_edited_to_true_or_false_in_the_history_is_no_number_to_se
 def study_collect(tmp_path, monkeypatch, edit=None) -> dict:
     """``scripts/study.py --collect --iters 4 --val-freq 1`` on records made for every run it plans (histories in
     the shape of HISTORY, one value a setting and seed), with ``edit(lines)`` applied to the results.jsonl lines
-    first; returns the command's exit code, the figure's series, the warnings it gave, its folder and the number of
-    lines written."""
+    first; returns the command's exit code, the figure's series, the warnings it gave, its folder, the number of
+    lines written and how many times that command planned the runs."""
     import warnings
 
     import ldt.sr.demo as demo
@@ -284,11 +284,12 @@ def study_collect(tmp_path, monkeypatch, edit=None) -> dict:
     out.mkdir(parents=True)
     lines = edit(lines) if edit else lines
     (out / "results.jsonl").write_text("".join(line + "\n" for line in lines))
+    planned.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code = main(argv)
     return {"code": code, "series": plotted[-1] if plotted else None, "warnings": [str(w.message) for w in caught],
-            "out": out, "lines": len(lines)}
+            "out": out, "lines": len(lines), "plans": len(planned)}
 
 
 def edit_first_source_psnr(lines: list[str]) -> list[str]:
@@ -316,3 +317,11 @@ def test_a_broken_line_is_warned_once_by_study_collect(tmp_path, monkeypatch):
     warned = [message for message in done["warnings"] if "not a complete record" in message]
     assert warned == [f"{done['out'] / 'results.jsonl'}:{done['lines']}: not a complete record (an interrupted "
                       "write, or edited by hand?); ignored"], done["warnings"]
+
+
+def test_study_collect_plans_its_runs_once(tmp_path, monkeypatch):
+    """The study planned its runs twice, with the same arguments: once in reproduce() for the tables, again for the
+    figure (duplicated work, and two plans that could drift). The figure now reads reproduce()'s Summary.runs."""
+    done = study_collect(tmp_path, monkeypatch)
+    assert done["code"] == 0 and done["series"], done
+    assert done["plans"] == 1, done

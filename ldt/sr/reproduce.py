@@ -555,6 +555,9 @@ class Summary:
     # The records the tables were written from, by run hash (those the tables could read): a figure drawn beside
     # the tables reads these, not the file again, so a record the tables skipped cannot feed it.
     tabulated: dict[str, dict] = field(default_factory=dict)
+    # The runs these arguments planned, in plan order: a caller drawing beside the tables (the study's figure) reads
+    # these rather than planning again, so the two cannot plan different runs.
+    runs: list[TableRun] = field(default_factory=list)
 
     def counts(self) -> str:
         """'2 trained, 1 rebuilt from cache, 5 already recorded' (the rebuilt part only when there are some)."""
@@ -633,7 +636,7 @@ def reproduce(
     return Summary(trained=trained, skipped=len(unique) - len(pending), records=records.path, tables=written,
                    seconds=time.time() - start, missing=len(planned_digests - recorded),
                    other_records=len(recorded - planned_digests), rebuilt=len(rebuilt),
-                   tabulated=tabulated)
+                   tabulated=tabulated, runs=runs)
 
 
 # --------------------------------------------------------------------------------------------------------- the CLI

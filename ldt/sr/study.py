@@ -288,7 +288,7 @@ def headline(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     from ldt.sr.demo import BUDGETS, pretrain_stage
     from ldt.sr.options import PROJECT_ROOT
-    from ldt.sr.reproduce import Budget, ReproduceError, check_out, check_plan, plan_runs, reproduce, resolve_data
+    from ldt.sr.reproduce import Budget, ReproduceError, check_out, check_plan, reproduce, resolve_data
     from ldt.sr.train import run_reporting_errors
 
     parser = argparse.ArgumentParser(prog="scripts/study.py", description=__doc__,
@@ -322,11 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = reproduce(["study"], "synthetic", archs=["safmn_tiny"], weights={"safmn_tiny": weights},
                                 seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget, out=out,
                                 collect_only=args.collect, cap_probe=True)
-            runs = plan_runs(["study"], data_root, data_kind="synthetic", archs=["safmn_tiny"],
-                             weights={"safmn_tiny": weights}, seeds=args.seeds, extra_seeds=args.extra_seeds,
-                             budget=budget)
-            # The records the tables read (those they skip, edited by hand, would feed the figure else)
-            figure = plot_paired_differences(runs, summary.tabulated, out / FIGURE)
+            # The runs and records the tables read (those they skip, edited by hand, would feed the figure else)
+            figure = plot_paired_differences(summary.runs, summary.tabulated, out / FIGURE)
         print((out / "tablestudy.md").read_text())
         print(f"runs: {summary.counts()} ({summary.seconds:.1f} s); "
               f"figure: {figure}; tables: {', '.join(map(str, summary.tables))}")
