@@ -41,7 +41,7 @@ from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import MAX_SEED, describe_errors
 from ldt.core.probe import LossFn
 from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_recipes, earlier_run_hash, identity_path,
-                       run_hash, run_pending, stale_weights, sweep_lock)
+                       one_warning_each, run_hash, run_pending, stale_weights, sweep_lock)
 from ldt.weights import WeightsError, content_fingerprint
 
 # The run field (flat name) of each method option a runner flag sets; the options not here (the runner's own head
@@ -567,6 +567,7 @@ def remove_recorded_state(path: Path, whose: str) -> None:
                       f"{disk_reason(err, path.parent)}; delete it by hand (it is not read again)", stacklevel=2)
 
 
+@one_warning_each()  # its records and its tables' records: one warning of each broken line
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,
           progress: bool, tabulate: Callable[[Path], str], state_minutes: float = DEFAULT_STATE_MINUTES) -> int:
     """Run every configuration that has no record in ``out`` yet (by options hash; so a rerun resumes), then

@@ -14,6 +14,7 @@ ddof 1, over √n) with n stated; a comparison of two settings is the paired dif
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import hashlib
 import io
@@ -23,7 +24,7 @@ import numbers
 import os
 import statistics
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,24 @@ def wrong_type(record: Mapping, kinds: Mapping[str, type | tuple[type, ...]]) ->
     return None
 
 
+_WARNED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("ldt_sweep_warned", default=None)
+
+
+@contextlib.contextmanager
+def one_warning_each() -> Iterator[None]:
+    """Within it, every :class:`Records` warns of each problem once in all: a sweep reads its records through two
+    objects (its own, which maps earlier identities onto its runs, and the tables', which does not), so one broken
+    line was said twice by one command. Nested uses share the outermost scope."""
+    if _WARNED.get() is not None:
+        yield
+        return
+    token = _WARNED.set(set())
+    try:
+        yield
+    finally:
+        _WARNED.reset(token)
+
+
 class Records:
     """A ``results.jsonl`` file: one finished run per line, each with its ``options_hash``. ``earlier`` maps the
     :func:`earlier_run_hash` of planned runs to their run hash, so their records written before are theirs."""
@@ -152,9 +171,12 @@ class Records:
     def _warn(self, message: str, stacklevel: int) -> None:
         """Warn once of each problem: a command reads its records several times (the runs done, the tables, the runs
         recorded), from call sites Python's once-per-place filter tells apart, so one broken line was said up to
-        three times. ``stacklevel`` counts from the caller, as for :func:`warnings.warn`."""
-        if message not in self._warned:
-            self._warned.add(message)
+        three times. Inside :func:`one_warning_each` the warnings given are those of every ``Records`` of the command.
+        ``stacklevel`` counts from the caller, as for :func:`warnings.warn`."""
+        warned = _WARNED.get()
+        warned = self._warned if warned is None else warned
+        if message not in warned:
+            warned.add(message)
             warnings.warn(message, stacklevel=stacklevel + 1)
 
     def all(self) -> list[dict]:

@@ -337,6 +337,24 @@ def test_records_survive_a_cut_off_line(tmp_path):
         assert set(sweep_records(tmp_path).by_hash()) == {"a", "c"}
 
 
+def test_a_sweep_that_trains_warns_once_of_a_broken_line(toy, tmp_path):
+    """The sweep's records and its tables' records are two objects, each warning once: one broken line of
+    results.jsonl was said twice by a sweep that trained (``--collect`` said it once)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RESULTS).write_text('{"options_hash": "b", "cut\n')  # an interrupted write
+    argv = ["--data", str(toy), "--out", str(out), "--methods", "ft", "--seeds", "0", "--test-domains", "photo",
+            "--no-progress", *FAST_FLAGS]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # Python's once-per-place filter would hide a repeat from another call site
+        assert main(argv) == 0
+    warned = [str(w.message) for w in caught if "not a complete record" in str(w.message)]
+    assert warned == [f"{out / RESULTS}:1: not a complete record (an interrupted write, or edited by hand?); "
+                      "ignored"]
+    with pytest.warns(UserWarning, match="not a complete record"):  # a read of its own, outside the command
+        assert len(load_records(out)) == 1  # the run trained and was recorded
+
+
 def test_sweep_tables_regenerate_from_records_and_finished_runs_are_skipped(toy, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["--data", str(toy), "--out", str(out), "--methods", "ft", "ldt_dpu", "--seeds", "0", "1",
