@@ -198,18 +198,13 @@ def check_before_pipeline(args: argparse.Namespace, root: Path,
             exp, [] if resuming else [exp, root / "tb_logger" / opt["name"]])
 
 
-SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST")  # what BasicSR's _init_dist_slurm reads
-
-
 def check_launcher_for_basicsr(launcher: str) -> None:
     """What BasicSR's ``init_dist`` needs, said in one line before it runs: torchrun's variables (a ``KeyError:
     'RANK'`` traceback without them), slurm's, and a CUDA GPU (it sets the device to ``rank % device_count()``, a
     ``ZeroDivisionError`` on a machine without one, and starts NCCL). ``Train_pip.py`` also runs on CPUs (gloo)."""
     from ldt.sr.train import launcher_problem
 
-    missing = [name for name in SLURM_VARIABLES if name not in os.environ] if launcher == "slurm" else []
-    problem = launcher_problem(launcher) or (f"--launcher slurm: {', '.join(missing)} not set; start it under srun"
-                                             if missing else None)
+    problem = launcher_problem(launcher)
     if problem is None and launcher != "none":
         import torch
 

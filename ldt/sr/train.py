@@ -77,16 +77,19 @@ def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
 
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what env:// rendezvous reads
+LAUNCHER_VARIABLES = {  # each launcher's variables a run reads, and what starts it with them set
+    "pytorch": (TORCHRUN_VARIABLES, "torchrun (torchrun --nproc_per_node=N ... --launcher pytorch)"),
+    "slurm": (("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST"), "srun"),  # BasicSR's _init_dist_slurm's
+}
 
 
 def launcher_problem(launcher: str) -> str | None:
-    """``--launcher pytorch`` outside torchrun, or None: said in one line before the options are read, not in the
-    process group's ``ValueError`` traceback after every check has run."""
-    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
-    if launcher == "pytorch" and missing:
-        return (f"--launcher pytorch: {', '.join(missing)} not set; start it under torchrun "
-                "(torchrun --nproc_per_node=N ... --launcher pytorch)")
-    return None
+    """``--launcher pytorch`` outside torchrun (``slurm`` outside srun, for BasicSR's pipeline), or None: said in one
+    line before the options are read, not in the process group's ``ValueError`` traceback after every check has
+    run."""
+    variables, starter = LAUNCHER_VARIABLES.get(launcher, ((), ""))
+    missing = [name for name in variables if name not in os.environ]
+    return f"--launcher {launcher}: {', '.join(missing)} not set; start it under {starter}" if missing else None
 
 
 def check_launcher(parser: argparse.ArgumentParser, launcher: str) -> None:
