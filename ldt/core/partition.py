@@ -269,7 +269,8 @@ def partition_by_score(
     _check_ratio(unstable_ratio)
     if criterion not in CRITERIA:
         raise PartitionError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
-    left_out = set(excluded) | set(stats.not_probed if stats is not None else ())
+    not_probed = list(stats.not_probed) if stats is not None else []
+    left_out = set(excluded) | set(not_probed)
     if criterion == "random":
         if model is None and stats is None:
             raise PartitionError("criterion 'random' needs the model (or probe statistics) to list its layers")
@@ -298,15 +299,13 @@ def partition_by_score(
     n_stable = stable_count(len(ordered), unstable_ratio)
     if n_stable == 0:  # int(M * (1 - r)) < M for r > 0: only the stable group can end up empty
         why = f"; {len(no_grad)} parameter(s) got no gradient in the probe: {no_grad[:5]}" if no_grad else ""
-        not_trained = [name for name in dict.fromkeys([*(stats.not_probed if stats is not None else ()), *excluded])
-                       if name not in set(no_grad)]
+        not_trained = [name for name in dict.fromkeys([*not_probed, *excluded]) if name not in set(no_grad)]
         why += f"; {len(not_trained)} left out (not trained): {not_trained[:5]}" if not_trained else ""
         raise PartitionError(f"unstable_ratio={unstable_ratio} leaves the stable group empty with {len(ordered)} "
                              f"layers{why}")
     stable_layers = set(ordered[:n_stable])
     stable = [p for layer in layers if layer in stable_layers for p in layers[layer]]
     unstable = [p for layer in layers if layer not in stable_layers for p in layers[layer]]
-    not_probed = list(stats.not_probed) if stats is not None else []
     partition = Partition(
         stable=stable,
         unstable=unstable,
