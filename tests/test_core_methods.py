@@ -817,3 +817,36 @@ def test_hooks_registered_on_the_model_follow_deepcopy_into_every_copy(name):
     for network in networks:
         network(data(1)[0][0])
     assert seen == [n[4] for n in networks if n is not model]
+
+
+class CachesActivation(nn.Module):
+    """Keeps its last output as a plain attribute (attention maps, features kept for a visualisation): after a
+    forward with grad it is a non-leaf tensor, which copy.deepcopy refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.last: torch.Tensor | None = None
+        self.history: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = torch.tanh(self.inner(x))
+        self.history = [self.last]
+        return self.last
+
+
+@pytest.mark.parametrize("name", ["ft", "ldt", "ldt_s"])
+def test_a_model_that_caches_its_last_activation_gets_its_copies(name):
+    """The probe's (and training's) forwards leave a non-leaf tensor on the module: the auxiliary branch (made after
+    the probe) and every deployed network must still be made, each holding that value detached."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), CachesActivation(), nn.Linear(4, 4))
+    method = prepare_method(model, config(name), batches=data(), loss_fn=mse, log=lambda _: None)
+    train(method)
+    deployed = method.deployed()
+    cached = deployed[1].last
+    assert cached.grad_fn is None and torch.equal(cached, model[1].last) and deployed[1].history[0] is cached
+    fresh = nn.Sequential(nn.Linear(4, 4), CachesActivation(), nn.Linear(4, 4))
+    fresh.load_state_dict(method.deployed_state_dict(), strict=True)
+    x = data(1, seed=5)[0][0]
+    assert torch.equal(fresh(x), deployed(x))

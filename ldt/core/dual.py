@@ -107,10 +107,36 @@ def set_trainable(model: nn.Module, names: Sequence[str]) -> None:
             param.grad = None
 
 
+def _seed_detached(value: object, memo: dict[int, object]) -> None:
+    """Put a detached copy of every non-leaf tensor inside ``value`` (a tensor, or lists, tuples and dicts of them)
+    into ``memo``, the ``copy.deepcopy`` memo, so that deepcopy uses it instead of refusing the tensor."""
+    if isinstance(value, torch.Tensor):
+        if value.grad_fn is not None and id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _seed_detached(item, memo)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _seed_detached(item, memo)
+
+
+def copy_network(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` (hooks included), with each tensor that autograd produced and a module keeps (its last
+    activation, an attention map kept for a visualisation) copied detached: ``copy.deepcopy`` refuses such tensors,
+    so a model that caches one in its forward could get no auxiliary branch after the probe, nor a deployed network
+    after training."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            _seed_detached(value, memo)
+    return copy.deepcopy(model, memo)
+
+
 def materialise(template: nn.Module, state: dict[str, torch.Tensor], requires_grad: dict[str, bool]) -> nn.Module:
     """A copy of ``template`` holding ``state``, with the user's original ``requires_grad`` flags and no gradients,
     so the deployed network behaves like the model that was handed in."""
-    network = copy.deepcopy(template)
+    network = copy_network(template)
     network.load_state_dict(state, strict=True)
     for name, param in network.named_parameters():
         param.requires_grad_(requires_grad[name])
@@ -222,7 +248,7 @@ class DualBranch:
         self.config = config or ExchangeConfig()
         self.primary = model
         if auxiliary is None:
-            auxiliary = copy.deepcopy(model)
+            auxiliary = copy_network(model)
         else:
             check_same_architecture(model, auxiliary)
         self.auxiliary = auxiliary
