@@ -24,6 +24,7 @@ from ldt.core import (
     ProbeError,
     SingleBranchLDT,
     method_class,
+    match_parameters,
     partition_by_patterns,
     partition_by_score,
     prepare_method,
@@ -121,6 +122,24 @@ def test_dual_branch_composite_takes_the_tied_stable_weight_from_the_auxiliary()
     composite = dual.composite()
     assert torch.equal(composite.emb.weight, dual.auxiliary.emb.weight)
     assert not torch.equal(composite.emb.weight, dual.primary.emb.weight)
+
+
+@pytest.mark.parametrize("where", ["deft", "lpft", "partition_by_patterns", "warmup"])
+def test_a_head_pattern_that_matches_only_the_alias_of_a_tied_parameter_names_the_tie(where):
+    """named_parameters() lists a tied tensor once, under its first name (emb.weight): a pattern for the other name
+    (head.weight, which the model and its state dict have) matched 'no parameter', with no word of the tie."""
+    tie = r"'head\.weight' is tied to 'emb\.weight'"
+    if where in ("deft", "lpft"):
+        loss = Counting()
+        with pytest.raises(MethodError, match=rf"head_patterns: .*{tie}"):
+            prepare_method(Tied(), config(where), batches=data(), loss_fn=loss, head_patterns=[r"^head\."])
+        assert loss.calls == 0
+    elif where == "partition_by_patterns":
+        with pytest.raises(PartitionError, match=tie):
+            partition_by_patterns(Tied(), [r"^head\."])
+    else:
+        with pytest.raises(ValueError, match=tie):
+            match_parameters(Tied(), [r"^head\."])
 
 
 # ---- 2. low precision --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ldt.core.exchange import ExchangeConfig, exchange_weights
-from ldt.core.partition import Partition, PartitionError, not_a_partition
+from ldt.core.partition import Partition, PartitionError, not_a_partition, parameter_aliases
 
 STATE_FORMAT = "ldt.dual_branch/1"
 STATE_ENTRIES = dict.fromkeys(("format", "primary", "auxiliary", "partition", "exchange", "step"))
@@ -81,13 +81,6 @@ def replaced_state(module: nn.Module, replacements: dict[str, torch.Tensor]) -> 
         if name in replacements:
             state[alias] = replacements[name]
     return state
-
-
-def parameter_aliases(module: nn.Module) -> dict[str, str]:
-    """Every state-dict key that holds a parameter -> that parameter's ``named_parameters()`` name (the partition's
-    name); a tied parameter has several keys."""
-    canonical = {id(p): name for name, p in module.named_parameters()}
-    return {alias: canonical[id(p)] for alias, p in module.named_parameters(remove_duplicate=False)}
 
 
 def cloned(

@@ -46,7 +46,6 @@ from ldt.core.dual import (
     left_out_parameters,
     low_precision,
     materialise,
-    parameter_aliases,
     require_entries,
 )
 from ldt.core.exchange import ExchangeConfig, exchange_weights
@@ -56,9 +55,11 @@ from ldt.core.partition import (
     PartitionError,
     match_names,
     not_a_partition,
+    parameter_aliases,
     partition_by_patterns,
     partition_by_score,
     stable_count,
+    tied_alias_note,
 )
 from ldt.core.probe import LossFn, ProbeError, checked_loss, layer_groups, probe_gradients
 from ldt.core.single import SingleBranchLDT
@@ -134,7 +135,8 @@ def _check_patterns(
     except re.error as err:
         return [(where, f"invalid regex: {err}")]
     if unmatched:
-        return [(where, f"{unmatched} match no parameter of {type(model).__name__}")]
+        return [(where, f"{unmatched} match no parameter of {type(model).__name__}"
+                        f"{tied_alias_note(model, unmatched)}")]
     trained = [name for name in matched if name not in left_out]
     if not trained:
         return [(where, f"the {role} patterns match only parameters that do not train (frozen or not floating "

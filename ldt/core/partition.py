@@ -230,6 +230,26 @@ def match_names(names: Iterable[str], patterns: Sequence[str]) -> tuple[list[str
     return matched, [p.pattern for p in compiled if not any(p.search(n) for n in matched)]
 
 
+def parameter_aliases(module: nn.Module) -> dict[str, str]:
+    """Every state-dict key that holds a parameter -> that parameter's ``named_parameters()`` name (the partition's
+    name); a tied parameter has several keys."""
+    canonical = {id(p): name for name, p in module.named_parameters()}
+    return {alias: canonical[id(p)] for alias, p in module.named_parameters(remove_duplicate=False)}
+
+
+def tied_alias_note(model: nn.Module, unmatched: Sequence[str]) -> str:
+    """Where the ``unmatched`` patterns match the other name of a tied parameter (``head.weight`` of ``head.weight =
+    emb.weight``: the model and its state dict have it, ``named_parameters()`` lists the tensor once, under
+    ``emb.weight``), the note that names the tie; else ''. Without it such a pattern reads as matching nothing."""
+    tied = {alias: name for alias, name in parameter_aliases(model).items() if alias != name}
+    hits = match_names(tied, unmatched)[0]
+    if not hits:
+        return ""
+    ties = ", ".join(f"'{alias}' is tied to '{tied[alias]}'" for alias in hits[:3])
+    return (f" ({ties}: a tied parameter is one layer, named as named_parameters() lists it; match that name to put "
+            "it in the head, or leave it in the body)")
+
+
 def stable_count(num_layers: int, unstable_ratio: float) -> int:
     """``int(M * (1 - ratio))`` stable layers, in exact decimal arithmetic (the official ``int(M * 0.5)`` at 0.5).
 
@@ -346,6 +366,7 @@ def partition_by_patterns(
     grouped = left_out | set(unstable)
     stable = [name for name in names if name not in grouped]
     if unmatched:
-        raise PartitionError(f"patterns match no parameter of {type(model).__name__}: {unmatched}")
+        raise PartitionError(f"patterns match no parameter of {type(model).__name__}: {unmatched}"
+                             f"{tied_alias_note(model, unmatched)}")
     return Partition(stable=stable, unstable=unstable, excluded=excluded, criterion=criterion,
                      shapes=_shapes(model))

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ldt.core.dual import set_trainable
-from ldt.core.partition import match_names
+from ldt.core.partition import match_names, tied_alias_note
 from ldt.core.probe import LossFn, batch_loss, progress_bar
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -22,7 +22,8 @@ def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     """Names of the parameters matching any regex in ``patterns`` (``re.search``); error if a pattern matches none."""
     names, unmatched = match_names((name for name, _ in model.named_parameters()), patterns)
     if unmatched:
-        raise ValueError(f"warm-up patterns match no parameter of {type(model).__name__}: {unmatched}")
+        raise ValueError(f"warm-up patterns match no parameter of {type(model).__name__}: {unmatched}"
+                         f"{tied_alias_note(model, unmatched)}")
     return names
 
 
