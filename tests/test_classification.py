@@ -922,3 +922,19 @@ def test_a_run_stopped_in_its_test_evaluation_saves_its_trained_state_and_only_t
     [record] = load_records(out)
     for key in ("test_accuracy", "holdout_accuracy", "holdout_per_domain", "selected_step", "history", "partition"):
         assert record[key] == straight[key], key
+
+
+@pytest.mark.parametrize("where", ["photo/circle/gone.png", "photo/hexagon", "sketch"])
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_broken_symlink_in_the_data_folder_is_named(toy, tmp_path, where, kind):
+    """A symlink whose target is gone (a dataset of links to a drive not mounted) or a symlink loop was skipped
+    without a word, as an image, a class folder or a domain folder: the sweep trained on less data than the folder
+    shows. It is one line naming it, before anything is read."""
+    root = copy_toy(toy, tmp_path / "toy")
+    link = root / where
+    link.symlink_to(tmp_path / "unmounted" / "x" if kind == "dangling" else link.name)
+    expected = (f"{link} is a symlink to {tmp_path / 'unmounted' / 'x'}, which does not exist" if kind == "dangling"
+                else f"{link} is a symlink loop")
+    with pytest.raises(DatasetError) as info:
+        scan_domains(root, check_files=False)
+    assert str(info.value) == f"{expected}: fix or remove it (the data folder's entries must be readable)"

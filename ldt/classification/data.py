@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from ldt.atomic import in_the_way
 from ldt.runner import domain_batches, sample_seed, seeded_loader
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -70,12 +71,24 @@ def test_domains_problem(test_domains: Sequence[str], domains: Sequence[str], ro
     return None
 
 
+def folder_entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; a broken symlink among them (its target gone, or a loop; hidden ones aside)
+    is a :class:`DatasetError` naming it. Why: ``is_dir()`` / ``is_file()`` take one for nothing, so the domain, class
+    or image behind it (a dataset of links to a drive not mounted) was left out without a word."""
+    entries = sorted(folder.iterdir())
+    for entry in entries:
+        broken = None if entry.name.startswith(".") or entry.exists() else in_the_way(entry)
+        if broken:
+            raise DatasetError(f"{broken}: fix or remove it (the data folder's entries must be readable)")
+    return entries
+
+
 def domain_folders(root: Path) -> list[Path]:
     """The domain folders of ``root`` (sorted; hidden ones skipped), at least two: a folder listing, no image read,
     so the left-out domains can be checked before anything else."""
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a directory")
-    found = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = [p for p in folder_entries(root) if p.is_dir() and not p.name.startswith(".")]
     if len(found) < 2:
         raise DatasetError(f"{root} needs at least two domain folders (root/<domain>/<class>/<image>), found {len(found)}")
     return found
@@ -120,10 +133,9 @@ def scan_domains(root: str | Path, check_files: bool = True) -> DomainDataset:
     files: dict[str, dict[str, list[str]]] = {}
     for domain_dir in domain_folders(root):
         per_class = {
-            class_dir.name: sorted(
-                str(f) for f in class_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-            for class_dir in sorted(domain_dir.iterdir())
+            class_dir.name: [str(f) for f in folder_entries(class_dir)
+                             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+            for class_dir in folder_entries(domain_dir)
             if class_dir.is_dir() and not class_dir.name.startswith(".")
         }
         if not per_class:
