@@ -96,7 +96,8 @@ def read_json_dict(path: str | os.PathLike) -> dict:
         return {}
 
 
-IN_THE_WAY = (errno.EEXIST, errno.EISDIR, errno.ELOOP, errno.ENOTDIR)  # errnos of a path whose kind is wrong
+# errnos of a path whose kind is wrong (ENOENT: a symlink whose target is gone, said as such by in_the_way)
+IN_THE_WAY = (errno.EEXIST, errno.EISDIR, errno.ELOOP, errno.ENOTDIR, errno.ENOENT)
 
 
 def disk_reason(error: BaseException, folder: Path) -> str:

@@ -281,11 +281,11 @@ class Records:
 
     def check_appendable(self) -> None:
         """A :class:`ldt.atomic.DiskError` now, before a run trains, when a record could not be appended to the file
-        (an immutable or append-refusing file, no permission): opening it to append writes nothing. A file not made
-        yet is left to the check of its folder."""
+        (an immutable or append-refusing file, no permission, a symlink loop or one into a folder that is gone):
+        opening it to append writes nothing. A file not made yet is left to the check of its folder."""
         from ldt.atomic import DiskError, disk_reason
 
-        if not self.path.is_file():
+        if not self.path.is_file() and not self.path.is_symlink():
             return
         try:
             with open(self.path, "ab"):

@@ -518,6 +518,25 @@ def test_records_that_cannot_be_appended_to_are_one_line_before_any_run(tmp_path
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_records_behind_a_broken_symlink_are_one_line_before_any_run(tmp_path, capsys, kind):
+    """A results.jsonl that is a symlink loop, or a symlink into a folder that is gone, was found only when the first
+    run had trained and its record could not be appended (the second in a bare '[Errno 2] No such file or
+    directory'). A symlink to a file not made yet, in a folder that exists, is a results file kept elsewhere: used."""
+    path = tmp_path / RESULTS_FILE
+    path.symlink_to(RESULTS_FILE if kind == "loop" else tmp_path / "unmounted" / RESULTS_FILE)
+    assert sweep_main(tmp_path, [FakeConfig(0)], no_run) == 2
+    what = (f"{path} is a symlink loop" if kind == "loop"
+            else f"{path} is a symlink to {tmp_path / 'unmounted' / RESULTS_FILE}, which does not exist")
+    assert error_line(capsys) == (f"error: cannot append a record to {path}: {what}; no run started (the earlier "
+                                  "records are intact)\n")
+    (tmp_path / "elsewhere").mkdir()
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere" / RESULTS_FILE)
+    assert sweep_main(tmp_path, [FakeConfig(0)]) == 0
+    assert [record["seed"] for record in Records(path).all()] == [0]
+
+
 def test_a_state_that_cannot_be_deleted_once_its_run_is_recorded_is_one_warning(tmp_path, monkeypatch, capsys):
     """An immutable state file (chattr +i) of a run that finished: its record was written, then the sweep ended in
     'error: [Errno 1] Operation not permitted: ...' with the runs after it not trained, and every rerun ended so at
