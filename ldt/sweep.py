@@ -579,7 +579,11 @@ def seed_rows(cells: Mapping[RowKey, SeedCells], columns: Mapping[str, Sequence[
 
 def seed_markdown(rows: Sequence[dict], average: str, *, title: Callable[[str], str],
                   cell: Callable[[Stat], str], method_label: Callable[[str], str] = str) -> str:
-    """One markdown table per group; a Config column appears only when one method has several configurations."""
+    """One markdown table per group; a Config column appears only when one method has several configurations. A
+    cell over fewer seeds than its row's Seeds (a partial sweep) says its own n, which the title's 'n = Seeds' is not."""
+    def shown(stat: Stat, seeds: int) -> str:
+        return cell(stat) if stat.n == seeds else f"{cell(stat)} (n = {stat.n})"
+
     sections = []
     for group in dict.fromkeys(row["group"] for row in rows):
         subset = [row for row in rows if row["group"] == group]
@@ -588,7 +592,8 @@ def seed_markdown(rows: Sequence[dict], average: str, *, title: Callable[[str], 
         show_config = len(set(names)) < len(names)
         header = ["Backbone", "Method"] + (["Config"] if show_config else []) + ["Seeds"] + labels
         body = [[row["backbone"], method_label(row["method"]), *([row["config"]] if show_config else []),
-                 str(row["seeds"]), *("–" if row.get(label) is None else cell(row[label]) for label in labels)]
+                 str(row["seeds"]), *("–" if row.get(label) is None else shown(row[label], row["seeds"])
+                                      for label in labels)]
                 for row in subset]
         sections.append(f"### {title(group)}\n\n" + markdown_table(header, body))
     return "\n\n".join(sections) + "\n"

@@ -938,3 +938,13 @@ def test_a_broken_symlink_in_the_data_folder_is_named(toy, tmp_path, where, kind
     with pytest.raises(DatasetError) as info:
         scan_domains(root, check_files=False)
     assert str(info.value) == f"{expected}: fix or remove it (the data folder's entries must be readable)"
+
+
+def test_a_cell_of_fewer_seeds_than_its_row_says_how_many():
+    """A table of a partial sweep (stopped in its last seed) titled its cells 'n = Seeds' though some had fewer:
+    the row said 3 seeds, a column and Avg were over 2, and nothing in the markdown told them apart."""
+    records = [hand_record("ldt", "C", seed, 0.5 + seed / 10) for seed in range(3)]
+    records += [hand_record("ldt", "L", seed, 0.8 + seed / 10) for seed in range(2)]
+    markdown = to_markdown(build_table(records))
+    assert "| resnet50 | ldt | 3 | 60.00 ± 5.77 | 85.00 ± 5.00 (n = 2) | 70.00 ± 5.00 (n = 2) |" in markdown
+    assert "n = Seeds unless a cell says otherwise" in markdown

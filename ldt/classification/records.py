@@ -59,8 +59,8 @@ def format_cell(cell: Stat) -> str:
 def to_markdown(rows: list[dict]) -> str:
     """One markdown table per dataset: test accuracy (%) as mean ± standard error over seeds."""
     return seed_markdown(rows, AVERAGE, cell=format_cell, title=lambda dataset: (
-        f"{dataset}: test-domain accuracy (%), mean ± standard error over the seeds (n = Seeds), "
-        "training-domain validation"))
+        f"{dataset}: test-domain accuracy (%), mean ± standard error over the seeds (n = Seeds unless a cell says "
+        "otherwise), training-domain validation"))
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -68,7 +68,8 @@ def to_markdown(rows: list[dict]) -> str:
     """One markdown table per source: target mIoU (%) as mean ± standard error over seeds."""
     return seed_markdown(rows, MEAN, cell=Stat.format, method_label=lambda name: method_class(name).label,
                          title=lambda sources: f"Source {sources}: target-domain mIoU (%), mean ± standard error "
-                                               "over the seeds (n = Seeds), training-domain validation")
+                                               "over the seeds (n = Seeds unless a cell says otherwise), "
+                                               "training-domain validation")
 
 
 def to_csv(rows: list[dict]) -> str:
