@@ -948,3 +948,33 @@ def test_a_cell_of_fewer_seeds_than_its_row_says_how_many():
     markdown = to_markdown(build_table(records))
     assert "| resnet50 | ldt | 3 | 60.00 ± 5.77 | 85.00 ± 5.00 (n = 2) | 70.00 ± 5.00 (n = 2) |" in markdown
     assert "n = Seeds unless a cell says otherwise" in markdown
+
+
+@pytest.mark.parametrize("inside, refused", [("results", True), ("photo/circle/out", True), (".results", False)])
+def test_a_results_folder_inside_the_data_folder_is_refused(toy, tmp_path, monkeypatch, capsys, inside, refused):
+    """--out inside --data worked once, then the next sweep read the results folder as a domain ("domain 'results'
+    has no class folders"): it is one line naming both flags before anything is read (a hidden folder, which the scan
+    skips, is fine)."""
+    root = copy_toy(toy, tmp_path / "toy")
+    monkeypatch.setattr("ldt.classification.__main__.plan", lambda args: pytest.fail("refused before the plan")
+                        if refused else sys.exit(0))
+    argv = ["--data", str(root), "--out", str(root / inside), "--no-progress"]
+    if not refused:
+        with pytest.raises(SystemExit):
+            main(argv)
+        return
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --out: {root / inside} is inside --data {root}: the next sweep would read it as part of "
+                   "the dataset; write the results outside the data folder\n"), err
+
+
+def test_a_domain_folder_not_named_in_utf8_is_named(toy, tmp_path):
+    """A domain folder named in another encoding (Latin-1 'café' from an old archive) reached the held-out split's
+    domain.encode() and stopped the sweep with "'utf-8' codec can't encode character '\\udce9'", naming no folder."""
+    root = copy_toy(toy, tmp_path / "toy")
+    os.rename(root / "photo", os.fsencode(root) + b"/caf\xe9")
+    with pytest.raises(DatasetError) as info:
+        scan_domains(root, check_files=False)
+    assert str(info.value) == (f"domain folder 'caf\\udce9' of {root} is not named in UTF-8 (a domain's name is "
+                               "written into the records and tables): rename it")

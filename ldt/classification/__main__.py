@@ -135,12 +135,26 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
             split_holdout(dataset.samples[domain], args.holdout_fraction, seed, domain)
     for backbone, path in weights.items():  # a file that does not fit fails now, not hours into the sweep
         build_model(backbone, len(dataset.classes), weights=path, image_size=args.image_size)
-    return Path(args.out or Path("results/classification") / dataset.name), configs
+    return results_folder(args), configs
+
+
+def results_folder(args: argparse.Namespace) -> Path:
+    """``--out``, or its default ``results/classification/<dataset folder name>``."""
+    return Path(args.out or Path("results/classification") / Path(args.data).name)
+
+
+def check_out_outside_data(args: argparse.Namespace) -> None:
+    """Refuse a results folder inside ``--data`` (a hidden folder aside, which the scan skips): the first sweep
+    worked, the next read it as a domain or class folder ("domain 'results' has no class folders")."""
+    out, root = results_folder(args).resolve(), Path(args.data).resolve()
+    if out.is_relative_to(root) and not any(part.startswith(".") for part in out.relative_to(root).parts):
+        raise ValueError(f"--out: {results_folder(args)} is inside --data {args.data}: the next sweep would read "
+                         "it as part of the dataset; write the results outside the data folder")
 
 
 def check_domains(args: argparse.Namespace) -> None:
     """``--data``'s domain folders (a listing, no image read) and ``--test-domains`` against them, or against the
-    demo's domains before it is built. Repeated test domains are dropped here, once."""
+    demo's domains before it is built, and ``--out`` outside ``--data``. Repeated test domains are dropped here, once."""
     if args.data is None:
         root, domains = DEFAULT_ROOT, list(DOMAINS)
     else:
@@ -149,6 +163,7 @@ def check_domains(args: argparse.Namespace) -> None:
             domains = [folder.name for folder in domain_folders(root)]
         except DatasetError as err:
             raise ValueError(f"--data: {err}") from None
+        check_out_outside_data(args)
     if not args.test_domains:
         return
     groups = left_out_groups(args.test_domains, domains)

@@ -89,6 +89,12 @@ def domain_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a directory")
     found = [p for p in folder_entries(root) if p.is_dir() and not p.name.startswith(".")]
+    for folder in found:
+        try:
+            folder.name.encode()
+        except UnicodeEncodeError:  # a name from another system's encoding: os.listdir keeps its bytes as surrogates
+            raise DatasetError(f"domain folder {folder.name!r} of {root} is not named in UTF-8 (a domain's name is "
+                               "written into the records and tables): rename it") from None
     if len(found) < 2:
         raise DatasetError(f"{root} needs at least two domain folders (root/<domain>/<class>/<image>), found {len(found)}")
     return found
