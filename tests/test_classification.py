@@ -282,6 +282,23 @@ def test_the_tested_network_is_the_selected_one(toy, monkeypatch):
     assert any(not torch.equal(states[2][k], states[4][k]) for k in states[2])
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+@pytest.mark.parametrize("method", ["ft", "ldt"])
+def test_a_backbone_under_hook_based_weight_norm_trains_and_is_tested(toy, monkeypatch, method):
+    """The evaluator (the network validated and tested) is a copy of method.model made after the probe, whose
+    forwards left hook-based weight_norm's computed weight on it: a non-leaf tensor that copy.deepcopy refuses."""
+    built = train_module.build_model
+
+    def weight_normed(*args, **kwargs):
+        model = built(*args, **kwargs)
+        torch.nn.utils.weight_norm(model.features[0])
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", weight_normed)
+    record = run(fast_config(toy, method=method))
+    assert [entry["step"] for entry in record["history"]] == [2, 4] and 0.0 <= record["test_accuracy"]["photo"] <= 1.0
+
+
 # ---- training-domain hold-out split ----------------------------------------------------------------------------------
 def test_holdout_split_is_seeded_twenty_percent_and_disjoint(toy):
     samples = scan_domains(toy).samples["cast"]

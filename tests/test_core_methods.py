@@ -608,20 +608,90 @@ def test_a_trained_method_pickles_and_trains_on(name):
     train(restored)  # the optimizer check runs again on the restored object
 
 
-# ---- 19. hook-based weight_norm / spectral_norm cannot be copied -------------------------------------------------
-@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
-@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
-@pytest.mark.parametrize("name", ["ft", "ldt"])
-def test_hook_based_weight_reparametrisations_are_refused_before_any_batch(norm, name):
-    """torch.nn.utils.weight_norm / spectral_norm keep the computed weight as a non-leaf tensor attribute, which
-    copy.deepcopy refuses: FT would have trained to the end and then failed to make its deployed network."""
-    model = mlp()
+# ---- 19. hook-based weight_norm / spectral_norm (WDSR-style SR networks) --------------------------------------------
+EVERY_METHOD = ("ft", "ft_ema", "lpft", "deft", "ldt", "ldt_fixed", "ldt_dpu", "ldt_s")
+HOOK_NORMS = ("weight_norm", "spectral_norm")
+
+
+def hooked_conv(norm: str) -> nn.Sequential:
+    """Three tiny convolutions, the middle one under a hook-based torch.nn.utils.weight_norm / spectral_norm, whose
+    computed weight is a non-leaf tensor attribute (copy.deepcopy refuses it)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Conv2d(2, 2, 3, padding=1), nn.Tanh(),
+                          nn.Conv2d(2, 1, 3, padding=1))
     getattr(nn.utils, norm)(model[2])
-    loss = Counting()
-    with pytest.raises(MethodError, match=rf"model: module '2' uses torch\.nn\.utils\.{norm}, .*"
-                                          rf"torch\.nn\.utils\.parametrizations\.{norm}"):
-        prepare_method(model, config(name), batches=data(), loss_fn=loss, head_patterns=[r"^4\."])
-    assert loss.calls == 0
+    return model
+
+
+def images(count: int = 6, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(2, 1, 5, 5, generator=g), torch.randn(2, 1, 5, 5, generator=g)) for _ in range(count)]
+
+
+def hooked_method(norm: str, name: str, **prepare):
+    return prepare_method(hooked_conv(norm), config(name), batches=images(), loss_fn=mse, head_patterns=[r"^4\."],
+                          log=lambda _: None, **prepare)
+
+
+def train_on_images(method, seed: int, steps: int = 3) -> None:
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+    for batch in images(steps, seed=seed):
+        method.train_step(batch, mse, optimizers)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+@pytest.mark.parametrize("norm", HOOK_NORMS)
+@pytest.mark.parametrize("name", EVERY_METHOD)
+def test_hook_based_weight_reparametrisations_train_exchange_and_deploy(norm, name):
+    """Every method trains such a model and deploys what it defines: the deployed network computes what a fresh one
+    loaded with the deployed state computes; a dual branch deploys the auxiliary's stable and the primary's unstable
+    tensors, and (spectral_norm) the primary's power-iteration buffers weight_u / weight_v, never the auxiliary's."""
+    method = hooked_method(norm, name)
+    train_on_images(method, seed=1)
+    state = method.deployed_state_dict()
+    deployed = method.deployed().eval()
+    fresh = hooked_conv(norm)
+    fresh.load_state_dict(state, strict=True)
+    x = images(1, seed=5)[0][0]
+    assert torch.equal(fresh.eval()(x), deployed(x))
+    if name in ("deft", "ldt", "ldt_fixed", "ldt_dpu"):
+        primary, auxiliary = method.model.state_dict(), method.dual.auxiliary.state_dict()
+        for key in method.partition.stable:
+            assert torch.equal(state[key], auxiliary[key]) and not torch.equal(state[key], primary[key]), key
+        for key in method.partition.unstable:
+            assert torch.equal(state[key], primary[key]) and not torch.equal(state[key], auxiliary[key]), key
+        for key, _ in method.model.named_buffers():
+            assert torch.equal(state[key], primary[key]) and not torch.equal(state[key], auxiliary[key]), key
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+@pytest.mark.parametrize("norm", HOOK_NORMS)
+@pytest.mark.parametrize("name", EVERY_METHOD)
+def test_hook_based_weight_reparametrisations_resume_pickle_and_deepcopy(norm, name):
+    """A saved state resumes bit for bit, torch.save(method) and copy.deepcopy(method) of a method that has trained
+    (its modules hold the non-leaf computed weight) make methods that train on exactly as the original, and neither
+    the copy nor its training changes the original."""
+    method = hooked_method(norm, name)
+    train_on_images(method, seed=1)
+    saved = io.BytesIO()
+    torch.save(method.state_dict(), saved)
+    pickled = io.BytesIO()
+    torch.save(method, pickled)
+    twin = copy.deepcopy(method)
+    before = method.deployed_state_dict()
+    train_on_images(twin, seed=2)
+    assert all(torch.equal(before[key], value) for key, value in method.deployed_state_dict().items())
+    resumed = hooked_method(norm, name, partition=method.partition, resuming=True)
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved))
+    pickled.seek(0)
+    unpickled = torch.load(pickled, weights_only=False)
+    train_on_images(method, seed=2)
+    expected = method.deployed_state_dict()
+    for other in (twin, resumed, unpickled):
+        if other is not twin:
+            train_on_images(other, seed=2)
+        assert all(torch.equal(expected[key], value) for key, value in other.deployed_state_dict().items())
 
 
 def test_parametrized_models_deploy_what_trained():
@@ -857,7 +927,8 @@ class CachesActivation(nn.Module):
 @pytest.mark.parametrize("name", ["ft", "ldt", "ldt_s"])
 def test_a_model_that_caches_its_last_activation_gets_its_copies(name):
     """The probe's (and training's) forwards leave a non-leaf tensor on the module: the auxiliary branch (made after
-    the probe) and every deployed network must still be made, each holding that value detached."""
+    the probe), every deployed network and copy.deepcopy(method) must still be made, each holding that value
+    detached."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), CachesActivation(), nn.Linear(4, 4))
     method = prepare_method(model, config(name), batches=data(), loss_fn=mse, log=lambda _: None)
@@ -869,3 +940,4 @@ def test_a_model_that_caches_its_last_activation_gets_its_copies(name):
     fresh.load_state_dict(method.deployed_state_dict(), strict=True)
     x = data(1, seed=5)[0][0]
     assert torch.equal(fresh(x), deployed(x))
+    assert copy.deepcopy(method).model[1].last.grad_fn is None

@@ -13,7 +13,6 @@ network (the composite for dual/single-branch methods) is evaluated on the train
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -27,6 +26,7 @@ from ldt.classification.models import (DEFAULT_IMAGE_SIZE, build_model, check_ba
                                        image_size_problem)
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
 from ldt.core.config import unknown_choice
+from ldt.core.dual import copy_network
 from ldt.runner import (RunState, ResumableStream, check_training, domain_seed, field_flag, method_config, prepared,
                         run_hparams, train_and_select)
 from ldt.sweep import RECIPE_KEY, identity_path, run_hash
@@ -188,7 +188,7 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
     ), state.position if state else 0)
     holdout = {d: eval_loader(held, config.image_size, EVAL_BATCH, workers) for d, (_, held) in splits.items()}
     method, partition = make_method(model, stream, config, progress, state)
-    evaluator = copy.deepcopy(method.model)
+    evaluator = copy_network(method.model)
     selection = train_and_select(
         method, stream, cross_entropy, steps=config.steps, eval_every=config.eval_every, lr=config.lr,
         weight_decay=config.weight_decay, validate=holdout_validation(holdout, device), evaluator=evaluator,

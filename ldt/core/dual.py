@@ -114,15 +114,22 @@ def _seed_detached(value: object, memo: dict[int, object]) -> None:
             _seed_detached(item, memo)
 
 
+def detach_on_copy(networks: Iterable[nn.Module], memo: dict[int, object]) -> None:
+    """Make ``copy.deepcopy(..., memo)`` copy detached each tensor that autograd produced and a module of ``networks``
+    keeps (the weight a hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` computes, its last activation,
+    an attention map kept for a visualisation): ``copy.deepcopy`` alone refuses such tensors."""
+    for network in networks:
+        for module in network.modules():
+            for value in vars(module).values():
+                _seed_detached(value, memo)
+
+
 def copy_network(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)`` (hooks included), with each tensor that autograd produced and a module keeps (its last
-    activation, an attention map kept for a visualisation) copied detached: ``copy.deepcopy`` refuses such tensors,
-    so a model that caches one in its forward could get no auxiliary branch after the probe, nor a deployed network
-    after training."""
+    """``copy.deepcopy(model)`` (hooks included), with the tensors its forwards computed and kept copied detached
+    (:func:`detach_on_copy`): else a model that keeps one could get no auxiliary branch after the probe, nor a
+    deployed network after training."""
     memo: dict[int, object] = {}
-    for module in model.modules():
-        for value in vars(module).values():
-            _seed_detached(value, memo)
+    detach_on_copy([model], memo)
     return copy.deepcopy(model, memo)
 
 

@@ -20,6 +20,7 @@ training loop stays the caller's, so SR (BasicSR), classification, segmentation 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -43,6 +44,7 @@ from ldt.core.dual import (
     EMAPlan,
     Entries,
     check_two_groups,
+    detach_on_copy,
     left_out_parameters,
     low_precision,
     materialise,
@@ -155,32 +157,12 @@ def _wrapper(model: nn.Module) -> str | None:
     return "torch.compile" if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
 
 
-def _hook_reparametrisation(model: nn.Module) -> str | None:
-    """Why the first module with a hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` breaks every method,
-    or None: the weight those hooks compute is a non-leaf tensor attribute, which ``copy.deepcopy`` refuses, so
-    neither an auxiliary branch nor a deployed network can be made (FT would fail only after training)."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    for where, module in model.named_modules():
-        hook = next((h for h in module._forward_pre_hooks.values() if isinstance(h, (WeightNorm, SpectralNorm))), None)
-        if hook is not None:
-            kind = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
-            return (f"module '{where or type(model).__name__}' uses torch.nn.utils.{kind}, whose computed weight "
-                    f"copy.deepcopy cannot copy (no branch or deployed network can be made): use "
-                    f"torch.nn.utils.parametrizations.{kind}")
-    return None
-
-
 def _model_problems(model: nn.Module, left_out: set[str]) -> list[Problem]:
     """What makes ``model`` itself unusable for every method, whatever the options."""
     wrapper = _wrapper(model)
     if wrapper:
         return [("model", f"{wrapper} wraps the model: pass the bare model to prepare_method and wrap the branches "
                           "afterwards (method.branches())")]
-    hooked = _hook_reparametrisation(model)
-    if hooked:
-        return [("model", hooked)]
     trained = [(name, p) for name, p in model.named_parameters() if name not in left_out]
     if not trained:
         return [("model", f"no parameter of {type(model).__name__} trains (all are frozen with requires_grad=False "
@@ -503,6 +485,20 @@ class Method:
         state = self.__dict__.copy()
         state.pop("_verified_optimizers", None)
         return state
+
+    def __deepcopy__(self, memo: dict[int, object]) -> "Method":
+        """A copy of :meth:`__getstate__` whose networks are copied as :func:`~ldt.core.dual.copy_network` does:
+        the tensors their forwards computed and kept (hook-based weight_norm's weight) copied detached, which a plain
+        ``copy.deepcopy`` refuses."""
+        detach_on_copy(self._networks(), memo)
+        twin = object.__new__(type(self))
+        memo[id(self)] = twin
+        twin.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        return twin
+
+    def _networks(self) -> list[nn.Module]:
+        """The networks the method holds (those that train: the branches), for :meth:`__deepcopy__`."""
+        return [module for module, _ in self.__dict__.get("_recorded", ())]
 
     def repartition(self, partition: Partition) -> None:
         """Switch to ``partition`` (the trainable tensors change: rebuild the optimizers over :meth:`branches`)."""
@@ -830,6 +826,9 @@ class DeployedEMA(Method):
 
     def _unchanged_parameters(self) -> list[tuple[tuple[str, nn.Parameter], ...]]:
         return self.inner._unchanged_parameters()
+
+    def _networks(self) -> list[nn.Module]:
+        return self.inner._networks()
 
     def branches(self) -> list[Branch]:
         return self.inner.branches()

@@ -12,7 +12,6 @@ recorded path.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_json_object
+from ldt.core.dual import copy_network
 from ldt.core.methods import FineTune
 from ldt.segmentation.classes import NUM_CLASSES
 from ldt.segmentation.data import Augment, SegmentationDataset, scan_split
@@ -87,7 +87,7 @@ def train_backbone(data_root: str | Path, config: PretrainConfig, progress: bool
         FineTune(model), source_stream(parts, config.batch_size, config.seed, device), pixel_cross_entropy,
         steps=config.steps, eval_every=config.steps, lr=config.lr, weight_decay=0.0,
         validate=lambda network: (evaluate(network, held, device=device)["miou"], {}),
-        evaluator=copy.deepcopy(model), progress=progress, desc=f"pre-train {BACKBONE}",
+        evaluator=copy_network(model), progress=progress, desc=f"pre-train {BACKBONE}",
     )
     backbone = {k.removeprefix("backbone."): v for k, v in selection.state.items() if k.startswith("backbone.")}
     return backbone, selection.score

@@ -14,7 +14,6 @@ reported: it would need the targets evaluated at every selection step; the recor
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from torch import nn
 
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
 from ldt.core.config import unknown_choice
+from ldt.core.dual import copy_network
 from ldt.runner import (ResumableStream, RunState, check_training, domain_batches, domain_seed, field_flag,
                         method_config, prepared, run_hparams, train_and_select)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
@@ -325,7 +325,7 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
                                                             start_at), state.position if state else 0)
     method, partition = make_method(model, stream, config, progress, state)
     holdout = {name: SegmentationDataset(sources[name], held) for name, (_, held) in splits.items()}
-    evaluator = copy.deepcopy(method.model)
+    evaluator = copy_network(method.model)
     trained = time.time() - earlier.get("train", 0.0)
     selection = train_and_select(
         method, stream, pixel_cross_entropy, steps=config.steps, eval_every=config.eval_every, lr=config.lr,
