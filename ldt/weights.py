@@ -71,6 +71,10 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
                                "state_dict instead; such files are not loaded: weights_only)") from None
         raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
     except (RuntimeError, OSError, ValueError) as err:
+        foreign = foreign_zip_entries(path)
+        if foreign is not None:
+            raise WeightsError(f"{what} {path} is a zip archive but not a PyTorch checkpoint (no data.pkl record; it "
+                               f"holds {first_names(foreign) or 'nothing'})") from None
         text = " ".join(str(err).split())
         if "Invalid magic number" in text:  # a pickle, but not one torch.save wrote
             raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
@@ -80,6 +84,17 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
         raise WeightsError(f"{what} {path} cannot be loaded: {gist(text, 200)}") from None
     except Exception:  # on foreign bytes the weights-only unpickler also fails as KeyError, IndexError, ...
         raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
+
+
+def foreign_zip_entries(path: str | os.PathLike) -> list[str] | None:
+    """The entries of a whole zip archive that holds no ``torch.save`` records (no ``data.pkl``), or None (no such
+    archive). Why: torch's own errors on one (a NumPy ``.npz``, a zip of other files) name a C++ source line."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+    return None if any(name.rpartition("/")[2] == "data.pkl" for name in names) else names
 
 
 def saved_pickle_protocol(path: str | os.PathLike) -> int | None:

@@ -162,3 +162,19 @@ def test_a_non_strict_load_of_a_file_that_shares_no_key_with_the_network_is_refu
     assert partial_load({"0.weight": torch.zeros(4, 3, 3, 3)}, net, "part.pth") == (
         "path:strict_load_g: false: part.pth set 1 of the network's 4 tensors; 3 keep their initialisation "
         "(0.bias, 1.weight, 1.bias), 0 of the file's were not used")
+
+
+@pytest.mark.parametrize("entries", [["a.npy"], ["weights/readme.txt", "weights/net.onnx"]])
+def test_a_zip_archive_that_torch_did_not_write_is_named_as_such(tmp_path, entries):
+    """A NumPy ``.npz`` or a zip of other files saved as ``.pth`` was 'cannot be loaded: [enforce fail at
+    inline_container.cc:180]' (torch's message cut at its first '. ') or 'Expected hasRecord("version") …'."""
+    import zipfile
+
+    path = tmp_path / "net.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        for entry in entries:
+            archive.writestr(entry, b"x")
+    with pytest.raises(WeightsError) as err:
+        read_checkpoint(path)
+    assert str(err.value) == (f"weights file {path} is a zip archive but not a PyTorch checkpoint (no data.pkl "
+                              f"record; it holds {', '.join(entries)})")
