@@ -172,3 +172,37 @@ def test_a_partial_non_strict_load_is_logged_with_what_it_left_out(data_root, tm
     kept = [k for k in state if k in dropped]  # in the network's order
     assert (f"path:strict_load_g: false: {tmp_path / 'part.pth'} set {len(state) - 2} of the network's {len(state)} "
             f"tensors; 2 keep their initialisation ({', '.join(kept)}), 1 of the file's were not used") in caplog.text
+
+
+@pytest.mark.parametrize("side, border, metrics, message", [
+    (1, 0, {"ssim": {"type": "calculate_ssim"}}, "GT is 1x1 pixels, val:metrics:ssim needs at least 11x11 (a crop "
+                                                 "border of 0 px at each side and an 11x11 window) or it is NaN"),
+    (12, 4, {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calculate_ssim"}}, "GT is 12x12 pixels, "
+     "val:metrics:ssim needs at least 19x19 (a crop border of 4 px at each side and an 11x11 window) or it is NaN"),
+    (12, 4, {"psnr": {"type": "calculate_psnr", "crop_border": 6}}, "GT is 12x12 pixels, val:metrics:psnr needs at "
+                                                                    "least 13x13 (a crop border of 6 px at each side)"),
+])
+def test_metrics_of_an_image_their_borders_and_window_eat_are_refused_not_nan(side, border, metrics, message):
+    """image_metrics returned NaN (with numpy's 'Mean of empty slice' warning) for a GT the crop borders or SSIM's
+    window leave nothing of: a set whose sizes are not read up front (a camera LMDB) was scored NaN in test.py."""
+    from ldt.sr.metrics import image_metrics
+
+    generator = torch.Generator().manual_seed(0)
+    sr, gt = (torch.rand(3, side, side, generator=generator) for _ in range(2))
+    with pytest.raises(ValueError) as err:
+        image_metrics(sr, gt, border, metrics)
+    assert str(err.value).startswith(message)
+
+
+def test_an_unchecked_set_with_a_gt_too_small_for_the_metrics_names_its_pair():
+    """evaluate_loader, on a set whose sizes were not checked up front, scored a 12x12 GT NaN for SSIM at x4."""
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.metrics import evaluate_loader
+
+    generator = torch.Generator().manual_seed(0)
+    pair = {"lq": torch.rand(1, 3, 3, 3, generator=generator), "gt": torch.rand(1, 3, 12, 12, generator=generator),
+            "lq_path": ["lr/a.png"], "gt_path": ["hr/a.png"]}
+    with pytest.raises(DatasetError, match=r"^hr/a.png / lr/a.png: GT is 12x12 pixels, val:metrics:ssim needs at "
+                                           r"least 19x19 .* or it is NaN; remove it, or lower "
+                                           r"val:metrics:ssim:crop_border$"):
+        evaluate_loader(torch.nn.Upsample(scale_factor=4), [pair], torch.device("cpu"), 4)

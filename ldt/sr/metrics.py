@@ -42,6 +42,19 @@ def smallest_gt_side(metrics: Mapping[str, Mapping], scale: int) -> tuple[int, s
     return need(metrics[name]), name
 
 
+def gt_size_need(metrics: Mapping[str, Mapping], scale: int) -> tuple[int, str] | None:
+    """(the smallest GT side ``metrics`` can be computed on, what needs it and the remedy, in words), or None for no
+    metrics: the one statement of the rule for the up-front size check and for :func:`image_metrics`."""
+    side, name = smallest_gt_side(metrics, scale)
+    if name is None:
+        return None
+    spec = metrics[name]
+    window = METRIC_WINDOW[spec["type"]]
+    return side, (f"val:metrics:{name} needs at least {side}x{side} (a crop border of {metric_border(spec, scale)} "
+                  f"px at each side{f' and an {window}x{window} window' if window > 1 else ''}) or it is NaN; "
+                  f"remove it, or lower val:metrics:{name}:crop_border")
+
+
 def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
     if length <= tile:
         return [0]
@@ -85,9 +98,12 @@ def image_metrics(sr: torch.Tensor, gt: torch.Tensor, crop_border: int, metrics:
     sr_img, gt_img = tensor2img([sr.detach().cpu()]), tensor2img([gt.detach().cpu()])
     if sr_img.shape != gt_img.shape:
         raise ValueError(f"SR output {sr_img.shape} and GT {gt_img.shape} differ in size")
+    need = gt_size_need(metrics, crop_border)
+    if need is not None and min(gt_img.shape[:2]) < need[0]:  # basicsr returns NaN, with numpy's warning
+        raise ValueError(f"GT is {gt_img.shape[0]}x{gt_img.shape[1]} pixels, {need[1]}")
     values = {}
     for name, spec in metrics.items():
-        border = crop_border if spec.get("crop_border") is None else spec["crop_border"]
+        border = metric_border(spec, crop_border)
         values[name] = float(METRICS[spec["type"]](sr_img, gt_img, crop_border=border,
                                                    test_y_channel=spec.get("test_y_channel", True)))
     return values
@@ -171,7 +187,7 @@ def evaluate_loader(
             sr = tiled_forward(model, lq, scale, tile, overlap).clamp_(0, 1)
             try:
                 values = image_metrics(sr[0], data["gt"][0], scale, metrics)
-            except ValueError as err:  # sizes of a dataset whose pairs were not checked up front (BasicSR's LMDB)
+            except ValueError as err:  # sizes of a dataset whose pairs were not checked up front (an LMDB)
                 from ldt.data.cameras import DatasetError
 
                 raise DatasetError(f"{data['gt_path'][0]} / {data['lq_path'][0]}: {err}") from None

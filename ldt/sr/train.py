@@ -451,20 +451,15 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
     sets are checked for their scale too (:func:`check_paired_image_scale`)."""
     from basicsr.utils.registry import ARCH_REGISTRY
     from ldt.data.cameras import image_size
-    from ldt.sr.metrics import METRIC_WINDOW, metric_border, smallest_gt_side
+    from ldt.sr.metrics import gt_size_need
     from ldt.sr.options import min_input_size
 
     network = opt["network_g"]["type"]
     lr_side = min_input_size(ARCH_REGISTRY.get(network))
     needs = [(1, lr_side, f"smaller than the {lr_side}x{lr_side} {network} needs; remove it or pad it")]
-    gt_side, metric = smallest_gt_side(opt["val"]["metrics"], opt["scale"])
-    if metric is not None:
-        spec = opt["val"]["metrics"][metric]
-        window = METRIC_WINDOW[spec["type"]]
-        needs.append((0, gt_side, f"val:metrics:{metric} needs at least {gt_side}x{gt_side} (a crop border of "
-                                  f"{metric_border(spec, opt['scale'])} px at each side"
-                                  f"{f' and an {window}x{window} window' if window > 1 else ''}) or it is NaN; "
-                                  f"remove it, or lower val:metrics:{metric}:crop_border"))
+    gt_need = gt_size_need(opt["val"]["metrics"], opt["scale"])
+    if gt_need is not None:
+        needs.append((0, *gt_need))
     for name, loader in loaders.items():
         checked = check_paired_image_scale(f"validation set {name}", loader.dataset, opt["scale"], train=False)
         if checked is not None:
