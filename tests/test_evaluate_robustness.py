@@ -206,3 +206,21 @@ def test_an_unchecked_set_with_a_gt_too_small_for_the_metrics_names_its_pair():
                                            r"least 19x19 .* or it is NaN; remove it, or lower "
                                            r"val:metrics:ssim:crop_border$"):
         evaluate_loader(torch.nn.Upsample(scale_factor=4), [pair], torch.device("cpu"), 4)
+
+
+def test_results_md_shows_each_metric_to_the_decimals_of_its_type_whatever_its_name(data_root, tmp_path):
+    """The tables chose the decimals by the metric's name: an SSIM named 'ssim_y' showed 0.04 (two decimals, a PSNR's),
+    and a PSNR named 'ssim' four."""
+    import json
+
+    from ldt.sr.evaluate import run_test
+    from ldt.sr.options import load_options
+
+    metrics = {"ssim_y": {"type": "calculate_ssim"}, "ssim": {"type": "calculate_psnr"}}
+    options = write_options(hostile_options(data_root, tmp_path, metrics=metrics), tmp_path)
+    run_test(load_options(options, is_train=False), root=tmp_path)
+    out = tmp_path / "results" / "hostile"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    table = (out / "results.md").read_text().splitlines()
+    assert table[2:4] == [f"| {camera} | 3 | {rows[camera]['ssim_y']:.4f} | {rows[camera]['ssim']:.2f} |"
+                          for camera in ("pan", "sony")]

@@ -1174,7 +1174,9 @@ def test_auto_resume_of_a_finished_run_writes_its_results_from_the_stored_valida
     again = json.loads((exp / "results.json").read_text())
     assert again["metrics"] == first["metrics"] and again["history"] == first["history"]
     assert again["best"] == first["best"] and again["iterations"] == 5
-    assert sr_train.MetricTable.from_dict({"rows": {"a": {"psnr": 1.0}}, "counts": {"a": 2}}, ("psnr", "ssim")) is None
+    from ldt.sr.metrics import DEFAULT_METRICS
+
+    assert sr_train.MetricTable.from_dict({"rows": {"a": {"psnr": 1.0}}, "counts": {"a": 2}}, DEFAULT_METRICS) is None
 
 
 def run_log(exp: Path) -> str:

@@ -305,7 +305,7 @@ class LDTModel(BaseModel):
     def nondist_validation(self, dataloader, current_iter: int, tb_logger, save_img: bool) -> None:
         """BasicSR's validation hook (its train pipeline calls it for every ``val_*`` set)."""
         name = dataloader.dataset.opt["name"]
-        table = MetricTable(tuple(self.opt["val"]["metrics"]))
+        table = MetricTable.of(self.opt["val"]["metrics"])
         self.metric_results = table.add(name, self.evaluate(dataloader, description=f"val {name}"))
         self._initialize_best_metric_results(name)
         for metric, value in self.metric_results.items():

@@ -61,7 +61,7 @@ def _evaluate(opt: dict, out: Path, loaders: dict, model) -> MetricTable:
         for old, new in archive(out):  # test does
             print(f"{old} held an earlier evaluation: archived as {new}", flush=True)
     check_writable(make_dirs(out))
-    table = MetricTable(tuple(opt["val"]["metrics"]))
+    table = MetricTable.of(opt["val"]["metrics"])
     suffix = opt["val"]["suffix"] or PurePosixPath(opt["name"]).name  # a name 'a/b' is no part of a file name
     for name, loader in loaders.items():
         def save_image(path, sr, values, name=name):

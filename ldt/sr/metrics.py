@@ -24,6 +24,8 @@ DEFAULT_METRICS = {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calcula
 # Pixels a metric needs besides the crop borders: basicsr's SSIM keeps only the 'valid' part of an 11x11 Gaussian
 # filter. On less, both return the mean of nothing (NaN) with a warning.
 METRIC_WINDOW = {"calculate_psnr": 1, "calculate_ssim": 11}
+# Decimals a table shows of each metric type: PSNR in dB, SSIM in [0, 1] (its differences are in the third place).
+METRIC_DECIMALS = {"calculate_psnr": 2, "calculate_ssim": 4}
 
 
 def metric_border(spec: Mapping, scale: int) -> int:
@@ -111,11 +113,18 @@ def image_metrics(sr: torch.Tensor, gt: torch.Tensor, crop_border: int, metrics:
 
 @dataclass
 class MetricTable:
-    """Per-dataset (camera) mean metrics, with the mean over datasets; formats as a markdown table."""
+    """Per-dataset (camera) mean metrics, with the mean over datasets; formats as a markdown table, each metric to
+    the decimals of its type (``types``: metric name -> ``val:metrics`` type; a metric may have any name)."""
 
     metrics: tuple[str, ...] = ("psnr", "ssim")
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=lambda: {name: spec["type"] for name, spec in DEFAULT_METRICS.items()})
+
+    @classmethod
+    def of(cls, metrics: Mapping[str, Mapping]) -> MetricTable:
+        """An empty table of the ``val:metrics`` options ``metrics``."""
+        return cls(tuple(metrics), types={name: spec["type"] for name, spec in metrics.items()})
 
     def add(self, dataset: str, values: list[dict[str, float]]) -> dict[str, float]:
         means = {m: float(np.mean([v[m] for v in values])) for m in self.metrics}
@@ -131,30 +140,32 @@ class MetricTable:
         return {"rows": self.rows, "counts": self.counts, "mean": self.mean()}
 
     @classmethod
-    def from_dict(cls, data: Mapping, metrics: tuple[str, ...]) -> MetricTable | None:
+    def from_dict(cls, data: Mapping, metrics: Mapping[str, Mapping]) -> MetricTable | None:
         """The table :meth:`to_dict` wrote (a training state's validation history keeps one per validation), or
-        None when it does not hold every one of ``metrics`` for each of its sets with a count."""
+        None when it does not hold every one of ``metrics`` (``val:metrics`` options) for each of its sets with a
+        count."""
         rows, counts = data.get("rows"), data.get("counts")
         if not isinstance(rows, dict) or not isinstance(counts, dict) or rows.keys() != counts.keys():
             return None
         if not all(isinstance(values, dict) and all(m in values for m in metrics) for values in rows.values()):
             return None
-        return cls(metrics, {name: {m: float(values[m]) for m in metrics} for name, values in rows.items()},
-                   {name: int(count) for name, count in counts.items()})
+        table = cls.of(metrics)
+        table.rows = {name: {m: float(values[m]) for m in metrics} for name, values in rows.items()}
+        table.counts = {name: int(count) for name, count in counts.items()}
+        return table
 
     def markdown(self, title: str = "dataset") -> str:
         header = f"| {title} | images | " + " | ".join(m.upper() for m in self.metrics) + " |"
         lines = [header, "|" + "---|" * (2 + len(self.metrics))]
         for name, values in self.rows.items():
-            lines.append(f"| {name} | {self.counts[name]} | " + " | ".join(_fmt(m, values[m]) for m in self.metrics) + " |")
+            lines.append(f"| {name} | {self.counts[name]} | " + " | ".join(self._format(m, values[m]) for m in self.metrics) + " |")
         if len(self.rows) > 1:
             mean = self.mean()
-            lines.append(f"| **mean** | {sum(self.counts.values())} | " + " | ".join(_fmt(m, mean[m]) for m in self.metrics) + " |")
+            lines.append(f"| **mean** | {sum(self.counts.values())} | " + " | ".join(self._format(m, mean[m]) for m in self.metrics) + " |")
         return "\n".join(lines)
 
-
-def _fmt(metric: str, value: float) -> str:
-    return f"{value:.4f}" if metric == "ssim" else f"{value:.2f}"
+    def _format(self, metric: str, value: float) -> str:
+        return f"{value:.{METRIC_DECIMALS[self.types[metric]]}f}"
 
 
 @torch.no_grad()

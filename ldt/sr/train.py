@@ -128,7 +128,7 @@ def experiment_paths(opt: dict, root: Path) -> None:
 
 def validate(model, loaders: dict, opt: dict, current_iter: int, tb_logger=None, desc: str = "val") -> MetricTable:
     """Evaluate the deployed network on every validation set; log per set and their mean."""
-    table = MetricTable(tuple(opt["val"]["metrics"]))
+    table = MetricTable.of(opt["val"]["metrics"])
     for name, loader in loaders.items():
         means = table.add(name, model.evaluate(loader, description=f"{desc} {name}"))
         if tb_logger is not None:
@@ -158,7 +158,7 @@ def stored_validation(history: list[dict], iteration: int, loaders: dict, opt: d
         log(f"results: validating iteration {iteration} again: its stored validation was made with other settings "
             f"({'; '.join(changes)})")
         return None
-    table = MetricTable.from_dict(last, tuple(opt["val"]["metrics"]))
+    table = MetricTable.from_dict(last, opt["val"]["metrics"])
     if table is None or table.rows.keys() != loaders.keys():
         log(f"results: validating iteration {iteration} again: its stored validation lacks these sets or metrics")
         return None
