@@ -578,3 +578,40 @@ def test_label_check_names_every_undecodable_label_with_the_bad_values(tiny, tmp
     assert f"1 labels that cannot be decoded: {first} (" in message, message
     assert f"1 labels with values the layout does not allow: {second} (values [26])" in message, message
     assert message.startswith(f"cityscapes val at {fog}: "), message
+
+
+def ignore_labels(samples) -> None:
+    """Rewrite the labels of ``samples`` as all-ignore (255) images of the same size."""
+    import numpy as np
+    from PIL import Image
+
+    for sample in samples:
+        with Image.open(sample.label) as label:
+            Image.fromarray(np.full((label.height, label.width), 255, np.uint8)).save(sample.label)
+
+
+def test_a_batch_with_no_labelled_pixel_is_a_zero_loss_not_nan():
+    """A batch of crops holding only ignored pixels (an unlabelled image, a crop inside an ignored region) made the
+    mean cross-entropy 0/0 = NaN, and the run stopped in a FloatingPointError traceback."""
+    torch.manual_seed(0)
+    model = DeepLabV3Plus("resnet18", aspp_channels=16, decoder_channels=16)
+    ignored = (torch.randn(2, 3, 32, 32), torch.full((2, 32, 32), 255))
+    for loss_fn in (train_module.pixel_cross_entropy, train_module.frozen_backbone_loss):
+        model.zero_grad()
+        loss = loss_fn(model, ignored)
+        loss.backward()
+        assert loss.item() == 0.0
+        assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_a_source_whose_training_images_are_unlabelled_trains_to_a_record(tiny, tmp_path):
+    import shutil
+
+    root = tmp_path / "streets"
+    for name in ("clean", "fog", "night"):
+        shutil.copytree(domain_root(tiny, name), domain_root(root, name))
+    config = fast_config(root, method="ft")
+    train, _ = holdout_splits(config, scan_domains(config.sources, "train"))["clean"]
+    ignore_labels(train)
+    record = run(config)
+    assert math.isfinite(record["holdout_miou"]) and set(record["target_miou"]) == {"fog", "night"}

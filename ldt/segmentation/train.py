@@ -194,8 +194,11 @@ def build_model(config: RunConfig, *, weights: bool = True) -> DeepLabV3Plus:
 
 
 def pixel_cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels. A batch with none (unlabelled images, crops inside an
+    ignored region) is a zero loss: PyTorch's mean over no pixel is 0/0 = NaN, which stopped the run."""
     images, labels = batch
-    return F.cross_entropy(model(images), labels, ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(model(images), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def frozen_backbone_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
