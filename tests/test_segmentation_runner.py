@@ -615,3 +615,41 @@ def test_a_source_whose_training_images_are_unlabelled_trains_to_a_record(tiny, 
     ignore_labels(train)
     record = run(config)
     assert math.isfinite(record["holdout_miou"]) and set(record["target_miou"]) == {"fog", "night"}
+
+
+def test_a_target_with_no_labelled_pixel_is_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):
+    """A target whose labels hold only ignore (255) has no mIoU: the sweep trained, then tabled its column as '–'
+    with no word of why. Its labels are decoded before training anyway; such a split is named now, exit 2."""
+    import shutil
+
+    from ldt.segmentation.data import scan_split
+
+    monkeypatch.setattr(main_module, "run", never)
+    fog = shutil.copytree(domain_root(tiny, "fog"), tmp_path / "fog")
+    ignore_labels(scan_split(fog, "cityscapes", "val").samples)
+    argv = ["--source", f"cityscapes:clean={domain_root(tiny, 'clean')}", "--targets", f"cityscapes:fog={fog}",
+            "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: cityscapes val at {fog}: none of its 2 labels holds a labelled pixel (only ignore 255), so it has "
+        "no mIoU"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_held_out_part_with_no_labelled_pixel_is_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):
+    """A source whose held-out images (of one seed) hold only ignore gave the selection no score: a TypeError
+    traceback at the first selection point, after the warm-up and the first steps."""
+    import shutil
+
+    monkeypatch.setattr(main_module, "run", never)
+    clean = shutil.copytree(domain_root(tiny, "clean"), tmp_path / "clean")
+    config = replace(fast_config(tiny), sources=(Domain("clean", "cityscapes", str(clean)),), seed=1)
+    _, held = holdout_splits(config, scan_domains(config.sources, "train"))["clean"]
+    ignore_labels(held)
+    argv = ["--source", f"cityscapes:clean={clean}", "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}",
+            "--out", str(tmp_path / "out"), "--no-progress", "--seeds", "0", "1", *FAST_FLAGS]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: clean: none of the {len(held)} held-out labels of seed 1 holds a labelled pixel (only ignore 255), "
+        f"so selection has no score: raise --holdout-fraction (now {FAST['holdout_fraction']})"]
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,8 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import torch
 
     from ldt import runner
-    from ldt.segmentation.data import Augment, SegmentationSplit, check_splits
+    from ldt.segmentation.classes import IGNORE_INDEX
+    from ldt.segmentation.data import Augment, SegmentationDataError, SegmentationSplit, check_splits, first_labelled
     from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
     from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
@@ -216,15 +217,26 @@ def check_data(configs: list[RunConfig]) -> None:
     """Index every domain (headers only: no target image pixel is read) and every seed's held-out split, before
     training; every target label is decoded once for its values (a bad one failed only in the test, after training;
     the check decides nothing else), and up to :data:`SOURCE_LABELS_CHECKED` of each source's (one failed at the
-    first batch, after the model was built; all of a large source would cost minutes)."""
+    first batch, after the model was built; all of a large source would cost minutes). A target, or a seed's held-out
+    part of a source, whose labels hold only ignore has no mIoU (a '–' column; a traceback at the first selection)."""
     first = configs[0]
     splits = check_splits([(d.root, d.layout, SOURCE_SPLIT, SOURCE_LABELS_CHECKED) for d in first.sources]
                           + [(d.root, d.layout, TARGET_SPLIT, None) for d in first.targets])
     sources = {d.name: split for d, split in zip(first.sources, splits)}
     targets = {d.name: split for d, split in zip(first.targets, splits[len(first.sources):])}
     check_sizes(first, sources, targets)
+    checked = set()
     for config in configs:
-        holdout_splits(config, sources)
+        for name, (_, held) in holdout_splits(config, sources).items():
+            names = (name, tuple(sample.name for sample in held))
+            if names in checked:  # the held-out part depends on the seed only: one check per seed
+                continue
+            checked.add(names)
+            if first_labelled(sources[name], held) is None:
+                raise SegmentationDataError(
+                    f"{name}: none of the {len(held)} held-out labels of seed {config.seed} holds a labelled pixel "
+                    f"(only ignore {IGNORE_INDEX}), so selection has no score: raise "
+                    f"{runner.field_flag('holdout_fraction')} (now {config.holdout_fraction})")
 
 
 def demo_weights(args: argparse.Namespace, path: Path) -> None:

@@ -264,6 +264,29 @@ def _label_ids(path: Path) -> np.ndarray:
         raise SegmentationDataError(f"cannot decode label {path}: {err}") from None
 
 
+def _labels_a_class(present: np.ndarray, table: np.ndarray) -> bool:
+    """Whether raw label values ``present`` include one that maps to a class (not ignore, not invalid)."""
+    mapped = table[present]
+    return bool(((mapped >= 0) & (mapped != IGNORE_INDEX)).any())
+
+
+def _present_values(path: Path) -> np.ndarray:
+    """The distinct raw values of a label image; a file that does not decode raises PIL's OSError."""
+    return np.flatnonzero(np.bincount(_decoded_ids(path).ravel(), minlength=256))
+
+
+def first_labelled(split: SegmentationSplit, samples: Sequence[Sample]) -> Sample | None:
+    """The first of ``samples`` (of ``split``) whose label holds a pixel of a class, or None: a set of images that
+    holds only ignore has no mIoU. Decodes labels until one is found, so usually one; errors name the file."""
+    for sample in samples:
+        try:
+            if _labels_a_class(_present_values(sample.label), split.table):
+                return sample
+        except OSError as err:
+            raise SegmentationDataError(f"cannot decode label {sample.label}: {err}") from None
+    return None
+
+
 def check_label_values(split: SegmentationSplit, limit: int | None = None) -> None:
     """Decode every label of ``split`` (or ``limit`` of them, evenly spread over the sorted names) and name, in one
     error, those holding a value the layout does not allow (a Cityscapes ``labelIds`` file under a ``labelTrainIds``
@@ -271,25 +294,28 @@ def check_label_values(split: SegmentationSplit, limit: int | None = None) -> No
     training, a source's at its first batch. Cheap beside a training: a label decodes in about 0.2 ms at 96x192 px
     (the generated domains) and 20 ms at Cityscapes' 2048x1024; ``limit`` bounds it for a large source, whose
     labels training reads anyway (a wrong kind of label file is wrong in every file, so a sample finds it)."""
-    samples, bad, undecodable = split.samples, [], []
+    samples, bad, undecodable, labelled = split.samples, [], [], False
     if limit is not None and len(samples) > limit:
         samples = tuple(samples[index * len(samples) // limit] for index in range(limit))
     for sample in samples:
         try:  # one broken file does not hide the others: every label is read, each problem named once
-            ids = _decoded_ids(sample.label)
+            present = _present_values(sample.label)
         except OSError as err:
             undecodable.append(f"{sample.label} ({err})")
             continue
-        present = np.flatnonzero(np.bincount(ids.ravel(), minlength=256))
         wrong = present[split.table[present] < 0]
         if wrong.size:
             bad.append(f"{sample.label} (values {wrong[:10].tolist()})")
+        labelled = labelled or _labels_a_class(present, split.table)
     checked = "" if samples is split.samples else f" (of {len(samples)} checked of {len(split.samples)})"
     found = [f"{len(undecodable)} labels{checked} that cannot be decoded: {listing(undecodable, _LISTED)}"] \
         if undecodable else []
     if bad:
         found.append(f"{len(bad)} labels{checked} with values the layout does not allow: {listing(bad, _LISTED)} "
                      f"(expected {split.layout.label_help})")
+    elif not undecodable and not labelled:  # a target's column (or a source's every score) would be undefined
+        found.append(f"none of its {len(samples)} labels{checked} holds a labelled pixel (only ignore {IGNORE_INDEX}), "
+                     "so it has no mIoU")
     if found:
         raise SegmentationDataError(f"{split.layout.name} {split.split} at {split.root}: " + "; ".join(found))
 
