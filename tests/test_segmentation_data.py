@@ -117,6 +117,24 @@ def test_unpaired_corrupt_and_wrong_sized_files_are_all_named(tmp_path):
     assert "c_4" not in message  # the one good pair is not blamed
 
 
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_an_image_deeper_than_8_bits_is_named_by_the_scan(tmp_path, mode):
+    """A 16-bit grey (or 32-bit / float) image passed the scan and was read through PIL's RGB conversion, which
+    clips at 255: a 16-bit image trained and tested as an almost white one, silently."""
+    cityscapes_tree(tmp_path, names=[("c", f"c_{i}") for i in range(2)])
+    image = tmp_path / "leftImg8bit/train/c/c_0_leftImg8bit.png"
+    deep = Image.fromarray(np.full((H, W), 40000, np.uint16))  # a 16-bit PNG opens as I;16
+    if mode != "I;16":  # PNG holds no 32-bit or float pixels: a TIFF under the .png name (PIL reads the content)
+        deep.convert(mode).save(image, format="TIFF")
+    else:
+        deep.save(image)
+    assert Image.open(image).mode == mode
+    with pytest.raises(SegmentationDataError) as info:
+        scan_split(tmp_path, "cityscapes", "train")
+    assert f"1 images that are not 8-bit colour or grey images: {image} (mode {mode})" in str(info.value)
+    assert "c_1" not in str(info.value)
+
+
 def test_truncated_file_is_caught_by_the_scan_and_at_load(tmp_path):
     """A header read alone did not see a cut-off file: a truncated target image failed only in the test, after the
     whole training; its missing end marker now fails the scan, before any training."""

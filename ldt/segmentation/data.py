@@ -2,11 +2,11 @@
 
 Why pair by name and check every file up front: a missing label, a corrupt file or a label of the wrong size would
 otherwise surface as a crash hours into training (or, with sorted-list pairing, as silently shifted pairs). Every
-split is indexed once; all unpaired files, unreadable headers, non-single-channel labels and image/label size
-mismatches are collected and raised together in one :class:`SegmentationDataError` that names them. Sizes come from
-the file headers (PIL opens lazily) and a PNG / JPEG's end marker from its last bytes (a truncated file), so checking
-costs no decoding; ``verify=True`` also runs PIL's ``verify()`` (PNG chunk checksums), which catches a file corrupted
-inside at the price of reading every byte.
+split is indexed once; all unpaired files, unreadable headers, non-single-channel labels, images deeper than
+8 bits and image/label size mismatches are collected and raised together in one :class:`SegmentationDataError`
+that names them. Sizes come from the file headers (PIL opens lazily) and a PNG / JPEG's end marker from its last
+bytes (a truncated file), so checking costs no decoding; ``verify=True`` also runs PIL's ``verify()`` (PNG chunk
+checksums), which catches a file corrupted inside at the price of reading every byte.
 
 Layouts (``split`` is ``train`` or ``val``):
 
@@ -37,6 +37,9 @@ from ldt.segmentation.classes import IGNORE_INDEX, MAPILLARY_V12_TO_TRAIN_ID, lo
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLITS = ("train", "val")
 LABEL_MODES = ("L", "P")  # single-channel 8-bit id images (Mapillary's are palette images)
+# Images PIL converts to 8-bit RGB faithfully; its conversion of a 16-bit (I;16), 32-bit (I) or float (F) grey image
+# clips at 255, so such an image read as an almost white one.
+IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 _LISTED = 10  # files named per problem kind in one error; the rest are counted
 
 
@@ -150,6 +153,7 @@ def scan_split(root: str | Path, layout: str, split: str, *, verify: bool = Fals
         "labels without an image": [str(labels[n]) for n in labels if n not in images],
         "unreadable files": [],
         "labels that are not single-channel id images": [],
+        "images that are not 8-bit colour or grey images": [],
         "image/label size mismatches": [],
     }
     samples = []
@@ -162,9 +166,11 @@ def scan_split(root: str | Path, layout: str, split: str, *, verify: bool = Fals
                 problems["unreadable files"].append(f"{path} ({err})")
         if len(headers) < 2:
             continue
-        (image_size, _), (label_size, label_mode) = headers
+        (image_size, image_mode), (label_size, label_mode) = headers
         if label_mode not in LABEL_MODES:
             problems["labels that are not single-channel id images"].append(f"{labels[name]} (mode {label_mode})")
+        elif image_mode not in IMAGE_MODES:
+            problems["images that are not 8-bit colour or grey images"].append(f"{images[name]} (mode {image_mode})")
         elif image_size != label_size:
             problems["image/label size mismatches"].append(
                 f"{images[name]} is {image_size[0]}x{image_size[1]} but {labels[name]} is {label_size[0]}x{label_size[1]}"
