@@ -653,3 +653,27 @@ def test_a_held_out_part_with_no_labelled_pixel_is_one_line_before_training(tiny
         f"error: clean: none of the {len(held)} held-out labels of seed 1 holds a labelled pixel (only ignore 255), "
         f"so selection has no score: raise --holdout-fraction (now {FAST['holdout_fraction']})"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelled_layout_domain_backbone_or_criterion_gets_a_did_you_mean(tiny, tmp_path, monkeypatch, capsys):
+    """Methods got the registry's hint (unknown_choice); layouts, generated domains, backbones and criteria were
+    listed without it, so 'cityscape' or 'resnet5' left the user to spot the difference."""
+    monkeypatch.setattr(main_module, "run", never)
+    monkeypatch.setattr(main_module, "DEFAULT_ROOT", tiny)
+    monkeypatch.setattr(main_module, "DEMO_DATA", TINY)
+    monkeypatch.setattr(main_module, "build_generated", never)
+    on_disk = f"cityscapes:clean={domain_root(tiny, 'clean')}"
+    cases = [
+        (["--source", f"cityscape={tiny}", "--targets", f"bdd100k={tiny}"], "error: domain 'cityscape': unknown layout "
+         "'cityscape' (did you mean 'cityscapes'?); choose from cityscapes, bdd100k, mapillary"),
+        (["--source", "clean", "--targets", "fgo"], "error: unknown generated domain 'fgo' (did you mean 'fog'?); "
+         "choose from clean, fog, night (or give LAYOUT=ROOT for a dataset on disk)"),
+        (["--source", on_disk, "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}", "--backbones", "resnet5"],
+         "error: unknown backbone 'resnet5' (did you mean 'resnet50'?); choose from resnet18, resnet50"),
+        (["--source", on_disk, "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}", "--criterion", "vr"],
+         "error: unknown criterion 'vr' (did you mean 'var'?); choose from "),
+    ]
+    for argv, message in cases:
+        assert main(argv + ["--out", str(tmp_path / "out"), "--no-progress", "--no-pretrain"]) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith(message), (argv, err)

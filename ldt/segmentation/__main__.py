@@ -25,6 +25,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import torch
 
     from ldt import runner
+    from ldt.core.config import unknown_choice
     from ldt.segmentation.classes import IGNORE_INDEX
     from ldt.segmentation.data import Augment, SegmentationDataError, SegmentationSplit, check_splits, first_labelled
     from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
@@ -128,8 +129,8 @@ def resolve_domain(text: str) -> Domain:
     if "=" in text:
         return parse_domain(text)
     if text not in DEMO_DATA.domains:
-        raise ValueError(f"unknown generated domain {text!r}; choose from {', '.join(DEMO_DATA.domains)} (or give "
-                         "LAYOUT=ROOT for a dataset on disk)")
+        raise ValueError(unknown_choice("generated domain", text, DEMO_DATA.domains)
+                         + " (or give LAYOUT=ROOT for a dataset on disk)")
     return Domain(text, "cityscapes", str(domain_root(DEFAULT_ROOT, text)))
 
 
@@ -153,7 +154,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     backbones = runner.unique("--backbones", args.backbones or [defaults["backbone"]])
     for backbone in backbones:
         if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+            raise ValueError(unknown_choice("backbone", backbone, BACKBONES))
     try:
         given = parse_weights(args.weights, backbones, list(BACKBONES), noun="BACKBONE")
     except SweepError as err:

@@ -59,7 +59,7 @@ class Domain:
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ValueError(f"domain {self.name!r}: unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
+            raise ValueError(f"domain {self.name!r}: " + unknown_choice("layout", self.layout, list(LAYOUTS)))
         if not self.name or "+" in self.name:
             raise ValueError(f"domain name {self.name!r} must be non-empty and without '+'")
 
@@ -146,9 +146,9 @@ class RunConfig:
         if self.method not in METHODS:
             raise ValueError(unknown_choice("method", self.method, METHODS))
         if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
+            raise ValueError(unknown_choice("backbone", self.backbone, BACKBONES))
         if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}")
+            raise ValueError(unknown_choice("criterion", self.criterion, CRITERIA))
         if self.output_stride not in (8, 16):
             raise ValueError(f"{field_flag('output_stride')} must be 8 or 16, got {self.output_stride}")
         if self.head_channels < 1:
