@@ -533,9 +533,10 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
     return best
 
 
-# Errors a run can end in that are about its input (a data file, a weights file, the disk), not a bug: the sweep
-# stops on them with one line. PIL's decoding errors are OSErrors; the tasks' data and weights errors ValueErrors.
-RUN_INPUT_ERRORS = (ValueError, OSError, DiskError)
+# Errors a run can end in that are about its input (a data file, a weights file, the disk, options under which the
+# training diverged), not a bug: the sweep stops on them with one line. PIL's decoding errors are OSErrors; the tasks'
+# data and weights errors ValueErrors; a NaN / inf loss the methods' FloatingPointError (it was a traceback).
+RUN_INPUT_ERRORS = (ValueError, OSError, DiskError, FloatingPointError)
 
 
 def one_line(err: BaseException) -> str:

@@ -677,3 +677,15 @@ def test_a_misspelled_layout_domain_backbone_or_criterion_gets_a_did_you_mean(ti
         assert main(argv + ["--out", str(tmp_path / "out"), "--no-progress", "--no-pretrain"]) == 2, argv
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith(message), (argv, err)
+
+
+def test_a_diverged_run_is_one_line_naming_the_run(tiny, tmp_path, monkeypatch, capsys):
+    """A run whose loss became NaN or inf (a diverged training: too high an --lr) stopped the sweep in a
+    FloatingPointError traceback that did not name the run."""
+    monkeypatch.setattr(train_module, "pixel_cross_entropy", lambda model, batch: model(batch[0]).sum() * math.nan)
+    argv = [*specs(tiny), "--out", str(tmp_path / "out"), "--no-progress", "--methods", "ft", "--seeds", "0",
+            "--backbones", "resnet18", *FAST_FLAGS]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: run resnet18/ft clean->fog+night seed=0: ft: the loss of the net branch is nan"]
+    assert not (tmp_path / "out" / RESULTS_FILE).exists()
