@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -69,11 +70,42 @@ def stop_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(number, signal.SIG_DFL if old is None else old)
 
 
-class OneLineParser(argparse.ArgumentParser):
+def meant(key: Any, known: Sequence[str]) -> str | None:
+    """The known name an unknown one most likely misspells (the "did you mean" of an unknown option, section,
+    architecture or dataset type), or None."""
+    hint = difflib.get_close_matches(str(key), list(known), n=1)
+    return hint[0] if hint else None
+
+
+def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:
+    """`` (did you mean 'X'?)`` for the known name ``key`` most likely misspells (:func:`meant`), else ``otherwise``:
+    the one wording of the hint, so every unknown option, choice, type, method or architecture reads alike."""
+    hint = meant(key, known)
+    return f" (did you mean '{hint}'?)" if hint else otherwise
+
+
+class HintingParser(argparse.ArgumentParser):
+    """argparse, with the "did you mean" of a misspelled flag (``unrecognized arguments: --stesp 4`` named no
+    ``--steps``), as option files and method names have."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message + self.flag_hint(message))
+
+    def flag_hint(self, message: str) -> str:
+        """`` (did you mean '--steps'?)`` for the first unrecognized flag of an argparse ``message``, else ``""``."""
+        unknown = re.match(r"unrecognized arguments: (-\S+)", message)
+        if not unknown:
+            return ""
+        names = [option[2:] for option in self._option_string_actions if option.startswith("--")]
+        hint = meant(unknown.group(1).split("=", 1)[0].lstrip("-"), names)  # without the dashes, which matched --help
+        return f" (did you mean '--{hint}'?)" if hint else ""
+
+
+class OneLineParser(HintingParser):
     """argparse, but a usage error is one line (the usage is in --help)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{self.flag_hint(message)}\n")
 
 
 def flag(dest: str) -> str:

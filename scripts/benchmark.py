@@ -54,7 +54,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldt.cli import between, check_output_file, fail, path_flag  # noqa: E402
+from ldt.cli import HintingParser, between, check_output_file, fail, path_flag  # noqa: E402
 from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
 from ldt.sr.experiment import ARCHS  # noqa: E402
@@ -294,7 +294,7 @@ def paper_ratios(path: Path = PAPER_TABLES) -> dict | None:
 
 # ---- main -------------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--arch", choices=sorted(ARCHS), help="ldt.sr.experiment.ARCHS key (default: safmn_tiny on "
                         "CPU, mambair on CUDA, the paper's Table 3 arch)")

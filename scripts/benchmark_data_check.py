@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ldt.cli import at_least, check_args, positive
+from ldt.cli import HintingParser, at_least, check_args, positive
 from ldt.data.cameras import collect_pairs
 
 
@@ -46,7 +46,7 @@ def timed(root: Path, check: bool, repeat: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--hr", type=int, default=192,
                         help="HR side in px, at least 4 (default: %(default)s, a training patch)")

@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import check_args, check_device, fail, json_object, positive  # noqa: E402
+from ldt.cli import HintingParser, check_args, check_device, fail, json_object, positive  # noqa: E402
 from ldt.core import probe_gradients  # noqa: E402
 
 MODES = ("plain", "ldt", "stored")
@@ -141,7 +141,7 @@ def check_model(parser: argparse.ArgumentParser, args, device: torch.device) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="convnet", help="'convnet' or a registered arch (SAFMN, HAT, MambaIR, ...)")
     parser.add_argument("--arch-opt", default="{}", help="JSON constructor arguments of the arch")
     parser.add_argument("--batches", type=int, default=20, help="probe batches")

@@ -36,7 +36,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import check_args, check_device, non_negative, positive  # noqa: E402
+from ldt.cli import HintingParser, check_args, check_device, non_negative, positive  # noqa: E402
 from ldt.ops import default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
 from ldt.ops import selective_scan as scan_module  # noqa: E402
 
@@ -167,7 +167,7 @@ def chunk_sizes_problem(texts: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=48 * 48, help="sequence length (pixels of a patch)")
     parser.add_argument("--channels", type=int, default=4 * 360, help="scan channels (directions x inner width)")

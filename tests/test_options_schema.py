@@ -551,29 +551,62 @@ def test_a_warning_of_options_checked_twice_is_shown_once(data_root, tmp_path, m
 
 
 def test_every_did_you_mean_comes_from_the_one_helper():
-    """``ldt.core.config.meant`` is the one "did you mean" (an option, a choice, a type tag, a method, an
-    architecture): a module calling difflib itself could pick hints by other rules (cut-off, candidates)."""
+    """``ldt.cli.meant`` is the one "did you mean" (an option, a choice, a type tag, a method, an architecture, a
+    flag): a module calling difflib itself could pick hints by other rules (cut-off, candidates)."""
     import ldt
 
     package = Path(ldt.__file__).parent
     callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
-                     if "difflib" in path.read_text() and path != package / "core" / "config.py")
+                     if "difflib" in path.read_text() and path != package / "cli.py")
     assert callers == []
 
 
 def test_every_did_you_mean_suffix_comes_from_the_one_helper():
-    """``ldt.core.config.did_you_mean`` writes the " (did you mean 'X'?)" suffix; a module building it by hand (seven
+    """``ldt.cli.did_you_mean`` writes the " (did you mean 'X'?)" suffix; a module building it by hand (seven
     did) could word or quote it differently, or forget the fallback, for the same kind of misspelling."""
     import ldt
-    from ldt.core.config import did_you_mean
+    from ldt.cli import did_you_mean
 
     package = Path(ldt.__file__).parent
     callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
-                     if "did you mean '" in path.read_text() and path != package / "core" / "config.py")
+                     if "did you mean '" in path.read_text() and path != package / "cli.py")
     assert callers == []
     assert did_you_mean("ltd", ["ldt", "ft"]) == " (did you mean 'ldt'?)"
     assert did_you_mean("zzz", ["ldt", "ft"]) == ""
     assert did_you_mean("zzz", ["ldt", "ft"], otherwise="; known: ldt, ft") == "; known: ldt, ft"
+
+
+@pytest.mark.parametrize("parser", ["one_line", "hinting"])
+def test_a_misspelled_flag_gets_the_did_you_mean_of_option_names(parser, capsys):
+    """``unrecognized arguments: --stesp 4`` named no ``--steps`` (option files and methods had the hint, flags
+    not); the flags are compared without their dashes, which alone made '--help' the hint of any short flag."""
+    from ldt.cli import HintingParser, OneLineParser
+
+    def error_of(*argv: str) -> str:
+        built = (OneLineParser if parser == "one_line" else HintingParser)(prog="prog")
+        built.add_argument("--steps", type=int)
+        built.add_argument("--auto_resume", action="store_true")
+        with pytest.raises(SystemExit) as exited:
+            built.parse_args(list(argv))
+        assert exited.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert error_of("--stesp", "4") == "prog: error: unrecognized arguments: --stesp 4 (did you mean '--steps'?)"
+    assert error_of("--auto-resume") == "prog: error: unrecognized arguments: --auto-resume (did you mean '--auto_resume'?)"
+    assert error_of("--stpes=4") == "prog: error: unrecognized arguments: --stpes=4 (did you mean '--steps'?)"
+    assert error_of("--zzzz") == "prog: error: unrecognized arguments: --zzzz"
+    assert error_of("--hepl") == "prog: error: unrecognized arguments: --hepl (did you mean '--help'?)"
+    assert error_of("--steps", "x") == "prog: error: argument --steps: invalid int value: 'x'"
+
+
+def test_every_command_parser_hints_misspelled_flags():
+    """Every command's parser (the scripts, ``Train_pip.py`` / ``test.py`` through ldt.sr.train, the runners, the
+    examples) is an ``ldt.cli`` parser, so each misspelled flag gets the hint."""
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("*.py"), *(root / "scripts").glob("*.py"), *(root / "examples").glob("*.py"),
+             *(root / "ldt").rglob("*.py")]
+    plain = sorted(str(path.relative_to(root)) for path in files if "argparse.ArgumentParser(" in path.read_text())
+    assert plain == []
 
 
 def test_the_option_reference_shows_the_ranges_of_optional_options_too():

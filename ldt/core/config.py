@@ -10,7 +10,6 @@ float (BasicSR files write ``!!float 5e3``) are read as the number they obviousl
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import math
@@ -23,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
-from ldt.cli import EMPTY_PATH
+from ldt.cli import EMPTY_PATH, did_you_mean, meant  # (the one "did you mean", re-exported)
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
@@ -167,13 +166,6 @@ def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], lis
     return path, siblings
 
 
-def meant(key: Any, known: Sequence[str]) -> str | None:
-    """The known name an unknown one most likely misspells (the "did you mean" of an unknown option, section,
-    architecture or dataset type), or None."""
-    hint = difflib.get_close_matches(str(key), list(known), n=1)
-    return hint[0] if hint else None
-
-
 def _shown(value: Any) -> str:
     return repr(value) if not isinstance(value, dict) else "a mapping"
 
@@ -189,16 +181,9 @@ TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: 
 """How :func:`type_problem` names the type a value should have."""
 
 
-def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:
-    """`` (did you mean 'X'?)`` for the known name ``key`` most likely misspells (:func:`meant`), else ``otherwise``:
-    the one wording of the hint, so every unknown option, choice, type, method or architecture reads alike."""
-    hint = meant(key, known)
-    return f" (did you mean '{hint}'?)" if hint else otherwise
-
-
 def unknown_choice(kind: str, name: str, choices: Sequence[str]) -> str:
-    """``unknown KIND 'NAME' (did you mean 'X'?); choose from A, B``: one wording for every runner's unknown method
-    (the registry's, the classification and segmentation runners'), hint included."""
+    """``unknown KIND 'NAME'``, :func:`~ldt.cli.did_you_mean`'s hint, ``; choose from A, B``: one wording for every
+    runner's unknown method (the registry's, the classification and segmentation runners')."""
     return f"unknown {kind} {name!r}" + did_you_mean(name, choices) + f"; choose from {', '.join(choices)}"
 
 
