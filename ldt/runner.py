@@ -39,7 +39,7 @@ from ldt.cli import (STOP_SIGNALS, device_problem, error_lines, flag, not_a_file
                      show_traceback, stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.config import MAX_SEED, describe_errors
-from ldt.core.probe import LossFn
+from ldt.core.probe import LossFn, ProbeError
 from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_recipes, earlier_run_hash, identity_path,
                        one_warning_each, run_hash, run_pending, stale_weights, sweep_lock)
 from ldt.weights import WeightsError, content_fingerprint
@@ -535,8 +535,9 @@ def train_and_select(method: Method, stream: Iterator, loss_fn: LossFn, *, steps
 
 # Errors a run can end in that are about its input (a data file, a weights file, the disk, options under which the
 # training diverged), not a bug: the sweep stops on them with one line. PIL's decoding errors are OSErrors; the tasks'
-# data and weights errors ValueErrors; a NaN / inf loss the methods' FloatingPointError (it was a traceback).
-RUN_INPUT_ERRORS = (ValueError, OSError, DiskError, FloatingPointError)
+# data and weights errors ValueErrors; a NaN / inf loss the methods' FloatingPointError, or in LDT's probe its
+# ProbeError (both were a traceback).
+RUN_INPUT_ERRORS = (ValueError, OSError, DiskError, FloatingPointError, ProbeError)
 
 
 def one_line(err: BaseException) -> str:

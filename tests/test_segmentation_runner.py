@@ -689,3 +689,15 @@ def test_a_diverged_run_is_one_line_naming_the_run(tiny, tmp_path, monkeypatch, 
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: run resnet18/ft clean->fog+night seed=0: ft: the loss of the net branch is nan"]
     assert not (tmp_path / "out" / RESULTS_FILE).exists()
+
+
+def test_a_probe_of_non_finite_losses_is_one_line_naming_the_run(tiny, tmp_path, monkeypatch, capsys):
+    """LDT's probe refusing a non-finite loss (ldt.core's ProbeError, a RuntimeError) stopped the sweep in a
+    traceback that did not name the run, where a diverged training was one line."""
+    monkeypatch.setattr(train_module, "pixel_cross_entropy", lambda model, batch: model(batch[0]).sum() * math.nan)
+    argv = [*specs(tiny), "--out", str(tmp_path / "out"), "--no-progress", "--methods", "ldt_dpu", "--seeds", "0",
+            "--backbones", "resnet18", *FAST_FLAGS, "--warmup-steps", "0"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: run resnet18/ldt_dpu clean->fog+night seed=0: probe batch 0: the loss is nan (not finite)"]
+    assert not (tmp_path / "out" / RESULTS_FILE).exists()
