@@ -127,3 +127,43 @@ def patch_basicsr_train() -> None:
     pipeline.load_resume_state = load_resume_state
     pipeline.create_train_val_dataloader = create_train_val_dataloader
     pipeline.build_model = build_pipeline_model
+
+
+def patch_paired_image_dataset() -> None:
+    """Make BasicSR's ``PairedImageDataset`` name an image of a pair it cannot decode (idempotent).
+
+    basicsr 1.4.2's ``imfrombytes`` hands ``cv2.imdecode``'s None to ``.astype``: a PNG or JPEG whose pixel data is
+    corrupt behind an intact header and end marker (all the start-up check reads: decoding every image would slow
+    the start on DRealSR) stopped ``test.py``, a training or its validation in an ``AttributeError`` naming no file.
+    When a read fails, the pair is decoded again as BasicSR decodes it, and an image that does not decode is a
+    :class:`ldt.data.cameras.DatasetError` naming it (torch re-raises a worker's error as that type, which the
+    entry points print as one line); any other failure stands as it was. A read that succeeds reads nothing twice."""
+    patch_basicsr()
+    from basicsr.data.paired_image_dataset import PairedImageDataset
+
+    if getattr(PairedImageDataset.__getitem__, "ldt_patched", False):
+        return
+    import cv2
+
+    from ldt.data.cameras import DatasetError, imdecode
+
+    read = PairedImageDataset.__getitem__
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return read(self, index)
+        except Exception:
+            if self.file_client is None:  # it failed before reading any image
+                raise
+            on_lmdb = "db_paths" in self.io_backend_opt  # BasicSR's LMDB set-up adds it; the paths are then keys
+            try:
+                for key, folder in (("gt", self.gt_folder), ("lq", self.lq_folder)):
+                    path = self.paths[index][f"{key}_path"]
+                    imdecode(self.file_client.get(path, key), f"LMDB {folder} (key {path})" if on_lmdb else path,
+                             cv2.IMREAD_COLOR)
+            except DatasetError as undecodable:
+                raise undecodable from None
+            raise
+
+    __getitem__.ldt_patched = True
+    PairedImageDataset.__getitem__ = __getitem__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -779,3 +780,100 @@ def test_an_unchecked_pair_whose_sizes_differ_is_named_at_evaluation():
              "gt_path": ["hr/a.png"]}
     with pytest.raises(DatasetError, match=r"hr/a.png / lr/a.png: SR output \(16, 16, 3\) and GT \(15, 16, 3\)"):
         evaluate_loader(torch.nn.Upsample(scale_factor=4), [batch], torch.device("cpu"), 4)
+
+
+def _corrupted(png: bytes) -> bytes:
+    """PNG bytes with 16 bytes in the middle of the IDAT chunk zeroed, its length kept: the header and the end
+    marker, all the start-up check reads, stay intact, and the pixel data no longer decodes."""
+    import struct
+
+    data = bytearray(png)
+    chunk = data.index(b"IDAT")
+    middle = chunk + 4 + struct.unpack(">I", data[chunk - 4:chunk])[0] // 2
+    data[middle:middle + 16] = bytes(16)
+    return bytes(data)
+
+
+def _corrupt_pixel_data(png: Path) -> Path:
+    png.write_bytes(_corrupted(png.read_bytes()))
+    return png
+
+
+def _check_undecodable(image: Path) -> None:
+    """``image`` is what the test needs: BasicSR's decode of it fails and the start-up check passes it."""
+    import cv2
+    import numpy as np
+
+    from ldt.data.cameras import image_header
+
+    assert cv2.imdecode(np.frombuffer(image.read_bytes(), np.uint8), cv2.IMREAD_COLOR) is None
+    image_header(image)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_paired_test_image_whose_pixels_do_not_decode_is_one_line_naming_it(workers, data_root, tmp_path):
+    """A PNG whose header and end marker are intact but whose pixel data is corrupt passes the start-up check
+    (headers only), and BasicSR's PairedImageDataset read stopped test.py in "AttributeError: 'NoneType' object has
+    no attribute 'astype'", naming no file, in-process and from a DataLoader worker alike. Now it is one line naming
+    the image; the earlier evaluation is archived whole."""
+    import ldt.archs  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from ldt.cli import error_lines
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.evaluate import run_test
+
+    hr_dir, lr_dir = _paired_folders(tmp_path / "set5")
+    opt = tiny_options(data_root, "paired")
+    network = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+    torch.save({"params": network.state_dict()}, tmp_path / "net.pth")
+    test_opt = {"name": "paired_test", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
+                "datasets": {"test_1": _paired_set("Set5", hr_dir, lr_dir, num_worker_per_gpu=workers)},
+                "path": {"pretrain_network_g": str(tmp_path / "net.pth")}}
+    run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+
+    victim = _corrupt_pixel_data(hr_dir / "bird.png")
+    _check_undecodable(victim)
+    with pytest.raises(DatasetError) as caught:
+        run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    assert error_lines(caught.value) == [f"cannot decode image {victim}: corrupt or not an image"]
+    archived = list((tmp_path / "results").glob("paired_test_archived_*"))
+    assert len(archived) == 1 and json.loads((archived[0] / "results.json").read_text())
+
+
+@pytest.mark.parametrize("block", ["train", "val_1"])
+def test_a_paired_training_or_validation_image_whose_pixels_do_not_decode_is_one_line_naming_it(block, data_root,
+                                                                                                 tmp_path):
+    """The same corrupt image in a PairedImageDataset training set (read by the probe, from a worker here) or
+    validation set (read at the first validation) stopped the run in the AttributeError naming no file."""
+    from ldt.cli import error_lines
+    from ldt.data.cameras import DatasetError
+
+    hr_dir, lr_dir = _paired_folders(tmp_path / "set5")
+    victim = _corrupt_pixel_data(lr_dir / "butterfly.png")
+    _check_undecodable(victim)
+    opt = tiny_options(data_root, f"paired_{block}", "ft")
+    extra = {"gt_size": 32, "batch_size_per_gpu": 1, "num_worker_per_gpu": 1} if block == "train" else {}
+    opt["datasets"][block] = _paired_set(opt["datasets"][block]["name"], hr_dir, lr_dir, **extra)
+    with pytest.raises(DatasetError) as caught:
+        run_training(opt, tmp_path)
+    assert error_lines(caught.value) == [f"cannot decode image {victim}: corrupt or not an image"]
+
+
+def test_a_paired_lmdb_image_whose_pixels_do_not_decode_is_named_by_database_and_key(tmp_path):
+    """On LMDBs the paths are keys: the image that does not decode is named by its database and key."""
+    import cv2
+    import lmdb
+    import numpy as np
+
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.loaders import dataset
+
+    gt, lq = _paired_lmdbs(tmp_path)
+    with lmdb.open(str(lq), map_size=1 << 24) as env, env.begin(write=True) as txn:
+        broken = _corrupted(txn.get(b"bird"))
+        txn.put(b"bird", broken)
+    assert cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_COLOR) is None
+    data = dataset(_lmdb_set(gt, lq, phase="val"), "train")
+    assert data[0]["lq_path"] == "baby"  # the others read
+    with pytest.raises(DatasetError, match=rf"^cannot decode image LMDB {re.escape(str(lq))} \(key bird\): corrupt"):
+        data[1]

@@ -355,6 +355,17 @@ def find_split_dirs(dataroot: str | Path, split: str, scale: int = 4) -> tuple[P
 # ----------------------------------------------------------------------------------------------- images and sizes
 
 
+def imdecode(content: bytes | None, name: str, flag: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """``cv2.imdecode`` of image bytes with ``flag``, or a DatasetError naming ``name``: cv2 returns None for a file
+    whose pixel data is corrupt behind an intact header and end marker (all the start-up check reads)."""
+    if not content:
+        raise DatasetError(f"cannot read image {name}: no data (missing file or LMDB key)")
+    image = cv2.imdecode(np.frombuffer(content, np.uint8), flag)
+    if image is None:
+        raise DatasetError(f"cannot decode image {name}: corrupt or not an image")
+    return image
+
+
 def decode_image(content: bytes | None, name: str) -> np.ndarray:
     """Decode image bytes to float32 BGR in [0, 1], HxWx3, like basicsr's ``imfrombytes(float32=True)``.
 
@@ -362,11 +373,7 @@ def decode_image(content: bytes | None, name: str) -> np.ndarray:
     as cv2's ``IMREAD_COLOR`` in BasicSR's ``PairedImageDataset`` does: the same file trains the same whichever of the
     two reads it (metrics stay 8-bit comparable). Errors name ``name``.
     """
-    if not content:
-        raise DatasetError(f"cannot read image {name}: no data (missing file or LMDB key)")
-    image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DatasetError(f"cannot decode image {name}: corrupt or not an image")
+    image = imdecode(content, name)
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
