@@ -623,3 +623,55 @@ def test_the_option_reference_shows_the_ranges_of_optional_options_too():
 
     assert [row[3] for row in option_rows(Example)] == ["> 0", "> 0", "> 0"]
     assert "| `val:tile` | integer or null | null | > 0 |" in options_reference()
+
+
+class UserNet(nn.Module):
+    """A researcher's own x4 network (no annotations, no declared scale), whose forward returns what ``kind`` says."""
+
+    def __init__(self, kind: str = "image", upscale: int = 4) -> None:
+        super().__init__()
+        self.kind, self.upscale = kind, upscale
+        self.conv = nn.Conv2d(3, 3 * upscale * upscale, 3, padding=1)
+
+    def forward(self, x):
+        if self.kind == "needs_values":  # fine on real data, cannot run on the meta device
+            x = x * float(x.mean().item() >= 0)
+        out = nn.functional.pixel_shuffle(self.conv(x), self.upscale)
+        return {"tuple": lambda: (out, x), "dict": lambda: {"sr": out}, "x2": lambda: out[..., ::2, ::2],
+                "grey": lambda: out[:, :1]}.get(self.kind, lambda: out)()
+
+
+@pytest.fixture
+def user_net(monkeypatch):
+    """``UserNet`` registered as a ``*_arch.py`` of the user's would register it, for this test only."""
+    from ldt.sr.options import arch_registry
+
+    monkeypatch.setitem(arch_registry()._obj_map, "UserNet", UserNet)
+
+
+@pytest.mark.parametrize("kind, problem", [
+    ("tuple", "UserNet's forward returns a tuple, not an image tensor"),
+    ("dict", "UserNet's forward returns a dict, not an image tensor"),
+    ("x2", "UserNet maps a 1x3x16x16 input to 1x3x32x32, but scale 4 needs 1x3x64x64"),
+    ("grey", "UserNet maps a 1x3x16x16 input to 1x1x64x64, but scale 4 needs 1x3x64x64"),
+])
+def test_a_network_whose_output_is_no_sr_image_is_one_line_before_any_data(kind, problem, user_net, data_root,
+                                                                           tmp_path, capsys, nothing_built):
+    """Its forward runs once on the meta device at the option check; before, the run stopped in a traceback from
+    inside the pixel loss at the first probe batch or step (a grey output was broadcast against the RGB target,
+    with only torch's warning), and test.py in one from the tiling (``'tuple' object has no attribute 'clamp_'``)."""
+    opt = tiny_options(data_root, f"user_{kind}", network_g={"type": "UserNet", "kind": kind})
+    code, lines = train_cli(write_options(opt, tmp_path), capsys)
+    assert (code, lines) == (2, [f"error: {tmp_path / f'user_{kind}.yml'}: network_g: {problem} (training, "
+                                 "validation and test.py take its output as the SR image of the input)"])
+    test_opt = {"name": "t", "network_g": opt["network_g"], "datasets": {"test_1": opt["datasets"]["val_1"]},
+                "path": {"pretrain_network_g": str(data_root / "synthetic_cameras.json")}}
+    with pytest.raises(OptionsError, match=f"^f.yml: network_g: {problem}"):
+        prepare_options(test_opt, is_train=False, source="f.yml")
+
+
+@pytest.mark.parametrize("kind", ["image", "needs_values"])
+def test_a_network_that_returns_the_sr_image_or_cannot_run_on_meta_passes_the_output_check(kind, user_net, data_root):
+    """The check is never stricter than the network: a forward that needs real values is left to the run."""
+    opt = prepare_options(tiny_options(data_root, "user", network_g={"type": "UserNet", "kind": kind}), is_train=True)
+    assert opt["network_g"] == {"type": "UserNet", "kind": kind}

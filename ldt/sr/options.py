@@ -628,6 +628,40 @@ def network_scale(options: dict, network: Any = None) -> int | None:
     return None
 
 
+OUTPUT_CHECK_SIZE = 16
+"""The LR height and width of the one forward the option check runs (raised to the network's smallest input)."""
+
+SR_IMAGE_ROLE = "training, validation and test.py take its output as the SR image of the input"
+
+
+def output_problem(network: Any, arch_type: str, scale: int, size: int) -> str | None:
+    """Why ``network`` (as the option check built it, on the meta device) is no x``scale`` SR network of RGB images,
+    from one forward of a 1x3x``size``x``size`` input: its output is not one tensor (a tuple of features beside the
+    image), or not of the input's 3 channels at ``scale`` times its size. Why: the pixel loss, the validation and
+    test.py failed on it in a traceback from inside them (a grey output was broadcast against the RGB target, with
+    only torch's warning). None when it is one, or when the forward cannot run here (it needs real values: left to the run)."""
+    import torch
+
+    tensors = [*network.parameters(), *network.buffers()]
+    device = tensors[0].device if tensors else torch.device("meta")
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            output = network(torch.zeros(1, 3, size, size, device=device))
+    except Exception:
+        return None
+    finally:
+        network.train(was_training)
+    if not isinstance(output, torch.Tensor):
+        return f"{arch_type}'s forward returns a {type(output).__name__}, not an image tensor ({SR_IMAGE_ROLE})"
+    expected = (1, 3, size * scale, size * scale)
+    if tuple(output.shape) != expected:
+        return (f"{arch_type} maps a 1x3x{size}x{size} input to {'x'.join(map(str, output.shape))}, but scale {scale} "
+                f"needs {'x'.join(map(str, expected))} ({SR_IMAGE_ROLE})")
+    return None
+
+
 # ------------------------------------------------------------------------------------------------- cross-checks
 
 
@@ -861,6 +895,11 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
     built_scale = network_scale(network, meta_network) if network else None
     if top is not None and top.scale and built_scale not in (None, top.scale):
         problems.append(f"scale: {top.scale}, but network_g upscales by {built_scale}")
+    elif meta_network is not None:
+        size = max(min_input_size(arch), OUTPUT_CHECK_SIZE)
+        wrong_output = output_problem(meta_network, network["type"], scale, size)
+        if wrong_output:
+            problems.append(f"network_g: {wrong_output}")
     datasets = {} if "datasets" in misspelled else _dataset_problems(raw.get("datasets"), is_train, scale, problems)
     if top is not None:
         sets = raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {}
