@@ -104,3 +104,43 @@ def test_two_processes_in_file_order_probe_the_patches_of_one(tmp_path):
     assert (a["stable"], a["unstable"]) == (b["stable"], b["unstable"])
     assert a["scores"].keys() == b["scores"].keys()
     assert all(a["scores"][k] == pytest.approx(b["scores"][k], rel=1e-9, abs=1e-30) for k in b["scores"])
+
+
+class SpareNet(torch.nn.Module):
+    """A researcher's own x4 network holding a parameter its forward never uses (a branch left in for later)."""
+
+    def __init__(self, num_feat: int = 4, upscale: int = 4) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, num_feat, 3, padding=1)
+        self.tail = torch.nn.Conv2d(num_feat, 3 * upscale * upscale, 3, padding=1)
+        self.upscale = upscale
+        self.spare = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pixel_shuffle(self.tail(torch.relu(self.body(x))), self.upscale)
+
+
+def _spare_net_worker(rank: int, world: int, port: int, options_file: str, root: str) -> None:
+    """:func:`_worker` with ``SpareNet`` registered, as the user's ``*_arch.py`` would register it."""
+    from ldt.sr.options import arch_registry
+
+    arch_registry().register(SpareNet)
+    _worker(rank, world, port, options_file, root)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("method", ["ft", "ft_ema"])
+def test_ddp_trains_a_network_with_a_parameter_its_forward_does_not_use(tmp_path, method):
+    """Every parameter trains under FT: DDP, built without find_unused_parameters, stopped the second step in
+    'RuntimeError: Expected to have finished reduction in the prior iteration ...'. The branch is now wrapped with it
+    when a meta forward and backward of the network leaves a trainable parameter without a gradient."""
+    data_root = tiny_cameras(tmp_path / "cams")
+    opt = deterministic_options(data_root, "spare", batch=1, method=method)
+    opt["network_g"] = {"type": "SpareNet"}
+    opt["train"]["total_iter"] = 3
+    mp.spawn(_spare_net_worker, args=(2, free_port(), str(write_options(opt, tmp_path)), str(tmp_path)), nprocs=2,
+             join=True)
+    torch.manual_seed(0)  # the run's manual_seed: the initialisation the spare parameter keeps
+    params = torch.load(tmp_path / "experiments" / "spare" / "models" / "net_g_latest.pth", weights_only=True)["params"]
+    assert torch.equal(params["spare.weight"], SpareNet().spare.weight)
+    assert not torch.equal(params["body.weight"], SpareNet().body.weight)

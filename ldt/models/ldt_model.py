@@ -12,6 +12,7 @@ a mid-epoch resume position on top.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from ldt.compat import patch_basicsr
 from ldt.core import prepare_method
 from ldt.core.methods import runs_probe, score_partition
 from ldt.sr import checkpoints
-from ldt.sr.options import LDTOptions, method_options, prepare_options
+from ldt.sr.options import LDTOptions, method_options, prepare_options, unused_parameters
 from ldt.archs.arch_util import head_patterns
 from ldt.weights import partial_load, read_weights
 
@@ -182,12 +183,35 @@ class LDTModel(BaseModel):
             if branch.alternating:
                 for param in branch.parameters:
                     param.requires_grad_(True)
-            module = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=branch.alternating)
+            find_unused = branch.alternating or self.trains_unused_parameters(branch)
+            module = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
             for param, flag in flags.items():
                 param.requires_grad_(flag)
         if self.speed["compile"]:
             module = torch.compile(module)
         return module
+
+    @functools.cached_property
+    def unused_in_forward(self) -> list[str] | None:
+        """The network's parameters its forward does not use (traced once, on the meta device), None if unknown."""
+        return unused_parameters(self.opt["network_g"])
+
+    def trains_unused_parameters(self, branch) -> bool:
+        """Whether ``branch`` trains a parameter the network's forward does not use, or may (the forward cannot be
+        traced on the meta device). Why: DDP without ``find_unused_parameters`` stopped its second step in
+        'Expected to have finished reduction in the prior iteration ...' (FT trains every parameter; LDT leaves
+        those without a probe gradient out of both groups, so its branches train none)."""
+        trained = {id(param) for param in branch.parameters}
+        unused = None if self.unused_in_forward is None else \
+            [name for name, param in branch.module.named_parameters()
+             if name in self.unused_in_forward and id(param) in trained]
+        if unused is None or unused:
+            why = (f"trains {len(unused)} parameter(s) its forward does not use ({', '.join(unused[:3])}"
+                   f"{', ...' if len(unused) > 3 else ''})" if unused else
+                   f"may train parameters its forward does not use ({self.opt['network_g']['type']} cannot be traced "
+                   "on the meta device)")
+            self.logger.info(f"DDP: the {branch.name} branch {why}: wrapped with find_unused_parameters")
+        return unused is None or bool(unused)
 
     def repartition(self, current_iter: int) -> None:
         """``ldt:repartition_every``: probe again, re-freeze by the new groups (the official ``Part_per`` block).

@@ -662,6 +662,25 @@ def output_problem(network: Any, arch_type: str, scale: int, size: int) -> str |
     return None
 
 
+def unused_parameters(network_g: Mapping[str, Any]) -> list[str] | None:
+    """The names of the parameters of the ``network_g`` network that one training-mode forward and backward leaves
+    without a gradient (built on the meta device: no memory, no compute; the input as :func:`output_problem`'s),
+    or None when the forward or backward cannot run there. Why: DDP built without ``find_unused_parameters`` stops
+    the second step of a branch that trains such a parameter (FT trains every parameter)."""
+    import torch
+
+    arch = arch_registry().get(network_g["type"])
+    network = build_meta_network(arch, {k: v for k, v in network_g.items() if k != "type"})
+    tensors = [*network.parameters(), *network.buffers()]
+    size = max(min_input_size(arch), OUTPUT_CHECK_SIZE)
+    try:
+        output = network.train()(torch.zeros(2, 3, size, size, device=tensors[0].device if tensors else "meta"))
+        output.float().mean().backward()
+    except Exception:
+        return None
+    return [name for name, parameter in network.named_parameters() if parameter.grad is None]
+
+
 # ------------------------------------------------------------------------------------------------- cross-checks
 
 
