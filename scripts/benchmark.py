@@ -54,6 +54,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ldt.atomic import DiskError, atomic_write_text  # noqa: E402
 from ldt.cli import HintingParser, between, check_output_file, fail, path_flag  # noqa: E402
 from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
@@ -420,11 +421,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     print(format_table(report))
     if args.json:
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-        except OSError as err:  # checked before the benchmark; this is what changed since
-            fail(f"--json: cannot write {args.json}: {err.strerror or err}")
+        try:  # atomic: a full disk or a kill mid-write leaves an earlier report whole
+            atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        except DiskError as err:  # checked before the benchmark; this is what changed since
+            fail(f"--json: {err}")
     return report
 
 

@@ -217,6 +217,29 @@ def test_benchmark_rejects_unwritable_json_before_measuring(tmp_path, capsys, re
                       "read-only file system")
 
 
+def test_benchmark_json_that_cannot_be_written_keeps_the_previous_file(tmp_path, monkeypatch, capsys) -> None:
+    """A disk that fills while the report is written leaves an earlier --json file whole (the write is atomic)."""
+    import pathlib
+
+    out = tmp_path / "bench.json"
+    out.write_text('{"previous": true}\n')
+    real_write_text = pathlib.Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    bench = load_file_module(SCRIPTS / "benchmark.py", "ldt_benchmark_cli")
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*BENCH, "--iters", "1", "--warmup-iters", "0", "--json", str(out)])
+    monkeypatch.undo()
+    assert_flag_error((exit_info.value.code, capsys.readouterr().err.strip().splitlines()[-1]), "--json",
+                      "no space left on device", "is intact")
+    assert out.read_text() == '{"previous": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no temporary file left behind
+
+
 # ---------------------------------------------------------------------------------------------- benchmark_data_check
 @pytest.mark.parametrize("args, option", [
     (["--pairs", "0"], "--pairs"),
