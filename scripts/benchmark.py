@@ -361,12 +361,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     from ldt.ops import resolve_scan_backend, set_scan_backend
+    from ldt.ops.selective_scan import ENV_VAR
 
     set_scan_backend(args.scan_backend)
     try:
         scan_backend = resolve_scan_backend(device)
-    except (RuntimeError, ValueError) as err:  # a backend asked for by name that cannot run here
-        fail(f"--scan-backend: {args.scan_backend}: {err}")
+    except (RuntimeError, ValueError) as err:  # a backend asked for by name that cannot run here, or misspelled
+        fail(f"{'--scan-backend' if args.scan_backend else ENV_VAR}: {err}")  # the flag, else the variable, chose it
     base, scale = build_network(args.arch)
     check_patch(base, args, device)
     check_ratio(base, args)

@@ -290,6 +290,22 @@ def test_benchmark_unusable_scan_backend_is_one_line(capsys) -> None:
     assert_flag_error((exit_info.value.code, capsys.readouterr().err.strip()), "--scan-backend", "needs CUDA")
 
 
+@pytest.mark.parametrize("value, option, words", [
+    ("trition", "LDT_SCAN_BACKEND", ["unknown selective-scan backend 'trition'"]),
+    pytest.param("cuda", "LDT_SCAN_BACKEND", ["needs CUDA"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+])
+def test_benchmark_names_the_environment_variable_of_an_unusable_scan_backend(monkeypatch, capsys, value, option,
+                                                                             words) -> None:
+    """Without --scan-backend the backend comes from LDT_SCAN_BACKEND: the error names the variable, not the flag."""
+    bench = load_file_module(SCRIPTS / "benchmark.py", "ldt_benchmark_cli")
+    monkeypatch.setenv("LDT_SCAN_BACKEND", value)
+    monkeypatch.setattr(bench, "build_network", lambda *a, **k: pytest.fail("built a network despite the error"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(list(BENCH))
+    assert_flag_error((exit_info.value.code, capsys.readouterr().err.strip()), option, *words)
+
+
 def test_index_drealsr_write_failure_after_the_check_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     import ldt.data.indexing
 
