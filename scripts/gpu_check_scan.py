@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU, Triton interpreter (dry run)"
     print(f"torch {torch.__version__}, triton {triton.__version__}, {where}")
     try:
-        print(f"auto picks '{resolve_scan_backend(DEVICE)}'; explicit: '{resolve_scan_backend(DEVICE, 'triton')}'")
+        # Every step names its backend, so LDT_SCAN_BACKEND (misspelled or not) plays no part: 'auto' is asked for.
+        print(f"auto picks '{resolve_scan_backend(DEVICE, 'auto')}'; "
+              f"explicit: '{resolve_scan_backend(DEVICE, 'triton')}'")
     except RuntimeError as exc:
         print(f"the triton backend cannot run: {exc}")
         return 1

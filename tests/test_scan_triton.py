@@ -445,6 +445,29 @@ def test_the_gpu_check_script_runs_through_on_the_cpu():
     assert "MambaIR FT step, torch backend:" in out
 
 
+# The dry run's start, up to its first parity check (the rest takes minutes under the interpreter).
+GPU_CHECK_START = """
+import sys
+sys.path.insert(0, "scripts")
+import gpu_check_scan
+gpu_check_scan.parity = lambda *args: sys.exit(7)
+sys.exit(gpu_check_scan.main(["--dry-run"]))
+"""
+
+
+def test_the_gpu_check_script_runs_whatever_ldt_scan_backend_says():
+    """The check names every backend it runs, so a misspelled ``LDT_SCAN_BACKEND`` in the shell does not stop it
+    (it ended in a ValueError traceback before the first parity check); 'auto picks' is what ``auto`` picks."""
+    if INTERPRETER_BROKEN:
+        pytest.skip(INTERPRETER_BROKEN)
+    proc = subprocess.run(
+        [sys.executable, "-c", GPU_CHECK_START], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TRITON_INTERPRET": "1", "LDT_SCAN_BACKEND": "trition", "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 7, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "auto picks 'torch'; explicit: 'triton'" in proc.stdout
+
+
 # ------------------------------------------------------------------------------------------------ compiled, on a GPU
 
 GPU_CASES = ["all options, L=7, 3 programs per group", "state 16, L=129, chunks of 2 tiles, small steps",
