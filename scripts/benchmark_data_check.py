@@ -19,7 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ldt.cli import HintingParser, at_least, check_args, positive
+from ldt.atomic import disk_reason
+from ldt.cli import HintingParser, at_least, check_args, fail, positive
 from ldt.data.cameras import collect_pairs
 
 
@@ -55,7 +56,12 @@ def main() -> None:
     check_args(parser, args, pairs=positive, hr=at_least(4), repeat=positive)  # LR = HR // 4 needs HR >= 4 px
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        write_fixture(root, args.pairs, args.hr)
+        try:
+            write_fixture(root, args.pairs, args.hr)
+        except MemoryError as err:  # numpy's message says how much the HR image needs
+            parser.error(f"--hr: {args.hr} px images do not fit in memory: {err}")
+        except OSError as err:  # a full or read-only temporary folder: say where, and how to move it
+            fail(f"cannot write the fixture in {folder}: {disk_reason(err, root)}; set TMPDIR to a folder with room")
         pairing, count = timed(root, False, args.repeat)
         checked, _ = timed(root, True, args.repeat)
     print(f"{count} pairs ({2 * count} PNG files, HR {args.hr} px): pairing by name {pairing:.2f} s; with every "

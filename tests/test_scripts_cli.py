@@ -251,6 +251,34 @@ def test_benchmark_data_check_rejects_bad_options(monkeypatch, capsys, args, opt
     assert_flag_error(run_script(monkeypatch, capsys, "benchmark_data_check.py", *args), option)
 
 
+def test_benchmark_data_check_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """The fixture goes to a temporary folder (TMPDIR): a full disk there is named, not an OSError traceback."""
+    import pathlib
+    import tempfile
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what TMPDIR sets
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
+    code, line = run_script(monkeypatch, capsys, "benchmark_data_check.py", "--pairs", "2", "--hr", "16")
+    assert code == 2 and line.startswith("error: cannot write the fixture in ") and str(tmp_path) in line, line
+    assert "no space left on device" in line and "TMPDIR" in line, line
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is removed
+
+
+def test_benchmark_data_check_names_an_hr_size_that_does_not_fit_in_memory(monkeypatch, capsys) -> None:
+    import numpy as np
+
+    class NoMemory:
+        def integers(self, *args, **kwargs):
+            raise MemoryError("Unable to allocate 27.9 GiB for an array with shape (100000, 100000, 3)")
+
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: NoMemory())
+    assert_flag_error(run_script(monkeypatch, capsys, "benchmark_data_check.py", "--pairs", "2", "--hr", "100000"),
+                      "--hr", "100000 px", "Unable to allocate 27.9 GiB")
+
+
 # ---------------------------------------------------------------------------------------------------- index_drealsr
 @pytest.mark.parametrize("args, option, words", [
     (["--cameras", "foo"], "--cameras", ["unknown camera 'foo'"]),
