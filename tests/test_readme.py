@@ -37,7 +37,7 @@ def test_ci_runs_the_readme_test_commands():
 ENTRY_POINTS = {
     "Train_pip.py": ([], ["-opt", "x.yml"]), "test.py": ([],), "examples/toy_domain_shift.py": ([],),
     **{f"scripts/{path.name}": ([],) for path in (ROOT / "scripts").glob("*.py")},
-    **{module: ([],) for module in ("ldt.classification", "ldt.segmentation", "ldt.sr.basicsr_pipeline",
+    **{module: ([],) for module in ("ldt.classification", "ldt.segmentation", "ldt.sr.basicsr_pipeline", "ldt.sr.demo",
                                     "ldt.sr.options")},
 }
 OTHER_TOOLS = {"pytest"}  # python -m pytest: not ours

@@ -447,3 +447,18 @@ def test_a_list_flag_given_once_keeps_its_values_and_its_default_otherwise() -> 
 
     assert parse_args(["--seeds", "4", "5"]).seeds == [4, 5]
     assert parse_args([]).seeds == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------------------------------ demo
+ROOT = SCRIPTS.parent
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "ldt.sr.demo", "--budget", "nope"],
+])
+def test_the_demo_reads_its_flags_however_it_is_started(command) -> None:
+    """A bad demo flag is refused by the demo's own parser (its choices named), not run as nothing or another command."""
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
+    assert "error: argument --budget: invalid choice: 'nope' (choose from 'full', 'quick')" in proc.stderr

@@ -204,3 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     return run_reporting_errors(lambda: run_demo(budget=args.budget, force=args.force, seed=args.seed))
+
+
+if __name__ == "__main__":  # python -m ldt.sr.demo [--budget quick]: the demo of python Train_pip.py
+    raise SystemExit(main())
