@@ -11,7 +11,7 @@ import sys
 from ldt.cli import starting
 
 if __name__ == "__main__":
-    demo = len(sys.argv) == 1 or sys.argv[1] in ("--budget", "--force", "--seed", "demo")
+    demo = len(sys.argv) == 1 or sys.argv[1].split("=")[0] in ("--budget", "--force", "--seed", "demo")  # --seed=1
     with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
         if demo:
             from ldt.sr.demo import main as demo_main

@@ -455,6 +455,8 @@ ROOT = SCRIPTS.parent
 
 @pytest.mark.parametrize("command", [
     [sys.executable, "-m", "ldt.sr.demo", "--budget", "nope"],
+    [sys.executable, "Train_pip.py", "--budget=nope"],  # argparse's --flag=value spelling
+    [sys.executable, "Train_pip.py", "--seed=1", "--budget", "nope"],
 ])
 def test_the_demo_reads_its_flags_however_it_is_started(command) -> None:
     """A bad demo flag is refused by the demo's own parser (its choices named), not run as nothing or another command."""
