@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldt.cli import HintingParser, check_args, check_device, fail, json_object, positive  # noqa: E402
 from ldt.core import probe_gradients  # noqa: E402
+from ldt.core.config import unknown_choice  # noqa: E402
 
 MODES = ("plain", "ldt", "stored")
 
@@ -124,8 +125,8 @@ def check_model(parser: argparse.ArgumentParser, args, device: torch.device) -> 
         from basicsr.utils.registry import ARCH_REGISTRY
 
         if args.arch not in ARCH_REGISTRY:
-            parser.error(f"--arch: unknown arch {args.arch!r}; use convnet or a registered one "
-                         f"({', '.join(sorted(name for name, _ in ARCH_REGISTRY))})")
+            parser.error("--arch: " + unknown_choice("arch", args.arch,
+                                                     ["convnet", *sorted(name for name, _ in ARCH_REGISTRY)]))
     try:
         model = build_model(args.arch, json.loads(args.arch_opt), args.scale).to(device)
     except Exception as err:  # noqa: BLE001  (any constructor error is the options' fault)

@@ -101,6 +101,9 @@ PROBE = ("--arch", "convnet", "--arch-opt", '{"width": 8, "depth": 1}', "--batch
     (["--size", "0"], "--size", ["positive"]),
     (["--scale", "0"], "--scale", ["positive"]),
     (["--arch", "Foo"], "--arch", ["unknown arch 'Foo'"]),
+    (["--arch", "SAFNM"], "--arch", ["unknown arch 'SAFNM' (did you mean 'SAFMN'?)"]),
+    (["--arch", "safmn"], "--arch", ["unknown arch 'safmn' (did you mean 'SAFMN'?)"]),  # benchmark.py's spelling
+    (["--arch", "mambair"], "--arch", ["(did you mean 'MambaIR'?)"]),
     (["--arch-opt", "{bad"], "--arch-opt", ["not valid JSON"]),
     (["--arch-opt", "[1]"], "--arch-opt", ["JSON object"]),
     (["--arch-opt", '{"colour": 1}'], "--arch-opt", ["colour"]),
