@@ -119,6 +119,22 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory")  # torch's CUDA (OutOfMemoryError) and CPU allocators'
+
+
+@contextlib.contextmanager
+def out_of_memory_is_one_line(sizes: str) -> Iterator[None]:
+    """Memory running out inside the block (Python's or numpy's MemoryError, torch's CUDA or CPU allocator) ends the
+    command in one line naming the ``sizes`` that asked for it, not a traceback from deep inside a step."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        if not isinstance(err, MemoryError) and not any(words in text for words in OUT_OF_MEMORY):
+            raise
+        fail(f"out of memory at {sizes}: {text[:300]}; use smaller sizes")
+
+
 def show_traceback(err: BaseException) -> None:
     """With ``LDT_TRACEBACK=1`` in the environment, print ``err``'s traceback (with its causes) on stderr.
 

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ldt.atomic import DiskError, atomic_write_text  # noqa: E402
-from ldt.cli import HintingParser, between, check_output_file, fail, path_flag  # noqa: E402
+from ldt.cli import HintingParser, between, check_output_file, fail, out_of_memory_is_one_line, path_flag  # noqa: E402
 from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
 from ldt.sr.experiment import ARCHS  # noqa: E402
@@ -371,14 +371,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     base, scale = build_network(args.arch)
     check_patch(base, args, device)
     check_ratio(base, args)
-    batches = make_batches(args.batch_size, args.patch, scale, device)
-
     measured: dict[str, Measured] = {}
-    measured[METHODS[0]] = measure_training(METHODS[0], base, None, batches, args, device)
-    measured["probe"], stats = measure_probe(base, batches, args, device)
-    partition = partition_by_score(stats, args.unstable_ratio, "var")
-    for method in METHODS[1:]:
-        measured[method] = measure_training(method, base, partition, batches, args, device)
+    with out_of_memory_is_one_line(f"--batch-size {args.batch_size} --patch {args.patch} ({args.arch} on {device})"):
+        batches = make_batches(args.batch_size, args.patch, scale, device)
+        measured[METHODS[0]] = measure_training(METHODS[0], base, None, batches, args, device)
+        measured["probe"], stats = measure_probe(base, batches, args, device)
+        partition = partition_by_score(stats, args.unstable_ratio, "var")
+        for method in METHODS[1:]:
+            measured[method] = measure_training(method, base, partition, batches, args, device)
 
     ft = measured[METHODS[0]]
     ft_time, ft_peak = statistics.mean(ft.times), ft.peak

@@ -36,7 +36,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import HintingParser, check_args, check_device, non_negative, positive  # noqa: E402
+from ldt.cli import HintingParser, check_args, check_device, non_negative, out_of_memory_is_one_line, positive  # noqa: E402
 from ldt.ops import default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
 from ldt.ops import selective_scan as scan_module  # noqa: E402
 
@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.channels % args.groups:
         parser.error(f"--channels: {args.channels} is not divisible by --groups {args.groups}")
     device = check_device(parser, "--device", args.device)
-    inputs = make_inputs(args, device)
+    sizes = (f"--batch {args.batch} --length {args.length} --channels {args.channels} --groups {args.groups} "
+             f"--state {args.state}")
+    with out_of_memory_is_one_line(sizes):
+        inputs = make_inputs(args, device)
     u, delta, A, B, C, D, delta_bias = inputs
 
     def ours(backend: str, chunk: int | None = None) -> Callable[[], Tensor]:
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     rows = []
     for name, fn, context in candidates:
-        with context():
+        with out_of_memory_is_one_line(f"{sizes}, row {name}"), context():
             rows.append(measure(name, fn, inputs, args))
     cuda = device.type == "cuda"
     header = "| backend | fwd+bwd ms | saved MiB |" + (" peak MiB |" if cuda else "") + " max abs diff vs first |"

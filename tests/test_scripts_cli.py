@@ -243,6 +243,35 @@ def test_benchmark_json_that_cannot_be_written_keeps_the_previous_file(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no temporary file left behind
 
 
+def test_benchmark_out_of_memory_is_one_line_naming_the_sizes(monkeypatch, capsys) -> None:
+    """A batch too large for the device (torch's CUDA out-of-memory error, raised here on the CPU) ends in one line
+    naming the sizes that asked for it, not a traceback from inside the step."""
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity\n"
+                                     "of 139.81 GiB of which 1.2 GiB is free.")
+
+    bench = load_file_module(SCRIPTS / "benchmark.py", "ldt_benchmark_cli")
+    monkeypatch.setattr(bench, "measure_training", out_of_memory)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(list(BENCH))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: out of memory at --batch-size 1 --patch 8 (safmn_tiny on cpu): "), lines
+    assert "Tried to allocate 20.00 GiB" in lines[0] and lines[0].endswith("; use smaller sizes"), lines
+
+
+def test_benchmark_scan_out_of_memory_is_one_line_naming_the_sizes(monkeypatch, capsys) -> None:
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1327104000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(torch, "randn", out_of_memory)
+    code, line = run_script(monkeypatch, capsys, "benchmark_scan.py", "--device", "cpu", "--batch", "100000")
+    assert code == 2 and line.startswith("error: out of memory at --batch 100000 --length 2304 --channels 1440 "
+                                         "--groups 4 --state 16: "), line
+    assert "can't allocate memory" in line, line
+
+
 # ---------------------------------------------------------------------------------------------- benchmark_data_check
 @pytest.mark.parametrize("args, option", [
     (["--pairs", "0"], "--pairs"),
