@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import HintingParser, check_args, check_device, fail, json_object, positive  # noqa: E402
+from ldt.cli import HintingParser, check_args, check_device, fail, json_object, out_of_memory_is_one_line, positive  # noqa: E402
 from ldt.core import probe_gradients  # noqa: E402
 from ldt.core.config import unknown_choice  # noqa: E402
 
@@ -141,6 +142,17 @@ def check_model(parser: argparse.ArgumentParser, args, device: torch.device) -> 
                      f"not x{args.scale}; set --scale (or its upscale option in --arch-opt) to match")
 
 
+def exit_reason(returncode: int) -> str:
+    """Why a mode's process that printed nothing ended: a signal by name (the OOM killer's SIGKILL, most likely
+    from batches too large for memory), else its exit status."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    name = signal.Signals(-returncode).name
+    if -returncode == signal.SIGKILL:
+        return f"killed by {name} (out of memory? use a smaller --batch, --size or --batches)"
+    return f"killed by {name}"
+
+
 def main() -> None:
     parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="convnet", help="'convnet' or a registered arch (SAFMN, HAT, MambaIR, ...)")
@@ -153,8 +165,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # internal: one mode in this process
     args = parser.parse_args()
 
+    sizes = f"--batches {args.batches} --batch {args.batch} --size {args.size} ({args.arch} on {args.device})"
     if args.mode:
-        print(json.dumps(measure(args, args.mode)))
+        with out_of_memory_is_one_line(sizes):
+            print(json.dumps(measure(args, args.mode)))
         return
     check_args(parser, args, batches=positive, batch=positive, size=positive, scale=positive, arch_opt=json_object)
     device = check_device(parser, "--device", args.device)
@@ -162,12 +176,13 @@ def main() -> None:
     results = {}
     for mode in MODES:
         if device.type == "cuda":
-            results[mode] = measure(args, mode)
+            with out_of_memory_is_one_line(sizes):
+                results[mode] = measure(args, mode)
         else:  # a fresh process per mode: ru_maxrss is a process-lifetime peak
             cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode:
-                lines = [line for line in run.stderr.splitlines() if line.strip()] or [f"exit status {run.returncode}"]
+                lines = [line for line in run.stderr.splitlines() if line.strip()] or [exit_reason(run.returncode)]
                 fail(f"the {mode} run failed: {lines[-1].strip()}")
             results[mode] = json.loads(run.stdout.strip().splitlines()[-1])
     plain = results["plain"]

@@ -166,6 +166,28 @@ def test_benchmark_probe_child_failure_is_one_line(monkeypatch, capsys) -> None:
     assert err.strip() == "error: the plain run failed: RuntimeError: boom"
 
 
+def test_benchmark_probe_child_killed_by_a_signal_is_named(monkeypatch, capsys) -> None:
+    """A mode's process killed by the kernel (the OOM killer's SIGKILL) says so, not 'exit status -9'."""
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kwargs: subprocess.CompletedProcess(cmd, -9, "", ""))
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "benchmark_probe.py"), *PROBE])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPTS / "benchmark_probe.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: the plain run failed: killed by SIGKILL (out of memory? use "
+                                               "a smaller --batch, --size or --batches)")
+
+
+def test_benchmark_probe_out_of_memory_in_a_mode_is_one_line(monkeypatch, capsys) -> None:
+    """What a mode's process prints when its batches do not fit: the line the parent shows (the test above)."""
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 19660800000 bytes.")
+
+    monkeypatch.setattr(torch, "rand", out_of_memory)
+    code, line = run_script(monkeypatch, capsys, "benchmark_probe.py", *PROBE, "--batch", "100000", "--mode", "plain")
+    assert code == 2 and line.startswith("error: out of memory at --batches 2 --batch 100000 --size 8 (convnet on "
+                                         "cpu): DefaultCPUAllocator: can't allocate memory"), line
+
+
 # --------------------------------------------------------------------------------------------------- benchmark_scan
 SCAN = ("--batch", "1", "--length", "16", "--channels", "8", "--groups", "2", "--state", "4", "--device", "cpu",
         "--repeat", "1", "--warmup", "0")
