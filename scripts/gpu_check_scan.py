@@ -199,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every step on the CPU at tiny sizes under the Triton interpreter (numbers mean nothing)")
     args = parser.parse_args(argv)
     sizes = SIZES[args.dry_run]
+    if not (args.dry_run or torch.cuda.is_available()):
+        print("needs a CUDA or ROCm GPU (or --dry-run)")
+        return 1
+    try:
+        import triton
+    except ImportError as exc:  # a torch wheel without it (CPU builds): every step runs the triton backend
+        print(f"needs triton (pip install triton): {exc}")
+        return 1
     if args.dry_run:
         DEVICE = torch.device("cpu")
         from ldt.ops import scan_triton
@@ -206,10 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         if not scan_triton.INTERPRETED:
             print("--dry-run needs the Triton interpreter: TRITON_INTERPRET=1 must be set before triton is imported")
             return 1
-    elif not torch.cuda.is_available():
-        print("needs a CUDA or ROCm GPU (or --dry-run)")
-        return 1
-    import triton
 
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU, Triton interpreter (dry run)"
     print(f"torch {torch.__version__}, triton {triton.__version__}, {where}")

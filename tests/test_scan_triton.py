@@ -468,6 +468,17 @@ def test_the_gpu_check_script_runs_whatever_ldt_scan_backend_says():
     assert "auto picks 'torch'; explicit: 'triton'" in proc.stdout
 
 
+def test_the_gpu_check_script_without_triton_says_it_needs_it():
+    """A checkout whose torch came without triton (a CPU wheel): the dry run says what it needs, not an ImportError
+    traceback."""
+    start = GPU_CHECK_START.replace("import gpu_check_scan", "sys.modules['triton'] = None  # not installed\n"
+                                    "import gpu_check_scan")
+    proc = subprocess.run([sys.executable, "-c", start], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("needs triton (pip install triton): "), proc.stdout
+
+
 # ------------------------------------------------------------------------------------------------ compiled, on a GPU
 
 GPU_CASES = ["all options, L=7, 3 programs per group", "state 16, L=129, chunks of 2 tiles, small steps",
