@@ -72,9 +72,10 @@ def stop_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
 
 def meant(key: Any, known: Sequence[str]) -> str | None:
     """The known name an unknown one most likely misspells (the "did you mean" of an unknown option, section,
-    architecture or dataset type), or None."""
-    hint = difflib.get_close_matches(str(key), list(known), n=1)
-    return hint[0] if hint else None
+    architecture or dataset type), or None. Case is ignored: 'safmn' means 'SAFMN', which difflib alone misses."""
+    folded = {name.casefold(): name for name in known}
+    hint = difflib.get_close_matches(str(key).casefold(), list(folded), n=1)
+    return folded[hint[0]] if hint else None
 
 
 def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:

@@ -166,14 +166,6 @@ def _readable_loc(model: type[BaseModel], loc: Sequence) -> tuple[list[str], lis
     return path, siblings
 
 
-def meant(key: Any, known: Sequence[str]) -> str | None:
-    """The known name an unknown one most likely misspells (the "did you mean" of an unknown option, section,
-    architecture or dataset type), or None. Case is ignored: 'safmn' means 'SAFMN', which difflib alone misses."""
-    folded = {name.casefold(): name for name in known}
-    hint = difflib.get_close_matches(str(key).casefold(), list(folded), n=1)
-    return folded[hint[0]] if hint else None
-
-
 def _shown(value: Any) -> str:
     return repr(value) if not isinstance(value, dict) else "a mapping"
 
