@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
@@ -516,3 +519,22 @@ def test_mamba_kernel_matches_torch_backend() -> None:
     kernel = selective_scan_fn(**inputs, delta_softplus=True, backend="cuda")
     ours = selective_scan_fn(**inputs, delta_softplus=True, backend="torch", chunk_size=cfg.chunk)
     torch.testing.assert_close(kernel, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_a_misspelled_backend_name_gets_a_did_you_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "trition")
+    with pytest.raises(ValueError, match=r"unknown selective-scan backend 'trition' \(did you mean 'triton'\?\) "
+                                         f"\\(from environment variable {ENV_VAR}\\)"):
+        get_scan_backend()
+    with pytest.raises(ValueError, match=r"'Torhc' \(did you mean 'torch'\?\) \(from set_scan_backend\)"):
+        set_scan_backend("Torhc")
+    with pytest.raises(ValueError, match=r"'fast' \(from set_scan_backend\)"):  # nothing close: no hint
+        set_scan_backend("fast")
+
+
+def test_ldt_ops_imports_neither_pydantic_nor_basicsr() -> None:
+    """The hint comes from ldt.cli (standard library only): ldt.ops stays usable without the training stack."""
+    code = "import sys, ldt.ops; print(sorted(m for m in ('pydantic', 'basicsr', 'yaml') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"

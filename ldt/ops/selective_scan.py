@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ldt.cli import did_you_mean  # standard library only: ldt.ops stays free of pydantic and BasicSR
+
 __all__ = [
     "BACKENDS",
     "CHUNK_ELEMENTS",
@@ -94,7 +96,8 @@ def _check_backend_name(name: str, source: str) -> str:
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in BACKENDS:
         raise ValueError(
-            f"unknown selective-scan backend {name!r} (from {source}); expected one of {', '.join(BACKENDS)}"
+            f"unknown selective-scan backend {name!r}{did_you_mean(name, BACKENDS)} (from {source}); "
+            f"expected one of {', '.join(BACKENDS)}"
         )
     return key
 
