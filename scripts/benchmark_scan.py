@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import functools
 import math
+import os
 import statistics
 import sys
 import time
@@ -37,7 +38,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldt.cli import HintingParser, check_args, check_device, non_negative, out_of_memory_is_one_line, positive  # noqa: E402
-from ldt.ops import default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
+from ldt.ops import ENV_VAR, choose_scan_backend, default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
 from ldt.ops import selective_scan as scan_module  # noqa: E402
 
 MIB = 1024**2
@@ -158,6 +159,18 @@ def _available(device: torch.device, backend: str) -> str:
     return ""
 
 
+def default_backend(device: torch.device) -> str:
+    """What a call on ``device`` that names no backend (a training run's) runs, and why: every row here names its
+    own, so ``LDT_SCAN_BACKEND`` changes no row, but it does change what such a call runs (or makes it fail)."""
+    variable = os.environ.get(ENV_VAR, "").strip()
+    source = f"{ENV_VAR}={variable}" if variable else f"{ENV_VAR} unset, auto"
+    try:
+        chosen, why = choose_scan_backend(device)
+    except (RuntimeError, ValueError) as exc:
+        return f"fails here ({source}: {exc})"
+    return f"runs '{chosen}' here ({source}: {why})"
+
+
 def chunk_sizes_problem(texts: list[str]) -> str | None:
     """What is wrong with the ``--chunk-sizes`` entries ('auto' or positive integers), or None."""
     for text in texts:
@@ -226,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"batch={args.batch} length={args.length} channels={args.channels} groups={args.groups} "
         f"state={args.state} dtype={args.dtype} device={device} ({where}) torch={torch.__version__} "
-        f"repeat={args.repeat}; auto picks '{resolve_scan_backend(device, 'auto')}'"
+        f"repeat={args.repeat}; each row names its backend; a call that names none (a training run) "
+        f"{default_backend(device)}"
     )
     for backend, reason in unavailable.items():
         if reason:

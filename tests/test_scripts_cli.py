@@ -211,6 +211,26 @@ def test_benchmark_scan_rejects_bad_options(monkeypatch, capsys, args, option, w
     assert_flag_error(run_script(monkeypatch, capsys, "benchmark_scan.py", *SCAN, *args), option, *words)
 
 
+@pytest.mark.parametrize("value, says", [
+    (None, "LDT_SCAN_BACKEND unset, auto: cpu tensors"),
+    ("torch", "LDT_SCAN_BACKEND=torch: requested"),
+    ("trition", "LDT_SCAN_BACKEND=trition: unknown selective-scan backend 'trition' (did you mean 'triton'?)"),
+])
+def test_benchmark_scan_header_says_what_a_call_without_a_backend_runs(monkeypatch, capsys, value, says) -> None:
+    """The rows name their backends; the header said 'auto picks ...' whatever LDT_SCAN_BACKEND said, so a user who
+    set it read a backend a training run would not use. It now says what such a call runs here, and why."""
+    if value is None:
+        monkeypatch.delenv("LDT_SCAN_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("LDT_SCAN_BACKEND", value)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "benchmark_scan.py"), *SCAN, "--skip-naive"])
+    runpy.run_path(str(SCRIPTS / "benchmark_scan.py"), run_name="__main__")  # the table still comes, exit 0
+    header = capsys.readouterr().out.splitlines()[0]
+    runs = "fails here" if value == "trition" else "runs 'torch' here"
+    assert f"each row names its backend; a call that names none (a training run) {runs} ({says}" in header, header
+    assert "auto picks" not in header, header
+
+
 # -------------------------------------------------------------------------------------------------------- benchmark
 BENCH = ("--device", "cpu", "--arch", "safmn_tiny", "--batch-size", "1", "--patch", "8", "--iters", "2",
          "--warmup-iters", "1", "--probe-batches", "1")

@@ -51,6 +51,7 @@ __all__ = [
     "ENV_VAR",
     "SEQUENTIAL_STEP_ELEMENTS",
     "SelectiveScanFn",
+    "choose_scan_backend",
     "default_chunk_size",
     "get_scan_backend",
     "resolve_scan_backend",
@@ -219,11 +220,17 @@ def _choose(device: torch.device, requested: str) -> tuple[str, str]:
     return "torch", f"mamba_ssm cannot be imported ({_mamba[1]}) and the triton backend cannot run: {reason}"
 
 
+def choose_scan_backend(device: torch.device | str, backend: str | None = None) -> tuple[str, str]:
+    """(concrete backend, why) for a call on ``device`` with ``backend`` (None: :func:`get_scan_backend`'s); raises
+    if the name is unknown or a backend requested by name cannot run there."""
+    requested = get_scan_backend() if backend is None else _check_backend_name(backend, "the backend argument")
+    return _choose(torch.device(device), requested)
+
+
 def resolve_scan_backend(device: torch.device | str, backend: str | None = None) -> str:
     """The concrete backend ('cuda', 'triton' or 'torch') a call on ``device`` would use; raises if a backend
     requested by name cannot run there."""
-    requested = get_scan_backend() if backend is None else _check_backend_name(backend, "the backend argument")
-    return _choose(torch.device(device), requested)[0]
+    return choose_scan_backend(device, backend)[0]
 
 
 @torch.compiler.assume_constant_result
