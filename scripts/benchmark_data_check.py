@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """How long the full pre-training data check takes: pairing by name plus every image header and end marker.
 
-Writes a DRealSR-shaped fixture of ``--pairs`` HR/LR PNG pairs (Olympus names, HR ``--hr`` px, LR a quarter of it)
+Writes a DRealSR-shaped fixture of ``--pairs`` HR/LR PNG pairs (Olympus names, HR ``--hr`` px, LR a quarter of it,
+at least :data:`MIN_LR` px)
 into a temporary folder, then times ``collect_pairs`` without and with the size check (``check_sizes``, on by
 default in every dataset), best of ``--repeat``. The check reads each file's header and its last bytes (PNG IEND,
 JPEG EOI), never the pixels, so it stays cheap enough to run before every training.
@@ -23,6 +24,16 @@ from ldt.atomic import disk_reason
 from ldt.cli import HintingParser, at_least, check_args, fail, positive
 from ldt.data.cameras import collect_pairs
 
+SCALE = 4  # DRealSR x4: LR = HR // SCALE
+MIN_LR = 8  # px: the smallest input SAFMN takes, so the smallest LR any network here trains on
+MIN_HR = SCALE * MIN_LR
+
+
+def hr_problem(value: int) -> str | None:
+    """What is wrong with an ``--hr`` too small for x4 pairs (a 5 px HR made a 1 px LR), or None."""
+    problem = at_least(MIN_HR)(value)
+    return problem and f"{problem} (LR = HR // {SCALE} must be at least {MIN_LR} px)"
+
 
 def write_fixture(root: Path, pairs: int, hr: int) -> None:
     hr_dir, lr_dir = root / "x4" / "Train_x4" / "train_HR", root / "x4" / "Train_x4" / "train_LR"
@@ -31,7 +42,8 @@ def write_fixture(root: Path, pairs: int, hr: int) -> None:
     rng = np.random.default_rng(0)
     hr_image = rng.integers(0, 255, (hr, hr, 3), dtype=np.uint8)
     hr_bytes = cv2.imencode(".png", hr_image)[1].tobytes()
-    lr_bytes = cv2.imencode(".png", cv2.resize(hr_image, (hr // 4, hr // 4), interpolation=cv2.INTER_AREA))[1].tobytes()
+    lr_side = hr // SCALE
+    lr_bytes = cv2.imencode(".png", cv2.resize(hr_image, (lr_side, lr_side), interpolation=cv2.INTER_AREA))[1].tobytes()
     for index in range(pairs):
         (hr_dir / f"P{1000000 + index // 40:07d}_x4_{index % 40}.png").write_bytes(hr_bytes)
         (lr_dir / f"P{1000000 + index // 40:07d}_x1_{index % 40}.png").write_bytes(lr_bytes)
@@ -50,10 +62,10 @@ def main() -> None:
     parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--hr", type=int, default=192,
-                        help="HR side in px, at least 4 (default: %(default)s, a training patch)")
+                        help=f"HR side in px, at least {MIN_HR} (default: %(default)s, a training patch)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    check_args(parser, args, pairs=positive, hr=at_least(4), repeat=positive)  # LR = HR // 4 needs HR >= 4 px
+    check_args(parser, args, pairs=positive, hr=hr_problem, repeat=positive)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         try:

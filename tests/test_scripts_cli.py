@@ -319,10 +319,18 @@ def test_benchmark_scan_out_of_memory_is_one_line_naming_the_sizes(monkeypatch, 
     (["--pairs", "0"], "--pairs"),
     (["--hr", "0", "--pairs", "2"], "--hr"),
     (["--hr", "2", "--pairs", "2"], "--hr"),
-    (["--repeat", "0", "--pairs", "2", "--hr", "16"], "--repeat"),
+    (["--repeat", "0", "--pairs", "2", "--hr", "32"], "--repeat"),
 ])
 def test_benchmark_data_check_rejects_bad_options(monkeypatch, capsys, args, option) -> None:
     assert_flag_error(run_script(monkeypatch, capsys, "benchmark_data_check.py", *args), option)
+
+
+@pytest.mark.parametrize("hr", ["4", "5", "31"])
+def test_benchmark_data_check_names_the_smallest_hr_for_the_scale(monkeypatch, capsys, hr) -> None:
+    """--hr 5 wrote 5 px HR / 1 px LR pairs and timed them: no x4 pair anything here trains on."""
+    monkeypatch.setattr(Path, "mkdir", lambda *a, **k: pytest.fail("wrote a fixture despite the error"))
+    assert_flag_error(run_script(monkeypatch, capsys, "benchmark_data_check.py", "--pairs", "2", "--hr", hr),
+                      "--hr", f"an integer >= 32, got {hr}", "LR = HR // 4", "8 px")
 
 
 def test_benchmark_data_check_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys) -> None:
@@ -335,7 +343,7 @@ def test_benchmark_data_check_on_a_full_disk_is_one_line(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what TMPDIR sets
     monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
-    code, line = run_script(monkeypatch, capsys, "benchmark_data_check.py", "--pairs", "2", "--hr", "16")
+    code, line = run_script(monkeypatch, capsys, "benchmark_data_check.py", "--pairs", "2", "--hr", "32")
     assert code == 2 and line.startswith("error: cannot write the fixture in ") and str(tmp_path) in line, line
     assert "no space left on device" in line and "TMPDIR" in line, line
     assert list(tmp_path.iterdir()) == []  # the temporary folder is removed
