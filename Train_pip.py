@@ -1,20 +1,65 @@
 """Train an SR network with LDT (or FT / LP-FT / DeFT / LDT-S).
 
     python Train_pip.py                                   # the embedded demo (synthetic cameras, CPU, < 10 min)
+    python Train_pip.py --budget quick --force            # the demo's flags (any of them, anywhere) run the demo
     python Train_pip.py -opt train_MambaIR_LDT_x4.yml     # an options file (path or bare name in options/train/)
     python Train_pip.py -opt FILE --auto_resume --force_yml ldt:method=ft train:total_iter=1000
     torchrun --nproc_per_node=4 Train_pip.py -opt FILE --launcher pytorch
 """
 
+from __future__ import annotations
+
 import sys
 
-from ldt.cli import starting
+from ldt.cli import fail, starting
+
+# The flags of the two parsers (ldt.sr.demo's, ldt.sr.train's; a test checks they agree), known here without
+# importing either: both import torch and BasicSR, which the route must not wait for.
+DEMO_FLAGS = ("--budget", "--force", "--seed")
+TRAINING_FLAGS = ("-opt", "--opt", "--launcher", "--force_yml", "--root", "--auto_resume")
+
+
+def owners(token: str) -> set[str]:
+    """Which command(s) a flag ``token`` (``--seed=1``, an abbreviation such as ``--bud``) belongs to, as argparse
+    reads it: an exact name first, else every flag the abbreviation starts; empty for a value, help or an unknown."""
+    name = token.split("=", 1)[0]
+    flags = {"demo": DEMO_FLAGS, "training": TRAINING_FLAGS}
+    exact = {command for command, names in flags.items() if name in names}
+    if exact or not name.startswith("--") or len(name) < 3:
+        return exact
+    return {command for command, names in flags.items() if any(flag.startswith(name) for flag in names)}
+
+
+def route(argv: list[str]) -> tuple[str, list[str]]:
+    """('demo' | 'training', the arguments for it): no arguments, a leading ``demo`` or any of the demo's flags
+    anywhere run the demo; a mix of demo and training flags is one line, exit 2. An abbreviation of flags of both
+    (``--f``) is read by whichever command the other flags name, and is an error only when none does."""
+    named = argv[:1] == ["demo"]
+    words = argv[1:] if named else argv
+    found: dict[str, list[str]] = {"demo": [], "training": [], "both": []}
+    for token in words:
+        if token == "--":
+            break
+        mine = owners(token) if token.startswith("-") else set()
+        for command in ["both"] if len(mine) == 2 else mine:
+            found[command].append(token.split("=", 1)[0])
+    demo, training = found["demo"] or (["demo"] if named else []), found["training"]
+    if demo and training:
+        spelled = [flag for flag in TRAINING_FLAGS if flag.startswith(demo[0]) and flag != demo[0]]
+        fail(f"{demo[0]} runs the demo, {training[0]} trains from an options file: give one or the other "
+             "(python Train_pip.py [--budget B] [--force] [--seed N], or python Train_pip.py -opt FILE ...)"
+             + (f"; for training spell out {spelled[0]}" if spelled else ""))
+    if found["both"] and not (demo or training):
+        name = found["both"][0]
+        fail(f"{name}: an abbreviation of both the demo's and training's flags "
+             f"({', '.join(flag for flag in DEMO_FLAGS + TRAINING_FLAGS if flag.startswith(name))}); spell it out")
+    return ("demo", words) if not argv or demo else ("training", argv)
 
 if __name__ == "__main__":
-    demo = len(sys.argv) == 1 or sys.argv[1].split("=")[0] in ("--budget", "--force", "--seed", "demo")  # --seed=1
+    command, arguments = route(sys.argv[1:])
     with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
-        if demo:
+        if command == "demo":
             from ldt.sr.demo import main as demo_main
         else:
             from ldt.sr.train import main
-    sys.exit(demo_main([a for a in sys.argv[1:] if a != "demo"]) if demo else main())
+    sys.exit(demo_main(arguments) if command == "demo" else main())

@@ -539,6 +539,7 @@ ROOT = SCRIPTS.parent
     [sys.executable, "-m", "ldt.sr.demo", "--budget", "nope"],
     [sys.executable, "Train_pip.py", "--budget=nope"],  # argparse's --flag=value spelling
     [sys.executable, "Train_pip.py", "--seed=1", "--budget", "nope"],
+    [sys.executable, "Train_pip.py", "--bud", "nope"],  # an abbreviation
 ])
 def test_the_demo_reads_its_flags_however_it_is_started(command) -> None:
     """A bad demo flag is refused by the demo's own parser (its choices named), not run as nothing or another command."""
@@ -546,3 +547,66 @@ def test_the_demo_reads_its_flags_however_it_is_started(command) -> None:
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
     assert "error: argument --budget: invalid choice: 'nope' (choose from 'full', 'quick')" in proc.stderr
+
+
+def train_pip_route():
+    return load_file_module(ROOT / "Train_pip.py", "ldt_train_pip_route").route
+
+
+@pytest.mark.parametrize("argv, command, arguments", [
+    ([], "demo", []),
+    (["demo"], "demo", []),
+    (["demo", "--force"], "demo", ["--force"]),
+    (["--budget", "quick"], "demo", ["--budget", "quick"]),
+    (["--bud", "quick"], "demo", ["--bud", "quick"]),  # argparse's abbreviation
+    (["--bud=quick"], "demo", ["--bud=quick"]),
+    (["--force", "--budget", "quick"], "demo", ["--force", "--budget", "quick"]),
+    (["--seed", "-1", "--budg", "quick"], "demo", ["--seed", "-1", "--budg", "quick"]),
+    (["--budget", "quick", "--stesp", "4"], "demo", ["--budget", "quick", "--stesp", "4"]),  # the demo names it
+    (["--budget", "quick", "--f"], "demo", ["--budget", "quick", "--f"]),  # --f: the demo's --force here
+    (["-opt", "x.yml"], "training", ["-opt", "x.yml"]),
+    (["--root", "r", "-opt", "x.yml", "--auto"], "training", ["--root", "r", "-opt", "x.yml", "--auto"]),
+    (["-opt", "x.yml", "--f", "ldt:method=ft"], "training", ["-opt", "x.yml", "--f", "ldt:method=ft"]),
+    (["--help"], "training", ["--help"]),
+])
+def test_train_pip_routes_any_demo_flag_anywhere_to_the_demo(argv, command, arguments) -> None:
+    """Only a demo flag first (or --seed=1 / --budget=quick) reached the demo: '--bud quick' and
+    '--seed 1 --bud quick' went to the training parser, which said 'unrecognized arguments' or '-opt is required'."""
+    assert train_pip_route()(argv) == (command, arguments)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--budget", "quick", "-opt", "x.yml"], ["--budget runs the demo, -opt trains from an options file"]),
+    (["-opt", "x.yml", "--seed", "1"], ["--seed runs the demo, -opt trains"]),
+    (["-opt", "x.yml", "--force", "a=b"], ["--force runs the demo", "for training spell out --force_yml"]),
+    (["demo", "--root", "r"], ["demo runs the demo, --root trains"]),
+    (["--f"], ["--f: an abbreviation of both", "--force, --force_yml", "spell it out"]),
+])
+def test_train_pip_mixing_demo_and_training_flags_is_one_line(capsys, argv, words) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_pip_route()(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    for word in words:
+        assert word in err[0], err
+
+
+def test_train_pip_knows_the_flags_of_both_parsers() -> None:
+    """Train_pip.py routes by flag names it holds itself (importing the parsers costs torch and BasicSR)."""
+    import argparse
+    from unittest import mock
+
+    from ldt.sr import demo, train
+
+    seen: list[set[str]] = []
+
+    def capture(parser, *args, **kwargs):
+        seen.append({option for action in parser._actions for option in action.option_strings} - {"-h", "--help"})
+        raise SystemExit(0)
+
+    module = load_file_module(ROOT / "Train_pip.py", "ldt_train_pip_flags")
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture):
+        for entry in (demo.main, train.main):
+            with pytest.raises(SystemExit):
+                entry([])
+    assert seen == [set(module.DEMO_FLAGS), set(module.TRAINING_FLAGS)]
