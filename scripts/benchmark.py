@@ -336,10 +336,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def check_patch(base: nn.Module, args, device: torch.device) -> None:
     """One error line, before anything is measured, when the arch cannot run on ``--patch`` LR inputs (one forward
-    of a single patch through a copy of the network on the device)."""
+    of a single patch through a copy of the network on the device); memory running out there is the out-of-memory
+    line of the measured steps, not a size the arch cannot take."""
     network = copy.deepcopy(base).to(device).eval()
     try:
-        with torch.no_grad():
+        with out_of_memory_is_one_line(f"--patch {args.patch} ({args.arch} on {device}, one patch)"), torch.no_grad():
             network(torch.zeros(1, 3, args.patch, args.patch, device=device))
     except (ValueError, RuntimeError) as err:  # e.g. "SAFMN needs inputs of at least 8x8"
         fail(f"--patch: {args.arch} cannot run on {args.patch}x{args.patch} inputs: {' '.join(str(err).split())}")

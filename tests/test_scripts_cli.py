@@ -302,6 +302,30 @@ def test_benchmark_out_of_memory_is_one_line_naming_the_sizes(monkeypatch, capsy
     assert "Tried to allocate 20.00 GiB" in lines[0] and lines[0].endswith("; use smaller sizes"), lines
 
 
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 44236800000 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB."),
+    MemoryError("Unable to allocate 20.0 GiB"),
+])
+def test_benchmark_out_of_memory_in_the_patch_check_is_one_line(monkeypatch, capsys, error) -> None:
+    """The one-patch check said '--patch: ARCH cannot run on PxP inputs: ... can't allocate memory', as if the arch
+    could not take that size (a MemoryError was a traceback); now the out-of-memory line of the measured steps."""
+    class Hungry(torch.nn.Module):
+        def forward(self, x):
+            raise error
+
+    bench = load_file_module(SCRIPTS / "benchmark.py", "ldt_benchmark_cli")
+    monkeypatch.setattr(bench, "build_network", lambda arch: (Hungry(), 4))
+    monkeypatch.setattr(bench, "measure_training", lambda *a, **k: pytest.fail("measured despite the error"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(list(BENCH))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: out of memory at --patch 8 (safmn_tiny on cpu, one patch): "), lines
+    assert lines[0].endswith("; use smaller sizes") and "cannot run on" not in lines[0], lines
+
+
 def test_benchmark_scan_out_of_memory_is_one_line_naming_the_sizes(monkeypatch, capsys) -> None:
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
