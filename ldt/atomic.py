@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from ldt.cli import not_a_file
+from ldt.cli import not_a_file, read_json
 
 TMP_SUFFIX = ".tmp"
 REASONS = {
@@ -69,7 +69,7 @@ def read_json_object(path: str | os.PathLike, required: Iterable[str] = (), reme
     :class:`FileContentError` naming the file, what is wrong, and ``remedy`` (what the user can do)."""
     path = Path(path)
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = read_json(path.read_text(encoding="utf-8"))
     except OSError as err:
         problem = err.strerror or type(err).__name__
     except UnicodeDecodeError:

@@ -193,6 +193,45 @@ def json_object(text: str) -> str | None:
     return None if isinstance(value, dict) else f"must be a JSON object such as '{{\"width\": 64}}', got {text!r}"
 
 
+# How a float JSON has no literal for is written: a string, so the file stays strict JSON (jq, JavaScript and
+# Python's parse_constant refuse the bare Infinity / NaN that json.dumps writes by default) and reads back as the float.
+NON_FINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+
+
+def _finite_only(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {key: _finite_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_only(item) for item in value]
+    return value
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """``json.dumps(value, **options)`` as strict JSON: an infinite or NaN float (the PSNR of an output identical to
+    its HR is inf) is written as the string 'inf', '-inf' or 'nan', which :func:`read_json` turns back into it."""
+    return json.dumps(_finite_only(value), allow_nan=False, **options)
+
+
+def _non_finite_back(value: Any) -> Any:
+    if isinstance(value, str):
+        return NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {key: _non_finite_back(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_non_finite_back(item) for item in value]
+    return value
+
+
+def read_json(text: str) -> Any:
+    """The value of JSON ``text`` written by :func:`strict_json` (the strings 'inf', '-inf', 'nan' as floats again),
+    or by an earlier version of this package (bare Infinity / NaN, which ``json.loads`` reads)."""
+    return _non_finite_back(json.loads(text))
+
+
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
 
 

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldt.cli import read_json, strict_json
+
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".sweep.lock"
 
@@ -203,7 +205,7 @@ class Records:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = read_json(line)
             except json.JSONDecodeError:
                 record = None
             if isinstance(record, dict) and isinstance(record.get("options_hash"), str):
@@ -306,7 +308,7 @@ class Records:
         from ldt.atomic import DiskError, disk_reason, make_dirs
 
         make_dirs(self.path.parent)
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        line = (strict_json(record, sort_keys=True) + "\n").encode()
         try:
             with open(self.path, "ab+", buffering=0) as handle:  # unbuffered: nothing left to flush after a cut-back
                 size = handle.seek(0, os.SEEK_END)

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ldt.atomic import DiskError, atomic_write_text  # noqa: E402
-from ldt.cli import HintingParser, between, check_output_file, fail, out_of_memory_is_one_line, path_flag  # noqa: E402
+from ldt.cli import HintingParser, between, check_output_file, fail, out_of_memory_is_one_line, path_flag, strict_json  # noqa: E402
 from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
 from ldt.sr.experiment import ARCHS  # noqa: E402
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(format_table(report))
     if args.json:
         try:  # atomic: a full disk or a kill mid-write leaves an earlier report whole
-            atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+            atomic_write_text(args.json, strict_json(report, indent=2) + "\n")
         except DiskError as err:  # checked before the benchmark; this is what changed since
             fail(f"--json: {err}")
     return report

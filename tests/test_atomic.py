@@ -316,3 +316,31 @@ def test_a_rebuild_stopped_while_removing_the_old_build_leaves_the_new_one(tmp_p
     assert len(list(root.rglob("*.png"))) == 16
     build_toy_domains(root, images_per_class=1, size=8, seed=2)  # and the next build clears the leftover
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".toy-")] == []
+
+
+def _no_bare_constant(name):
+    raise AssertionError(f"not strict JSON: bare {name}")
+
+
+def test_non_finite_floats_are_written_as_strict_json_and_read_back(tmp_path):
+    """json.dumps wrote an inf PSNR as the bare token Infinity (and NaN), which jq and JavaScript refuse; the files
+    are strict JSON now, and the project reads its own files (and older ones holding Infinity) back as the floats."""
+    import math
+
+    from ldt.cli import read_json, strict_json
+    from ldt.sweep import Records
+
+    value = {"psnr": float("inf"), "rows": [float("-inf"), float("nan"), 1.5], "name": "a"}
+    text = strict_json(value, indent=1)
+    json.loads(text, parse_constant=_no_bare_constant)
+    back = read_json(text)
+    assert back["psnr"] == math.inf and back["rows"][0] == -math.inf and math.isnan(back["rows"][1])
+    assert back["rows"][2] == 1.5 and back["name"] == "a"
+    old = tmp_path / "best.json"
+    old.write_text('{"value": Infinity, "iter": 3}')  # as an earlier version wrote it
+    assert read_json_object(old, ("value", "iter")) == {"value": math.inf, "iter": 3}
+    records = Records(tmp_path / "results.jsonl")
+    records.append({"options_hash": "h", "psnr": float("inf")})
+    for line in records.path.read_text().splitlines():
+        json.loads(line, parse_constant=_no_bare_constant)
+    assert records.all()[0]["psnr"] == math.inf

@@ -224,3 +224,26 @@ def test_results_md_shows_each_metric_to_the_decimals_of_its_type_whatever_its_n
     table = (out / "results.md").read_text().splitlines()
     assert table[2:4] == [f"| {camera} | 3 | {rows[camera]['ssim_y']:.4f} | {rows[camera]['ssim']:.2f} |"
                           for camera in ("pan", "sony")]
+
+
+def test_an_infinite_psnr_is_written_to_results_json_as_strict_json(data_root, tmp_path, monkeypatch):
+    """An SR output identical to its HR has a PSNR of inf: results.json held the bare token Infinity, which jq,
+    JavaScript and strict parsers refuse; now the string 'inf', which the project reads back as the float."""
+    import json
+    import math
+
+    import ldt.sr.metrics as metrics
+    from ldt.atomic import read_json_object
+    from ldt.sr.evaluate import run_test
+    from ldt.sr.options import load_options
+
+    monkeypatch.setitem(metrics.METRICS, "calculate_psnr", lambda *args, **kwargs: float("inf"))
+    options = write_options(hostile_options(data_root, tmp_path), tmp_path)
+    run_test(load_options(options, is_train=False), root=tmp_path)
+    text = (tmp_path / "results" / "hostile" / "results.json").read_text()
+
+    def bare(name):
+        raise AssertionError(f"results.json is not strict JSON: bare {name}")
+
+    assert json.loads(text, parse_constant=bare)["rows"]["pan"]["psnr"] == "inf"
+    assert read_json_object(tmp_path / "results" / "hostile" / "results.json")["rows"]["pan"]["psnr"] == math.inf

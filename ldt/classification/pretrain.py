@@ -9,7 +9,6 @@ file, never silently different weights under a recorded path. The 8-class head i
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_js
 from ldt.classification.data import ImageList, image_transform, training_stream
 from ldt.classification.models import TinyCNN
 from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_STYLE, render_pretrain_images
+from ldt.cli import strict_json
 from ldt.classification.train import EVAL_BATCH, accuracy, cross_entropy
 from ldt.core.methods import FineTune
 from ldt.runner import domain_seed
@@ -95,7 +95,7 @@ def pretrain_tiny(config: PretrainConfig = PretrainConfig(), root: str | Path = 
     start = time.time()
     model, heldout = train_tiny(config, progress)
     summary = {**config.settings(), "heldout_accuracy": heldout, "wall_s": round(time.time() - start, 1)}
-    atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")  # first: weights imply it
+    atomic_write_text(path.with_suffix(".json"), strict_json(summary, indent=1) + "\n")  # first: weights imply it
     atomic_torch_save(model.state_dict(), path)
     return path
 

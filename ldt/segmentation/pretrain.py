@@ -12,7 +12,6 @@ recorded path.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_json_object
+from ldt.cli import strict_json
 from ldt.core.dual import copy_network
 from ldt.core.methods import FineTune
 from ldt.segmentation.classes import NUM_CLASSES
@@ -107,7 +107,7 @@ def pretrain_backbone(data_root: str | Path, config: PretrainConfig = PretrainCo
     start = time.time()
     backbone, val_miou = train_backbone(data_root, config, progress)
     summary = {**config.settings(digest), "val_miou": val_miou, "wall_s": round(time.time() - start, 1)}
-    atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(path.with_suffix(".json"), strict_json(summary, indent=1) + "\n")
     atomic_torch_save(backbone, path)
     return path
 

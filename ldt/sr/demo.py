@@ -14,7 +14,6 @@ Every finished stage is cached under ``experiments/demo/`` by a hash of its opti
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from ldt.atomic import atomic_write_text
-from ldt.cli import HintingParser
+from ldt.cli import HintingParser, strict_json
 from ldt.compat import patch_basicsr
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.data.synthetic_cameras import build_bicubic_pretrain_set, build_synthetic_cameras
@@ -187,7 +186,7 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
     seconds = time.time() - start
     summary = {"budget": budget, "seconds": seconds, "columns": columns, "figures": [str(f) for f in figures],
                "best_iters": {label: r["best"] for label, r in reports.items()}}
-    atomic_write_text(out / "demo_results.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "demo_results.json", strict_json(summary, indent=1))
     atomic_write_text(out / "demo_results.md", table + "\n")
     print("\nLDT demo — synthetic cameras, x4, PSNR/SSIM on Y (best checkpoint selected on the source camera)\n")
     print(table)

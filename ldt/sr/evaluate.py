@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path, PurePosixPath
@@ -11,7 +10,7 @@ import cv2
 import torch
 
 from ldt.atomic import DiskError, atomic_write_bytes, atomic_write_text, check_writable, make_dirs
-from ldt.cli import output_dir_problem
+from ldt.cli import output_dir_problem, strict_json
 from ldt.compat import patch_basicsr
 from ldt.runner import Stopped, stop_on_signal
 from ldt.sr.checkpoints import archive, experiment_lock
@@ -69,7 +68,7 @@ def _evaluate(opt: dict, out: Path, loaders: dict, model) -> MetricTable:
             atomic_write_bytes(target, cv2.imencode(".png", tensor2img([sr[0].cpu()]))[1].tobytes())
 
         table.add(name, model.evaluate(loader, description=name, on_image=save_image if opt["val"]["save_img"] else None))
-    atomic_write_text(out / "results.json", json.dumps({"name": opt["name"], "network": opt["path"]["pretrain_network_g"],
+    atomic_write_text(out / "results.json", strict_json({"name": opt["name"], "network": opt["path"]["pretrain_network_g"],
                                                         **table.to_dict()}, indent=1))
     atomic_write_text(out / "results.md", table.markdown("camera") + "\n")
     return table

@@ -8,13 +8,13 @@ everything else takes the schema's defaults (:mod:`ldt.sr.options`).
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ldt.atomic import atomic_write_text, make_dirs, read_json_dict, read_json_object
+from ldt.cli import strict_json
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.sr.checkpoints import experiment_lock, newest_intact_state, runs_inside_held
 from ldt.sr.options import prepare_options, run_identity
@@ -158,7 +158,7 @@ def run_stage(opt: dict, root: Path, force: bool = False, label: str = "demo") -
         report.update(options_hash=digest, weights_fingerprint=fingerprint, cached=False)
         report_file = read_json_object(stamp)
         report_file.update(options_hash=digest, weights_fingerprint=fingerprint)
-        atomic_write_text(stamp, json.dumps(report_file, indent=1))
+        atomic_write_text(stamp, strict_json(report_file, indent=1))
         if stopped is not None:
             raise stopped from None
     return report

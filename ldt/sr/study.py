@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ldt.atomic import make_dirs, read_json_dict
-from ldt.cli import HintingParser, path_flag
+from ldt.cli import HintingParser, path_flag, strict_json
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, recorded_mean, recorded_number, sweep_lock
 
@@ -350,7 +349,7 @@ def record_pretrained(weights: Path, data_root: Path, out: Path) -> None:
                                  "restore it, or run the study elsewhere with --out")
         return
     rows = evaluate_weights(weights, data_root, ARCHS[ARCH], out, "study_pretrained_eval")
-    atomic_write_text(target, json.dumps({"weights": str(weights), "weights_fingerprint": fingerprint,
+    atomic_write_text(target, strict_json({"weights": str(weights), "weights_fingerprint": fingerprint,
                                           "data_root": str(data_root), "metrics": rows}, indent=1))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import logging
 from logging.handlers import MemoryHandler
 import math
@@ -28,7 +27,7 @@ from ldt.atomic import (
     BusyError, DiskError, FileContentError, atomic_write_text, check_room, disk_reason, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import HintingParser, error_lines, path_flag, show_traceback
+from ldt.cli import HintingParser, error_lines, path_flag, show_traceback, strict_json
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -186,7 +185,7 @@ def write_results(opt: dict, table: MetricTable, extra: dict) -> str:
     exp = Path(opt["path"]["experiments_root"])
     report = {"name": opt["name"], "method": opt["ldt"]["method"], "arch": opt["network_g"]["type"], **extra,
               "metrics": table.to_dict()}
-    atomic_write_text(exp / "results.json", json.dumps(report, indent=1))
+    atomic_write_text(exp / "results.json", strict_json(report, indent=1))
     markdown = f"### {opt['name']} ({opt['ldt']['method']}, {opt['network_g']['type']})\n\n" + table.markdown("camera")
     atomic_write_text(exp / "results.md", markdown + "\n")
     return markdown
@@ -625,7 +624,7 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         if score > best["value"]:
             best = {"value": score, "iter": iteration, "set": select_name or "last"}
             model.save_best(best_tag)
-            atomic_write_text(best_file, json.dumps(best))
+            atomic_write_text(best_file, strict_json(best))
         return best, (iteration, table)
 
     last_validated: tuple[int, MetricTable] | None = None
