@@ -247,3 +247,38 @@ def test_an_infinite_psnr_is_written_to_results_json_as_strict_json(data_root, t
 
     assert json.loads(text, parse_constant=bare)["rows"]["pan"]["psnr"] == "inf"
     assert read_json_object(tmp_path / "results" / "hostile" / "results.json")["rows"]["pan"]["psnr"] == math.inf
+
+
+# test.py whose network must not be built: the folder check comes first
+NO_NETWORK = """
+import sys
+import ldt.sr.evaluate as evaluate
+def built(opt):
+    raise SystemExit("the network was built before the results folder was checked")
+evaluate.build_model = built
+sys.exit(evaluate.main(sys.argv[1:]))
+"""
+
+
+def test_an_earlier_evaluation_that_cannot_be_archived_is_refused_before_the_network_is_built(data_root, tmp_path):
+    """results/<name> held an earlier evaluation and was writable, results/ itself read-only: the network was built
+    and the data read before the archive's rename failed; now one line up front, the earlier evaluation untouched."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop the permission override")
+    options = write_options(hostile_options(data_root, tmp_path), tmp_path)
+    earlier = tmp_path / "root" / "results" / "hostile"
+    earlier.mkdir(parents=True)
+    (earlier / "results.md").write_text("earlier\n")
+    earlier.parent.chmod(0o555)
+    drop = "-dac_override,-dac_read_search"
+    result = subprocess.run(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable, "-c",
+                             NO_NETWORK, "-opt", str(options), "--root", str(tmp_path / "root")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    earlier.parent.chmod(0o755)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: cannot write in {earlier.parent}: permission denied (needed to archive the earlier evaluation in "
+        f"{earlier})"], result.stderr[-2000:]
+    assert sorted(p.name for p in earlier.parent.iterdir()) == ["hostile"]
+    assert (earlier / "results.md").read_text() == "earlier\n"

@@ -39,6 +39,9 @@ def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:
     resolve_num_gpu(opt)
     opt.update(dist=False, rank=0, world_size=1)
     problem = output_dir_problem(out)  # before any work, as training's folders (nothing created yet)
+    if not problem and out.is_dir() and any(out.iterdir()):  # _evaluate archives it: a rename in its parent
+        problem = output_dir_problem(out.parent)
+        problem = problem and f"{problem} (needed to archive the earlier evaluation in {out})"
     if problem:
         raise DiskError(problem)
     opt["path"].update(results_root=str(out), log=str(out), visualization=str(out / "visualization"))
