@@ -13,8 +13,10 @@ import argparse
 import contextlib
 import difflib
 import json
+import math
 import os
 import re
+import secrets
 import signal
 import stat
 import sys
@@ -193,43 +195,49 @@ def json_object(text: str) -> str | None:
     return None if isinstance(value, dict) else f"must be a JSON object such as '{{\"width\": 64}}', got {text!r}"
 
 
-# How a float JSON has no literal for is written: a string, so the file stays strict JSON (jq, JavaScript and
-# Python's parse_constant refuse the bare Infinity / NaN that json.dumps writes by default) and reads back as the float.
-NON_FINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+# Infinity is written as the number 1e999: strict JSON (jq, JavaScript and Python's parse_constant refuse the bare
+# Infinity / NaN tokens json.dumps writes by default) that overflows to the infinite float in every JSON reader
+# (Python, JavaScript; jq clips it to the largest double). NaN has no number, so it is the string 'nan', which
+# :func:`read_json` turns back into the float.
+INFINITY_LITERAL = "1e999"
+NAN_STRING = "nan"
 
 
-def _finite_only(value: Any) -> Any:
+def _finite_only(value: Any, infinity: str) -> Any:
+    """``value`` with NaN floats as :data:`NAN_STRING` and infinities as the string ``infinity`` (-: ``'-' + infinity``)."""
     if isinstance(value, float) and value != value:
-        return "nan"
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return "inf" if value > 0 else "-inf"
+        return NAN_STRING
+    if isinstance(value, float) and value in (math.inf, -math.inf):
+        return infinity if value > 0 else "-" + infinity
     if isinstance(value, dict):
-        return {key: _finite_only(item) for key, item in value.items()}
+        return {key: _finite_only(item, infinity) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_only(item) for item in value]
+        return [_finite_only(item, infinity) for item in value]
     return value
 
 
 def strict_json(value: Any, **options: Any) -> str:
-    """``json.dumps(value, **options)`` as strict JSON: an infinite or NaN float (the PSNR of an output identical to
-    its HR is inf) is written as the string 'inf', '-inf' or 'nan', which :func:`read_json` turns back into it."""
-    return json.dumps(_finite_only(value), allow_nan=False, **options)
+    """``json.dumps(value, **options)`` as strict JSON: an infinite float (the PSNR of an output identical to its HR)
+    is written as the number ``1e999`` (``-1e999``), a NaN as the string 'nan'; :func:`read_json` reads both back."""
+    marker = f"infinity-{secrets.token_hex(16)}"  # a string no other value holds, swapped for the number afterwards
+    text = json.dumps(_finite_only(value, marker), allow_nan=False, **options)
+    return text.replace(f'"-{marker}"', "-" + INFINITY_LITERAL).replace(f'"{marker}"', INFINITY_LITERAL)
 
 
-def _non_finite_back(value: Any) -> Any:
-    if isinstance(value, str):
-        return NON_FINITE.get(value, value)
+def _nan_back(value: Any) -> Any:
+    if value == NAN_STRING:
+        return math.nan
     if isinstance(value, dict):
-        return {key: _non_finite_back(item) for key, item in value.items()}
+        return {key: _nan_back(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_non_finite_back(item) for item in value]
+        return [_nan_back(item) for item in value]
     return value
 
 
 def read_json(text: str) -> Any:
-    """The value of JSON ``text`` written by :func:`strict_json` (the strings 'inf', '-inf', 'nan' as floats again),
-    or by an earlier version of this package (bare Infinity / NaN, which ``json.loads`` reads)."""
-    return _non_finite_back(json.loads(text))
+    """The value of JSON ``text`` written by :func:`strict_json` (``1e999`` is read as inf by ``json.loads`` itself; the
+    string 'nan' becomes the float again) or by an earlier version of this package (bare Infinity / NaN)."""
+    return _nan_back(json.loads(text))
 
 
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"

@@ -330,12 +330,14 @@ def test_non_finite_floats_are_written_as_strict_json_and_read_back(tmp_path):
     from ldt.cli import read_json, strict_json
     from ldt.sweep import Records
 
-    value = {"psnr": float("inf"), "rows": [float("-inf"), float("nan"), 1.5], "name": "a"}
+    value = {"psnr": float("inf"), "rows": [float("-inf"), float("nan"), 1.5], "name": "inf", "note": "Infinity"}
     text = strict_json(value, indent=1)
-    json.loads(text, parse_constant=_no_bare_constant)
+    plain = json.loads(text, parse_constant=_no_bare_constant)
+    assert plain["psnr"] == math.inf and plain["rows"][0] == -math.inf  # 1e999: any JSON reader's infinity
     back = read_json(text)
     assert back["psnr"] == math.inf and back["rows"][0] == -math.inf and math.isnan(back["rows"][1])
-    assert back["rows"][2] == 1.5 and back["name"] == "a"
+    assert back["rows"][2] == 1.5 and back["name"] == "inf" and back["note"] == "Infinity"  # strings stay strings
+    assert strict_json(value, indent=1) == text  # the same file for the same value
     old = tmp_path / "best.json"
     old.write_text('{"value": Infinity, "iter": 3}')  # as an earlier version wrote it
     assert read_json_object(old, ("value", "iter")) == {"value": math.inf, "iter": 3}

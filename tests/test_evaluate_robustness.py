@@ -228,7 +228,7 @@ def test_results_md_shows_each_metric_to_the_decimals_of_its_type_whatever_its_n
 
 def test_an_infinite_psnr_is_written_to_results_json_as_strict_json(data_root, tmp_path, monkeypatch):
     """An SR output identical to its HR has a PSNR of inf: results.json held the bare token Infinity, which jq,
-    JavaScript and strict parsers refuse; now the string 'inf', which the project reads back as the float."""
+    JavaScript and strict parsers refuse; now the number 1e999, which every JSON reader takes as infinity."""
     import json
     import math
 
@@ -245,7 +245,7 @@ def test_an_infinite_psnr_is_written_to_results_json_as_strict_json(data_root, t
     def bare(name):
         raise AssertionError(f"results.json is not strict JSON: bare {name}")
 
-    assert json.loads(text, parse_constant=bare)["rows"]["pan"]["psnr"] == "inf"
+    assert json.loads(text, parse_constant=bare)["rows"]["pan"]["psnr"] == math.inf
     assert read_json_object(tmp_path / "results" / "hostile" / "results.json")["rows"]["pan"]["psnr"] == math.inf
 
 
