@@ -995,3 +995,26 @@ def test_a_domain_folder_not_named_in_utf8_is_named(toy, tmp_path):
         scan_domains(root, check_files=False)
     assert str(info.value) == (f"domain folder 'caf\\udce9' of {root} is not named in UTF-8 (a domain's name is "
                                "written into the records and tables): rename it")
+
+
+def test_a_domain_folder_named_with_a_plus_is_a_domain_of_its_own(toy, tmp_path, monkeypatch, capsys):
+    """--test-domains art+paint, with a domain folder named art+paint, was split into 'art' and 'paint' and refused
+    ("'art', 'paint' are not domains of ... (domains: art+paint, ...)"): an entry is matched against the folder names
+    exactly first, in a group too; one that reads both as a folder and as a group of folders is one line naming both."""
+    root = copy_toy(toy, tmp_path / "toy")
+    (root / "faded").rename(root / "art+paint")
+    domains = sorted(folder.name for folder in data_module.domain_folders(root))
+    assert main_module.left_out_groups(["art+paint", "photo+art+paint"], domains) == [
+        ("art+paint",), ("art+paint", "photo")]
+    args = main_module.parse_args(["--data", str(root), "--test-domains", "art+paint", "photo+art+paint",
+                                   "--methods", "ft", "--seeds", "0", "--out", str(tmp_path / "out"), *FAST_FLAGS])
+    _, configs = main_module.prepare(args)
+    assert [config.test_domains for config in configs] == [("art+paint",), ("art+paint", "photo")]
+    for name in ("art", "paint"):
+        (root / name).mkdir()
+    monkeypatch.setattr("ldt.classification.__main__.run", lambda *a, **k: pytest.fail("no run may start"))
+    assert main(["--data", str(root), "--test-domains", "art+paint", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --test-domains: 'art+paint' names both the domain folder art+paint of {root} and the "
+                   "group art + paint: rename the folder art+paint\n"), err

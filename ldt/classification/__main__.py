@@ -15,6 +15,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import sys
     from dataclasses import fields
     from pathlib import Path
+    from typing import Sequence
 
     from ldt import runner
     from ldt.classification.data import DatasetError, domain_folders, scan_domains, split_holdout, test_domains_problem
@@ -103,20 +104,47 @@ def demo_weights(args: argparse.Namespace) -> None:
           f"accuracy {100 * summary['heldout_accuracy']:.1f} %; --no-pretrain for random init)")
 
 
-def left_out_groups(entries: list[str] | None, domains: list[str]) -> list[tuple[str, ...]]:
+def group_readings(pieces: list[str], domains: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every way of joining consecutive ``+``-separated ``pieces`` back into names of ``domains`` (a domain folder
+    may itself be named ``art+paint``)."""
+    readings = []
+    for end in range(1, len(pieces) + 1):
+        name = "+".join(pieces[:end])
+        if name in domains:
+            readings += [(name, *rest) for rest in (group_readings(pieces[end:], domains) if end < len(pieces) else [()])]
+    return readings
+
+
+def read_group(entry: str, domains: Sequence[str], root: object) -> tuple[str, ...]:
+    """The domains one ``--test-domains`` entry names: folder names matched exactly (``art+paint`` is the folder of
+    that name, also in ``photo+art+paint``); an entry that reads in two ways is refused, naming the folder; one that
+    reads in none is split at every ``+`` (its unknown names are refused with the dataset's domains)."""
+    readings = group_readings(entry.split("+"), domains)
+    if len(readings) > 1:
+        folder = next(name for reading in readings for name in reading
+                      if "+" in name and any(name not in other for other in readings))
+        others = next(reading for reading in readings if folder not in reading)
+        raise ValueError(f"--test-domains: {entry!r} names both the domain folder {folder} of {root} and the group "
+                         f"{' + '.join(others)}: rename the folder {folder}")
+    return readings[0] if readings else tuple(entry.split("+"))
+
+
+def left_out_groups(entries: list[str] | None, domains: list[str],
+                    root: object = "the data folder") -> list[tuple[str, ...]]:
     """The left-out groups of ``--test-domains`` (default: each domain alone), each in sorted order: ``a+b`` and
     ``b+a`` are one run (and one table column), trained once."""
     if not entries:
         return [(d,) for d in domains]
-    named = runner.unique("--test-domains", ["+".join(sorted(entry.split("+"))) for entry in entries])
-    return [tuple(group.split("+")) for group in named]
+    groups = [tuple(sorted(read_group(entry, domains, root))) for entry in entries]
+    named = {"+".join(group): group for group in groups}
+    return [named[name] for name in runner.unique("--test-domains", ["+".join(group) for group in groups])]
 
 
 def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     """Check everything that can be checked cheaply, then list the sweep's runs (seed-major, so a partial sweep
     already has complete seeds)."""
     dataset = scan_domains(args.data)
-    groups = left_out_groups(args.test_domains, dataset.domains)  # checked at start-up (check_domains)
+    groups = left_out_groups(args.test_domains, dataset.domains, dataset.root)  # checked at start-up (check_domains)
     weights = weights_by_backbone(args.weights, args.backbones)
     hyper = {name: getattr(args, name) for name in HYPER}
     configs = [
@@ -166,7 +194,7 @@ def check_domains(args: argparse.Namespace) -> None:
         check_out_outside_data(args)
     if not args.test_domains:
         return
-    groups = left_out_groups(args.test_domains, domains)
+    groups = left_out_groups(args.test_domains, domains, root)
     for group in groups:
         problem = test_domains_problem(group, domains, root)
         if problem:
