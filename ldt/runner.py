@@ -38,6 +38,7 @@ from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable,
 from ldt.cli import (STOP_SIGNALS, device_problem, error_lines, flag, not_a_file, original_error, require_output_dir,
                      show_traceback, stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
+from ldt.core.methods import runs_probe
 from ldt.core.config import MAX_SEED, describe_errors
 from ldt.core.probe import LossFn, ProbeError
 from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_recipes, earlier_run_hash, identity_path,
@@ -189,6 +190,25 @@ def unique(flag: str, values: Sequence) -> list:
         repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
         print(f"{flag}: repeated {' '.join(repeated)} dropped (each run is trained once)", flush=True)
     return kept
+
+
+def warn_of_small_domains(configs: Sequence["RunnerConfig"], counts: Mapping[str, int], noun: str = "images") -> None:
+    """One warning line each, before any run, when ``--batch-size`` is more than the smallest training domain holds
+    (``counts``: its training images, held-out part excluded), or the probe of a planned method that probes draws
+    more: both are legitimate (the seeded stream passes over a domain again, within a batch if need be, with fresh
+    augmentations), but said, not silent (a typed extra zero took each batch's images twice or more)."""
+    if not configs or not counts:
+        return
+    domain, count = min(counts.items(), key=lambda item: (item[1], item[0]))
+    batch, probe = configs[0].batch_size, configs[0].probe_batches
+    held = f"the {count} training {noun} of domain '{domain}'"
+    if batch > count:
+        print(f"warning: {field_flag('batch_size')} {batch} is more than {held}: each of its batches holds some of "
+              "them twice or more", file=sys.stderr, flush=True)
+    if probe * batch > count and any(runs_probe(config.method_config()) for config in configs):
+        print(f"warning: {field_flag('probe_batches')} {probe} of {field_flag('batch_size')} {batch} is "
+              f"{probe * batch} {noun} of each training domain, more than {held}: the probe passes over them "
+              f"{probe * batch / count:.1f} times", file=sys.stderr, flush=True)
 
 
 def check_training(config: object) -> None:

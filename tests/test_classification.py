@@ -1018,3 +1018,24 @@ def test_a_domain_folder_named_with_a_plus_is_a_domain_of_its_own(toy, tmp_path,
     err = capsys.readouterr().err
     assert err == (f"error: --test-domains: 'art+paint' names both the domain folder art+paint of {root} and the "
                    "group art + paint: rename the folder art+paint\n"), err
+
+
+def test_a_batch_or_probe_larger_than_a_domain_is_said_before_training(toy, capsys):
+    """--batch-size 40 on domains of 32 training images, or --probe-batches 100, ran without a word (the seeded
+    stream passes over a domain again within a batch, the probe over every image many times): one warning line
+    each, naming the flag and the counts, before any run; none when the data holds them, nor a probe line when no
+    planned method probes."""
+    def planned(*flags: str) -> str:
+        args = main_module.parse_args(["--data", str(toy), "--test-domains", "photo", "--seeds", "0", *FAST_FLAGS,
+                                       *flags])
+        main_module.prepare(args)
+        return capsys.readouterr().err
+
+    assert planned("--methods", "ldt") == ""
+    assert planned("--methods", "ft", "--batch-size", "40") == (
+        "warning: --batch-size 40 is more than the 32 training images of domain 'cast': each of its batches holds "
+        "some of them twice or more\n")
+    assert planned("--methods", "ft", "--probe-batches", "100") == ""  # ft does not probe
+    assert planned("--methods", "ft", "ldt", "--probe-batches", "100") == (
+        "warning: --probe-batches 100 of --batch-size 4 is 400 images of each training domain, more than the 32 "
+        "training images of domain 'cast': the probe passes over them 12.5 times\n")

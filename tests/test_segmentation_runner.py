@@ -701,3 +701,20 @@ def test_a_probe_of_non_finite_losses_is_one_line_naming_the_run(tiny, tmp_path,
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["error: run resnet18/ldt_dpu clean->fog+night seed=0: probe batch 0: the loss is nan (not finite)"]
     assert not (tmp_path / "out" / RESULTS_FILE).exists()
+
+
+def test_a_batch_or_probe_larger_than_a_source_is_said_before_training(tiny, capsys):
+    """--batch-size 5 on a source of 4 training images, or --probe-batches 3 of batch 2, ran without a word (the
+    seeded stream passes over a source again within a batch, the probe over every image more than once): one
+    warning line each, naming the flag and the counts, before any run; none when the source holds them."""
+    def planned(*flags: str) -> str:
+        main_module.prepare(main_module.parse_args([*specs(tiny), "--seeds", "0", *FAST_FLAGS, *flags]))
+        return capsys.readouterr().err
+
+    assert planned("--methods", "ldt_dpu") == ""
+    assert planned("--methods", "ft", "--batch-size", "5") == (
+        "warning: --batch-size 5 is more than the 4 training images of domain 'clean': each of its batches holds "
+        "some of them twice or more\n")
+    assert planned("--methods", "ldt_dpu", "--probe-batches", "3") == (
+        "warning: --probe-batches 3 of --batch-size 2 is 6 images of each training domain, more than the 4 training "
+        "images of domain 'clean': the probe passes over them 1.5 times\n")

@@ -158,9 +158,12 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
         for method in args.methods
     ]
     training = {d for group in groups for d in dataset.train_domains(group)}
+    counts = {}
     for seed in args.seeds:
         for domain in sorted(training):
-            split_holdout(dataset.samples[domain], args.holdout_fraction, seed, domain)
+            train, _ = split_holdout(dataset.samples[domain], args.holdout_fraction, seed, domain)
+            counts[domain] = len(train)  # the same for every seed
+    runner.warn_of_small_domains(configs, counts)
     for backbone, path in weights.items():  # a file that does not fit fails now, not hours into the sweep
         build_model(backbone, len(dataset.classes), weights=path, image_size=args.image_size)
     return results_folder(args), configs

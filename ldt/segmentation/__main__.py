@@ -226,9 +226,10 @@ def check_data(configs: list[RunConfig]) -> None:
     sources = {d.name: split for d, split in zip(first.sources, splits)}
     targets = {d.name: split for d, split in zip(first.targets, splits[len(first.sources):])}
     check_sizes(first, sources, targets)
-    checked = set()
+    checked, counts = set(), {}
     for config in configs:
-        for name, (_, held) in holdout_splits(config, sources).items():
+        for name, (train, held) in holdout_splits(config, sources).items():
+            counts[name] = len(train)  # the same for every seed
             names = (name, tuple(sample.name for sample in held))
             if names in checked:  # the held-out part depends on the seed only: one check per seed
                 continue
@@ -238,6 +239,7 @@ def check_data(configs: list[RunConfig]) -> None:
                     f"{name}: none of the {len(held)} held-out labels of seed {config.seed} holds a labelled pixel "
                     f"(only ignore {IGNORE_INDEX}), so selection has no score: raise "
                     f"{runner.field_flag('holdout_fraction')} (now {config.holdout_fraction})")
+    runner.warn_of_small_domains(configs, counts)
 
 
 def demo_weights(args: argparse.Namespace, path: Path) -> None:
