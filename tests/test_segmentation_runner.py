@@ -718,3 +718,19 @@ def test_a_batch_or_probe_larger_than_a_source_is_said_before_training(tiny, cap
     assert planned("--methods", "ldt_dpu", "--probe-batches", "3") == (
         "warning: --probe-batches 3 of --batch-size 2 is 6 images of each training domain, more than the 4 training "
         "images of domain 'clean': the probe passes over them 1.5 times\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eval-window", "32"], "--eval-window 32x32 is smaller than the default --eval-stride 341x341 (a stride is "
+                              "between 1 and the window): give --eval-stride too, at most 32x32"),
+    (["--eval-stride", "600"], "--eval-stride 600x600 must be between 1 and the default --eval-window 512x512: give "
+                               "--eval-window too, at least 600x600"),
+    (["--eval-window", "32", "--eval-stride", "64"], "--eval-stride 64x64 must be between 1 and --eval-window 32x32"),
+])
+def test_an_eval_window_or_stride_given_alone_is_blamed_not_the_default(tiny, tmp_path, monkeypatch, capsys, argv,
+                                                                       message):
+    """--eval-window 32 alone was refused as '--eval-stride 341x341 must be between 1 and --eval-window 32x32',
+    blaming a flag the user never gave: the message names the flag given and the default it conflicts with."""
+    monkeypatch.setattr(main_module, "run", never)
+    assert main([*specs(tiny), *argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"

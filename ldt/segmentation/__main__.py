@@ -34,7 +34,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
         METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
-        limited_size, parse_size, run, shown_size,
+        limited_size, parse_size, run, shown_size, stride_fits,
     )
     from ldt.sweep import SweepError, parse_weights
     from ldt.weights import WeightsError
@@ -134,6 +134,22 @@ def resolve_domain(text: str) -> Domain:
     return Domain(text, "cityscapes", str(domain_root(DEFAULT_ROOT, text)))
 
 
+def check_window_and_stride(args: argparse.Namespace, hyper: dict) -> None:
+    """An ``--eval-window`` and ``--eval-stride`` that do not fit, blaming the flag given, not the default it meets
+    (``--eval-window 32`` alone was refused as '--eval-stride 341x341 must be between 1 and --eval-window 32x32');
+    both given (or neither): :class:`RunConfig`'s own message."""
+    window, stride = hyper["eval_window"], hyper["eval_stride"]
+    if stride_fits(window, stride) or (args.eval_window is None) == (args.eval_stride is None):
+        return
+    shown_window, shown_stride = _shown(window), _shown(stride)
+    window_flag, stride_flag = runner.field_flag("eval_window"), runner.field_flag("eval_stride")
+    if args.eval_stride is None:
+        raise ValueError(f"{window_flag} {shown_window} is smaller than the default {stride_flag} {shown_stride} (a "
+                         f"stride is between 1 and the window): give {stride_flag} too, at most {shown_window}")
+    raise ValueError(f"{stride_flag} {shown_stride} must be between 1 and the default {window_flag} {shown_window}: "
+                     f"give {window_flag} too, at least {shown_stride}")
+
+
 def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | None]:
     """Check everything that needs no data, then list the sweep's runs (seed-major, so a partial sweep already has
     complete seeds). Returns (out, configs, whether generated domains are used, the demo's pre-trained weights file
@@ -164,6 +180,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
         pretrained = PretrainConfig(steps=args.pretrain_steps).weights_path(DEMO_DATA.digest())
         weights["resnet18"] = str(pretrained)
     hyper = {name: getattr(args, name) if getattr(args, name) is not None else defaults[name] for name in HYPER}
+    check_window_and_stride(args, hyper)
     configs = [
         RunConfig(sources=tuple(sources), targets=tuple(targets), method=method, backbone=backbone,
                   weights=weights.get(backbone), seed=seed, **hyper)

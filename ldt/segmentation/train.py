@@ -96,6 +96,12 @@ def shown_size(size: Size) -> str:
     return "x".join(map(str, size))
 
 
+def stride_fits(window: Size | None, stride: Size) -> bool:
+    """Whether evaluation windows of ``window`` (None: whole images, no stride) can slide by ``stride``: between 1
+    and the window on each side."""
+    return window is None or all(1 <= s <= w for s, w in zip(stride, window))
+
+
 # This task's defaults, declared once. Stated for Table 8: ResNet-50 + DeepLabV3+, 512x512 crops; unstable ratio 0.7
 # for segmentation (issue 14 and the paper's summary; the paper's own ratio ablation, Table 9, is on SR). The core's
 # paper defaults stay (exchange every 10 steps, W 0.99, DPU bases, a 300-batch probe). Not stated by the paper, so
@@ -161,7 +167,7 @@ class RunConfig:
         if self.eval_max_side is not None and self.eval_max_side < 1:
             raise ValueError(f"{field_flag('eval_max_side')} must be positive, got {self.eval_max_side}")
         Augment(self.crop_size)
-        if self.eval_window is not None and not all(1 <= s <= w for s, w in zip(self.eval_stride, self.eval_window)):
+        if not stride_fits(self.eval_window, self.eval_stride):
             raise ValueError(f"{field_flag('eval_stride')} {shown_size(self.eval_stride)} must be between 1 and "
                              f"{field_flag('eval_window')} {shown_size(self.eval_window)}")
         self.method_config()  # every method option is checked by the core's own declaration
