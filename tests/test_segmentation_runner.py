@@ -734,3 +734,23 @@ def test_an_eval_window_or_stride_given_alone_is_blamed_not_the_default(tiny, tm
     monkeypatch.setattr(main_module, "run", never)
     assert main([*specs(tiny), *argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_source_whose_training_part_is_unlabelled_is_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):
+    """A source whose training images (of one seed; the held-out ones labelled) hold only ignore (255) trained every
+    step on a zero loss, without a word, to a record of the starting network: named now, exit 2, before training."""
+    import shutil
+
+    monkeypatch.setattr(main_module, "run", never)
+    clean = shutil.copytree(domain_root(tiny, "clean"), tmp_path / "clean")
+    config = replace(fast_config(tiny), sources=(Domain("clean", "cityscapes", str(clean)),))
+    train, _ = holdout_splits(config, scan_domains(config.sources, "train"))["clean"]
+    ignore_labels(train)
+    argv = ["--source", f"cityscapes:clean={clean}", "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}",
+            "--out", str(tmp_path / "out"), "--no-progress", "--seeds", "0", *FAST_FLAGS]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: clean (cityscapes train at {clean}): none of the {len(train)} training labels of seed 0 holds a "
+        "labelled pixel (only ignore 255), so every training step's loss is zero: label them, or train on another "
+        "source"]
+    assert not (tmp_path / "out").exists()

@@ -236,7 +236,8 @@ def check_data(configs: list[RunConfig]) -> None:
     training; every target label is decoded once for its values (a bad one failed only in the test, after training;
     the check decides nothing else), and up to :data:`SOURCE_LABELS_CHECKED` of each source's (one failed at the
     first batch, after the model was built; all of a large source would cost minutes). A target, or a seed's held-out
-    part of a source, whose labels hold only ignore has no mIoU (a '–' column; a traceback at the first selection)."""
+    part of a source, whose labels hold only ignore has no mIoU (a '–' column; a traceback at the first selection);
+    a seed's training part of a source whose labels do trained on a zero loss, without a word."""
     first = configs[0]
     splits = check_splits([(d.root, d.layout, SOURCE_SPLIT, SOURCE_LABELS_CHECKED) for d in first.sources]
                           + [(d.root, d.layout, TARGET_SPLIT, None) for d in first.targets])
@@ -256,6 +257,12 @@ def check_data(configs: list[RunConfig]) -> None:
                     f"{name}: none of the {len(held)} held-out labels of seed {config.seed} holds a labelled pixel "
                     f"(only ignore {IGNORE_INDEX}), so selection has no score: raise "
                     f"{runner.field_flag('holdout_fraction')} (now {config.holdout_fraction})")
+            if first_labelled(sources[name], train) is None:  # usually one label decoded: the first one is labelled
+                split = sources[name]
+                raise SegmentationDataError(
+                    f"{name} ({split.layout.name} {split.split} at {split.root}): none of the {len(train)} training "
+                    f"labels of seed {config.seed} holds a labelled pixel (only ignore {IGNORE_INDEX}), so every "
+                    "training step's loss is zero: label them, or train on another source")
     runner.warn_of_small_domains(configs, counts)
 
 
