@@ -604,17 +604,35 @@ def test_a_batch_with_no_labelled_pixel_is_a_zero_loss_not_nan():
         assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
-def test_a_source_whose_training_images_are_unlabelled_trains_to_a_record(tiny, tmp_path):
+def test_run_checks_its_data_as_the_cli_does_and_the_cli_only_once(tiny, tmp_path, monkeypatch):
+    """run() called directly (the Python API) skipped the CLI's data check: a source whose training images hold only
+    ignore trained on a zero loss to a record, a crop larger than every image ran out of memory at the first step.
+    run() checks its data now, before building the model; the CLI, which checked every run already, not again."""
     import shutil
 
     root = tmp_path / "streets"
     for name in ("clean", "fog", "night"):
         shutil.copytree(domain_root(tiny, name), domain_root(root, name))
+    monkeypatch.setattr(train_module, "build_model", never)
+    with pytest.raises(ValueError, match=r"--crop-size 100000x100000: larger than every source image"):
+        run(fast_config(root, method="ft", crop_size=(100000, 100000)))
     config = fast_config(root, method="ft")
     train, _ = holdout_splits(config, scan_domains(config.sources, "train"))["clean"]
     ignore_labels(train)
-    record = run(config)
-    assert math.isfinite(record["holdout_miou"]) and set(record["target_miou"]) == {"fog", "night"}
+    with pytest.raises(data_module.SegmentationDataError, match=r"^clean \(cityscapes train at .*\): none of the "
+                       rf"{len(train)} training labels of seed 0 holds a labelled pixel"):
+        run(config)
+    monkeypatch.undo()
+    shutil.rmtree(domain_root(root, "clean"))
+    shutil.copytree(domain_root(tiny, "clean"), domain_root(root, "clean"))
+    calls = []
+    real = train_module.check_data
+    for module in (train_module, main_module):
+        monkeypatch.setattr(module, "check_data", lambda configs: calls.append(len(configs)) or real(configs))
+    argv = ["--source", f"cityscapes:clean={domain_root(root, 'clean')}",
+            "--targets", f"cityscapes:fog={domain_root(root, 'fog')}", "--methods", "ft", "--seeds", "0", "1",
+            "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS, "--steps", "1", "--eval-every", "1"]
+    assert main(argv) == 0 and calls == [2]  # the plan's check of both runs, none in the runs
 
 
 def test_a_target_with_no_labelled_pixel_is_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):

@@ -26,22 +26,18 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
 
     from ldt import runner
     from ldt.core.config import unknown_choice
-    from ldt.segmentation.classes import IGNORE_INDEX
-    from ldt.segmentation.data import Augment, SegmentationDataError, SegmentationSplit, check_splits, first_labelled
     from ldt.segmentation.deeplabv3plus import BACKBONES, load_backbone_weights
     from ldt.segmentation.generated import DEFAULT_ROOT, SOURCE_DOMAIN, GeneratedConfig, build_generated, domain_root
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
-        METHODS, SOURCE_SPLIT, TARGET_SPLIT, Domain, RunConfig, build_model, holdout_splits, parse_domain,
-        limited_size, parse_size, run, shown_size, stride_fits,
+        METHODS, Domain, RunConfig, build_model, check_data, parse_domain, parse_size, run, shown_size, stride_fits,
     )
     from ldt.sweep import SweepError, parse_weights
     from ldt.weights import WeightsError
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
 DEMO_DATA = GeneratedConfig()  # the generated domains bare names refer to (96x192 px, 40 train / 20 val per domain)
-SOURCE_LABELS_CHECKED = 200  # evenly spread labels per source decoded at start-up: about 4 s at 2048x1024
 # The no-argument demo's sizing for a 2-core CPU (minutes, pre-training included; see the README); every option not
 # named here is RunConfig's (the paper's recipe). 40 steps is a short fine-tuning, so the exchange runs every step
 # (interval 1) as in the classification demo: at the paper's interval of 10, W = 0.99 would leave the composite
@@ -202,70 +198,6 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     return Path(args.out or Path("results/segmentation") / name), configs, bool(generated), pretrained
 
 
-def _largest(sizes: list[tuple[int, int]], factor: float) -> tuple[int, int]:
-    return tuple(int(max(size[axis] for size in sizes) * factor) for axis in (0, 1))
-
-
-def check_sizes(config: RunConfig, sources: dict[str, SegmentationSplit],
-                targets: dict[str, SegmentationSplit]) -> None:
-    """A training crop must fit the largest source image after the largest training rescale, and an evaluation
-    window twice the largest image it slides over: beyond, the crop is padding only and the window more than 3/4
-    padding for every image, and ``--crop-size 100000`` asked for 10^10 px per crop (an out-of-memory traceback at
-    the first step; ``--eval-window 100000`` at the first evaluation, after training)."""
-    high = Augment(config.crop_size).scale_range[1]
-    fits = _largest([sample.size for split in sources.values() for sample in split.samples], high)
-    if config.crop_size[0] > fits[0] or config.crop_size[1] > fits[1]:
-        raise ValueError(f"{runner.field_flag('crop_size')} {_shown(config.crop_size)}: larger than every source "
-                         f"image after the training rescale (up to x{high:g}), so it would crop padding only: use at "
-                         f"most {_shown(fits)}")
-    window = config.eval_window
-    if window is None:
-        return
-    evaluated = [limited_size(sample.size, config.eval_max_side)
-                 for split in (*sources.values(), *targets.values()) for sample in split.samples]
-    fits = _largest(evaluated, 2)
-    if window[0] > fits[0] or window[1] > fits[1]:
-        raise ValueError(f"{runner.field_flag('eval_window')} {_shown(window)}: more than twice every evaluation "
-                         f"image (the largest is {_shown(_largest(evaluated, 1))} after "
-                         f"{runner.field_flag('eval_max_side')}), so each window would be mostly padding: use at most "
-                         f"{_shown(fits)}, or 'none' for whole images")
-
-
-def check_data(configs: list[RunConfig]) -> None:
-    """Index every domain (headers only: no target image pixel is read) and every seed's held-out split, before
-    training; every target label is decoded once for its values (a bad one failed only in the test, after training;
-    the check decides nothing else), and up to :data:`SOURCE_LABELS_CHECKED` of each source's (one failed at the
-    first batch, after the model was built; all of a large source would cost minutes). A target, or a seed's held-out
-    part of a source, whose labels hold only ignore has no mIoU (a '–' column; a traceback at the first selection);
-    a seed's training part of a source whose labels do trained on a zero loss, without a word."""
-    first = configs[0]
-    splits = check_splits([(d.root, d.layout, SOURCE_SPLIT, SOURCE_LABELS_CHECKED) for d in first.sources]
-                          + [(d.root, d.layout, TARGET_SPLIT, None) for d in first.targets])
-    sources = {d.name: split for d, split in zip(first.sources, splits)}
-    targets = {d.name: split for d, split in zip(first.targets, splits[len(first.sources):])}
-    check_sizes(first, sources, targets)
-    checked, counts = set(), {}
-    for config in configs:
-        for name, (train, held) in holdout_splits(config, sources).items():
-            counts[name] = len(train)  # the same for every seed
-            names = (name, tuple(sample.name for sample in held))
-            if names in checked:  # the held-out part depends on the seed only: one check per seed
-                continue
-            checked.add(names)
-            if first_labelled(sources[name], held) is None:
-                raise SegmentationDataError(
-                    f"{name}: none of the {len(held)} held-out labels of seed {config.seed} holds a labelled pixel "
-                    f"(only ignore {IGNORE_INDEX}), so selection has no score: raise "
-                    f"{runner.field_flag('holdout_fraction')} (now {config.holdout_fraction})")
-            if first_labelled(sources[name], train) is None:  # usually one label decoded: the first one is labelled
-                split = sources[name]
-                raise SegmentationDataError(
-                    f"{name} ({split.layout.name} {split.split} at {split.root}): none of the {len(train)} training "
-                    f"labels of seed {config.seed} holds a labelled pixel (only ignore {IGNORE_INDEX}), so every "
-                    "training step's loss is zero: label them, or train on another source")
-    runner.warn_of_small_domains(configs, counts)
-
-
 def demo_weights(args: argparse.Namespace, path: Path) -> None:
     """Pre-train the demo's resnet18 on the generated ``pretrain`` domain, once (later sweeps reuse the file)."""
     cached = path.is_file()
@@ -294,7 +226,9 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return runner.main(args, lambda: prepare(args), run, lambda folder: write_tables(folder, TABLE_ORDER))
+    # prepare checked every run's data (check_data): the runs do not again
+    return runner.main(args, lambda: prepare(args), lambda config, **kwargs: run(config, data_checked=True, **kwargs),
+                       lambda folder: write_tables(folder, TABLE_ORDER))
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
 from ldt.core.config import unknown_choice
 from ldt.core.dual import copy_network
 from ldt.runner import (ResumableStream, RunState, check_training, domain_batches, domain_seed, field_flag,
-                        method_config, prepared, run_hparams, train_and_select)
+                        method_config, prepared, run_hparams, train_and_select, warn_of_small_domains)
 from ldt.segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from ldt.segmentation.data import (
-    LAYOUTS, Augment, SegmentationDataset, SegmentationSplit, eval_loader, scan_split, split_holdout, training_loader,
+    LAYOUTS, Augment, SegmentationDataError, SegmentationDataset, SegmentationSplit, check_splits, eval_loader,
+    first_labelled, scan_split, split_holdout, training_loader,
 )
 from ldt.segmentation.deeplabv3plus import BACKBONES, HEAD_PATTERNS, DeepLabV3Plus
 from ldt.segmentation.inference import predict_sliding, predict_whole
@@ -316,14 +317,89 @@ def scan_domains(domains: Sequence[Domain], split: str) -> dict[str, Segmentatio
     return {d.name: d.scan(split) for d in domains}
 
 
+# Evenly spread labels per source decoded by the data check: about 4 s at 2048x1024.
+SOURCE_LABELS_CHECKED = 200
+
+
+def _largest(sizes: list[tuple[int, int]], factor: float) -> tuple[int, int]:
+    return tuple(int(max(size[axis] for size in sizes) * factor) for axis in (0, 1))
+
+
+def check_sizes(config: RunConfig, sources: dict[str, SegmentationSplit],
+                targets: dict[str, SegmentationSplit]) -> None:
+    """A training crop must fit the largest source image after the largest training rescale, and an evaluation
+    window twice the largest image it slides over: beyond, the crop is padding only and the window more than 3/4
+    padding for every image, and ``--crop-size 100000`` asked for 10^10 px per crop (an out-of-memory traceback at
+    the first step; ``--eval-window 100000`` at the first evaluation, after training)."""
+    high = Augment(config.crop_size).scale_range[1]
+    fits = _largest([sample.size for split in sources.values() for sample in split.samples], high)
+    if config.crop_size[0] > fits[0] or config.crop_size[1] > fits[1]:
+        raise ValueError(f"{field_flag('crop_size')} {shown_size(config.crop_size)}: larger than every source "
+                         f"image after the training rescale (up to x{high:g}), so it would crop padding only: use at "
+                         f"most {shown_size(fits)}")
+    window = config.eval_window
+    if window is None:
+        return
+    evaluated = [limited_size(sample.size, config.eval_max_side)
+                 for split in (*sources.values(), *targets.values()) for sample in split.samples]
+    fits = _largest(evaluated, 2)
+    if window[0] > fits[0] or window[1] > fits[1]:
+        raise ValueError(f"{field_flag('eval_window')} {shown_size(window)}: more than twice every evaluation "
+                         f"image (the largest is {shown_size(_largest(evaluated, 1))} after "
+                         f"{field_flag('eval_max_side')}), so each window would be mostly padding: use at most "
+                         f"{shown_size(fits)}, or 'none' for whole images")
+
+
+def check_data(configs: Sequence[RunConfig]) -> tuple[dict[str, SegmentationSplit], dict[str, SegmentationSplit]]:
+    """Index every domain (headers only: no target image pixel is read) and every seed's held-out split, before
+    training; every target label is decoded once for its values (a bad one failed only in the test, after training;
+    the check decides nothing else), and up to :data:`SOURCE_LABELS_CHECKED` of each source's (one failed at the
+    first batch, after the model was built; all of a large source would cost minutes). A target, or a seed's held-out
+    part of a source, whose labels hold only ignore has no mIoU (a '–' column; a traceback at the first selection);
+    a seed's training part of a source whose labels do trained on a zero loss, without a word. Returns the source
+    and target splits (of the first configuration's domains)."""
+    first = configs[0]
+    splits = check_splits([(d.root, d.layout, SOURCE_SPLIT, SOURCE_LABELS_CHECKED) for d in first.sources]
+                          + [(d.root, d.layout, TARGET_SPLIT, None) for d in first.targets])
+    sources = {d.name: split for d, split in zip(first.sources, splits)}
+    targets = {d.name: split for d, split in zip(first.targets, splits[len(first.sources):])}
+    check_sizes(first, sources, targets)
+    checked, counts = set(), {}
+    for config in configs:
+        for name, (train, held) in holdout_splits(config, sources).items():
+            counts[name] = len(train)  # the same for every seed
+            names = (name, tuple(sample.name for sample in held))
+            if names in checked:  # the held-out part depends on the seed only: one check per seed
+                continue
+            checked.add(names)
+            if first_labelled(sources[name], held) is None:
+                raise SegmentationDataError(
+                    f"{name}: none of the {len(held)} held-out labels of seed {config.seed} holds a labelled pixel "
+                    f"(only ignore {IGNORE_INDEX}), so selection has no score: raise "
+                    f"{field_flag('holdout_fraction')} (now {config.holdout_fraction})")
+            if first_labelled(sources[name], train) is None:  # usually one label decoded: the first one is labelled
+                split = sources[name]
+                raise SegmentationDataError(
+                    f"{name} ({split.layout.name} {split.split} at {split.root}): none of the {len(train)} training "
+                    f"labels of seed {config.seed} holds a labelled pixel (only ignore {IGNORE_INDEX}), so every "
+                    "training step's loss is zero: label them, or train on another source")
+    warn_of_small_domains(configs, counts)
+    return sources, targets
+
+
 def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
-        state: RunState | None = None) -> dict:
+        state: RunState | None = None, data_checked: bool = False) -> dict:
     """Train, select and test one configuration; returns its record (see :mod:`ldt.segmentation.records`). With a
-    :class:`ldt.runner.RunState`, the run saves its progress there and continues a saved one."""
+    :class:`ldt.runner.RunState`, the run saves its progress there and continues a saved one. Its data is checked
+    first (:func:`check_data`), unless ``data_checked`` says the caller did (the CLI checks every run's before the
+    first)."""
     earlier = state.elapsed if state else {}
     start = time.time() - earlier.get("wall", 0.0)
     device = torch.device(device)
-    sources, targets = scan_domains(config.sources, SOURCE_SPLIT), scan_domains(config.targets, TARGET_SPLIT)
+    if data_checked:
+        sources, targets = scan_domains(config.sources, SOURCE_SPLIT), scan_domains(config.targets, TARGET_SPLIT)
+    else:
+        sources, targets = check_data([config])
     splits = holdout_splits(config, sources)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
