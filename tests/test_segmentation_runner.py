@@ -682,10 +682,11 @@ def test_a_misspelled_layout_domain_backbone_or_criterion_gets_a_did_you_mean(ti
     monkeypatch.setattr(main_module, "build_generated", never)
     on_disk = f"cityscapes:clean={domain_root(tiny, 'clean')}"
     cases = [
-        (["--source", f"cityscape={tiny}", "--targets", f"bdd100k={tiny}"], "error: domain 'cityscape': unknown layout "
-         "'cityscape' (did you mean 'cityscapes'?); choose from cityscapes, bdd100k, mapillary"),
-        (["--source", "clean", "--targets", "fgo"], "error: unknown generated domain 'fgo' (did you mean 'fog'?); "
-         "choose from clean, fog, night (or give LAYOUT=ROOT for a dataset on disk)"),
+        (["--source", f"cityscape={tiny}", "--targets", f"bdd100k={tiny}"], f"error: --source cityscape={tiny}: domain "
+         "'cityscape': unknown layout 'cityscape' (did you mean 'cityscapes'?); choose from cityscapes, bdd100k, "
+         "mapillary"),
+        (["--source", "clean", "--targets", "fgo"], "error: --targets fgo: unknown generated domain 'fgo' (did you "
+         "mean 'fog'?); choose from clean, fog, night (or give LAYOUT=ROOT for a dataset on disk)"),
         (["--source", on_disk, "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}", "--backbones", "resnet5"],
          "error: unknown backbone 'resnet5' (did you mean 'resnet50'?); choose from resnet18, resnet50"),
         (["--source", on_disk, "--targets", f"cityscapes:fog={domain_root(tiny, 'fog')}", "--criterion", "vr"],
@@ -772,3 +773,17 @@ def test_a_source_whose_training_part_is_unlabelled_is_one_line_before_training(
         "labelled pixel (only ignore 255), so every training step's loss is zero: label them, or train on another "
         "source"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("given, message", [
+    (["--source", "cityscapes:a+b={root}", "--targets", "cityscapes:fog={fog}"],
+     "--source cityscapes:a+b={root}: domain name 'a+b' must be non-empty and without '+'"),
+    (["--source", "cityscapes:clean={root}", "--targets", "cityscapes:x+y={fog}"],
+     "--targets cityscapes:x+y={fog}: domain name 'x+y' must be non-empty and without '+'"),
+])
+def test_a_domain_name_with_a_plus_names_the_flag(tiny, tmp_path, monkeypatch, capsys, given, message):
+    """'error: domain name 'a+b' must be non-empty and without '+'' named neither the flag nor the value given."""
+    monkeypatch.setattr(main_module, "run", never)
+    paths = {"root": domain_root(tiny, "clean"), "fog": domain_root(tiny, "fog")}
+    assert main([arg.format(**paths) for arg in given] + ["--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(**paths)}\n"

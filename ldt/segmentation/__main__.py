@@ -130,6 +130,14 @@ def resolve_domain(text: str) -> Domain:
     return Domain(text, "cityscapes", str(domain_root(DEFAULT_ROOT, text)))
 
 
+def given_domain(flag: str, text: str) -> Domain:
+    """:func:`resolve_domain` of a value of ``flag``, whose errors name the flag and the value given."""
+    try:
+        return resolve_domain(text)
+    except ValueError as err:
+        raise ValueError(f"{flag} {text}: {err}") from None
+
+
 def check_window_and_stride(args: argparse.Namespace, hyper: dict) -> None:
     """An ``--eval-window`` and ``--eval-stride`` that do not fit, blaming the flag given, not the default it meets
     (``--eval-window 32`` alone was refused as '--eval-stride 341x341 must be between 1 and --eval-window 32x32');
@@ -153,9 +161,9 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     runner.check_seeds(args.seeds)
     seeds, methods = runner.unique("--seeds", args.seeds), runner.unique("--methods", args.methods)
     specs = (args.source or [SOURCE_DOMAIN]) + (args.targets or [])
-    sources = [resolve_domain(s) for s in args.source or [SOURCE_DOMAIN]]
+    sources = [given_domain("--source", s) for s in args.source or [SOURCE_DOMAIN]]
     if args.targets:
-        targets = [resolve_domain(t) for t in args.targets]
+        targets = [given_domain("--targets", t) for t in args.targets]
     elif all("=" not in s for s in specs):
         targets = [resolve_domain(d) for d in DEMO_DATA.domains if d not in {s.name for s in sources}]
     else:
