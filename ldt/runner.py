@@ -192,11 +192,16 @@ def unique(flag: str, values: Sequence) -> list:
     return kept
 
 
+# How many passes over the smallest training domain the probe may make before it is said: the defaults make a few
+# (the demos' probe of 160 images over 64), which fresh augmentations make legitimate; ten or more is a typed zero.
+PROBE_PASSES_SAID = 10
+
+
 def warn_of_small_domains(configs: Sequence["RunnerConfig"], counts: Mapping[str, int], noun: str = "images") -> None:
     """One warning line each, before any run, when ``--batch-size`` is more than the smallest training domain holds
-    (``counts``: its training images, held-out part excluded), or the probe of a planned method that probes draws
-    more: both are legitimate (the seeded stream passes over a domain again, within a batch if need be, with fresh
-    augmentations), but said, not silent (a typed extra zero took each batch's images twice or more)."""
+    (``counts``: its training images, held-out part excluded), or the probe of a planned method that probes passes
+    over it :data:`PROBE_PASSES_SAID` times or more: both are legitimate (the seeded stream passes over a domain
+    again, within a batch if need be, with fresh augmentations), but said, not silent (a typed extra zero)."""
     if not configs or not counts:
         return
     domain, count = min(counts.items(), key=lambda item: (item[1], item[0]))
@@ -205,10 +210,10 @@ def warn_of_small_domains(configs: Sequence["RunnerConfig"], counts: Mapping[str
     if batch > count:
         print(f"warning: {field_flag('batch_size')} {batch} is more than {held}: each of its batches holds some of "
               "them twice or more", file=sys.stderr, flush=True)
-    if probe * batch > count and any(runs_probe(config.method_config()) for config in configs):
+    if probe * batch >= PROBE_PASSES_SAID * count and any(runs_probe(config.method_config()) for config in configs):
         print(f"warning: {field_flag('probe_batches')} {probe} of {field_flag('batch_size')} {batch} is "
-              f"{probe * batch} {noun} of each training domain, more than {held}: the probe passes over them "
-              f"{probe * batch / count:.1f} times", file=sys.stderr, flush=True)
+              f"{probe * batch} {noun} of each training domain, {PROBE_PASSES_SAID} times or more {held}: the probe "
+              f"passes over them {probe * batch / count:.1f} times", file=sys.stderr, flush=True)
 
 
 def check_training(config: object) -> None:

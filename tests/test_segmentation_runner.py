@@ -723,9 +723,10 @@ def test_a_probe_of_non_finite_losses_is_one_line_naming_the_run(tiny, tmp_path,
 
 
 def test_a_batch_or_probe_larger_than_a_source_is_said_before_training(tiny, capsys):
-    """--batch-size 5 on a source of 4 training images, or --probe-batches 3 of batch 2, ran without a word (the
-    seeded stream passes over a source again within a batch, the probe over every image more than once): one
-    warning line each, naming the flag and the counts, before any run; none when the source holds them."""
+    """--batch-size 5 on a source of 4 training images, or --probe-batches 20 of batch 2, ran without a word (the
+    seeded stream passes over a source again within a batch, the probe over every image ten times): one warning
+    line each, naming the flag and the counts, before any run; none when the source holds them, nor for a probe of
+    a few passes (the defaults' 1.5 here)."""
     def planned(*flags: str) -> str:
         main_module.prepare(main_module.parse_args([*specs(tiny), "--seeds", "0", *FAST_FLAGS, *flags]))
         return capsys.readouterr().err
@@ -734,9 +735,10 @@ def test_a_batch_or_probe_larger_than_a_source_is_said_before_training(tiny, cap
     assert planned("--methods", "ft", "--batch-size", "5") == (
         "warning: --batch-size 5 is more than the 4 training images of domain 'clean': each of its batches holds "
         "some of them twice or more\n")
-    assert planned("--methods", "ldt_dpu", "--probe-batches", "3") == (
-        "warning: --probe-batches 3 of --batch-size 2 is 6 images of each training domain, more than the 4 training "
-        "images of domain 'clean': the probe passes over them 1.5 times\n")
+    assert planned("--methods", "ldt_dpu", "--probe-batches", "3") == ""
+    assert planned("--methods", "ldt_dpu", "--probe-batches", "20") == (
+        "warning: --probe-batches 20 of --batch-size 2 is 40 images of each training domain, 10 times or more the 4 "
+        "training images of domain 'clean': the probe passes over them 10.0 times\n")
 
 
 @pytest.mark.parametrize("argv, message", [
