@@ -129,41 +129,69 @@ def patch_basicsr_train() -> None:
     pipeline.build_model = build_pipeline_model
 
 
-def patch_paired_image_dataset() -> None:
-    """Make BasicSR's ``PairedImageDataset`` name an image of a pair it cannot decode (idempotent).
+def _image_paths(data: Any, index: int) -> list[tuple[str, str, str]]:
+    """(client key, folder, path) of each image item ``index`` of BasicSR's ``data`` reads."""
+    if isinstance(data.paths[index], dict):  # PairedImageDataset
+        return [(key, folder, data.paths[index][f"{key}_path"]) for key, folder in (("gt", data.gt_folder),
+                                                                                  ("lq", data.lq_folder))]
+    return [("lq", data.lq_folder, data.paths[index])]  # SingleImageDataset
+
+
+def rebuild_image_dataset(module: str, qualname: str) -> Any:
+    """An empty instance of the dataset class ``module.qualname``, patched first: what a spawned DataLoader worker
+    unpickles (pickle then restores its state), so it reads through :func:`patch_image_datasets` too."""
+    patch_image_datasets()
+    cls: Any = importlib.import_module(module)
+    for name in qualname.split("."):
+        cls = getattr(cls, name)
+    return cls.__new__(cls)
+
+
+def patch_image_datasets() -> None:
+    """Make BasicSR's ``PairedImageDataset`` and ``SingleImageDataset`` name an image they cannot decode, in this
+    process and in any DataLoader worker, forked or spawned (idempotent).
 
     basicsr 1.4.2's ``imfrombytes`` hands ``cv2.imdecode``'s None to ``.astype``: a PNG or JPEG whose pixel data is
     corrupt behind an intact header and end marker (all the start-up check reads: decoding every image would slow
     the start on DRealSR) stopped ``test.py``, a training or its validation in an ``AttributeError`` naming no file.
-    When a read fails, the pair is decoded again as BasicSR decodes it, and an image that does not decode is a
-    :class:`ldt.data.cameras.DatasetError` naming it (torch re-raises a worker's error as that type, which the
-    entry points print as one line); any other failure stands as it was. A read that succeeds reads nothing twice."""
+    When a read fails, the item's images are decoded again as BasicSR decodes them, and an image that does not decode
+    is a :class:`ldt.data.cameras.DatasetError` naming it (torch re-raises a worker's error as that type, which the
+    entry points print as one line); any other failure stands as it was. A read that succeeds reads nothing twice.
+    The datasets pickle through :func:`rebuild_image_dataset`: a spawned worker (macOS and Windows start workers
+    so) imports BasicSR afresh, and without it got BasicSR unpatched, or no BasicSR at all on torchvision >= 0.17."""
     patch_basicsr()
     from basicsr.data.paired_image_dataset import PairedImageDataset
+    from basicsr.data.single_image_dataset import SingleImageDataset
 
-    if getattr(PairedImageDataset.__getitem__, "ldt_patched", False):
+    if getattr(SingleImageDataset.__getitem__, "ldt_patched", False):
         return
     import cv2
 
     from ldt.data.cameras import DatasetError, imdecode
 
-    read = PairedImageDataset.__getitem__
-
-    def __getitem__(self, index: int) -> dict:
-        try:
-            return read(self, index)
-        except Exception:
-            if self.file_client is None:  # it failed before reading any image
-                raise
-            on_lmdb = "db_paths" in self.io_backend_opt  # BasicSR's LMDB set-up adds it; the paths are then keys
+    def patched(read: Any) -> Any:
+        def __getitem__(self, index: int) -> dict:
             try:
-                for key, folder in (("gt", self.gt_folder), ("lq", self.lq_folder)):
-                    path = self.paths[index][f"{key}_path"]
-                    imdecode(self.file_client.get(path, key), f"LMDB {folder} (key {path})" if on_lmdb else path,
-                             cv2.IMREAD_COLOR)
-            except DatasetError as undecodable:
-                raise undecodable from None
-            raise
+                return read(self, index)
+            except Exception:
+                if self.file_client is None:  # it failed before reading any image
+                    raise
+                on_lmdb = "db_paths" in self.io_backend_opt  # BasicSR's LMDB set-up adds it; the paths are keys
+                try:
+                    for key, folder, path in _image_paths(self, index):
+                        imdecode(self.file_client.get(path, key), f"LMDB {folder} (key {path})" if on_lmdb else path,
+                                 cv2.IMREAD_COLOR)
+                except DatasetError as undecodable:
+                    raise undecodable from None
+                raise
 
-    __getitem__.ldt_patched = True
-    PairedImageDataset.__getitem__ = __getitem__
+        __getitem__.ldt_patched = True
+        return __getitem__
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        cls = type(self)
+        return rebuild_image_dataset, (cls.__module__, cls.__qualname__), dict(vars(self))
+
+    for cls in (PairedImageDataset, SingleImageDataset):
+        cls.__getitem__ = patched(cls.__getitem__)
+        cls.__reduce_ex__ = __reduce_ex__

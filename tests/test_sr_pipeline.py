@@ -877,3 +877,29 @@ def test_a_paired_lmdb_image_whose_pixels_do_not_decode_is_named_by_database_and
     assert data[0]["lq_path"] == "baby"  # the others read
     with pytest.raises(DatasetError, match=rf"^cannot decode image LMDB {re.escape(str(lq))} \(key bird\): corrupt"):
         data[1]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("kind", ["PairedImageDataset", "SingleImageDataset"])
+def test_an_image_that_does_not_decode_is_named_under_spawned_workers_too(kind, workers, tmp_path):
+    """The patch naming an undecodable image reached DataLoader workers only through fork: a spawned worker (the
+    start method on macOS and Windows) unpickled BasicSR's PairedImageDataset unpatched, and the corrupt image was
+    "AttributeError: 'NoneType' object has no attribute 'astype'" again, naming no file; BasicSR's
+    SingleImageDataset had that traceback in-process too. Both name the image now, in-process and spawned."""
+    import ldt.data  # noqa: F401  (registers and patches, as every entry point does)
+    from basicsr.utils.registry import DATASET_REGISTRY
+    from ldt.cli import error_lines
+    from ldt.data.cameras import DatasetError
+
+    hr_dir, lr_dir = _paired_folders(tmp_path / "set5")
+    victim = _corrupt_pixel_data(lr_dir / "bird.png")
+    _check_undecodable(victim)
+    block = {"phase": "val", "scale": 4, "dataroot_lq": str(lr_dir), "io_backend": {"type": "disk"}}
+    if kind == "PairedImageDataset":
+        block["dataroot_gt"] = str(hr_dir)
+    data = DATASET_REGISTRY.get(kind)(block)
+    loader = torch.utils.data.DataLoader(data, batch_size=1, num_workers=workers,
+                                         multiprocessing_context="spawn" if workers else None)
+    with pytest.raises(DatasetError) as caught:
+        list(loader)
+    assert error_lines(caught.value) == [f"cannot decode image {victim}: corrupt or not an image"]
