@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import torch
 import yaml
 
 from ldt.data.synthetic_cameras import build_synthetic_cameras
@@ -77,3 +78,26 @@ def simulate_crash(monkeypatch, at: int) -> list[int]:
 
     monkeypatch.setattr(LDTModel, "optimize_parameters", step)
     return stepped
+
+
+class SpareNet(torch.nn.Module):
+    """A researcher's own x4 network holding a parameter its forward never uses (a branch left in for later)."""
+
+    def __init__(self, num_feat: int = 4, upscale: int = 4) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, num_feat, 3, padding=1)
+        self.tail = torch.nn.Conv2d(num_feat, 3 * upscale * upscale, 3, padding=1)
+        self.upscale = upscale
+        self.spare = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pixel_shuffle(self.tail(torch.relu(self.body(x))), self.upscale)
+
+
+def register_spare_net() -> None:
+    """Register :class:`SpareNet` in this process, as the user's ``*_arch.py`` would (once: the registry refuses a
+    name twice)."""
+    from ldt.sr.options import arch_registry
+
+    if "SpareNet" not in arch_registry():
+        arch_registry().register(SpareNet)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from tests.conftest import fill
-from tests.sr_fixtures import tiny_cameras, tiny_options
+from tests.sr_fixtures import register_spare_net, tiny_cameras, tiny_options
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -1181,6 +1181,22 @@ def test_auto_resume_of_a_finished_run_writes_its_results_from_the_stored_valida
 
 def run_log(exp: Path) -> str:
     return "\n".join(p.read_text() for p in sorted(exp.glob("train_*.log")))
+
+
+def test_layers_the_probe_finds_no_gradient_for_are_named_in_the_log_file_with_what_to_change(data_root, tmp_path,
+                                                                                                capsys):
+    """A network_g whose forward leaves a layer unused: the probe's warning went to the console only (not the run's
+    log file) and told a Train_pip.py user to 'freeze them before prepare_method', which no option does. It names
+    the layer and network_g now, once on the console and in the log file."""
+    register_spare_net()
+    opt = options(data_root, "spare", total_iter=2)
+    opt["network_g"] = {"type": "SpareNet"}
+    assert cli(opt, tmp_path, capsys)[0] == 0
+    text = run_log(tmp_path / "experiments" / "spare")
+    warned = [line for line in text.splitlines() if "got no gradient" in line]
+    assert len(warned) == 1 and "WARNING: 2 parameter(s) got no gradient in any of the 3 probe batches" in warned[0]
+    assert "(layer(s) spare)" in warned[0] and "network_g (SpareNet)" in warned[0]
+    assert "prepare_method" not in warned[0]
 
 
 def test_a_finished_run_resumed_with_other_validation_settings_validates_again_and_says_why(data_root, tmp_path,

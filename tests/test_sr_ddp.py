@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.sr_fixtures import tiny_cameras, tiny_options, write_options
+from tests.sr_fixtures import SpareNet, register_spare_net, tiny_cameras, tiny_options, write_options
 
 pytestmark = pytest.mark.slow  # two processes per test
 
@@ -106,25 +106,9 @@ def test_two_processes_in_file_order_probe_the_patches_of_one(tmp_path):
     assert all(a["scores"][k] == pytest.approx(b["scores"][k], rel=1e-9, abs=1e-30) for k in b["scores"])
 
 
-class SpareNet(torch.nn.Module):
-    """A researcher's own x4 network holding a parameter its forward never uses (a branch left in for later)."""
-
-    def __init__(self, num_feat: int = 4, upscale: int = 4) -> None:
-        super().__init__()
-        self.body = torch.nn.Conv2d(3, num_feat, 3, padding=1)
-        self.tail = torch.nn.Conv2d(num_feat, 3 * upscale * upscale, 3, padding=1)
-        self.upscale = upscale
-        self.spare = torch.nn.Conv2d(3, 3, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pixel_shuffle(self.tail(torch.relu(self.body(x))), self.upscale)
-
-
 def _spare_net_worker(rank: int, world: int, port: int, options_file: str, root: str) -> None:
     """:func:`_worker` with ``SpareNet`` registered, as the user's ``*_arch.py`` would register it."""
-    from ldt.sr.options import arch_registry
-
-    arch_registry().register(SpareNet)
+    register_spare_net()
     _worker(rank, world, port, options_file, root)
 
 

@@ -68,6 +68,8 @@ from ldt.core.single import SingleBranchLDT
 from ldt.core.warmup import warmup
 
 logger = logging.getLogger("ldt.core")
+NO_GRAD_HINT = "freeze them before prepare_method, or make the probe's loss reach them"
+"""What :func:`score_partition`'s warning about parameters without a probe gradient tells a caller of this API."""
 
 STATE_FORMAT = "ldt.method/1"
 BatchSource = Callable[[str, int], Iterable]
@@ -341,13 +343,16 @@ class Method:
         head_patterns: Sequence[str] | None,
         progress: bool,
         log: Callable[[str], None],
+        warn: Callable[[str], None] = logger.warning,
+        no_grad_hint: str = NO_GRAD_HINT,
     ) -> Partition | None:
         if cls.partition_source == "none":
             return None
         if cls.partition_source == "head":
             return partition_by_patterns(model, _head(config, head_patterns), criterion=cls.name,
                                          excluded=left_out_parameters(model))
-        return score_partition(model, config, batches, loss_fn, seed=config.seed, progress=progress, log=log)
+        return score_partition(model, config, batches, loss_fn, seed=config.seed, progress=progress, log=log,
+                               warn=warn, no_grad_hint=no_grad_hint)
 
     # ---- training -----------------------------------------------------------------------------------------------
     def branches(self) -> list[Branch]:
@@ -940,13 +945,17 @@ def score_partition(
     seed: int,
     progress: bool = False,
     log: Callable[[str], None] = logger.info,
+    warn: Callable[[str], None] = logger.warning,
+    no_grad_hint: str = NO_GRAD_HINT,
 ) -> Partition:
     """The score partition ``config`` asks for: from ``partition_file``, the seeded 'random' order, or a probe.
 
     The probe sees ``probe.num_batches`` batches in all (split across ranks under ``torch.distributed``), keeps
     per-element statistics only when the criterion needs them (``elementwise_var``) and never updates the model.
     The parameters of ``model`` that do not train (:func:`~ldt.core.dual.left_out_parameters`: pass a network with
-    the user's flags, such as ``method.deployed()``, not a live branch) are not probed and are excluded.
+    the user's flags, such as ``method.deployed()``, not a live branch) are not probed and are excluded; those
+    the probe finds no gradient for are excluded too, in one ``warn`` naming them and their layers, ending in
+    ``no_grad_hint`` (what to change: a caller that builds the model from options names the option).
     """
     if config.partition_file is not None:
         partition = Partition.load(Path(config.partition_file).expanduser(), model)
@@ -964,10 +973,11 @@ def score_partition(
     )
     if stats.no_grad:
         more = " ..." if len(stats.no_grad) > 5 else ""
-        logger.warning(f"{len(stats.no_grad)} parameter(s) got no gradient in any of the {stats.num_batches} probe "
-                       f"batches (an unused branch, or a loss_fn that does not reach them): in neither group, never "
-                       f"trained, deployed as they are: {stats.no_grad[:5]}{more}; freeze them before prepare_method, "
-                       "or make the probe's loss reach them")
+        layers = list(dict.fromkeys(name.rpartition(".")[0] or name for name in stats.no_grad))
+        warn(f"{len(stats.no_grad)} parameter(s) got no gradient in any of the {stats.num_batches} probe batches (an "
+             f"unused branch, or a loss_fn that does not reach them): in neither group, never trained, deployed as "
+             f"they are: {stats.no_grad[:5]}{more} (layer(s) {', '.join(layers[:5])}{' ...' if len(layers) > 5 else ''})"
+             f"; {no_grad_hint}")
     return partition_by_score(stats, config.unstable_ratio, config.criterion, seed=config.seed, model=model,
                               excluded=left_out)
 
@@ -1011,6 +1021,8 @@ def prepare_method(
     resuming: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = logger.info,
+    warn: Callable[[str], None] = logger.warning,
+    no_grad_hint: str = NO_GRAD_HINT,
 ) -> Method:
     """The method ``config.method`` on ``model``, prepared and ready to train.
 
@@ -1022,7 +1034,9 @@ def prepare_method(
     ``resuming``: the caller loads a :meth:`Method.state_dict` next, so no warm-up runs (LP-FT's head warm-up
     would be overwritten) and a probe-based method must be given the ``partition`` it was trained with.
     Everything that can be checked without data is checked before any batch is read. Parameters that are not
-    floating point or have ``requires_grad=False`` now are left out of the method (logged once).
+    floating point or have ``requires_grad=False`` now are left out of the method (logged once). ``log`` takes the
+    progress lines, ``warn`` the probe's warning about parameters without gradient, which ends in ``no_grad_hint``
+    (:func:`score_partition`).
     """
     wrong = _argument_types(model, config, batches, partition)
     if wrong:
@@ -1071,7 +1085,7 @@ def prepare_method(
                    optimizer_factory=lambda params: torch.optim.Adam(params, lr=config.warmup.lr), progress=progress,
                    exclude=left_out)
         try:
-            partition = cls.make_partition(model, config, source, loss_fn, head, progress, log)
+            partition = cls.make_partition(model, config, source, loss_fn, head, progress, log, warn, no_grad_hint)
         except ProbeError as err:
             if warms and isinstance(batches, Iterator) and "received no batch" in str(err):
                 raise ProbeError(f"{err}: the warm-up used up the one-shot iterator given as batches= (one stream for "

@@ -108,7 +108,7 @@ class LDTModel(BaseModel):
         self.method = prepare_method(
             self.net_g, config, batches=self.batches, loss_fn=self.batch_loss, head_patterns=self.head_patterns(),
             ema_decay=train_opt["ema_decay"], partition=partition, resuming=bool(resume), progress=self.rank0,
-            log=self.logger.info,
+            log=self.logger.info, warn=self.logger.warning, no_grad_hint=self.no_grad_hint(),
         )
         if self.method.partition is not None:
             p = self.method.partition
@@ -147,6 +147,13 @@ class LDTModel(BaseModel):
             f"{f' over {ranks} ranks' if ranks > 1 else ''}: the probe reads those {per_pass}, as the official probe "
             "stops at the end of its set")
         return config.model_copy(update={"probe": config.probe.model_copy(update={"num_batches": per_pass})})
+
+    def no_grad_hint(self) -> str:
+        """What the probe's warning about parameters without gradient tells a user of an option file: no option
+        freezes a layer, so it names network_g, whose forward leaves them unused (the warning names the layers)."""
+        return (f"network_g ({self.opt['network_g']['type']}): its forward does not use these layers on this data, so "
+                "they keep the weights of path:pretrain_network_g (else their initialisation); to train them, make the "
+                "forward use them (its *_arch.py, or the network_g options that build them), else remove them")
 
     def head_patterns(self) -> list[str] | None:
         arch_type = self.opt["network_g"]["type"]
@@ -228,7 +235,8 @@ class LDTModel(BaseModel):
         old, config = self.method.partition, self.method_config
         deployed = self.method.deployed()
         new = score_partition(deployed, config, self.batches, self.batch_loss, seed=config.seed + current_iter,
-                              progress=self.rank0, log=self.logger.info)
+                              progress=self.rank0, log=self.logger.info, warn=self.logger.warning,
+                              no_grad_hint=self.no_grad_hint())
         del deployed
         self.apply_partition(new)
         group = {name: kind for kind in ("stable", "unstable", "excluded") for name in getattr(old, kind)}
