@@ -4,6 +4,7 @@ names the file and the option, before any dataset or network is built; good spel
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Literal
@@ -628,10 +629,10 @@ def test_the_option_reference_shows_the_ranges_of_optional_options_too():
 class UserNet(nn.Module):
     """A researcher's own x4 network (no annotations, no declared scale), whose forward returns what ``kind`` says."""
 
-    def __init__(self, kind: str = "image", upscale: int = 4) -> None:
+    def __init__(self, kind: str = "image", upscale: int = 4, num_in_ch: int = 3) -> None:
         super().__init__()
         self.kind, self.upscale = kind, upscale
-        self.conv = nn.Conv2d(3, 3 * upscale * upscale, 3, padding=1)
+        self.conv = nn.Conv2d(num_in_ch, 3 * upscale * upscale, 3, padding=1)
 
     def forward(self, x):
         if self.kind == "needs_values":  # fine on real data, cannot run on the meta device
@@ -667,6 +668,30 @@ def test_a_network_whose_output_is_no_sr_image_is_one_line_before_any_data(kind,
     test_opt = {"name": "t", "network_g": opt["network_g"], "datasets": {"test_1": opt["datasets"]["val_1"]},
                 "path": {"pretrain_network_g": str(data_root / "synthetic_cameras.json")}}
     with pytest.raises(OptionsError, match=f"^f.yml: network_g: {problem}"):
+        prepare_options(test_opt, is_train=False, source="f.yml")
+
+
+@pytest.mark.parametrize("network_g, expects", [
+    ({"type": "UserNet", "num_in_ch": 1}, "UserNet expects 1 input channel(s)"),
+    ({"type": "UserNet", "num_in_ch": 4}, "UserNet expects 4 input channel(s)"),
+    ({"type": "HAT", "upscale": 4, "in_chans": 1, "img_size": 16, "window_size": 4, "compress_ratio": 3,
+      "squeeze_factor": 3, "depths": [1], "embed_dim": 12, "num_heads": [2], "mlp_ratio": 2}, "HAT expects 1 input "
+                                                                                              "channel(s)"),
+])
+def test_a_network_for_another_channel_count_than_the_data_is_one_line_before_any_data(network_g, expects, user_net,
+                                                                                       data_root, tmp_path, capsys,
+                                                                                       nothing_built):
+    """A network_g built for grey (``num_in_ch: 1``, HAT's ``in_chans: 1``) or RGBA input fed the RGB images every
+    dataset reads: its forward failed on the meta device, so the check left it to the run, which stopped in a
+    traceback at the first probe batch (a conv's 'expected input[...] to have 1 channels, but got 3'). Now one line
+    naming the network, the set and what to change, before any data is read (test.py: its first test set)."""
+    opt = tiny_options(data_root, "chans", network_g=network_g)
+    code, lines = train_cli(write_options(opt, tmp_path), capsys)
+    assert (code, lines) == (2, [f"error: {tmp_path / 'chans.yml'}: network_g: {expects} but datasets:train gives 3 "
+                                 "(RGB images: every dataset reads 3 channels); build it for 3 input channels"])
+    test_opt = {"name": "t", "network_g": network_g, "datasets": {"test_1": opt["datasets"]["val_1"]},
+                "path": {"pretrain_network_g": str(data_root / "synthetic_cameras.json")}}
+    with pytest.raises(OptionsError, match=rf"^f.yml: network_g: {re.escape(expects)} but datasets:test_1 gives 3 \("):
         prepare_options(test_opt, is_train=False, source="f.yml")
 
 

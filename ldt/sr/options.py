@@ -634,23 +634,42 @@ OUTPUT_CHECK_SIZE = 16
 SR_IMAGE_ROLE = "training, validation and test.py take its output as the SR image of the input"
 
 
-def output_problem(network: Any, arch_type: str, scale: int, size: int) -> str | None:
+OTHER_INPUT_CHANNELS = (1, 2, 4)
+"""What a network whose forward fails on the 3 channels of the data may have been built for: grey, grey + alpha,
+RGBA (``num_in_ch: 1``, HAT's ``in_chans: 1``)."""
+
+
+def output_problem(network: Any, arch_type: str, scale: int, size: int, data_where: str = "the data") -> str | None:
     """Why ``network`` (as the option check built it, on the meta device) is no x``scale`` SR network of RGB images,
     from one forward of a 1x3x``size``x``size`` input: its output is not one tensor (a tuple of features beside the
-    image), or not of the input's 3 channels at ``scale`` times its size. Why: the pixel loss, the validation and
-    test.py failed on it in a traceback from inside them (a grey output was broadcast against the RGB target, with
-    only torch's warning). None when it is one, or when the forward cannot run here (it needs real values: left to the run)."""
+    image), or not of the input's 3 channels at ``scale`` times its size, or the forward fails on 3 channels but runs
+    on one of :data:`OTHER_INPUT_CHANNELS` (a network built for grey or RGBA input; ``data_where``: the dataset block
+    to name). Why: the pixel loss, the validation and test.py failed on it in a traceback from inside them (a grey
+    output was broadcast against the RGB target, with only torch's warning; a grey input network stopped at the first
+    probe batch). None when it is one, or when the forward cannot run here (it needs real values: left to the run)."""
     import torch
 
     tensors = [*network.parameters(), *network.buffers()]
     device = tensors[0].device if tensors else torch.device("meta")
     was_training = network.training
     network.eval()
-    try:
+
+    def forward(channels: int) -> Any:
         with torch.no_grad():
-            output = network(torch.zeros(1, 3, size, size, device=device))
-    except Exception:
-        return None
+            return network(torch.zeros(1, channels, size, size, device=device))
+
+    try:
+        try:
+            output = forward(3)
+        except Exception:
+            for channels in OTHER_INPUT_CHANNELS:
+                try:
+                    forward(channels)
+                except Exception:
+                    continue
+                return (f"{arch_type} expects {channels} input channel(s) but {data_where} gives 3 (RGB images: every "
+                        "dataset reads 3 channels); build it for 3 input channels")
+            return None
     finally:
         network.train(was_training)
     if not isinstance(output, torch.Tensor):
@@ -916,7 +935,10 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
         problems.append(f"scale: {top.scale}, but network_g upscales by {built_scale}")
     elif meta_network is not None:
         size = max(min_input_size(arch), OUTPUT_CHECK_SIZE)
-        wrong_output = output_problem(meta_network, network["type"], scale, size)
+        sets = [str(key) for key in raw["datasets"]] if isinstance(raw.get("datasets"), dict) else []
+        read = next((key for key in sets if key == "train"), None) or next(iter(sorted(sets)), None)
+        wrong_output = output_problem(meta_network, network["type"], scale, size,
+                                      f"datasets:{read}" if read else "the data")
         if wrong_output:
             problems.append(f"network_g: {wrong_output}")
     datasets = {} if "datasets" in misspelled else _dataset_problems(raw.get("datasets"), is_train, scale, problems)
