@@ -113,6 +113,24 @@ def test_every_alias_of_a_tied_parameter_deploys_the_deployed_value(name):
         assert not torch.equal(deployed.emb.weight, method.model.emb.weight)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: .cpu() copies each alias there"))])
+@pytest.mark.parametrize("name", ["ft", "ldt", "ft_ema"])
+def test_a_tied_parameter_is_saved_once_in_the_weights_file(name, device, tmp_path):
+    """deployed_state_dict cloned each alias of a tied parameter apart, so net_g_*.pth held its values twice (and
+    loaded as two independent tensors); on CUDA save_weights' per-key .cpu() copied them apart again. Both aliases
+    are one tensor now, in memory and in the file."""
+    from ldt.sr.checkpoints import save_weights
+
+    method = prepared(Tied().to(device), name, head=[r"^mid\."])
+    state = method.deployed_state_dict()
+    assert state["head.weight"] is state["emb.weight"]
+    save_weights(tmp_path / "net.pth", method.checkpoint())
+    for params in torch.load(tmp_path / "net.pth", weights_only=True).values():
+        assert params["head.weight"].untyped_storage().data_ptr() == params["emb.weight"].untyped_storage().data_ptr()
+        assert torch.equal(params["head.weight"], state["emb.weight"].cpu())
+
+
 def test_dual_branch_composite_takes_the_tied_stable_weight_from_the_auxiliary():
     model = Tied()
     dual = DualBranch(model, partition_by_patterns(model, [r"^mid\."]), ExchangeConfig(dpu=False, weight=0.5, interval=1))

@@ -517,7 +517,7 @@ class Method:
 
     def deployed_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
         self._unchanged_parameters()
-        return OrderedDict((k, v.detach().clone()) for k, v in self.deployed_tensors().items())
+        return once_per_tensor(self.deployed_tensors(), lambda key, tensor: tensor.detach().clone())  # a tie stays one
 
     def deployed(self) -> nn.Module:
         """A fresh module of the model's class holding the deployed weights (loads with ``strict=True``)."""
@@ -746,7 +746,7 @@ class LDTSingle(Method):
         self.single.load_state_dict(state["single"])
 
 
-def _once_per_tensor(
+def once_per_tensor(
     state: dict[str, torch.Tensor], fn: Callable[[str, torch.Tensor], torch.Tensor]
 ) -> "OrderedDict[str, torch.Tensor]":
     """``fn(key, tensor)`` for each distinct tensor of ``state``: the aliases of a tied parameter share the result."""
@@ -787,7 +787,7 @@ class DeployedEMA(Method):
         self.name, self.label, self.summary = inner.name, inner.label, inner.summary
         self.model, self.original_flags = inner.model, inner.original_flags
         self.repartition_every = inner.repartition_every
-        self.ema = _once_per_tensor(inner.deployed_tensors(), lambda key, tensor: tensor.detach().clone())
+        self.ema = once_per_tensor(inner.deployed_tensors(), lambda key, tensor: tensor.detach().clone())
         self._build_plan()
 
     def _build_plan(self) -> None:
@@ -822,7 +822,7 @@ class DeployedEMA(Method):
         problem = low_precision((key, live[key]) for key, target in self.ema.items() if target.is_floating_point())
         if problem:
             raise MethodError(f"ema_decay: {problem}")
-        self.ema = _once_per_tensor(self.ema, lambda key, tensor: tensor.to(live[key].device, live[key].dtype))
+        self.ema = once_per_tensor(self.ema, lambda key, tensor: tensor.to(live[key].device, live[key].dtype))
         self._build_plan()
 
     @property

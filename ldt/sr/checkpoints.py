@@ -17,6 +17,7 @@ import torch
 
 from ldt.atomic import DiskError, atomic_torch_save, disk_reason, exclusive_lock, lock_beside
 from ldt.core import Partition
+from ldt.core.methods import once_per_tensor
 from ldt.weights import WeightsError, read_checkpoint
 
 STATE_FORMAT = "ldt.sr_training_state/2"
@@ -46,8 +47,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_weights(path: str | Path, entries: dict) -> Path:
-    """A BasicSR weights file (each entry's tensors moved to the CPU)."""
-    return atomic_torch_save({key: {k: v.cpu() for k, v in state.items()} for key, state in entries.items()}, path)
+    """A BasicSR weights file (each entry's tensors moved to the CPU; the aliases of a tied parameter stay one
+    tensor, saved once)."""
+    return atomic_torch_save({key: once_per_tensor(state, lambda name, tensor: tensor.cpu())
+                              for key, state in entries.items()}, path)
 
 
 def save_state(path: str | Path, state: dict) -> Path:
