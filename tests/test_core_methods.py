@@ -492,6 +492,27 @@ def test_an_empty_stable_group_names_the_layers_without_gradient():
         prepare_method(Unused(), config("ldt", unstable_ratio=0.4), batches=data(), loss_fn=mse)
 
 
+@pytest.mark.parametrize("method", ["ldt", "ldt_s"])
+def test_a_parameter_with_no_elements_is_excluded_not_lost_from_the_partition(method):
+    """A size-0 parameter (an empty extra token, a zero-width adapter) gets a gradient of no elements: it used to
+    vanish from the probe's layers and prepare_method stopped in 'model parameters missing from the partition'."""
+    class Empty(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.empty = mlp(), nn.Parameter(torch.zeros(0))
+
+        def forward(self, x):
+            return self.body(x) + self.empty.sum()
+
+    model = Empty()
+    prepared_method = prepare_method(model, config(method), batches=data(), loss_fn=mse, log=lambda _: None)
+    assert "empty" in prepared_method.partition.excluded
+    assert "empty" not in prepared_method.partition.stable + prepared_method.partition.unstable
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in prepared_method.branches()]
+    prepared_method.train_step(data(1)[0], mse, optimizers)
+    model.load_state_dict(prepared_method.deployed_state_dict(), strict=True)
+
+
 # ---- 12. partition files with wrong field types ----------------------------------------------------------------------
 @pytest.mark.parametrize("change,message", [
     (lambda d: {**d, "stable": "0.weight"}, "'stable' must be a list of parameter names, got str"),

@@ -975,7 +975,7 @@ def score_partition(
         more = " ..." if len(stats.no_grad) > 5 else ""
         layers = list(dict.fromkeys(name.rpartition(".")[0] or name for name in stats.no_grad))
         warn(f"{len(stats.no_grad)} parameter(s) got no gradient in any of the {stats.num_batches} probe batches (an "
-             f"unused branch, or a loss_fn that does not reach them): in neither group, never trained, deployed as "
+             f"unused branch, a parameter with no elements, or a loss_fn that does not reach them): in neither group, never trained, deployed as "
              f"they are: {stats.no_grad[:5]}{more} (layer(s) {', '.join(layers[:5])}{' ...' if len(layers) > 5 else ''})"
              f"; {no_grad_hint}")
     return partition_by_score(stats, config.unstable_ratio, config.criterion, seed=config.seed, model=model,

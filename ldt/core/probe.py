@@ -212,7 +212,8 @@ class GradientStatistics:
             self.elementwise[name] = merged
 
     def finalize(self) -> None:
-        """Move parameters that no batch gave a gradient to ``no_grad``, and drop layers left empty."""
+        """Move parameters that no batch gave a gradient to ``no_grad``, and drop layers left empty; a layer whose
+        gradients have no element (a size-0 parameter) has no score either: its parameters join ``no_grad``."""
         self.no_grad = [p for params in self.layers.values() for p in params if self.grad_batches.get(p, 0) == 0]
         missing = set(self.no_grad)
         for layer in list(self.layers):
@@ -220,8 +221,10 @@ class GradientStatistics:
             if kept and self.moments[layer].count > 0:
                 self.layers[layer] = kept
             else:
+                self.no_grad += kept
                 del self.layers[layer]
                 del self.moments[layer]
+        missing = set(self.no_grad)
         if self.elementwise is not None:
             for name in missing:
                 self.elementwise.pop(name, None)
