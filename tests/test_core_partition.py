@@ -162,3 +162,12 @@ def test_hand_edited_shapes_are_named(tmp_path, tiny_net, batches, shapes, probl
     path.write_text(json.dumps({**data, "shapes": shapes}))
     with pytest.raises(PartitionError, match=f"edited.json: .*{problem}"):
         Partition.load(path)
+
+
+@pytest.mark.parametrize("value,shown", [(None, r"got NoneType.*pass partition=None"), ([["stable", []]], "got list"),
+                                          ("partition.json", r"got str.*Partition\.load\(path\)")])
+def test_from_dict_of_something_that_is_not_a_saved_mapping_is_one_partition_error(value, shown):
+    """The README's resume saves None for FT / LP-FT: Partition.from_dict(None) was 'TypeError: 'NoneType' object is
+    not iterable', a list 'cannot convert dictionary update sequence element #0 to a sequence'."""
+    with pytest.raises(PartitionError, match=r"^Partition\.from_dict needs the mapping of a saved to_dict\(\), " + shown):
+        Partition.from_dict(value)

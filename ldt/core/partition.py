@@ -95,6 +95,11 @@ class Partition:
     def from_dict(cls, data: dict) -> "Partition":
         """A partition from :meth:`to_dict`'s mapping; wrong field types and inconsistent groups, layers and scores
         are a :class:`PartitionError` naming the field (a hand-edited file fails here, not deep inside training)."""
+        if not isinstance(data, Mapping):
+            hint = {type(None): ": a method without a partition (FT, LP-FT) saves None; pass partition=None",
+                    str: ": Partition.load(path) reads a file", Partition: ": it is one already"}
+            raise PartitionError(f"Partition.from_dict needs the mapping of a saved to_dict(), got "
+                                 f"{type(data).__name__}{hint.get(type(data), '')}")
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
         if version not in READABLE_VERSIONS:
