@@ -366,7 +366,7 @@ def test_the_building_blocks_leave_a_user_frozen_parameter_untouched(criterion, 
 
 def test_names_given_as_excluded_leave_the_probed_layers():
     """A frozen tensor probed anyway (parameters=) and then given as excluded= is in neither group (it was in a group
-    and in excluded: 'names listed in more than one group')."""
+    and in excluded: 'names listed more than once')."""
     torch.manual_seed(0)
     model = TinyNet()
     stats = probe_gradients(model, make_batches(4, seed=7), ce_loss)

@@ -171,3 +171,16 @@ def test_from_dict_of_something_that_is_not_a_saved_mapping_is_one_partition_err
     not iterable', a list 'cannot convert dictionary update sequence element #0 to a sequence'."""
     with pytest.raises(PartitionError, match=r"^Partition\.from_dict needs the mapping of a saved to_dict\(\), " + shown):
         Partition.from_dict(value)
+
+
+@pytest.mark.parametrize("data,where", [
+    ({"stable": ["a", "a"], "unstable": ["b"]}, r"'a' \(2 times in stable\)"),
+    ({"stable": ["a"], "unstable": ["b"], "excluded": ["a"]}, r"'a' \(in stable, excluded\)"),
+])
+def test_a_name_listed_twice_says_in_which_groups(data, where):
+    """A hand-edited file listing a name twice in one group was 'names listed in more than one group: ['a']': the
+    user looked for it in the other group and found it nowhere."""
+    with pytest.raises(PartitionError, match=r"^names listed more than once: " + where + "$"):
+        Partition.from_dict(data)
+    with pytest.raises(PartitionError, match=r"names listed more than once: " + where + "$"):
+        Partition(**data).check_model(nn.Linear(1, 1))

@@ -63,7 +63,7 @@ class Partition:
         """Raise :class:`PartitionError` listing missing/extra names unless the partition covers ``model`` exactly."""
         model_names = [name for name, _ in model.named_parameters()]
         mine = self.names
-        duplicated = sorted({n for n in mine if mine.count(n) > 1})
+        duplicated = self.listed_twice()
         missing = sorted(set(model_names) - set(mine))
         extra = sorted(set(mine) - set(model_names))
         if duplicated or missing or extra:
@@ -73,7 +73,7 @@ class Partition:
             if extra:
                 parts.append(f"partition names not in the model: {extra}")
             if duplicated:
-                parts.append(f"names listed in more than one group: {duplicated}")
+                parts.append(duplicated)
             raise PartitionError("partition does not match the model; " + "; ".join(parts))
         named = dict(model.named_parameters())
         resized = [f"{name} {shape} (model {list(named[name].shape)})" for name, shape in self.shapes.items()
@@ -81,6 +81,18 @@ class Partition:
         if resized:
             raise PartitionError(f"partition was made for parameters of other shapes (another network with the same "
                                  f"names?): {len(resized)} differ, e.g. {resized[:3]}")
+
+    def listed_twice(self) -> str | None:
+        """The names listed more than once, each with where (``'a' (2 times in stable)``, ``'b' (in stable,
+        excluded)``), or None."""
+        groups = {group: Counter(getattr(self, group)) for group in ("stable", "unstable", "excluded")}
+        total = Counter(self.names)
+        places = []
+        for name in sorted(name for name, count in total.items() if count > 1)[:10]:
+            within = [group for group, counts in groups.items() if counts[name]]
+            places.append(f"'{name}' ({total[name]} times in {within[0]})" if len(within) == 1 else
+                          f"'{name}' (in {', '.join(within)})")
+        return f"names listed more than once: {', '.join(places)}" if places else None
 
     def layer_scores(self, group: str) -> list[tuple[str, float]]:
         """(layer, score) of the scored layers whose parameters are in ``group`` ('stable'/'unstable'), net order."""
@@ -122,9 +134,9 @@ class Partition:
     def check_consistent(self) -> None:
         """Raise unless every name is in one group only and ``layers``/``scores`` describe exactly the grouped names
         (the DPU ranks are read from them)."""
-        duplicated = sorted(name for name, count in Counter(self.names).items() if count > 1)
+        duplicated = self.listed_twice()
         if duplicated:
-            raise PartitionError(f"names listed in more than one group: {duplicated[:10]}")
+            raise PartitionError(duplicated)
         if self.scores and not self.layers:
             raise PartitionError("'scores' without 'layers' (which parameters each scored layer holds)")
         if self.scores and set(self.scores) != set(self.layers):
