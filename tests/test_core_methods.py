@@ -980,3 +980,25 @@ def test_a_model_that_caches_its_last_activation_gets_its_copies(name):
     x = data(1, seed=5)[0][0]
     assert torch.equal(fresh(x), deployed(x))
     assert copy.deepcopy(method).model[1].last.grad_fn is None
+
+
+@pytest.mark.parametrize("where", ["probe", "train_step"])
+def test_a_batch_on_another_device_than_the_model_is_noted_with_both_devices(where):
+    """A batch left on another device (here 'meta', standing in for cpu vs cuda) failed in torch ('Tensor on device
+    cpu is not on the expected device meta!'); train_step added no note at all. The error keeps its type and gains
+    a note naming where, the batch's devices and the model's."""
+    x, y = data(1)[0]
+    batch = (x.to("meta"), y)
+    if where == "probe":
+        with pytest.raises(RuntimeError) as caught:
+            prepare_method(mlp(), config("ldt"), batches=[batch], loss_fn=mse, log=lambda _: None)
+        said = "probe batch 0"
+    else:
+        method = prepared(mlp(), "ldt")
+        optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+        with pytest.raises(RuntimeError) as caught:
+            method.train_step(batch, mse, optimizers)
+        said = "ldt: the primary branch"
+    notes = getattr(caught.value, "__notes__", [])
+    assert len(notes) == 1 and notes[0].startswith(said + ": raised inside loss_fn(model, batch)")
+    assert "the batch holds tensors on meta, cpu and the model's parameters are on cpu" in notes[0]

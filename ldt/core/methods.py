@@ -63,7 +63,7 @@ from ldt.core.partition import (
     stable_count,
     tied_alias_note,
 )
-from ldt.core.probe import LossFn, ProbeError, checked_loss, layer_groups, probe_gradients
+from ldt.core.probe import LossFn, ProbeError, batch_loss, layer_groups, probe_gradients
 from ldt.core.single import SingleBranchLDT
 from ldt.core.warmup import warmup
 
@@ -382,7 +382,7 @@ class Method:
         for branch, optimizer in zip(branches, optimizers, strict=True):
             branch.module.train()
             optimizer.zero_grad(set_to_none=True)
-            loss = checked_loss(loss_fn(branch.module, batch), f"{self.name}: the {branch.name} branch", MethodError)
+            loss = batch_loss(loss_fn, branch.module, batch, f"{self.name}: the {branch.name} branch", MethodError)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{self.name}: the loss of the {branch.name} branch is {loss.item()}")
             loss.backward()

@@ -26,6 +26,10 @@ LossFn = Callable[[nn.Module, object], torch.Tensor]
 SCORE_NAMES = ("var", "mean", "abs_mean", "var_over_mean", "elementwise_var")
 
 logger = logging.getLogger("ldt.core")
+# torch's errors for tensors on two devices: "Expected all tensors to be on the same device", "... is not on the
+# expected device meta!", a convolution's "Input type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor)
+# should be the same"
+DEVICE_ERROR = re.compile(r"device|type \(.*\) and weight type \(.*\) should be the same")
 
 
 class ProbeError(RuntimeError):
@@ -49,14 +53,30 @@ def checked_loss(loss: object, where: str, error: type[Exception]) -> torch.Tens
 def batch_loss(loss_fn: LossFn, model: nn.Module, batch: object, where: str, error: type[Exception]) -> torch.Tensor:
     """``loss_fn(model, batch)``, checked by :func:`checked_loss`. An exception from inside ``loss_fn`` keeps its type
     and traceback and gains a note naming ``where`` and ``batches=``: a batch of another structure otherwise reads as
-    a bug of the user's loss ("too many values to unpack")."""
+    a bug of the user's loss ("too many values to unpack"); a batch with tensors on a device the model's parameters
+    are not on (left on the CPU, mixed) is named with both devices."""
     try:
         loss = loss_fn(model, batch)
     except Exception as err:
+        batch_on = list(dict.fromkeys(str(t.device) for t in batch_tensors(batch)))
+        model_on = list(dict.fromkeys(str(p.device) for p in model.parameters()))
+        devices = (f"; the batch holds tensors on {', '.join(batch_on)} and the model's parameters are on "
+                   f"{', '.join(model_on)}: move the batch to the model's device (in loss_fn, or the loader)"
+                   if not set(batch_on) <= set(model_on) and DEVICE_ERROR.search(str(err)) else "")
         err.add_note(f"{where}: raised inside loss_fn(model, batch) on a batch from batches= (a batch of another "
-                     "structure than loss_fn expects?)")
+                     f"structure than loss_fn expects?){devices}")
         raise
     return checked_loss(loss, where, error)
+
+
+def batch_tensors(batch: object, depth: int = 4) -> list[torch.Tensor]:
+    """The tensors of a batch of tensors, tuples, lists and dicts (``depth`` levels deep)."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if depth == 0:
+        return []
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else ()
+    return [t for item in items for t in batch_tensors(item, depth - 1)]
 
 
 @dataclass
