@@ -1002,3 +1002,20 @@ def test_a_batch_on_another_device_than_the_model_is_noted_with_both_devices(whe
     notes = getattr(caught.value, "__notes__", [])
     assert len(notes) == 1 and notes[0].startswith(said + ": raised inside loss_fn(model, batch)")
     assert "the batch holds tensors on meta, cpu and the model's parameters are on cpu" in notes[0]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_the_state_of_another_network_is_one_line_naming_the_tensors(method):
+    """A state saved from a wider network (same names, other shapes) was torch's many-line 'Error(s) in loading
+    state_dict for Sequential: size mismatch for 0.weight ...' (FT, FT-EMA, LP-FT, DeFT), or 'trained with a
+    different partition' (LDT, LDT-S), which sent the user looking at the partition."""
+    def wide() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 9), nn.Tanh(), nn.Linear(9, 6), nn.Tanh(), nn.Linear(6, 4))
+
+    options = {"warmup": {"steps": 1}} if method == "lpft" else {}
+    saved = prepared(wide(), method, **options).state_dict()
+    target = prepared(mlp(), method, **options)
+    with pytest.raises(ValueError, match=r"^the saved state is of another network than this Sequential: 3 tensor\(s\) "
+                                         r"of other shapes, e\.g\. \['0\.weight \[9, 4\] \(model \[6, 4\]\)'"):
+        target.load_state_dict(saved)

@@ -51,6 +51,22 @@ def require_entries(state: Mapping, entries: Entries, what: str, error: type[Exc
         raise error(f"{what}{wrong}: it is incomplete or of another version")
 
 
+def check_network_state(module: nn.Module, saved: Mapping, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` in one line unless ``saved`` (a ``state_dict``) has ``module``'s keys and shapes: a state of
+    another network (a wider variant, another scale) otherwise fails in torch's many-line ``load_state_dict`` error,
+    or, for a dual branch, as a partition that differs."""
+    live = module.state_dict()
+    resized = [f"{key} {list(saved[key].shape)} (model {list(tensor.shape)})" for key, tensor in live.items()
+               if isinstance(saved.get(key), torch.Tensor) and saved[key].shape != tensor.shape]
+    missing = [key for key in live if key not in saved]
+    extra = [key for key in saved if key not in live]
+    parts = [f"{len(resized)} tensor(s) of other shapes, e.g. {resized[:3]}"] if resized else []
+    parts += [f"{len(missing)} missing, e.g. {missing[:3]}"] if missing else []
+    parts += [f"{len(extra)} not in the model, e.g. {extra[:3]}"] if extra else []
+    if parts:
+        raise error(f"the saved state is of another network than this {type(module).__name__}: {'; '.join(parts)}")
+
+
 def left_out_parameters(model: nn.Module) -> list[str]:
     """Names of the parameters no method trains: those that are not real floating point (no gradient; a float32
     EMA of an integer or complex tensor is meaningless) and those the user froze (``requires_grad=False``)."""
@@ -349,6 +365,8 @@ class DualBranch:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a dual-branch state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
         require_entries(state, STATE_ENTRIES, "the saved dual-branch state")
+        check_network_state(self.primary, state["primary"])
+        check_network_state(self.auxiliary, state["auxiliary"])
         if ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError(f"the saved state used exchange {state['exchange']}, this run uses {self.config.to_dict()}")
         check_saved_partition(state["partition"], self.partition, self.config, "dual branch")

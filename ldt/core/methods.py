@@ -43,6 +43,7 @@ from ldt.core.dual import (
     DualBranch,
     EMAPlan,
     Entries,
+    check_network_state,
     check_two_groups,
     detach_on_copy,
     left_out_parameters,
@@ -596,6 +597,7 @@ class FineTune(Method):
 
     def load_state_dict(self, state: dict) -> None:
         _check_state(state, self.name, {"model": None})
+        check_network_state(self.model, state["model"], MethodError)
         self.model.load_state_dict(state["model"], strict=True)
 
 

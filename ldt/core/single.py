@@ -24,6 +24,7 @@ from torch import nn
 
 from ldt.core.dual import (
     EMAPlan,
+    check_network_state,
     check_saved_partition,
     check_two_groups,
     cloned,
@@ -204,6 +205,7 @@ class SingleBranchLDT:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not an LDT-S state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
         require_entries(state, STATE_ENTRIES, "the saved LDT-S state")
+        check_network_state(self.model, state["model"])
         if state["phase_steps"] != self.phase_steps or ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError("the saved LDT-S state used another phase length or exchange rule")
         check_saved_partition(state["partition"], self.partition, self.config, "LDT-S network")
