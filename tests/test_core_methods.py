@@ -1019,3 +1019,16 @@ def test_the_state_of_another_network_is_one_line_naming_the_tensors(method):
     with pytest.raises(ValueError, match=r"^the saved state is of another network than this Sequential: 3 tensor\(s\) "
                                          r"of other shapes, e\.g\. \['0\.weight \[9, 4\] \(model \[6, 4\]\)'"):
         target.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("method", ["deft", "ldt"])
+def test_a_loss_fn_that_ignores_the_branch_it_is_given_is_named(method):
+    """loss_fn(model, batch) computing the loss with the model passed to prepare_method (a closure) instead of its
+    argument: the auxiliary's loss backpropagated into the primary, so the auxiliary silently never trained."""
+    model = mlp()
+    trained = prepared(model, method)
+    optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in trained.branches()]
+    with pytest.raises(MethodError, match=rf"^{method}: the auxiliary branch: the loss gave none of the branch's "
+                                          r"trained parameters a gradient: loss_fn must compute it with the model it "
+                                          r"is given"):
+        trained.train_step(data(1)[0], lambda _branch, batch: mse(model, batch), optimizers)

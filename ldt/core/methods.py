@@ -387,6 +387,11 @@ class Method:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{self.name}: the loss of the {branch.name} branch is {loss.item()}")
             loss.backward()
+            if not any(p.grad is not None for p in branch.parameters if p.requires_grad):
+                raise MethodError(f"{self.name}: the {branch.name} branch: the loss gave none of the branch's trained "
+                                  "parameters a gradient: loss_fn must compute it with the model it is given "
+                                  "(loss_fn(model, batch) -> model(x)), not with a network of its own (the model "
+                                  "passed to prepare_method is only the primary)")
             optimizer.step()
             losses[branch.name] = loss.item()
         self.step()
