@@ -517,8 +517,8 @@ def test_a_parameter_with_no_elements_is_excluded_not_lost_from_the_partition(me
 @pytest.mark.parametrize("change,message", [
     (lambda d: {**d, "stable": "0.weight"}, "'stable' must be a list of parameter names, got str"),
     (lambda d: {**d, "stable": [*d["stable"], None]}, "'stable' must be a list of parameter names"),
-    (lambda d: {**d, "scores": {**d["scores"], "0.weight": "big"}}, "'scores' must map layer names to numbers"),
-    (lambda d: {**d, "unstable_ratio": "0.5"}, "'unstable_ratio' must be a number or null"),
+    (lambda d: {**d, "scores": {**d["scores"], "0.weight": "big"}}, "'scores' must map layer names to finite numbers"),
+    (lambda d: {**d, "unstable_ratio": "0.5"}, "'unstable_ratio' must be a number strictly between 0 and 1 or null"),
     (lambda d: {k: v for k, v in d.items() if k != "layers"}, "'scores' without 'layers'"),
     (lambda d: {**d, "layers": {k: v for k, v in d["layers"].items() if k != "0.weight"}},
      "'scores' and 'layers' name different layers"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from torch import nn
@@ -184,3 +185,19 @@ def test_a_name_listed_twice_says_in_which_groups(data, where):
         Partition.from_dict(data)
     with pytest.raises(PartitionError, match=r"names listed more than once: " + where + "$"):
         Partition(**data).check_model(nn.Linear(1, 1))
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("scores", {"a": float("nan"), "b": 2.0}, r"'scores' must map layer names to finite numbers, got dict \{'a': nan"),
+    ("scores", {"a": 1.0, "b": float("inf")}, r"'scores' must map layer names to finite numbers"),
+    ("unstable_ratio", 5, r"'unstable_ratio' must be a number strictly between 0 and 1 or null, got int 5"),
+])
+def test_a_partition_file_with_a_number_no_partition_has_is_named(tmp_path, field, value, problem):
+    """json reads NaN and Infinity: a NaN score sorted anywhere among the DPU ranks (silently other exchange weights);
+    an unstable_ratio of 5 was kept as the partition's own record."""
+    data = {"stable": ["a"], "unstable": ["b"], "layers": {"a": ["a"], "b": ["b"]}, "scores": {"a": 1.0, "b": 2.0},
+            field: value}
+    path = tmp_path / "partition.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PartitionError, match=rf"^partition file {re.escape(str(path))}: {problem}"):
+        Partition.load(path)

@@ -7,6 +7,7 @@ and how it was made, and round-trips through JSON so an expensive probe is compu
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -212,9 +213,11 @@ _FIELD_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "unstable": ("must be a list of parameter names", _is_names),
     "excluded": ("must be a list of parameter names", _is_names),
     "criterion": ("must be a string", lambda v: isinstance(v, str)),
-    "unstable_ratio": ("must be a number or null", lambda v: v is None or _is_number(v)),
-    "scores": ("must map layer names to numbers",
-               lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items())),
+    "unstable_ratio": ("must be a number strictly between 0 and 1 or null",
+                       lambda v: v is None or (_is_number(v) and 0 < v < 1)),
+    "scores": ("must map layer names to finite numbers",  # json reads NaN / Infinity; sorted() ranks NaN anywhere
+               lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) and math.isfinite(x)
+                                                     for k, x in v.items())),
     "layers": ("must map layer names to lists of parameter names",
                lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_names(x) for k, x in v.items())),
     "unit": ("must be 'tensor' or 'module'", lambda v: v in ("tensor", "module")),
