@@ -1032,3 +1032,17 @@ def test_a_loss_fn_that_ignores_the_branch_it_is_given_is_named(method):
                                           r"trained parameters a gradient: loss_fn must compute it with the model it "
                                           r"is given"):
         trained.train_step(data(1)[0], lambda _branch, batch: mse(model, batch), optimizers)
+
+
+@pytest.mark.parametrize("second", ["ft", "ldt"])
+def test_preparing_a_model_an_ldt_method_already_froze_in_part_is_named(second):
+    """Comparing methods on one model object: the first LDT's primary froze its unstable group, and the second
+    prepare_method read those flags as the user's, so FT silently trained half the network (a log line only)."""
+    model = mlp()
+    prepared(model, "ldt")
+    with pytest.raises(MethodError, match=r"^model: Sequential was prepared by ldt already, which set requires_grad of "
+                                          r"\d+ parameter\(s\) \(e\.g\. \['[^']+'"):
+        prepared(model, second)
+    untouched = mlp()
+    prepared(untouched, "ft")
+    prepared(untouched, "ldt")  # FT sets no flag: the same model again is fine

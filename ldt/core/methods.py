@@ -80,6 +80,11 @@ Problem = tuple[str, str]
 names no option path: the caller names the option as its user sets it (``ldt:warmup:steps``, ``--warmup-steps``)."""
 
 
+# each model prepare_method was given -> (the method's name, the requires_grad flags it read): a method may set them
+# (a dual branch's primary freezes its unstable group), and a second prepare_method must not read those as the user's
+PREPARED: "weakref.WeakKeyDictionary[nn.Module, tuple[str, dict[str, bool]]]" = weakref.WeakKeyDictionary()
+
+
 class MethodError(ValueError):
     """A method cannot run with these options or on this model; the message names the option."""
 
@@ -1055,10 +1060,18 @@ def prepare_method(
     needs_probe = partition is None and runs_probe(config)
     probes = needs_probe and not resuming
     left_out = left_out_parameters(model)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     if isinstance(head_patterns, str):  # an iterable of one-character regexes: 'fc' would match every 'f' and 'c'
         raise MethodError(f"head_patterns: must be a list of regexes, got the string {head_patterns!r} "
                           f"(write [{head_patterns!r}])")
     problems = cls.check(config, model, head_patterns)
+    earlier = PREPARED.get(model)
+    set_since = [name for name, flag in flags.items() if earlier is not None and earlier[1].get(name, flag) != flag]
+    if set_since:
+        problems.insert(0, ("model", f"{type(model).__name__} was prepared by {earlier[0]} already, which set "
+                                     f"requires_grad of {len(set_since)} parameter(s) (e.g. {set_since[:3]}): this "
+                                     "method would leave them out as frozen by you; prepare a fresh model "
+                                     "(copy.deepcopy it before the first prepare_method), or that method's deployed()"))
     if _decay_problem(decay):
         problems.append(("ema_decay", _decay_problem(decay)))
     meta = next((name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
@@ -1100,4 +1113,5 @@ def prepare_method(
                                  "or batches(purpose, seed)") from None
             raise
     method: Method = cls(model, partition, config)
+    PREPARED[model] = (cls.name, flags)
     return DeployedEMA(method, decay) if decay else method
