@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldt.cli import HintingParser
+from ldt.cli import OneLineParser
 from ldt.core import METHODS, Method, MethodConfig, method_class, prepare_method
 
 NUM_CLASSES, DIM = 4, 16
@@ -104,7 +104,7 @@ def main(steps: int = 300, seed: int = 0, methods: tuple[str, ...] = ("ft", "ldt
 
 
 if __name__ == "__main__":
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps for each method")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["ft", "ldt_dpu"], choices=list(METHODS))

@@ -89,7 +89,8 @@ def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:
 
 class HintingParser(argparse.ArgumentParser):
     """argparse, with the "did you mean" of a misspelled flag (``unrecognized arguments: --stesp 4`` named no
-    ``--steps``), as option files and method names have."""
+    ``--steps``), as option files and method names have. It still prints the usage above the error line: every
+    command builds :class:`OneLineParser` (a test checks)."""
 
     def error(self, message: str) -> NoReturn:
         super().error(message + self.flag_hint(message))

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ldt.atomic import DiskError, atomic_write_text  # noqa: E402
-from ldt.cli import HintingParser, between, check_output_file, fail, out_of_memory_is_one_line, path_flag, strict_json  # noqa: E402
+from ldt.cli import OneLineParser, between, check_output_file, fail, out_of_memory_is_one_line, path_flag, strict_json  # noqa: E402
 from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
 from ldt.core.partition import Partition  # noqa: E402
 from ldt.sr.experiment import ARCHS  # noqa: E402
@@ -295,7 +295,7 @@ def paper_ratios(path: Path = PAPER_TABLES) -> dict | None:
 
 # ---- main -------------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--arch", choices=sorted(ARCHS), help="ldt.sr.experiment.ARCHS key (default: safmn_tiny on "
                         "CPU, mambair on CUDA, the paper's Table 3 arch)")

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ldt.atomic import disk_reason
-from ldt.cli import HintingParser, at_least, check_args, fail, positive
+from ldt.cli import OneLineParser, at_least, check_args, fail, positive
 from ldt.data.cameras import collect_pairs
 
 SCALE = 4  # DRealSR x4: LR = HR // SCALE
@@ -59,7 +59,7 @@ def timed(root: Path, check: bool, repeat: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--hr", type=int, default=192,
                         help=f"HR side in px, at least {MIN_HR} (default: %(default)s, a training patch)")

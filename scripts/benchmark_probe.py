@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import HintingParser, check_args, check_device, fail, json_object, out_of_memory_is_one_line, positive  # noqa: E402
+from ldt.cli import OneLineParser, check_args, check_device, fail, json_object, out_of_memory_is_one_line, positive  # noqa: E402
 from ldt.core import probe_gradients  # noqa: E402
 from ldt.core.config import unknown_choice  # noqa: E402
 
@@ -154,7 +154,7 @@ def exit_reason(returncode: int) -> str:
 
 
 def main() -> None:
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="convnet", help="'convnet' or a registered arch (SAFMN, HAT, MambaIR, ...)")
     parser.add_argument("--arch-opt", default="{}", help="JSON constructor arguments of the arch")
     parser.add_argument("--batches", type=int, default=20, help="probe batches")

@@ -37,7 +37,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import HintingParser, check_args, check_device, non_negative, out_of_memory_is_one_line, positive  # noqa: E402
+from ldt.cli import OneLineParser, check_args, check_device, non_negative, out_of_memory_is_one_line, positive  # noqa: E402
 from ldt.ops import ENV_VAR, choose_scan_backend, default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
 from ldt.ops import selective_scan as scan_module  # noqa: E402
 
@@ -180,7 +180,7 @@ def chunk_sizes_problem(texts: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=48 * 48, help="sequence length (pixels of a patch)")
     parser.add_argument("--channels", type=int, default=4 * 360, help="scan channels (directions x inner width)")

@@ -10,7 +10,7 @@ Example:  python scripts/build_synthetic_cameras.py --bicubic
 
 from __future__ import annotations
 
-from ldt.cli import HintingParser, starting
+from ldt.cli import OneLineParser, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -26,7 +26,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
 
 
 def main() -> None:
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=path_flag, default=DEFAULT_ROOT, help="output folder (default: %(default)s)")
     parser.add_argument("--bicubic", action="store_true", help="also build the clean bicubic pre-training set")
     parser.add_argument("--bicubic-root", type=path_flag, default=DEFAULT_BICUBIC_ROOT,

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchmark_scan  # noqa: E402
-from ldt.cli import HintingParser  # noqa: E402
+from ldt.cli import OneLineParser  # noqa: E402
 from ldt.ops import resolve_scan_backend, selective_scan_fn  # noqa: E402
 
 MAMBAIR = dict(batch=4, length=48 * 48, channels=4 * 360, groups=4, state=16)
@@ -191,7 +191,7 @@ def mambair_steps(batch: int, patch: int, iters: int, warmup: int, backends: tup
 def main(argv: list[str] | None = None) -> int:
     global DEVICE
     # No abbreviations: --dry-run is read from sys.argv before argparse (to set TRITON_INTERPRET in time).
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile-shape sweep")
     parser.add_argument("--no-step", action="store_true", help="skip the MambaIR step benchmark")

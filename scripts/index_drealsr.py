@@ -19,7 +19,7 @@ Exit status 1 if any problem was found. Example:
 
 from __future__ import annotations
 
-from ldt.cli import HintingParser, starting
+from ldt.cli import OneLineParser, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -73,7 +73,7 @@ def content_problems(result: PairingResult, cameras: tuple[str, ...], scale: int
 
 
 def main() -> int:
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", type=path_flag, default=Path("datasets/DRealSR"),
                         help="DRealSR folder (default: %(default)s)")
     parser.add_argument("--scale", type=int, default=4, help="scale factor (default: %(default)s)")

@@ -608,6 +608,10 @@ def test_every_command_parser_hints_misspelled_flags():
              *(root / "ldt").rglob("*.py")]
     plain = sorted(str(path.relative_to(root)) for path in files if "argparse.ArgumentParser(" in path.read_text())
     assert plain == []
+    # and the one-line one: HintingParser (its base) printed argparse's usage above the error line
+    usage_above = sorted(str(path.relative_to(root)) for path in files if "HintingParser(" in path.read_text()
+                         and path != root / "ldt" / "cli.py")
+    assert usage_above == []
 
 
 def test_the_option_reference_shows_the_ranges_of_optional_options_too():

@@ -634,3 +634,45 @@ def test_train_pip_knows_the_flags_of_both_parsers() -> None:
             with pytest.raises(SystemExit):
                 entry([])
     assert seen == [set(module.DEMO_FLAGS), set(module.TRAINING_FLAGS)]
+
+
+# ------------------------------------------------------------------------------------------------- every command
+# Every command with a parser, as the user starts it: a script (run_path) or a module (run_module), and the flags it
+# requires, so that argparse gets as far as the unrecognized one.
+COMMANDS = [
+    ("scripts/benchmark.py", []), ("scripts/benchmark_data_check.py", []), ("scripts/benchmark_probe.py", []),
+    ("scripts/benchmark_scan.py", []), ("scripts/build_synthetic_cameras.py", []), ("scripts/gpu_check_scan.py", []),
+    ("scripts/index_drealsr.py", []), ("scripts/reproduce.py", ["--table", "1", "--data", "synthetic_tiny"]),
+    ("scripts/study.py", []), ("Train_pip.py", []), ("test.py", []), ("examples/toy_domain_shift.py", []),
+    ("-m ldt.sr.demo", []), ("-m ldt.sr.options", []), ("-m ldt.classification", []), ("-m ldt.segmentation", []),
+    ("-m ldt.sr.basicsr_pipeline", ["-opt", "x.yml"]),
+]
+
+
+def run_command(monkeypatch: pytest.MonkeyPatch, command: str, *args: str) -> int:
+    """Exit status of ``command args``, run in-process as it is started from a shell."""
+    module = command[3:] if command.startswith("-m ") else None
+    path = str(ROOT / command) if module is None else module
+    monkeypatch.setattr(sys, "argv", [path, *args])
+    monkeypatch.setattr(sys, "path", [str(ROOT / command).rsplit("/", 1)[0] if module is None else str(ROOT),
+                                      *sys.path])
+    with pytest.raises(SystemExit) as exit_info:
+        if module is None:
+            runpy.run_path(path, run_name="__main__")
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return exit_info.value.code
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("command, required", COMMANDS, ids=[command for command, _ in COMMANDS])
+def test_a_bad_flag_of_every_command_is_one_line_with_its_hint(command, required, monkeypatch, capsys) -> None:
+    """The scripts, Train_pip.py / test.py, the demo and ``python -m ldt.sr.options`` printed argparse's usage (up
+    to ten lines) above the ``error:`` line, where the runners printed that line alone; --help still shows it."""
+    code = run_command(monkeypatch, command, *required, "--hepl")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.strip().endswith("error: unrecognized arguments: --hepl (did you mean '--help'?)"), err
+    assert run_command(monkeypatch, command, "--help") == 0
+    assert capsys.readouterr().out.startswith("usage: ")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ldt.atomic import atomic_write_text
-from ldt.cli import HintingParser, strict_json
+from ldt.cli import OneLineParser, strict_json
 from ldt.compat import patch_basicsr
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.data.synthetic_cameras import build_bicubic_pretrain_set, build_synthetic_cameras
@@ -197,7 +197,7 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HintingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="'quick' is a seconds-long smoke run")
     parser.add_argument("--force", action="store_true", help="retrain every stage even if cached")
     parser.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ldt.cli import HintingParser, not_a_file
+from ldt.cli import OneLineParser, not_a_file
 from ldt.core import MethodConfig, ProbeConfig, method_class
 from ldt.core.config import (
     Int,
@@ -1174,7 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ldt.atomic import atomic_write_text
 
-    parser = HintingParser(prog="python -m ldt.sr.options",
+    parser = OneLineParser(prog="python -m ldt.sr.options",
                                      description="Print the README's methods table and option reference, generated "
                                                  "from the schema.")
     parser.add_argument("--readme", metavar="FILE", type=Path,

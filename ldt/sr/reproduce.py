@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, existing_parent, make_dirs
-from ldt.cli import HintingParser, OnceList, not_a_file, path_flag, require_output_dir
+from ldt.cli import OnceList, OneLineParser, not_a_file, path_flag, require_output_dir
 from ldt.core import method_class
 from ldt.core.methods import runs_probe
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
@@ -643,7 +643,7 @@ def reproduce(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = HintingParser(
+    parser = OneLineParser(
         prog="scripts/reproduce.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", nargs="+", action=OnceList, required=True, metavar="N",
                         help=f"paper table(s) to reproduce: {', '.join(TABLES)} or all")

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ldt.atomic import make_dirs, read_json_dict
-from ldt.cli import HintingParser, path_flag, strict_json
+from ldt.cli import OneLineParser, path_flag, strict_json
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.sweep import Paired, markdown_table, mean_se, paired_difference, recorded_mean, recorded_number, sweep_lock
 
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from ldt.sr.reproduce import Budget, ReproduceError, check_out, check_plan, reproduce, resolve_data
     from ldt.sr.train import run_reporting_errors
 
-    parser = HintingParser(prog="scripts/study.py", description=__doc__,
+    parser = OneLineParser(prog="scripts/study.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds of FT, FT-EMA, LDT, LDT+DPU (default: %(default)s)")
     parser.add_argument("--extra-seeds", type=int, default=1, help="seeds of DeFT, LDT-S, interval 10 (default: %(default)s)")

@@ -27,7 +27,7 @@ from ldt.atomic import (
     BusyError, DiskError, FileContentError, atomic_write_text, check_room, disk_reason, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import HintingParser, error_lines, path_flag, show_traceback, strict_json
+from ldt.cli import OneLineParser, error_lines, path_flag, show_traceback, strict_json
 from ldt.compat import patch_basicsr
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -62,7 +62,7 @@ USER_ERRORS = (OptionsError, DatasetError, WeightsError, DiskError, FileContentE
 
 
 def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
-    parser = HintingParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "-opt", "--opt", default=None,
         help=f"options YAML: a path, or a bare file name inside options/{option_kind}/",
