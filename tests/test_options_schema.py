@@ -614,6 +614,25 @@ def test_every_command_parser_hints_misspelled_flags():
     assert usage_above == []
 
 
+def test_the_commands_and_the_package_have_no_unused_name_but_registrations():
+    """pyflakes over ldt/, scripts/, examples/ and the root scripts finds nothing but the imports that register
+    architectures, datasets and models (and ldt.ops' star import): ``python -m ldt.sr.options``' main imported an
+    argparse it no longer used."""
+    pytest.importorskip("pyflakes")
+    import io
+
+    from pyflakes.api import checkRecursive
+    from pyflakes.reporter import Reporter
+
+    root = Path(__file__).resolve().parents[1]
+    found = io.StringIO()
+    checkRecursive([str(root / "ldt"), str(root / "scripts"), str(root / "examples"), str(root / "Train_pip.py"),
+                    str(root / "test.py")], Reporter(found, found))
+    registration = re.compile(r"'ldt\.(archs|data|models)' imported but unused|ldt/ops/__init__\.py:.*selective_scan")
+    left = [line for line in found.getvalue().splitlines() if not registration.search(line)]
+    assert left == []
+
+
 def test_the_option_reference_shows_the_ranges_of_optional_options_too():
     """``PositiveInt | None`` keeps its bound inside the union, where the reference's range column did not look."""
     from pydantic import BaseModel

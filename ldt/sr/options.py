@@ -1170,13 +1170,11 @@ def embed_references(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m ldt.sr.options``: print the generated references, or regenerate them in a README; a problem is
     one ``error:`` line and exit status 2."""
-    import argparse
-
     from ldt.atomic import atomic_write_text
 
     parser = OneLineParser(prog="python -m ldt.sr.options",
-                                     description="Print the README's methods table and option reference, generated "
-                                                 "from the schema.")
+                           description="Print the README's methods table and option reference, generated "
+                                       "from the schema.")
     parser.add_argument("--readme", metavar="FILE", type=Path,
                         help="regenerate them in FILE instead, between its <!-- methods:begin/end --> and "
                              "<!-- options:begin/end --> markers")
