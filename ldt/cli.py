@@ -244,12 +244,26 @@ def read_json(text: str) -> Any:
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
 
 
+def expand_home(path: str | os.PathLike) -> Path:
+    """``Path(path).expanduser()``; a ``~user`` naming no account (or ``~`` without a home folder) is a ValueError
+    naming it, not pathlib's ``RuntimeError: Could not determine home directory.`` traceback."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        head = os.fspath(path).split(os.sep, 1)[0]
+        raise ValueError(f"{os.fspath(path)}: cannot expand {head!r}: no such user's home folder") from None
+
+
 def path_flag(text: str) -> Path:
     """An argparse ``type`` for a folder or file flag: an empty value (``--out ""``, an unset shell variable) is an
-    error, not the current folder or the flag's default, where a sweep would write its records and tables."""
+    error, not the current folder or the flag's default, where a sweep would write its records and tables; ``~``
+    is expanded (:func:`expand_home`: one that names no home is the flag's error)."""
     if not text.strip():
         raise argparse.ArgumentTypeError(EMPTY_PATH)
-    return Path(text)
+    try:
+        return expand_home(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 class OnceList(argparse.Action):

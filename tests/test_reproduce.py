@@ -495,3 +495,31 @@ def test_a_broken_line_is_warned_once_by_collect(sweep, tmp_path, monkeypatch):
     warned = [str(w.message) for w in caught if "not a complete record" in str(w.message)]
     assert warned == [f"{out / 'results.jsonl'}:{len(intact) + 1}: not a complete record (an interrupted write, or "
                       "edited by hand?); ignored"]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--data", "--weights"])
+def test_a_home_folder_of_no_user_is_one_line_naming_the_flag(flag, tmp_path, monkeypatch, capsys):
+    """``--out ~nosuchuser/x`` (a ``~user`` naming no account, or ``~`` without a home) ended in pathlib's
+    'RuntimeError: Could not determine home directory.' traceback, after the sweep had started."""
+    forbid_training(monkeypatch)
+    value = "~ldt_no_such_user_0/x"
+    argv = {"--table": "1", "--data": str(tmp_path), "--arch": "safmn_tiny", "--out": str(tmp_path / "out"),
+            flag: value}
+    try:
+        code = rp.main([word for pair in argv.items() for word in pair])
+    except SystemExit as exited:  # --out: the parser's error
+        code = exited.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.splitlines()[-1].endswith(f"{value}: cannot expand '~ldt_no_such_user_0': no such user's home folder")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    if flag == "--out":  # the API, and study.py's --out
+        with pytest.raises(rp.ReproduceError, match="^--out ~ldt_no_such_user_0/x: cannot expand"):
+            rp.reproduce(["1"], str(tmp_path), archs=["safmn_tiny"], seeds=1, budget=TINY, out=value)
+        from ldt.sr.study import main as study_main
+        with pytest.raises(SystemExit) as exited:
+            study_main(["--out", value])
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.strip().endswith(f"argument --out: {value}: cannot expand "
+                                                        "'~ldt_no_such_user_0': no such user's home folder")

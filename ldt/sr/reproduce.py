@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, existing_parent, make_dirs
-from ldt.cli import OnceList, OneLineParser, not_a_file, path_flag, require_output_dir
+from ldt.cli import OnceList, OneLineParser, expand_home, not_a_file, path_flag, require_output_dir
 from ldt.core import method_class
 from ldt.core.methods import runs_probe
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
@@ -231,7 +231,7 @@ def resolve_weights(entries: Sequence[str] | Mapping[str, str | Path] | None, ar
         given = dict(entries) if isinstance(entries, Mapping) else parse_weights(entries, archs, list(ARCHS), noun="ARCH")
     except SweepError as err:
         raise ReproduceError(str(err)) from None
-    weights = {arch: Path(path).expanduser().resolve() for arch, path in given.items()}
+    weights = {arch: resolved(path, "--weights") for arch, path in given.items()}
     if not check:
         return weights
     for arch, file in weights.items():
@@ -263,6 +263,14 @@ def check_weights(weights: Mapping[str, Path]) -> None:
             raise ReproduceError(f"weights for {arch} ({ARCHS[arch]['type']}): {err}") from None
 
 
+def resolved(path: str | Path, flag: str) -> Path:
+    """``path`` absolute, ``~`` expanded; a ``~user`` naming no home is a ReproduceError naming ``flag``."""
+    try:
+        return expand_home(path).resolve()
+    except ValueError as err:
+        raise ReproduceError(f"{flag} {err}") from None
+
+
 def resolve_data(spec: str | Path, datasets_dir: Path = DEFAULT_DATASETS, *, build: bool = True) -> tuple[Path, str]:
     """``--data`` → (root, 'synthetic' | 'drealsr'); 'synthetic' / 'synthetic_tiny' are built (cached) if ``build``.
 
@@ -274,7 +282,7 @@ def resolve_data(spec: str | Path, datasets_dir: Path = DEFAULT_DATASETS, *, bui
         if build:
             build_synthetic_cameras(root, tiny=tiny)
         return root, "synthetic"
-    root = Path(spec).expanduser().resolve()
+    root = resolved(spec, "--data")
     if build and not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise ReproduceError(f"data root {root} {what} (give a DRealSR root, or 'synthetic')")
@@ -591,7 +599,7 @@ def reproduce(
     archs = check_archs(archs)
     check_plan(budget, seeds, extra_seeds)
     sweep_archs = list(dict.fromkeys(archs or [a for t in tables for a in TABLES[t].default_archs]))
-    out = Path(out).expanduser().resolve()
+    out = resolved(out, "--out")
     if not collect_only:
         check_out(out)
     data_root, data_kind = resolve_data(data, datasets_dir, build=not collect_only)
