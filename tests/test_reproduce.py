@@ -293,7 +293,7 @@ def test_weights_are_checked_before_training(tmp_path):
     "kwargs,message",
     [
         (dict(tables=["3"]), "unknown table '3'; choose from 1, 2, 4, 5, 6, 9, study or all"),
-        (dict(archs=["mambaIR"]), "unknown arch 'mambaIR'; choose from"),
+        (dict(archs=["mambaIR"]), "unknown arch 'mambaIR' (did you mean 'mambair'?); choose from"),
         (dict(data="{tmp}/no_such_root"), "data root {tmp}/no_such_root does not exist"),
         (dict(data="{tmp}/x.pth"), "data root {tmp}/x.pth is a file, not a folder"),
         (dict(data="{tmp}"), "data root {tmp}: no train split"),
@@ -523,3 +523,16 @@ def test_a_home_folder_of_no_user_is_one_line_naming_the_flag(flag, tmp_path, mo
         assert exited.value.code == 2
         assert capsys.readouterr().err.strip().endswith(f"argument --out: {value}: cannot expand "
                                                         "'~ldt_no_such_user_0': no such user's home folder")
+
+
+@pytest.mark.parametrize("archs, message", [
+    (["safmn_tny"], "unknown arch 'safmn_tny' (did you mean 'safmn_tiny'?); choose from safmn_tiny, safmn, hat, mambair"),
+    (["MambaIR"], "unknown arch 'MambaIR' (did you mean 'mambair'?); choose from"),
+    (["zzz"], "unknown arch 'zzz'; choose from safmn_tiny, safmn, hat, mambair"),
+    (["hta", "zzz"], "unknown arch 'hta', 'zzz'; choose from"),
+])
+def test_a_misspelled_arch_gets_the_did_you_mean_of_every_unknown_name(archs, message):
+    """``--arch safmn_tny`` listed the archs with no hint, where a misspelled table key, method or option has one."""
+    with pytest.raises(rp.ReproduceError) as err:
+        rp.check_archs(archs)
+    assert str(err.value).startswith(message), err.value

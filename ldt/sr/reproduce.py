@@ -24,6 +24,7 @@ from pathlib import Path
 from ldt.atomic import atomic_write_text, existing_parent, make_dirs
 from ldt.cli import OnceList, OneLineParser, expand_home, not_a_file, path_flag, require_output_dir
 from ldt.core import method_class
+from ldt.core.config import unknown_choice
 from ldt.core.methods import runs_probe
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
@@ -215,6 +216,8 @@ def check_archs(archs: Sequence[str] | None) -> list[str] | None:
     if archs is None:
         return None
     unknown = [arch for arch in archs if arch not in ARCHS]
+    if len(unknown) == 1:
+        raise ReproduceError(unknown_choice("arch", unknown[0], list(ARCHS)))
     if unknown:
         raise ReproduceError(f"unknown arch {', '.join(map(repr, unknown))}; choose from {', '.join(ARCHS)}")
     return list(dict.fromkeys(archs))
