@@ -536,3 +536,16 @@ def test_a_misspelled_arch_gets_the_did_you_mean_of_every_unknown_name(archs, me
     with pytest.raises(rp.ReproduceError) as err:
         rp.check_archs(archs)
     assert str(err.value).startswith(message), err.value
+
+
+@pytest.mark.parametrize("spec, hint", [("synthetic_tny", " (did you mean 'synthetic_tiny'?)"),
+                                        ("Synthetic", " (did you mean 'synthetic'?)"), ("no_such_root", "")])
+def test_a_misspelled_synthetic_data_name_gets_the_did_you_mean(spec, hint, tmp_path, monkeypatch):
+    """``--data synthetic_tny`` said '... does not exist (give a DRealSR root, or 'synthetic')': no hint, and not
+    naming synthetic_tiny."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(rp.ReproduceError) as err:
+        rp.resolve_data(spec, tmp_path / "datasets")
+    assert str(err.value) == (f"data root {tmp_path / spec} does not exist{hint} (give a DRealSR root, or "
+                              "'synthetic' / 'synthetic_tiny')")
+    assert not (tmp_path / "datasets").exists()

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ldt.atomic import atomic_write_text, existing_parent, make_dirs
-from ldt.cli import OnceList, OneLineParser, expand_home, not_a_file, path_flag, require_output_dir
+from ldt.cli import OnceList, OneLineParser, did_you_mean, expand_home, not_a_file, path_flag, require_output_dir
 from ldt.core import method_class
 from ldt.core.config import unknown_choice
 from ldt.core.methods import runs_probe
@@ -288,7 +288,9 @@ def resolve_data(spec: str | Path, datasets_dir: Path = DEFAULT_DATASETS, *, bui
     root = resolved(spec, "--data")
     if build and not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise ReproduceError(f"data root {root} {what} (give a DRealSR root, or 'synthetic')")
+        hint = did_you_mean(spec, list(SYNTHETIC_DATA)) if len(Path(spec).parts) == 1 and not root.exists() else ""
+        raise ReproduceError(f"data root {root} {what}{hint} (give a DRealSR root, or "
+                             f"{' / '.join(map(repr, SYNTHETIC_DATA))})")
     return root, "synthetic" if (root / MANIFEST).is_file() else "drealsr"
 
 
