@@ -658,7 +658,7 @@ def test_flags_refused_when_parsed(monkeypatch, capsys, argv, message):
     """An empty --data scanned the current folder, --pretrain-steps 0 was refused after the demo data was built, in a
     line naming no flag ('pre-training steps must be positive'); these are refused as parsed: one line naming the flag, before
     the demo data is built or pre-trained, or any dataset scanned."""
-    for name in ("build_toy_domains", "pretrain_tiny", "scan_domains"):
+    for name in ("build_toy_domains", "pretrain_tiny", "check_data"):
         monkeypatch.setattr(f"ldt.classification.__main__.{name}", lambda *a, **k: pytest.fail("nothing may start"))
     with pytest.raises(SystemExit) as exited:
         main([*argv, "--no-progress"])
@@ -676,7 +676,7 @@ def test_unknown_test_domains_are_refused_at_start_up(toy, tmp_path, monkeypatch
     """--test-domains nope was refused only after the data was built and the backbone pre-trained (or, with --data,
     after every image's header was read): the domains are the data folder's listing (the demo's are known before it
     is built), so it is now one line naming the flag and the domains before anything else."""
-    for name in ("build_toy_domains", "pretrain_tiny", "scan_domains", "run"):
+    for name in ("build_toy_domains", "pretrain_tiny", "check_data", "run"):
         monkeypatch.setattr(f"ldt.classification.__main__.{name}", lambda *a, **k: pytest.fail("nothing may start"))
     data = [] if demo else ["--data", str(toy)]
     root = main_module.DEFAULT_ROOT if demo else toy
@@ -686,7 +686,7 @@ def test_unknown_test_domains_are_refused_at_start_up(toy, tmp_path, monkeypatch
 
 def test_a_data_folder_that_is_no_dataset_names_data(tmp_path, monkeypatch, capsys):
     """A missing --data folder, or one with fewer than two domain folders, is one line naming --data, from its listing."""
-    monkeypatch.setattr("ldt.classification.__main__.scan_domains", lambda *a, **k: pytest.fail("listing only"))
+    monkeypatch.setattr("ldt.classification.__main__.check_data", lambda *a, **k: pytest.fail("listing only"))
     (tmp_path / "one" / "photo").mkdir(parents=True)
     for given, problem in (("missing", "does not exist or is not a directory"), ("one", "needs at least two domain")):
         assert main(["--data", str(tmp_path / given), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
@@ -1040,3 +1040,37 @@ def test_a_batch_or_probe_larger_than_a_domain_is_said_before_training(toy, caps
     assert planned("--methods", "ft", "ldt", "--probe-batches", "100") == (
         "warning: --probe-batches 100 of --batch-size 4 is 400 images of each training domain, 10 times or more the 32 "
         "training images of domain 'cast': the probe passes over them 12.5 times\n")
+
+
+def test_run_checks_its_data_as_the_cli_does_and_the_cli_only_once(toy, tmp_path, monkeypatch, capsys):
+    """run() called directly (the Python API) skipped the CLI's data check (scan_domains(check_files=False)): a
+    truncated image trained until a batch drew it, a batch larger than a domain went unsaid. run() checks its data
+    now, before building the model; a weights file that does not fit is one line before training; the CLI, which
+    checked every run already, checks once."""
+    def never(*args, **kwargs):
+        raise AssertionError("must fail before this")
+
+    root = copy_toy(toy, tmp_path / "toy")
+    image = root / "faded" / "circle" / "0003.png"
+    image.write_bytes(image.read_bytes()[:100])
+    monkeypatch.setattr(train_module, "build_model", never)
+    with pytest.raises(DatasetError, match=rf"^1 unreadable image file\(s\): image {image} is truncated"):
+        run(fast_config(root, method="ft"))
+    image.unlink()
+    with pytest.raises(AssertionError, match="must fail before this"):
+        run(fast_config(root, method="ft", batch_size=40))
+    assert capsys.readouterr().err == ("warning: --batch-size 40 is more than the 32 training images of domain "
+                                       "'cast': each of its batches holds some of them twice or more\n")
+    monkeypatch.undo()
+    torch.save(build_model("resnet18", 4).state_dict(), tmp_path / "resnet18.pth")
+    monkeypatch.setattr(train_module, "make_method", never)
+    with pytest.raises(ValueError, match=r"resnet18\.pth does not fit backbone 'tiny': missing \d+ key"):
+        run(fast_config(root, method="ft", weights=str(tmp_path / "resnet18.pth")))
+    monkeypatch.undo()
+    calls = []
+    real = data_module.check_image_files
+    monkeypatch.setattr(data_module, "check_image_files", lambda paths: calls.append(len(paths)) or real(paths))
+    argv = ["--data", str(root), "--test-domains", "photo", "--methods", "ft", "--seeds", "0", "1",
+            "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS]
+    images = sum(map(len, scan_domains(root, check_files=False).samples.values()))
+    assert main(argv) == 0 and calls == [images]  # the plan's check of both runs, none in the runs

@@ -18,12 +18,12 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from typing import Sequence
 
     from ldt import runner
-    from ldt.classification.data import DatasetError, domain_folders, scan_domains, split_holdout, test_domains_problem
+    from ldt.classification.data import DatasetError, domain_folders, test_domains_problem
     from ldt.classification.models import BACKBONES, build_model, head_patterns
     from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
     from ldt.classification.records import write_tables
     from ldt.classification.toy import DEFAULT_ROOT, DOMAINS, build_toy_domains
-    from ldt.classification.train import METHODS, RunConfig, run
+    from ldt.classification.train import METHODS, RunConfig, check_data, run
     from ldt.core import CRITERIA
     from ldt.sweep import SweepError, parse_weights
 
@@ -143,8 +143,8 @@ def left_out_groups(entries: list[str] | None, domains: list[str],
 def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     """Check everything that can be checked cheaply, then list the sweep's runs (seed-major, so a partial sweep
     already has complete seeds)."""
-    dataset = scan_domains(args.data)
-    groups = left_out_groups(args.test_domains, dataset.domains, dataset.root)  # checked at start-up (check_domains)
+    domains = [folder.name for folder in domain_folders(Path(args.data))]
+    groups = left_out_groups(args.test_domains, domains, args.data)  # checked at start-up (check_domains)
     weights = weights_by_backbone(args.weights, args.backbones)
     hyper = {name: getattr(args, name) for name in HYPER}
     configs = [
@@ -157,15 +157,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
         for group in groups
         for method in args.methods
     ]
-    training = {d for group in groups for d in dataset.train_domains(group)}
-    counts = {}
-    for seed in args.seeds:
-        for domain in sorted(training):
-            train, _ = split_holdout(dataset.samples[domain], args.holdout_fraction, seed, domain)
-            counts[domain] = len(train)  # the same for every seed
-    runner.warn_of_small_domains(configs, counts)
-    for backbone, path in weights.items():  # a file that does not fit fails now, not hours into the sweep
-        build_model(backbone, len(dataset.classes), weights=path, image_size=args.image_size)
+    check_data(configs)  # every run's, once: the runs do not check again (data_checked)
     return results_folder(args), configs
 
 
@@ -235,7 +227,9 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return runner.main(args, lambda: prepare(args), run, lambda folder: write_tables(folder, TABLE_ORDER))
+    # prepare checked every run's data (check_data): the runs do not again
+    return runner.main(args, lambda: prepare(args), lambda config, **kwargs: run(config, data_checked=True, **kwargs),
+                       lambda folder: write_tables(folder, TABLE_ORDER))
 
 
 if __name__ == "__main__":

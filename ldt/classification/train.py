@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
 from ldt.core.config import unknown_choice
 from ldt.core.dual import copy_network
 from ldt.runner import (RunState, ResumableStream, check_training, domain_seed, field_flag, method_config, prepared,
-                        run_hparams, train_and_select)
+                        run_hparams, train_and_select, warn_of_small_domains)
 from ldt.sweep import RECIPE_KEY, identity_path, run_hash
 
 # This runner's method names (its CLI choices, kept from earlier versions) -> the registry's methods. Its 'ldt' is
@@ -169,14 +169,40 @@ def test_accuracy(evaluator: nn.Module, dataset: DomainDataset, config: RunConfi
     }
 
 
+def check_data(configs: Sequence[RunConfig], fit_weights: bool = True) -> DomainDataset:
+    """The data check of every run before the first (of the first configuration's ``data``, which a sweep shares):
+    every image's header and end marker (:func:`ldt.classification.data.scan_domains`), each run's left-out domains
+    and seeded held-out split, a warning when a batch or probe is more than the smallest training domain holds, and
+    (``fit_weights``) every weights file against its backbone and the dataset's class count; a bad one fails now, not
+    hours into a sweep. Returns the dataset."""
+    dataset = scan_domains(configs[0].data)
+    counts = {}
+    for config in configs:
+        dataset.check_test_domains(config.test_domains)
+        for domain in dataset.train_domains(config.test_domains):
+            train, _ = split_holdout(dataset.samples[domain], config.holdout_fraction, config.seed, domain)
+            counts[domain] = len(train)  # the same for every seed
+    warn_of_small_domains(configs, counts)
+    if fit_weights:
+        for backbone, weights, size in dict.fromkeys((c.backbone, c.weights, c.image_size) for c in configs
+                                                     if c.weights):
+            build_model(backbone, len(dataset.classes), weights=weights, image_size=size)
+    return dataset
+
+
 def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
-        state: RunState | None = None) -> dict:
+        state: RunState | None = None, data_checked: bool = False) -> dict:
     """Train, select and test one configuration; returns its record (see :mod:`ldt.classification.records`). With a
-    :class:`ldt.runner.RunState`, the run saves its progress there and continues a saved one."""
+    :class:`ldt.runner.RunState`, the run saves its progress there and continues a saved one. Its data is checked
+    first (:func:`check_data`), unless ``data_checked`` says the caller did (the CLI checks every run's before the
+    first)."""
     start = time.time() - (state.elapsed.get("wall", 0.0) if state else 0.0)
     device = torch.device(device)
-    dataset = scan_domains(config.data, check_files=False)  # the sweep's plan checked them
-    dataset.check_test_domains(config.test_domains)
+    if data_checked:
+        dataset = scan_domains(config.data, check_files=False)
+        dataset.check_test_domains(config.test_domains)
+    else:  # the model built below, before any training, is the weights' check
+        dataset = check_data([config], fit_weights=False)
     train_domains = dataset.train_domains(config.test_domains)
     splits = {d: split_holdout(dataset.samples[d], config.holdout_fraction, config.seed, d) for d in train_domains}
     torch.manual_seed(config.seed)
