@@ -1074,3 +1074,25 @@ def test_run_checks_its_data_as_the_cli_does_and_the_cli_only_once(toy, tmp_path
             "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS]
     images = sum(map(len, scan_domains(root, check_files=False).samples.values()))
     assert main(argv) == 0 and calls == [images]  # the plan's check of both runs, none in the runs
+
+
+def test_a_group_and_a_folder_of_the_same_joined_name_are_refused_in_run(toy, tmp_path, monkeypatch):
+    """Through the Python API, a run on the group ('faded', 'noisy') and one on a domain folder named 'faded+noisy'
+    recorded one table column ('faded+noisy', the test domains joined by '+'), their seeds averaged together. run()
+    refuses either, as the CLI refuses the entry, in one line naming the folder, before the model is built."""
+    def never(*args, **kwargs):
+        raise AssertionError("must fail before this")
+
+    root = copy_toy(toy, tmp_path / "toy")
+    copy_toy(root / "faded", root / "faded+noisy")
+    monkeypatch.setattr(train_module, "build_model", never)
+    message = (rf"^test domains: 'faded\+noisy' names both the domain folder faded\+noisy of {root} and the group "
+               r"faded \+ noisy: rename the folder faded\+noisy$")
+    for group in (("faded", "noisy"), ("faded+noisy",)):
+        with pytest.raises(DatasetError, match=message):
+            run(fast_config(root, method="ft", test_domains=group))
+    with pytest.raises(DatasetError, match=r"^test domains: 'faded\+noisy\+photo' names both the domain folder "
+                       r"faded\+noisy of .* and the group faded \+ noisy \+ photo: rename the folder faded\+noisy$"):
+        run(fast_config(root, method="ft", test_domains=("faded+noisy", "photo")))
+    with pytest.raises(AssertionError, match="must fail before this"):  # no other reading: no ambiguity
+        run(fast_config(root, method="ft", test_domains=("cast", "photo")))

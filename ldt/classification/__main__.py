@@ -18,7 +18,8 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from typing import Sequence
 
     from ldt import runner
-    from ldt.classification.data import DatasetError, domain_folders, test_domains_problem
+    from ldt.classification.data import (DatasetError, ambiguous_group, domain_folders, group_readings,
+                                          test_domains_problem)
     from ldt.classification.models import BACKBONES, build_model, head_patterns
     from ldt.classification.pretrain import PretrainConfig, pretrain_summary, pretrain_tiny
     from ldt.classification.records import write_tables
@@ -104,28 +105,15 @@ def demo_weights(args: argparse.Namespace) -> None:
           f"accuracy {100 * summary['heldout_accuracy']:.1f} %; --no-pretrain for random init)")
 
 
-def group_readings(pieces: list[str], domains: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every way of joining consecutive ``+``-separated ``pieces`` back into names of ``domains`` (a domain folder
-    may itself be named ``art+paint``)."""
-    readings = []
-    for end in range(1, len(pieces) + 1):
-        name = "+".join(pieces[:end])
-        if name in domains:
-            readings += [(name, *rest) for rest in (group_readings(pieces[end:], domains) if end < len(pieces) else [()])]
-    return readings
-
-
 def read_group(entry: str, domains: Sequence[str], root: object) -> tuple[str, ...]:
     """The domains one ``--test-domains`` entry names: folder names matched exactly (``art+paint`` is the folder of
-    that name, also in ``photo+art+paint``); an entry that reads in two ways is refused, naming the folder; one that
-    reads in none is split at every ``+`` (its unknown names are refused with the dataset's domains)."""
+    that name, also in ``photo+art+paint``); an entry that reads in two ways is refused, naming the folder
+    (:func:`ldt.classification.data.ambiguous_group`); one that reads in none is split at every ``+`` (its unknown
+    names are refused with the dataset's domains)."""
+    problem = ambiguous_group(entry, domains, root)
+    if problem:
+        raise ValueError(f"--test-domains: {problem}")
     readings = group_readings(entry.split("+"), domains)
-    if len(readings) > 1:
-        folder = next(name for reading in readings for name in reading
-                      if "+" in name and any(name not in other for other in readings))
-        others = next(reading for reading in readings if folder not in reading)
-        raise ValueError(f"--test-domains: {entry!r} names both the domain folder {folder} of {root} and the group "
-                         f"{' + '.join(others)}: rename the folder {folder}")
     return readings[0] if readings else tuple(entry.split("+"))
 
 

@@ -64,11 +64,39 @@ def test_domains_problem(test_domains: Sequence[str], domains: Sequence[str], ro
         names = ", ".join(map(repr, unknown))
         return f"{names} {'is not a domain' if len(unknown) == 1 else 'are not domains'} of {root} (domains: " \
                f"{', '.join(sorted(domains))})"
+    ambiguous = ambiguous_group("+".join(test_domains), domains, root)  # the group's table column is the joined name
+    if ambiguous:
+        return ambiguous
     if not test_domains or len(set(test_domains)) != len(test_domains):
         return f"must be a non-empty list of distinct domains, got {'+'.join(test_domains)}"
     if len(test_domains) >= len(domains):
         return f"{'+'.join(test_domains)} leaves no training domain in {root}"
     return None
+
+
+def group_readings(pieces: list[str], domains: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every way of joining consecutive ``+``-separated ``pieces`` back into names of ``domains`` (a domain folder
+    may itself be named ``art+paint``)."""
+    readings = []
+    for end in range(1, len(pieces) + 1):
+        name = "+".join(pieces[:end])
+        if name in domains:
+            readings += [(name, *rest) for rest in (group_readings(pieces[end:], domains) if end < len(pieces) else [()])]
+    return readings
+
+
+def ambiguous_group(entry: str, domains: Sequence[str], root: object) -> str | None:
+    """Why ``entry`` (test domains joined by ``+``, as a ``--test-domains`` entry and a table column name them) reads
+    in two ways as ``domains`` (the folder ``art+paint`` and the group ``art`` + ``paint``), naming the folder, or
+    None: two such runs would share one table column."""
+    readings = group_readings(entry.split("+"), domains)
+    if len(readings) < 2:
+        return None
+    folder = next(name for reading in readings for name in reading
+                  if "+" in name and any(name not in other for other in readings))
+    others = next(reading for reading in readings if folder not in reading)
+    return (f"{entry!r} names both the domain folder {folder} of {root} and the group {' + '.join(others)}: rename "
+            f"the folder {folder}")
 
 
 def folder_entries(folder: Path) -> list[Path]:
