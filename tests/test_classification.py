@@ -1096,3 +1096,17 @@ def test_a_group_and_a_folder_of_the_same_joined_name_are_refused_in_run(toy, tm
         run(fast_config(root, method="ft", test_domains=("faded+noisy", "photo")))
     with pytest.raises(AssertionError, match="must fail before this"):  # no other reading: no ambiguity
         run(fast_config(root, method="ft", test_domains=("cast", "photo")))
+
+
+def test_a_dataset_of_one_class_is_refused(toy, tmp_path):
+    """A dataset whose domains hold one class folder each (the same one) trained to 100 % test accuracy: with one
+    class the loss is zero and every prediction right, so the table said nothing. It is one line naming the class."""
+    import shutil
+
+    root = copy_toy(toy, tmp_path / "toy")
+    for domain in DOMAINS:
+        for name in CLASSES[1:]:
+            shutil.rmtree(root / domain / name)
+    with pytest.raises(DatasetError, match=rf"^{root}: every domain holds images of one class only \('{CLASSES[0]}'\)"
+                                           r": classification needs at least two class folders$"):
+        scan_domains(root, check_files=False)

@@ -181,6 +181,9 @@ def scan_domains(root: str | Path, check_files: bool = True) -> DomainDataset:
             )
         files[domain_dir.name] = per_class
     classes = check_class_sets(files)
+    if len(classes) < 2:  # a zero loss and 100 % accuracy from the first step: a table that says nothing
+        raise DatasetError(f"{root}: every domain holds images of one class only ({classes[0]!r}): classification "
+                           "needs at least two class folders")
     if check_files:
         check_image_files([path for per_class in files.values() for paths in per_class.values() for path in paths])
     index = {c: i for i, c in enumerate(classes)}
