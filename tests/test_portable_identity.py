@@ -71,7 +71,7 @@ def test_a_copied_checkout_keeps_its_records(tmp_path, monkeypatch, capsys):
     assert record["hparams"]["weights"] == "<project>/datasets/tiny.pth"
     shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
     shutil.rmtree(tmp_path / "a")  # moved, not only copied
-    monkeypatch.setattr("ldt.classification.train.run", lambda *a, **k: pytest.fail("the copy must not retrain"))
+    monkeypatch.setattr("ldt.classification.__main__.run", lambda *a, **k: pytest.fail("the copy must not retrain"))
     again = sweep_in(tmp_path / "b", monkeypatch, capsys)
     assert "1 runs, 1 already recorded" in again
 
@@ -90,7 +90,7 @@ def test_records_written_with_absolute_paths_still_count(tmp_path, monkeypatch, 
     old = as_written_before(record)
     assert old["options_hash"] != record["options_hash"] and old["hparams"]["data"] == str(root / "datasets" / "toy")
     results.write_text(json.dumps(old) + "\n")
-    monkeypatch.setattr("ldt.classification.train.run", lambda *a, **k: pytest.fail("a recorded run must not rerun"))
+    monkeypatch.setattr("ldt.classification.__main__.run", lambda *a, **k: pytest.fail("a recorded run must not rerun"))
     assert "1 runs, 1 already recorded" in sweep_in(root, monkeypatch, capsys)
     # A second seed recorded now joins the same table row as the record written before
     results.write_text(json.dumps(old) + "\n" + json.dumps({**record, "seed": 1, "options_hash": "f" * 16,
