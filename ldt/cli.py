@@ -22,6 +22,7 @@ import stat
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
@@ -35,6 +36,24 @@ class _StoppedWhileStarting(BaseException):
     """A stop signal during :func:`starting` (a BaseException: no ``except Exception`` in an import swallows it)."""
 
 
+# Where this package's own code lies (and, in a checkout, its scripts beside it): a warning it gives is a sentence
+# for the user, which Python's default format would print as two lines (file:line: UserWarning: ..., then the
+# source line of the warnings.warn call)
+_PACKAGE = Path(__file__).resolve().parent
+_OWN_CODE = (_PACKAGE, *(_PACKAGE.parent / name for name in ("scripts", "examples", "Train_pip.py", "test.py")
+                         if (_PACKAGE.parent / "Train_pip.py").is_file()))
+_python_format = warnings.formatwarning
+
+
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """``warning: <message>`` on one line for a warning this package (or a script of its checkout) gives; any other
+    (torch's, a library's) in Python's own format, which says where it comes from."""
+    if issubclass(category, UserWarning) and any(Path(filename).resolve().is_relative_to(own) for own in _OWN_CODE):
+        return f"warning: {message}\n"
+    return _python_format(message, category, filename, lineno, line)
+
+
 @contextlib.contextmanager
 def starting() -> Iterator[None]:
     """Around an entry point's imports: Ctrl-C or SIGTERM there (torch and BasicSR take seconds to import, before any
@@ -43,6 +62,8 @@ def starting() -> Iterator[None]:
     are as before, and the command's own stop handling takes over. A signal the caller ignores stays ignored."""
     def stop(signum: int, frame: object) -> None:
         raise _StoppedWhileStarting(signum)
+
+    warnings.formatwarning = format_warning  # every command's warnings, from its start: one line each
 
     try:
         with stop_handler(stop):

@@ -676,3 +676,21 @@ def test_a_bad_flag_of_every_command_is_one_line_with_its_hint(command, required
     assert err.strip().endswith("error: unrecognized arguments: --hepl (did you mean '--help'?)"), err
     assert run_command(monkeypatch, command, "--help") == 0
     assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_a_warning_of_a_command_is_one_line(tmp_path):
+    """A command's own warnings (a broken line of a sweep's records, an option the run ignores) printed in Python's
+    default format, two lines: '/…/ldt/sweep.py:613: UserWarning: …' and the source line of the warnings.warn call
+    below it; now 'warning: …', one line, while a library's warnings keep the format that says where they come from."""
+    from ldt.cli import format_warning
+
+    (tmp_path / "results.jsonl").write_text('{"options_hash": "ab\n')  # a record cut short
+    done = subprocess.run([sys.executable, "-m", "ldt.classification", "--collect", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == (f"warning: {tmp_path / 'results.jsonl'}:1: not a complete record (an "
+                                           "interrupted write, or edited by hand?); ignored"), done.stderr
+    assert "UserWarning" not in done.stderr and "warnings.warn" not in done.stderr and "Records(" not in done.stderr
+    library = format_warning("deprecated", UserWarning, torch.__file__, 3)
+    assert library.startswith(f"{torch.__file__}:3: UserWarning: deprecated")
+    assert format_warning("x", DeprecationWarning, str(ROOT / "ldt" / "cli.py"), 1) != "warning: x\n"
