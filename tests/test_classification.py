@@ -129,6 +129,14 @@ def test_options_hash_depends_only_on_options_the_method_uses(toy):
     assert RunConfig(data=str(toy), test_domains="photo").test_domains == ("photo",)
 
 
+def test_a_left_out_group_is_one_run_in_any_order_through_the_api(toy):
+    """The CLI sorted --test-domains groups, RunConfig did not: run() on ('photo', 'cast') and on ('cast', 'photo')
+    were two runs (two options hashes, records and table columns, 'photo+cast' and 'cast+photo') of one experiment."""
+    first, second = (RunConfig(data=str(toy), test_domains=group) for group in (("photo", "cast"), ("cast", "photo")))
+    assert first.test_domains == second.test_domains == ("cast", "photo")
+    assert first.hparams() == second.hparams() and first.describe() == second.describe()
+
+
 # ---- the training stream ---------------------------------------------------------------------------------------------
 def test_an_augmentation_is_a_function_of_the_domain_seed_and_the_position_only(toy):
     """Item ``k`` of a training part is sample ``k % len`` augmented from (seed, k): the same whatever torch's random

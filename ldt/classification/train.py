@@ -92,7 +92,7 @@ class RunConfig:
         check_training(self)
         self.method_config()  # every method option is checked by the core's own declaration
         domains = (self.test_domains,) if isinstance(self.test_domains, str) else tuple(self.test_domains)
-        object.__setattr__(self, "test_domains", domains)
+        object.__setattr__(self, "test_domains", tuple(sorted(domains)))  # ('b', 'a') is the run ('a', 'b') is
         if self.image_size is None:  # only None means the default: an explicit 0 is refused, not replaced
             object.__setattr__(self, "image_size", DEFAULT_IMAGE_SIZE[self.backbone])
         problem = image_size_problem(self.backbone, self.image_size)
