@@ -693,10 +693,15 @@ def test_unknown_test_domains_are_refused_at_start_up(toy, tmp_path, monkeypatch
 
 
 def test_a_data_folder_that_is_no_dataset_names_data(tmp_path, monkeypatch, capsys):
-    """A missing --data folder, or one with fewer than two domain folders, is one line naming --data, from its listing."""
+    """A missing --data folder, or one with fewer than two domain folders, is one line naming --data, from its listing;
+    a file given as --data is said to be one (it read 'does not exist or is not a directory')."""
     monkeypatch.setattr("ldt.classification.__main__.check_data", lambda *a, **k: pytest.fail("listing only"))
     (tmp_path / "one" / "photo").mkdir(parents=True)
-    for given, problem in (("missing", "does not exist or is not a directory"), ("one", "needs at least two domain")):
+    (tmp_path / "options.yml").write_text("a file\n")
+    os.mkfifo(tmp_path / "pipe")
+    for given, problem in (("missing", "missing does not exist"), ("one", "needs at least two domain"),
+                           ("options.yml", "options.yml is a file, not a folder"),
+                           ("pipe", "pipe is not a folder")):
         assert main(["--data", str(tmp_path / given), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: --data: ") and problem in err and err.count("\n") == 1, err

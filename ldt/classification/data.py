@@ -115,7 +115,8 @@ def domain_folders(root: Path) -> list[Path]:
     """The domain folders of ``root`` (sorted; hidden ones skipped), at least two: a folder listing, no image read,
     so the left-out domains can be checked before anything else."""
     if not root.is_dir():
-        raise DatasetError(f"dataset root {root} does not exist or is not a directory")
+        what = "is a file, not a folder" if root.is_file() else "is not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"dataset root {root} {what}")
     found = [p for p in folder_entries(root) if p.is_dir() and not p.name.startswith(".")]
     for folder in found:
         try:
