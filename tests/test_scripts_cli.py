@@ -566,11 +566,14 @@ ROOT = SCRIPTS.parent
     [sys.executable, "Train_pip.py", "--bud", "nope"],  # an abbreviation
 ])
 def test_the_demo_reads_its_flags_however_it_is_started(command) -> None:
-    """A bad demo flag is refused by the demo's own parser (its choices named), not run as nothing or another command."""
+    """A bad demo flag is refused by the demo's own parser (its choices named), not run as nothing or another command,
+    under the command's own name (`python -m ldt.sr.demo` said 'demo.py: error: ...')."""
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
-    assert "error: argument --budget: invalid choice: 'nope' (choose from 'full', 'quick')" in proc.stderr
+    prog = "python -m ldt.sr.demo" if command[1] == "-m" else "Train_pip.py"
+    assert proc.stderr.strip().splitlines()[-1] == (f"{prog}: error: argument --budget: invalid choice: 'nope' "
+                                                    "(choose from 'full', 'quick')"), proc.stderr
 
 
 def train_pip_route():

@@ -196,8 +196,9 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "Train_pip.py") -> int:
+    """The demo's command line: ``python Train_pip.py [demo] [flags]``, or ``python -m ldt.sr.demo`` (``prog``)."""
+    parser = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="'quick' is a seconds-long smoke run")
     parser.add_argument("--force", action="store_true", help="retrain every stage even if cached")
     parser.add_argument("--seed", type=int, default=0)
@@ -206,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # python -m ldt.sr.demo [--budget quick]: the demo of python Train_pip.py
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python -m ldt.sr.demo"))
