@@ -220,10 +220,15 @@ def _choose(device: torch.device, requested: str) -> tuple[str, str]:
     return "torch", f"mamba_ssm cannot be imported ({_mamba[1]}) and the triton backend cannot run: {reason}"
 
 
+def _requested(backend: str | None) -> str:
+    """The backend a call asks for: ``backend`` checked, or (None) :func:`get_scan_backend`'s."""
+    return get_scan_backend() if backend is None else _check_backend_name(backend, "the backend argument")
+
+
 def choose_scan_backend(device: torch.device | str, backend: str | None = None) -> tuple[str, str]:
     """(concrete backend, why) for a call on ``device`` with ``backend`` (None: :func:`get_scan_backend`'s); raises
     if the name is unknown or a backend requested by name cannot run there."""
-    requested = get_scan_backend() if backend is None else _check_backend_name(backend, "the backend argument")
+    requested = _requested(backend)
     return _choose(torch.device(device), requested)
 
 
@@ -237,7 +242,7 @@ def resolve_scan_backend(device: torch.device | str, backend: str | None = None)
 def _plan_backend(device: torch.device, backend: str | None) -> str:
     """:func:`resolve_scan_backend`, logging the first use of each backend. ``torch.compile`` runs it once while
     tracing and keeps its result (it reads the environment and may import and probe kernels)."""
-    requested = get_scan_backend() if backend is None else _check_backend_name(backend, "the backend argument")
+    requested = _requested(backend)
     chosen, why = _choose(device, requested)
     if chosen not in _logged_backends:
         _logged_backends.add(chosen)
