@@ -12,11 +12,12 @@ from __future__ import annotations
 import sys
 
 from ldt.cli import fail, starting
+from ldt.sr.flags import demo_parser, flag_names, training_parser
 
-# The flags of the two parsers (ldt.sr.demo's, ldt.sr.train's; a test checks they agree), known here without
-# importing either: both import torch and BasicSR, which the route must not wait for.
-DEMO_FLAGS = ("--budget", "--force", "--seed")
-TRAINING_FLAGS = ("-opt", "--opt", "--launcher", "--force_yml", "--root", "--auto_resume")
+# The flags of the two commands, read from their parsers in ldt.sr.flags: light, where ldt.sr.demo and ldt.sr.train
+# import torch and BasicSR, which the route must not wait for.
+DEMO_FLAGS = flag_names(demo_parser())
+TRAINING_FLAGS = flag_names(training_parser())
 
 
 def owners(token: str) -> set[str]:

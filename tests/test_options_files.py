@@ -113,7 +113,7 @@ def test_an_override_path_with_an_empty_key_is_refused(data_root, tmp_path, entr
 
 def test_force_yml_given_twice_keeps_both_lists():
     """argparse's nargs='+' kept only the last --force_yml's entries: the first list was dropped silently."""
-    from ldt.sr.train import build_parser
+    from ldt.sr.flags import build_parser
 
     args = build_parser("x", "train").parse_args(["--force_yml", "train:total_iter=3", "--force_yml", "ldt:method=ft"])
     assert args.force_yml == ["train:total_iter=3", "ldt:method=ft"]

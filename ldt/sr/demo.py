@@ -13,20 +13,19 @@ Every finished stage is cached under ``experiments/demo/`` by a hash of its opti
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ldt.atomic import atomic_write_text
-from ldt.cli import OneLineParser, strict_json
+from ldt.cli import strict_json
 from ldt.compat import patch_basicsr
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.data.synthetic_cameras import build_bicubic_pretrain_set, build_synthetic_cameras
 from ldt.sr.experiment import ARCHS, RunBudget, camera_dataset, camera_run_options, run_stage
+from ldt.sr.flags import BUDGETS, DemoBudget, demo_parser
 from ldt.sr.options import PROJECT_ROOT, prepare_options
 
 patch_basicsr()
@@ -43,33 +42,6 @@ from ldt.weights import read_weights  # noqa: E402
 CAMERAS = ("source",) + TARGET_CAMERAS
 ARCH = "safmn_tiny"  # 19k parameters: 4k pre-training + 3 fine-tunings of 1,000 iterations fit the CPU budget
 DEMO_METHODS = ("ft", "ft_ema", "ldt_dpu")  # the table's columns (registry names), after the pre-trained network
-
-
-@dataclass(frozen=True)
-class DemoBudget:
-    """Iterations of each stage; ``full`` fits the 10-minute CPU budget, ``quick`` is for tests/CI.
-
-    The pre-training has its own validation step: the study fine-tunes the demo's pre-trained network, so the
-    fine-tuning budget can change without changing (and retraining) the weights the study's records were made from.
-    """
-
-    pretrain_iters: int
-    pretrain_val_freq: int
-    finetune_iters: int
-    finetune_val_freq: int
-    probe_batches: int
-    exchange_interval: int
-    batch_size: int
-    gt_size: int
-    tiny_data: bool
-
-
-BUDGETS = {
-    "full": DemoBudget(pretrain_iters=4000, pretrain_val_freq=250, finetune_iters=1000, finetune_val_freq=200,
-                       probe_batches=100, exchange_interval=1, batch_size=8, gt_size=128, tiny_data=False),
-    "quick": DemoBudget(pretrain_iters=20, pretrain_val_freq=4, finetune_iters=8, finetune_val_freq=4, probe_batches=4,
-                        exchange_interval=2, batch_size=2, gt_size=32, tiny_data=True),
-}
 
 
 def evaluate_weights(weights: Path, data_root: Path, network: dict, root: Path, name: str) -> dict[str, dict[str, float]]:
@@ -198,11 +170,7 @@ def run_demo(root: Path = PROJECT_ROOT, budget: str = "full", force: bool = Fals
 
 def main(argv: list[str] | None = None, prog: str = "Train_pip.py") -> int:
     """The demo's command line: ``python Train_pip.py [demo] [flags]``, or ``python -m ldt.sr.demo`` (``prog``)."""
-    parser = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="'quick' is a seconds-long smoke run")
-    parser.add_argument("--force", action="store_true", help="retrain every stage even if cached")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = demo_parser(prog, __doc__).parse_args(argv)
     return run_reporting_errors(lambda: run_demo(budget=args.budget, force=args.force, seed=args.seed))
 
 

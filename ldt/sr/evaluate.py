@@ -14,6 +14,7 @@ from ldt.cli import output_dir_problem, strict_json
 from ldt.compat import patch_basicsr
 from ldt.runner import Stopped, stop_on_signal
 from ldt.sr.checkpoints import archive, experiment_lock
+from ldt.sr.flags import build_parser
 from ldt.sr.options import PROJECT_ROOT, load_options
 
 patch_basicsr()
@@ -24,7 +25,7 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 from ldt.sr.loaders import validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
-from ldt.sr.train import build_parser, check_validation_sizes, resolve_num_gpu, run_reporting_errors  # noqa: E402
+from ldt.sr.train import check_validation_sizes, resolve_num_gpu, run_reporting_errors  # noqa: E402
 
 
 def run_test(opt: dict, root: Path = PROJECT_ROOT) -> MetricTable:

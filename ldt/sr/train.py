@@ -27,8 +27,9 @@ from ldt.atomic import (
     BusyError, DiskError, FileContentError, atomic_write_text, check_room, disk_reason, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import OneLineParser, error_lines, path_flag, show_traceback, strict_json
+from ldt.cli import error_lines, show_traceback, strict_json
 from ldt.compat import patch_basicsr
+from ldt.sr.flags import training_parser
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
 patch_basicsr()
@@ -59,20 +60,6 @@ from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 # options, data, weights, files, disk, or a run that diverged.
 USER_ERRORS = (OptionsError, DatasetError, WeightsError, DiskError, FileContentError, NonFiniteLossError, ProbeError,
                PartitionError, MethodError, BusyError)
-
-
-def build_parser(description: str, option_kind: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "-opt", "--opt", default=None,
-        help=f"options YAML: a path, or a bare file name inside options/{option_kind}/",
-    )
-    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun (DDP)")
-    parser.add_argument("--force_yml", nargs="+", action="extend", default=None, metavar="KEY:SUB=VALUE",
-                        help="override options, e.g. ldt:method=ft train:total_iter=1000 (values read as YAML)")
-    parser.add_argument("--root", type=path_flag, default=PROJECT_ROOT,
-                        help="where experiments/, tb_logger/ and results/ go (default: the project folder)")
-    return parser
 
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what env:// rendezvous reads
@@ -734,11 +721,7 @@ def print_error(err: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(__doc__, "train")
-    parser.epilog = "Without arguments, Train_pip.py runs the demo: `python Train_pip.py demo --help` lists its options."
-    parser.add_argument("--auto_resume", action="store_true",
-                        help="resume from the newest intact training state of this experiment (same options; the "
-                             "learning rate, length, validation and logging may change)")
+    parser = training_parser(__doc__)
     args = parser.parse_args(argv)
     if args.opt is None:
         parser.error("-opt is required (Train_pip.py without arguments runs the demo)")
