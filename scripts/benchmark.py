@@ -47,18 +47,22 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldt.atomic import DiskError, atomic_write_text  # noqa: E402
-from ldt.cli import OneLineParser, between, check_output_file, fail, out_of_memory_is_one_line, path_flag, strict_json  # noqa: E402
-from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients  # noqa: E402
-from ldt.core.partition import Partition  # noqa: E402
-from ldt.sr.experiment import ARCHS  # noqa: E402
+from ldt.cli import (  # noqa: E402
+    OneLineParser, between, check_output_file, fail, out_of_memory_is_one_line, path_flag, starting, strict_json,
+)
+
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ldt.atomic import DiskError, atomic_write_text
+    from ldt.core import MethodConfig, method_class, partition_by_score, prepare_method, probe_gradients
+    from ldt.core.partition import Partition
+    from ldt.sr.experiment import ARCHS
 
 METHODS = ("ft", "ldt", "ldt_s")  # registry names of the methods compared (FT first: the reference)
 PAPER_ROWS = {"ft": "Baseline", "ldt": "LDT"}  # their rows in the paper's Table 3

@@ -17,12 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
+from ldt.cli import OneLineParser, at_least, check_args, fail, positive, starting
 
-from ldt.atomic import disk_reason
-from ldt.cli import OneLineParser, at_least, check_args, fail, positive
-from ldt.data.cameras import collect_pairs
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
+    import cv2
+    import numpy as np
+
+    from ldt.atomic import disk_reason
+    from ldt.data.cameras import collect_pairs
 
 SCALE = 4  # DRealSR x4: LR = HR // SCALE
 MIN_LR = 8  # px: the smallest input SAFMN takes, so the smallest LR any network here trains on

@@ -25,15 +25,19 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import OneLineParser, check_args, check_device, fail, json_object, out_of_memory_is_one_line, positive  # noqa: E402
-from ldt.core import probe_gradients  # noqa: E402
-from ldt.core.config import unknown_choice  # noqa: E402
+from ldt.cli import (  # noqa: E402
+    OneLineParser, check_args, check_device, fail, json_object, out_of_memory_is_one_line, positive, starting,
+)
+
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ldt.core import probe_gradients
+    from ldt.core.config import unknown_choice
 
 MODES = ("plain", "ldt", "stored")
 

@@ -31,15 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldt.cli import OneLineParser, check_args, check_device, non_negative, out_of_memory_is_one_line, positive  # noqa: E402
-from ldt.ops import ENV_VAR, choose_scan_backend, default_chunk_size, resolve_scan_backend, selective_scan_fn  # noqa: E402
-from ldt.ops import selective_scan as scan_module  # noqa: E402
+from ldt.cli import (  # noqa: E402
+    OneLineParser, check_args, check_device, non_negative, out_of_memory_is_one_line, positive, starting,
+)
+
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+
+    from ldt.ops import ENV_VAR, choose_scan_backend, default_chunk_size, resolve_scan_backend, selective_scan_fn
+    from ldt.ops import selective_scan as scan_module
 
 MIB = 1024**2
 

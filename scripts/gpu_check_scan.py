@@ -32,15 +32,17 @@ from typing import Callable
 if "--dry-run" in sys.argv[1:]:  # before triton is first imported (by torch or by ldt.ops)
     os.environ["TRITON_INTERPRET"] = "1"
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchmark_scan  # noqa: E402
-from ldt.cli import OneLineParser  # noqa: E402
-from ldt.ops import resolve_scan_backend, selective_scan_fn  # noqa: E402
+from ldt.cli import OneLineParser, starting  # noqa: E402
+
+with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
+    import torch
+    from torch import Tensor
+
+    import benchmark_scan
+    from ldt.ops import resolve_scan_backend, selective_scan_fn
 
 MAMBAIR = dict(batch=4, length=48 * 48, channels=4 * 360, groups=4, state=16)
 # The problems of each step: on a GPU at MambaIR size; in a dry run small enough for the Triton interpreter.

@@ -678,6 +678,27 @@ def test_a_bad_flag_of_every_command_is_one_line_with_its_hint(command, required
     assert capsys.readouterr().out.startswith("usage: ")
 
 
+BENCHMARKS = ("scripts/benchmark.py", "scripts/benchmark_data_check.py", "scripts/benchmark_probe.py",
+              "scripts/benchmark_scan.py", "scripts/gpu_check_scan.py")
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("command", BENCHMARKS)
+def test_a_benchmark_starts_as_every_command_does(command, monkeypatch, capsys) -> None:
+    """The benchmark scripts imported torch outside ldt.cli.starting: their warnings printed in Python's two-line
+    format ('/…/scripts/benchmark.py:12: UserWarning: …' and the source line), Ctrl-C while importing was a
+    traceback; started as the user starts them, they now show a warning of theirs as one 'warning: …' line."""
+    import warnings
+
+    from ldt import cli
+
+    monkeypatch.setattr(warnings, "formatwarning", cli._python_format)  # as a fresh interpreter has it
+    assert run_command(monkeypatch, command, "--help") == 0
+    capsys.readouterr()
+    shown = warnings.formatwarning("a sentence for the user", UserWarning, str(ROOT / command), 12)
+    assert shown == "warning: a sentence for the user\n", shown
+
+
 def test_a_warning_of_a_command_is_one_line(tmp_path):
     """A command's own warnings (a broken line of a sweep's records, an option the run ignores) printed in Python's
     default format, two lines: '/…/ldt/sweep.py:613: UserWarning: …' and the source line of the warnings.warn call
