@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -321,6 +322,39 @@ def test_bad_inputs_fail_before_any_run(kwargs, message, sweep, tmp_path, monkey
         rp.reproduce(args.pop("tables"), args.pop("data"), **args)
     assert message.format(tmp=tmp_path, data=sweep["data"]) in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_weights_are_refused_before_the_synthetic_data_is_built(tmp_path, monkeypatch):
+    """``--data synthetic --weights missing.pth`` built the synthetic benchmark (minutes, on a fresh checkout)
+    before refusing the weights file; a missing, non-file or unreadable file is now refused first, and the
+    warning about archs without weights waits for the data (no warning above a data error)."""
+    built = []
+    monkeypatch.setattr(rp, "build_synthetic_cameras", lambda root, tiny: built.append(root))
+    datasets, folder = tmp_path / "datasets", tmp_path / "folder"
+    folder.mkdir()
+    for weights, message in ([str(tmp_path / "missing.pth")], "does not exist"), ([str(folder)], "is a folder"):
+        with pytest.raises(rp.ReproduceError, match=message):
+            rp.reproduce(["1"], "synthetic_tiny", archs=["safmn_tiny"], weights=weights, datasets_dir=datasets,
+                         out=tmp_path / "out", **{k: v for k, v in SWEEP.items() if k != "archs"})
+    assert built == [] and not datasets.exists() and not (tmp_path / "out").exists()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning before the data's error would raise here instead
+        with pytest.raises(rp.ReproduceError, match="does not exist"):
+            rp.reproduce(["1"], str(tmp_path / "no_data"), archs=["safmn_tiny"], out=tmp_path / "out", seeds=1,
+                         budget=TINY, progress=False)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_weights_file_is_refused_before_the_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(rp, "build_synthetic_cameras", lambda root, tiny: pytest.fail("the data was built"))
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    weights.chmod(0)
+    with pytest.raises(rp.ReproduceError, match=f"weights file for safmn_tiny: {weights} cannot be read"):
+        rp.reproduce(["1"], "synthetic_tiny", archs=["safmn_tiny"], weights=[str(weights)],
+                     datasets_dir=tmp_path / "datasets", out=tmp_path / "out", seeds=1, budget=TINY, progress=False)
 
 
 def test_a_capped_probe_records_the_batches_it_read_not_those_asked(sweep, tmp_path, monkeypatch):

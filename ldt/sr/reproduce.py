@@ -13,6 +13,7 @@ checkpoint selected on the source camera's test pairs (training-domain validatio
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -227,8 +228,9 @@ def resolve_weights(entries: Sequence[str] | Mapping[str, str | Path] | None, ar
                     check: bool = True) -> dict[str, Path]:
     """``--weights FILE`` (one arch in the sweep) or ``--weights ARCH=FILE ...`` → {arch: absolute path}.
 
-    With ``check``, every file must exist, and archs without weights are warned about (they train from random
-    init). Without it (``--collect``) the paths are only resolved: they enter the run identity.
+    With ``check``, every file must exist and be readable (before the data is built: a typo in a path must not wait
+    for minutes of work); :func:`warn_random_init` warns of the archs without weights. Without it (``--collect``)
+    the paths are only resolved: they enter the run identity.
     """
     try:
         given = dict(entries) if isinstance(entries, Mapping) else parse_weights(entries, archs, list(ARCHS), noun="ARCH")
@@ -245,11 +247,17 @@ def resolve_weights(entries: Sequence[str] | Mapping[str, str | Path] | None, ar
             raise ReproduceError(f"weights file for {arch}: {file} is {kind}")
         if not file.is_file():
             raise ReproduceError(f"weights file for {arch} does not exist: {file}")
+        if not os.access(file, os.R_OK):
+            raise ReproduceError(f"weights file for {arch}: {file} cannot be read (permission denied)")
+    return weights
+
+
+def warn_random_init(weights: Mapping[str, Path], archs: Sequence[str]) -> None:
+    """A warning for each arch of the sweep without ``--weights``: it trains from random initialisation."""
     for arch in archs:
         if arch not in weights:
             warnings.warn(f"no --weights for {arch}: it trains from random initialisation (the paper fine-tunes "
                           "pretrained networks)", stacklevel=2)
-    return weights
 
 
 def check_weights(weights: Mapping[str, Path]) -> None:
@@ -607,8 +615,10 @@ def reproduce(
     out = resolved(out, "--out")
     if not collect_only:
         check_out(out)
+    weight_files = resolve_weights(weights, sweep_archs, check=not collect_only)  # before the data is built
     data_root, data_kind = resolve_data(data, datasets_dir, build=not collect_only)
-    weight_files = resolve_weights(weights, sweep_archs, check=not collect_only)
+    if not collect_only:
+        warn_random_init(weight_files, sweep_archs)
     runs = plan_runs(tables, data_root, data_kind=data_kind, archs=archs, weights=weight_files, seeds=seeds,
                      extra_seeds=extra_seeds, budget=budget)
     records = run_records(out, runs)
