@@ -324,6 +324,18 @@ def test_bad_inputs_fail_before_any_run(kwargs, message, sweep, tmp_path, monkey
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name, hint", [("al", "all"), ("ALL", "all"), ("stduy", "study"), ("tablestudyy", "study"),
+                                        ("10", None), ("table10", None), ("3", None), ("x", None)])
+def test_a_misspelled_table_name_gets_a_hint(name, hint):
+    """--table al said only 'unknown table 'al'; choose from ...'; a word now gets the did-you-mean of 'all' and
+    'study', a number never (10 is no misspelling of 1)."""
+    with pytest.raises(rp.ReproduceError) as err:
+        rp.resolve_tables([name])
+    message = str(err.value)
+    assert message.startswith(f"unknown table {name!r}" + (f" (did you mean '{hint}'?)" if hint else "") + "; "), message
+    assert "choose from 1, 2, 4, 5, 6, 9, study or all" in message
+
+
 def test_bad_weights_are_refused_before_the_synthetic_data_is_built(tmp_path, monkeypatch):
     """``--data synthetic --weights missing.pth`` built the synthetic benchmark (minutes, on a fresh checkout)
     before refusing the weights file; a missing, non-file or unreadable file is now refused first, and the

@@ -190,8 +190,10 @@ def resolve_tables(names: Sequence[str]) -> list[str]:
         expanded = list(TABLES) if name == "all" else [str(name).removeprefix("table")]
         for table in expanded:
             if table not in TABLES:
+                words = [*(known for known in TABLES if not known.isdigit()), "all"]  # a number misspells no number
+                hint = "" if table.isdigit() else did_you_mean(table, words)
                 raise ReproduceError(
-                    f"unknown table {name!r}; choose from {', '.join(TABLES)} or all (Tables 3, 7 and 8 are "
+                    f"unknown table {name!r}{hint}; choose from {', '.join(TABLES)} or all (Tables 3, 7 and 8 are "
                     "efficiency, classification and segmentation: not camera-shift SR runs)")
             if table not in tables:
                 tables.append(table)
