@@ -633,6 +633,34 @@ def test_a_state_saved_with_ema_decay_is_refused_without_one(name):
         prepared(mlp(), name).load_state_dict(with_ema.state_dict())
 
 
+@pytest.mark.parametrize("name", ["ft", "ldt", "ldt_s"])
+@pytest.mark.parametrize("bad, found", [
+    (lambda ema: ema.update({"0.weight": torch.zeros(3, 3)}), r"1 tensor\(s\) of other shapes, e\.g\. \['0\.weight \[3, 3\] \(model \[6, 4\]\)'\]"),
+    (lambda ema: ema.update({"extra.weight": torch.zeros(1)}), r"1 not in the model, e\.g\. \['extra\.weight'\]"),
+    (lambda ema: ema.update({"4.bias": [0.0] * 4}), r"1 of another type, e\.g\. \['4\.bias \(list\)'\]"),
+    (lambda ema: ema.update({"4.bias": torch.zeros(4, dtype=torch.complex64)}),
+     r"1 of another type, e\.g\. \['4\.bias \(torch\.complex64, model torch\.float32\)'\]"),
+], ids=["shape", "extra", "not-a-tensor", "dtype"])
+def test_a_bad_ema_part_loads_nothing(name, bad, found):
+    """DeployedEMA.load_state_dict loaded the inner method, then failed on the EMA tensors: half-loaded."""
+    method = prepare_method(mlp(), config(name), batches=data(), loss_fn=mse, ema_decay=0.9, log=lambda _: None)
+    train(method)
+    other = prepare_method(mlp(), config(name), batches=data(), loss_fn=mse, ema_decay=0.9, log=lambda _: None)
+    train(other, 6)
+    state = copy.deepcopy(other.state_dict())
+    bad(state["ema"])
+    before = copy.deepcopy(method.state_dict())
+    with pytest.raises(MethodError, match=r"^the saved state is of another network than this Sequential: " + found
+                                          + r" \(in its 'ema'\)$"):
+        method.load_state_dict(state)
+    after = method.state_dict()
+    leaves = torch.utils._pytree.tree_leaves
+    assert [type(x) for x in leaves(before)] == [type(x) for x in leaves(after)]
+    for old, new in zip(leaves(before), leaves(after)):
+        assert torch.equal(old, new) if isinstance(old, torch.Tensor) else old == new
+    assert not torch.equal(method.deployed_state_dict()["0.weight"], other.deployed_state_dict()["0.weight"])
+
+
 # ---- 18. pickling a method that has trained ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_a_trained_method_pickles_and_trains_on(name):

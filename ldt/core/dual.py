@@ -51,20 +51,42 @@ def require_entries(state: Mapping, entries: Entries, what: str, error: type[Exc
         raise error(f"{what}{wrong}: it is incomplete or of another version")
 
 
-def check_network_state(module: nn.Module, saved: Mapping, error: type[Exception] = ValueError) -> None:
-    """Raise ``error`` in one line unless ``saved`` (a ``state_dict``) has ``module``'s keys and shapes: a state of
-    another network (a wider variant, another scale) otherwise fails in torch's many-line ``load_state_dict`` error,
-    or, for a dual branch, as a partition that differs."""
-    live = module.state_dict()
-    resized = [f"{key} {list(saved[key].shape)} (model {list(tensor.shape)})" for key, tensor in live.items()
-               if isinstance(saved.get(key), torch.Tensor) and saved[key].shape != tensor.shape]
+def state_problems(live: Mapping[str, torch.Tensor], saved: Mapping) -> list[str]:
+    """What keeps ``saved`` from loading into the tensors ``live`` (a state dict), each part one phrase naming up to
+    three keys: tensors of other shapes, values that are no tensor or of a dtype that does not cast to the live one
+    (``torch.can_cast``: a complex tensor into a float one, a float into an integer buffer), missing and extra keys."""
+    resized, wrong = [], []
+    for key, tensor in live.items():
+        value = saved.get(key)
+        if key not in saved:
+            continue
+        if not isinstance(value, torch.Tensor):
+            wrong.append(f"{key} ({type(value).__name__})")
+        elif value.shape != tensor.shape:
+            resized.append(f"{key} {list(value.shape)} (model {list(tensor.shape)})")
+        elif not torch.can_cast(value.dtype, tensor.dtype):
+            wrong.append(f"{key} ({value.dtype}, model {tensor.dtype})")
     missing = [key for key in live if key not in saved]
     extra = [key for key in saved if key not in live]
     parts = [f"{len(resized)} tensor(s) of other shapes, e.g. {resized[:3]}"] if resized else []
+    parts += [f"{len(wrong)} of another type, e.g. {wrong[:3]}"] if wrong else []
     parts += [f"{len(missing)} missing, e.g. {missing[:3]}"] if missing else []
     parts += [f"{len(extra)} not in the model, e.g. {extra[:3]}"] if extra else []
+    return parts
+
+
+def check_network_state(
+    module: nn.Module, saved: Mapping, error: type[Exception] = ValueError, part: str | None = None
+) -> None:
+    """Raise ``error`` in one line unless ``saved`` (a ``state_dict``) has ``module``'s keys and shapes, and tensors
+    of dtypes that cast to its own (:func:`state_problems`): a state of another network (a wider variant, another
+    scale) otherwise fails in torch's many-line ``load_state_dict`` error, or, for a dual branch, as a partition
+    that differs. ``part``: the entry of a larger saved state that ``saved`` is, named at the end ('ema')."""
+    parts = state_problems(module.state_dict(), saved)
     if parts:
-        raise error(f"the saved state is of another network than this {type(module).__name__}: {'; '.join(parts)}")
+        where = f" (in its '{part}')" if part else ""
+        raise error(f"the saved state is of another network than this {type(module).__name__}: "
+                    f"{'; '.join(parts)}{where}")
 
 
 def left_out_parameters(model: nn.Module) -> list[str]:

@@ -894,6 +894,8 @@ class DeployedEMA(Method):
         _check_state(state, self.name, {"ema_decay": None, "inner": None, "ema": dict.fromkeys(self.ema)}, ema=True)
         if state["ema_decay"] != self.decay:
             raise MethodError(f"the saved state used ema_decay {state['ema_decay']}, this run {self.decay}")
+        # all or nothing: the EMA part is checked before the inner method (which checks its own part first) loads
+        check_network_state(self.model, state["ema"], MethodError, part="ema")  # the EMA has the model's keys
         self.inner.load_state_dict(state["inner"])
         for name, tensor in self.ema.items():
             tensor.copy_(state["ema"][name])
