@@ -127,6 +127,23 @@ def test_dpu_without_scores_is_an_error(tiny_net):
         DualBranch(tiny_net, part, ExchangeConfig(dpu=True))
 
 
+def test_dpu_without_scores_names_no_criterion_the_partition_was_not_made_by(tiny_net):
+    """A Partition built in Python without scores carries the dataclass default criterion 'var': the message said
+    "the 'var' partition has none", of a partition no probe made; a criterion that makes no scores is named."""
+    names = [n for n, _ in tiny_net.named_parameters()]
+    stable = [n for n in names if n != "head.bias"]
+    probed = probed_partition(tiny_net)
+    dual = DualBranch(tiny_net, probed, ExchangeConfig(dpu=True))
+    for given in ({}, {"criterion": "var"}):
+        with pytest.raises(PartitionError, match=r"^DPU needs layer scores, but this partition has none \(it was not "
+                                                 r"made by a probe: partition_by_score records them\); use a "
+                                                 r"probe-based partition or a fixed weight \(dpu: false\)$"):
+            dual.repartition(Partition(stable=stable, unstable=["head.bias"], **given))
+    with pytest.raises(PartitionError, match=r"^DPU needs layer scores, but the 'deft' partition has none; "):
+        dual.repartition(Partition(stable=stable, unstable=["head.bias"], criterion="deft"))
+    assert dual.partition is probed
+
+
 def test_composite_strict_loads_and_takes_the_right_tensors(tiny_net, tmp_path):
     part = probed_partition(tiny_net)
     dual = DualBranch(tiny_net, part, ExchangeConfig(interval=2))
