@@ -661,6 +661,33 @@ def test_a_bad_ema_part_loads_nothing(name, bad, found):
     assert not torch.equal(method.deployed_state_dict()["0.weight"], other.deployed_state_dict()["0.weight"])
 
 
+@pytest.mark.parametrize("name, ema", [("ldt", None), ("deft", None), ("ldt_s", None), ("ldt", 0.9)])
+def test_a_deployed_network_no_exchange_reached_yet_is_one_warning(name, ema, caplog):
+    """exchange:interval larger than the steps trained: deployed() was the very network prepare_method was given
+    (each group's deployed copy is the frozen one, moved only by an exchange), without a word."""
+    options = {"exchange": {"interval": 4}, "unstable_ratio": 0.5, "probe": {"num_batches": 4}}
+    method = prepare_method(mlp(), MethodConfig(method=name, **options), batches=data(), loss_fn=mse,
+                            head_patterns=[r"^4\."], ema_decay=ema, log=lambda _: None)
+    initial = mlp().state_dict()
+    with caplog.at_level(logging.WARNING, logger="ldt.core"):
+        method.deployed()  # before any step: the prepared network, as expected
+        assert not caplog.records
+        train(method, 3)
+        deployed = method.deployed_state_dict()
+        method.deployed()
+    assert all(torch.allclose(deployed[key], initial[key], atol=1e-6) for key in initial)  # an EMA rounds
+    turns = "the end of each group's first turn (steps 4 and 8)" if name == "ldt_s" else "the first exchange (step 4)"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the deployed network is still the one prepare_method was given: {name} trained 3 step(s), and its deployed "
+        f"copy of each group moves only at {turns}; train at least that long, or lower exchange:interval"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ldt.core"):
+        train(method, 8 if name == "ldt_s" else 4)
+        moved = method.deployed_state_dict()
+        assert all(not torch.equal(moved[key], deployed[key]) for key in initial)
+    assert not caplog.records
+
+
 # ---- 18. pickling a method that has trained ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_a_trained_method_pickles_and_trains_on(name):

@@ -528,7 +528,27 @@ class Method:
 
     def deployed_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
         self._unchanged_parameters()
+        self._warn_if_unmoved()
         return once_per_tensor(self.deployed_tensors(), lambda key, tensor: tensor.detach().clone())  # a tie stays one
+
+    def _unmoved_until(self) -> str | None:
+        """When the deployed copy of every group first moves (``'the first exchange (step 10)'``), if it has not moved
+        yet although training has begun; None otherwise (a method that deploys what it trains)."""
+        return None
+
+    def _warn_if_unmoved(self) -> None:
+        """Warn once, on the ``ldt.core`` logger, when the deployed network is still the prepared one after training
+        steps: an ``exchange:interval`` longer than the steps trained so far (a short run, an early validation)."""
+        until = self._unmoved_until()
+        if until is None or self.__dict__.get("_warned_unmoved"):
+            return
+        self._warned_unmoved = True
+        logger.warning(f"the deployed network is still the one prepare_method was given: {self.name} trained "
+                       f"{self._steps_taken()} step(s), and its deployed copy of each group moves only at {until}; "
+                       "train at least that long, or lower exchange:interval")
+
+    def _steps_taken(self) -> int:
+        return 0
 
     def deployed(self) -> nn.Module:
         """A fresh module of the model's class holding the deployed weights (loads with ``strict=True``)."""
@@ -664,6 +684,13 @@ class DualMethod(Method):
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.dual.composite_tensors()
 
+    def _steps_taken(self) -> int:
+        return self.dual.step_count
+
+    def _unmoved_until(self) -> str | None:
+        interval = self.dual.config.interval
+        return f"the first exchange (step {interval})" if 0 < self.dual.step_count < interval else None
+
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "method": self.name, "dual": self.dual.state_dict()}
 
@@ -749,6 +776,14 @@ class LDTSingle(Method):
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.single.composite_tensors()
+
+    def _steps_taken(self) -> int:
+        return self.single.step_count
+
+    def _unmoved_until(self) -> str | None:
+        turn = self.single.phase_steps  # a group's EMA moves at the end of its turn; the second group's at 2 turns
+        return f"the end of each group's first turn (steps {turn} and {2 * turn})" \
+            if 0 < self.single.step_count < 2 * turn else None
 
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "method": self.name, "single": self.single.state_dict()}
@@ -874,6 +909,12 @@ class DeployedEMA(Method):
 
     def deployed_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.ema
+
+    def _steps_taken(self) -> int:
+        return self.inner._steps_taken()
+
+    def _unmoved_until(self) -> str | None:
+        return self.inner._unmoved_until()  # an EMA of a network that has not moved has not moved either
 
     def held_tensors(self) -> list[torch.Tensor]:
         return self.inner.held_tensors() + list({id(t): t for t in self.ema.values()}.values())
