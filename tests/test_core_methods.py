@@ -864,6 +864,23 @@ def test_moving_only_the_primary_of_a_dual_branch_is_named(name):
         method.train_step((torch.randn(8, 4).double(), torch.randn(8, 4).double()), mse, optimizers)
 
 
+def test_ldt_s_host_copies_follow_a_model_moved_alone():
+    """LDT-S's method.model is its one network: model.double() after prepare_method trained in float64, but the host
+    EMAs and parked group stayed float32, so every turn's EMA mixed the two and deployed() came out float32."""
+    batches = [(x.double(), y.double()) for x, y in data(5, seed=1)]
+    runs = []
+    for move in ("method", "model"):
+        method = prepared(mlp(), "ldt_s", exchange={"interval": 2})
+        method.to(torch.float64) if move == "method" else method.model.double()
+        optimizers = [torch.optim.SGD(branch.parameters, lr=0.1) for branch in method.branches()]
+        for batch in batches:
+            method.train_step(batch, mse, optimizers)
+        assert {t.dtype for t in method.held_tensors()} == {torch.float64}, move
+        runs.append(method.deployed_state_dict())
+    assert {t.dtype for t in runs[1].values()} == {torch.float64}
+    assert all(torch.equal(runs[0][key], runs[1][key]) for key in runs[0])
+
+
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_half_precision_after_prepare_is_refused(name):
     """Below float32 is refused at prepare_method; model.half() or method.to(torch.float16) afterwards too."""

@@ -113,10 +113,18 @@ class SingleBranchLDT:
     def to(self, *args, **kwargs) -> "SingleBranchLDT":
         """Move the network (``nn.Module.to`` arguments); the host copies take its new dtype and stay on the host."""
         self.model.to(*args, **kwargs)
+        self._follow_dtype()
+        return self
+
+    def _follow_dtype(self) -> None:
+        """Give the host copies the dtype of the network's tensors they stand for: ``model.double()`` moves the one
+        network alone (it is ``method.model``), and the EMAs would otherwise mix dtypes and deploy the old one."""
         other = PHASES[1 - PHASES.index(self.phase)]
+        pairs = [(self.ema[group], self.live[group]) for group in PHASES] + [(self.parked, self.live[other])]
+        if all(t.dtype == p.dtype for copies, live in pairs for t, p in zip(copies, live)):
+            return
         self.ema = {group: [t.to(dtype=p.dtype) for t, p in zip(self.ema[group], self.live[group])] for group in PHASES}
         self.parked = [t.to(dtype=p.dtype) for t, p in zip(self.parked, self.live[other])]
-        return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Both groups: give them all to one optimizer; the frozen group has no grad and is skipped by it."""
@@ -161,6 +169,7 @@ class SingleBranchLDT:
     @torch.no_grad()
     def switch(self) -> None:
         """End the current turn: EMA the trained group, park it, load the other turn's weights."""
+        self._follow_dtype()
         trained, other = self.phase, PHASES[1 - PHASES.index(self.phase)]
         trained_on_host = [p.detach().to(self.host_device, copy=True) for p in self.live[trained]]
         EMAPlan(self.ema[trained], trained_on_host, self.weights[trained]).apply()
@@ -176,6 +185,7 @@ class SingleBranchLDT:
     def composite_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         """The deployed state as live tensors (read, never modify): the EMA of both groups (on the host), the
         network's excluded parameters and buffers; every alias of a tied parameter."""
+        self._follow_dtype()
         return replaced_state(self.model, {name: ema for group in PHASES
                                            for name, ema in zip(getattr(self.partition, group), self.ema[group])})
 
