@@ -688,6 +688,28 @@ def test_a_deployed_network_no_exchange_reached_yet_is_one_warning(name, ema, ca
     assert not caplog.records
 
 
+@pytest.mark.parametrize("name, part, ema", [("ldt", "dual", None), ("ldt_s", "single", None), ("ldt", "dual", 0.9)])
+def test_a_state_saved_after_a_repartition_names_the_partition_to_resume_with(name, part, ema):
+    """A state saved after repartition(), loaded into a method prepared by probing again (the first partition), said
+    only 'the saved state was trained with a different partition than this dual branch': not which one to use."""
+    method = prepare_method(mlp(), config(name), batches=data(), loss_fn=mse, ema_decay=ema, log=lambda _: None)
+    train(method)
+    method.repartition(partition_by_score(None, 0.5, "random", seed=3, model=mlp()))
+    train(method)
+    state = copy.deepcopy(method.state_dict())
+    fresh = prepare_method(mlp(), config(name), batches=data(), loss_fn=mse, ema_decay=ema, log=lambda _: None)
+    with pytest.raises(PartitionError, match=r"^the saved state was trained with a different partition than this "
+                                             r"(dual branch|LDT-S network): prepare the method with the one the state "
+                                             r"holds \(partition=Partition\.from_dict of its 'partition' entry, "
+                                             r"resuming=True\); after repartition\(\) that is the last one$"):
+        fresh.load_state_dict(state)
+    saved = (state["inner"] if ema else state)[part]["partition"]
+    resumed = prepare_method(mlp(), config(name), partition=Partition.from_dict(saved), resuming=True, ema_decay=ema)
+    resumed.load_state_dict(state)
+    deployed = method.deployed_state_dict()
+    assert all(torch.equal(resumed.deployed_state_dict()[key], deployed[key]) for key in deployed)
+
+
 # ---- 18. pickling a method that has trained ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_a_trained_method_pickles_and_trains_on(name):

@@ -239,7 +239,9 @@ def check_saved_partition(saved: dict, partition: Partition, config: ExchangeCon
     ``config``: the same groups and the same per-layer W (with DPU the scores' ranks decide them)."""
     other = Partition.from_dict(saved)
     if (other.stable, other.unstable) != (partition.stable, partition.unstable):
-        raise PartitionError(f"the saved state was trained with a different partition than this {what}")
+        raise PartitionError(f"the saved state was trained with a different partition than this {what}: prepare the "
+                             "method with the one the state holds (partition=Partition.from_dict of its 'partition' "
+                             "entry, resuming=True); after repartition() that is the last one")
     try:
         same = exchange_weights(other, config) == exchange_weights(partition, config)
     except PartitionError:
