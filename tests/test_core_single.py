@@ -176,3 +176,46 @@ def test_repartition_rejects_an_empty_group(tiny_net):
     single = SingleBranchLDT(tiny_net, head_partition(tiny_net), ExchangeConfig(dpu=False))
     with pytest.raises(PartitionError, match="both the stable and the unstable"):
         single.repartition(Partition(stable=[n for n, _ in tiny_net.named_parameters()], unstable=[]))
+
+
+@pytest.mark.parametrize("edit, found", [
+    (lambda s: s["ema"]["stable"].__setitem__(0, torch.zeros(2, 2)),
+     r"'ema:stable' item 0 \('unused'\) is \[2, 2\] torch\.float32, the network's \[2\] torch\.float32"),
+    (lambda s: s["ema"]["stable"].pop(), r"'ema:stable' holds 6 tensor\(s\), the stable group 7"),
+    (lambda s: s["parked"].__setitem__(0, [0.0]), r"'parked' item 0 \('unused'\) is a list, not a tensor"),
+    (lambda s: s.update(phase="both"), r"'phase' is 'both', not 'stable' or 'unstable'"),
+    (lambda s: s.update(step="five"), r"'step' is 'five', not a step count"),
+], ids=["ema-shape", "ema-length", "parked-type", "phase", "step"])
+def test_a_bad_ldt_s_state_is_one_line_and_loads_nothing(tiny_net, edit, found):
+    """The host copies, the turn and the step count were taken unchecked after the network had loaded: a tensor of
+    another shape or a list one short loaded and failed at the next switch or deployed copy, a bad phase or step
+    broke the half-loaded object (AttributeError: 'Partition' object has no attribute 'both')."""
+    import copy
+    single = SingleBranchLDT(tiny_net, head_partition(tiny_net), ExchangeConfig(dpu=False), phase_steps=2)
+    other = SingleBranchLDT(TinyNet(), head_partition(tiny_net), ExchangeConfig(dpu=False), phase_steps=2)
+    sgd_steps(other, torch.optim.SGD(other.trainable_parameters(), lr=0.1), make_batches(3, seed=1))
+    state = copy.deepcopy(other.state_dict())
+    edit(state)
+    before = copy.deepcopy(single.state_dict())
+    with pytest.raises(ValueError, match=rf"^the saved LDT-S state's {found}$"):
+        single.load_state_dict(state)
+    after = single.state_dict()
+    assert after["phase"] == before["phase"] and after["step"] == before["step"]
+    for key in before["model"]:
+        assert torch.equal(before["model"][key], after["model"][key]), key
+    for group in ("stable", "unstable"):
+        assert all(torch.equal(a, b) for a, b in zip(before["ema"][group], after["ema"][group], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before["parked"], after["parked"], strict=True))
+
+
+def test_a_bad_step_count_of_a_dual_branch_state_loads_nothing(tiny_net):
+    import copy
+    from ldt.core import DualBranch
+    dual = DualBranch(tiny_net, head_partition(tiny_net), ExchangeConfig(dpu=False))
+    state = copy.deepcopy(DualBranch(TinyNet(), head_partition(tiny_net), ExchangeConfig(dpu=False)).state_dict())
+    state["primary"]["body.0.weight"] += 1
+    state["step"] = "five"
+    before = copy.deepcopy(dual.primary.state_dict())
+    with pytest.raises(ValueError, match=r"^the saved dual-branch state's 'step' is 'five', not a step count$"):
+        dual.load_state_dict(state)
+    assert all(torch.equal(before[key], value) for key, value in dual.primary.state_dict().items())

@@ -234,6 +234,11 @@ def check_two_groups(
         raise PartitionError(problem)
 
 
+def step_count(value: object) -> bool:
+    """Whether ``value`` is a saved step count (an int >= 0, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def check_saved_partition(saved: dict, partition: Partition, config: ExchangeConfig, what: str) -> None:
     """Raise unless the ``saved`` partition (a ``to_dict``) decides the same exchange as ``partition`` under
     ``config``: the same groups and the same per-layer W (with DPU the scores' ranks decide them)."""
@@ -394,6 +399,8 @@ class DualBranch:
         if ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError(f"the saved state used exchange {state['exchange']}, this run uses {self.config.to_dict()}")
         check_saved_partition(state["partition"], self.partition, self.config, "dual branch")
+        if not step_count(state["step"]):
+            raise ValueError(f"the saved dual-branch state's 'step' is {state['step']!r:.40}, not a step count")
         self.primary.load_state_dict(state["primary"], strict=True)
         self.auxiliary.load_state_dict(state["auxiliary"], strict=True)
         self.step_count = int(state["step"])

@@ -32,6 +32,7 @@ from ldt.core.dual import (
     replaced_state,
     require_entries,
     set_trainable,
+    step_count,
     user_frozen,
 )
 from ldt.core.exchange import ExchangeConfig, exchange_weights
@@ -196,6 +197,29 @@ class SingleBranchLDT:
     def composite(self) -> nn.Module:
         return materialise(self.model, self.composite_state_dict(), self.original_flags)
 
+    def _host_problem(self, state: dict) -> str | None:
+        """What in the saved turn, step count and host copies (``ema``, ``parked``) does not fit this network and
+        partition, naming the entry (checked before anything loads), or None."""
+        phase = state["phase"]
+        if phase not in PHASES:
+            return f"'phase' is {phase!r:.40}, not 'stable' or 'unstable'"
+        if not step_count(state["step"]):
+            return f"'step' is {state['step']!r:.40}, not a step count"
+        other = PHASES[1 - PHASES.index(phase)]
+        lists = [(f"ema:{group}", state["ema"][group], group) for group in PHASES] + [("parked", state["parked"], other)]
+        for entry, saved, group in lists:
+            names, live = getattr(self.partition, group), self.live[group]
+            if not isinstance(saved, (list, tuple)) or len(saved) != len(live):
+                what = f"holds {len(saved)} tensor(s)" if isinstance(saved, (list, tuple)) else f"is a {type(saved).__name__}"
+                return f"'{entry}' {what}, the {group} group {len(live)}"
+            for index, (name, tensor, param) in enumerate(zip(names, saved, live)):
+                if not isinstance(tensor, torch.Tensor):
+                    return f"'{entry}' item {index} ('{name}') is a {type(tensor).__name__}, not a tensor"
+                if tensor.shape != param.shape or not torch.can_cast(tensor.dtype, param.dtype):
+                    return (f"'{entry}' item {index} ('{name}') is {list(tensor.shape)} {tensor.dtype}, the network's "
+                            f"{list(param.shape)} {param.dtype}")
+        return None
+
     def state_dict(self) -> dict:
         """Everything to resume; like ``nn.Module.state_dict`` its tensors are the live ones, the network's and the
         host's alike (``torch.save`` it, or ``copy.deepcopy`` it for an in-memory snapshot)."""
@@ -219,6 +243,9 @@ class SingleBranchLDT:
         if state["phase_steps"] != self.phase_steps or ExchangeConfig(**state["exchange"]) != self.config:
             raise ValueError("the saved LDT-S state used another phase length or exchange rule")
         check_saved_partition(state["partition"], self.partition, self.config, "LDT-S network")
+        problem = self._host_problem(state)
+        if problem:
+            raise ValueError(f"the saved LDT-S state's {problem}")
         self.model.load_state_dict(state["model"], strict=True)
         self.ema = {g: [t.to(self.host_device, copy=True) for t in state["ema"][g]] for g in PHASES}
         self.parked = [t.to(self.host_device, copy=True) for t in state["parked"]]
