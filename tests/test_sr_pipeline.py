@@ -903,3 +903,79 @@ def test_an_image_that_does_not_decode_is_named_under_spawned_workers_too(kind, 
     with pytest.raises(DatasetError) as caught:
         list(loader)
     assert error_lines(caught.value) == [f"cannot decode image {victim}: corrupt or not an image"]
+
+
+def _lr_only_test(data_root, tmp_path, lr_dir, **block) -> dict:
+    """Test options of one LR-only set (BasicSR's SingleImageDataset) and one scored camera, over a random SAFMN."""
+    import ldt.archs  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    opt = tiny_options(data_root, "lr_only")
+    torch.manual_seed(0)
+    network = ARCH_REGISTRY.get("SAFMN")(dim=8, n_blocks=1, ffn_scale=2.0, upscaling_factor=4)
+    torch.save({"params": network.state_dict()}, tmp_path / "net.pth")
+    return {"name": "lr_only_test", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
+            "datasets": {"test_1": {"name": "photos", "type": "SingleImageDataset", "dataroot_lq": str(lr_dir),
+                                    "io_backend": {"type": "disk"}, **block},
+                         "test_2": opt["datasets"]["val_2"]},
+            "path": {"pretrain_network_g": str(tmp_path / "net.pth")}}
+
+
+def test_lr_only_photos_are_super_resolved_by_test_py_without_metrics(data_root, tmp_path):
+    """BasicSR's SingleImageDataset (LR photos, no GT) was refused by the option check ('no option schema for
+    dataset type'): a user with LR photos only could not run test.py. Its SR images are written (save_img or not),
+    the table and results.json say the set has no GT instead of a number, and the scored sets keep their metrics."""
+    from ldt.sr.evaluate import run_test
+
+    lr_dir = tmp_path / "photos"
+    lr_dir.mkdir()
+    sources = sorted((Path(data_root) / "x4" / "Test_x4" / "test_LR").glob("*.png"))[:2]
+    for source in sources:
+        (lr_dir / source.name).write_bytes(source.read_bytes())
+    test_opt = _lr_only_test(data_root, tmp_path, lr_dir)
+    table = run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    out = tmp_path / "results" / "lr_only_test"
+    written = sorted(p.name for p in (out / "visualization" / "photos").iterdir())
+    assert written == [f"{s.stem}_lr_only_test.png" for s in sources]
+    import cv2
+
+    lr, sr = cv2.imread(str(sources[0])), cv2.imread(str(out / "visualization" / "photos" / written[0]))
+    assert sr.shape == (lr.shape[0] * 4, lr.shape[1] * 4, 3)
+    results = json.loads((out / "results.json").read_text())
+    assert results["counts"] == {"photos": 2, "pan": table.counts["pan"]}
+    assert results["rows"]["photos"] == {} and results["unscored"] == {"photos": "no GT (SingleImageDataset)"}
+    assert set(results["rows"]["pan"]) == {"psnr", "ssim"} and results["mean"] == results["rows"]["pan"]
+    markdown = (out / "results.md").read_text()
+    assert "| photos | 2 | no GT | no GT |" in markdown and "nan" not in markdown.lower()
+    assert not (out / "visualization" / "pan").exists()  # save_img false: the scored set writes no image
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "train", "small"])
+def test_an_lr_only_set_that_cannot_be_read_is_one_line_naming_it(problem, data_root, tmp_path):
+    """A SingleImageDataset folder that is not there, or holds no image, is named before anything is written; as a
+    training or validation set of Train_pip.py (no GT to train or select on) it is refused."""
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.evaluate import run_test
+
+    lr_dir = tmp_path / "photos"
+    if problem != "missing":
+        lr_dir.mkdir()
+    if problem == "small":
+        import cv2
+        import numpy as np
+
+        cv2.imwrite(str(lr_dir / "tiny.png"), np.zeros((2, 2, 3), np.uint8))
+    test_opt = _lr_only_test(data_root, tmp_path, lr_dir)
+    if problem == "train":
+        opt = tiny_options(data_root, "lr_train")
+        opt["datasets"]["val_3"] = test_opt["datasets"]["test_1"]
+        with pytest.raises(OptionsError, match=r"datasets:val_3:type: SingleImageDataset has no GT"):
+            load_options(write_options(opt, tmp_path), is_train=True)
+        return
+    with pytest.raises((OptionsError, DatasetError)) as caught:
+        run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    expected = {"missing": f"datasets:test_1:dataroot_lq: path does not exist: {lr_dir}",
+                "empty": f"datasets:test_1:dataroot_lq: {lr_dir} holds no images",
+                "small": f"validation set photos: {lr_dir / 'tiny.png'} is 2x2 pixels, smaller than"}[problem]
+    assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    assert not (tmp_path / "results").exists()

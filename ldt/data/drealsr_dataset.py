@@ -151,6 +151,31 @@ def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}"
                            f"do not pair: {'; '.join(unpaired) or 'another count'} {rule}")
 
 
+def check_single_folder(where: str, lq: str, meta_info_file: str | None = None) -> None:
+    """BasicSR's ``SingleImageDataset`` on disk reads every file of its LR folder, or the names a ``meta_info_file``
+    lists: an empty folder or list made a set of no images, which test.py only found after loading the network
+    ('validation set is empty'), and a listed name that is not there failed at its read. Each is one line here."""
+    if meta_info_file is not None:
+        try:
+            with open(meta_info_file) as lines:  # as BasicSR reads it
+                names = [line.rstrip().split(" ")[0] for line in lines]
+        except (OSError, UnicodeDecodeError) as err:
+            raise DatasetError(f"{where}: meta_info_file {meta_info_file} cannot be read: {err}") from None
+        if not names:
+            raise DatasetError(f"{meta_info_file} lists no images", "meta_info_file")
+        missing = [name for name in names if not os.path.isfile(os.path.join(lq, name))]
+        if missing:
+            raise DatasetError(f"{where}: {len(missing)} of the {len(names)} image(s) meta_info_file "
+                               f"{meta_info_file} lists are not in {lq} ({first_names(missing)})")
+        return
+    try:
+        found = list(scandir(lq))
+    except OSError as err:
+        raise DatasetError(f"{where}: {err}") from None
+    if not found:
+        raise DatasetError(f"{lq} holds no images", "dataroot_lq")
+
+
 def _close_inherited_lmdb() -> None:
     """In a forked DataLoader worker: close the parent's environments (unusable after fork) so they can be reopened."""
     for client in _LMDB_CLIENTS.values():

@@ -27,6 +27,15 @@ MAX_CROP = 2**14
 """HR training crop side: wider than any camera's photo (the largest are under 10,000 pixels)."""
 
 
+def one_folder(dataset: str, value):
+    """BasicSR's ``dataset`` reads one folder per role; official files write it as a one-element list."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError(f"{dataset} reads one folder, got {len(value)}: {value}")
+        return value[0]
+    return value
+
+
 class IOBackend(Options):
     type: Literal["disk", "lmdb"] = Field("disk", description="read images from files or from LMDBs")
 
@@ -146,12 +155,7 @@ class PairedImageOptions(DatasetOptions):
     @field_validator("dataroot_gt", "dataroot_lq", mode="before")
     @classmethod
     def _one_folder(cls, value):
-        """BasicSR's PairedImageDataset reads one folder; official files write it as a one-element list."""
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise ValueError(f"PairedImageDataset reads one folder, got {len(value)}: {value}")
-            return value[0]
-        return value
+        return one_folder("PairedImageDataset", value)
 
     @field_validator("filename_tmpl")
     @classmethod
@@ -163,3 +167,20 @@ class PairedImageOptions(DatasetOptions):
             raise ValueError(f"{value!r} is not a template of one '{{}}' field for the HR name's stem "
                              f"({err})") from None
         return value
+
+
+class SingleImageOptions(DatasetOptions):
+    """BasicSR's ``SingleImageDataset``: LR images only (no GT), for ``test.py`` sets that are super-resolved and
+    saved, not scored."""
+
+    type: Literal["SingleImageDataset"] = Field(description="this dataset")
+    dataroot_lq: PathText = Field(description="LR folder (or LMDB); a one-element list too")
+    meta_info_file: PathText | None = Field(None, description="images listed in a meta-info file")
+    io_backend: IOBackend = Field(default_factory=IOBackend)
+    mean: list[Real] | None = Field(None, description="normalisation mean")
+    std: list[Real] | None = Field(None, description="normalisation std")
+
+    @field_validator("dataroot_lq", mode="before")
+    @classmethod
+    def _one_folder(cls, value):
+        return one_folder("SingleImageDataset", value)

@@ -1,4 +1,5 @@
-"""``test.py``: evaluate a saved network on every ``test_*`` / ``val_*`` set of an options file (PSNR/SSIM on Y)."""
+"""``test.py``: evaluate a saved network on every ``test_*`` / ``val_*`` set of an options file (PSNR/SSIM on Y); an
+LR-only set (BasicSR's ``SingleImageDataset``) is super-resolved into ``visualization/<set>/``, not scored."""
 
 from __future__ import annotations
 
@@ -66,12 +67,15 @@ def _evaluate(opt: dict, out: Path, loaders: dict, model) -> MetricTable:
     check_writable(make_dirs(out))
     table = MetricTable.of(opt["val"]["metrics"])
     suffix = opt["val"]["suffix"] or PurePosixPath(opt["name"]).name  # a name 'a/b' is no part of a file name
+    lr_only = {block["name"] for block in opt["datasets"].values() if block["type"] == "SingleImageDataset"}
     for name, loader in loaders.items():
         def save_image(path, sr, values, name=name):
             target = out / "visualization" / name / f"{Path(path).stem}_{suffix}.png"
             atomic_write_bytes(target, cv2.imencode(".png", tensor2img([sr[0].cpu()]))[1].tobytes())
 
-        table.add(name, model.evaluate(loader, description=name, on_image=save_image if opt["val"]["save_img"] else None))
+        saves = opt["val"]["save_img"] or name in lr_only  # the SR images are all an LR-only set gives
+        table.add(name, model.evaluate(loader, description=name, on_image=save_image if saves else None),
+                  unscored="no GT (SingleImageDataset)" if name in lr_only else None)
     atomic_write_text(out / "results.json", strict_json({"name": opt["name"], "network": opt["path"]["pretrain_network_g"],
                                                         **table.to_dict()}, indent=1))
     atomic_write_text(out / "results.md", table.markdown("camera") + "\n")

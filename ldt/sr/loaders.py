@@ -14,7 +14,8 @@ import ldt.data  # noqa: E402,F401  (registers the datasets)
 from ldt.data.cameras import DatasetError  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
-from ldt.data.drealsr_dataset import SharedLmdbFiles, check_paired_folders, check_paired_lmdb  # noqa: E402
+from ldt.data.drealsr_dataset import (  # noqa: E402
+    SharedLmdbFiles, check_paired_folders, check_paired_lmdb, check_single_folder)
 
 
 def world(opt: dict | None = None) -> tuple[int, int]:
@@ -55,7 +56,8 @@ class ResumableSampler(EnlargedSampler):
 
 def dataset(opt: dict, key: str, phase: str | None = None):
     """The dataset of ``datasets:<key>`` (its block already carries phase and scale from the option schema); a
-    ``PairedImageDataset`` is checked first (:func:`check_paired_folders`, :func:`check_paired_lmdb`), and on LMDBs
+    ``PairedImageDataset`` is checked first (:func:`check_paired_folders`, :func:`check_paired_lmdb`; an LR-only
+    ``SingleImageDataset`` folder: :func:`check_single_folder`), and on LMDBs
     reads through the process's shared environments (:class:`SharedLmdbFiles`); on disk its first read pops
     ``type`` from a copy of its ``io_backend``, not from its ``opt``, which the scale checks read at any time. A
     dataset option at fault (no split folder below ``dataroot``, folders that hold no images) is named with its
@@ -64,13 +66,21 @@ def dataset(opt: dict, key: str, phase: str | None = None):
     block = opt["datasets"][key]
     paired, where = block["type"] == "PairedImageDataset", f"datasets:{key} ({block['name']})"
     on_lmdb = paired and block["io_backend"]["type"] == "lmdb"
+    single = block["type"] == "SingleImageDataset"
     try:
         if on_lmdb:
             check_paired_lmdb(where, block["dataroot_gt"], block["dataroot_lq"])
         elif paired:
             check_paired_folders(where, block["dataroot_gt"], block["dataroot_lq"], block.get("filename_tmpl", "{}"),
                                  block.get("meta_info_file"))
-        data = build_dataset({**block, "phase": phase or block["phase"]})
+        elif single and block["io_backend"]["type"] == "disk":
+            check_single_folder(where, block["dataroot_lq"], block.get("meta_info_file"))
+        built = {**block, "phase": phase or block["phase"]}
+        if single:  # it adds its LMDB's keys to, and pops 'type' from, the io_backend it is given, and opens a
+            built["io_backend"] = dict(block["io_backend"])  # meta_info_file whenever the key is there (None too)
+            if built.get("meta_info_file") is None:
+                built.pop("meta_info_file", None)
+        data = build_dataset(built)
     except DatasetError as err:
         if err.option is None:
             raise

@@ -120,24 +120,35 @@ class MetricTable:
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     types: dict[str, str] = field(default_factory=lambda: {name: spec["type"] for name, spec in DEFAULT_METRICS.items()})
+    unscored: dict[str, str] = field(default_factory=dict)
+    """Sets counted but not scored, with why (an LR-only set: no GT); their rows hold no metric."""
 
     @classmethod
     def of(cls, metrics: Mapping[str, Mapping]) -> MetricTable:
         """An empty table of the ``val:metrics`` options ``metrics``."""
         return cls(tuple(metrics), types={name: spec["type"] for name, spec in metrics.items()})
 
-    def add(self, dataset: str, values: list[dict[str, float]]) -> dict[str, float]:
-        means = {m: float(np.mean([v[m] for v in values])) for m in self.metrics}
+    def add(self, dataset: str, values: list[dict[str, float]], unscored: str | None = None) -> dict[str, float]:
+        """The mean metrics of ``dataset``'s images ``values``; ``unscored``: why the set has none (its images are
+        counted, its row holds no metric and is left out of the mean)."""
+        means = {} if unscored else {m: float(np.mean([v[m] for v in values])) for m in self.metrics}
+        if unscored:
+            self.unscored[dataset] = unscored
         self.rows[dataset] = means
         self.counts[dataset] = len(values)
         return means
 
+    def scored(self) -> list[str]:
+        """The sets with metrics."""
+        return [name for name in self.rows if name not in self.unscored]
+
     def mean(self, datasets: list[str] | None = None) -> dict[str, float]:
-        names = datasets if datasets is not None else list(self.rows)
+        names = datasets if datasets is not None else self.scored()
         return {m: float(np.mean([self.rows[n][m] for n in names])) for m in self.metrics} if names else {}
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "counts": self.counts, "mean": self.mean()}
+        return {"rows": self.rows, "counts": self.counts, "mean": self.mean(),
+                **({"unscored": self.unscored} if self.unscored else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping, metrics: Mapping[str, Mapping]) -> MetricTable | None:
@@ -158,10 +169,14 @@ class MetricTable:
         header = f"| {title} | images | " + " | ".join(m.upper() for m in self.metrics) + " |"
         lines = [header, "|" + "---|" * (2 + len(self.metrics))]
         for name, values in self.rows.items():
-            lines.append(f"| {name} | {self.counts[name]} | " + " | ".join(self._format(m, values[m]) for m in self.metrics) + " |")
-        if len(self.rows) > 1:
+            cells = ([self.unscored[name].split(" (")[0]] * len(self.metrics) if name in self.unscored
+                     else [self._format(m, values[m]) for m in self.metrics])
+            lines.append(f"| {name} | {self.counts[name]} | " + " | ".join(cells) + " |")
+        scored = self.scored()
+        if len(scored) > 1:
             mean = self.mean()
-            lines.append(f"| **mean** | {sum(self.counts.values())} | " + " | ".join(self._format(m, mean[m]) for m in self.metrics) + " |")
+            lines.append(f"| **mean** | {sum(self.counts[n] for n in scored)} | "
+                         + " | ".join(self._format(m, mean[m]) for m in self.metrics) + " |")
         return "\n".join(lines)
 
     def _format(self, metric: str, value: float) -> str:
@@ -183,7 +198,7 @@ def evaluate_loader(
     on_image=None,
 ) -> list[dict[str, float]]:
     """Metrics of every image of a validation loader (batch size 1; crop border: the scale unless a metric sets
-    one). ``on_image(name, sr, values)`` is optional."""
+    one); an image without GT (an LR-only set) has none (``{}``). ``on_image(name, sr, values)`` is optional."""
     was_training = model.training
     model.eval()
     results = []
@@ -196,6 +211,11 @@ def evaluate_loader(
         for data in iterator:
             lq = data["lq"].to(device)
             sr = tiled_forward(model, lq, scale, tile, overlap).clamp_(0, 1)
+            if "gt" not in data:  # an LR-only set (BasicSR's SingleImageDataset): nothing to score
+                results.append({})
+                if on_image is not None:
+                    on_image(data["lq_path"][0], sr, {})
+                continue
             try:
                 values = image_metrics(sr[0], data["gt"][0], scale, metrics)
             except ValueError as err:  # sizes of a dataset whose pairs were not checked up front (an LMDB)

@@ -43,7 +43,7 @@ from ldt.core.config import (
     type_name,
     validate_into,
 )
-from ldt.data.options import DatasetOptions, DRealSRCameraOptions, PairedImageOptions
+from ldt.data.options import DatasetOptions, DRealSRCameraOptions, PairedImageOptions, SingleImageOptions
 from ldt.runner import usable_cpus
 from ldt.sweep import PROJECT_ROOT, identity_path
 
@@ -53,6 +53,7 @@ OFFICIAL_MODEL_TYPES = ("SRModel", "MambaIRModel", "HATModel")
 DATASET_SCHEMAS: dict[str, type[DatasetOptions]] = {
     "DRealSRCameraDataset": DRealSRCameraOptions,
     "PairedImageDataset": PairedImageOptions,
+    "SingleImageDataset": SingleImageOptions,
 }
 
 
@@ -731,6 +732,11 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int | None, problems: lis
                 problem = f"expected a string, got {type(kind).__name__} {kind!r:.60}"
             problems.append(f"{where}:type: {problem}; supported: {', '.join(DATASET_SCHEMAS)}")
             continue
+        if kind == "SingleImageDataset" and (is_train or key == "train"):
+            problems.append(f"{where}:type: SingleImageDataset has no GT: it is for test.py's test_* / val_* sets "
+                            "(SR images saved, not scored); training and validation need pairs (PairedImageDataset, "
+                            "DRealSRCameraDataset)")
+            continue
         options = validate_into(DATASET_SCHEMAS[kind], block, [where], problems)
         if options is not None:
             checked[key] = options
@@ -745,7 +751,8 @@ def _dataset_problems(raw: Any, is_train: bool, scale: int | None, problems: lis
                 elif path.is_dir() != folder:
                     problems.append(f"{where}:{field}: {value} is a {'file' if folder else 'folder'}, not a "
                                     f"{'folder' if folder else 'file'}")
-                elif isinstance(options, PairedImageOptions) and options.io_backend.type == "lmdb" and folder \
+                elif isinstance(options, (PairedImageOptions, SingleImageOptions)) and folder \
+                        and options.io_backend.type == "lmdb" \
                         and not (value.endswith(".lmdb") and (path / "meta_info.txt").is_file()):
                     # BasicSR's reader raised a bare ValueError / FileNotFoundError from inside its set-up
                     problems.append(f"{where}:{field}: {value} is not an LMDB (io_backend: lmdb reads a folder whose "
@@ -821,7 +828,9 @@ def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train
     names = [d.name for key, d in datasets.items() if key.startswith(("val", "test"))]
     if val.tile is not None and val.tile_overlap >= val.tile:
         problems.append(f"val:tile_overlap: {val.tile_overlap} must be smaller than val:tile {val.tile}")
-    if not is_train and metrics_known and not val.metrics:  # an evaluation would write a table of no numbers
+    scored = any(key.startswith(("val", "test")) and not isinstance(d, SingleImageOptions)
+                 for key, d in datasets.items())
+    if not is_train and metrics_known and not val.metrics and scored:  # a table of no numbers
         problems.append("val:metrics: empty: test.py would score nothing; name at least one, e.g. [psnr, ssim], or "
                         "leave val:metrics out for both")
     if is_train and metrics_known and not any(m.type == "calculate_psnr" for m in val.metrics.values()):
@@ -1125,6 +1134,8 @@ def options_reference() -> str:
         ("Top level", option_rows(RunOptions)),
         ("`datasets:<key>:` with `type: DRealSRCameraDataset`", option_rows(DRealSRCameraOptions)),
         ("`datasets:<key>:` with `type: PairedImageDataset` (BasicSR's)", option_rows(PairedImageOptions)),
+        ("`datasets:test_*:` with `type: SingleImageDataset` (BasicSR's; LR only, test.py)",
+         option_rows(SingleImageOptions)),
         ("`ldt:` (the method: `ldt.core.MethodConfig`, plus the SR probe's data)", option_rows(LDTOptions, "ldt:")),
     ]
     top = [row for row in sections[0][1] if not row[0].startswith("`ldt")]

@@ -450,12 +450,18 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
         checked = check_paired_image_scale(f"validation set {name}", loader.dataset, opt["scale"], train=False)
         if checked is not None:
             pairs, size = checked[0], checked[1].__getitem__
+        elif type(loader.dataset).__name__ == "SingleImageDataset":  # LR only: the network's input size alone
+            if loader.dataset.opt["io_backend"]["type"] != "disk":
+                continue
+            pairs, size = [(None, path) for path in loader.dataset.paths], image_size
         else:
             ours = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
             if not ours or loader.dataset.databases:
                 continue
             pairs, size = [(pair.hr, pair.lr) for pair in ours], image_size
         for side, least, remedy in needs:
+            if pairs and pairs[0][side] is None:
+                continue
             small = next((pair[side] for pair in pairs if min(size(pair[side])) < least), None)
             if small is not None:
                 raise DatasetError(f"validation set {name}: {small} is {'x'.join(map(str, size(small)))} "
