@@ -35,6 +35,7 @@ REASONS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted (an immutable file? see lsattr)",
     errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large (a file-size limit: see ulimit -f)",
 }
 
 
@@ -214,9 +215,40 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
     return path
 
 
+class _KeepsWriteErrors:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write: torch's zip writer turns it into a
+    ``RuntimeError`` without its errno ('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598'), so a
+    quota or a file-size limit could not be told from any other failure."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(obj, tmp: str) -> None:
+    with open(tmp, "wb") as file:
+        writer = _KeepsWriteErrors(file)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
-    """``torch.save`` without ever leaving a half-written file."""
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` without ever leaving a half-written file; a write that fails names its reason (the errno torch's
+    writer loses)."""
+    return _atomic_write(path, lambda tmp: _torch_save(obj, tmp))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

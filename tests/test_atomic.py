@@ -346,3 +346,58 @@ def test_non_finite_floats_are_written_as_strict_json_and_read_back(tmp_path):
     for line in records.path.read_text().splitlines():
         json.loads(line, parse_constant=_no_bare_constant)
     assert records.all()[0]["psnr"] == math.inf
+
+
+@pytest.mark.parametrize("limit", ["file size", "quota"])
+def test_a_checkpoint_that_hits_a_file_size_limit_or_a_quota_says_so(limit, tmp_path, monkeypatch):
+    """torch.save's zip writer loses the errno of a write that fails: a training state over a file-size limit
+    (``ulimit -f``, a batch system's) or a disk quota ended in 'cannot write …/5.state: [enforce fail at
+    inline_container.cc:672] . unexpected pos 92224 vs 92116' (the free-space fallback says 'no space left' only
+    of a disk that is full). Now the reason is the write's own, in words; the earlier file is intact."""
+    import errno
+    import subprocess
+    import sys
+
+    path = tmp_path / "5.state"
+    if limit == "file size":  # a real limit, in a child (Python ignores SIGXFSZ, so the write fails with EFBIG)
+        script = ("import resource, sys, torch; from ldt.atomic import DiskError, atomic_torch_save\n"
+                  "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
+                  "try: atomic_torch_save({'a': torch.zeros(100_000)}, sys.argv[1])\n"
+                  "except DiskError as err: print(err)\n")
+        path.write_bytes(b"earlier")
+        done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
+        message = done.stdout.strip()
+        reason = "file too large (a file-size limit: see ulimit -f)"
+    else:  # a quota: the write of the open file fails (the disk itself has room, so free space tells nothing)
+        import io
+
+        import torch
+
+        from ldt.atomic import atomic_torch_save
+
+        real_open = open
+
+        class OverQuota(io.RawIOBase):
+            def writable(self):
+                return True
+
+            def write(self, data):
+                raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+        def quota_open(file, mode="r", *args, **kwargs):
+            if "w" in mode and str(file).endswith(".tmp"):
+                real_open(file, mode, *args, **kwargs).close()
+                return io.BufferedWriter(OverQuota())
+            return real_open(file, mode, *args, **kwargs)
+
+        import builtins
+
+        path.write_bytes(b"earlier")
+        monkeypatch.setattr(builtins, "open", quota_open)
+        with pytest.raises(DiskError) as caught:
+            atomic_torch_save({"a": torch.zeros(100_000)}, path)
+        monkeypatch.undo()
+        message, reason = str(caught.value), "disk quota exceeded"
+    assert message == f"cannot write {path}: {reason} (the previous file, if any, is intact)", message
+    assert path.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["5.state"]
