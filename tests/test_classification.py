@@ -1123,3 +1123,42 @@ def test_a_dataset_of_one_class_is_refused(toy, tmp_path):
     with pytest.raises(DatasetError, match=rf"^{root}: every domain holds images of one class only \('{CLASSES[0]}'\)"
                                            r": classification needs at least two class folders$"):
         scan_domains(root, check_files=False)
+
+
+def test_nested_folders_and_foreign_files_are_said_when_skipped(toy, tmp_path):
+    """A class folder inside a class folder (a dataset one level too deep), or a file that is no image, was skipped
+    without a word: fewer images and classes than the user has. One warning line per domain gives the counts and one
+    example path (hidden files such as .DS_Store aside); a domain whose images are all one level too deep is one
+    error naming the folder."""
+    root = copy_toy(toy, tmp_path / "toy")
+    (root / "photo" / "circle" / "notes.txt").write_text("not an image")
+    (root / "photo" / "circle" / ".DS_Store").write_bytes(b"\0")
+    nested = root / "photo" / "circle" / "more"
+    nested.mkdir()
+    (nested / "0.png").write_bytes((root / "photo" / "circle" / "0000.png").read_bytes())
+    (root / "cast" / "readme.md").write_text("a file beside the class folders")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = scan_domains(root)
+    said = sorted(str(w.message) for w in caught if str(w.message).startswith("domain '"))
+    assert said == [
+        f"domain 'cast' of {root}: 1 file skipped (not in a class folder, or not an image of "
+        f"{', '.join(sorted(data_module.IMAGE_SUFFIXES))}), e.g. {root / 'cast' / 'readme.md'}",
+        f"domain 'photo' of {root}: 1 folder skipped (folders inside a class folder are not read: one level too "
+        f"deep?), e.g. {nested}; 1 file skipped (not in a class folder, or not an image of "
+        f"{', '.join(sorted(data_module.IMAGE_SUFFIXES))}), e.g. {root / 'photo' / 'circle' / 'notes.txt'}",
+    ], said
+    assert len(dataset.samples["photo"]) == 10 * len(CLASSES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scan_domains(toy)
+    assert not [w for w in caught if str(w.message).startswith("domain '")]  # a clean dataset: no word
+    deep = copy_toy(toy, tmp_path / "deep")
+    (deep / "faded").rename(tmp_path / "faded")
+    (deep / "faded").mkdir()
+    (tmp_path / "faded").rename(deep / "faded" / "faded")  # faded/faded/<class>/<image>: one level too many
+    with pytest.raises(DatasetError, match=rf"^domain 'faded' has no images: its images are one folder level too "
+                       rf"deep \(e\.g\. {deep / 'faded' / 'faded' / CLASSES[0]}\); expected "
+                       rf"{deep / 'faded'}/<class>/<image>$"):
+        scan_domains(deep)
+

@@ -9,6 +9,7 @@ same with and without loader processes.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,25 +162,66 @@ def check_image_files(paths: Sequence[str], listed: int = 3) -> None:
         raise DatasetError(f"{len(broken)} unreadable image file(s): {'; '.join(broken[:listed])}{more}")
 
 
+def skipped_entries(domain_dir: Path, class_dirs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(folders, files) of ``domain_dir`` that :func:`scan_domains` does not read: folders inside a class folder, and
+    files beside the class folders or that are no image (hidden ones, such as .DS_Store, are not counted)."""
+    folders, files = [], []
+    for entry in folder_entries(domain_dir):
+        if not entry.name.startswith(".") and not entry.is_dir():
+            files.append(entry)
+    for class_dir in class_dirs:
+        for entry in folder_entries(class_dir):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                folders.append(entry)
+            elif not (entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES):
+                files.append(entry)
+    return folders, files
+
+
+def say_skipped(domain: str, root: Path, folders: Sequence[Path], files: Sequence[Path]) -> None:
+    """One warning line for a domain of which ``folders`` and ``files`` are not read (counts, one example of each):
+    a dataset one level too deep, or with foreign files, has fewer images than its user thinks."""
+    parts = []
+    if folders:
+        parts.append(f"{len(folders)} folder{'s' if len(folders) > 1 else ''} skipped (folders inside a class folder "
+                     f"are not read: one level too deep?), e.g. {folders[0]}")
+    if files:
+        parts.append(f"{len(files)} file{'s' if len(files) > 1 else ''} skipped (not in a class folder, or not an "
+                     f"image of {', '.join(sorted(IMAGE_SUFFIXES))}), e.g. {files[0]}")
+    if parts:
+        warnings.warn(f"domain '{domain}' of {root}: {'; '.join(parts)}", stacklevel=3)
+
+
 def scan_domains(root: str | Path, check_files: bool = True) -> DomainDataset:
     """Index ``root/<domain>/<class>/<image>``; errors name the missing root, the domain without images or a class,
-    and (``check_files``) every unreadable image file."""
+    and (``check_files``) every unreadable image file, and a warning line per domain names what it skips (folders
+    one level too deep, files that are no image). ``check_files`` False (a caller that checked already) says no
+    warning again."""
     root = Path(root)
     files: dict[str, dict[str, list[str]]] = {}
     for domain_dir in domain_folders(root):
+        class_dirs = [class_dir for class_dir in folder_entries(domain_dir)
+                      if class_dir.is_dir() and not class_dir.name.startswith(".")]
         per_class = {
             class_dir.name: [str(f) for f in folder_entries(class_dir)
                              if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-            for class_dir in folder_entries(domain_dir)
-            if class_dir.is_dir() and not class_dir.name.startswith(".")
+            for class_dir in class_dirs
         }
         if not per_class:
             raise DatasetError(f"domain '{domain_dir.name}' has no class folders: expected {domain_dir}/<class>/<image>")
+        skipped_folders, skipped_files = skipped_entries(domain_dir, class_dirs)
         if not any(per_class.values()):
+            if skipped_folders:
+                raise DatasetError(f"domain '{domain_dir.name}' has no images: its images are one folder level too "
+                                   f"deep (e.g. {skipped_folders[0]}); expected {domain_dir}/<class>/<image>")
             raise DatasetError(
                 f"domain '{domain_dir.name}' has no images: expected {domain_dir}/<class>/<image> with one of "
                 f"{sorted(IMAGE_SUFFIXES)}"
             )
+        if check_files:
+            say_skipped(domain_dir.name, root, skipped_folders, skipped_files)
         files[domain_dir.name] = per_class
     classes = check_class_sets(files)
     if len(classes) < 2:  # a zero loss and 100 % accuracy from the first step: a table that says nothing
