@@ -1162,3 +1162,27 @@ def test_nested_folders_and_foreign_files_are_said_when_skipped(toy, tmp_path):
                        rf"{deep / 'faded'}/<class>/<image>$"):
         scan_domains(deep)
 
+
+
+def test_a_group_and_a_folder_of_the_same_joined_name_keep_their_own_columns(tmp_path):
+    """Records of the left-out group ('a', 'b') (a sweep of --test-domains a+b) and of a domain folder named 'a+b'
+    (the dataset's a and b merged into one folder later) shared one table column 'a+b', their seeds averaged
+    together. They are two columns now: the folder keeps its name, the group is written 'a + b'; a group alone (no
+    folder of its joined name) keeps 'a+b', as before."""
+    def record(test: list[str], domains: list[str], seed: int, accuracy: float) -> dict:
+        return {"options_hash": f"{'|'.join(test)}-{seed}", "dataset": "D", "backbone": "tiny", "method": "ft",
+                "seed": seed, "test_domains": test, "domains": domains,
+                "test_accuracy": {name: accuracy for name in test}, "hparams": {"test_domains": test, "seed": seed}}
+
+    group = [record(["a", "b"], ["a", "b", "c"], seed, 0.2) for seed in (0, 1)]
+    folder = [record(["a+b"], ["a+b", "c"], seed, 0.8) for seed in (0, 1)]
+    [alone] = build_table(group)
+    assert alone["columns"] == ["a+b"] and alone["a+b"].mean == pytest.approx(0.2)
+    [row] = build_table(group + folder)
+    assert row["columns"] == ["a + b", "a+b"], row["columns"]
+    assert (row["a + b"].mean, row["a + b"].n) == (pytest.approx(0.2), 2)
+    assert (row["a+b"].mean, row["a+b"].n) == (pytest.approx(0.8), 2)
+    (tmp_path / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in group + folder))
+    markdown = write_tables(tmp_path)
+    assert "| Seeds | a + b | a+b | Avg |" in markdown, markdown
+    assert "D,tiny,ft," in (tmp_path / "table.csv").read_text() and ",a + b,0.2" in (tmp_path / "table.csv").read_text()

@@ -30,8 +30,15 @@ def sweep_records(out: str | Path) -> Records:
     return Records(Path(out) / RESULTS_FILE)
 
 
-def column_label(record: dict) -> str:
-    return "+".join(record["test_domains"])
+def column_labels(groups: set[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """The table column of each left-out group of one dataset: its domains joined by ``+``, except a group of several
+    whose joined name is also another column's (a domain folder named ``a+b``, in records written before or after the
+    group ``a`` + ``b``): that group is written ``a + b``, so the two never share a column (their seeds averaged)."""
+    joined: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for group in groups:
+        joined["+".join(group)].append(group)
+    return {group: " + ".join(group) if len(same) > 1 and len(group) > 1 else name
+            for name, same in joined.items() for group in same}
 
 
 def build_table(records: list[dict], order: dict[str, tuple[str, ...]] | None = None) -> list[dict]:
@@ -42,10 +49,14 @@ def build_table(records: list[dict], order: dict[str, tuple[str, ...]] | None = 
     """
     cells: dict[RowKey, SeedCells] = defaultdict(lambda: defaultdict(dict))
     positions: dict[str, dict[str, int]] = defaultdict(dict)  # dataset -> column label -> position of its first domain
+    groups: dict[str, set[tuple[str, ...]]] = defaultdict(set)  # dataset -> its left-out groups, as stored (lists)
+    for record in records:
+        groups[record["dataset"]].add(tuple(record["test_domains"]))
+    labels_of = {dataset: column_labels(found) for dataset, found in groups.items()}
     for record in records:
         key = (record["dataset"], record["backbone"], record["method"], configuration(record, PER_RUN_KEYS))
         accuracies = [record["test_accuracy"][d] for d in record["test_domains"]]
-        label = column_label(record)
+        label = labels_of[record["dataset"]][tuple(record["test_domains"])]
         cells[key][label][record["seed"]] = recorded_mean(accuracies)  # a rerun of a seed replaces it
         positions[record["dataset"]][label] = record["domains"].index(record["test_domains"][0])
     columns = {dataset: sorted(labels, key=lambda label: (labels[label], label)) for dataset, labels in positions.items()}
