@@ -162,15 +162,16 @@ def check_image_files(paths: Sequence[str], listed: int = 3) -> None:
         raise DatasetError(f"{len(broken)} unreadable image file(s): {'; '.join(broken[:listed])}{more}")
 
 
-def skipped_entries(domain_dir: Path, class_dirs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """(folders, files) of ``domain_dir`` that :func:`scan_domains` does not read: folders inside a class folder, and
-    files beside the class folders or that are no image (hidden ones, such as .DS_Store, are not counted)."""
+def skipped_entries(domain_entries: Sequence[Path], class_entries: Sequence[Sequence[Path]]) -> tuple[list[Path], list[Path]]:
+    """(folders, files) among a domain folder's entries and its class folders' that :func:`scan_domains` does not
+    read: folders inside a class folder, and files beside the class folders or that are no image (hidden ones, such
+    as .DS_Store, are not counted)."""
     folders, files = [], []
-    for entry in folder_entries(domain_dir):
+    for entry in domain_entries:
         if not entry.name.startswith(".") and not entry.is_dir():
             files.append(entry)
-    for class_dir in class_dirs:
-        for entry in folder_entries(class_dir):
+    for entries in class_entries:
+        for entry in entries:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
@@ -202,16 +203,14 @@ def scan_domains(root: str | Path, check_files: bool = True) -> DomainDataset:
     root = Path(root)
     files: dict[str, dict[str, list[str]]] = {}
     for domain_dir in domain_folders(root):
-        class_dirs = [class_dir for class_dir in folder_entries(domain_dir)
-                      if class_dir.is_dir() and not class_dir.name.startswith(".")]
-        per_class = {
-            class_dir.name: [str(f) for f in folder_entries(class_dir)
-                             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-            for class_dir in class_dirs
-        }
+        domain_entries = folder_entries(domain_dir)
+        class_entries = {class_dir.name: folder_entries(class_dir) for class_dir in domain_entries
+                         if class_dir.is_dir() and not class_dir.name.startswith(".")}
+        per_class = {name: [str(f) for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+                     for name, entries in class_entries.items()}
         if not per_class:
             raise DatasetError(f"domain '{domain_dir.name}' has no class folders: expected {domain_dir}/<class>/<image>")
-        skipped_folders, skipped_files = skipped_entries(domain_dir, class_dirs)
+        skipped_folders, skipped_files = skipped_entries(domain_entries, list(class_entries.values()))
         if not any(per_class.values()):
             if skipped_folders:
                 raise DatasetError(f"domain '{domain_dir.name}' has no images: its images are one folder level too "
