@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,51 @@ def test_ddp_trains_a_network_with_a_parameter_its_forward_does_not_use(tmp_path
     params = torch.load(tmp_path / "experiments" / "spare" / "models" / "net_g_latest.pth", weights_only=True)["params"]
     assert torch.equal(params["spare.weight"], SpareNet().spare.weight)
     assert not torch.equal(params["body.weight"], SpareNet().body.weight)
+
+
+
+def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60) -> list[tuple[int, str]]:
+    """``Train_pip.py -opt FILE --launcher pytorch`` as two ranks on CPU (gloo), started with the variables torchrun
+    sets, but without torchrun (which ends the other ranks once one exits): (exit status, stderr) of each, ranks
+    still running after ``timeout`` seconds killed (a rank left waiting for another fails the test, not hang it)."""
+    repo = Path(__file__).resolve().parents[1]
+    port = free_port()
+    ranks = []
+    for rank in range(2):
+        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+        ranks.append(subprocess.Popen([sys.executable, str(repo / "Train_pip.py"), "-opt", str(options_file),
+                                       "--launcher", "pytorch", "--root", str(tmp_path)], env=env, cwd=repo,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    results = []
+    for process in ranks:
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in ranks:
+                other.kill()
+            _, stderr = process.communicate()
+            stderr += f"\n(still running after {timeout} s: killed)"
+        results.append((process.returncode, stderr))
+    return results
+
+
+@pytest.mark.timeout(120)
+def test_an_experiment_locked_by_another_run_stops_every_rank_in_one_line(tmp_path):
+    """Only rank 0 takes the experiment lock: refused, it exited 2 while rank 1 went on into the barrier after it,
+    and failed there with gloo's 'Connection reset by peer' traceback (NCCL waited for the process group's timeout).
+    The ranks now agree on the start-up verdict: both stop at once with status 2, the refusal said once (rank 0)."""
+    from ldt.atomic import lock_beside
+    from tests.conftest import lock_held_elsewhere
+
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "locked", "ldt")
+    exp = tmp_path / "experiments" / "locked"
+    exp.parent.mkdir(parents=True)
+    with lock_held_elsewhere(lock_beside(exp), 90) as holder:
+        (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {exp} is in use by another run (pid {holder.pid}, "), err0
+    assert "Traceback" not in err0 + err1 and "error:" not in err1, (err0, err1)
+    assert not exp.exists()
+

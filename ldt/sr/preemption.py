@@ -98,9 +98,12 @@ class StopOnSignal:
         ``after_the_last_step``, once the final save is done, any signal (it still stops the caller)."""
         signum = self.signum if after_the_last_step else self._at_start if before_training else self._at_step
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            backend = dist.get_backend()
-            device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-            flag = torch.tensor([signum or 0], device=device)
+            flag = torch.tensor([signum or 0], device=collective_device())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             return int(flag.item()) or None
         return signum
+
+
+def collective_device() -> torch.device:
+    """Where the process group's tensors live: this rank's GPU under NCCL, else the CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -52,7 +52,7 @@ from ldt.sr.checkpoints import (  # noqa: E402
 )
 from ldt.sr.loaders import probe_loader, training_loader, validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
-from ldt.sr.preemption import Interrupted, StopOnSignal  # noqa: E402
+from ldt.sr.preemption import Interrupted, StopOnSignal, collective_device  # noqa: E402
 from ldt.weights import WeightsError, read_weights  # noqa: E402
 from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 
@@ -60,6 +60,49 @@ from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 # options, data, weights, files, disk, or a run that diverged.
 USER_ERRORS = (OptionsError, DatasetError, WeightsError, DiskError, FileContentError, NonFiniteLossError, ProbeError,
                PartitionError, MethodError, BusyError)
+
+
+class StoppedWithAnotherRank(Exception):
+    """Another rank refused the start-up (:func:`ranks_agree`): it says why; this rank stops with its exit status,
+    saying nothing (the reason is said once)."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"stopped with another rank (exit status {exit_code})")
+        self.exit_code = exit_code
+
+
+def exit_status(err: BaseException | None) -> int:
+    """The exit status :func:`run_reporting_errors` gives ``err`` (0 for None, 1 for a traceback)."""
+    if err is None:
+        return 0
+    if isinstance(err, (Interrupted, StoppedWithAnotherRank)):
+        return err.exit_code
+    return 2 if isinstance(err, USER_ERRORS) else 1
+
+
+@contextlib.contextmanager
+def ranks_agree() -> Iterator[None]:
+    """A start-up step after which every rank knows whether any rank failed it: under a process group, a refusal on
+    one rank (rank 0's experiment lock or folder, one rank's probe share) left the others in the next collective
+    until the group's timeout (gloo: a 'Connection reset by peer' traceback once it exited). The lowest failing rank
+    raises its error (said once); the others stop with its exit status (:class:`StoppedWithAnotherRank`), except a
+    rank whose own failure is no user error (its traceback is not hidden). Also a barrier."""
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 (agreed on first, re-raised below)
+        failure = err
+    statuses = [exit_status(failure)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [torch.zeros(1, dtype=torch.int64, device=collective_device()) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, torch.tensor([statuses[0]], device=collective_device()))
+        statuses = [int(status.item()) for status in gathered]
+    failed = [rank for rank, status in enumerate(statuses) if status]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if failure is not None and (failed[0] == rank or exit_status(failure) == 1):
+        raise failure
+    if failed:
+        raise StoppedWithAnotherRank(statuses[failed[0]])
 
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what env:// rendezvous reads
@@ -550,13 +593,13 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                               saved=False)
 
     stop_before_training()  # during the checks: before the folder is archived and the warm-up and probe run
-    if rank0:
-        # Two runs of one name at once would archive, clean and write each other's folder. Taken once the checks
-        # passed, so a run that cannot start creates nothing; held to the end of this training.
-        held.enter_context(experiment_lock(Path(opt["path"]["experiments_root"])))
-        prepare_folder(opt, root, state_path, logger)
-    if dist.is_initialized():
-        dist.barrier()  # the folder is ready (archived, cleaned) before any rank reads or writes in it
+    # the folder is ready (archived, cleaned) before any rank reads or writes in it; refused, every rank stops
+    with ranks_agree():
+        if rank0:
+            # Two runs of one name at once would archive, clean and write each other's folder. Taken once the checks
+            # passed, so a run that cannot start creates nothing; held to the end of this training.
+            held.enter_context(experiment_lock(Path(opt["path"]["experiments_root"])))
+            prepare_folder(opt, root, state_path, logger)
     if rank0:
         log.to_file(Path(opt["path"]["log"]) / f"train_{opt['name'].replace('/', '_')}_{get_time_str()}.log")
     set_random_seed(opt["manual_seed"] + opt["rank"])
@@ -754,6 +797,8 @@ def run_reporting_errors(work: Callable[[], object], errors: tuple[type[Exceptio
         work()
     except Interrupted as stopped:
         print(f"{stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except StoppedWithAnotherRank as stopped:  # another rank said why
         return stopped.exit_code
     except (*USER_ERRORS, *errors) as err:
         return print_error(err)
