@@ -178,3 +178,18 @@ def test_an_experiment_locked_by_another_run_stops_every_rank_in_one_line(tmp_pa
     assert "Traceback" not in err0 + err1 and "error:" not in err1, (err0, err1)
     assert not exp.exists()
 
+
+@pytest.mark.timeout(120)
+def test_a_probe_share_only_one_rank_lacks_stops_every_rank_in_one_line(tmp_path):
+    """``order: file`` deals the probe's batches to the ranks in turn: with one batch in all, rank 1 finds none and
+    refused while rank 0 went on into the next collective (a gloo traceback when rank 1 exited; NCCL waited for the
+    timeout). Every rank now stops with status 2, rank 1's line said once."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "probe_share", "ldt")
+    opt["datasets"]["train"]["batch_size_per_gpu"] = 1
+    opt["ldt"]["probe"] = {"num_batches": 2, "batch_size": 64, "order": "file"}
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err1.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "this rank's probe would get no batch" in errors[0], err1
+    assert "Traceback" not in err0 + err1 and "error:" not in err0, (err0, err1)
+    assert not (tmp_path / "experiments" / "probe_share").exists()

@@ -578,12 +578,14 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
     experiment_paths(opt, root)
     rank0 = opt["rank"] == 0
     logger = log.logger
-    state_path, state = resume_point(opt, logger)
-    # The data is checked (every pair found, every header read), and the weights, before the folder is touched: a
-    # run that cannot start must not archive the one before it.
-    loader, sampler = training_data(opt)
-    val_loaders = validation_loaders(opt) if rank0 else {}
-    pretrained = check_before_start(opt, resuming=state is not None, train_set=loader.dataset, val_loaders=val_loaders)
+    with ranks_agree():  # a check that fails on one rank only (its probe share) stops every rank
+        state_path, state = resume_point(opt, logger)
+        # The data is checked (every pair found, every header read), and the weights, before the folder is touched:
+        # a run that cannot start must not archive the one before it.
+        loader, sampler = training_data(opt)
+        val_loaders = validation_loaders(opt) if rank0 else {}
+        pretrained = check_before_start(opt, resuming=state is not None, train_set=loader.dataset,
+                                        val_loaders=val_loaders)
 
     def stop_before_training() -> None:
         """A stop asked for before the first step: nothing new to save (the state resumed from is the newest)."""
