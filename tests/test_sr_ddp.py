@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,10 +135,12 @@ def test_ddp_trains_a_network_with_a_parameter_its_forward_does_not_use(tmp_path
 
 
 
-def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60) -> list[tuple[int, str]]:
+def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60,
+              stop_after: Path | None = None) -> list[tuple[int, str]]:
     """``Train_pip.py -opt FILE --launcher pytorch`` as two ranks on CPU (gloo), started with the variables torchrun
     sets, but without torchrun (which ends the other ranks once one exits): (exit status, stderr) of each, ranks
-    still running after ``timeout`` seconds killed (a rank left waiting for another fails the test, not hang it)."""
+    still running after ``timeout`` seconds killed (a rank left waiting for another fails the test, not hang it).
+    ``stop_after``: once that file exists, both ranks are sent SIGTERM, as a launcher or a cluster sends it."""
     repo = Path(__file__).resolve().parents[1]
     port = free_port()
     ranks = []
@@ -146,6 +150,13 @@ def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60) -> list[t
         ranks.append(subprocess.Popen([sys.executable, str(repo / "Train_pip.py"), "-opt", str(options_file),
                                        "--launcher", "pytorch", "--root", str(tmp_path)], env=env, cwd=repo,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    if stop_after is not None:
+        deadline = time.monotonic() + timeout
+        while not stop_after.exists() and time.monotonic() < deadline and ranks[0].poll() is None:
+            time.sleep(0.2)
+        time.sleep(1)  # a few steps into training
+        for process in ranks:
+            process.send_signal(signal.SIGTERM)
     results = []
     for process in ranks:
         try:
@@ -193,3 +204,22 @@ def test_a_probe_share_only_one_rank_lacks_stops_every_rank_in_one_line(tmp_path
     assert len(errors) == 1 and "this rank's probe would get no batch" in errors[0], err1
     assert "Traceback" not in err0 + err1 and "error:" not in err0, (err0, err1)
     assert not (tmp_path / "experiments" / "probe_share").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_by_sigterm_under_ddp_is_one_report(tmp_path):
+    """SIGTERM to every rank mid-training: each rank said 'SIGTERM: saving a training state ...', and rank 1, which
+    saves nothing, ended in 'stopped by SIGTERM at iteration N: before training began, nothing to save', beside rank
+    0's 'saved …/N.state'. Now rank 0 alone says both lines; every rank exits 128 + SIGTERM at the same step."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "stopped", "ldt")
+    opt["train"]["total_iter"] = 100000
+    opt["val"]["val_freq"] = opt["logger"]["save_checkpoint_freq"] = 100000
+    exp = tmp_path / "experiments" / "stopped"
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path), stop_after=exp / "partition.json")
+    assert (code0, code1) == (128 + signal.SIGTERM, 128 + signal.SIGTERM), (err0, err1)
+    stops = [line for line in err0.splitlines() if line.startswith(("SIGTERM", "stopped by"))]
+    assert len(stops) == 2 and stops[0].startswith("SIGTERM: saving a training state at the next step"), err0
+    state = sorted((exp / "training_states").glob("*.state"))
+    assert len(state) == 1 and stops[1] == (f"stopped by SIGTERM at iteration {state[0].stem}: saved {state[0]}; "
+                                            "resume with --auto_resume"), err0
+    assert "SIGTERM" not in err1 and "Traceback" not in err0 + err1, err1

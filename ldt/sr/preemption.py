@@ -86,8 +86,9 @@ class StopOnSignal:
             what = "the last iteration is done; finishing the final save" if self.finishing else \
                 "saving a training state at the next step" if self.training else \
                 "stopping before training begins (nothing new to save)"
-            print(f"\n{signal.Signals(signum).name}: {what}, then exiting (send it again to exit at once)",
-                  file=sys.stderr, flush=True)
+            if says_the_stop():
+                print(f"\n{signal.Signals(signum).name}: {what}, then exiting (send it again to exit at once)",
+                      file=sys.stderr, flush=True)
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -107,3 +108,10 @@ class StopOnSignal:
 def collective_device() -> torch.device:
     """Where the process group's tensors live: this rank's GPU under NCCL, else the CPU (gloo)."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def says_the_stop() -> bool:
+    """Whether this process reports a stop: rank 0 of a process group (the ranks agree on the stop, at the same
+    step, and only rank 0 saves: rank 1 said it stopped 'before training began, nothing to save' beside rank 0's
+    'saved …'), or a process without one."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -52,7 +52,7 @@ from ldt.sr.checkpoints import (  # noqa: E402
 )
 from ldt.sr.loaders import probe_loader, training_loader, validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
-from ldt.sr.preemption import Interrupted, StopOnSignal, collective_device  # noqa: E402
+from ldt.sr.preemption import Interrupted, StopOnSignal, collective_device, says_the_stop  # noqa: E402
 from ldt.weights import WeightsError, read_weights  # noqa: E402
 from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 
@@ -798,7 +798,8 @@ def run_reporting_errors(work: Callable[[], object], errors: tuple[type[Exceptio
     try:
         work()
     except Interrupted as stopped:
-        print(f"{stopped}", file=sys.stderr)
+        if says_the_stop():  # once under DDP: rank 0's, the rank that saved the state
+            print(f"{stopped}", file=sys.stderr)
         return stopped.exit_code
     except StoppedWithAnotherRank as stopped:  # another rank said why
         return stopped.exit_code
