@@ -223,3 +223,16 @@ def test_a_stop_by_sigterm_under_ddp_is_one_report(tmp_path):
     assert len(state) == 1 and stops[1] == (f"stopped by SIGTERM at iteration {state[0].stem}: saved {state[0]}; "
                                             "resume with --auto_resume"), err0
     assert "SIGTERM" not in err1 and "Traceback" not in err0 + err1, err1
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_option_under_a_launcher_is_said_once(tmp_path):
+    """Every rank reads the options before the process group exists and each said the same error line (eight lines
+    on eight GPUs); now the first rank of the machine alone, as BasicSR's pipeline entry point (reporting_rank)."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "bad_option", "ldt")
+    opt["ldt"]["method"] = "ldx"
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "ldt:method: unknown method 'ldx'" in errors[0], err0
+    assert err1 == "" and "Traceback" not in err0, (err0, err1)

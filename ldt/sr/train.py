@@ -29,6 +29,7 @@ from ldt.atomic import (
 )
 from ldt.cli import error_lines, show_traceback, strict_json
 from ldt.compat import patch_basicsr
+from ldt.sr.basicsr_pipeline import reporting_rank
 from ldt.sr.flags import training_parser
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -779,14 +780,22 @@ def main(argv: list[str] | None = None) -> int:
     check_launcher(parser, args.launcher)
     logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
 
+    loaded: list[dict] = []
+
+    def read() -> None:
+        loaded.append(load_options(args.opt, is_train=True, overrides=args.force_yml))
+
     def work() -> None:
-        opt = load_options(args.opt, is_train=True, overrides=args.force_yml)
+        opt = loaded[0]
         opt["auto_resume"] = args.auto_resume
         init_distributed(opt, args.launcher)
         train(opt, root=args.root)
 
     try:
-        return run_reporting_errors(work)
+        # Every rank reads the same file before the process group exists: its errors were said once per rank.
+        with reporting_rank(args.launcher):
+            code = run_reporting_errors(read)
+        return code or run_reporting_errors(work)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
