@@ -236,3 +236,18 @@ def test_a_bad_option_under_a_launcher_is_said_once(tmp_path):
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ldt:method: unknown method 'ldx'" in errors[0], err0
     assert err1 == "" and "Traceback" not in err0, (err0, err1)
+
+
+@pytest.mark.timeout(120)
+def test_a_diverged_ddp_run_is_said_once_naming_the_saved_state(tmp_path):
+    """The ranks agree on a non-finite loss (all-reduced) and all stop at the same step: each said its error line,
+    rank 1, which saves nothing, with 'no training state was saved yet' beside rank 0's 'the last finite checkpoint
+    is …'. Rank 0 alone says it now; every rank exits 2."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "diverged", "ldt")
+    opt["train"].update(total_iter=30, optim_g={"type": "Adam", "lr": 1e30})  # diverges within a few steps
+    opt["logger"]["save_checkpoint_freq"], opt["val"]["val_freq"] = 1, 1000
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is nan" in errors[0] and "training_states" in errors[0], err0
+    assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)

@@ -62,6 +62,11 @@ from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
 USER_ERRORS = (OptionsError, DatasetError, WeightsError, DiskError, FileContentError, NonFiniteLossError, ProbeError,
                PartitionError, MethodError, BusyError)
 
+# Raised by every rank of a process group at the same step (the ranks all-reduce the loss's finiteness, and hold the
+# same weights): said by rank 0 alone, which saved the state its message names (the others said 'no training state
+# was saved yet').
+AGREED_ERRORS = (NonFiniteLossError,)
+
 
 class StoppedWithAnotherRank(Exception):
     """Another rank refused the start-up (:func:`ranks_agree`): it says why; this rank stops with its exit status,
@@ -813,5 +818,7 @@ def run_reporting_errors(work: Callable[[], object], errors: tuple[type[Exceptio
     except StoppedWithAnotherRank as stopped:  # another rank said why
         return stopped.exit_code
     except (*USER_ERRORS, *errors) as err:
+        if isinstance(err, AGREED_ERRORS) and not says_the_stop():
+            return 2  # every rank raised it at the same step: rank 0, which saved the states it names, says it
         return print_error(err)
     return 0
