@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lmdb
 import numpy as np
@@ -107,6 +107,28 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
         raise DatasetError(f"{where}: {err}") from None
 
 
+def listed_names(where: str, meta_info_file: str, trim: Callable[[str], str]) -> list[str]:
+    """The image names a BasicSR ``meta_info_file`` lists (each line's first word, the line cut by ``trim`` as the
+    dataset reading it does: PairedImageDataset strips, SingleImageDataset right-strips); an unreadable or empty
+    file is one line naming it."""
+    try:
+        with open(meta_info_file) as lines:
+            names = [trim(line).split(" ")[0] for line in lines]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{where}: meta_info_file {meta_info_file} cannot be read: {err}") from None
+    if not names:
+        raise DatasetError(f"{meta_info_file} lists no images", "meta_info_file")
+    return names
+
+
+def check_listed(where: str, meta_info_file: str, folder: str, names: list[str], why: str = "") -> None:
+    """Refuse, in one line, the ``names`` (listed by ``meta_info_file``) that are not files in ``folder``."""
+    missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise DatasetError(f"{where}: {len(missing)} of the {len(names)} image(s) meta_info_file "
+                           f"{meta_info_file} lists are not in {folder} ({first_names(missing)}){why}")
+
+
 def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}",
                          meta_info_file: str | None = None) -> None:
     """BasicSR's ``PairedImageDataset`` on disk pairs each HR name with the LR name ``filename_tmpl`` makes of it
@@ -123,18 +145,9 @@ def check_paired_folders(where: str, gt: str, lq: str, filename_tmpl: str = "{}"
 
     rule = f"(BasicSR takes the LR of each HR <name>.<ext> to be {lq_name('<name>.<ext>')})"
     if meta_info_file is not None:
-        try:
-            with open(meta_info_file) as lines:  # as BasicSR reads it
-                gt_names = [line.strip().split(" ")[0] for line in lines]
-        except (OSError, UnicodeDecodeError) as err:
-            raise DatasetError(f"{where}: meta_info_file {meta_info_file} cannot be read: {err}") from None
-        if not gt_names:
-            raise DatasetError(f"{meta_info_file} lists no images", "meta_info_file")
-        for folder, names, why in ((gt, gt_names, ""), (lq, [lq_name(name) for name in gt_names], f" {rule}")):
-            missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
-            if missing:
-                raise DatasetError(f"{where}: {len(missing)} of the {len(names)} image(s) meta_info_file "
-                                   f"{meta_info_file} lists are not in {folder} ({first_names(missing)}){why}")
+        gt_names = listed_names(where, meta_info_file, str.strip)
+        check_listed(where, meta_info_file, gt, gt_names)
+        check_listed(where, meta_info_file, lq, [lq_name(name) for name in gt_names], f" {rule}")
         return
     try:
         gt_names, lq_names = sorted(scandir(gt)), sorted(scandir(lq))
@@ -156,17 +169,7 @@ def check_single_folder(where: str, lq: str, meta_info_file: str | None = None) 
     lists: an empty folder or list made a set of no images, which test.py only found after loading the network
     ('validation set is empty'), and a listed name that is not there failed at its read. Each is one line here."""
     if meta_info_file is not None:
-        try:
-            with open(meta_info_file) as lines:  # as BasicSR reads it
-                names = [line.rstrip().split(" ")[0] for line in lines]
-        except (OSError, UnicodeDecodeError) as err:
-            raise DatasetError(f"{where}: meta_info_file {meta_info_file} cannot be read: {err}") from None
-        if not names:
-            raise DatasetError(f"{meta_info_file} lists no images", "meta_info_file")
-        missing = [name for name in names if not os.path.isfile(os.path.join(lq, name))]
-        if missing:
-            raise DatasetError(f"{where}: {len(missing)} of the {len(names)} image(s) meta_info_file "
-                               f"{meta_info_file} lists are not in {lq} ({first_names(missing)})")
+        check_listed(where, meta_info_file, lq, listed_names(where, meta_info_file, str.rstrip))
         return
     try:
         found = list(scandir(lq))
