@@ -42,8 +42,11 @@ def main(argv: list[str]) -> int:
     if pause is not None:
         real_save = ldt.atomic.torch.save
 
-        def slow_save(obj, path, *args, **kwargs):
-            real_save(obj, path, *args, **kwargs)
+        def slow_save(obj, file, *args, **kwargs):
+            real_save(obj, file, *args, **kwargs)
+            if hasattr(file, "flush"):  # a file object (ldt.atomic writes through one): its bytes on disk first
+                file.flush()
+            path = getattr(file, "name", file)
             if Path(path).name.startswith(f".{pause}.state."):
                 size = Path(path).stat().st_size
                 with open(path, "r+b") as handle:
