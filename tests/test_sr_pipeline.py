@@ -558,6 +558,8 @@ def _drop_line(meta: Path, key: str) -> None:
     ("no_meta", r"datasets:train:dataroot_lq: .*LR.lmdb is not an LMDB \(io_backend: lmdb reads a folder whose "
                 r"name ends in .lmdb, holding a meta_info.txt"),
     ("the_folder", r"datasets:train:dataroot_lq: .*/set/LR is not an LMDB"),
+    ("cut_short", r"datasets:train \(DF2K\): LMDB .*HR.lmdb is cut short: its data.mdb holds 13516 of the 45056 bytes "
+                  r"its header records: a copy that did not finish\? rebuild it with basicsr"),
 ])
 def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_refused_before_any_work(
         data_root, tmp_path, damage, message):
@@ -578,6 +580,8 @@ def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_re
         _drop_line(lq / "meta_info.txt", "butterfly")
     elif damage == "no_meta":
         (lq / "meta_info.txt").unlink()
+    elif damage == "cut_short":  # a copy stopped part-way: its pages past the cut were a SIGBUS ('Bus error', no line)
+        (gt / "data.mdb").write_bytes((gt / "data.mdb").read_bytes()[:13516])
     else:
         lq = tmp_path / "set" / "LR"  # the images, not their LMDB
     opt = tiny_options(data_root, "paired_lmdb", "ft")

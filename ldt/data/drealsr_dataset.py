@@ -47,14 +47,24 @@ BASICSR_REBUILD = "rebuild it with basicsr.utils.lmdb_util.make_lmdb_from_imgs"
 
 def _lmdb_client(db: str | Path, remedy: str = _REBUILD) -> FileClient:
     """The shared client of ``db``; a file lmdb cannot open (cut short, zeroed, not an LMDB) is a
-    :class:`DatasetError` naming it, not lmdb's traceback."""
+    :class:`DatasetError` naming it, not lmdb's traceback, and so is a data.mdb shorter than the pages its header
+    records (a copy stopped part-way: lmdb maps the file and opens it, and a read past the cut is a SIGBUS that
+    kills the process, 'Bus error', no line)."""
     key = os.path.realpath(db)
     if key not in _LMDB_CLIENTS:
         try:
-            _LMDB_CLIENTS[key] = FileClient("lmdb", db_paths=[key], client_keys=["default"])
+            client = FileClient("lmdb", db_paths=[key], client_keys=["default"])
         except lmdb.Error as err:
             raise DatasetError(f"LMDB {db} cannot be opened ({err}): a damaged or half-written database? "
                                f"{remedy}") from None
+        env = client.client._client["default"]
+        data_file = os.path.join(key, "data.mdb") if os.path.isdir(key) else key
+        needed, held = (env.info()["last_pgno"] + 1) * env.stat()["psize"], os.path.getsize(data_file)
+        if held < needed:
+            env.close()
+            raise DatasetError(f"LMDB {db} is cut short: its data.mdb holds {held} of the {needed} bytes its header "
+                               f"records: a copy that did not finish? {remedy}")
+        _LMDB_CLIENTS[key] = client
     return _LMDB_CLIENTS[key]
 
 
