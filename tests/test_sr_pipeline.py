@@ -983,3 +983,58 @@ def test_an_lr_only_set_that_cannot_be_read_is_one_line_naming_it(problem, data_
                 "small": f"validation set photos: {lr_dir / 'tiny.png'} is 2x2 pixels, smaller than"}[problem]
     assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
     assert not (tmp_path / "results").exists()
+
+
+def _lr_only_lmdb(root: Path, small: bool = False) -> Path:
+    """Two 12x16 LR photos (``small``: the second 2x2) as BasicSR's LMDB, written by BasicSR's own writer."""
+    import cv2
+    import numpy as np
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    folder = root / "photos"
+    folder.mkdir(parents=True)
+    for index, name in enumerate(("a", "b")):
+        shape = (2, 2, 3) if small and name == "b" else (12, 16, 3)
+        cv2.imwrite(str(folder / f"{name}.png"), np.random.default_rng(index).integers(0, 256, shape, dtype=np.uint8))
+    names = sorted(path.name for path in folder.iterdir())
+    make_lmdb_from_imgs(str(folder), f"{folder}.lmdb", names, [name[:-4] for name in names], map_size=1 << 24)
+    return Path(f"{folder}.lmdb")
+
+
+@pytest.mark.parametrize("problem", ["none", "small", "delete_key", "foreign_meta", "cut_short"])
+def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_is_written(problem, data_root,
+                                                                                         tmp_path):
+    """test.py on BasicSR's SingleImageDataset with io_backend: lmdb checked only that the folder was an LMDB: an LR
+    smaller than the network's input, a key its meta_info.txt lists but the database lacks (a meta_info.txt of
+    another database) failed mid-run after the first SR images were written, and a database cut short was lmdb's
+    traceback (or a SIGBUS). Each is one line naming the database (and key) before results/ is touched."""
+    import lmdb
+
+    from ldt.data.cameras import DatasetError
+    from ldt.sr.evaluate import run_test
+
+    db = _lr_only_lmdb(tmp_path, small=problem == "small")
+    if problem == "delete_key":
+        with lmdb.open(str(db)) as env, env.begin(write=True) as txn:
+            txn.delete(b"b")
+    elif problem == "foreign_meta":
+        (db / "meta_info.txt").write_text("x.png (12,16,3) 1\ny.png (12,16,3) 1\n")
+    elif problem == "cut_short":
+        (db / "data.mdb").write_bytes((db / "data.mdb").read_bytes()[:4096])
+    test_opt = _lr_only_test(data_root, tmp_path, db, io_backend={"type": "lmdb"})
+    options = load_options(write_options(test_opt, tmp_path), is_train=False)
+    if problem == "none":
+        table = run_test(options, root=tmp_path)
+        written = sorted(p.name for p in (tmp_path / "results" / "lr_only_test" / "visualization" / "photos").iterdir())
+        assert table.counts["photos"] == 2 and written == ["a_lr_only_test.png", "b_lr_only_test.png"]
+        return
+    with pytest.raises(DatasetError) as caught:
+        run_test(options, root=tmp_path)
+    expected = {"small": f"validation set photos: {db} (key b) is 2x2 pixels, smaller than the 8x8 SAFMN needs",
+                "delete_key": f"datasets:test_1 (photos): LMDB {db} lacks 1 of the 2 image(s) its meta_info.txt "
+                              f"lists (b): a half-written database? rebuild it with basicsr",
+                "foreign_meta": f"datasets:test_1 (photos): LMDB {db} lacks 2 of the 2 image(s) its meta_info.txt "
+                                f"lists (x, y)",
+                "cut_short": f"datasets:test_1 (photos): LMDB {db} cannot be opened"}[problem]
+    assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    assert not (tmp_path / "results" / "lr_only_test").exists()

@@ -117,6 +117,21 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
         raise DatasetError(f"{where}: {err}") from None
 
 
+def check_single_lmdb(where: str, lq_db: str) -> None:
+    """BasicSR's ``SingleImageDataset`` on an LMDB takes its keys from meta_info.txt (a line up to its first dot) and
+    failed only at the read of a listed key its database lacks (a meta_info.txt of another database included), after
+    the SR images before it were written; a database lmdb cannot open was lmdb's traceback. Each is one line here,
+    naming the database and the key, before the dataset is built (a key lookup each), as is a meta_info.txt that
+    lists nothing."""
+    keys = list(basicsr_lmdb_meta(lq_db))
+    if not keys:
+        raise DatasetError(f"LMDB {lq_db}: its meta_info.txt lists no images", "dataroot_lq")
+    try:
+        check_lmdb_keys(Path(lq_db), keys, BASICSR_REBUILD)
+    except DatasetError as err:
+        raise DatasetError(f"{where}: {err}") from None
+
+
 def listed_names(where: str, meta_info_file: str, trim: Callable[[str], str]) -> list[str]:
     """The image names a BasicSR ``meta_info_file`` lists (each line's first word, the line cut by ``trim`` as the
     dataset reading it does: PairedImageDataset strips, SingleImageDataset right-strips); an unreadable or empty

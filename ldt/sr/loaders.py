@@ -15,7 +15,7 @@ from ldt.data.cameras import DatasetError  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from ldt.data.drealsr_dataset import (  # noqa: E402
-    SharedLmdbFiles, check_paired_folders, check_paired_lmdb, check_single_folder)
+    SharedLmdbFiles, check_paired_folders, check_paired_lmdb, check_single_folder, check_single_lmdb)
 
 
 def world(opt: dict | None = None) -> tuple[int, int]:
@@ -57,7 +57,7 @@ class ResumableSampler(EnlargedSampler):
 def dataset(opt: dict, key: str, phase: str | None = None):
     """The dataset of ``datasets:<key>`` (its block already carries phase and scale from the option schema); a
     ``PairedImageDataset`` is checked first (:func:`check_paired_folders`, :func:`check_paired_lmdb`; an LR-only
-    ``SingleImageDataset`` folder: :func:`check_single_folder`), and on LMDBs
+    ``SingleImageDataset``: :func:`check_single_folder`, :func:`check_single_lmdb`), and on LMDBs
     reads through the process's shared environments (:class:`SharedLmdbFiles`); on disk its first read pops
     ``type`` from a copy of its ``io_backend``, not from its ``opt``, which the scale checks read at any time. A
     dataset option at fault (no split folder below ``dataroot``, folders that hold no images) is named with its
@@ -65,15 +65,17 @@ def dataset(opt: dict, key: str, phase: str | None = None):
     root)."""
     block = opt["datasets"][key]
     paired, where = block["type"] == "PairedImageDataset", f"datasets:{key} ({block['name']})"
-    on_lmdb = paired and block["io_backend"]["type"] == "lmdb"
     single = block["type"] == "SingleImageDataset"
+    on_lmdb = (paired or single) and block["io_backend"]["type"] == "lmdb"
     try:
-        if on_lmdb:
+        if on_lmdb and paired:
             check_paired_lmdb(where, block["dataroot_gt"], block["dataroot_lq"])
+        elif on_lmdb:
+            check_single_lmdb(where, block["dataroot_lq"])
         elif paired:
             check_paired_folders(where, block["dataroot_gt"], block["dataroot_lq"], block.get("filename_tmpl", "{}"),
                                  block.get("meta_info_file"))
-        elif single and block["io_backend"]["type"] == "disk":
+        elif single:
             check_single_folder(where, block["dataroot_lq"], block.get("meta_info_file"))
         built = {**block, "phase": phase or block["phase"]}
         if single:  # it adds its LMDB's keys to, and pops 'type' from, the io_backend it is given, and opens a
@@ -86,7 +88,7 @@ def dataset(opt: dict, key: str, phase: str | None = None):
             raise
         raise DatasetError(f"datasets:{key}:{err.option}: {err}") from None
     if on_lmdb:
-        data.file_client = SharedLmdbFiles(gt=block["dataroot_gt"], lq=block["dataroot_lq"])
+        data.file_client = SharedLmdbFiles(lq=block["dataroot_lq"], **({"gt": block["dataroot_gt"]} if paired else {}))
     elif paired:
         data.io_backend_opt = dict(data.io_backend_opt)
     return data

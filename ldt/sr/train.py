@@ -500,9 +500,12 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
         if checked is not None:
             pairs, size = checked[0], checked[1].__getitem__
         elif type(loader.dataset).__name__ == "SingleImageDataset":  # LR only: the network's input size alone
-            if loader.dataset.opt["io_backend"]["type"] != "disk":
-                continue
-            pairs, size = [(None, path) for path in loader.dataset.paths], image_size
+            if loader.dataset.opt["io_backend"]["type"] == "disk":
+                pairs, size = [(None, path) for path in loader.dataset.paths], image_size
+            else:  # BasicSR's writer records each image's shape in meta_info.txt
+                db = loader.dataset.opt["dataroot_lq"]
+                shapes = {f"{db} (key {key})": shape[:2] for key, shape in basicsr_lmdb_meta(db).items()}
+                pairs, size = [(None, key) for key in shapes], shapes.__getitem__
         else:
             ours = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
             if not ours or loader.dataset.databases:
