@@ -128,8 +128,9 @@ def test_dpu_without_scores_is_an_error(tiny_net):
 
 
 def test_dpu_without_scores_names_no_criterion_the_partition_was_not_made_by(tiny_net):
-    """A Partition built in Python without scores carries the dataclass default criterion 'var': the message said
-    "the 'var' partition has none", of a partition no probe made; a criterion that makes no scores is named."""
+    """A Partition built in Python without scores carried the dataclass default criterion 'var' (now 'given'): the
+    message said "the 'var' partition has none", of a partition no probe made; a criterion that makes no scores is
+    named."""
     names = [n for n, _ in tiny_net.named_parameters()]
     stable = [n for n in names if n != "head.bias"]
     probed = probed_partition(tiny_net)

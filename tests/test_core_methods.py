@@ -1140,3 +1140,14 @@ def test_preparing_a_model_an_ldt_method_already_froze_in_part_is_named(second):
     untouched = mlp()
     prepared(untouched, "ft")
     prepared(untouched, "ldt")  # FT sets no flag: the same model again is fine
+
+
+def test_a_partition_file_built_by_hand_is_read_as_given_not_as_a_probe_criterion(tmp_path, caplog):
+    """score_partition logged 'Partition read from FILE (var)' for a partition built in Python and saved: the
+    dataclass default criterion named a probe that never ran."""
+    model = mlp()
+    names = [name for name, _ in model.named_parameters()]
+    path = Partition(stable=names[:2], unstable=names[2:]).save(tmp_path / "hand.json")
+    with caplog.at_level(logging.INFO, logger="ldt.core"):
+        prepare_method(model, config("ldt", partition_file=str(path), exchange={"interval": 1, "dpu": False}))
+    assert f"Partition read from {path} (given)" in [r.getMessage() for r in caplog.records]

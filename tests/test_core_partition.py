@@ -201,3 +201,19 @@ def test_a_partition_file_with_a_number_no_partition_has_is_named(tmp_path, fiel
     path.write_text(json.dumps(data))
     with pytest.raises(PartitionError, match=rf"^partition file {re.escape(str(path))}: {problem}"):
         Partition.load(path)
+
+
+def test_a_partition_built_by_hand_records_no_probe_criterion(tmp_path, tiny_net, batches):
+    """Partition(stable=..., unstable=...) took the dataclass default criterion 'var': its file recorded
+    'criterion: var' of a partition no probe made. A hand-built one says 'given' (and a file an earlier version
+    wrote so, a score criterion without scores, loads as one); a probe's keeps its criterion."""
+    names = [name for name, _ in tiny_net.named_parameters()]
+    hand = Partition(stable=names[:-1], unstable=names[-1:])
+    assert hand.criterion == "given"
+    path = hand.save(tmp_path / "hand.json")
+    assert json.loads(path.read_text())["criterion"] == "given"
+    old = {**hand.to_dict(), "criterion": "var"}  # what an earlier version wrote for it
+    path.write_text(json.dumps(old))
+    assert Partition.load(path, tiny_net).criterion == "given"
+    probed = partition_by_score(probe_gradients(tiny_net, batches, ce_loss), 0.4, "var_over_mean")
+    assert Partition.from_dict(probed.to_dict()).criterion == "var_over_mean"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from ldt.core.config import EmaWeight, Options, PositiveInt, Real
-from ldt.core.partition import CRITERIA, Partition, PartitionError
+from ldt.core.partition import CRITERIA, GIVEN, Partition, PartitionError
 
 
 class ExchangeConfig(Options):
@@ -60,10 +60,10 @@ def exchange_weights(partition: Partition, config: ExchangeConfig) -> tuple[dict
     if not config.dpu:
         return ({p: config.weight for p in partition.stable}, {p: config.weight for p in partition.unstable})
     if not partition.scores:
-        # a criterion that scores ('var', the dataclass default of a Partition built in Python) without scores: no
-        # probe made this partition, so its criterion names nothing that happened
+        # a partition built in Python ('given'), or one whose score criterion came without scores: no probe made
+        # it, so a criterion names nothing that happened
         which = "this partition has none (it was not made by a probe: partition_by_score records them)" \
-            if partition.criterion in CRITERIA else f"the '{partition.criterion}' partition has none"
+            if partition.criterion in (*CRITERIA, GIVEN) else f"the '{partition.criterion}' partition has none"
         raise PartitionError(f"DPU needs layer scores, but {which}; use a probe-based partition or a fixed weight "
                              "(dpu: false)")
     weights = []

@@ -24,6 +24,8 @@ from ldt.atomic import atomic_write_text
 from ldt.core.probe import SCORE_NAMES, GradientStatistics
 
 CRITERIA = SCORE_NAMES + ("random",)
+GIVEN = "given"
+"""The criterion of a partition built by hand (``Partition(stable=..., unstable=...)``): no probe or pattern made it."""
 FORMAT_VERSION = 2  # 2 added ``shapes``; version 1 files (names only) still load
 READABLE_VERSIONS = (1, 2)
 
@@ -40,13 +42,15 @@ class Partition:
     received a gradient in the probe). ``scores`` maps *layer* name to score and ``layers`` maps layer name to its
     parameter names (identical for ``unit='tensor'``); both are empty for pattern partitions. ``shapes`` records each
     parameter's shape when the partition was made, so a partition probed on another network with the same parameter
-    names (a narrower variant, another scale's upsampler) is refused; it is empty in version-1 files.
+    names (a narrower variant, another scale's upsampler) is refused; it is empty in version-1 files. ``criterion``
+    says how it was made: a probe score or ``'random'`` (:func:`partition_by_score`), a method's name
+    (:func:`partition_by_patterns`), or :data:`GIVEN` for one built by hand.
     """
 
     stable: list[str]
     unstable: list[str]
     excluded: list[str] = field(default_factory=list)
-    criterion: str = "var"
+    criterion: str = GIVEN
     unstable_ratio: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
     layers: dict[str, list[str]] = field(default_factory=dict)
@@ -128,6 +132,9 @@ class Partition:
         problems = [f"'{name}' {problem}" for name, value in data.items() if (problem := _field_problem(name, value))]
         if problems:
             raise PartitionError("; ".join(problems))
+        if data.get("criterion") in SCORE_NAMES and not data.get("scores"):
+            # a score criterion without scores: the 'var' default that earlier versions gave a hand-built partition
+            data["criterion"] = GIVEN
         partition = cls(**data)
         partition.check_consistent()
         return partition
