@@ -1038,3 +1038,27 @@ def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_
                 "cut_short": f"datasets:test_1 (photos): LMDB {db} cannot be opened"}[problem]
     assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
     assert not (tmp_path / "results" / "lr_only_test").exists()
+
+
+@pytest.mark.parametrize("kind", ["DRealSRCameraDataset", "PairedImageDataset"])
+def test_a_training_on_lmdbs_reads_them_in_two_forked_workers(kind, data_root, tmp_path):
+    """A few LDT iterations whose training set (a camera LMDB of scripts/index_drealsr.py --lmdb, or BasicSR's
+    PairedImageDataset on make_lmdb_from_imgs' LMDBs) is read by two forked DataLoader workers, after the start-up
+    checks opened the same environments in this process (py-lmdb >= 3 refuses a second open in one process); the
+    probe, the training and the validation on the camera LMDBs all read. No test covered LMDB data with workers."""
+    from ldt.data.cameras import collect_pairs
+    from ldt.data.indexing import write_lmdb
+
+    opt = tiny_options(data_root, f"lmdb_{kind}")
+    root = tmp_path / "lmdb"
+    for split in ("train", "test"):
+        write_lmdb(collect_pairs(dataroot=data_root, split=split, cameras=["olympus", "pan"]).pairs, root, split, 4)
+    for key in ("train", "val_1", "val_2"):
+        opt["datasets"][key].update(dataroot=str(root), io_backend={"type": "lmdb"})
+    if kind == "PairedImageDataset":
+        gt, lq = _paired_lmdbs(tmp_path / "set")
+        opt["datasets"]["train"] = {**_lmdb_set(gt, lq)["datasets"]["train"], "batch_size_per_gpu": 2}
+    opt["datasets"]["train"]["num_worker_per_gpu"] = 2
+    report = run_training(opt, tmp_path)
+    assert report["iterations"] == 6 and set(report["metrics"]["rows"]) == {"source", "pan"}
+    assert all(0 < row["psnr"] < 100 for row in report["metrics"]["rows"].values())
