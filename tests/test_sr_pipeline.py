@@ -1062,3 +1062,36 @@ def test_a_training_on_lmdbs_reads_them_in_two_forked_workers(kind, data_root, t
     report = run_training(opt, tmp_path)
     assert report["iterations"] == 6 and set(report["metrics"]["rows"]) == {"source", "pan"}
     assert all(0 < row["psnr"] < 100 for row in report["metrics"]["rows"].values())
+
+
+@pytest.mark.parametrize("backend", ["disk", "lmdb"])
+def test_a_camera_set_with_an_lr_smaller_than_the_network_needs_is_refused_on_lmdbs_too(backend, data_root,
+                                                                                         tmp_path):
+    """test.py's LR-size check skipped DRealSRCameraDataset sets on LMDBs (scripts/index_drealsr.py --lmdb): a 2x2
+    LR failed in the network's forward mid-run ('SAFMN needs inputs of at least 8x8 pixels'), after the sets
+    before it were scored. It is one line naming the key and its LMDB (meta_info.txt records the shape), as on
+    disk, before results/ is touched."""
+    import cv2
+    import numpy as np
+
+    from ldt.data.cameras import DatasetError, collect_pairs
+    from ldt.data.indexing import write_lmdb
+    from ldt.sr.evaluate import run_test
+
+    root = tmp_path / "DRealSR"
+    for folder, name, side in (("test_HR", "P1180001_x4.png", 8), ("test_LR", "P1180001_x1.png", 2)):
+        (root / "x4" / "Test_x4" / folder).mkdir(parents=True)
+        cv2.imwrite(str(root / "x4" / "Test_x4" / folder / name), np.full((side, side, 3), 128, np.uint8))
+    block = {"name": "tiny", "type": "DRealSRCameraDataset", "dataroot": str(root), "split": "test",
+             "cameras": ["olympus"]}
+    small = root / "x4" / "Test_x4" / "test_LR" / "P1180001_x1.png"
+    if backend == "lmdb":
+        write_lmdb(collect_pairs(dataroot=root, split="test", cameras=["olympus"]).pairs, tmp_path / "lmdb", "test", 4)
+        block.update(dataroot=str(tmp_path / "lmdb"), io_backend={"type": "lmdb"})
+        small = f"P1180001_x1 in {tmp_path / 'lmdb' / 'x4' / 'test' / 'olympus_LR.lmdb'}"
+    test_opt = _lr_only_test(data_root, tmp_path, tmp_path)
+    test_opt["datasets"] = {"test_1": test_opt["datasets"]["test_2"], "test_2": block}
+    with pytest.raises(DatasetError) as caught:
+        run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
+    assert str(caught.value).startswith(f"validation set tiny: {small} is 2x2 pixels, smaller than the 8x8 SAFMN")
+    assert not (tmp_path / "results" / "lr_only_test").exists()

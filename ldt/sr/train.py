@@ -38,7 +38,8 @@ import ldt.archs  # noqa: E402,F401  (registers archs)
 import ldt.data  # noqa: E402,F401  (registers datasets)
 import ldt.models  # noqa: E402,F401  (registers LDTModel)
 from basicsr.utils import get_root_logger, get_time_str, set_random_seed  # noqa: E402
-from ldt.data.cameras import DatasetError, basicsr_lmdb_meta, image_header, tolerance_px  # noqa: E402
+from ldt.data.cameras import (  # noqa: E402
+    DatasetError, basicsr_lmdb_meta, image_header, name_stem, read_lmdb_meta, tolerance_px)
 from ldt.models.ldt_model import LDTModel, NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
@@ -507,10 +508,16 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
                 shapes = {f"{db} (key {key})": shape[:2] for key, shape in basicsr_lmdb_meta(db).items()}
                 pairs, size = [(None, key) for key in shapes], shapes.__getitem__
         else:
-            ours = getattr(loader.dataset, "pairs", None)  # our camera datasets on disk (LMDB pairs are keys)
-            if not ours or loader.dataset.databases:
+            ours = getattr(loader.dataset, "pairs", None)  # our camera datasets
+            if not ours:
                 continue
             pairs, size = [(pair.hr, pair.lr) for pair in ours], image_size
+            if loader.dataset.databases:  # LMDB pairs are keys, sized from each database's meta_info.txt
+                shapes = {f"{name_stem(name)} in {db}": shape[:2] for dbs in loader.dataset.databases.values()
+                          for db in dbs for name, shape in read_lmdb_meta(db).items()}
+                pairs, size = [tuple(f"{key} in {db}" for key, db in zip((pair.hr, pair.lr),
+                                                                         loader.dataset.databases[pair.db]))
+                               for pair in ours], shapes.__getitem__
         for side, least, remedy in needs:
             if pairs and pairs[0][side] is None:
                 continue
