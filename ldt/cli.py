@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import difflib
 import json
+import json.scanner
 import math
 import os
 import re
@@ -219,47 +220,69 @@ def json_object(text: str) -> str | None:
 
 # Infinity is written as the number 1e999: strict JSON (jq, JavaScript and Python's parse_constant refuse the bare
 # Infinity / NaN tokens json.dumps writes by default) that overflows to the infinite float in every JSON reader
-# (Python, JavaScript; jq clips it to the largest double). NaN has no number, so it is the string 'nan', which
-# :func:`read_json` turns back into the float.
+# (Python, JavaScript; jq clips it to the largest double). NaN has no number: it is the string 'nan' spelled
+# "\u006ean" (its n escaped), which every JSON reader reads as the string 'nan' but json.dumps never writes for a
+# string, so :func:`read_json` turns it, and only it, back into the float: a name 'nan' (an experiment, camera,
+# domain or method so called) stays a string.
 INFINITY_LITERAL = "1e999"
 NAN_STRING = "nan"
+NAN_LITERAL = '"\\u006ean"'
 
 
-def _finite_only(value: Any, infinity: str) -> Any:
-    """``value`` with NaN floats as :data:`NAN_STRING` and infinities as the string ``infinity`` (-: ``'-' + infinity``)."""
+def _finite_only(value: Any, infinity: str, nan: str) -> Any:
+    """``value`` with NaN floats as the string ``nan`` and infinities as the string ``infinity`` (-: ``'-' + infinity``)."""
     if isinstance(value, float) and value != value:
-        return NAN_STRING
+        return nan
     if isinstance(value, float) and value in (math.inf, -math.inf):
         return infinity if value > 0 else "-" + infinity
     if isinstance(value, dict):
-        return {key: _finite_only(item, infinity) for key, item in value.items()}
+        return {key: _finite_only(item, infinity, nan) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_only(item, infinity) for item in value]
+        return [_finite_only(item, infinity, nan) for item in value]
     return value
 
 
 def strict_json(value: Any, **options: Any) -> str:
     """``json.dumps(value, **options)`` as strict JSON: an infinite float (the PSNR of an output identical to its HR)
-    is written as the number ``1e999`` (``-1e999``), a NaN as the string 'nan'; :func:`read_json` reads both back."""
-    marker = f"infinity-{secrets.token_hex(16)}"  # a string no other value holds, swapped for the number afterwards
-    text = json.dumps(_finite_only(value, marker), allow_nan=False, **options)
-    return text.replace(f'"-{marker}"', "-" + INFINITY_LITERAL).replace(f'"{marker}"', INFINITY_LITERAL)
+    is written as the number ``1e999`` (``-1e999``), a NaN as :data:`NAN_LITERAL`; :func:`read_json` reads both back."""
+    token = secrets.token_hex(16)  # strings no other value holds, swapped for the literals afterwards
+    infinity, nan = f"infinity-{token}", f"nan-{token}"
+    text = json.dumps(_finite_only(value, infinity, nan), allow_nan=False, **options)
+    return (text.replace(f'"-{infinity}"', "-" + INFINITY_LITERAL).replace(f'"{infinity}"', INFINITY_LITERAL)
+            .replace(f'"{nan}"', NAN_LITERAL))
 
 
-def _nan_back(value: Any) -> Any:
-    if value == NAN_STRING:
-        return math.nan
-    if isinstance(value, dict):
-        return {key: _nan_back(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_nan_back(item) for item in value]
-    return value
+class _NanDecoder(json.JSONDecoder):
+    """A decoder that reads the string value :data:`NAN_LITERAL` as the float NaN (an object key spelled so stays a
+    string): its strings are told apart by their spelling in the text, which ``json.loads``' C scanner does not show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        plain = self.parse_string
+
+        def parse_string(text: str, end: int, strict: bool) -> tuple[Any, int]:
+            if text.startswith(NAN_LITERAL, end - 1):  # ``end``: just past the opening quote
+                return math.nan, end - 1 + len(NAN_LITERAL)
+            return plain(text, end, strict)
+
+        self.parse_string = parse_string
+        self.scan_once = json.scanner.py_make_scanner(self)
 
 
 def read_json(text: str) -> Any:
-    """The value of JSON ``text`` written by :func:`strict_json` (``1e999`` is read as inf by ``json.loads`` itself; the
-    string 'nan' becomes the float again) or by an earlier version of this package (bare Infinity / NaN)."""
-    return _nan_back(json.loads(text))
+    """The value of JSON ``text`` written by :func:`strict_json` (``1e999`` is read as inf by ``json.loads`` itself,
+    :data:`NAN_LITERAL` as NaN) or by an earlier version of this package (bare Infinity / NaN). Every other string
+    stays a string, 'nan' too; where an earlier version wrote a NaN number as the plain string 'nan',
+    :func:`number_back` reads it where a number is expected."""
+    if NAN_LITERAL not in text:
+        return json.loads(text)  # the C scanner: no NaN to tell apart
+    return _NanDecoder().decode(text)
+
+
+def number_back(value: Any) -> Any:
+    """``value`` read where a number is expected (a metric, a score): the plain string 'nan', which the previous
+    version of :func:`strict_json` wrote for a NaN, is the float NaN; anything else is returned as it is."""
+    return math.nan if value == NAN_STRING else value
 
 
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ldt.cli import read_json, strict_json
+from ldt.cli import number_back, read_json, strict_json
 
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".sweep.lock"
@@ -438,7 +438,9 @@ class Stat:
 def recorded_number(value: object) -> float:
     """A metric read from a record, as a float. Why: JSON ``true`` / ``false`` (a hand edit) reads as a bool, which
     arithmetic takes for 1 / 0, so a table counted it; any value that is no real number is a ``TypeError``, which
-    :meth:`Records.having` turns into a warning naming the record's line."""
+    :meth:`Records.having` turns into a warning naming the record's line. The string 'nan' (a NaN as the previous
+    version wrote it) is NaN (:func:`ldt.cli.number_back`)."""
+    value = number_back(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
     return float(value)

@@ -401,3 +401,33 @@ def test_a_checkpoint_that_hits_a_file_size_limit_or_a_quota_says_so(limit, tmp_
         message, reason = str(caught.value), "disk quota exceeded"
     assert message == f"cannot write {path}: {reason} (the previous file, if any, is intact)", message
     assert path.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["5.state"]
+
+
+def test_a_record_named_nan_keeps_its_name_and_its_nan_metric(tmp_path):
+    """strict_json wrote a NaN as the string 'nan' and read_json read every string 'nan' back as the float, so an
+    experiment (camera, domain, method) named 'nan' (YAML 'name: nan' is a string) became a float in its record. A
+    NaN is spelled so that no string is taken for it now; files of earlier versions still read."""
+    import math
+
+    from ldt.cli import read_json, strict_json
+    from ldt.sweep import Records, recorded_number
+
+    records = Records(tmp_path / "results.jsonl")
+    records.append({"options_hash": "h", "name": "nan", "domains": ["nan", "fog"], "psnr": float("nan")})
+    [record] = records.all()
+    assert record["name"] == "nan" and record["domains"] == ["nan", "fog"] and math.isnan(record["psnr"])
+    line = records.path.read_text()
+    json.loads(line, parse_constant=_no_bare_constant)  # still strict JSON, which other readers see as 'nan'
+    assert json.loads(line)["psnr"] == "nan"
+    back = read_json('{"\\u006ean": 1, "x": "\\u006ean"}')  # a key so spelled stays a key
+    assert list(back) == ["nan", "x"] and back["nan"] == 1 and math.isnan(back["x"])
+    assert read_json(strict_json({'"\\u006ean"': 1})) == {'"\\u006ean"': 1}  # nor a string holding the spelling
+    # the previous version's NaN (a plain 'nan') reads where a number is expected; bare NaN of older ones anywhere
+    old = read_json('{"options_hash": "h", "name": "nan", "psnr": "nan", "ssim": NaN}')
+    assert old["name"] == "nan" and math.isnan(recorded_number(old["psnr"])) and math.isnan(old["ssim"])
+    summary = tmp_path / "tiny.json"
+    summary.write_text('{"classes": 4, "name": "nan", "heldout_accuracy": "nan", "wall_s": 1.5}')
+    from ldt.classification.pretrain import pretrain_summary
+
+    read = pretrain_summary(tmp_path / "tiny.pth")
+    assert read["name"] == "nan" and math.isnan(read["heldout_accuracy"]) and read["wall_s"] == 1.5

@@ -22,7 +22,7 @@ from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_js
 from ldt.classification.data import ImageList, image_transform, training_stream
 from ldt.classification.models import TinyCNN
 from ldt.classification.toy import FORMAT_VERSION, PRETRAIN_CLASSES, PRETRAIN_STYLE, render_pretrain_images
-from ldt.cli import strict_json
+from ldt.cli import number_back, strict_json
 from ldt.classification.train import EVAL_BATCH, accuracy, cross_entropy
 from ldt.core.methods import FineTune
 from ldt.runner import domain_seed
@@ -102,5 +102,7 @@ def pretrain_tiny(config: PretrainConfig = PretrainConfig(), root: str | Path = 
 
 def pretrain_summary(path: Path) -> dict:
     """The JSON summary written beside a weights file by :func:`pretrain_tiny`."""
-    return read_json_object(path.with_suffix(".json"), ("classes", "heldout_accuracy", "wall_s"),
-                            remedy=f"delete it and {path} to pre-train again")
+    summary = read_json_object(path.with_suffix(".json"), ("classes", "heldout_accuracy", "wall_s"),
+                               remedy=f"delete it and {path} to pre-train again")
+    # a NaN as an earlier version wrote it (the string 'nan') is the float again
+    return {**summary, **{key: number_back(summary[key]) for key in ("heldout_accuracy", "wall_s")}}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ldt.atomic import atomic_torch_save, atomic_write_text, check_room, read_json_object
-from ldt.cli import strict_json
+from ldt.cli import number_back, strict_json
 from ldt.core.dual import copy_network
 from ldt.core.methods import FineTune
 from ldt.segmentation.classes import NUM_CLASSES
@@ -114,5 +114,7 @@ def pretrain_backbone(data_root: str | Path, config: PretrainConfig = PretrainCo
 
 def pretrain_summary(path: str | Path) -> dict:
     """The JSON summary written beside a weights file by :func:`pretrain_backbone`."""
-    return read_json_object(Path(path).with_suffix(".json"), ("val_miou", "wall_s"),
-                            remedy=f"delete it and {path} to pre-train again")
+    summary = read_json_object(Path(path).with_suffix(".json"), ("val_miou", "wall_s"),
+                               remedy=f"delete it and {path} to pre-train again")
+    # a NaN as an earlier version wrote it (the string 'nan') is the float again
+    return {**summary, **{key: number_back(summary[key]) for key in ("val_miou", "wall_s")}}
