@@ -161,6 +161,15 @@ def one_warning_each() -> Iterator[None]:
         _WARNED.reset(token)
 
 
+def _record(line: str) -> dict | None:
+    """The record a line of a records file holds: a JSON object with a string ``options_hash``; else None."""
+    try:
+        record = read_json(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("options_hash"), str) else None
+
+
 class Records:
     """A ``results.jsonl`` file: one finished run per line, each with its ``options_hash``. ``earlier`` maps the
     :func:`earlier_run_hash` of planned runs to their run hash, so their records written before are theirs."""
@@ -204,11 +213,8 @@ class Records:
         for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                record = read_json(line)
-            except json.JSONDecodeError:
-                record = None
-            if isinstance(record, dict) and isinstance(record.get("options_hash"), str):
+            record = _record(line)
+            if record is not None:
                 records.append((number, record))
             else:
                 broken.append(number)
@@ -296,10 +302,53 @@ class Records:
             raise DiskError(f"cannot append a record to {self.path}: {disk_reason(err, self.path.parent)}; no run "
                             "started (the earlier records are intact)") from None
 
+    @property
+    def broken_path(self) -> Path:
+        """Where :meth:`append` moves the lines that are no complete record: ``results.jsonl.broken``."""
+        return self.path.with_name(self.path.name + ".broken")
+
+    def _move_broken(self) -> None:
+        """Move the lines that are no complete record (one cut short by a sweep killed mid-append, a hand edit) to
+        :attr:`broken_path`, appended there and synced before the records file is rewritten without them
+        (atomically), so no line is lost; said once. Otherwise every later command warned of them for good. A file
+        that cannot be rewritten (append-only, a read-only folder) keeps them, as before."""
+        from ldt.atomic import DiskError, atomic_write_bytes
+
+        try:
+            lines = self.path.read_bytes().splitlines(keepends=True)
+        except OSError:
+            return  # not there yet, or unreadable: the append says why
+        kept, broken = [], []
+        for line in lines:
+            text = line.decode(errors="replace")
+            (kept if not text.strip() or _record(text) is not None else broken).append(line)
+        if not broken:
+            return
+        broken = [line if line.endswith(b"\n") else line + b"\n" for line in broken]
+        target = Path(os.path.realpath(self.path))  # a symlinked records file stays a symlink
+        try:
+            with open(self.broken_path, "ab+") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.write(b"".join(broken))
+                handle.flush()
+                os.fsync(handle.fileno())
+                try:
+                    atomic_write_bytes(target, b"".join(kept))
+                except DiskError:
+                    handle.truncate(size)  # the lines stay in the records: no copy of them kept here
+                    if not size:
+                        os.unlink(self.broken_path)
+                    raise
+        except (OSError, DiskError):
+            return
+        self._warn(f"{self.path}: moved {len(broken)} line(s) that are no complete record (a sweep killed while "
+                   f"appending, or edited by hand?) to {self.broken_path}", stacklevel=3)
+
     def append(self, record: dict) -> None:
         """Append one record as a line and sync it, so a crash right after a run still leaves its record whole.
 
-        A line cut short by an earlier crash is closed first, or the new record would be glued to it and lost. A
+        Lines that are no complete record are moved to :attr:`broken_path` first (:meth:`_move_broken`); one that
+        stays (a file that cannot be rewritten) is closed first, or the new record would be glued to it and lost. A
         write that fails (full disk, no permission) is cut back to the file's earlier size, so no partial line stays,
         and raises :class:`ldt.atomic.DiskError` naming the file; one interrupted by a signal is cut back the same.
         """
@@ -309,6 +358,7 @@ class Records:
 
         make_dirs(self.path.parent)
         line = (strict_json(record, sort_keys=True) + "\n").encode()
+        self._move_broken()
         try:
             with open(self.path, "ab+", buffering=0) as handle:  # unbuffered: nothing left to flush after a cut-back
                 size = handle.seek(0, os.SEEK_END)

@@ -354,12 +354,40 @@ def test_table_mean_and_standard_error_from_hand_made_records():
 
 
 def test_records_survive_a_cut_off_line(tmp_path):
+    """A line cut short (a sweep killed mid-append) stayed in results.jsonl for good, warned of by every later
+    command; the next append moves it to results.jsonl.broken (said once), the records intact, no line lost."""
     sweep_records(tmp_path).append({"options_hash": "a"})
     with open(tmp_path / RESULTS, "a") as handle:
         handle.write('{"options_hash": "b", "cut')  # an interrupted write
-    sweep_records(tmp_path).append({"options_hash": "c"})
     with pytest.warns(UserWarning, match="not a complete record"):
-        assert set(sweep_records(tmp_path).by_hash()) == {"a", "c"}
+        assert set(sweep_records(tmp_path).by_hash()) == {"a"}
+    records = sweep_records(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        records.append({"options_hash": "c"})
+        records.append({"options_hash": "d"})
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / RESULTS}: moved 1 line(s) that are no complete record (a sweep killed while appending, or "
+        f"edited by hand?) to {tmp_path / RESULTS}.broken"]
+    assert (tmp_path / f"{RESULTS}.broken").read_text() == '{"options_hash": "b", "cut\n'
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned of no more
+        assert [r["options_hash"] for r in sweep_records(tmp_path).all()] == ["a", "c", "d"]
+    assert (tmp_path / RESULTS).read_text().count("\n") == 3
+
+
+def test_a_cut_off_line_stays_closed_when_the_records_cannot_be_rewritten(tmp_path, monkeypatch):
+    """An append-only records file (or folder) cannot be rewritten without its broken lines: they stay, closed, and
+    the record is appended as before."""
+    import ldt.atomic
+
+    def refused(path, data):
+        raise ldt.atomic.DiskError(f"cannot write {path}: operation not permitted")
+
+    monkeypatch.setattr(ldt.atomic, "atomic_write_bytes", refused)
+    (tmp_path / RESULTS).write_text('{"options_hash": "a"}\n{"options_hash": "b", "cut')
+    sweep_records(tmp_path).append({"options_hash": "c"})
+    assert (tmp_path / RESULTS).read_text() == '{"options_hash": "a"}\n{"options_hash": "b", "cut\n{"options_hash": "c"}\n'
+    assert not (tmp_path / f"{RESULTS}.broken").exists()  # no copy of the line, appended again by each append
 
 
 def test_a_sweep_that_trains_warns_once_of_a_broken_line(toy, tmp_path):
@@ -373,10 +401,12 @@ def test_a_sweep_that_trains_warns_once_of_a_broken_line(toy, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # Python's once-per-place filter would hide a repeat from another call site
         assert main(argv) == 0
-    warned = [str(w.message) for w in caught if "not a complete record" in str(w.message)]
+    warned = [str(w.message) for w in caught if "complete record" in str(w.message)]
     assert warned == [f"{out / RESULTS}:1: not a complete record (an interrupted write, or edited by hand?); "
-                      "ignored"]
-    with pytest.warns(UserWarning, match="not a complete record"):  # a read of its own, outside the command
+                      "ignored", f"{out / RESULTS}: moved 1 line(s) that are no complete record (a sweep killed "
+                      f"while appending, or edited by hand?) to {out / RESULTS}.broken"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the line was moved when the record was appended: warned of no more
         assert len(load_records(out)) == 1  # the run trained and was recorded
 
 
