@@ -35,14 +35,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, disk_reason, remove_leftovers
-from ldt.cli import (STOP_SIGNALS, device_problem, error_lines, flag, not_a_file, original_error, require_output_dir,
-                     show_traceback, stop_handler)
+from ldt.cli import (STOP_SIGNALS, device_problem, error_lines, flag, not_a_file, original_error, output_dir_problem,
+                     require_output_dir, show_traceback, stop_handler)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.methods import runs_probe
 from ldt.core.config import MAX_SEED, describe_errors
 from ldt.core.probe import LossFn, ProbeError
 from ldt.sweep import (RESULTS_FILE, PlannedRun, Records, earlier_recipes, earlier_run_hash, identity_path,
-                       one_warning_each, run_hash, run_pending, stale_weights, sweep_lock)
+                       one_warning_each, run_hash, run_pending, stale_weights, sweep_lock, tables_unwritten)
 from ldt.weights import WeightsError, content_fingerprint
 
 # The run field (flat name) of each method option a runner flag sets; the options not here (the runner's own head
@@ -594,6 +594,33 @@ def remove_recorded_state(path: Path, whose: str) -> None:
                       f"{disk_reason(err, path.parent)}; delete it by hand (it is not read again)", stacklevel=2)
 
 
+def planned_records(configs: Sequence[RunnerConfig], out: Path) -> tuple[list[tuple[str, str]], Records]:
+    """(run hash, earlier run hash) of each of ``configs``, and ``out``'s records, where those written under a
+    run's earlier identity are its own."""
+    identities = [(run_hash(config.hparams()), earlier_run_hash(config.hparams())) for config in configs]
+    return identities, Records(out / RESULTS_FILE, earlier={old: new for new, old in identities})
+
+
+@one_warning_each()  # its records and its tables' records: one warning of each broken line
+def tables_of_a_recorded_sweep(configs: Sequence[RunnerConfig], out: Path, tabulate: Callable[[Path], str],
+                               problem: str) -> bool:
+    """For ``out``, which cannot be written in (``problem``): when every run of ``configs`` is recorded there (with
+    the weights it was trained from), print the tables, written nowhere, and True; otherwise False (the sweep
+    refuses the folder, as before). Only the tables would have been rewritten: refusing the folder hid them."""
+    identities, records = planned_records(configs, out)
+    now = fingerprints(configs)
+    if stale_weights(records, ((digest, c.weights) for (digest, _), c in zip(identities, configs)), now):
+        return False
+    done = set(records.by_hash())
+    if any(digest not in done for digest, _ in identities):
+        return False
+    print(f"{len(set(identities))} runs, all recorded in {out}; {problem}: the tables are printed, not rewritten "
+          "there", flush=True)
+    with tables_unwritten():
+        print(tabulate(out))
+    return True
+
+
 @one_warning_each()  # its records and its tables' records: one warning of each broken line
 def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], *, device: str, workers: int | None,
           progress: bool, tabulate: Callable[[Path], str], state_minutes: float = DEFAULT_STATE_MINUTES) -> int:
@@ -607,8 +634,7 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     the run; the records of the runs before it are kept. Records of the planned runs made by an earlier training
     recipe of the runner (:func:`ldt.sweep.earlier_recipes`) are not reused, and said in one line.
     """
-    identities = [(run_hash(config.hparams()), earlier_run_hash(config.hparams())) for config in configs]
-    records = Records(out / RESULTS_FILE, earlier={old: new for new, old in identities})
+    identities, records = planned_records(configs, out)
     workers = workers if workers is not None else (4 if device.startswith("cuda") else 0)
     now = fingerprints(configs)
     stale = stale_weights(records, ((digest, c.weights) for (digest, _), c in zip(identities, configs)), now)
@@ -786,7 +812,11 @@ def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConf
         try:
             if problem:
                 raise FileNotFoundError(problem)
-            print(tabulate(folder))
+            unwritable = output_dir_problem(folder)
+            if unwritable:  # the tables can still be read: printed, said once not rewritten
+                print(f"{folder}: {unwritable}: the tables are printed, not rewritten there", flush=True)
+            with tables_unwritten() if unwritable else contextlib.nullcontext():
+                print(tabulate(folder))
         except (FileNotFoundError, DiskError) as err:
             show_traceback(err)
             print(f"error: --collect {folder}: {one_line(err)}", file=sys.stderr)
@@ -797,9 +827,15 @@ def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConf
         check_workers(args.workers)
         minutes = check_state_minutes(getattr(args, "state_minutes", DEFAULT_STATE_MINUTES))
         # --out (None: the runner's default, known once the data is) before prepare builds the demo data and
-        # pre-trains its backbone (minutes)
-        require_output_dir("--out", getattr(args, "out", None))
+        # pre-trains its backbone (minutes); one that holds records may need no writing (all its runs recorded)
+        given = getattr(args, "out", None)
+        if given is None or not (Path(given) / RESULTS_FILE).is_file():
+            require_output_dir("--out", given)
         out, configs = prepare()
+        problem = output_dir_problem(out) if (out / RESULTS_FILE).is_file() else None
+        if problem and tables_of_a_recorded_sweep(configs, out, tabulate, problem):
+            return 0
+        require_output_dir("--out", given)  # the check left for later above: runs to train
         with sweep_lock(check_room(out)):  # a DiskError now, not after the first run has trained
             return sweep(configs, out, run, device=args.device, workers=args.workers, progress=args.progress,
                          tabulate=tabulate, state_minutes=minutes)

@@ -653,6 +653,20 @@ def seed_markdown(rows: Sequence[dict], average: str, *, title: Callable[[str], 
     return "\n\n".join(sections) + "\n"
 
 
+_UNWRITTEN: contextvars.ContextVar[bool] = contextvars.ContextVar("ldt_sweep_tables_unwritten", default=False)
+
+
+@contextlib.contextmanager
+def tables_unwritten() -> Iterator[None]:
+    """Within it, :func:`write_record_tables` computes the tables and writes none: for a folder that cannot be
+    written in whose runs are all recorded, where a sweep prints its tables instead (:func:`ldt.runner.main`)."""
+    token = _UNWRITTEN.set(True)
+    try:
+        yield
+    finally:
+        _UNWRITTEN.reset(token)
+
+
 def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[str, str]],
                         required: Sequence[str] | Mapping[str, type | tuple[type, ...]] = ()) -> dict[str, str]:
     """Recompute the tables of a sweep folder from its records alone: ``render(records)`` gives {file name: text},
@@ -666,6 +680,6 @@ def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[
     if not found:
         raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
     files = dict(render(found))
-    for name, text in files.items():
+    for name, text in files.items() if not _UNWRITTEN.get() else ():
         atomic_write_text(out / name, text)
     return files

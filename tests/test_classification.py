@@ -1216,3 +1216,31 @@ def test_a_group_and_a_folder_of_the_same_joined_name_keep_their_own_columns(tmp
     markdown = write_tables(tmp_path)
     assert "| Seeds | a + b | a+b | Avg |" in markdown, markdown
     assert "D,tiny,ft," in (tmp_path / "table.csv").read_text() and ",a + b,0.2" in (tmp_path / "table.csv").read_text()
+
+
+def test_an_immutable_out_whose_runs_are_all_recorded_prints_the_tables(toy, tmp_path, capsys):
+    """A sweep on an immutable (or read-only) --out was refused at start ('cannot write in …') even when every run
+    was recorded there and only the tables would have been rewritten; they are printed now, said not rewritten
+    (--collect too). A run left to train still refuses the folder, before any work."""
+    out = tmp_path / "out"
+    argv = ["--data", str(toy), "--out", str(out), "--methods", "ft", "--seeds", "0", "--test-domains", "photo",
+            "--no-progress", *FAST_FLAGS]
+    assert main(argv) == 0
+    table = (out / "table.md").read_text()
+    capsys.readouterr()
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root on a file system that has it")
+    try:
+        said = (f"cannot write in {out}: operation not permitted (an immutable file? see lsattr): the tables are "
+                "printed, not rewritten there")
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        assert f"1 runs, all recorded in {out}; {said}" in printed and table.strip() in printed, printed
+        assert main(["--collect", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert f"{out}: {said}" in printed and table.strip() in printed, printed
+        assert main([*argv[:7], "0", "1", *argv[8:]]) == 2  # seed 1 is not recorded: refused, as before
+        assert capsys.readouterr().err == (f"error: --out: cannot write in {out}: operation not permitted (an "
+                                           "immutable file? see lsattr)\n")
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
