@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import time
 import warnings
 import zipfile
@@ -80,7 +81,9 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
             raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None
         if any(s in text for s in ("central directory", "failed reading", "invalid header", "Invalid argument",
                                    "file read failed", "unexpected EOF", "PytorchStreamReader")):
-            raise WeightsError(f"{what} {path} is truncated or not a PyTorch checkpoint ({gist(text)})") from None
+            detail = gist(text)  # a bare errno ('[Errno 22] Invalid argument': a mapped file cut short) says nothing more
+            detail = "" if re.fullmatch(r"\[Errno \d+\] [^:]*", detail) else f" ({detail})"
+            raise WeightsError(f"{what} {path} is truncated or not a PyTorch checkpoint{detail}") from None
         raise WeightsError(f"{what} {path} cannot be loaded: {gist(text, 200)}") from None
     except Exception:  # on foreign bytes the weights-only unpickler also fails as KeyError, IndexError, ...
         raise WeightsError(f"{what} {path} {NOT_A_CHECKPOINT}") from None

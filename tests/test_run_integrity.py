@@ -1272,3 +1272,23 @@ def test_a_finished_run_whose_results_cannot_be_written_keeps_its_final_state_an
     no_training(monkeypatch)
     assert cli(opt, disk, capsys, "--auto_resume")[0] == 0
     assert json.loads((exp / "results.json").read_text())["iterations"] == 5
+
+
+def test_a_truncated_state_is_skipped_in_a_warning_that_reads_as_a_sentence(tmp_path):
+    """'skipping training state …/40.state is truncated or not a PyTorch checkpoint ([Errno 22] Invalid argument)':
+    the errno text said nothing more, and 'skipping X is Y' read badly; now 'skipping training state X: truncated
+    or not a PyTorch checkpoint'."""
+    from ldt.sr.checkpoints import STATE_FORMAT, newest_intact_state
+
+    torch.save({"format": STATE_FORMAT, "iter": 20}, tmp_path / "20.state")
+    newest = tmp_path / "40.state"
+    torch.save({"format": STATE_FORMAT, "iter": 40, "weights": torch.zeros(10000)}, newest)
+    newest.write_bytes(newest.read_bytes()[:30000])  # cut inside its tensor: mmap's EINVAL
+    warned = []
+    path, state = newest_intact_state(tmp_path, warned.append, mmap=True)
+    assert path == tmp_path / "20.state" and state["iter"] == 20
+    assert warned == [f"skipping training state {newest}: truncated or not a PyTorch checkpoint"]
+    (tmp_path / "40.state").write_bytes(b"")
+    warned.clear()
+    newest_intact_state(tmp_path, warned.append)
+    assert warned == [f"skipping training state {newest}: empty (0 bytes): an interrupted write or download?"]

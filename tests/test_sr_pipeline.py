@@ -274,7 +274,7 @@ def test_run_stage_starts_afresh_when_every_state_of_the_stage_is_broken(data_ro
     steps.clear()
     report = run_stage(opt, tmp_path)
     assert steps[0] == 1 and report["iterations"] == opt["train"]["total_iter"]
-    assert f"warning: skipping training state {state} is truncated" in capsys.readouterr().out
+    assert f"warning: skipping training state {state}: truncated" in capsys.readouterr().out
 
 
 def test_a_stage_that_another_process_is_training_is_left_alone(data_root, tmp_path, monkeypatch):

@@ -150,6 +150,15 @@ def read_state(path: str | Path, *, mmap: bool = False) -> dict:
     return state
 
 
+def _reason(message: str, subject: str) -> str:
+    """What ``message`` (``'<subject> is truncated …'``, ``'<subject>: cannot be read …'``) says of its subject,
+    for a line that names the subject itself: 'truncated …', 'cannot be read …'."""
+    if not message.startswith(subject):
+        return message
+    reason = message[len(subject):].removeprefix(":").strip()
+    return reason.removeprefix("is ")
+
+
 def newest_intact_state(folder: str | Path, warn, *, mmap: bool = False) -> tuple[Path | None, dict | None]:
     """The newest ``<iter>.state`` of ``folder`` that reads back whole; each newer broken one is ``warn``-ed about
     (a kill during a write leaves the previous state intact: this falls back to it). ``mmap``: see
@@ -160,7 +169,7 @@ def newest_intact_state(folder: str | Path, warn, *, mmap: bool = False) -> tupl
             state = read_state(path, mmap=mmap)
         except WeightsError as err:
             broken.append(str(err))
-            warn(f"skipping {err}")
+            warn(f"skipping training state {path}: {_reason(str(err), f'training state {path}')}")
             continue
         return path, state
     if broken:
