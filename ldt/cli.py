@@ -285,6 +285,10 @@ def number_back(value: Any) -> Any:
     return math.nan if value == NAN_STRING else value
 
 
+# What a file of 0 bytes is (a weights file, an image of a dataset), after its name.
+EMPTY_FILE = "is empty (0 bytes): an interrupted write or download?"
+
+
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
 
 

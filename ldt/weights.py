@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldt.cli import first_names, not_a_file
+from ldt.cli import EMPTY_FILE, first_names, not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "weights file", mmap
     except OSError as err:
         raise WeightsError(f"{what} {path}: cannot be read ({err.strerror})") from None
     if size == 0:
-        raise WeightsError(f"{what} {path} is empty (0 bytes): an interrupted write or download?")
+        raise WeightsError(f"{what} {path} {EMPTY_FILE}")
     try:
         with warnings.catch_warnings():  # torch's note on the protocol would come above our line, source line and all
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)

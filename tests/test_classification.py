@@ -1244,3 +1244,14 @@ def test_an_immutable_out_whose_runs_are_all_recorded_prints_the_tables(toy, tmp
                                            "immutable file? see lsattr)\n")
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
+
+
+def test_an_empty_image_is_said_to_be_empty(toy, tmp_path):
+    """A zero-byte image said PIL's 'cannot identify image file', where a weights file of 0 bytes is said empty."""
+    root = copy_toy(toy, tmp_path / "toy")
+    image = root / "faded" / "circle" / "0003.png"
+    image.write_bytes(b"")
+    with pytest.raises(DatasetError) as info:
+        scan_domains(root)
+    assert str(info.value) == (f"1 unreadable image file(s): image {image} is empty (0 bytes): an interrupted write "
+                               "or download?")

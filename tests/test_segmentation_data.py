@@ -239,3 +239,15 @@ def test_palette_colours_train_ids_and_blanks_ignore():
     label = np.array([[TRAIN_ID["road"], TRAIN_ID["car"], 255]], np.uint8)
     assert colorize(label).tolist() == [[[128, 64, 128], [0, 0, 142], [0, 0, 0]]]
     assert len(CLASS_NAMES) == 19 and CLASS_NAMES[TRAIN_ID["bicycle"]] == "bicycle" == CLASS_NAMES[18]
+
+
+def test_an_empty_image_is_said_to_be_empty(tmp_path):
+    """A zero-byte image or label said PIL's 'cannot identify image file', where a weights file is said empty."""
+    cityscapes_tree(tmp_path)
+    image = tmp_path / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"
+    image.write_bytes(b"")
+    for verify in (False, True):
+        with pytest.raises(SegmentationDataError, match=rf"1 unreadable files: {re.escape(str(image))} \(image "
+                                                        rf"{re.escape(str(image))} is empty \(0 bytes\): an "
+                                                        r"interrupted write or download\?\)"):
+            scan_split(tmp_path, "cityscapes", "train", verify=verify)

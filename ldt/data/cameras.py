@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ldt.cli import listing
+from ldt.cli import EMPTY_FILE, listing
 
 logger = logging.getLogger("basicsr")
 
@@ -402,6 +402,7 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
+        check_not_empty(path)
         with Image.open(path) as image:
             width, height = image.size
             turn = _orientation(image)
@@ -415,6 +416,13 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
     except (OSError, UnidentifiedImageError) as error:
         raise DatasetError(f"cannot read image {path}: {error}") from None
     return height, width, turn
+
+
+def check_not_empty(path: str | Path) -> None:
+    """A :class:`DatasetError` for an image file of 0 bytes, said as such: PIL's 'cannot identify image file' named
+    no cause (an OSError reading its size is left to the reader)."""
+    if os.path.getsize(path) == 0:
+        raise DatasetError(f"image {path} {EMPTY_FILE}")
 
 
 def _decodes(path: str | Path) -> bool:

@@ -116,8 +116,9 @@ def _header(path: Path, verify: bool) -> tuple[tuple[int, int], str]:
     """((height, width), PIL mode) from the header, and for PNG / JPEG the end marker in the last bytes
     (:func:`ldt.data.cameras.image_size`): a truncated target image passed the header read and failed only in the
     test, after the whole training. ``verify`` also checks the whole file's structure."""
-    from ldt.data.cameras import image_size  # imported here: it loads the SR side
+    from ldt.data.cameras import check_not_empty, image_size  # imported here: it loads the SR side
 
+    check_not_empty(path)  # said as such, not as PIL's 'cannot identify image file'
     with Image.open(path) as image:
         width, height = image.size
         mode = image.mode
