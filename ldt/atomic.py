@@ -222,7 +222,7 @@ class _KeepsWriteErrors:
 
     def __init__(self, file) -> None:
         self.file, self.error = file, None
-        self.name = file.name  # the path, as a file object gives it
+        self.name = getattr(file, "name", None)  # the path, as a file object gives it
 
     def write(self, data) -> int:
         try:
