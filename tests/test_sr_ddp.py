@@ -135,17 +135,23 @@ def test_ddp_trains_a_network_with_a_parameter_its_forward_does_not_use(tmp_path
 
 
 
-def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60,
-              stop_after: Path | None = None) -> list[tuple[int, str]]:
+def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60, stop_after: Path | None = None,
+              site: str | None = None) -> list[tuple[int, str]]:
     """``Train_pip.py -opt FILE --launcher pytorch`` as two ranks on CPU (gloo), started with the variables torchrun
     sets, but without torchrun (which ends the other ranks once one exits): (exit status, stderr) of each, ranks
     still running after ``timeout`` seconds killed (a rank left waiting for another fails the test, not hang it).
-    ``stop_after``: once that file exists, both ranks are sent SIGTERM, as a launcher or a cluster sends it."""
+    ``stop_after``: once that file exists, both ranks are sent SIGTERM, as a launcher or a cluster sends it.
+    ``site``: the text of a ``sitecustomize.py`` each rank runs at its start (a fault injected on one rank)."""
     repo = Path(__file__).resolve().parents[1]
+    path = str(repo)
+    if site is not None:
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(site)
+        path = os.pathsep.join([str(tmp_path / "site"), path])
     port = free_port()
     ranks = []
     for rank in range(2):
-        env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
         ranks.append(subprocess.Popen([sys.executable, str(repo / "Train_pip.py"), "-opt", str(options_file),
                                        "--launcher", "pytorch", "--root", str(tmp_path)], env=env, cwd=repo,
@@ -250,4 +256,39 @@ def test_a_diverged_ddp_run_is_said_once_naming_the_saved_state(tmp_path):
     assert (code0, code1) == (2, 2), (err0, err1)
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is nan" in errors[0] and "training_states" in errors[0], err0
+    assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)
+
+
+# Run by rank 0 alone at its start: its ``where`` (LDTModel.save or .evaluate) raises a DiskError at iteration 3.
+FAULT_ON_RANK_0 = """
+import os
+if os.environ.get("RANK") == "0":
+    import ldt.sr.train
+    from ldt.atomic import DiskError
+    from ldt.models.ldt_model import LDTModel
+    original = getattr(LDTModel, {where!r})
+
+    def failing(self, *args, **kwargs):
+        if {where!r} != "save" or args[1] == 3:
+            raise DiskError("cannot write /full/disk: no space left on device (injected)")
+        return original(self, *args, **kwargs)
+
+    setattr(LDTModel, {where!r}, failing)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["save", "evaluate"])
+def test_a_disk_error_in_rank_0s_save_or_validation_stops_every_rank_in_one_line(tmp_path, where):
+    """Only rank 0 saves and validates: its DiskError there (a full disk mid-run) stopped rank 0 alone, and rank 1
+    went on into the next step's collective, to fail in gloo's 'Connection reset by peer' traceback (NCCL: to wait for
+    the process group's timeout, 2 h). Every rank now stops at once with status 2, rank 0's line said once."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "full_disk", "ldt")
+    opt["train"]["total_iter"] = 6
+    opt["val"]["val_freq"] = opt["logger"]["save_checkpoint_freq"] = 3
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path),
+                                             site=FAULT_ON_RANK_0.format(where=where))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert errors == ["error: cannot write /full/disk: no space left on device (injected)"], err0
     assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)

@@ -611,19 +611,19 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                               saved=False)
 
     stop_before_training()  # during the checks: before the folder is archived and the warm-up and probe run
-    # the folder is ready (archived, cleaned) before any rank reads or writes in it; refused, every rank stops
+    # the folder is ready (archived, cleaned) before any rank reads or writes in it; refused, every rank stops (its
+    # log file or TensorBoard folder on a full disk too: the other ranks went on into the model's broadcast)
+    tb_logger = None
     with ranks_agree():
         if rank0:
             # Two runs of one name at once would archive, clean and write each other's folder. Taken once the checks
             # passed, so a run that cannot start creates nothing; held to the end of this training.
             held.enter_context(experiment_lock(Path(opt["path"]["experiments_root"])))
             prepare_folder(opt, root, state_path, logger)
-    if rank0:
-        log.to_file(Path(opt["path"]["log"]) / f"train_{opt['name'].replace('/', '_')}_{get_time_str()}.log")
+            log.to_file(Path(opt["path"]["log"]) / f"train_{opt['name'].replace('/', '_')}_{get_time_str()}.log")
+            if opt["logger"]["use_tb_logger"]:
+                tb_logger = held.enter_context(TensorBoardLog(root / "tb_logger" / opt["name"], logger))
     set_random_seed(opt["manual_seed"] + opt["rank"])
-    tb_logger = None
-    if rank0 and opt["logger"]["use_tb_logger"]:
-        tb_logger = held.enter_context(TensorBoardLog(root / "tb_logger" / opt["name"], logger))
 
     select_name, best_tag = selection_set(opt, val_loaders) if rank0 else (None, "")
     psnr = selection_metric(opt)
@@ -682,10 +682,16 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         return best, (iteration, table)
 
     last_validated: tuple[int, MetricTable] | None = None
-    if rank0 and val_loaders and opt["val"]["validate_start"] and current_iter == 0:
-        # The network before fine-tuning competes too (the official script's initial best): a fine-tuned one is then
-        # kept only if it validates better.
-        best, last_validated = validate_and_select(0, best)
+    # Rank 0 alone validates and writes (weights, states, results): its failure there (a full disk) stopped it alone,
+    # the other ranks waiting in the next collective (gloo: a traceback once it exited; NCCL: the group's timeout).
+    # Each such section is a ranks_agree (one small collective per validation or save, none per plain step), its
+    # condition the same on every rank.
+    if opt["val"]["validate_start"] and current_iter == 0:
+        with ranks_agree():
+            if rank0 and val_loaders:
+                # The network before fine-tuning competes too (the official script's initial best): a fine-tuned one
+                # is then kept only if it validates better.
+                best, last_validated = validate_and_select(0, best)
     start = time.time()
     bar = None
     if rank0:
@@ -717,8 +723,10 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                         for key, value in logs.items():
                             tb_logger.add_scalar(f"losses/{key}", value, current_iter)
                 # The last iteration is always validated, so it competes for the best checkpoint too.
-                if rank0 and val_loaders and (current_iter % val_freq == 0 or current_iter == total_iter):
-                    best, last_validated = validate_and_select(current_iter, best)
+                if current_iter % val_freq == 0 or current_iter == total_iter:
+                    with ranks_agree():
+                        if rank0 and val_loaders:
+                            best, last_validated = validate_and_select(current_iter, best)
                 if current_iter >= total_iter:
                     stop.finish()  # before the last stop check: a signal from now on lets the final save finish
                 signum = stop.requested()
@@ -726,9 +734,10 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
                 # not be written) then finds the run finished instead of training again from an earlier state.
                 if current_iter % save_freq == 0 or signum or current_iter >= total_iter:
                     try:
-                        last_state = model.save(epoch, current_iter, position, extra={
-                            "best": best, "history": history,
-                            "train_seconds": earlier_seconds + time.time() - start}) or last_state
+                        with ranks_agree():  # every rank checks the weights; rank 0 writes them
+                            last_state = model.save(epoch, current_iter, position, extra={
+                                "best": best, "history": history,
+                                "train_seconds": earlier_seconds + time.time() - start}) or last_state
                     except NonFiniteLossError as err:
                         raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
                 if signum:
@@ -741,26 +750,29 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         if bar is not None:
             bar.close()  # before any error message: the bar's line ends first
     seconds = earlier_seconds + time.time() - start
-    try:
-        model.save(epoch, -1)
-    except NonFiniteLossError as err:
-        raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
     report: dict = {}
-    if rank0:
-        if last_validated is None:  # resumed at the end: its state's history holds the last iteration's validation
-            last_validated = stored_validation(history, current_iter, val_loaders, opt, made_with, logger.info)
-        if last_validated is not None and last_validated[0] == current_iter:
-            table = last_validated[1]
-        else:  # no validation sets, or a history without the last iteration
-            table = validate(model, val_loaders, opt, current_iter, tb_logger, desc="final") if val_loaders else MetricTable()
-        report = {"iterations": current_iter, "train_seconds": seconds, "best": best, "history": history,
-                  "nan_skips": model.nan_skips}
-        markdown = write_results(opt, table, report)
-        report["metrics"] = table.to_dict()
-        logger.info(f"Training done in {seconds:.1f} s\n{markdown}")
-        print(markdown, flush=True)
-    if dist.is_initialized():
-        dist.barrier()  # ranks leave together: a peer tearing down while rank 0 still writes can abort it (gloo)
+    # The final weights (every rank checks them, rank 0 writes them) and rank 0's results; also the ranks leaving
+    # together: a peer tearing down while rank 0 still writes can abort it (gloo).
+    with ranks_agree():
+        try:
+            model.save(epoch, -1)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
+        if rank0:
+            # resumed at the end: its state's history holds the last iteration's validation
+            if last_validated is None:
+                last_validated = stored_validation(history, current_iter, val_loaders, opt, made_with, logger.info)
+            if last_validated is not None and last_validated[0] == current_iter:
+                table = last_validated[1]
+            else:  # no validation sets, or a history without the last iteration
+                table = validate(model, val_loaders, opt, current_iter, tb_logger, desc="final") if val_loaders \
+                    else MetricTable()
+            report = {"iterations": current_iter, "train_seconds": seconds, "best": best, "history": history,
+                      "nan_skips": model.nan_skips}
+            markdown = write_results(opt, table, report)
+            report["metrics"] = table.to_dict()
+            logger.info(f"Training done in {seconds:.1f} s\n{markdown}")
+            print(markdown, flush=True)
     signum = stop.requested(after_the_last_step=True)
     if signum:  # it came after the last step, so the run finished; it still stops the caller (a sweep goes no further)
         raise Interrupted(signum, current_iter, last_state,
