@@ -292,3 +292,62 @@ def test_a_disk_error_in_rank_0s_save_or_validation_stops_every_rank_in_one_line
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
     assert errors == ["error: cannot write /full/disk: no space left on device (injected)"], err0
     assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)
+
+
+# Run by rank 1 alone at its start: its first batch of the model's set-up (warm-up or probe) cannot be read.
+BATCH_FAILS_ON_RANK_1 = """
+import os
+if os.environ.get("RANK") == "1":
+    import ldt.sr.train
+    from ldt.data.cameras import DatasetError
+    from ldt.models.ldt_model import LDTModel
+
+    def failing(self, model, batch):
+        raise DatasetError("/data/pair_7.png: truncated image (injected)")
+
+    LDTModel.batch_loss = failing
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stage", ["warmup", "probe"])
+def test_a_batch_one_rank_cannot_read_in_the_set_up_stops_every_rank_in_one_line(tmp_path, stage):
+    """A batch of the warm-up or the probe that fails on rank 1 only: rank 1 stopped, and rank 0, in the warm-up's
+    gradient all-reduce or the probe's all-gather, failed with gloo's 'Connection reset by peer' traceback (NCCL waited
+    for the process group's timeout). Every rank now stops at once with status 2, rank 1's line said once."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "bad_batch", "ldt")
+    if stage == "warmup":
+        opt["ldt"]["warmup"] = {"steps": 2}
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path), site=BATCH_FAILS_ON_RANK_1)
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err1.splitlines() if line.startswith("error:")]
+    assert errors == ["error: /data/pair_7.png: truncated image (injected)"], err1
+    assert "error:" not in err0 and "Traceback" not in err0 + err1, (err0, err1)
+    assert "LDT warm-up" in err0 + err1 if stage == "warmup" else True
+
+
+# Run by rank 0 alone at its start: the partition.json its model writes after the probe meets a full disk.
+PARTITION_FAILS_ON_RANK_0 = """
+import os
+if os.environ.get("RANK") == "0":
+    import ldt.sr.train
+    from ldt.atomic import DiskError
+    from ldt.core.partition import Partition
+
+    def failing(self, path):
+        raise DiskError(f"cannot write {path}: no space left on device (injected)")
+
+    Partition.save = failing
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_partition_rank_0_cannot_write_stops_every_rank_in_one_line(tmp_path):
+    """Rank 0 writes partition.json in the model's set-up: its DiskError there stopped it alone, and rank 1, in DDP's
+    first broadcast, failed with gloo's traceback (NCCL waited for the process group's timeout)."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "no_room", "ldt")
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path), site=PARTITION_FAILS_ON_RANK_0)
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith("partition.json: no space left on device (injected)"), err0
+    assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)

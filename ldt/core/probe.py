@@ -255,6 +255,29 @@ def _collective_device(group: dist.ProcessGroup | None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
+class FailedOnAnotherRank(Exception):
+    """Another rank of the process group failed before a collective this rank was about to enter (:func:`agree`):
+    that rank raises (and reports) its own error; this one stops too, instead of waiting in the collective."""
+
+    def __init__(self) -> None:
+        super().__init__("stopped: another rank failed (it says why)")
+
+
+def agree(failure: BaseException | None) -> None:
+    """Before a collective of a loop that may fail on one rank only (a batch it cannot read): every rank says whether
+    it failed, in one small all-reduce (nothing without a process group of several ranks). Re-raises ``failure``,
+    else raises :class:`FailedOnAnotherRank` if another rank failed. Without it, the ranks that had not failed waited
+    in the collective (gloo: a 'Connection reset by peer' traceback once the failed rank exited; NCCL: the group's
+    timeout). Each rank must call it once per collective: with its error, or None."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([0 if failure is None else 1], device=_collective_device(None))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if failure is None and flag.item():
+            raise FailedOnAnotherRank()
+    if failure is not None:
+        raise failure
+
+
 _PARAMETRIZED = re.compile(r"(?:^|\.)parametrizations\.[^.]+$")  # the container torch.nn.utils.parametrize adds
 
 
@@ -371,6 +394,10 @@ def probe_gradients(
                 bar.update(1)
         if bar is not None:
             bar.close()
+    except Exception as err:  # noqa: BLE001 (re-raised by agree)
+        if distributed:
+            agree(err)  # the ranks that did not fail stop too, instead of waiting in the all-reduce below
+        raise
     finally:
         for name, p in named.items():
             p.grad = saved_grads[name]
@@ -391,6 +418,7 @@ def probe_gradients(
         not_probed=[name for name in named if name not in wanted],
     )
     if distributed:
+        agree(None)
         stats.all_reduce()
     if stats.num_batches == 0:
         raise ProbeError("the probe received no batch: the probe loader given as batches= is empty")

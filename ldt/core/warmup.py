@@ -13,7 +13,7 @@ from torch import nn
 
 from ldt.core.dual import set_trainable
 from ldt.core.partition import match_names, tied_alias_note
-from ldt.core.probe import LossFn, batch_loss, progress_bar
+from ldt.core.probe import LossFn, agree, batch_loss, progress_bar
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -70,6 +70,7 @@ def warmup(
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     modes = [(module, module.training) for module in model.modules()]
     losses: list[float] = []
+    agreeing = False  # inside a step, before its gradients are averaged: a failure there is agreed on (agree)
     try:
         set_trainable(model, names)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -79,6 +80,7 @@ def warmup(
         bar = progress_bar(steps, progress, desc="LDT warm-up")
         iterator = iter(batches)
         while len(losses) < steps:
+            agreeing = sync
             try:
                 batch = next(iterator)
             except StopIteration:
@@ -98,6 +100,8 @@ def warmup(
                 raise FloatingPointError(f"warm-up step {len(losses)}: loss is {loss.item()}")
             loss.backward()
             if sync:
+                agreeing = False
+                agree(None)  # a step that failed on another rank (a batch it cannot read) stops this one too
                 average_gradients(params)
             optimizer.step()
             losses.append(loss.item())
@@ -105,6 +109,10 @@ def warmup(
                 bar.update(1)
         if bar is not None:
             bar.close()
+    except Exception as err:  # noqa: BLE001 (re-raised by agree)
+        if agreeing:
+            agree(err)  # the other ranks stop too, instead of waiting in the gradients' all-reduce
+        raise
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])

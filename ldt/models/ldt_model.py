@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ldt.compat import patch_basicsr
 from ldt.core import prepare_method
 from ldt.core.methods import runs_probe, score_partition
+from ldt.core.probe import agree
 from ldt.sr import checkpoints
 from ldt.sr.options import LDTOptions, method_options, prepare_options, unused_parameters
 from ldt.archs.arch_util import head_patterns
@@ -115,8 +116,14 @@ class LDTModel(BaseModel):
             self.logger.info(f"Partition{' (from the training state)' if resume else ''}: {len(p.stable)} stable, "
                              f"{len(p.unstable)} unstable, {len(p.excluded)} excluded ({p.criterion}, ratio "
                              f"{p.unstable_ratio})")
-            if self.rank0 and self.opt["path"]["experiments_root"] and not resume:
-                p.save(Path(self.opt["path"]["experiments_root"]) / "partition.json")
+            if self.opt["path"]["experiments_root"] and not resume:
+                try:
+                    if self.rank0:
+                        p.save(Path(self.opt["path"]["experiments_root"]) / "partition.json")
+                except Exception as err:  # noqa: BLE001 (re-raised by agree)
+                    agree(err)  # a full disk: the other ranks stop too, instead of waiting in DDP's first broadcast
+                    raise
+                agree(None)
         self.repartition_every = config.repartition_every
         self.setup_branches()
         self.scalers = [torch.amp.GradScaler(self.device.type, enabled=self.speed["autocast"] == "fp16")

@@ -57,6 +57,7 @@ from ldt.sr.metrics import MetricTable  # noqa: E402
 from ldt.sr.preemption import Interrupted, StopOnSignal, collective_device, says_the_stop  # noqa: E402
 from ldt.weights import WeightsError, read_weights  # noqa: E402
 from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
+from ldt.core.probe import FailedOnAnotherRank  # noqa: E402
 
 # What the SR entry points report as ``error:`` lines (exit status 2) instead of a traceback: problems of the user's
 # options, data, weights, files, disk, or a run that diverged.
@@ -97,6 +98,8 @@ def ranks_agree() -> Iterator[None]:
     failure: Exception | None = None
     try:
         yield
+    except FailedOnAnotherRank:  # agreed on already, inside (the warm-up's, the probe's): that rank fails here too
+        pass
     except Exception as err:  # noqa: BLE001 (agreed on first, re-raised below)
         failure = err
     statuses = [exit_status(failure)]
@@ -632,7 +635,8 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         # The state was read once, on the CPU (the model copies every tensor onto its device). The model skips its
         # warm-up and probe when resuming: it reads their result (the partition) from the same file.
         opt["path"]["resume_state"] = str(state_path)
-    model = LDTModel(opt, weights=pretrained)  # the options say LDTModel (the only model_type)
+    with ranks_agree():  # a batch of the warm-up or the probe that one rank cannot read stops every rank
+        model = LDTModel(opt, weights=pretrained)  # the options say LDTModel (the only model_type)
     logger.info(f"Model [{type(model).__name__}] is created.")  # BasicSR's build_model line, which logs grep for
     del pretrained  # the model holds its own copy: not the checked tensors too, for the whole training
     total_iter = int(opt["train"]["total_iter"])
@@ -839,6 +843,8 @@ def run_reporting_errors(work: Callable[[], object], errors: tuple[type[Exceptio
         return stopped.exit_code
     except StoppedWithAnotherRank as stopped:  # another rank said why
         return stopped.exit_code
+    except FailedOnAnotherRank:  # outside a ranks_agree (a probe of ldt:repartition_every): the other rank says why
+        return 1
     except (*USER_ERRORS, *errors) as err:
         if isinstance(err, AGREED_ERRORS) and not says_the_stop():
             return 2  # every rank raised it at the same step: rank 0, which saved the states it names, says it
