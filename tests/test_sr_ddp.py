@@ -136,12 +136,13 @@ def test_ddp_trains_a_network_with_a_parameter_its_forward_does_not_use(tmp_path
 
 
 def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60, stop_after: Path | None = None,
-              site: str | None = None) -> list[tuple[int, str]]:
+              site: str | None = None, extra: tuple[str, ...] = ()) -> list[tuple[int, str]]:
     """``Train_pip.py -opt FILE --launcher pytorch`` as two ranks on CPU (gloo), started with the variables torchrun
     sets, but without torchrun (which ends the other ranks once one exits): (exit status, stderr) of each, ranks
     still running after ``timeout`` seconds killed (a rank left waiting for another fails the test, not hang it).
     ``stop_after``: once that file exists, both ranks are sent SIGTERM, as a launcher or a cluster sends it.
-    ``site``: the text of a ``sitecustomize.py`` each rank runs at its start (a fault injected on one rank)."""
+    ``site``: the text of a ``sitecustomize.py`` each rank runs at its start (a fault injected on one rank).
+    ``extra``: more arguments, after the others."""
     repo = Path(__file__).resolve().parents[1]
     path = str(repo)
     if site is not None:
@@ -154,7 +155,7 @@ def two_ranks(tmp_path: Path, options_file: Path, timeout: float = 60, stop_afte
         env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
         ranks.append(subprocess.Popen([sys.executable, str(repo / "Train_pip.py"), "-opt", str(options_file),
-                                       "--launcher", "pytorch", "--root", str(tmp_path)], env=env, cwd=repo,
+                                       "--launcher", "pytorch", "--root", str(tmp_path), *extra], env=env, cwd=repo,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     if stop_after is not None:
         deadline = time.monotonic() + timeout
@@ -351,3 +352,14 @@ def test_a_partition_rank_0_cannot_write_stops_every_rank_in_one_line(tmp_path):
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].endswith("partition.json: no space left on device (injected)"), err0
     assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("extra", [("--bogus",), ("--launcher", "slurm")])
+def test_a_bad_flag_under_a_launcher_is_said_once(tmp_path, extra):
+    """Every rank parses the same arguments: argparse's usage and error lines were said once per rank."""
+    opt = tiny_options(tmp_path / "cams", "bad_flag", "ldt")
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path), extra=extra)
+    assert (code0, code1) == (2, 2), (err0, err1)
+    assert err0.startswith("Train_pip.py: error: ") and err0.count("\n") == 1 and extra[-1] in err0, err0
+    assert err1 == "", err1

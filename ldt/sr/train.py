@@ -29,7 +29,7 @@ from ldt.atomic import (
 )
 from ldt.cli import error_lines, show_traceback, strict_json
 from ldt.compat import patch_basicsr
-from ldt.sr.basicsr_pipeline import reporting_rank
+from ldt.sr.basicsr_pipeline import launcher_of_environment, reporting_rank
 from ldt.sr.flags import training_parser
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
@@ -805,10 +805,13 @@ def print_error(err: Exception) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = training_parser(__doc__)
-    args = parser.parse_args(argv)
-    if args.opt is None:
-        parser.error("-opt is required (Train_pip.py without arguments runs the demo)")
-    check_launcher(parser, args.launcher)
+    # Every rank parses the same arguments: a bad flag was said once per rank (--launcher is not known yet: the
+    # environment says which rank this is)
+    with reporting_rank(launcher_of_environment()):
+        args = parser.parse_args(argv)
+        if args.opt is None:
+            parser.error("-opt is required (Train_pip.py without arguments runs the demo)")
+        check_launcher(parser, args.launcher)
     logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
 
     loaded: list[dict] = []
