@@ -502,6 +502,12 @@ def recorded_mean(values: Iterable[object]) -> float:
     return statistics.fmean(map(recorded_number, values))
 
 
+def sample_stdev(values: Sequence[float]) -> float:
+    """``statistics.stdev``, NaN where a value is not finite (a NaN metric, an older file's 'nan'), where Python's
+    raises ``AttributeError: 'float' object has no attribute 'numerator'``."""
+    return statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
+
+
 def mean_se(values: Iterable[float]) -> Stat:
     """Mean ± standard error of the mean (sample std with ddof 1, over √n); se None for one value. Each value is
     checked by :func:`recorded_number`: the values come from records."""
@@ -509,7 +515,7 @@ def mean_se(values: Iterable[float]) -> Stat:
     if not values:
         raise ValueError("mean_se of no values")
     mean = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    se = sample_stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
     return Stat(mean, se, len(values))
 
 
@@ -556,7 +562,7 @@ def paired_difference(values: Mapping[int, float], reference: Mapping[int, float
     mean = statistics.fmean(differences)
     if len(differences) < 2:
         return Paired(mean, None, None, 1)
-    half = t_quantile(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+    half = t_quantile(0.975, len(differences) - 1) * sample_stdev(differences) / math.sqrt(len(differences))
     return Paired(mean, mean - half, mean + half, len(differences))
 
 

@@ -325,3 +325,59 @@ def test_study_collect_plans_its_runs_once(tmp_path, monkeypatch):
     done = study_collect(tmp_path, monkeypatch)
     assert done["code"] == 0 and done["series"], done
     assert done["plans"] == 1, done
+
+
+def pretrained_and_records_edited(pretrained_value, record_value=None):
+    """An edit for study_collect: the pre-trained metrics written beside the records with pan's PSNR
+    ``pretrained_value`` (and with ``record_value``, the first record's pan PSNR in every validation)."""
+    from ldt.sr.study import CAMERAS, PRETRAINED_FILE
+
+    def edit(lines: list[str], out) -> list[str]:
+        rows = {camera: {"psnr": 20.0, "ssim": 0.5} for camera in CAMERAS}
+        rows["pan"]["psnr"] = pretrained_value
+        (out / PRETRAINED_FILE).write_text(json.dumps({"weights": "net.pth", "metrics": rows}))
+        if record_value is None:
+            return lines
+        record = json.loads(lines[0])
+        for entry in record["history"]:
+            entry["rows"]["pan"]["psnr"] = record_value
+        return [json.dumps(record), *lines[1:]]
+    return edit
+
+
+@pytest.mark.parametrize("pretrained_value, record_value", [("nan", None), (20.0, "nan")])
+def test_an_older_files_nan_string_in_the_pretrained_metrics_or_a_record_reads_as_nan(pretrained_value, record_value,
+                                                                                      tmp_path, monkeypatch):
+    """The per-camera gains and the transfer ratio subtracted the raw values: the string 'nan' (a NaN as the
+    previous version wrote it) in pretrained.json made every record 'a record the table cannot read' (TypeError:
+    float - str), and in a record left that record out; both now read it as NaN, as every other table does."""
+    out = tmp_path / "out"
+    done = study_collect(tmp_path, monkeypatch, lambda lines: pretrained_and_records_edited(
+        pretrained_value, record_value)(lines, out))
+    assert done["code"] == 0 and not [message for message in done["warnings"] if "cannot read" in message], done
+    assert "**PSNR gain over the pre-trained network per camera**" in (out / "tablestudy.md").read_text()
+    assert "nan" in (out / "tablestudy.md").read_text().split("per camera")[1]
+
+
+def test_a_pretrained_metric_edited_to_true_is_warned_of_naming_the_file(tmp_path, monkeypatch):
+    """A pre-trained PSNR edited by hand to true was subtracted as 1 dB, with no word; it is now a warning naming
+    pretrained.json, and the tables show no transfer ratio and per-camera gains (the records are all read)."""
+    from ldt.sr.study import PRETRAINED_FILE
+
+    out = tmp_path / "out"
+    done = study_collect(tmp_path, monkeypatch, lambda lines: pretrained_and_records_edited(True)(lines, out))
+    assert done["code"] == 0 and not [message for message in done["warnings"] if "cannot read" in message
+                                      and "results.jsonl" in message], done
+    assert any(message.startswith(f"{out / PRETRAINED_FILE}: ") and "got bool True" in message
+               for message in done["warnings"]), done["warnings"]
+    table = (out / "tablestudy.md").read_text()
+    assert "per camera" not in table and "Pre-trained network" not in table and "no record yet" not in table
+
+
+def test_mean_se_and_paired_difference_of_a_nan_are_nan():
+    """statistics.stdev of a NaN raised AttributeError ('float' object has no attribute 'numerator'): a NaN metric
+    (an older file's 'nan') made its record one the table cannot read; the spread is now NaN."""
+    stat = mean_se([26.0, "nan", 27.0])
+    assert math.isnan(stat.mean) and math.isnan(stat.se) and stat.n == 3
+    paired = paired_difference({0: 1.0, 1: math.nan}, {0: 0.0, 1: 0.5})
+    assert math.isnan(paired.mean) and math.isnan(paired.low) and paired.verdict() == "no"

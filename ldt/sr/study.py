@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import csv
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def select(history: Sequence[dict], protocol: str, *, upto: int | None = None, s
 
 def transfer_ratio(rows: Mapping, pretrained: Mapping, source: str = "source") -> float:
     """(target-mean PSNR gain over the pre-trained network) / (source PSNR gain over it)."""
-    gain = rows[source]["psnr"] - pretrained[source]["psnr"]
+    gain = recorded_number(rows[source]["psnr"]) - recorded_number(pretrained[source]["psnr"])
     return (target_mean(rows) - target_mean(pretrained)) / gain if gain else float("nan")
 
 
@@ -163,16 +164,35 @@ def camera_gains(settings: Mapping[str, Mapping[int, dict]], pretrained: Mapping
     for label, per_seed in settings.items():
         if per_seed:
             chosen = [select(record["history"], "source", upto=budget)["rows"] for record in per_seed.values()]
-            body.append([label, *(mean_se(rows[camera]["psnr"] - pretrained[camera]["psnr"] for rows in chosen).format(2)
+            body.append([label, *(mean_se(recorded_number(rows[camera]["psnr"])
+                                          - recorded_number(pretrained[camera]["psnr"]) for rows in chosen).format(2)
                                   for camera in CAMERAS)])
     return body
+
+
+def pretrained_metrics(out: Path) -> dict | None:
+    """The pre-trained network's metrics in ``out`` (written by :func:`record_pretrained`), each value read as the
+    tables read a record's (:func:`ldt.sweep.recorded_number`: an older file's 'nan' is NaN), or None without the
+    file. A value that is no number (a hand edit to true, a camera missing) is a warning naming the file, and None:
+    the tables then leave out the transfer ratio and the per-camera gains, and read every record."""
+    path = Path(out) / PRETRAINED_FILE
+    metrics = read_json_dict(path).get("metrics")
+    if not metrics:
+        return None
+    try:
+        return {camera: {metric: recorded_number(metrics[camera][metric]) for metric in ("psnr", "ssim")}
+                for camera in CAMERAS}
+    except (TypeError, KeyError, AttributeError) as err:
+        warnings.warn(f"{path}: pre-trained metrics the tables cannot read ({type(err).__name__}: {err}; edited by "
+                      "hand?); the transfer ratio and the per-camera gains are left out", stacklevel=2)
+        return None
 
 
 def render_study(runs, records: Mapping[str, dict], out: Path):
     """The study's Markdown (three tables) and its long-format CSV, from the records and the pre-trained metrics."""
     from ldt.sr.reproduce import RenderedTable, describe_records
 
-    pretrained = read_json_dict(Path(out) / PRETRAINED_FILE).get("metrics")  # written by record_pretrained
+    pretrained = pretrained_metrics(out)
     results = analyse(runs, records, pretrained)
     budgets, rows = results["budgets"], results["rows"]
     found = [records[run.digest] for run in runs if run.digest in records]
