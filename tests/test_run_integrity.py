@@ -326,7 +326,7 @@ def test_a_broken_newest_state_falls_back_to_the_newest_intact_one(damage, data_
     assert same_weights(latest(tmp_path, "straight"), latest(tmp_path, "broken"))  # resumed from 3.state, exactly
 
 
-@pytest.mark.parametrize("damage", ['{"value": 2', '{"value": "high", "iter": 3}'])
+@pytest.mark.parametrize("damage", ['{"value": 2', '{"value": "high", "iter": 3}', '{"value": true, "iter": 3}'])
 def test_a_hand_broken_best_score_stops_a_resume_in_one_line(damage, data_root, tmp_path, capsys):
     assert cli(options(data_root, "best", total_iter=3), tmp_path, capsys)[0] == 0
     exp = tmp_path / "experiments" / "best"
@@ -335,6 +335,17 @@ def test_a_hand_broken_best_score_stops_a_resume_in_one_line(damage, data_root, 
     code, lines = cli(options(data_root, "best", total_iter=6), tmp_path, capsys, "--auto_resume")
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {exp / 'best.json'}: "), lines
     assert snapshot(exp) == before
+
+
+def test_an_older_best_score_of_nan_is_no_best_on_resume(data_root, tmp_path, capsys):
+    """The previous version wrote a NaN score as the string 'nan' (ldt.cli.number_back reads it back): a resume
+    refused that best.json ('value' is 'nan', not a number). It now reads as NaN, which is no best: the resume
+    keeps the state's best and trains on."""
+    assert cli(options(data_root, "best", total_iter=3), tmp_path, capsys)[0] == 0
+    best = tmp_path / "experiments" / "best" / "best.json"
+    best.write_text('{"value": "nan", "iter": 3, "set": "val_2"}')
+    code, lines = cli(options(data_root, "best", total_iter=6), tmp_path, capsys, "--auto_resume")
+    assert code == 0, lines
 
 
 # ---- 3b. path:resume_state never mixes two runs in one folder; a run that cannot start archives nothing ------------

@@ -27,7 +27,7 @@ from ldt.atomic import (
     BusyError, DiskError, FileContentError, atomic_write_text, check_room, disk_reason, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import error_lines, show_traceback, strict_json
+from ldt.cli import error_lines, number_back, show_traceback, strict_json
 from ldt.compat import patch_basicsr
 from ldt.sr.basicsr_pipeline import launcher_of_environment, reporting_rank
 from ldt.sr.flags import training_parser
@@ -663,10 +663,11 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         if best_file.is_file():
             remedy = f"delete it to resume (net_g_best{best_tag}.pth may then be replaced by a later, worse network)"
             recorded = read_json_object(best_file, ("value", "iter"), remedy=remedy)
-            if not isinstance(recorded["value"], (int, float)):
+            value = number_back(recorded["value"])  # an older file's 'nan': NaN, which is no best
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise FileContentError(f"{best_file}: 'value' is {recorded['value']!r}, not a number; {remedy}")
-            if recorded["value"] > best["value"]:
-                best = recorded
+            if value > best["value"]:
+                best = {**recorded, "value": value}
         history = state["extra"].get("history", [])
         made_with = state.get("options") or {}
         earlier_seconds = state["extra"].get("train_seconds", 0.0)
