@@ -560,6 +560,8 @@ def _drop_line(meta: Path, key: str) -> None:
     ("the_folder", r"datasets:train:dataroot_lq: .*/set/LR is not an LMDB"),
     ("cut_short", r"datasets:train \(DF2K\): LMDB .*HR.lmdb is cut short: its data.mdb holds 13516 of the 45056 bytes "
                   r"its header records: a copy that did not finish\? rebuild it with basicsr"),
+    ("malformed", r"^datasets:train \(DF2K\): .*LR.lmdb/meta_info.txt:1: expected 'name.png \(h,w,c\) level', got "
+                  r"'a.png'$"),
 ])
 def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_refused_before_any_work(
         data_root, tmp_path, damage, message):
@@ -580,6 +582,8 @@ def test_a_paired_image_set_on_lmdbs_whose_keys_do_not_pair_or_are_missing_is_re
         _drop_line(lq / "meta_info.txt", "butterfly")
     elif damage == "no_meta":
         (lq / "meta_info.txt").unlink()
+    elif damage == "malformed":  # the prefix every other error of the set carries was missing
+        (lq / "meta_info.txt").write_text("a.png\n" + (lq / "meta_info.txt").read_text())
     elif damage == "cut_short":  # a copy stopped part-way: its pages past the cut were a SIGBUS ('Bus error', no line)
         (gt / "data.mdb").write_bytes((gt / "data.mdb").read_bytes()[:13516])
     else:
@@ -1001,7 +1005,7 @@ def _lr_only_lmdb(root: Path, small: bool = False) -> Path:
     return Path(f"{folder}.lmdb")
 
 
-@pytest.mark.parametrize("problem", ["none", "small", "delete_key", "foreign_meta", "cut_short"])
+@pytest.mark.parametrize("problem", ["none", "small", "delete_key", "foreign_meta", "cut_short", "malformed"])
 def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_is_written(problem, data_root,
                                                                                          tmp_path):
     """test.py on BasicSR's SingleImageDataset with io_backend: lmdb checked only that the folder was an LMDB: an LR
@@ -1021,6 +1025,8 @@ def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_
         (db / "meta_info.txt").write_text("x.png (12,16,3) 1\ny.png (12,16,3) 1\n")
     elif problem == "cut_short":
         (db / "data.mdb").write_bytes((db / "data.mdb").read_bytes()[:4096])
+    elif problem == "malformed":
+        (db / "meta_info.txt").write_text("a.png\n")
     test_opt = _lr_only_test(data_root, tmp_path, db, io_backend={"type": "lmdb"})
     options = load_options(write_options(test_opt, tmp_path), is_train=False)
     if problem == "none":
@@ -1035,7 +1041,9 @@ def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_
                               f"lists (b): a half-written database? rebuild it with basicsr",
                 "foreign_meta": f"datasets:test_1 (photos): LMDB {db} lacks 2 of the 2 image(s) its meta_info.txt "
                                 f"lists (x, y)",
-                "cut_short": f"datasets:test_1 (photos): LMDB {db} cannot be opened"}[problem]
+                "cut_short": f"datasets:test_1 (photos): LMDB {db} cannot be opened",
+                "malformed": f"datasets:test_1 (photos): {db}/meta_info.txt:1: expected 'name.png (h,w,c) level', "
+                             "got 'a.png'"}[problem]
     assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
     assert not (tmp_path / "results" / "lr_only_test").exists()
 

@@ -94,6 +94,15 @@ def check_lmdb_keys(db: Path, keys: list[str], remedy: str = _REBUILD) -> None:
                            f"({first_names(missing)}): a half-written database? {remedy}")
 
 
+def lmdb_keys(where: str, db: str) -> list[str]:
+    """The keys of ``db`` as BasicSR reads them (:func:`ldt.data.cameras.basicsr_lmdb_meta`); a meta_info.txt line
+    that is not BasicSR's writer's is named with the set (``where``), as every other error of its checks is."""
+    try:
+        return list(basicsr_lmdb_meta(db))
+    except DatasetError as err:
+        raise DatasetError(f"{where}: {err}") from None
+
+
 def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
     """BasicSR's ``PairedImageDataset`` on LMDBs takes each one's keys from its meta_info.txt (a line up to its
     first dot) and fails, without naming a key, on two key sets that differ ('Keys in lq_folder and gt_folder are
@@ -102,7 +111,7 @@ def check_paired_lmdb(where: str, gt_db: str, lq_db: str) -> None:
     ``*.lmdb`` or without meta_info.txt, is the option check's: ``ldt.sr.options``); a key lookup each. Two
     meta_info.txt that list nothing are one line too (:func:`no_images`), as is a line that is not BasicSR's
     writer's (:func:`ldt.data.cameras.basicsr_lmdb_meta`, whose shapes the scale check reads)."""
-    keys = {db: list(basicsr_lmdb_meta(db)) for db in (gt_db, lq_db)}
+    keys = {db: lmdb_keys(where, db) for db in (gt_db, lq_db)}
     if not keys[gt_db] and not keys[lq_db]:
         raise no_images(f"LMDB {gt_db} (its meta_info.txt)", lq_db, "dataroot_gt")
     try:
@@ -123,7 +132,7 @@ def check_single_lmdb(where: str, lq_db: str) -> None:
     the SR images before it were written; a database lmdb cannot open was lmdb's traceback. Each is one line here,
     naming the database and the key, before the dataset is built (a key lookup each), as is a meta_info.txt that
     lists nothing."""
-    keys = list(basicsr_lmdb_meta(lq_db))
+    keys = lmdb_keys(where, lq_db)
     if not keys:
         raise DatasetError(f"LMDB {lq_db}: its meta_info.txt lists no images", "dataroot_lq")
     try:
