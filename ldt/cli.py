@@ -289,6 +289,16 @@ def number_back(value: Any) -> Any:
 EMPTY_FILE = "is empty (0 bytes): an interrupted write or download?"
 
 
+def cannot_decode(what: str, path: str | os.PathLike, error: BaseException) -> str:
+    """The line for a file (``what``: image, label) PIL could not decode when it was read: one of 0 bytes (emptied
+    after the start-up check, which says so too) is :data:`EMPTY_FILE`, not PIL's 'cannot identify image file'."""
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        empty = False
+    return f"{what} {os.fspath(path)} {EMPTY_FILE}" if empty else f"cannot decode {what} {os.fspath(path)}: {error}"
+
+
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
 
 

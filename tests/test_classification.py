@@ -1255,3 +1255,16 @@ def test_an_empty_image_is_said_to_be_empty(toy, tmp_path):
         scan_domains(root)
     assert str(info.value) == (f"1 unreadable image file(s): image {image} is empty (0 bytes): an interrupted write "
                                "or download?")
+
+
+def test_an_image_emptied_after_the_start_up_check_is_said_to_be_empty(tmp_path):
+    """An image emptied after the data check (read by load_image in training) said PIL's 'cannot identify image
+    file', where the start-up check says the file is empty (ldt.cli.EMPTY_FILE)."""
+    image = tmp_path / "0003.png"
+    image.write_bytes(b"")
+    with pytest.raises(DatasetError) as info:
+        data_module.load_image(str(image))
+    assert str(info.value) == f"image {image} is empty (0 bytes): an interrupted write or download?"
+    image.write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=rf"^cannot decode image {re.escape(str(image))}: cannot identify image"):
+        data_module.load_image(str(image))

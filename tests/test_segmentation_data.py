@@ -251,3 +251,16 @@ def test_an_empty_image_is_said_to_be_empty(tmp_path):
                                                         rf"{re.escape(str(image))} is empty \(0 bytes\): an "
                                                         r"interrupted write or download\?\)"):
             scan_split(tmp_path, "cityscapes", "train", verify=verify)
+
+
+def test_an_image_or_label_emptied_after_the_start_up_check_is_said_to_be_empty(tmp_path):
+    """An image or label emptied after the data check (read in training or the test) said PIL's 'cannot identify
+    image file', where the start-up check says the file is empty (ldt.cli.EMPTY_FILE)."""
+    from ldt.segmentation.data import _label_ids, read_image
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"")
+    for read, what in ((read_image, "image"), (_label_ids, "label")):
+        with pytest.raises(SegmentationDataError) as info:
+            read(path)
+        assert str(info.value) == f"{what} {path} is empty (0 bytes): an interrupted write or download?"

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from ldt.atomic import in_the_way
+from ldt.cli import cannot_decode
 from ldt.runner import domain_batches, sample_seed, seeded_loader
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -253,7 +254,7 @@ def load_image(path: str) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except OSError as err:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
-        raise DatasetError(f"cannot decode image {path}: {err}") from None
+        raise DatasetError(cannot_decode("image", path, err)) from None
 
 
 class ImageList(Dataset):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from ldt.cli import listing
+from ldt.cli import cannot_decode, listing
 from ldt.runner import sample_seed, seeded_loader
 from ldt.segmentation.classes import IGNORE_INDEX, MAPILLARY_V12_TO_TRAIN_ID, lookup_table, map_labels
 
@@ -249,7 +249,7 @@ def read_image(path: Path) -> torch.Tensor:
         with Image.open(path) as file:
             array = np.asarray(file.convert("RGB"))
     except (OSError, UnidentifiedImageError) as err:
-        raise SegmentationDataError(f"cannot decode image {path}: {err}") from None
+        raise SegmentationDataError(cannot_decode("image", path, err)) from None
     image = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return (image - mean) / std
@@ -268,7 +268,7 @@ def _label_ids(path: Path) -> np.ndarray:
     try:
         return _decoded_ids(path)
     except OSError as err:  # UnidentifiedImageError is one
-        raise SegmentationDataError(f"cannot decode label {path}: {err}") from None
+        raise SegmentationDataError(cannot_decode("label", path, err)) from None
 
 
 def _labels_a_class(present: np.ndarray, table: np.ndarray) -> bool:
@@ -290,7 +290,7 @@ def first_labelled(split: SegmentationSplit, samples: Sequence[Sample]) -> Sampl
             if _labels_a_class(_present_values(sample.label), split.table):
                 return sample
         except OSError as err:
-            raise SegmentationDataError(f"cannot decode label {sample.label}: {err}") from None
+            raise SegmentationDataError(cannot_decode("label", sample.label, err)) from None
     return None
 
 
