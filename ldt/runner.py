@@ -603,16 +603,21 @@ def planned_records(configs: Sequence[RunnerConfig], out: Path) -> tuple[list[tu
 
 @one_warning_each()  # its records and its tables' records: one warning of each broken line
 def tables_of_a_recorded_sweep(configs: Sequence[RunnerConfig], out: Path, tabulate: Callable[[Path], str],
-                               problem: str) -> bool:
+                               problem: str) -> bool | None:
     """For ``out``, which cannot be written in (``problem``): when every run of ``configs`` is recorded there (with
     the weights it was trained from), print the tables, written nowhere, and True; otherwise False (the sweep
-    refuses the folder, as before). Only the tables would have been rewritten: refusing the folder hid them."""
+    refuses the folder, as before). Only the tables would have been rewritten: refusing the folder hid them. None:
+    every run is recorded but a weights file the plan names is not there yet (the demo's pre-training makes it), so
+    whether they were trained from it is told only once it is made. A run left to train is False before any weights
+    file is read."""
     identities, records = planned_records(configs, out)
-    now = fingerprints(configs)
-    if stale_weights(records, ((digest, c.weights) for (digest, _), c in zip(identities, configs)), now):
-        return False
     done = set(records.by_hash())
     if any(digest not in done for digest, _ in identities):
+        return False
+    if any(c.weights and not Path(c.weights).is_file() for c in configs):
+        return None
+    now = fingerprints(configs)
+    if stale_weights(records, ((digest, c.weights) for (digest, _), c in zip(identities, configs)), now):
         return False
     print(f"{len(set(identities))} runs, all recorded in {out}; {problem}: the tables are printed, not rewritten "
           "there", flush=True)
@@ -770,15 +775,19 @@ def whole_step() -> Iterator[None]:
 
 
 def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfig]]], run: Callable[..., dict],
-         tabulate: Callable[[Path], str]) -> int:
+         tabulate: Callable[[Path], str],
+         identify: Callable[[], tuple[Path, Sequence[RunnerConfig]] | None] | None = None) -> int:
     """A runner's command line after parsing: ``--collect OUT`` recomputes the tables from the records alone;
     otherwise ``prepare()`` plans and checks everything (bad data, options or weights: one line naming the culprit,
     exit status 2, before any run), ``--out`` is checked writable and locked, and :func:`sweep` runs what is not
-    recorded yet (bad input found during a run: one line, exit status 2). SIGTERM / SIGINT: one line, exit status
-    128 + the signal; the runs recorded before it are kept, and the same command resumes."""
+    recorded yet (bad input found during a run: one line, exit status 2). ``identify()``: the folder and runs
+    ``prepare`` plans, without its data build, image reads or pre-training (None: not known without them); for an
+    ``--out`` holding records that cannot be written in, it tells a run left to train (refused) or tables alone
+    (printed) before that work. SIGTERM / SIGINT: one line, exit status 128 + the signal; the runs recorded before it
+    are kept, and the same command resumes."""
     try:
         with stop_on_signal():
-            return _main(args, prepare, run, tabulate)
+            return _main(args, prepare, run, tabulate, identify)
     except Stopped as stopped:
         kept = "the runs recorded so far are kept" + (f", the run in progress saved {stopped.saved}" if stopped.saved
                                                        else "")
@@ -805,7 +814,8 @@ def collect_problem(folder: Path) -> str | None:
 
 
 def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfig]]], run: Callable[..., dict],
-          tabulate: Callable[[Path], str]) -> int:
+          tabulate: Callable[[Path], str],
+         identify: Callable[[], tuple[Path, Sequence[RunnerConfig]] | None] | None = None) -> int:
     if args.collect:
         folder = Path(args.collect)
         problem = collect_problem(folder)
@@ -831,6 +841,16 @@ def _main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConf
         given = getattr(args, "out", None)
         if given is None or not (Path(given) / RESULTS_FILE).is_file():
             require_output_dir("--out", given)
+        elif identify is not None and output_dir_problem(Path(given)):
+            # Records in a folder that cannot be written in: the plan alone tells a run left to train (refused) from
+            # tables alone (printed), before prepare reads every image and pre-trains (None: after it, below).
+            planned = identify()
+            problem = planned and output_dir_problem(planned[0])
+            told = tables_of_a_recorded_sweep(planned[1], planned[0], tabulate, problem) if problem else None
+            if told:
+                return 0
+            if told is False:
+                require_output_dir("--out", given)
         out, configs = prepare()
         problem = output_dir_problem(out) if (out / RESULTS_FILE).is_file() else None
         if problem and tables_of_a_recorded_sweep(configs, out, tabulate, problem):

@@ -1218,7 +1218,7 @@ def test_a_group_and_a_folder_of_the_same_joined_name_keep_their_own_columns(tmp
     assert "D,tiny,ft," in (tmp_path / "table.csv").read_text() and ",a + b,0.2" in (tmp_path / "table.csv").read_text()
 
 
-def test_an_immutable_out_whose_runs_are_all_recorded_prints_the_tables(toy, tmp_path, capsys):
+def test_an_immutable_out_whose_runs_are_all_recorded_prints_the_tables(toy, tmp_path, capsys, monkeypatch):
     """A sweep on an immutable (or read-only) --out was refused at start ('cannot write in …') even when every run
     was recorded there and only the tables would have been rewritten; they are printed now, said not rewritten
     (--collect too). A run left to train still refuses the folder, before any work."""
@@ -1230,6 +1230,7 @@ def test_an_immutable_out_whose_runs_are_all_recorded_prints_the_tables(toy, tmp
     capsys.readouterr()
     if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i needs root on a file system that has it")
+    monkeypatch.setattr(main_module, "check_data", never_read)  # the tables read the records alone
     try:
         said = (f"cannot write in {out}: operation not permitted (an immutable file? see lsattr): the tables are "
                 "printed, not rewritten there")
@@ -1268,3 +1269,44 @@ def test_an_image_emptied_after_the_start_up_check_is_said_to_be_empty(tmp_path)
     image.write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=rf"^cannot decode image {re.escape(str(image))}: cannot identify image"):
         data_module.load_image(str(image))
+
+
+def never_read(*args, **kwargs):
+    raise AssertionError("read the data or pre-trained before refusing the folder")
+
+
+def immutable(folder: Path):
+    """``folder`` made immutable (chattr +i) for the ``with`` block; skips the test where that cannot be done."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def held():
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i needs root on a file system that has it")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    return held()
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_a_run_left_to_train_in_an_immutable_out_is_refused_before_the_data_is_read(demo, toy, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """A sweep on an immutable --out holding records planned everything first (every image's header read, the
+    demo's data built and its tiny backbone pre-trained) to tell whether only its tables were left, and refused
+    the folder only then; a run left to train is now refused from the plan alone, before any of that."""
+    if demo:  # the demo's data in place (built before), its pre-training not made yet
+        monkeypatch.chdir(tmp_path)
+        copy_toy(toy, tmp_path / main_module.DEFAULT_ROOT)
+    for name in ("check_data", "build_toy_domains", "pretrain_tiny"):
+        monkeypatch.setattr(main_module, name, never_read)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text("")  # records of no planned run
+    argv = [*([] if demo else ["--data", str(toy)]), "--out", str(out), "--methods", "ft", "--seeds", "0",
+            "--test-domains", "photo", "--no-progress", *FAST_FLAGS]
+    with immutable(out):
+        assert main(argv) == 2
+    assert capsys.readouterr().err == (f"error: --out: cannot write in {out}: operation not permitted (an immutable "
+                                       "file? see lsattr)\n")

@@ -789,3 +789,26 @@ def test_a_domain_name_with_a_plus_names_the_flag(tiny, tmp_path, monkeypatch, c
     paths = {"root": domain_root(tiny, "clean"), "fog": domain_root(tiny, "fog")}
     assert main([arg.format(**paths) for arg in given] + ["--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert capsys.readouterr().err == f"error: {message.format(**paths)}\n"
+
+
+def test_a_run_left_to_train_in_an_immutable_out_is_refused_before_the_demo_data_or_pre_training(tmp_path,
+                                                                                                monkeypatch, capsys):
+    """A sweep on an immutable --out holding records planned everything first (the demo's streets generated, every
+    domain checked on disk, its resnet18 pre-trained) to tell whether only its tables were left, and refused the
+    folder only then; a run left to train is now refused from the plan alone, before any of that."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("build_generated", "check_data", "pretrain_backbone"):
+        monkeypatch.setattr(main_module, name, never)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RESULTS_FILE).write_text("")  # records of no planned run
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root on a file system that has it")
+    try:
+        assert main(["--out", str(out), "--methods", "ft", "--seeds", "0", "--no-progress", *FAST_FLAGS]) == 2
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+    assert capsys.readouterr().err == (f"error: --out: cannot write in {out}: operation not permitted (an immutable "
+                                       "file? see lsattr)\n")

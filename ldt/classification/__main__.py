@@ -12,6 +12,7 @@ from ldt.cli import OnceList, OneLineParser, check_args, path_flag, positive, st
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
+    import copy
     import sys
     from dataclasses import fields
     from pathlib import Path
@@ -89,9 +90,17 @@ def weights_by_backbone(entries: list[str], backbones: list[str]) -> dict[str, s
         raise ValueError(str(err)) from None
 
 
+def demo_weights_path(args: argparse.Namespace) -> Path | None:
+    """The cached pre-training the demo's tiny backbone starts from (made or not yet), or None: --no-pretrain, no
+    tiny backbone, or --weights naming its own."""
+    if not args.pretrain or "tiny" not in args.backbones or "tiny" in weights_by_backbone(args.weights, args.backbones):
+        return None
+    return PretrainConfig(steps=args.pretrain_steps).weights_path()
+
+
 def demo_weights(args: argparse.Namespace) -> None:
     """Give the demo's tiny backbone the cached generated pre-training, unless --no-pretrain or --weights name its own."""
-    if not args.pretrain or "tiny" not in args.backbones or "tiny" in weights_by_backbone(args.weights, args.backbones):
+    if demo_weights_path(args) is None:
         return
     config = PretrainConfig(steps=args.pretrain_steps)
     cached = config.weights_path().is_file()
@@ -128,9 +137,9 @@ def left_out_groups(entries: list[str] | None, domains: list[str],
     return [named[name] for name in runner.unique("--test-domains", ["+".join(group) for group in groups])]
 
 
-def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
+def plan(args: argparse.Namespace, read_images: bool = True) -> tuple[Path, list[RunConfig]]:
     """Check everything that can be checked cheaply, then list the sweep's runs (seed-major, so a partial sweep
-    already has complete seeds)."""
+    already has complete seeds), and with ``read_images`` check every run's data (every image's header)."""
     domains = [folder.name for folder in domain_folders(Path(args.data))]
     groups = left_out_groups(args.test_domains, domains, args.data)  # checked at start-up (check_domains)
     weights = weights_by_backbone(args.weights, args.backbones)
@@ -145,7 +154,8 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
         for group in groups
         for method in args.methods
     ]
-    check_data(configs)  # every run's, once: the runs do not check again (data_checked)
+    if read_images:
+        check_data(configs)  # every run's, once: the runs do not check again (data_checked)
     return results_folder(args), configs
 
 
@@ -213,11 +223,24 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     return plan(args)
 
 
+def identify(args: argparse.Namespace) -> tuple[Path, list[RunConfig]] | None:
+    """The folder and runs :func:`prepare` plans, without building the demo's data, pre-training its backbone or
+    reading an image (on a copy of the flags); None for the demo before its data is built."""
+    args = copy.deepcopy(args)
+    check_options(args)
+    if args.data is None:
+        if not DEFAULT_ROOT.is_dir():
+            return None
+        args.data, pretrained = DEFAULT_ROOT, demo_weights_path(args)  # where prepare builds and pre-trains them
+        args.weights = [*args.weights, f"tiny={pretrained}"] if pretrained else args.weights
+    return plan(args, read_images=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # prepare checked every run's data (check_data): the runs do not again
     return runner.main(args, lambda: prepare(args), lambda config, **kwargs: run(config, data_checked=True, **kwargs),
-                       lambda folder: write_tables(folder, TABLE_ORDER))
+                       lambda folder: write_tables(folder, TABLE_ORDER), lambda: identify(args))
 
 
 if __name__ == "__main__":

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # prepare checked every run's data (check_data): the runs do not again
     return runner.main(args, lambda: prepare(args), lambda config, **kwargs: run(config, data_checked=True, **kwargs),
-                       lambda folder: write_tables(folder, TABLE_ORDER))
+                       lambda folder: write_tables(folder, TABLE_ORDER), lambda: plan(args)[:2])
 
 
 if __name__ == "__main__":
