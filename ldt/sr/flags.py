@@ -44,7 +44,7 @@ BUDGETS = {
 def demo_parser(prog: str = "Train_pip.py", description: str | None = None) -> argparse.ArgumentParser:
     """The demo's command line: ``python Train_pip.py [demo] [flags]``, or ``python -m ldt.sr.demo`` (``prog``)."""
     parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="'quick' is a seconds-long smoke run")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="'quick' is a smoke run of a minute or two (tiny data, a few steps)")
     parser.add_argument("--force", action="store_true", help="retrain every stage even if cached")
     parser.add_argument("--seed", type=int, default=0)
     return parser
