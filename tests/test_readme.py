@@ -152,3 +152,37 @@ def test_every_option_file_the_readme_names_is_shipped():
 def test_no_placeholder_is_left_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert "@@" not in readme, [line for line in readme.splitlines() if "@@" in line]
+
+
+def test_the_python_api_blocks_run():
+    """The README's ```python blocks (the Methods loop and the loop of one's own) run as written, on a tiny model:
+    only the names they leave to the reader (model, loader, chunks, total_steps, accumulate) are given."""
+    import itertools
+
+    import torch
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) == 2, "a new ```python block: give it what it needs here"
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.mid, self.fc = torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.mid(torch.relu(self.body(x)))))
+
+    def chunks(iterable, size):
+        iterator = iter(iterable)
+        while group := list(itertools.islice(iterator, size)):
+            yield group
+
+    torch.manual_seed(0)
+    loader = [(torch.randn(4, 4), torch.randint(0, 3, (4,))) for _ in range(6)]
+    names = {"model": Net(), "loader": loader, "chunks": chunks, "total_steps": 3, "accumulate": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CUDA autocast / GradScaler on a CPU, the deployed network before an exchange
+        exec(blocks[0].replace('"num_batches": 300', '"num_batches": 3'), names)
+        assert isinstance(names["deployed"], Net)
+        exec(blocks[1], names)
+    assert len(names["optimizers"]) == 2 and names["method"].deployed_state_dict().keys() == Net().state_dict().keys()
