@@ -532,6 +532,25 @@ def test_more_loader_workers_than_cpus_is_one_warning_naming_the_options(data_ro
     assert not [w for w in caught if issubclass(w.category, OptionsWarning)]
 
 
+def test_torch_does_not_repeat_the_workers_warning_in_its_own_words(data_root, monkeypatch):
+    """Beside our one line, torch's DataLoader said the same in a multi-line UserWarning ('This DataLoader will create
+    N worker processes in total ...'), twice (at the loader's creation and at its iterator's): now ours alone."""
+    import os
+
+    import torch
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr("ldt.sr.options.usable_cpus", lambda: cpus)
+    opt = tiny_options(data_root, "workers", "ldt")
+    opt["datasets"]["train"]["num_worker_per_gpu"] = cpus + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_options(opt, is_train=True)
+        torch.utils.data.DataLoader(range(4), num_workers=cpus + 1)
+    assert [str(w.message) for w in caught if issubclass(w.category, OptionsWarning)]
+    assert not [w for w in caught if "worker processes in total" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_a_warning_of_options_checked_twice_is_shown_once(data_root, tmp_path, monkeypatch):
     """The entry point checks the options (load_options) and the model checks them again (LDTModel): the workers and
     wandb warnings were shown by both, each attributed to its caller; under Python's default filter, once now."""

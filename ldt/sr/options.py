@@ -983,9 +983,9 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
     opt.update(scale=scale, network_g=network, datasets={
         key: {**datasets[key].model_dump(), "phase": key.split("_")[0], "scale": scale} for key in raw["datasets"]})
     opt["is_train"] = is_train
+    _warn_of_workers_beyond_cpus(opt["datasets"])  # first: it may add a warnings filter, which must precede them all
     if opt["logger"]["wandb"] and opt["logger"]["wandb"].get("project"):
         _warn_once("logger:wandb is used by the BasicSR pipeline only; Train_pip.py logs to TensorBoard")
-    _warn_of_workers_beyond_cpus(opt["datasets"])
     return opt
 
 
@@ -997,6 +997,11 @@ def _warn_of_workers_beyond_cpus(datasets: Mapping[str, dict]) -> None:
     beyond = [f"datasets:{key}:num_worker_per_gpu: {block['num_worker_per_gpu']}" for key, block in datasets.items()
               if block["num_worker_per_gpu"] > cpus]
     if beyond:
+        # torch's DataLoader says the same in a multi-line warning of its own, at each loader and iterator: ours alone
+        # (the filter is added once, before our warning: a change of the filters shows a 'once' warning again)
+        torchs = r"This DataLoader will create \d+ worker processes in total"
+        if not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == torchs for f in warnings.filters):
+            warnings.filterwarnings("ignore", message=torchs, category=UserWarning)
         _warn_once(f"{', '.join(beyond)}: more DataLoader workers than the {cpus} CPU(s) this process may use; "
                    f"they only queue for the same CPUs (set at most {cpus})")
 
