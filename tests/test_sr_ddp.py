@@ -363,3 +363,54 @@ def test_a_bad_flag_under_a_launcher_is_said_once(tmp_path, extra):
     assert (code0, code1) == (2, 2), (err0, err1)
     assert err0.startswith("Train_pip.py: error: ") and err0.count("\n") == 1 and extra[-1] in err0, err0
     assert err1 == "", err1
+
+
+# Run by rank 1 alone at its start: once the model is set up (the probe read its batches) and {after} step(s) were fed,
+# its training batches cannot be read (``loader``); or the loss of its second step cannot be computed (``forward``).
+STEP_FAILS_ON_RANK_1 = """
+import os
+if os.environ.get("RANK") == "1":
+    import ldt.sr.train
+    from ldt.data.cameras import DatasetError
+    from ldt.data.drealsr_dataset import DRealSRCameraDataset
+    from ldt.models.ldt_model import LDTModel
+    steps = []
+    init, feed_data, getitem = LDTModel.__init__, LDTModel.feed_data, DRealSRCameraDataset.__getitem__
+
+    def set_up(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        steps.append(0)
+
+    def failing(*args, **kwargs):
+        raise DatasetError("/data/pair_7.png: truncated image (injected)")
+
+    def counting(self, data):
+        steps.append(1)
+        feed_data(self, data)
+        if {where!r} == "forward" and len(steps) == 3:
+            self.cri_pix = failing
+
+    def reading(self, index):
+        return failing() if {where!r} == "loader" and len(steps) > {after} else getitem(self, index)
+
+    LDTModel.__init__, LDTModel.feed_data, DRealSRCameraDataset.__getitem__ = set_up, counting, reading
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where, after", [("loader", 0), ("loader", 1), ("loader", 3), ("forward", 1)])
+def test_a_training_step_that_fails_on_one_rank_stops_every_rank_in_one_line(tmp_path, where, after):
+    """A training batch that rank 1 alone cannot read, or an error in its loss: rank 1 stopped, and rank 0 waited in
+    the step's all-reduce of the loss's finiteness (gloo: a 'Connection reset by peer' traceback once rank 1 exited;
+    NCCL: the group's timeout). That all-reduce now carries the failure: every rank stops at that step with status 2,
+    rank 1's line said once. The first step's batch (no earlier one to stand in for it), the second's (DDP rebuilds
+    its buckets in that forward), a later one's, and a forward's."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "bad_step", "ldt")
+    opt["train"]["total_iter"] = 6
+    opt["val"]["val_freq"] = opt["logger"]["save_checkpoint_freq"] = 1000
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path),
+                                             site=STEP_FAILS_ON_RANK_1.format(where=where, after=after))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err1.splitlines() if line.startswith("error:")]
+    assert errors == ["error: /data/pair_7.png: truncated image (injected)"], err1
+    assert "error:" not in err0 and "Traceback" not in err0 + err1, (err0, err1)

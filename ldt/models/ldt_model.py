@@ -15,6 +15,7 @@ import contextlib
 import functools
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import NoReturn
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ldt.compat import patch_basicsr
 from ldt.core import prepare_method
 from ldt.core.methods import runs_probe, score_partition
-from ldt.core.probe import agree
+from ldt.core.probe import FailedOnAnotherRank, agree
 from ldt.sr import checkpoints
 from ldt.sr.options import LDTOptions, method_options, prepare_options, unused_parameters
 from ldt.archs.arch_util import head_patterns
@@ -296,20 +297,50 @@ class LDTModel(BaseModel):
         if "gt" in data:
             self.gt = self.to_device(data["gt"])
 
-    def loss_is_finite(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).float()
-        if is_distributed():  # every rank must take the same decision or DDP's backward would hang
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite.item())
+    def loss_is_finite(self, loss: torch.Tensor | None, failure: Exception | None = None) -> bool:
+        """Whether ``loss`` is finite on every rank (every rank must take the same decision or DDP's backward would
+        hang), in one all-reduce that also says whether a rank failed this step before it (its batch, its forward):
+        that rank raises ``failure``, the others :class:`~ldt.core.probe.FailedOnAnotherRank`, all before the
+        backward's collectives. Without it, the others waited here (gloo: a traceback once the failed rank exited;
+        NCCL: the group's timeout)."""
+        ok = torch.ones(2, device=self.device)  # [loss finite, no failure]
+        if failure is None:
+            ok[0] = torch.isfinite(loss.detach()).float()
+        else:
+            ok[1] = 0
+        if is_distributed():
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if failure is not None:
+            raise failure
+        if not ok[1]:
+            raise FailedOnAnotherRank()
+        return bool(ok[0])
+
+    def fail_step(self, failure: Exception) -> NoReturn:
+        """The step that ``failure`` stopped on this rank before its forward (its batch could not be read): raised
+        once every rank knows of it, in the first branch's loss all-reduce, the others raising
+        :class:`~ldt.core.probe.FailedOnAnotherRank` there. A forward of the previous batch (its output unused) first
+        meets the other ranks' in DDP's own collectives before it (its buffers' broadcast, its bucket rebuild at step
+        2); the first step of a process has none: its caller agrees on that batch before."""
+        module = next(iter(self.branches.values()))
+        if is_distributed() and getattr(self, "lq", None) is not None:
+            with contextlib.suppress(Exception), self.autocast():
+                module(self.lq)
+        self.loss_is_finite(None, failure)
+        raise failure  # without a process group, raised there already
 
     def optimize_parameters(self, current_iter: int) -> None:
         """One step of every branch, one after the other, then the method's step (exchange, turn switch, EMA)."""
         losses = OrderedDict()
         for (name, module), optimizer, scaler in zip(self.branches.items(), self.optimizers, self.scalers):
             optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss = self.cri_pix(module(self.lq), self.gt).float()
-            if not self.loss_is_finite(loss):
+            loss, failure = None, None
+            try:
+                with self.autocast():
+                    loss = self.cri_pix(module(self.lq), self.gt).float()
+            except Exception as err:  # noqa: BLE001 (raised by loss_is_finite, once every rank knows of it)
+                failure = err
+            if not self.loss_is_finite(loss, failure):
                 message = f"iteration {current_iter}: loss of the {name} branch is {loss.item()}"
                 if self.opt["train"]["nan_policy"] == "stop":
                     raise NonFiniteLossError(message + " (train:nan_policy stop; the last saved checkpoint is intact)")

@@ -89,19 +89,26 @@ def exit_status(err: BaseException | None) -> int:
 
 
 @contextlib.contextmanager
-def ranks_agree() -> Iterator[None]:
+def ranks_agree(only_after_a_failure: bool = False) -> Iterator[None]:
     """A start-up step after which every rank knows whether any rank failed it: under a process group, a refusal on
     one rank (rank 0's experiment lock or folder, one rank's probe share) left the others in the next collective
     until the group's timeout (gloo: a 'Connection reset by peer' traceback once it exited). The lowest failing rank
     raises its error (said once); the others stop with its exit status (:class:`StoppedWithAnotherRank`), except a
-    rank whose own failure is no user error (its traceback is not hidden). Also a barrier."""
+    rank whose own failure is no user error (its traceback is not hidden). Also a barrier.
+
+    ``only_after_a_failure``: a block whose failures every rank knows of already, at the same point (it raises its
+    own error or :class:`FailedOnAnotherRank` on every rank: a training step, whose loss all-reduce says it): the
+    statuses are gathered only then, so a block that passed costs no collective."""
     failure: Exception | None = None
+    agreed = False
     try:
         yield
     except FailedOnAnotherRank:  # agreed on already, inside (the warm-up's, the probe's): that rank fails here too
-        pass
+        agreed = True
     except Exception as err:  # noqa: BLE001 (agreed on first, re-raised below)
         failure = err
+    if only_after_a_failure and failure is None and not agreed:
+        return
     statuses = [exit_status(failure)]
     if dist.is_initialized() and dist.get_world_size() > 1:
         gathered = [torch.zeros(1, dtype=torch.int64, device=collective_device()) for _ in range(dist.get_world_size())]
@@ -704,17 +711,30 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
 
         bar = tqdm(total=total_iter, initial=current_iter, desc=f"train {opt['ldt']['method']}", unit="it", dynamic_ncols=True)
     val_freq, save_freq, print_freq = opt["val"]["val_freq"], opt["logger"]["save_checkpoint_freq"], opt["logger"]["print_freq"]
+    fed = False  # a batch was fed to the model (see LDTModel.fail_step)
     try:
         while current_iter < total_iter:
             sampler.set_epoch(epoch)
             sampler.skip = position * loader.batch_size
-            for batch in loader:
+            for batch, failure in batches_or_failure(loader):
                 current_iter += 1
                 position += 1
-                model.update_learning_rate(current_iter, warmup_iter=opt["train"]["warmup_iter"])
-                model.feed_data(batch)
+                try:  # a batch that this rank alone cannot read: the step's loss all-reduce stops every rank
+                    if failure is None:
+                        model.update_learning_rate(current_iter, warmup_iter=opt["train"]["warmup_iter"])
+                        model.feed_data(batch)
+                except Exception as err:  # noqa: BLE001 (raised by the step, once every rank knows of it)
+                    failure = err
+                if not fed:  # the first step: the others would wait in DDP's forward, no earlier batch stands in
+                    with ranks_agree():
+                        if failure is not None:
+                            raise failure
+                    fed = True
                 try:
-                    model.optimize_parameters(current_iter)
+                    with ranks_agree(only_after_a_failure=True):
+                        if failure is not None:
+                            model.fail_step(failure)
+                        model.optimize_parameters(current_iter)
                 except NonFiniteLossError as err:
                     raise NonFiniteLossError(f"{err}; {recovery_hint(last_state)}") from None
                 if bar is not None:
@@ -783,6 +803,21 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         raise Interrupted(signum, current_iter, last_state,
                           finished=str(Path(opt["path"]["experiments_root"]) / "results.json"))
     return report
+
+
+def batches_or_failure(loader) -> Iterator[tuple[dict | None, Exception | None]]:
+    """``(batch, None)`` for each batch of ``loader``, then ``(None, error)`` if one cannot be read (the last): the
+    training step tells the other ranks of it, which would otherwise wait in the step's collectives."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # noqa: BLE001 (raised by the step)
+            yield None, err
+            return
+        yield batch, None
 
 
 def recovery_hint(state: str | None) -> str:
