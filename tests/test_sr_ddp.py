@@ -414,3 +414,59 @@ def test_a_training_step_that_fails_on_one_rank_stops_every_rank_in_one_line(tmp
     errors = [line for line in err1.splitlines() if line.startswith("error:")]
     assert errors == ["error: /data/pair_7.png: truncated image (injected)"], err1
     assert "error:" not in err0 and "Traceback" not in err0 + err1, (err0, err1)
+
+
+# Run by one rank alone at its start (``ldt:repartition_every: 2``): once the model is set up, the re-probe's batch
+# cannot be read on rank 1 (``probe``), or rank 0's partition_2.json meets a full disk (``write``).
+REPARTITION_FAILS = """
+import os
+import ldt.sr.train
+from ldt.atomic import DiskError
+from ldt.core.partition import Partition
+from ldt.data.cameras import DatasetError
+from ldt.models.ldt_model import LDTModel
+init, batch_loss, save = LDTModel.__init__, LDTModel.batch_loss, Partition.save
+set_up = []
+
+def started(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    set_up.append(1)
+
+def probing(self, model, batch):
+    if set_up:
+        raise DatasetError("/data/pair_7.png: truncated image (injected)")
+    return batch_loss(self, model, batch)
+
+def saving(self, path):
+    if set_up:
+        raise DiskError(f"cannot write {{path}}: no space left on device (injected)")
+    return save(self, path)
+
+if os.environ.get("RANK") == {rank!r}:
+    LDTModel.__init__ = started
+    if {where!r} == "probe":
+        LDTModel.batch_loss = probing
+    else:
+        Partition.save = saving
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where, rank", [("probe", 1), ("write", 0)])
+def test_a_repartition_that_fails_on_one_rank_stops_every_rank_in_one_line(tmp_path, where, rank):
+    """``ldt:repartition_every`` probes again mid-training: a probe batch that rank 1 cannot read stopped the other
+    ranks quietly with exit status 1 (only the failing rank knew its status), and rank 0's partition_2.json on a
+    full disk stopped rank 0 alone, the others waiting in the next step's all-reduce (gloo: a traceback; NCCL: the
+    group's timeout). Every rank now stops at that step with status 2, the failing rank's line said once."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "repartition", "ldt")
+    opt["ldt"]["repartition_every"] = 2
+    opt["train"]["total_iter"] = 6
+    opt["val"]["val_freq"] = opt["logger"]["save_checkpoint_freq"] = 1000
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path),
+                                             site=REPARTITION_FAILS.format(where=where, rank=str(rank)))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    failing, other = (err0, err1) if rank == 0 else (err1, err0)
+    errors = [line for line in failing.splitlines() if line.startswith("error:")]
+    expected = "/data/pair_7.png: truncated image (injected)" if where == "probe" else "partition_2.json: no space"
+    assert len(errors) == 1 and expected in errors[0], failing
+    assert "error:" not in other and "Traceback" not in err0 + err1, (err0, err1)

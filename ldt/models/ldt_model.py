@@ -117,14 +117,8 @@ class LDTModel(BaseModel):
             self.logger.info(f"Partition{' (from the training state)' if resume else ''}: {len(p.stable)} stable, "
                              f"{len(p.unstable)} unstable, {len(p.excluded)} excluded ({p.criterion}, ratio "
                              f"{p.unstable_ratio})")
-            if self.opt["path"]["experiments_root"] and not resume:
-                try:
-                    if self.rank0:
-                        p.save(Path(self.opt["path"]["experiments_root"]) / "partition.json")
-                except Exception as err:  # noqa: BLE001 (re-raised by agree)
-                    agree(err)  # a full disk: the other ranks stop too, instead of waiting in DDP's first broadcast
-                    raise
-                agree(None)
+            if not resume:
+                self.save_partition(p, "partition.json")  # a full disk: not the others in DDP's first broadcast
         self.repartition_every = config.repartition_every
         self.setup_branches()
         self.scalers = [torch.amp.GradScaler(self.device.type, enabled=self.speed["autocast"] == "fp16")
@@ -132,6 +126,20 @@ class LDTModel(BaseModel):
         self.schedulers = []
         if train_opt["scheduler"]:
             self.setup_schedulers()
+
+    def save_partition(self, partition, name: str) -> None:
+        """Rank 0 writes ``partition`` as ``name`` in the experiment folder (if any), and every rank then knows
+        whether it could (:func:`~ldt.core.probe.agree`): its DiskError (a full disk) stopped rank 0 alone, the others
+        waiting in the next collective (gloo: a traceback once it exited; NCCL: the group's timeout)."""
+        if not self.opt["path"]["experiments_root"]:
+            return
+        try:
+            if self.rank0:
+                partition.save(Path(self.opt["path"]["experiments_root"]) / name)
+        except Exception as err:  # noqa: BLE001 (re-raised by agree)
+            agree(err)
+            raise
+        agree(None)
 
     def probe_config(self, config: LDTOptions, probes: bool) -> LDTOptions:
         """``config`` asking for at most the probe batches one pass over ``ldt:probe:dataset`` makes (all ranks
@@ -253,8 +261,7 @@ class LDTModel(BaseModel):
             f"Repartition at iteration {current_iter}: {len(moved)} of {len(new.names)} parameter tensors changed group; "
             f"now {len(new.stable)} stable, {len(new.unstable)} unstable, {len(new.excluded)} excluded"
         )
-        if self.rank0 and self.opt["path"]["experiments_root"]:
-            new.save(Path(self.opt["path"]["experiments_root"]) / f"partition_{current_iter}.json")
+        self.save_partition(new, f"partition_{current_iter}.json")  # the step's caller turns a failure into one line
 
     def apply_partition(self, partition) -> None:
         """Re-freeze the branches by ``partition``, re-wrap them (DDP registers parameters at construction) and
