@@ -470,3 +470,23 @@ def test_a_repartition_that_fails_on_one_rank_stops_every_rank_in_one_line(tmp_p
     expected = "/data/pair_7.png: truncated image (injected)" if where == "probe" else "partition_2.json: no space"
     assert len(errors) == 1 and expected in errors[0], failing
     assert "error:" not in other and "Traceback" not in err0 + err1, (err0, err1)
+
+
+@pytest.mark.timeout(120)
+def test_a_broken_best_record_on_resume_is_said_once(tmp_path):
+    """Every rank read best.json on resume and each said the same 'error: …/best.json: …' line; rank 0, which alone
+    selects the best checkpoint, reads it now: said once, every rank exiting 2."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "best", "ldt")
+    opt["train"]["total_iter"] = 2
+    opt["val"]["val_freq"] = opt["logger"]["save_checkpoint_freq"] = 2
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path))
+    assert (code0, code1) == (0, 0), (err0, err1)
+    best = tmp_path / "experiments" / "best" / "best.json"
+    best.write_text('{"value": "high", "iter": 2}')
+    opt["train"]["total_iter"] = 4
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path), extra=("--auto_resume",))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {best}: 'value' is 'high', not a number; delete it to resume (net_g_best.pth may then "
+                      "be replaced by a later, worse network)"], err0
+    assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)

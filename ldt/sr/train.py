@@ -667,14 +667,16 @@ def _train(opt: dict, root: Path, stop: StopOnSignal, log: RunLog, held: context
         apply_learning_rate(model, opt, state)
         current_iter, epoch, position = state["iter"], state["epoch"], state["data_position"]
         best = state["extra"].get("best", best)
-        if best_file.is_file():
-            remedy = f"delete it to resume (net_g_best{best_tag}.pth may then be replaced by a later, worse network)"
-            recorded = read_json_object(best_file, ("value", "iter"), remedy=remedy)
-            value = number_back(recorded["value"])  # an older file's 'nan': NaN, which is no best
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise FileContentError(f"{best_file}: 'value' is {recorded['value']!r}, not a number; {remedy}")
-            if value > best["value"]:
-                best = {**recorded, "value": value}
+        with ranks_agree():  # rank 0 alone selects the best: every rank read the file and each said its error
+            if rank0 and best_file.is_file():
+                remedy = (f"delete it to resume (net_g_best{best_tag}.pth may then be replaced by a later, worse "
+                          "network)")
+                recorded = read_json_object(best_file, ("value", "iter"), remedy=remedy)
+                value = number_back(recorded["value"])  # an older file's 'nan': NaN, which is no best
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise FileContentError(f"{best_file}: 'value' is {recorded['value']!r}, not a number; {remedy}")
+                if value > best["value"]:
+                    best = {**recorded, "value": value}
         history = state["extra"].get("history", [])
         made_with = state.get("options") or {}
         earlier_seconds = state["extra"].get("train_seconds", 0.0)
