@@ -13,6 +13,7 @@ import sys
 
 from ldt.cli import fail, starting
 from ldt.sr.flags import demo_parser, flag_names, training_parser
+from ldt.sr.ranks import launcher_of_environment, reporting_rank
 
 # The flags of the two commands, read from their parsers in ldt.sr.flags: light, where ldt.sr.demo and ldt.sr.train
 # import torch and BasicSR, which the route must not wait for.
@@ -57,7 +58,8 @@ def route(argv: list[str]) -> tuple[str, list[str]]:
     return ("demo", words) if not argv or demo else ("training", argv)
 
 if __name__ == "__main__":
-    command, arguments = route(sys.argv[1:])
+    with reporting_rank(launcher_of_environment()):  # every rank routes the same arguments: said once per machine
+        command, arguments = route(sys.argv[1:])
     with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
         if command == "demo":
             from ldt.sr.demo import main as demo_main

@@ -490,3 +490,14 @@ def test_a_broken_best_record_on_resume_is_said_once(tmp_path):
     assert errors == [f"error: {best}: 'value' is 'high', not a number; delete it to resume (net_g_best.pth may then "
                       "be replaced by a later, worse network)"], err0
     assert "error:" not in err1 and "Traceback" not in err0 + err1, (err0, err1)
+
+
+@pytest.mark.timeout(60)
+def test_a_demo_and_training_flag_mix_under_a_launcher_is_said_once(tmp_path):
+    """Train_pip.py routes its arguments (demo or training) before anything else: a mix of both was said once per
+    rank; now by the first rank of the machine alone, every rank exiting 2."""
+    opt = tiny_options(tmp_path / "cams", "mix", "ldt")
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path), extra=("--budget", "quick"))
+    assert (code0, code1) == (2, 2), (err0, err1)
+    assert err0.startswith("error: --budget runs the demo, -opt trains") and err0.count("\n") == 1, err0
+    assert err1 == "", err1

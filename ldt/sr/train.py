@@ -29,7 +29,7 @@ from ldt.atomic import (
 )
 from ldt.cli import error_lines, number_back, show_traceback, strict_json
 from ldt.compat import patch_basicsr
-from ldt.sr.basicsr_pipeline import launcher_of_environment, reporting_rank
+from ldt.sr.ranks import launcher_of_environment, reporting_rank
 from ldt.sr.flags import training_parser
 from ldt.sr.options import PROJECT_ROOT, OptionsError, load_options
 
