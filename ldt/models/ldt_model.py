@@ -317,11 +317,12 @@ class LDTModel(BaseModel):
             ok[1] = 0
         if is_distributed():
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        finite, no_failure = ok.tolist()  # one device-to-host copy a step, as before
         if failure is not None:
             raise failure
-        if not ok[1]:
+        if not no_failure:
             raise FailedOnAnotherRank()
-        return bool(ok[0])
+        return bool(finite)
 
     def fail_step(self, failure: Exception) -> NoReturn:
         """The step that ``failure`` stopped on this rank before its forward (its batch could not be read): raised
