@@ -381,3 +381,14 @@ def test_mean_se_and_paired_difference_of_a_nan_are_nan():
     assert math.isnan(stat.mean) and math.isnan(stat.se) and stat.n == 3
     paired = paired_difference({0: 1.0, 1: math.nan}, {0: 0.0, 1: 0.5})
     assert math.isnan(paired.mean) and math.isnan(paired.low) and paired.verdict() == "no"
+
+
+def test_a_setting_run_without_its_ft_reference_is_not_said_not_run_in_the_budgets_table(tmp_path, monkeypatch):
+    """--collect on records without FT's (FT's runs killed or not run yet): the first table said 'no FT run' for
+    the settings that have records, the budgets table 'not run' for the very same settings."""
+    done = study_collect(tmp_path, monkeypatch, lambda lines: [line for line in lines
+                                                               if json.loads(line)["setting"] != "FT"])
+    assert done["code"] == 0, done
+    budgets = (done["out"] / "tablestudy.md").read_text().split("**Budgets**")[1]
+    assert "| FT-EMA | no FT run | no FT run | no FT run |" in budgets
+    assert "not run" not in budgets.split("planned runs")[0]

@@ -243,8 +243,8 @@ def render_study(runs, records: Mapping[str, dict], out: Path):
             for budget in budgets:
                 cell = cells.get(("source", budget))
                 delta = None if cell is None else cell["delta"]
-                row.append("not run" if delta is None else delta.format(2) + ("" if delta.low is None
-                                                                               else f" {delta.verdict()}"))
+                row.append("not run" if cell is None else _fmt_paired(None, False)[0] if delta is None
+                           else delta.format(2) + ("" if delta.low is None else f" {delta.verdict()}"))
             body.append(row)
         lines += ["", "**Budgets** (training-domain validation; shorter budgets read from the same runs' history)", "",
                   markdown_table(header, body)]
