@@ -392,3 +392,21 @@ def test_a_setting_run_without_its_ft_reference_is_not_said_not_run_in_the_budge
     budgets = (done["out"] / "tablestudy.md").read_text().split("**Budgets**")[1]
     assert "| FT-EMA | no FT run | no FT run | no FT run |" in budgets
     assert "not run" not in budgets.split("planned runs")[0]
+
+
+def test_a_paired_difference_over_fewer_seeds_than_the_setting_has_says_its_n(tmp_path, monkeypatch):
+    """--collect with one FT seed's record missing (a run killed, a line lost): FT-EMA's Δ was the paired difference
+    over the 2 seeds both have, its interval a 2-seed one, shown beside 'seeds 3' with no word, and the CSV and the
+    demo's headline said n=3 for it."""
+    done = study_collect(tmp_path, monkeypatch, lambda lines: [
+        line for line in lines if (json.loads(line)["setting"], json.loads(line)["seed"]) != ("FT", 2)])
+    assert done["code"] == 0, done
+    table = (done["out"] / "tablestudy.md").read_text()
+    first, budgets = table.split("**Selection protocols")[0], table.split("**Budgets**")[1]
+    (row,) = [line for line in first.splitlines() if line.startswith("| FT-EMA |")]
+    assert "| 3 |" in row and "], n=2 |" in row, row
+    (row,) = [line for line in budgets.splitlines() if line.startswith("| FT-EMA |")]
+    assert row.count("], n=2 ") == 3, row
+    (row,) = [line for line in first.splitlines() if line.startswith("| DeFT |")]  # 2 seeds, both FT's: as before
+    assert "n=" not in row, row
+    assert "FT-EMA +0.37 [+0.37, +0.37] (n=2)" in headline(done["out"])

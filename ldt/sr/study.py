@@ -124,10 +124,17 @@ def _values(per_seed: Mapping[int, dict], protocol: str, budget: int, read) -> d
     return {seed: read(select(record["history"], protocol, upto=budget)["rows"]) for seed, record in per_seed.items()}
 
 
-def _fmt_paired(paired: Paired | None, reference: bool) -> tuple[str, str]:
+def _delta_text(paired: Paired, seeds: Sequence[int]) -> str:
+    """A paired difference as the tables show it, with its n where FT shares fewer of the setting's ``seeds`` (a
+    record of FT's missing): the seeds column counts the setting's, the interval is one of the seeds both have."""
+    wider = paired.low is not None and paired.n < len(seeds)
+    return paired.format(2) + (f", n={paired.n}" if wider else "")
+
+
+def _fmt_paired(paired: Paired | None, reference: bool, seeds: Sequence[int] = ()) -> tuple[str, str]:
     if reference:
         return "(reference)", ""
-    return ("no FT run", "") if paired is None else (paired.format(2), paired.verdict())
+    return ("no FT run", "") if paired is None else (_delta_text(paired, seeds), paired.verdict())
 
 
 def analyse(runs, records: Mapping[str, dict], pretrained: Mapping | None) -> dict:
@@ -216,7 +223,7 @@ def render_study(runs, records: Mapping[str, dict], out: Path):
             if cell is None:
                 body.append([label, "0", "not run", "", "", "", "", ""])
                 continue
-            delta, verdict = _fmt_paired(cell["delta"], label == REFERENCE)
+            delta, verdict = _fmt_paired(cell["delta"], label == REFERENCE, cell["seeds"])
             body.append([label, str(len(cell["seeds"])), cell["source_psnr"].format(2), cell["target_psnr"].format(2),
                          cell["target_ssim"].format(4), delta, verdict,
                          cell["transfer"].format(3) if cell["transfer"] else ""])
@@ -228,7 +235,8 @@ def render_study(runs, records: Mapping[str, dict], out: Path):
             row = [label]
             for protocol in PROTOCOLS:
                 cell = cells.get((protocol, full))
-                delta = "" if cell is None or cell["delta"] is None else f" ({cell['delta'].format(2)})"
+                delta = ("" if cell is None or cell["delta"] is None
+                         else f" ({_delta_text(cell['delta'], cell['seeds'])})")
                 row.append("not run" if cell is None else cell["target_psnr"].format(2) + delta)
             body.append(row)
         lines += ["", f"**Selection protocols at {full} iterations** (oracle reads the test cameras: not DG)", "",
@@ -244,7 +252,8 @@ def render_study(runs, records: Mapping[str, dict], out: Path):
                 cell = cells.get(("source", budget))
                 delta = None if cell is None else cell["delta"]
                 row.append("not run" if cell is None else _fmt_paired(None, False)[0] if delta is None
-                           else delta.format(2) + ("" if delta.low is None else f" {delta.verdict()}"))
+                           else _delta_text(delta, cell["seeds"]) + ("" if delta.low is None
+                                                                     else f" {delta.verdict()}"))
             body.append(row)
         lines += ["", "**Budgets** (training-domain validation; shorter budgets read from the same runs' history)", "",
                   markdown_table(header, body)]
@@ -260,11 +269,11 @@ def render_study(runs, records: Mapping[str, dict], out: Path):
                                  *(("", "", "", "") if delta is None else
                                    (delta.mean, delta.low if delta.low is not None else "",
                                     delta.high if delta.high is not None else "", delta.verdict())),
-                                 cell["transfer"].mean if cell["transfer"] else ""])
+                                 cell["transfer"].mean if cell["transfer"] else "", "" if delta is None else delta.n])
     if missing:
         lines += ["", f"{missing} planned runs have no record yet: run the study (without --collect)."]
     header = ["setting", "protocol", "budget", "seeds", "source_psnr", "target_psnr", "target_psnr_se", "target_ssim",
-              "delta_vs_ft", "delta_low95", "delta_high95", "distinguishable", "transfer_ratio"]
+              "delta_vs_ft", "delta_low95", "delta_high95", "distinguishable", "transfer_ratio", "delta_seeds"]
     return RenderedTable("\n".join(lines) + "\n", header, csv_rows, missing)
 
 
@@ -297,7 +306,8 @@ def headline(out: Path) -> str:
     for row in chosen:
         if int(row["budget"]) == full:
             interval = f" [{float(row['delta_low95']):+.2f}, {float(row['delta_high95']):+.2f}]" if row["delta_low95"] else ""
-            parts.append(f"{row['setting']} {float(row['delta_vs_ft']):+.2f}{interval} (n={row['seeds']})")
+            seeds = row.get("delta_seeds") or row["seeds"]  # the paired n (a table written before: the seeds)
+            parts.append(f"{row['setting']} {float(row['delta_vs_ft']):+.2f}{interval} (n={seeds})")
     return f"Study ({table}), target-mean PSNR vs FT at {full} iterations, paired, 95 % CI: " + "; ".join(parts)
 
 
