@@ -410,3 +410,19 @@ def test_a_paired_difference_over_fewer_seeds_than_the_setting_has_says_its_n(tm
     (row,) = [line for line in first.splitlines() if line.startswith("| DeFT |")]  # 2 seeds, both FT's: as before
     assert "n=" not in row, row
     assert "FT-EMA +0.37 [+0.37, +0.37] (n=2)" in headline(done["out"])
+
+
+def test_collect_on_records_of_other_arguments_names_the_studys_own_flags(tmp_path, monkeypatch, capsys):
+    """study.py --collect on a folder of other records (another --iters, a reproduce.py sweep's --out) said they
+    were of other '--table, --iters, --data, --weights, ...': three flags the study does not have."""
+    import ldt.sr.demo as demo
+    from ldt.sr.study import main
+
+    monkeypatch.setattr(demo, "pretrain_stage", lambda *args, **kwargs: tmp_path / "net.pth")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text(json.dumps({"options_hash": "0123abcd", "setting": "FT"}) + "\n")
+    assert main(["--collect", "--iters", "4", "--val-freq", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("(it holds 1 record(s) of other arguments: --iters, --val-freq must be those of the study); "
+                        "nothing written"), err

@@ -549,12 +549,15 @@ def write_tables(out: Path, runs: Sequence[TableRun], records: Mapping[str, dict
     return written
 
 
-def check_something_to_collect(records: Records, recorded: int, planned: int) -> None:
+SWEEP_FLAGS = "--table, --iters, --data, --weights, ... must be those of the sweep"
+
+
+def check_something_to_collect(records: Records, recorded: int, planned: int, flags: str = SWEEP_FLAGS) -> None:
     """``--collect`` when no planned run has a record: an error, not tables of 'not run' over the folder's tables (a
-    mistyped --out, or arguments other than the sweep's, wrote them, in a folder made for them if need be)."""
+    mistyped --out, or arguments other than the sweep's, wrote them, in a folder made for them if need be).
+    ``flags``: the command's flags that make other runs (the study has no --table, --data or --weights)."""
     blocked = existing_parent(records.path.parent)  # --out, or a folder above it, that is a file
-    found = (f"it holds {recorded} record(s) of other arguments: --table, --iters, --data, --weights, ... must be "
-             "those of the sweep" if recorded else f"--out: {blocked} is a file, not a folder" if not blocked.is_dir()
+    found = (f"it holds {recorded} record(s) of other arguments: {flags}" if recorded else f"--out: {blocked} is a file, not a folder" if not blocked.is_dir()
              else "the file does not exist" if not records.path.exists() else "it holds no records")
     raise ReproduceError(f"--collect: none of the {planned} run(s) these arguments plan has a record in "
                          f"{records.path} ({found}); nothing written")
@@ -602,12 +605,13 @@ def reproduce(
     collect_only: bool = False,
     progress: bool = True,
     cap_probe: bool = False,
+    flags: str = SWEEP_FLAGS,
 ) -> Summary:
     """Check every input, train each planned run that has no record, then write the tables from the records.
 
     With ``collect_only`` nothing is built, checked or trained: the tables are regenerated from the records of the
     runs these arguments plan (the same arguments as the sweep give the same run identities). ``cap_probe``: see
-    :func:`check_data`.
+    :func:`check_data`. ``flags``: what ``--collect`` names when every record is another run's.
     """
     start = time.time()
     tables = resolve_tables(tables)
@@ -630,7 +634,7 @@ def reproduce(
     done = set(records.by_hash())
     pending = [run for run in unique if run.digest not in done]
     if collect_only and len(pending) == len(unique):
-        check_something_to_collect(records, len(done), len(unique))
+        check_something_to_collect(records, len(done), len(unique), flags)
     trained, rebuilt = 0, []
     if not collect_only and pending:
         check_weights(weight_files)

@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                 record_pretrained(weights, data_root, out)
             summary = reproduce(["study"], "synthetic", archs=["safmn_tiny"], weights={"safmn_tiny": weights},
                                 seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget, out=out,
-                                collect_only=args.collect, cap_probe=True)
+                                collect_only=args.collect, cap_probe=True,
+                                flags="--iters, --val-freq must be those of the study")
             # The runs and records the tables read (those they skip, edited by hand, would feed the figure else)
             figure = plot_paired_differences(summary.runs, summary.tabulated, out / FIGURE)
         print((out / "tablestudy.md").read_text())
