@@ -98,3 +98,20 @@ def test_weights_that_are_a_fifo_are_named_in_the_option_check(fifo, tmp_path):
     with pytest.raises(OptionsError, match=f"path:pretrain_network_g: {re.escape(str(fifo))} is a FIFO \\(named "
                                            "pipe\\), not a regular file"):
         prepare_options(opt, is_train=True)
+
+
+def test_an_option_file_not_found_lists_and_suggests_the_files_in_subfolders():
+    """A bare name not found listed only options/train/*.yml: the 17 files in ablations/ and sources/, which -opt
+    accepts as 'ablations/NAME', were not named nor suggested."""
+    from ldt.sr.options import resolve_option_file
+
+    assert resolve_option_file("ablations/train_MambaIR_LDT_ratio0.1_x4", "train").name == \
+        "train_MambaIR_LDT_ratio0.1_x4.yml"
+    with pytest.raises(OptionsError) as err:
+        resolve_option_file("train_MambaIR_LDT_ratio0.1_x4", "train")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "(did you mean 'ablations/train_MambaIR_LDT_ratio0.1_x4.yml'?)" in message
+    assert "'sources/train_MambaIR_LDT_x4_pan.yml'" in message and "'train_MambaIR_LDT_x4.yml'" in message
+    with pytest.raises(OptionsError, match=r"\(did you mean 'sources/train_MambaIR_FT_x4_sony.yml'\?\)"):
+        resolve_option_file("sources/train_MambaIR_FT_x4_sny.yml", "train")

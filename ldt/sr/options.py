@@ -335,9 +335,13 @@ def resolve_option_file(name: str, kind: str) -> Path:
     for candidate in (folder / name, folder / f"{name}.yml", folder / path.name):
         if candidate.is_file():
             return candidate
-    available = sorted(p.name for p in folder.glob("*.yml")) if folder.is_dir() else []
-    raise OptionsError(f"option file '{name}' not found (looked in the working directory and {folder}); available: "
-                       f"{available}")
+    # the files of its subfolders too (ablations/, sources/), as the relative names the candidates above accept
+    available = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.yml")) if folder.is_dir() else []
+    wanted = name if name.endswith(".yml") else f"{name}.yml"
+    same_name = [known for known in available if Path(known).name == Path(wanted).name]
+    hint = (f" (did you mean '{same_name[0]}'?)" if len(same_name) == 1 else did_you_mean(wanted, available))
+    raise OptionsError(f"option file '{name}' not found (looked in the working directory and {folder}){hint}; "
+                       f"available: {available}")
 
 
 def _duplicate_keys(node: yaml.Node, path: tuple[str, ...] = (), seen: set[int] | None = None) -> list[tuple[str, str]]:
