@@ -1005,7 +1005,8 @@ def _lr_only_lmdb(root: Path, small: bool = False) -> Path:
     return Path(f"{folder}.lmdb")
 
 
-@pytest.mark.parametrize("problem", ["none", "small", "delete_key", "foreign_meta", "cut_short", "malformed"])
+@pytest.mark.parametrize("problem", ["none", "small", "delete_key", "foreign_meta", "cut_short", "malformed",
+                                     "not_utf8"])
 def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_is_written(problem, data_root,
                                                                                          tmp_path):
     """test.py on BasicSR's SingleImageDataset with io_backend: lmdb checked only that the folder was an LMDB: an LR
@@ -1027,6 +1028,8 @@ def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_
         (db / "data.mdb").write_bytes((db / "data.mdb").read_bytes()[:4096])
     elif problem == "malformed":
         (db / "meta_info.txt").write_text("a.png\n")
+    elif problem == "not_utf8":  # was a bare UnicodeDecodeError naming no file
+        (db / "meta_info.txt").write_bytes(b"a.png (12,16,3) 1\n\xff\xfeb.png (12,16,3) 1\n")
     test_opt = _lr_only_test(data_root, tmp_path, db, io_backend={"type": "lmdb"})
     options = load_options(write_options(test_opt, tmp_path), is_train=False)
     if problem == "none":
@@ -1043,7 +1046,9 @@ def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_
                                 f"lists (x, y)",
                 "cut_short": f"datasets:test_1 (photos): LMDB {db} cannot be opened",
                 "malformed": f"datasets:test_1 (photos): {db}/meta_info.txt:1: expected 'name.png (h,w,c) level', "
-                             "got 'a.png'"}[problem]
+                             "got 'a.png'",
+                "not_utf8": f"datasets:test_1 (photos): {db}/meta_info.txt:2: not UTF-8 text (byte 0xff at column 1): "
+                            "a binary or re-encoded file? rebuild the LMDB's meta_info.txt"}[problem]
     assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
     assert not (tmp_path / "results" / "lr_only_test").exists()
 

@@ -14,6 +14,7 @@ extension). The table below is the single source of truth for keys, patterns and
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import re
@@ -530,7 +531,15 @@ def _lmdb_meta_lines(db: str | Path) -> Iterator[tuple[str, str, tuple[int, int,
     meta = Path(db) / "meta_info.txt"
     if not meta.is_file():
         raise DatasetError(f"LMDB {db} has no meta_info.txt (build it with scripts/index_drealsr.py --lmdb)")
-    with open(meta) as lines:
+    raw = meta.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:  # was a bare UnicodeDecodeError naming no file
+        start, number = raw.rfind(b"\n", 0, err.start) + 1, raw.count(b"\n", 0, err.start) + 1
+        raise DatasetError(f"{meta}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} "
+                           f"at column {err.start - start + 1}): a binary or re-encoded file? rebuild the LMDB's "
+                           f"meta_info.txt") from None
+    with io.StringIO(text, newline=None) as lines:  # line ends as a text-mode open reads them (BasicSR's)
         for number, line in enumerate(lines, 1):
             match = re.fullmatch(r"(\S+) \((\d+),(\d+),(\d+)\)(?: \S+)?", line.strip())
             if match is None:
