@@ -3,6 +3,7 @@ transfer ratio, each against numbers computed by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -143,10 +144,11 @@ def test_demo_headline_reads_the_study_table_or_says_what_it_found(tmp_path):
 def test_the_pretrained_reference_point_refuses_weights_changed_in_place(tmp_path, monkeypatch):
     """The study's transfer ratio reads pretrained.json; weights rebuilt at the same path must not pass as the same."""
     import ldt.sr.demo as demo
-    from ldt.sr.study import PRETRAINED_FILE, record_pretrained
+    from ldt.sr.study import CAMERAS, PRETRAINED_FILE, record_pretrained
 
     calls = []
-    monkeypatch.setattr(demo, "evaluate_weights", lambda *args: calls.append(args) or {"source": {"psnr": 20.0}})
+    rows = {camera: {"psnr": 20.0, "ssim": 0.5} for camera in CAMERAS}
+    monkeypatch.setattr(demo, "evaluate_weights", lambda *args: calls.append(args) or rows)
     weights = tmp_path / "net.pth"
     torch.save({"params": {"w": torch.ones(3)}}, weights)
     record_pretrained(weights, tmp_path / "data", tmp_path)
@@ -157,6 +159,45 @@ def test_the_pretrained_reference_point_refuses_weights_changed_in_place(tmp_pat
                                          r"records were made from it \(tensor fingerprint"):
         record_pretrained(weights, tmp_path / "data", tmp_path)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("edit", ["true", "missing_camera", "string", "not_json"])
+def test_pretrained_metrics_that_cannot_be_read_are_evaluated_again(edit, tmp_path, monkeypatch):
+    """A pretrained.json whose metrics were not empty was reused whatever they held: a value edited by hand (true, a
+    camera removed, a word) stayed, the tables leaving out the transfer ratio and the gains with a warning at every
+    run until someone deleted the file. The network is evaluated again (the same weights, by fingerprint; a test of
+    a few images next to the study's trainings) and the file replaced; weights changed in place are still refused."""
+    import ldt.sr.demo as demo
+    from ldt.sr.study import CAMERAS, PRETRAINED_FILE, pretrained_metrics, record_pretrained
+
+    calls = []
+    rows = {camera: {"psnr": 20.0, "ssim": 0.5} for camera in CAMERAS}
+    monkeypatch.setattr(demo, "evaluate_weights", lambda *args: calls.append(args) or rows)
+    weights, target = tmp_path / "net.pth", tmp_path / PRETRAINED_FILE
+    torch.save({"params": {"w": torch.ones(3)}}, weights)
+    record_pretrained(weights, tmp_path / "data", tmp_path)
+    recorded = json.loads(target.read_text())
+    if edit == "true":
+        recorded["metrics"]["pan"]["psnr"] = True
+    elif edit == "missing_camera":
+        del recorded["metrics"]["sony"]
+    elif edit == "string":
+        recorded["metrics"] = "20 dB"
+    target.write_text(json.dumps(recorded) if edit != "not_json" else json.dumps(recorded)[:40])
+    with pytest.warns(UserWarning) if edit != "not_json" else contextlib.nullcontext():
+        assert pretrained_metrics(tmp_path) is None
+    record_pretrained(weights, tmp_path / "data", tmp_path)
+    assert len(calls) == 2 and json.loads(target.read_text())["metrics"] == rows
+    assert pretrained_metrics(tmp_path)["pan"] == {"psnr": 20.0, "ssim": 0.5}
+    record_pretrained(weights, tmp_path / "data", tmp_path)
+    assert len(calls) == 2
+    recorded = json.loads(target.read_text())
+    recorded["metrics"]["pan"]["psnr"] = True
+    target.write_text(json.dumps(recorded))
+    torch.save({"params": {"w": torch.zeros(3)}}, weights)
+    with pytest.raises(ValueError, match="changed since"):
+        record_pretrained(weights, tmp_path / "data", tmp_path)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("argv,message", [(["--iters", "0"], "--iters must be a positive integer, got 0"),

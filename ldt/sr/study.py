@@ -27,6 +27,7 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ldt.atomic import make_dirs, read_json_dict
 from ldt.cli import OneLineParser, path_flag, strict_json
@@ -187,12 +188,22 @@ def pretrained_metrics(out: Path) -> dict | None:
     if not metrics:
         return None
     try:
-        return {camera: {metric: recorded_number(metrics[camera][metric]) for metric in ("psnr", "ssim")}
-                for camera in CAMERAS}
-    except (TypeError, KeyError, AttributeError) as err:
+        return _read_metrics(metrics)
+    except UNREADABLE_METRICS as err:
         warnings.warn(f"{path}: pre-trained metrics the tables cannot read ({type(err).__name__}: {err}; edited by "
-                      "hand?); the transfer ratio and the per-camera gains are left out", stacklevel=2)
+                      "hand?); the transfer ratio and the per-camera gains are left out (a study run without "
+                      "--collect evaluates the network again)", stacklevel=2)
         return None
+
+
+# what reading hand-edited metrics raises: a value no number, a camera or metric missing, a list or word for a mapping
+UNREADABLE_METRICS = (TypeError, KeyError, AttributeError)
+
+
+def _read_metrics(metrics: Any) -> dict:
+    """Each camera's PSNR and SSIM of a pretrained.json's ``metrics``, read as the tables read them."""
+    return {camera: {metric: recorded_number(metrics[camera][metric]) for metric in ("psnr", "ssim")}
+            for camera in CAMERAS}
 
 
 def render_study(runs, records: Mapping[str, dict], out: Path):
@@ -378,7 +389,11 @@ def record_pretrained(weights: Path, data_root: Path, out: Path) -> None:
             raise ReproduceError(f"{weights} changed since {target} and the study's records were made from it "
                                  f"(tensor fingerprint {recorded['weights_fingerprint']} then, {fingerprint} now): "
                                  "restore it, or run the study elsewhere with --out")
-        return
+        try:
+            _read_metrics(recorded["metrics"])
+            return
+        except UNREADABLE_METRICS:
+            pass  # edited by hand: evaluated again (the same weights, a test of a few images), the file replaced
     rows = evaluate_weights(weights, data_root, ARCHS[ARCH], out, "study_pretrained_eval")
     atomic_write_text(target, strict_json({"weights": str(weights), "weights_fingerprint": fingerprint,
                                           "data_root": str(data_root), "metrics": rows}, indent=1))
