@@ -29,9 +29,9 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.atomic import DiskError
     from ldt.data.cameras import (
         CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
-        decode_image, find_split_dirs, image_header, pair_correlation, pair_folders, resolve_cameras,
+        decode_image, find_split_dirs, image_header, lmdb_paths, pair_correlation, pair_folders, resolve_cameras,
     )
-    from ldt.cli import between, check_args, check_output_dir, fail, non_negative, path_flag, positive
+    from ldt.cli import between, check_args, check_output_dir, fail, listing, non_negative, path_flag, positive
     from ldt.data.indexing import write_lmdb, write_meta_info
 
 
@@ -72,6 +72,19 @@ def content_problems(result: PairingResult, cameras: tuple[str, ...], scale: int
     return problems
 
 
+def exported(root: Path, splits: list[str], scale: int, cameras: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(split, camera) of each export the run may write: a selected camera with pairs in a split found (pairing by
+    name only, no image read; a split that cannot be found or listed is left to the run to report)."""
+    found = []
+    for split in splits:
+        try:
+            result = pair_folders(*find_split_dirs(root, split, scale), scale)
+        except DatasetError:
+            continue
+        found += [(split, camera) for camera in cameras if any(pair.camera == camera for pair in result.pairs)]
+    return found
+
+
 def main() -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", type=path_flag, default=Path("datasets/DRealSR"),
@@ -99,6 +112,11 @@ def main() -> int:
         parser.error(f"--cameras: {error}")
     check_output_dir(parser, "--meta-info", args.meta_info)
     check_output_dir(parser, "--lmdb", args.lmdb)
+    if args.lmdb:  # write_lmdb refuses an existing LMDB: all of them looked for now, not after the splits before
+        existing = [db for split, camera in exported(args.root, args.splits, args.scale, cameras)
+                    for db in lmdb_paths(args.lmdb, split, args.scale, camera) if db.exists()]
+        if existing:
+            parser.error(f"--lmdb: {listing(existing, 4)} already exist; remove them or choose another output folder")
     tolerance = 4 * args.scale if args.size_tolerance is None else args.size_tolerance
 
     counts: dict[str, dict[str, int]] = {}

@@ -496,6 +496,32 @@ def test_index_drealsr_full_disk_in_an_export_is_one_line_and_leaves_no_partial_
     assert not list((tmp_path / "m").iterdir())  # no shortened list that a dataset would read as the whole camera
 
 
+def test_index_drealsr_lmdb_into_an_output_that_holds_some_of_them_is_refused_before_any_is_written(
+        tmp_path, monkeypatch, capsys) -> None:
+    """A rerun of --lmdb into an output holding the test split's LMDBs wrote every train LMDB (decoding each image)
+    and only then stopped at the test split's ('LMDB … already exists'), leaving a half-done export a third run
+    refused at its train split: every LMDB the run would write is now looked for before any work."""
+    import cv2
+    import numpy as np
+
+    write_one_pair(tmp_path / "root")
+    for folder, side, suffix in (("train_HR", 32, "x4"), ("train_LR", 8, "x1")):
+        (tmp_path / "root" / "x4" / "Train_x4" / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "root" / "x4" / "Train_x4" / folder / f"P1000002_{suffix}.png"),
+                    np.zeros((side, side, 3), np.uint8))
+    out = tmp_path / "lmdb"
+    assert run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--splits", "test",
+                      "--lmdb", str(out))[0] == 0
+    assert_flag_error(run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--lmdb", str(out)),
+                      "--lmdb", f"{out}/x4/test/olympus_HR.lmdb", "olympus_LR.lmdb", "already exist",
+                      "remove them or choose another output folder")
+    assert not (out / "x4" / "train").exists()
+    (out / "x4" / "train" / "pan_HR.lmdb").mkdir(parents=True)  # another download's: no pan pair here, not refused
+    assert run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--splits", "train",
+                      "--lmdb", str(out))[0] == 0
+    assert (out / "x4" / "train" / "olympus_HR.lmdb" / "meta_info.txt").is_file()
+
+
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
 
 
