@@ -129,6 +129,22 @@ def test_find_split_dirs_hr_lr_names(tmp_path: Path) -> None:
     assert find_split_dirs(tmp_path, "train")[0] == tmp_path / "Train_x4/HR"
 
 
+def test_find_split_dirs_follows_symlinked_folders_once(tmp_path: Path) -> None:
+    """A download whose x4 (or Test_x4) is a symlink to another disk was 'no test split for x4 under ROOT: looked
+    for Test_x4/test_HR … up to 5 folders deep' (os.walk does not follow folder symlinks); a symlink loop below
+    them is not searched twice (which would be 'several test folders')."""
+    for name in ("data/x4/Test_x4/test_HR", "data/x4/Test_x4/test_LR", "root/x4"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "root" / "x4" / "Test_x4").symlink_to(tmp_path / "data" / "x4" / "Test_x4")
+    (tmp_path / "data" / "x4" / "Test_x4" / "test_HR" / "loop").symlink_to("..")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x4").symlink_to(tmp_path / "data" / "x4")
+    assert find_split_dirs(tmp_path / "root", "test") == (tmp_path / "root/x4/Test_x4/test_HR",
+                                                          tmp_path / "root/x4/Test_x4/test_LR")
+    assert find_split_dirs(tmp_path / "other", "test")[0] == tmp_path / "other/x4/Test_x4/test_HR"
+    assert find_split_dirs(tmp_path / "data", "test")[0] == tmp_path / "data/x4/Test_x4/test_HR"
+
+
 def test_find_split_dirs_errors(clean_root: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
         find_split_dirs(tmp_path / "missing", "test")

@@ -324,11 +324,24 @@ def find_split_dirs(dataroot: str | Path, split: str, scale: int = 4) -> tuple[P
     def walk_error(err: OSError) -> None:
         raise DatasetError(f"cannot search {err.filename}: {err.strerror}", "dataroot")
 
-    for dirpath, dirnames, _ in os.walk(root, onerror=walk_error):
+    seen: set[tuple[int, int]] = set()
+
+    def first_visit(folder: Path) -> bool:
+        """Whether ``folder`` (its device and inode: a symlink's target) was not searched yet."""
+        try:
+            status = folder.stat()
+        except OSError:
+            return False
+        key = (status.st_dev, status.st_ino)
+        return key not in seen and not seen.add(key)
+
+    first_visit(root)
+    # folder symlinks followed (an x4 or Test_x4 on another disk), each folder searched once (a loop below them)
+    for dirpath, dirnames, _ in os.walk(root, onerror=walk_error, followlinks=True):
         here = Path(dirpath)
         relative = here.relative_to(root).parts
         dirnames[:] = [] if len(relative) >= _MAX_SEARCH_DEPTH else sorted(
-            name for name in dirnames if not name.startswith((".", "__")))
+            name for name in dirnames if not name.startswith((".", "__")) and first_visit(here / name))
         lower = {name.lower(): name for name in dirnames}
         for hr_name, lr_name in ((f"{split}_hr", f"{split}_lr"), ("hr", "lr")):
             if hr_name not in lower or lr_name not in lower:
