@@ -428,8 +428,12 @@ def _writable_problem(folder: Path) -> str | None:
 def output_dir_problem(path: Path) -> str | None:
     """Why ``path`` is not (and cannot be created as) a folder that can be written in, or None. Nothing is created,
     so a command can check its output folder first and still leave it untouched when a later input check fails."""
+    from ldt.atomic import in_the_way
+
     if path.exists() and not path.is_dir():
         return f"{path} exists and is not a folder"
+    if path.is_symlink() and not path.exists():  # a loop or a dangling symlink: mkdir's bare 'File exists' else
+        return in_the_way(path)
     return _writable_problem(path)
 
 

@@ -522,6 +522,23 @@ def test_index_drealsr_lmdb_into_an_output_that_holds_some_of_them_is_refused_be
     assert (out / "x4" / "train" / "olympus_HR.lmdb" / "meta_info.txt").is_file()
 
 
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+@pytest.mark.parametrize("script,option", [("build_synthetic_cameras.py", "--root"), ("index_drealsr.py", "--lmdb")])
+def test_an_output_folder_that_is_a_symlink_loop_or_dangling_is_named_before_any_work(link, script, option, tmp_path,
+                                                                                      monkeypatch, capsys) -> None:
+    """An output folder given as a symlink loop or a symlink whose target is gone passed the start-up check
+    (exists() is False, its parent writable) and failed at its mkdir: build_synthetic_cameras.py said
+    'error: --root OUT: [Errno 17] File exists: 'OUT'', which names neither the symlink nor what is wrong."""
+    out = tmp_path / "out"
+    out.symlink_to("out" if link == "loop" else tmp_path / "gone")
+    args = ["--root", str(out), "--tiny", "--no-progress"] if script.startswith("build") else \
+        [str(tmp_path), "--lmdb", str(out)]
+    problem = f"{out} is a symlink loop" if link == "loop" else f"{out} is a symlink to {tmp_path / 'gone'}, which " \
+                                                                "does not exist"
+    code, line = run_script(monkeypatch, capsys, script, *args)
+    assert code == 2 and line.endswith(f"error: {option}: {problem}"), line
+
+
 EMPTY_PATH = "an empty path (an unset variable?); give a folder or file"
 
 
