@@ -65,4 +65,4 @@ if __name__ == "__main__":
             from ldt.sr.demo import main as demo_main
         else:
             from ldt.sr.train import main
-    sys.exit(demo_main(arguments) if command == "demo" else main())
+    sys.exit(demo_main(arguments) if command == "demo" else main(leave_at_once=True))

@@ -501,3 +501,17 @@ def test_a_demo_and_training_flag_mix_under_a_launcher_is_said_once(tmp_path):
     assert (code0, code1) == (2, 2), (err0, err1)
     assert err0.startswith("error: --budget runs the demo, -opt trains") and err0.count("\n") == 1, err0
     assert err1 == "", err1
+
+
+@pytest.mark.timeout(120)
+def test_a_ddp_run_ends_its_process_before_the_interpreters_teardown(tmp_path):
+    """After a run with a gloo process group, the interpreter's teardown now and then aborted a rank that had ended
+    ('terminate called without an active exception', exit -6: gloo's threads still held work freed during
+    finalization). Train_pip.py now ends such a process itself once its output is flushed: an atexit handler (the
+    teardown) never runs, and both ranks exit 0 with the run's results written."""
+    opt = tiny_options(tiny_cameras(tmp_path / "cams"), "ends", "ldt")
+    site = "import atexit, sys\natexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+    (code0, err0), (code1, err1) = two_ranks(tmp_path, write_options(opt, tmp_path), site=site)
+    assert (code0, code1) == (0, 0), (err0, err1)
+    assert "teardown ran" not in err0 + err1, (err0, err1)
+    assert (tmp_path / "experiments" / "ends" / "results.json").is_file()

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -841,7 +841,9 @@ def print_error(err: Exception) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, leave_at_once: bool = False) -> int:
+    """``Train_pip.py -opt FILE ...``: the exit status. ``leave_at_once`` (the command's own process): after a run
+    that had a process group, the process ends here (:func:`leave_process`), not in the interpreter's teardown."""
     parser = training_parser(__doc__)
     # Every rank parses the same arguments: a bad flag was said once per rank (--launcher is not known yet: the
     # environment says which rank this is)
@@ -867,10 +869,26 @@ def main(argv: list[str] | None = None) -> int:
         # Every rank reads the same file before the process group exists: its errors were said once per rank.
         with reporting_rank(args.launcher):
             code = run_reporting_errors(read)
-        return code or run_reporting_errors(work)
+        code = code or run_reporting_errors(work)
     finally:
-        if dist.is_initialized():
+        grouped = dist.is_initialized()
+        if grouped:
             dist.destroy_process_group()
+    if grouped and leave_at_once:
+        leave_process(code)
+    return code
+
+
+def leave_process(code: int) -> NoReturn:
+    """End this process with ``code`` now, its output and logs flushed, skipping the interpreter's teardown: after a
+    gloo process group, freeing what its worker threads still hold during finalization can abort the process
+    ('terminate called without an active exception', SIGABRT, exit -6) after a run that had ended, well or with
+    its one error line (seen now and then here; the cause as pytorch/pytorch#179291 describes it)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def run_reporting_errors(work: Callable[[], object], errors: tuple[type[Exception], ...] = ()) -> int:
