@@ -102,11 +102,16 @@ def meant(key: Any, known: Sequence[str]) -> str | None:
     return folded[hint[0]] if hint else None
 
 
+def suggest(name: str) -> str:
+    """`` (did you mean 'NAME'?)``: the one wording of the hint (:func:`did_you_mean` finds the name itself)."""
+    return f" (did you mean '{name}'?)"
+
+
 def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:
     """`` (did you mean 'X'?)`` for the known name ``key`` most likely misspells (:func:`meant`), else ``otherwise``:
     the one wording of the hint, so every unknown option, choice, type, method or architecture reads alike."""
     hint = meant(key, known)
-    return f" (did you mean '{hint}'?)" if hint else otherwise
+    return suggest(hint) if hint else otherwise
 
 
 class HintingParser(argparse.ArgumentParser):
@@ -124,7 +129,7 @@ class HintingParser(argparse.ArgumentParser):
             return ""
         names = [option[2:] for option in self._option_string_actions if option.startswith("--")]
         hint = meant(unknown.group(1).split("=", 1)[0].lstrip("-"), names)  # without the dashes, which matched --help
-        return f" (did you mean '--{hint}'?)" if hint else ""
+        return suggest(f"--{hint}") if hint else ""
 
 
 class OneLineParser(HintingParser):

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ldt.cli import OneLineParser, not_a_file
+from ldt.cli import OneLineParser, not_a_file, suggest
 from ldt.core import MethodConfig, ProbeConfig, method_class
 from ldt.core.config import (
     Int,
@@ -339,7 +339,7 @@ def resolve_option_file(name: str, kind: str) -> Path:
     available = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.yml")) if folder.is_dir() else []
     wanted = name if name.endswith(".yml") else f"{name}.yml"
     same_name = [known for known in available if Path(known).name == Path(wanted).name]
-    hint = (f" (did you mean '{same_name[0]}'?)" if len(same_name) == 1 else did_you_mean(wanted, available))
+    hint = (suggest(same_name[0]) if len(same_name) == 1 else did_you_mean(wanted, available))
     raise OptionsError(f"option file '{name}' not found (looked in the working directory and {folder}){hint}; "
                        f"available: {available}")
 
