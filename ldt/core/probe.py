@@ -194,7 +194,7 @@ class GradientStatistics:
         """
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return
-        device = _collective_device(group)
+        device = collective_device(group)
         world = dist.get_world_size(group)
         layer_names = list(self.moments)
         param_names = list(self.grad_batches)
@@ -250,7 +250,8 @@ class GradientStatistics:
                 self.elementwise.pop(name, None)
 
 
-def _collective_device(group: dist.ProcessGroup | None) -> torch.device:
+def collective_device(group: dist.ProcessGroup | None = None) -> torch.device:
+    """Where ``group``'s (the default group's) collective tensors live: this rank's GPU under NCCL, else the CPU."""
     backend = dist.get_backend(group)
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
@@ -270,7 +271,7 @@ def agree(failure: BaseException | None) -> None:
     in the collective (gloo: a 'Connection reset by peer' traceback once the failed rank exited; NCCL: the group's
     timeout). Each rank must call it once per collective: with its error, or None."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flag = torch.tensor([0 if failure is None else 1], device=_collective_device(None))
+        flag = torch.tensor([0 if failure is None else 1], device=collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if failure is None and flag.item():
             raise FailedOnAnotherRank()

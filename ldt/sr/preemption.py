@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ldt.cli import stop_handler
+from ldt.core.probe import collective_device
 
 
 class Interrupted(Exception):
@@ -103,11 +104,6 @@ class StopOnSignal:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             return int(flag.item()) or None
         return signum
-
-
-def collective_device() -> torch.device:
-    """Where the process group's tensors live: this rank's GPU under NCCL, else the CPU (gloo)."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def says_the_stop() -> bool:

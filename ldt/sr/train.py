@@ -54,10 +54,10 @@ from ldt.sr.checkpoints import (  # noqa: E402
 )
 from ldt.sr.loaders import probe_loader, training_loader, validation_loaders  # noqa: E402
 from ldt.sr.metrics import MetricTable  # noqa: E402
-from ldt.sr.preemption import Interrupted, StopOnSignal, collective_device, says_the_stop  # noqa: E402
+from ldt.sr.preemption import Interrupted, StopOnSignal, says_the_stop  # noqa: E402
 from ldt.weights import WeightsError, read_weights  # noqa: E402
 from ldt.core import MethodError, PartitionError, ProbeError  # noqa: E402
-from ldt.core.probe import FailedOnAnotherRank  # noqa: E402
+from ldt.core.probe import FailedOnAnotherRank, collective_device  # noqa: E402
 
 # What the SR entry points report as ``error:`` lines (exit status 2) instead of a traceback: problems of the user's
 # options, data, weights, files, disk, or a run that diverged.
