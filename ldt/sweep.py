@@ -32,6 +32,7 @@ from ldt.cli import number_back, read_json, strict_json
 
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".sweep.lock"
+TABLES_LOCK_FILE = ".tables.lock"
 
 
 class SweepError(ValueError):
@@ -45,6 +46,16 @@ def sweep_lock(out: Path) -> contextlib.AbstractContextManager[None]:
 
     return exclusive_lock(out / LOCK_FILE, busy=f"another sweep is running on {out} ({{holder}}, lock {{lock}}); "
                                                 "wait for it, or give another --out")
+
+
+def tables_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while the tables of ``out`` are computed from its records and written (and anything drawn beside them):
+    a ``--collect`` that read the records before a sweep's last record was appended would otherwise write its older
+    tables over the sweep's. Short, so a second writer waits (said on stderr) rather than being refused; whichever
+    writes last read the records last. Separate from :func:`sweep_lock`, which a sweep holds for hours."""
+    from ldt.atomic import exclusive_lock
+
+    return exclusive_lock(out / TABLES_LOCK_FILE)
 
 
 # ---------------------------------------------------------------------------------------------------------- identity
@@ -682,10 +693,14 @@ def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[
     from ldt.atomic import atomic_write_text
 
     out = Path(out)
-    found = Records(out / RESULTS_FILE).having(required, readable=lambda record: render([record]))
-    if not found:
-        raise FileNotFoundError(f"no records in {out / RESULTS_FILE}: nothing to tabulate")
-    files = dict(render(found))
-    for name, text in files.items() if not _UNWRITTEN.get() else ():
-        atomic_write_text(out / name, text)
+    records = Records(out / RESULTS_FILE)
+    if not records.path.exists():  # said as such, not after making a lock file in a folder that may not exist
+        raise FileNotFoundError(f"no records in {records.path}: nothing to tabulate")
+    with contextlib.nullcontext() if _UNWRITTEN.get() else tables_lock(out):  # the records read and the tables
+        found = records.having(required, readable=lambda record: render([record]))  # written as one step
+        if not found:
+            raise FileNotFoundError(f"no records in {records.path}: nothing to tabulate")
+        files = dict(render(found))
+        for name, text in files.items() if not _UNWRITTEN.get() else ():
+            atomic_write_text(out / name, text)
     return files

@@ -20,6 +20,7 @@ import ldt.sweep
 import ldt.sr.reproduce as rp
 from ldt.sweep import Records
 from ldt.data.cameras import DREALSR_CAMERAS, TARGET_CAMERAS
+from tests.conftest import lock_held_elsewhere
 
 TINY = rp.Budget(iters=4, batch_size=2, gt_size=32, probe_batches=1, val_freq=2)  # the 6 pairs: 1 probe batch of 4
 SWEEP = dict(archs=["safmn_tiny"], seeds=2, budget=TINY, progress=False)
@@ -208,7 +209,6 @@ def test_a_lost_record_rebuilt_from_its_cached_stage_is_not_counted_as_trained(s
 def test_a_second_sweep_on_the_same_out_is_refused_and_touches_nothing(sweep, tmp_path, monkeypatch):
     """Two sweeps on one --out would clean each other's run folders and record the same runs twice."""
     from ldt.atomic import BusyError
-    from tests.conftest import lock_held_elsewhere
 
     forbid_training(monkeypatch)
     out = tmp_path / "out"
@@ -441,6 +441,29 @@ def test_collect_without_a_record_of_the_planned_runs_writes_nothing(folder, fou
             rp.reproduce(["1"], str(sweep["data"]), archs=["safmn_tiny"], seeds=2, progress=False, out=out,
                          budget=TINY if folder != "other_arguments" else replace(TINY, iters=5), collect_only=True)
     assert ({path.name: path.read_bytes() for path in out.iterdir()} if out.exists() else None) == before
+
+
+def test_collect_waits_for_a_sweep_writing_the_tables(sweep, tmp_path, capsys):
+    """--collect took no lock: one that read the records before a sweep appended its last wrote its older tables
+    over the sweep's. Reading the records and writing the tables is one step under OUT's tables lock, which the
+    sweep holds for it too: a collect meanwhile waits, said on stderr, then writes."""
+    import threading
+
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out)
+    for table in out.glob("table*"):
+        table.unlink()
+    collect = threading.Thread(target=rp.reproduce, args=(["1"], str(sweep["data"])), daemon=True,
+                               kwargs={**SWEEP, "out": out, "collect_only": True})
+    with lock_held_elsewhere(out / ldt.sweep.TABLES_LOCK_FILE) as holder:  # the sweep, writing its tables
+        collect.start()
+        said = ""
+        while collect.is_alive() and "waiting for" not in said:
+            collect.join(0.05)
+            said += capsys.readouterr().err
+        assert f"waiting for pid {holder.pid}" in said and not list(out.glob("table*")), said
+    collect.join(60)
+    assert not collect.is_alive() and (out / "table1.md").is_file() and (out / "table1.csv").is_file()
 
 
 @pytest.mark.parametrize("below", ["", "sub"])

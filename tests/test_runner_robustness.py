@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ldt import runner
 from ldt.atomic import DiskError
-from ldt.sweep import LOCK_FILE, RESULTS_FILE, Records, run_hash, sweep_lock
+from ldt.sweep import LOCK_FILE, RESULTS_FILE, TABLES_LOCK_FILE, Records, run_hash, sweep_lock
 from tests.conftest import lock_held_elsewhere
 
 ARGS = Namespace(collect=None, device="cpu", workers=None, progress=False)
@@ -254,6 +254,53 @@ def test_a_record_edited_to_a_value_the_table_cannot_read_is_skipped_with_a_warn
     assert files == {"t.md": "3.0"} and (tmp_path / "t.md").read_text() == "3.0"
 
 
+# The tables of a folder, written by a process of its own (a sweep finishing while a --collect runs).
+TABULATE = """
+import sys
+from ldt.sweep import write_record_tables
+write_record_tables(sys.argv[1], lambda records: {"t.md": " ".join(str(r["score"]) for r in records)}, ["score"])
+"""
+
+
+def test_a_collect_that_read_the_records_before_a_sweeps_last_one_cannot_write_over_its_tables(tmp_path, monkeypatch):
+    """A ``--collect`` reading the records while a sweep appended its last one wrote its older tables over the
+    sweep's (neither took a lock). Now reading the records and writing the tables is one step under OUT's tables
+    lock: the sweep waits for the collect and writes last, from every record."""
+    import subprocess
+    import sys
+    import threading
+
+    import ldt.atomic
+    from ldt.sweep import write_record_tables
+
+    path = tmp_path / RESULTS_FILE
+    path.write_text(json.dumps({"options_hash": "a", "score": 1}) + "\n")
+    read, go, real_write = threading.Event(), threading.Event(), ldt.atomic.atomic_write_text
+
+    def write_after_the_sweep(target, text):  # the collect, between reading the records and writing the table
+        read.set()
+        go.wait(60)
+        real_write(target, text)
+
+    monkeypatch.setattr(ldt.atomic, "atomic_write_text", write_after_the_sweep)
+    collect = threading.Thread(target=write_record_tables, daemon=True, args=(
+        tmp_path, lambda records: {"t.md": " ".join(str(r["score"]) for r in records)}, ["score"]))
+    collect.start()
+    assert read.wait(60)
+    with path.open("a") as records:  # the sweep's last record, then its tables
+        records.write(json.dumps({"options_hash": "b", "score": 2}) + "\n")
+    sweep = subprocess.Popen([sys.executable, "-c", TABULATE, str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        said = sweep.stderr.readline()  # '' once it has ended: it wrote without waiting for the collect
+        assert said.startswith("waiting for pid ") and f"(lock {tmp_path / TABLES_LOCK_FILE})" in said, said
+    finally:
+        go.set()
+        collect.join(60)
+        sweep.wait(60)
+    assert (tmp_path / "t.md").read_text() == "1 2"
+
+
 def test_two_records_of_one_run_are_one_warning_naming_their_lines_and_the_last_is_used(tmp_path):
     """A results file appended to another (two machines' sweeps merged), or a line copied by hand, held two records
     of one run: the tables used the last without a word. Now one warning names the lines; the last is used."""
@@ -413,7 +460,7 @@ def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_p
     with pytest.raises(DiskError, match=rf"^cannot write {tmp_path / 'table.md'}: no space left on device"):
         write_record_tables(tmp_path, lambda records: {"table.md": "a new table, twice as long as needed\n"})
     assert (tmp_path / "table.md").read_text() == "the previous table\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [RESULTS_FILE, "table.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TABLES_LOCK_FILE, RESULTS_FILE, "table.md"]  # no leftover
     args = Namespace(**{**vars(ARGS), "collect": str(tmp_path)})
     assert runner.main(args, no_run, no_run, lambda folder: write_record_tables(
         folder, lambda records: {"table.md": "x" * 10})["table.md"]) == 2

@@ -7,14 +7,17 @@ import contextlib
 import copy
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
+import ldt.atomic
 from ldt.data.cameras import TARGET_CAMERAS
 from ldt.core import MethodConfig, effective_ema_decay, prepare_method
 from ldt.sr.study import FINDING, camera_gains, headline, select, target_mean, transfer_ratio
-from ldt.sweep import mean_se, paired_difference
+from ldt.sweep import TABLES_LOCK_FILE, mean_se, paired_difference
 from tests.conftest import TinyNet, ce_loss, make_batches
 
 
@@ -311,7 +314,14 @@ def study_collect(tmp_path, monkeypatch, edit=None) -> dict:
     planned, plotted = [], []
     real_plan = rp.plan_runs
     monkeypatch.setattr(rp, "plan_runs", lambda *args, **kwargs: planned.append(real_plan(*args, **kwargs)) or planned[-1])
-    monkeypatch.setattr(figures, "plot_intervals", lambda series, path, **kwargs: plotted.append(series) or path)
+    held = []  # per figure drawn: was the tables lock held (a collect racing a sweep's last record draws in turn)
+
+    def plot(series, path, **kwargs):
+        held.append(Path(os.path.realpath(out / TABLES_LOCK_FILE)) in ldt.atomic._HELD)
+        plotted.append(series)
+        return path
+
+    monkeypatch.setattr(figures, "plot_intervals", plot)
     argv = ["--collect", "--iters", "4", "--val-freq", "1", "--seeds", "3", "--extra-seeds", "2", "--out", str(out)]
     assert main(argv) == 2  # no records yet: it plans, and says so
     lines = []
@@ -330,7 +340,7 @@ def study_collect(tmp_path, monkeypatch, edit=None) -> dict:
         warnings.simplefilter("always")
         code = main(argv)
     return {"code": code, "series": plotted[-1] if plotted else None, "warnings": [str(w.message) for w in caught],
-            "out": out, "lines": len(lines), "plans": len(planned)}
+            "out": out, "lines": len(lines), "plans": len(planned), "held": held}
 
 
 def edit_first_source_psnr(lines: list[str]) -> list[str]:
@@ -350,6 +360,14 @@ def test_the_figure_reads_the_records_the_tables_read(tmp_path, monkeypatch):
     assert without["code"] == 0 and edited["series"] == without["series"] and edited["series"]
 
 
+def test_the_figure_is_drawn_under_the_tables_lock(tmp_path, monkeypatch):
+    """The study's figure was drawn after reproduce() had written the tables and let go of the records: a --collect
+    that read them before a sweep's last record could draw its older figure over the sweep's. It is drawn within
+    the tables' step, under OUT's tables lock, from the records the tables were written from."""
+    done = study_collect(tmp_path, monkeypatch)
+    assert done["code"] == 0 and done["held"] == [True], done
+
+
 def test_a_broken_line_is_warned_once_by_study_collect(tmp_path, monkeypatch):
     """The study read its records four times (the runs done, the tables, the runs recorded, the figure), each read
     warning again of a line cut short: one broken line, the same warning up to three times in one command."""
@@ -362,7 +380,7 @@ def test_a_broken_line_is_warned_once_by_study_collect(tmp_path, monkeypatch):
 
 def test_study_collect_plans_its_runs_once(tmp_path, monkeypatch):
     """The study planned its runs twice, with the same arguments: once in reproduce() for the tables, again for the
-    figure (duplicated work, and two plans that could drift). The figure now reads reproduce()'s Summary.runs."""
+    figure (duplicated work, and two plans that could drift). The figure now draws the runs reproduce() planned (its draw)."""
     done = study_collect(tmp_path, monkeypatch)
     assert done["code"] == 0 and done["series"], done
     assert done["plans"] == 1, done

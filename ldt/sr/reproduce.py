@@ -49,6 +49,7 @@ from ldt.sweep import (
     run_pending,
     stale_weights,
     sweep_lock,
+    tables_lock,
     wrong_type,
 )
 from ldt.weights import WeightsError, content_fingerprint, read_weights
@@ -578,12 +579,7 @@ class Summary:
     missing: int = 0  # planned runs without a record (after --collect, or a sweep that failed part-way)
     other_records: int = 0  # records of runs these arguments do not plan (other tables, budgets, data or weights)
     rebuilt: int = 0  # records rebuilt from a finished run's cached stage (the record was lost): nothing trained
-    # The records the tables were written from, by run hash (those the tables could read): a figure drawn beside
-    # the tables reads these, not the file again, so a record the tables skipped cannot feed it.
-    tabulated: dict[str, dict] = field(default_factory=dict)
-    # The runs these arguments planned, in plan order: a caller drawing beside the tables (the study's figure) reads
-    # these rather than planning again, so the two cannot plan different runs.
-    runs: list[TableRun] = field(default_factory=list)
+    drawn: Path | None = None  # what ``draw`` wrote beside the tables (the study's figure)
 
     def counts(self) -> str:
         """'2 trained, 1 rebuilt from cache, 5 already recorded' (the rebuilt part only when there are some)."""
@@ -606,12 +602,15 @@ def reproduce(
     progress: bool = True,
     cap_probe: bool = False,
     flags: str = SWEEP_FLAGS,
+    draw: Callable[[list[TableRun], dict[str, dict]], Path] | None = None,
 ) -> Summary:
     """Check every input, train each planned run that has no record, then write the tables from the records.
 
     With ``collect_only`` nothing is built, checked or trained: the tables are regenerated from the records of the
     runs these arguments plan (the same arguments as the sweep give the same run identities). ``cap_probe``: see
-    :func:`check_data`. ``flags``: what ``--collect`` names when every record is another run's.
+    :func:`check_data`. ``flags``: what ``--collect`` names when every record is another run's. ``draw(runs,
+    records)``: a figure beside the tables (the study's), from the planned runs (in plan order) and the records the
+    tables were written from (by run hash; a record they skipped cannot feed it), under the same lock as the tables.
     """
     start = time.time()
     tables = resolve_tables(tables)
@@ -658,14 +657,15 @@ def reproduce(
         with sweep_lock(make_dirs(out)):
             executed, _ = run_pending(planned, records, progress=progress, desc="reproduce")
         trained = executed - len(rebuilt)
-    tabulated = readable_records(out, runs, records)  # one Records a command: each problem is warned once
-    written = write_tables(out, runs, tabulated)
+    with tables_lock(out):  # a --collect racing this sweep's last record reads and writes in turn, not over it
+        tabulated = readable_records(out, runs, records)  # one Records a command: each problem is warned once
+        written = write_tables(out, runs, tabulated)
+        drawn = draw(runs, tabulated) if draw else None
     recorded = set(records.by_hash())
     planned_digests = {run.digest for run in unique}
     return Summary(trained=trained, skipped=len(unique) - len(pending), records=records.path, tables=written,
                    seconds=time.time() - start, missing=len(planned_digests - recorded),
-                   other_records=len(recorded - planned_digests), rebuilt=len(rebuilt),
-                   tabulated=tabulated, runs=runs)
+                   other_records=len(recorded - planned_digests), rebuilt=len(rebuilt), drawn=drawn)
 
 
 # --------------------------------------------------------------------------------------------------------- the CLI

@@ -362,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = reproduce(["study"], "synthetic", archs=["safmn_tiny"], weights={"safmn_tiny": weights},
                                 seeds=args.seeds, extra_seeds=args.extra_seeds, budget=budget, out=out,
                                 collect_only=args.collect, cap_probe=True,
-                                flags="--iters, --val-freq must be those of the study")
-            # The runs and records the tables read (those they skip, edited by hand, would feed the figure else)
-            figure = plot_paired_differences(summary.runs, summary.tabulated, out / FIGURE)
+                                flags="--iters, --val-freq must be those of the study",
+                                draw=lambda runs, records: plot_paired_differences(runs, records, out / FIGURE))
+            figure = summary.drawn
         print((out / "tablestudy.md").read_text())
         print(f"runs: {summary.counts()} ({summary.seconds:.1f} s); "
               f"figure: {figure}; tables: {', '.join(map(str, summary.tables))}")
