@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import json
 import json.scanner
+import logging
 import math
 import os
 import re
@@ -469,3 +470,15 @@ def check_output_file(parser: argparse.ArgumentParser, option: str, path: Path |
     problem = _writable_problem(path.parent)
     if problem:
         parser.error(f"{option}: {problem}")
+
+
+def leave_process(code: int) -> NoReturn:
+    """End this process with ``code`` now, its output and logs flushed, skipping the interpreter's teardown: after a
+    gloo process group, freeing what its worker threads still hold during finalization can abort the process
+    ('terminate called without an active exception', SIGABRT, exit -6) after a run that had ended, well or with
+    its one error line (seen now and then here; the cause as pytorch/pytorch#179291 describes it)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)

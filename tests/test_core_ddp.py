@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ldt.cli import leave_process
 from ldt.core import partition_by_score, probe_gradients, warmup
 from tests.conftest import TinyNet, ce_loss, make_batches
 
@@ -21,13 +22,16 @@ CRITERIA = ("var", "mean", "abs_mean", "var_over_mean", "elementwise_var")
 
 @contextlib.contextmanager
 def gloo_group(rank: int, world: int, init_file: str):
-    """A CPU process group for one spawned worker; all ranks finish their work before it is torn down."""
+    """A CPU process group for one spawned worker; all ranks finish their work before it is torn down, and a worker
+    whose work ended well leaves at once (:func:`ldt.cli.leave_process`): the interpreter's teardown after a gloo
+    group now and then aborts the process (SIGABRT), which mp.spawn reports as the test failing."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         yield
         dist.barrier()  # gloo can abort a rank whose peer tears the group down first
     finally:
         dist.destroy_process_group()
+    leave_process(0)
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:

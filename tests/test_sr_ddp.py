@@ -34,6 +34,7 @@ def _worker(rank: int, world: int, port: int, options_file: str, root: str) -> N
                       LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
+    from ldt.cli import leave_process
     from ldt.sr.options import load_options
     from ldt.sr.train import init_distributed, train
 
@@ -43,6 +44,7 @@ def _worker(rank: int, world: int, port: int, options_file: str, root: str) -> N
         train(opt, root=Path(root))
     finally:
         dist.destroy_process_group()
+    leave_process(0)  # not the interpreter's teardown, which a gloo group now and then aborts (as Train_pip.py)
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, NoReturn
+from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,7 @@ from ldt.atomic import (
     BusyError, DiskError, FileContentError, atomic_write_text, check_room, disk_reason, read_json_object,
     remove_leftovers,
 )
-from ldt.cli import error_lines, number_back, show_traceback, strict_json
+from ldt.cli import error_lines, leave_process, number_back, show_traceback, strict_json
 from ldt.compat import patch_basicsr
 from ldt.sr.ranks import launcher_of_environment, reporting_rank
 from ldt.sr.flags import training_parser
@@ -877,18 +877,6 @@ def main(argv: list[str] | None = None, leave_at_once: bool = False) -> int:
     if grouped and leave_at_once:
         leave_process(code)
     return code
-
-
-def leave_process(code: int) -> NoReturn:
-    """End this process with ``code`` now, its output and logs flushed, skipping the interpreter's teardown: after a
-    gloo process group, freeing what its worker threads still hold during finalization can abort the process
-    ('terminate called without an active exception', SIGABRT, exit -6) after a run that had ended, well or with
-    its one error line (seen now and then here; the cause as pytorch/pytorch#179291 describes it)."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    logging.shutdown()
-    os._exit(code)
 
 
 def run_reporting_errors(work: Callable[[], object], errors: tuple[type[Exception], ...] = ()) -> int:
