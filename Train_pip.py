@@ -22,8 +22,9 @@ TRAINING_FLAGS = flag_names(training_parser())
 
 
 def owners(token: str) -> set[str]:
-    """Which command(s) a flag ``token`` (``--seed=1``, an abbreviation such as ``--bud``) belongs to, as argparse
-    reads it: an exact name first, else every flag the abbreviation starts; empty for a value, help or an unknown."""
+    """Which command(s) a flag ``token`` (``--seed=1``, an abbreviation such as ``--bud``) belongs to: an exact name
+    first, else every flag the abbreviation starts (so that the command it abbreviates a flag of refuses it, naming
+    that flag: no parser takes abbreviations); empty for a value, help or an unknown."""
     name = token.split("=", 1)[0]
     flags = {"demo": DEMO_FLAGS, "training": TRAINING_FLAGS}
     exact = {command for command, names in flags.items() if name in names}
@@ -34,8 +35,10 @@ def owners(token: str) -> set[str]:
 
 def route(argv: list[str]) -> tuple[str, list[str]]:
     """('demo' | 'training', the arguments for it): no arguments, a leading ``demo`` or any of the demo's flags
-    anywhere run the demo; a mix of demo and training flags is one line, exit 2. An abbreviation of flags of both
-    (``--f``) is read by whichever command the other flags name, and is an error only when none does."""
+    anywhere run the demo; a mix of demo and training flags is one line, exit 2. An abbreviation is routed as the
+    flag(s) it starts, then refused by that command with its full name as the hint (``--bud``: the demo's
+    ``(did you mean '--budget'?)``); one of flags of both (``--f``) goes to whichever command the other flags name,
+    and alone is one line here."""
     named = argv[:1] == ["demo"]
     words = argv[1:] if named else argv
     found: dict[str, list[str]] = {"demo": [], "training": [], "both": []}

@@ -118,18 +118,33 @@ def did_you_mean(key: Any, known: Sequence[str], otherwise: str = "") -> str:
 class HintingParser(argparse.ArgumentParser):
     """argparse, with the "did you mean" of a misspelled flag (``unrecognized arguments: --stesp 4`` named no
     ``--steps``), as option files and method names have. It still prints the usage above the error line: every
-    command builds :class:`OneLineParser` (a test checks)."""
+    command builds :class:`OneLineParser` (a test checks).
+
+    No abbreviations: argparse read an unambiguous prefix as the flag it starts, so reproduce.py's ``--seed 3`` ran
+    three seeds (``--seeds 3``) and said nothing; a prefix is an unrecognized flag, hinted with the flag it starts."""
+
+    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         super().error(message + self.flag_hint(message))
 
     def flag_hint(self, message: str) -> str:
-        """`` (did you mean '--steps'?)`` for the first unrecognized flag of an argparse ``message``, else ``""``."""
+        """`` (did you mean '--steps'?)`` for the first unrecognized flag of an argparse ``message``, else ``""``: the
+        one flag it is a prefix of, in its first spelling that it starts (``--seed``: ``--seeds``; difflib can miss a
+        short one, ``--pre``), else the closest (:func:`meant`)."""
         unknown = re.match(r"unrecognized arguments: (-\S+)", message)
         if not unknown:
             return ""
+        given = unknown.group(1).split("=", 1)[0]
+        started: dict[argparse.Action, str] = {}  # flag -> its first spelling that ``given`` starts
+        for option, action in self._option_string_actions.items():
+            if option.startswith(given):
+                started.setdefault(action, option)
+        if len(started) == 1:
+            return suggest(*started.values())
         names = [option[2:] for option in self._option_string_actions if option.startswith("--")]
-        hint = meant(unknown.group(1).split("=", 1)[0].lstrip("-"), names)  # without the dashes, which matched --help
+        hint = meant(given.lstrip("-"), names)  # without the dashes, which matched --help
         return suggest(f"--{hint}") if hint else ""
 
 

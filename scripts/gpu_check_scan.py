@@ -192,9 +192,9 @@ def mambair_steps(batch: int, patch: int, iters: int, warmup: int, backends: tup
 
 def main(argv: list[str] | None = None) -> int:
     global DEVICE
-    # No abbreviations: --dry-run is read from sys.argv before argparse (to set TRITON_INTERPRET in time).
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    # --dry-run is read from sys.argv before argparse (to set TRITON_INTERPRET in time): OneLineParser refuses its
+    # abbreviations, which that read would miss.
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile-shape sweep")
     parser.add_argument("--no-step", action="store_true", help="skip the MambaIR step benchmark")
     parser.add_argument("--dry-run", action="store_true",

@@ -238,7 +238,7 @@ def test_force_yml_given_twice_applies_both(data_root, tmp_path, monkeypatch):
     """BasicSR's parser keeps the last --force_yml flag only: the entries of an earlier one were dropped silently.
     Now the flags add up, as for Train_pip.py, and BasicSR gets the file with all of them applied."""
     run_pipeline(tmp_path, monkeypatch, basicsr_options(data_root, "twice", 3),
-                 "--force_yml", "speed:tf32=false", "--force", "logger:save_checkpoint_freq=1")
+                 "--force_yml", "speed:tf32=false", "--force_yml", "logger:save_checkpoint_freq=1")
     kept = yaml.safe_load((tmp_path / "experiments" / "twice" / "twice_3.yml").read_text())
     assert kept["speed"] == {"tf32": False} and kept["logger"]["save_checkpoint_freq"] == 1
 

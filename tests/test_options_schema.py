@@ -617,6 +617,9 @@ def test_a_misspelled_flag_gets_the_did_you_mean_of_option_names(parser, capsys)
     assert error_of("--zzzz") == "prog: error: unrecognized arguments: --zzzz"
     assert error_of("--hepl") == "prog: error: unrecognized arguments: --hepl (did you mean '--help'?)"
     assert error_of("--steps", "x") == "prog: error: argument --steps: invalid int value: 'x'"
+    # an abbreviation, which argparse read as the flag it starts, is refused with that flag as the hint
+    assert error_of("--ste", "4") == "prog: error: unrecognized arguments: --ste 4 (did you mean '--steps'?)"
+    assert error_of("--a") == "prog: error: unrecognized arguments: --a (did you mean '--auto_resume'?)"
 
 
 def test_every_command_parser_hints_misspelled_flags():

@@ -606,7 +606,6 @@ ROOT = SCRIPTS.parent
     [sys.executable, "-m", "ldt.sr.demo", "--budget", "nope"],
     [sys.executable, "Train_pip.py", "--budget=nope"],  # argparse's --flag=value spelling
     [sys.executable, "Train_pip.py", "--seed=1", "--budget", "nope"],
-    [sys.executable, "Train_pip.py", "--bud", "nope"],  # an abbreviation
 ])
 def test_the_demo_reads_its_flags_however_it_is_started(command) -> None:
     """A bad demo flag is refused by the demo's own parser (its choices named), not run as nothing or another command,
@@ -628,12 +627,12 @@ def train_pip_route():
     (["demo"], "demo", []),
     (["demo", "--force"], "demo", ["--force"]),
     (["--budget", "quick"], "demo", ["--budget", "quick"]),
-    (["--bud", "quick"], "demo", ["--bud", "quick"]),  # argparse's abbreviation
+    (["--bud", "quick"], "demo", ["--bud", "quick"]),  # an abbreviation: the demo refuses it, naming --budget
     (["--bud=quick"], "demo", ["--bud=quick"]),
     (["--force", "--budget", "quick"], "demo", ["--force", "--budget", "quick"]),
     (["--seed", "-1", "--budg", "quick"], "demo", ["--seed", "-1", "--budg", "quick"]),
     (["--budget", "quick", "--stesp", "4"], "demo", ["--budget", "quick", "--stesp", "4"]),  # the demo names it
-    (["--budget", "quick", "--f"], "demo", ["--budget", "quick", "--f"]),  # --f: the demo's --force here
+    (["--budget", "quick", "--f"], "demo", ["--budget", "quick", "--f"]),  # --f: the demo refuses it, naming --force
     (["-opt", "x.yml"], "training", ["-opt", "x.yml"]),
     (["--root", "r", "-opt", "x.yml", "--auto"], "training", ["--root", "r", "-opt", "x.yml", "--auto"]),
     (["-opt", "x.yml", "--f", "ldt:method=ft"], "training", ["-opt", "x.yml", "--f", "ldt:method=ft"]),
@@ -719,6 +718,28 @@ def test_a_bad_flag_of_every_command_is_one_line_with_its_hint(command, required
     assert err.strip().endswith("error: unrecognized arguments: --hepl (did you mean '--help'?)"), err
     assert run_command(monkeypatch, command, "--help") == 0
     assert capsys.readouterr().out.startswith("usage: ")
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("command, args, given, full", [
+    ("scripts/reproduce.py", ["--table", "2", "--data", "{tmp}/data", "--out", "{tmp}/out", "--seed", "3"],
+     "--seed 3", "--seeds"),
+    ("Train_pip.py", ["--bud", "nope"], "--bud nope", "--budget"),
+    ("Train_pip.py", ["-opt", "{tmp}/x.yml", "--auto"], "--auto", "--auto_resume"),
+    ("Train_pip.py", ["-opt", "{tmp}/x.yml", "--f", "a:b=1"], "--f a:b=1", "--force_yml"),  # the demo's --force too
+    ("-m ldt.sr.basicsr_pipeline", ["-opt", "{tmp}/x.yml", "--auto"], "--auto", "--auto_resume"),
+    ("-m ldt.sr.basicsr_pipeline", ["-opt", "{tmp}/x.yml", "--lo", "1"], "--lo 1", "--local_rank"),  # 2 spellings
+    ("-m ldt.classification", ["--out", "{tmp}/out", "--pretrain-st", "0"], "--pretrain-st 0", "--pretrain-steps"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_an_abbreviated_flag_is_refused_with_the_full_flag_named(command, args, given, full, tmp_path, monkeypatch,
+                                                                 capsys) -> None:
+    """argparse took any unambiguous prefix of a flag: reproduce.py's '--seed 3' ran three seeds (read as --seeds),
+    where seed 3 was meant, and said nothing. Now it is an unrecognized flag, hinted with the flag it starts."""
+    code = run_command(monkeypatch, command, *(arg.replace("{tmp}", str(tmp_path)) for arg in args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].endswith(f"error: unrecognized arguments: {given} (did you mean '{full}'?)"), err
+    assert not list(tmp_path.iterdir())  # refused before any work
 
 
 BENCHMARKS = ("scripts/benchmark.py", "scripts/benchmark_data_check.py", "scripts/benchmark_probe.py",

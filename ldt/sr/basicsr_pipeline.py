@@ -31,10 +31,11 @@ from ldt.sr.ranks import launcher_of_environment, launcher_rank, launcher_world,
 
 def basicsr_arguments(argv: list[str]) -> argparse.Namespace:
     """``argv`` read as basicsr 1.4.2's ``parse_options`` reads it: the same flags, parsed by argparse as there, so our
-    checks see every spelling BasicSR accepts (``-opt=FILE``, ``-o FILE``, ``--auto``, ...), where a scan for
-    ``-opt FILE`` missed them. Additions: as in ``Train_pip.py``, ``--opt`` (BasicSR refused it) and ``--force_yml``
-    flags that add up (BasicSR kept the last, dropping the others silently); ``--local-rank``, the spelling
-    ``torch.distributed.launch`` passes on torch >= 2.0 (BasicSR's parser knows ``--local_rank`` only and refused it).
+    checks see every spelling BasicSR accepts (``-opt=FILE``, ``-o FILE``, ...), where a scan for ``-opt FILE``
+    missed them; an abbreviated flag (``--auto``), which BasicSR's parser took, is refused, as by every command.
+    Additions: as in ``Train_pip.py``, ``--opt`` (BasicSR refused it) and ``--force_yml`` flags that add up (BasicSR
+    kept the last, dropping the others silently); ``--local-rank``, the spelling ``torch.distributed.launch`` passes
+    on torch >= 2.0 (BasicSR's parser knows ``--local_rank`` only and refused it).
     BasicSR is handed the canonical arguments (:func:`argv_for_basicsr`). A bad or missing flag is one line."""
     parser = OneLineParser(prog="python -m ldt.sr.basicsr_pipeline")
     parser.add_argument("-opt", "--opt", required=True, help="options YAML: a path, or a bare name under options/train")
