@@ -126,6 +126,15 @@ class HintingParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
+    def _get_option_tuples(self, option_string: str) -> list[tuple]:
+        """argparse's readings of ``option_string`` as a flag it does not spell exactly; without abbreviations only a
+        short flag with its value attached (``-n4``): argparse's ``allow_abbrev=False`` still read ``-o FILE`` as
+        ``-opt FILE`` (a prefix of a single-dash flag)."""
+        readings = super()._get_option_tuples(option_string)
+        if self.allow_abbrev:
+            return readings
+        return [reading for reading in readings if reading[1] == option_string[:2]]
+
     def error(self, message: str) -> NoReturn:
         super().error(message + self.flag_hint(message))
 

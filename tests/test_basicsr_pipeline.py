@@ -202,14 +202,15 @@ def test_a_bad_force_yml_entry_is_one_line_naming_it(data_root, tmp_path, monkey
     assert not (tmp_path / "experiments").exists()
 
 
-SPELLINGS = {"-opt=FILE": ["-opt={}"], "--opt FILE": ["--opt", "{}"], "--opt=FILE": ["--opt={}"], "-o FILE": ["-o", "{}"]}
+SPELLINGS = {"-opt=FILE": ["-opt={}"], "--opt FILE": ["--opt", "{}"], "--opt=FILE": ["--opt={}"]}  # -o: refused
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_every_spelling_of_opt_is_read_by_our_checks(data_root, tmp_path, monkeypatch, spelling):
     """Our start-up checks scanned argv for '-opt FILE' only: '--opt FILE' (Train_pip.py's spelling) passed them
-    unseen and BasicSR refused it; '-opt=FILE' and '-o FILE' (argparse accepts both) escaped the -opt file check. Now
-    argv is read by a parser like BasicSR's, and BasicSR is handed '-opt' with the file our checks read."""
+    unseen and BasicSR refused it; '-opt=FILE' (which argparse accepts) escaped the -opt file check. Now argv is read
+    by a parser like BasicSR's, and BasicSR is handed '-opt' with the file our checks read ('-o FILE', which BasicSR's
+    parser took, is refused as every abbreviation is: test_scripts_cli)."""
     folder = tmp_path / "options"
     folder.mkdir()
     (folder / "parent.yml").write_text(yaml.safe_dump(basicsr_options(data_root, "parent", 3), sort_keys=False))

@@ -622,6 +622,20 @@ def test_a_misspelled_flag_gets_the_did_you_mean_of_option_names(parser, capsys)
     assert error_of("--a") == "prog: error: unrecognized arguments: --a (did you mean '--auto_resume'?)"
 
 
+def test_a_prefix_of_a_single_dash_flag_is_refused_but_a_short_flag_keeps_its_attached_value(capsys):
+    """argparse's allow_abbrev=False refuses '--auto' but still read '-o FILE' as '-opt FILE'."""
+    from ldt.cli import OneLineParser
+
+    built = OneLineParser(prog="prog")
+    built.add_argument("-opt", "--opt")
+    built.add_argument("-n", type=int)
+    assert vars(built.parse_args(["-n4", "-opt=x"])) == {"opt": "x", "n": 4}
+    with pytest.raises(SystemExit) as exited:
+        built.parse_args(["-op", "x"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "prog: error: unrecognized arguments: -op x (did you mean '-opt'?)\n"
+
+
 def test_every_command_parser_hints_misspelled_flags():
     """Every command's parser (the scripts, ``Train_pip.py`` / ``test.py`` through ldt.sr.train, the runners, the
     examples) is an ``ldt.cli`` parser, so each misspelled flag gets the hint."""

@@ -730,6 +730,10 @@ def test_a_bad_flag_of_every_command_is_one_line_with_its_hint(command, required
     ("-m ldt.sr.basicsr_pipeline", ["-opt", "{tmp}/x.yml", "--auto"], "--auto", "--auto_resume"),
     ("-m ldt.sr.basicsr_pipeline", ["-opt", "{tmp}/x.yml", "--lo", "1"], "--lo 1", "--local_rank"),  # 2 spellings
     ("-m ldt.classification", ["--out", "{tmp}/out", "--pretrain-st", "0"], "--pretrain-st 0", "--pretrain-steps"),
+    # a single-dash flag, which argparse's allow_abbrev=False does not cover
+    ("Train_pip.py", ["-o", "{tmp}/x.yml"], "-o {tmp}/x.yml", "-opt"),
+    ("test.py", ["-op", "{tmp}/x.yml"], "-op {tmp}/x.yml", "-opt"),
+    ("-m ldt.sr.basicsr_pipeline", ["-opt", "{tmp}/x.yml", "-o", "{tmp}/y.yml"], "-o {tmp}/y.yml", "-opt"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_an_abbreviated_flag_is_refused_with_the_full_flag_named(command, args, given, full, tmp_path, monkeypatch,
                                                                  capsys) -> None:
@@ -738,6 +742,7 @@ def test_an_abbreviated_flag_is_refused_with_the_full_flag_named(command, args, 
     code = run_command(monkeypatch, command, *(arg.replace("{tmp}", str(tmp_path)) for arg in args))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
+    given = given.replace("{tmp}", str(tmp_path))
     assert err[0].endswith(f"error: unrecognized arguments: {given} (did you mean '{full}'?)"), err
     assert not list(tmp_path.iterdir())  # refused before any work
 

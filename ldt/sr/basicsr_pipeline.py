@@ -31,8 +31,8 @@ from ldt.sr.ranks import launcher_of_environment, launcher_rank, launcher_world,
 
 def basicsr_arguments(argv: list[str]) -> argparse.Namespace:
     """``argv`` read as basicsr 1.4.2's ``parse_options`` reads it: the same flags, parsed by argparse as there, so our
-    checks see every spelling BasicSR accepts (``-opt=FILE``, ``-o FILE``, ...), where a scan for ``-opt FILE``
-    missed them; an abbreviated flag (``--auto``), which BasicSR's parser took, is refused, as by every command.
+    checks see every spelling BasicSR accepts (``-opt=FILE``, ...), where a scan for ``-opt FILE`` missed them; an
+    abbreviated flag (``--auto``, ``-o FILE``), which BasicSR's parser took, is refused, as by every command.
     Additions: as in ``Train_pip.py``, ``--opt`` (BasicSR refused it) and ``--force_yml`` flags that add up (BasicSR
     kept the last, dropping the others silently); ``--local-rank``, the spelling ``torch.distributed.launch`` passes
     on torch >= 2.0 (BasicSR's parser knows ``--local_rank`` only and refused it).
