@@ -141,7 +141,7 @@ class HintingParser(argparse.ArgumentParser):
     def flag_hint(self, message: str) -> str:
         """`` (did you mean '--steps'?)`` for the first unrecognized flag of an argparse ``message``, else ``""``: the
         one flag it is a prefix of, in its first spelling that it starts (``--seed``: ``--seeds``; difflib can miss a
-        short one, ``--pre``), else the closest (:func:`meant`)."""
+        short one, ``--pre``), the flags of several (``--t``: ``--table, --tile``), else the closest (:func:`meant`)."""
         unknown = re.match(r"unrecognized arguments: (-\S+)", message)
         if not unknown:
             return ""
@@ -152,6 +152,8 @@ class HintingParser(argparse.ArgumentParser):
                 started.setdefault(action, option)
         if len(started) == 1:
             return suggest(*started.values())
+        if len(started) > 1:  # argparse's own 'ambiguous option' named them; so does this
+            return f" (an abbreviation of {', '.join(started.values())}: spell the flag out)"
         names = [option[2:] for option in self._option_string_actions if option.startswith("--")]
         hint = meant(given.lstrip("-"), names)  # without the dashes, which matched --help
         return suggest(f"--{hint}") if hint else ""

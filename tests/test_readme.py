@@ -42,7 +42,7 @@ ENTRY_POINTS = {
 }
 OTHER_TOOLS = {"pytest"}  # python -m pytest: not ours
 OTHER_FLAGS = {"--no-build-isolation", "--no-deps", "--no-index", "--target", "--nproc_per_node"}  # pip, torchrun
-MISSPELT_ON_PURPOSE = {"--stesp", "--bud", "--f", "--auto", "--pretrain-st"}  # the README shows what a misspelled or abbreviated flag gets
+MISSPELT_ON_PURPOSE = {"--stesp", "--bud", "--f", "--auto", "--pretrain-st", "--t"}  # the README shows what a misspelled or abbreviated flag gets
 COMMAND = re.compile(r"\b(?:python|torchrun)\b(?:\s+--?[\w=]+)*\s+(-m\s+[\w.]+|[\w./]+\.py)\b(.*)")
 FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 

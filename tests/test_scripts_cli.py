@@ -747,6 +747,16 @@ def test_an_abbreviated_flag_is_refused_with_the_full_flag_named(command, args, 
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
+def test_the_prefix_of_several_flags_names_them(tmp_path, monkeypatch, capsys) -> None:
+    """argparse said 'ambiguous option: --t could match --table, --tile'; refusing abbreviations made it a bare
+    'unrecognized arguments: --t 2'. The flags it starts are named again."""
+    code = run_command(monkeypatch, "scripts/reproduce.py", "--table", "2", "--data", str(tmp_path / "data"), "--t", "2")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].endswith("error: unrecognized arguments: --t 2 (an abbreviation of --table, --tile: spell the flag "
+                           "out)"), err
+
+
 BENCHMARKS = ("scripts/benchmark.py", "scripts/benchmark_data_check.py", "scripts/benchmark_probe.py",
               "scripts/benchmark_scan.py", "scripts/gpu_check_scan.py")
 
