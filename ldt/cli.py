@@ -3,8 +3,9 @@
 Every bad flag ends in one ``error: --flag: ...`` line and exit status 2 (``parser.error``) before any work starts:
 never a traceback, never a silently replaced value. :func:`check_args` runs value checks (:func:`at_least`,
 :func:`between`, :func:`json_object`) on parsed arguments; :func:`check_device`, :func:`check_output_file` and
-:func:`check_output_dir` check the device and output paths. Standard library only (torch is imported when a device
-is checked).
+:func:`check_output_dir` check the device and output paths. The long commands stop on SIGTERM / SIGINT through
+:func:`stop_on_signal` (then one line, exit status 128 + the signal). Standard library only (torch is imported when
+a device is checked).
 """
 
 from __future__ import annotations
@@ -93,6 +94,83 @@ def stop_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
     finally:
         for number, old in previous.items():
             signal.signal(number, signal.SIG_DFL if old is None else old)
+
+
+_held: list[int] | None = None  # inside whole_step(): the stop signals that arrived, acted on when it ends
+
+
+class Stopped(BaseException):
+    """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) stopped the command. A BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` on the way turns it into a data or weights error."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.saved: Path | None = None  # what the command saved on its way out (a run's training state), if any
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A Python-level handler that does nothing."""
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[None]:
+    """Raise :class:`Stopped` where the command is when SIGTERM / SIGINT arrives, so it can end in one line rather
+    than silently (SIGTERM's default) or in a traceback (Ctrl-C). Unwinding from any point leaves whole files:
+    writes are atomic, a record append cuts itself back, a dataset build removes its staging folder. A second signal
+    exits at once; a signal the caller ignores (a background job's SIGINT) stays ignored."""
+    owner = os.getpid()
+    child = getattr(signal, "SIGCHLD", None)
+    replaced: dict[int, object] = {}
+
+    def stop(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked DataLoader worker: its loop ends quietly on KeyboardInterrupt
+            raise KeyboardInterrupt
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+        if child is not None:  # a SIGTERM sent to the process group (timeout, a scheduler) kills the DataLoader
+            # workers (torch's worker handler): torch's SIGCHLD handler would raise 'worker ... is killed by signal'
+            # wherever the stop is, its state save included; no batch is loaded after a stop. A handler that does
+            # nothing, not SIG_DFL: a SIGCHLD already pending would print 'Signal 17 ignored due to race condition'
+            replaced[child] = signal.signal(child, _ignore_signal)
+        if _held is not None:
+            _held.append(signum)
+            return
+        raise Stopped(signum)
+
+    try:
+        with stop_handler(stop):
+            yield
+    finally:
+        for number, handler in replaced.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def whole_step() -> Iterator[None]:
+    """Under :func:`stop_on_signal`, a stop that arrives inside the block raises :class:`Stopped` when the block ends,
+    not in its middle: a training step is never cut in half, so the state saved on a stop is a whole step's."""
+    global _held
+    outer, _held = _held, ([] if _held is None else _held)
+    try:
+        yield
+    finally:
+        held, _held = _held, outer
+    if outer is None and held:
+        raise Stopped(held[0])
+
+
+@contextlib.contextmanager
+def stop_in_one_line(kept: Callable[[], str]) -> Iterator[None]:
+    """:func:`stop_on_signal` for a command without state to save: a stop ends it with ``stopped by SIGTERM:
+    <kept()>`` (what its outputs are left as, said when the stop comes) and exit status 128 + the signal."""
+    try:
+        with stop_on_signal():
+            yield
+    except Stopped as stopped:
+        print(f"stopped by {signal.Signals(stopped.signum).name}: {kept()}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stopped.signum) from None
 
 
 def meant(key: Any, known: Sequence[str]) -> str | None:

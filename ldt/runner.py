@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, disk_reason, remove_leftovers
-from ldt.cli import (STOP_SIGNALS, device_problem, error_lines, flag, not_a_file, original_error, output_dir_problem,
-                     require_output_dir, show_traceback, stop_handler)
+from ldt.cli import (Stopped, device_problem, error_lines, flag, not_a_file, original_error, output_dir_problem,
+                     require_output_dir, show_traceback, stop_on_signal, whole_step)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.methods import runs_probe
 from ldt.core.config import MAX_SEED, describe_errors
@@ -707,71 +707,6 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
     print(f"{trained} run(s) trained by this command ({time.monotonic() - started:.1f} s); records: {records.path}; "
           f"tables in {out}")
     return 0
-
-
-_held: list[int] | None = None  # inside whole_step(): the stop signals that arrived, acted on when it ends
-
-
-class Stopped(BaseException):
-    """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) stopped the command. A BaseException, as
-    KeyboardInterrupt is, so that no ``except Exception`` on the way turns it into a data or weights error."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-        self.saved: Path | None = None  # the training state the run in progress saved, if any
-
-
-def _ignore_signal(signum: int, frame: object) -> None:
-    """A Python-level handler that does nothing."""
-
-
-@contextlib.contextmanager
-def stop_on_signal() -> Iterator[None]:
-    """Raise :class:`Stopped` where the command is when SIGTERM / SIGINT arrives, so it can end in one line rather
-    than silently (SIGTERM's default) or in a traceback (Ctrl-C). Unwinding from any point leaves whole files:
-    writes are atomic, a record append cuts itself back, a dataset build removes its staging folder. A second signal
-    exits at once; a signal the caller ignores (a background job's SIGINT) stays ignored."""
-    owner = os.getpid()
-    child = getattr(signal, "SIGCHLD", None)
-    replaced: dict[int, object] = {}
-
-    def stop(signum: int, frame: object) -> None:
-        if os.getpid() != owner:  # a forked DataLoader worker: its loop ends quietly on KeyboardInterrupt
-            raise KeyboardInterrupt
-        for number in STOP_SIGNALS:
-            signal.signal(number, signal.SIG_DFL)
-        if child is not None:  # a SIGTERM sent to the process group (timeout, a scheduler) kills the DataLoader
-            # workers (torch's worker handler): torch's SIGCHLD handler would raise 'worker ... is killed by signal'
-            # wherever the stop is, its state save included; no batch is loaded after a stop. A handler that does
-            # nothing, not SIG_DFL: a SIGCHLD already pending would print 'Signal 17 ignored due to race condition'
-            replaced[child] = signal.signal(child, _ignore_signal)
-        if _held is not None:
-            _held.append(signum)
-            return
-        raise Stopped(signum)
-
-    try:
-        with stop_handler(stop):
-            yield
-    finally:
-        for number, handler in replaced.items():
-            if handler is not None:  # None: a handler not set from Python, which cannot be put back
-                signal.signal(number, handler)
-
-
-@contextlib.contextmanager
-def whole_step() -> Iterator[None]:
-    """Under :func:`stop_on_signal`, a stop that arrives inside the block raises :class:`Stopped` when the block ends,
-    not in its middle: a training step is never cut in half, so the state saved on a stop is a whole step's."""
-    global _held
-    outer, _held = _held, ([] if _held is None else _held)
-    try:
-        yield
-    finally:
-        held, _held = _held, outer
-    if outer is None and held:
-        raise Stopped(held[0])
 
 
 def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfig]]], run: Callable[..., dict],

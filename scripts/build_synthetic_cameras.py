@@ -15,13 +15,14 @@ from ldt.cli import OneLineParser, starting
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
     import time
+    from pathlib import Path
 
     from ldt.atomic import DiskError, FileContentError
-    from ldt.cli import check_output_dir, fail, flag, path_flag
+    from ldt.cli import check_output_dir, fail, flag, path_flag, stop_in_one_line
     from ldt.data.cameras import DatasetError
     from ldt.data.synthetic_cameras import (
-        DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, BuildOptionError, build_bicubic_pretrain_set, build_synthetic_cameras,
-        camera_bicubic_psnr, format_psnr_table,
+        DEFAULT_BICUBIC_ROOT, DEFAULT_ROOT, MANIFEST, BuildOptionError, build_bicubic_pretrain_set, build_complete,
+        build_synthetic_cameras, camera_bicubic_psnr, format_psnr_table,
     )
 
 
@@ -48,15 +49,39 @@ def main() -> None:
     builds = [("camera benchmark", build_synthetic_cameras, args.root)]
     if args.bicubic:
         builds.append(("bicubic pre-training set", build_bicubic_pretrain_set, args.bicubic_root))
+    building: list[Path] = []  # the folder being built, if any, for the line of a stop
+    with stop_in_one_line(lambda: stopped_build(building)):
+        run_builds(parser, args, builds, options, building)
+
+
+def stopped_build(building: list[Path]) -> str:
+    """What a stop leaves in the folder it came in: an unfinished build is marked so in its manifest, and the next
+    build of the folder (the same command) replaces it."""
+    if not building:
+        return "the builds are complete (the PSNR tables were cut short)"
+    root = building[0]
+    complete = build_complete(root)
+    if complete is None:
+        return f"nothing was built in {root}"
+    if complete:
+        return f"{root} holds a whole build (the stop came before the rebuild replaced anything, or after it)"
+    return f"{root} is half-built, marked unfinished in its {MANIFEST}; rerun the same command to rebuild it"
+
+
+def run_builds(parser: argparse.ArgumentParser, args: argparse.Namespace, builds: list, options: dict,
+               building: list[Path]) -> None:
+    """Each build of ``builds`` in turn (its folder in ``building`` meanwhile), then its PSNR tables."""
     for title, build, root in builds:
         start = time.perf_counter()
         option = "--root" if build is build_synthetic_cameras else "--bicubic-root"
+        building[:] = [root]
         try:
             build(root, **options)
         except BuildOptionError as err:  # a bad value, or e.g. a patch larger than the photos' train halves
             parser.error(f"{flag(err.option)}: {err.problem}")
         except (DiskError, FileContentError, DatasetError, OSError) as err:  # unwritable, or not our folder
             fail(f"{option} {root}: {' '.join(str(err).split())}")
+        building.clear()
         print(f"{title}: {root} ready in {time.perf_counter() - start:.1f} s")
         for split in ("train", "test"):
             print(f"\n{split} split, bicubic-upsampled LR vs HR:")

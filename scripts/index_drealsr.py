@@ -31,7 +31,9 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
         CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
         decode_image, find_split_dirs, image_header, lmdb_paths, pair_correlation, pair_folders, resolve_cameras,
     )
-    from ldt.cli import between, check_args, check_output_dir, fail, listing, non_negative, path_flag, positive
+    from ldt.cli import (
+        between, check_args, check_output_dir, fail, listing, non_negative, path_flag, positive, stop_in_one_line,
+    )
     from ldt.data.indexing import write_lmdb, write_meta_info
 
 
@@ -102,6 +104,23 @@ def main() -> int:
     parser.add_argument("--meta-info", type=path_flag, metavar="DIR", help="write per-camera meta-info files here")
     parser.add_argument("--lmdb", type=path_flag, metavar="DIR", help="write per-camera LMDBs here")
     args = parser.parse_args()
+    written: list[Path] = []  # the exports this run finished, for the line of a stop
+    with stop_in_one_line(lambda: stopped_exports(written)):
+        return index(parser, args, written)
+
+
+def stopped_exports(written: list[Path]) -> str:
+    """What a stop leaves: whole exports only (each is written under a temporary name, then renamed)."""
+    if not written:
+        return "no export was written"
+    lmdbs = [path for path in written if path.suffix == ".lmdb"]
+    rerun = f"; remove the LMDBs it wrote ({listing(lmdbs, 2)}) before rerunning with --lmdb" if lmdbs else \
+        "; rerun the same command"
+    return f"no export is half-written; {len(written)} written before the stop ({listing(written, 2)}){rerun}"
+
+
+def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: list[Path]) -> int:
+    """The run after parsing: checks, pairing, exports (each appended to ``written`` once whole), the table."""
     if not args.root.is_dir():
         parser.error(f"{args.root} {'is not a folder' if args.root.exists() else 'does not exist'}")
     check_args(parser, args, scale=positive, size_tolerance=non_negative,
@@ -139,11 +158,11 @@ def main() -> int:
             option = "--meta-info"
             try:
                 if args.meta_info:
-                    for path in write_meta_info(pairs, args.meta_info, split, args.scale):
+                    for path in write_meta_info(pairs, args.meta_info, split, args.scale, written.append):
                         print(f"  wrote {path}")
                 option = "--lmdb"
                 if args.lmdb:
-                    for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale).items():
+                    for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale, written.append).items():
                         print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
             except OSError as error:  # the folders were checked writable at the start: a full disk, or changed since
                 fail(f"{option}: cannot write {error.filename or 'there'}: {error.strerror or error}")

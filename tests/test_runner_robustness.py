@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ldt import runner
 from ldt.atomic import DiskError
+from ldt.cli import STOP_SIGNALS
 from ldt.sweep import LOCK_FILE, RESULTS_FILE, TABLES_LOCK_FILE, Records, run_hash, sweep_lock
 from tests.conftest import lock_held_elsewhere
 
@@ -510,12 +511,12 @@ def test_a_signal_during_a_run_is_one_line_and_keeps_earlier_records(tmp_path, c
             os.kill(os.getpid(), signum)
         return fake_run(config)
 
-    before = {number: signal.getsignal(number) for number in runner.STOP_SIGNALS}
+    before = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     assert sweep_main(tmp_path, [FakeConfig(0), FakeConfig(1)], run) == 128 + signum
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"stopped by {signal.Signals(signum).name}: "), err
     assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0]
-    assert {number: signal.getsignal(number) for number in runner.STOP_SIGNALS} == before
+    assert {number: signal.getsignal(number) for number in STOP_SIGNALS} == before
 
 
 def test_a_signal_during_a_record_append_leaves_no_partial_line(tmp_path, monkeypatch):

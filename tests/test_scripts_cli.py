@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -449,7 +451,7 @@ def test_index_drealsr_write_failure_after_the_check_is_one_line(tmp_path, monke
     (root / "test_HR" / "P1000001_x4.png").write_bytes(b"")
     (root / "test_LR" / "P1000001_x1.png").write_bytes(b"")
 
-    def full_disk(pairs, folder, split, scale):
+    def full_disk(pairs, folder, split, scale, done):
         raise OSError(errno.ENOSPC, "No space left on device", str(folder))
 
     monkeypatch.setattr(ldt.data.indexing, "write_meta_info", full_disk)
@@ -794,3 +796,106 @@ def test_a_warning_of_a_command_is_one_line(tmp_path):
     library = format_warning("deprecated", UserWarning, torch.__file__, 3)
     assert library.startswith(f"{torch.__file__}:3: UserWarning: deprecated")
     assert format_warning("x", DeprecationWarning, str(ROOT / "ldt" / "cli.py"), 1) != "warning: x\n"
+
+
+STOP_SIGNALS = pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
+
+
+def stopped_run(monkeypatch, capsys, name: str, *args: str) -> tuple[int, list[str]]:
+    """Exit status and every stderr line of ``scripts/<name> args`` run in-process (a stop is sent from inside)."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / name), *args])
+    try:
+        runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+    except SystemExit as leaving:
+        return leaving.code or 0, capsys.readouterr().err.splitlines()
+    return 0, capsys.readouterr().err.splitlines()
+
+
+@STOP_SIGNALS
+def test_index_drealsr_stopped_mid_export_is_one_line_and_leaves_whole_files(signum, tmp_path, monkeypatch, capsys,
+                                                                            default_sigint) -> None:
+    """A stop (SIGTERM, Ctrl-C) in the middle of the second meta-info file's write was a KeyboardInterrupt traceback
+    (SIGTERM: a silent exit): one line now, naming the exports written before it, exit 128 + the signal."""
+    import pathlib
+
+    import cv2
+    import numpy as np
+
+    write_one_pair(tmp_path / "root")
+    cv2.imwrite(str(tmp_path / "root" / "x4" / "Test_x4" / "test_HR" / "panasonic_1_x4.png"), np.zeros((32, 32, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "root" / "x4" / "Test_x4" / "test_LR" / "panasonic_1_x1.png"), np.zeros((8, 8, 3), np.uint8))
+    real_write, writes = pathlib.Path.write_text, []
+
+    def stopped_half_way(self, text, *rest, **kwargs):
+        writes.append(self)
+        if len(writes) < 2:
+            return real_write(self, text, *rest, **kwargs)
+        real_write(self, text[: len(text) // 2])
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises at the next bytecode
+        pytest.fail("the signal did not stop the write")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", stopped_half_way)
+    out = tmp_path / "meta"
+    code, lines = stopped_run(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--splits", "test",
+                              "--meta-info", str(out))
+    first = out / "DRealSR_x4_test_olympus.txt"
+    assert (code, lines) == (128 + signum, [f"stopped by {signal.Signals(signum).name}: no export is half-written; "
+                                            f"1 written before the stop ({first}); rerun the same command"])
+    assert [path.name for path in out.iterdir()] == [first.name]  # the cut file's temporary copy is gone
+    assert first.read_text() == "P1000001_x4.png P1000001_x1.png\n"
+
+
+@STOP_SIGNALS
+def test_index_drealsr_stopped_in_an_lmdb_names_the_finished_ones_to_remove(signum, tmp_path, monkeypatch, capsys,
+                                                                            default_sigint) -> None:
+    """The LR database of a camera is cut by the stop: its HR one is whole and named (a rerun refuses it), no
+    ``.partial`` folder is left."""
+    import lmdb
+
+    write_one_pair(tmp_path / "root")
+    real_open = lmdb.open
+
+    def stopped_at_the_second(path, **kwargs):
+        if path.endswith("_LR.lmdb.partial"):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        return real_open(path, **kwargs)
+
+    monkeypatch.setattr(lmdb, "open", stopped_at_the_second)
+    out = tmp_path / "lmdb"
+    code, lines = stopped_run(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--splits", "test",
+                              "--lmdb", str(out))
+    hr = out / "x4" / "test" / "olympus_HR.lmdb"
+    assert (code, lines) == (128 + signum, [f"stopped by {signal.Signals(signum).name}: no export is half-written; "
+                                            f"1 written before the stop ({hr}); remove the LMDBs it wrote ({hr}) "
+                                            "before rerunning with --lmdb"])
+    assert sorted(path.name for path in hr.parent.iterdir()) == [hr.name]
+
+
+@STOP_SIGNALS
+def test_build_synthetic_cameras_stopped_mid_build_is_one_line_and_rebuilds(signum, tmp_path, monkeypatch, capsys,
+                                                                           default_sigint) -> None:
+    """A stop between two images of the build was a KeyboardInterrupt traceback (SIGTERM: a silent exit): one line
+    now, the folder marked unfinished, and the same command rebuilds it."""
+    import ldt.data.synthetic_cameras as synthetic
+
+    real_write, written = synthetic._write_png, []
+
+    def stopped_at_the_third(path, rgb):
+        written.append(path)
+        if len(written) == 3:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        real_write(path, rgb)
+
+    monkeypatch.setattr(synthetic, "_write_png", stopped_at_the_third)
+    root = tmp_path / "c"
+    code, lines = stopped_run(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--root", str(root))
+    assert (code, lines) == (128 + signum, [f"stopped by {signal.Signals(signum).name}: {root} is half-built, marked "
+                                            f"unfinished in its {synthetic.MANIFEST}; rerun the same command to "
+                                            "rebuild it"])
+    assert synthetic.build_complete(root) is False
+    monkeypatch.setattr(synthetic, "_write_png", real_write)
+    code, lines = stopped_run(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--root", str(root))
+    assert (code, lines) == (0, []) and synthetic.build_complete(root)

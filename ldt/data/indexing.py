@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -20,8 +20,13 @@ from ldt.data.cameras import (
 )
 
 
+def _tell_no_one(path: Path) -> None:
+    """The writers' default ``done``: no one to tell."""
+
+
 def write_lmdb(
-    pairs: Sequence[ImagePair], lmdb_root: str | Path, split: str, scale: int
+    pairs: Sequence[ImagePair], lmdb_root: str | Path, split: str, scale: int,
+    done: Callable[[Path], None] = _tell_no_one,
 ) -> dict[str, tuple[Path, Path]]:
     """Write one HR and one LR LMDB per camera of ``pairs`` (disk pairs from :func:`collect_pairs`).
 
@@ -30,7 +35,8 @@ def write_lmdb(
     once here, so a corrupt file fails now, with its name, and so does a pair whose HR and LR carry different EXIF
     orientations (before anything is written). Refuses to overwrite an existing LMDB. Each database is
     written under ``<name>.partial`` and renamed when complete, so a failure or a kill never leaves a half-written
-    LMDB that a rerun would take for a finished one.
+    LMDB that a rerun would take for a finished one. ``done(path)`` is called as each database is complete, so a stop
+    can say which are.
     """
     import lmdb
 
@@ -76,6 +82,7 @@ def write_lmdb(
             env.close()
             (partial / "meta_info.txt").write_text("".join(meta_lines))
             partial.rename(db)
+            done(db)
         written[camera] = dbs
     return written
 
@@ -84,8 +91,10 @@ def meta_info_path(folder: str | Path, split: str, scale: int, camera: str) -> P
     return Path(folder) / f"DRealSR_x{scale}_{check_split(split)}_{camera}.txt"
 
 
-def write_meta_info(pairs: Sequence[ImagePair], folder: str | Path, split: str, scale: int) -> list[Path]:
-    """One text file per camera, one ``<HR name> <LR name>`` line per pair (first token = HR, as in basicsr)."""
+def write_meta_info(pairs: Sequence[ImagePair], folder: str | Path, split: str, scale: int,
+                    done: Callable[[Path], None] = _tell_no_one) -> list[Path]:
+    """One text file per camera, one ``<HR name> <LR name>`` line per pair (first token = HR, as in basicsr);
+    ``done(path)`` as each is written (as :func:`write_lmdb`)."""
     by_camera: dict[str, list[ImagePair]] = defaultdict(list)
     for pair in pairs:
         by_camera[str(pair.camera)].append(pair)
@@ -93,5 +102,6 @@ def write_meta_info(pairs: Sequence[ImagePair], folder: str | Path, split: str, 
     for camera, camera_pairs in sorted(by_camera.items()):
         path = meta_info_path(folder, split, scale, camera)  # atomic: a full disk never leaves a shortened list
         atomic_write_text(path, "".join(f"{Path(p.hr).name} {Path(p.lr).name}\n" for p in camera_pairs))
+        done(path)
         written.append(path)
     return written

@@ -283,7 +283,7 @@ def _build(
     with exclusive_lock(lock_beside(root)):
         manifest_path = root / MANIFEST
         old = _read_manifest(manifest_path) if manifest_path.is_file() else None
-        if old and old["hash"] == digest and old["complete"] and all((root / name).is_file() for name in old["files"]):
+        if old and old["hash"] == digest and _complete(root, old):
             return root
         for camera in cameras:
             probe = camera.image_id(TRAIN_ID_START)
@@ -371,6 +371,23 @@ def _read_manifest(path: Path) -> dict:
             or not isinstance(manifest["files"], list):
         raise FileContentError(f"{path}: not a synthetic-camera manifest (config.scale / files); {remedy}")
     return manifest
+
+
+def _complete(root: Path, manifest: dict) -> bool:
+    """Whether the build ``manifest`` describes finished and every file it lists is still in ``root``."""
+    return bool(manifest["complete"]) and all((root / name).is_file() for name in manifest["files"])
+
+
+def build_complete(root: str | Path) -> bool | None:
+    """Whether ``root`` holds a complete build (of whatever options), None where it holds none: what a stop leaves is
+    said from this. An unreadable manifest counts as unfinished (the next build refuses it in its line)."""
+    manifest_path = Path(root) / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        return _complete(Path(root), _read_manifest(manifest_path))
+    except FileContentError:
+        return False
 
 
 def _clear(root: Path, old_manifest: dict | None, scale: int) -> None:
