@@ -4,8 +4,8 @@ Every bad flag ends in one ``error: --flag: ...`` line and exit status 2 (``pars
 never a traceback, never a silently replaced value. :func:`check_args` runs value checks (:func:`at_least`,
 :func:`between`, :func:`json_object`) on parsed arguments; :func:`check_device`, :func:`check_output_file` and
 :func:`check_output_dir` check the device and output paths. The long commands stop on SIGTERM / SIGINT through
-:func:`stop_on_signal` (then one line, exit status 128 + the signal). Standard library only (torch is imported when
-a device is checked).
+:func:`stop_on_signal` (then one line, exit status 128 + the signal); the scripts end through :func:`exit_with`
+(a closed pipe ends them quietly). Standard library only (torch is imported when a device is checked).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 import os
 import re
 import secrets
+import select
 import signal
 import stat
 import sys
@@ -253,6 +254,49 @@ def fail(message: str) -> NoReturn:
     """One ``error: ...`` line on stderr and exit status 2 (for problems found after parsing, outside a parser)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+# The exit status of a command whose reader closed its output (``| head -1``): a shell tool's, killed by SIGPIPE.
+PIPE_CLOSED = 128 + signal.SIGPIPE
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says POLLERR): a BrokenPipeError of another pipe or
+    socket is a real error, not the user's ``| head``."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout replaced by something without a descriptor
+        return False
+
+
+def _drop_closed_stdout(error: BrokenPipeError) -> None:
+    """Raise ``error`` unless stdout is what broke (:func:`stdout_closed`); if it is, point it at the null device, so
+    that nothing more written to it, the interpreter's last flush included, fails."""
+    if not stdout_closed():
+        raise error
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def exit_with(main: Callable[[], int | str | None]) -> NoReturn:
+    """``sys.exit(main())`` for a command that prints: a reader that stops reading (``| head -1``) ends it quietly,
+    exit status :data:`PIPE_CLOSED`, where print raised a BrokenPipeError traceback, or the interpreter's last flush
+    said 'Exception ignored ... BrokenPipeError'; a command that was ending anyway (an error line on stderr, a stop)
+    keeps its status."""
+    try:
+        status = main()
+    except SystemExit as leaving:
+        status = leaving.code
+    except BrokenPipeError as error:
+        _drop_closed_stdout(error)
+        status = PIPE_CLOSED
+    try:
+        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    except BrokenPipeError as error:
+        _drop_closed_stdout(error)
+        status = PIPE_CLOSED if status in (0, None) else status
+    raise SystemExit(status)
 
 
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory")  # torch's CUDA (OutOfMemoryError) and CPU allocators'

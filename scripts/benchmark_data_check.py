@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ldt.cli import OneLineParser, at_least, check_args, fail, positive, starting
+from ldt.cli import OneLineParser, at_least, check_args, exit_with, fail, positive, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
     import cv2
@@ -83,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

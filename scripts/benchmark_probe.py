@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldt.cli import (  # noqa: E402
-    OneLineParser, check_args, check_device, fail, json_object, out_of_memory_is_one_line, positive, starting,
+    OneLineParser, check_args, check_device, exit_with, fail, json_object, out_of_memory_is_one_line, positive,
+    starting,
 )
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
@@ -204,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

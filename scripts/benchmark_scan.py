@@ -34,7 +34,8 @@ from typing import Callable, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldt.cli import (  # noqa: E402
-    OneLineParser, check_args, check_device, non_negative, out_of_memory_is_one_line, positive, starting,
+    OneLineParser, check_args, check_device, exit_with, non_negative, out_of_memory_is_one_line, positive,
+    starting,
 )
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
@@ -265,4 +266,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

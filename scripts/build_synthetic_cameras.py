@@ -10,7 +10,7 @@ Example:  python scripts/build_synthetic_cameras.py --bicubic
 
 from __future__ import annotations
 
-from ldt.cli import OneLineParser, starting
+from ldt.cli import OneLineParser, exit_with, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -90,4 +90,4 @@ def run_builds(parser: argparse.ArgumentParser, args: argparse.Namespace, builds
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

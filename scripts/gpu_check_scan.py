@@ -35,7 +35,7 @@ if "--dry-run" in sys.argv[1:]:  # before triton is first imported (by torch or 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ldt.cli import OneLineParser, starting  # noqa: E402
+from ldt.cli import OneLineParser, exit_with, starting  # noqa: E402
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback; warnings: one line each
     import torch
@@ -265,4 +265,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

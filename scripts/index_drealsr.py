@@ -19,7 +19,7 @@ Exit status 1 if any problem was found. Example:
 
 from __future__ import annotations
 
-from ldt.cli import OneLineParser, starting
+from ldt.cli import OneLineParser, exit_with, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -164,6 +164,8 @@ def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: li
                 if args.lmdb:
                     for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale, written.append).items():
                         print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
+            except BrokenPipeError:  # the reader of a "wrote" line has gone: exit_with ends the command
+                raise
             except OSError as error:  # the folders were checked writable at the start: a full disk, or changed since
                 fail(f"{option}: cannot write {error.filename or 'there'}: {error.strerror or error}")
             except DiskError as error:  # the same, named by the writer
@@ -194,4 +196,4 @@ def print_table(counts: dict[str, dict[str, int]], cameras: tuple[str, ...]) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

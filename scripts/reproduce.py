@@ -10,12 +10,10 @@ Examples:
         --probe-batches 24 --interval 2 --collect    # only rebuild the tables from experiments/reproduce/results.jsonl
 """
 
-from ldt.cli import starting
+from ldt.cli import exit_with, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
-    import sys
-
     from ldt.sr.reproduce import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -6,12 +6,10 @@ interval, three selection protocols, paired differences to FT (logic and options
     python scripts/study.py --collect        # only rebuild experiments/study/tablestudy.{md,csv} and the figure
 """
 
-from ldt.cli import starting
+from ldt.cli import exit_with, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
-    import sys
-
     from ldt.sr.study import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -196,6 +196,8 @@ def test_build_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -
     argv = [str(SCRIPT), "--tiny", "--no-progress", "--root", str(tmp_path / "c"), "--bicubic",
             "--bicubic-root", str(tmp_path / "b")]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(SCRIPT), run_name="__main__")
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert done.value.code is None
     out = capsys.readouterr().out
     assert "camera benchmark:" in out and "| olympus | Olympus |" in out and "| bicubic | - |" in out

@@ -226,7 +226,9 @@ def test_benchmark_scan_header_says_what_a_call_without_a_backend_runs(monkeypat
     else:
         monkeypatch.setenv("LDT_SCAN_BACKEND", value)
     monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "benchmark_scan.py"), *SCAN, "--skip-naive"])
-    runpy.run_path(str(SCRIPTS / "benchmark_scan.py"), run_name="__main__")  # the table still comes, exit 0
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(SCRIPTS / "benchmark_scan.py"), run_name="__main__")
+    assert done.value.code is None  # the table still comes, exit 0
     header = capsys.readouterr().out.splitlines()[0]
     runs = "fails here" if value == "trition" else "runs 'torch' here"
     assert f"each row names its backend; a call that names none (a training run) {runs} ({says}" in header, header
@@ -899,3 +901,44 @@ def test_build_synthetic_cameras_stopped_mid_build_is_one_line_and_rebuilds(sign
     monkeypatch.setattr(synthetic, "_write_png", real_write)
     code, lines = stopped_run(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--root", str(root))
     assert (code, lines) == (0, []) and synthetic.build_complete(root)
+
+
+def into_a_closed_pipe(command: list[str], cwd: Path) -> tuple[int, str]:
+    """Exit status and stderr of ``command`` writing its stdout into a pipe whose reader has gone (``| head -1``
+    once head has its line), so that its first flush meets EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, *command], cwd=cwd, stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)})
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problems", [0, 400], ids=["at-exit", "mid-run"])
+def test_index_drealsr_into_a_closed_pipe_ends_quietly(problems, tmp_path) -> None:
+    """``index_drealsr.py ROOT | head -1``: a short report met the closed pipe at the interpreter's last flush ('Exception
+    ignored ... BrokenPipeError'), a long one (a buffer's worth of problem lines) in a print, a BrokenPipeError
+    traceback; both end quietly now, exit 128 + SIGPIPE as a shell tool's."""
+    from ldt.cli import PIPE_CLOSED
+
+    write_one_pair(tmp_path / "root")
+    for number in range(problems):  # an HR without its LR: one problem line each
+        (tmp_path / "root" / "x4" / "Test_x4" / "test_HR" / f"P1{number + 100000:06d}_x4.png").write_bytes(b"")
+    assert into_a_closed_pipe([str(SCRIPTS / "index_drealsr.py"), str(tmp_path / "root"), "--splits", "test"],
+                              tmp_path) == (PIPE_CLOSED, "")
+
+
+@pytest.mark.slow
+def test_build_synthetic_cameras_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
+    """``build_synthetic_cameras.py | head -1``: its PSNR tables met the closed pipe ('Exception ignored ...
+    BrokenPipeError' on exit); the build is whole and the command ends quietly."""
+    from ldt.cli import PIPE_CLOSED
+    from ldt.data.synthetic_cameras import build_complete
+
+    root = tmp_path / "c"
+    assert into_a_closed_pipe([str(SCRIPTS / "build_synthetic_cameras.py"), *BUILD, "--root", str(root)],
+                              tmp_path) == (PIPE_CLOSED, "")
+    assert build_complete(root)

@@ -8,12 +8,11 @@ interrupted sweep resumes where it stopped; the table is rewritten from all reco
 
 from __future__ import annotations
 
-from ldt.cli import OnceList, OneLineParser, check_args, path_flag, positive, starting
+from ldt.cli import OnceList, OneLineParser, check_args, exit_with, path_flag, positive, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
     import copy
-    import sys
     from dataclasses import fields
     from pathlib import Path
     from typing import Sequence
@@ -244,4 +243,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -14,11 +14,10 @@ tables are rewritten from all records at the end.
 
 from __future__ import annotations
 
-from ldt.cli import OnceList, OneLineParser, path_flag, starting
+from ldt.cli import OnceList, OneLineParser, exit_with, path_flag, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
-    import sys
     from dataclasses import fields
     from pathlib import Path
 
@@ -240,4 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)
