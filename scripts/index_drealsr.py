@@ -9,7 +9,8 @@ once downscaled to it, below --min-correlation).
 
 Exports (pairs of the selected cameras only; files with problems are left out):
   --meta-info DIR   one DRealSR_x<s>_<split>_<camera>.txt per camera and split ('<HR name> <LR name>' lines),
-                    usable as the dataset's meta_info_file option
+                    usable as the dataset's meta_info_file option; a rerun removes the list of a selected camera
+                    left with no pair in an indexed split
   --lmdb DIR        DIR/x<s>/<split>/<camera>_{HR,LR}.lmdb with basicsr-style meta_info.txt; use it with
                     dataroot: DIR and io_backend: {type: lmdb}
 
@@ -34,7 +35,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.cli import (
         between, check_args, check_output_dir, fail, listing, non_negative, path_flag, positive, stop_in_one_line,
     )
-    from ldt.data.indexing import write_lmdb, write_meta_info
+    from ldt.data.indexing import meta_info_path, write_lmdb, write_meta_info
 
 
 def size_problems(result: PairingResult, cameras: tuple[str, ...], scale: int, tolerance: int) -> dict[str, str]:
@@ -119,6 +120,17 @@ def stopped_exports(written: list[Path]) -> str:
     return f"no export is half-written; {len(written)} written before the stop ({listing(written, 2)}){rerun}"
 
 
+def remove_stale_lists(folder: Path, split: str, scale: int, cameras: tuple[str, ...], kept: list[Path]) -> None:
+    """Remove the meta-info list an earlier run wrote of each camera of ``cameras`` that has no pair to export in
+    ``split`` now (a camera or split gone, or every pair refused), which a training would still read; one line each.
+    Only this script's own names (``DRealSR_x<scale>_<split>_<camera>.txt``) of the selected cameras are looked at."""
+    for camera in cameras:
+        path = meta_info_path(folder, split, scale, camera)
+        if path.is_file() and path not in kept:
+            path.unlink()
+            print(f"  removed {path}: a list of an earlier run, for a camera with no pair to export in {split} now")
+
+
 def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: list[Path]) -> int:
     """The run after parsing: checks, pairing, exports (each appended to ``written`` once whole), the table."""
     if not args.root.is_dir():
@@ -145,6 +157,8 @@ def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: li
             hr_dir, lr_dir = find_split_dirs(args.root, split, args.scale)
         except DatasetError as error:
             problems.append(f"{split}: {error}")
+            if args.meta_info:  # the split is gone: so are its pairs
+                remove_stale_lists(args.meta_info, split, args.scale, cameras, [])
             continue
         print(f"{split}: HR {hr_dir}\n{' ' * len(split)}  LR {lr_dir}")
         try:
@@ -158,8 +172,10 @@ def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: li
             option = "--meta-info"
             try:
                 if args.meta_info:
-                    for path in write_meta_info(pairs, args.meta_info, split, args.scale, written.append):
+                    lists = write_meta_info(pairs, args.meta_info, split, args.scale, written.append)
+                    for path in lists:
                         print(f"  wrote {path}")
+                    remove_stale_lists(args.meta_info, split, args.scale, cameras, lists)
                 option = "--lmdb"
                 if args.lmdb:
                     for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale, written.append).items():

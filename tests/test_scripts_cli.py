@@ -942,3 +942,48 @@ def test_build_synthetic_cameras_into_a_closed_pipe_ends_quietly(tmp_path) -> No
     assert into_a_closed_pipe([str(SCRIPTS / "build_synthetic_cameras.py"), *BUILD, "--root", str(root)],
                               tmp_path) == (PIPE_CLOSED, "")
     assert build_complete(root)
+
+
+def test_index_drealsr_rerun_removes_the_lists_of_a_camera_or_split_gone_and_nothing_else(tmp_path, monkeypatch,
+                                                                                        capsys) -> None:
+    """A rerun on a download whose pan pairs (and train split) went away kept DRealSR_x4_test_pan.txt and
+    DRealSR_x4_train_olympus.txt from the run before, which a training with that meta_info_file still read: they
+    are removed now, in one line each; every other file of the folder stays."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    root, out = tmp_path / "root", tmp_path / "meta"
+    write_one_pair(root)
+    for split, folder, side, suffix, name in (("Test", "test_HR", 32, "x4", "panasonic_1"),
+                                              ("Test", "test_LR", 8, "x1", "panasonic_1"),
+                                              ("Train", "train_HR", 32, "x4", "P1000002"),
+                                              ("Train", "train_LR", 8, "x1", "P1000002")):
+        (root / "x4" / f"{split}_x4" / folder).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "x4" / f"{split}_x4" / folder / f"{name}_{suffix}.png"),
+                    np.zeros((side, side, 3), np.uint8))
+    assert run_script(monkeypatch, capsys, "index_drealsr.py", str(root), "--meta-info", str(out))[0] == 0
+    before = {"DRealSR_x4_test_olympus.txt", "DRealSR_x4_test_pan.txt", "DRealSR_x4_train_olympus.txt"}
+    assert {path.name for path in out.iterdir()} == before
+    others = ["notes.txt", "DRealSR_x2_test_pan.txt", "DRealSR_x4_test_pan.txt.bak", "DRealSR_x4_test_foo.txt"]
+    for name in others:
+        (out / name).write_text("x")
+    for folder in ("test_HR", "test_LR"):
+        next((root / "x4" / "Test_x4" / folder).glob("panasonic_*")).unlink()
+
+    run_script(monkeypatch, capsys, "index_drealsr.py", str(root), "--splits", "test", "--cameras", "olympus",
+               "--meta-info", str(out))  # pan not selected: its list is not this run's to judge
+    assert {path.name for path in out.iterdir()} == before | set(others)
+    capsys.readouterr()
+    shutil.rmtree(root / "x4" / "Train_x4")
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "index_drealsr.py"), str(root), "--meta-info", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPTS / "index_drealsr.py"), run_name="__main__")
+    removed = [line for line in capsys.readouterr().out.splitlines() if "removed" in line]
+    assert exit_info.value.code == 1  # the train split is gone: a problem
+    assert removed == [f"  removed {out / 'DRealSR_x4_train_olympus.txt'}: a list of an earlier run, for a camera "
+                       "with no pair to export in train now",
+                       f"  removed {out / 'DRealSR_x4_test_pan.txt'}: a list of an earlier run, for a camera with no "
+                       "pair to export in test now"]
+    assert {path.name for path in out.iterdir()} == {"DRealSR_x4_test_olympus.txt", *others}
