@@ -43,6 +43,9 @@ def main() -> None:
     check_output_dir(parser, "--root", args.root)  # the values are checked by the builders, before any work
     if args.bicubic:
         check_output_dir(parser, "--bicubic-root", args.bicubic_root)
+        if args.bicubic_root.resolve() == args.root.resolve():  # each build takes the folder's manifest for its own
+            parser.error(f"--bicubic-root: {args.bicubic_root} is the folder of --root {args.root}: the bicubic set "
+                         "would replace the camera benchmark; give it a folder of its own")
 
     options = dict(scale=args.scale, patch_size=args.patch_size, patches_per_image=args.patches_per_image,
                    seed=args.seed, tiny=args.tiny, progress=not args.no_progress)

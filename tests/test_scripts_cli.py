@@ -81,6 +81,20 @@ def test_build_synthetic_cameras_rejects_unusable_roots(tmp_path, monkeypatch, c
                           "--root", *words)
 
 
+@pytest.mark.parametrize("spelling", ["c", "c/", "./c", "link"])
+def test_build_synthetic_cameras_refuses_one_folder_for_both_builds(spelling, tmp_path, monkeypatch, capsys) -> None:
+    """--bicubic with --bicubic-root the folder of --root: the bicubic build took the camera benchmark's manifest for
+    an old build of its own and replaced it, and both were said 'ready'; refused now, before any work."""
+    root = tmp_path / "c"
+    root.mkdir()  # an empty folder, linked to
+    (tmp_path / "link").symlink_to(root)
+    monkeypatch.chdir(tmp_path)
+    assert_flag_error(run_script(monkeypatch, capsys, "build_synthetic_cameras.py", *BUILD, "--bicubic", "--root",
+                                 str(root), "--bicubic-root", spelling),
+                      "--bicubic-root", f"{Path(spelling)} is the folder of --root {root}")
+    assert not any(root.iterdir())
+
+
 def test_build_synthetic_cameras_reports_write_errors_in_one_line(tmp_path, monkeypatch, capsys) -> None:
     import ldt.data.synthetic_cameras as synthetic
 
