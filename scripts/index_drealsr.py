@@ -20,7 +20,7 @@ Exit status 1 if any problem was found. Example:
 
 from __future__ import annotations
 
-from ldt.cli import OneLineParser, exit_with, starting
+from ldt.cli import OnceList, OneLineParser, exit_with, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -93,8 +93,9 @@ def main() -> int:
     parser.add_argument("root", nargs="?", type=path_flag, default=Path("datasets/DRealSR"),
                         help="DRealSR folder (default: %(default)s)")
     parser.add_argument("--scale", type=int, default=4, help="scale factor (default: %(default)s)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to index")
-    parser.add_argument("--cameras", nargs="+", default=["all"],
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), action=OnceList,
+                        help="splits to index")
+    parser.add_argument("--cameras", nargs="+", default=["all"], action=OnceList,
                         help="camera keys or aliases to check and export (default: all six)")
     parser.add_argument("--check-sizes", action="store_true", help="read every header: unreadable / wrong scale")
     parser.add_argument("--check-content", action="store_true",
@@ -105,6 +106,7 @@ def main() -> int:
     parser.add_argument("--meta-info", type=path_flag, metavar="DIR", help="write per-camera meta-info files here")
     parser.add_argument("--lmdb", type=path_flag, metavar="DIR", help="write per-camera LMDBs here")
     args = parser.parse_args()
+    args.splits = list(dict.fromkeys(args.splits))  # a split named twice is indexed (and exported) once
     written: list[Path] = []  # the exports this run finished, for the line of a stop
     with stop_in_one_line(lambda: stopped_exports(written)):
         return index(parser, args, written)

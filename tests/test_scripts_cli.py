@@ -420,6 +420,23 @@ def test_index_drealsr_rejects_bad_options(tmp_path, monkeypatch, capsys, args, 
                       option, *words)
 
 
+def test_index_drealsr_a_split_named_twice_is_indexed_once_and_a_list_flag_given_twice_is_an_error(
+        tmp_path, monkeypatch, capsys) -> None:
+    """``--splits test test --lmdb OUT`` wrote the test LMDBs, then ended at its second 'test' in 'error: LMDB
+    OUT/…/olympus_HR.lmdb already exists', naming what the run itself had just written; ``--cameras olympus --cameras
+    pan`` indexed pan alone, silently (argparse keeps the last flag)."""
+    write_one_pair(tmp_path / "root")
+    out = tmp_path / "lmdb"
+    assert run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), "--splits", "test", "test",
+                      "--lmdb", str(out)) == (0, "")
+    assert (out / "x4" / "test" / "olympus_LR.lmdb" / "meta_info.txt").is_file()
+    for flag, values in (("--cameras", ["olympus", "pan"]), ("--splits", ["test", "train"])):
+        code, line = run_script(monkeypatch, capsys, "index_drealsr.py", str(tmp_path / "root"), flag, values[0], flag,
+                                values[1])
+        assert code == 2 and line.endswith(f"error: argument {flag}: given twice; list all its values after one "
+                                           f"{flag}"), line
+
+
 def test_index_drealsr_names_a_missing_root_and_a_file_as_root(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "afile").write_text("x")
     for root, problem in ((tmp_path / "missing", "does not exist"), (tmp_path / "afile", "is not a folder")):
