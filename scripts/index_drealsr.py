@@ -124,7 +124,8 @@ def stopped_exports(written: list[Path]) -> str:
 
 def remove_stale_lists(folder: Path, split: str, scale: int, cameras: tuple[str, ...], kept: list[Path]) -> None:
     """Remove the meta-info list an earlier run wrote of each camera of ``cameras`` that has no pair to export in
-    ``split`` now (a camera or split gone, or every pair refused), which a training would still read; one line each.
+    ``split`` now (a camera gone, or every pair refused), which a training would still read; one line each. A split
+    not found keeps its lists (a mistyped ROOT finds none: its problem line says so, exit status 1).
     Only this script's own names (``DRealSR_x<scale>_<split>_<camera>.txt``) of the selected cameras are looked at."""
     for camera in cameras:
         path = meta_info_path(folder, split, scale, camera)
@@ -158,9 +159,7 @@ def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: li
         try:
             hr_dir, lr_dir = find_split_dirs(args.root, split, args.scale)
         except DatasetError as error:
-            problems.append(f"{split}: {error}")
-            if args.meta_info:  # the split is gone: so are its pairs
-                remove_stale_lists(args.meta_info, split, args.scale, cameras, [])
+            problems.append(f"{split}: {error}")  # its lists stay: a mistyped ROOT must not delete them
             continue
         print(f"{split}: HR {hr_dir}\n{' ' * len(split)}  LR {lr_dir}")
         try:
