@@ -31,6 +31,7 @@ from ldt.data.cameras import (
     no_images, orientation, tolerance_px,
 )
 from ldt.data.options import DRealSRCameraOptions
+from ldt.data.synthetic_cameras import MANIFEST, unfinished_build
 
 patch_basicsr()
 from basicsr.data.transforms import augment, paired_random_crop  # noqa: E402
@@ -224,6 +225,22 @@ def _close_inherited_lmdb() -> None:
 os.register_at_fork(after_in_child=_close_inherited_lmdb)
 
 
+def check_whole_build(options: DRealSRCameraOptions) -> None:
+    """A :class:`DatasetError` naming the folder option when it points into a generated benchmark whose build is not
+    whole (:func:`~ldt.data.synthetic_cameras.unfinished_build`): a build stopped midway is otherwise read as it is."""
+    if options.io_backend.type != "disk":
+        return
+    for option in ("dataroot", "dataroot_gt", "dataroot_lq"):
+        given = getattr(options, option)
+        root = unfinished_build(given) if given else None
+        if root is not None:
+            place = f"{root} is" if Path(given) == root else f"{given} is in {root},"
+            raise DatasetError(f"{place} a generated benchmark whose build is not whole (stopped "
+                               f"midway, or files removed since: see its {MANIFEST}); build it again "
+                               "(scripts/build_synthetic_cameras.py with the options it was built with; the demo and "
+                               "scripts/reproduce.py rebuild theirs when run)", option)
+
+
 @DATASET_REGISTRY.register()
 class DRealSRCameraDataset(data.Dataset):
     """Pairs of the requested cameras from one DRealSR-style root; see the module docstring for the options."""
@@ -244,6 +261,7 @@ class DRealSRCameraDataset(data.Dataset):
         if self.train and self.gt_size % self.scale:
             raise DatasetError(f"gt_size {self.gt_size} is not a multiple of scale {self.scale}")
         self.size_tolerance = tolerance_px(self.scale, options.size_tolerance)
+        check_whole_build(options)
         pair_set = collect_pairs(
             split=self.split,
             cameras=options.cameras,

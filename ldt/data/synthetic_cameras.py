@@ -390,6 +390,18 @@ def build_complete(root: str | Path) -> bool | None:
         return False
 
 
+def unfinished_build(path: str | Path) -> Path | None:
+    """The generated build that ``path`` is (or lies in, up to three folders down: a ``dataroot_gt`` is
+    ``ROOT/x4/Train_x4/train_HR``) where that build is not whole, else None: a build stopped midway (its manifest
+    says unfinished) or with files removed since, which a dataset would read as it is, training and validating on
+    part of it without a word."""
+    folder = Path(path)
+    for candidate in [folder, *list(folder.parents)[:3]]:
+        if (candidate / MANIFEST).is_file():
+            return None if build_complete(candidate) else candidate
+    return None
+
+
 def _clear(root: Path, old_manifest: dict | None, scale: int) -> None:
     """Remove a previous (possibly interrupted) build; refuse to write over a folder without our manifest. The
     manifest vouches only for its own ``x<scale>`` folder: an ``x<scale>`` of another scale beside it is not ours
