@@ -443,6 +443,20 @@ def test_a_folder_where_the_sweep_lock_goes_is_one_line(tmp_path, capsys):
                                   "hand or by another tool?); move it away\n")
 
 
+def test_a_folder_where_the_tables_lock_goes_is_one_line_for_collect(tmp_path, capsys):
+    """--collect takes OUT/.tables.lock to write the tables: a folder there is one line naming it, as for the sweep's."""
+    from ldt.sweep import write_record_tables
+
+    Records(tmp_path / RESULTS_FILE).append({"options_hash": "a", "value": 1})
+    (tmp_path / TABLES_LOCK_FILE).mkdir()
+    args = Namespace(**{**vars(ARGS), "collect": str(tmp_path)})
+    assert runner.main(args, no_run, no_run, lambda folder: write_record_tables(
+        folder, lambda records: {"table.md": "x"})["table.md"]) == 2
+    assert error_line(capsys) == (f"error: --collect {tmp_path}: cannot lock {tmp_path / TABLES_LOCK_FILE}: it is a "
+                                  "folder, not a file (made by hand or by another tool?); move it away\n")
+    assert not (tmp_path / "table.md").exists()
+
+
 # ---- 11. writing the tables ----------------------------------------------------------------------------------------
 def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_path, capsys, monkeypatch):
     """A sweep killed or out of space while writing a table must not leave a cut-off table for the next reader, and
