@@ -11,9 +11,8 @@ import cv2
 import torch
 
 from ldt.atomic import DiskError, atomic_write_bytes, atomic_write_text, check_writable, make_dirs
-from ldt.cli import output_dir_problem, strict_json
+from ldt.cli import Stopped, output_dir_problem, stop_on_signal, strict_json
 from ldt.compat import patch_basicsr
-from ldt.runner import Stopped, stop_on_signal
 from ldt.sr.checkpoints import archive, experiment_lock
 from ldt.sr.flags import build_parser
 from ldt.sr.options import PROJECT_ROOT, load_options
