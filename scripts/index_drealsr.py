@@ -24,10 +24,11 @@ from ldt.cli import OnceList, OneLineParser, exit_with, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
+    import contextlib
     import sys
     from pathlib import Path
 
-    from ldt.atomic import DiskError
+    from ldt.atomic import BusyError, DiskError, exclusive_lock, lock_beside
     from ldt.data.cameras import (
         CAMERA_BY_KEY, RELEASE_X4_TEST_PAIRS, SPLITS, DatasetError, PairingResult, check_orientation, check_scale,
         decode_image, find_split_dirs, image_header, lmdb_paths, pair_correlation, pair_folders, resolve_cameras,
@@ -108,8 +109,22 @@ def main() -> int:
     args = parser.parse_args()
     args.splits = list(dict.fromkeys(args.splits))  # a split named twice is indexed (and exported) once
     written: list[Path] = []  # the exports this run finished, for the line of a stop
-    with stop_in_one_line(lambda: stopped_exports(written)):
-        return index(parser, args, written)
+    with stop_in_one_line(lambda: stopped_exports(written)), contextlib.ExitStack() as locks:
+        return index(parser, args, written, locks)
+
+
+def lock_exports(parser: argparse.ArgumentParser, args: argparse.Namespace, locks: contextlib.ExitStack) -> None:
+    """Hold each export folder's lock for the rest of the run (``locks``): a second run into one folder would
+    delete the LMDB the first is writing (its ``<db>.partial``) and rewrite or remove its lists."""
+    for option, folder in (("--meta-info", args.meta_info), ("--lmdb", args.lmdb)):
+        if folder is None:
+            continue
+        busy = (f"{option}: another scripts/index_drealsr.py is writing into {folder} ({{holder}}, lock {{lock}}); "
+                "wait for it, or give another folder")
+        try:
+            locks.enter_context(exclusive_lock(lock_beside(folder), busy=busy))
+        except (BusyError, DiskError) as error:
+            parser.error(str(error))
 
 
 def stopped_exports(written: list[Path]) -> str:
@@ -134,8 +149,10 @@ def remove_stale_lists(folder: Path, split: str, scale: int, cameras: tuple[str,
             print(f"  removed {path}: a list of an earlier run, for a camera with no pair to export in {split} now")
 
 
-def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: list[Path]) -> int:
-    """The run after parsing: checks, pairing, exports (each appended to ``written`` once whole), the table."""
+def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: list[Path],
+          locks: contextlib.ExitStack) -> int:
+    """The run after parsing: checks, the export folders' locks (held in ``locks``), pairing, exports (each appended
+    to ``written`` once whole), the table."""
     if not args.root.is_dir():
         parser.error(f"{args.root} {'is not a folder' if args.root.exists() else 'does not exist'}")
     check_args(parser, args, scale=positive, size_tolerance=non_negative,
@@ -146,6 +163,7 @@ def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: li
         parser.error(f"--cameras: {error}")
     check_output_dir(parser, "--meta-info", args.meta_info)
     check_output_dir(parser, "--lmdb", args.lmdb)
+    lock_exports(parser, args, locks)
     if args.lmdb:  # write_lmdb refuses an existing LMDB: all of them looked for now, not after the splits before
         existing = [db for split, camera in exported(args.root, args.splits, args.scale, cameras)
                     for db in lmdb_paths(args.lmdb, split, args.scale, camera) if db.exists()]

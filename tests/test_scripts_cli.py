@@ -503,6 +503,24 @@ def write_one_pair(root: Path) -> None:
         cv2.imwrite(str(root / "x4" / "Test_x4" / folder / f"P1000001_{suffix}.png"), np.zeros((side, side, 3), np.uint8))
 
 
+@pytest.mark.parametrize("option", ["--meta-info", "--lmdb"])
+def test_index_drealsr_into_a_folder_another_run_writes_is_refused(option, tmp_path, monkeypatch, capsys) -> None:
+    """Two runs into one export folder: the second deleted the LMDB the first was writing (its <db>.partial) and
+    rewrote its lists. The second is refused now, in one line, before it pairs a folder or writes a file."""
+    from ldt.atomic import lock_beside
+    from tests.conftest import lock_held_elsewhere
+
+    root, out = tmp_path / "root", tmp_path / "out"
+    write_one_pair(root)
+    args = (str(root), "--splits", "test", option, str(out))
+    with lock_held_elsewhere(lock_beside(out)) as holder:  # the first run, writing
+        code, line = run_script(monkeypatch, capsys, "index_drealsr.py", *args)
+    assert code == 2 and line.startswith(f"index_drealsr.py: error: {option}: another scripts/index_drealsr.py is "
+                                         f"writing into {out} (pid {holder.pid}, since "), line
+    assert not out.exists()
+    assert run_script(monkeypatch, capsys, "index_drealsr.py", *args)[0] == 0 and any(out.iterdir())  # once it ends
+
+
 def test_index_drealsr_full_disk_in_an_export_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch,
                                                                                      capsys) -> None:
     import pathlib
