@@ -812,3 +812,13 @@ def test_a_run_left_to_train_in_an_immutable_out_is_refused_before_the_demo_data
         subprocess.run(["chattr", "-i", str(out)], check=True)
     assert capsys.readouterr().err == (f"error: --out: cannot write in {out}: operation not permitted (an immutable "
                                        "file? see lsattr)\n")
+
+
+@pytest.mark.parametrize("name, given", [("eval_window", "none"), ("eval_window", "whole"), ("eval_max_side", "none")])
+def test_none_given_for_a_flag_with_a_default_is_kept_not_replaced_by_the_default(tiny, name, given):
+    """'none' (whole images, native size) read as None, which was also 'flag not given': a dataset on disk, whose
+    defaults are sizes, then evaluated with the default window (512x512) or reduced to the default 2048 px, silently."""
+    assert main_module.DEFAULTS[name] is not None
+    args = main_module.parse_args([*specs(tiny), f"--{name.replace('_', '-')}={given}"])
+    _, configs, _, _ = main_module.plan(args)
+    assert [getattr(config, name) for config in configs] == [None] * len(configs)

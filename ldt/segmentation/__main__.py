@@ -87,6 +87,9 @@ HYPER = {
     "eval_max_side": (_int_or_none, "reduce evaluation images larger than this first ('none': native size)"),
 }
 DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
+# The parsed value of a hyper-parameter flag not given: not None, which 'none' gives (--eval-window none is whole
+# images, --eval-max-side none the native size; taken for "not given", it became the default 512x512 / 2048).
+NOT_GIVEN = object()
 
 
 def _shown(value) -> str:
@@ -114,7 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="one run per seed [0 1 2]")
     for name, (kind, text) in HYPER.items():
         demo = f"; demo {_shown(DEMO[name])}" if name in DEMO else ""
-        parser.add_argument(runner.field_flag(name), type=kind, help=f"{text} [{_shown(DEFAULTS[name])}{demo}]")
+        parser.add_argument(runner.field_flag(name), type=kind, default=NOT_GIVEN,
+                            help=f"{text} [{_shown(DEFAULTS[name])}{demo}]")
     runner.add_runtime_flags(parser)
     return parser.parse_args(argv)
 
@@ -142,11 +146,11 @@ def check_window_and_stride(args: argparse.Namespace, hyper: dict) -> None:
     (``--eval-window 32`` alone was refused as '--eval-stride 341x341 must be between 1 and --eval-window 32x32');
     both given (or neither): :class:`RunConfig`'s own message."""
     window, stride = hyper["eval_window"], hyper["eval_stride"]
-    if stride_fits(window, stride) or (args.eval_window is None) == (args.eval_stride is None):
+    if stride_fits(window, stride) or (args.eval_window is NOT_GIVEN) == (args.eval_stride is NOT_GIVEN):
         return
     shown_window, shown_stride = _shown(window), _shown(stride)
     window_flag, stride_flag = runner.field_flag("eval_window"), runner.field_flag("eval_stride")
-    if args.eval_stride is None:
+    if args.eval_stride is NOT_GIVEN:
         raise ValueError(f"{window_flag} {shown_window} is smaller than the default {stride_flag} {shown_stride} (a "
                          f"stride is between 1 and the window): give {stride_flag} too, at most {shown_window}")
     raise ValueError(f"{stride_flag} {shown_stride} must be between 1 and the default {window_flag} {shown_window}: "
@@ -182,7 +186,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     if demo and args.pretrain and "resnet18" in backbones and "resnet18" not in given:
         pretrained = PretrainConfig(steps=args.pretrain_steps).weights_path(DEMO_DATA.digest())
         weights["resnet18"] = str(pretrained)
-    hyper = {name: getattr(args, name) if getattr(args, name) is not None else defaults[name] for name in HYPER}
+    hyper = {name: defaults[name] if getattr(args, name) is NOT_GIVEN else getattr(args, name) for name in HYPER}
     check_window_and_stride(args, hyper)
     configs = [
         RunConfig(sources=tuple(sources), targets=tuple(targets), method=method, backbone=backbone,
