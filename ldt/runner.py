@@ -460,6 +460,20 @@ class RunState:
         save, self.trained = self.trained, None
         self.save_on_stop(stopped, save)
 
+    def keep_trained(self) -> str:
+        """On bad input found after training ended (a test image that cannot be decoded: the start-up check reads
+        headers and end markers only): save the trained state, so that the rerun, the file fixed, only tests, not
+        trains again what the last periodic save missed (all of it with --state-minutes inf). Returns what the
+        run's error line adds ('' while training: its states are saved as usual)."""
+        if self.trained is None:
+            return ""
+        save, self.trained = self.trained, None
+        try:
+            save()
+        except DiskError as err:
+            return f"; its training could not be saved ({err})"
+        return f"; its training is saved in {self.path}: once the file is fixed, the same command only tests"
+
 
 def prepared(state: RunState | None, prepare: Callable[..., Method]) -> Method:
     """``prepare(partition=, resuming=)`` (a call of :func:`ldt.core.prepare_method`): the method as prepared afresh,
@@ -660,8 +674,8 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
         except Stopped as stopped:  # in the test of the selected network: its training is kept
             state.save_trained(stopped)
             raise
-        except RUN_INPUT_ERRORS as err:
-            raise RunFailed(f"run {config.describe()}: {one_line(err)}") from err  # the cause for LDT_TRACEBACK
+        except RUN_INPUT_ERRORS as err:  # the cause for LDT_TRACEBACK
+            raise RunFailed(f"run {config.describe()}: {one_line(err)}{state.keep_trained()}") from err
         return {**record, **({"weights_fingerprint": now[config.weights]} if config.weights else {})}
 
     planned = []

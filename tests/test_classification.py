@@ -974,14 +974,50 @@ def test_a_run_stopped_in_its_test_evaluation_saves_its_trained_state_and_only_t
         patch.setattr(train_module, "test_accuracy", stop_in_test)
         assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 128 + signal.SIGTERM
     assert f"the run in progress saved {state}" in capsys.readouterr().err and state.exists()
+    rerun_only_tests(out, config, state, straight, capsys)
+
+
+def rerun_only_tests(out: Path, config: RunConfig, state: Path, straight: dict, capsys) -> None:
+    """The sweep of ``config`` again, from the ``state`` its trained run saved: it draws no batch, and records what
+    the uninterrupted run (``straight``) did."""
+    import argparse
+
+    from ldt import runner
+
     drawn = []
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runner.ResumableStream, "__next__", lambda stream: drawn.append(1) or next(iter(())))
-        assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 0
-    assert f"resuming at step 4 from {state}" in capsys.readouterr().out and not drawn and not state.exists()
+        assert runner.main(argparse.Namespace(**SWEEP_ARGS), lambda: (out, [config]), run, lambda folder: "") == 0
+    assert f"resuming at step {config.steps} from {state}" in capsys.readouterr().out and not drawn
+    assert not state.exists()
     [record] = load_records(out)
     for key in ("test_accuracy", "holdout_accuracy", "holdout_per_domain", "selected_step", "history", "partition"):
         assert record[key] == straight[key], key
+
+
+def test_a_test_image_that_cannot_be_decoded_keeps_the_training_and_the_rerun_only_tests(toy, tmp_path, capsys):
+    """A test-domain image whose pixel data is corrupt passes the start-up check (headers and end markers) and fails
+    only in the test, after the whole training (the segmentation runner reads no target pixel before): its one line
+    says the training is saved, where it was lost (a state is saved every --state-minutes only, or with inf never)."""
+    import argparse
+
+    from ldt import runner
+
+    data = copy_toy(toy, tmp_path / "data")
+    config = fast_config(data, method="ldt_dpu", steps=4)
+    straight = run(config)
+    image = next((data / config.test_domains[0]).glob("*/*.png"))
+    whole = image.read_bytes()
+    image.write_bytes(whole[:60] + bytes(b ^ 0x5A for b in whole[60:-20]) + whole[-20:])  # header and end kept
+    out, args = tmp_path / "out", argparse.Namespace(**SWEEP_ARGS)
+    state = out / runner.STATES_FOLDER / f"{run_hash(config.hparams())}.pt"
+    assert runner.main(args, lambda: (out, [config]), run, lambda folder: "") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: run {config.describe()}: cannot decode image {image}: ")
+    assert err.endswith(f"; its training is saved in {state}: once the file is fixed, the same command only "
+                        "tests\n") and state.exists()
+    image.write_bytes(whole)
+    rerun_only_tests(out, config, state, straight, capsys)
 
 
 @pytest.mark.parametrize("where", ["photo/circle/gone.png", "photo/hexagon", "sketch"])
