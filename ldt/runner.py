@@ -735,7 +735,7 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
     (printed) before that work. SIGTERM / SIGINT: one line, exit status 128 + the signal; the runs recorded before it
     are kept, and the same command resumes."""
     try:
-        with stop_on_signal():
+        with stop_on_signal(), output_reader_may_leave():
             return _main(args, prepare, run, tabulate, identify)
     except Stopped as stopped:
         kept = "the runs recorded so far are kept" + (f", the run in progress saved {stopped.saved}" if stopped.saved
@@ -743,6 +743,51 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
         print(f"stopped by {signal.Signals(stopped.signum).name}: {kept}; rerun the same command to resume",
               file=sys.stderr, flush=True)
         return 128 + stopped.signum
+
+
+class _ReaderMayLeave:
+    """``sys.stdout`` that, once its reader has gone (``| head -1``: EPIPE), sends what follows to the null device
+    instead of failing the command wherever it next prints (a sweep's progress line, before training a run)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _gone(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self._stream.fileno())  # the stream's buffered text is flushed there later, unread
+        finally:
+            os.close(null)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def output_reader_may_leave() -> Iterator[None]:
+    """:class:`_ReaderMayLeave` around ``sys.stdout`` for the command's work: the records and tables are the output
+    that counts, and they are files. Flushed at the end: the interpreter's own flush at exit would end it by SIGPIPE
+    (exit 141)."""
+    stream = sys.stdout
+    sys.stdout = guarded = _ReaderMayLeave(stream)
+    try:
+        yield
+    finally:
+        guarded.flush()
+        sys.stdout = stream
 
 
 def collect_problem(folder: Path) -> str | None:

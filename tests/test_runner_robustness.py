@@ -482,6 +482,25 @@ def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_p
     assert "no space left on device" in error_line(capsys)
 
 
+@pytest.mark.parametrize("collect", [False, True])
+def test_an_output_whose_reader_has_gone_ends_in_the_work_done(tmp_path, capsys, monkeypatch, collect):
+    """``python -m ldt.classification | head -1``: once head had read its line, the next print raised EPIPE, and the
+    sweep ended in 'error: [Errno 32] Broken pipe', exit 2, also before training a run (a resumed run's first line),
+    or after it, naming no file. What the reader left is not printed now; the work goes on to its end."""
+    configs = [FakeConfig(0), FakeConfig(1)]
+    if collect:
+        assert sweep_main(tmp_path, configs) == 0
+        capsys.readouterr()
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    with open(write, "w") as gone:
+        monkeypatch.setattr("sys.stdout", gone)
+        args = Namespace(**{**vars(ARGS), "collect": str(tmp_path) if collect else None})
+        assert sweep_main(tmp_path, configs, args=args) == 0
+    assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0, 1]
+    assert capsys.readouterr().err == ""
+
+
 # ---- signals: SIGTERM (preemption) and Ctrl-C end a sweep in one line ------------------------------------------------
 @pytest.fixture(autouse=True)
 def _sigint(default_sigint):
