@@ -195,18 +195,26 @@ def unique(flag: str, values: Sequence) -> list:
 # How many passes over the smallest training domain the probe may make before it is said: the defaults make a few
 # (the demos' probe of 160 images over 64), which fresh augmentations make legitimate; ten or more is a typed zero.
 PROBE_PASSES_SAID = 10
+# How many times one batch may hold each image of the smallest training domain: more is typed zeros, not a recipe
+# (--batch-size 100000 over 4 images stacked 100000 crops at the first step: the OOM killer, exit 137, no word).
+BATCH_PASSES_REFUSED = 10
 
 
 def warn_of_small_domains(configs: Sequence["RunnerConfig"], counts: Mapping[str, int], noun: str = "images") -> None:
     """One warning line each, before any run, when ``--batch-size`` is more than the smallest training domain holds
     (``counts``: its training images, held-out part excluded), or the probe of a planned method that probes passes
     over it :data:`PROBE_PASSES_SAID` times or more: both are legitimate (the seeded stream passes over a domain
-    again, within a batch if need be, with fresh augmentations), but said, not silent (a typed extra zero)."""
+    again, within a batch if need be, with fresh augmentations), but said, not silent (a typed extra zero). A batch
+    of more than :data:`BATCH_PASSES_REFUSED` times that domain is refused (ValueError)."""
     if not configs or not counts:
         return
     domain, count = min(counts.items(), key=lambda item: (item[1], item[0]))
     batch, probe = configs[0].batch_size, configs[0].probe_batches
     held = f"the {count} training {noun} of domain '{domain}'"
+    if batch > BATCH_PASSES_REFUSED * count:
+        raise ValueError(f"{field_flag('batch_size')} {batch} is {batch / count:.1f} times {held}, more than the "
+                         f"{BATCH_PASSES_REFUSED} allowed (typed zeros? each step would stack every image that many "
+                         "times, out of memory)")
     if batch > count:
         print(f"warning: {field_flag('batch_size')} {batch} is more than {held}: each of its batches holds some of "
               "them twice or more", file=sys.stderr, flush=True)

@@ -1121,6 +1121,18 @@ def test_a_batch_or_probe_larger_than_a_domain_is_said_before_training(toy, caps
         "training images of domain 'cast': the probe passes over them 12.5 times\n")
 
 
+def test_a_batch_of_each_image_many_times_over_is_one_line_before_any_run(toy, tmp_path, monkeypatch, capsys):
+    """--batch-size 100000 (typed zeros) was a warning, then a step of 100000 images per domain (out of memory for a
+    real backbone: the segmentation runner's was ended by the OOM killer)."""
+    from ldt.runner import BATCH_PASSES_REFUSED
+
+    monkeypatch.setattr(main_module, "run", lambda *args, **kwargs: pytest.fail("a run started"))
+    assert main(["--data", str(toy), *FAST_FLAGS, "--batch-size", "100000", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --batch-size 100000 is ")
+    assert f"training images of domain 'cast', more than the {BATCH_PASSES_REFUSED} allowed (typed zeros?" in err
+
+
 def test_run_checks_its_data_as_the_cli_does_and_the_cli_only_once(toy, tmp_path, monkeypatch, capsys):
     """run() called directly (the Python API) skipped the CLI's data check (scan_domains(check_files=False)): a
     truncated image trained until a batch drew it, a batch larger than a domain went unsaid. run() checks its data

@@ -822,3 +822,15 @@ def test_none_given_for_a_flag_with_a_default_is_kept_not_replaced_by_the_defaul
     args = main_module.parse_args([*specs(tiny), f"--{name.replace('_', '-')}={given}"])
     _, configs, _, _ = main_module.plan(args)
     assert [getattr(config, name) for config in configs] == [None] * len(configs)
+
+
+def test_a_batch_of_each_image_many_times_over_is_one_line_before_training(tiny, tmp_path, monkeypatch, capsys):
+    """--batch-size 100000 (a few typed zeros) over a source of 4 training images was a warning, then the first step
+    stacked 100000 crops and the kernel's OOM killer ended the sweep (exit 137, no word; 23 GB here)."""
+    from ldt.runner import BATCH_PASSES_REFUSED
+
+    monkeypatch.setattr(main_module, "run", never)
+    assert main([*specs(tiny), *FAST_FLAGS, "--batch-size", "100000", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --batch-size 100000 is ")
+    assert f"training images of domain 'clean', more than the {BATCH_PASSES_REFUSED} allowed (typed zeros?" in err
