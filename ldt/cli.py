@@ -5,7 +5,7 @@ never a traceback, never a silently replaced value. :func:`check_args` runs valu
 :func:`between`, :func:`json_object`) on parsed arguments; :func:`check_device`, :func:`check_output_file` and
 :func:`check_output_dir` check the device and output paths. The long commands stop on SIGTERM / SIGINT through
 :func:`stop_on_signal` (then one line, exit status 128 + the signal); the scripts end through :func:`exit_with`
-(a closed pipe ends them quietly). Standard library only (torch is imported when a device is checked).
+(a closed pipe leaves their work to finish). Standard library only (torch is imported when a device is checked).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import math
 import os
 import re
 import secrets
-import select
 import signal
 import stat
 import sys
@@ -256,46 +255,58 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-# The exit status of a command whose reader closed its output (``| head -1``): a shell tool's, killed by SIGPIPE.
-PIPE_CLOSED = 128 + signal.SIGPIPE
+class _ReaderMayLeave:
+    """``sys.stdout`` that, once its reader has gone (``| head -1``: EPIPE), sends what follows to the null device
+    instead of failing the command wherever it next prints (a sweep's progress line before a run, an export's
+    'wrote' line between two exports)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _gone(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self._stream.fileno())  # the stream's buffered text is flushed there later, unread
+        finally:
+            os.close(null)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
-def stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader has gone (poll says POLLERR): a BrokenPipeError of another pipe or
-    socket is a real error, not the user's ``| head``."""
+@contextlib.contextmanager
+def output_reader_may_leave() -> Iterator[None]:
+    """:class:`_ReaderMayLeave` around ``sys.stdout`` for a command's work: its records, tables, exports and builds
+    are files, so a reader that stops reading (``| head -1``) must not cut them short. Flushed at the end: the
+    interpreter's own flush at exit would print 'Exception ignored ... BrokenPipeError'."""
+    stream = sys.stdout
+    sys.stdout = guarded = _ReaderMayLeave(stream)
     try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll, or stdout replaced by something without a descriptor
-        return False
-
-
-def _drop_closed_stdout(error: BrokenPipeError) -> None:
-    """Raise ``error`` unless stdout is what broke (:func:`stdout_closed`); if it is, point it at the null device, so
-    that nothing more written to it, the interpreter's last flush included, fails."""
-    if not stdout_closed():
-        raise error
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        yield
+    finally:
+        guarded.flush()
+        sys.stdout = stream
 
 
 def exit_with(main: Callable[[], int | str | None]) -> NoReturn:
-    """``sys.exit(main())`` for a command that prints: a reader that stops reading (``| head -1``) ends it quietly,
-    exit status :data:`PIPE_CLOSED`, where print raised a BrokenPipeError traceback, or the interpreter's last flush
-    said 'Exception ignored ... BrokenPipeError'; a command that was ending anyway (an error line on stderr, a stop)
-    keeps its status."""
-    try:
+    """``sys.exit(main())`` for a command that prints, under :func:`output_reader_may_leave`: a reader that stops
+    reading (``| head -1``) leaves the work to go on to its end, and its exit status, where print raised a
+    BrokenPipeError traceback (the work cut short) or the last flush said 'Exception ignored ... BrokenPipeError'."""
+    with output_reader_may_leave():
         status = main()
-    except SystemExit as leaving:
-        status = leaving.code
-    except BrokenPipeError as error:
-        _drop_closed_stdout(error)
-        status = PIPE_CLOSED
-    try:
-        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
-    except BrokenPipeError as error:
-        _drop_closed_stdout(error)
-        status = PIPE_CLOSED if status in (0, None) else status
     raise SystemExit(status)
 
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, disk_reason, remove_leftovers
 from ldt.cli import (Stopped, device_problem, error_lines, flag, not_a_file, original_error, output_dir_problem,
-                     require_output_dir, show_traceback, stop_on_signal, whole_step)
+                     output_reader_may_leave, require_output_dir, show_traceback, stop_on_signal, whole_step)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.methods import runs_probe
 from ldt.core.config import MAX_SEED, describe_errors
@@ -751,51 +751,6 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
         print(f"stopped by {signal.Signals(stopped.signum).name}: {kept}; rerun the same command to resume",
               file=sys.stderr, flush=True)
         return 128 + stopped.signum
-
-
-class _ReaderMayLeave:
-    """``sys.stdout`` that, once its reader has gone (``| head -1``: EPIPE), sends what follows to the null device
-    instead of failing the command wherever it next prints (a sweep's progress line, before training a run)."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-
-    def _gone(self) -> None:
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, self._stream.fileno())  # the stream's buffered text is flushed there later, unread
-        finally:
-            os.close(null)
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._gone()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._gone()
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def output_reader_may_leave() -> Iterator[None]:
-    """:class:`_ReaderMayLeave` around ``sys.stdout`` for the command's work: the records and tables are the output
-    that counts, and they are files. Flushed at the end: the interpreter's own flush at exit would end it by SIGPIPE
-    (exit 141)."""
-    stream = sys.stdout
-    sys.stdout = guarded = _ReaderMayLeave(stream)
-    try:
-        yield
-    finally:
-        guarded.flush()
-        sys.stdout = stream
 
 
 def collect_problem(folder: Path) -> str | None:

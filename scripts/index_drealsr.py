@@ -199,8 +199,6 @@ def index(parser: argparse.ArgumentParser, args: argparse.Namespace, written: li
                 if args.lmdb:
                     for camera, dbs in write_lmdb(pairs, args.lmdb, split, args.scale, written.append).items():
                         print(f"  wrote {camera}: {dbs[0]} + {dbs[1]}")
-            except BrokenPipeError:  # the reader of a "wrote" line has gone: exit_with ends the command
-                raise
             except OSError as error:  # the folders were checked writable at the start: a full disk, or changed since
                 fail(f"{option}: cannot write {error.filename or 'there'}: {error.strerror or error}")
             except DiskError as error:  # the same, named by the writer
