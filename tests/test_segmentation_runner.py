@@ -741,6 +741,18 @@ def test_a_batch_or_probe_larger_than_a_source_is_said_before_training(tiny, cap
         "training images of domain 'clean': the probe passes over them 10.0 times\n")
 
 
+@pytest.mark.parametrize("argv", [["--pretrain-steps", "0"], ["--pretrain-steps", "-5", "--source", "cityscapes:a=x"]])
+def test_pretrain_steps_are_refused_as_parsed(monkeypatch, capsys, argv):
+    """--pretrain-steps 0 was refused only once the demo's data was built, in a line naming no flag ('pre-training
+    steps must be positive, got 0'), and not at all with data on disk: refused as parsed now, as classification's."""
+    for name in ("build_generated", "pretrain_backbone", "run"):
+        monkeypatch.setattr(main_module, name, never)
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--no-progress"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: --pretrain-steps: must be a positive integer, got {argv[1]}\n")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--eval-window", "32"], "--eval-window 32x32 is smaller than the default --eval-stride 341x341 (a stride is "
                               "between 1 and the window): give --eval-stride too, at most 32x32"),

@@ -14,7 +14,7 @@ tables are rewritten from all records at the end.
 
 from __future__ import annotations
 
-from ldt.cli import OnceList, OneLineParser, exit_with, path_flag, starting
+from ldt.cli import OnceList, OneLineParser, check_args, exit_with, path_flag, positive, starting
 
 with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     import argparse
@@ -120,7 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(runner.field_flag(name), type=kind, default=NOT_GIVEN,
                             help=f"{text} [{_shown(DEFAULTS[name])}{demo}]")
     runner.add_runtime_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(parser, args, pretrain_steps=positive)  # as parsed, not once the demo data is built, naming no flag
+    return args
 
 
 def resolve_domain(text: str) -> Domain:
