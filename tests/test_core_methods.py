@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import threading
 
 import pytest
 import torch
@@ -1151,3 +1152,38 @@ def test_a_partition_file_built_by_hand_is_read_as_given_not_as_a_probe_criterio
     with caplog.at_level(logging.INFO, logger="ldt.core"):
         prepare_method(model, config("ldt", partition_file=str(path), exchange={"interval": 1, "dpu": False}))
     assert f"Partition read from {path} (given)" in [r.getMessage() for r in caplog.records]
+
+
+class HoldsALock(nn.Module):
+    """A model that keeps an object copy.deepcopy refuses (a lock, as a logger's writer or a cache with a mutex
+    holds): every method deploys a copy of the model, and a dual branch's auxiliary is one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp()
+        self.net[2].guard = threading.Lock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_a_model_that_cannot_be_copied_is_named_before_the_warm_up(name):
+    """Refused at prepare_method, naming the attribute, before the warm-up trains the head (the user's model) or any
+    batch is read; not with a bare TypeError after the probe (dual branch) or after training, at deployed()."""
+    model, loss = HoldsALock(), Counting()
+    before = copy.deepcopy(model.net.state_dict())
+    with pytest.raises(MethodError, match=r"^model: 'net\.2\.guard' of type lock cannot be copied: .*copy of the model"):
+        warm = {} if method_class(name).warmup_rule == "never" else {"warmup": {"steps": 2}}
+        prepare_method(model, config(name, **warm), batches=data(), loss_fn=loss, head_patterns=[r"^net\.4\."],
+                       log=lambda _: None)
+    assert loss.calls == 0
+    assert all(torch.equal(before[key], value) for key, value in model.net.state_dict().items())
+
+
+@pytest.mark.parametrize("build", [DualBranch, SingleBranchLDT])
+def test_the_building_blocks_name_a_model_that_cannot_be_copied(build):
+    model = HoldsALock()
+    with pytest.raises(TypeError, match=r"^'net\.2\.guard' of type lock cannot be copied"):
+        build(model, partition_by_patterns(model, [r"^net\.4\."]), ExchangeConfig(dpu=False))
+    assert all(p.requires_grad for p in model.parameters())

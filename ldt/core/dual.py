@@ -22,6 +22,9 @@ from ldt.core.partition import Partition, PartitionError, not_a_partition, param
 STATE_FORMAT = "ldt.dual_branch/1"
 STATE_ENTRIES = dict.fromkeys(("format", "primary", "auxiliary", "partition", "exchange", "step"))
 """The entries of :meth:`DualBranch.state_dict` (for :func:`require_entries`)."""
+COPIES = ("every LDT method deploys a copy of the model (copy.deepcopy; a dual branch's auxiliary is one too): keep "
+          "such an object outside the model, or leave it out of its copies (__deepcopy__)")
+"""Why a model must be copyable (:func:`copy_problem`'s callers add it)."""
 Entries = Mapping[str, "Entries | None"]
 """The entries a saved state must have: each key maps to the entries of the dict it holds, or None (any value)."""
 
@@ -138,37 +141,70 @@ def set_trainable(model: nn.Module, names: Sequence[str]) -> None:
             param.grad = None
 
 
-def _seed_detached(value: object, memo: dict[int, object]) -> None:
-    """Put a detached copy of every non-leaf tensor inside ``value`` (a tensor, or lists, tuples and dicts of them)
-    into ``memo``, the ``copy.deepcopy`` memo, so that deepcopy uses it instead of refusing the tensor."""
+def _kept_tensors(value: object) -> Iterable[torch.Tensor]:
+    """The tensors inside ``value`` (a tensor, or lists, tuples and dicts of them), as a module attribute keeps them."""
     if isinstance(value, torch.Tensor):
-        if value.grad_fn is not None and id(value) not in memo:
-            memo[id(value)] = value.detach().clone()
+        yield value
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _seed_detached(item, memo)
+            yield from _kept_tensors(item)
     elif isinstance(value, dict):
         for item in value.values():
-            _seed_detached(item, memo)
+            yield from _kept_tensors(item)
+
+
+def _module_tensors(networks: Iterable[nn.Module]) -> Iterable[torch.Tensor]:
+    """Every tensor the modules of ``networks`` keep as attributes (parameters and buffers too: their dicts)."""
+    for network in networks:
+        for module in network.modules():
+            for value in vars(module).values():
+                yield from _kept_tensors(value)
 
 
 def detach_on_copy(networks: Iterable[nn.Module], memo: dict[int, object]) -> None:
     """Make ``copy.deepcopy(..., memo)`` copy detached each tensor that autograd produced and a module of ``networks``
     keeps (the weight a hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` computes, its last activation,
     an attention map kept for a visualisation): ``copy.deepcopy`` alone refuses such tensors."""
-    for network in networks:
-        for module in network.modules():
-            for value in vars(module).values():
-                _seed_detached(value, memo)
+    for tensor in _module_tensors(networks):
+        if tensor.grad_fn is not None and id(tensor) not in memo:
+            memo[id(tensor)] = tensor.detach().clone()
+
+
+def copy_problem(model: nn.Module) -> str | None:
+    """Why :func:`copy_network` cannot copy ``model`` (an attribute ``copy.deepcopy`` refuses: a lock, an open file, a
+    writer with a thread), naming the first such attribute, or None. Every tensor the model keeps is left uncopied
+    (the memo maps it to itself), so the check costs no tensor memory and can run before any work."""
+    memo: dict[int, object] = {id(t): t for t in _module_tensors([model])}
+    try:
+        copy.deepcopy(model, dict(memo))
+        return None
+    except Exception as err:  # noqa: BLE001 (what deepcopy raises depends on the object: TypeError, RuntimeError, ...)
+        failure = err
+    for prefix, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key == "_modules":  # each submodule is tried on its own
+                continue
+            try:
+                copy.deepcopy(value, dict(memo))
+            except Exception as err:  # noqa: BLE001
+                where = f"{prefix}.{key}" if prefix else key
+                return f"'{where}' of type {type(value).__name__} cannot be copied: {err}"
+    return f"{type(model).__name__} cannot be copied: {failure}"
 
 
 def copy_network(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)`` (hooks included), with the tensors its forwards computed and kept copied detached
     (:func:`detach_on_copy`): else a model that keeps one could get no auxiliary branch after the probe, nor a
-    deployed network after training."""
+    deployed network after training. A model that cannot be copied is a ``TypeError`` naming the attribute."""
     memo: dict[int, object] = {}
     detach_on_copy([model], memo)
-    return copy.deepcopy(model, memo)
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as err:
+        problem = copy_problem(model)
+        if problem is None:
+            raise
+        raise TypeError(f"{problem}; {COPIES}") from err
 
 
 def materialise(template: nn.Module, state: dict[str, torch.Tensor], requires_grad: dict[str, bool]) -> nn.Module:

@@ -45,6 +45,7 @@ from ldt.core.dual import (
     Entries,
     check_network_state,
     check_two_groups,
+    copy_problem,
     detach_on_copy,
     left_out_parameters,
     low_precision,
@@ -175,8 +176,8 @@ def _model_problems(model: nn.Module, left_out: set[str]) -> list[Problem]:
     if not trained:
         return [("model", f"no parameter of {type(model).__name__} trains (all are frozen with requires_grad=False "
                           "or not floating point)")]
-    problem = low_precision(trained)
-    return [("model", problem)] if problem else []
+    precision, copying = low_precision(trained), copy_problem(model)
+    return [("model", problem) for problem in (precision, copying and f"{copying}; {dual.COPIES}") if problem]
 
 
 def check_flags(method: "Method", branch: str, named: Iterable[tuple[str, nn.Parameter]], trains: set[str]) -> None:

@@ -23,11 +23,13 @@ import torch
 from torch import nn
 
 from ldt.core.dual import (
+    COPIES,
     EMAPlan,
     check_network_state,
     check_saved_partition,
     check_two_groups,
     cloned,
+    copy_problem,
     materialise,
     replaced_state,
     require_entries,
@@ -59,6 +61,9 @@ class SingleBranchLDT:
         host_device: str | torch.device = "cpu",
     ) -> None:
         check_two_groups(partition, model, EMPTY_GROUP)
+        problem = copy_problem(model)  # the deployed network is a copy: refused now, not after training
+        if problem:
+            raise TypeError(f"{problem}; {COPIES}")
         if phase_steps is not None and (not isinstance(phase_steps, int) or isinstance(phase_steps, bool)
                                         or phase_steps < 1):
             raise ValueError(f"phase_steps must be a positive number of steps (None: the exchange interval), got "
