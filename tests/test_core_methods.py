@@ -1187,3 +1187,34 @@ def test_the_building_blocks_name_a_model_that_cannot_be_copied(build):
     with pytest.raises(TypeError, match=r"^'net\.2\.guard' of type lock cannot be copied"):
         build(model, partition_by_patterns(model, [r"^net\.4\."]), ExchangeConfig(dpu=False))
     assert all(p.requires_grad for p in model.parameters())
+
+
+def lazy_mlp() -> nn.Sequential:
+    """A first layer that gets its shape at the first forward (``nn.LazyLinear``): until then it has no values."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LazyLinear(6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 4))
+
+
+LAZY = r"'0\.weight' is not initialised yet \(a LazyLinear\): run one forward"
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_a_lazy_module_not_run_yet_is_named_before_any_batch(name):
+    loss = Counting()
+    with pytest.raises(MethodError, match=rf"^model: {LAZY}"):
+        prepare_method(lazy_mlp(), config(name), batches=data(), loss_fn=loss, head_patterns=[r"^4\."])
+    assert loss.calls == 0
+
+
+@pytest.mark.parametrize("use", [
+    lambda m: probe_gradients(m, data(), mse),
+    lambda m: warmup(m, data(), mse, [r"^4\."], 2),
+    lambda m: partition_by_patterns(m, [r"^4\."]),
+    lambda m: DualBranch(m, partition_by_patterns(mlp(), [r"^4\."]), ExchangeConfig(dpu=False)),
+    lambda m: SingleBranchLDT(m, partition_by_patterns(mlp(), [r"^4\."]), ExchangeConfig(dpu=False)),
+], ids=["probe", "warmup", "partition_by_patterns", "DualBranch", "SingleBranchLDT"])
+def test_the_building_blocks_name_a_lazy_module_not_run_yet(use):
+    model = lazy_mlp()
+    with pytest.raises((ProbeError, ValueError), match=f"^{LAZY}"):
+        use(model)
+    assert all(p.requires_grad for p in model.parameters())

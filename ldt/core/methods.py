@@ -65,7 +65,7 @@ from ldt.core.partition import (
     stable_count,
     tied_alias_note,
 )
-from ldt.core.probe import LossFn, ProbeError, batch_loss, layer_groups, probe_gradients
+from ldt.core.probe import LossFn, ProbeError, batch_loss, layer_groups, probe_gradients, uninitialised
 from ldt.core.single import SingleBranchLDT
 from ldt.core.warmup import warmup
 
@@ -172,6 +172,9 @@ def _model_problems(model: nn.Module, left_out: set[str]) -> list[Problem]:
     if wrapper:
         return [("model", f"{wrapper} wraps the model: pass the bare model to prepare_method and wrap the branches "
                           "afterwards (method.branches())")]
+    lazy = uninitialised(model, "prepare_method")
+    if lazy:
+        return [("model", lazy)]
     trained = [(name, p) for name, p in model.named_parameters() if name not in left_out]
     if not trained:
         return [("model", f"no parameter of {type(model).__name__} trains (all are frozen with requires_grad=False "

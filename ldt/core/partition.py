@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 from torch import nn
 
 from ldt.atomic import atomic_write_text
-from ldt.core.probe import SCORE_NAMES, GradientStatistics
+from ldt.core.probe import SCORE_NAMES, GradientStatistics, uninitialised
 
 CRITERIA = SCORE_NAMES + ("random",)
 GIVEN = "given"
@@ -66,6 +66,7 @@ class Partition:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`PartitionError` listing missing/extra names unless the partition covers ``model`` exactly."""
+        require_initialised(model)
         model_names = [name for name, _ in model.named_parameters()]
         mine = self.names
         duplicated = self.listed_twice()
@@ -237,7 +238,15 @@ _FIELD_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
 }
 
 
+def require_initialised(model: nn.Module) -> None:
+    """Raise :class:`PartitionError` naming a tensor of a lazy module no forward has shaped (:func:`uninitialised`)."""
+    problem = uninitialised(model, "making or checking a partition")
+    if problem:
+        raise PartitionError(problem)
+
+
 def _shapes(model: nn.Module) -> dict[str, list[int]]:
+    require_initialised(model)
     return {name: list(param.shape) for name, param in model.named_parameters()}
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Literal, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 GroupBy = Literal["tensor", "module"]
@@ -67,6 +68,18 @@ def batch_loss(loss_fn: LossFn, model: nn.Module, batch: object, where: str, err
                      f"structure than loss_fn expects?){devices}")
         raise
     return checked_loss(loss, where, error)
+
+
+def uninitialised(model: nn.Module, before: str) -> str | None:
+    """Why ``model`` cannot be used yet, naming its first tensor of a lazy module that no forward has shaped
+    (``nn.LazyLinear``), or None: such a tensor has no shape or values to probe, copy, average or check against a
+    partition, and torch's own error comes from deep inside (``requires_grad_``, ``.shape``)."""
+    name = next((name for name, t in [*model.named_parameters(), *model.named_buffers()] if is_lazy(t)), None)
+    if name is None:
+        return None
+    owner = model.get_submodule(name.rpartition(".")[0])
+    return (f"'{name}' is not initialised yet (a {type(owner).__name__}): run one forward on a batch before "
+            f"{before}, so that it has its shape and values")
 
 
 def batch_tensors(batch: object, depth: int = 4) -> list[torch.Tensor]:
@@ -333,6 +346,9 @@ def probe_gradients(
     group (and ``distributed=True``) the statistics of all ranks are merged.
     """
     model = unwrap(model)
+    problem = uninitialised(model, "probing")
+    if problem:
+        raise ProbeError(problem)
     groups = layer_groups(model, group_by)
     named = dict(model.named_parameters())
     if parameters is not None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ldt.core.dual import set_trainable
 from ldt.core.partition import match_names, tied_alias_note
-from ldt.core.probe import LossFn, agree, batch_loss, progress_bar
+from ldt.core.probe import LossFn, agree, batch_loss, progress_bar, uninitialised
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -61,6 +61,9 @@ def warmup(
     """
     if steps < 0:
         raise ValueError(f"warm-up steps must be >= 0, got {steps}")
+    problem = uninitialised(model, "the warm-up")
+    if problem:
+        raise ValueError(problem)
     named, excluded = dict(model.named_parameters()), set(exclude)
     names = [name for name in match_parameters(model, trainable)
              if name not in excluded and named[name].is_floating_point()]
