@@ -217,3 +217,16 @@ def test_a_partition_built_by_hand_records_no_probe_criterion(tmp_path, tiny_net
     assert Partition.load(path, tiny_net).criterion == "given"
     probed = partition_by_score(probe_gradients(tiny_net, batches, ce_loss), 0.4, "var_over_mean")
     assert Partition.from_dict(probed.to_dict()).criterion == "var_over_mean"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"excluded": ["head.wieght"]}, "excluded names no parameter of TinyNet: ['head.wieght']"),
+    ({"excluded_patterns": [r"^decoder\."]}, r"excluded_patterns match no parameter of TinyNet: ['^decoder\\.']"),
+    ({"excluded_patterns": [r"^head\."]},
+     r"patterns match only excluded parameters of TinyNet (e.g. 'head.weight'): ['^head\\.']"),
+])
+def test_pattern_partition_arguments_that_name_nothing_are_refused(tiny_net, kwargs, message):
+    """A mistyped name to leave out would silently be trained; a head pattern that matches only what is left out
+    does match parameters, so 'matches no parameter' would be untrue."""
+    with pytest.raises(PartitionError, match=f"^{re.escape(message)}"):
+        partition_by_patterns(tiny_net, [r"^head\."], **kwargs)

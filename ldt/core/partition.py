@@ -391,18 +391,31 @@ def partition_by_patterns(
 ) -> Partition:
     """Parameters whose names match any regex in ``unstable_patterns`` (``re.search``) are unstable, others stable.
 
-    Parameters matching ``excluded_patterns`` or named in ``excluded`` belong to neither group. The DeFT baseline is
+    Parameters matching ``excluded_patterns`` or named in ``excluded`` belong to neither group; a name or regex there
+    that matches no parameter is an error, as one in ``unstable_patterns`` is (a typo would train what it meant to
+    leave out). The DeFT baseline is
     ``partition_by_patterns(model, head_patterns)`` (backbone stable, head unstable). FT and LP-FT train one network
     with everything stable: ``partition_by_patterns(model, [])``.
     """
     names = [name for name, _ in model.named_parameters()]
-    left_out = set(excluded) | set(match_names(names, excluded_patterns)[0])
+    kind, excluded = type(model).__name__, list(excluded)
+    unknown = [name for name in dict.fromkeys(excluded) if name not in set(names)]  # a typo would silently train it
+    if unknown:
+        raise PartitionError(f"excluded names no parameter of {kind}: {unknown[:10]}")
+    by_pattern, unmatched = match_names(names, excluded_patterns)
+    if unmatched:
+        raise PartitionError(f"excluded_patterns match no parameter of {kind}: {unmatched}"
+                             f"{tied_alias_note(model, unmatched)}")
+    left_out = set(excluded) | set(by_pattern)
     excluded = [name for name in names if name in left_out]
     unstable, unmatched = match_names([name for name in names if name not in left_out], unstable_patterns)
     grouped = left_out | set(unstable)
     stable = [name for name in names if name not in grouped]
     if unmatched:
-        raise PartitionError(f"patterns match no parameter of {type(model).__name__}: {unmatched}"
-                             f"{tied_alias_note(model, unmatched)}")
+        hits, elsewhere = match_names(excluded, unmatched)
+        if hits:
+            raise PartitionError(f"patterns match only excluded parameters of {kind} (e.g. '{hits[0]}'): "
+                                 f"{[p for p in unmatched if p not in elsewhere]}")
+        raise PartitionError(f"patterns match no parameter of {kind}: {unmatched}{tied_alias_note(model, unmatched)}")
     return Partition(stable=stable, unstable=unstable, excluded=excluded, criterion=criterion,
                      shapes=_shapes(model))
