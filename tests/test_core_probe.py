@@ -171,3 +171,26 @@ def test_a_model_where_nothing_trains_is_named_before_any_batch(tiny_net):
     with pytest.raises(ProbeError, match=r"no parameter of TinyNet trains .*parameters="):
         probe_gradients(tiny_net, make_batches(2), lambda m, b: calls.append(b) or ce_loss(m, b))
     assert calls == []
+
+
+class Bag(torch.nn.Module):
+    """An embedding bag of token ids (from the inputs' magnitudes); ``sparse=True`` gives its weight sparse gradients."""
+
+    def __init__(self, sparse: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(10, 4, sparse=sparse)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = (x.flatten(1)[:, :6].abs() * 3).long().clamp(max=9)
+        return self.head(self.emb(ids).mean(1))
+
+
+@pytest.mark.parametrize("criterion", ["var", "mean", "abs_mean", "var_over_mean", "elementwise_var"])
+def test_sparse_gradients_score_as_their_dense_equivalent(batches, criterion):
+    """nn.Embedding(sparse=True) (a memory saving, not another gradient) scores as the same embedding with dense
+    gradients: the rows no batch touched count as zeros, as they do in a dense gradient."""
+    scores = [probe_gradients(Bag(sparse), batches, ce_loss, elementwise=True).scores(criterion)
+              for sparse in (True, False)]
+    assert "emb.weight" in scores[0] and scores[0] == pytest.approx(scores[1], rel=1e-9)

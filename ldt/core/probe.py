@@ -400,6 +400,8 @@ def probe_gradients(
                     grad = named[name].grad
                     if grad is None:
                         continue
+                    if grad.layout != torch.strided:  # nn.Embedding(sparse=True): the rows it did not touch are 0
+                        grad = grad.to_dense()
                     if not torch.isfinite(grad).all():
                         raise ProbeError(f"probe batch {seen}: gradient of layer '{name}' has NaN/inf values")
                     grad_batches[name] += 1
