@@ -319,6 +319,16 @@ def test_warmup_patterns_that_match_only_frozen_parameters_are_an_error():
         prepare_method(model, config("lpft"), batches=data(), loss_fn=mse, head_patterns=[r"^4\."])
 
 
+@pytest.mark.parametrize("steps", [2.5, True, -1, "3"])
+def test_warmup_steps_that_are_no_count_are_refused_before_any_step(steps):
+    """warmup(steps=2.5) ran 3 steps and steps=True 1, without a word: a count is an integer >= 0."""
+    model = mlp()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"^warm-up steps must be an integer >= 0, got {re.escape(repr(steps))}$"):
+        warmup(model, data(), mse, [r"^4\."], steps)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
 # ---- 5. optimizers that do not match the branches ----------------------------------------------------------------
 def test_optimizers_must_match_the_branches():
     method = prepared(mlp(), "ldt_fixed")

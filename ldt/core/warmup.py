@@ -5,6 +5,7 @@ LDT probes gradient variance after the warm-up, so that a random head does not d
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Collection, Iterable, Sequence
 
 import torch
@@ -59,8 +60,8 @@ def warmup(
     gradients are averaged across ranks before every step, as DDP would, so all ranks warm up the same head on the
     union of their batches and the probe that follows sees one model. Returns the loss of every step.
     """
-    if steps < 0:
-        raise ValueError(f"warm-up steps must be >= 0, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:  # 2.5 ran 3 steps, True 1
+        raise ValueError(f"warm-up steps must be an integer >= 0, got {steps!r}")
     problem = uninitialised(model, "the warm-up")
     if problem:
         raise ValueError(problem)
