@@ -86,6 +86,14 @@ def test_num_batches_limits_the_probe(tiny_net, batches):
     assert stats.num_batches == 2
 
 
+@pytest.mark.parametrize("count", [0, -1, 2.5, True])
+def test_a_num_batches_that_is_no_count_is_named(tiny_net, batches, count):
+    """num_batches=0 was 'the probe loader given as batches= is empty' of a full loader, 2.5 probed 3 batches."""
+    with pytest.raises(ProbeError, match=rf"^num_batches must be a positive integer \(or None: the whole loader\), "
+                                         rf"got {count!r}$"):
+        probe_gradients(tiny_net, iter(batches), ce_loss, num_batches=count)
+
+
 def test_empty_loader_is_an_error(tiny_net):
     with pytest.raises(ProbeError, match="empty"):
         probe_gradients(tiny_net, [], ce_loss)

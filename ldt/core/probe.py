@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Sequence
@@ -345,6 +346,9 @@ def probe_gradients(
     than ``num_batches`` is probed to its end, with a warning. Under an initialised ``torch.distributed`` process
     group (and ``distributed=True``) the statistics of all ranks are merged.
     """
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral)
+                                    or num_batches < 1):  # 0 was 'the probe loader is empty', 2.5 probed 3
+        raise ProbeError(f"num_batches must be a positive integer (or None: the whole loader), got {num_batches!r}")
     model = unwrap(model)
     problem = uninitialised(model, "probing")
     if problem:
