@@ -226,8 +226,8 @@ os.register_at_fork(after_in_child=_close_inherited_lmdb)
 
 
 def check_whole_build(options: DRealSRCameraOptions) -> None:
-    """A :class:`DatasetError` naming the folder option when it points into a generated benchmark whose build is not
-    whole (:func:`~ldt.data.synthetic_cameras.unfinished_build`): a build stopped midway is otherwise read as it is."""
+    """A :class:`DatasetError` naming the folder option when it points into a generated benchmark whose build did not
+    finish (:func:`~ldt.data.synthetic_cameras.unfinished_build`): a build stopped midway is otherwise read as it is."""
     if options.io_backend.type != "disk":
         return
     for option in ("dataroot", "dataroot_gt", "dataroot_lq"):
@@ -235,8 +235,8 @@ def check_whole_build(options: DRealSRCameraOptions) -> None:
         root = unfinished_build(given) if given else None
         if root is not None:
             place = f"{root} is" if Path(given) == root else f"{given} is in {root},"
-            raise DatasetError(f"{place} a generated benchmark whose build is not whole (stopped "
-                               f"midway, or files removed since: see its {MANIFEST}); build it again "
+            raise DatasetError(f"{place} a generated benchmark whose build did not finish (stopped "
+                               f"midway, or still running: see its {MANIFEST}); build it again "
                                "(scripts/build_synthetic_cameras.py with the options it was built with; the demo and "
                                "scripts/reproduce.py rebuild theirs when run)", option)
 

@@ -392,13 +392,18 @@ def build_complete(root: str | Path) -> bool | None:
 
 def unfinished_build(path: str | Path) -> Path | None:
     """The generated build that ``path`` is (or lies in, up to three folders down: a ``dataroot_gt`` is
-    ``ROOT/x4/Train_x4/train_HR``) where that build is not whole, else None: a build stopped midway (its manifest
-    says unfinished) or with files removed since, which a dataset would read as it is, training and validating on
-    part of it without a word."""
+    ``ROOT/x4/Train_x4/train_HR``) where its manifest says it did not finish (a build stopped midway, or one in
+    progress; an unreadable manifest counts so), else None: a dataset would read the part there, training and
+    validating on it without a word. Files damaged or removed since are left to the dataset's own checks, which
+    name each file."""
     folder = Path(path)
     for candidate in [folder, *list(folder.parents)[:3]]:
-        if (candidate / MANIFEST).is_file():
-            return None if build_complete(candidate) else candidate
+        manifest = candidate / MANIFEST
+        if manifest.is_file():
+            try:
+                return None if _read_manifest(manifest)["complete"] is True else candidate
+            except FileContentError:
+                return candidate
     return None
 
 
