@@ -148,6 +148,19 @@ def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
         load_options(path, is_train=True, overrides=["train={a: 1, a: 2}"])
 
 
+def test_a_yaml_merge_key_with_keys_of_its_own_is_no_key_written_twice(tmp_path):
+    """``<<: *anchor`` then keys of the mapping's own (YAML's override of merged keys) writes each key once; a key
+    written twice beside a merge is still one."""
+    path = tmp_path / "merge.yml"
+    text = "val_1: &v {name: a, split: test}\nval_2:\n  <<: *v\n  name: b\n"
+    path.write_text(text)
+    assert read_option_file(path) == {"val_1": {"name": "a", "split": "test"}, "val_2": {"name": "b", "split": "test"}}
+    path.write_text(text + "  name: c\n")
+    with pytest.raises(OptionsError) as err:
+        read_option_file(path)
+    assert str(err.value).splitlines() == [f"{path}: val_2:name: written twice (lines 4 and 5); keep one"]
+
+
 def test_an_unknown_architecture_is_our_line_only(data_root, tmp_path, capsys, nothing_built):
     """BasicSR's registry prints 'Name ... is not found' on stdout for an unknown name: it is never asked."""
     path = write_options(with_change(tiny_options(data_root, "o"), "network_g:type", "SAFMNN"), tmp_path)

@@ -376,7 +376,11 @@ def load_yaml(stream: Any) -> tuple[Any, list[tuple[str, str]]]:
     loader = yaml.SafeLoader(stream)
     try:
         node = loader.get_single_node()
-        return (None, []) if node is None else (loader.construct_document(node), _duplicate_keys(node))
+        if node is None:
+            return None, []
+        # before construction: it flattens each '<<: *anchor' into the mapping, whose own keys then looked written twice
+        duplicates = _duplicate_keys(node)
+        return loader.construct_document(node), duplicates
     except UnicodeDecodeError:
         raise
     except ValueError as err:
