@@ -202,3 +202,25 @@ def test_sparse_gradients_score_as_their_dense_equivalent(batches, criterion):
     scores = [probe_gradients(Bag(sparse), batches, ce_loss, elementwise=True).scores(criterion)
               for sparse in (True, False)]
     assert "emb.weight" in scores[0] and scores[0] == pytest.approx(scores[1], rel=1e-9)
+
+
+@pytest.mark.parametrize("stage", ["probe", "warmup"])
+def test_a_batch_that_fails_mid_bar_ends_the_bars_line_before_the_error(stage, tiny_net, capsys):
+    """A probe or warm-up batch that failed left its progress bar open: the caller's one error line was written on
+    the bar's line (``LDT probe:   0%| ... 0/3 [...]error: ...``) and the bar was drawn again below it."""
+    from ldt.core import warmup
+
+    def failing():
+        yield from make_batches(1)
+        raise OSError("cannot read the second batch")
+
+    run = {"probe": lambda: probe_gradients(tiny_net, failing(), ce_loss, num_batches=3, progress=True,
+                                            distributed=False),
+           "warmup": lambda: warmup(tiny_net, failing(), ce_loss, [".*"], 3, progress=True, distributed=False)}[stage]
+    try:
+        run()
+    except OSError as err:  # read while the error is handled, as a caller prints its line (the frames still live)
+        assert str(err) == "cannot read the second batch"
+        assert capsys.readouterr().err.endswith("\n")  # the bar is closed: what is written next starts a line
+    else:
+        pytest.fail("the failing batch raised nothing")

@@ -9,12 +9,13 @@ statistics from several processes, so N ranks give the scores of one process tha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -386,37 +387,35 @@ def probe_gradients(
                     named[name].requires_grad_(True)
         model.train(train_mode)
         iterator = iter(batches)
-        bar = progress_bar(num_batches, progress)
-        while num_batches is None or seen < num_batches:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
-            for names in groups.values():
-                for name in names:
-                    named[name].grad = None
-            loss = batch_loss(loss_fn, model, batch, f"probe batch {seen}", ProbeError)
-            if not torch.isfinite(loss).all():
-                raise ProbeError(f"probe batch {seen}: the loss is {loss.item()} (not finite)")
-            loss.backward()
-            for layer, names in groups.items():
-                for name in names:
-                    grad = named[name].grad
-                    if grad is None:
-                        continue
-                    if grad.layout != torch.strided:  # nn.Embedding(sparse=True): the rows it did not touch are 0
-                        grad = grad.to_dense()
-                    if not torch.isfinite(grad).all():
-                        raise ProbeError(f"probe batch {seen}: gradient of layer '{name}' has NaN/inf values")
-                    grad_batches[name] += 1
-                    moments[layer].add_tensor(grad)
-                    if element_stats is not None:
-                        element_stats[name].add_tensor(grad)
-            seen += 1
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+        with progress_bar(num_batches, progress) as bar:  # closed on a failure too: the error starts a line
+            while num_batches is None or seen < num_batches:
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                for names in groups.values():
+                    for name in names:
+                        named[name].grad = None
+                loss = batch_loss(loss_fn, model, batch, f"probe batch {seen}", ProbeError)
+                if not torch.isfinite(loss).all():
+                    raise ProbeError(f"probe batch {seen}: the loss is {loss.item()} (not finite)")
+                loss.backward()
+                for layer, names in groups.items():
+                    for name in names:
+                        grad = named[name].grad
+                        if grad is None:
+                            continue
+                        if grad.layout != torch.strided:  # nn.Embedding(sparse=True): rows not touched are 0
+                            grad = grad.to_dense()
+                        if not torch.isfinite(grad).all():
+                            raise ProbeError(f"probe batch {seen}: gradient of layer '{name}' has NaN/inf values")
+                        grad_batches[name] += 1
+                        moments[layer].add_tensor(grad)
+                        if element_stats is not None:
+                            element_stats[name].add_tensor(grad)
+                seen += 1
+                if bar is not None:
+                    bar.update(1)
     except Exception as err:  # noqa: BLE001 (re-raised by agree)
         if distributed:
             agree(err)  # the ranks that did not fail stop too, instead of waiting in the all-reduce below
@@ -452,10 +451,12 @@ def probe_gradients(
     return stats
 
 
-def progress_bar(total: int | None, enabled: bool, desc: str = "LDT probe"):
-    """A tqdm bar (imported lazily: the core does not need tqdm unless asked for progress), or None."""
+def progress_bar(total: int | None, enabled: bool, desc: str = "LDT probe") -> ContextManager[Any]:
+    """A tqdm bar to use in ``with``, which closes it however the loop ends (left open by a failing batch, the
+    caller's error line went on the bar's line); giving None when not ``enabled``. tqdm is imported lazily: the core
+    does not need it unless asked for progress."""
     if not enabled:
-        return None
+        return contextlib.nullcontext()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)

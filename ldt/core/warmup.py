@@ -81,38 +81,36 @@ def warmup(
         sync = distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         optimizer = (optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-4)))(params)
         model.train()
-        bar = progress_bar(steps, progress, desc="LDT warm-up")
         iterator = iter(batches)
-        while len(losses) < steps:
-            agreeing = sync
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                iterator = iter(batches)
+        with progress_bar(steps, progress, desc="LDT warm-up") as bar:  # closed on a failure too
+            while len(losses) < steps:
+                agreeing = sync
                 try:
                     batch = next(iterator)
                 except StopIteration:
-                    if losses:  # iter() of a generator is the spent generator itself
-                        raise ValueError(f"the warm-up batches ran out after {len(losses)} of {steps} steps and cannot "
-                                         "be iterated again (a one-shot generator? give an iterable that restarts: a "
-                                         "list, a DataLoader)") from None
-                    raise ValueError("the warm-up received no batch: the warm-up loader given as batches= is "
-                                     "empty") from None
-            optimizer.zero_grad(set_to_none=True)
-            loss = batch_loss(loss_fn, model, batch, f"warm-up step {len(losses)}", ValueError)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"warm-up step {len(losses)}: loss is {loss.item()}")
-            loss.backward()
-            if sync:
-                agreeing = False
-                agree(None)  # a step that failed on another rank (a batch it cannot read) stops this one too
-                average_gradients(params)
-            optimizer.step()
-            losses.append(loss.item())
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                    iterator = iter(batches)
+                    try:
+                        batch = next(iterator)
+                    except StopIteration:
+                        if losses:  # iter() of a generator is the spent generator itself
+                            raise ValueError(f"the warm-up batches ran out after {len(losses)} of {steps} steps and "
+                                             "cannot be iterated again (a one-shot generator? give an iterable that "
+                                             "restarts: a list, a DataLoader)") from None
+                        raise ValueError("the warm-up received no batch: the warm-up loader given as batches= is "
+                                         "empty") from None
+                optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(loss_fn, model, batch, f"warm-up step {len(losses)}", ValueError)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"warm-up step {len(losses)}: loss is {loss.item()}")
+                loss.backward()
+                if sync:
+                    agreeing = False
+                    agree(None)  # a step that failed on another rank (a batch it cannot read) stops this one too
+                    average_gradients(params)
+                optimizer.step()
+                losses.append(loss.item())
+                if bar is not None:
+                    bar.update(1)
     except Exception as err:  # noqa: BLE001 (re-raised by agree)
         if agreeing:
             agree(err)  # the other ranks stop too, instead of waiting in the gradients' all-reduce
