@@ -161,6 +161,27 @@ def test_a_yaml_merge_key_with_keys_of_its_own_is_no_key_written_twice(tmp_path)
     assert str(err.value).splitlines() == [f"{path}: val_2:name: written twice (lines 4 and 5); keep one"]
 
 
+@pytest.mark.parametrize("check_sizes", [True, False])
+def test_a_training_crop_larger_than_an_lr_image_names_gt_size(check_sizes, data_root, tmp_path, capsys):
+    """A DRealSR training image smaller than the LR patch was named alone ('…/x.png: LR size [8, 8] is smaller than
+    the LR patch 12'), not the option that asks for that crop (a BasicSR PairedImageDataset's line named both)."""
+    from PIL import Image
+
+    scale = 4
+    sizes = {path: Image.open(path).size[::-1] for path in (data_root / "x4" / "Train_x4" / "train_LR").glob("P*.png")}
+    smallest = min(sizes, key=lambda path: min(sizes[path]))
+    gt_size = (min(sizes[smallest]) + 1) * scale
+    opt = with_change(tiny_options(data_root, "crop", scale=scale), "datasets:train:gt_size", gt_size)
+    code, lines = train_cli(write_options(with_change(opt, "datasets:train:check_sizes", check_sizes), tmp_path),
+                            capsys, "--root", str(tmp_path))
+    errors = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, lines
+    said = (f"LR size {tuple(sizes[smallest])} is smaller than the LR patch {gt_size // scale} "
+            f"(gt_size {gt_size} / scale {scale})")
+    assert said in errors[0] and f"{data_root}" in errors[0]
+    assert errors[0].startswith("error: datasets:train:gt_size: ") == check_sizes  # read at start, or in a batch
+
+
 def test_an_unknown_architecture_is_our_line_only(data_root, tmp_path, capsys, nothing_built):
     """BasicSR's registry prints 'Name ... is not found' on stdout for an unknown name: it is never asked."""
     path = write_options(with_change(tiny_options(data_root, "o"), "network_g:type", "SAFMNN"), tmp_path)

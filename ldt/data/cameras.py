@@ -501,6 +501,15 @@ def tolerance_px(scale: int, option: int | None = None) -> int:
     return 4 * scale if option is None else int(option)
 
 
+def check_lr_patch(lr: str, lr_size: Sequence[int], gt_size: int, scale: int) -> None:
+    """Raise unless the training crop fits the LR image; the error names the option asking for it (``gt_size``, a
+    runner's ``datasets:train:gt_size``), as a file alone did not say what the patch was."""
+    patch = gt_size // scale
+    if min(lr_size[:2]) < patch:
+        raise DatasetError(f"{lr}: LR size {tuple(lr_size[:2])} is smaller than the LR patch {patch} (gt_size "
+                           f"{gt_size} / scale {scale})", option="gt_size")
+
+
 def check_scale(hr_size: Sequence[int], lr_size: Sequence[int], scale: int, tolerance: int, name: str) -> None:
     """Raise unless HR is LR x scale, or larger by at most ``tolerance`` pixels per side (cropped at read time)."""
     for hr, lr in zip(hr_size[:2], lr_size[:2]):
@@ -654,7 +663,7 @@ def collect_pairs(
     strict: bool = True,
     check_sizes: bool = True,
     size_tolerance: int | None = None,
-    min_lq_size: int = 0,
+    gt_size: int = 0,
     held_out: Mapping[str, Any] | None = None,
     meta_info_file: str | Path | Sequence[str | Path] | None = None,
 ) -> PairSet:
@@ -719,8 +728,7 @@ def collect_pairs(
     for pair in pairs:
         if pair.hr in shapes:
             check_scale(shapes[pair.hr], shapes[pair.lr], scale, tolerance, f"{pair.hr} / {pair.lr}")
-            if min(shapes[pair.lr]) < min_lq_size:
-                raise DatasetError(f"{pair.lr}: LR size {shapes[pair.lr]} is smaller than the LR patch {min_lq_size}")
+            check_lr_patch(pair.lr, shapes[pair.lr], gt_size, scale)
     return PairSet(pairs, databases)
 
 

@@ -27,8 +27,8 @@ from ldt.cli import first_names
 from ldt.compat import patch_basicsr
 from ldt.core.config import describe_errors
 from ldt.data.cameras import (
-    DatasetError, ImagePair, basicsr_lmdb_meta, check_orientation, collect_pairs, crop_gt_to_lq, decode_image,
-    no_images, orientation, tolerance_px,
+    DatasetError, ImagePair, basicsr_lmdb_meta, check_lr_patch, check_orientation, collect_pairs, crop_gt_to_lq,
+    decode_image, no_images, orientation, tolerance_px,
 )
 from ldt.data.options import DRealSRCameraOptions
 from ldt.data.synthetic_cameras import MANIFEST, unfinished_build
@@ -273,7 +273,7 @@ class DRealSRCameraDataset(data.Dataset):
             strict=options.strict,
             check_sizes=options.check_sizes,
             size_tolerance=self.size_tolerance,
-            min_lq_size=self.gt_size // self.scale if self.train else 0,
+            gt_size=self.gt_size if self.train else 0,
             held_out=options.held_out.to_dict() if options.held_out else None,
             meta_info_file=options.meta_info_file,
         )
@@ -306,9 +306,7 @@ class DRealSRCameraDataset(data.Dataset):
         check_orientation(hr_turn, lr_turn, where)
         img_gt = crop_gt_to_lq(img_gt, img_lq, self.scale, self.size_tolerance, where)
         if self.train:
-            lq_patch = self.gt_size // self.scale
-            if min(img_lq.shape[:2]) < lq_patch:
-                raise DatasetError(f"{pair.lr}: LR size {img_lq.shape[:2]} is smaller than the LR patch {lq_patch}")
+            check_lr_patch(pair.lr, img_lq.shape, self.gt_size, self.scale)
             img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.gt_size, self.scale, pair.hr)
             img_gt, img_lq = augment([img_gt, img_lq], self.options.use_hflip, self.options.use_rot)
         img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)

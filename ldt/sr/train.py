@@ -39,7 +39,7 @@ import ldt.data  # noqa: E402,F401  (registers datasets)
 import ldt.models  # noqa: E402,F401  (registers LDTModel)
 from basicsr.utils import get_root_logger, get_time_str, set_random_seed  # noqa: E402
 from ldt.data.cameras import (  # noqa: E402
-    DatasetError, basicsr_lmdb_meta, image_header, name_stem, read_lmdb_meta, tolerance_px)
+    DatasetError, basicsr_lmdb_meta, check_lr_patch, image_header, name_stem, read_lmdb_meta, tolerance_px)
 from ldt.models.ldt_model import LDTModel, NonFiniteLossError  # noqa: E402
 from ldt.sr.checkpoints import (  # noqa: E402
     archive,
@@ -470,7 +470,6 @@ def check_paired_image_scale(where: str, data, scale: int,
     pairs, size = found
     tolerance = tolerance_px(scale)
     sizes: dict[str, tuple[int, int]] = {}
-    patch = (data.opt.get("gt_size") or 0) // scale if train else 0
     for hr, lr in pairs:
         sizes[hr], sizes[lr] = hr_size, lr_size = size(hr), size(lr)
         need = (lr_size[0] * scale, lr_size[1] * scale)
@@ -484,9 +483,11 @@ def check_paired_image_scale(where: str, data, scale: int,
             raise DatasetError(f"{where}: {hr} / {lr}: HR size {hr_size} exceeds LR size {lr_size} x{scale} by more "
                                f"than {tolerance} px (BasicSR would score the HR's top-left crop: a folder of "
                                "another scale?)")
-        if min(lr_size) < patch:
-            raise DatasetError(f"{where}: {lr}: LR size {lr_size} is smaller than the LR patch {patch} "
-                               f"(gt_size {data.opt['gt_size']} / scale {scale})")
+        if train:
+            try:
+                check_lr_patch(lr, lr_size, data.opt.get("gt_size") or 0, scale)
+            except DatasetError as err:
+                raise DatasetError(f"{where}: {err}") from None
     return pairs, sizes
 
 
