@@ -182,6 +182,22 @@ def test_a_training_crop_larger_than_an_lr_image_names_gt_size(check_sizes, data
     assert errors[0].startswith("error: datasets:train:gt_size: ") == check_sizes  # read at start, or in a batch
 
 
+def test_a_problem_with_an_option_a_base_file_writes_names_that_file(data_root, tmp_path):
+    """A variant (``base: base.yml``) switching the network named itself for every argument its base wrote
+    (``child.yml: network_g:dim: unknown option``), a key the file the user opens does not hold."""
+    opt = tiny_options(data_root, "base")
+    base = write_options(opt, tmp_path)
+    child = tmp_path / "child.yml"
+    child.write_text("base: base.yml\nname: child\nnetwork_g: {type: HAT}\ntrain: {total_iter: 0}\n")
+    with pytest.raises(OptionsError) as err:
+        load_options(child, is_train=True)
+    lines = str(err.value).splitlines()
+    written = [line for key in opt["network_g"] if key != "type"
+               for line in lines if f": network_g:{key}: unknown option" in line]
+    assert len(written) == len(opt["network_g"]) - 1 and all(line.startswith(f"{base} (the base of {child}): ") for line in written), lines
+    assert f"{child}: train:total_iter: must be > 0, got 0" in lines
+
+
 def test_an_unknown_architecture_is_our_line_only(data_root, tmp_path, capsys, nothing_built):
     """BasicSR's registry prints 'Name ... is not found' on stdout for an unknown name: it is never asked."""
     path = write_options(with_change(tiny_options(data_root, "o"), "network_g:type", "SAFMNN"), tmp_path)

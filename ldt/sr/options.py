@@ -479,12 +479,14 @@ def _origin(problem: str, origins: Mapping[str, str]) -> str | None:
     return origins[max(matches, key=len)] if matches else None
 
 
-def read_option_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
+def read_option_file(file: Path, chain: tuple[Path, ...] = (), sources: dict[str, str] | None = None) -> dict:
     """One YAML file as a dict, with ``base:`` inheritance resolved; a key written twice is an error.
 
     ``base: other.yml`` (relative to this file's folder) makes this file a list of changes to another one, so the
     paper's variants (FT, LP-FT, ablations, other sources) are a few lines each instead of copies of a 100-line file.
     Mappings merge key by key; any other value replaces the base's; a key set to ``~`` is removed (its default applies).
+    ``sources`` (if given) is filled with the file that last wrote each option path, so that a problem with an
+    option of a base file names that file, and the file it is the base of (:func:`_written_in`).
     """
     file = Path(file)
     if file.resolve() in chain:
@@ -503,15 +505,32 @@ def read_option_file(file: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not isinstance(opt, dict):
         raise OptionsError(f"{file} must contain a mapping of options, got {type(opt).__name__}")
     base_name = opt.pop("base", None)
-    if base_name is None:
-        return opt
-    if not isinstance(base_name, str):
-        raise OptionsError(f"{file}: 'base' must be a file name, got {base_name!r}")
-    base_file = file.parent / base_name
-    kind = not_a_file(base_file)
-    if kind or not base_file.is_file():
-        raise OptionsError(f"{file}: base file {base_file} " + (f"is {kind}" if kind else "does not exist"))
-    return merge_changes(read_option_file(base_file, chain + (file.resolve(),)), opt)
+    merged = opt
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise OptionsError(f"{file}: 'base' must be a file name, got {base_name!r}")
+        base_file = file.parent / base_name
+        kind = not_a_file(base_file)
+        if kind or not base_file.is_file():
+            raise OptionsError(f"{file}: base file {base_file} " + (f"is {kind}" if kind else "does not exist"))
+        merged = merge_changes(read_option_file(base_file, chain + (file.resolve(),), sources), opt)
+    if sources is not None:  # after its base's: this file's keys are its own
+        sources.update(dict.fromkeys(_option_paths(opt), f"{file} (the base of {chain[-1]})" if chain else str(file)))
+    return merged
+
+
+def _option_paths(options: Mapping, prefix: str = "") -> list[str]:
+    """Every option path a mapping writes, sections included (``train``, ``train:optim_g``, ``train:optim_g:lr``)."""
+    return [path for key, value in options.items() for path in
+            [f"{prefix}{key}", *(_option_paths(value, f"{prefix}{key}:") if isinstance(value, dict) else [])]]
+
+
+def _written_in(problem: str, sources: Mapping[str, str]) -> str | None:
+    """The file that wrote the option a problem line is about, or the nearest section holding it (``sources`` from
+    :func:`read_option_file`); None when no file did (a missing option: the top file's problem)."""
+    where = problem.split(": ", 1)[0]
+    holders = [path for path in sources if where == path or where.startswith((f"{path}:", f"{path}["))]
+    return sources[max(holders, key=len)] if holders else None
 
 
 def merge_changes(base: dict, changes: dict) -> dict:
@@ -923,11 +942,12 @@ def _checkable(model: type[BaseModel], data: dict, problems: list[str]) -> BaseM
 # ------------------------------------------------------------------------------------------------- the entry point
 
 
-def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
-                    origins: Mapping[str, str] | None = None) -> dict:
+def prepare_options(raw: dict, *, is_train: bool, source: str = "options", origins: Mapping[str, str] | None = None,
+                    sources: Mapping[str, str] | None = None) -> dict:
     """Check ``raw`` (an option dict from a file or built in code) against the schema; return it normalised (every
     default filled in, official aliases resolved) as a new dict. All problems are raised together, each as the
-    ``source``'s, or as the ``--force_yml`` entry's that set the option (``origins``, from :func:`apply_overrides`)."""
+    ``source``'s, as the ``--force_yml`` entry's that set the option (``origins``, from :func:`apply_overrides`), or
+    as the base file's that wrote it (``sources``, from :func:`read_option_file`)."""
     raw = copy.deepcopy(raw)
     if not isinstance(raw, dict):
         raise OptionsError(f"{source}: expected a mapping of options")
@@ -985,8 +1005,9 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options",
                 method = method_class(top.ldt.method)
                 problems += [f"ldt:{where}: {message}" for where, message in method.check(top.ldt, meta_network, head)]
     if problems:
-        raise OptionsError("\n".join(f"{_origin(problem, origins or {}) or source}: {problem}"
-                                     for problem in dict.fromkeys(problems)))
+        raise OptionsError("\n".join(
+            f"{_origin(problem, origins or {}) or _written_in(problem, sources or {}) or source}: {problem}"
+            for problem in dict.fromkeys(problems)))
     opt = top.model_dump(exclude_none=False)
     opt.update(scale=scale, network_g=network, datasets={
         key: {**datasets[key].model_dump(), "phase": key.split("_")[0], "scale": scale} for key in raw["datasets"]})
@@ -1024,9 +1045,10 @@ def _warn_once(message: str) -> None:
 def load_options(path: str | Path, *, is_train: bool, overrides: list[str] | None = None, kind: str | None = None) -> dict:
     """Read an option file (``base:`` resolved), apply ``--force_yml`` overrides, check and normalise it."""
     file = resolve_option_file(str(path), kind or ("train" if is_train else "test"))
-    opt = read_option_file(file)
+    sources: dict[str, str] = {}
+    opt = read_option_file(file, sources=sources)
     origins = apply_overrides(opt, overrides)
-    opt = prepare_options(opt, is_train=is_train, source=str(file), origins=origins)
+    opt = prepare_options(opt, is_train=is_train, source=str(file), origins=origins, sources=sources)
     opt["option_file"] = str(file)
     return opt
 
