@@ -18,6 +18,7 @@ import torch
 import ldt.sr.experiment as experiment_module
 import ldt.sweep
 import ldt.sr.reproduce as rp
+from ldt.core.config import MAX_SEED
 from ldt.sweep import Records
 from ldt.data.cameras import DREALSR_CAMERAS, TARGET_CAMERAS
 from tests.conftest import lock_held_elsewhere
@@ -621,3 +622,29 @@ def test_a_misspelled_synthetic_data_name_gets_the_did_you_mean(spec, hint, tmp_
     assert str(err.value) == (f"data root {tmp_path / spec} does not exist{hint} (give a DRealSR root, or "
                               "'synthetic' / 'synthetic_tiny')")
     assert not (tmp_path / "datasets").exists()
+
+
+@pytest.mark.parametrize("script", ["reproduce", "study"])
+@pytest.mark.parametrize("flag", ["--seeds", "--extra-seeds"])
+@pytest.mark.parametrize("count, said", [
+    (MAX_SEED + 2, "the seeds 0 to {top} go past the largest seed " + str(MAX_SEED)),
+    (rp.MAX_SEED_COUNT + 1, "more than {most} runs of one setting; give at most {most}"),
+])
+def test_a_seed_count_past_the_seed_range_or_absurd_is_refused_before_any_planning(script, flag, count, said, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """``--seeds 1000000000`` spent minutes building run identities, memory growing, with no word; seeds past
+    MAX_SEED are also past BasicSR's manual_seed."""
+    import ldt.sr.demo as demo
+    from ldt.sr.study import main as study_main
+
+    def fail(*args, **kwargs):
+        raise AssertionError("work started before the seed counts were checked")
+
+    monkeypatch.setattr(rp, "plan_runs", fail)
+    monkeypatch.setattr(demo, "pretrain_stage", fail)
+    argv = [flag, str(count), "--out", str(tmp_path / "out")]
+    main = study_main if script == "study" else rp.main
+    assert main(argv if script == "study" else ["--table", "1", "--data", str(tmp_path), *argv]) == 2
+    message = said.format(top=count - 1, most=rp.MAX_SEED_COUNT)
+    assert capsys.readouterr().err.strip() == f"error: {flag} {count}: {message}"
+    assert not (tmp_path / "out").exists()

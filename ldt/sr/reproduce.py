@@ -25,7 +25,7 @@ from pathlib import Path
 from ldt.atomic import atomic_write_text, existing_parent, make_dirs
 from ldt.cli import OnceList, OneLineParser, did_you_mean, expand_home, not_a_file, path_flag, require_output_dir
 from ldt.core import method_class
-from ldt.core.config import unknown_choice
+from ldt.core.config import MAX_SEED, unknown_choice
 from ldt.core.methods import runs_probe
 from ldt.data.cameras import DREALSR_CAMERAS, DatasetError, camera_label, collect_pairs
 from ldt.data.synthetic_cameras import MANIFEST, build_synthetic_cameras
@@ -201,11 +201,24 @@ def resolve_tables(names: Sequence[str]) -> list[str]:
     return tables
 
 
+# The most seeds of one setting: a typo past it (--seeds 1000000000) spent minutes building run identities, memory
+# growing, before any word; a thousand trainings of each setting is already far past what a table needs.
+MAX_SEED_COUNT = 1000
+
+
 def check_plan(budget: Budget, seeds: int | None, extra_seeds: int | None) -> None:
-    """The budget and seed counts, checked before anything is built or trained."""
+    """The budget and seed counts (a setting's seeds are 0 to count - 1), checked before anything is planned, built
+    or trained."""
     for flag, value in (("--seeds", seeds), ("--extra-seeds", extra_seeds)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ReproduceError(f"{flag} must be a positive integer, got {value!r}")
+        if value - 1 > MAX_SEED:
+            raise ReproduceError(f"{flag} {value}: the seeds 0 to {value - 1} go past the largest seed {MAX_SEED}")
+        if value > MAX_SEED_COUNT:
+            raise ReproduceError(f"{flag} {value}: more than {MAX_SEED_COUNT} runs of one setting; give at most "
+                                 f"{MAX_SEED_COUNT}")
     budget.check()
 
 
