@@ -148,6 +148,22 @@ def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
         load_options(path, is_train=True, overrides=["train={a: 1, a: 2}"])
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_an_option_file_saved_as_unicode_with_a_bom_reads_as_its_utf8_copy(encoding, tmp_path):
+    """Windows Notepad's 'Unicode' (UTF-16 with a byte-order mark) was refused as 'not a text (YAML) file'; it reads
+    now, and a later problem's line numbers are those of the text."""
+    text = "name: x\ntrain:\n  total_iter: 3\n"
+    plain, unicode = tmp_path / "plain.yml", tmp_path / "unicode.yml"
+    plain.write_text(text, encoding="utf-8")
+    bom = "" if encoding.endswith("-sig") or encoding in ("utf-16", "utf-32") else "\ufeff"
+    unicode.write_bytes((bom + text).encode(encoding))
+    assert read_option_file(unicode) == read_option_file(plain)
+    unicode.write_bytes((bom + text + "name: y\n").encode(encoding))
+    with pytest.raises(OptionsError) as err:
+        read_option_file(unicode)
+    assert str(err.value).splitlines() == [f"{unicode}: name: written twice (lines 1 and 4); keep one"]
+
+
 def test_a_yaml_merge_key_with_keys_of_its_own_is_no_key_written_twice(tmp_path):
     """``<<: *anchor`` then keys of the mapping's own (YAML's override of merged keys) writes each key once; a key
     written twice beside a merge is still one."""

@@ -10,6 +10,7 @@ as the numbers they spell.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import inspect
 import os
@@ -479,6 +480,18 @@ def _origin(problem: str, origins: Mapping[str, str]) -> str | None:
     return origins[max(matches, key=len)] if matches else None
 
 
+# Byte-order marks and the codec each one says, UTF-32's first (UTF-32-LE's mark begins with UTF-16-LE's); the codec
+# drops its mark, so the text's line numbers are the file's.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8-sig"))
+
+
+def _option_text(data: bytes) -> str:
+    """An option file's text: UTF-8, or the Unicode encoding its byte-order mark says (Windows Notepad saves
+    'Unicode' as UTF-16 with one)."""
+    return data.decode(next((codec for bom, codec in _BOMS if data.startswith(bom)), "utf-8"))
+
+
 def read_option_file(file: Path, chain: tuple[Path, ...] = (), sources: dict[str, str] | None = None) -> dict:
     """One YAML file as a dict, with ``base:`` inheritance resolved; a key written twice is an error.
 
@@ -492,8 +505,7 @@ def read_option_file(file: Path, chain: tuple[Path, ...] = (), sources: dict[str
     if file.resolve() in chain:
         raise OptionsError(f"{file}: 'base' files form a cycle: {' -> '.join(str(p) for p in chain + (file,))}")
     try:
-        with open(file) as handle:
-            opt, duplicates = load_yaml(handle)
+        opt, duplicates = load_yaml(_option_text(file.read_bytes()))
     except OSError as err:
         raise OptionsError(f"cannot read option file {file}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
