@@ -276,6 +276,23 @@ def test_unpaired_files_are_listed(root: Path) -> None:
     assert len(dataset(root, strict=False)) == 1  # skipped with a warning
 
 
+@pytest.mark.parametrize("remove, said", [("test_HR/sony_4_x4.png", "1 LR file(s) without an HR partner: sony_4_x1.png"),
+                                          ("*/P*.png", "no pairs for camera(s) olympus")])
+def test_a_pairing_problem_of_a_run_s_set_names_its_block(remove, said, root: Path) -> None:
+    """'1 LR file(s) without an HR partner' (and 'no pairs for camera(s)') named the folders, not the set, where a
+    PairedImageDataset's line names its ``datasets:KEY (NAME)`` block."""
+    from ldt.sr.loaders import dataset as run_dataset
+
+    for path in find_split_dirs(root, "test")[0].parent.glob(remove):
+        path.unlink()
+    block = {"name": "olympus_sony", "type": "DRealSRCameraDataset", "dataroot": str(root), "split": "test",
+             "cameras": ["olympus", "sony"], "scale": 4, "phase": "val", "io_backend": {"type": "disk"}}
+    with pytest.raises(DatasetError) as err:
+        run_dataset({"datasets": {"val_2": block}}, "val_2")
+    assert str(err.value).startswith("datasets:val_2 (olympus_sony): "), err.value
+    assert said in str(err.value)
+
+
 def test_mis_scaled_pair(root: Path) -> None:
     hr_dir, lr_dir = find_split_dirs(root, "test")
     hr = cv2.imread(str(hr_dir / "P1180001_x4.png"))

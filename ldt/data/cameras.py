@@ -50,6 +50,12 @@ class DatasetError(ValueError):
         self.option = option
 
 
+class PairingError(DatasetError):
+    """A set's files that do not pair (a file without its partner, a camera with no pair): the set's problem, not
+    one option's, so that a runner names it with the set's block, as it names a PairedImageDataset's
+    (``datasets:val_1 (pan): ...``)."""
+
+
 @dataclass(frozen=True)
 class Camera:
     """One row of the camera table.
@@ -616,14 +622,14 @@ def select_pairs(result: PairingResult, cameras: Sequence[str], where: str, stri
     if problems:
         message = f"{where}: " + "; ".join(problems)
         if strict:
-            raise DatasetError(message + " (fix the files, or set 'strict: false' to skip them)")
+            raise PairingError(message + " (fix the files, or set 'strict: false' to skip them)")
         logger.warning("%s (skipped, strict: false)", message)
     counts = result.counts()
     empty = [key for key in cameras if counts[key] == 0]
     if empty:
         found = {str(key): count for key, count in sorted(counts.items(), key=str)}
         patterns = ", ".join(f"{key} ({CAMERA_BY_KEY[key].pattern})" for key in empty)
-        raise DatasetError(f"{where}: no pairs for camera(s) {patterns}; pairs found per camera: {found}")
+        raise PairingError(f"{where}: no pairs for camera(s) {patterns}; pairs found per camera: {found}")
     return [pair for pair in result.pairs if pair.camera in cameras]
 
 

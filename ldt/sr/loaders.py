@@ -11,7 +11,7 @@ from ldt.compat import patch_basicsr
 
 patch_basicsr()
 import ldt.data  # noqa: E402,F401  (registers the datasets)
-from ldt.data.cameras import DatasetError  # noqa: E402
+from ldt.data.cameras import DatasetError, PairingError  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset, worker_init_fn  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from ldt.data.drealsr_dataset import (  # noqa: E402
@@ -62,7 +62,8 @@ def dataset(opt: dict, key: str, phase: str | None = None):
     ``type`` from a copy of its ``io_backend``, not from its ``opt``, which the scale checks read at any time. A
     dataset option at fault (no split folder below ``dataroot``, folders that hold no images) is named with its
     block, as the option checks name theirs: ``datasets:val_1:dataroot: no test split ...`` (several sets share one
-    root)."""
+    root); files of a DRealSRCameraDataset that do not pair (:class:`~ldt.data.cameras.PairingError`) with the set,
+    as a PairedImageDataset's are: ``datasets:val_1 (pan): ...``."""
     block = opt["datasets"][key]
     paired, where = block["type"] == "PairedImageDataset", f"datasets:{key} ({block['name']})"
     single = block["type"] == "SingleImageDataset"
@@ -84,9 +85,11 @@ def dataset(opt: dict, key: str, phase: str | None = None):
                 built.pop("meta_info_file", None)
         data = build_dataset(built)
     except DatasetError as err:
-        if err.option is None:
-            raise
-        raise DatasetError(f"datasets:{key}:{err.option}: {err}") from None
+        if err.option is not None:
+            raise DatasetError(f"datasets:{key}:{err.option}: {err}") from None
+        if isinstance(err, PairingError):
+            raise DatasetError(f"{where}: {err}") from None
+        raise
     if on_lmdb:
         data.file_client = SharedLmdbFiles(lq=block["dataroot_lq"], **({"gt": block["dataroot_gt"]} if paired else {}))
     elif paired:
