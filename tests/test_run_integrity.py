@@ -875,16 +875,16 @@ def test_a_validation_image_smaller_than_the_network_fails_before_training_and_t
     from ldt.sr.evaluate import main as test_main
 
     opt, lr, _ = shrunk_validation_pair(data_root, tmp_path, "small", 6)
-    expected = f"error: validation set pan: {lr} is 6x6 pixels, smaller than the 8x8 SAFMN needs; remove it or pad it"
+    expected = "error: {} set pan: " + f"{lr} is 6x6 pixels, smaller than the 8x8 SAFMN needs; remove it or pad it"
     code, lines = cli(opt, tmp_path, capsys)
-    assert code == 2 and lines == [expected] and not (tmp_path / "experiments").exists()
+    assert code == 2 and lines == [expected.format("validation")] and not (tmp_path / "experiments").exists()
     assert cli(options(data_root, "net", total_iter=1), tmp_path, capsys)[0] == 0
     opt["path"]["pretrain_network_g"] = str(tmp_path / "experiments" / "net" / "models" / "net_g_latest.pth")
     test_opt = {"name": "t", "num_gpu": 0, "network_g": opt["network_g"], "path": opt["path"],
                 "datasets": {"test_1": {**opt["datasets"]["val_2"]}}}
     capsys.readouterr()
     assert test_main(["-opt", str(write(test_opt, tmp_path, "t.yml")), "--root", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [expected]
+    assert capsys.readouterr().err.strip().splitlines() == [expected.format("test")]  # test.py validates nothing
 
 
 def test_a_validation_image_its_metrics_crop_away_fails_before_training(data_root, tmp_path, capsys):

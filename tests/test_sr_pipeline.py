@@ -482,7 +482,7 @@ def test_paired_image_sets_with_a_mis_scaled_pair_are_refused_before_any_work(da
     test_opt = {"name": "paired_test", "num_gpu": 0, "network_g": opt["network_g"], "val": {"pbar": False},
                 "datasets": {"test_1": _paired_set("Set5", hr_dir, lr_dir)},
                 "path": {"pretrain_network_g": str(tmp_path / "net.pth")}}
-    message = r"validation set Set5: .*HR/bird.png / .*LR/bird.png: HR size \(63, 48\) is smaller than LR size"
+    message = r"test set Set5: .*HR/bird.png / .*LR/bird.png: HR size \(63, 48\) is smaller than LR size"
     with pytest.raises(DatasetError, match=message):
         run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
 
@@ -984,7 +984,7 @@ def test_an_lr_only_set_that_cannot_be_read_is_one_line_naming_it(problem, data_
         run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
     expected = {"missing": f"datasets:test_1:dataroot_lq: path does not exist: {lr_dir}",
                 "empty": f"datasets:test_1:dataroot_lq: {lr_dir} holds no images",
-                "small": f"validation set photos: {lr_dir / 'tiny.png'} is 2x2 pixels, smaller than"}[problem]
+                "small": f"test set photos: {lr_dir / 'tiny.png'} is 2x2 pixels, smaller than"}[problem]
     assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
     assert not (tmp_path / "results").exists()
 
@@ -1039,7 +1039,7 @@ def test_an_lr_only_set_on_an_lmdb_is_super_resolved_or_refused_before_anything_
         return
     with pytest.raises(DatasetError) as caught:
         run_test(options, root=tmp_path)
-    expected = {"small": f"validation set photos: {db} (key b) is 2x2 pixels, smaller than the 8x8 SAFMN needs",
+    expected = {"small": f"test set photos: {db} (key b) is 2x2 pixels, smaller than the 8x8 SAFMN needs",
                 "delete_key": f"datasets:test_1 (photos): LMDB {db} lacks 1 of the 2 image(s) its meta_info.txt "
                               f"lists (b): a half-written database? rebuild it with basicsr",
                 "foreign_meta": f"datasets:test_1 (photos): LMDB {db} lacks 2 of the 2 image(s) its meta_info.txt "
@@ -1106,5 +1106,5 @@ def test_a_camera_set_with_an_lr_smaller_than_the_network_needs_is_refused_on_lm
     test_opt["datasets"] = {"test_1": test_opt["datasets"]["test_2"], "test_2": block}
     with pytest.raises(DatasetError) as caught:
         run_test(load_options(write_options(test_opt, tmp_path), is_train=False), root=tmp_path)
-    assert str(caught.value).startswith(f"validation set tiny: {small} is 2x2 pixels, smaller than the 8x8 SAFMN")
+    assert str(caught.value).startswith(f"test set tiny: {small} is 2x2 pixels, smaller than the 8x8 SAFMN")
     assert not (tmp_path / "results" / "lr_only_test").exists()

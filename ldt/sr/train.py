@@ -491,6 +491,10 @@ def check_paired_image_scale(where: str, data, scale: int,
     return pairs, sizes
 
 
+# What a set of each evaluated phase is called in a line about it.
+SET_KINDS = {"val": "validation", "test": "test"}
+
+
 def check_validation_sizes(opt: dict, loaders: dict) -> None:
     """Every validation LR image is at least the network's smallest input, and every GT image leaves the metrics
     pixels after their crop borders (read from the headers, or an LMDB's meta_info.txt): a smaller LR fails in the
@@ -507,8 +511,10 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
     gt_need = gt_size_need(opt["val"]["metrics"], opt["scale"])
     if gt_need is not None:
         needs.append((0, *gt_need))
+    phases = {block["name"]: block["phase"] for block in opt["datasets"].values() if block["phase"] in SET_KINDS}
     for name, loader in loaders.items():
-        checked = check_paired_image_scale(f"validation set {name}", loader.dataset, opt["scale"], train=False)
+        where = f"{SET_KINDS[phases[name]]} set {name}"  # test.py's test_* sets are not validated
+        checked = check_paired_image_scale(where, loader.dataset, opt["scale"], train=False)
         if checked is not None:
             pairs, size = checked[0], checked[1].__getitem__
         elif type(loader.dataset).__name__ == "SingleImageDataset":  # LR only: the network's input size alone
@@ -534,7 +540,7 @@ def check_validation_sizes(opt: dict, loaders: dict) -> None:
                 continue
             small = next((pair[side] for pair in pairs if min(size(pair[side])) < least), None)
             if small is not None:
-                raise DatasetError(f"validation set {name}: {small} is {'x'.join(map(str, size(small)))} "
+                raise DatasetError(f"{where}: {small} is {'x'.join(map(str, size(small)))} "
                                    f"pixels, {remedy}")
 
 
