@@ -759,3 +759,26 @@ def test_a_network_that_returns_the_sr_image_or_cannot_run_on_meta_passes_the_ou
     """The check is never stricter than the network: a forward that needs real values is left to the run."""
     opt = prepare_options(tiny_options(data_root, "user", network_g={"type": "UserNet", "kind": kind}), is_train=True)
     assert opt["network_g"] == {"type": "UserNet", "kind": kind}
+
+
+@pytest.mark.parametrize("source_cameras, selection, warned", [
+    (["olympus", "pan"], "source", True),  # the selecting set reads the target camera pan
+    (["olympus"], "source", False),
+    (["olympus", "pan"], "last", False),  # no set selects the checkpoint
+    (["olympus", "pan"], "oracle:pan", False),  # an oracle selects on a target by design
+])
+def test_a_checkpoint_selecting_set_reading_a_target_camera_is_one_warning(source_cameras, selection, warned,
+                                                                           data_root):
+    """``datasets:val_1:cameras: [olympus, pan]`` beside a target set of pan was silent: the source-selection set
+    read target data, so the 'source' checkpoint was chosen partly on the target. A warning, not a refusal."""
+    opt = tiny_options(data_root, "selecting", "ldt", val__selection=selection)
+    opt["datasets"]["val_1"]["cameras"] = source_cameras
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare_options(opt, is_train=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, OptionsWarning)]
+    expected = ["datasets:val_1:cameras: the set 'source' that selects the checkpoint (val:source_set) reads ['pan'], "
+                "which datasets:val_2 (pan) evaluates as a target: target data picks the checkpoint; select on "
+                "source cameras only"]
+    assert messages == (expected if warned else []), messages
+    assert prepared["datasets"]["val_1"]["cameras"] == source_cameras

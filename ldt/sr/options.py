@@ -857,6 +857,28 @@ def _leak_problems(datasets: dict[str, DatasetOptions], val: ValOptions, probe_s
     return problems
 
 
+def _selection_leak(datasets: dict[str, DatasetOptions], val: ValOptions, probe_set: str | None) -> str | None:
+    """A warning when the set choosing the 'source' checkpoint reads a camera another validation set evaluates as a
+    target (on the same root): the target then picks the checkpoint it is scored on. Not refused: a mixed selection
+    set can be a deliberate ablation, as an oracle is."""
+    if val.selection != "source":
+        return None
+    selecting = next(((key, options) for key, options in datasets.items() if key != "train"
+                      and options.name == val.source_set and isinstance(options, DRealSRCameraOptions)), None)
+    if selecting is None:
+        return None
+    key, source = selecting
+    for other_key, other in datasets.items():
+        if other_key in ("train", key, probe_set) or not isinstance(other, DRealSRCameraOptions):
+            continue
+        shared = sorted(_camera_sets(source) & _camera_sets(other)) if _same_root(source, other) else []
+        if shared:
+            return (f"datasets:{key}:cameras: the set '{source.name}' that selects the checkpoint (val:source_set) "
+                    f"reads {shared}, which datasets:{other_key} ({other.name}) evaluates as a target: target data "
+                    "picks the checkpoint; select on source cameras only")
+    return None
+
+
 def _val_problems(opt: RunOptions, datasets: dict[str, DatasetOptions], is_train: bool, names_known: bool,
                   metrics_known: bool) -> list[str]:
     """``names_known``: every validation block passed its schema (else a set's name may be what failed, and a "names
@@ -1025,6 +1047,9 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options", origi
         key: {**datasets[key].model_dump(), "phase": key.split("_")[0], "scale": scale} for key in raw["datasets"]})
     opt["is_train"] = is_train
     _warn_of_workers_beyond_cpus(opt["datasets"])  # first: it may add a warnings filter, which must precede them all
+    leak = _selection_leak(datasets, top.val, top.ldt.probe.dataset) if is_train else None
+    if leak:
+        _warn_once(leak)
     if opt["logger"]["wandb"] and opt["logger"]["wandb"].get("project"):
         _warn_once("logger:wandb is used by the BasicSR pipeline only; Train_pip.py logs to TensorBoard")
     return opt
