@@ -874,6 +874,28 @@ def test_parameters_added_or_replaced_after_prepare_are_refused(name, change):
         method.deployed()
 
 
+@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("change", ["added", "removed"])
+def test_a_buffer_added_or_removed_after_prepare_is_refused_naming_it(name, change):
+    """A buffer registered (or deleted) after prepare_method is not in the EMA's keys, fixed at prepare_method, nor in
+    the auxiliary: ft_ema's deployed() failed in torch's many-line load_state_dict error ('Missing key(s): 2.extra')."""
+    model = mlp()
+    model[2].register_buffer("gone", torch.zeros(2))
+    method = prepared(model, name)
+    if change == "added":
+        method.model[2].register_buffer("extra", torch.ones(3))
+        method.model[2].register_buffer("scratch", torch.ones(3), persistent=False)  # not in any state: no change
+        culprit = "'2.extra'"
+    else:
+        del method.model[2].gone
+        culprit = "'2.gone' removed"
+    with pytest.raises(MethodError, match=rf"^the buffers of the model changed after prepare_method \(e\.g\. "
+                                          rf"{re.escape(culprit)}\).*prepare the method on the final model"):
+        method.deployed()
+    with pytest.raises(MethodError, match="the buffers of the model changed after prepare_method"):
+        train(method)
+
+
 # ---- 21. moving a method after prepare_method -------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_method_to_moves_every_branch_and_the_ema(name):

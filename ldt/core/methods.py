@@ -454,30 +454,30 @@ class Method:
         """Make the optimizer of an alternating branch refuse to step after :meth:`step` switched turns (LDT-S)."""
 
     def _record_parameters(self, *modules: nn.Module) -> None:
-        """Remember the named parameters of the networks that train (the branches), as the method was made with them."""
+        """Remember the named parameters and saved buffers of the networks that train (the branches), as the method
+        was made with them."""
         self._recorded = [(module, tuple(module.named_parameters())) for module in modules]
+        self._recorded_buffers = [saved_buffers(module) for module in modules]
 
     def _unchanged_parameters(self) -> list[tuple[tuple[str, nn.Parameter], ...]]:
         """The recorded networks' named parameters now, after checking that they are still the very tensors under the
-        same names: a parameter added, replaced or removed after the method was made (an adapter, a new head,
-        ``load_state_dict(assign=True)``) is in no group, in neither the other branch nor the EMA, and the deployed
-        network would miss it or keep the old tensor. One scan of each network, as building the branch lists costs."""
+        same names, and that the buffers a state dict saves have the same names: a parameter added, replaced or
+        removed after the method was made (an adapter, a new head, ``load_state_dict(assign=True)``) is in no group,
+        and a tensor added or removed is in neither the other branch nor the EMA, so the deployed network would miss
+        it or keep the old tensor. Buffers are compared by name only: ``Module.to`` replaces them. One scan of each
+        network's parameters and one of its buffers, as building the branch lists costs."""
         current = []
-        for module, recorded in self.__dict__.get("_recorded", ()):
+        buffers = self.__dict__.get("_recorded_buffers")  # absent from a method pickled before buffers were recorded
+        for index, (module, recorded) in enumerate(self.__dict__.get("_recorded", ())):
             now = tuple(module.named_parameters())
-            if len(now) != len(recorded) or not all(a[1] is b[1] and a[0] == b[0] for a, b in zip(now, recorded)):
-                before = dict(recorded)
-                culprit = next((name for name, p in now if before.get(name) is not p), None)
-                if culprit is not None:
-                    culprit = f"'{culprit}'"
-                else:  # none added or replaced: one removed, or the same ones in another order
-                    names = {n for n, _ in now}
-                    removed = next((n for n, _ in recorded if n not in names), None)
-                    culprit = f"'{removed}' removed" if removed is not None else \
-                        f"'{next(a[0] for a, b in zip(recorded, now) if a[0] != b[0])}' re-registered in another order"
-                raise MethodError(f"the parameters of the model changed after prepare_method (e.g. {culprit}): a "
-                                  "parameter added, replaced or removed since is in no group and in neither the other "
-                                  "branch nor the EMA; prepare the method on the final model (adapters, heads included)")
+            culprit = _changed(recorded, now, lambda a, b: a[1] is b[1])
+            kind = "parameters"
+            if culprit is None and buffers is not None:
+                culprit, kind = _changed(buffers[index], saved_buffers(module), lambda a, b: True), "buffers"
+            if culprit is not None:
+                raise MethodError(f"the {kind} of the model changed after prepare_method (e.g. {culprit}): a tensor "
+                                  "added, replaced or removed since is in no group and in neither the other branch "
+                                  "nor the EMA; prepare the method on the final model (adapters, heads included)")
             current.append(now)
         return current
 
@@ -795,6 +795,31 @@ class LDTSingle(Method):
     def load_state_dict(self, state: dict) -> None:
         _check_state(state, self.name, {"single": single.STATE_ENTRIES})
         self.single.load_state_dict(state["single"])
+
+
+def saved_buffers(module: nn.Module) -> tuple[tuple[str, None], ...]:
+    """The names of the buffers ``module.state_dict()`` saves (not the non-persistent ones), as (name, None) pairs."""
+    return tuple((f"{prefix}.{name}" if prefix else name, None) for prefix, sub in module.named_modules()
+                 for name, buffer in sub._buffers.items()
+                 if buffer is not None and name not in sub._non_persistent_buffers_set)
+
+
+def _changed(before: tuple[tuple[str, object], ...], now: tuple[tuple[str, object], ...],
+             same: Callable[[tuple, tuple], bool]) -> str | None:
+    """How ``now`` differs from ``before`` (named tensors, ``same`` comparing two pairs of one name), quoted for a
+    message: the first name added or replaced, else removed, else re-registered in another order; None if unchanged."""
+    if len(now) == len(before) and all(a[0] == b[0] and same(a, b) for a, b in zip(now, before)):
+        return None
+    earlier = dict(before)
+    added = next((name for name, tensor in now if name not in earlier or not same((name, tensor),
+                                                                                   (name, earlier[name]))), None)
+    if added is not None:
+        return f"'{added}'"
+    names = {name for name, _ in now}
+    removed = next((name for name, _ in before if name not in names), None)
+    if removed is not None:
+        return f"'{removed}' removed"
+    return f"'{next(a[0] for a, b in zip(before, now) if a[0] != b[0])}' re-registered in another order"
 
 
 def once_per_tensor(
