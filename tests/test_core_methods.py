@@ -582,6 +582,25 @@ def test_user_mistakes_are_one_line_method_errors():
         prepare_method(mlp(), config("ldt"), batches=data(), loss_fn=lambda m, b: 1.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64])
+def test_a_loss_that_is_not_real_floating_point_is_named_where_it_was_computed(dtype):
+    """A complex loss passed the checks and failed inside backward ('grad can be implicitly created only for real
+    scalar outputs'); an integer one read as 'the loss has no gradient'."""
+    def loss(model, batch):
+        value = mse(model, batch)
+        return value.to(dtype) if dtype.is_complex else value.detach().to(dtype)
+
+    expected = rf"loss_fn must return a real floating-point scalar tensor, got {re.escape(str(dtype))}"
+    with pytest.raises(ProbeError, match=rf"^probe batch 0: {expected}"):
+        prepare_method(mlp(), config("ldt"), batches=data(), loss_fn=loss, head_patterns=[r"^4\."])
+    with pytest.raises(ValueError, match=rf"^warm-up step 0: {expected}"):
+        prepare_method(mlp(), config("lpft", warmup={"steps": 2}), batches=data(), loss_fn=loss,
+                       head_patterns=[r"^4\."], log=lambda _: None)
+    method = prepared(mlp(), "ft")
+    with pytest.raises(MethodError, match=rf"^ft: the net branch: {expected}"):
+        method.train_step(data(1)[0], loss, [torch.optim.SGD(method.branches()[0].parameters, lr=0.1)])
+
+
 # ---- 15. LDT-S phase length; a short probe loader ------------------------------------------------------------------
 @pytest.mark.parametrize("steps", [0, 2.5, True, "3"])
 def test_phase_steps_that_are_not_a_positive_count_are_refused(steps):

@@ -40,13 +40,16 @@ class ProbeError(RuntimeError):
 
 
 def checked_loss(loss: object, where: str, error: type[Exception]) -> torch.Tensor:
-    """``loss`` if it is a one-element tensor that backward can start from; else ``error`` naming ``where``, instead of
-    torch's error from deep inside backward (or an AttributeError on a Python float)."""
+    """``loss`` if it is a real one-element tensor that backward can start from; else ``error`` naming ``where``,
+    instead of torch's error from deep inside backward (or an AttributeError on a Python float)."""
     if not isinstance(loss, torch.Tensor):
         raise error(f"{where}: loss_fn must return a scalar tensor, got {type(loss).__name__} {loss!r:.40}")
     if loss.numel() != 1:
         raise error(f"{where}: loss_fn must return a scalar tensor, got shape {tuple(loss.shape)} (reduce it, e.g. "
                     ".mean())")
+    if not loss.is_floating_point():  # backward starts only from a real one; an integer one has no gradient either
+        raise error(f"{where}: loss_fn must return a real floating-point scalar tensor, got {loss.dtype} (a complex "
+                    "loss: take .abs() or .real)")
     if not loss.requires_grad:
         raise error(f"{where}: the loss has no gradient (detached, computed under no_grad, or no parameter it "
                     "depends on trains)")
