@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldt.cli import number_back, read_json, strict_json
+from ldt.weights import WeightsError
 
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".sweep.lock"
@@ -478,6 +479,17 @@ def parse_weights(entries: Sequence[str] | None, names: Sequence[str], known: Se
     if unused:
         raise SweepError(f"{flag} given for {', '.join(unused)}, not swept here ({', '.join(names)})")
     return weights
+
+
+def check_weights(weights: Mapping[str, str], load: Callable[[str, str], object], *, flag: str = "--weights") -> None:
+    """``load(name, path)`` for each network's weights file now, so a file that is missing, unreadable or does not fit
+    fails before the first run, not hours into the sweep, in one line naming the flag and the network
+    (``--weights resnet18: weights file … does not fit …``), the same for every runner."""
+    for name, path in weights.items():
+        try:
+            load(name, path)
+        except (WeightsError, FileNotFoundError) as err:
+            raise SweepError(f"{flag} {name}: {err}") from None
 
 
 # -------------------------------------------------------------------------------------------------------- statistics

@@ -663,12 +663,13 @@ def test_cli_reports_bad_input_before_any_run(toy, tmp_path, monkeypatch, capsys
     monkeypatch.undo()
     monkeypatch.setattr("ldt.classification.__main__.run", no_run)
     torch.save(build_model("tiny", 4).state_dict(), tmp_path / "tiny.pth")
-    for weights, message in [
-        ("missing.pth", "missing.pth does not exist"),
-        (str(tmp_path / "tiny.pth"), "does not fit backbone 'resnet18'"),
+    for weights, message in [  # named after the flag and the backbone, as the segmentation runner's
+        ("missing.pth", "weights file missing.pth does not exist"),
+        (str(tmp_path / "tiny.pth"), f"weights file {tmp_path / 'tiny.pth'} does not fit backbone 'resnet18'"),
     ]:
         assert main(["--data", str(toy), "--backbones", "resnet18", "--weights", weights] + out) == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --weights resnet18: {message}") and err.count("\n") == 1, err
     for argv, message in ((["--backbones", "vgg"], "invalid choice: 'vgg'"), (["--steps", "abc"], "invalid int value")):
         with pytest.raises(SystemExit):
             main(argv)
@@ -790,8 +791,8 @@ def test_weights_with_nan_values_are_one_line_before_any_run(toy, tmp_path, monk
     torch.save(state, tmp_path / "nan.pth")
     argv = ["--data", str(toy), "--methods", "ft", "--out", str(tmp_path / "out"), "--no-progress"]
     assert main([*argv, "--weights", str(tmp_path / "nan.pth")]) == 2
-    assert capsys.readouterr().err == (f"error: weights file {tmp_path / 'nan.pth'}: 'features.0.weight' has NaN/inf "
-                                       "values (saved from a run that diverged?)\n")
+    assert capsys.readouterr().err == (f"error: --weights tiny: weights file {tmp_path / 'nan.pth'}: "
+                                       "'features.0.weight' has NaN/inf values (saved from a run that diverged?)\n")
     head = build_model("tiny", 4)
     with torch.no_grad():
         head.head.weight.fill_(math.inf)

@@ -26,7 +26,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.classification.toy import DEFAULT_ROOT, DOMAINS, build_toy_domains
     from ldt.classification.train import METHODS, RunConfig, check_data, run
     from ldt.core import CRITERIA
-    from ldt.sweep import SweepError, parse_weights
+    from ldt.sweep import SweepError, check_weights, parse_weights
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
 # Hyper-parameter flags: RunConfig field -> help. Defaults come from RunConfig (sized for the CPU demo); each field's
@@ -154,6 +154,9 @@ def plan(args: argparse.Namespace, read_images: bool = True) -> tuple[Path, list
         for method in args.methods
     ]
     if read_images:
+        sizes = {config.backbone: config.image_size for config in configs}  # one per backbone: a flag or its default
+        # the class count changes no backbone tensor, and the file's head is never loaded
+        check_weights(weights, lambda backbone, path: build_model(backbone, 2, weights=path, image_size=sizes[backbone]))
         check_data(configs)  # every run's, once: the runs do not check again (data_checked)
     return results_folder(args), configs
 

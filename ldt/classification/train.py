@@ -169,12 +169,11 @@ def test_accuracy(evaluator: nn.Module, dataset: DomainDataset, config: RunConfi
     }
 
 
-def check_data(configs: Sequence[RunConfig], fit_weights: bool = True) -> DomainDataset:
+def check_data(configs: Sequence[RunConfig]) -> DomainDataset:
     """The data check of every run before the first (of the first configuration's ``data``, which a sweep shares):
     every image's header and end marker (:func:`ldt.classification.data.scan_domains`), each run's left-out domains
-    and seeded held-out split, a warning when a batch or probe is more than the smallest training domain holds, and
-    (``fit_weights``) every weights file against its backbone and the dataset's class count; a bad one fails now, not
-    hours into a sweep. Returns the dataset."""
+    and seeded held-out split, and a warning when a batch or probe is more than the smallest training domain holds;
+    a bad one fails now, not hours into a sweep. Returns the dataset."""
     dataset = scan_domains(configs[0].data)
     counts = {}
     for config in configs:
@@ -183,10 +182,6 @@ def check_data(configs: Sequence[RunConfig], fit_weights: bool = True) -> Domain
             train, _ = split_holdout(dataset.samples[domain], config.holdout_fraction, config.seed, domain)
             counts[domain] = len(train)  # the same for every seed
     warn_of_small_domains(configs, counts)
-    if fit_weights:
-        for backbone, weights, size in dict.fromkeys((c.backbone, c.weights, c.image_size) for c in configs
-                                                     if c.weights):
-            build_model(backbone, len(dataset.classes), weights=weights, image_size=size)
     return dataset
 
 
@@ -202,7 +197,7 @@ def run(config: RunConfig, *, device: str | torch.device = "cpu", workers: int =
         dataset = scan_domains(config.data, check_files=False)
         dataset.check_test_domains(config.test_domains)
     else:  # the model built below, before any training, is the weights' check
-        dataset = check_data([config], fit_weights=False)
+        dataset = check_data([config])
     train_domains = dataset.train_domains(config.test_domains)
     splits = {d: split_holdout(dataset.samples[d], config.holdout_fraction, config.seed, d) for d in train_domains}
     torch.manual_seed(config.seed)

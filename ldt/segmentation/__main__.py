@@ -32,8 +32,7 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.train import (
         METHODS, Domain, RunConfig, build_model, check_data, parse_domain, parse_size, run, shown_size, stride_fits,
     )
-    from ldt.sweep import SweepError, parse_weights
-    from ldt.weights import WeightsError
+    from ldt.sweep import SweepError, check_weights, parse_weights
 
 TABLE_ORDER = {"backbone": BACKBONES, "method": METHODS}
 DEMO_DATA = GeneratedConfig()  # the generated domains bare names refer to (96x192 px, 40 train / 20 val per domain)
@@ -199,14 +198,13 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     ]
     for config in configs[: len(backbones) * len(methods)]:  # one seed: the method checks do not read seeds
         runner.check_method(config, lambda: build_model(config, weights=False))
-    for backbone, path in given.items():  # a file that does not fit fails now, not hours into the sweep
-        config = next(c for c in configs if c.backbone == backbone)
+
+    def fit(backbone: str, path: str) -> None:
         with torch.device("meta"):
-            model = build_model(config, weights=False)
-        try:
-            load_backbone_weights(model.to_empty(device="cpu"), path)
-        except WeightsError as err:
-            raise ValueError(f"--weights {backbone}: {err}") from None
+            model = build_model(next(c for c in configs if c.backbone == backbone), weights=False)
+        load_backbone_weights(model.to_empty(device="cpu"), path)
+
+    check_weights(given, fit)
     name = "generated_streets" if demo else "+".join(s.name for s in sources)
     return Path(args.out or Path("results/segmentation") / name), configs, bool(generated), pretrained
 
