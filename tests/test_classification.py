@@ -1146,7 +1146,7 @@ def test_run_checks_its_data_as_the_cli_does_and_the_cli_only_once(toy, tmp_path
     image = root / "faded" / "circle" / "0003.png"
     image.write_bytes(image.read_bytes()[:100])
     monkeypatch.setattr(train_module, "build_model", never)
-    with pytest.raises(DatasetError, match=rf"^1 unreadable image file\(s\): image {image} is truncated"):
+    with pytest.raises(DatasetError, match=rf"^--data {root}: 1 unreadable image file\(s\): image {image} is truncated"):
         run(fast_config(root, method="ft"))
     image.unlink()
     with pytest.raises(AssertionError, match="must fail before this"):
@@ -1241,6 +1241,26 @@ def test_nested_folders_and_foreign_files_are_said_when_skipped(toy, tmp_path):
                        rf"{deep / 'faded'}/<class>/<image>$"):
         scan_domains(deep)
 
+
+
+@pytest.mark.parametrize("broken", ["no images", "truncated"])
+def test_a_data_error_found_scanning_data_names_the_flag(toy, tmp_path, monkeypatch, capsys, broken):
+    """A segmentation dataset's folder given as --data (its images one level too deep) said 'error: domain 'clean' has
+    no images: …' without the flag, where a root that is no folder said '--data: …'."""
+    monkeypatch.setattr("ldt.classification.__main__.run", lambda *args, **kwargs: pytest.fail("must not run"))
+    root = copy_toy(toy, tmp_path / "toy")
+    if broken == "no images":
+        for image in (root / "faded").glob("*/*.png"):
+            image.unlink()
+        expected = f"domain 'faded' has no images: expected {root / 'faded'}/<class>/<image>"
+    else:
+        (root / "faded" / "circle" / "0003.png").write_bytes(b"")
+        expected = f"1 unreadable image file(s): image {root / 'faded' / 'circle' / '0003.png'} is empty"
+    argv = ["--data", str(root), "--methods", "ft", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {root}: {expected}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_group_and_a_folder_of_the_same_joined_name_keep_their_own_columns(tmp_path):

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldt.classification.data import DomainDataset, ImageList, eval_loader, image_transform, scan_domains, split_holdout, training_stream
+from ldt.classification.data import (DatasetError, DomainDataset, ImageList, eval_loader, image_transform, scan_domains,
+                                     split_holdout, training_stream)
 from ldt.classification.models import (DEFAULT_IMAGE_SIZE, build_model, check_backbone, head_patterns,
                                        image_size_problem)
 from ldt.core import CRITERIA, Method, MethodConfig, prepare_method
@@ -173,8 +174,12 @@ def check_data(configs: Sequence[RunConfig]) -> DomainDataset:
     """The data check of every run before the first (of the first configuration's ``data``, which a sweep shares):
     every image's header and end marker (:func:`ldt.classification.data.scan_domains`), each run's left-out domains
     and seeded held-out split, and a warning when a batch or probe is more than the smallest training domain holds;
-    a bad one fails now, not hours into a sweep. Returns the dataset."""
-    dataset = scan_domains(configs[0].data)
+    a bad one fails now, not hours into a sweep; a scan's error starts with the flag and folder (``--data ROOT: …``).
+    Returns the dataset."""
+    try:
+        dataset = scan_domains(configs[0].data)
+    except DatasetError as err:
+        raise DatasetError(f"{field_flag('data')} {configs[0].data}: {err}") from None
     counts = {}
     for config in configs:
         dataset.check_test_domains(config.test_domains)
