@@ -368,13 +368,22 @@ RUN_STATE_FORMAT = "ldt.runner.state/1"
 STATES_FOLDER = "states"
 
 
+def check_state_path(path: Path) -> None:
+    """A :class:`DiskError` when something other than a file stands at a run's state path (a folder): it was read as
+    a broken state, with a warning, and the run's first save then failed in a second line, after its warm-up."""
+    kind = not_a_file(path)
+    if kind:
+        raise DiskError(f"{path} is {kind}: move it away (a run saves its training state there)")
+
+
 class RunState:
     """The training state of a run in progress, ``OUT/states/<run hash>.pt``: written (atomically) after each
     selection point and when SIGTERM / SIGINT stops the run, read when the sweep reruns it (so it continues where it
     stood rather than training again), deleted once the run's record is written. It holds the method's state (both
     branches, the exchange schedule, the partition), the optimizers, the selection so far, the random-number state
     and the position in the data stream. A file that cannot be read, or is not this run's, is ignored with a warning:
-    the run starts afresh (and overwrites it)."""
+    the run starts afresh (and overwrites it); a folder in its place is a :class:`DiskError`
+    (:func:`check_state_path`)."""
 
     def __init__(self, path: str | Path, digest: str, every_s: float = 0.0, earlier: str | None = None) -> None:
         self.path, self.digest, self.every_s = Path(path), digest, every_s
@@ -387,6 +396,7 @@ class RunState:
         self.trained: Callable[[], None] | None = None
 
     def _read(self) -> dict | None:
+        check_state_path(self.path)
         if not self.path.exists():
             return None
         try:
@@ -699,6 +709,8 @@ def sweep(configs: Sequence[RunnerConfig], out: Path, run: Callable[..., dict], 
                         "states of the runs in progress)")
     if states.is_dir() and digests - done:
         check_writable(states)  # the first save would fail only after the warm-up, the probe and --state-minutes
+        for digest in sorted(digests - done):
+            check_state_path(state_file(digest))
     saved = sorted(states.glob("*.pt")) if states.is_dir() else []
     for path in saved:  # a sweep killed between a record and the removal of its state (this sweep's run or not)
         owner = records.earlier.get(path.stem, path.stem)  # saved under the run's earlier identity: its own

@@ -104,6 +104,21 @@ def test_a_states_folder_that_is_a_file_is_one_line_before_any_run(tmp_path, cap
     assert error_line(capsys) == message and states.read_text() == "in the way"
 
 
+def test_a_folder_in_place_of_a_run_state_is_one_line_before_any_run(tmp_path, capsys):
+    """A folder at OUT/states/<hash>.pt was read as a broken state (a warning, 'the run starts afresh'), then the
+    run's first save failed in a second, error line: one line now, before any run, and the folder is left alone."""
+    state = tmp_path / runner.STATES_FOLDER / f"{run_hash(FakeConfig(1).hparams())}.pt"
+    state.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning line before the error
+        assert sweep_main(tmp_path, [FakeConfig(0), FakeConfig(1)]) == 2
+    assert error_line(capsys) == f"error: {state} is a folder, not a file: move it away (a run saves its training " \
+                                 "state there)\n"
+    assert state.is_dir() and not (tmp_path / RESULTS_FILE).exists()
+    with pytest.raises(DiskError, match=rf"^{re.escape(str(state))} is a folder, not a file: move it away"):
+        runner.RunState(state, state.stem)
+
+
 def test_a_full_out_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
     import ldt.atomic
 
