@@ -350,7 +350,8 @@ def test_a_source_label_with_invalid_values_is_one_line_before_training(tiny, tm
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
-        f"error: cityscapes train at {clean}: 1 labels with values the layout does not allow: {label} (values [26]) "
+        f"error: --source clean: cityscapes train at {clean}: 1 labels with values the layout does not allow: "
+        f"{label} (values [26]) "
         "(expected train ids 0..18 or 255; make *_labelTrainIds.png with cityscapesScripts' createTrainIdLabelImgs)"]
     assert not (tmp_path / "out").exists()
 
@@ -544,11 +545,13 @@ def test_the_data_check_names_the_problems_of_every_split_at_once(tiny, tmp_path
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3, lines
-    assert lines[0].startswith(f"error: cityscapes train at {clean}: 1 labels with values the layout does not allow: "
-                               f"{clean_label} (values [26])"), lines
-    assert lines[1].startswith(f"error: cityscapes val at {fog}: 1 labels with values the layout does not allow: "
-                               f"{fog_label} (values [26])"), lines
-    assert lines[2] == f"error: cityscapes val: folder {gone / 'leftImg8bit/val'} does not exist (root {gone})", lines
+    # each named after the flag and the domain it was given as
+    assert lines[0].startswith(f"error: --source clean: cityscapes train at {clean}: 1 labels with values the layout "
+                               f"does not allow: {clean_label} (values [26])"), lines
+    assert lines[1].startswith(f"error: --targets fog: cityscapes val at {fog}: 1 labels with values the layout does "
+                               f"not allow: {fog_label} (values [26])"), lines
+    assert lines[2] == (f"error: --targets gone: cityscapes val: folder {gone / 'leftImg8bit/val'} does not exist "
+                        f"(root {gone})"), lines
     assert not (tmp_path / "out").exists()
 
 
@@ -649,8 +652,8 @@ def test_a_target_with_no_labelled_pixel_is_one_line_before_training(tiny, tmp_p
             "--out", str(tmp_path / "out"), "--no-progress", *FAST_FLAGS]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: cityscapes val at {fog}: none of its 2 labels holds a labelled pixel (only ignore 255), so it has "
-        "no mIoU"]
+        f"error: --targets fog: cityscapes val at {fog}: none of its 2 labels holds a labelled pixel (only ignore "
+        "255), so it has no mIoU"]
     assert not (tmp_path / "out").exists()
 
 

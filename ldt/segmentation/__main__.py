@@ -30,7 +30,8 @@ with starting():  # Ctrl-C or SIGTERM while importing: one line, not a traceback
     from ldt.segmentation.pretrain import PretrainConfig, pretrain_backbone, pretrain_summary
     from ldt.segmentation.records import write_tables
     from ldt.segmentation.train import (
-        METHODS, Domain, RunConfig, build_model, check_data, parse_domain, parse_size, run, shown_size, stride_fits,
+        DOMAIN_FLAGS, METHODS, Domain, RunConfig, build_model, check_data, parse_domain, parse_size, run, shown_size,
+        stride_fits,
     )
     from ldt.sweep import SweepError, check_weights, parse_weights
 
@@ -99,8 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m ldt.segmentation", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collect", metavar="OUT", type=path_flag, help="only rebuild OUT's tables from OUT/results.jsonl")
-    parser.add_argument("--source", nargs="+", action=OnceList, metavar="DOMAIN", help=f"source domain(s) [generated {SOURCE_DOMAIN}]")
-    parser.add_argument("--targets", nargs="+", action=OnceList, metavar="DOMAIN", help="target domains [the other generated ones]")
+    parser.add_argument(DOMAIN_FLAGS["sources"], nargs="+", action=OnceList, metavar="DOMAIN", help=f"source domain(s) [generated {SOURCE_DOMAIN}]")
+    parser.add_argument(DOMAIN_FLAGS["targets"], nargs="+", action=OnceList, metavar="DOMAIN", help="target domains [the other generated ones]")
     parser.add_argument("--out", type=path_flag, help="records and tables (default: results/segmentation/<source or generated_streets>)")
     parser.add_argument(runner.field_flag("method"), nargs="+", action=OnceList, default=list(METHODS),
                         help=f"of {', '.join(METHODS)} [all]")
@@ -165,13 +166,13 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[RunConfig], bool, Path | 
     runner.check_seeds(args.seeds)
     seeds, methods = runner.unique("--seeds", args.seeds), runner.unique("--methods", args.methods)
     specs = (args.source or [SOURCE_DOMAIN]) + (args.targets or [])
-    sources = [given_domain("--source", s) for s in args.source or [SOURCE_DOMAIN]]
+    sources = [given_domain(DOMAIN_FLAGS["sources"], s) for s in args.source or [SOURCE_DOMAIN]]
     if args.targets:
-        targets = [given_domain("--targets", t) for t in args.targets]
+        targets = [given_domain(DOMAIN_FLAGS["targets"], t) for t in args.targets]
     elif all("=" not in s for s in specs):
         targets = [resolve_domain(d) for d in DEMO_DATA.domains if d not in {s.name for s in sources}]
     else:
-        raise ValueError("--targets: name the target domains (LAYOUT=ROOT ...) of a source on disk")
+        raise ValueError(f"{DOMAIN_FLAGS['targets']}: name the target domains (LAYOUT=ROOT ...) of a source on disk")
     generated = [s for s in specs if "=" not in s]
     demo = len(generated) == len(specs)
     defaults = {**DEFAULTS, **DEMO} if demo else DEFAULTS

@@ -327,18 +327,18 @@ def check_label_values(split: SegmentationSplit, limit: int | None = None) -> No
         raise SegmentationDataError(f"{split.layout.name} {split.split} at {split.root}: " + "; ".join(found))
 
 
-def check_splits(requests: Sequence[tuple[str | Path, str, str, int | None]]) -> list[SegmentationSplit]:
+def check_splits(requests: Sequence[tuple[str, str | Path, str, str, int | None]]) -> list[SegmentationSplit]:
     """:func:`scan_split` and :func:`check_label_values` (up to ``limit`` labels; None: all) of every
-    ``(root, layout, split, limit)``, in order. The problems of all of them come in one error, a line per split
-    (each naming its split and files): stopping at the first left a user with several broken domains to learn of
-    one per attempt."""
+    ``(where, root, layout, split, limit)``, in order. The problems of all of them come in one error, a line per
+    split, each starting with its ``where`` (the flag and domain that gave it) and naming its split and files:
+    stopping at the first left a user with several broken domains to learn of one per attempt."""
     splits, problems = [], []
-    for root, layout, split, limit in requests:
+    for where, root, layout, split, limit in requests:
         try:
             found = scan_split(root, layout, split)
             check_label_values(found, limit)
         except SegmentationDataError as err:
-            problems.append(str(err))
+            problems.append(f"{where}: {err}")
         else:
             splits.append(found)
     if problems:

@@ -43,6 +43,8 @@ from ldt.sweep import identity_path, run_hash
 METHODS = ("ft", "ft_ema", "lpft", "deft", "ldt_fixed", "ldt_dpu", "ldt_s")
 RECORD_FORMAT = "ldt.segmentation/1"
 SOURCE_SPLIT, TARGET_SPLIT = "train", "val"
+# The runner's flags naming RunConfig.sources / targets: a data error of a domain starts with its flag and name.
+DOMAIN_FLAGS = {"sources": "--source", "targets": "--targets"}
 COMMON_OPTIONS = ("steps", "batch_size", "crop_size", "lr", "weight_decay", "holdout_fraction", "eval_every",
                   "head_channels", "output_stride", "eval_window", "eval_stride", "eval_max_side")
 
@@ -359,8 +361,10 @@ def check_data(configs: Sequence[RunConfig]) -> tuple[dict[str, SegmentationSpli
     a seed's training part of a source whose labels do trained on a zero loss, without a word. Returns the source
     and target splits (of the first configuration's domains)."""
     first = configs[0]
-    splits = check_splits([(d.root, d.layout, SOURCE_SPLIT, SOURCE_LABELS_CHECKED) for d in first.sources]
-                          + [(d.root, d.layout, TARGET_SPLIT, None) for d in first.targets])
+    splits = check_splits([(f"{DOMAIN_FLAGS['sources']} {d.name}", d.root, d.layout, SOURCE_SPLIT,
+                            SOURCE_LABELS_CHECKED) for d in first.sources]
+                          + [(f"{DOMAIN_FLAGS['targets']} {d.name}", d.root, d.layout, TARGET_SPLIT, None)
+                             for d in first.targets])
     sources = {d.name: split for d, split in zip(first.sources, splits)}
     targets = {d.name: split for d, split in zip(first.targets, splits[len(first.sources):])}
     check_sizes(first, sources, targets)
