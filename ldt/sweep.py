@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldt.cli import number_back, read_json, strict_json
-from ldt.weights import WeightsError
 
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".sweep.lock"
@@ -485,6 +484,8 @@ def check_weights(weights: Mapping[str, str], load: Callable[[str, str], object]
     """``load(name, path)`` for each network's weights file now, so a file that is missing, unreadable or does not fit
     fails before the first run, not hours into the sweep, in one line naming the flag and the network
     (``--weights resnet18: weights file … does not fit …``), the same for every runner."""
+    from ldt.weights import WeightsError  # torch: not at import, Train_pip.py routes with this module's PROJECT_ROOT
+
     for name, path in weights.items():
         try:
             load(name, path)
