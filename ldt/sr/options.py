@@ -468,15 +468,17 @@ def _written(path: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
     return [path]
 
 
-def _origin(problem: str, origins: Mapping[str, str]) -> str | None:
-    """The ``--force_yml`` entry a problem line is about: one that set its option, a section holding it, or an option
-    inside it (the most specific such entry); None if the problem is the file's."""
+def _origin(problem: str, origins: Mapping[str, str], inside: bool = True) -> str | None:
+    """Who wrote the option a problem line is about, from ``origins`` (option path -> writer: the ``--force_yml``
+    entries of :func:`apply_overrides`, the files of :func:`read_option_file`): the writer of its option, of a section
+    holding it, or (``inside``) of an option inside it, the most specific such path; None if none wrote it. A file
+    that wrote an option inside a section did not write the section's problem: its ``sources`` pass ``inside=False``."""
     where = problem.split(": ", 1)[0]
 
     def within(inner: str, outer: str) -> bool:
         return inner == outer or inner.startswith((f"{outer}:", f"{outer}["))
 
-    matches = [key for key in origins if within(where, key) or within(key, where)]
+    matches = [key for key in origins if within(where, key) or (inside and within(key, where))]
     return origins[max(matches, key=len)] if matches else None
 
 
@@ -499,7 +501,7 @@ def read_option_file(file: Path, chain: tuple[Path, ...] = (), sources: dict[str
     paper's variants (FT, LP-FT, ablations, other sources) are a few lines each instead of copies of a 100-line file.
     Mappings merge key by key; any other value replaces the base's; a key set to ``~`` is removed (its default applies).
     ``sources`` (if given) is filled with the file that last wrote each option path, so that a problem with an
-    option of a base file names that file, and the file it is the base of (:func:`_written_in`).
+    option of a base file names that file, and the file it is the base of (:func:`_origin`).
     """
     file = Path(file)
     if file.resolve() in chain:
@@ -535,14 +537,6 @@ def _option_paths(options: Mapping, prefix: str = "") -> list[str]:
     """Every option path a mapping writes, sections included (``train``, ``train:optim_g``, ``train:optim_g:lr``)."""
     return [path for key, value in options.items() for path in
             [f"{prefix}{key}", *(_option_paths(value, f"{prefix}{key}:") if isinstance(value, dict) else [])]]
-
-
-def _written_in(problem: str, sources: Mapping[str, str]) -> str | None:
-    """The file that wrote the option a problem line is about, or the nearest section holding it (``sources`` from
-    :func:`read_option_file`); None when no file did (a missing option: the top file's problem)."""
-    where = problem.split(": ", 1)[0]
-    holders = [path for path in sources if where == path or where.startswith((f"{path}:", f"{path}["))]
-    return sources[max(holders, key=len)] if holders else None
 
 
 def merge_changes(base: dict, changes: dict) -> dict:
@@ -1040,7 +1034,7 @@ def prepare_options(raw: dict, *, is_train: bool, source: str = "options", origi
                 problems += [f"ldt:{where}: {message}" for where, message in method.check(top.ldt, meta_network, head)]
     if problems:
         raise OptionsError("\n".join(
-            f"{_origin(problem, origins or {}) or _written_in(problem, sources or {}) or source}: {problem}"
+            f"{_origin(problem, origins or {}) or _origin(problem, sources or {}, inside=False) or source}: {problem}"
             for problem in dict.fromkeys(problems)))
     opt = top.model_dump(exclude_none=False)
     opt.update(scale=scale, network_g=network, datasets={
