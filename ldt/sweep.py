@@ -706,14 +706,15 @@ def write_record_tables(out: str | Path, render: Callable[[list[dict]], Mapping[
     from ldt.atomic import atomic_write_text
 
     out = Path(out)
-    records = Records(out / RESULTS_FILE)
+    records, unwritten = Records(out / RESULTS_FILE), _UNWRITTEN.get()
+    nothing = f"no records in {records.path}: nothing to tabulate"
     if not records.path.exists():  # said as such, not after making a lock file in a folder that may not exist
-        raise FileNotFoundError(f"no records in {records.path}: nothing to tabulate")
-    with contextlib.nullcontext() if _UNWRITTEN.get() else tables_lock(out):  # the records read and the tables
-        found = records.having(required, readable=lambda record: render([record]))  # written as one step
+        raise FileNotFoundError(nothing)
+    with contextlib.nullcontext() if unwritten else tables_lock(out):  # the records read and the tables written
+        found = records.having(required, readable=lambda record: render([record]))  # as one step
         if not found:
-            raise FileNotFoundError(f"no records in {records.path}: nothing to tabulate")
+            raise FileNotFoundError(nothing)
         files = dict(render(found))
-        for name, text in files.items() if not _UNWRITTEN.get() else ():
+        for name, text in files.items() if not unwritten else ():
             atomic_write_text(out / name, text)
     return files
