@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ldt.atomic import DiskError, atomic_torch_save, check_room, check_writable, disk_reason, remove_leftovers
 from ldt.cli import (Stopped, device_problem, error_lines, flag, not_a_file, original_error, output_dir_problem,
-                     output_reader_may_leave, require_output_dir, show_traceback, stop_on_signal, whole_step)
+                     require_output_dir, show_traceback, stop_on_signal, whole_step)
 from ldt.core import Method, MethodConfig, Partition, method_class, run_identity
 from ldt.core.methods import runs_probe
 from ldt.core.config import MAX_SEED, describe_errors
@@ -755,7 +755,7 @@ def main(args: Namespace, prepare: Callable[[], tuple[Path, Sequence[RunnerConfi
     (printed) before that work. SIGTERM / SIGINT: one line, exit status 128 + the signal; the runs recorded before it
     are kept, and the same command resumes."""
     try:
-        with stop_on_signal(), output_reader_may_leave():
+        with stop_on_signal():
             return _main(args, prepare, run, tabulate, identify)
     except Stopped as stopped:
         kept = "the runs recorded so far are kept" + (f", the run in progress saved {stopped.saved}" if stopped.saved

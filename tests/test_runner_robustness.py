@@ -501,7 +501,10 @@ def test_a_table_write_that_fails_keeps_the_previous_table_and_is_one_line(tmp_p
 def test_an_output_whose_reader_has_gone_ends_in_the_work_done(tmp_path, capsys, monkeypatch, collect):
     """``python -m ldt.classification | head -1``: once head had read its line, the next print raised EPIPE, and the
     sweep ended in 'error: [Errno 32] Broken pipe', exit 2, also before training a run (a resumed run's first line),
-    or after it, naming no file. What the reader left is not printed now; the work goes on to its end."""
+    or after it, naming no file. What the reader left is not printed now; the work goes on to its end (both runners
+    end through ldt.cli.exit_with, as every command does)."""
+    from ldt.cli import exit_with
+
     configs = [FakeConfig(0), FakeConfig(1)]
     if collect:
         assert sweep_main(tmp_path, configs) == 0
@@ -511,7 +514,9 @@ def test_an_output_whose_reader_has_gone_ends_in_the_work_done(tmp_path, capsys,
     with open(write, "w") as gone:
         monkeypatch.setattr("sys.stdout", gone)
         args = Namespace(**{**vars(ARGS), "collect": str(tmp_path) if collect else None})
-        assert sweep_main(tmp_path, configs, args=args) == 0
+        with pytest.raises(SystemExit) as exited:
+            exit_with(lambda: sweep_main(tmp_path, configs, args=args))
+        assert exited.value.code == 0
     assert [r["seed"] for r in Records(tmp_path / RESULTS_FILE).all()] == [0, 1]
     assert capsys.readouterr().err == ""
 
